@@ -1,0 +1,133 @@
+"""Resources: what a device is and what it can do, and the driver interface over it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from protocol import tunnel_pb2 as pb
+
+RESOURCE_KINDS = ("robot", "phone")
+SOURCES = ("sim", "robot", "phone")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One named array: an observation or the action."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def to_proto(self) -> pb.ArraySpec:
+        return pb.ArraySpec(
+            name=self.name,
+            dtype=np.dtype(self.dtype).str,
+            shape=list(self.shape),
+            low=list(self.low),
+            high=list(self.high),
+        )
+
+    @classmethod
+    def from_proto(cls, msg: pb.ArraySpec) -> ArraySpec:
+        return cls(
+            name=msg.name,
+            dtype=msg.dtype,
+            shape=tuple(int(d) for d in msg.shape),
+            low=tuple(msg.low),
+            high=tuple(msg.high),
+        )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    observation: tuple[ArraySpec, ...]
+    action: ArraySpec
+    control_hz: float
+    embodiment: str
+    cameras: tuple[str, ...] = ()
+
+    def to_proto(self) -> pb.Capabilities:
+        return pb.Capabilities(
+            observation=[s.to_proto() for s in self.observation],
+            action=self.action.to_proto(),
+            control_hz=self.control_hz,
+            cameras=list(self.cameras),
+            embodiment=self.embodiment,
+        )
+
+    @classmethod
+    def from_proto(cls, msg: pb.Capabilities) -> Capabilities:
+        return cls(
+            observation=tuple(ArraySpec.from_proto(s) for s in msg.observation),
+            action=ArraySpec.from_proto(msg.action),
+            control_hz=msg.control_hz,
+            embodiment=msg.embodiment,
+            cameras=tuple(msg.cameras),
+        )
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    id: str
+    kind: str
+    capabilities: Capabilities
+    source: str = "sim"
+
+    def to_proto(self) -> pb.Resource:
+        return pb.Resource(id=self.id, kind=self.kind, capabilities=self.capabilities.to_proto(), source=self.source)
+
+    @classmethod
+    def from_proto(cls, msg: pb.Resource) -> ResourceInfo:
+        return cls(id=msg.id, kind=msg.kind, capabilities=Capabilities.from_proto(msg.capabilities), source=msg.source)
+
+
+@dataclass
+class Transition:
+    """What a driver reports after applying one action."""
+
+    observation: dict[str, np.ndarray]
+    reward: float
+    done: bool  # the episode ended (success, failure or time limit)
+    success: bool
+    info: dict = field(default_factory=dict)
+
+
+class Driver(Protocol):
+    """Turns a device into a resource. Methods are called from the control thread only."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def reset(self) -> dict[str, np.ndarray]:
+        """Starts an episode and returns the first observation."""
+        ...
+
+    def apply(self, action: np.ndarray) -> Transition:
+        """Applies one (already clamped) action and returns what followed."""
+        ...
+
+    def hold(self) -> None:
+        """Stops commanding motion (no fresh action in time, or shutdown)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def clamp_action(action: np.ndarray, spec: ArraySpec) -> np.ndarray:
+    """Clamps an action to the driver's limits; non-finite entries become the midpoint (a safe hold)."""
+    action = np.asarray(action, dtype=spec.numpy_dtype).reshape(spec.shape)
+    if spec.low and spec.high:
+        low = np.asarray(spec.low, dtype=spec.numpy_dtype)
+        high = np.asarray(spec.high, dtype=spec.numpy_dtype)
+        action = np.where(np.isfinite(action), action, (low + high) / 2)
+        action = np.clip(action, low, high)
+    return action

@@ -1,0 +1,42 @@
+"""The policy interface: everything the edge runtime and the learner need from a policy."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+class Policy(ABC, torch.nn.Module):
+    """A trainable policy. ``act`` maps one observation to an action chunk.
+
+    Subclasses register under ``type_name`` so that a safetensors file (whose metadata
+    carries the type and config) can be turned back into a policy without pickle.
+    """
+
+    type_name: ClassVar[str]
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """A JSON-serializable config from which ``from_config`` rebuilds the same architecture."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: dict[str, Any]) -> Policy: ...
+
+    def reset(self) -> None:
+        """Called at the start of every episode (clears any internal queue or history)."""
+
+    @abstractmethod
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """Returns an action chunk of shape (chunk_size, action_dim), float32, for one observation."""
+
+    @abstractmethod
+    def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
+        """Sets observation/action normalization from a dataset ("obs.<name>", "action" arrays)."""
+
+    @abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sample training loss, shape (B,). Batch keys: "obs.<name>", "action"."""

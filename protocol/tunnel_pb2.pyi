@@ -1,0 +1,210 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Array(_message.Message):
+    __slots__ = ("dtype", "shape", "data", "compression")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    compression: str
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., compression: _Optional[str] = ...) -> None: ...
+
+class ArraySpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "low", "high")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    low: _containers.RepeatedScalarFieldContainer[float]
+    high: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("observation", "action", "control_hz", "cameras", "embodiment")
+    OBSERVATION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_HZ_FIELD_NUMBER: _ClassVar[int]
+    CAMERAS_FIELD_NUMBER: _ClassVar[int]
+    EMBODIMENT_FIELD_NUMBER: _ClassVar[int]
+    observation: _containers.RepeatedCompositeFieldContainer[ArraySpec]
+    action: ArraySpec
+    control_hz: float
+    cameras: _containers.RepeatedScalarFieldContainer[str]
+    embodiment: str
+    def __init__(self, observation: _Optional[_Iterable[_Union[ArraySpec, _Mapping]]] = ..., action: _Optional[_Union[ArraySpec, _Mapping]] = ..., control_hz: _Optional[float] = ..., cameras: _Optional[_Iterable[str]] = ..., embodiment: _Optional[str] = ...) -> None: ...
+
+class Resource(_message.Message):
+    __slots__ = ("id", "kind", "capabilities", "source")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    capabilities: Capabilities
+    source: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class EpisodeProgress(_message.Message):
+    __slots__ = ("episode_id", "next_seq")
+    EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    episode_id: str
+    next_seq: int
+    def __init__(self, episode_id: _Optional[str] = ..., next_seq: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    resource: Resource
+    token: str
+    policy_name: str
+    policy_version: int
+    held: _containers.RepeatedCompositeFieldContainer[EpisodeProgress]
+    protocol_version: int
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    stored: _containers.RepeatedCompositeFieldContainer[EpisodeProgress]
+    max_batch_bytes: int
+    assignment: Assignment
+    def __init__(self, session_id: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("task", "policy_name")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    policy_name: str
+    def __init__(self, task: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+
+class StepBatch(_message.Message):
+    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task")
+    class ColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Array
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    episode_id: str
+    first_seq: int
+    num_steps: int
+    columns: _containers.MessageMap[str, Array]
+    task: str
+    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("batch_id", "episode_id", "next_seq")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    episode_id: str
+    next_seq: int
+    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., next_seq: _Optional[int] = ...) -> None: ...
+
+class PolicyChunk(_message.Message):
+    __slots__ = ("policy_name", "version", "sha256", "total_bytes", "offset", "data", "published_mono_ns")
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    policy_name: str
+    version: int
+    sha256: str
+    total_bytes: int
+    offset: int
+    data: bytes
+    published_mono_ns: int
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., published_mono_ns: _Optional[int] = ...) -> None: ...
+
+class PolicyApplied(_message.Message):
+    __slots__ = ("policy_name", "version", "applied_mono_ns")
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    policy_name: str
+    version: int
+    applied_mono_ns: int
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., applied_mono_ns: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("mono_ns",)
+    MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    mono_ns: int
+    def __init__(self, mono_ns: _Optional[int] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "field", "message", "batch_id")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    field: str
+    message: str
+    batch_id: int
+    def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ..., batch_id: _Optional[int] = ...) -> None: ...
+
+class EdgeMessage(_message.Message):
+    __slots__ = ("hello", "steps", "applied", "heartbeat")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    steps: StepBatch
+    applied: PolicyApplied
+    heartbeat: Heartbeat
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class CloudMessage(_message.Message):
+    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    ack: Ack
+    policy: PolicyChunk
+    assignment: Assignment
+    heartbeat: Heartbeat
+    error: Error
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

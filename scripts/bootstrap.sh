@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Creates .venv from a Python 3.12+ interpreter and installs fleetloop with its pinned
+# dependencies. Skips everything when the installed set already matches pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+STAMP="$VENV/.fleetloop-installed"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+
+find_python() {
+  local candidates=()
+  [[ -n "${FLEETLOOP_PYTHON:-}" ]] && candidates+=("$FLEETLOOP_PYTHON")
+  candidates+=(python3.13 python3.12 python3)
+  for py in "${candidates[@]}"; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      command -v "$py"; return 0
+    fi
+  done
+  # pyenv keeps interpreters that its shims refuse to run unless selected.
+  if command -v pyenv >/dev/null 2>&1; then
+    local root; root="$(pyenv root)"
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9])(\.[0-9]+)?$' | sort -V -r); do
+      if [[ -x "$root/versions/$v/bin/python3" ]]; then
+        echo "$root/versions/$v/bin/python3"; return 0
+      fi
+    done
+  fi
+  return 1
+}
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  if ! PY="$(find_python)"; then
+    echo "fleetloop needs Python 3.12 or newer (lerobot 0.6.1 and zarr 3.4 require it) and found none." >&2
+    echo "Install one, e.g. 'pyenv install 3.12' or your distribution's python3.12 with venv," >&2
+    echo "or point FLEETLOOP_PYTHON at an interpreter." >&2
+    exit 1
+  fi
+  echo "Creating $VENV with $PY ($("$PY" --version))"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+fi
+
+echo "Installing fleetloop and its dependencies into $VENV (first time takes a few minutes)..."
+"$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[dev]"
+echo "$WANT" > "$STAMP"
+echo "Installed."
