@@ -1,0 +1,420 @@
+"""The cloud gateway: serves every edge's tunnel, stores their steps, pushes policy versions.
+
+grpc.aio serves any number of long-lived streams (a thread-pool server serves only as many
+as it has threads). Each stream gets a Session: a reader task that validates what the edge
+sends, an outgoing queue, and a policy sender that always pushes the newest version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from cloud.registry import PolicyRegistry, PolicyVersion
+from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
+from protocol import PROTOCOL_VERSION
+from protocol import tunnel_pb2 as pb
+from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.arrays import ALLOWED_DTYPES, CodecError
+from protocol.steps import MAX_BATCH_BYTES, Schema, check_id, decode_batch, schema_for
+
+log = logging.getLogger("fleetloop.gateway")
+
+GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 7070
+    tokens: dict[str, str] | None = None  # resource id -> token; None accepts any device (loopback only)
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    flush_rows: int = 256  # write to the store once this many rows wait...
+    flush_delay_s: float = 0.1  # ...or the oldest has waited this long
+    policy_chunk_bytes: int = 1 << 20
+    registry_poll_s: float = 0.2
+    hello_timeout_s: float = 10.0
+
+
+@dataclass
+class Session:
+    resource: ResourceInfo
+    policy_name: str
+    schema: Schema
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    offer: PolicyVersion | None = None
+    offered: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_version: int = 0
+    applied_version: int = 0
+    steps_stored: int = 0
+    batches_refused: int = 0
+    closed: bool = False
+
+    def send(self, message: pb.CloudMessage) -> None:
+        if not self.closed:
+            self.out.put_nowait(message)
+
+    def offer_version(self, version: PolicyVersion) -> None:
+        if version.version > max(self.sent_version, self.offer.version if self.offer else 0):
+            self.offer = version
+            self.offered.set()
+
+
+@dataclass
+class _Pending:
+    rows: StepRows
+    batch_id: int
+    session: Session
+
+
+class StoreWriter:
+    """Group commit: gathers batches from all edges and writes them to the store together."""
+
+    def __init__(self, store: EpisodeStore, flush_rows: int, flush_delay_s: float) -> None:
+        self.store = store
+        self.flush_rows = flush_rows
+        self.flush_delay_s = flush_delay_s
+        self._pending: list[_Pending] = []
+        self._rows = 0
+        self._oldest = 0.0
+        self._wake = asyncio.Event()
+
+    def submit(self, item: _Pending) -> None:
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append(item)
+        self._rows += len(item.rows.columns["action"])
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            wait = self._oldest + self.flush_delay_s - time.monotonic()
+            if self._rows < self.flush_rows and wait > 0:
+                try:
+                    await asyncio.wait_for(self._full(), timeout=wait)
+                except TimeoutError:
+                    pass
+            await self.flush()
+
+    async def _full(self) -> None:
+        while self._rows < self.flush_rows:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def flush(self) -> None:
+        items, self._pending, self._rows = self._pending, [], 0
+        if not items:
+            return
+        accepted: list[_Pending] = []
+        expected: dict[str, int] = {}
+        for item in items:
+            episode = item.rows.episode_id
+            next_seq = expected.get(episode, self.store.next_seq(episode))
+            if item.rows.first_seq > next_seq:
+                item.session.batches_refused += 1
+                item.session.send(
+                    pb.CloudMessage(
+                        error=pb.Error(
+                            code="invalid_argument",
+                            field="step_batch.first_seq",
+                            batch_id=item.batch_id,
+                            message=f"episode {episode} continues at seq {next_seq}, got {item.rows.first_seq}",
+                        )
+                    )
+                )
+                continue
+            expected[episode] = max(next_seq, item.rows.first_seq + len(item.rows.columns["action"]))
+            accepted.append(item)
+        if not accepted:
+            return
+        try:
+            ack_points = await asyncio.to_thread(self.store.write, [item.rows for item in accepted])
+        except Exception:  # the store failed: nothing is acked, the edges keep their spools and resend
+            log.exception("writing %d batches to the episode store failed; edges will resend them", len(accepted))
+            return
+        for item in accepted:
+            session = item.session
+            session.steps_stored += len(item.rows.columns["action"])
+            session.send(
+                pb.CloudMessage(
+                    ack=pb.Ack(
+                        batch_id=item.batch_id,
+                        episode_id=item.rows.episode_id,
+                        next_seq=ack_points[item.rows.episode_id],
+                    )
+                )
+            )
+
+
+def check_resource(resource: pb.Resource) -> ResourceInfo:
+    check_id(resource.id, "hello.resource.id")
+    if resource.kind not in RESOURCE_KINDS:
+        raise CodecError("hello.resource.kind", f"must be one of {RESOURCE_KINDS}, got {resource.kind!r}")
+    if resource.source not in SOURCES:
+        raise CodecError("hello.resource.source", f"must be one of {SOURCES}, got {resource.source!r}")
+    caps = resource.capabilities
+    check_id(caps.embodiment, "hello.resource.capabilities.embodiment")
+    if not 0 < caps.control_hz <= 1000:
+        raise CodecError("hello.resource.capabilities.control_hz", f"must be in (0, 1000], got {caps.control_hz}")
+    specs = [("action", caps.action)] + [(f"observation[{i}]", s) for i, s in enumerate(caps.observation)]
+    for where, spec in specs:
+        field_name = f"hello.resource.capabilities.{where}"
+        check_id(spec.name, f"{field_name}.name")
+        if spec.dtype not in ALLOWED_DTYPES:
+            raise CodecError(f"{field_name}.dtype", f"{spec.dtype!r} is not an allowed dtype")
+        if len(spec.shape) > 4 or any(d <= 0 or d > 4096 for d in spec.shape):
+            raise CodecError(f"{field_name}.shape", f"unsupported shape {list(spec.shape)}")
+    return ResourceInfo.from_proto(resource)
+
+
+class Gateway(pb_grpc.TunnelServicer):
+    def __init__(self, config: GatewayConfig, store: EpisodeStore, registry: PolicyRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.sessions: dict[str, Session] = {}
+        self.writer = StoreWriter(store, config.flush_rows, config.flush_delay_s)
+        self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.port = config.port
+
+    async def start(self) -> int:
+        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_TunnelServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+        await self._server.start()
+        self._tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._watch_registry())]
+        log.info("gateway listening on %s:%d", self.config.host, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.writer.flush()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+
+    async def Connect(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.EdgeMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CloudMessage]:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await asyncio.wait_for(requests.__anext__(), timeout=self.config.hello_timeout_s)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "hello: the first message must be a hello")
+        try:
+            session = self._open_session(first)
+        except CodecError as err:
+            code = "unauthenticated" if err.field == "hello.token" else "invalid_argument"
+            log.warning("refused a connection: %s", err)
+            yield pb.CloudMessage(error=pb.Error(code=code, field=err.field, message=err.message))
+            status = grpc.StatusCode.UNAUTHENTICATED if code == "unauthenticated" else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(status, str(err))
+            return
+        tasks = [asyncio.create_task(self._read(session, requests)), asyncio.create_task(self._send_policies(session))]
+        try:
+            while True:
+                message = await session.out.get()
+                if message is None:
+                    break
+                yield message
+                if message.HasField("policy"):
+                    session.bulk_credits.release()
+        finally:
+            session.closed = True
+            for task in tasks:
+                task.cancel()
+            if self.sessions.get(session.resource.id) is session:
+                del self.sessions[session.resource.id]
+            log.info("%s disconnected (%d steps stored this session)", session.resource.id, session.steps_stored)
+
+    def _open_session(self, first: pb.EdgeMessage) -> Session:
+        if not first.HasField("hello"):
+            raise CodecError("hello", "the first message must be a hello")
+        hello = first.hello
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise CodecError(
+                "hello.protocol_version", f"this gateway speaks {PROTOCOL_VERSION}, got {hello.protocol_version}"
+            )
+        resource = check_resource(hello.resource)
+        if self.config.tokens is not None and self.config.tokens.get(resource.id) != hello.token:
+            raise CodecError("hello.token", f"no valid credential for {resource.id!r}")
+        policy_name = hello.policy_name or resource.capabilities.embodiment
+        caps = resource.capabilities
+        schema = schema_for(
+            [(s.name, s.dtype, s.shape) for s in caps.observation], (caps.action.dtype, caps.action.shape)
+        )
+        self.store.ensure_dataset(
+            caps.embodiment, {k: ColumnSpec(dtype, shape) for k, (dtype, shape) in schema.items()}
+        )
+        previous = self.sessions.get(resource.id)
+        if previous is not None:  # a reconnect supersedes the old stream
+            previous.closed = True
+            previous.out.put_nowait(None)
+        session = Session(
+            resource=resource,
+            policy_name=policy_name,
+            schema=schema,
+            sent_version=hello.policy_version,
+            applied_version=hello.policy_version,
+        )
+        self.sessions[resource.id] = session
+        stored = [
+            pb.EpisodeProgress(episode_id=p.episode_id, next_seq=self.store.next_seq(p.episode_id)) for p in hello.held
+        ]
+        session.send(
+            pb.CloudMessage(
+                welcome=pb.Welcome(
+                    session_id=session.session_id,
+                    stored=stored,
+                    max_batch_bytes=self.config.max_batch_bytes,
+                    assignment=pb.Assignment(task=caps.embodiment, policy_name=policy_name),
+                )
+            )
+        )
+        latest = self.registry.latest(policy_name)
+        if latest is not None:
+            session.offer_version(latest)
+        log.info(
+            "%s connected (%s %s, %.0f Hz, policy %s v%d); it holds %d unacked episodes",
+            resource.id,
+            resource.source,
+            caps.embodiment,
+            caps.control_hz,
+            policy_name,
+            hello.policy_version,
+            len(hello.held),
+        )
+        return session
+
+    async def _read(self, session: Session, requests: AsyncIterator[pb.EdgeMessage]) -> None:
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("body")
+                if kind == "steps":
+                    self._receive_batch(session, message.steps)
+                elif kind == "applied":
+                    session.applied_version = message.applied.version
+                    log.info(
+                        "%s now runs %s v%d", session.resource.id, message.applied.policy_name, message.applied.version
+                    )
+                    for callback in self.on_applied:
+                        callback(session.resource.id, message.applied)
+                elif kind == "heartbeat":
+                    session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
+                else:
+                    session.send(
+                        pb.CloudMessage(
+                            error=pb.Error(
+                                code="invalid_argument",
+                                field="body",
+                                message=f"unexpected message {kind!r} after hello",
+                            )
+                        )
+                    )
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.out.put_nowait(None)
+
+    def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
+        try:
+            columns = decode_batch(batch, session.schema, self.config.max_batch_bytes)
+        except CodecError as err:
+            session.batches_refused += 1
+            log.warning("refused a batch from %s: %s", session.resource.id, err)
+            session.send(
+                pb.CloudMessage(
+                    error=pb.Error(
+                        code="invalid_argument", field=err.field, message=err.message, batch_id=batch.batch_id
+                    )
+                )
+            )
+            return
+        rows = StepRows(
+            dataset=session.resource.capabilities.embodiment,
+            episode_id=batch.episode_id,
+            resource_id=session.resource.id,
+            source=session.resource.source,
+            task=batch.task,
+            first_seq=batch.first_seq,
+            columns=columns,
+        )
+        self.writer.submit(_Pending(rows=rows, batch_id=batch.batch_id, session=session))
+
+    async def _watch_registry(self) -> None:
+        known: dict[str, int] = {}
+        while True:
+            for policy_name in {s.policy_name for s in self.sessions.values()}:
+                latest = await asyncio.to_thread(self.registry.latest, policy_name)
+                if latest is None or latest.version <= known.get(policy_name, 0):
+                    continue
+                known[policy_name] = latest.version
+                targets = [s for s in self.sessions.values() if s.policy_name == policy_name]
+                log.info("policy %s v%d published; pushing to %d edge(s)", policy_name, latest.version, len(targets))
+                for session in targets:
+                    session.offer_version(latest)
+            await asyncio.sleep(self.config.registry_poll_s)
+
+    async def _send_policies(self, session: Session) -> None:
+        """Pushes the newest offered version; versions superseded before they were sent are skipped."""
+        while not session.closed:
+            await session.offered.wait()
+            session.offered.clear()
+            version = session.offer
+            if version is None or version.version <= session.sent_version:
+                continue
+            data = await asyncio.to_thread(self.registry.read, version.policy_name, version.version)
+            published = time.monotonic_ns()
+            step = self.config.policy_chunk_bytes
+            for offset in range(0, max(len(data), 1), step):
+                await session.bulk_credits.acquire()
+                session.send(
+                    pb.CloudMessage(
+                        policy=pb.PolicyChunk(
+                            policy_name=version.policy_name,
+                            version=version.version,
+                            sha256=version.sha256,
+                            total_bytes=len(data),
+                            offset=offset,
+                            data=data[offset : offset + step],
+                            published_mono_ns=published,
+                        )
+                    )
+                )
+            session.sent_version = version.version
+
+
+async def serve(
+    config: GatewayConfig, store: EpisodeStore, registry: PolicyRegistry, stop: asyncio.Event | None = None
+) -> None:
+    gateway = Gateway(config, store, registry)
+    await gateway.start()
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await gateway.stop()

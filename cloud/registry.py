@@ -1,0 +1,75 @@
+"""The policy registry: monotonic versions of each policy as safetensors files on disk.
+
+The learner publishes; the gateway watches and pushes each new version to the edges that
+run that policy. Files are written to a temporary name and renamed, so a reader sees a
+version whole or not at all, and a crash never leaves a half-published version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    policy_name: str
+    version: int
+    sha256: str
+    size_bytes: int
+    published_unix: float
+    note: str = ""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class PolicyRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, policy_name: str) -> Path:
+        if not POLICY_NAME.match(policy_name):
+            raise ValueError(f"policy_name: {policy_name!r} must be 1-64 letters, digits, '_', '.', '-'")
+        return self.root / policy_name
+
+    def latest(self, policy_name: str) -> PolicyVersion | None:
+        try:
+            meta = json.loads((self._dir(policy_name) / "latest.json").read_text())
+        except FileNotFoundError:
+            return None
+        return PolicyVersion(**meta)
+
+    def publish(self, policy_name: str, weights: bytes, note: str = "") -> PolicyVersion:
+        """Stores the next version; versions only go up, also across restarts."""
+        directory = self._dir(policy_name)
+        directory.mkdir(parents=True, exist_ok=True)
+        current = self.latest(policy_name)
+        version = PolicyVersion(
+            policy_name=policy_name,
+            version=(current.version if current else 0) + 1,
+            sha256=hashlib.sha256(weights).hexdigest(),
+            size_bytes=len(weights),
+            published_unix=time.time(),
+            note=note,
+        )
+        _atomic_write(directory / f"v{version.version:06d}.safetensors", weights)
+        _atomic_write(directory / "latest.json", json.dumps(asdict(version)).encode())
+        return version
+
+    def read(self, policy_name: str, version: int) -> bytes:
+        return (self._dir(policy_name) / f"v{version:06d}.safetensors").read_bytes()

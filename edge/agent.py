@@ -1,0 +1,190 @@
+"""The edge agent: the fixed-rate control loop, wired to the policy runtime, an operator and the tunnel.
+
+Each tick: swap in a ready policy, take the next action (the policy's, or the operator's when
+they intervene), clamp it, apply it, and record the step with its provenance. Nothing on this
+thread touches the network or disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.policy_runtime import PolicyRuntime
+from edge.recorder import Step, StepRecorder
+from edge.spool import Spool
+from edge.tunnel_client import TunnelClient
+from hal.resource import Driver, ResourceInfo, clamp_action
+
+log = logging.getLogger("fleetloop.edge")
+
+
+@dataclass
+class LoopStats:
+    ticks: int = 0
+    missed_deadlines: int = 0
+    episodes: int = 0
+    successes: int = 0
+    intervention_steps: int = 0
+    tick_periods_s: list[float] = field(default_factory=list)
+
+
+class EdgeAgent:
+    def __init__(
+        self,
+        resource: ResourceInfo,
+        driver: Driver,
+        spool: Spool,
+        cloud_target: str,
+        policy_name: str,
+        operator=None,
+        token: str = "",
+        task: str = "",
+        record_tick_periods: bool = False,
+    ) -> None:
+        self.resource = resource
+        self.driver = driver
+        self.operator = operator
+        self.task = task or resource.capabilities.embodiment
+        self.spool = spool
+        self.stats = LoopStats()
+        self.record_tick_periods = record_tick_periods
+        self.runtime = PolicyRuntime(on_swapped=self._on_swapped)
+        self.tunnel = TunnelClient(
+            cloud_target,
+            resource,
+            spool,
+            policy_name,
+            on_policy=self.runtime.load,
+            current_version=lambda: self.runtime.version,
+            token=token,
+        )
+        self.recorder = StepRecorder(spool, on_spooled=self.tunnel.wake)
+        self.stop_event = threading.Event()
+
+    def _on_swapped(self, name: str, version: int) -> None:
+        log.info("%s switched to policy %s v%d between two ticks", self.resource.id, name, version)
+        self.tunnel.report_applied(name, version)
+
+    def run(self, episodes: int = 0, duration_s: float = 0.0) -> LoopStats:
+        """Runs the control loop until ``episodes`` episodes ended, ``duration_s`` passed, or stop()."""
+        self.tunnel.start()
+        caps = self.resource.capabilities
+        period = 1.0 / caps.control_hz
+        hold = np.full(caps.action.shape, np.nan, dtype=caps.action.numpy_dtype)  # clamps to a safe midpoint
+        started = time.monotonic()
+        try:
+            observation = self._start_episode()
+            next_tick = time.monotonic()
+            last_tick = next_tick
+            while not self.stop_event.is_set():
+                if duration_s and time.monotonic() - started >= duration_s:
+                    break
+                tick_start = time.monotonic()
+                if self.record_tick_periods:
+                    self.stats.tick_periods_s.append(tick_start - last_tick)
+                last_tick = tick_start
+                self.runtime.begin_tick()
+                policy_action, version = self.runtime.next_action(observation, deadline=tick_start + 0.5 * period)
+                if self.operator is not None:
+                    action, intervention = self.operator.decide(observation, policy_action, self._seq)
+                else:
+                    action, intervention = (hold if policy_action is None else policy_action), False
+                action = clamp_action(action, caps.action)
+                transition = self.driver.apply(action)
+                self._record(observation, action, transition, intervention, version, tick_start)
+                observation = transition.observation
+                if transition.done:
+                    self._end_episode(transition.success)
+                    if episodes and self.stats.episodes >= episodes:
+                        break
+                    observation = self._start_episode()
+                next_tick += period
+                now = time.monotonic()
+                if now > next_tick:
+                    self.stats.missed_deadlines += 1
+                    next_tick = now  # resynchronise instead of bursting to catch up
+                else:
+                    self.stop_event.wait(next_tick - now)
+        finally:
+            self.driver.hold()
+        return self.stats
+
+    def _start_episode(self) -> dict[str, np.ndarray]:
+        self._episode_id = uuid.uuid4().hex
+        self._seq = 0
+        self._episode_interventions = 0
+        self._episode_version = self.runtime.version
+        self.runtime.reset()
+        if self.operator is not None:
+            self.operator.reset()
+        return self.driver.reset()
+
+    def _record(self, observation, action, transition, intervention: bool, version: int, tick_start: float) -> None:
+        columns = {
+            f"obs.{spec.name}": np.asarray(observation[spec.name], dtype=spec.numpy_dtype)
+            for spec in self.resource.capabilities.observation
+        }
+        columns.update(
+            {
+                "action": np.asarray(action, dtype=self.resource.capabilities.action.numpy_dtype),
+                "reward": np.float32(transition.reward),
+                "done": np.bool_(transition.done),
+                "success": np.bool_(transition.success),
+                "intervention": np.bool_(intervention),
+                "policy_version": np.int64(version),
+                "t_mono_ns": np.int64(int(tick_start * 1e9)),
+            }
+        )
+        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns))
+        self._seq += 1
+        self.stats.ticks += 1
+        if intervention:
+            self.stats.intervention_steps += 1
+            self._episode_interventions += 1
+
+    def _end_episode(self, success: bool) -> None:
+        self.stats.episodes += 1
+        self.stats.successes += int(success)
+        outcome = "succeeded" if success else "failed"
+        who = (
+            "on its own"
+            if self._episode_interventions == 0
+            else f"with the operator driving {self._episode_interventions} of {self._seq} steps"
+        )
+        log.info(
+            "%s episode %d %s after %d steps %s (policy v%d)",
+            self.resource.id,
+            self.stats.episodes,
+            outcome,
+            self._seq,
+            who,
+            self._episode_version,
+        )
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self, drain_s: float = 10.0) -> None:
+        """Stops recording, then waits up to ``drain_s`` for the cloud to ack what is spooled."""
+        self.recorder.close()
+        deadline = time.monotonic() + drain_s
+        while self.spool.counts()[0] and time.monotonic() < deadline:
+            self.tunnel.wake()
+            time.sleep(0.05)
+        batches, steps = self.spool.counts()
+        if steps:
+            log.warning(
+                "%s stops with %d steps not yet acked; they stay in the spool for the next start",
+                self.resource.id,
+                steps,
+            )
+        self.tunnel.stop()
+        self.runtime.close()
+        self.spool.close()
+        self.driver.close()

@@ -1,0 +1,138 @@
+"""The policy runtime: inference and weight loading off the control thread, swaps between ticks.
+
+The control thread only ever calls ``begin_tick`` (which swaps a ready policy in with one
+assignment) and ``next_action`` (which waits for an inference at most until the tick's
+deadline). Loading and inference run on their own threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.base import Policy
+from policies.weights import policy_from_bytes
+
+log = logging.getLogger("fleetloop.runtime")
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    version: int
+    name: str
+
+
+class PolicyRuntime:
+    def __init__(self, on_swapped: Callable[[str, int], None] | None = None) -> None:
+        self._active: LoadedPolicy | None = None
+        self._ready: LoadedPolicy | None = None  # loaded, waiting for the next tick boundary
+        self._load_queue: queue.Queue[tuple[str, int, bytes] | None] = queue.Queue()
+        # Unbounded, but the control thread keeps at most one inference in flight.
+        self._infer_queue: queue.Queue[tuple[LoadedPolicy, dict, Future] | None] = queue.Queue()
+        self._actions: deque[np.ndarray] = deque()
+        self._in_flight: Future | None = None
+        self._on_swapped = on_swapped
+        self.swaps = 0
+        self.late_inferences = 0
+        self._threads = [
+            threading.Thread(target=self._load_loop, name="policy-loader", daemon=True),
+            threading.Thread(target=self._infer_loop, name="policy-inference", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def version(self) -> int:
+        return self._active.version if self._active else 0
+
+    def load(self, name: str, version: int, weights: bytes) -> None:
+        """Queues verified weights for loading; returns at once."""
+        self._load_queue.put((name, version, weights))
+
+    def _load_loop(self) -> None:
+        while (item := self._load_queue.get()) is not None:
+            name, version, weights = item
+            try:
+                started = time.perf_counter()
+                policy = policy_from_bytes(weights)
+                policy.eval()
+                policy.reset()
+                self._ready = LoadedPolicy(policy, version, name)
+                log.info(
+                    "policy %s v%d loaded in %.0f ms; swapping in at the next tick",
+                    name,
+                    version,
+                    (time.perf_counter() - started) * 1000,
+                )
+            except Exception as exc:  # a bad update must not stop the robot: keep the current policy
+                log.error("policy %s v%d could not be loaded, keeping v%d: %s", name, version, self.version, exc)
+
+    def begin_tick(self) -> bool:
+        """Swaps in a newly loaded policy (between ticks, atomically). Returns True on a swap."""
+        ready = self._ready
+        if ready is None or (self._active and ready.version <= self._active.version):
+            return False
+        self._ready = None
+        self._active = ready
+        self._actions.clear()  # actions predicted by the old version are not applied after the swap
+        self._in_flight = None
+        self.swaps += 1
+        if self._on_swapped:
+            self._on_swapped(ready.name, ready.version)
+        return True
+
+    def reset(self) -> None:
+        """New episode: drop queued actions and the policy's history."""
+        self._actions.clear()
+        self._in_flight = None
+        if self._active:
+            self._infer_queue.put((self._active, {"__reset__": True}, Future()))
+
+    def next_action(self, observation: dict[str, np.ndarray], deadline: float) -> tuple[np.ndarray | None, int]:
+        """The next action of the active policy and its version; None if none is ready by ``deadline``."""
+        active = self._active
+        if active is None:
+            return None, 0
+        if not self._actions:
+            if self._in_flight is None:
+                self._in_flight = Future()
+                self._infer_queue.put((active, observation, self._in_flight))
+            try:
+                chunk, version = self._in_flight.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                self.late_inferences += 1
+                return None, active.version
+            except Exception:  # logged by the inference thread; the operator or a hold covers this tick
+                self._in_flight = None
+                return None, active.version
+            self._in_flight = None
+            if version != active.version:
+                return None, active.version
+            self._actions.extend(chunk)
+        return self._actions.popleft(), active.version
+
+    def _infer_loop(self) -> None:
+        while (item := self._infer_queue.get()) is not None:
+            loaded, observation, future = item
+            try:
+                if "__reset__" in observation:
+                    loaded.policy.reset()
+                    continue
+                chunk = loaded.policy.act(observation)
+                future.set_result((np.asarray(chunk, dtype=np.float32), loaded.version))
+            except Exception as exc:
+                log.error("inference with policy v%d failed: %s", loaded.version, exc)
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        self._load_queue.put(None)
+        self._infer_queue.put(None)

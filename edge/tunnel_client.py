@@ -1,0 +1,209 @@
+"""The edge side of the tunnel: one stream the edge opens, kept open and reopened with backoff.
+
+Uploads what the spool holds (a window of batches in flight), drops from the spool what the
+cloud acks, and assembles pushed policy versions, checking their sha256 before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from edge.spool import Spool
+from hal.resource import ResourceInfo
+from protocol import PROTOCOL_VERSION
+from protocol import tunnel_pb2 as pb
+from protocol import tunnel_pb2_grpc as pb_grpc
+
+log = logging.getLogger("fleetloop.tunnel")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class TunnelClient:
+    def __init__(
+        self,
+        target: str,
+        resource: ResourceInfo,
+        spool: Spool,
+        policy_name: str,
+        on_policy: Callable[[str, int, bytes], None],
+        current_version: Callable[[], int] = lambda: 0,
+        token: str = "",
+        window_batches: int = 32,
+        heartbeat_s: float = 2.0,
+    ) -> None:
+        self.target = target
+        self.resource = resource
+        self.spool = spool
+        self.policy_name = policy_name
+        self.on_policy = on_policy
+        self.current_version = current_version
+        self.token = token
+        self.window_batches = window_batches
+        self.heartbeat_s = heartbeat_s
+        self.connected = threading.Event()
+        self.acked_steps = 0
+        self.errors: list[pb.Error] = []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
+        self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
+        self._incoming: tuple[str, int, str, int, bytearray] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        outgoing = self._outgoing
+        if outgoing is not None:
+            outgoing.put(None)
+        self._thread.join(timeout=5)
+
+    def wake(self) -> None:
+        """New steps were spooled."""
+        self._wake.set()
+
+    def report_applied(self, policy_name: str, version: int) -> None:
+        self._send(
+            pb.EdgeMessage(
+                applied=pb.PolicyApplied(policy_name=policy_name, version=version, applied_mono_ns=time.monotonic_ns())
+            )
+        )
+
+    def _send(self, message: pb.EdgeMessage) -> None:
+        outgoing = self._outgoing
+        if outgoing is not None:
+            outgoing.put(message)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._session()
+            except grpc.RpcError as err:
+                if not self._stop.is_set():
+                    log.warning("link to the cloud at %s lost (%s); steps stay in the spool", self.target, err.code())
+            except Exception:
+                log.exception("tunnel session failed")
+            if time.monotonic() - started > 10:
+                backoff = 0.2
+            delay = backoff * (0.5 + random.random())  # jitter, so a fleet does not reconnect in lockstep
+            backoff = min(backoff * 2, 5.0)
+            self._stop.wait(delay)
+
+    def _session(self) -> None:
+        outgoing: queue.Queue[pb.EdgeMessage | None] = queue.Queue()
+        held = [pb.EpisodeProgress(episode_id=e, next_seq=s) for e, s in self.spool.held().items()]
+        outgoing.put(
+            pb.EdgeMessage(
+                hello=pb.Hello(
+                    resource=self.resource.to_proto(),
+                    token=self.token,
+                    policy_name=self.policy_name,
+                    policy_version=self.current_version(),
+                    held=held,
+                    protocol_version=PROTOCOL_VERSION,
+                )
+            )
+        )
+
+        def requests() -> Iterator[pb.EdgeMessage]:
+            while (message := outgoing.get()) is not None:
+                yield message
+
+        with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+            responses = pb_grpc.TunnelStub(channel).Connect(requests())
+            in_flight: dict[int, int] = {}
+            sender: threading.Thread | None = None
+            try:
+                for message in responses:
+                    kind = message.WhichOneof("body")
+                    if kind == "welcome":
+                        for progress in message.welcome.stored:
+                            self.spool.ack(progress.episode_id, progress.next_seq)
+                        self._outgoing = outgoing
+                        self.connected.set()
+                        log.info(
+                            "connected to the cloud at %s; %d spooled steps to upload",
+                            self.target,
+                            self.spool.counts()[1],
+                        )
+                        sender = threading.Thread(target=self._upload, args=(outgoing, in_flight), daemon=True)
+                        sender.start()
+                    elif kind == "ack":
+                        ack = message.ack
+                        self.spool.ack(ack.episode_id, ack.next_seq)
+                        steps = in_flight.pop(ack.batch_id, 0)
+                        self.acked_steps += steps
+                        self._wake.set()
+                    elif kind == "policy":
+                        self._receive_policy_chunk(message.policy)
+                    elif kind == "error":
+                        self.errors.append(message.error)
+                        in_flight.pop(message.error.batch_id, None)
+                        log.error("the cloud refused %s: %s", message.error.field, message.error.message)
+                        if message.error.code == "unauthenticated":
+                            self._stop.set()
+            finally:
+                self.connected.clear()
+                self._outgoing = None
+                outgoing.put(None)
+                self._wake.set()
+                if sender is not None:
+                    sender.join(timeout=2)
+
+    def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int]) -> None:
+        """Sends spooled batches in order, keeping at most ``window_batches`` unacked."""
+        last_row = 0
+        last_heartbeat = time.monotonic()
+        while self.connected.is_set() and not self._stop.is_set():
+            room = self.window_batches - len(in_flight)
+            batches = self.spool.pending(after_row_id=last_row, limit=room) if room > 0 else []
+            for spooled in batches:
+                spooled.batch.batch_id = spooled.row_id
+                in_flight[spooled.row_id] = spooled.num_steps
+                outgoing.put(pb.EdgeMessage(steps=spooled.batch))
+                last_row = spooled.row_id
+            if time.monotonic() - last_heartbeat > self.heartbeat_s:
+                outgoing.put(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
+                last_heartbeat = time.monotonic()
+            if not batches:
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+    def _receive_policy_chunk(self, chunk: pb.PolicyChunk) -> None:
+        if chunk.offset == 0:
+            self._incoming = (chunk.policy_name, chunk.version, chunk.sha256, chunk.total_bytes, bytearray())
+        if self._incoming is None or self._incoming[1] != chunk.version or len(self._incoming[4]) != chunk.offset:
+            log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
+            self._incoming = None
+            return
+        name, version, sha256, total, buffer = self._incoming
+        buffer.extend(chunk.data)
+        if len(buffer) < total:
+            return
+        self._incoming = None
+        data = bytes(buffer)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            log.error("policy %s v%d failed its checksum; keeping the current policy", name, version)
+            return
+        log.info("received policy %s v%d (%.1f MB)", name, version, len(data) / 1e6)
+        self.on_policy(name, version, data)

@@ -1,0 +1,93 @@
+"""Columnar step batches: what a step carries, and how a batch is built and checked.
+
+A batch holds consecutive steps of one episode. Every column has one row per step; the
+schema (dtype and per-row shape of each column) follows from the resource's capabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol import tunnel_pb2 as pb
+from protocol.arrays import CodecError, decode_array, encode_array
+
+# Columns every step carries besides its observations, with dtype and per-row shape.
+PROVENANCE_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "reward": ("<f4", ()),
+    "done": ("|b1", ()),
+    "success": ("|b1", ()),
+    "intervention": ("|b1", ()),
+    "policy_version": ("<i8", ()),
+    "t_mono_ns": ("<i8", ()),
+}
+MAX_STEPS_PER_BATCH = 4096
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_ID_LENGTH = 128
+
+Schema = dict[str, tuple[str, tuple[int, ...]]]
+
+
+def schema_for(observation: list[tuple[str, str, tuple[int, ...]]], action: tuple[str, tuple[int, ...]]) -> Schema:
+    """The column schema of a resource: ``obs.<name>`` per observation, ``action``, provenance."""
+    schema: Schema = {f"obs.{name}": (np.dtype(dtype).str, tuple(shape)) for name, dtype, shape in observation}
+    schema["action"] = (np.dtype(action[0]).str, tuple(action[1]))
+    schema.update(PROVENANCE_COLUMNS)
+    return schema
+
+
+def encode_batch(
+    episode_id: str,
+    first_seq: int,
+    columns: dict[str, np.ndarray],
+    task: str = "",
+    batch_id: int = 0,
+    compression: str = "",
+) -> pb.StepBatch:
+    num_steps = len(next(iter(columns.values())))
+    return pb.StepBatch(
+        batch_id=batch_id,
+        episode_id=episode_id,
+        first_seq=first_seq,
+        num_steps=num_steps,
+        task=task,
+        columns={name: encode_array(np.asarray(values), compression) for name, values in columns.items()},
+    )
+
+
+def check_id(value: str, field: str) -> None:
+    if not value:
+        raise CodecError(field, "is missing")
+    if len(value) > MAX_ID_LENGTH or not value.isprintable():
+        raise CodecError(field, f"must be printable and at most {MAX_ID_LENGTH} characters")
+
+
+def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES) -> dict[str, np.ndarray]:
+    """Checks a batch against the schema and returns its columns; errors name the offending field."""
+    check_id(batch.episode_id, "step_batch.episode_id")
+    if batch.first_seq < 0:
+        raise CodecError("step_batch.first_seq", f"must be >= 0, got {batch.first_seq}")
+    if not 1 <= batch.num_steps <= MAX_STEPS_PER_BATCH:
+        raise CodecError("step_batch.num_steps", f"must be 1..{MAX_STEPS_PER_BATCH}, got {batch.num_steps}")
+    size = batch.ByteSize()
+    if size > max_bytes:
+        raise CodecError("step_batch", f"{size} bytes exceeds the limit of {max_bytes}")
+    missing = sorted(set(schema) - set(batch.columns))
+    if missing:
+        raise CodecError(f"step_batch.columns[{missing[0]}]", "is missing")
+    unknown = sorted(set(batch.columns) - set(schema))
+    if unknown:
+        raise CodecError(f"step_batch.columns[{unknown[0]}]", f"is not in this resource's schema {sorted(schema)}")
+    columns: dict[str, np.ndarray] = {}
+    for name, (dtype, row_shape) in schema.items():
+        field = f"step_batch.columns[{name}]"
+        message = batch.columns[name]
+        if message.dtype != dtype:
+            raise CodecError(f"{field}.dtype", f"expected {dtype}, got {message.dtype!r}")
+        expected_shape = (batch.num_steps, *row_shape)
+        if tuple(message.shape) != expected_shape:
+            raise CodecError(f"{field}.shape", f"expected {list(expected_shape)}, got {list(message.shape)}")
+        values = decode_array(message, field, max_bytes=max_bytes)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise CodecError(f"{field}.data", "contains NaN or infinity")
+        columns[name] = values
+    return columns
