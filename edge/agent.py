@@ -170,8 +170,8 @@ class EdgeAgent:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def close(self, drain_s: float = 10.0) -> None:
-        """Stops recording, then waits up to ``drain_s`` for the cloud to ack what is spooled."""
+    def close(self, drain_s: float = 10.0) -> int:
+        """Stops recording, waits up to ``drain_s`` for the cloud to ack what is spooled; returns steps left."""
         self.recorder.close()
         deadline = time.monotonic() + drain_s
         while self.spool.counts()[0] and time.monotonic() < deadline:
@@ -188,3 +188,4 @@ class EdgeAgent:
         self.runtime.close()
         self.spool.close()
         self.driver.close()
+        return steps

@@ -1,0 +1,118 @@
+"""Simulated operators: a scripted expert, and the person of HG-DAgger who takes over when the policy drifts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+# panda_pick_cube "state" = gym_hil agent_pos (qpos 7, qvel 7, gripper command 1, tcp xyz 3) + cube xyz 3.
+_GRIPPER = 14
+_TCP = slice(15, 18)
+_CUBE = slice(18, 21)
+_MAX_GRIPPER_COMMAND = 255.0
+_STEP_M = 0.025  # metres per unit of the xyz action
+_OPEN, _STAY, _CLOSE = 0.0, 1.0, 2.0
+
+
+class Expert(Protocol):
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class PickCubeExpert:
+    """Stateless scripted operator for panda_pick_cube: line up over the cube, descend, close, lift.
+
+    Stateless on purpose: its action is a function of the observation alone, so it can label any state
+    a policy drives into (what HG-DAgger's corrections need).
+    """
+
+    def __init__(self, align_tolerance_m: float = 0.01, grasp_tolerance_m: float = 0.01) -> None:
+        self.align_tolerance_m = align_tolerance_m
+        self.grasp_tolerance_m = grasp_tolerance_m
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        state = np.asarray(observation["state"], dtype=np.float64)
+        closed = state[_GRIPPER] / _MAX_GRIPPER_COMMAND > 0.5
+        tcp, cube = state[_TCP], state[_CUBE]
+        delta = cube - tcp
+        action = np.zeros(4, dtype=np.float32)
+        if closed:
+            cube_on_table = cube[2] < 0.03
+            if cube_on_table and tcp[2] - cube[2] > 0.03:
+                action[3] = _OPEN  # the grasp missed or slipped: open, then the rules below line up again
+                return action
+            action[2], action[3] = 1.0, _CLOSE  # lift straight up, keep squeezing
+            return action
+        action[:2] = np.clip(delta[:2] / _STEP_M, -1.0, 1.0)
+        if np.linalg.norm(delta[:2]) > self.align_tolerance_m:
+            action[3] = _OPEN  # line up at the current height first, so the fingers do not hit the cube
+            return action
+        action[2] = np.clip(delta[2] / _STEP_M, -1.0, 1.0)
+        action[3] = _CLOSE if abs(delta[2]) < self.grasp_tolerance_m else _OPEN
+        return action
+
+
+class HGDaggerOperator:
+    """The simulated person of HG-DAgger: watches the policy and drives when it drifts.
+
+    Takes over when the policy's action is farther than ``takeover_distance`` (L2) from the expert's for
+    ``takeover_patience`` steps in a row, or at ``deadline_step`` (no success by then: it keeps control to the
+    end of the episode). Hands back when the policy's action is within ``handback_distance`` of the expert's
+    for ``handback_patience`` steps in a row. With no policy action (none loaded, or late) it drives.
+    """
+
+    def __init__(
+        self,
+        expert: Expert,
+        takeover_distance: float = 1.5,
+        takeover_patience: int = 2,
+        deadline_step: int = 40,
+        handback_distance: float = 0.5,
+        handback_patience: int = 3,
+    ) -> None:
+        self.expert = expert
+        self.takeover_distance = takeover_distance
+        self.takeover_patience = takeover_patience
+        self.deadline_step = deadline_step
+        self.handback_distance = handback_distance
+        self.handback_patience = handback_patience
+        self.reset()
+
+    def reset(self) -> None:
+        self.intervening = False
+        self._far_steps = 0
+        self._near_steps = 0
+
+    def decide(
+        self, observation: dict[str, np.ndarray], policy_action: np.ndarray | None, step_index: int
+    ) -> tuple[np.ndarray, bool]:
+        """Returns (the action to apply, whether the operator is intervening)."""
+        expert_action = np.asarray(self.expert.act(observation), dtype=np.float32)
+        if policy_action is None:
+            return expert_action, True
+        if step_index >= self.deadline_step:
+            self.intervening = True
+            return expert_action, True
+        policy_action = np.asarray(policy_action, dtype=np.float32).reshape(expert_action.shape)
+        distance = float(np.linalg.norm(policy_action - expert_action))
+        if not self.intervening:
+            self._far_steps = self._far_steps + 1 if distance > self.takeover_distance else 0
+            if self._far_steps >= self.takeover_patience:
+                self.intervening, self._near_steps = True, 0
+        else:
+            self._near_steps = self._near_steps + 1 if distance <= self.handback_distance else 0
+            if self._near_steps >= self.handback_patience:
+                self.intervening, self._far_steps = False, 0
+        return (expert_action, True) if self.intervening else (policy_action, False)
+
+
+OPERATORS: dict[str, Callable[[], HGDaggerOperator]] = {
+    "panda_pick_cube": lambda: HGDaggerOperator(PickCubeExpert()),
+}
+
+
+def make_operator(task: str) -> HGDaggerOperator | None:
+    """The simulated operator for a task, or None where no scripted operator exists (pusht)."""
+    factory = OPERATORS.get(task)
+    return factory() if factory is not None else None

@@ -1,0 +1,157 @@
+"""Simulated robots: a Driver over gymnasium sims (gym_hil's Panda pick-cube, gym_pusht)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hal.resource import ArraySpec, Capabilities, Transition
+
+# gym_hil places the cube with numpy's *global* generator; several robots in one process swap their own
+# generator state in around reset under this lock, so each robot stays reproducible from its seed.
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SimTask:
+    """How to build one sim and translate its observations to named arrays."""
+
+    make_env: Callable[[], Any]  # imports the sim package lazily: only the tasks in use get imported
+    observation: tuple[ArraySpec, ...]
+    action: ArraySpec
+    cameras: tuple[str, ...]
+    observe: Callable[[dict[str, Any]], dict[str, np.ndarray]]
+    success: Callable[[dict[str, Any]], bool]
+    uses_global_rng: bool = False
+
+
+def _make_panda_pick_cube() -> Any:
+    import gym_hil  # noqa: F401  (registers the env ids)
+    import gymnasium as gym
+
+    # reset_delay_seconds=0: every gym_hil variant otherwise sleeps 1 s per reset.
+    return gym.make(
+        "gym_hil/PandaPickCube-v0", reset_delay_seconds=0, random_block_position=True, disable_env_checker=True
+    )
+
+
+def _observe_panda(obs: dict[str, Any]) -> dict[str, np.ndarray]:
+    # agent_pos (18) = joint qpos 7, joint qvel 7, gripper command 1 (0..255), tcp position 3; then the cube 3.
+    state = np.concatenate([obs["agent_pos"], obs["environment_state"]]).astype(np.float32)
+    return {"state": state}
+
+
+def _make_pusht() -> Any:
+    import gym_pusht  # noqa: F401  (registers the env ids)
+    import gymnasium as gym
+
+    return gym.make(
+        "gym_pusht/PushT-v0",
+        obs_type="pixels_agent_pos",
+        observation_width=96,
+        observation_height=96,
+        disable_env_checker=True,
+    )
+
+
+def _observe_pusht(obs: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
+        "pixels": np.ascontiguousarray(obs["pixels"], dtype=np.uint8),
+        "agent_pos": np.asarray(obs["agent_pos"], dtype=np.float32),
+    }
+
+
+SIM_TASKS: dict[str, SimTask] = {
+    "panda_pick_cube": SimTask(
+        make_env=_make_panda_pick_cube,
+        observation=(ArraySpec("state", "float32", (21,)),),
+        # [dx, dy, dz] in units of 2.5 cm, gripper 0 open / 1 stay / 2 close.
+        action=ArraySpec("action", "float32", (4,), low=(-1.0, -1.0, -1.0, 0.0), high=(1.0, 1.0, 1.0, 2.0)),
+        cameras=(),
+        observe=_observe_panda,
+        success=lambda info: bool(info.get("succeed", False)),
+        uses_global_rng=True,
+    ),
+    "pusht": SimTask(
+        make_env=_make_pusht,
+        observation=(
+            ArraySpec("pixels", "uint8", (96, 96, 3), low=(0.0,), high=(255.0,)),
+            ArraySpec("agent_pos", "float32", (2,), low=(0.0, 0.0), high=(512.0, 512.0)),
+        ),
+        # Target position of the pusher in the 512x512 arena.
+        action=ArraySpec("action", "float32", (2,), low=(0.0, 0.0), high=(512.0, 512.0)),
+        cameras=("pixels",),
+        observe=_observe_pusht,
+        success=lambda info: bool(info.get("is_success", False)),
+    ),
+}
+
+
+class SimRobot:
+    """A Driver over one gymnasium sim. After a Transition with ``done``, call ``reset`` before ``apply``."""
+
+    def __init__(self, task: str, seed: int | None = None, control_hz: float = 10.0) -> None:
+        if task not in SIM_TASKS:
+            raise ValueError(f"unknown sim task {task!r}; known: {sorted(SIM_TASKS)}")
+        self.task = task
+        self._spec = SIM_TASKS[task]
+        self._capabilities = Capabilities(
+            observation=self._spec.observation,
+            action=self._spec.action,
+            control_hz=control_hz,
+            embodiment=task,
+            cameras=self._spec.cameras,
+        )
+        self._env = self._spec.make_env()
+        self._seed = seed
+        self._first_reset = True
+        # This robot's own stream for numpy's global generator (fresh entropy when no seed is given).
+        self._global_rng_state = np.random.RandomState(np.random.SeedSequence(seed).generate_state(1)[0]).get_state()
+        self.holding = False  # a sim does not move between steps, so hold() only records the request
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def reset(self) -> dict[str, np.ndarray]:
+        # The env's own generator is seeded once; later resets continue it so episodes differ.
+        seed = self._seed if self._first_reset else None
+        self._first_reset = False
+        if self._spec.uses_global_rng:
+            with _GLOBAL_RNG_LOCK:
+                saved = np.random.get_state()
+                np.random.set_state(self._global_rng_state)
+                try:
+                    obs, _ = self._env.reset(seed=seed)
+                    self._global_rng_state = np.random.get_state()
+                finally:
+                    np.random.set_state(saved)
+        else:
+            obs, _ = self._env.reset(seed=seed)
+        self.holding = False
+        return self._spec.observe(obs)
+
+    def apply(self, action: np.ndarray) -> Transition:
+        action = np.asarray(action, dtype=self._capabilities.action.numpy_dtype).reshape(
+            self._capabilities.action.shape
+        )
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        self.holding = False
+        return Transition(
+            observation=self._spec.observe(obs),
+            reward=float(reward),
+            done=bool(terminated or truncated),
+            success=self._spec.success(info),
+            info={"terminated": bool(terminated), "truncated": bool(truncated)},
+        )
+
+    def hold(self) -> None:
+        """Nothing to stop: a sim only advances when stepped. Remembered in ``holding`` for inspection."""
+        self.holding = True
+
+    def close(self) -> None:
+        self._env.close()

@@ -1,0 +1,166 @@
+"""``fleetloop demo``: the cloud and a small simulated fleet on this machine, with a live table.
+
+Every part runs as its own process, talking over loopback gRPC exactly as on a real fleet.
+The table is read from the episode store; the summary lands in runs/<run>/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from launch.summary import VersionSummary, autonomy_climbed, summarize
+
+log = logging.getLogger("fleetloop.demo")
+
+DATASET = "panda_pick_cube"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    robots: int = 2
+    minutes: float = 6.0
+    control_hz: float = 10.0
+    run_dir: str | None = None
+    target_success: float = 0.8  # stop early once two versions in a row reach this
+    min_episodes_per_version: int = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the cloud exited with code {process.returncode}; see its log")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the cloud did not listen on port {port} within {timeout_s:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen], timeout_s: float = 30.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def render_table(summary: list[VersionSummary], elapsed_s: float, robots: int) -> Table:
+    table = Table(title=f"fleetloop demo: {robots} simulated robots, one shared policy ({elapsed_s:.0f} s)")
+    for column in ("policy version", "episodes", "autonomous success", "intervention rate", "steps", "steps/s"):
+        table.add_column(column, justify="right")
+    for row in summary:
+        table.add_row(
+            "none (operator)" if row.version == 0 else f"v{row.version}",
+            str(row.episodes),
+            f"{row.autonomous_success:.2f}",
+            f"{row.intervention_rate:.2f}",
+            str(row.steps),
+            f"{row.steps_per_s:.1f}",
+        )
+    return table
+
+
+def _reached_target(summary: list[VersionSummary], config: DemoConfig) -> bool:
+    rated = [s for s in summary if s.version > 0 and s.episodes >= config.min_episodes_per_version]
+    return len(rated) >= 2 and all(s.autonomous_success >= config.target_success for s in rated[-2:])
+
+
+def run_demo(config: DemoConfig) -> int:
+    from cloud.store import EpisodeStore
+
+    run_dir = Path(config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
+    console = Console()
+    console.print(
+        f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
+        f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}"
+    )
+    cli = [sys.executable, "-m", "launch.cli"]
+    processes: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "w") as out:
+            process = subprocess.Popen(cli + args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        processes.append(process)
+        return process
+
+    cloud = start("cloud", ["cloud", "--root", str(run_dir), "--port", str(port)])
+    try:
+        _wait_for_port(port, cloud)
+        for i in range(1, config.robots + 1):
+            start(
+                f"robot-{i}",
+                [
+                    "edge",
+                    "--robot",
+                    f"sim:{DATASET}",
+                    "--id",
+                    f"robot-{i}",
+                    "--cloud",
+                    f"127.0.0.1:{port}",
+                    "--seed",
+                    str(1000 * i),
+                    "--hz",
+                    str(config.control_hz),
+                    "--spool",
+                    str(run_dir / f"spool-{i}.db"),
+                ],
+            )
+        store = None
+        started = time.monotonic()
+        summary: list[VersionSummary] = []
+        with Live(render_table([], 0, config.robots), console=console, refresh_per_second=2) as live:
+            while time.monotonic() - started < config.minutes * 60:
+                time.sleep(1.0)
+                if any(p.poll() is not None for p in processes):
+                    raise RuntimeError("a demo process exited early; see the logs in " + str(logs))
+                if store is None and (run_dir / "store").exists():
+                    store = EpisodeStore(run_dir / "store", read_only=True)
+                if store is not None:
+                    summary = summarize(store, DATASET)
+                live.update(render_table(summary, time.monotonic() - started, config.robots))
+                if _reached_target(summary, config):
+                    break
+    finally:
+        # Robots first, so they drain their spools into the cloud before it stops.
+        _stop(processes[1:])
+        _stop(processes[:1])
+    store = EpisodeStore(run_dir / "store", read_only=True)
+    summary = summarize(store, DATASET)
+    (run_dir / "summary.json").write_text(json.dumps([s.to_dict() for s in summary], indent=2))
+    console.print(render_table(summary, time.monotonic() - started, config.robots))
+    first, best = autonomy_climbed(summary)
+    rates = [s.intervention_rate for s in summary if s.episodes]
+    console.print(
+        f"Autonomous success went from {first:.2f} to {best:.2f}; the operator's share of steps from "
+        f"{rates[0] if rates else 0:.2f} to {rates[-1] if rates else 0:.2f}. "
+        f"Summary written to {run_dir / 'summary.json'}."
+    )
+    return 0 if best >= 0.5 else 1

@@ -1,0 +1,61 @@
+"""Policy <-> bytes as safetensors: tensors plus {"type", "config"} metadata. Never pickle, never torch.load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import safetensors.torch
+
+from policies.base import Policy
+from policies.registry import make_policy
+
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def policy_to_bytes(policy: Policy) -> bytes:
+    tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
+    metadata = {"type": policy.type_name, "config": json.dumps(policy.config_dict(), sort_keys=True)}
+    return safetensors.torch.save(tensors, metadata=metadata)
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob: header = 8-byte little-endian length, then JSON."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors blob: shorter than its 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(len(data) - 8, _MAX_HEADER_BYTES):
+        raise ValueError(f"not a safetensors blob: header length {n} does not fit in {len(data)} bytes")
+    try:
+        header: Any = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a safetensors blob: bad header ({exc})") from exc
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def policy_from_bytes(data: bytes) -> Policy:
+    """Rebuilds a policy from ``policy_to_bytes`` output; ValueError on anything that does not fit."""
+    metadata = read_metadata(data)
+    if "type" not in metadata or "config" not in metadata:
+        raise ValueError("policy weights lack the 'type' and 'config' metadata")
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"policy config metadata is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError("policy config metadata is not a JSON object")
+    try:
+        policy = make_policy(metadata["type"], config)
+    except TypeError as exc:  # unexpected or missing config fields
+        raise ValueError(f"policy config does not fit type {metadata['type']!r}: {exc}") from exc
+    try:
+        policy.load_state_dict(safetensors.torch.load(data), strict=True)
+    except (RuntimeError, safetensors.SafetensorError) as exc:
+        raise ValueError(f"policy weights do not match their config: {exc}") from exc
+    return policy
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,112 @@
+"""Helpers that start the real parts (cloud and edges) as separate processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@dataclass
+class Fleet:
+    root: Path
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (kept open for the process's life)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "launch.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=ENV
+        )
+        self.processes[name] = process
+        return process
+
+    def start_cloud(self, *extra: str) -> subprocess.Popen:
+        process = self._start(
+            "cloud", ["cloud", "--root", str(self.root / "data"), "--port", str(self.port), "--no-learner", *extra]
+        )
+
+        def listening() -> bool:
+            assert process.poll() is None, f"the cloud exited: {self.log('cloud')}"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(listening, 60, "the cloud to listen")
+        return process
+
+    def start_edge(self, robot_id: str, *extra: str, hz: float = 50.0, seed: int = 1) -> subprocess.Popen:
+        return self._start(
+            robot_id,
+            [
+                "edge",
+                "--robot",
+                "sim:panda_pick_cube",
+                "--id",
+                robot_id,
+                "--cloud",
+                self.target,
+                "--hz",
+                str(hz),
+                "--seed",
+                str(seed),
+                "--spool",
+                str(self.spool_path(robot_id)),
+                "--stats-file",
+                str(self.root / f"{robot_id}.stats.json"),
+                *extra,
+            ],
+        )
+
+    def spool_path(self, robot_id: str) -> Path:
+        return self.root / f"{robot_id}.spool.db"
+
+    def stats(self, robot_id: str) -> dict:
+        return json.loads((self.root / f"{robot_id}.stats.json").read_text())
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self, name: str, timeout_s: float = 30.0) -> int:
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=timeout_s)
+
+    def stop_all(self) -> None:
+        for name in [n for n in self.processes if n != "cloud"] + (["cloud"] if "cloud" in self.processes else []):
+            try:
+                self.stop(name, timeout_s=20)
+            except subprocess.TimeoutExpired:
+                self.processes[name].kill()

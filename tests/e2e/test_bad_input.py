@@ -1,0 +1,145 @@
+"""Malformed batches are refused with an error naming the field; the other edge's stream goes on."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from cloud.store import EpisodeStore
+from hal.resource import ArraySpec, Capabilities, ResourceInfo
+from protocol import PROTOCOL_VERSION
+from protocol import tunnel_pb2 as pb
+from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.arrays import encode_array
+from protocol.steps import encode_batch
+from tests.e2e.fleet import Fleet, wait_until
+
+RESOURCE = ResourceInfo(
+    id="intruder-1",
+    kind="robot",
+    source="sim",
+    capabilities=Capabilities(
+        observation=(ArraySpec("state", "float32", (21,)),),
+        action=ArraySpec("action", "float32", (4,), (-1, -1, -1, 0), (1, 1, 1, 2)),
+        control_hz=10.0,
+        embodiment="panda_pick_cube",
+    ),
+)
+
+
+def good_columns(n: int = 5) -> dict[str, np.ndarray]:
+    return {
+        "obs.state": np.zeros((n, 21), np.float32),
+        "action": np.zeros((n, 4), np.float32),
+        "reward": np.zeros(n, np.float32),
+        "done": np.zeros(n, bool),
+        "success": np.zeros(n, bool),
+        "intervention": np.ones(n, bool),
+        "policy_version": np.zeros(n, np.int64),
+        "t_mono_ns": np.arange(n, dtype=np.int64),
+    }
+
+
+class RawEdge:
+    """A hand-driven tunnel stream: sends what the test says, collects what the cloud answers."""
+
+    def __init__(self, target: str) -> None:
+        self.outgoing: queue.Queue = queue.Queue()
+        self.incoming: queue.Queue = queue.Queue()
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 128 << 20)])
+        self.outgoing.put(
+            pb.EdgeMessage(hello=pb.Hello(resource=RESOURCE.to_proto(), protocol_version=PROTOCOL_VERSION))
+        )
+        self.responses = pb_grpc.TunnelStub(self.channel).Connect(iter(self.outgoing.get, None))
+        self.status: grpc.RpcError | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for message in self.responses:
+                self.incoming.put(message)
+        except grpc.RpcError as err:
+            self.status = err
+            self.incoming.put(None)
+
+    def send(self, batch: pb.StepBatch) -> pb.CloudMessage | None:
+        self.outgoing.put(pb.EdgeMessage(steps=batch))
+        while True:
+            message = self.incoming.get(timeout=30)
+            if message is None or message.WhichOneof("body") in ("ack", "error"):
+                return message
+
+    def close(self) -> None:
+        self.outgoing.put(None)
+        self.channel.close()
+
+
+def mutated(mutate) -> pb.StepBatch:
+    batch = encode_batch("bad-episode", 0, good_columns(), batch_id=7)
+    mutate(batch)
+    return batch
+
+
+CASES = [
+    (
+        lambda b: b.columns["action"].CopyFrom(encode_array(np.zeros((5, 4), np.float64))),
+        "step_batch.columns[action].dtype",
+    ),
+    (
+        lambda b: b.columns["obs.state"].CopyFrom(encode_array(np.zeros((5, 20), np.float32))),
+        "step_batch.columns[obs.state].shape",
+    ),
+    (
+        lambda b: b.columns["obs.state"].CopyFrom(encode_array(np.full((5, 21), np.nan, np.float32))),
+        "step_batch.columns[obs.state].data",
+    ),
+    (lambda b: b.columns.pop("intervention"), "step_batch.columns[intervention]"),
+    (lambda b: b.ClearField("episode_id"), "step_batch.episode_id"),
+    (lambda b: b.columns["obs.state"].CopyFrom(encode_array(np.zeros((5, 21 * 40_000), np.float32))), "step_batch"),
+]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    fleet.start_cloud("--max-batch-mb", "1")
+    yield fleet
+    fleet.stop_all()
+
+
+def test_malformed_batches_are_refused_by_field_and_other_edges_go_on(fleet: Fleet) -> None:
+    fleet.start_edge("robot-1")
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+
+    def stored() -> int:
+        store.refresh()
+        return store.committed_rows("panda_pick_cube") if "panda_pick_cube" in store.datasets() else 0
+
+    wait_until(lambda: stored() > 0, 90, "the well-behaved edge's first steps")
+    raw = RawEdge(fleet.target)
+    try:
+        for mutate, field in CASES:
+            reply = raw.send(mutated(mutate))
+            assert reply is not None and reply.WhichOneof("body") == "error", f"no error for {field}"
+            assert reply.error.field == field
+            assert reply.error.batch_id == 7
+        # The stream that sent garbage still works for good data.
+        reply = raw.send(encode_batch("good-episode", 0, good_columns(), batch_id=8))
+        assert reply.WhichOneof("body") == "ack" and reply.ack.next_seq == 5
+        # A message past the transport limit closes only that stream.
+        huge = encode_batch("huge", 0, {**good_columns(), "obs.state": np.zeros((5, 21), np.float32)})
+        huge.columns["pad"].CopyFrom(encode_array(np.zeros(70 << 20, np.uint8)))
+        assert raw.send(huge) is None
+        assert raw.status.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        raw.close()
+
+    before = stored()
+    wait_until(lambda: stored() > before + 20, 30, "the well-behaved edge to keep streaming")
+    assert fleet.processes["cloud"].poll() is None
+    episodes = [e.episode_id for e in store.episodes("panda_pick_cube")]
+    assert "bad-episode" not in episodes and "huge" not in episodes and "good-episode" in episodes

@@ -1,0 +1,134 @@
+"""The loop end to end: a real gateway, edges in separate processes, a zarr store on disk."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+
+from cloud.learner import policy_for_schema
+from cloud.registry import PolicyRegistry
+from cloud.store import EpisodeStore
+from edge.spool import Spool
+from policies.weights import policy_to_bytes
+from tests.e2e.fleet import Fleet, wait_until
+
+DATASET = "panda_pick_cube"
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    yield fleet
+    fleet.stop_all()
+
+
+def open_store(fleet: Fleet) -> EpisodeStore:
+    return EpisodeStore(fleet.root / "data" / "store", read_only=True)
+
+
+def rows_of(store: EpisodeStore) -> dict[str, np.ndarray]:
+    store.refresh()
+    if DATASET not in store.datasets():
+        return {"seq": np.zeros(0, np.int64)}
+    return store.read(DATASET, columns=["seq", "episode_index", "policy_version", "intervention", "t_mono_ns"])
+
+
+def episodes_by_resource(store: EpisodeStore) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for episode in store.episodes(DATASET) if DATASET in store.datasets() else []:
+        out.setdefault(episode.resource_id, []).append(episode)
+    return out
+
+
+def assert_each_episode_contiguous_and_unique(store: EpisodeStore) -> None:
+    rows = rows_of(store)
+    episodes = store.episodes(DATASET)
+    for index, episode in enumerate(episodes):
+        seqs = np.sort(rows["seq"][rows["episode_index"] == index])
+        np.testing.assert_array_equal(seqs, np.arange(len(seqs)), err_msg=f"episode {episode.episode_id}")
+        assert len(seqs) == episode.num_steps
+
+
+def test_two_edges_stream_every_step_once_and_both_get_the_new_version(fleet: Fleet) -> None:
+    fleet.start_cloud()
+    fleet.start_edge("robot-1", seed=1)
+    fleet.start_edge("robot-2", seed=2)
+    store = open_store(fleet)
+    wait_until(
+        lambda: rows_of(store)["seq"].size and len(episodes_by_resource(store)) == 2,
+        90,
+        "steps from both robots in the store",
+    )
+
+    policy = policy_for_schema(store.schema(DATASET), hidden=(32, 32))
+    version = PolicyRegistry(fleet.root / "data" / "registry").publish(DATASET, policy_to_bytes(policy))
+    assert version.version == 1
+
+    def both_run_v1() -> bool:
+        rows = rows_of(store)
+        episodes = store.episodes(DATASET)
+        resources = {episodes[i].resource_id for i in np.unique(rows["episode_index"][rows["policy_version"] == 1])}
+        return resources == {"robot-1", "robot-2"}
+
+    wait_until(both_run_v1, 60, "steps under v1 from both robots")
+    for robot in ("robot-1", "robot-2"):
+        assert fleet.stop(robot) == 0
+    fleet.stop("cloud")
+
+    store = open_store(fleet)
+    rows = rows_of(store)
+    episodes = store.episodes(DATASET)
+    assert_each_episode_contiguous_and_unique(store)
+    for robot in ("robot-1", "robot-2"):
+        stats = fleet.stats(robot)
+        mine = [i for i, e in enumerate(episodes) if e.resource_id == robot]
+        stored = int(np.isin(rows["episode_index"], mine).sum())
+        assert stats["unacked_steps"] == 0
+        assert stored == stats["ticks"], f"{robot} produced {stats['ticks']} steps, the store holds {stored}"
+        assert Spool(fleet.spool_path(robot)).counts() == (0, 0)
+        # Provenance: source, and versions in time order never go back after the swap.
+        assert {episodes[i].source for i in mine} == {"sim"}
+        order = np.argsort(rows["t_mono_ns"][np.isin(rows["episode_index"], mine)], kind="stable")
+        versions = rows["policy_version"][np.isin(rows["episode_index"], mine)][order]
+        assert set(versions.tolist()) == {0, 1}
+        first_v1 = int(np.argmax(versions == 1))
+        assert (versions[first_v1:] == 1).all(), f"{robot} ran v0 after it swapped to v1"
+    assert "robot-1 now runs panda_pick_cube v1" in fleet.log("cloud")
+    assert "robot-2 now runs panda_pick_cube v1" in fleet.log("cloud")
+
+
+def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) -> None:
+    cloud = fleet.start_cloud()
+    edge = fleet.start_edge("robot-1")
+    store = open_store(fleet)
+    wait_until(lambda: rows_of(store)["seq"].size > 30, 90, "the first steps in the store")
+
+    cloud.send_signal(signal.SIGSTOP)  # the cloud stops acking: new steps pile up in the edge's spool
+    try:
+        wait_until(lambda: Spool(fleet.spool_path("robot-1")).counts()[1] > 20, 30, "unacked steps in the spool")
+        edge.kill()
+        edge.wait()
+    finally:
+        cloud.send_signal(signal.SIGCONT)
+    acked_before = rows_of(store)["seq"].size
+    spooled = Spool(fleet.spool_path("robot-1"))
+    held = spooled.held()
+    _, unacked_steps = spooled.counts()
+    spooled.close()
+    assert unacked_steps > 20 and held
+
+    fleet.start_edge("robot-1", "--episodes", "1")  # same id, same spool
+    wait_until(lambda: fleet.processes["robot-1"].poll() is not None, 120, "the restarted edge to finish")
+    assert fleet.processes["robot-1"].returncode == 0
+    fleet.stop("cloud")
+
+    store = open_store(fleet)
+    rows = rows_of(store)
+    assert rows["seq"].size >= acked_before + unacked_steps
+    assert_each_episode_contiguous_and_unique(store)
+    for episode_id, first_unacked in held.items():
+        [episode] = [e for e in store.episodes(DATASET) if e.episode_id == episode_id]
+        assert episode.num_steps > first_unacked, "the spooled steps of the killed episode were not resent"
+    assert Spool(fleet.spool_path("robot-1")).counts() == (0, 0)
