@@ -65,13 +65,15 @@ class Fleet:
         wait_until(listening, 60, "the cloud to listen")
         return process
 
-    def start_edge(self, robot_id: str, *extra: str, hz: float = 50.0, seed: int = 1) -> subprocess.Popen:
+    def start_edge(
+        self, robot_id: str, *extra: str, hz: float = 50.0, seed: int = 1, robot: str = "sim:panda_pick_cube"
+    ) -> subprocess.Popen:
         return self._start(
             robot_id,
             [
                 "edge",
                 "--robot",
-                "sim:panda_pick_cube",
+                robot,
                 "--id",
                 robot_id,
                 "--cloud",

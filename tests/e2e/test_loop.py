@@ -132,3 +132,32 @@ def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) 
         [episode] = [e for e in store.episodes(DATASET) if e.episode_id == episode_id]
         assert episode.num_steps > first_unacked, "the spooled steps of the killed episode were not resent"
     assert Spool(fleet.spool_path("robot-1")).counts() == (0, 0)
+
+
+def test_image_steps_from_pusht_land_in_the_store_and_a_cnn_version_reaches_the_edge(fleet: Fleet) -> None:
+    fleet.start_cloud()
+    fleet.start_edge("pusht-1", "--operator", "none", robot="sim:pusht", hz=20)
+    store = open_store(fleet)
+
+    def rows() -> int:
+        store.refresh()
+        return store.committed_rows("pusht") if "pusht" in store.datasets() else 0
+
+    wait_until(lambda: rows() > 10, 90, "image steps in the store")
+    schema = store.schema("pusht")
+    assert schema["obs.pixels"].shape == (96, 96, 3)
+    policy = policy_for_schema(schema, hidden=(32,))
+    assert policy.type_name == "cnn"
+    PolicyRegistry(fleet.root / "data" / "registry").publish("pusht", policy_to_bytes(policy))
+
+    def runs_v1() -> bool:
+        store.refresh()
+        return bool((store.read("pusht", columns=["policy_version"])["policy_version"] == 1).any())
+
+    wait_until(runs_v1, 60, "steps under the CNN policy v1")
+    assert fleet.stop("pusht-1") == 0
+    stats = fleet.stats("pusht-1")
+    store.refresh()
+    assert store.committed_rows("pusht") == stats["ticks"]
+    pixels = store.read("pusht", columns=["obs.pixels"], start=0, stop=5)["obs.pixels"]
+    assert pixels.dtype == np.uint8 and pixels.std() > 0  # real rendered frames, not zeros

@@ -1,0 +1,82 @@
+import threading
+import time
+
+import numpy as np
+
+from edge.policy_runtime import PolicyRuntime
+from policies.registry import make_policy
+from policies.weights import policy_to_bytes
+
+CONFIG = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "chunk_size": 4, "hidden": [8]}
+OBS = {"state": np.zeros(3, np.float32)}
+
+
+def weights(bias: float) -> bytes:
+    policy = make_policy("mlp", CONFIG)
+    for parameter in policy.parameters():
+        parameter.data.zero_()
+    policy.net[-1].bias.data.fill_(bias)  # every action == bias (normalization is the identity)
+    return policy_to_bytes(policy)
+
+
+def wait_loaded(runtime: PolicyRuntime) -> None:
+    deadline = time.monotonic() + 10
+    while runtime._ready is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_no_policy_gives_no_action() -> None:
+    runtime = PolicyRuntime()
+    assert runtime.next_action(OBS, deadline=time.monotonic() + 0.1) == (None, 0)
+    runtime.close()
+
+
+def test_swap_happens_only_at_a_tick_boundary_and_drops_old_actions() -> None:
+    swapped = []
+    runtime = PolicyRuntime(on_swapped=lambda name, version: swapped.append((name, version)))
+    runtime.load("p", 1, weights(0.5))
+    wait_loaded(runtime)
+    assert runtime.version == 0, "a loaded policy must wait for the next tick"
+    assert runtime.begin_tick()
+    action, version = runtime.next_action(OBS, deadline=time.monotonic() + 1)
+    assert version == 1 and np.allclose(action, 0.5)
+    runtime.load("p", 2, weights(-0.5))
+    wait_loaded(runtime)
+    # Mid-chunk: v1's queued actions keep coming until the boundary...
+    assert runtime.next_action(OBS, deadline=time.monotonic() + 1)[1] == 1
+    assert runtime.begin_tick()
+    # ...after it, no action from v1 is applied.
+    action, version = runtime.next_action(OBS, deadline=time.monotonic() + 1)
+    assert version == 2 and np.allclose(action, -0.5)
+    assert swapped == [("p", 1), ("p", 2)]
+    runtime.close()
+
+
+def test_older_or_broken_versions_are_not_swapped_in() -> None:
+    runtime = PolicyRuntime()
+    runtime.load("p", 2, weights(0.1))
+    wait_loaded(runtime)
+    runtime.begin_tick()
+    runtime.load("p", 1, weights(0.9))
+    runtime.load("p", 3, b"not safetensors")
+    time.sleep(0.3)
+    assert not runtime.begin_tick()
+    assert runtime.version == 2
+    runtime.close()
+
+
+def test_slow_inference_misses_the_deadline_without_blocking() -> None:
+    runtime = PolicyRuntime()
+    runtime.load("p", 1, weights(0.0))
+    wait_loaded(runtime)
+    runtime.begin_tick()
+    release = threading.Event()
+    policy = runtime._active.policy
+    original = policy.act
+    policy.act = lambda obs: (release.wait(5), original(obs))[1]
+    started = time.monotonic()
+    assert runtime.next_action(OBS, deadline=started + 0.05) == (None, 1)
+    assert time.monotonic() - started < 0.5
+    assert runtime.late_inferences == 1
+    release.set()
+    runtime.close()
