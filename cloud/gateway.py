@@ -128,43 +128,66 @@ class StoreWriter:
             return
         accepted: list[_Pending] = []
         expected: dict[str, int] = {}
+        owners: dict[str, str] = {}
         for item in items:
             episode = item.rows.episode_id
+            stored = self.store.episode(episode)
+            owner = owners.get(episode, stored.resource_id if stored else item.rows.resource_id)
+            if owner != item.rows.resource_id:
+                self._refuse(item, "step_batch.episode_id", f"episode {episode} belongs to another resource")
+                continue
             next_seq = expected.get(episode, self.store.next_seq(episode))
             if item.rows.first_seq > next_seq:
-                item.session.batches_refused += 1
-                item.session.send(
-                    pb.CloudMessage(
-                        error=pb.Error(
-                            code="invalid_argument",
-                            field="step_batch.first_seq",
-                            batch_id=item.batch_id,
-                            message=f"episode {episode} continues at seq {next_seq}, got {item.rows.first_seq}",
-                        )
-                    )
+                self._refuse(
+                    item,
+                    "step_batch.first_seq",
+                    f"episode {episode} continues at seq {next_seq}, got {item.rows.first_seq}",
                 )
                 continue
+            owners[episode] = owner
             expected[episode] = max(next_seq, item.rows.first_seq + len(item.rows.columns["action"]))
             accepted.append(item)
         if not accepted:
             return
         try:
             ack_points = await asyncio.to_thread(self.store.write, [item.rows for item in accepted])
+        except ValueError:
+            # The store refused the group (it writes all or nothing): write one by one to find the culprit.
+            for item in accepted:
+                try:
+                    ack_points = await asyncio.to_thread(self.store.write, [item.rows])
+                except ValueError as err:
+                    field, _, message = str(err).partition(": ")
+                    self._refuse(item, f"step_batch.{field}", message or str(err))
+                else:
+                    self._ack(item, ack_points)
+            return
         except Exception:  # the store failed: nothing is acked, the edges keep their spools and resend
             log.exception("writing %d batches to the episode store failed; edges will resend them", len(accepted))
             return
         for item in accepted:
-            session = item.session
-            session.steps_stored += len(item.rows.columns["action"])
-            session.send(
-                pb.CloudMessage(
-                    ack=pb.Ack(
-                        batch_id=item.batch_id,
-                        episode_id=item.rows.episode_id,
-                        next_seq=ack_points[item.rows.episode_id],
-                    )
+            self._ack(item, ack_points)
+
+    @staticmethod
+    def _ack(item: _Pending, ack_points: dict[str, int]) -> None:
+        item.session.steps_stored += len(item.rows.columns["action"])
+        item.session.send(
+            pb.CloudMessage(
+                ack=pb.Ack(
+                    batch_id=item.batch_id, episode_id=item.rows.episode_id, next_seq=ack_points[item.rows.episode_id]
                 )
             )
+        )
+
+    @staticmethod
+    def _refuse(item: _Pending, field: str, message: str) -> None:
+        item.session.batches_refused += 1
+        log.warning("refused a batch from %s: %s: %s", item.rows.resource_id, field, message)
+        item.session.send(
+            pb.CloudMessage(
+                error=pb.Error(code="invalid_argument", field=field, batch_id=item.batch_id, message=message)
+            )
+        )
 
 
 def check_resource(resource: pb.Resource) -> ResourceInfo:

@@ -52,12 +52,14 @@ STAT_COLUMNS = ["episode_index", "seq", "intervention", "success", "done", "poli
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TARGET_CHUNK_BYTES = 2 << 20  # 1-4 MB chunks write fast; bigger ones make every partial-chunk append costly
 STORE_FORMAT = 1
-# zarr 3.4's opt-in synchronous pipeline: one thread hop per write instead of a coroutine per chunk step;
-# it halved the time of a 64-row append to a small column here. Chosen when an array is opened.
 # Runtime config, not saved in the metadata: every open must pass it again. Writing chunks that hold only
 # the fill value skips a scan of each chunk and keeps "every touched chunk exists" true for _fsync_rows.
 ARRAY_CONFIG = {"write_empty_chunks": True}
+# zarr 3.4's opt-in synchronous pipeline: one thread hop per write instead of a coroutine per chunk step;
+# it halved the time of a 64-row append to a small column here. It is picked from the global config when
+# an array is opened, so the lock keeps two threads' config.set blocks from restoring each other's values.
 FUSED = {"codec_pipeline.path": "zarr.core.codec_pipeline.FusedCodecPipeline"}
+_ZARR_CONFIG_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,7 @@ class EpisodeStore:
         array = ds.arrays.get(name)
         if array is None or array.shape[0] < rows:
             mode = "r" if self.read_only else "r+"
-            with zarr.config.set(FUSED):
+            with _ZARR_CONFIG_LOCK, zarr.config.set(FUSED):
                 array = ds.arrays[name] = zarr.open_array(
                     self._store(), path=f"{ds.name}/{name}", mode=mode, config=ARRAY_CONFIG
                 )
@@ -342,11 +344,15 @@ class EpisodeStore:
         for col, spec in schema.items():
             ds.arrays[col] = self._create_array(name, col, spec)
         (self.root / name / "episodes.jsonl").write_bytes(b"")
+        if self.durable:
+            folder = self.root / name
+            paths = [self.root, folder, folder / "zarr.json", folder / "episodes.jsonl"]
+            self._fsync([*paths, *(folder / col for col in schema), *(folder / col / "zarr.json" for col in schema)])
         _atomic_write(self.root / name / "commit.json", self._commit_bytes(ds), self.durable)
         self._datasets[name] = ds
 
     def _create_array(self, dataset: str, column: str, spec: ColumnSpec) -> zarr.Array:
-        with zarr.config.set(FUSED):
+        with _ZARR_CONFIG_LOCK, zarr.config.set(FUSED):
             return zarr.create_array(
                 self._store(),
                 name=f"{dataset}/{column}",
@@ -386,13 +392,15 @@ class EpisodeStore:
         return 0 if record is None else record.next_seq
 
     def episode(self, episode_id: str) -> EpisodeRecord | None:
-        record = self._episode_of.get(episode_id)
-        return None if record is None else replace(record)
+        with self._lock:  # copies of records a write is not halfway through updating
+            record = self._episode_of.get(episode_id)
+            return None if record is None else replace(record)
 
     def episodes(self, dataset: str | None = None) -> list[EpisodeRecord]:
         """Episodes with committed rows, in episode_index order (per dataset, datasets sorted)."""
         names = self.datasets() if dataset is None else [self._get(dataset).name]
-        return [replace(record) for name in names for record in self._datasets[name].episodes]
+        with self._lock:
+            return [replace(record) for name in names for record in self._datasets[name].episodes]
 
     def row_indices(self, dataset: str, episode_id: str) -> np.ndarray:
         """Committed rows of one episode, in seq order (an episode's rows interleave with others')."""
@@ -495,7 +503,7 @@ class EpisodeStore:
             data[name] = np.concatenate(parts).astype(spec.dtype, copy=False)
         start, stop = ds.rows, ds.rows + len(data["seq"])
 
-        self._grow(ds, stop)
+        grown = self._grow(ds, stop)
         # one write per column, all columns at once: zarr encodes chunks in threads meanwhile
         sync(_write_columns([(ds.arrays[name], slice(start, stop), values) for name, values in data.items()]))
         index_bytes = ds.index_bytes
@@ -513,7 +521,7 @@ class EpisodeStore:
                 f.write(lines)
             index_bytes += len(lines)
         if self.durable:
-            self._fsync_rows(ds, start, stop)
+            self._fsync_rows(ds, start, stop, metadata=grown)
         commit = {"rows": stop, "episodes": len(ds.episodes) + len(new), "index_bytes": index_bytes}
         _atomic_write(self.root / ds.name / "commit.json", json.dumps(commit).encode(), self.durable)
 
@@ -525,22 +533,29 @@ class EpisodeStore:
         _absorb(ds.episodes, {name: data[name] for name in STAT_COLUMNS})
         ds.rows = stop
 
-    def _grow(self, ds: _Dataset, rows: int) -> None:
-        """Doubles capacity so array metadata is rewritten rarely, not on every write."""
+    def _grow(self, ds: _Dataset, rows: int) -> bool:
+        """Doubles capacity so array metadata is rewritten rarely, not on every write; True if it grew."""
+        grown = False
         for name in ds.schema:
             array = self._array(ds, name, 0)
             if array.shape[0] < rows:
-                capacity = max(rows, 2 * array.shape[0], array.chunks[0])
-                array.resize((capacity, *array.shape[1:]))
+                array.resize((max(rows, 2 * array.shape[0], array.chunks[0]), *array.shape[1:]))
+                grown = True
+        return grown
 
-    def _fsync_rows(self, ds: _Dataset, start: int, stop: int) -> None:
-        """Flushes the chunks under rows [start, stop), their directories and the episodes file."""
+    def _fsync_rows(self, ds: _Dataset, start: int, stop: int, metadata: bool) -> None:
+        """Flushes the chunks under rows [start, stop), their directories, the episodes file, resized metadata."""
         paths = [self.root / ds.name / "episodes.jsonl"]
         for name, array in ds.arrays.items():
             step, tail = array.chunks[0], ".0" * (array.ndim - 1)
             directory = self.root / ds.name / name
             paths += [directory / f"c.{chunk}{tail}" for chunk in range(start // step, (stop - 1) // step + 1)]
-            paths.append(directory)  # the chunk files' renames
+            paths.append(directory)  # the renames of chunk files and zarr.json
+            if metadata:
+                paths.append(directory / "zarr.json")
+        self._fsync(paths)
+
+    def _fsync(self, paths: list[Path]) -> None:
         if self._fsync_pool is None:
             self._fsync_pool = ThreadPoolExecutor(16, thread_name_prefix="store-fsync")
         # concurrent fsyncs share journal commits: 25 of them took ~100 ms in a row and ~8 ms at once here

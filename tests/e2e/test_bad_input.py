@@ -127,6 +127,10 @@ def test_malformed_batches_are_refused_by_field_and_other_edges_go_on(fleet: Fle
             assert reply is not None and reply.WhichOneof("body") == "error", f"no error for {field}"
             assert reply.error.field == field
             assert reply.error.batch_id == 7
+        # A device cannot write into another device's episode.
+        theirs = store.episodes("panda_pick_cube")[0].episode_id
+        reply = raw.send(encode_batch(theirs, 0, good_columns(), batch_id=9))
+        assert reply.WhichOneof("body") == "error" and reply.error.field == "step_batch.episode_id"
         # The stream that sent garbage still works for good data.
         reply = raw.send(encode_batch("good-episode", 0, good_columns(), batch_id=8))
         assert reply.WhichOneof("body") == "ack" and reply.ack.next_seq == 5
