@@ -11,16 +11,17 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 find_python() {
   local candidates=()
   [[ -n "${FLEETLOOP_PYTHON:-}" ]] && candidates+=("$FLEETLOOP_PYTHON")
-  candidates+=(python3.13 python3.12 python3)
+  candidates+=(python3.12 python3.13 python3)
   for py in "${candidates[@]}"; do
     if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
       command -v "$py"; return 0
     fi
   done
-  # pyenv keeps interpreters that its shims refuse to run unless selected.
+  # pyenv keeps interpreters that its shims refuse to run unless selected; prefer the oldest 3.12+,
+  # the version lerobot and torch are built and tested for.
   if command -v pyenv >/dev/null 2>&1; then
     local root; root="$(pyenv root)"
-    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9])(\.[0-9]+)?$' | sort -V -r); do
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E "^3\.(1[2-9])(\.[0-9]+)?$" | sort -V); do
       if [[ -x "$root/versions/$v/bin/python3" ]]; then
         echo "$root/versions/$v/bin/python3"; return 0
       fi
