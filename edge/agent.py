@@ -85,7 +85,8 @@ class EdgeAgent:
             while not self.stop_event.is_set():
                 if duration_s and time.monotonic() - started >= duration_s:
                     break
-                tick_start = time.monotonic()
+                tick_start_ns = time.monotonic_ns()
+                tick_start = tick_start_ns / 1e9
                 if self.record_tick_periods:
                     self.stats.tick_periods_s.append(tick_start - last_tick)
                 last_tick = tick_start
@@ -97,7 +98,7 @@ class EdgeAgent:
                     action, intervention = (hold if policy_action is None else policy_action), False
                 action = clamp_action(action, caps.action)
                 transition = self.driver.apply(action)
-                self._record(observation, action, transition, intervention, version, tick_start)
+                self._record(observation, action, transition, intervention, version, tick_start_ns)
                 observation = transition.observation
                 if transition.done:
                     self._end_episode(transition.success)
@@ -125,7 +126,7 @@ class EdgeAgent:
             self.operator.reset()
         return self.driver.reset()
 
-    def _record(self, observation, action, transition, intervention: bool, version: int, tick_start: float) -> None:
+    def _record(self, observation, action, transition, intervention: bool, version: int, tick_start_ns: int) -> None:
         columns = {
             f"obs.{spec.name}": np.asarray(observation[spec.name], dtype=spec.numpy_dtype)
             for spec in self.resource.capabilities.observation
@@ -138,7 +139,7 @@ class EdgeAgent:
                 "success": np.bool_(transition.success),
                 "intervention": np.bool_(intervention),
                 "policy_version": np.int64(version),
-                "t_mono_ns": np.int64(int(tick_start * 1e9)),
+                "t_mono_ns": np.int64(tick_start_ns),
             }
         )
         self.recorder.record(Step(self._episode_id, self._seq, self.task, columns))

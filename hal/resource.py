@@ -123,11 +123,11 @@ class Driver(Protocol):
 
 
 def clamp_action(action: np.ndarray, spec: ArraySpec) -> np.ndarray:
-    """Clamps an action to the driver's limits; non-finite entries become the midpoint (a safe hold)."""
+    """Clamps an action to the driver's limits; non-finite entries become the midpoint (a safe hold), or 0."""
     action = np.asarray(action, dtype=spec.numpy_dtype).reshape(spec.shape)
     if spec.low and spec.high:
         low = np.asarray(spec.low, dtype=spec.numpy_dtype)
         high = np.asarray(spec.high, dtype=spec.numpy_dtype)
         action = np.where(np.isfinite(action), action, (low + high) / 2)
-        action = np.clip(action, low, high)
-    return action
+        return np.clip(action, low, high)
+    return np.where(np.isfinite(action), action, 0).astype(spec.numpy_dtype)
