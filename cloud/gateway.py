@@ -44,10 +44,11 @@ class GatewayConfig:
     port: int = 7070
     tokens: dict[str, str] | None = None  # resource id -> token; None accepts any device (loopback only)
     max_batch_bytes: int = MAX_BATCH_BYTES
-    flush_rows: int = 256  # write to the store once this many rows wait...
+    flush_rows: int = 1024  # write to the store once this many rows wait...
+    flush_bytes: int = 16 << 20  # ...or this many bytes (a few image chunks per column)...
     flush_delay_s: float = 0.1  # ...or the oldest has waited this long
     policy_chunk_bytes: int = 1 << 20
-    registry_poll_s: float = 0.2
+    registry_poll_s: float = 0.05  # reads one small JSON file per policy
     hello_timeout_s: float = 10.0
 
 
@@ -87,9 +88,11 @@ class _Pending:
 class StoreWriter:
     """Group commit: gathers batches from all edges and writes them to the store together."""
 
-    def __init__(self, store: EpisodeStore, flush_rows: int, flush_delay_s: float) -> None:
+    def __init__(self, store: EpisodeStore, flush_rows: int, flush_delay_s: float, flush_bytes: int = 16 << 20) -> None:
         self.store = store
         self.flush_rows = flush_rows
+        self.flush_bytes = flush_bytes
+        self._bytes = 0
         self.flush_delay_s = flush_delay_s
         self._pending: list[_Pending] = []
         self._rows = 0
@@ -101,7 +104,12 @@ class StoreWriter:
             self._oldest = time.monotonic()
         self._pending.append(item)
         self._rows += len(item.rows.columns["action"])
+        self._bytes += sum(values.nbytes for values in item.rows.columns.values())
         self._wake.set()
+
+    def _is_full(self) -> bool:
+        # Bigger group commits spread the store's fixed cost per write (partial chunks, fsyncs).
+        return self._rows >= self.flush_rows or self._bytes >= self.flush_bytes
 
     async def run(self) -> None:
         while True:
@@ -110,7 +118,7 @@ class StoreWriter:
             if not self._pending:
                 continue
             wait = self._oldest + self.flush_delay_s - time.monotonic()
-            if self._rows < self.flush_rows and wait > 0:
+            if not self._is_full() and wait > 0:
                 try:
                     await asyncio.wait_for(self._full(), timeout=wait)
                 except TimeoutError:
@@ -118,12 +126,12 @@ class StoreWriter:
             await self.flush()
 
     async def _full(self) -> None:
-        while self._rows < self.flush_rows:
+        while not self._is_full():
             self._wake.clear()
             await self._wake.wait()
 
     async def flush(self) -> None:
-        items, self._pending, self._rows = self._pending, [], 0
+        items, self._pending, self._rows, self._bytes = self._pending, [], 0, 0
         if not items:
             return
         accepted: list[_Pending] = []
@@ -190,6 +198,11 @@ class StoreWriter:
         )
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("gateway task %s failed", task.get_name(), exc_info=task.exception())
+
+
 def check_resource(resource: pb.Resource) -> ResourceInfo:
     check_id(resource.id, "hello.resource.id")
     if resource.kind not in RESOURCE_KINDS:
@@ -217,7 +230,8 @@ class Gateway(pb_grpc.TunnelServicer):
         self.store = store
         self.registry = registry
         self.sessions: dict[str, Session] = {}
-        self.writer = StoreWriter(store, config.flush_rows, config.flush_delay_s)
+        self.writer = StoreWriter(store, config.flush_rows, config.flush_delay_s, config.flush_bytes)
+        self._weights: tuple[tuple[str, int], bytes] | None = None  # the last version read, shared by all edges
         self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
@@ -259,6 +273,8 @@ class Gateway(pb_grpc.TunnelServicer):
             await context.abort(status, str(err))
             return
         tasks = [asyncio.create_task(self._read(session, requests)), asyncio.create_task(self._send_policies(session))]
+        for task in tasks:
+            task.add_done_callback(_log_failure)
         try:
             while True:
                 message = await session.out.get()
@@ -403,6 +419,12 @@ class Gateway(pb_grpc.TunnelServicer):
                     session.offer_version(latest)
             await asyncio.sleep(self.config.registry_poll_s)
 
+    async def _read_weights(self, version: PolicyVersion) -> bytes:
+        key = (version.policy_name, version.version)
+        if self._weights is None or self._weights[0] != key:
+            self._weights = (key, await asyncio.to_thread(self.registry.read, *key))
+        return self._weights[1]
+
     async def _send_policies(self, session: Session) -> None:
         """Pushes the newest offered version; versions superseded before they were sent are skipped."""
         while not session.closed:
@@ -411,7 +433,7 @@ class Gateway(pb_grpc.TunnelServicer):
             version = session.offer
             if version is None or version.version <= session.sent_version:
                 continue
-            data = await asyncio.to_thread(self.registry.read, version.policy_name, version.version)
+            data = await self._read_weights(version)
             published = time.monotonic_ns()
             step = self.config.policy_chunk_bytes
             for offset in range(0, max(len(data), 1), step):

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -23,6 +24,8 @@ from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fleetloop.tunnel")
+
+MAX_POLICY_BYTES = 8 << 30
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -63,7 +66,7 @@ class TunnelClient:
         self._wake = threading.Event()
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
-        self._incoming: tuple[str, int, str, int, bytearray] | None = None
+        self._incoming: _IncomingPolicy | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -190,20 +193,45 @@ class TunnelClient:
                 self._wake.clear()
 
     def _receive_policy_chunk(self, chunk: pb.PolicyChunk) -> None:
+        # Checksum and buffer as pieces arrive, so a large version is ready as soon as its last piece is in.
         if chunk.offset == 0:
-            self._incoming = (chunk.policy_name, chunk.version, chunk.sha256, chunk.total_bytes, bytearray())
-        if self._incoming is None or self._incoming[1] != chunk.version or len(self._incoming[4]) != chunk.offset:
+            if not 0 < chunk.total_bytes <= MAX_POLICY_BYTES:
+                log.error(
+                    "policy %s v%d announces %d bytes; refusing it", chunk.policy_name, chunk.version, chunk.total_bytes
+                )
+                self._incoming = None
+                return
+            self._incoming = _IncomingPolicy(
+                chunk.policy_name, chunk.version, chunk.sha256, bytearray(chunk.total_bytes), hashlib.sha256()
+            )
+        incoming = self._incoming
+        if incoming is None or incoming.version != chunk.version or incoming.received != chunk.offset:
             log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        name, version, sha256, total, buffer = self._incoming
-        buffer.extend(chunk.data)
-        if len(buffer) < total:
+        end = chunk.offset + len(chunk.data)
+        if end > len(incoming.buffer):
+            log.error("policy %s v%d is longer than announced; dropping it", chunk.policy_name, chunk.version)
+            self._incoming = None
+            return
+        incoming.buffer[chunk.offset : end] = chunk.data
+        incoming.digest.update(chunk.data)
+        incoming.received = end
+        if end < len(incoming.buffer):
             return
         self._incoming = None
-        data = bytes(buffer)
-        if hashlib.sha256(data).hexdigest() != sha256:
-            log.error("policy %s v%d failed its checksum; keeping the current policy", name, version)
+        if incoming.digest.hexdigest() != incoming.sha256:
+            log.error("policy %s v%d failed its checksum; keeping the current policy", incoming.name, incoming.version)
             return
-        log.info("received policy %s v%d (%.1f MB)", name, version, len(data) / 1e6)
-        self.on_policy(name, version, data)
+        log.info("received policy %s v%d (%.1f MB)", incoming.name, incoming.version, len(incoming.buffer) / 1e6)
+        self.on_policy(incoming.name, incoming.version, bytes(incoming.buffer))
+
+
+@dataclass
+class _IncomingPolicy:
+    name: str
+    version: int
+    sha256: str
+    buffer: bytearray
+    digest: hashlib._Hash
+    received: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,12 @@ def _make_panda_pick_cube() -> Any:
     import gym_hil  # noqa: F401  (registers the env ids)
     import gymnasium as gym
 
-    # reset_delay_seconds=0: every gym_hil variant otherwise sleeps 1 s per reset.
-    return gym.make(
-        "gym_hil/PandaPickCube-v0", reset_delay_seconds=0, random_block_position=True, disable_env_checker=True
-    )
+    with warnings.catch_warnings():  # gym_hil builds Boxes from float64 bounds; gymnasium warns on every make
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")
+        # reset_delay_seconds=0: every gym_hil variant otherwise sleeps 1 s per reset.
+        return gym.make(
+            "gym_hil/PandaPickCube-v0", reset_delay_seconds=0, random_block_position=True, disable_env_checker=True
+        )
 
 
 def _observe_panda(obs: dict[str, Any]) -> dict[str, np.ndarray]:

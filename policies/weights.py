@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import safetensors.torch
+import torch
 
 from policies.base import Policy
 from policies.registry import make_policy
@@ -47,11 +48,13 @@ def policy_from_bytes(data: bytes) -> Policy:
     if not isinstance(config, dict):
         raise ValueError("policy config metadata is not a JSON object")
     try:
-        policy = make_policy(metadata["type"], config)
-    except TypeError as exc:  # unexpected or missing config fields
+        # On the meta device the architecture costs no memory and no random init; the weights replace it.
+        with torch.device("meta"):
+            policy = make_policy(metadata["type"], config)
+    except (TypeError, KeyError, AttributeError) as exc:  # unexpected, missing or malformed config fields
         raise ValueError(f"policy config does not fit type {metadata['type']!r}: {exc}") from exc
     try:
-        policy.load_state_dict(safetensors.torch.load(data), strict=True)
+        policy.load_state_dict(safetensors.torch.load(data), strict=True, assign=True)
     except (RuntimeError, safetensors.SafetensorError) as exc:
         raise ValueError(f"policy weights do not match their config: {exc}") from exc
     return policy

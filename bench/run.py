@@ -1,0 +1,126 @@
+"""Runs the benchmarks over the real parts and prints each figure as a ratio against its baseline.
+
+    python -m bench.run                  # everything (about 2-3 minutes on 2 cores); writes bench/results.json
+    python -m bench.run --quick          # a reduced run (seconds)
+    python -m bench.run --only uplink    # one or more of: uplink, push, jitter
+
+(a) uplink   image steps from 1 and 4 edge processes into the episode store, vs raw gRPC bytes
+(b) push     registry.publish -> "applied" on 1 and 4 edges for ~1M and ~50M MLPs, vs raw gRPC + sha256
+(c) jitter   30 Hz tick jitter and missed deadlines while versions arrive, vs the same loop without updates
+
+The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
+in the same run are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bench.common import HIGHER, Result
+
+RESULTS = Path(__file__).with_name("results.json")
+FIGURES = ("uplink", "push", "jitter")
+
+
+def run_bench(
+    figures: Sequence[str] = FIGURES, quick: bool = False, out: Path | None = RESULTS, console: Console | None = None
+) -> list[Result]:
+    """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
+    from bench import jitter, push, uplink
+    from bench.common import LoopThread
+
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figure(s) {unknown}; known: {list(FIGURES)}")
+    console = console or Console(width=None if sys.stdout.isatty() else 180)
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        console.print(Text.assemble((f"{time.monotonic() - started:6.1f}s ", "dim"), text))
+
+    edge_counts = (1,) if quick else (1, 4)
+    results: list[Result] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetloop-bench-", ignore_cleanup_errors=True) as tmp,
+        LoopThread() as loop,
+    ):
+        workdir = Path(tmp)
+        if "uplink" in figures:
+            results += uplink.measure(
+                loop, workdir, edge_counts=edge_counts, steps_per_edge=200 if quick else 2400, say=say
+            )
+        if "push" in figures:
+            sizes = {"1M": push.SIZES["1M"]} if quick else push.SIZES
+            results += push.measure(loop, workdir, edge_counts=edge_counts, sizes=sizes, repeats=2, say=say)
+        if "jitter" in figures:
+            results += jitter.measure(loop, workdir, duration_s=3.0 if quick else 10.0, say=say)
+    say(f"done in {time.monotonic() - started:.0f} s")
+    if out is not None:
+        out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+        say(f"wrote {out}")
+    console.print(table(results))
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def table(results: list[Result]) -> Table:
+    out = Table(title="fleetloop bench: ratio = value / baseline, both measured in this run", title_justify="left")
+    out.add_column("figure")
+    out.add_column("value", justify="right")
+    out.add_column("baseline", justify="right")
+    out.add_column("unit")
+    out.add_column("ratio", justify="right", style="bold")
+    out.add_column("better")
+    for r in results:
+        better = "higher" if r.note.startswith(HIGHER) else "lower"
+        out.add_row(r.name, _fmt(r.value), _fmt(r.baseline), r.unit, _fmt(r.ratio), better)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run: 1 edge, few steps, 1M policy, 3 s loop")
+    parser.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {','.join(FIGURES)}")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # clean up children and temp dirs on a plain kill too
+    figures = [f.strip() for f in args.only.split(",") if f.strip()]
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown or not figures:
+        parser.error(f"--only: unknown figure(s) {unknown}; known: {','.join(FIGURES)}")
+    try:
+        run_bench(figures, quick=args.quick, out=args.out)
+    except KeyboardInterrupt:
+        print("interrupted; child processes stopped and temporary files removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

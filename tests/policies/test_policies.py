@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from policies.cnn import CNNPolicy
+from policies.mlp import MLPPolicy
+from policies.registry import POLICY_TYPES, make_policy
+from policies.train import train_policy
+from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata, sha256_hex
+
+STATE = {"state": {"shape": [6], "dtype": "float32"}}
+IMAGE = {"pixels": {"shape": [24, 24, 3], "dtype": "uint8"}, "agent_pos": {"shape": [2], "dtype": "float32"}}
+
+
+def state_dataset(n: int = 512) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n, 6)).astype(np.float32) * 3 + 10  # off-centre, to exercise normalization
+    action = np.stack([obs[:, 0] - obs[:, 1], np.tanh(obs[:, 2] - 10)], axis=1).astype(np.float32)
+    return {"obs.state": obs, "action": action}
+
+
+def image_dataset(n: int = 128) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    where = rng.integers(0, 20, size=(n, 2))
+    pixels = np.zeros((n, 24, 24, 3), dtype=np.uint8)
+    for i, (y, x) in enumerate(where):
+        pixels[i, y : y + 4, x : x + 4] = 255  # the action is where the bright square is
+    agent_pos = rng.uniform(0, 512, size=(n, 2)).astype(np.float32)
+    return {"obs.pixels": pixels, "obs.agent_pos": agent_pos, "action": where.astype(np.float32) * 20}
+
+
+def one_observation(dataset: dict[str, np.ndarray], i: int = 0) -> dict[str, np.ndarray]:
+    return {k.removeprefix("obs."): v[i] for k, v in dataset.items() if k.startswith("obs.")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny nets: a second intra-op thread only adds spin-waiting on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CASES = [
+    pytest.param(lambda: MLPPolicy(STATE, action_dim=2, hidden=(64, 64)), state_dataset, 300, id="mlp"),
+    pytest.param(lambda: CNNPolicy(IMAGE, action_dim=2, channels=(8, 16), hidden=(64,)), image_dataset, 150, id="cnn"),
+]
+
+
+@pytest.mark.parametrize("make,data,steps", CASES)
+def test_act_shape_and_dtype(make, data, steps) -> None:
+    policy, dataset = make(), data()
+    chunk = policy.act(one_observation(dataset))
+    assert chunk.shape == (1, 2) and chunk.dtype == np.float32
+    assert policy.loss({k: torch.as_tensor(v[:5]) for k, v in dataset.items()}).shape == (5,)
+
+
+def test_action_chunks() -> None:
+    policy, dataset = MLPPolicy(STATE, action_dim=2, chunk_size=3, hidden=(32,)), state_dataset(8)
+    chunks = np.repeat(dataset["action"][:, None], 3, axis=1)  # (B, chunk, action_dim)
+    policy.fit_normalization({**dataset, "action": chunks})
+    assert policy.act(one_observation(dataset)).shape == (3, 2)
+    assert policy.loss(
+        {"obs.state": torch.as_tensor(dataset["obs.state"]), "action": torch.as_tensor(chunks)}
+    ).shape == (8,)
+
+
+@pytest.mark.parametrize("make,data,steps", CASES)
+def test_loss_decreases(make, data, steps) -> None:
+    torch.manual_seed(0)
+    policy, dataset = make(), data()
+    policy.fit_normalization(dataset)
+    batch = {k: torch.as_tensor(v) for k, v in dataset.items()}
+    with torch.no_grad():
+        before = policy.loss(batch).mean().item()
+    train_policy(policy, dataset, steps=steps, batch_size=64, fit_normalization=False)
+    with torch.no_grad():
+        after = policy.loss(batch).mean().item()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_weighted_sampling_follows_weights() -> None:
+    torch.manual_seed(0)
+    dataset = state_dataset(64)
+    dataset["action"][:32] = 5.0  # two contradicting halves; all weight on the second one
+    weights = np.r_[np.zeros(32), np.ones(32)]
+    policy = MLPPolicy(STATE, action_dim=2, hidden=(64, 64))
+    train_policy(policy, dataset, steps=150, batch_size=64, weights=weights)
+    second = {k: torch.as_tensor(v[32:]) for k, v in dataset.items()}
+    with torch.no_grad():
+        assert policy.loss(second).mean().item() < 0.1
+
+
+@pytest.mark.parametrize("make,data,steps", CASES)
+def test_bytes_round_trip_gives_identical_actions(make, data, steps) -> None:
+    policy, dataset = make(), data()
+    policy.fit_normalization(dataset)  # buffers must travel too
+    blob = policy_to_bytes(policy)
+    assert read_metadata(blob)["type"] == policy.type_name
+    assert len(sha256_hex(blob)) == 64
+    restored = policy_from_bytes(blob)
+    assert type(restored) is type(policy) and restored.config_dict() == policy.config_dict()
+    for i in range(3):
+        obs = one_observation(dataset, i)
+        np.testing.assert_array_equal(restored.act(obs), policy.act(obs))
+
+
+def test_refuses_wrong_or_missing_type() -> None:
+    policy = MLPPolicy(STATE, action_dim=2)
+    tensors = {k: v.contiguous() for k, v in policy.state_dict().items()}
+    config = json.dumps(policy.config_dict())
+    with pytest.raises(ValueError, match="unknown policy type 'pickle'"):
+        policy_from_bytes(safetensors.torch.save(tensors, metadata={"type": "pickle", "config": config}))
+    with pytest.raises(ValueError, match="lack"):
+        policy_from_bytes(safetensors.torch.save(tensors))
+    # A known type whose tensors do not fit it (mlp weights labelled as a cnn) is refused too.
+    with pytest.raises(ValueError):
+        policy_from_bytes(safetensors.torch.save(tensors, metadata={"type": "cnn", "config": config}))
+    with pytest.raises(ValueError):
+        policy_from_bytes(b"\xff" * 16)
+
+
+def test_registry() -> None:
+    assert POLICY_TYPES == {"mlp": MLPPolicy, "cnn": CNNPolicy}
+    assert isinstance(make_policy("mlp", {"observation": STATE, "action_dim": 2}), MLPPolicy)
+    with pytest.raises(ValueError):
+        make_policy("nope", {})
