@@ -37,15 +37,13 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
+from protocol.steps import PROVENANCE_COLUMNS
+
+# The provenance every step carries (the wire's contract), plus what the store adds to each row.
 FIXED_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
     "seq": ("<i8", ()),
     "episode_index": ("<i8", ()),
-    "t_mono_ns": ("<i8", ()),
-    "policy_version": ("<i8", ()),
-    "intervention": ("|b1", ()),
-    "reward": ("<f4", ()),
-    "done": ("|b1", ()),
-    "success": ("|b1", ()),
+    **PROVENANCE_COLUMNS,
 }
 STORE_COLUMNS = ("seq", "episode_index")  # filled in by the store, not by the writer's batches
 STAT_COLUMNS = ["episode_index", "seq", "intervention", "success", "done", "policy_version"]

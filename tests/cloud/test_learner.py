@@ -3,37 +3,17 @@ import pytest
 
 from cloud.learner import HGDaggerLearner, LearnerConfig
 from cloud.registry import PolicyRegistry
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.store import EpisodeStore
 from policies.weights import policy_from_bytes
-from protocol.steps import schema_for
+from tests.factories import episode_rows, step_columns, store_schema
 
-SCHEMA = {k: ColumnSpec(d, s) for k, (d, s) in schema_for([("state", "float32", (3,))], ("float32", (2,))).items()}
+SCHEMA = store_schema(state_dim=3, action_dim=2)
 
 
 def episode(store: EpisodeStore, episode_id: str, n: int, intervention: bool) -> None:
     state = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
-    store.write(
-        [
-            StepRows(
-                dataset="toy",
-                episode_id=episode_id,
-                resource_id="r1",
-                source="sim",
-                task="toy",
-                first_seq=0,
-                columns={
-                    "obs.state": state,
-                    "action": state[:, :2] * 2,
-                    "reward": np.zeros(n, np.float32),
-                    "done": np.arange(n) == n - 1,
-                    "success": np.zeros(n, bool),
-                    "intervention": np.full(n, intervention),
-                    "policy_version": np.zeros(n, np.int64),
-                    "t_mono_ns": np.arange(n, dtype=np.int64),
-                },
-            )
-        ]
-    )
+    columns = step_columns(n, state=state, action=state[:, :2] * 2, intervention=intervention, done_at_end=True)
+    store.write([episode_rows("toy", episode_id, columns)])
 
 
 def test_learner_publishes_after_enough_episodes_and_trains_on_labelled_steps(tmp_path) -> None:

@@ -17,6 +17,7 @@ from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import encode_array
 from protocol.steps import encode_batch
 from tests.e2e.fleet import Fleet, wait_until
+from tests.factories import step_columns
 
 RESOURCE = ResourceInfo(
     id="intruder-1",
@@ -32,16 +33,7 @@ RESOURCE = ResourceInfo(
 
 
 def good_columns(n: int = 5) -> dict[str, np.ndarray]:
-    return {
-        "obs.state": np.zeros((n, 21), np.float32),
-        "action": np.zeros((n, 4), np.float32),
-        "reward": np.zeros(n, np.float32),
-        "done": np.zeros(n, bool),
-        "success": np.zeros(n, bool),
-        "intervention": np.ones(n, bool),
-        "policy_version": np.zeros(n, np.int64),
-        "t_mono_ns": np.arange(n, dtype=np.int64),
-    }
+    return step_columns(n, state=21, action=4)
 
 
 class RawEdge:

@@ -1,35 +1,24 @@
 import numpy as np
 
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.store import EpisodeStore
 from launch.summary import autonomy_climbed, summarize
-from protocol.steps import schema_for
+from tests.factories import episode_rows, step_columns, store_schema
 
-SCHEMA = {k: ColumnSpec(d, s) for k, (d, s) in schema_for([("state", "float32", (1,))], ("float32", (1,))).items()}
+SCHEMA = store_schema(state_dim=1, action_dim=1)
 
 
 def add(store: EpisodeStore, episode_id: str, version: int, interventions: int, success: bool, n: int = 10) -> None:
-    store.write(
-        [
-            StepRows(
-                dataset="d",
-                episode_id=episode_id,
-                resource_id="r",
-                source="sim",
-                task="t",
-                first_seq=0,
-                columns={
-                    "obs.state": np.zeros((n, 1), np.float32),
-                    "action": np.zeros((n, 1), np.float32),
-                    "reward": np.zeros(n, np.float32),
-                    "done": np.arange(n) == n - 1,
-                    "success": (np.arange(n) == n - 1) & success,
-                    "intervention": np.arange(n) < interventions,
-                    "policy_version": np.full(n, version, np.int64),
-                    "t_mono_ns": np.arange(n, dtype=np.int64) * 100_000_000,
-                },
-            )
-        ]
+    columns = step_columns(
+        n,
+        state=1,
+        action=1,
+        intervention=np.arange(n) < interventions,
+        done_at_end=True,
+        success_at_end=success,
+        policy_version=version,
+        step_ns=100_000_000,
     )
+    store.write([episode_rows("d", episode_id, columns, resource_id="r")])
 
 
 def test_summary_per_version(tmp_path) -> None:

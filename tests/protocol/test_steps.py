@@ -3,21 +3,13 @@ import pytest
 
 from protocol.arrays import CodecError, encode_array
 from protocol.steps import decode_batch, encode_batch, schema_for
+from tests.factories import step_columns
 
 SCHEMA = schema_for([("state", "float32", (3,))], ("float32", (2,)))
 
 
 def columns(n: int = 4) -> dict[str, np.ndarray]:
-    return {
-        "obs.state": np.zeros((n, 3), np.float32),
-        "action": np.ones((n, 2), np.float32),
-        "reward": np.zeros(n, np.float32),
-        "done": np.zeros(n, bool),
-        "success": np.zeros(n, bool),
-        "intervention": np.ones(n, bool),
-        "policy_version": np.zeros(n, np.int64),
-        "t_mono_ns": np.arange(n, dtype=np.int64),
-    }
+    return step_columns(n, state=3, action=np.ones((n, 2)))
 
 
 def test_round_trip() -> None:
