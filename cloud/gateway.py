@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cloud.fleet import FleetScheduler, Requirements, Task
 from cloud.registry import PolicyRegistry, PolicyVersion
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
@@ -50,6 +51,8 @@ class GatewayConfig:
     policy_chunk_bytes: int = 1 << 20
     registry_poll_s: float = 0.05  # reads one small JSON file per policy
     hello_timeout_s: float = 10.0
+    lost_after_s: float = 5.0  # a resource silent this long is lost and its task goes to another
+    tasks: tuple[Task, ...] = ()  # none: every resource runs the policy it asks for (one task per policy)
 
 
 @dataclass
@@ -230,6 +233,9 @@ class Gateway(pb_grpc.TunnelServicer):
         self.store = store
         self.registry = registry
         self.sessions: dict[str, Session] = {}
+        self.fleet = FleetScheduler(lost_after_s=config.lost_after_s, on_assign=self._on_assign)
+        for task in config.tasks:
+            self.fleet.add_task(task)
         self.writer = StoreWriter(store, config.flush_rows, config.flush_delay_s, config.flush_bytes)
         self._weights: tuple[tuple[str, int], bytes] | None = None  # the last version read, shared by all edges
         self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
@@ -240,11 +246,14 @@ class Gateway(pb_grpc.TunnelServicer):
     async def start(self) -> int:
         self._server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_TunnelServicer_to_server(self, self._server)
+        pb_grpc.add_FleetControlServicer_to_server(FleetControl(self), self._server)
         self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         await self._server.start()
-        self._tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self._watch_registry())]
+        self._tasks = [
+            asyncio.create_task(coro) for coro in (self.writer.run(), self._watch_registry(), self._watch_fleet())
+        ]
         log.info("gateway listening on %s:%d", self.config.host, self.port)
         return self.port
 
@@ -289,6 +298,7 @@ class Gateway(pb_grpc.TunnelServicer):
                 task.cancel()
             if self.sessions.get(session.resource.id) is session:
                 del self.sessions[session.resource.id]
+                self.fleet.disconnected(session.resource.id)
             log.info("%s disconnected (%d steps stored this session)", session.resource.id, session.steps_stored)
 
     def _open_session(self, first: pb.EdgeMessage) -> Session:
@@ -331,13 +341,17 @@ class Gateway(pb_grpc.TunnelServicer):
                     session_id=session.session_id,
                     stored=stored,
                     max_batch_bytes=self.config.max_batch_bytes,
-                    assignment=pb.Assignment(task=caps.embodiment, policy_name=policy_name),
                 )
             )
         )
-        latest = self.registry.latest(policy_name)
-        if latest is not None:
-            session.offer_version(latest)
+        if not self.config.tasks and policy_name not in self.fleet.tasks:
+            self.fleet.add_task(
+                Task(policy_name, policy_name, requires=Requirements(embodiment=caps.embodiment), count=0)
+            )
+        self.fleet.register(resource)  # assigns a task if one fits: see _on_assign
+        if self.fleet.task_of(resource.id) is None:
+            log.info("%s has no task that fits it; it holds still", resource.id)
+            session.send(pb.CloudMessage(assignment=pb.Assignment(task="")))
         log.info(
             "%s connected (%s %s, %.0f Hz, policy %s v%d); it holds %d unacked episodes",
             resource.id,
@@ -358,12 +372,14 @@ class Gateway(pb_grpc.TunnelServicer):
                     self._receive_batch(session, message.steps)
                 elif kind == "applied":
                     session.applied_version = message.applied.version
+                    self.fleet.seen(session.resource.id, policy_version=message.applied.version)
                     log.info(
                         "%s now runs %s v%d", session.resource.id, message.applied.policy_name, message.applied.version
                     )
                     for callback in self.on_applied:
                         callback(session.resource.id, message.applied)
                 elif kind == "heartbeat":
+                    self.fleet.seen(session.resource.id)
                     session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
                 else:
                     session.send(
@@ -404,6 +420,36 @@ class Gateway(pb_grpc.TunnelServicer):
             columns=columns,
         )
         self.writer.submit(_Pending(rows=rows, batch_id=batch.batch_id, session=session))
+        self.fleet.seen(
+            session.resource.id,
+            steps=batch.num_steps,
+            interventions=int(columns["intervention"].sum()),
+            policy_version=int(columns["policy_version"][-1]),
+        )
+
+    def _on_assign(self, resource_id: str, task: Task | None) -> None:
+        """The scheduler gave a resource a task (or took it away): tell its edge and push the task's policy."""
+        session = self.sessions.get(resource_id)
+        if session is None:
+            return
+        session.policy_name = task.policy_name if task else ""
+        session.send(
+            pb.CloudMessage(
+                assignment=pb.Assignment(
+                    task=task.name if task else "",
+                    policy_name=session.policy_name,
+                    instruction=task.instruction if task else "",
+                )
+            )
+        )
+        latest = self.registry.latest(task.policy_name) if task else None
+        if latest is not None:
+            session.offer_version(latest)
+
+    async def _watch_fleet(self) -> None:
+        while True:
+            self.fleet.check()
+            await asyncio.sleep(min(0.5, self.config.lost_after_s / 4))
 
     async def _watch_registry(self) -> None:
         known: dict[str, int] = {}
@@ -452,6 +498,69 @@ class Gateway(pb_grpc.TunnelServicer):
                     )
                 )
             session.sent_version = version.version
+
+
+class FleetControl(pb_grpc.FleetControlServicer):
+    """What `fleetloop fleet` asks: the fleet's state, and operator commands."""
+
+    ACTIONS = ("pause", "resume", "drain", "stop", "estop", "release")
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Status(self, request: pb.FleetStatusRequest, context) -> pb.FleetStatus:  # noqa: N802
+        now = self.gateway.fleet.clock()
+        return pb.FleetStatus(
+            members=[
+                pb.FleetMember(
+                    resource=m.resource.to_proto(),
+                    state=str(m.state),
+                    task=m.task,
+                    policy_version=m.policy_version,
+                    steps=m.steps,
+                    interventions=m.interventions,
+                    seconds_since_seen=now - m.last_seen,
+                )
+                for m in sorted(self.gateway.fleet.members.values(), key=lambda m: m.resource.id)
+            ]
+        )
+
+    async def Command(self, request: pb.FleetCommand, context) -> pb.FleetCommandReply:  # noqa: N802
+        fleet = self.gateway.fleet
+        if request.action not in self.ACTIONS:
+            return pb.FleetCommandReply(ok=False, message=f"action: must be one of {self.ACTIONS}")
+        if request.resource_id not in fleet.members:
+            return pb.FleetCommandReply(ok=False, message=f"resource_id: no resource {request.resource_id!r}")
+        session = self.gateway.sessions.get(request.resource_id)
+        reason = request.reason or "operator"
+        if request.action in ("estop", "release"):
+            if session is None:
+                return pb.FleetCommandReply(ok=False, message=f"{request.resource_id} is not connected")
+            session.send(
+                pb.CloudMessage(emergency_stop=pb.EmergencyStop(reason=reason, release=request.action == "release"))
+            )
+            log.warning(
+                "%s: emergency stop %s (%s)",
+                request.resource_id,
+                "released" if request.action == "release" else "sent",
+                reason,
+            )
+            return pb.FleetCommandReply(ok=True, message=f"{request.action} sent to {request.resource_id}")
+        getattr(fleet, request.action)(request.resource_id)
+        if session is not None and request.action in ("pause", "resume"):
+            task = fleet.task_of(request.resource_id)
+            session.send(
+                pb.CloudMessage(
+                    assignment=pb.Assignment(
+                        task=task.name if task else "",
+                        policy_name=session.policy_name,
+                        instruction=task.instruction if task else "",
+                        paused=request.action == "pause",
+                    )
+                )
+            )
+        state = fleet.members[request.resource_id].state
+        return pb.FleetCommandReply(ok=True, message=f"{request.resource_id} is now {state}")
 
 
 async def serve(

@@ -55,6 +55,12 @@ class EdgeAgent:
         self.stats = LoopStats()
         self.record_tick_periods = record_tick_periods
         self.runtime = PolicyRuntime(on_swapped=self._on_swapped)
+        # Non-empty while this robot must hold still: until the cloud gives it a task, or while paused. Once it
+        # has a task it keeps working through link outages (its steps wait in the spool).
+        self._hold_reason = "waiting for a task from the cloud"
+        self._estop = threading.Event()
+        self._drive_lock = threading.Lock()  # an emergency stop from the tunnel thread never interleaves with apply
+        self._holding = False
         self.tunnel = TunnelClient(
             cloud_target,
             resource,
@@ -63,6 +69,8 @@ class EdgeAgent:
             on_policy=self.runtime.load,
             current_version=lambda: self.runtime.version,
             token=token,
+            on_assignment=self._on_assignment,
+            on_emergency_stop=self._on_emergency_stop,
         )
         self.recorder = StepRecorder(spool, on_spooled=self.tunnel.wake)
         self.stop_event = threading.Event()
@@ -91,13 +99,23 @@ class EdgeAgent:
                     self.stats.tick_periods_s.append(tick_start - last_tick)
                 last_tick = tick_start
                 self.runtime.begin_tick()
+                if self._estop.is_set() or self._hold_reason:
+                    self._hold(self._hold_reason or "emergency stop")
+                    next_tick = self._wait_for_next_tick(next_tick, period)
+                    continue
+                if self._holding:
+                    log.info("%s moves again", self.resource.id)
+                    self._holding = False
                 policy_action, version = self.runtime.next_action(observation, deadline=tick_start + 0.5 * period)
                 if self.operator is not None:
                     action, intervention = self.operator.decide(observation, policy_action, self._seq)
                 else:
                     action, intervention = (hold if policy_action is None else policy_action), False
                 action = clamp_action(action, caps.action)
-                transition = self.driver.apply(action)
+                with self._drive_lock:
+                    if self._estop.is_set():  # it arrived during this tick: do not apply
+                        continue
+                    transition = self.driver.apply(action)
                 self._record(observation, action, transition, intervention, version, tick_start_ns)
                 observation = transition.observation
                 if transition.done:
@@ -105,16 +123,55 @@ class EdgeAgent:
                     if episodes and self.stats.episodes >= episodes:
                         break
                     observation = self._start_episode()
-                next_tick += period
-                now = time.monotonic()
-                if now > next_tick:
-                    self.stats.missed_deadlines += 1
-                    next_tick = now  # resynchronise instead of bursting to catch up
-                else:
-                    self.stop_event.wait(next_tick - now)
+                next_tick = self._wait_for_next_tick(next_tick, period)
         finally:
             self.driver.hold()
         return self.stats
+
+    def _wait_for_next_tick(self, next_tick: float, period: float) -> float:
+        next_tick += period
+        now = time.monotonic()
+        if now > next_tick:
+            self.stats.missed_deadlines += 1
+            return now  # resynchronise instead of bursting to catch up
+        self.stop_event.wait(next_tick - now)
+        return next_tick
+
+    def _hold(self, reason: str) -> None:
+        if not self._holding:
+            with self._drive_lock:
+                self.driver.hold()
+            self._holding = True
+            log.warning("%s holds still: %s", self.resource.id, reason)
+
+    def _on_assignment(self, assignment) -> None:
+        if not assignment.task:
+            self._hold_reason = "the cloud has no task for it"
+        elif assignment.paused:
+            self._hold_reason = f"paused by the operator (task {assignment.task})"
+        else:
+            if self._hold_reason or assignment.task != self.task:
+                log.info(
+                    "%s assigned to task %s, policy %s%s",
+                    self.resource.id,
+                    assignment.task,
+                    assignment.policy_name,
+                    f": {assignment.instruction}" if assignment.instruction else "",
+                )
+            self._hold_reason = ""
+            self.task = assignment.task
+
+    def _on_emergency_stop(self, message) -> None:
+        """Runs on the tunnel thread: reaches the driver now, not at the next tick."""
+        if message.release:
+            self._estop.clear()
+            log.warning("%s: emergency stop released (%s)", self.resource.id, message.reason)
+            return
+        self._estop.set()
+        with self._drive_lock:
+            self.driver.hold()
+        self._holding = True
+        log.warning("%s: EMERGENCY STOP (%s); holding until released", self.resource.id, message.reason)
 
     def _start_episode(self) -> dict[str, np.ndarray]:
         self._episode_id = uuid.uuid4().hex

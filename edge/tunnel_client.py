@@ -47,6 +47,8 @@ class TunnelClient:
         on_policy: Callable[[str, int, bytes], None],
         current_version: Callable[[], int] = lambda: 0,
         token: str = "",
+        on_assignment: Callable[[pb.Assignment], None] | None = None,
+        on_emergency_stop: Callable[[pb.EmergencyStop], None] | None = None,
         window_batches: int = 32,
         heartbeat_s: float = 2.0,
     ) -> None:
@@ -57,6 +59,8 @@ class TunnelClient:
         self.on_policy = on_policy
         self.current_version = current_version
         self.token = token
+        self.on_assignment = on_assignment
+        self.on_emergency_stop = on_emergency_stop
         self.window_batches = window_batches
         self.heartbeat_s = heartbeat_s
         self.connected = threading.Event()
@@ -159,6 +163,13 @@ class TunnelClient:
                         self._wake.set()
                     elif kind == "policy":
                         self._receive_policy_chunk(message.policy)
+                    elif kind == "assignment":
+                        self.policy_name = message.assignment.policy_name or self.policy_name
+                        if self.on_assignment:
+                            self.on_assignment(message.assignment)
+                    elif kind == "emergency_stop":
+                        if self.on_emergency_stop:
+                            self.on_emergency_stop(message.emergency_stop)
                     elif kind == "error":
                         self.errors.append(message.error)
                         in_flight.pop(message.error.batch_id, None)

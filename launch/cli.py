@@ -85,6 +85,44 @@ def _learner_process(root: str, config) -> None:
     run_learner(root, config)
 
 
+def load_tasks(path: str):
+    """Tasks from YAML: a list of {name, policy, instruction, count, requires: {kind, embodiment, ...}}."""
+    import yaml
+
+    from cloud.fleet import Requirements, Task
+
+    entries = yaml.safe_load(Path(path).read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of tasks")
+    tasks = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"tasks[{i}]: expected a mapping")
+        unknown = set(entry) - {"name", "policy", "instruction", "count", "requires"}
+        if unknown:
+            raise ValueError(f"tasks[{i}].{sorted(unknown)[0]}: unknown key")
+        requires = entry.get("requires") or {}
+        try:
+            tasks.append(
+                Task(
+                    name=str(entry.get("name", "")),
+                    policy_name=str(entry.get("policy", "")),
+                    instruction=str(entry.get("instruction", "")),
+                    count=int(entry.get("count", 1)),
+                    requires=Requirements(
+                        kind=requires.get("kind", ""),
+                        embodiment=requires.get("embodiment", ""),
+                        observations=tuple(requires.get("observations", ())),
+                        cameras=tuple(requires.get("cameras", ())),
+                        min_control_hz=float(requires.get("min_control_hz", 0.0)),
+                    ),
+                )
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"tasks[{i}]: {err}") from err
+    return tuple(tasks)
+
+
 def cmd_cloud(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         log.error(
@@ -107,7 +145,18 @@ def cmd_cloud(args: argparse.Namespace) -> int:
             target=_learner_process, args=(str(root), learner_config(args)), name="learner", daemon=True
         )
         learner.start()
-    config = GatewayConfig(host=args.host, port=args.port, max_batch_bytes=int(args.max_batch_mb * 1024 * 1024))
+    try:
+        tasks = load_tasks(args.tasks) if args.tasks else ()
+    except (OSError, ValueError) as err:
+        log.error("--tasks: %s", err)
+        return 2
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        max_batch_bytes=int(args.max_batch_mb * 1024 * 1024),
+        tasks=tasks,
+        lost_after_s=args.lost_after,
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -226,6 +275,28 @@ def cmd_edge(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- fleet -----------------------------------------------------------------------------------------
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import grpc
+
+    from launch.fleet_view import command, show
+
+    if args.action == "show":
+        return show(args.cloud, args.watch)
+    if not args.resource:
+        log.error("fleet %s: name the resource, e.g. fleetloop fleet %s robot-1", args.action, args.action)
+        return 2
+    try:
+        reply = command(args.cloud, args.resource, args.action, args.reason)
+    except grpc.RpcError as err:
+        log.error("cannot reach the cloud at %s: %s", args.cloud, err.code().name)
+        return 1
+    (log.info if reply.ok else log.error)("%s", reply.message)
+    return 0 if reply.ok else 2
+
+
 # ---- demo ------------------------------------------------------------------------------------------
 
 
@@ -251,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--host", default="127.0.0.1")
     cloud.add_argument("--port", type=int, default=7070)
     cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")
+    cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
+    cloud.add_argument("--lost-after", type=_positive_float, default=5.0, help="seconds of silence before lost")
     cloud.add_argument("--max-batch-mb", type=_positive_float, default=32.0, help="largest step batch accepted")
     add_learner_args(cloud)
     cloud.set_defaults(func=cmd_cloud)
@@ -274,6 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
     edge.add_argument("--stats-file", default=None, help="write the loop's counters here as JSON on exit")
     edge.set_defaults(func=cmd_edge)
+
+    fleet = sub.add_parser("fleet", help="show the live fleet, or pause/resume/drain/stop/estop a resource")
+    fleet.add_argument(
+        "action", nargs="?", default="show", choices=["show", "pause", "resume", "drain", "stop", "estop", "release"]
+    )
+    fleet.add_argument("resource", nargs="?", default="", help="resource id for a command")
+    fleet.add_argument("--cloud", default="127.0.0.1:7070", help="the gateway's host:port")
+    fleet.add_argument("--watch", action="store_true", help="keep the table live (Ctrl-C ends)")
+    fleet.add_argument("--reason", default="", help="said in the logs with the command")
+    fleet.set_defaults(func=cmd_fleet)
 
     demo = sub.add_parser("demo", help="the whole loop on this machine: cloud, simulated robots, live table")
     demo.add_argument("--robots", type=_positive_int, default=2)

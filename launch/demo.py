@@ -38,10 +38,16 @@ class DemoConfig:
     min_episodes_per_version: int = 5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _pick_port(preferred: int = 7070) -> int:
+    """The default cloud port when it is free (so `fleetloop fleet` finds the demo), else any free one."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -95,12 +101,13 @@ def run_demo(config: DemoConfig) -> int:
     run_dir = Path(config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = _pick_port()
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
     console = Console()
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
-        f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}"
+        f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}. "
+        f"The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
     )
     cli = [sys.executable, "-m", "launch.cli"]
     processes: list[subprocess.Popen] = []

@@ -95,12 +95,24 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task", "policy_name")
+    __slots__ = ("task", "policy_name", "instruction", "paused")
     TASK_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     task: str
     policy_name: str
-    def __init__(self, task: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+    instruction: str
+    paused: bool
+    def __init__(self, task: _Optional[str] = ..., policy_name: _Optional[str] = ..., instruction: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class EmergencyStop(_message.Message):
+    __slots__ = ("reason", "release")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    release: bool
+    def __init__(self, reason: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class StepBatch(_message.Message):
     __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task")
@@ -194,17 +206,65 @@ class EdgeMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error")
+    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_STOP_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     policy: PolicyChunk
     assignment: Assignment
     heartbeat: Heartbeat
     error: Error
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    emergency_stop: EmergencyStop
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ...) -> None: ...
+
+class FleetMember(_message.Message):
+    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    resource: Resource
+    state: str
+    task: str
+    policy_version: int
+    steps: int
+    interventions: int
+    seconds_since_seen: float
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ...) -> None: ...
+
+class FleetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetStatus(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[FleetMember]
+    def __init__(self, members: _Optional[_Iterable[_Union[FleetMember, _Mapping]]] = ...) -> None: ...
+
+class FleetCommand(_message.Message):
+    __slots__ = ("resource_id", "action", "reason")
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    resource_id: str
+    action: str
+    reason: str
+    def __init__(self, resource_id: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FleetCommandReply(_message.Message):
+    __slots__ = ("ok", "message")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    message: str
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...

@@ -25,6 +25,121 @@ if _version_not_supported:
     )
 
 
+class FleetControlStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/fleetloop.v1.FleetControl/Status',
+                request_serializer=protocol_dot_tunnel__pb2.FleetStatusRequest.SerializeToString,
+                response_deserializer=protocol_dot_tunnel__pb2.FleetStatus.FromString,
+                _registered_method=True)
+        self.Command = channel.unary_unary(
+                '/fleetloop.v1.FleetControl/Command',
+                request_serializer=protocol_dot_tunnel__pb2.FleetCommand.SerializeToString,
+                response_deserializer=protocol_dot_tunnel__pb2.FleetCommandReply.FromString,
+                _registered_method=True)
+
+
+class FleetControlServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Command(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FleetControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=protocol_dot_tunnel__pb2.FleetStatusRequest.FromString,
+                    response_serializer=protocol_dot_tunnel__pb2.FleetStatus.SerializeToString,
+            ),
+            'Command': grpc.unary_unary_rpc_method_handler(
+                    servicer.Command,
+                    request_deserializer=protocol_dot_tunnel__pb2.FleetCommand.FromString,
+                    response_serializer=protocol_dot_tunnel__pb2.FleetCommandReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fleetloop.v1.FleetControl', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fleetloop.v1.FleetControl', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class FleetControl:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetloop.v1.FleetControl/Status',
+            protocol_dot_tunnel__pb2.FleetStatusRequest.SerializeToString,
+            protocol_dot_tunnel__pb2.FleetStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Command(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetloop.v1.FleetControl/Command',
+            protocol_dot_tunnel__pb2.FleetCommand.SerializeToString,
+            protocol_dot_tunnel__pb2.FleetCommandReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class TunnelStub:
     """Missing associated documentation comment in .proto file."""
 

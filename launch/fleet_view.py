@@ -1,0 +1,81 @@
+"""``fleetloop fleet``: the live fleet as the cloud sees it, and operator commands."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from protocol import tunnel_pb2 as pb
+from protocol import tunnel_pb2_grpc as pb_grpc
+
+STATE_STYLE = {
+    "running": "green",
+    "assigned": "cyan",
+    "idle": "white",
+    "paused": "yellow",
+    "draining": "yellow",
+    "lost": "red",
+    "faulted": "red",
+}
+
+
+def fetch(target: str, timeout_s: float = 3.0) -> pb.FleetStatus:
+    with grpc.insecure_channel(target) as channel:
+        return pb_grpc.FleetControlStub(channel).Status(pb.FleetStatusRequest(), timeout=timeout_s)
+
+
+def command(
+    target: str, resource_id: str, action: str, reason: str = "", timeout_s: float = 3.0
+) -> pb.FleetCommandReply:
+    with grpc.insecure_channel(target) as channel:
+        return pb_grpc.FleetControlStub(channel).Command(
+            pb.FleetCommand(resource_id=resource_id, action=action, reason=reason), timeout=timeout_s
+        )
+
+
+def render(status: pb.FleetStatus, target: str) -> Table:
+    table = Table(title=f"fleet at {target} ({len(status.members)} resources)")
+    for column in ("resource", "kind", "state", "task", "policy", "Hz", "steps", "interventions", "seen"):
+        table.add_column(column, justify="right" if column in ("Hz", "steps", "interventions", "seen") else "left")
+    for member in status.members:
+        caps = member.resource.capabilities
+        style = STATE_STYLE.get(member.state, "white")
+        table.add_row(
+            member.resource.id,
+            f"{member.resource.kind} ({caps.embodiment})",
+            f"[{style}]{member.state}[/]",
+            member.task or "-",
+            f"v{member.policy_version}",
+            f"{caps.control_hz:.0f}",
+            str(member.steps),
+            str(member.interventions),
+            f"{member.seconds_since_seen:.1f} s ago",
+        )
+    return table
+
+
+def show(target: str, watch: bool, interval_s: float = 1.0) -> int:
+    console = Console()
+    try:
+        status = fetch(target)
+    except grpc.RpcError as err:
+        console.print(f"[red]cannot reach the cloud at {target}:[/] {err.code().name} ({err.details()})")
+        return 1
+    if not watch:
+        console.print(render(status, target))
+        return 0
+    with Live(render(status, target), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    live.update(render(fetch(target), target))
+                except grpc.RpcError as err:
+                    live.update(f"[red]lost the cloud at {target}: {err.code().name}[/]")
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -1,0 +1,112 @@
+import pytest
+
+from cloud.fleet import FleetScheduler, Requirements, State, Task
+from hal.resource import ArraySpec, Capabilities, ResourceInfo
+
+ACTION = ArraySpec("action", "float32", (4,))
+
+
+def robot(rid: str, embodiment: str = "panda", cameras: tuple[str, ...] = (), hz: float = 10.0) -> ResourceInfo:
+    caps = Capabilities((ArraySpec("state", "float32", (21,)),), ACTION, hz, embodiment, cameras)
+    return ResourceInfo(rid, "robot", caps, "sim")
+
+
+def phone(rid: str) -> ResourceInfo:
+    caps = Capabilities(
+        (ArraySpec("camera", "uint8", (96, 96, 3)), ArraySpec("pose", "float32", (7,))),
+        ArraySpec("gripper_width", "float32", (1,)),
+        30.0,
+        "phone",
+        ("camera",),
+    )
+    return ResourceInfo(rid, "phone", caps, "phone")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fleet() -> tuple[FleetScheduler, Clock, list]:
+    clock = Clock()
+    assignments: list = []
+    scheduler = FleetScheduler(
+        lost_after_s=3.0,
+        clock=clock,
+        on_assign=lambda rid, task: assignments.append((rid, task.name if task else None)),
+    )
+    scheduler.add_task(Task("pick", "pick_policy", "pick up the cube", Requirements(embodiment="panda"), count=1))
+    scheduler.add_task(Task("look", "look_policy", requires=Requirements(cameras=("wrist",)), count=1))
+    return scheduler, clock, assignments
+
+
+def test_assignments_match_capabilities(fleet) -> None:
+    scheduler, _, _ = fleet
+    scheduler.register(robot("a", embodiment="ur5"))
+    scheduler.register(robot("b", embodiment="panda"))
+    scheduler.register(robot("c", embodiment="ur5", cameras=("wrist",)))
+    assert scheduler.task_of("a") is None and scheduler.members["a"].state == State.IDLE
+    assert scheduler.task_of("b").name == "pick"
+    assert scheduler.task_of("c").name == "look"
+
+
+def test_lost_resource_hands_its_task_to_an_idle_capable_one(fleet) -> None:
+    scheduler, clock, assignments = fleet
+    scheduler.register(robot("b1"))
+    scheduler.register(robot("b2"))
+    assert scheduler.task_of("b1").name == "pick" and scheduler.task_of("b2") is None
+    clock.now = 2.0
+    scheduler.seen("b2")
+    assert scheduler.check() == []
+    clock.now = 4.0  # b1 silent for 4 s > 3 s, b2 seen 2 s ago
+    assert scheduler.check() == ["b1"]
+    assert scheduler.members["b1"].state == State.LOST
+    assert scheduler.task_of("b2").name == "pick"
+    assert ("b1", None) in assignments and ("b2", "pick") in assignments
+
+
+def test_a_tunnel_that_closes_is_lost_at_once_and_a_joiner_is_put_to_work(fleet) -> None:
+    scheduler, _, _ = fleet
+    scheduler.register(robot("b1"))
+    scheduler.disconnected("b1")
+    assert scheduler.members["b1"].state == State.LOST
+    scheduler.register(robot("late"))
+    assert scheduler.task_of("late").name == "pick"
+    scheduler.register(robot("b1"))  # it comes back: idle, the task is taken
+    assert scheduler.members["b1"].state == State.IDLE
+
+
+def test_steps_mark_running_and_operator_commands(fleet) -> None:
+    scheduler, _, _ = fleet
+    scheduler.register(robot("b1"))
+    scheduler.register(robot("b2"))
+    scheduler.seen("b1", steps=10, interventions=2, policy_version=3)
+    member = scheduler.members["b1"]
+    assert (member.state, member.steps, member.interventions, member.policy_version) == (State.RUNNING, 10, 2, 3)
+    scheduler.pause("b1")
+    assert member.state == State.PAUSED and member.task == "pick"
+    scheduler.resume("b1")
+    assert member.state == State.ASSIGNED
+    scheduler.drain("b1")
+    assert member.state == State.DRAINING and scheduler.task_of("b2").name == "pick"
+    with pytest.raises(KeyError, match="resource_id"):
+        scheduler.stop("nobody")
+
+
+def test_count_zero_takes_every_match_and_phones_are_resources(fleet) -> None:
+    scheduler, _, _ = fleet
+    scheduler.add_task(Task("demos", "demo_policy", requires=Requirements(kind="phone"), count=0))
+    for i in range(3):
+        scheduler.register(phone(f"phone-{i}"))
+    assert {scheduler.task_of(f"phone-{i}").name for i in range(3)} == {"demos"}
+
+
+def test_task_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="policy_name"):
+        Task("t", "")
+    with pytest.raises(ValueError, match="count"):
+        Task("t", "p", count=-1)

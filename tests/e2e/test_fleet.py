@@ -1,0 +1,88 @@
+"""The fleet over the real gateway: capability matching, a SIGKILLed robot's task moves, joiners work, e-stop."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from cloud.store import EpisodeStore
+from launch.fleet_view import command, fetch
+from tests.e2e.fleet import Fleet, wait_until
+
+TASKS = """
+- name: pick
+  policy: panda_pick_cube
+  instruction: pick up the cube
+  count: 1
+  requires: {embodiment: panda_pick_cube}
+- name: push
+  policy: pusht
+  count: 2
+  requires: {embodiment: pusht, cameras: [pixels]}
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    fleet.start_cloud("--tasks", str(tmp_path / "tasks.yaml"), "--lost-after", "2")
+    yield fleet
+    fleet.stop_all()
+
+
+def states(fleet: Fleet) -> dict[str, tuple[str, str]]:
+    return {m.resource.id: (m.state, m.task) for m in fetch(fleet.target).members}
+
+
+def rows_from(store: EpisodeStore, dataset: str, resource_id: str) -> int:
+    store.refresh()
+    if dataset not in store.datasets():
+        return 0
+    return sum(e.num_steps for e in store.episodes(dataset) if e.resource_id == resource_id)
+
+
+def test_tasks_follow_capabilities_lost_robots_and_joiners(fleet: Fleet) -> None:
+    fleet.start_edge("arm-1", hz=20, seed=1)
+    wait_until(lambda: states(fleet).get("arm-1", ("", ""))[0] == "running", 60, "arm-1 running")
+    fleet.start_edge("arm-2", hz=20, seed=2)
+    fleet.start_edge("cart-1", "--operator", "none", robot="sim:pusht", hz=20)
+    wait_until(lambda: len(states(fleet)) == 3 and states(fleet)["cart-1"][0] == "running", 60, "three robots")
+    now = states(fleet)
+    assert now["arm-1"] == ("running", "pick")
+    assert now["arm-2"] == ("idle", "")  # pick wants one robot; pusht's task wants pixels, which arms lack
+    assert now["cart-1"] == ("running", "push")
+
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+    idle_rows = rows_from(store, "panda_pick_cube", "arm-2")
+    assert idle_rows == 0, "an idle robot holds still and records nothing"
+
+    fleet.processes["arm-1"].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: states(fleet)["arm-1"][0] == "lost", 10, "arm-1 marked lost")
+    assert time.monotonic() - killed < 2 + 1.5  # within the configured --lost-after, plus polling
+    wait_until(lambda: states(fleet)["arm-2"] == ("running", "pick"), 30, "arm-2 to take over the pick task")
+    wait_until(lambda: rows_from(store, "panda_pick_cube", "arm-2") > 0, 30, "arm-2's steps in the store")
+
+    fleet.start_edge("cart-2", "--operator", "none", robot="sim:pusht", hz=20)  # joins mid-run
+    wait_until(lambda: states(fleet).get("cart-2") == ("running", "push"), 60, "the joiner put to work")
+
+
+def test_emergency_stop_reaches_the_robot_and_release_resumes(fleet: Fleet) -> None:
+    fleet.start_edge("cart-1", "--operator", "none", robot="sim:pusht", hz=20)
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+    wait_until(lambda: rows_from(store, "pusht", "cart-1") > 20, 60, "cart-1 streaming")
+    reply = command(fleet.target, "cart-1", "estop", reason="person in the cell")
+    assert reply.ok, reply.message
+    wait_until(lambda: "EMERGENCY STOP (person in the cell)" in fleet.log("cart-1"), 5, "the edge to stop")
+    time.sleep(1.0)  # let steps recorded before the stop drain into the store
+    stopped_at = rows_from(store, "pusht", "cart-1")
+    time.sleep(1.5)
+    assert rows_from(store, "pusht", "cart-1") == stopped_at, "the robot moved after the emergency stop"
+    assert command(fleet.target, "cart-1", "release").ok
+    wait_until(lambda: rows_from(store, "pusht", "cart-1") > stopped_at + 10, 30, "motion after the release")
+    assert not command(fleet.target, "nobody", "pause").ok
+    assert np.isfinite(fetch(fleet.target).members[0].seconds_since_seen)
