@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -85,4 +88,13 @@ def test_emergency_stop_reaches_the_robot_and_release_resumes(fleet: Fleet) -> N
     assert command(fleet.target, "cart-1", "release").ok
     wait_until(lambda: rows_from(store, "pusht", "cart-1") > stopped_at + 10, 30, "motion after the release")
     assert not command(fleet.target, "nobody", "pause").ok
+    shown = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "fleet", "--cloud", fleet.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "cart-1" in shown.stdout and "running" in shown.stdout and "push" in shown.stdout
     assert np.isfinite(fetch(fleet.target).members[0].seconds_since_seen)
