@@ -31,6 +31,7 @@ class LoopStats:
     episodes: int = 0
     successes: int = 0
     intervention_steps: int = 0
+    no_action_ticks: int = 0  # ticks held still because neither the policy nor an operator had an action
     tick_periods_s: list[float] = field(default_factory=list)
 
 
@@ -84,7 +85,6 @@ class EdgeAgent:
         self.tunnel.start()
         caps = self.resource.capabilities
         period = 1.0 / caps.control_hz
-        hold = np.full(caps.action.shape, np.nan, dtype=caps.action.numpy_dtype)  # clamps to a safe midpoint
         started = time.monotonic()
         try:
             observation = self._start_episode()
@@ -109,8 +109,14 @@ class EdgeAgent:
                 policy_action, version = self.runtime.next_action(observation, deadline=tick_start + 0.5 * period)
                 if self.operator is not None:
                     action, intervention = self.operator.decide(observation, policy_action, self._seq)
+                elif policy_action is None:  # no policy yet, or inference missed its deadline: do not move
+                    with self._drive_lock:
+                        self.driver.hold()
+                    self.stats.no_action_ticks += 1
+                    next_tick = self._wait_for_next_tick(next_tick, period)
+                    continue
                 else:
-                    action, intervention = (hold if policy_action is None else policy_action), False
+                    action, intervention = policy_action, False
                 action = clamp_action(action, caps.action)
                 with self._drive_lock:
                     if self._estop.is_set():  # it arrived during this tick: do not apply
@@ -164,10 +170,16 @@ class EdgeAgent:
     def _on_emergency_stop(self, message) -> None:
         """Runs on the tunnel thread: reaches the driver now, not at the next tick."""
         if message.release:
+            release = getattr(self.driver, "release_emergency_stop", None)
+            if release is not None:
+                release()
             self._estop.clear()
             log.warning("%s: emergency stop released (%s)", self.resource.id, message.reason)
             return
         self._estop.set()
+        stop = getattr(self.driver, "emergency_stop", None)  # SafeDriver latches and holds from any thread
+        if stop is not None:
+            stop(message.reason)
         with self._drive_lock:
             self.driver.hold()
         self._holding = True

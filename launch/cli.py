@@ -191,19 +191,49 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def build_driver(robot: str, seed: int | None, control_hz: float | None):
-    """``sim:<task>`` -> a simulated robot."""
-    kind, _, name = robot.partition(":")
-    if kind != "sim":
-        raise ValueError(f"--robot: unknown driver {kind!r} in {robot!r}; available: sim:<task>")
-    from hal.sim import SIM_TASKS, SimRobot
+DRIVERS = "sim:<task> or lerobot:<config.yaml>"
 
-    if name not in SIM_TASKS:
-        raise ValueError(f"--robot: unknown sim task {name!r}; available: {', '.join(sorted(SIM_TASKS))}")
-    kwargs = {"seed": seed}
-    if control_hz:
-        kwargs["control_hz"] = control_hz
-    return SimRobot(name, **kwargs)
+
+def build_driver(robot: str, seed: int | None, control_hz: float | None):
+    """``sim:<task>`` -> a simulated robot; ``lerobot:<config.yaml>`` -> any lerobot Robot, by config alone.
+
+    Returns (driver, source, task name for the operator lookup)."""
+    kind, _, name = robot.partition(":")
+    if kind == "sim":
+        from hal.sim import SIM_TASKS, SimRobot
+
+        if name not in SIM_TASKS:
+            raise ValueError(f"--robot: unknown sim task {name!r}; available: {', '.join(sorted(SIM_TASKS))}")
+        kwargs = {"seed": seed}
+        if control_hz:
+            kwargs["control_hz"] = control_hz
+        return SimRobot(name, **kwargs), "sim", name
+    if kind == "lerobot":
+        import yaml
+
+        from hal.lerobot_robot import make_lerobot_robot
+
+        try:
+            config = yaml.safe_load(Path(name).read_text())
+        except OSError as err:
+            raise ValueError(f"--robot: cannot read {name!r}: {err}") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"--robot: {name} must hold a mapping with at least 'type'")
+        if control_hz:
+            config.setdefault("control_hz", control_hz)
+        return make_lerobot_robot(config), "robot", str(config.get("type", ""))
+    raise ValueError(f"--robot: unknown driver {kind!r} in {robot!r}; available: {DRIVERS}")
+
+
+def with_safety(driver, resource_id: str, watchdog_s: float | None):
+    """Every driver gets position limits, a watchdog and an emergency stop in front of it."""
+    from hal.safety import SafeDriver, SafetyLimits
+
+    hz = driver.capabilities.control_hz
+    watchdog_s = watchdog_s or max(0.25, 3.0 / hz)
+    return SafeDriver(
+        driver, SafetyLimits.from_spec(driver.capabilities.action), watchdog_s=watchdog_s, name=resource_id
+    )
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
@@ -213,11 +243,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from hal.resource import ResourceInfo
 
     try:
-        driver = build_driver(args.robot, args.seed, args.hz)
+        raw_driver, source, task = build_driver(args.robot, args.seed, args.hz)
+        driver = with_safety(raw_driver, args.id, args.watchdog)
     except ValueError as err:
         log.error("%s", err)
         return 2
-    task = args.robot.partition(":")[2]
     operator = None
     if args.operator == "scripted":
         factory = OPERATORS.get(task)
@@ -225,7 +255,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
             log.error("--operator scripted: no scripted operator for %s; use --operator none", task)
             return 2
         operator = factory()
-    resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source="sim")
+    resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
     spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
     agent = EdgeAgent(
         resource,
@@ -334,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     learner.set_defaults(func=cmd_learner)
 
     edge = sub.add_parser("edge", help="run an edge agent for one robot")
-    edge.add_argument("--robot", required=True, help="driver and device, e.g. sim:panda_pick_cube or sim:pusht")
+    edge.add_argument(
+        "--robot", required=True, help="driver and device: sim:panda_pick_cube, sim:pusht, or lerobot:<config.yaml>"
+    )
     edge.add_argument("--id", required=True, help="this resource's id, e.g. robot-1")
     edge.add_argument("--cloud", default="127.0.0.1:7070", help="the gateway's host:port")
     edge.add_argument("--policy", default="", help="policy to run (default: the robot's embodiment)")
@@ -345,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run on)")
     edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
     edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
+    edge.add_argument(
+        "--watchdog",
+        type=_positive_float,
+        default=None,
+        help="seconds without a fresh action before the robot holds (default max(0.25, 3 ticks))",
+    )
     edge.add_argument("--stats-file", default=None, help="write the loop's counters here as JSON on exit")
     edge.set_defaults(func=cmd_edge)
 

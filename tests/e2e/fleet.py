@@ -112,3 +112,18 @@ class Fleet:
                 self.stop(name, timeout_s=20)
             except subprocess.TimeoutExpired:
                 self.processes[name].kill()
+
+
+def publish_untrained_policy(root: Path, task: str, hidden: tuple[int, ...] = (32,)) -> None:
+    """Publishes a randomly initialised policy for a sim task, so a robot with no operator has actions."""
+    from cloud.learner import policy_for_schema
+    from cloud.registry import PolicyRegistry
+    from cloud.store import ColumnSpec
+    from hal.sim import SIM_TASKS
+    from policies.weights import policy_to_bytes
+    from protocol.steps import schema_for
+
+    spec = SIM_TASKS[task]
+    schema = schema_for([(s.name, s.dtype, s.shape) for s in spec.observation], (spec.action.dtype, spec.action.shape))
+    policy = policy_for_schema({k: ColumnSpec(d, s) for k, (d, s) in schema.items()}, hidden=hidden)
+    PolicyRegistry(root / "data" / "registry").publish(task, policy_to_bytes(policy))

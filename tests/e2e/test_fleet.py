@@ -13,7 +13,7 @@ import pytest
 
 from cloud.store import EpisodeStore
 from launch.fleet_view import command, fetch
-from tests.e2e.fleet import Fleet, wait_until
+from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 
 TASKS = """
 - name: pick
@@ -33,6 +33,7 @@ def fleet(tmp_path):
     fleet = Fleet(tmp_path)
     (tmp_path / "tasks.yaml").write_text(TASKS)
     fleet.start_cloud("--tasks", str(tmp_path / "tasks.yaml"), "--lost-after", "2")
+    publish_untrained_policy(tmp_path, "pusht")  # the carts run without an operator: give them a policy
     yield fleet
     fleet.stop_all()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -143,18 +144,17 @@ def test_image_steps_from_pusht_land_in_the_store_and_a_cnn_version_reaches_the_
         store.refresh()
         return store.committed_rows("pusht") if "pusht" in store.datasets() else 0
 
-    wait_until(lambda: rows() > 10, 90, "image steps in the store")
+    wait_until(lambda: "pusht" in store.datasets() or store.refresh(), 90, "the image robot to connect")
+    time.sleep(1.0)
+    assert rows() == 0, "with no policy and no operator the robot must hold still"
     schema = store.schema("pusht")
     assert schema["obs.pixels"].shape == (96, 96, 3)
     policy = policy_for_schema(schema, hidden=(32,))
     assert policy.type_name == "cnn"
     PolicyRegistry(fleet.root / "data" / "registry").publish("pusht", policy_to_bytes(policy))
-
-    def runs_v1() -> bool:
-        store.refresh()
-        return bool((store.read("pusht", columns=["policy_version"])["policy_version"] == 1).any())
-
-    wait_until(runs_v1, 60, "steps under the CNN policy v1")
+    wait_until(lambda: rows() > 10, 60, "image steps under the CNN policy v1")
+    store.refresh()
+    assert (store.read("pusht", columns=["policy_version"])["policy_version"] == 1).all()
     assert fleet.stop("pusht-1") == 0
     stats = fleet.stats("pusht-1")
     store.refresh()

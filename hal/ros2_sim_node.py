@@ -1,0 +1,151 @@
+"""A ROS 2 robot backed by the simulator, in its own process, speaking only through topics.
+
+Stands in for a real robot's nodes so the ROS 2 driver can be tested end to end. It runs
+SimRobot("panda_pick_cube") and publishes, after every reset and every step:
+  <ns>/joint_states  sensor_msgs/JointState      the 7 arm joints (position, velocity) and the gripper
+  <ns>/state         std_msgs/Float64MultiArray  the full 21-float sim state
+  <ns>/done, <ns>/success  std_msgs/Bool         published before the observations
+It steps the sim once per message on <ns>/action (std_msgs/Float64MultiArray, [dx, dy, dz, gripper]) and
+resets on <ns>/reset (std_msgs/Empty). With --image it also publishes a synthetic 640x480 rgb8
+<ns>/image at 30 Hz (a moving pattern: rendering MuJoCo on CPU would be far slower than the camera).
+
+    python -m hal.ros2_sim_node --domain-id 42 --image
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import os
+import sys
+import threading
+
+import numpy as np
+
+JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
+_QPOS, _QVEL, _GRIPPER = slice(0, 7), slice(7, 14), 14
+
+
+def synthetic_frame(tick: int, height: int = 480, width: int = 640) -> np.ndarray:
+    """A cheap moving pattern: diagonal stripes that shift every frame, plus the tick in the red channel."""
+    rows = np.arange(height, dtype=np.uint16)[:, None]
+    cols = np.arange(width, dtype=np.uint16)[None, :]
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[..., 0] = tick % 256
+    frame[..., 1] = ((rows + cols + 4 * tick) % 256).astype(np.uint8)
+    frame[..., 2] = ((rows * 2 + tick) % 256).astype(np.uint8)
+    return frame
+
+
+class SimRobotNode:
+    def __init__(self, context, namespace: str, image: bool, image_hz: float, seed: int | None) -> None:
+        import rclpy
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Bool, Empty, Float64MultiArray
+
+        from hal.sim import SimRobot
+
+        self._robot = SimRobot("panda_pick_cube", seed=seed)
+        self._lock = threading.Lock()  # the sim is stepped from callbacks; a multi-threaded executor stays safe
+        self.node = rclpy.create_node("panda_sim", namespace=namespace, context=context)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._joint_pub = self.node.create_publisher(JointState, "joint_states", reliable)
+        self._state_pub = self.node.create_publisher(Float64MultiArray, "state", reliable)
+        self._done_pub = self.node.create_publisher(Bool, "done", reliable)
+        self._success_pub = self.node.create_publisher(Bool, "success", reliable)
+        self.node.create_subscription(Float64MultiArray, "action", self._on_action, reliable)
+        self.node.create_subscription(Empty, "reset", self._on_reset, reliable)
+        self._msgs = (JointState, Float64MultiArray, Bool, Image)
+        self._episode_over = True  # no action steps the sim before the first reset
+        self._state = self._robot.reset()["state"]
+        self._tick = 0
+        if image:
+            self._image_pub = self.node.create_publisher(
+                Image, "image", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+            )
+            self.node.create_timer(1.0 / image_hz, self._on_camera)
+
+    def _publish_observation(self, done: bool, success: bool) -> None:
+        joint_state_cls, array_cls, bool_cls, _ = self._msgs
+        self._done_pub.publish(bool_cls(data=done))
+        self._success_pub.publish(bool_cls(data=success))
+        state = self._state.astype(np.float64)
+        joints = joint_state_cls()
+        joints.header.stamp = self.node.get_clock().now().to_msg()
+        joints.name = list(JOINT_NAMES)
+        joints.position = state[_QPOS].tolist()
+        joints.velocity = state[_QVEL].tolist()
+        self._joint_pub.publish(joints)
+        self._state_pub.publish(array_cls(data=array.array("d", state.tobytes())))
+
+    def _on_reset(self, _msg) -> None:
+        with self._lock:
+            self._state = self._robot.reset()["state"]
+            self._episode_over = False
+            self._publish_observation(False, False)
+
+    def _on_action(self, msg) -> None:
+        action = np.asarray(msg.data, dtype=np.float32)
+        with self._lock:
+            if action.shape != (4,) or not np.all(np.isfinite(action)):
+                self.node.get_logger().warning(f"dropping malformed action of shape {action.shape}")
+                return
+            if self._episode_over:  # a hold after the end: keep reporting the final state, do not step
+                self._publish_observation(True, False)
+                return
+            transition = self._robot.apply(action)
+            self._state = transition.observation["state"]
+            self._episode_over = transition.done or transition.success
+            self._publish_observation(self._episode_over, transition.success)
+
+    def _on_camera(self) -> None:
+        image_cls = self._msgs[3]
+        frame = synthetic_frame(self._tick)
+        self._tick += 1
+        msg = image_cls()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.header.frame_id = "camera"
+        msg.height, msg.width = frame.shape[:2]
+        msg.encoding = "rgb8"
+        msg.step = frame.shape[1] * 3
+        msg.data = array.array("B", frame.tobytes())  # array.array skips rclpy's per-element type check
+        self._image_pub.publish(msg)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self._robot.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: from the environment)")
+    parser.add_argument("--namespace", default="/panda")
+    parser.add_argument("--image", action="store_true", help="also publish a synthetic 640x480 rgb8 camera")
+    parser.add_argument("--image-hz", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=args.domain_id)  # rclpy's handlers turn SIGINT/SIGTERM into a shutdown
+    node = SimRobotNode(context, args.namespace, args.image, args.image_hz, args.seed)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node.node)
+    print(f"panda_sim ready on domain {args.domain_id}", flush=True)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.close()
+        context.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The ROS 2 driver: config validation, and end to end against the sim robot node in its own process."""
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edge.operator import PickCubeExpert
+from hal.ros2 import ConfigError, Ros2Robot, Ros2RobotConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+PANDA_YAML = ROOT / "launch" / "ros2" / "panda_sim.yaml"
+IMAGE_OBSERVATION = {
+    "name": "camera",
+    "topic": "/panda/image",
+    "type": "sensor_msgs/Image",
+    "shape": [480, 640, 3],
+    "qos": {"reliability": "reliable", "depth": 2},
+}
+
+
+def panda_raw() -> dict:
+    return yaml.safe_load(PANDA_YAML.read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "fragment"),
+    [
+        (lambda r: r["observations"][1].update(type="foo"), "observations[1].type", "unknown message type 'foo'"),
+        (lambda r: r["observations"][0].update(shape=[480, 640]), "observations[0].shape", "1-d shape"),
+        (
+            lambda r: r["observations"].append(dict(IMAGE_OBSERVATION, shape=[480, 640])),
+            "observations[2].shape",
+            "[H, W, 3]",
+        ),
+        (lambda r: r["observations"][1].update(field="torque"), "observations[1].field", "unknown JointState field"),
+        (
+            lambda r: r["observations"][0]["qos"].update(reliability="sometimes"),
+            "observations[0].qos.reliability",
+            "sometimes",
+        ),
+        (lambda r: r["observations"][1].update(name="state"), "observations[1].name", "duplicate"),
+        (lambda r: r["observations"][0].update(topic="panda/state"), "observations[0].topic", "absolute topic"),
+        (lambda r: r["action"].update(low=[-1.0, -1.0]), "action.low", "list of 4 numbers"),
+        (lambda r: r["action"].update(hold="brake"), "action.hold", "unknown hold mode"),
+        (lambda r: r["action"].update(type="trajectory_msgs/JointTrajectory"), "action.joint_names", "required"),
+        (
+            lambda r: r["action"].update(
+                type="trajectory_msgs/JointTrajectory", joint_names=list("abcd"), hold="zeros"
+            ),
+            "action.hold",
+            "not a safe hold",
+        ),
+        (lambda r: r.pop("control_hz"), "control_hz", "required"),
+        (lambda r: r.update(control_hz=0), "control_hz", "> 0"),
+        (lambda r: r["sync"].update(slop=0.1), "sync.slop", "unknown key"),
+        (lambda r: r["episode"].update(max_steps=-1), "episode.max_steps", "integer >= 0"),
+    ],
+)
+def test_config_errors_name_the_key(edit, key: str, fragment: str) -> None:
+    raw = copy.deepcopy(panda_raw())
+    edit(raw)
+    with pytest.raises(ConfigError) as info:
+        Ros2RobotConfig.from_dict(raw)
+    assert str(info.value).startswith(f"{key}:") and fragment in str(info.value)
+
+
+def test_panda_yaml_gives_the_capabilities() -> None:
+    config = Ros2RobotConfig.from_yaml(PANDA_YAML)
+    caps = config.capabilities
+    assert [s.name for s in caps.observation] == ["state", "joints"]
+    assert caps.observation[0].shape == (21,) and caps.action.shape == (4,)
+    assert caps.action.low == (-1.0, -1.0, -1.0, 0.0) and caps.control_hz == 10.0
+    assert config.action.hold == (0.0, 0.0, 0.0, 1.0) and config.episode.max_steps == 100
+    with_camera = panda_raw()
+    with_camera["observations"].append(IMAGE_OBSERVATION)
+    assert Ros2RobotConfig.from_dict(with_camera).capabilities.cameras == ("camera",)
+
+
+def _domain_id(offset: int) -> int:
+    # One domain per test and per pytest process: parallel runs and leftover nodes never cross-talk.
+    return 100 + (os.getpid() + offset) % 100
+
+
+@pytest.fixture
+def sim_node(request):
+    """Starts hal.ros2_sim_node on its own domain; always stopped (SIGTERM, then SIGKILL)."""
+    processes = []
+
+    def start(*args: str, offset: int = 0) -> int:
+        domain = _domain_id(offset)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hal.ros2_sim_node", "--domain-id", str(domain), "--seed", "0", *args],
+            cwd=ROOT,
+            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return domain
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def assert_matches(observation: dict[str, np.ndarray], robot: Ros2Robot) -> None:
+    specs = robot.capabilities.observation
+    assert set(observation) == {s.name for s in specs}
+    for spec in specs:
+        assert observation[spec.name].shape == spec.shape and observation[spec.name].dtype == spec.numpy_dtype
+
+
+@pytest.mark.timeout(60)
+def test_scripted_expert_picks_the_cube_through_ros2(sim_node) -> None:
+    domain = sim_node(offset=0)
+    robot = Ros2Robot(Ros2RobotConfig.from_yaml(PANDA_YAML), domain_id=domain)
+    try:
+        started = time.monotonic()
+        observation = robot.reset()
+        assert_matches(observation, robot)
+        first_state, expert = observation["state"].copy(), PickCubeExpert()
+        np.testing.assert_allclose(observation["joints"], first_state[:7], atol=1e-6)
+        transitions = []
+        for _ in range(30):
+            transition = robot.apply(expert.act(observation))
+            assert_matches(transition.observation, robot)
+            transitions.append(transition)
+            observation = transition.observation
+            if transition.done:
+                break
+        assert not np.array_equal(observation["state"], first_state)
+        assert observation["state"][20] > first_state[20] + 0.05  # the cube went up
+        assert transitions[-1].success and transitions[-1].done and transitions[-1].reward == 1.0
+        assert not any(t.done for t in transitions[:-1])
+        robot.hold()
+        assert robot.holding
+        # A second episode starts from a fresh reset.
+        assert_matches(robot.reset(), robot)
+        assert not robot.apply(expert.act(observation)).done
+        assert time.monotonic() - started < 30
+    finally:
+        robot.close()
+
+
+@pytest.mark.timeout(60)
+def test_image_frames_arrive_in_the_driver(sim_node) -> None:
+    domain = sim_node("--image", offset=1)
+    raw = panda_raw()
+    raw["observations"].append(IMAGE_OBSERVATION)
+    robot = Ros2Robot(Ros2RobotConfig.from_dict(raw), domain_id=domain)
+    try:
+        observation = robot.reset()
+        assert_matches(observation, robot)
+        assert observation["camera"].shape == (480, 640, 3) and observation["camera"].dtype == np.uint8
+        frames = [observation["camera"]]
+        for _ in range(5):
+            transition = robot.apply(np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32))
+            assert_matches(transition.observation, robot)
+            frames.append(transition.observation["camera"])
+        assert not np.array_equal(frames[0], frames[-1])  # fresh frames, not one cached image
+        time.sleep(0.5)
+        assert robot.received("camera") >= 10
+        latencies = robot.latencies_s("camera")
+        assert latencies and 0 <= float(np.median(latencies)) < 0.5
+    finally:
+        robot.close()
