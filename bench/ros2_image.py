@@ -16,9 +16,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from bench.common import HIGHER, LOWER, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "launch" / "ros2" / "fastdds_shm.xml"
@@ -129,3 +132,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def measure(seconds: float = 5.0, say: Callable[[str], None] = print) -> list[Result]:
+    """The image path as bench results: the shipped SHM profile against Fast DDS's default transport."""
+    say(f"ros2: 640x480 rgb8 at 30 Hz into the driver, {seconds:.0f} s per transport")
+    figures = measure_image_path(seconds)
+    shm, default = figures["shm"], figures["default"]
+    say(
+        f"  shm p50 {shm['p50_ms']:.2f} ms, p99 {shm['p99_ms']:.2f} ms, {shm['hz']:.1f} Hz; "
+        f"default p50 {default['p50_ms']:.2f} ms, p99 {default['p99_ms']:.2f} ms, {default['hz']:.1f} Hz"
+    )
+    name = "ros2 image path 640x480 @30 Hz"
+    return [
+        Result(
+            f"{name}: p50 latency (SHM profile vs default transport)", shm["p50_ms"], "ms", default["p50_ms"], LOWER
+        ),
+        Result(
+            f"{name}: p99 latency (SHM profile vs default transport)", shm["p99_ms"], "ms", default["p99_ms"], LOWER
+        ),
+        Result(f"{name}: frames/s received (SHM profile vs default transport)", shm["hz"], "Hz", default["hz"], HIGHER),
+    ]

@@ -7,6 +7,7 @@
 (a) uplink   image steps from 1 and 4 edge processes into the episode store, vs raw gRPC bytes
 (b) push     registry.publish -> "applied" on 1 and 4 edges for ~1M and ~50M MLPs, vs raw gRPC + sha256
 (c) jitter   30 Hz tick jitter and missed deadlines while versions arrive, vs the same loop without updates
+(d) ros2     640x480 images at 30 Hz through ROS 2 into the driver: Fast DDS shared memory vs its default transport
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -31,14 +32,14 @@ from rich.text import Text
 from bench.common import HIGHER, Result
 
 RESULTS = Path(__file__).with_name("results.json")
-FIGURES = ("uplink", "push", "jitter")
+FIGURES = ("uplink", "push", "jitter", "ros2")
 
 
 def run_bench(
     figures: Sequence[str] = FIGURES, quick: bool = False, out: Path | None = RESULTS, console: Console | None = None
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
-    from bench import jitter, push, uplink
+    from bench import jitter, push, ros2_image, uplink
     from bench.common import LoopThread
 
     unknown = sorted(set(figures) - set(FIGURES))
@@ -66,6 +67,8 @@ def run_bench(
             results += push.measure(loop, workdir, edge_counts=edge_counts, sizes=sizes, repeats=2, say=say)
         if "jitter" in figures:
             results += jitter.measure(loop, workdir, duration_s=3.0 if quick else 10.0, say=say)
+        if "ros2" in figures:
+            results += ros2_image.measure(seconds=2.0 if quick else 5.0, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

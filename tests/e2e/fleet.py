@@ -41,10 +41,13 @@ class Fleet:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (kept open for the process's life)
         process = subprocess.Popen(
-            [sys.executable, "-m", "launch.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=ENV
+            [sys.executable, "-m", "launch.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**ENV, **(env or {})},
         )
         self.processes[name] = process
         return process
@@ -66,7 +69,13 @@ class Fleet:
         return process
 
     def start_edge(
-        self, robot_id: str, *extra: str, hz: float = 50.0, seed: int = 1, robot: str = "sim:panda_pick_cube"
+        self,
+        robot_id: str,
+        *extra: str,
+        hz: float = 50.0,
+        seed: int = 1,
+        robot: str = "sim:panda_pick_cube",
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         return self._start(
             robot_id,
@@ -88,6 +97,7 @@ class Fleet:
                 str(self.root / f"{robot_id}.stats.json"),
                 *extra,
             ],
+            env=env,
         )
 
     def spool_path(self, robot_id: str) -> Path:

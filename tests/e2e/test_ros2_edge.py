@@ -1,0 +1,61 @@
+"""A ROS 2 robot node in its own process, driven through topics by a fleetloop edge configured by YAML."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cloud.store import EpisodeStore
+from tests.e2e.fleet import ENV, Fleet, wait_until
+
+PANDA_YAML = "launch/ros2/panda_sim.yaml"
+
+
+@pytest.fixture
+def ros_domain() -> int:
+    return 150 + os.getpid() % 80  # its own ROS_DOMAIN_ID, apart from the driver tests' range
+
+
+@pytest.fixture
+def fleet(tmp_path, ros_domain):
+    fleet = Fleet(tmp_path)
+    env = {**ENV, "ROS_DOMAIN_ID": str(ros_domain)}
+    with open(tmp_path / "ros-node.log", "w") as log:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "hal.ros2_sim_node", "--domain-id", str(ros_domain), "--seed", "3"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    yield fleet
+    fleet.stop_all()
+    node.send_signal(signal.SIGTERM)
+    try:
+        node.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        node.kill()
+
+
+def test_edge_drives_a_ros2_robot_node_configured_by_yaml(fleet: Fleet, ros_domain: int) -> None:
+    fleet.start_cloud()
+    fleet.start_edge("ros-arm-1", robot=f"ros2:{PANDA_YAML}", hz=10, env={"ROS_DOMAIN_ID": str(ros_domain)})
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+
+    def finished_episodes() -> list:
+        store.refresh()
+        if "panda_pick_cube" not in store.datasets():
+            return []
+        return [e for e in store.episodes("panda_pick_cube") if e.done]
+
+    wait_until(lambda: len(finished_episodes()) >= 2, 120, "two finished episodes through ROS 2")
+    assert fleet.stop("ros-arm-1") == 0
+    episodes = finished_episodes()
+    assert {e.resource_id for e in episodes} == {"ros-arm-1"}
+    assert {e.source for e in episodes} == {"robot"}
+    assert any(e.success for e in episodes), "the scripted operator picks the cube through topics alone"
+    store.refresh()
+    assert store.committed_rows("panda_pick_cube") == fleet.stats("ros-arm-1")["ticks"]
