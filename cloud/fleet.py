@@ -126,8 +126,13 @@ class FleetScheduler:
 
     def seen(self, resource_id: str, steps: int = 0, interventions: int = 0, policy_version: int | None = None) -> None:
         member = self.members.get(resource_id)
-        if member is None or not member.online:
+        if member is None or member.state == State.FAULTED:
             return
+        if member.state == State.LOST:  # silent for a while, but its stream is alive: it is back
+            log.info("%s is heard from again", resource_id)
+            member.state = State.IDLE
+            member.last_seen = self.clock()
+            self.schedule()
         member.last_seen = self.clock()
         member.steps += steps
         member.interventions += interventions

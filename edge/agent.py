@@ -47,6 +47,7 @@ class EdgeAgent:
         token: str = "",
         task: str = "",
         record_tick_periods: bool = False,
+        hold_on_link_loss_s: float = 0.0,
     ) -> None:
         self.resource = resource
         self.driver = driver
@@ -55,6 +56,9 @@ class EdgeAgent:
         self.spool = spool
         self.stats = LoopStats()
         self.record_tick_periods = record_tick_periods
+        # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
+        # once the cloud has been silent this long, for sites that want a supervised robot only.
+        self.hold_on_link_loss_s = hold_on_link_loss_s
         self.runtime = PolicyRuntime(on_swapped=self._on_swapped)
         # Non-empty while this robot must hold still: until the cloud gives it a task, or while paused. Once it
         # has a task it keeps working through link outages (its steps wait in the spool).
@@ -72,6 +76,8 @@ class EdgeAgent:
             token=token,
             on_assignment=self._on_assignment,
             on_emergency_stop=self._on_emergency_stop,
+            # Heartbeats often enough that a healthy but idle link never looks lost.
+            heartbeat_s=min(2.0, hold_on_link_loss_s / 3) if hold_on_link_loss_s else 2.0,
         )
         self.recorder = StepRecorder(spool, on_spooled=self.tunnel.wake)
         self.stop_event = threading.Event()
@@ -99,6 +105,14 @@ class EdgeAgent:
                     self.stats.tick_periods_s.append(tick_start - last_tick)
                 last_tick = tick_start
                 self.runtime.begin_tick()
+                if (
+                    self.hold_on_link_loss_s
+                    and not self._hold_reason
+                    and not self.tunnel.link_up(self.hold_on_link_loss_s)
+                ):
+                    self._hold(f"no word from the cloud for {self.hold_on_link_loss_s:.1f} s (link lost)")
+                    next_tick = self._wait_for_next_tick(next_tick, period)
+                    continue
                 if self._estop.is_set() or self._hold_reason:
                     self._hold(self._hold_reason or "emergency stop")
                     next_tick = self._wait_for_next_tick(next_tick, period)

@@ -64,6 +64,7 @@ class TunnelClient:
         self.window_batches = window_batches
         self.heartbeat_s = heartbeat_s
         self.connected = threading.Event()
+        self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
         self.acked_steps = 0
         self.errors: list[pb.Error] = []
         self._stop = threading.Event()
@@ -82,6 +83,10 @@ class TunnelClient:
         if outgoing is not None:
             outgoing.put(None)
         self._thread.join(timeout=5)
+
+    def link_up(self, timeout_s: float) -> bool:
+        """Connected, and the cloud answered within ``timeout_s`` (a frozen peer keeps TCP open but stays silent)."""
+        return self.connected.is_set() and time.monotonic() - self.last_heard < timeout_s
 
     def wake(self) -> None:
         """New steps were spooled."""
@@ -142,6 +147,7 @@ class TunnelClient:
             sender: threading.Thread | None = None
             try:
                 for message in responses:
+                    self.last_heard = time.monotonic()
                     kind = message.WhichOneof("body")
                     if kind == "welcome":
                         for progress in message.welcome.stored:

@@ -34,6 +34,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -274,6 +281,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         args.policy or driver.capabilities.embodiment,
         operator=operator,
         token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
+        hold_on_link_loss_s=args.hold_on_link_loss,
     )
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
@@ -393,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         help="seconds without a fresh action before the robot holds (default max(0.25, 3 ticks))",
+    )
+    edge.add_argument(
+        "--hold-on-link-loss",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="hold still once the cloud is silent this long (default 0: keep working, spooling)",
     )
     edge.add_argument("--stats-file", default=None, help="write the loop's counters here as JSON on exit")
     edge.set_defaults(func=cmd_edge)

@@ -67,6 +67,8 @@ def test_lost_resource_hands_its_task_to_an_idle_capable_one(fleet) -> None:
     assert scheduler.members["b1"].state == State.LOST
     assert scheduler.task_of("b2").name == "pick"
     assert ("b1", None) in assignments and ("b2", "pick") in assignments
+    scheduler.seen("b1")  # its stream was alive after all: it comes back idle (its task has moved on)
+    assert scheduler.members["b1"].state == State.IDLE
 
 
 def test_a_tunnel_that_closes_is_lost_at_once_and_a_joiner_is_put_to_work(fleet) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cloud.store import EpisodeStore
+from edge.spool import Spool
 from launch.fleet_view import command, fetch
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 
@@ -99,3 +100,34 @@ def test_emergency_stop_reaches_the_robot_and_release_resumes(fleet: Fleet) -> N
     assert shown.returncode == 0, shown.stderr
     assert "cart-1" in shown.stdout and "running" in shown.stdout and "push" in shown.stdout
     assert np.isfinite(fetch(fleet.target).members[0].seconds_since_seen)
+
+
+def test_a_robot_set_to_hold_on_link_loss_stops_when_the_cloud_goes_silent(fleet: Fleet) -> None:
+    fleet.start_edge("cart-1", "--operator", "none", "--hold-on-link-loss", "1.0", robot="sim:pusht", hz=20)
+    spool = fleet.spool_path("cart-1")
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+    wait_until(lambda: rows_from(store, "pusht", "cart-1") > 20, 60, "cart-1 streaming")
+
+    def spooled_steps() -> int:
+        s = Spool(spool)
+        try:
+            return s.counts()[1]
+        finally:
+            s.close()
+
+    cloud = fleet.processes["cloud"]
+    cloud.send_signal(signal.SIGSTOP)  # TCP stays open, the cloud says nothing: only silence tells
+    silent_since = time.monotonic()
+    try:
+        wait_until(lambda: "no word from the cloud" in fleet.log("cart-1"), 10, "the edge to hold")
+        assert time.monotonic() - silent_since < 1.0 + 1.0  # the configured 1 s, plus log and poll slack
+        time.sleep(0.5)  # the last steps before the hold reach the spool
+        held_at = spooled_steps()
+        time.sleep(1.0)
+        assert spooled_steps() == held_at, "the robot recorded motion while the link was lost"
+        resumed_before = fleet.log("cart-1").count("moves again")
+    finally:
+        cloud.send_signal(signal.SIGCONT)
+    wait_until(
+        lambda: fleet.log("cart-1").count("moves again") > resumed_before, 20, "motion once the cloud answers again"
+    )
