@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from cloud.devices import AuthError, Device, DeviceRegistry
 from cloud.fleet import FleetScheduler, Requirements, Task
 from cloud.registry import PolicyRegistry, PolicyVersion
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
@@ -23,8 +25,9 @@ from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
-from protocol.arrays import ALLOWED_DTYPES, CodecError
-from protocol.steps import MAX_BATCH_BYTES, Schema, check_id, decode_batch, schema_for
+from protocol.arrays import CodecError
+from protocol.limits import check_applied, check_capabilities, check_heartbeat, check_hello
+from protocol.steps import MAX_BATCH_BYTES, Schema, check_id, decode_batch, quoted, schema_for
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -36,17 +39,28 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # gRPC's default waits 60 s for a ping's ack: a dead edge's stream would linger that long.
+    ("grpc.http2.ping_timeout_ms", 10_000),
 ]
+
+
+MAX_UNREAD_MESSAGES = 4096  # answers waiting for one edge to read them (acks, heartbeats, policy pieces)
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 7070
-    tokens: dict[str, str] | None = None  # resource id -> token; None accepts any device (loopback only)
+    # Device credentials; None (or no devices file) accepts any device, which the CLI allows on loopback only.
+    devices: DeviceRegistry | None = field(default=None, compare=False)
+    tls_cert: bytes | None = None  # PEM server certificate and key: serve TLS instead of plain text
+    tls_key: bytes | None = field(default=None, repr=False)
     max_batch_bytes: int = MAX_BATCH_BYTES
     flush_rows: int = 1024  # write to the store once this many rows wait...
     flush_bytes: int = 16 << 20  # ...or this many bytes (a few image chunks per column)...
+    # Steps received but not yet in the store, over all edges: past this, the gateway stops reading the tunnels
+    # (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
+    max_unwritten_bytes: int = 256 << 20
     flush_delay_s: float = 0.1  # ...or the oldest has waited this long
     policy_chunk_bytes: int = 1 << 20
     registry_poll_s: float = 0.05  # reads one small JSON file per policy
@@ -63,6 +77,7 @@ class Session:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    device: Device | None = None  # its credential, when the cloud checks credentials
     offer: PolicyVersion | None = None
     offered: asyncio.Event = field(default_factory=asyncio.Event)
     sent_version: int = 0
@@ -72,10 +87,28 @@ class Session:
     closed: bool = False
 
     def send(self, message: pb.CloudMessage) -> None:
+        if self.closed:
+            return
+        if self.out.qsize() >= MAX_UNREAD_MESSAGES:  # it sends but never reads: end it rather than grow memory
+            log.warning(
+                "%s does not read its tunnel (%d answers waiting); closing it", self.resource.id, MAX_UNREAD_MESSAGES
+            )
+            self.send_end()
+            return
+        self.out.put_nowait(message)
+
+    def send_end(self) -> None:
+        """Ends the stream after what is queued."""
         if not self.closed:
-            self.out.put_nowait(message)
+            self.out.put_nowait(None)
+            self.closed = True
+
+    def may_run(self, policy_name: str) -> bool:
+        return self.device is None or not self.device.policies or policy_name in self.device.policies
 
     def offer_version(self, version: PolicyVersion) -> None:
+        if not self.may_run(version.policy_name):  # a device receives only the policies assigned to it
+            return
         if version.version > max(self.sent_version, self.offer.version if self.offer else 0):
             self.offer = version
             self.offered.set()
@@ -86,12 +119,20 @@ class _Pending:
     rows: StepRows
     batch_id: int
     session: Session
+    nbytes: int = 0
 
 
 class StoreWriter:
     """Group commit: gathers batches from all edges and writes them to the store together."""
 
-    def __init__(self, store: EpisodeStore, flush_rows: int, flush_delay_s: float, flush_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        store: EpisodeStore,
+        flush_rows: int,
+        flush_delay_s: float,
+        flush_bytes: int = 16 << 20,
+        max_unwritten_bytes: int = 256 << 20,
+    ) -> None:
         self.store = store
         self.flush_rows = flush_rows
         self.flush_bytes = flush_bytes
@@ -101,14 +142,34 @@ class StoreWriter:
         self._rows = 0
         self._oldest = 0.0
         self._wake = asyncio.Event()
+        self.max_unwritten_bytes = max_unwritten_bytes
+        self._unwritten = 0  # submitted and not yet written (pending or being written)
+        self._room = asyncio.Event()
+        self._room.set()
+        self.waits_for_room = 0  # how often a reader had to wait: the store is the bottleneck
 
     def submit(self, item: _Pending) -> None:
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.append(item)
         self._rows += len(item.rows.columns["action"])
-        self._bytes += sum(values.nbytes for values in item.rows.columns.values())
+        item.nbytes = sum(values.nbytes for values in item.rows.columns.values())
+        self._bytes += item.nbytes
+        self._unwritten += item.nbytes
+        if self._unwritten >= self.max_unwritten_bytes:
+            self._room.clear()
         self._wake.set()
+
+    async def room(self) -> None:
+        """Returns once the store has caught up enough to take more (backpressure for the readers)."""
+        if not self._room.is_set():
+            self.waits_for_room += 1
+            await self._room.wait()
+
+    def _written(self, items: list[_Pending]) -> None:
+        self._unwritten -= sum(item.nbytes for item in items)
+        if self._unwritten < self.max_unwritten_bytes:
+            self._room.set()
 
     def _is_full(self) -> bool:
         # Bigger group commits spread the store's fixed cost per write (partial chunks, fsyncs).
@@ -137,6 +198,12 @@ class StoreWriter:
         items, self._pending, self._rows, self._bytes = self._pending, [], 0, 0
         if not items:
             return
+        try:
+            await self._flush(items)
+        finally:
+            self._written(items)
+
+    async def _flush(self, items: list[_Pending]) -> None:
         accepted: list[_Pending] = []
         expected: dict[str, int] = {}
         owners: dict[str, str] = {}
@@ -207,23 +274,13 @@ def _log_failure(task: asyncio.Task) -> None:
 
 
 def check_resource(resource: pb.Resource) -> ResourceInfo:
+    """A hello's resource, within protocol/limits.py's bounds; errors name the field."""
     check_id(resource.id, "hello.resource.id")
     if resource.kind not in RESOURCE_KINDS:
-        raise CodecError("hello.resource.kind", f"must be one of {RESOURCE_KINDS}, got {resource.kind!r}")
+        raise CodecError("hello.resource.kind", f"must be one of {RESOURCE_KINDS}, got {quoted(resource.kind)}")
     if resource.source not in SOURCES:
-        raise CodecError("hello.resource.source", f"must be one of {SOURCES}, got {resource.source!r}")
-    caps = resource.capabilities
-    check_id(caps.embodiment, "hello.resource.capabilities.embodiment")
-    if not 0 < caps.control_hz <= 1000:
-        raise CodecError("hello.resource.capabilities.control_hz", f"must be in (0, 1000], got {caps.control_hz}")
-    specs = [("action", caps.action)] + [(f"observation[{i}]", s) for i, s in enumerate(caps.observation)]
-    for where, spec in specs:
-        field_name = f"hello.resource.capabilities.{where}"
-        check_id(spec.name, f"{field_name}.name")
-        if spec.dtype not in ALLOWED_DTYPES:
-            raise CodecError(f"{field_name}.dtype", f"{spec.dtype!r} is not an allowed dtype")
-        if len(spec.shape) > 4 or any(d <= 0 or d > 4096 for d in spec.shape):
-            raise CodecError(f"{field_name}.shape", f"unsupported shape {list(spec.shape)}")
+        raise CodecError("hello.resource.source", f"must be one of {SOURCES}, got {quoted(resource.source)}")
+    check_capabilities(resource.capabilities, "hello.resource.capabilities")
     return ResourceInfo.from_proto(resource)
 
 
@@ -236,7 +293,9 @@ class Gateway(pb_grpc.TunnelServicer):
         self.fleet = FleetScheduler(lost_after_s=config.lost_after_s, on_assign=self._on_assign)
         for task in config.tasks:
             self.fleet.add_task(task)
-        self.writer = StoreWriter(store, config.flush_rows, config.flush_delay_s, config.flush_bytes)
+        self.writer = StoreWriter(
+            store, config.flush_rows, config.flush_delay_s, config.flush_bytes, config.max_unwritten_bytes
+        )
         self._weights: tuple[tuple[str, int], bytes] | None = None  # the last version read, shared by all edges
         self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
         self._server: grpc.aio.Server | None = None
@@ -247,14 +306,25 @@ class Gateway(pb_grpc.TunnelServicer):
         self._server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_TunnelServicer_to_server(self, self._server)
         pb_grpc.add_FleetControlServicer_to_server(FleetControl(self), self._server)
-        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls_cert and self.config.tls_key:
+            credentials = grpc.ssl_server_credentials([(self.config.tls_key, self.config.tls_cert)])
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         await self._server.start()
         self._tasks = [
             asyncio.create_task(coro) for coro in (self.writer.run(), self._watch_registry(), self._watch_fleet())
         ]
-        log.info("gateway listening on %s:%d", self.config.host, self.port)
+        log.info(
+            "gateway listening on %s:%d (%s, %s)",
+            self.config.host,
+            self.port,
+            "TLS" if self.config.tls_cert else "plain text",
+            "device credentials required" if self._checks_credentials() else "no credentials checked",
+        )
         return self.port
 
     async def stop(self, grace_s: float = 1.0) -> None:
@@ -272,10 +342,13 @@ class Gateway(pb_grpc.TunnelServicer):
             first = await asyncio.wait_for(requests.__anext__(), timeout=self.config.hello_timeout_s)
         except (TimeoutError, StopAsyncIteration):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "hello: the first message must be a hello")
+        except Exception as err:  # bytes that are no EdgeMessage: only this stream ends
+            log.warning("refused a connection: its first message is not an EdgeMessage (%s)", type(err).__name__)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message is not an EdgeMessage")
         try:
             session = self._open_session(first)
-        except CodecError as err:
-            code = "unauthenticated" if err.field == "hello.token" else "invalid_argument"
+        except (CodecError, AuthError) as err:
+            code = "unauthenticated" if isinstance(err, AuthError) else "invalid_argument"
             log.warning("refused a connection: %s", err)
             yield pb.CloudMessage(error=pb.Error(code=code, field=err.field, message=err.message))
             status = grpc.StatusCode.UNAUTHENTICATED if code == "unauthenticated" else grpc.StatusCode.INVALID_ARGUMENT
@@ -305,27 +378,35 @@ class Gateway(pb_grpc.TunnelServicer):
         if not first.HasField("hello"):
             raise CodecError("hello", "the first message must be a hello")
         hello = first.hello
+        check_hello(hello)  # size and count limits (protocol/limits.py) before anything acts on it
         if hello.protocol_version != PROTOCOL_VERSION:
             raise CodecError(
                 "hello.protocol_version", f"this gateway speaks {PROTOCOL_VERSION}, got {hello.protocol_version}"
             )
         resource = check_resource(hello.resource)
-        if self.config.tokens is not None and self.config.tokens.get(resource.id) != hello.token:
-            raise CodecError("hello.token", f"no valid credential for {resource.id!r}")
+        device = self._authenticate(resource, hello.token)
         policy_name = hello.policy_name or resource.capabilities.embodiment
+        if device is not None and device.policies and policy_name not in device.policies:
+            raise AuthError("hello.policy_name", f"{resource.id!r} may run only {', '.join(device.policies)}")
         caps = resource.capabilities
         schema = schema_for(
             [(s.name, s.dtype, s.shape) for s in caps.observation], (caps.action.dtype, caps.action.shape)
         )
-        self.store.ensure_dataset(
-            caps.embodiment, {k: ColumnSpec(dtype, shape) for k, (dtype, shape) in schema.items()}
-        )
+        try:
+            self.store.ensure_dataset(
+                caps.embodiment, {k: ColumnSpec(dtype, shape) for k, (dtype, shape) in schema.items()}
+            )
+        except ValueError as err:  # another robot of this embodiment stored steps of another shape
+            raise CodecError(
+                "hello.resource.capabilities", f"do not match the stored dataset {caps.embodiment}: {err}"
+            ) from err
         previous = self.sessions.get(resource.id)
         if previous is not None:  # a reconnect supersedes the old stream
             previous.closed = True
             previous.out.put_nowait(None)
         session = Session(
             resource=resource,
+            device=device,
             policy_name=policy_name,
             schema=schema,
             sent_version=hello.policy_version,
@@ -364,33 +445,80 @@ class Gateway(pb_grpc.TunnelServicer):
         )
         return session
 
+    def _checks_credentials(self) -> bool:
+        return self.config.devices is not None and self.config.devices.enabled
+
+    def _authenticate(self, resource: ResourceInfo, token: str) -> Device | None:
+        if not self._checks_credentials():
+            return None
+        device = self.config.devices.authenticate(resource.id, token)
+        if device.kind != resource.kind:
+            raise AuthError("hello.resource.kind", f"{resource.id!r} is registered as a {device.kind}")
+        return device
+
+    def _drop_revoked(self) -> None:
+        """Closes the streams of devices whose credential was revoked or removed since they connected."""
+        devices = self.config.devices
+        if devices is None or not devices.reload():
+            return
+        for session in list(self.sessions.values()):
+            if session.device is None:
+                continue
+            current = devices.get(session.device.id)
+            if current is not None and not current.revoked and current.token_sha256 == session.device.token_sha256:
+                continue
+            log.warning("%s: its credential was revoked; closing its tunnel", session.resource.id)
+            session.send(
+                pb.CloudMessage(
+                    error=pb.Error(
+                        code="unauthenticated",
+                        field="hello.token",
+                        message=f"the credential of {session.resource.id!r} was revoked",
+                    )
+                )
+            )
+            session.send_end()
+
     async def _read(self, session: Session, requests: AsyncIterator[pb.EdgeMessage]) -> None:
         try:
             async for message in requests:
                 kind = message.WhichOneof("body")
-                if kind == "steps":
-                    self._receive_batch(session, message.steps)
-                elif kind == "applied":
-                    session.applied_version = message.applied.version
-                    self.fleet.seen(session.resource.id, policy_version=message.applied.version)
-                    log.info(
-                        "%s now runs %s v%d", session.resource.id, message.applied.policy_name, message.applied.version
-                    )
-                    for callback in self.on_applied:
-                        callback(session.resource.id, message.applied)
-                elif kind == "heartbeat":
-                    self.fleet.seen(session.resource.id)
-                    session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
-                else:
-                    session.send(
-                        pb.CloudMessage(
-                            error=pb.Error(
-                                code="invalid_argument",
-                                field="body",
-                                message=f"unexpected message {kind!r} after hello",
-                            )
+                try:
+                    if kind == "steps":
+                        self._receive_batch(session, message.steps)
+                        await self.writer.room()  # a slow store slows the uploads, not memory
+                    elif kind == "applied":
+                        check_applied(message.applied)
+                        session.applied_version = message.applied.version
+                        self.fleet.seen(session.resource.id, policy_version=message.applied.version)
+                        log.info(
+                            "%s now runs %s v%d",
+                            session.resource.id,
+                            message.applied.policy_name,
+                            message.applied.version,
                         )
+                        for callback in self.on_applied:
+                            callback(session.resource.id, message.applied)
+                    elif kind == "heartbeat":
+                        check_heartbeat(message.heartbeat)
+                        self.fleet.seen(session.resource.id)
+                        session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
+                    elif kind == "hello":
+                        raise CodecError("hello", "this stream already said hello; open a new stream to start over")
+                    else:
+                        raise CodecError("body", "the message is empty (an unknown or missing body)")
+                except CodecError as err:
+                    log.warning("refused a %s message from %s: %s", kind or "empty", session.resource.id, err)
+                    session.send(
+                        pb.CloudMessage(error=pb.Error(code="invalid_argument", field=err.field, message=err.message))
                     )
+        except DecodeError as err:  # bytes that are no EdgeMessage at all: say so, and end this stream only
+            log.warning("%s sent bytes that are not an EdgeMessage: %s", session.resource.id, err)
+            session.send(
+                pb.CloudMessage(
+                    error=pb.Error(code="invalid_argument", field="edge_message", message=f"not an EdgeMessage: {err}")
+                )
+            )
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
@@ -449,6 +577,10 @@ class Gateway(pb_grpc.TunnelServicer):
     async def _watch_fleet(self) -> None:
         while True:
             self.fleet.check()
+            try:
+                self._drop_revoked()
+            except ValueError as err:  # a broken devices file: keep the last good one, say so
+                log.error("%s", err)
             await asyncio.sleep(min(0.5, self.config.lost_after_s / 4))
 
     async def _watch_registry(self) -> None:
@@ -508,7 +640,20 @@ class FleetControl(pb_grpc.FleetControlServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    async def _check_operator(self, context: grpc.aio.ServicerContext) -> None:
+        """With device credentials on, only an operator device may look at or command the fleet."""
+        if not self.gateway._checks_credentials():
+            return
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        token = header.removeprefix("Bearer ").strip()
+        device = self.gateway.config.devices.identify(token) if token else None
+        if device is None or device.kind != "operator":
+            why = "no credential given" if not token else "not the credential of an operator device"
+            log.warning("refused a fleet control call: %s", why)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authorization: {why}")
+
     async def Status(self, request: pb.FleetStatusRequest, context) -> pb.FleetStatus:  # noqa: N802
+        await self._check_operator(context)
         now = self.gateway.fleet.clock()
         return pb.FleetStatus(
             members=[
@@ -526,6 +671,7 @@ class FleetControl(pb_grpc.FleetControlServicer):
         )
 
     async def Command(self, request: pb.FleetCommand, context) -> pb.FleetCommandReply:  # noqa: N802
+        await self._check_operator(context)
         fleet = self.gateway.fleet
         if request.action not in self.ACTIONS:
             return pb.FleetCommandReply(ok=False, message=f"action: must be one of {self.ACTIONS}")

@@ -32,6 +32,7 @@ class LoopStats:
     successes: int = 0
     intervention_steps: int = 0
     no_action_ticks: int = 0  # ticks held still because neither the policy nor an operator had an action
+    spool_full_ticks: int = 0  # ticks held still because the spool reached --spool-max-mb
     tick_periods_s: list[float] = field(default_factory=list)
 
 
@@ -48,6 +49,9 @@ class EdgeAgent:
         task: str = "",
         record_tick_periods: bool = False,
         hold_on_link_loss_s: float = 0.0,
+        max_spool_bytes: int = 0,
+        record_digest: bool = False,
+        ca: str | None = None,
     ) -> None:
         self.resource = resource
         self.driver = driver
@@ -78,8 +82,13 @@ class EdgeAgent:
             on_emergency_stop=self._on_emergency_stop,
             # Heartbeats often enough that a healthy but idle link never looks lost.
             heartbeat_s=min(2.0, hold_on_link_loss_s / 3) if hold_on_link_loss_s else 2.0,
+            ca=ca,
         )
-        self.recorder = StepRecorder(spool, on_spooled=self.tunnel.wake)
+        # max_spool_bytes > 0 bounds the spool: once full the robot holds still (and records nothing) until
+        # acks make room; unacked steps are never deleted. record_digest keeps a sha256 of every step produced.
+        self.recorder = StepRecorder(
+            spool, on_spooled=self.tunnel.wake, max_spool_bytes=max_spool_bytes, digest=record_digest
+        )
         self.stop_event = threading.Event()
 
     def _on_swapped(self, name: str, version: int) -> None:
@@ -99,6 +108,14 @@ class EdgeAgent:
             while not self.stop_event.is_set():
                 if duration_s and time.monotonic() - started >= duration_s:
                     break
+                if self.tunnel.refused is not None:  # a refused credential does not heal by retrying
+                    log.error(
+                        "%s stops: the cloud refused its credential (%s: %s)",
+                        self.resource.id,
+                        self.tunnel.refused.field,
+                        self.tunnel.refused.message,
+                    )
+                    break
                 tick_start_ns = time.monotonic_ns()
                 tick_start = tick_start_ns / 1e9
                 if self.record_tick_periods:
@@ -115,6 +132,12 @@ class EdgeAgent:
                     continue
                 if self._estop.is_set() or self._hold_reason:
                     self._hold(self._hold_reason or "emergency stop")
+                    next_tick = self._wait_for_next_tick(next_tick, period)
+                    continue
+                if self.recorder.full:  # a flag the spool writer sets: no disk access here
+                    size_mb = self.recorder.max_spool_bytes / (1 << 20)
+                    self._hold(f"spool full ({size_mb:.3g} MB): robot holds until the cloud acks")
+                    self.stats.spool_full_ticks += 1
                     next_tick = self._wait_for_next_tick(next_tick, period)
                     continue
                 if self._holding:

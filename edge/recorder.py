@@ -1,7 +1,14 @@
-"""Records steps on the control thread without touching disk, and spools them from another thread."""
+"""Records steps on the control thread without touching disk, and spools them from another thread.
+
+The spool may be bounded (``max_spool_bytes``): once the unacked steps on disk reach the bound, ``full``
+turns true and the agent holds the robot still instead of recording more; it never deletes unacked steps.
+``full`` turns false again once acks bring the spool below ``RESUME_FRACTION`` of the bound.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -12,6 +19,10 @@ import numpy as np
 from edge.spool import Spool
 from protocol.steps import encode_batch
 
+log = logging.getLogger("fleetloop.edge")
+
+RESUME_FRACTION = 0.9  # hysteresis: a robot that held for a full spool moves again below 90% of the bound
+
 
 @dataclass
 class Step:
@@ -21,21 +32,64 @@ class Step:
     columns: dict[str, np.ndarray | float | bool | int]
 
 
+class StepDigest:
+    """A running sha256 of the steps an edge produced, independent of how they were batched.
+
+    Per episode: sha256 over its steps in seq order, each step as its seq (int64 little-endian) followed by
+    the raw bytes of every column in name order. Overall: sha256 over ``"<episode_id>:<steps>:<hex>\\n"``
+    lines in episode id order. The store's rows give the same figure when it holds exactly these steps.
+    """
+
+    def __init__(self) -> None:
+        self.episodes: dict[str, tuple[int, hashlib._Hash]] = {}
+
+    def update(self, step: Step) -> None:
+        count, digest = self.episodes.get(step.episode_id) or (0, hashlib.sha256())
+        digest.update(np.int64(step.seq).tobytes())
+        for name in sorted(step.columns):
+            digest.update(np.ascontiguousarray(step.columns[name]).tobytes())
+        self.episodes[step.episode_id] = (count + 1, digest)
+
+    def per_episode(self) -> dict[str, list]:
+        return {episode: [count, digest.hexdigest()] for episode, (count, digest) in sorted(self.episodes.items())}
+
+    def hexdigest(self) -> str:
+        return combine_episode_digests(self.per_episode())
+
+
+def combine_episode_digests(episodes: dict[str, list]) -> str:
+    total = hashlib.sha256()
+    for episode in sorted(episodes):
+        count, hexdigest = episodes[episode]
+        total.update(f"{episode}:{count}:{hexdigest}\n".encode())
+    return total.hexdigest()
+
+
 class StepRecorder:
     """The control thread calls ``record`` (a queue put); a writer thread batches steps into the spool."""
 
     def __init__(
-        self, spool: Spool, on_spooled: Callable[[], None], interval_s: float = 0.1, max_batch_steps: int = 256
+        self,
+        spool: Spool,
+        on_spooled: Callable[[], None],
+        interval_s: float = 0.1,
+        max_batch_steps: int = 256,
+        max_spool_bytes: int = 0,
+        digest: bool = False,
     ) -> None:
         self.spool = spool
         self.on_spooled = on_spooled
         self.interval_s = interval_s
         self.max_batch_steps = max_batch_steps
+        self.max_spool_bytes = max_spool_bytes  # 0: unbounded
+        self.digest = StepDigest() if digest else None
         self.recorded = 0
         self.spooled = 0
+        self.full = False  # read by the control thread: the spool reached its bound, record nothing more
         self._queue: queue.SimpleQueue[Step] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self._check_bound()
         self._thread.start()
 
     def record(self, step: Step) -> None:
@@ -61,12 +115,26 @@ class StepRecorder:
             self._spool(group)
         if steps:
             self.on_spooled()
+        self._check_bound()
+
+    def _check_bound(self) -> None:
+        """Runs on the writer thread (and every ``interval_s``, so acks that free room are noticed)."""
+        if not self.max_spool_bytes:
+            return
+        size = self.spool.size_bytes
+        if not self.full and size >= self.max_spool_bytes:
+            self.full = True
+        elif self.full and size < RESUME_FRACTION * self.max_spool_bytes:
+            self.full = False
 
     def _spool(self, group: list[Step]) -> None:
         names = group[0].columns.keys()
         columns = {name: np.stack([np.asarray(s.columns[name]) for s in group]) for name in names}
         self.spool.append(encode_batch(group[0].episode_id, group[0].seq, columns, task=group[0].task))
         self.spooled += len(group)
+        if self.digest is not None:
+            for step in group:
+                self.digest.update(step)
 
     def close(self) -> None:
         self._stop.set()

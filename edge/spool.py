@@ -2,6 +2,9 @@
 
 SQLite in WAL mode: a row is committed before it is offered for upload, so a killed edge
 process restarts with every step it had spooled. Rows leave only on an ack.
+
+``size_bytes`` (the payload bytes waiting for an ack) is kept in memory, so the recorder can bound the
+spool without querying the database: see ``StepRecorder(max_spool_bytes=...)``.
 """
 
 from __future__ import annotations
@@ -36,13 +39,22 @@ class Spool:
             " UNIQUE(episode_id, first_seq))"
         )
         self._lock = threading.Lock()
+        (self._bytes,) = self._db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM batches").fetchone()
+
+    @property
+    def size_bytes(self) -> int:
+        """Payload bytes spooled and not yet acked (in memory: no disk access)."""
+        return self._bytes
 
     def append(self, batch: pb.StepBatch) -> None:
+        payload = batch.SerializeToString()
         with self._lock:
-            self._db.execute(
+            cursor = self._db.execute(
                 "INSERT OR IGNORE INTO batches (episode_id, first_seq, num_steps, payload) VALUES (?, ?, ?, ?)",
-                (batch.episode_id, batch.first_seq, batch.num_steps, batch.SerializeToString()),
+                (batch.episode_id, batch.first_seq, batch.num_steps, payload),
             )
+            if cursor.rowcount > 0:
+                self._bytes += len(payload)
 
     def pending(self, after_row_id: int = 0, limit: int = 64) -> list[SpooledBatch]:
         """Spooled batches in the order they were recorded, starting after ``after_row_id``."""
@@ -62,10 +74,12 @@ class Spool:
     def ack(self, episode_id: str, next_seq: int) -> int:
         """Drops the batches of an episode that the cloud holds entirely; returns how many."""
         with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?", (episode_id, next_seq)
-            )
-            return cursor.rowcount
+            freed = self._db.execute(
+                "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ? RETURNING length(payload)",
+                (episode_id, next_seq),
+            ).fetchall()
+            self._bytes -= sum(size for (size,) in freed)
+            return len(freed)
 
     def held(self) -> dict[str, int]:
         """Episode id -> lowest spooled seq, for the resume handshake."""

@@ -22,6 +22,7 @@ from hal.resource import ResourceInfo
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.channel import open_channel
 
 log = logging.getLogger("fleetloop.tunnel")
 
@@ -34,7 +35,13 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # A ping in flight (e.g. a BDP probe) otherwise waits 60 s for its ack, and keepalive pings wait behind it.
+    ("grpc.http2.ping_timeout_ms", 10_000),
 ]
+# No message from the cloud for this long (its heartbeat replies come every heartbeat_s) and the session is
+# dropped and reopened: a link that silently stops carrying packets keeps TCP open and gRPC's keepalive
+# alone may take a minute to notice.
+SILENCE_TIMEOUT_S = 15.0
 
 
 class TunnelClient:
@@ -51,8 +58,11 @@ class TunnelClient:
         on_emergency_stop: Callable[[pb.EmergencyStop], None] | None = None,
         window_batches: int = 32,
         heartbeat_s: float = 2.0,
+        silence_timeout_s: float = SILENCE_TIMEOUT_S,
+        ca: str | None = None,
     ) -> None:
         self.target = target
+        self.ca = ca
         self.resource = resource
         self.spool = spool
         self.policy_name = policy_name
@@ -63,10 +73,12 @@ class TunnelClient:
         self.on_emergency_stop = on_emergency_stop
         self.window_batches = window_batches
         self.heartbeat_s = heartbeat_s
+        self.silence_timeout_s = max(silence_timeout_s, 3 * heartbeat_s)
         self.connected = threading.Event()
         self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
         self.acked_steps = 0
         self.errors: list[pb.Error] = []
+        self.refused: pb.Error | None = None  # the cloud refused this device's credential: no point retrying
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
@@ -141,10 +153,14 @@ class TunnelClient:
             while (message := outgoing.get()) is not None:
                 yield message
 
-        with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+        with open_channel(self.target, self.ca, options=CHANNEL_OPTIONS) as channel:
             responses = pb_grpc.TunnelStub(channel).Connect(requests())
             in_flight: dict[int, int] = {}
             sender: threading.Thread | None = None
+            ended = threading.Event()
+            threading.Thread(
+                target=self._watch_silence, args=(responses, ended), name="tunnel-silence", daemon=True
+            ).start()
             try:
                 for message in responses:
                     self.last_heard = time.monotonic()
@@ -181,14 +197,30 @@ class TunnelClient:
                         in_flight.pop(message.error.batch_id, None)
                         log.error("the cloud refused %s: %s", message.error.field, message.error.message)
                         if message.error.code == "unauthenticated":
+                            self.refused = message.error
                             self._stop.set()
             finally:
+                ended.set()
                 self.connected.clear()
                 self._outgoing = None
                 outgoing.put(None)
                 self._wake.set()
                 if sender is not None:
                     sender.join(timeout=2)
+
+    def _watch_silence(self, call: grpc.Future, ended: threading.Event) -> None:
+        """Dead-peer detection: cancels the call once the cloud has said nothing for ``silence_timeout_s``."""
+        opened = time.monotonic()
+        while not ended.wait(0.5):
+            silent = time.monotonic() - max(opened, self.last_heard)
+            if silent > self.silence_timeout_s:
+                log.warning(
+                    "the cloud at %s has said nothing for %.0f s; dropping the link and reconnecting",
+                    self.target,
+                    silent,
+                )
+                call.cancel()
+                return
 
     def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int]) -> None:
         """Sends spooled batches in order, keeping at most ``window_batches`` unacked."""

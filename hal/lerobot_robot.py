@@ -178,7 +178,7 @@ def _robot_config_class(robot_type: str, module: str | None) -> type:
                 log.debug("could not import %s: %s", info.name, exc)
         known = RobotConfig.get_known_choices()
     if robot_type not in known:
-        raise ValueError(f"unknown lerobot robot type {robot_type!r}; known: {sorted(known)}")
+        raise ValueError(f"type: unknown lerobot robot type {robot_type!r}; known: {sorted(known)}")
     return RobotConfig.get_choice_class(robot_type)
 
 
@@ -197,6 +197,36 @@ def _make_robot(config: Any) -> Any:
     return make_robot_from_config(config)
 
 
+def _check_driver_keys(config: dict[str, Any]) -> None:
+    """fleetloop's own keys, checked before anything is imported; errors start with the key."""
+
+    def number(key: str, minimum: float, integer: bool = False) -> None:
+        value = config[key]
+        kinds = int if integer else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds) or not np.isfinite(value) or value < minimum:
+            raise ValueError(f"{key}: expected {'an integer' if integer else 'a number'} >= {minimum}, got {value!r}")
+
+    if not isinstance(config["type"], str) or not config["type"]:
+        raise ValueError(f"type: expected a lerobot robot type name, got {config['type']!r}")
+    if "control_hz" in config:
+        number("control_hz", 0)
+        if config["control_hz"] <= 0:
+            raise ValueError(f"control_hz: must be > 0, got {config['control_hz']!r}")
+    if "episode_steps" in config:
+        number("episode_steps", 0, integer=True)
+    for key in ("action_low", "action_high"):
+        values = config.get(key)
+        if values is not None and (
+            not isinstance(values, list)
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+        ):
+            raise ValueError(f"{key}: expected a list of finite numbers, got {values!r}")
+    if "hold" in config and config["hold"] not in HOLD_MODES:
+        raise ValueError(f"hold: must be one of {HOLD_MODES}, got {config['hold']!r}")
+    if config.get("module") is not None and not isinstance(config["module"], str):
+        raise ValueError(f"module: expected a module name, got {config['module']!r}")
+
+
 def make_lerobot_robot(config: dict[str, Any]) -> LerobotRobotDriver:
     """Builds the driver from one dict: ``type`` (a lerobot robot type) plus that RobotConfig's fields.
 
@@ -207,7 +237,8 @@ def make_lerobot_robot(config: dict[str, Any]) -> LerobotRobotDriver:
     import draccus
 
     if "type" not in config:
-        raise ValueError("the lerobot robot config needs a 'type' (a lerobot robot type, e.g. so101_follower)")
+        raise ValueError("type: the lerobot robot config needs a 'type' (a lerobot robot type, e.g. so101_follower)")
+    _check_driver_keys(config)
     config_class = _robot_config_class(str(config["type"]), config.get("module"))
     fields = {k: v for k, v in config.items() if k not in DRIVER_KEYS}
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import multiprocessing
@@ -13,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from launch.logs import setup_logging
@@ -41,13 +41,32 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _cloud_security(args: argparse.Namespace):
+    """(devices, tls_cert, tls_key) for `fleetloop cloud`; ValueError names the flag when it is unsafe or broken."""
+    from cloud.certs import CertPaths
+    from cloud.devices import DeviceRegistry
+    from protocol.channel import is_loopback
+
+    root = Path(args.root)
+    devices = DeviceRegistry(root / "devices.json")
+    cert = key = None
+    if args.tls:
+        paths = CertPaths(Path(args.certs) if args.certs else root / "certs")
+        if not paths.exist():
+            raise ValueError(f"--tls: no certificates in {paths.directory}; run `fleetloop certs init --root {root}`")
+        cert, key = paths.server_cert.read_bytes(), paths.server_key.read_bytes()
+    if not is_loopback(args.host):
+        if not args.tls:
+            raise ValueError(
+                f"--host {args.host}: beyond loopback the cloud speaks TLS only; run `fleetloop certs init` "
+                "and start it with --tls"
+            )
+        if not any(not d.revoked for d in devices.devices()):
+            raise ValueError(
+                f"--host {args.host}: beyond loopback every device needs a credential and {devices.path} has none; "
+                "add devices with `fleetloop devices add <id>`"
+            )
+    return devices, cert, key
 
 
 # ---- cloud -----------------------------------------------------------------------------------------
@@ -85,7 +104,8 @@ def run_learner(root: str, config, stop: threading.Event | None = None, log_plai
     torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
     stop = stop or _stop_on_signals()
     store = EpisodeStore(Path(root) / "store", read_only=True)
-    HGDaggerLearner(store, PolicyRegistry(Path(root) / "registry"), config).run(stop)
+    registry = PolicyRegistry(Path(root) / "registry")
+    HGDaggerLearner(store, registry, config, checkpoint_dir=Path(root) / "learner" / "checkpoint").run(stop)
 
 
 def _learner_process(root: str, config) -> None:
@@ -93,50 +113,98 @@ def _learner_process(root: str, config) -> None:
 
 
 def load_tasks(path: str):
-    """Tasks from YAML: a list of {name, policy, instruction, count, requires: {kind, embodiment, ...}}."""
+    """Tasks from YAML: a list of {name, policy, instruction, count, requires: {kind, embodiment, ...}}.
+
+    Every entry is checked; a ValueError names the offending key (``tasks[1].requires.min_control_hz: ...``).
+    """
+    import math
+
     import yaml
 
     from cloud.fleet import Requirements, Task
+    from hal.resource import RESOURCE_KINDS
+    from protocol.arrays import CodecError
+    from protocol.limits import check_policy_name
+    from protocol.steps import check_id
 
-    entries = yaml.safe_load(Path(path).read_text())
+    try:
+        entries = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a list of tasks")
+
+    def text(value, key: str, required: bool = False) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        try:
+            check_id(value, key, required=required)
+        except CodecError as err:
+            raise ValueError(str(err)) from err
+        return value
+
+    def texts(value, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list of names, got {value!r}")
+        return tuple(text(v, f"{key}[{j}]", required=True) for j, v in enumerate(value))
+
     tasks = []
     for i, entry in enumerate(entries):
+        key = f"tasks[{i}]"
         if not isinstance(entry, dict):
-            raise ValueError(f"tasks[{i}]: expected a mapping")
+            raise ValueError(f"{key}: expected a mapping")
         unknown = set(entry) - {"name", "policy", "instruction", "count", "requires"}
         if unknown:
-            raise ValueError(f"tasks[{i}].{sorted(unknown)[0]}: unknown key")
+            raise ValueError(f"{key}.{sorted(map(str, unknown))[0]}: unknown key")
         requires = entry.get("requires") or {}
+        if not isinstance(requires, dict):
+            raise ValueError(f"{key}.requires: expected a mapping, got {requires!r}")
+        unknown = set(requires) - {"kind", "embodiment", "observations", "cameras", "min_control_hz"}
+        if unknown:
+            raise ValueError(f"{key}.requires.{sorted(map(str, unknown))[0]}: unknown key")
+        policy = entry.get("policy")
+        if not isinstance(policy, str):
+            raise ValueError(f"{key}.policy: expected a policy name, got {policy!r}")
         try:
-            tasks.append(
-                Task(
-                    name=str(entry.get("name", "")),
-                    policy_name=str(entry.get("policy", "")),
-                    instruction=str(entry.get("instruction", "")),
-                    count=int(entry.get("count", 1)),
-                    requires=Requirements(
-                        kind=requires.get("kind", ""),
-                        embodiment=requires.get("embodiment", ""),
-                        observations=tuple(requires.get("observations", ())),
-                        cameras=tuple(requires.get("cameras", ())),
-                        min_control_hz=float(requires.get("min_control_hz", 0.0)),
-                    ),
-                )
+            check_policy_name(policy, f"{key}.policy")
+        except CodecError as err:
+            raise ValueError(str(err)) from err
+        count = entry.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{key}.count: expected an integer >= 0 (0: every matching resource), got {count!r}")
+        hz = requires.get("min_control_hz", 0.0)
+        if isinstance(hz, bool) or not isinstance(hz, int | float) or not math.isfinite(hz) or hz < 0:
+            raise ValueError(f"{key}.requires.min_control_hz: expected a number >= 0, got {hz!r}")
+        kind = text(requires.get("kind", ""), f"{key}.requires.kind")
+        if kind not in ("", *RESOURCE_KINDS):
+            raise ValueError(f"{key}.requires.kind: must be one of {RESOURCE_KINDS}, got {kind!r}")
+        tasks.append(
+            Task(
+                name=text(entry.get("name", policy), f"{key}.name", required=True),
+                policy_name=policy,
+                instruction=str(text(entry.get("instruction", ""), f"{key}.instruction")),
+                count=count,
+                requires=Requirements(
+                    kind=kind,
+                    embodiment=text(requires.get("embodiment", ""), f"{key}.requires.embodiment"),
+                    observations=texts(requires.get("observations", []), f"{key}.requires.observations"),
+                    cameras=texts(requires.get("cameras", []), f"{key}.requires.cameras"),
+                    min_control_hz=float(hz),
+                ),
             )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"tasks[{i}]: {err}") from err
+        )
+    names = [t.name for t in tasks]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ValueError(f"tasks[{i}].name: duplicate task name {name!r}")
     return tuple(tasks)
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
-    if not _is_loopback(args.host):
-        log.error(
-            "refusing to listen on %s: without TLS and device authentication fleetloop listens on "
-            "loopback only (use --host 127.0.0.1)",
-            args.host,
-        )
+    try:
+        devices, tls_cert, tls_key = _cloud_security(args)
+    except ValueError as err:
+        log.error("refusing to start: %s", err)
         return 2
     from cloud.gateway import GatewayConfig, serve
     from cloud.registry import PolicyRegistry
@@ -163,6 +231,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         max_batch_bytes=int(args.max_batch_mb * 1024 * 1024),
         tasks=tasks,
         lost_after_s=args.lost_after,
+        devices=devices,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
     async def main() -> None:
@@ -225,6 +296,8 @@ def build_driver(robot: str, seed: int | None, control_hz: float | None):
             config = yaml.safe_load(Path(name).read_text())
         except OSError as err:
             raise ValueError(f"--robot: cannot read {name!r}: {err}") from err
+        except yaml.YAMLError as err:
+            raise ValueError(f"--robot: {name} is not valid YAML: {err}") from err
         if not isinstance(config, dict):
             raise ValueError(f"--robot: {name} must hold a mapping with at least 'type'")
         if control_hz:
@@ -257,7 +330,14 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from edge.operator import OPERATORS
     from edge.spool import Spool
     from hal.resource import ResourceInfo
+    from protocol.channel import is_loopback, target_host
 
+    if not args.ca and not is_loopback(target_host(args.cloud)):
+        log.error("--cloud %s is not on this machine: give --ca <ca.pem> so the link uses TLS", args.cloud)
+        return 2
+    if args.ca and not Path(args.ca).is_file():
+        log.error("--ca: no such file %s", args.ca)
+        return 2
     try:
         raw_driver, source, task = build_driver(args.robot, args.seed, args.hz)
         driver = with_safety(raw_driver, args.id, args.watchdog)
@@ -282,6 +362,9 @@ def cmd_edge(args: argparse.Namespace) -> int:
         operator=operator,
         token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
         hold_on_link_loss_s=args.hold_on_link_loss,
+        max_spool_bytes=int(args.spool_max_mb * (1 << 20)),
+        record_digest=bool(args.stats_file),
+        ca=args.ca,
     )
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
@@ -316,10 +399,14 @@ def cmd_edge(args: argparse.Namespace) -> int:
                     "intervention_steps": stats.intervention_steps,
                     "acked_steps": agent.tunnel.acked_steps,
                     "unacked_steps": unacked,
+                    "spool_full_ticks": stats.spool_full_ticks,
+                    # sha256 of every step produced (see edge.recorder.StepDigest), to check the store against
+                    "digest": agent.recorder.digest.hexdigest(),
+                    "episode_digests": agent.recorder.digest.per_episode(),
                 }
             )
         )
-    return 0
+    return 3 if agent.tunnel.refused is not None else 0
 
 
 # ---- fleet -----------------------------------------------------------------------------------------
@@ -330,18 +417,86 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     from launch.fleet_view import command, show
 
-    if args.action == "show":
-        return show(args.cloud, args.watch)
-    if not args.resource:
-        log.error("fleet %s: name the resource, e.g. fleetloop fleet %s robot-1", args.action, args.action)
-        return 2
+    access = {"ca": args.ca, "token": args.token or os.environ.get("FLEETLOOP_TOKEN", "")}
     try:
-        reply = command(args.cloud, args.resource, args.action, args.reason)
+        if args.action == "show":
+            return show(args.cloud, args.watch, **access)
+        if not args.resource:
+            log.error("fleet %s: name the resource, e.g. fleetloop fleet %s robot-1", args.action, args.action)
+            return 2
+        reply = command(args.cloud, args.resource, args.action, args.reason, **access)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
     except grpc.RpcError as err:
-        log.error("cannot reach the cloud at %s: %s", args.cloud, err.code().name)
+        log.error("cannot reach the cloud at %s: %s (%s)", args.cloud, err.code().name, err.details())
         return 1
     (log.info if reply.ok else log.error)("%s", reply.message)
     return 0 if reply.ok else 2
+
+
+# ---- devices and certificates ------------------------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from cloud.devices import DeviceRegistry
+
+    registry = DeviceRegistry(Path(args.root) / "devices.json")
+    try:
+        if args.action == "add":
+            if not args.id:
+                raise ValueError("id: name the device, e.g. fleetloop devices add robot-1")
+            token = registry.add(args.id, args.kind, tuple(args.policy))
+            # The token goes to stdout only, once: logs never carry it.
+            print(token)
+            log.info(
+                "added %s %s; its token was printed once (keep it on the device, e.g. FLEETLOOP_TOKEN)",
+                args.kind,
+                args.id,
+            )
+        elif args.action == "revoke":
+            if not args.id:
+                raise ValueError("id: name the device to revoke")
+            registry.revoke(args.id)
+            log.info("revoked %s: the cloud refuses it from its next call on", args.id)
+        else:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=f"devices in {registry.path}")
+            for column in ("id", "kind", "policies", "state", "added"):
+                table.add_column(column)
+            for device in registry.devices():
+                table.add_row(
+                    device.id,
+                    device.kind,
+                    ", ".join(device.policies) or "any",
+                    "revoked" if device.revoked else "active",
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(device.added_unix)),
+                )
+            Console().print(table)
+    except ValueError as err:
+        log.error("devices %s: %s", args.action, err)
+        return 2
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from cloud.certs import init_certs, server_hosts
+
+    directory = Path(args.certs) if args.certs else Path(args.root) / "certs"
+    try:
+        paths = init_certs(directory, tuple(args.host), force=args.force)
+    except (FileExistsError, ValueError) as err:
+        log.error("certs init: %s", err)
+        return 2
+    log.info(
+        "created a CA (%s) and the cloud's certificate for %s; copy %s to every robot and pass it as --ca",
+        paths.ca,
+        ", ".join(server_hosts(paths.server_cert)),
+        paths.ca.name,
+    )
+    return 0
 
 
 # ---- demo ------------------------------------------------------------------------------------------
@@ -372,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
     cloud.add_argument("--lost-after", type=_positive_float, default=5.0, help="seconds of silence before lost")
     cloud.add_argument("--max-batch-mb", type=_positive_float, default=32.0, help="largest step batch accepted")
+    cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
+    cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
     add_learner_args(cloud)
     cloud.set_defaults(func=cmd_cloud)
 
@@ -396,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run on)")
     edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
     edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
+    edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
     edge.add_argument(
         "--watchdog",
         type=_positive_float,
@@ -409,7 +567,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="hold still once the cloud is silent this long (default 0: keep working, spooling)",
     )
-    edge.add_argument("--stats-file", default=None, help="write the loop's counters here as JSON on exit")
+    edge.add_argument(
+        "--spool-max-mb",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="MB",
+        help="bound on unacked steps kept on disk; when full the robot holds still until the cloud acks "
+        "(unacked steps are never deleted; default 0: unbounded)",
+    )
+    edge.add_argument(
+        "--stats-file", default=None, help="write the loop's counters and a sha256 of its steps here as JSON on exit"
+    )
     edge.set_defaults(func=cmd_edge)
 
     fleet = sub.add_parser("fleet", help="show the live fleet, or pause/resume/drain/stop/estop a resource")
@@ -420,7 +588,29 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--cloud", default="127.0.0.1:7070", help="the gateway's host:port")
     fleet.add_argument("--watch", action="store_true", help="keep the table live (Ctrl-C ends)")
     fleet.add_argument("--reason", default="", help="said in the logs with the command")
+    fleet.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
+    fleet.add_argument("--token", default=None, help="an operator device's token (or FLEETLOOP_TOKEN)")
     fleet.set_defaults(func=cmd_fleet)
+
+    devices = sub.add_parser("devices", help="issue, list and revoke per-device credentials")
+    devices.add_argument("action", choices=["add", "list", "revoke"])
+    devices.add_argument("id", nargs="?", default="", help="device id (the robot's --id)")
+    devices.add_argument("--root", default="fleetloop-data", help="the cloud's data folder")
+    devices.add_argument("--kind", default="robot", choices=["robot", "phone", "operator"])
+    devices.add_argument(
+        "--policy", action="append", default=[], help="a policy the device may run (repeat; default any)"
+    )
+    devices.set_defaults(func=cmd_devices)
+
+    certs = sub.add_parser("certs", help="create the CA and the cloud's TLS certificate")
+    certs.add_argument("action", choices=["init"])
+    certs.add_argument("--root", default="fleetloop-data", help="the cloud's data folder")
+    certs.add_argument("--certs", default=None, help="where to write them (default <root>/certs)")
+    certs.add_argument(
+        "--host", action="append", default=[], help="a name or address edges use to reach the cloud (repeat)"
+    )
+    certs.add_argument("--force", action="store_true", help="replace existing certificates")
+    certs.set_defaults(func=cmd_certs)
 
     demo = sub.add_parser("demo", help="the whole loop on this machine: cloud, simulated robots, live table")
     demo.add_argument("--robots", type=_positive_int, default=2)

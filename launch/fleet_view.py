@@ -11,6 +11,7 @@ from rich.table import Table
 
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.channel import bearer, open_channel
 
 STATE_STYLE = {
     "running": "green",
@@ -23,17 +24,27 @@ STATE_STYLE = {
 }
 
 
-def fetch(target: str, timeout_s: float = 3.0) -> pb.FleetStatus:
-    with grpc.insecure_channel(target) as channel:
-        return pb_grpc.FleetControlStub(channel).Status(pb.FleetStatusRequest(), timeout=timeout_s)
+def fetch(target: str, timeout_s: float = 3.0, ca: str | None = None, token: str = "") -> pb.FleetStatus:
+    with open_channel(target, ca) as channel:
+        return pb_grpc.FleetControlStub(channel).Status(
+            pb.FleetStatusRequest(), timeout=timeout_s, metadata=bearer(token)
+        )
 
 
 def command(
-    target: str, resource_id: str, action: str, reason: str = "", timeout_s: float = 3.0
+    target: str,
+    resource_id: str,
+    action: str,
+    reason: str = "",
+    timeout_s: float = 3.0,
+    ca: str | None = None,
+    token: str = "",
 ) -> pb.FleetCommandReply:
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, ca) as channel:
         return pb_grpc.FleetControlStub(channel).Command(
-            pb.FleetCommand(resource_id=resource_id, action=action, reason=reason), timeout=timeout_s
+            pb.FleetCommand(resource_id=resource_id, action=action, reason=reason),
+            timeout=timeout_s,
+            metadata=bearer(token),
         )
 
 
@@ -58,10 +69,10 @@ def render(status: pb.FleetStatus, target: str) -> Table:
     return table
 
 
-def show(target: str, watch: bool, interval_s: float = 1.0) -> int:
+def show(target: str, watch: bool, interval_s: float = 1.0, ca: str | None = None, token: str = "") -> int:
     console = Console()
     try:
-        status = fetch(target)
+        status = fetch(target, ca=ca, token=token)
     except grpc.RpcError as err:
         console.print(f"[red]cannot reach the cloud at {target}:[/] {err.code().name} ({err.details()})")
         return 1
@@ -73,7 +84,7 @@ def show(target: str, watch: bool, interval_s: float = 1.0) -> int:
             while True:
                 time.sleep(interval_s)
                 try:
-                    live.update(render(fetch(target), target))
+                    live.update(render(fetch(target, ca=ca, token=token), target))
                 except grpc.RpcError as err:
                     live.update(f"[red]lost the cloud at {target}: {err.code().name}[/]")
         except KeyboardInterrupt:

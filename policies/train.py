@@ -17,12 +17,14 @@ def train_policy(
     weights: np.ndarray | None = None,
     seed: int = 0,
     fit_normalization: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> float:
     """Trains ``policy`` in place on ``dataset`` ("obs.<name>", "action" arrays with equal first dimension).
 
     Batches are drawn with replacement, in proportion to ``weights`` when given (e.g. staleness or
     intervention weights). ``fit_normalization`` sets the normalization from the whole dataset first: do it
     for a fresh policy, not when fine-tuning one whose normalization must stay fixed.
+    ``optimizer``: one the caller keeps (e.g. to checkpoint its state); by default a fresh AdamW.
     Returns the mean loss over the last few steps.
     """
     n = len(dataset["action"])
@@ -37,7 +39,7 @@ def train_policy(
         probabilities = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if probabilities.shape != (n,) or not torch.all(probabilities >= 0) or probabilities.sum() <= 0:
             raise ValueError("weights must be non-negative, one per sample, and not all zero")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
+    optimizer = optimizer if optimizer is not None else torch.optim.AdamW(policy.parameters(), lr=lr)
     was_training = policy.training
     policy.train()
     recent: list[float] = []

@@ -5,6 +5,7 @@ Never pickle: decoding only ever calls ``np.frombuffer`` on a dtype from an allo
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -31,7 +32,9 @@ class CodecError(ValueError):
 
 
 def encode_array(array: np.ndarray, compression: str = "") -> pb.Array:
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:  # np.ascontiguousarray would also turn a 0-d array into shape (1,)
+        array = array.copy(order="C")
     dtype = array.dtype.str
     if dtype not in ALLOWED_DTYPES:
         raise CodecError("dtype", f"dtype {array.dtype} cannot travel; allowed: {sorted(ALLOWED_DTYPES)}")
@@ -44,30 +47,45 @@ def encode_array(array: np.ndarray, compression: str = "") -> pb.Array:
 
 
 def decode_array(message: pb.Array, field: str = "array", max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
-    """Decodes and validates an Array message; errors name ``field`` and the part that is wrong."""
+    """Decodes and validates an Array message; errors name ``field`` and the part that is wrong.
+
+    The decoded size is checked against ``max_bytes`` before anything is allocated or inflated, and
+    compressed data is inflated at most one byte past the size the shape announces (no zlib bombs).
+    """
     if message.dtype not in ALLOWED_DTYPES:
         raise CodecError(f"{field}.dtype", f"dtype {message.dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
-    if len(message.shape) > MAX_DIMS:
-        raise CodecError(f"{field}.shape", f"{len(message.shape)} dimensions, at most {MAX_DIMS}")
-    if any(d < 0 for d in message.shape):
-        raise CodecError(f"{field}.shape", f"negative dimension in {list(message.shape)}")
+    shape = tuple(int(d) for d in message.shape)
+    if len(shape) > MAX_DIMS:
+        raise CodecError(f"{field}.shape", f"{len(shape)} dimensions, at most {MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise CodecError(f"{field}.shape", f"negative dimension in {list(shape)}")
     dtype = np.dtype(message.dtype)
-    count = int(np.prod(message.shape, dtype=np.int64)) if message.shape else 1
-    expected = count * dtype.itemsize
-    if expected > max_bytes:
-        raise CodecError(f"{field}.shape", f"{expected} bytes exceeds the limit of {max_bytes}")
+    # Python integers: numpy's int64 product wraps around (2**32 * 2**32 == 0) and would let a huge shape pass.
+    expected = math.prod(shape) * dtype.itemsize
+    # Dimensions beside a 0 count too: numpy cannot even describe an empty array of shape (2**62, 0).
+    if max(expected, math.prod(max(d, 1) for d in shape) * dtype.itemsize) > max_bytes:
+        raise CodecError(f"{field}.shape", f"{list(shape)} of {message.dtype} exceeds the limit of {max_bytes} bytes")
     data = message.data
     if message.compression == "zlib":
+        inflater = zlib.decompressobj()
         try:
-            inflater = zlib.decompressobj()
             data = inflater.decompress(data, expected + 1)
         except zlib.error as exc:
             raise CodecError(f"{field}.data", f"zlib data is corrupt: {exc}") from exc
+        if len(data) == expected and (not inflater.eof or inflater.unused_data):
+            # A stream cut short has not had its checksum verified; bytes after its end are not ours.
+            why = "is truncated" if not inflater.eof else f"has {len(inflater.unused_data)} bytes after its end"
+            raise CodecError(f"{field}.data", f"zlib stream {why}")
     elif message.compression != "":
         raise CodecError(f"{field}.compression", f"unknown compression {message.compression!r}; known: {COMPRESSIONS}")
     if len(data) != expected:
+        size = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
         raise CodecError(
             f"{field}.data",
-            f"{len(data)} bytes do not match dtype {message.dtype} and shape {list(message.shape)} ({expected} bytes)",
+            f"{size} bytes do not match dtype {message.dtype} and shape {list(shape)} ({expected} bytes)",
         )
-    return np.frombuffer(data, dtype=dtype).reshape(tuple(message.shape))
+    values = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if dtype.kind == "b" and expected and np.frombuffer(data, dtype=np.uint8).max() > 1:
+        # numpy would carry other byte values as "true" that compare unequal to True.
+        raise CodecError(f"{field}.data", "boolean bytes must be 0 or 1")
+    return values

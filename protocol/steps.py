@@ -54,16 +54,27 @@ def encode_batch(
     )
 
 
-def check_id(value: str, field: str) -> None:
+def check_id(value: str, field: str, required: bool = True) -> None:
+    """An id or a short label: printable, at most MAX_ID_LENGTH characters (empty only when not ``required``)."""
     if not value:
-        raise CodecError(field, "is missing")
+        if required:
+            raise CodecError(field, "is missing")
+        return
     if len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise CodecError(field, f"must be printable and at most {MAX_ID_LENGTH} characters")
+
+
+def quoted(name: str, limit: int = 64) -> str:
+    """A name the sender chose, made safe to put in a field path: short and printable."""
+    if name and len(name) <= limit and name.isprintable() and not set(name) & set("[]'\""):
+        return name
+    return repr(name[:limit]) + ("..." if len(name) > limit else "")
 
 
 def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES) -> dict[str, np.ndarray]:
     """Checks a batch against the schema and returns its columns; errors name the offending field."""
     check_id(batch.episode_id, "step_batch.episode_id")
+    check_id(batch.task, "step_batch.task", required=False)
     if batch.first_seq < 0:
         raise CodecError("step_batch.first_seq", f"must be >= 0, got {batch.first_seq}")
     if not 1 <= batch.num_steps <= MAX_STEPS_PER_BATCH:
@@ -76,7 +87,9 @@ def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH
         raise CodecError(f"step_batch.columns[{missing[0]}]", "is missing")
     unknown = sorted(set(batch.columns) - set(schema))
     if unknown:
-        raise CodecError(f"step_batch.columns[{unknown[0]}]", f"is not in this resource's schema {sorted(schema)}")
+        raise CodecError(
+            f"step_batch.columns[{quoted(unknown[0])}]", f"is not in this resource's schema {sorted(schema)}"
+        )
     columns: dict[str, np.ndarray] = {}
     for name, (dtype, row_shape) in schema.items():
         field = f"step_batch.columns[{name}]"

@@ -76,7 +76,9 @@ class Fleet:
         seed: int = 1,
         robot: str = "sim:panda_pick_cube",
         env: dict[str, str] | None = None,
+        cloud: str | None = None,
     ) -> subprocess.Popen:
+        """``cloud``: where the edge connects (default the gateway itself; e.g. a LinkProxy's address)."""
         return self._start(
             robot_id,
             [
@@ -86,7 +88,7 @@ class Fleet:
                 "--id",
                 robot_id,
                 "--cloud",
-                self.target,
+                cloud or self.target,
                 "--hz",
                 str(hz),
                 "--seed",
@@ -99,6 +101,16 @@ class Fleet:
             ],
             env=env,
         )
+
+    def start_learner(self, *extra: str) -> subprocess.Popen:
+        """The learner as its own process on the cloud's data folder (the cloud runs with --no-learner)."""
+        return self._start("learner", ["learner", "--root", str(self.root / "data"), *extra])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no cleanup, no flush, as a crash or a pulled plug."""
+        process = self.processes[name]
+        process.kill()
+        process.wait(timeout=30)
 
     def spool_path(self, robot_id: str) -> Path:
         return self.root / f"{robot_id}.spool.db"

@@ -2,72 +2,19 @@
 
 from __future__ import annotations
 
-import queue
-import threading
+import dataclasses
 
 import grpc
 import numpy as np
 import pytest
 
 from cloud.store import EpisodeStore
-from hal.resource import ArraySpec, Capabilities, ResourceInfo
-from protocol import PROTOCOL_VERSION
+from hal.resource import ArraySpec
 from protocol import tunnel_pb2 as pb
-from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import encode_array
 from protocol.steps import encode_batch
 from tests.e2e.fleet import Fleet, wait_until
-from tests.factories import step_columns
-
-RESOURCE = ResourceInfo(
-    id="intruder-1",
-    kind="robot",
-    source="sim",
-    capabilities=Capabilities(
-        observation=(ArraySpec("state", "float32", (21,)),),
-        action=ArraySpec("action", "float32", (4,), (-1, -1, -1, 0), (1, 1, 1, 2)),
-        control_hz=10.0,
-        embodiment="panda_pick_cube",
-    ),
-)
-
-
-def good_columns(n: int = 5) -> dict[str, np.ndarray]:
-    return step_columns(n, state=21, action=4)
-
-
-class RawEdge:
-    """A hand-driven tunnel stream: sends what the test says, collects what the cloud answers."""
-
-    def __init__(self, target: str) -> None:
-        self.outgoing: queue.Queue = queue.Queue()
-        self.incoming: queue.Queue = queue.Queue()
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 128 << 20)])
-        self.outgoing.put(
-            pb.EdgeMessage(hello=pb.Hello(resource=RESOURCE.to_proto(), protocol_version=PROTOCOL_VERSION))
-        )
-        self.responses = pb_grpc.TunnelStub(self.channel).Connect(iter(self.outgoing.get, None))
-        self.status: grpc.RpcError | None = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            for message in self.responses:
-                self.incoming.put(message)
-        except grpc.RpcError as err:
-            self.status = err
-            self.incoming.put(None)
-
-    def send(self, batch: pb.StepBatch) -> pb.CloudMessage | None:
-        self.outgoing.put(pb.EdgeMessage(steps=batch))
-        while True:
-            message = self.incoming.get(timeout=30)
-            if message is None or message.WhichOneof("body") in ("ack", "error"):
-                return message
-
-    def close(self) -> None:
-        self.outgoing.put(None)
-        self.channel.close()
+from tests.e2e.raw_edge import RESOURCE, ByteStream, RawEdge, good_columns
 
 
 def mutated(mutate) -> pb.StepBatch:
@@ -139,3 +86,31 @@ def test_malformed_batches_are_refused_by_field_and_other_edges_go_on(fleet: Fle
     assert fleet.processes["cloud"].poll() is None
     episodes = [e.episode_id for e in store.episodes("panda_pick_cube")]
     assert "bad-episode" not in episodes and "huge" not in episodes and "good-episode" in episodes
+
+
+def test_garbage_hellos_and_conflicting_schemas_are_refused_by_field(fleet: Fleet) -> None:
+    with grpc.insecure_channel(fleet.target) as channel:
+        garbage = ByteStream(channel, timeout_s=10)
+        garbage.send(b"\xff\x00not a protobuf")
+        assert garbage.finish(10)
+        assert garbage.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert garbage.details.startswith("hello:")
+
+    # A robot that claims an embodiment whose stored steps have another shape.
+    first = RawEdge(fleet.target)  # creates the panda_pick_cube dataset with a 21-wide state
+    assert first.incoming.get(timeout=30).WhichOneof("body") == "welcome"
+    first.close()
+    clash = dataclasses.replace(
+        RESOURCE,
+        id="clash-1",
+        capabilities=dataclasses.replace(RESOURCE.capabilities, observation=(ArraySpec("state", "float32", (9,)),)),
+    )
+    edge = RawEdge(fleet.target, clash)
+    try:
+        reply = edge.incoming.get(timeout=30)
+        assert reply.WhichOneof("body") == "error"
+        assert reply.error.field == "hello.resource.capabilities"
+        assert "panda_pick_cube" in reply.error.message
+    finally:
+        edge.close()
+    assert fleet.processes["cloud"].poll() is None

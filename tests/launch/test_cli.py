@@ -32,7 +32,32 @@ def test_unknown_robot_is_refused_with_the_choices() -> None:
     assert "--robot" in result.stderr and "panda_pick_cube" in result.stderr
 
 
-def test_cloud_refuses_to_listen_beyond_loopback_without_tls(tmp_path) -> None:
-    result = run("cloud", "--host", "0.0.0.0", "--root", str(tmp_path), "--no-learner")
+def test_cloud_refuses_to_listen_beyond_loopback_without_tls_and_credentials(tmp_path) -> None:
+    beyond = ("cloud", "--host", "0.0.0.0", "--root", str(tmp_path), "--no-learner")
+    result = run(*beyond)
     assert result.returncode == 2
-    assert "loopback only" in result.stderr
+    assert "--host 0.0.0.0: beyond loopback the cloud speaks TLS only" in result.stderr
+    result = run(*beyond, "--tls")
+    assert result.returncode == 2 and "--tls: no certificates" in result.stderr
+    assert run("certs", "init", "--root", str(tmp_path)).returncode == 0
+    result = run(*beyond, "--tls")
+    assert result.returncode == 2 and "every device needs a credential" in result.stderr
+
+
+def test_edge_refuses_plain_text_to_a_remote_cloud() -> None:
+    result = run("edge", "--robot", "sim:pusht", "--id", "r1", "--cloud", "10.0.0.7:7070")
+    assert result.returncode == 2
+    assert "--cloud 10.0.0.7:7070 is not on this machine" in result.stderr
+
+
+def test_devices_add_list_revoke(tmp_path) -> None:
+    added = run("devices", "add", "robot-1", "--root", str(tmp_path), "--policy", "pick")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert token.startswith("flt_") and token not in added.stderr
+    listed = run("devices", "list", "--root", str(tmp_path))
+    assert "robot-1" in listed.stdout and "active" in listed.stdout and token not in listed.stdout
+    assert run("devices", "revoke", "robot-1", "--root", str(tmp_path)).returncode == 0
+    assert "revoked" in run("devices", "list", "--root", str(tmp_path)).stdout
+    again = run("devices", "add", "bad id", "--root", str(tmp_path))
+    assert again.returncode == 2 and "id:" in again.stderr

@@ -1,0 +1,64 @@
+"""The gateway's group-commit writer: a slow store slows the readers instead of growing memory."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from cloud.gateway import Session, StoreWriter, _Pending
+from cloud.store import EpisodeStore
+from hal.resource import ArraySpec, Capabilities, ResourceInfo
+from protocol.steps import schema_for
+from tests.factories import episode_rows, step_columns, store_schema
+
+
+class GatedStore(EpisodeStore):
+    """A real store whose writes wait for the test to open a gate (a store that has fallen behind)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def write(self, batches):
+        self.gate.wait(timeout=10)
+        return super().write(batches)
+
+
+def session() -> Session:
+    caps = Capabilities(
+        observation=(ArraySpec("state", "float32", (3,)),),
+        action=ArraySpec("action", "float32", (2,)),
+        control_hz=10,
+        embodiment="d",
+    )
+    resource = ResourceInfo(id="r1", kind="robot", capabilities=caps, source="sim")
+    return Session(
+        resource=resource, policy_name="d", schema=schema_for([("state", "float32", (3,))], ("float32", (2,)))
+    )
+
+
+def test_readers_wait_for_room_while_the_store_is_behind_and_go_on_once_it_caught_up(tmp_path) -> None:
+    async def scenario() -> None:
+        store = GatedStore(tmp_path / "store")
+        store.ensure_dataset("d", store_schema())
+        columns = step_columns(100)  # 100 rows of 3 + 2 floats and 5 small columns: about 4.4 kB
+        size = sum(v.nbytes for v in columns.values())
+        writer = StoreWriter(store, flush_rows=10_000, flush_delay_s=0.01, max_unwritten_bytes=3 * size)
+        runner = asyncio.create_task(writer.run())
+        owner = session()
+        for i in range(3):
+            rows = episode_rows("d", f"e{i}", columns)
+            writer.submit(_Pending(rows=rows, batch_id=i, session=owner))
+        room = asyncio.create_task(writer.room())
+        await asyncio.sleep(0.3)
+        assert not room.done(), "a reader went on although the store is three batches behind"
+        assert writer.waits_for_room == 1
+        store.gate.set()
+        await asyncio.wait_for(room, timeout=10)
+        acks = [owner.out.get_nowait().ack for _ in range(3)]
+        assert sorted(a.batch_id for a in acks) == [0, 1, 2] and all(a.next_seq == 100 for a in acks)
+        await writer.room()  # room again: no wait
+        assert writer.waits_for_room == 1
+        runner.cancel()
+
+    asyncio.run(scenario())
