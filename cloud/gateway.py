@@ -432,6 +432,7 @@ class Gateway(pb_grpc.TunnelServicer):
         self.fleet.register(resource)  # assigns a task if one fits: see _on_assign
         if self.fleet.task_of(resource.id) is None:
             log.info("%s has no task that fits it; it holds still", resource.id)
+            session.policy_name = ""  # it receives a policy only with a task
             session.send(pb.CloudMessage(assignment=pb.Assignment(task="")))
         log.info(
             "%s connected (%s %s, %.0f Hz, policy %s v%d); it holds %d unacked episodes",
@@ -570,6 +571,13 @@ class Gateway(pb_grpc.TunnelServicer):
                 )
             )
         )
+        if task and not session.may_run(task.policy_name):
+            log.warning(
+                "%s was given task %s, but its credential does not allow policy %s; it gets no weights",
+                resource_id,
+                task.name,
+                task.policy_name,
+            )
         latest = self.registry.latest(task.policy_name) if task else None
         if latest is not None:
             session.offer_version(latest)
@@ -586,8 +594,12 @@ class Gateway(pb_grpc.TunnelServicer):
     async def _watch_registry(self) -> None:
         known: dict[str, int] = {}
         while True:
-            for policy_name in {s.policy_name for s in self.sessions.values()}:
-                latest = await asyncio.to_thread(self.registry.latest, policy_name)
+            for policy_name in {s.policy_name for s in self.sessions.values() if s.policy_name}:
+                try:
+                    latest = await asyncio.to_thread(self.registry.latest, policy_name)
+                except Exception:  # one unreadable policy must not stop the pushes of all the others
+                    log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
+                    continue
                 if latest is None or latest.version <= known.get(policy_name, 0):
                     continue
                 known[policy_name] = latest.version

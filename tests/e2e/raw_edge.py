@@ -41,11 +41,11 @@ def hello(resource: ResourceInfo = RESOURCE, **fields) -> pb.EdgeMessage:
 class RawEdge:
     """A hand-driven tunnel stream: sends what the test says, collects what the cloud answers."""
 
-    def __init__(self, target: str, resource: ResourceInfo = RESOURCE) -> None:
+    def __init__(self, target: str, resource: ResourceInfo = RESOURCE, **hello_fields) -> None:
         self.outgoing: queue.Queue = queue.Queue()
         self.incoming: queue.Queue = queue.Queue()
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 128 << 20)])
-        self.outgoing.put(hello(resource))
+        self.outgoing.put(hello(resource, **hello_fields))
         self.responses = pb_grpc.TunnelStub(self.channel).Connect(iter(self.outgoing.get, None))
         self.status: grpc.RpcError | None = None
         threading.Thread(target=self._read, daemon=True).start()
@@ -64,6 +64,20 @@ class RawEdge:
             message = self.incoming.get(timeout=30)
             if message is None or message.WhichOneof("body") in ("ack", "error"):
                 return message
+
+    def received(self, kind: str, timeout_s: float) -> list[pb.CloudMessage]:
+        """Every message of ``kind`` that arrives within ``timeout_s``."""
+        got, deadline = [], time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self.incoming.get(timeout=left)
+            except queue.Empty:
+                break
+            if message is None:
+                break
+            if message.WhichOneof("body") == kind:
+                got.append(message)
+        return got
 
     def close(self) -> None:
         self.outgoing.put(None)

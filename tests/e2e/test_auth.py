@@ -18,7 +18,8 @@ from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.steps import encode_batch
-from tests.e2e.fleet import Fleet, wait_until
+from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
+from tests.e2e.raw_edge import RawEdge
 from tests.factories import step_columns
 
 DATASET = "panda_pick_cube"
@@ -211,3 +212,38 @@ def fleet_env() -> dict[str, str]:
     from tests.e2e.fleet import ENV
 
     return dict(ENV)
+
+
+def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path) -> None:
+    devices = DeviceRegistry(tmp_path / "data" / "devices.json")
+    tokens = {
+        "robot-1": devices.add("robot-1"),
+        "robot-2": devices.add("robot-2"),
+        "robot-3": devices.add("robot-3", policies=("other_policy",)),
+    }
+    (tmp_path / "tasks.yaml").write_text(f"- {{name: pick, policy: {DATASET}, count: 2}}\n")
+    fleet = Fleet(tmp_path)
+    edges: list[RawEdge] = []
+    try:
+        fleet.start_cloud(
+            "--tasks", str(tmp_path / "tasks.yaml"), "--lost-after", "120"
+        )  # raw edges send no heartbeats
+        # robot-3 may run only other_policy, so it cannot even ask for this one...
+        error = first_error(hello(fleet.target, "robot-3", tokens["robot-3"], policy=DATASET))
+        assert error.field == "hello.policy_name"
+        for robot in ("robot-1", "robot-2"):  # ...and the task wants two robots: these two
+            edges.append(RawEdge(fleet.target, resource(robot), token=tokens[robot], policy_name=DATASET))
+            wait_until(lambda r=robot: f"{r} connected" in fleet.log("cloud"), 30, f"{robot} to connect")
+        # A third robot with a credential asks for the same policy, but the task is full: it is idle.
+        idle = RawEdge(fleet.target, resource("robot-4"), token=devices.add("robot-4"), policy_name=DATASET)
+        edges.append(idle)
+        wait_until(lambda: "robot-4 has no task that fits it" in fleet.log("cloud"), 30, "robot-4 to connect idle")
+        publish_untrained_policy(tmp_path, DATASET)
+        for edge in edges[:2]:
+            chunks = edge.received("policy", 10)
+            assert chunks and {c.policy.version for c in chunks} == {1}
+        assert idle.received("policy", 3) == [], "an idle robot received a policy it was not assigned"
+    finally:
+        for edge in edges:
+            edge.close()
+        fleet.stop_all()
