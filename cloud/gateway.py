@@ -22,11 +22,13 @@ from cloud.fleet import FleetScheduler, Requirements, Task
 from cloud.registry import PolicyRegistry, PolicyVersion
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
+from policies.updates import WireState, build_update
+from policies.weights import sha256_hex
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import CodecError
-from protocol.limits import check_applied, check_capabilities, check_heartbeat, check_hello
+from protocol.limits import check_applied, check_capabilities, check_heartbeat, check_hello, check_rejected
 from protocol.steps import MAX_BATCH_BYTES, Schema, check_id, decode_batch, quoted, schema_for
 
 log = logging.getLogger("fleetloop.gateway")
@@ -56,6 +58,9 @@ class GatewayConfig:
     tls_cert: bytes | None = None  # PEM server certificate and key: serve TLS instead of plain text
     tls_key: bytes | None = field(default=None, repr=False)
     max_batch_bytes: int = MAX_BATCH_BYTES
+    wire_dtype: str = "float32"  # "bfloat16" halves the bytes of float weights on the wire
+    max_delta_versions: int = 10  # an edge further behind gets a full snapshot
+    max_delta_fraction: float = 0.5  # a delta bigger than this share of the model goes as a full snapshot
     flush_rows: int = 1024  # write to the store once this many rows wait...
     flush_bytes: int = 16 << 20  # ...or this many bytes (a few image chunks per column)...
     # Steps received but not yet in the store, over all edges: past this, the gateway stops reading the tunnels
@@ -78,6 +83,7 @@ class Session:
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     device: Device | None = None  # its credential, when the cloud checks credentials
+    needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
     offer: PolicyVersion | None = None
     offered: asyncio.Event = field(default_factory=asyncio.Event)
     sent_version: int = 0
@@ -297,6 +303,8 @@ class Gateway(pb_grpc.TunnelServicer):
             store, config.flush_rows, config.flush_delay_s, config.flush_bytes, config.max_unwritten_bytes
         )
         self._weights: tuple[tuple[str, int], bytes] | None = None  # the last version read, shared by all edges
+        self._wire_states: dict[tuple[str, int], WireState] = {}
+        self._updates: dict[tuple[str, int, int], tuple[bytes, str, str, int]] = {}  # shared by edges on one base
         self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
@@ -493,13 +501,17 @@ class Gateway(pb_grpc.TunnelServicer):
                         session.applied_version = message.applied.version
                         self.fleet.seen(session.resource.id, policy_version=message.applied.version)
                         log.info(
-                            "%s now runs %s v%d",
+                            "%s now runs %s v%d (its update was %d bytes)",
                             session.resource.id,
                             message.applied.policy_name,
                             message.applied.version,
+                            message.applied.received_bytes,
                         )
                         for callback in self.on_applied:
                             callback(session.resource.id, message.applied)
+                    elif kind == "rejected":
+                        check_rejected(message.rejected)
+                        self._on_rejected(session, message.rejected)
                     elif kind == "heartbeat":
                         check_heartbeat(message.heartbeat)
                         self.fleet.seen(session.resource.id)
@@ -615,6 +627,56 @@ class Gateway(pb_grpc.TunnelServicer):
             self._weights = (key, await asyncio.to_thread(self.registry.read, *key))
         return self._weights[1]
 
+    def _on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
+        """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
+        log.warning(
+            "%s could not apply %s v%d (%s); sending a full snapshot",
+            session.resource.id,
+            rejected.policy_name,
+            rejected.version,
+            rejected.reason[:200],
+        )
+        session.needs_full = True
+        session.sent_version = min(session.sent_version, session.applied_version)
+        session.offer = None  # offer the newest version again, from scratch
+        latest = self.registry.latest(rejected.policy_name) if rejected.policy_name == session.policy_name else None
+        if latest is not None:
+            session.offer_version(latest)
+
+    async def _wire_state(self, version: PolicyVersion) -> WireState:
+        key = (version.policy_name, version.version)
+        state = self._wire_states.get(key)
+        if state is None:
+            weights = await self._read_weights(version)
+            state = await asyncio.to_thread(WireState.from_weights, weights, version.version, self.config.wire_dtype)
+            self._wire_states[key] = state
+            while len(self._wire_states) > 3:  # a target and a base or two; each holds a whole model
+                self._wire_states.pop(next(iter(self._wire_states)))
+        return state
+
+    async def _update_for(self, version: PolicyVersion, base_version: int) -> tuple[bytes, str, str, int]:
+        """(payload, sha256, kind, base version): a delta against what the edge holds when possible."""
+        key = (version.policy_name, version.version, base_version)
+        if key in self._updates:
+            return self._updates[key]
+        base = None
+        if base_version and 0 < version.version - base_version <= self.config.max_delta_versions:
+            base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
+        if base is None and self.config.wire_dtype == "float32":  # the registry file is the snapshot
+            update = (await self._read_weights(version), version.sha256, "full", 0)
+        else:
+            target = await self._wire_state(version)
+            try:
+                base_state = await self._wire_state(base) if base else None
+            except FileNotFoundError:  # pruned from the registry: a snapshot it is
+                base_state = None
+            built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
+            update = (built.payload, sha256_hex(built.payload), built.kind, built.base_version)
+        self._updates[key] = update
+        while len(self._updates) > 8:
+            self._updates.pop(next(iter(self._updates)))
+        return update
+
     async def _send_policies(self, session: Session) -> None:
         """Pushes the newest offered version; versions superseded before they were sent are skipped."""
         while not session.closed:
@@ -623,7 +685,19 @@ class Gateway(pb_grpc.TunnelServicer):
             version = session.offer
             if version is None or version.version <= session.sent_version:
                 continue
-            data = await self._read_weights(version)
+            base_version = 0 if session.needs_full else session.applied_version
+            data, sha256, kind, base_version = await self._update_for(version, base_version)
+            session.needs_full = False
+            if kind == "delta":
+                log.info(
+                    "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",
+                    version.policy_name,
+                    version.version,
+                    session.resource.id,
+                    base_version,
+                    len(data) / 1e6,
+                    version.size_bytes / 1e6,
+                )
             published = time.monotonic_ns()
             step = self.config.policy_chunk_bytes
             for offset in range(0, max(len(data), 1), step):
@@ -633,11 +707,13 @@ class Gateway(pb_grpc.TunnelServicer):
                         policy=pb.PolicyChunk(
                             policy_name=version.policy_name,
                             version=version.version,
-                            sha256=version.sha256,
+                            sha256=sha256,
                             total_bytes=len(data),
                             offset=offset,
                             data=data[offset : offset + step],
                             published_mono_ns=published,
+                            kind=kind,
+                            base_version=base_version,
                         )
                     )
                 )

@@ -63,7 +63,7 @@ class EdgeAgent:
         # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
         # once the cloud has been silent this long, for sites that want a supervised robot only.
         self.hold_on_link_loss_s = hold_on_link_loss_s
-        self.runtime = PolicyRuntime(on_swapped=self._on_swapped)
+        self.runtime = PolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
         # Non-empty while this robot must hold still: until the cloud gives it a task, or while paused. Once it
         # has a task it keeps working through link outages (its steps wait in the spool).
         self._hold_reason = "waiting for a task from the cloud"
@@ -93,7 +93,11 @@ class EdgeAgent:
 
     def _on_swapped(self, name: str, version: int) -> None:
         log.info("%s switched to policy %s v%d between two ticks", self.resource.id, name, version)
-        self.tunnel.report_applied(name, version)
+        active = self.runtime.active
+        self.tunnel.report_applied(name, version, active.update_bytes if active else 0)
+
+    def _on_rejected(self, name: str, version: int, reason: str) -> None:
+        self.tunnel.report_rejected(name, version, reason)
 
     def run(self, episodes: int = 0, duration_s: float = 0.0) -> LoopStats:
         """Runs the control loop until ``episodes`` episodes ended, ``duration_s`` passed, or stop()."""

@@ -7,6 +7,7 @@ deadline). Loading and inference run on their own threads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.base import Policy
-from policies.weights import policy_from_bytes
+from policies.updates import HeldState, UpdateError, apply_update
 
 log = logging.getLogger("fleetloop.runtime")
 
@@ -29,10 +30,20 @@ class LoadedPolicy:
     policy: Policy
     version: int
     name: str
+    update_bytes: int = 0  # size of the update that brought it (a delta is a fraction of the model)
+
+
+HELD_VERSIONS = 3  # versions whose tensors stay at hand as bases for deltas (unchanged tensors are shared)
 
 
 class PolicyRuntime:
-    def __init__(self, on_swapped: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_swapped: Callable[[str, int], None] | None = None,
+        on_rejected: Callable[[str, int, str], None] | None = None,
+    ) -> None:
+        self._held: dict[int, HeldState] = {}
+        self._on_rejected = on_rejected
         self._active: LoadedPolicy | None = None
         self._ready: LoadedPolicy | None = None  # loaded, waiting for the next tick boundary
         self._load_queue: queue.Queue[tuple[str, int, bytes] | None] = queue.Queue()
@@ -54,6 +65,10 @@ class PolicyRuntime:
     def version(self) -> int:
         return self._active.version if self._active else 0
 
+    @property
+    def active(self) -> LoadedPolicy | None:
+        return self._active
+
     def load(self, name: str, version: int, weights: bytes) -> None:
         """Queues verified weights for loading; returns at once."""
         self._load_queue.put((name, version, weights))
@@ -63,18 +78,28 @@ class PolicyRuntime:
             name, version, weights = item
             try:
                 started = time.perf_counter()
-                policy = policy_from_bytes(weights)
+                policy, held = apply_update(weights, self._held)
                 policy.eval()
                 policy.reset()
-                self._ready = LoadedPolicy(policy, version, name)
+                self._held[version] = dataclasses.replace(held, version=version)
+                for old in sorted(self._held)[:-HELD_VERSIONS]:
+                    del self._held[old]
+                self._ready = LoadedPolicy(policy, version, name, len(weights))
                 log.info(
-                    "policy %s v%d loaded in %.0f ms; swapping in at the next tick",
+                    "policy %s v%d loaded from a %.2f MB update in %.0f ms; swapping in at the next tick",
                     name,
                     version,
+                    len(weights) / 1e6,
                     (time.perf_counter() - started) * 1000,
                 )
+            except UpdateError as exc:  # e.g. a delta on a version this edge no longer holds: ask for a snapshot
+                log.warning("policy %s v%d not applied, keeping v%d: %s", name, version, self.version, exc)
+                if self._on_rejected:
+                    self._on_rejected(name, version, str(exc))
             except Exception as exc:  # a bad update must not stop the robot: keep the current policy
                 log.error("policy %s v%d could not be loaded, keeping v%d: %s", name, version, self.version, exc)
+                if self._on_rejected:
+                    self._on_rejected(name, version, str(exc))
 
     def begin_tick(self) -> bool:
         """Swaps in a newly loaded policy (between ticks, atomically). Returns True on a swap."""

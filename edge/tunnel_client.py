@@ -104,12 +104,20 @@ class TunnelClient:
         """New steps were spooled."""
         self._wake.set()
 
-    def report_applied(self, policy_name: str, version: int) -> None:
+    def report_applied(self, policy_name: str, version: int, received_bytes: int = 0) -> None:
         self._send(
             pb.EdgeMessage(
-                applied=pb.PolicyApplied(policy_name=policy_name, version=version, applied_mono_ns=time.monotonic_ns())
+                applied=pb.PolicyApplied(
+                    policy_name=policy_name,
+                    version=version,
+                    applied_mono_ns=time.monotonic_ns(),
+                    received_bytes=received_bytes,
+                )
             )
         )
+
+    def report_rejected(self, policy_name: str, version: int, reason: str) -> None:
+        self._send(pb.EdgeMessage(rejected=pb.PolicyRejected(policy_name=policy_name, version=version, reason=reason)))
 
     def _send(self, message: pb.EdgeMessage) -> None:
         outgoing = self._outgoing

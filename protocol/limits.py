@@ -125,5 +125,12 @@ def check_applied(applied: pb.PolicyApplied) -> None:
         raise CodecError("applied.version", f"must be >= 1, got {applied.version}")
 
 
+def check_rejected(rejected: pb.PolicyRejected) -> None:
+    check_size(rejected, MAX_CONTROL_MESSAGE_BYTES, "rejected")
+    check_policy_name(rejected.policy_name, "rejected.policy_name")
+    if rejected.version < 1:
+        raise CodecError("rejected.version", f"must be >= 1, got {rejected.version}")
+
+
 def check_heartbeat(heartbeat: pb.Heartbeat) -> None:
     check_size(heartbeat, MAX_CONTROL_MESSAGE_BYTES, "heartbeat")

@@ -148,7 +148,7 @@ class Ack(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., next_seq: _Optional[int] = ...) -> None: ...
 
 class PolicyChunk(_message.Message):
-    __slots__ = ("policy_name", "version", "sha256", "total_bytes", "offset", "data", "published_mono_ns")
+    __slots__ = ("policy_name", "version", "sha256", "total_bytes", "offset", "data", "published_mono_ns", "kind", "base_version")
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,8 @@ class PolicyChunk(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     policy_name: str
     version: int
     sha256: str
@@ -163,17 +165,31 @@ class PolicyChunk(_message.Message):
     offset: int
     data: bytes
     published_mono_ns: int
-    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., published_mono_ns: _Optional[int] = ...) -> None: ...
+    kind: str
+    base_version: int
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., published_mono_ns: _Optional[int] = ..., kind: _Optional[str] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class PolicyApplied(_message.Message):
-    __slots__ = ("policy_name", "version", "applied_mono_ns")
+    __slots__ = ("policy_name", "version", "applied_mono_ns", "received_bytes")
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     policy_name: str
     version: int
     applied_mono_ns: int
-    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., applied_mono_ns: _Optional[int] = ...) -> None: ...
+    received_bytes: int
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., applied_mono_ns: _Optional[int] = ..., received_bytes: _Optional[int] = ...) -> None: ...
+
+class PolicyRejected(_message.Message):
+    __slots__ = ("policy_name", "version", "reason")
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    policy_name: str
+    version: int
+    reason: str
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("mono_ns",)
@@ -194,16 +210,18 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
 class EdgeMessage(_message.Message):
-    __slots__ = ("hello", "steps", "applied", "heartbeat")
+    __slots__ = ("hello", "steps", "applied", "heartbeat", "rejected")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     steps: StepBatch
     applied: PolicyApplied
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    rejected: PolicyRejected
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rejected: _Optional[_Union[PolicyRejected, _Mapping]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
     __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop")

@@ -65,8 +65,8 @@ class RawEdge:
             if message is None or message.WhichOneof("body") in ("ack", "error"):
                 return message
 
-    def received(self, kind: str, timeout_s: float) -> list[pb.CloudMessage]:
-        """Every message of ``kind`` that arrives within ``timeout_s``."""
+    def received(self, kind: str, timeout_s: float, until=None) -> list[pb.CloudMessage]:
+        """Every message of ``kind`` that arrives within ``timeout_s`` (or until ``until(message)`` holds)."""
         got, deadline = [], time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -77,11 +77,18 @@ class RawEdge:
                 break
             if message.WhichOneof("body") == kind:
                 got.append(message)
+                if until is not None and until(message):
+                    break
         return got
 
     def close(self) -> None:
         self.outgoing.put(None)
         self.channel.close()
+
+
+def last_policy_chunk(message: pb.CloudMessage) -> bool:
+    chunk = message.policy
+    return chunk.offset + len(chunk.data) >= chunk.total_bytes
 
 
 class ByteStream:

@@ -80,3 +80,28 @@ def test_slow_inference_misses_the_deadline_without_blocking() -> None:
     assert runtime.late_inferences == 1
     release.set()
     runtime.close()
+
+
+def test_deltas_apply_on_a_held_version_and_one_without_its_base_is_rejected() -> None:
+    from policies.updates import WireState, build_update
+
+    rejected: list[tuple[str, int, str]] = []
+    runtime = PolicyRuntime(on_rejected=lambda name, version, reason: rejected.append((name, version, reason)))
+    v1, v2, v3 = (WireState.from_weights(weights(bias), version) for version, bias in ((1, 0.1), (2, 0.2), (3, 0.3)))
+    runtime.load("p", 1, build_update(v1).payload)
+    wait_loaded(runtime)
+    assert runtime.begin_tick() and runtime.version == 1
+    delta = build_update(v2, base=v1)
+    assert delta.kind == "delta"
+    runtime.load("p", 2, delta.payload)
+    wait_loaded(runtime)
+    assert runtime.begin_tick() and runtime.version == 2
+    assert runtime.active.update_bytes == len(delta.payload)
+    np.testing.assert_allclose(runtime.next_action(OBS, deadline=time.monotonic() + 5)[0], [0.2, 0.2])
+    runtime.load("p", 3, build_update(v3, base=WireState.from_weights(weights(9.0), 7)).payload)
+    deadline = time.monotonic() + 10
+    while not rejected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rejected and rejected[0][:2] == ("p", 3) and "v7" in rejected[0][2]
+    assert not runtime.begin_tick() and runtime.version == 2
+    runtime.close()

@@ -1,0 +1,169 @@
+"""Policy updates on the wire: a full snapshot, or a delta with only the tensors that changed.
+
+An update is a safetensors file. Its metadata names the policy (type, config), the update kind
+("full" or "delta"), the version it brings, for a delta the version it applies to, the wire dtype
+(float32, or bfloat16 to halve the bytes), and ``state_sha256``: a digest over every tensor of the
+resulting version as sent (name, dtype, shape, bytes). The edge rebuilds the whole state from what it
+holds plus the update and refuses to swap unless that digest matches, so a delta applied to the
+wrong base, a lost tensor or a corrupted one never reaches the robot.
+
+A frozen backbone never changes, so after the first snapshot it is never sent again: a LoRA-adapted
+model's update carries only its adapters and normalization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import safetensors.torch
+import torch
+
+from policies.base import Policy
+from policies.registry import make_policy
+from policies.weights import read_metadata
+
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class UpdateError(ValueError):
+    """An update that cannot be applied; the edge keeps its current policy (and asks for a full snapshot)."""
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    digest = hashlib.sha256(f"{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+    digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def state_digest(digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{name}={digests[name]}\n" for name in sorted(digests)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WireState:
+    """One version's tensors as they travel (cast to the wire dtype), with a digest of each."""
+
+    version: int
+    type_name: str
+    config: str
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    digests: dict[str, str] = field(repr=False)
+    dtypes: dict[str, str] = field(repr=False)  # the dtype each tensor has in the policy
+
+    @classmethod
+    def from_weights(cls, weights: bytes, version: int, wire_dtype: str = "float32") -> WireState:
+        """From a registry file (``policy_to_bytes`` output)."""
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}, got {wire_dtype!r}")
+        metadata = read_metadata(weights)
+        tensors, dtypes = {}, {}
+        for name, tensor in safetensors.torch.load(weights).items():
+            dtypes[name] = str(tensor.dtype).removeprefix("torch.")
+            tensors[name] = tensor.to(WIRE_DTYPES[wire_dtype]) if tensor.dtype == torch.float32 else tensor
+        digests = {name: tensor_digest(tensor) for name, tensor in tensors.items()}
+        return cls(version, metadata.get("type", ""), metadata.get("config", ""), tensors, digests, dtypes)
+
+
+@dataclass(frozen=True)
+class Update:
+    payload: bytes
+    kind: str  # "full" | "delta"
+    version: int
+    base_version: int
+    sent_tensor_bytes: int
+    full_tensor_bytes: int
+
+
+def build_update(target: WireState, base: WireState | None = None, max_delta_fraction: float = 0.5) -> Update:
+    """A delta against ``base`` when that is possible and worth it, else a full snapshot."""
+    full_bytes = sum(t.numel() * t.element_size() for t in target.tensors.values())
+    names = list(target.tensors)
+    kind = "full"
+    if base is not None and (base.type_name, base.config) == (target.type_name, target.config):
+        if set(base.digests) == set(target.digests):  # same architecture: only changed tensors travel
+            changed = [n for n in names if base.digests[n] != target.digests[n]]
+            changed_bytes = sum(target.tensors[n].numel() * target.tensors[n].element_size() for n in changed)
+            if changed_bytes <= max_delta_fraction * full_bytes:
+                names, kind = changed, "delta"
+    sent = {name: target.tensors[name].contiguous() for name in names}
+    metadata = {
+        "type": target.type_name,
+        "config": target.config,
+        "update": kind,
+        "version": str(target.version),
+        "base_version": str(base.version if kind == "delta" else 0),
+        "state_sha256": state_digest(target.digests),
+        "dtypes": json.dumps({name: target.dtypes[name] for name in sent}, sort_keys=True),
+    }
+    return Update(
+        payload=safetensors.torch.save(sent, metadata=metadata),
+        kind=kind,
+        version=target.version,
+        base_version=int(metadata["base_version"]),
+        sent_tensor_bytes=sum(t.numel() * t.element_size() for t in sent.values()),
+        full_tensor_bytes=full_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class HeldState:
+    """What an edge holds of a version it loaded: the policy's tensors and the wire digest of each."""
+
+    version: int
+    type_name: str
+    config: str
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    digests: dict[str, str] = field(repr=False)
+
+
+def _cast_back(received: dict[str, torch.Tensor], dtypes: dict[str, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in received.items():
+        dtype = getattr(torch, dtypes.get(name, str(tensor.dtype).removeprefix("torch.")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise UpdateError(f"update.dtypes[{name}]: unknown dtype {dtypes.get(name)!r}")
+        out[name] = tensor.to(dtype)
+    return out
+
+
+def apply_update(payload: bytes, held: dict[int, HeldState] | None = None) -> tuple[Policy, HeldState]:
+    """Rebuilds the policy an update brings, on top of the versions the edge holds; UpdateError if it does not fit.
+
+    A plain ``policy_to_bytes`` file (no update metadata) is taken as a full snapshot without a state digest.
+    """
+    try:
+        metadata = read_metadata(payload)
+        received = safetensors.torch.load(payload)
+    except (ValueError, safetensors.SafetensorError) as exc:
+        raise UpdateError(f"update: not a safetensors file ({exc})") from exc
+    kind = metadata.get("update", "full")
+    type_name, config = metadata.get("type", ""), metadata.get("config", "")
+    try:
+        dtypes = json.loads(metadata.get("dtypes", "{}"))
+        version, base_version = int(metadata.get("version", 0)), int(metadata.get("base_version", 0))
+    except (ValueError, TypeError) as exc:
+        raise UpdateError(f"update metadata is malformed: {exc}") from exc
+    digests = {name: tensor_digest(tensor) for name, tensor in received.items()}
+    tensors = _cast_back(received, dtypes)
+    if kind == "delta":
+        base = (held or {}).get(base_version)
+        if base is None:
+            raise UpdateError(f"update.base_version: a delta against v{base_version}, which this edge does not hold")
+        if (base.type_name, base.config) != (type_name, config):
+            raise UpdateError("update.config: a delta for another architecture than the held version's")
+        tensors = {**base.tensors, **tensors}
+        digests = {**base.digests, **digests}
+    elif kind != "full":
+        raise UpdateError(f"update.update: must be 'full' or 'delta', got {kind!r}")
+    expected = metadata.get("state_sha256")
+    if expected is not None and state_digest(digests) != expected:
+        raise UpdateError(f"update.state_sha256: the rebuilt v{version} does not match its digest")
+    try:
+        with torch.device("meta"):
+            policy = make_policy(type_name, json.loads(config))
+        policy.load_state_dict(tensors, strict=True, assign=True)
+    except (TypeError, KeyError, AttributeError, RuntimeError, json.JSONDecodeError, ValueError) as exc:
+        raise UpdateError(f"update: the weights do not fit their config ({exc})") from exc
+    return policy, HeldState(version, type_name, config, tensors, digests)

@@ -1,0 +1,126 @@
+"""Weight updates: deltas carry only what changed, the edge's rebuild is verified, bf16 halves the bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from policies.lora import LoraPolicy
+from policies.registry import make_policy
+from policies.train import train_policy
+from policies.updates import HeldState, UpdateError, WireState, apply_update, build_update
+from policies.weights import policy_to_bytes
+
+OBSERVATION = {"state": {"shape": [21], "dtype": "float32"}}
+
+
+def lora_policy(hidden: list[int], rank: int = 4) -> LoraPolicy:
+    base = {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": hidden}
+    return LoraPolicy("mlp", base, rank=rank)
+
+
+def demos(n: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    state = rng.normal(size=(n, 21)).astype(np.float32)
+    return {"obs.state": state, "action": np.tanh(state[:, :4] * 2).astype(np.float32)}
+
+
+def observation() -> dict[str, np.ndarray]:
+    return {"state": np.linspace(-1, 1, 21, dtype=np.float32)}
+
+
+def held_after(payload: bytes, held: dict[int, HeldState] | None = None):
+    policy, state = apply_update(payload, held)
+    return policy, {state.version: state}
+
+
+def test_lora_training_changes_only_adapters_and_a_delta_is_a_small_share_of_the_model() -> None:
+    policy = lora_policy([512, 512])
+    frozen = {
+        k: v.clone() for k, v in policy.state_dict().items() if "lora_" not in k and not k.endswith(("_mean", "_std"))
+    }
+    v1 = WireState.from_weights(policy_to_bytes(policy), 1)
+    train_policy(policy, demos(), steps=30, batch_size=64)
+    assert all(torch.equal(policy.state_dict()[k], v) for k, v in frozen.items()), "a frozen weight changed"
+    v2 = WireState.from_weights(policy_to_bytes(policy), 2)
+
+    full = build_update(v1)
+    delta = build_update(v2, base=v1)
+    assert (full.kind, delta.kind, delta.base_version) == ("full", "delta", 1)
+    assert delta.sent_tensor_bytes < 0.05 * delta.full_tensor_bytes
+    assert len(delta.payload) < 0.05 * len(full.payload)
+
+    edge_v1, held = held_after(full.payload)
+    edge_v2, held2 = held_after(delta.payload, held)
+    np.testing.assert_array_equal(edge_v2.act(observation()), policy.act(observation()))
+    assert not np.array_equal(edge_v1.act(observation()), edge_v2.act(observation()))
+    # Unchanged tensors are shared with the held version, not copied.
+    name = next(k for k in frozen if k.endswith("base.weight"))
+    assert held2[2].tensors[name].data_ptr() == held[1].tensors[name].data_ptr()
+
+
+def test_a_delta_against_a_version_the_edge_lacks_or_corrupted_is_refused() -> None:
+    policy = lora_policy([64, 64])
+    v1 = WireState.from_weights(policy_to_bytes(policy), 1)
+    train_policy(policy, demos(), steps=5, batch_size=32)
+    v2 = WireState.from_weights(policy_to_bytes(policy), 2)
+    train_policy(policy, demos(seed=1), steps=5, batch_size=32, fit_normalization=False)
+    v3 = WireState.from_weights(policy_to_bytes(policy), 3)
+    _, held = held_after(build_update(v1).payload)
+    with pytest.raises(UpdateError, match="update.base_version: a delta against v2"):
+        apply_update(build_update(v3, base=v2).payload, held)
+    # What the edge holds as "v1" is another model of the same architecture: the rebuilt state has the wrong digest.
+    _, impostor = held_after(build_update(WireState.from_weights(policy_to_bytes(lora_policy([64, 64])), 1)).payload)
+    with pytest.raises(UpdateError, match="update.state_sha256"):
+        apply_update(build_update(v2, base=v1).payload, impostor)
+    # A tensor damaged after the update was built (the chunks' sha256 covers transit, this covers the rest).
+    payload = bytearray(build_update(v2, base=v1).payload)
+    payload[-1] ^= 0xFF
+    with pytest.raises(UpdateError, match="update.state_sha256"):
+        apply_update(bytes(payload), held)
+    assert apply_update(build_update(v2, base=v1).payload, held)[1].version == 2
+
+
+def test_full_snapshot_when_the_architecture_changed_or_the_delta_is_too_big() -> None:
+    small = make_policy("mlp", {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": [16]})
+    other = make_policy("mlp", {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": [32]})
+    v1 = WireState.from_weights(policy_to_bytes(small), 1)
+    v2 = WireState.from_weights(policy_to_bytes(other), 2)
+    assert build_update(v2, base=v1).kind == "full"
+    retrained = make_policy("mlp", small.config_dict())  # every tensor differs
+    v3 = WireState.from_weights(policy_to_bytes(retrained), 3)
+    update = build_update(v3, base=v1)
+    assert update.kind == "full"
+    policy, _ = apply_update(update.payload, None)
+    np.testing.assert_array_equal(policy.act(observation()), retrained.act(observation()))
+
+
+def test_bfloat16_on_the_wire_halves_the_bytes_and_stays_close() -> None:
+    policy = lora_policy([256, 256])
+    train_policy(policy, demos(), steps=10, batch_size=32)
+    weights = policy_to_bytes(policy)
+    f32 = build_update(WireState.from_weights(weights, 1))
+    bf16 = build_update(WireState.from_weights(weights, 1, wire_dtype="bfloat16"))
+    assert bf16.sent_tensor_bytes == pytest.approx(f32.sent_tensor_bytes / 2, rel=0.01)
+    edge_policy, held = held_after(bf16.payload)
+    assert all(t.dtype == torch.float32 for t in held[1].tensors.values())
+    np.testing.assert_allclose(edge_policy.act(observation()), policy.act(observation()), atol=0.05)
+    with pytest.raises(ValueError, match="wire_dtype"):
+        WireState.from_weights(weights, 1, wire_dtype="float8")
+
+
+def test_garbage_is_refused_with_a_named_field() -> None:
+    with pytest.raises(UpdateError, match="^update"):
+        apply_update(b"\x00" * 64)
+
+
+def test_lora_around_a_trained_policy_keeps_its_behaviour() -> None:
+    base = make_policy("mlp", {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": [64, 64]})
+    train_policy(base, demos(), steps=20, batch_size=32)
+    wrapped = LoraPolicy.around(base, rank=2)
+    np.testing.assert_allclose(wrapped.act(observation()), base.act(observation()), rtol=1e-6, atol=1e-6)
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="lora.rank"):
+        LoraPolicy("mlp", base.config_dict(), rank=0)
