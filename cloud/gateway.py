@@ -84,6 +84,7 @@ class Session:
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     device: Device | None = None  # its credential, when the cloud checks credentials
     needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
+    bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from
     offer: PolicyVersion | None = None
     offered: asyncio.Event = field(default_factory=asyncio.Event)
     sent_version: int = 0
@@ -114,6 +115,8 @@ class Session:
 
     def offer_version(self, version: PolicyVersion) -> None:
         if not self.may_run(version.policy_name):  # a device receives only the policies assigned to it
+            return
+        if version.version in self.bad_versions:
             return
         if version.version > max(self.sent_version, self.offer.version if self.offer else 0):
             self.offer = version
@@ -629,6 +632,16 @@ class Gateway(pb_grpc.TunnelServicer):
 
     def _on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
         """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
+        if rejected.bad:  # it misbehaved on the robot, which rolled back: never offer it to this edge again
+            session.bad_versions.add(rejected.version)
+            log.error(
+                "%s rolled back from %s v%d (%s); a newer version will reach it when one is published",
+                session.resource.id,
+                rejected.policy_name,
+                rejected.version,
+                rejected.reason[:200],
+            )
+            return
         log.warning(
             "%s could not apply %s v%d (%s); sending a full snapshot",
             session.resource.id,

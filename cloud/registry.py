@@ -71,5 +71,23 @@ class PolicyRegistry:
         _atomic_write(directory / "latest.json", json.dumps(asdict(version)).encode())
         return version
 
+    def versions(self, policy_name: str) -> list[int]:
+        return sorted(int(p.stem[1:]) for p in self._dir(policy_name).glob("v*.safetensors"))
+
+    def rollback(self, policy_name: str, to_version: int | None = None) -> PolicyVersion:
+        """Publishes an earlier version's weights again, as the next version (versions never go backwards,
+        so every edge takes it like any update, and the steps it produces are told apart from the bad ones)."""
+        latest = self.latest(policy_name)
+        if latest is None:
+            raise ValueError(f"policy_name: no versions of {policy_name!r}")
+        target = latest.version - 1 if to_version is None else to_version
+        if not 1 <= target < latest.version:
+            raise ValueError(f"to_version: must be between 1 and v{latest.version - 1}, got {target}")
+        try:
+            weights = self.read(policy_name, target)
+        except FileNotFoundError as err:
+            raise ValueError(f"to_version: v{target} of {policy_name} is no longer in the registry") from err
+        return self.publish(policy_name, weights, note=f"rollback to v{target}")
+
     def read(self, policy_name: str, version: int) -> bytes:
         return (self._dir(policy_name) / f"v{version:06d}.safetensors").read_bytes()

@@ -96,8 +96,8 @@ class EdgeAgent:
         active = self.runtime.active
         self.tunnel.report_applied(name, version, active.update_bytes if active else 0)
 
-    def _on_rejected(self, name: str, version: int, reason: str) -> None:
-        self.tunnel.report_rejected(name, version, reason)
+    def _on_rejected(self, name: str, version: int, reason: str, bad: bool) -> None:
+        self.tunnel.report_rejected(name, version, reason, bad)
 
     def run(self, episodes: int = 0, duration_s: float = 0.0) -> LoopStats:
         """Runs the control loop until ``episodes`` episodes ended, ``duration_s`` passed, or stop()."""

@@ -40,10 +40,15 @@ class PolicyRuntime:
     def __init__(
         self,
         on_swapped: Callable[[str, int], None] | None = None,
-        on_rejected: Callable[[str, int, str], None] | None = None,
+        on_rejected: Callable[[str, int, str, bool], None] | None = None,
     ) -> None:
         self._held: dict[int, HeldState] = {}
+        # on_rejected(name, version, reason, bad): bad means the version itself misbehaved, not only its update
         self._on_rejected = on_rejected
+        self._previous: LoadedPolicy | None = None  # what to roll back to when a new version misbehaves
+        self._misbehaved: int | None = None  # a version whose outputs were not finite
+        self.bad_versions: set[int] = set()
+        self.rollbacks = 0
         self._active: LoadedPolicy | None = None
         self._ready: LoadedPolicy | None = None  # loaded, waiting for the next tick boundary
         self._load_queue: queue.Queue[tuple[str, int, bytes] | None] = queue.Queue()
@@ -95,18 +100,27 @@ class PolicyRuntime:
             except UpdateError as exc:  # e.g. a delta on a version this edge no longer holds: ask for a snapshot
                 log.warning("policy %s v%d not applied, keeping v%d: %s", name, version, self.version, exc)
                 if self._on_rejected:
-                    self._on_rejected(name, version, str(exc))
+                    self._on_rejected(name, version, str(exc), False)
             except Exception as exc:  # a bad update must not stop the robot: keep the current policy
                 log.error("policy %s v%d could not be loaded, keeping v%d: %s", name, version, self.version, exc)
                 if self._on_rejected:
-                    self._on_rejected(name, version, str(exc))
+                    self._on_rejected(name, version, str(exc), False)
 
     def begin_tick(self) -> bool:
         """Swaps in a newly loaded policy (between ticks, atomically). Returns True on a swap."""
+        active = self._active
+        if active is not None and self._misbehaved == active.version:
+            self._roll_back(active)
+            return True
         ready = self._ready
-        if ready is None or (self._active and ready.version <= self._active.version):
+        if (
+            ready is None
+            or (self._active and ready.version <= self._active.version)
+            or ready.version in self.bad_versions
+        ):
             return False
         self._ready = None
+        self._previous = self._active
         self._active = ready
         self._actions.clear()  # actions predicted by the old version are not applied after the swap
         self._in_flight = None
@@ -114,6 +128,21 @@ class PolicyRuntime:
         if self._on_swapped:
             self._on_swapped(ready.name, ready.version)
         return True
+
+    def _roll_back(self, bad: LoadedPolicy) -> None:
+        """Back to the version before ``bad`` (or to none): its steps are labelled with that older version."""
+        self._misbehaved = None
+        self.bad_versions.add(bad.version)
+        self._active, self._previous = self._previous, None
+        self._actions.clear()
+        self._in_flight = None
+        self.rollbacks += 1
+        back_to = f"v{self._active.version}" if self._active else "no policy (the robot holds or the operator drives)"
+        log.error("policy %s v%d gave non-finite actions: rolled back to %s", bad.name, bad.version, back_to)
+        if self._on_rejected:
+            self._on_rejected(bad.name, bad.version, "non-finite actions: rolled back", True)
+        if self._active and self._on_swapped:
+            self._on_swapped(self._active.name, self._active.version)
 
     def reset(self) -> None:
         """New episode: drop queued actions and the policy's history."""
@@ -152,8 +181,11 @@ class PolicyRuntime:
                 if "__reset__" in observation:
                     loaded.policy.reset()
                     continue
-                chunk = loaded.policy.act(observation)
-                future.set_result((np.asarray(chunk, dtype=np.float32), loaded.version))
+                chunk = np.asarray(loaded.policy.act(observation), dtype=np.float32)
+                if not np.isfinite(chunk).all():
+                    self._misbehaved = loaded.version  # the control thread rolls back at the next tick
+                    raise ValueError(f"policy v{loaded.version} returned non-finite actions")
+                future.set_result((chunk, loaded.version))
             except Exception as exc:
                 log.error("inference with policy v%d failed: %s", loaded.version, exc)
                 future.set_exception(exc)

@@ -116,8 +116,9 @@ class TunnelClient:
             )
         )
 
-    def report_rejected(self, policy_name: str, version: int, reason: str) -> None:
-        self._send(pb.EdgeMessage(rejected=pb.PolicyRejected(policy_name=policy_name, version=version, reason=reason)))
+    def report_rejected(self, policy_name: str, version: int, reason: str, bad: bool = False) -> None:
+        rejected = pb.PolicyRejected(policy_name=policy_name, version=version, reason=reason[:1000], bad=bad)
+        self._send(pb.EdgeMessage(rejected=rejected))
 
     def _send(self, message: pb.EdgeMessage) -> None:
         outgoing = self._outgoing

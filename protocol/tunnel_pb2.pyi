@@ -182,14 +182,16 @@ class PolicyApplied(_message.Message):
     def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., applied_mono_ns: _Optional[int] = ..., received_bytes: _Optional[int] = ...) -> None: ...
 
 class PolicyRejected(_message.Message):
-    __slots__ = ("policy_name", "version", "reason")
+    __slots__ = ("policy_name", "version", "reason", "bad")
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    BAD_FIELD_NUMBER: _ClassVar[int]
     policy_name: str
     version: int
     reason: str
-    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    bad: bool
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., bad: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("mono_ns",)

@@ -19,3 +19,37 @@ def test_versions_are_monotonic_across_reopen(tmp_path) -> None:
 def test_refuses_bad_policy_name(tmp_path) -> None:
     with pytest.raises(ValueError, match="policy_name"):
         PolicyRegistry(tmp_path).publish("../escape", b"x")
+
+
+def test_rollback_republishes_an_earlier_version_as_the_next_one(tmp_path) -> None:
+    registry = PolicyRegistry(tmp_path)
+    for content in (b"one", b"two", b"bad"):
+        registry.publish("pick", content)
+    back = registry.rollback("pick")
+    assert (back.version, back.note) == (4, "rollback to v2")
+    assert registry.read("pick", 4) == b"two" and registry.latest("pick") == back
+    assert registry.rollback("pick", to_version=1).version == 5 and registry.read("pick", 5) == b"one"
+    assert registry.versions("pick") == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="to_version"):
+        registry.rollback("pick", to_version=5)
+    with pytest.raises(ValueError, match="policy_name"):
+        registry.rollback("place")
+
+
+def test_policy_rollback_command(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    registry = PolicyRegistry(tmp_path / "registry")
+    registry.publish("pick", b"one")
+    registry.publish("pick", b"two")
+    cli = [sys.executable, "-m", "launch.cli", "policy"]
+    done = subprocess.run([*cli, "rollback", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pick v3 published with the weights of v1" in done.stderr
+    listed = subprocess.run([*cli, "list", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert "v3 (latest): rollback to v1" in listed.stdout
+    bad = subprocess.run(
+        [*cli, "rollback", "pick", "--to", "9", "--root", str(tmp_path)], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "to_version" in bad.stderr

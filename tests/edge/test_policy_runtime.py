@@ -86,7 +86,7 @@ def test_deltas_apply_on_a_held_version_and_one_without_its_base_is_rejected() -
     from policies.updates import WireState, build_update
 
     rejected: list[tuple[str, int, str]] = []
-    runtime = PolicyRuntime(on_rejected=lambda name, version, reason: rejected.append((name, version, reason)))
+    runtime = PolicyRuntime(on_rejected=lambda name, version, reason, bad: rejected.append((name, version, reason)))
     v1, v2, v3 = (WireState.from_weights(weights(bias), version) for version, bias in ((1, 0.1), (2, 0.2), (3, 0.3)))
     runtime.load("p", 1, build_update(v1).payload)
     wait_loaded(runtime)
@@ -104,4 +104,28 @@ def test_deltas_apply_on_a_held_version_and_one_without_its_base_is_rejected() -
         time.sleep(0.01)
     assert rejected and rejected[0][:2] == ("p", 3) and "v7" in rejected[0][2]
     assert not runtime.begin_tick() and runtime.version == 2
+    runtime.close()
+
+
+def test_a_version_with_non_finite_actions_is_rolled_back_and_never_swapped_in_again() -> None:
+    events: list[tuple] = []
+    runtime = PolicyRuntime(
+        on_swapped=lambda name, version: events.append(("swapped", version)),
+        on_rejected=lambda name, version, reason, bad: events.append(("rejected", version, bad)),
+    )
+    runtime.load("p", 1, weights(0.5))
+    wait_loaded(runtime)
+    assert runtime.begin_tick()
+    runtime.load("p", 2, weights(float("nan")))
+    wait_loaded(runtime)
+    assert runtime.begin_tick() and runtime.version == 2
+    action, version = runtime.next_action(OBS, deadline=time.monotonic() + 5)
+    assert action is None and version == 2  # a NaN chunk is never applied
+    assert runtime.begin_tick() and runtime.version == 1  # rolled back at the next tick boundary
+    np.testing.assert_allclose(runtime.next_action(OBS, deadline=time.monotonic() + 5)[0], [0.5, 0.5])
+    assert events == [("swapped", 1), ("swapped", 2), ("rejected", 2, True), ("swapped", 1)]
+    assert runtime.rollbacks == 1 and runtime.bad_versions == {2}
+    runtime.load("p", 2, weights(float("nan")))  # the same version again: refused at the boundary
+    wait_loaded(runtime)
+    assert not runtime.begin_tick() and runtime.version == 1
     runtime.close()
