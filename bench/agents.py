@@ -77,7 +77,7 @@ def _trace(agent, messages, who: str) -> None:
     loading: collections.deque[int] = collections.deque()
     receive_chunk = agent.tunnel._receive_policy_chunk
     on_policy = agent.tunnel.on_policy
-    from_bytes = edge.policy_runtime.policy_from_bytes
+    apply_update = edge.policy_runtime.apply_update
 
     def receive_chunk_traced(chunk) -> None:
         entry = stamps.setdefault(chunk.version, {})
@@ -92,9 +92,9 @@ def _trace(agent, messages, who: str) -> None:
         loading.append(version)
         on_policy(name, version, data)
 
-    def from_bytes_traced(data: bytes):
+    def apply_update_traced(data: bytes, held):
         try:
-            return from_bytes(data)
+            return apply_update(data, held)
         finally:
             version = loading.popleft()
             entry = stamps.pop(version, {})
@@ -103,7 +103,7 @@ def _trace(agent, messages, who: str) -> None:
 
     agent.tunnel._receive_policy_chunk = receive_chunk_traced
     agent.tunnel.on_policy = on_policy_traced
-    edge.policy_runtime.policy_from_bytes = from_bytes_traced
+    edge.policy_runtime.apply_update = apply_update_traced
 
 
 def subscriber_main(who: str, target: str, messages) -> None:

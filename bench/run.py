@@ -8,6 +8,7 @@
 (b) push     registry.publish -> "applied" on 1 and 4 edges for ~1M and ~50M MLPs, vs raw gRPC + sha256
 (c) jitter   30 Hz tick jitter and missed deadlines while versions arrive, vs the same loop without updates
 (d) ros2     640x480 images at 30 Hz through ROS 2 into the driver: Fast DDS shared memory vs its default transport
+(e) delta    a LoRA-adapted model's update as a delta vs a full-weights push: bytes and publish -> applied
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -32,14 +33,14 @@ from rich.text import Text
 from bench.common import HIGHER, Result
 
 RESULTS = Path(__file__).with_name("results.json")
-FIGURES = ("uplink", "push", "jitter", "ros2")
+FIGURES = ("uplink", "push", "jitter", "ros2", "delta")
 
 
 def run_bench(
     figures: Sequence[str] = FIGURES, quick: bool = False, out: Path | None = RESULTS, console: Console | None = None
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
-    from bench import jitter, push, ros2_image, uplink
+    from bench import delta, jitter, push, ros2_image, uplink
     from bench.common import LoopThread
 
     unknown = sorted(set(figures) - set(FIGURES))
@@ -69,6 +70,8 @@ def run_bench(
             results += jitter.measure(loop, workdir, duration_s=3.0 if quick else 10.0, say=say)
         if "ros2" in figures:
             results += ros2_image.measure(seconds=2.0 if quick else 5.0, say=say)
+        if "delta" in figures:
+            results += delta.measure(loop, workdir, hidden=[1024, 1024] if quick else [4096, 4096], say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

@@ -23,3 +23,9 @@ def test_quick_uplink_gives_positive_values_and_ratios(tmp_path) -> None:
     for entry in saved:
         assert set(entry) >= {"name", "value", "unit", "baseline", "ratio"}
         assert entry["ratio"] == entry["value"] / entry["baseline"]
+
+
+def test_quick_delta_bench_sends_a_small_share_of_a_full_push(tmp_path) -> None:
+    results = {r.unit: r for r in run_bench(figures=("delta",), quick=True, out=tmp_path / "results.json")}
+    assert 0 < results["B"].value < 0.05 * results["B"].baseline  # bytes: a LoRA delta vs the whole model
+    assert results["s"].value > 0 and results["s"].baseline > 0
