@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from cloud.devices import AuthError, Device, DeviceRegistry
 from cloud.fleet import FleetScheduler, Requirements, Task
+from cloud.inference import InferenceJob, InferenceServer
 from cloud.registry import PolicyRegistry, PolicyVersion
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
@@ -27,9 +28,9 @@ from policies.weights import sha256_hex
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
-from protocol.arrays import CodecError
+from protocol.arrays import CodecError, encode_array
 from protocol.limits import check_applied, check_capabilities, check_heartbeat, check_hello, check_rejected
-from protocol.steps import MAX_BATCH_BYTES, Schema, check_id, decode_batch, quoted, schema_for
+from protocol.steps import MAX_BATCH_BYTES, Schema, check_id, decode_batch, decode_observation, quoted, schema_for
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -84,6 +85,7 @@ class Session:
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     device: Device | None = None  # its credential, when the cloud checks credentials
     needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
+    remote: bool = False  # its policy runs in the cloud (remote inference): it gets action chunks, not weights
     bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from
     offer: PolicyVersion | None = None
     offered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,7 +116,7 @@ class Session:
         return self.device is None or not self.device.policies or policy_name in self.device.policies
 
     def offer_version(self, version: PolicyVersion) -> None:
-        if not self.may_run(version.policy_name):  # a device receives only the policies assigned to it
+        if self.remote or not self.may_run(version.policy_name):  # weights only for edges that run them
             return
         if version.version in self.bad_versions:
             return
@@ -302,6 +304,7 @@ class Gateway(pb_grpc.TunnelServicer):
         self.fleet = FleetScheduler(lost_after_s=config.lost_after_s, on_assign=self._on_assign)
         for task in config.tasks:
             self.fleet.add_task(task)
+        self.inference = InferenceServer(registry)
         self.writer = StoreWriter(
             store, config.flush_rows, config.flush_delay_s, config.flush_bytes, config.max_unwritten_bytes
         )
@@ -341,6 +344,15 @@ class Gateway(pb_grpc.TunnelServicer):
     async def stop(self, grace_s: float = 1.0) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.inference.close()
+        stats = self.inference.stats
+        if stats.forward_passes:
+            log.info(
+                "remote inference: %d forward passes answered %d requests (passes by batch size: %s)",
+                stats.forward_passes,
+                stats.requests,
+                ", ".join(f"{size}: {count}" for size, count in sorted(stats.batch_sizes.items())),
+            )
         await self.writer.flush()
         if self._server is not None:
             await self._server.stop(grace_s)
@@ -417,6 +429,7 @@ class Gateway(pb_grpc.TunnelServicer):
             previous.out.put_nowait(None)
         session = Session(
             resource=resource,
+            remote=hello.remote_inference,
             device=device,
             policy_name=policy_name,
             schema=schema,
@@ -512,6 +525,8 @@ class Gateway(pb_grpc.TunnelServicer):
                         )
                         for callback in self.on_applied:
                             callback(session.resource.id, message.applied)
+                    elif kind == "infer":
+                        self._infer(session, message.infer)
                     elif kind == "rejected":
                         check_rejected(message.rejected)
                         self._on_rejected(session, message.rejected)
@@ -539,6 +554,27 @@ class Gateway(pb_grpc.TunnelServicer):
             pass
         finally:
             session.out.put_nowait(None)
+
+    def _infer(self, session: Session, request: pb.InferenceRequest) -> None:
+        """Remote inference: queued for the next batched forward pass; the reply goes down this tunnel."""
+        if not session.remote:
+            raise CodecError("infer", "this edge runs its policy itself (say remote_inference in the hello)")
+        if not session.policy_name:
+            session.send(
+                pb.CloudMessage(actions=pb.InferenceReply(request_id=request.request_id, error="no task: hold still"))
+            )
+            return
+        observation = decode_observation(request, session.schema, self.config.max_batch_bytes)
+
+        def reply(actions, version: int, error: str, batch_size: int) -> None:
+            answer = pb.InferenceReply(
+                request_id=request.request_id, policy_version=version, error=error, batch_size=batch_size
+            )
+            if actions is not None:
+                answer.actions.CopyFrom(encode_array(actions))
+            session.send(pb.CloudMessage(actions=answer))
+
+        self.inference.submit(session.policy_name, InferenceJob(observation, reply))
 
     def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
         try:

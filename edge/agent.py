@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.policy_runtime import PolicyRuntime
 from edge.recorder import Step, StepRecorder
+from edge.remote_runtime import RemotePolicyRuntime
 from edge.spool import Spool
 from edge.tunnel_client import TunnelClient
 from hal.resource import Driver, ResourceInfo, clamp_action
@@ -52,6 +53,7 @@ class EdgeAgent:
         max_spool_bytes: int = 0,
         record_digest: bool = False,
         ca: str | None = None,
+        remote_inference: bool = False,
     ) -> None:
         self.resource = resource
         self.driver = driver
@@ -63,7 +65,16 @@ class EdgeAgent:
         # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
         # once the cloud has been silent this long, for sites that want a supervised robot only.
         self.hold_on_link_loss_s = hold_on_link_loss_s
-        self.runtime = PolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
+        if remote_inference:  # the policy runs in the cloud; the loop below is the same
+            self.runtime = RemotePolicyRuntime(
+                1.0 / resource.capabilities.control_hz,
+                send=lambda request: self.tunnel.send_infer(request),
+                observation_dtypes={s.name: s.dtype for s in resource.capabilities.observation},
+                on_swapped=self._on_swapped,
+                policy_name=policy_name,
+            )
+        else:
+            self.runtime = PolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
         # Non-empty while this robot must hold still: until the cloud gives it a task, or while paused. Once it
         # has a task it keeps working through link outages (its steps wait in the spool).
         self._hold_reason = "waiting for a task from the cloud"
@@ -83,6 +94,8 @@ class EdgeAgent:
             # Heartbeats often enough that a healthy but idle link never looks lost.
             heartbeat_s=min(2.0, hold_on_link_loss_s / 3) if hold_on_link_loss_s else 2.0,
             ca=ca,
+            remote_inference=remote_inference,
+            on_actions=self.runtime.on_reply if remote_inference else None,
         )
         # max_spool_bytes > 0 bounds the spool: once full the robot holds still (and records nothing) until
         # acks make room; unacked steps are never deleted. record_digest keeps a sha256 of every step produced.

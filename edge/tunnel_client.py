@@ -60,9 +60,13 @@ class TunnelClient:
         heartbeat_s: float = 2.0,
         silence_timeout_s: float = SILENCE_TIMEOUT_S,
         ca: str | None = None,
+        remote_inference: bool = False,
+        on_actions: Callable[[pb.InferenceReply], None] | None = None,
     ) -> None:
         self.target = target
         self.ca = ca
+        self.remote_inference = remote_inference
+        self.on_actions = on_actions
         self.resource = resource
         self.spool = spool
         self.policy_name = policy_name
@@ -116,6 +120,14 @@ class TunnelClient:
             )
         )
 
+    def send_infer(self, request: pb.InferenceRequest) -> bool:
+        """Queues an observation for remote inference; False when the link is down."""
+        outgoing = self._outgoing
+        if outgoing is None or not self.connected.is_set():
+            return False
+        outgoing.put(pb.EdgeMessage(infer=request))
+        return True
+
     def report_rejected(self, policy_name: str, version: int, reason: str, bad: bool = False) -> None:
         rejected = pb.PolicyRejected(policy_name=policy_name, version=version, reason=reason[:1000], bad=bad)
         self._send(pb.EdgeMessage(rejected=rejected))
@@ -154,6 +166,7 @@ class TunnelClient:
                     policy_version=self.current_version(),
                     held=held,
                     protocol_version=PROTOCOL_VERSION,
+                    remote_inference=self.remote_inference,
                 )
             )
         )
@@ -194,6 +207,9 @@ class TunnelClient:
                         self._wake.set()
                     elif kind == "policy":
                         self._receive_policy_chunk(message.policy)
+                    elif kind == "actions":
+                        if self.on_actions:
+                            self.on_actions(message.actions)
                     elif kind == "assignment":
                         self.policy_name = message.assignment.policy_name or self.policy_name
                         if self.on_assignment:

@@ -33,6 +33,11 @@ class Policy(ABC, torch.nn.Module):
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         """Returns an action chunk of shape (chunk_size, action_dim), float32, for one observation."""
 
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Action chunks for several observations at once, (B, chunk_size, action_dim); one forward pass where
+        the policy can (remote inference batches robots' requests through this)."""
+        return np.stack([self.act(observation) for observation in observations])
+
     @abstractmethod
     def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
         """Sets observation/action normalization from a dataset ("obs.<name>", "action" arrays)."""

@@ -100,6 +100,9 @@ class LoraPolicy(Policy):
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         return self.inner.act(observation)
 
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        return self.inner.act_batch(observations)
+
     def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
         self.inner.fit_normalization(batch)
 

@@ -82,6 +82,14 @@ class NormalizedPolicy(Policy):
         chunk = self.predict(batch)[0] * self.action_std + self.action_mean
         return chunk.numpy().astype(np.float32)
 
+    @torch.no_grad()
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        batch = {
+            f"obs.{k}": torch.as_tensor(np.stack([np.asarray(o[k]) for o in observations])) for k in self.observation
+        }
+        chunks = self.predict(batch) * self.action_std + self.action_mean
+        return chunks.numpy().astype(np.float32)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["action"].float().reshape(-1, self.chunk_size, self.action_dim)
         target = (target - self.action_mean) / self.action_std

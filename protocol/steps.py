@@ -104,3 +104,32 @@ def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH
             raise CodecError(f"{field}.data", "contains NaN or infinity")
         columns[name] = values
     return columns
+
+
+def decode_observation(
+    request: pb.InferenceRequest, schema: Schema, max_bytes: int = MAX_BATCH_BYTES
+) -> dict[str, np.ndarray]:
+    """One observation for remote inference, keyed by observation name (no "obs." prefix); errors name the field."""
+    size = request.ByteSize()
+    if size > max_bytes:
+        raise CodecError("infer", f"{size} bytes exceeds the limit of {max_bytes}")
+    expected = {name.removeprefix("obs."): spec for name, spec in schema.items() if name.startswith("obs.")}
+    missing = sorted(set(expected) - set(request.observation))
+    if missing:
+        raise CodecError(f"infer.observation[{missing[0]}]", "is missing")
+    unknown = sorted(set(request.observation) - set(expected))
+    if unknown:
+        raise CodecError(f"infer.observation[{quoted(unknown[0])}]", f"is not one of {sorted(expected)}")
+    observation = {}
+    for name, (dtype, shape) in expected.items():
+        field = f"infer.observation[{name}]"
+        message = request.observation[name]
+        if message.dtype != dtype:
+            raise CodecError(f"{field}.dtype", f"expected {dtype}, got {message.dtype!r}")
+        if tuple(message.shape) != tuple(shape):
+            raise CodecError(f"{field}.shape", f"expected {list(shape)}, got {list(message.shape)}")
+        values = decode_array(message, field, max_bytes=max_bytes)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise CodecError(f"{field}.data", "contains NaN or infinity")
+        observation[name] = values
+    return observation

@@ -67,20 +67,22 @@ class EpisodeProgress(_message.Message):
     def __init__(self, episode_id: _Optional[str] = ..., next_seq: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version")
+    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version", "remote_inference")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_INFERENCE_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     token: str
     policy_name: str
     policy_version: int
     held: _containers.RepeatedCompositeFieldContainer[EpisodeProgress]
     protocol_version: int
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    remote_inference: bool
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ..., remote_inference: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment")
@@ -193,6 +195,37 @@ class PolicyRejected(_message.Message):
     bad: bool
     def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., bad: _Optional[bool] = ...) -> None: ...
 
+class InferenceRequest(_message.Message):
+    __slots__ = ("request_id", "observation", "observed_mono_ns")
+    class ObservationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Array
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    observation: _containers.MessageMap[str, Array]
+    observed_mono_ns: int
+    def __init__(self, request_id: _Optional[int] = ..., observation: _Optional[_Mapping[str, Array]] = ..., observed_mono_ns: _Optional[int] = ...) -> None: ...
+
+class InferenceReply(_message.Message):
+    __slots__ = ("request_id", "policy_version", "actions", "error", "batch_size")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    policy_version: int
+    actions: Array
+    error: str
+    batch_size: int
+    def __init__(self, request_id: _Optional[int] = ..., policy_version: _Optional[int] = ..., actions: _Optional[_Union[Array, _Mapping]] = ..., error: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
 class Heartbeat(_message.Message):
     __slots__ = ("mono_ns",)
     MONO_NS_FIELD_NUMBER: _ClassVar[int]
@@ -212,21 +245,23 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
 class EdgeMessage(_message.Message):
-    __slots__ = ("hello", "steps", "applied", "heartbeat", "rejected")
+    __slots__ = ("hello", "steps", "applied", "heartbeat", "rejected", "infer")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    INFER_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     steps: StepBatch
     applied: PolicyApplied
     heartbeat: Heartbeat
     rejected: PolicyRejected
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rejected: _Optional[_Union[PolicyRejected, _Mapping]] = ...) -> None: ...
+    infer: InferenceRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rejected: _Optional[_Union[PolicyRejected, _Mapping]] = ..., infer: _Optional[_Union[InferenceRequest, _Mapping]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop")
+    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop", "actions")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +269,7 @@ class CloudMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EMERGENCY_STOP_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     policy: PolicyChunk
@@ -241,7 +277,8 @@ class CloudMessage(_message.Message):
     heartbeat: Heartbeat
     error: Error
     emergency_stop: EmergencyStop
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ...) -> None: ...
+    actions: InferenceReply
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ...) -> None: ...
 
 class FleetMember(_message.Message):
     __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen")
