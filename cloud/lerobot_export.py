@@ -1,0 +1,297 @@
+"""Export: episodes of the store as a LeRobotDataset v3, written by lerobot's own writer.
+
+``export_lerobot`` writes a selection of one store dataset (by default every finished episode) to a new local
+directory through ``LeRobotDataset.create`` + ``add_frame``/``save_episode``/``finalize``, so lerobot's readers,
+``lerobot-train`` included, take it as their own. One store row becomes one frame:
+
+| store column            | LeRobotDataset feature                     |
+|-------------------------|--------------------------------------------|
+| ``obs.state``           | ``observation.state``                      |
+| ``obs.<n>``, uint8 HxWx3| ``observation.images.<n>`` (image, or video with ``video=True``) |
+| ``obs.<n>``, other      | ``observation.<n>``                        |
+| ``action``              | ``action``                                 |
+| ``reward``/``done``/``success`` | ``next.reward``/``next.done``/``next.success`` (lerobot's names) |
+| ``intervention``        | ``intervention`` (bool)                    |
+| ``policy_version``      | ``policy_version`` (int64)                 |
+| ``t_mono_ns``           | ``t_mono_ns`` (int64, the producing host's monotonic clock) |
+| episode's resource id   | ``resource_id`` (a per-frame string feature, which lerobot 0.6.1 supports) |
+| episode's task          | the frame's ``task`` (lerobot's task index) |
+
+Scalars become shape ``(1,)`` features, as lerobot stores them. Images are stored as PNG frames embedded in the
+parquet files by default: lossless, so values read back equal what the store holds. ``video=True`` encodes
+them with lerobot's default AV1 encoder instead (lossy; measured here to need frames of at least 32x32: SVT-AV1
+killed the process with SIGFPE on 16x16 ones).
+
+The store does not keep a resource's control rate, so ``fps`` is the caller's, or else derived from the steps'
+``t_mono_ns`` (the edge stamps each tick of its fixed-rate loop): the median step interval, rounded to whole
+frames per second. Next to lerobot's metadata, ``meta/fleetloop.json`` records where the export came from, the
+column-to-feature map, the resource ids, and per LeRobot episode index the store's episode id, resource id,
+source and task, so an import can tell its own exports apart.
+
+Errors are ValueErrors that start with the ``fleetloop export`` flag they concern (``--episodes``, ``--fps``...).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.store import EpisodeRecord, EpisodeStore
+
+META_FILE = "meta/fleetloop.json"  # fleetloop's provenance, next to lerobot's info.json
+META_FORMAT = 1
+STEP_FEATURES = {  # store column -> lerobot feature, for the provenance every step carries
+    "reward": "next.reward",
+    "done": "next.done",
+    "success": "next.success",
+    "intervention": "intervention",
+    "policy_version": "policy_version",
+    "t_mono_ns": "t_mono_ns",
+}
+RESOURCE_FEATURE = "resource_id"
+IMAGE_PREFIX = "observation.images."
+MIN_VIDEO_SIDE = 32
+MAX_FPS = 1000
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which episodes to export: all given filters must hold (an empty one holds for every episode)."""
+
+    episode_ids: tuple[str, ...] = ()
+    resource_ids: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    unfinished: bool = False  # also episodes whose last step is not done
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    repo_id: str
+    dataset: str
+    fps: int
+    fps_from: str  # "flag" or "t_mono_ns"
+    episodes: int
+    frames: int
+    features: dict[str, str] = field(default_factory=dict)  # store column -> lerobot feature
+
+
+def is_image(dtype: str, shape: tuple[int, ...]) -> bool:
+    return np.dtype(dtype) == np.uint8 and len(shape) == 3 and shape[2] == 3
+
+
+def feature_of(column: str, dtype: str, shape: tuple[int, ...]) -> str:
+    """The LeRobotDataset feature a store observation, the action, or a provenance column becomes."""
+    if column == "action":
+        return "action"
+    if column in STEP_FEATURES:
+        return STEP_FEATURES[column]
+    name = column.removeprefix("obs.")
+    return f"{IMAGE_PREFIX}{name}" if is_image(dtype, shape) else f"observation.{name}"
+
+
+def lerobot_features(schema: dict, video: bool) -> dict[str, dict[str, Any]]:
+    """lerobot's feature spec for a store schema (see the module docstring), keyed by lerobot feature."""
+    features: dict[str, dict[str, Any]] = {}
+    for column, spec in schema.items():
+        if column in ("seq", "episode_index"):
+            continue
+        name = feature_of(column, spec.dtype, spec.shape)
+        if is_image(spec.dtype, spec.shape):
+            features[name] = {
+                "dtype": "video" if video else "image",
+                "shape": tuple(spec.shape),
+                "names": ["height", "width", "channels"],
+            }
+        else:
+            features[name] = {"dtype": np.dtype(spec.dtype).name, "shape": tuple(spec.shape) or (1,), "names": None}
+    features[RESOURCE_FEATURE] = {"dtype": "string", "shape": (1,), "names": None}
+    return features
+
+
+def select_episodes(store: EpisodeStore, dataset: str, selection: Selection) -> list[EpisodeRecord]:
+    """The selected episodes in store order; ValueError naming the flag whose value matches nothing."""
+    if dataset not in store.datasets():
+        known = ", ".join(store.datasets()) or "none"
+        raise ValueError(f"--dataset: no dataset {dataset!r} in the store at {store.root} (it has: {known})")
+    episodes = store.episodes(dataset)
+    by_id = {e.episode_id: e for e in episodes}
+    for episode_id in selection.episode_ids:
+        if episode_id not in by_id:
+            raise ValueError(f"--episodes: no episode {episode_id!r} in dataset {dataset}")
+    resources = {e.resource_id for e in episodes}
+    for resource_id in selection.resource_ids:
+        if resource_id not in resources:
+            raise ValueError(f"--resource: no episode of resource {resource_id!r} in dataset {dataset}")
+    sources = {e.source for e in episodes}
+    for source in selection.sources:
+        if source not in sources:
+            raise ValueError(f"--source: no episode from source {source!r} in dataset {dataset}")
+    chosen = [
+        e
+        for e in episodes
+        if e.num_steps > 0
+        and (not selection.episode_ids or e.episode_id in selection.episode_ids)
+        and (not selection.resource_ids or e.resource_id in selection.resource_ids)
+        and (not selection.sources or e.source in selection.sources)
+    ]
+    if not selection.unfinished:
+        unfinished = [e.episode_id for e in chosen if not e.done]
+        if selection.episode_ids and unfinished:
+            raise ValueError(
+                f"--episodes: episode {unfinished[0]!r} has not finished (pass --include-unfinished to export it)"
+            )
+        chosen = [e for e in chosen if e.done]
+    if not chosen:
+        raise ValueError(
+            f"--dataset: no {'' if selection.unfinished else 'finished '}episode of {dataset} matches the selection"
+        )
+    return chosen
+
+
+def _rows_by_episode(store: EpisodeStore, dataset: str, wanted: list[EpisodeRecord]) -> dict[int, np.ndarray]:
+    """Committed row numbers of each wanted episode (by episode_index), in seq order."""
+    index = store.read(dataset, ["episode_index"])["episode_index"]
+    order = np.argsort(index, kind="stable")  # stable: the store appends an episode's rows in seq order
+    groups, starts, counts = np.unique(index[order], return_index=True, return_counts=True)
+    where = {int(g): order[s : s + c] for g, s, c in zip(groups, starts, counts, strict=True)}
+    return {e.index: where.get(e.index, np.zeros(0, np.int64)) for e in wanted}
+
+
+def infer_fps(store: EpisodeStore, dataset: str, rows: dict[int, np.ndarray]) -> int:
+    """Frames per second from the median interval between consecutive steps' t_mono_ns."""
+    stamps = store.read(dataset, ["t_mono_ns"])["t_mono_ns"]
+    gaps = np.concatenate([np.diff(stamps[r]) for r in rows.values() if len(r) > 1] or [np.zeros(0, np.int64)])
+    gaps = gaps[gaps > 0]
+    if len(gaps) == 0:
+        raise ValueError("--fps: the selected episodes have no step timestamps to derive a frame rate from; pass --fps")
+    fps = round(1e9 / float(np.median(gaps)))
+    if not 1 <= fps <= MAX_FPS:
+        raise ValueError(
+            f"--fps: the steps' t_mono_ns give {1e9 / float(np.median(gaps)):.3g} steps/s, not a control rate "
+            f"(1-{MAX_FPS} Hz); pass --fps"
+        )
+    return fps
+
+
+def _read_episode(store: EpisodeStore, dataset: str, rows: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = store.read(dataset, columns, start=lo, stop=hi)
+    return {name: values[rows - lo] for name, values in block.items()}
+
+
+def export_lerobot(
+    store: EpisodeStore,
+    dataset: str,
+    out: str | Path,
+    repo_id: str | None = None,
+    fps: int | None = None,
+    selection: Selection = Selection(),
+    video: bool = False,
+    progress: bool = True,
+) -> ExportReport:
+    """Writes the selected episodes of ``dataset`` to ``out`` (which must not exist) as a LeRobotDataset v3."""
+    out = Path(out)
+    repo_id = repo_id or f"fleetloop/{dataset}"
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"--repo-id: {repo_id!r} must look like 'owner/name'")
+    if out.exists():
+        raise ValueError(f"--out: {out} already exists; lerobot writes a dataset only into a new directory")
+    if fps is not None and not 1 <= int(fps) <= MAX_FPS:
+        raise ValueError(f"--fps: must be a whole number of frames per second in 1-{MAX_FPS}, got {fps}")
+    store.refresh()
+    episodes = select_episodes(store, dataset, selection)
+    schema = store.schema(dataset)
+    if video:
+        small = [c for c, s in schema.items() if is_image(s.dtype, s.shape) and min(s.shape[:2]) < MIN_VIDEO_SIDE]
+        if small:
+            raise ValueError(
+                f"--video: {small[0]} is {schema[small[0]].shape[0]}x{schema[small[0]].shape[1]}; the AV1 encoder "
+                f"needs at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE} (export without --video to store images)"
+            )
+    rows = _rows_by_episode(store, dataset, episodes)
+    fps_from = "flag" if fps is not None else "t_mono_ns"
+    fps = int(fps) if fps is not None else infer_fps(store, dataset, rows)
+    features = lerobot_features(schema, video)
+    columns = [c for c in schema if c not in ("seq", "episode_index")]
+    names = {c: feature_of(c, schema[c].dtype, schema[c].shape) for c in columns}
+    images = [c for c in columns if is_image(schema[c].dtype, schema[c].shape)]
+
+    import datasets as hf_datasets  # lerobot's own dependency; its per-episode "Map" bars would break ours
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bars_were_on = hf_datasets.utils.logging.is_progress_bar_enabled()
+    hf_datasets.utils.logging.disable_progress_bar()
+    frames = 0
+    try:
+        lerobot = LeRobotDataset.create(
+            repo_id,
+            fps=fps,
+            features=features,
+            root=out,
+            robot_type=dataset,
+            use_videos=video,
+            image_writer_threads=4 if images else 0,
+        )
+        with Progress(
+            TextColumn("[bold]export[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes, {task.fields[frames]} frames"),
+            TimeRemainingColumn(),
+            disable=not progress,
+            transient=False,
+        ) as bar:
+            task = bar.add_task(f"{dataset} -> {out}", total=len(episodes), frames=0)
+            for record in episodes:
+                data = _read_episode(store, dataset, rows[record.index], columns)
+                for i in range(len(rows[record.index])):
+                    frame: dict[str, Any] = {"task": record.task or dataset, RESOURCE_FEATURE: record.resource_id}
+                    for column in columns:
+                        value = data[column][i]
+                        frame[names[column]] = value if value.ndim else value.reshape(1)
+                    lerobot.add_frame(frame)
+                lerobot.save_episode()
+                frames += len(rows[record.index])
+                bar.update(task, advance=1, frames=frames)
+        lerobot.finalize()
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a half-written dataset would only mislead its reader
+        raise
+    finally:
+        if bars_were_on:
+            hf_datasets.utils.logging.enable_progress_bar()
+
+    meta = {
+        "format": META_FORMAT,
+        "store": str(store.root),
+        "dataset": dataset,
+        "repo_id": repo_id,
+        "fps": fps,
+        "fps_from": fps_from,
+        "features": {c: names[c] for c in columns},
+        "resource_feature": RESOURCE_FEATURE,
+        "schema": {c: [schema[c].dtype, list(schema[c].shape)] for c in columns},  # scalars were exported as (1,)
+        "resource_ids": sorted({e.resource_id for e in episodes}),
+        "episodes": [
+            {
+                "episode_index": i,
+                "episode_id": e.episode_id,
+                "resource_id": e.resource_id,
+                "source": e.source,
+                "task": e.task,
+                "steps": e.num_steps,
+                "intervention_steps": e.intervention_steps,
+                "success": e.success,
+            }
+            for i, e in enumerate(episodes)
+        ],
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    return ExportReport(out, repo_id, dataset, fps, fps_from, len(episodes), frames, meta["features"])

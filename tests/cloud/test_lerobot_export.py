@@ -1,0 +1,292 @@
+"""Export to and import from LeRobotDataset v3, checked with lerobot's own LeRobotDataset reading real files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the Hub: every dataset is a local directory
+
+import numpy as np
+import pytest
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from cloud.lerobot_export import META_FILE, Selection, export_lerobot
+from cloud.lerobot_import import episode_id_for, import_lerobot
+from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from protocol.steps import schema_for
+
+IMAGE = (12, 10, 3)  # height, width, channels: not square, so a swapped axis shows
+SCHEMA = {
+    name: ColumnSpec(dtype, shape)
+    for name, (dtype, shape) in schema_for(
+        [("state", "float32", (3,)), ("pixels", "uint8", IMAGE)], ("float32", (2,))
+    ).items()
+}
+# episode id, resource, steps, finished
+EPISODES = [("ep-a", "robot-1", 5, True), ("ep-b", "robot-2", 7, True), ("ep-c", "robot-1", 4, True)]
+
+
+def episode_columns(rng: np.random.Generator, n: int, version: int, done: bool) -> dict[str, np.ndarray]:
+    last = np.arange(n) == n - 1
+    return {
+        "obs.state": rng.normal(size=(n, 3)).astype(np.float32),
+        "obs.pixels": rng.integers(0, 256, (n, *IMAGE), dtype=np.uint8),
+        "action": rng.normal(size=(n, 2)).astype(np.float32),
+        "reward": rng.normal(size=n).astype(np.float32),
+        "done": last & done,
+        "success": last & done & (version % 2 == 0),
+        "intervention": rng.random(n) < 0.5,
+        "policy_version": np.full(n, version, np.int64),
+        "t_mono_ns": 5_000_000_000 + np.arange(n, dtype=np.int64) * 100_000_000,  # a 10 Hz control loop
+    }
+
+
+def build_store(root, unfinished: bool = True) -> tuple[EpisodeStore, dict[str, dict[str, np.ndarray]]]:
+    """The store with EPISODES (and an unfinished one), written in interleaved batches as a gateway would."""
+    store = EpisodeStore(root)
+    store.ensure_dataset("toy", SCHEMA)
+    rng = np.random.default_rng(7)
+    written = {}
+    episodes = EPISODES + ([("ep-open", "robot-2", 3, False)] if unfinished else [])
+    for version, (episode_id, _, n, done) in enumerate(episodes):
+        written[episode_id] = episode_columns(rng, n, version, done)
+    # two batches per episode, all the first halves before the second halves: rows of episodes interleave
+    for half in (0, 1):
+        batches = []
+        for episode_id, resource, n, _ in episodes:
+            cut = n // 2
+            rows = slice(0, cut) if half == 0 else slice(cut, n)
+            columns = {k: v[rows] for k, v in written[episode_id].items()}
+            task = f"task of {resource}"
+            batches.append(StepRows("toy", episode_id, resource, "sim", task, rows.start, columns))
+        store.write(batches)
+    return store, written
+
+
+def test_export_is_read_by_lerobot_frame_for_frame(tmp_path) -> None:
+    store, written = build_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    report = export_lerobot(store, "toy", out, repo_id="local/toy", progress=False)
+    assert (report.episodes, report.frames, report.fps, report.fps_from) == (3, 16, 10, "t_mono_ns")
+
+    dataset = LeRobotDataset("local/toy", root=out)
+    assert dataset.meta.info.codebase_version == "v3.0"
+    assert (dataset.num_episodes, dataset.num_frames, dataset.fps) == (3, 16, 10)  # the unfinished one is left out
+    features = dataset.features
+    assert features["observation.images.pixels"]["dtype"] == "image"
+    assert tuple(features["observation.images.pixels"]["shape"]) == IMAGE
+    assert tuple(features["observation.state"]["shape"]) == (3,) and tuple(features["action"]["shape"]) == (2,)
+    assert features["policy_version"]["dtype"] == "int64" and features["intervention"]["dtype"] == "bool"
+    assert features["resource_id"]["dtype"] == "string"
+    assert dataset.meta.robot_type == "toy"
+
+    meta = json.loads((out / META_FILE).read_text())
+    assert [e["episode_id"] for e in meta["episodes"]] == ["ep-a", "ep-b", "ep-c"]
+    assert meta["resource_ids"] == ["robot-1", "robot-2"] and meta["dataset"] == "toy"
+
+    start = 0
+    for index, (episode_id, resource, n, _) in enumerate(EPISODES):
+        episode = dataset.meta.episodes[index]
+        assert (episode["dataset_from_index"], episode["dataset_to_index"], episode["length"]) == (start, start + n, n)
+        assert episode["tasks"] == [f"task of {resource}"]
+        expected = written[episode_id]
+        for i in range(n):
+            frame = dataset[start + i]
+            assert int(frame["episode_index"]) == index and int(frame["frame_index"]) == i
+            assert float(frame["timestamp"]) == pytest.approx(i / 10)
+            np.testing.assert_array_equal(frame["observation.state"].numpy(), expected["obs.state"][i])
+            np.testing.assert_array_equal(frame["action"].numpy(), expected["action"][i])
+            image = frame["observation.images.pixels"]  # lerobot hands images out as float CxHxW in [0, 1]
+            assert tuple(image.shape) == (3, IMAGE[0], IMAGE[1])
+            pixels = np.rint(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            np.testing.assert_array_equal(pixels, expected["obs.pixels"][i])  # PNG: lossless
+            assert float(frame["next.reward"]) == expected["reward"][i]
+            assert bool(frame["next.done"]) == expected["done"][i] == (i == n - 1)
+            assert bool(frame["next.success"]) == expected["success"][i]
+            assert bool(frame["intervention"]) == expected["intervention"][i]
+            assert int(frame["policy_version"]) == index
+            assert int(frame["t_mono_ns"]) == expected["t_mono_ns"][i]
+            assert frame["resource_id"] == resource and frame["task"] == f"task of {resource}"
+        start += n
+    store.close()
+
+
+def test_export_selects_by_resource_episode_and_source(tmp_path) -> None:
+    store, written = build_store(tmp_path / "store")
+    export_lerobot(store, "toy", tmp_path / "r1", selection=Selection(resource_ids=("robot-1",)), progress=False)
+    dataset = LeRobotDataset("fleetloop/toy", root=tmp_path / "r1")
+    assert dataset.num_episodes == 2 and dataset.num_frames == 5 + 4
+    assert set(dataset.hf_dataset["resource_id"]) == {"robot-1"}
+    np.testing.assert_array_equal(dataset[5]["action"].numpy(), written["ep-c"]["action"][0])
+
+    selection = Selection(episode_ids=("ep-b", "ep-open"), unfinished=True)
+    export_lerobot(store, "toy", tmp_path / "two", fps=25, selection=selection, progress=False)
+    dataset = LeRobotDataset("fleetloop/toy", root=tmp_path / "two")
+    assert (dataset.num_episodes, dataset.num_frames, dataset.fps) == (2, 7 + 3, 25)
+    assert not dataset.hf_dataset["next.done"][-1]  # the unfinished episode, as it stands
+
+    with pytest.raises(ValueError, match="^--source: no episode from source 'phone'"):
+        export_lerobot(store, "toy", tmp_path / "x", selection=Selection(sources=("phone",)), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"dataset": "nope"}, "^--dataset: no dataset 'nope'"),
+        ({"selection": Selection(episode_ids=("ep-z",))}, "^--episodes: no episode 'ep-z'"),
+        ({"selection": Selection(episode_ids=("ep-open",))}, "^--episodes: episode 'ep-open' has not finished"),
+        ({"selection": Selection(resource_ids=("robot-9",))}, "^--resource: no episode of resource 'robot-9'"),
+        ({"repo_id": "no-owner"}, "^--repo-id: 'no-owner' must look like 'owner/name'"),
+        ({"fps": 0}, "^--fps: must be a whole number"),
+        ({"video": True}, "^--video: obs.pixels is 12x10"),
+        ({"out": "exists"}, "^--out: .* already exists"),
+    ],
+)
+def test_export_errors_name_the_flag(tmp_path, kwargs, error) -> None:
+    store, _ = build_store(tmp_path / "store")
+    (tmp_path / "exists").mkdir()
+    args = {"dataset": "toy", "out": tmp_path / "new"} | kwargs
+    if args["out"] == "exists":
+        args["out"] = tmp_path / "exists"
+    with pytest.raises(ValueError, match=error):
+        export_lerobot(store, progress=False, **args)
+    assert not (tmp_path / "new").exists()
+
+
+def test_export_needs_fps_when_the_steps_carry_no_timing(tmp_path) -> None:
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("toy", SCHEMA)
+    columns = episode_columns(np.random.default_rng(0), 4, 0, True)
+    columns["t_mono_ns"] = np.zeros(4, np.int64)
+    store.write([StepRows("toy", "e", "r", "sim", "t", 0, columns)])
+    with pytest.raises(ValueError, match="^--fps: .* pass --fps"):
+        export_lerobot(store, "toy", tmp_path / "out", progress=False)
+    assert export_lerobot(store, "toy", tmp_path / "out", fps=15, progress=False).fps == 15
+
+
+def test_import_brings_an_export_back_as_demonstrations_once(tmp_path) -> None:
+    source, written = build_store(tmp_path / "store")
+    export_lerobot(source, "toy", tmp_path / "lerobot", repo_id="lab/toy", progress=False)
+
+    store = EpisodeStore(tmp_path / "fresh")
+    report = import_lerobot(store, tmp_path / "lerobot", progress=False)
+    assert (report.dataset, report.repo_id, report.resource_id) == ("toy", "lab/toy", "import:lab/toy")
+    assert (report.episodes, report.imported, report.skipped, report.steps) == (3, 3, 0, 16)
+    assert report.columns["observation.images.pixels"] == "obs.pixels"
+    assert set(report.ignored) == {"intervention", "policy_version", "resource_id"}
+    assert store.schema("toy") == source.schema("toy")
+
+    episodes = store.episodes("toy")
+    assert [e.episode_id for e in episodes] == [episode_id_for("lab/toy", i) for i in range(3)]
+    assert {(e.source, e.resource_id) for e in episodes} == {("import", "import:lab/toy")}
+    assert [e.task for e in episodes] == ["task of robot-1", "task of robot-2", "task of robot-1"]
+    assert all(e.done and e.intervention_steps == e.num_steps for e in episodes)
+    for record, (episode_id, _, n, _) in zip(episodes, EPISODES, strict=True):
+        rows = store.row_indices("toy", record.episode_id)
+        data = {k: v[rows] for k, v in store.read("toy").items()}
+        expected = written[episode_id]
+        assert len(rows) == n and (data["seq"] == np.arange(n)).all()
+        for column in ("obs.state", "obs.pixels", "action", "reward", "done", "success", "t_mono_ns"):
+            np.testing.assert_array_equal(data[column], expected[column], err_msg=column)
+        assert data["intervention"].all() and (data["policy_version"] == 0).all()
+
+    rows = store.committed_rows("toy")
+    again = import_lerobot(store, tmp_path / "lerobot", progress=False)
+    assert (again.imported, again.skipped, again.steps) == (0, 3, 0)
+    assert store.committed_rows("toy") == rows and len(store.episodes("toy")) == 3
+    store.close()
+    reopened = EpisodeStore(tmp_path / "fresh", read_only=True)  # and from disk, as another process sees it
+    assert reopened.committed_rows("toy") == rows
+    source.close()
+
+
+def test_import_reads_a_dataset_written_by_lerobot_itself(tmp_path) -> None:
+    """A dataset with lerobot's own conventions (channels-first image, no fleetloop features) becomes demos."""
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (4,), "names": ["a", "b", "c", "d"]},
+        "observation.image": {"dtype": "image", "shape": (3, 8, 6), "names": ["channels", "height", "width"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+    }
+    root = tmp_path / "theirs"
+    writer = LeRobotDataset.create("someone/pushish", fps=5, features=features, root=root, use_videos=False)
+    rng = np.random.default_rng(3)
+    frames = []
+    for length in (4, 6):
+        for _ in range(length):
+            frame = {
+                "observation.state": rng.normal(size=4).astype(np.float32),
+                "observation.image": rng.integers(0, 256, (3, 8, 6), dtype=np.uint8),
+                "action": rng.normal(size=2).astype(np.float32),
+                "next.reward": np.array([1.5], np.float32),
+                "task": "push the block",
+            }
+            frames.append({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in frame.items()})
+            writer.add_frame(frame)
+        writer.save_episode()
+    writer.finalize()
+
+    store = EpisodeStore(tmp_path / "store")
+    report = import_lerobot(store, root, repo_id="someone/pushish", resource_id="lab-demos", progress=False)
+    assert report.dataset == "pushish" and report.steps == 10
+    schema = store.schema("pushish")
+    assert schema["obs.image"] == ColumnSpec("|u1", (8, 6, 3)) and schema["obs.state"] == ColumnSpec("<f4", (4,))
+    data = store.read("pushish")
+    order = np.concatenate([store.row_indices("pushish", episode_id_for("someone/pushish", i)) for i in (0, 1)])
+    for row, frame in zip(order, frames, strict=True):
+        np.testing.assert_array_equal(data["obs.state"][row], frame["observation.state"])
+        np.testing.assert_array_equal(data["obs.image"][row], np.moveaxis(frame["observation.image"], 0, -1))
+        np.testing.assert_array_equal(data["action"][row], frame["action"])
+        assert data["reward"][row] == 1.5
+    assert data["done"][order].tolist() == [False] * 3 + [True] + [False] * 5 + [True]
+    assert data["t_mono_ns"][order][:4].tolist() == [0, 200_000_000, 400_000_000, 600_000_000]  # 5 fps
+    assert {e.resource_id for e in store.episodes("pushish")} == {"lab-demos"}
+    store.close()
+
+
+def test_import_errors_name_the_flag(tmp_path) -> None:
+    source, _ = build_store(tmp_path / "store")
+    export_lerobot(source, "toy", tmp_path / "lerobot", progress=False)
+    store = EpisodeStore(tmp_path / "fresh")
+    with pytest.raises(ValueError, match="^--from: .* is not a local LeRobotDataset"):
+        import_lerobot(store, tmp_path / "nothing", progress=False)
+    with pytest.raises(ValueError, match="^--dataset: 'no good' must be"):
+        import_lerobot(store, tmp_path / "lerobot", dataset="no good", progress=False)
+    other = {**SCHEMA, "obs.state": ColumnSpec("<f4", (5,))}
+    store.ensure_dataset("arm", other)
+    with pytest.raises(ValueError, match="^--dataset: arm cannot hold .*obs.state"):
+        import_lerobot(store, tmp_path / "lerobot", dataset="arm", progress=False)
+    import_lerobot(store, tmp_path / "lerobot", dataset="toy2", progress=False)
+    with pytest.raises(ValueError, match="^--dataset: episode 0 of fleetloop/toy is already in dataset toy2"):
+        import_lerobot(store, tmp_path / "lerobot", dataset="toy3", progress=False)
+    store.close()
+    source.close()
+
+
+def test_scalar_columns_go_out_as_lerobot_shape_one_and_come_back_scalar(tmp_path) -> None:
+    schema = schema_for([("speed", "float32", ()), ("state", "float64", (2,))], ("float32", ()))
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("cart", {k: ColumnSpec(d, s) for k, (d, s) in schema.items()})
+    columns = episode_columns(np.random.default_rng(1), 6, 0, True)
+    columns = {k: v for k, v in columns.items() if not k.startswith("obs.")} | {
+        "obs.speed": np.linspace(0, 1, 6, dtype=np.float32),
+        "obs.state": np.arange(12, dtype=np.float64).reshape(6, 2),
+        "action": np.linspace(-1, 1, 6, dtype=np.float32),
+    }
+    store.write([StepRows("cart", "e", "r", "robot", "roll", 0, columns)])
+    export_lerobot(store, "cart", tmp_path / "out", progress=False)
+    dataset = LeRobotDataset("fleetloop/cart", root=tmp_path / "out")
+    assert tuple(dataset.features["observation.speed"]["shape"]) == (1,)
+    assert dataset.features["observation.state"]["dtype"] == "float64"
+    assert tuple(dataset.features["action"]["shape"]) == (1,)
+
+    fresh = EpisodeStore(tmp_path / "fresh")
+    import_lerobot(fresh, tmp_path / "out", progress=False)
+    assert fresh.schema("cart") == store.schema("cart")
+    back = fresh.read("cart")
+    for column in ("obs.speed", "obs.state", "action"):
+        np.testing.assert_array_equal(back[column], columns[column], err_msg=column)
+    fresh.close()
+    store.close()

@@ -1,0 +1,76 @@
+"""lerobot ACT, then lerobot diffusion, pushed to a real edge process that runs them on the pusht sim's images."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from cloud.registry import PolicyRegistry
+from cloud.store import EpisodeStore
+from hal.sim import SIM_TASKS
+from policies.lerobot_policy import LerobotPolicy
+from policies.weights import policy_to_bytes
+from tests.e2e.fleet import Fleet, wait_until
+from tests.policies.lerobot_tiny import TINY, fit_data_for_spec
+
+DATASET = "pusht"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def tiny_lerobot_policy(lerobot_type: str) -> LerobotPolicy:
+    spec = SIM_TASKS[DATASET]
+    observation = {s.name: {"shape": list(s.shape), "dtype": s.dtype} for s in spec.observation}
+    torch.manual_seed(0)
+    policy = LerobotPolicy(observation, spec.action.shape[0], lerobot_type, TINY[lerobot_type])
+    # Untrained, but with statistics in the robot's units so its actions land in the arena.
+    low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
+    policy.fit_normalization(fit_data_for_spec(observation, low, high))
+    return policy.eval()
+
+
+def test_lerobot_act_then_diffusion_run_on_the_edge(tmp_path) -> None:
+    started = time.monotonic()
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.start_cloud()
+        fleet.start_edge("pusht-1", "--operator", "none", robot="sim:pusht", hz=10, env=OFFLINE)
+        store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+        registry = PolicyRegistry(fleet.root / "data" / "registry")
+
+        def rows(version: int) -> int:
+            store.refresh()
+            if DATASET not in store.datasets():
+                return 0
+            return int((store.read(DATASET, columns=["policy_version"])["policy_version"] == version).sum())
+
+        wait_until(lambda: DATASET in store.datasets() or store.refresh(), 60, "the pusht edge to connect")
+        act_policy = tiny_lerobot_policy("act")
+        assert registry.publish(DATASET, policy_to_bytes(act_policy)).version == 1
+        wait_until(lambda: rows(1) >= 15, 60, "steps under lerobot ACT v1")
+
+        diffusion_policy = tiny_lerobot_policy("diffusion")
+        assert registry.publish(DATASET, policy_to_bytes(diffusion_policy)).version == 2
+        wait_until(lambda: rows(2) >= 15, 60, "steps under lerobot diffusion v2")
+        assert fleet.stop("pusht-1") == 0
+
+        store.refresh()
+        data = store.read(DATASET, columns=["policy_version", "action", "intervention", "t_mono_ns", "obs.pixels"])
+        assert store.committed_rows(DATASET) == fleet.stats("pusht-1")["ticks"]
+        versions = data["policy_version"][np.argsort(data["t_mono_ns"], kind="stable")]
+        assert set(versions.tolist()) == {1, 2}, "with no operator every step comes from a policy"
+        first_v2 = int(np.argmax(versions == 2))
+        assert (versions[:first_v2] == 1).all() and (versions[first_v2:] == 2).all(), "ran v1 after swapping to v2"
+        assert not data["intervention"].any()
+        actions = data["action"]
+        assert actions.shape[1:] == (2,) and np.isfinite(actions).all()
+        low, high = SIM_TASKS[DATASET].action.low, SIM_TASKS[DATASET].action.high
+        assert (actions >= low).all() and (actions <= high).all()
+        for version in (1, 2):
+            mine = actions[data["policy_version"] == version]
+            assert mine.std(axis=0).max() > 0, f"v{version}'s actions never changed: not the policy's chunks"
+        assert data["obs.pixels"].std() > 0  # the policies saw real rendered frames
+    finally:
+        fleet.stop_all()
+    assert time.monotonic() - started < 150
