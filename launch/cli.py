@@ -72,6 +72,17 @@ def _cloud_security(args: argparse.Namespace):
 # ---- cloud -----------------------------------------------------------------------------------------
 
 
+def _sample_ratios(text: str) -> tuple[str, tuple]:
+    """``[DATASET:]GROUP=RATIO,...`` -> (dataset or "", ratios); the sampler names what is wrong."""
+    from cloud.sampler import parse_ratios
+
+    dataset, sep, spec = text.rpartition(":")
+    try:
+        return (dataset if sep else "", parse_ratios(spec))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def add_learner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first-round-episodes",
@@ -83,21 +94,108 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
         "--round-episodes", type=_positive_int, default=5, help="new finished episodes between versions (default 5)"
     )
     parser.add_argument("--train-steps", type=_positive_int, default=1500, help="gradient steps per version")
+    parser.add_argument(
+        "--algorithm",
+        choices=["hg-dagger", "sac"],
+        default="hg-dagger",
+        help="hg-dagger: imitate the operator's corrections; sac: RL with interventions (HIL-SERL style)",
+    )
+    parser.add_argument(
+        "--staleness-budget",
+        type=int,
+        default=None,
+        metavar="N",
+        help="versions an on-policy step may lag the learner (drop: kept while age <= N; downweight: half-life N)",
+    )
+    parser.add_argument("--staleness-mode", choices=["drop", "downweight"], default="drop")
+    parser.add_argument(
+        "--staleness-decay", choices=["exp", "linear"], default="exp", help="how downweight decays (default exp)"
+    )
+    parser.add_argument(
+        "--staleness-interventions",
+        action="store_true",
+        help="let interventions age too (by default steps a person labelled are exempt)",
+    )
+    parser.add_argument(
+        "--sample-ratios",
+        type=_sample_ratios,
+        action="append",
+        default=[],
+        metavar="[DATASET:]GROUP=RATIO,...",
+        help="shares of each batch by kind of step (online, intervention, demo, offline; join kinds with +), "
+        "e.g. online=0.5,intervention+demo=0.5; prefix DATASET: for one task; repeatable",
+    )
+    parser.add_argument(
+        "--offline-source",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="episodes from this source are imported offline data (repeatable)",
+    )
+    parser.add_argument(
+        "--demo-ratio",
+        type=float,
+        default=0.5,
+        help="sac: share of each batch from the demonstration buffer (interventions, demos; default 0.5)",
+    )
+    parser.add_argument("--learner-seed", type=int, default=0, help="seed of the learner's batches (rank adds to it)")
 
 
 def learner_config(args: argparse.Namespace):
+    """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
     from cloud.learner import LearnerConfig
+    from cloud.sac import SACConfig
+    from cloud.sampler import SamplerConfig
 
-    return LearnerConfig(
-        first_round_episodes=args.first_round_episodes, round_episodes=args.round_episodes, train_steps=args.train_steps
-    )
+    default_ratios = None
+    per_dataset: dict[str, tuple] = {}
+    for dataset, ratios in getattr(args, "sample_ratios", []):
+        if not dataset:
+            default_ratios = ratios
+        else:
+            per_dataset[dataset] = ratios
+    try:
+        return LearnerConfig(
+            first_round_episodes=args.first_round_episodes,
+            round_episodes=args.round_episodes,
+            train_steps=args.train_steps,
+            algorithm=getattr(args, "algorithm", "hg-dagger"),
+            staleness_budget=getattr(args, "staleness_budget", None),
+            staleness_mode=getattr(args, "staleness_mode", "drop"),
+            staleness_decay=getattr(args, "staleness_decay", "exp"),
+            staleness_interventions=getattr(args, "staleness_interventions", False),
+            sampler=SamplerConfig(
+                ratios=default_ratios,
+                per_dataset=per_dataset,
+                offline_sources=tuple(getattr(args, "offline_source", [])),
+            ),
+            sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5)),
+            seed=getattr(args, "learner_seed", 0),
+        )
+    except ValueError as err:
+        message = str(err)
+        for field in ("staleness_budget", "staleness_mode", "staleness_decay", "demo_ratio", "sampler.ratios"):
+            key = field.split(".")[-1]
+            if field in message or f"sac.{key}" in message:
+                flag = {"ratios": "sample-ratios"}.get(key, key.replace("_", "-"))
+                raise ValueError(f"--{flag}: {message}") from err
+        raise
 
 
-def run_learner(root: str, config, stop: threading.Event | None = None, log_plain: bool = True) -> None:
+def run_learner(
+    root: str,
+    config,
+    stop: threading.Event | None = None,
+    log_plain: bool = True,
+    dist=None,
+    on_step=None,
+    max_rounds: int = 0,
+) -> None:
+    """The learner over ``root`` until ``stop`` (or signals); ``dist``: a cloud.distributed context (torchrun)."""
     setup_logging(plain=log_plain)
     import torch
 
-    from cloud.learner import HGDaggerLearner
+    from cloud.learner import Learner
     from cloud.registry import PolicyRegistry
     from cloud.store import EpisodeStore
 
@@ -105,7 +203,9 @@ def run_learner(root: str, config, stop: threading.Event | None = None, log_plai
     stop = stop or _stop_on_signals()
     store = EpisodeStore(Path(root) / "store", read_only=True)
     registry = PolicyRegistry(Path(root) / "registry")
-    HGDaggerLearner(store, registry, config, checkpoint_dir=Path(root) / "learner" / "checkpoint").run(stop)
+    checkpoint_dir = Path(root) / "learner" / "checkpoint"
+    learner = Learner(store, registry, config, checkpoint_dir=checkpoint_dir, dist=dist, on_step=on_step)
+    learner.run(stop, max_rounds=max_rounds)
 
 
 def _learner_process(root: str, config) -> None:
@@ -232,6 +332,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         tasks=tasks,
         lost_after_s=args.lost_after,
         devices=devices,
+        wire_dtype=args.wire_dtype,
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
@@ -255,7 +356,12 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
-    run_learner(args.root, learner_config(args), log_plain=False)
+    try:
+        config = learner_config(args)
+    except ValueError as err:
+        log.error("refusing to start: %s", err)
+        return 2
+    run_learner(args.root, config, log_plain=False)
     return 0
 
 
@@ -365,6 +471,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         max_spool_bytes=int(args.spool_max_mb * (1 << 20)),
         record_digest=bool(args.stats_file),
         ca=args.ca,
+        remote_inference=args.remote_policy,
     )
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
@@ -435,6 +542,36 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0 if reply.ok else 2
 
 
+# ---- policies --------------------------------------------------------------------------------------
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from cloud.registry import PolicyRegistry
+
+    registry = PolicyRegistry(Path(args.root) / "registry")
+    try:
+        if args.action == "rollback":
+            version = registry.rollback(args.name, args.to)
+            log.info(
+                "%s v%d published with the weights of %s; edges take it as their next update",
+                args.name,
+                version.version,
+                version.note.removeprefix("rollback to "),
+            )
+            return 0
+        latest = registry.latest(args.name)
+        if latest is None:
+            raise ValueError(f"policy_name: no versions of {args.name!r}")
+        for number in registry.versions(args.name):
+            marker = " (latest)" if number == latest.version else ""
+            note = latest.note if number == latest.version else ""
+            print(f"v{number}{marker}{': ' + note if note else ''}")
+    except ValueError as err:
+        log.error("policy %s: %s", args.action, err)
+        return 2
+    return 0
+
+
 # ---- devices and certificates ------------------------------------------------------------------------
 
 
@@ -499,6 +636,108 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- LeRobotDataset export and import ------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # writes a local dataset; nothing to fetch
+    from cloud.lerobot_export import Selection, export_lerobot
+    from cloud.store import EpisodeStore
+
+    if not (Path(args.root) / "zarr.json").is_file():
+        log.error("export: --root: no episode store at %s", args.root)
+        return 2
+    store = EpisodeStore(args.root, read_only=True)  # read_only: works while the cloud writes
+    selection = Selection(
+        episode_ids=tuple(args.episodes),
+        resource_ids=tuple(args.resource),
+        sources=tuple(args.source),
+        unfinished=args.include_unfinished,
+    )
+    try:
+        report = export_lerobot(
+            store, args.dataset, args.out, repo_id=args.repo_id, fps=args.fps, selection=selection, video=args.video
+        )
+    except ValueError as err:
+        log.error("export: %s", err)
+        return 2
+    finally:
+        store.close()
+    log.info(
+        "exported %d episodes (%d frames, %d fps from %s) of %s to %s as LeRobotDataset %s",
+        report.episodes,
+        report.frames,
+        report.fps,
+        "--fps" if report.fps_from == "flag" else "the step timestamps",
+        report.dataset,
+        report.out,
+        report.repo_id,
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # reads a local dataset; nothing to fetch
+    from cloud.lerobot_import import import_lerobot
+    from cloud.store import EpisodeStore
+
+    try:
+        store = EpisodeStore(args.root)
+    except RuntimeError as err:  # the one-writer lock: the cloud holds it
+        log.error("import: --root: %s; stop the cloud first or import into another root", err)
+        return 2
+    try:
+        report = import_lerobot(
+            store, args.from_dir, repo_id=args.repo_id, dataset=args.dataset, resource_id=args.resource
+        )
+    except ValueError as err:
+        log.error("import: %s", err)
+        return 2
+    finally:
+        store.close()
+    log.info(
+        "imported %d episodes (%d steps) of %s into %s as demonstrations from %s; %d were there already%s",
+        report.imported,
+        report.steps,
+        report.repo_id,
+        report.dataset,
+        report.resource_id,
+        report.skipped,
+        f" (features not taken over: {', '.join(report.ignored)})" if report.ignored else "",
+    )
+    return 0
+
+
+def _positive_fps(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be a whole number of frames per second in 1-1000, got {value}")
+    return value
+
+
+def add_interop_commands(sub) -> None:
+    export = sub.add_parser("export", help="write store episodes as a LeRobotDataset v3 (lerobot's own writer)")
+    export.add_argument("--root", default="fleetloop-data", help="the cloud's data folder (holds the store)")
+    export.add_argument("--dataset", required=True, help="the store dataset (embodiment), e.g. panda_pick_cube")
+    export.add_argument("--out", required=True, help="a new directory for the LeRobotDataset")
+    export.add_argument("--repo-id", default=None, help="the dataset's repo id (default fleetloop/<dataset>)")
+    export.add_argument("--episodes", nargs="+", action="extend", default=[], help="only these episode ids")
+    export.add_argument("--resource", nargs="+", action="extend", default=[], help="only these resources' episodes")
+    export.add_argument("--source", nargs="+", action="extend", default=[], help="only these sources (sim, robot...)")
+    export.add_argument("--include-unfinished", action="store_true", help="also episodes that have not ended")
+    export.add_argument("--fps", type=_positive_fps, default=None, help="default: from the steps' timestamps")
+    export.add_argument("--video", action="store_true", help="encode images as AV1 video (lossy) instead of PNG")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="bring a local LeRobotDataset into the store as offline demonstrations")
+    imp.add_argument("--root", default="fleetloop-data", help="the cloud's data folder (holds the store)")
+    imp.add_argument("--from", dest="from_dir", required=True, help="the LeRobotDataset's directory")
+    imp.add_argument("--repo-id", default=None, help="its repo id (default: from its export, else local/<dir>)")
+    imp.add_argument("--dataset", default=None, help="the store dataset (default: its robot type or name)")
+    imp.add_argument("--resource", default=None, help="resource id of the steps (default import:<repo id>)")
+    imp.set_defaults(func=cmd_import)
+
+
 # ---- demo ------------------------------------------------------------------------------------------
 
 
@@ -527,6 +766,12 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
     cloud.add_argument("--lost-after", type=_positive_float, default=5.0, help="seconds of silence before lost")
     cloud.add_argument("--max-batch-mb", type=_positive_float, default=32.0, help="largest step batch accepted")
+    cloud.add_argument(
+        "--wire-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="float weights on the wire (bfloat16 halves policy updates)",
+    )
     cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
     cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
     add_learner_args(cloud)
@@ -554,6 +799,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
     edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
+    edge.add_argument(
+        "--remote-policy",
+        action="store_true",
+        help="run the policy in the cloud (for models too large for this machine): observations up, action chunks down",
+    )
     edge.add_argument(
         "--watchdog",
         type=_positive_float,
@@ -592,6 +842,13 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--token", default=None, help="an operator device's token (or FLEETLOOP_TOKEN)")
     fleet.set_defaults(func=cmd_fleet)
 
+    policy = sub.add_parser("policy", help="list a policy's versions, or roll back to an earlier one")
+    policy.add_argument("action", choices=["list", "rollback"])
+    policy.add_argument("name", help="the policy, e.g. panda_pick_cube")
+    policy.add_argument("--root", default="fleetloop-data", help="the cloud's data folder")
+    policy.add_argument("--to", type=_positive_int, default=None, help="version to go back to (default: previous)")
+    policy.set_defaults(func=cmd_policy)
+
     devices = sub.add_parser("devices", help="issue, list and revoke per-device credentials")
     devices.add_argument("action", choices=["add", "list", "revoke"])
     devices.add_argument("id", nargs="?", default="", help="device id (the robot's --id)")
@@ -611,6 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--force", action="store_true", help="replace existing certificates")
     certs.set_defaults(func=cmd_certs)
+
+    add_interop_commands(sub)
 
     demo = sub.add_parser("demo", help="the whole loop on this machine: cloud, simulated robots, live table")
     demo.add_argument("--robots", type=_positive_int, default=2)

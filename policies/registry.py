@@ -7,9 +7,14 @@ from typing import Any
 from hal.resource import Capabilities
 from policies.base import Policy
 from policies.cnn import CNNPolicy
+from policies.lerobot_policy import LerobotPolicy
+from policies.lora import LoraPolicy
 from policies.mlp import MLPPolicy
+from policies.sac import SACActorPolicy
 
-POLICY_TYPES: dict[str, type[Policy]] = {cls.type_name: cls for cls in (MLPPolicy, CNNPolicy)}
+POLICY_TYPES: dict[str, type[Policy]] = {
+    cls.type_name: cls for cls in (MLPPolicy, CNNPolicy, LoraPolicy, SACActorPolicy, LerobotPolicy)
+}
 
 
 def make_policy(type_name: str, config: dict[str, Any]) -> Policy:

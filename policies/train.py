@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from torch import nn
 
 from policies.base import Policy
+
+# Draws one batch: (batch_size, generator) -> indices into the dataset.
+IndexSampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+class PolicyLoss(nn.Module):
+    """``forward(batch)`` = the policy's mean loss: what DistributedDataParallel wraps (it syncs gradients of
+    whatever its module's forward computes, and ``Policy.loss`` is not ``forward``)."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.policy.loss(batch).mean()
 
 
 def train_policy(
@@ -18,13 +36,21 @@ def train_policy(
     seed: int = 0,
     fit_normalization: bool = True,
     optimizer: torch.optim.Optimizer | None = None,
+    index_sampler: IndexSampler | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> float:
     """Trains ``policy`` in place on ``dataset`` ("obs.<name>", "action" arrays with equal first dimension).
 
-    Batches are drawn with replacement, in proportion to ``weights`` when given (e.g. staleness or
-    intervention weights). ``fit_normalization`` sets the normalization from the whole dataset first: do it
-    for a fresh policy, not when fine-tuning one whose normalization must stay fixed.
+    Batches are drawn with replacement: by ``index_sampler`` when given (``cloud.sampler.Sampler.draw``: explicit
+    ratios between kinds of data, staleness weights), else in proportion to ``weights`` when given, else uniformly.
+    ``fit_normalization`` sets the normalization from the whole dataset first: do it for a fresh policy, not when
+    fine-tuning one whose normalization must stay fixed.
     ``optimizer``: one the caller keeps (e.g. to checkpoint its state); by default a fresh AdamW.
+    ``wrap``: wraps the loss module, e.g. in DistributedDataParallel (``cloud.distributed``), so gradients are
+    averaged over ranks; ``on_step(step)`` runs after every optimizer step (1-based). ``device``: where the data and
+    the (already moved) policy live; batches are drawn on the CPU generator and moved there.
     Returns the mean loss over the last few steps.
     """
     n = len(dataset["action"])
@@ -32,26 +58,35 @@ def train_policy(
         raise ValueError("train_policy needs a non-empty dataset and steps > 0")
     if fit_normalization:
         policy.fit_normalization(dataset)
+        policy.to(device)  # the fitted buffers are CPU tensors
     # Tensors once up front; uint8 images stay uint8 (the policy scales them), which keeps memory low.
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dataset.items()}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in dataset.items()}
     generator = torch.Generator().manual_seed(seed)
     if weights is not None:
         probabilities = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if probabilities.shape != (n,) or not torch.all(probabilities >= 0) or probabilities.sum() <= 0:
             raise ValueError("weights must be non-negative, one per sample, and not all zero")
     optimizer = optimizer if optimizer is not None else torch.optim.AdamW(policy.parameters(), lr=lr)
+    model: nn.Module = PolicyLoss(policy)
+    if wrap is not None:
+        model = wrap(model)
     was_training = policy.training
     policy.train()
     recent: list[float] = []
-    for _ in range(steps):
-        if weights is None:
+    for step in range(1, steps + 1):
+        if index_sampler is not None:
+            index = index_sampler(batch_size, generator)
+        elif weights is None:
             index = torch.randint(n, (batch_size,), generator=generator)
         else:
             index = torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
-        loss = policy.loss({k: v[index] for k, v in tensors.items()}).mean()
+        index = index.to(device)
+        loss = model({k: v[index] for k, v in tensors.items()})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         recent = [*recent[-19:], loss.item()]
+        if on_step is not None:
+            on_step(step)
     policy.train(was_training)
     return float(np.mean(recent))

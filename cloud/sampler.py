@@ -1,0 +1,280 @@
+"""Training batches from the episode store with explicit ratios between kinds of data, per dataset (task).
+
+Every step falls into exactly one kind:
+
+- ``online``: the policy chose the action (``intervention`` false): on-policy data, subject to the staleness budget.
+- ``intervention``: a person took over while a policy ran (``intervention`` true, ``policy_version`` > 0).
+- ``demo``: a person drove while no policy ran yet (``intervention`` true, ``policy_version`` 0).
+- ``offline``: any step of an episode whose ``source`` is one of ``offline_sources`` (imported data sets).
+
+A *group* is a set of kinds written with ``+`` (``"intervention+demo"``); ``ratios`` give each group its share of
+every batch, e.g. ``{"online": 0.5, "intervention+demo": 0.5}`` is HIL-SERL's 50/50 between the online buffer and the
+demonstration buffer. A batch holds exactly ``round(share * batch_size)`` steps of each group (largest remainder, so
+the counts add up to the batch size). Within a group a step is drawn in proportion to its staleness weight
+(``cloud.staleness``); a step of weight 0 is never drawn. A group with no drawable step gives its share to the others
+in proportion to theirs (SAC's first round has demonstrations only), so ``ratios`` are the shares once every group
+has data. ``ratios=None`` draws uniformly (times staleness weight) over the kinds the algorithm trains on, which is
+what HG-DAgger always did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cloud.staleness import StalenessBudget
+from cloud.store import EpisodeStore
+
+KINDS = ("online", "intervention", "demo", "offline")
+ONLINE, INTERVENTION, DEMO, OFFLINE = range(len(KINDS))
+LABELLED_KINDS = ("intervention", "demo", "offline")  # a person chose these actions (or an imported data set did)
+Ratios = tuple[tuple[str, float], ...]
+
+
+def group_kinds(group: str, field_name: str = "sampler.ratios") -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in group.split("+"))
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"{field_name}: unknown kind {kind!r} in group {group!r}; kinds are {KINDS}")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"{field_name}: group {group!r} names a kind twice")
+    return kinds
+
+
+def _check_ratios(ratios: Mapping[str, float] | Iterable[tuple[str, float]], field_name: str) -> Ratios:
+    items = tuple((str(k), v) for k, v in (ratios.items() if isinstance(ratios, Mapping) else ratios))
+    if not items:
+        raise ValueError(f"{field_name}: needs at least one group")
+    seen: set[str] = set()
+    out = []
+    for group, ratio in items:
+        kinds = group_kinds(group, field_name)
+        if seen & set(kinds):
+            raise ValueError(f"{field_name}: kind(s) {sorted(seen & set(kinds))} appear in more than one group")
+        seen |= set(kinds)
+        try:
+            value = float(ratio)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{field_name}.{group}: ratio must be a number, got {ratio!r}") from err
+        if not (value >= 0 and np.isfinite(value)):
+            raise ValueError(f"{field_name}.{group}: ratio must be a finite number >= 0, got {ratio!r}")
+        out.append(("+".join(kinds), value))
+    if sum(v for _, v in out) <= 0:
+        raise ValueError(f"{field_name}: ratios must not all be 0")
+    return tuple(out)
+
+
+def parse_ratios(text: str) -> Ratios:
+    """``"online=0.5,intervention+demo=0.5"`` -> ratios (checked); ValueError naming the bad part."""
+    items = []
+    for part in text.split(","):
+        group, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"sampler.ratios: {part!r} is not GROUP=RATIO")
+        try:
+            items.append((group.strip(), float(value)))
+        except ValueError as err:
+            raise ValueError(f"sampler.ratios.{group.strip()}: ratio must be a number, got {value!r}") from err
+    return _check_ratios(items, "sampler.ratios")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """``ratios``: the default for every dataset (None: uniform over what the algorithm trains on);
+    ``per_dataset``: ratios of single datasets (tasks), overriding the default; ``offline_sources``: episode
+    sources whose steps are imported ``offline`` data. Mappings are accepted and stored as sorted tuples."""
+
+    ratios: Ratios | None = None
+    per_dataset: tuple[tuple[str, Ratios], ...] = ()
+    offline_sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.ratios is not None:
+            object.__setattr__(self, "ratios", _check_ratios(self.ratios, "sampler.ratios"))
+        per = self.per_dataset.items() if isinstance(self.per_dataset, Mapping) else self.per_dataset
+        checked = []
+        for dataset, ratios in per:
+            if not isinstance(dataset, str) or not dataset:
+                raise ValueError(f"sampler.per_dataset: dataset names must be non-empty strings, got {dataset!r}")
+            checked.append((dataset, _check_ratios(ratios, f"sampler.per_dataset.{dataset}")))
+        if len({d for d, _ in checked}) != len(checked):
+            raise ValueError("sampler.per_dataset: a dataset appears twice")
+        object.__setattr__(self, "per_dataset", tuple(sorted(checked)))
+        if isinstance(self.offline_sources, str) or not all(isinstance(s, str) for s in self.offline_sources):
+            raise ValueError(f"sampler.offline_sources must be a list of source names, got {self.offline_sources!r}")
+        object.__setattr__(self, "offline_sources", tuple(self.offline_sources))
+
+    def ratios_for(self, dataset: str) -> Ratios | None:
+        return dict(self.per_dataset).get(dataset, self.ratios)
+
+
+@dataclass
+class StepTable:
+    """Committed rows ``[0, rows)`` of one dataset with what sampling needs per row.
+
+    ``next_row``: the row of the same episode's next step (the next observation), or -1 where there is none yet
+    (the episode's last committed step). ``terminal``: the step ended its episode with success, so there is no next
+    observation to bootstrap from. A done step without success (time limit) has neither.
+    """
+
+    dataset: str
+    columns: dict[str, np.ndarray]
+    kind: np.ndarray  # int8 index into KINDS
+    next_row: np.ndarray
+    terminal: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.kind)
+
+    def has_transition(self) -> np.ndarray:
+        """Rows usable as (s, a, r, s', terminal) transitions."""
+        return (self.next_row >= 0) | self.terminal
+
+
+_NEEDED = ["episode_index", "seq", "intervention", "policy_version", "done", "success"]
+
+
+def load_steps(
+    store: EpisodeStore,
+    dataset: str,
+    columns: list[str],
+    rows: int | None = None,
+    offline_sources: tuple[str, ...] = (),
+) -> StepTable:
+    """Reads ``columns`` (plus the provenance sampling needs) of rows ``[0, rows)`` (all committed by default)."""
+    names = list(dict.fromkeys([*columns, *_NEEDED]))
+    data = store.read(dataset, columns=names, stop=rows)
+    n = len(data["seq"])
+    intervention = data["intervention"].astype(bool)
+    kind = np.where(intervention, np.where(data["policy_version"] > 0, INTERVENTION, DEMO), ONLINE).astype(np.int8)
+    if offline_sources:
+        offline_episodes = [e.index for e in store.episodes(dataset) if e.source in offline_sources]
+        kind[np.isin(data["episode_index"], offline_episodes)] = OFFLINE
+    # Rows of one episode interleave with other episodes' rows; order by (episode, seq) to find each successor.
+    order = np.lexsort((data["seq"], data["episode_index"]))
+    next_row = np.full(n, -1, np.int64)
+    if n > 1:
+        ep, seq = data["episode_index"][order], data["seq"][order]
+        follows = (ep[1:] == ep[:-1]) & (seq[1:] == seq[:-1] + 1)
+        next_row[order[:-1][follows]] = order[1:][follows]
+    terminal = data["done"].astype(bool) & data["success"].astype(bool)
+    next_row[data["done"].astype(bool)] = -1
+    return StepTable(dataset, data, kind, next_row, terminal)
+
+
+@dataclass
+class _Group:
+    name: str
+    ratio: float
+    positions: np.ndarray  # positions in Sampler.rows
+    weights: torch.Tensor | None  # None: uniform
+
+
+@dataclass
+class Sampler:
+    """Draws batches of row positions with exact per-group counts (see the module docstring).
+
+    ``rows``: the table rows that can ever be drawn (weight > 0 in some group); ``draw`` returns positions into
+    ``rows``, so a trainer can keep just ``rows``' data.
+    """
+
+    rows: np.ndarray
+    groups: list[_Group] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        table: StepTable,
+        ratios: Ratios | None,
+        trainable_kinds: tuple[str, ...],
+        staleness: StalenessBudget,
+        current_version: int,
+        eligible: np.ndarray | None = None,
+    ) -> Sampler:
+        """``trainable_kinds``: what the algorithm can learn from (HG-DAgger: labelled kinds only); a ratio group
+        naming another kind is a ValueError. ``eligible``: rows the algorithm can use at all (SAC: transitions)."""
+        weights = staleness.weights(
+            current_version,
+            table.columns["policy_version"],
+            table.columns["intervention"],
+            exempt=table.kind == OFFLINE,
+        )
+        if eligible is not None:
+            weights = np.where(eligible, weights, 0.0)
+        spec = ratios if ratios is not None else (("+".join(trainable_kinds), 1.0),)
+        members = []
+        for group, ratio in spec:
+            kinds = group_kinds(group)
+            for kind in kinds:
+                if kind not in trainable_kinds:
+                    raise ValueError(
+                        f"sampler.ratios.{group}: this algorithm cannot train on {kind!r} steps "
+                        f"(it trains on {trainable_kinds})"
+                    )
+            in_group = np.isin(table.kind, [KINDS.index(k) for k in kinds]) & (weights > 0)
+            members.append((group, ratio, np.flatnonzero(in_group)))
+        rows = np.unique(np.concatenate([m for _, _, m in members])) if members else np.zeros(0, np.int64)
+        groups = []
+        for group, ratio, member_rows in members:
+            w = weights[member_rows]
+            groups.append(
+                _Group(
+                    group,
+                    ratio,
+                    np.searchsorted(rows, member_rows),
+                    None if np.all(w == 1.0) else torch.as_tensor(w, dtype=torch.float64),
+                )
+            )
+        return cls(rows, groups)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def group_sizes(self) -> dict[str, int]:
+        return {g.name: len(g.positions) for g in self.groups}
+
+    def shares(self) -> dict[str, float]:
+        """The fraction of every batch each group gets now (empty groups' shares go to the others)."""
+        total = sum(g.ratio for g in self.groups if len(g.positions))
+        return {g.name: (g.ratio / total if len(g.positions) and total > 0 else 0.0) for g in self.groups}
+
+    def counts(self, batch_size: int) -> dict[str, int]:
+        """Steps of each group in a batch of ``batch_size``: exact shares rounded by largest remainder."""
+        shares = self.shares()
+        if not any(shares.values()):
+            raise ValueError("the sampler has no step to draw (every group is empty or weighs 0)")
+        exact = {name: share * batch_size for name, share in shares.items()}
+        counts = {name: int(np.floor(x)) for name, x in exact.items()}
+        remainder = batch_size - sum(counts.values())
+        order = sorted(exact, key=lambda name: (-(exact[name] - counts[name]), list(exact).index(name)))
+        for name in order[:remainder]:
+            counts[name] += 1
+        return counts
+
+    def probabilities(self) -> np.ndarray:
+        """Each drawable row's probability per draw (over ``rows``); sums to 1."""
+        p = np.zeros(self.size, np.float64)
+        for g, share in zip(self.groups, self.shares().values(), strict=True):
+            if share == 0:
+                continue
+            w = np.ones(len(g.positions)) if g.weights is None else g.weights.numpy()
+            np.add.at(p, g.positions, share * w / w.sum())
+        return p
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Positions into ``rows`` for one batch, grouped (shuffle if order matters)."""
+        parts = []
+        for g, count in zip(self.groups, self.counts(batch_size).values(), strict=True):
+            if count == 0:
+                continue
+            if g.weights is None:
+                pick = torch.randint(len(g.positions), (count,), generator=generator)
+            else:
+                pick = torch.multinomial(g.weights, count, replacement=True, generator=generator)
+            parts.append(torch.as_tensor(g.positions)[pick])
+        return torch.cat(parts)

@@ -1,0 +1,171 @@
+"""SAC with interventions: the actor as a policy, and a test-sized run whose success grows over versions."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cloud.learner import Learner, LearnerCheckpoint, LearnerConfig
+from cloud.registry import PolicyRegistry
+from cloud.sac import SACConfig
+from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from edge.operator import HGDaggerOperator
+from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
+from policies.sac import SACActorPolicy
+from policies.weights import policy_from_bytes, policy_to_bytes
+from protocol.steps import schema_for
+
+OBS = {"state": {"shape": [4], "dtype": "float32"}}
+
+
+def test_actor_acts_with_its_mean_inside_the_limits_and_survives_safetensors() -> None:
+    torch.manual_seed(0)
+    actor = SACActorPolicy(OBS, 2, action_low=[0.0, -2.0], action_high=[1.0, 2.0], hidden=[16])
+    observation = {"state": np.array([0.3, -0.2, 0.5, 0.1], np.float32)}
+    action = actor.act(observation)
+    assert action.shape == (1, 2) and action.dtype == np.float32
+    assert 0.0 <= action[0, 0] <= 1.0 and -2.0 <= action[0, 1] <= 2.0
+    mean, _ = actor.gaussian({"obs.state": torch.as_tensor(observation["state"])[None]})
+    expected = np.tanh(mean.detach().numpy()[0]) * np.array([0.5, 2.0]) + np.array([0.5, 0.0])
+    np.testing.assert_allclose(action[0], expected, rtol=1e-6)
+    restored = policy_from_bytes(policy_to_bytes(actor))
+    assert restored.type_name == "sac_actor"
+    np.testing.assert_array_equal(restored.act(observation), action)
+
+
+def test_sampled_log_probability_matches_a_tanh_transformed_gaussian() -> None:
+    torch.manual_seed(1)
+    actor = SACActorPolicy(OBS, 2, [-1.0, -1.0], [1.0, 1.0], hidden=[8])
+    batch = {"obs.state": torch.randn(64, 4)}
+    action, logp = actor.sample(batch, torch.Generator().manual_seed(0))
+    mean, log_std = actor.gaussian(batch)
+    reference = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()), [torch.distributions.TanhTransform()]
+    )
+    inside = action.abs() < 0.999  # atanh of a saturated sample loses precision in the reference
+    expected = reference.log_prob(action.clamp(-0.999, 0.999)).sum(-1)
+    rows = inside.all(-1)
+    assert rows.sum() > 32
+    torch.testing.assert_close(logp[rows], expected[rows], rtol=1e-3, atol=1e-3)
+
+
+def test_sac_config_names_the_bad_field() -> None:
+    with pytest.raises(ValueError, match="sac.gamma"):
+        SACConfig(gamma=1.0)
+    with pytest.raises(ValueError, match="sac.demo_ratio"):
+        SACConfig(demo_ratio=1.5)
+    with pytest.raises(ValueError, match="sac.action_limits.arm"):
+        SACConfig(action_limits=(("arm", (1.0,), (0.0,)),))
+    with pytest.raises(ValueError, match="learner.algorithm"):
+        LearnerConfig(algorithm="ppo")
+
+
+EVAL_SEEDS = range(1000, 1040)
+
+
+def autonomous_success(policy) -> float:
+    """Success with no operator at all, over fixed episodes."""
+    wins = 0
+    for seed in EVAL_SEEDS:
+        env = PointReachEnv()
+        observation, _ = env.reset(seed=seed)
+        for _ in range(env.max_steps):
+            observation, _, terminated, truncated, info = env.step(policy.act(observation)[0])
+            if terminated or truncated:
+                break
+        wins += bool(info["is_success"])
+    return wins / len(EVAL_SEEDS)
+
+
+def run_episode(robot, operator, policy, version: int) -> dict[str, np.ndarray]:
+    """One episode as the edge runs it: the policy's mean action, the operator taking over when it drifts."""
+    observation, rows = robot.reset(), []
+    operator.reset()
+    for step in range(100):
+        policy_action = policy.act(observation)[0] if policy is not None else None
+        action, intervention = operator.decide(observation, policy_action, step)
+        transition = robot.apply(action)
+        rows.append((observation["state"], action, transition, intervention))
+        observation = transition.observation
+        if transition.done:
+            break
+    return {
+        "obs.state": np.stack([r[0] for r in rows]).astype(np.float32),
+        "action": np.stack([r[1] for r in rows]).astype(np.float32),
+        "reward": np.array([r[2].reward for r in rows], np.float32),
+        "done": np.array([r[2].done for r in rows]),
+        "success": np.array([r[2].success for r in rows]),
+        "intervention": np.array([r[3] for r in rows]),
+        "policy_version": np.full(len(rows), version, np.int64),
+        "t_mono_ns": np.arange(len(rows), dtype=np.int64),
+    }
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the learner's setting (run_learner); also keeps the result independent of the cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_rl_with_interventions_improves_autonomous_success_over_versions(tmp_path, caplog, one_thread) -> None:
+    torch.manual_seed(0)
+    started = time.process_time()
+    store = EpisodeStore(tmp_path / "store", durable=False)
+    schema = schema_for([("state", "float32", (4,))], ("float32", (2,)))
+    store.ensure_dataset("point_reach", {name: ColumnSpec(*spec) for name, spec in schema.items()})
+    registry = PolicyRegistry(tmp_path / "registry")
+    config = LearnerConfig(
+        algorithm="sac",
+        first_round_episodes=2,
+        round_episodes=5,
+        train_steps=500,
+        batch_size=128,
+        hidden=(64, 64),
+        sac=SACConfig(critic_hidden=(64, 64)),  # the defaults otherwise: 50/50 buffers, bc_weight 1
+    )
+    checkpoints = tmp_path / "checkpoint"
+    learner = Learner(store, registry, config, checkpoint_dir=checkpoints)
+    robot = ReachRobot(seed=0)
+    operator = HGDaggerOperator(ReachExpert(), takeover_distance=1.0, deadline_step=20)
+    policy, version, episodes, success, operator_share = None, 0, 0, [], []
+    for _ in range(8):
+        columns = [run_episode(robot, operator, policy, version) for _ in range(2 if policy is None else 5)]
+        if policy is not None:
+            operator_share.append(np.mean(np.concatenate([c["intervention"] for c in columns])))
+        for c in columns:
+            store.write([StepRows("point_reach", f"ep{episodes}", "reach-1", "sim", "point_reach", 0, c)])
+            episodes += 1
+        [published] = learner.poll_once()
+        assert published.version == version + 1
+        assert "sac on" in published.note
+        version = published.version
+        policy = policy_from_bytes(registry.read("point_reach", version))
+        assert policy.type_name == "sac_actor"
+        success.append(autonomous_success(policy))
+    cpu_s = time.process_time() - started
+    shares = [round(float(s), 2) for s in operator_share]
+    print(f"autonomous success per version: {success}; operator share per round: {shares}; {cpu_s:.1f}s CPU")
+    assert success[0] <= 0.2, success
+    assert success[-1] >= 0.6, success
+    assert np.mean(success[-3:]) >= 0.7, success  # not one lucky version
+    assert "online" in published.note and "intervention+demo+offline" in published.note
+
+    # The checkpoint holds the whole SAC state: a restarted learner carries on from v8 with the same critics.
+    saved = LearnerCheckpoint(checkpoints / "point_reach").load()
+    assert saved is not None and saved.algorithm == "sac" and saved.version == version
+    caplog.set_level(logging.INFO, logger="fleetloop.learner")
+    restarted = Learner(store, registry, config, checkpoint_dir=checkpoints)
+    assert restarted.poll_once() == []
+    assert f"resuming from checkpoint: v{version}, step {500 * 8}" in caplog.text
+    live, resumed = learner._datasets["point_reach"].agent, restarted._datasets["point_reach"].agent
+    assert resumed is not None
+    for name, module in live.modules().items():
+        for key, tensor in module.state_dict().items():
+            torch.testing.assert_close(resumed.modules()[name].state_dict()[key], tensor, msg=f"{name}.{key}")
+    assert resumed.critic_optimizer.state_dict()["state"].keys() == live.critic_optimizer.state_dict()["state"].keys()
