@@ -16,6 +16,14 @@ What travels in the bytes: the metadata config holds the lerobot type, lerobot's
 processor pipelines' JSON configs (lerobot's ``PolicyProcessorPipeline.get_config``). The tensors hold the model
 under ``model.`` and every processor step's state (the normalization statistics) under ``processors.``, so the
 statistics are part of the checksummed weights and a rebuilt policy normalizes exactly as the original.
+
+VLAs (SmolVLA): the architecture and the language tokenizer come from the VLM named by ``vlm_model_name``, which
+lerobot reads (config.json, tokenizer and processor files) even with ``load_vlm_weights=False``. For offline use it
+names a local model directory by absolute path; the path travels in the bytes (the files do not), so every host
+that rebuilds the policy (the cloud's remote-inference server) must have that directory. The VLM's weights always
+travel in the tensors: a rebuilt policy never loads them from ``vlm_model_name``. The language instruction is the
+policy's ``task``. transformers' non-persistent buffers (rotary embeddings' ``inv_freq``) are not in the weights:
+after a meta-device rebuild they are recomputed from their module's config.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from policies.base import Policy
 MIN_SCALE = 1e-2
 # The config field through which lerobot's vision policies download pretrained (ImageNet) backbones.
 NO_DOWNLOAD = "pretrained_backbone_weights"
+# The config field through which SmolVLA loads its pretrained VLM backbone (from ``vlm_model_name``).
+LOAD_VLM_WEIGHTS = "load_vlm_weights"
 MAX_STAT_FRAMES = 200  # image statistics come from at most about this many frames
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"
@@ -277,6 +287,9 @@ class LerobotPolicy(Policy):
         if lerobot_config.get(NO_DOWNLOAD) is not None:
             # The backbone's weights travel in the tensors: an edge rebuilding this policy never fetches them.
             lerobot_config[NO_DOWNLOAD] = None
+        if lerobot_config.get(LOAD_VLM_WEIGHTS):
+            # Likewise a VLA's backbone (SmolVLA): rebuilt from the VLM's config alone, its weights come from here.
+            lerobot_config[LOAD_VLM_WEIGHTS] = False
         return {
             "observation": self.observation,
             "action_dim": self.action_dim,
@@ -388,6 +401,16 @@ class LerobotPolicy(Policy):
         chunk = self.postprocessor(chunk)
         return chunk[0].detach().to("cpu", torch.float32).numpy()
 
+    @torch.no_grad()
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """(B, chunk_size, action_dim): several robots' observations in one forward pass (remote inference)."""
+        names = {n for names in self.inputs.values() for n in names}
+        stacked = {f"obs.{n}": np.stack([np.asarray(o[n]) for o in observations]) for n in names}
+        batch = self._with_history(self.preprocessor(self._lerobot_batch(stacked, batched=True)))
+        chunks = self.model.predict_action_chunk(batch)[:, : self.chunk_size]
+        chunks = self.postprocessor(chunks)
+        return chunks.detach().to("cpu", torch.float32).numpy()
+
     # ---- training -----------------------------------------------------------------------------------------
     def action_offsets(self) -> list[int]:
         """The steps (relative to the observation) of the action sequence the model trains on."""
@@ -464,7 +487,11 @@ class LerobotPolicy(Policy):
 
 
 def _tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)
+    # Arrays decoded from the wire are read-only views of the message: torch wants memory it may write.
+    return torch.as_tensor(array if array.flags.writeable else array.copy())
 
 
 def _stats(values: np.ndarray) -> dict[str, np.ndarray]:
@@ -482,11 +509,46 @@ def _stats(values: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
+def _meta_attributes(module: nn.Module) -> list[str]:
+    """Tensors left on the meta device: parameters, buffers, and plain tensor attributes of any submodule."""
+    still = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    for name, sub in module.named_modules():
+        still += [f"{name}.{k}" for k, v in vars(sub).items() if isinstance(v, torch.Tensor) and v.is_meta]
+    return still
+
+
+def _rebuild_non_persistent_buffers(sub: nn.Module) -> None:
+    """Buffers that are no part of the weights (``persistent=False``), e.g. transformers' rotary embeddings'
+    ``inv_freq``, are computed in ``__init__`` from a config: a fresh CPU instance built from the module's own
+    ``config`` gives them back. A module without a config is left as it is (and named by the final check)."""
+    names = [n for n in sub._non_persistent_buffers_set if isinstance(sub._buffers.get(n), torch.Tensor)]
+    if not any(sub._buffers[n].is_meta for n in names) or getattr(sub, "config", None) is None:
+        return
+    try:
+        with torch.device("cpu"):
+            fresh = type(sub)(sub.config)
+    except (TypeError, ValueError):  # built some other way: left for the final check to name
+        return
+    for n in names:
+        if sub._buffers[n].is_meta:
+            sub._buffers[n] = fresh._buffers[n]
+
+
+# Plain tensor attributes (no parameter, no buffer) computed from Python values in a lerobot module's __init__:
+# SmolVLA's image special-token ids (used with ``add_image_special_tokens``).
+_CONSTANT_TENSORS = {
+    "global_image_start_token": lambda m: torch.tensor([m.fake_image_token, m.global_image_token], dtype=torch.long),
+    "image_end_token": lambda m: torch.tensor([m.fake_image_token], dtype=torch.long),
+}
+
+
 def _materialize_after_load(module: LerobotPolicy, incompatible_keys: Any) -> None:
     """After weights replace a meta-device build (``policy_from_bytes``), rebuild what is no parameter or buffer.
 
     diffusers' noise schedulers keep plain tensors (betas, alphas) that a meta build leaves on the meta device:
-    they are rebuilt from their config on the CPU. Anything else left on the meta device is an error that names it.
+    they are rebuilt from their config on the CPU. Non-persistent buffers (transformers' rotary embeddings, as in
+    SmolVLA) are recomputed from their module's config, and SmolVLA's token-id tensors from its token ids.
+    Anything else left on the meta device is an error that names it.
     """
     for sub in module.model.modules():
         scheduler = getattr(sub, "noise_scheduler", None)
@@ -494,7 +556,11 @@ def _materialize_after_load(module: LerobotPolicy, incompatible_keys: Any) -> No
         if isinstance(alphas, torch.Tensor) and alphas.is_meta:
             with torch.device("cpu"):
                 sub.noise_scheduler = type(scheduler).from_config(scheduler.config)
-    if any(t.is_meta for t in module.parameters()) or any(t.is_meta for t in module.buffers()):
-        still = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-        if not incompatible_keys.missing_keys:  # missing keys are reported by load_state_dict itself
-            raise RuntimeError(f"lerobot policy tensors not in the weights, left unmaterialized: {still[:5]}")
+        _rebuild_non_persistent_buffers(sub)
+        for name, rebuild in _CONSTANT_TENSORS.items():
+            value = getattr(sub, name, None)
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(sub, name, rebuild(sub))
+    still = _meta_attributes(module)
+    if still and not incompatible_keys.missing_keys:  # missing keys are reported by load_state_dict itself
+        raise RuntimeError(f"lerobot policy tensors not in the weights, left unmaterialized: {still[:5]}")

@@ -267,3 +267,21 @@ def test_from_pretrained_dir_loads_what_lerobot_saved(lerobot_type: str, tmp_pat
     )
     with pytest.raises(FileNotFoundError, match="no config.json"):
         LerobotPolicy.from_pretrained_dir(tmp_path / "missing")
+
+
+def test_act_batch_is_one_forward_pass_that_matches_acting_one_by_one() -> None:
+    policy = make("act")  # deterministic, so the batched answer must equal the single ones
+    data, _ = episodes()
+    observations = [observation_at(data, i) for i in (0, 5, 9)]
+    calls = []
+    forward = policy.model.predict_action_chunk
+
+    def counted(batch):
+        calls.append(len(batch["observation.state"]))
+        return forward(batch)
+
+    policy.model.predict_action_chunk = counted
+    chunks = policy.act_batch(observations)
+    assert calls == [3] and chunks.shape == (3, policy.chunk_size, 2)
+    for chunk, observation in zip(chunks, observations, strict=True):
+        np.testing.assert_allclose(chunk, policy.act(observation), rtol=1e-4, atol=1e-3)
