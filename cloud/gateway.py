@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -847,11 +848,24 @@ class FleetControl(pb_grpc.FleetControlServicer):
 
 
 async def serve(
-    config: GatewayConfig, store: EpisodeStore, registry: PolicyRegistry, stop: asyncio.Event | None = None
+    config: GatewayConfig,
+    store: EpisodeStore,
+    registry: PolicyRegistry,
+    stop: asyncio.Event | None = None,
+    services: tuple[Callable[[Gateway], Any], ...] = (),
 ) -> None:
+    """``services``: each makes, from the gateway, something with async start() and stop() that runs beside it
+    (e.g. the phone channel); they start after the gateway and stop before it."""
     gateway = Gateway(config, store, registry)
     await gateway.start()
+    started = []
     try:
+        for make in services:
+            service = make(gateway)
+            await service.start()
+            started.append(service)
         await (stop or asyncio.Event()).wait()
     finally:
+        for service in reversed(started):
+            await service.stop()
         await gateway.stop()

@@ -91,3 +91,12 @@ class PolicyRegistry:
 
     def read(self, policy_name: str, version: int) -> bytes:
         return (self._dir(policy_name) / f"v{version:06d}.safetensors").read_bytes()
+
+    def read_header(self, policy_name: str, version: int) -> bytes:
+        """The safetensors header alone (8-byte length + JSON), so a reader of a version's metadata (its type and
+        config) need not read a large policy's weights."""
+        with (self._dir(policy_name) / f"v{version:06d}.safetensors").open("rb") as file:
+            length = file.read(8)
+            if len(length) < 8:
+                return length
+            return length + file.read(min(int.from_bytes(length, "little"), 100 * 1024 * 1024))

@@ -342,7 +342,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, store, registry, stop)
+        services = _phone_service(args, root) + _openpi_service(args, devices, tls_cert, tls_key)
+        await serve(config, store, registry, stop, services=services)
 
     log.info("cloud data in %s (episode store %s, registry %s)", root, root / "store", root / "registry")
     try:
@@ -353,6 +354,55 @@ def cmd_cloud(args: argparse.Namespace) -> int:
             learner.join(timeout=5)
     log.info("cloud stopped")
     return 0
+
+
+def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
+    """The phone channel beside the gateway when --phone-port is given (websockets; wss with --tls)."""
+    if args.phone_port is None:
+        return ()
+    from cloud.certs import CertPaths
+    from cloud.phone_channel import PhoneChannel, PhoneChannelConfig
+
+    certs = CertPaths(Path(args.certs) if args.certs else root / "certs") if args.tls else None
+    height, width = args.phone_image
+    config = PhoneChannelConfig(
+        host=args.host,
+        port=args.phone_port,
+        image_height=height,
+        image_width=width,
+        credentials=root / "phone-devices.json",
+        tls_cert=certs.server_cert if certs else None,
+        tls_key=certs.server_key if certs else None,
+    )
+    return (lambda gateway: PhoneChannel(config, gateway),)
+
+
+def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None) -> tuple:
+    """openpi's websocket policy-server protocol beside the gateway when --openpi-port is given (docs/openpi.md);
+    it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
+    if args.openpi_port is None:
+        return ()
+    from cloud.openpi_server import OpenPiServer, ssl_context
+
+    context = ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    return (
+        lambda gateway: OpenPiServer(
+            gateway.inference,
+            gateway.registry,
+            host=args.host,
+            port=args.openpi_port,
+            default_policy=args.openpi_policy,
+            devices=devices,
+            ssl_context=context,
+        ),
+    )
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    height, sep, width = text.partition("x")
+    if not (sep and height.isdigit() and width.isdigit() and 8 <= int(height) <= 2048 and 8 <= int(width) <= 2048):
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, each 8..2048, got {text!r}")
+    return int(height), int(width)
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -774,6 +824,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
     cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
+    cloud.add_argument(
+        "--phone-port", type=int, default=None, help="serve the phone channel (websockets) on this port; 0: any"
+    )
+    cloud.add_argument(
+        "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"
+    )
+    cloud.add_argument(
+        "--openpi-port", type=int, default=None, help="serve openpi clients (websocket policy server) here; 0: any"
+    )
+    cloud.add_argument("--openpi-policy", default="", help="policy an openpi client drives unless its URL names one")
     add_learner_args(cloud)
     cloud.set_defaults(func=cmd_cloud)
 

@@ -1,0 +1,251 @@
+"""The phone channel over the real cloud: a websockets client plays a phone (docs/phone-protocol.md).
+
+It pairs with the token `fleetloop cloud` prints, records episodes with JPEG frames, drops its link mid-episode
+and resends, sends bad messages; the episode store on disk and `fleetloop fleet` show what landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import struct
+
+import numpy as np
+import pytest
+import websockets
+from PIL import Image
+from websockets.asyncio.client import ClientConnection, connect
+
+from cloud.store import EpisodeStore
+from launch.fleet_view import fetch
+from tests.e2e.fleet import Fleet, free_port, wait_until
+from tests.e2e.store_checks import check_store
+
+HEIGHT, WIDTH = 48, 64
+CAPABILITIES = {"camera": True, "pose": True, "gripper": True, "rate_hz": 15}
+
+
+def color(seq: int) -> tuple[int, int, int]:
+    return (seq * 8 % 256, 255 - seq * 8 % 256, (seq * 37) % 256)
+
+
+def jpeg(seq: int) -> bytes:
+    """A 480x640 camera frame of one colour per seq (the cloud stores it at HEIGHTxWIDTH)."""
+    pixels = np.zeros((480, 640, 3), np.uint8)
+    pixels[:] = color(seq)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def pose(episode: int, seq: int) -> list[float]:
+    angle = 0.05 * seq
+    return [0.1 * episode + 0.01 * seq, -0.02 * seq, 0.3, 0.0, 0.0, float(np.sin(angle / 2)), float(np.cos(angle / 2))]
+
+
+def gripper(seq: int) -> float:
+    return 0.08 - 0.002 * seq
+
+
+def step_frame(episode_id: str, episode: int, seq: int, **override) -> bytes:
+    header = {
+        "type": "step",
+        "episode_id": episode_id,
+        "seq": seq,
+        "t_mono_ns": 1_000_000_000 + seq * 66_000_000,
+        "pose": pose(episode, seq),
+        "gripper": gripper(seq),
+        **override,
+    }
+    data = json.dumps(header).encode()
+    return struct.pack(">I", len(data)) + data + jpeg(seq)
+
+
+async def reply(ws: ClientConnection, timeout_s: float = 20.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+
+
+async def hello(port: int, phone_id: str, **credential) -> tuple[ClientConnection, dict]:
+    ws = await connect(f"ws://127.0.0.1:{port}")
+    await ws.send(json.dumps({"type": "hello", "phone_id": phone_id, "capabilities": CAPABILITIES, **credential}))
+    return ws, await reply(ws)
+
+
+async def refused(port: int, **fields) -> dict:
+    ws = await connect(f"ws://127.0.0.1:{port}")
+    await ws.send(json.dumps({"type": "hello", "capabilities": CAPABILITIES, **fields}))
+    answer = await reply(ws)
+    with pytest.raises(websockets.ConnectionClosed):  # a refused hello ends that connection
+        await asyncio.wait_for(ws.recv(), 10)
+    return answer
+
+
+def stored_episodes(fleet: Fleet) -> dict[str, dict]:
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+    try:
+        check_store(store, "phone")  # every episode's seqs 0..n-1 exactly once
+        rows = store.read("phone")
+        out = {}
+        for episode in store.episodes("phone"):
+            picked = store.row_indices("phone", episode.episode_id)
+            picked = picked[np.argsort(rows["seq"][picked])]
+            out[episode.episode_id] = {"record": episode, **{name: values[picked] for name, values in rows.items()}}
+        return out
+    finally:
+        store.close()
+
+
+def check_episode(stored: dict, episode: int, steps: int, success: bool) -> None:
+    record = stored["record"]
+    assert (record.num_steps, record.source, record.intervention_steps) == (steps, "phone", steps)
+    np.testing.assert_array_equal(stored["seq"], np.arange(steps))
+    poses = np.array([pose(episode, s) for s in range(steps)], np.float32)
+    grips = np.array([[gripper(s)] for s in range(steps)], np.float32)
+    np.testing.assert_allclose(stored["obs.pose"], poses, atol=1e-6)
+    np.testing.assert_allclose(stored["obs.gripper"], grips, atol=1e-7)
+    targets = np.concatenate([poses, grips], axis=1)
+    np.testing.assert_allclose(stored["action"][:-1], targets[1:], atol=1e-6)  # the next step's pose and gripper
+    np.testing.assert_allclose(stored["action"][-1], targets[-1], atol=1e-6)  # the last step holds
+    assert stored["obs.image"].shape == (steps, HEIGHT, WIDTH, 3) and stored["obs.image"].dtype == np.uint8
+    means = stored["obs.image"].reshape(steps, -1, 3).mean(axis=1)
+    np.testing.assert_allclose(means, [color(s) for s in range(steps)], atol=6)  # each frame is its own step's
+    assert stored["intervention"].all() and not stored["policy_version"].any()
+    np.testing.assert_array_equal(stored["t_mono_ns"], [1_000_000_000 + s * 66_000_000 for s in range(steps)])
+    assert stored["done"].tolist() == [False] * (steps - 1) + [True]
+    assert stored["success"].tolist() == [False] * (steps - 1) + [success]
+
+
+def pairing_tokens(fleet: Fleet) -> list[str]:
+    return re.findall(r"phone pairing token: (pair_\S+)", fleet.log("cloud"))
+
+
+@pytest.fixture
+def phone_cloud(tmp_path):
+    fleet = Fleet(tmp_path)
+    fleet.phone_port = free_port()
+    fleet.start_cloud("--phone-port", str(fleet.phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}")
+    wait_until(lambda: pairing_tokens(fleet), 30, "the cloud to print a pairing token")
+    yield fleet
+    fleet.stop_all()
+
+
+def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: Fleet) -> None:
+    fleet = phone_cloud
+    port = fleet.phone_port
+    assert f"https://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}" in fleet.log("cloud")
+
+    async def scenario() -> None:
+        # ---- pairing: a wrong token is refused by field; the right one yields a per-phone credential, once
+        answer = await refused(port, phone_id="phone-1", pair="pair_wrong")
+        assert (answer["type"], answer["field"]) == ("error", "hello.pair")
+        first = pairing_tokens(fleet)[0]
+        ws, welcome = await hello(port, "phone-1", pair=first)
+        assert welcome["type"] == "welcome" and welcome["token"].startswith("flt_"), welcome
+        assert welcome["image"] == {"height": HEIGHT, "width": WIDTH}
+        token = welcome["token"]
+        answer = await refused(port, phone_id="phone-9", pair=first)
+        assert (answer["type"], answer["field"]) == ("error", "hello.pair"), "a used pairing token works again"
+        answer = await refused(port, phone_id="phone-1", token="flt_not-its-token")
+        assert (answer["type"], answer["field"]) == ("error", "hello.token")
+        answer = await refused(port, phone_id="phone-x", token=token, capabilities={"camera": True, "pose": True})
+        assert answer["field"] == "hello.capabilities.gripper"
+        assert token not in fleet.log("cloud"), "a phone credential appeared in the cloud's output"
+
+        # ---- episode 1: 30 steps with JPEG frames, acked only once durable
+        await ws.send(json.dumps({"type": "start", "episode_id": "p1-ep1", "task": "pick the cup"}))
+        for seq in range(30):
+            await ws.send(step_frame("p1-ep1", 1, seq))
+        await ws.send(json.dumps({"type": "stop", "episode_id": "p1-ep1", "num_steps": 30, "success": True}))
+        assert await reply(ws) == {"type": "ack", "episode_id": "p1-ep1", "next_seq": 30}
+        stored = stored_episodes(fleet)  # read right after the ack: it must already be committed on disk
+        check_episode(stored["p1-ep1"], 1, 30, success=True)
+        assert (stored["p1-ep1"]["record"].resource_id, stored["p1-ep1"]["record"].task) == ("phone-1", "pick the cup")
+
+        members = {m.resource.id: m for m in fetch(fleet.target).members}
+        phone = members["phone-1"]
+        assert (phone.resource.kind, phone.resource.source, phone.resource.capabilities.embodiment) == (
+            "phone",
+            "phone",
+            "phone",
+        )
+        assert phone.state != "lost" and phone.steps == 30 and phone.interventions == 30
+        assert {s.name: list(s.shape) for s in phone.resource.capabilities.observation} == {
+            "image": [HEIGHT, WIDTH, 3],
+            "pose": [7],
+            "gripper": [1],
+        }
+
+        # ---- bad input: errors name the field; another phone's connection keeps serving throughout
+        second = pairing_tokens(fleet)[-1]
+        assert second != first
+        other, welcome2 = await hello(port, "phone-2", pair=second)
+        assert welcome2["type"] == "welcome"
+        await other.send(json.dumps({"type": "start", "episode_id": "p2-ep1"}))
+        bad = [
+            (b"\x00\x00\x10\x00{}", "step.header_length"),
+            (step_frame("p2-ep1", 2, 0, pose=[0, 0, 0, 0, 0, 1]), "step.pose"),
+            (step_frame("p2-ep1", 2, 0, pose=[0, 0, 0, 0, 0, 0.5, 0.5]), "step.pose"),
+            (step_frame("p2-ep1", 2, 0, gripper=float("nan")), "step.gripper"),
+            (step_frame("p2-ep1", 2, -1), "step.seq"),
+            (step_frame("p2-ep1", 2, 0)[:-300] + b"\xff" * 10, "step.image"),
+            (step_frame("nope", 2, 0), "step.episode_id"),
+            (step_frame("p1-ep1", 2, 0), "step.episode_id"),  # phone-1's episode
+            ("not json", "message"),
+            (json.dumps({"type": "teleport"}), "type"),
+            (json.dumps({"type": "stop", "episode_id": "p2-ep1", "num_steps": "3"}), "stop.num_steps"),
+            (json.dumps({"type": "start", "episode_id": ""}), "start.episode_id"),
+        ]
+        for message, field in bad:
+            await other.send(message)
+            answer = await reply(other)
+            assert (answer["type"], answer["field"]) == ("error", field), (field, answer)
+        for seq in range(3):
+            await other.send(step_frame("p2-ep1", 2, seq))
+        await other.send(json.dumps({"type": "stop", "episode_id": "p2-ep1", "num_steps": 5}))
+        answer = await reply(other)
+        assert (answer["field"], "3-4" in answer["message"]) == ("stop.num_steps", True), answer
+        await other.send(json.dumps({"type": "discard", "episode_id": "p2-ep1"}))
+        assert await reply(other) == {"type": "discarded", "episode_id": "p2-ep1"}
+        await other.send(json.dumps({"type": "ping"}))
+        assert (await reply(other))["type"] == "pong"  # still serving after all that
+
+        # ---- episode 2: the link drops mid-episode; the phone reconnects and resends all it holds unacked
+        await ws.send(json.dumps({"type": "start", "episode_id": "p1-ep2"}))
+        for seq in range(18):
+            await ws.send(step_frame("p1-ep2", 2, seq))
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await reply(ws))["type"] == "pong"  # the cloud has read those 18 steps
+        ws.transport.abort()  # the link drops: no close handshake
+        ws, welcome = await hello(port, "phone-1", token=token)
+        assert welcome["type"] == "welcome" and "token" not in welcome
+        assert welcome["open_episodes"] == ["p1-ep2"]
+        await ws.send(json.dumps({"type": "start", "episode_id": "p1-ep2"}))
+        for seq in range(30):  # steps 0..17 a second time, then the rest
+            await ws.send(step_frame("p1-ep2", 2, seq))
+        await ws.send(json.dumps({"type": "stop", "episode_id": "p1-ep2", "num_steps": 30}))
+        assert await reply(ws) == {"type": "ack", "episode_id": "p1-ep2", "next_seq": 30}
+        # The ack was lost on a second drop: the phone resends the whole episode; the store keeps each step once.
+        ws.transport.abort()
+        ws, _ = await hello(port, "phone-1", token=token)
+        await ws.send(json.dumps({"type": "start", "episode_id": "p1-ep2"}))
+        assert await reply(ws) == {"type": "ack", "episode_id": "p1-ep2", "next_seq": 30}
+        for seq in (0, 17, 29):
+            await ws.send(step_frame("p1-ep2", 2, seq))
+        await ws.send(json.dumps({"type": "stop", "episode_id": "p1-ep2", "num_steps": 30}))
+        assert await reply(ws) == {"type": "ack", "episode_id": "p1-ep2", "next_seq": 30}
+        await ws.send(json.dumps({"type": "discard", "episode_id": "p1-ep2"}))
+        assert (await reply(ws))["field"] == "discard.episode_id"  # a stored episode stays stored
+        await ws.close()
+        await other.close()
+
+    asyncio.run(scenario())
+    stored = stored_episodes(fleet)
+    assert sorted(stored) == ["p1-ep1", "p1-ep2"], "a discarded episode reached the store"
+    check_episode(stored["p1-ep1"], 1, 30, success=True)
+    check_episode(stored["p1-ep2"], 2, 30, success=False)
+    wait_until(
+        lambda: {m.resource.id: m.state for m in fetch(fleet.target).members}.get("phone-1") == "lost", 15, "lost"
+    )
+    assert fleet.stop("cloud") == 0
