@@ -30,9 +30,12 @@ from pathlib import Path
 import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from cloud.devices import AuthError, DeviceRegistry
 from cloud.gateway import Gateway, _Pending
+from cloud.inference import InferenceJob
 from cloud.store import ColumnSpec, StepRows
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from protocol import tunnel_pb2 as pb
@@ -49,6 +52,14 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # a bigger JPEG is refused before it is decoded
 MAX_SEQ = 1_000_000
 BATCH_STEPS = 256  # an episode goes to the StoreWriter in batches of this many steps
 HEADER = struct.Struct(">I")  # a binary step frame: header length, JSON header, JPEG bytes
+POLICY = "phone"  # the policy whose predicted trajectory a phone's foresight request is answered with
+FORESIGHT_TIMEOUT_S = 10.0
+PAGE_DIR = Path(__file__).with_name("phone_page")  # the phone page, served over plain HTTP(S) on the same port
+PAGE_FILES = {  # URL path -> (file, content type)
+    "/phone": ("index.html", "text/html; charset=utf-8"),
+    "/phone/": ("index.html", "text/html; charset=utf-8"),
+    "/phone/phone.js": ("phone.js", "text/javascript; charset=utf-8"),
+}
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,7 @@ class PhoneChannel:
             self.config.host,
             self.config.port,
             ssl=context,
+            process_request=self._page,
             max_size=MAX_FRAME_BYTES,
             ping_interval=5,
             ping_timeout=10,
@@ -211,8 +223,28 @@ class PhoneChannel:
         """A fresh one-time pairing token, printed on stdout (never logged): one phone pairs with it."""
         self._pairing = PAIR_PREFIX + secrets.token_urlsafe(16)
         host = self.config.public_host or self.config.host
+        scheme = "https" if self.config.tls_cert and self.config.tls_key else "http"
         print(f"phone pairing token: {self._pairing}", flush=True)
-        print(f"phone pairing URL: https://{host}:{self.port}/phone?pair={self._pairing}", flush=True)
+        print(f"phone pairing URL: {scheme}://{host}:{self.port}/phone?pair={self._pairing}", flush=True)
+
+    # ---- the phone page (plain HTTP GET on the websocket's port) ---------------------------------------------
+
+    @staticmethod
+    def _page(connection: ServerConnection, request: Request) -> Response | None:
+        """Answers a plain GET (no websocket upgrade) with the phone page's files; an upgrade goes on to the
+        websocket handshake."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        path = request.path.split("?", 1)[0]
+        entry = PAGE_FILES.get(path)
+        if entry is None:
+            return connection.respond(404, "not found: the phone page is at /phone\n")
+        name, content_type = entry
+        body = (PAGE_DIR / name).read_bytes()
+        headers = Headers(
+            [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+        )
+        return Response(200, "OK", headers, body)
 
     # ---- one connection --------------------------------------------------------------------------------------
 
@@ -338,7 +370,11 @@ class PhoneChannel:
     async def _handle(self, phone: _Phone, connection: ServerConnection, raw: str | bytes) -> None:
         self.gateway.fleet.seen(phone.phone_id)
         if isinstance(raw, bytes):
-            await self._step(phone, raw)
+            header, jpeg = _binary(raw)
+            if header.get("type", "step") == "foresight":
+                await self._send(connection, await self._foresight(header, jpeg))
+            else:
+                await self._step(phone, header, jpeg)
             return
         message = _json(raw, "message")
         kind = message.get("type")
@@ -371,18 +407,49 @@ class PhoneChannel:
         elif kind == "hello":
             raise PhoneError("type", "this connection already said hello; open a new one to start over")
         else:
-            raise PhoneError("type", f"must be start, stop, discard or ping (steps are binary frames), got {kind!r}")
+            raise PhoneError(
+                "type", f"must be start, stop, discard or ping (steps and foresight are binary frames), got {kind!r}"
+            )
 
-    async def _step(self, phone: _Phone, frame: bytes) -> None:
-        if len(frame) < HEADER.size:
-            raise PhoneError("step", "a binary frame starts with a 4-byte header length")
-        (length,) = HEADER.unpack_from(frame)
-        if length > len(frame) - HEADER.size:
-            raise PhoneError("step.header_length", f"{length} exceeds the frame's {len(frame) - HEADER.size} bytes")
-        header = _json(frame[HEADER.size : HEADER.size + length], "step")
-        jpeg = frame[HEADER.size + length :]
+    async def _foresight(self, header: dict, jpeg: bytes) -> dict:
+        """Visual foresight: the current phone policy's predicted end-effector positions for this frame and pose
+        (its action chunk's x y z), through the shared batched inference server. No policy: no points."""
+        latest = await asyncio.to_thread(self.gateway.registry.latest, POLICY)
+        if latest is None:
+            return {"type": "foresight", "version": 0, "points": []}
+        pose = _pose(header.get("pose"), "foresight.pose")
+        gripper = header.get("gripper")
+        if not _number(gripper) or not 0 <= gripper <= 1:
+            raise PhoneError("foresight.gripper", f"must be a width in metres, 0..1, got {gripper!r}")
+        if not jpeg:
+            raise PhoneError("foresight.image", "the frame carries no JPEG after its header")
+        try:
+            image = await asyncio.to_thread(_decode_jpeg, jpeg, self.config.image_height, self.config.image_width)
+        except PhoneError as err:
+            raise PhoneError("foresight.image", err.message) from None
+        observation = {"image": image, "pose": pose, "gripper": np.array([gripper], dtype=np.float32)}
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def reply(actions, version: int, error: str, batch_size: int) -> None:
+            if not answer.done():
+                answer.set_result((actions, version, error))
+
+        self.gateway.inference.submit(POLICY, InferenceJob(observation, reply))
+        try:
+            actions, version, error = await asyncio.wait_for(answer, FORESIGHT_TIMEOUT_S)
+        except TimeoutError:
+            raise PhoneError("foresight", "the policy did not answer in time") from None
+        if error:
+            raise PhoneError("foresight", f"the {POLICY} policy failed: {error}")
+        chunk = np.asarray(actions, dtype=np.float64).reshape(-1, actions.shape[-1])
+        if chunk.shape[1] < 3:
+            raise PhoneError("foresight", f"the {POLICY} policy's actions have {chunk.shape[1]} values, not x y z ...")
+        points = [[round(float(v), 5) for v in row[:3]] for row in chunk if np.isfinite(row[:3]).all()]
+        return {"type": "foresight", "version": int(version), "points": points}
+
+    async def _step(self, phone: _Phone, header: dict, jpeg: bytes) -> None:
         if header.get("type", "step") != "step":
-            raise PhoneError("step.type", "a binary frame holds a step")
+            raise PhoneError("step.type", "a binary frame holds a step or a foresight request")
         episode_id = _episode_id(header, "step")
         seq = header.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_SEQ:
@@ -520,15 +587,25 @@ def _episode_id(message: dict, what: str) -> str:
     return episode_id
 
 
-def _pose(value) -> np.ndarray:
+def _binary(frame: bytes) -> tuple[dict, bytes]:
+    """A binary frame: 4-byte big-endian header length, the JSON header, then JPEG bytes."""
+    if len(frame) < HEADER.size:
+        raise PhoneError("step", "a binary frame starts with a 4-byte header length")
+    (length,) = HEADER.unpack_from(frame)
+    if length > len(frame) - HEADER.size:
+        raise PhoneError("step.header_length", f"{length} exceeds the frame's {len(frame) - HEADER.size} bytes")
+    return _json(frame[HEADER.size : HEADER.size + length], "step"), frame[HEADER.size + length :]
+
+
+def _pose(value, field: str = "step.pose") -> np.ndarray:
     if not isinstance(value, list) or len(value) != 7 or not all(_number(v) for v in value):
-        raise PhoneError("step.pose", "must be 7 finite numbers: x y z (m), qx qy qz qw")
+        raise PhoneError(field, "must be 7 finite numbers: x y z (m), qx qy qz qw")
     pose = np.array(value, dtype=np.float64)
     if np.abs(pose[:3]).max() > 1000:
-        raise PhoneError("step.pose", "position is over 1 km from the origin")
+        raise PhoneError(field, "position is over 1 km from the origin")
     norm = float(np.linalg.norm(pose[3:]))
     if abs(norm - 1) > 0.01:
-        raise PhoneError("step.pose", f"the quaternion must be a unit quaternion, its norm is {norm:.4f}")
+        raise PhoneError(field, f"the quaternion must be a unit quaternion, its norm is {norm:.4f}")
     pose[3:] /= norm
     return pose.astype(np.float32)
 

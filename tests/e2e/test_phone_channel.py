@@ -134,7 +134,7 @@ def phone_cloud(tmp_path):
 def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: Fleet) -> None:
     fleet = phone_cloud
     port = fleet.phone_port
-    assert f"https://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}" in fleet.log("cloud")
+    assert f"http://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}" in fleet.log("cloud")
 
     async def scenario() -> None:
         # ---- pairing: a wrong token is refused by field; the right one yields a per-phone credential, once
