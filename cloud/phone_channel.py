@@ -224,8 +224,9 @@ class PhoneChannel:
         self._pairing = PAIR_PREFIX + secrets.token_urlsafe(16)
         host = self.config.public_host or self.config.host
         scheme = "https" if self.config.tls_cert and self.config.tls_key else "http"
-        print(f"phone pairing token: {self._pairing}", flush=True)
-        print(f"phone pairing URL: {scheme}://{host}:{self.port}/phone?pair={self._pairing}", flush=True)
+        url = f"{scheme}://{host}:{self.port}/phone?pair={self._pairing}"
+        lines = (f"phone pairing token: {self._pairing}", f"phone pairing URL: {url}", f"scan to pair a phone: {url}")
+        print("\n".join((*lines, pairing_qr(url))), flush=True)  # one write: the token comes with its QR code
 
     # ---- the phone page (plain HTTP GET on the websocket's port) ---------------------------------------------
 
@@ -553,6 +554,39 @@ class PhoneChannel:
             "policy_version": np.zeros(n, "<i8"),
             "t_mono_ns": np.array([s.t_mono_ns for s in steps], dtype="<i8"),
         }
+
+
+# ---- the pairing QR code ---------------------------------------------------------------------------------------
+
+QR_BORDER = 2  # light modules around the code (its quiet zone)
+QR_BLOCKS = " ▀▄█"  # two modules a character: (upper light, lower light) -> " ", "▀", "▄", "█"
+
+
+def qr_modules(url: str) -> list[list[bool]]:
+    """The QR code of ``url`` (qrcode's smallest version that fits, error correction M), True = dark module."""
+    import qrcode
+
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=0)
+    qr.add_data(url)
+    qr.make(fit=True)
+    return [[bool(m) for m in row] for row in qr.get_matrix()]
+
+
+def pairing_qr(url: str) -> str:
+    """``url`` as a QR code in text, two module rows a line with half blocks, drawn light-on-dark for a dark
+    terminal: a dark module is a blank, a light one (and the quiet zone) is block glyph."""
+    modules = qr_modules(url)
+    size = len(modules) + 2 * QR_BORDER
+
+    def light(row: int, col: int) -> int:
+        row, col = row - QR_BORDER, col - QR_BORDER
+        inside = 0 <= row < len(modules) and 0 <= col < len(modules)
+        return 0 if inside and modules[row][col] else 1
+
+    def cell(row: int, col: int) -> str:  # past the last row (an odd count) is quiet zone too
+        return QR_BLOCKS[light(row, col) | light(row + 1, col) << 1]
+
+    return "\n".join("".join(cell(row, col) for col in range(size)) for row in range(0, size, 2))
 
 
 # ---- checks ----------------------------------------------------------------------------------------------------

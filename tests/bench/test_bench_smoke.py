@@ -1,4 +1,4 @@
-"""A reduced uplink benchmark (1 edge, few steps, and its raw gRPC baseline) gives positive figures and ratios."""
+"""Reduced benchmarks (uplink, LoRA delta, foresight) give positive figures and ratios against their baselines."""
 
 from __future__ import annotations
 
@@ -29,3 +29,16 @@ def test_quick_delta_bench_sends_a_small_share_of_a_full_push(tmp_path) -> None:
     results = {r.unit: r for r in run_bench(figures=("delta",), quick=True, out=tmp_path / "results.json")}
     assert 0 < results["B"].value < 0.05 * results["B"].baseline  # bytes: a LoRA delta vs the whole model
     assert results["s"].value > 0 and results["s"].baseline > 0
+
+
+def test_quick_foresight_bench_answers_within_budget(tmp_path) -> None:
+    started = time.monotonic()
+    results = run_bench(figures=("foresight",), quick=True, out=tmp_path / "results.json")
+    assert time.monotonic() - started < 15
+    assert len(results) == 2  # p50 and p99, each against a websockets echo of the same frame
+    for result in results:
+        assert result.unit == "ms" and result.value > 0 and result.baseline > 0, result
+        assert result.ratio is not None and result.ratio > 0, result
+    p50, p99 = results
+    assert p50.value < 150, p50  # the phone page's budget for a trajectory
+    assert p99.value >= p50.value and p99.baseline >= p50.baseline

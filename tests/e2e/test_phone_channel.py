@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import re
 import struct
 
 import numpy as np
 import pytest
+import qrcode
 import websockets
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
@@ -131,10 +133,29 @@ def phone_cloud(tmp_path):
     fleet.stop_all()
 
 
+def printed_qr(output: str, url: str) -> list[list[int]]:
+    """The QR code printed after "scan to pair a phone: <url>" (half blocks, light modules drawn), as dark = 1."""
+    lines = output.split(f"scan to pair a phone: {url}\n", 1)[1].splitlines()
+    block = list(itertools.takewhile(lambda line: line and set(line) <= set(" ▀▄█"), lines))
+    light = []  # two module rows a character: upper light "▀", lower light "▄", both "█"
+    for line in block:
+        light.append([int(c in "▀█") for c in line])
+        light.append([int(c in "▄█") for c in line])
+    dark = np.array([[1 - v for v in row] for row in light])
+    rows, cols = np.nonzero(dark)
+    assert rows.min() >= 2 and cols.min() >= 2 and cols.max() <= dark.shape[1] - 3, "no quiet zone around the code"
+    return dark[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].tolist()
+
+
 def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: Fleet) -> None:
     fleet = phone_cloud
     port = fleet.phone_port
-    assert f"http://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}" in fleet.log("cloud")
+    url = f"http://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}"
+    assert url in fleet.log("cloud")
+    qr = qrcode.QRCode(border=0)  # what a phone's camera reads: the same modules as qrcode's code for the URL
+    qr.add_data(url)
+    qr.make(fit=True)
+    assert printed_qr(fleet.log("cloud"), url) == [[int(m) for m in row] for row in qr.get_matrix()]
 
     async def scenario() -> None:
         # ---- pairing: a wrong token is refused by field; the right one yields a per-phone credential, once
