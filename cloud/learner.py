@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 
 from cloud.distributed import DistContext
+from cloud.files import write_atomically
 from cloud.registry import PolicyRegistry, PolicyVersion
 from cloud.sac import SACAgent, SACConfig, known_action_limits
 from cloud.sampler import KINDS, LABELLED_KINDS, Sampler, SamplerConfig, StepTable, load_steps
@@ -192,7 +192,7 @@ class LearnerCheckpoint:
             extra_tensors, extra_optimizers[name] = _optimizer_tensors(f"optimizers.{name}.", extra)
             tensors.update(extra_tensors)
         tensor_file = f"state-v{version:06d}.safetensors"
-        _write_durably(self.directory / tensor_file, safetensors.torch.save(tensors))
+        write_atomically(self.directory / tensor_file, safetensors.torch.save(tensors))
         meta = {
             "version": version,
             "total_steps": total_steps,
@@ -207,7 +207,7 @@ class LearnerCheckpoint:
             "modules": sorted(modules or {}),
             "optimizers": extra_optimizers,
         }
-        _write_durably(self.directory / self.META, json.dumps(meta).encode())  # the commit point
+        write_atomically(self.directory / self.META, json.dumps(meta).encode())  # the commit point
         for old in self.directory.glob("state-v*.safetensors"):
             if old.name != tensor_file:
                 old.unlink(missing_ok=True)
@@ -245,20 +245,6 @@ class LearnerCheckpoint:
             module_states,
             optimizer_states,
         )
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _observation_spec(schema: dict) -> dict[str, dict[str, Any]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cloud.files import write_atomically
 
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -26,15 +27,6 @@ class PolicyVersion:
     size_bytes: int
     published_unix: float
     note: str = ""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class PolicyRegistry:
@@ -67,8 +59,8 @@ class PolicyRegistry:
             published_unix=time.time(),
             note=note,
         )
-        _atomic_write(directory / f"v{version.version:06d}.safetensors", weights)
-        _atomic_write(directory / "latest.json", json.dumps(asdict(version)).encode())
+        write_atomically(directory / f"v{version.version:06d}.safetensors", weights, fsync_dir=False)
+        write_atomically(directory / "latest.json", json.dumps(asdict(version)).encode(), fsync_dir=False)
         return version
 
     def versions(self, policy_name: str) -> list[int]:

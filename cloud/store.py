@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import os
 import re
 import threading
 import time
@@ -37,6 +36,7 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
+from cloud.files import fsync_path, write_atomically
 from protocol.steps import PROVENANCE_COLUMNS
 
 # The provenance every step carries (the wire's contract), plus what the store adds to each row.
@@ -142,29 +142,6 @@ def _compressor(spec: ColumnSpec) -> BloscCodec:
     # groups the bytes of multi-byte numbers, which is what makes floats and ints compress.
     itemsize = np.dtype(spec.dtype).itemsize
     return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle" if itemsize > 1 else "noshuffle", typesize=itemsize)
-
-
-def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        _fsync_path(path.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # a chunk zarr left out as all fill value: its directory's fsync covers it
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> Any:
@@ -346,7 +323,7 @@ class EpisodeStore:
             folder = self.root / name
             paths = [self.root, folder, folder / "zarr.json", folder / "episodes.jsonl"]
             self._fsync([*paths, *(folder / col for col in schema), *(folder / col / "zarr.json" for col in schema)])
-        _atomic_write(self.root / name / "commit.json", self._commit_bytes(ds), self.durable)
+        write_atomically(self.root / name / "commit.json", self._commit_bytes(ds), self.durable, self.durable)
         self._datasets[name] = ds
 
     def _create_array(self, dataset: str, column: str, spec: ColumnSpec) -> zarr.Array:
@@ -521,7 +498,8 @@ class EpisodeStore:
         if self.durable:
             self._fsync_rows(ds, start, stop, metadata=grown)
         commit = {"rows": stop, "episodes": len(ds.episodes) + len(new), "index_bytes": index_bytes}
-        _atomic_write(self.root / ds.name / "commit.json", json.dumps(commit).encode(), self.durable)
+        commit_file = self.root / ds.name / "commit.json"
+        write_atomically(commit_file, json.dumps(commit).encode(), self.durable, self.durable)
 
         # committed: now the in-memory view may move on
         ds.episodes.extend(new)
@@ -557,7 +535,7 @@ class EpisodeStore:
         if self._fsync_pool is None:
             self._fsync_pool = ThreadPoolExecutor(16, thread_name_prefix="store-fsync")
         # concurrent fsyncs share journal commits: 25 of them took ~100 ms in a row and ~8 ms at once here
-        list(self._fsync_pool.map(_fsync_path, paths))
+        list(self._fsync_pool.map(fsync_path, paths))
 
     @staticmethod
     def _commit_bytes(ds: _Dataset) -> bytes:

@@ -122,20 +122,19 @@ class TunnelClient:
 
     def send_infer(self, request: pb.InferenceRequest) -> bool:
         """Queues an observation for remote inference; False when the link is down."""
-        outgoing = self._outgoing
-        if outgoing is None or not self.connected.is_set():
-            return False
-        outgoing.put(pb.EdgeMessage(infer=request))
-        return True
+        return self._send(pb.EdgeMessage(infer=request))
 
     def report_rejected(self, policy_name: str, version: int, reason: str, bad: bool = False) -> None:
         rejected = pb.PolicyRejected(policy_name=policy_name, version=version, reason=reason[:1000], bad=bad)
         self._send(pb.EdgeMessage(rejected=rejected))
 
-    def _send(self, message: pb.EdgeMessage) -> None:
-        outgoing = self._outgoing
-        if outgoing is not None:
-            outgoing.put(message)
+    def _send(self, message: pb.EdgeMessage) -> bool:
+        """Queues a message on the open session; False when there is none (the link is down)."""
+        outgoing = self._outgoing  # set once the cloud's welcome arrived, cleared when the session ends
+        if outgoing is None:
+            return False
+        outgoing.put(message)
+        return True
 
     def _run(self) -> None:
         backoff = 0.2

@@ -93,17 +93,20 @@ def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH
     columns: dict[str, np.ndarray] = {}
     for name, (dtype, row_shape) in schema.items():
         field = f"step_batch.columns[{name}]"
-        message = batch.columns[name]
-        if message.dtype != dtype:
-            raise CodecError(f"{field}.dtype", f"expected {dtype}, got {message.dtype!r}")
-        expected_shape = (batch.num_steps, *row_shape)
-        if tuple(message.shape) != expected_shape:
-            raise CodecError(f"{field}.shape", f"expected {list(expected_shape)}, got {list(message.shape)}")
-        values = decode_array(message, field, max_bytes=max_bytes)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise CodecError(f"{field}.data", "contains NaN or infinity")
-        columns[name] = values
+        columns[name] = decode_checked(batch.columns[name], field, dtype, (batch.num_steps, *row_shape), max_bytes)
     return columns
+
+
+def decode_checked(message: pb.Array, field: str, dtype: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
+    """An array that must have exactly this dtype and shape and, if float, only finite values."""
+    if message.dtype != dtype:
+        raise CodecError(f"{field}.dtype", f"expected {dtype}, got {message.dtype!r}")
+    if tuple(message.shape) != tuple(shape):
+        raise CodecError(f"{field}.shape", f"expected {list(shape)}, got {list(message.shape)}")
+    values = decode_array(message, field, max_bytes=max_bytes)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise CodecError(f"{field}.data", "contains NaN or infinity")
+    return values
 
 
 def decode_observation(
@@ -120,16 +123,7 @@ def decode_observation(
     unknown = sorted(set(request.observation) - set(expected))
     if unknown:
         raise CodecError(f"infer.observation[{quoted(unknown[0])}]", f"is not one of {sorted(expected)}")
-    observation = {}
-    for name, (dtype, shape) in expected.items():
-        field = f"infer.observation[{name}]"
-        message = request.observation[name]
-        if message.dtype != dtype:
-            raise CodecError(f"{field}.dtype", f"expected {dtype}, got {message.dtype!r}")
-        if tuple(message.shape) != tuple(shape):
-            raise CodecError(f"{field}.shape", f"expected {list(shape)}, got {list(message.shape)}")
-        values = decode_array(message, field, max_bytes=max_bytes)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise CodecError(f"{field}.data", "contains NaN or infinity")
-        observation[name] = values
-    return observation
+    return {
+        name: decode_checked(request.observation[name], f"infer.observation[{name}]", dtype, shape, max_bytes)
+        for name, (dtype, shape) in expected.items()
+    }

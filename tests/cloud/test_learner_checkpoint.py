@@ -23,7 +23,8 @@ def episode(store: EpisodeStore, episode_id: str, n: int = 30) -> None:
     store.write([episode_rows("toy", episode_id, columns)])
 
 
-def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> None:
+def learner_after_its_first_version(tmp_path):
+    """A store with two finished demos, a learner with a checkpoint folder, and the v1 it published."""
     store = EpisodeStore(tmp_path / "store")
     store.ensure_dataset("toy", store_schema(state_dim=3, action_dim=2))
     registry = PolicyRegistry(tmp_path / "registry")
@@ -32,6 +33,11 @@ def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> N
     for name in ("a", "b"):
         episode(store, name)
     [v1] = learner.poll_once()
+    return store, registry, checkpoints, learner, v1
+
+
+def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> None:
+    store, registry, checkpoints, learner, v1 = learner_after_its_first_version(tmp_path)
     episode(store, "c")
     episode(store, "d")
     [v2] = learner.poll_once()
@@ -72,14 +78,7 @@ def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> N
 
 
 def test_a_checkpoint_older_than_the_registry_gives_way_to_the_registry(tmp_path, caplog) -> None:
-    store = EpisodeStore(tmp_path / "store")
-    store.ensure_dataset("toy", store_schema(state_dim=3, action_dim=2))
-    registry = PolicyRegistry(tmp_path / "registry")
-    checkpoints = tmp_path / "learner" / "checkpoint"
-    learner = HGDaggerLearner(store, registry, CONFIG, checkpoint_dir=checkpoints)
-    for name in ("a", "b"):
-        episode(store, name)
-    [v1] = learner.poll_once()
+    store, registry, checkpoints, learner, v1 = learner_after_its_first_version(tmp_path)
     registry.publish("toy", registry.read("toy", 1))  # v2 published; the learner died before saving
     caplog.set_level(logging.INFO, logger="fleetloop.learner")
     restarted = HGDaggerLearner(store, registry, CONFIG, checkpoint_dir=checkpoints)

@@ -1,0 +1,32 @@
+"""Files that readers see whole or not at all: written to a temporary name, then renamed over the old one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_path(path: Path) -> None:
+    """Flushes a file or a directory entry to disk; a path that does not exist is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # e.g. a chunk zarr left out as all fill value: its directory's fsync covers it
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, fsync_file: bool = True, fsync_dir: bool = True) -> None:
+    """Replaces ``path`` with ``data`` in one rename. ``fsync_file`` makes the bytes durable before the rename,
+    ``fsync_dir`` makes the rename itself durable (it survives power loss, not only a killed process)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync_file:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync_dir:
+        fsync_path(path.parent)
