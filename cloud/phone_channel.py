@@ -318,9 +318,12 @@ class PhoneChannel:
         caps = hello.get("capabilities")
         if not isinstance(caps, dict):
             raise PhoneError("hello.capabilities", "must be an object with camera, pose and gripper")
-        for name in ("camera", "pose", "gripper"):
+        for name in ("camera", "gripper"):
             if not caps.get(name):
-                raise PhoneError(f"hello.capabilities.{name}", "is required (a phone streams camera, pose, gripper)")
+                raise PhoneError(f"hello.capabilities.{name}", "is required (a phone streams camera and gripper)")
+        tracked = caps.get("pose", True)
+        if not isinstance(tracked, bool):
+            raise PhoneError("hello.capabilities.pose", f"must be true or false, got {tracked!r}")
         rate = caps.get("rate_hz", 10)
         if not _number(rate) or not 0.1 <= rate <= 240:
             raise PhoneError("hello.capabilities.rate_hz", f"must be a number in 0.1..240, got {rate!r}")
@@ -355,7 +358,8 @@ class PhoneChannel:
             phone = self.phones[phone_id] = _Phone(phone_id, resource)
         phone.resource, phone.token_sha256 = resource, device.token_sha256
         self.gateway.fleet.register(resource)
-        log.info("%s connected (phone, %.0f Hz)", phone_id, rate)
+        pose_note = "" if tracked else "; no pose tracking (no WebXR): it sends the identity pose"
+        log.info("%s connected (phone, %.0f Hz%s)", phone_id, rate, pose_note)
         reply = {
             "type": "welcome",
             "phone_id": phone_id,
