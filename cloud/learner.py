@@ -5,7 +5,9 @@ checkpoint, running under torchrun) is shared.
 
 - ``hg-dagger`` trains only on actions a person chose: the operator's corrections and full demonstrations (every
   step with the intervention flag, plus imported offline data). Autonomous steps carry no label. Each round trains
-  a fresh policy on every labelled step so far, then publishes it.
+  a fresh policy on every labelled step so far, then publishes it. A dataset named in ``chunk_sizes`` gets a policy
+  that predicts that many actions at once (targets: the step's action and the episode's next ones): the ``phone``
+  policy predicts 10, the trajectory a phone's foresight overlay draws.
 - ``sac`` (HIL-SERL / RLPD style, ``cloud.sac``): the actor, twin critics and temperature carry on from round to
   round; each round takes ``train_steps`` updates on batches that mix the online buffer (what the policy did) and
   the demonstration buffer (what a person did) at ``sac.demo_ratio`` (default 50/50), and publishes the actor.
@@ -81,6 +83,7 @@ class LearnerConfig:
     sampler: SamplerConfig = SamplerConfig()
     sac: SACConfig = SACConfig()
     seed: int = 0
+    chunk_sizes: tuple[tuple[str, int], ...] = (("phone", 10),)  # dataset -> actions per prediction (hg-dagger)
 
     def __post_init__(self) -> None:
         for name in ("first_round_episodes", "round_episodes", "train_steps", "batch_size"):
@@ -98,6 +101,18 @@ class LearnerConfig:
             raise ValueError(f"learner.sampler must be a SamplerConfig, got {type(self.sampler).__name__}")
         if not isinstance(self.sac, SACConfig):
             raise ValueError(f"learner.sac must be a SACConfig, got {type(self.sac).__name__}")
+        sizes = self.chunk_sizes.items() if isinstance(self.chunk_sizes, dict) else self.chunk_sizes
+        checked = {}
+        for dataset, size in sizes:
+            if not isinstance(dataset, str) or not dataset:
+                raise ValueError(f"learner.chunk_sizes: dataset names must be non-empty strings, got {dataset!r}")
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1000:
+                raise ValueError(f"learner.chunk_sizes.{dataset} must be an integer in 1..1000, got {size!r}")
+            checked[dataset] = size
+        object.__setattr__(self, "chunk_sizes", tuple(sorted(checked.items())))
+
+    def chunk_size_for(self, dataset: str) -> int:
+        return dict(self.chunk_sizes).get(dataset, 1)
 
     @property
     def staleness(self) -> StalenessBudget:
@@ -255,11 +270,12 @@ def _observation_spec(schema: dict) -> dict[str, dict[str, Any]]:
     }
 
 
-def policy_for_schema(schema: dict, hidden: tuple[int, ...]):
+def policy_for_schema(schema: dict, hidden: tuple[int, ...], chunk_size: int = 1):
     """An MLP for vector observations, a small CNN when any observation is a uint8 image."""
     observation = _observation_spec(schema)
     has_image = any(o["dtype"] == "uint8" and len(o["shape"]) == 3 for o in observation.values())
-    config = {"observation": observation, "action_dim": int(np.prod(schema["action"].shape)), "chunk_size": 1}
+    action_dim = int(np.prod(schema["action"].shape))
+    config = {"observation": observation, "action_dim": action_dim, "chunk_size": chunk_size}
     if not has_image:
         config["hidden"] = list(hidden)
     return make_policy("cnn" if has_image else "mlp", config)
@@ -465,7 +481,8 @@ class Learner:
         return lambda step: hook(dataset, step, modules)
 
     def _sampler(self, table: StepTable, trainable: tuple[str, ...], ratios, version: int, eligible=None) -> Sampler:
-        return Sampler.build(table, ratios, trainable, self.config.staleness, version, eligible)
+        priority = self.config.sampler.foresight_weights(table)
+        return Sampler.build(table, ratios, trainable, self.config.staleness, version, eligible, priority)
 
     def _train_hg_dagger(
         self, dataset: str, state: _DatasetState, rows: int | None, current_version: int
@@ -477,7 +494,13 @@ class Learner:
         if sampler.size < 2:
             return None
         training = {name: table.columns[name][sampler.rows] for name in names}
-        policy = policy_for_schema(schema, self.config.hidden).to(self.dist.device)
+        chunk = self.config.chunk_size_for(dataset)
+        if chunk > 1:
+            training["action"] = table.chunks("action", chunk)[sampler.rows]
+        with torch.random.fork_rng(devices=[]):  # the same data and seed give the same policy, whatever ran before
+            torch.manual_seed(self._seed(state))
+            policy = policy_for_schema(schema, self.config.hidden, chunk)
+        policy.to(self.dist.device)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
         loss = train_policy(
             policy,
@@ -575,10 +598,13 @@ HGDaggerLearner = Learner  # the name it had while HG-DAgger was its only algori
 
 def _describe(sampler: Sampler) -> str:
     sizes = sampler.group_sizes()
-    if len(sizes) < 2:
-        return ""
-    shares = sampler.shares()
-    return " (" + ", ".join(f"{name} {sizes[name]} at {shares[name]:.2f}" for name in sizes) + ")"
+    parts = []
+    if len(sizes) > 1:
+        shares = sampler.shares()
+        parts = [f"{name} {sizes[name]} at {shares[name]:.2f}" for name in sizes]
+    if sampler.boosted:
+        parts.append(f"{sampler.boosted} where the foresight was wrong weighted up")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _cpu_copy(policy: Policy) -> Policy:

@@ -91,6 +91,8 @@ def feature_of(column: str, dtype: str, shape: tuple[int, ...]) -> str:
         return "action"
     if column in STEP_FEATURES:
         return STEP_FEATURES[column]
+    if column.startswith("meta."):  # what the cloud noted about a step (e.g. meta.foresight_error) keeps its name
+        return column
     name = column.removeprefix("obs.")
     return f"{IMAGE_PREFIX}{name}" if is_image(dtype, shape) else f"observation.{name}"
 

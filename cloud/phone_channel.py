@@ -10,6 +10,10 @@ gateway's StoreWriter (group commit) when the phone stops it; the ack follows th
 phone keeps every step it sent until that ack, and resends the unacked episode after a drop: steps are
 merged by seq here and the store skips rows it already holds, so ``(episode_id, seq)`` stays unique and a
 resend is harmless. A discarded episode is dropped from memory and never reaches the store.
+
+Closing the loop: before writing a stopped episode, the cloud asks the current ``phone`` policy what it would have
+done from each step and stores how far that was from what the demonstrator did (``cloud.foresight``); the learner
+draws the steps where the foresight was wrong more often.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from cloud import foresight
 from cloud.devices import AuthError, DeviceRegistry
 from cloud.gateway import Gateway, _Pending
 from cloud.inference import InferenceJob
@@ -54,6 +59,7 @@ BATCH_STEPS = 256  # an episode goes to the StoreWriter in batches of this many 
 HEADER = struct.Struct(">I")  # a binary step frame: header length, JSON header, JPEG bytes
 POLICY = "phone"  # the policy whose predicted trajectory a phone's foresight request is answered with
 FORESIGHT_TIMEOUT_S = 10.0
+SCORE_TIMEOUT_S = 20.0  # scoring a stopped episode's foresight may delay its ack this long; unscored steps: NaN
 PAGE_DIR = Path(__file__).with_name("phone_page")  # the phone page, served over plain HTTP(S) on the same port
 PAGE_FILES = {  # URL path -> (file, content type)
     "/phone": ("index.html", "text/html; charset=utf-8"),
@@ -183,10 +189,20 @@ class PhoneChannel:
         self.port = config.port
         observation = phone_capabilities(config.image_height, config.image_width, 1).observation
         self.schema = schema_for([(s.name, s.dtype, s.shape) for s in observation], ("<f4", (8,)))
+        self.schema.update(foresight.COLUMNS)
+        self.scored = True  # False for a phone dataset made before foresight errors were stored
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> int:
+        if DATASET in self.store.datasets() and foresight.ERROR_COLUMN not in self.store.schema(DATASET):
+            # A store from before foresight errors: keep adding to it as it is, without them.
+            self.scored = False
+            self.schema = {k: v for k, v in self.schema.items() if k not in foresight.COLUMNS}
+            log.warning(
+                "the store's phone dataset predates foresight errors: phone demonstrations are stored without "
+                "them and sampled evenly (a new data root stores them)"
+            )
         self.store.ensure_dataset(DATASET, {k: ColumnSpec(d, s) for k, (d, s) in self.schema.items()})
         context = None
         if self.config.tls_cert and self.config.tls_key:
@@ -433,15 +449,8 @@ class PhoneChannel:
         except PhoneError as err:
             raise PhoneError("foresight.image", err.message) from None
         observation = {"image": image, "pose": pose, "gripper": np.array([gripper], dtype=np.float32)}
-        answer: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        def reply(actions, version: int, error: str, batch_size: int) -> None:
-            if not answer.done():
-                answer.set_result((actions, version, error))
-
-        self.gateway.inference.submit(POLICY, InferenceJob(observation, reply))
         try:
-            actions, version, error = await asyncio.wait_for(answer, FORESIGHT_TIMEOUT_S)
+            actions, version, error = await asyncio.wait_for(self._predict(observation), FORESIGHT_TIMEOUT_S)
         except TimeoutError:
             raise PhoneError("foresight", "the policy did not answer in time") from None
         if error:
@@ -451,6 +460,53 @@ class PhoneChannel:
             raise PhoneError("foresight", f"the {POLICY} policy's actions have {chunk.shape[1]} values, not x y z ...")
         points = [[round(float(v), 5) for v in row[:3]] for row in chunk if np.isfinite(row[:3]).all()]
         return {"type": "foresight", "version": int(version), "points": points}
+
+    def _predict(self, observation: dict[str, np.ndarray]) -> asyncio.Future:
+        """The phone policy's action chunk for one observation, through the shared batched inference server:
+        a future of (actions, version, error)."""
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def reply(actions, version: int, error: str, batch_size: int) -> None:
+            if not answer.done():
+                answer.set_result((actions, version, error))
+
+        self.gateway.inference.submit(POLICY, InferenceJob(observation, reply))
+        return answer
+
+    async def _score(self, steps: list[_Step], actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per step, how far the current phone policy's predicted trajectory was from the demonstration (metres)
+        and the version asked; NaN and 0 where no policy answered (none published, failed, or too slow)."""
+        errors = np.full(len(steps), np.nan, np.float32)
+        versions = np.zeros(len(steps), np.int64)
+        if not self.scored or await asyncio.to_thread(self.gateway.registry.latest, POLICY) is None:
+            return errors, versions
+        started = time.monotonic()
+        futures = [
+            self._predict({"image": s.image, "pose": s.pose, "gripper": np.array([s.gripper], np.float32)})
+            for s in steps
+        ]
+        _, late = await asyncio.wait(futures, timeout=SCORE_TIMEOUT_S)
+        for index, future in enumerate(futures):
+            if future in late:
+                continue
+            chunk, version, error = future.result()
+            if error or chunk is None or np.shape(chunk)[-1] < 3 or not np.isfinite(chunk).all():
+                continue
+            errors[index] = foresight.step_error(chunk, actions, index)
+            versions[index] = version
+        scored = np.isfinite(errors)
+        if late or not scored.all():
+            log.warning("foresight scored %d of %d steps (%d too late)", scored.sum(), len(steps), len(late))
+        if scored.any():
+            log.info(
+                "foresight of phone v%d was off by %.3f m on average (worst %.3f m) over %d steps (%.1f s)",
+                versions[scored].max(),
+                errors[scored].mean(),
+                errors[scored].max(),
+                scored.sum(),
+                time.monotonic() - started,
+            )
+        return errors, versions
 
     async def _step(self, phone: _Phone, header: dict, jpeg: bytes) -> None:
         if header.get("type", "step") != "step":
@@ -510,7 +566,11 @@ class PhoneChannel:
         extra = sorted(seq for seq in episode.steps if seq >= num_steps)
         if extra:
             raise PhoneError("stop.num_steps", f"{num_steps} steps, but seq {extra[0]} was sent")
-        columns = self._columns([episode.steps[seq] for seq in range(num_steps)], success)
+        steps = [episode.steps[seq] for seq in range(num_steps)]
+        columns = self._columns(steps, success)
+        if self.scored:
+            errors, versions = await self._score(steps, columns["action"])
+            columns[foresight.ERROR_COLUMN], columns[foresight.VERSION_COLUMN] = errors, versions
         waits = []
         for first in range(0, num_steps, BATCH_STEPS):
             await self.writer.room()

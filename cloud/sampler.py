@@ -13,8 +13,10 @@ demonstration buffer. A batch holds exactly ``round(share * batch_size)`` steps 
 the counts add up to the batch size). Within a group a step is drawn in proportion to its staleness weight
 (``cloud.staleness``); a step of weight 0 is never drawn. A group with no drawable step gives its share to the others
 in proportion to theirs (SAC's first round has demonstrations only), so ``ratios`` are the shares once every group
-has data. ``ratios=None`` draws uniformly (times staleness weight) over the kinds the algorithm trains on, which is
-what HG-DAgger always did.
+has data. Where a dataset stores ``meta.foresight_error`` (phone demonstrations, ``cloud.foresight``), a step's
+weight is also multiplied by its foresight weight: steps where the policy's predicted trajectory was wrong by more
+than ``foresight_tolerance_m`` are drawn up to ``foresight_max_weight`` times as often. ``ratios=None`` draws
+uniformly (times those weights) over the kinds the algorithm trains on, which is what HG-DAgger always did.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cloud.foresight import ERROR_COLUMN, follow, foresight_weights
 from cloud.staleness import StalenessBudget
 from cloud.store import EpisodeStore
 
@@ -67,6 +70,10 @@ def _check_ratios(ratios: Mapping[str, float] | Iterable[tuple[str, float]], fie
     return tuple(out)
 
 
+def _finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def parse_ratios(text: str) -> Ratios:
     """``"online=0.5,intervention+demo=0.5"`` -> ratios (checked); ValueError naming the bad part."""
     items = []
@@ -85,11 +92,15 @@ def parse_ratios(text: str) -> Ratios:
 class SamplerConfig:
     """``ratios``: the default for every dataset (None: uniform over what the algorithm trains on);
     ``per_dataset``: ratios of single datasets (tasks), overriding the default; ``offline_sources``: episode
-    sources whose steps are imported ``offline`` data. Mappings are accepted and stored as sorted tuples."""
+    sources whose steps are imported ``offline`` data. Mappings are accepted and stored as sorted tuples.
+    ``foresight_tolerance_m``, ``foresight_max_weight``: see ``cloud.foresight.foresight_weights`` (a max weight of
+    1 samples phone demonstrations without regard to their foresight error)."""
 
     ratios: Ratios | None = None
     per_dataset: tuple[tuple[str, Ratios], ...] = ()
     offline_sources: tuple[str, ...] = ()
+    foresight_tolerance_m: float = 0.02
+    foresight_max_weight: float = 5.0
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -106,6 +117,17 @@ class SamplerConfig:
         if isinstance(self.offline_sources, str) or not all(isinstance(s, str) for s in self.offline_sources):
             raise ValueError(f"sampler.offline_sources must be a list of source names, got {self.offline_sources!r}")
         object.__setattr__(self, "offline_sources", tuple(self.offline_sources))
+        tolerance, max_weight = self.foresight_tolerance_m, self.foresight_max_weight
+        if not (_finite_number(tolerance) and tolerance > 0):
+            raise ValueError(f"sampler.foresight_tolerance_m must be a distance > 0 (metres), got {tolerance!r}")
+        if not (_finite_number(max_weight) and max_weight >= 1):
+            raise ValueError(f"sampler.foresight_max_weight must be a number >= 1, got {max_weight!r}")
+
+    def foresight_weights(self, table: StepTable) -> np.ndarray | None:
+        """Each row's foresight weight, or None where the dataset stores no foresight error."""
+        if table.foresight_error is None or self.foresight_max_weight == 1:
+            return None
+        return foresight_weights(table.foresight_error, self.foresight_tolerance_m, self.foresight_max_weight)
 
     def ratios_for(self, dataset: str) -> Ratios | None:
         return dict(self.per_dataset).get(dataset, self.ratios)
@@ -125,10 +147,16 @@ class StepTable:
     kind: np.ndarray  # int8 index into KINDS
     next_row: np.ndarray
     terminal: np.ndarray
+    foresight_error: np.ndarray | None = None  # metres per row (NaN: not scored), where the dataset stores it
 
     @property
     def rows(self) -> int:
         return len(self.kind)
+
+    def chunks(self, column: str, size: int) -> np.ndarray:
+        """``column`` as chunks of ``size`` consecutive steps of each row's episode, (rows, size, ...): the
+        targets of a chunked policy. Past an episode's last (committed) step the last value repeats."""
+        return self.columns[column][follow(self.next_row, size)]
 
     def has_transition(self) -> np.ndarray:
         """Rows usable as (s, a, r, s', terminal) transitions."""
@@ -146,7 +174,8 @@ def load_steps(
     offline_sources: tuple[str, ...] = (),
 ) -> StepTable:
     """Reads ``columns`` (plus the provenance sampling needs) of rows ``[0, rows)`` (all committed by default)."""
-    names = list(dict.fromkeys([*columns, *_NEEDED]))
+    scored = ERROR_COLUMN in store.schema(dataset)
+    names = list(dict.fromkeys([*columns, *_NEEDED, *([ERROR_COLUMN] if scored else [])]))
     data = store.read(dataset, columns=names, stop=rows)
     n = len(data["seq"])
     intervention = data["intervention"].astype(bool)
@@ -163,7 +192,8 @@ def load_steps(
         next_row[order[:-1][follows]] = order[1:][follows]
     terminal = data["done"].astype(bool) & data["success"].astype(bool)
     next_row[data["done"].astype(bool)] = -1
-    return StepTable(dataset, data, kind, next_row, terminal)
+    foresight_error = data.pop(ERROR_COLUMN) if scored and ERROR_COLUMN not in columns else data.get(ERROR_COLUMN)
+    return StepTable(dataset, data, kind, next_row, terminal, foresight_error)
 
 
 @dataclass
@@ -184,6 +214,7 @@ class Sampler:
 
     rows: np.ndarray
     groups: list[_Group] = field(default_factory=list)
+    boosted: int = 0  # drawable rows whose priority is above 1 (e.g. the foresight was wrong there)
 
     @classmethod
     def build(
@@ -194,9 +225,11 @@ class Sampler:
         staleness: StalenessBudget,
         current_version: int,
         eligible: np.ndarray | None = None,
+        priority: np.ndarray | None = None,
     ) -> Sampler:
         """``trainable_kinds``: what the algorithm can learn from (HG-DAgger: labelled kinds only); a ratio group
-        naming another kind is a ValueError. ``eligible``: rows the algorithm can use at all (SAC: transitions)."""
+        naming another kind is a ValueError. ``eligible``: rows the algorithm can use at all (SAC: transitions).
+        ``priority``: a weight >= 1 per row that multiplies the staleness weight (the foresight weights)."""
         weights = staleness.weights(
             current_version,
             table.columns["policy_version"],
@@ -205,6 +238,10 @@ class Sampler:
         )
         if eligible is not None:
             weights = np.where(eligible, weights, 0.0)
+        boosted = 0
+        if priority is not None:
+            weights = weights * priority
+            boosted = int(np.count_nonzero((priority > 1) & (weights > 0)))
         spec = ratios if ratios is not None else (("+".join(trainable_kinds), 1.0),)
         members = []
         for group, ratio in spec:
@@ -229,7 +266,7 @@ class Sampler:
                     None if np.all(w == 1.0) else torch.as_tensor(w, dtype=torch.float64),
                 )
             )
-        return cls(rows, groups)
+        return cls(rows, groups, boosted)
 
     @property
     def size(self) -> int:

@@ -1,6 +1,8 @@
 """The episode store: steps of every robot's episodes as zarr v3 arrays on local disk.
 
-One dataset (a group) per embodiment, one array per column, one row per step. A single writer
+One dataset (a group) per embodiment, one array per column, one row per step. Columns: ``obs.<name>`` (what the
+resource observed), ``action``, provenance (``seq``, ``intervention``, ``policy_version``...) and ``meta.<name>``
+(what the cloud noted about a step, e.g. ``meta.foresight_error``). A single writer
 (the gateway) appends; readers in other processes (the learner) see only committed rows.
 
 Layout under ``root``::
@@ -114,8 +116,11 @@ def _normalize(schema: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
     fixed = {name: ColumnSpec(dtype, shape) for name, (dtype, shape) in FIXED_COLUMNS.items()}
     out = {name: fixed[name] for name in STORE_COLUMNS}
     for name, spec in schema.items():
-        if not (name in FIXED_COLUMNS or name == "action" or (name.startswith("obs.") and NAME.match(name[4:]))):
-            raise ValueError(f"{name}: not a column of an episode dataset (fixed columns, 'action' or 'obs.<name>')")
+        prefix, _, rest = name.partition(".")
+        if not (name in FIXED_COLUMNS or name == "action" or (prefix in ("obs", "meta") and NAME.match(rest))):
+            raise ValueError(
+                f"{name}: not a column of an episode dataset (fixed columns, 'action', 'obs.<name>' or 'meta.<name>')"
+            )
         try:
             normal = ColumnSpec(np.dtype(spec.dtype).str, tuple(int(d) for d in spec.shape))
         except TypeError as err:

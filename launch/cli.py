@@ -83,6 +83,20 @@ def _sample_ratios(text: str) -> tuple[str, tuple]:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _chunk_size(text: str) -> tuple[str, int]:
+    """``DATASET=N`` -> (dataset, N)."""
+    dataset, sep, size = text.partition("=")
+    if not sep or not dataset.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=N (e.g. phone=10)")
+    try:
+        value = int(size)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be an integer, got {size!r}") from err
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be in 1..1000, got {value}")
+    return dataset.strip(), value
+
+
 def add_learner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first-round-episodes",
@@ -94,6 +108,28 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
         "--round-episodes", type=_positive_int, default=5, help="new finished episodes between versions (default 5)"
     )
     parser.add_argument("--train-steps", type=_positive_int, default=1500, help="gradient steps per version")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="steps per gradient step (default 256)")
+    parser.add_argument(
+        "--chunk-size",
+        type=_chunk_size,
+        action="append",
+        default=[],
+        metavar="DATASET=N",
+        help="hg-dagger: that dataset's policy predicts N actions at once (default phone=10: the foresight "
+        "trajectory); repeatable",
+    )
+    parser.add_argument(
+        "--foresight-tolerance-m",
+        type=_positive_float,
+        default=0.02,
+        help="phone demonstrations where the foresight was off by more than this (metres) are sampled more often",
+    )
+    parser.add_argument(
+        "--foresight-max-weight",
+        type=float,
+        default=5.0,
+        help="at most this many times as often (1: sample phone demonstrations evenly; default 5)",
+    )
     parser.add_argument(
         "--algorithm",
         choices=["hg-dagger", "sac"],
@@ -159,6 +195,8 @@ def learner_config(args: argparse.Namespace):
             first_round_episodes=args.first_round_episodes,
             round_episodes=args.round_episodes,
             train_steps=args.train_steps,
+            batch_size=getattr(args, "batch_size", 256),
+            chunk_sizes=(("phone", 10), *getattr(args, "chunk_size", [])),
             algorithm=getattr(args, "algorithm", "hg-dagger"),
             staleness_budget=getattr(args, "staleness_budget", None),
             staleness_mode=getattr(args, "staleness_mode", "drop"),
@@ -168,13 +206,16 @@ def learner_config(args: argparse.Namespace):
                 ratios=default_ratios,
                 per_dataset=per_dataset,
                 offline_sources=tuple(getattr(args, "offline_source", [])),
+                foresight_tolerance_m=getattr(args, "foresight_tolerance_m", 0.02),
+                foresight_max_weight=getattr(args, "foresight_max_weight", 5.0),
             ),
             sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5)),
             seed=getattr(args, "learner_seed", 0),
         )
     except ValueError as err:
         message = str(err)
-        for field in ("staleness_budget", "staleness_mode", "staleness_decay", "demo_ratio", "sampler.ratios"):
+        fields = ("staleness_budget", "staleness_mode", "staleness_decay", "demo_ratio", "sampler.ratios")
+        for field in (*fields, "foresight_max_weight", "foresight_tolerance_m"):
             key = field.split(".")[-1]
             if field in message or f"sac.{key}" in message:
                 flag = {"ratios": "sample-ratios"}.get(key, key.replace("_", "-"))

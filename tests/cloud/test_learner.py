@@ -3,7 +3,7 @@ import pytest
 
 from cloud.learner import HGDaggerLearner, LearnerConfig
 from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.store import ColumnSpec, EpisodeStore
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -41,3 +41,40 @@ def test_learner_publishes_after_enough_episodes_and_trains_on_labelled_steps(tm
 def test_learner_config_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="learner.round_episodes"):
         LearnerConfig(round_episodes=0)
+
+
+def test_a_dataset_with_a_chunk_size_learns_the_next_actions_and_boosts_wrong_foresight(tmp_path) -> None:
+    """``chunk_sizes``: the policy predicts the step's action and the episode's next ones (the phone policy's
+    foresight trajectory); rows whose stored foresight error is large are sampled more and the note says so."""
+    schema = store_schema(state_dim=1, action_dim=3)
+    schema["meta.foresight_error"] = ColumnSpec("<f4", ())
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("traj", schema)
+    registry = PolicyRegistry(tmp_path / "registry")
+    config = LearnerConfig(
+        first_round_episodes=2, train_steps=400, hidden=(64, 64), chunk_sizes={"traj": 4}, batch_size=64
+    )
+    learner = HGDaggerLearner(store, registry, config)
+    t = np.arange(20, dtype=np.float32)
+    for name, error in (("right", 0.0), ("wrong", 0.1)):  # the demonstrator went 10 cm from the foresight
+        action = np.stack([(t + 1) / 20, np.zeros(20), np.zeros(20)], axis=1)  # x moves to the next step's
+        columns = step_columns(20, state=t[:, None] / 20, action=action, intervention=True, done_at_end=True)
+        columns["meta.foresight_error"] = np.full(20, error, np.float32)
+        store.write([episode_rows("traj", name, columns)])
+    [v1] = learner.poll_once()
+    assert "20 where the foresight was wrong weighted up" in v1.note, v1.note
+    policy = policy_from_bytes(registry.read("traj", 1))
+    chunk = policy.act({"state": np.array([5 / 20], np.float32)})
+    assert chunk.shape == (4, 3)
+    np.testing.assert_allclose(chunk[:, 0], np.array([6, 7, 8, 9]) / 20, atol=0.06)
+    chunk = policy.act({"state": np.array([18 / 20], np.float32)})
+    np.testing.assert_allclose(chunk[:, 0], np.array([19, 20, 20, 20]) / 20, atol=0.06)  # the episode's end holds
+
+
+@pytest.mark.parametrize(
+    ("chunk_sizes", "message"),
+    [({"phone": 0}, "learner.chunk_sizes.phone"), ({"": 3}, "learner.chunk_sizes"), ({"x": 2.5}, "chunk_sizes.x")],
+)
+def test_chunk_sizes_are_checked(chunk_sizes, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        LearnerConfig(chunk_sizes=chunk_sizes)

@@ -8,7 +8,7 @@ import torch
 
 from cloud.sampler import KINDS, LABELLED_KINDS, Sampler, SamplerConfig, load_steps, parse_ratios
 from cloud.staleness import StalenessBudget
-from cloud.store import EpisodeStore, StepRows
+from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from tests.factories import step_columns, store_schema
 
 
@@ -115,3 +115,48 @@ def test_config_is_checked_and_names_the_field() -> None:
     assert config.ratios_for("other") == (("online", 1.0), ("demo", 1.0))
     with pytest.raises(AttributeError):
         config.ratios = None  # frozen
+
+
+def test_steps_where_the_foresight_was_wrong_are_drawn_more_often(tmp_path) -> None:
+    schema = store_schema(state_dim=3, action_dim=2)
+    schema["meta.foresight_error"] = ColumnSpec("<f4", ())
+    schema["meta.foresight_version"] = ColumnSpec("<i8", ())
+    with EpisodeStore(tmp_path / "s") as store:
+        store.ensure_dataset("toy", schema)
+        columns = step_columns(4, intervention=True, done_at_end=True)
+        columns["meta.foresight_error"] = np.array([0.0, 0.08, np.nan, 0.01], np.float32)  # 8 cm off at row 1
+        columns["meta.foresight_version"] = np.array([3, 3, 0, 3], np.int64)
+        store.write([StepRows("toy", "phone-demo", "p1", "phone", "toy", 0, columns)])
+        table = load_steps(store, "toy", ["obs.state"])
+    np.testing.assert_allclose(table.foresight_error, columns["meta.foresight_error"])
+    assert "meta.foresight_error" not in table.columns  # read for the weights, not handed to training
+
+    config = SamplerConfig(foresight_tolerance_m=0.02, foresight_max_weight=5.0)
+    sampler = Sampler.build(table, None, LABELLED_KINDS, StalenessBudget(), 3, priority=config.foresight_weights(table))
+    assert sampler.boosted == 1
+    np.testing.assert_allclose(sampler.probabilities(), np.array([1, 4, 1, 1]) / 7)
+    drawn = sampler.draw(7000, torch.Generator().manual_seed(0))
+    assert np.bincount(drawn.numpy(), minlength=4)[1] / 7000 == pytest.approx(4 / 7, abs=0.03)
+    assert SamplerConfig(foresight_max_weight=1).foresight_weights(table) is None  # the boost turned off
+
+
+def test_chunks_follow_the_episode(store) -> None:
+    table = load_steps(store, "toy", ["obs.state", "action"])
+    chunks = table.chunks("obs.state", 3)
+    assert chunks.shape == (table.rows, 3, 3)
+    np.testing.assert_array_equal(chunks[2, :, 0], [2, 3, 3])  # the demo's last two steps, then it holds
+    np.testing.assert_array_equal(chunks[10, :, 0], [0, 1, 2])  # episode "old" from its start
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"foresight_tolerance_m": 0}, "sampler.foresight_tolerance_m"),
+        ({"foresight_tolerance_m": float("nan")}, "sampler.foresight_tolerance_m"),
+        ({"foresight_max_weight": 0.5}, "sampler.foresight_max_weight"),
+        ({"foresight_max_weight": "2"}, "sampler.foresight_max_weight"),
+    ],
+)
+def test_foresight_settings_are_checked(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamplerConfig(**fields)

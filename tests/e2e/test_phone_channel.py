@@ -16,12 +16,18 @@ import struct
 import numpy as np
 import pytest
 import qrcode
+import torch
 import websockets
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
-from cloud.store import EpisodeStore
+from cloud.learner import LearnerConfig, policy_for_schema
+from cloud.registry import PolicyRegistry
+from cloud.sampler import LABELLED_KINDS, Sampler, load_steps
+from cloud.store import ColumnSpec, EpisodeStore
 from launch.fleet_view import fetch
+from policies.weights import policy_to_bytes
+from protocol.steps import schema_for
 from tests.e2e.fleet import Fleet, free_port, wait_until
 from tests.e2e.store_checks import check_store
 
@@ -266,7 +272,102 @@ def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: 
     assert sorted(stored) == ["p1-ep1", "p1-ep2"], "a discarded episode reached the store"
     check_episode(stored["p1-ep1"], 1, 30, success=True)
     check_episode(stored["p1-ep2"], 2, 30, success=False)
+    for episode in stored.values():  # no phone policy was published: nothing to score the demonstrations with
+        assert np.isnan(episode["meta.foresight_error"]).all() and not episode["meta.foresight_version"].any()
     wait_until(
         lambda: {m.resource.id: m.state for m in fetch(fleet.target).members}.get("phone-1") == "lost", 15, "lost"
     )
     assert fleet.stop("cloud") == 0
+
+
+def publish_constant_phone_policy(fleet: Fleet, position: list[float], chunk: int) -> None:
+    """A phone policy (the learner's CNN, chunk of ``chunk``) that predicts ``position`` for every frame and pose:
+    its output layer is zeroed, so every action is the action normalization's mean."""
+    spec = [("image", "|u1", (HEIGHT, WIDTH, 3)), ("pose", "<f4", (7,)), ("gripper", "<f4", (1,))]
+    schema = {k: ColumnSpec(d, s) for k, (d, s) in schema_for(spec, ("<f4", (8,))).items()}
+    policy = policy_for_schema(schema, hidden=(8,), chunk_size=chunk)
+    with torch.no_grad():
+        policy.head[-1].weight.zero_()
+        policy.head[-1].bias.zero_()
+    policy.action_mean = torch.tensor([*position, 0, 0, 0, 1, 0.05], dtype=torch.float32)
+    PolicyRegistry(fleet.root / "data" / "registry").publish("phone", policy_to_bytes(policy))
+
+
+def test_a_stopped_episode_stores_how_wrong_the_foresight_was_and_the_learner_weights_it(phone_cloud: Fleet) -> None:
+    """Closing the loop: with a phone policy published, the cloud scores each demonstrated step against the
+    trajectory the policy predicts from it (what the page's overlay shows), stores the error, and the learner's
+    sampler draws the steps where the foresight was wrong more often."""
+    fleet = phone_cloud
+    predicted = [0.1, -0.05, 0.3]  # where the policy always says the end effector goes
+    publish_constant_phone_policy(fleet, predicted, chunk=3)
+    steps = 20
+
+    async def scenario() -> None:
+        ws, welcome = await hello(fleet.phone_port, "phone-1", pair=pairing_tokens(fleet)[0])
+        assert welcome["type"] == "welcome"
+        header = json.dumps({"type": "foresight", "pose": pose(1, 0), "gripper": 0.05}).encode()
+        await ws.send(struct.pack(">I", len(header)) + header + jpeg(0))
+        answer = await reply(ws)
+        assert answer["type"] == "foresight" and answer["version"] == 1, answer
+        np.testing.assert_allclose(answer["points"], [predicted] * 3, atol=1e-5)  # the chunk's x y z, in order
+        await ws.send(json.dumps({"type": "start", "episode_id": "scored"}))
+        for seq in range(steps):
+            await ws.send(step_frame("scored", 1, seq))
+        await ws.send(json.dumps({"type": "stop", "episode_id": "scored", "num_steps": steps}))
+        assert await reply(ws) == {"type": "ack", "episode_id": "scored", "next_seq": steps}
+        await ws.close()
+
+    asyncio.run(scenario())
+    stored = stored_episodes(fleet)["scored"]
+    check_episode(stored, 1, steps, success=False)
+    # Step i's demonstrated trajectory: the poses of steps i+1, i+2, i+3 (the last pose holds past the end).
+    reached = np.array([pose(1, min(s, steps - 1))[:3] for s in range(steps + 3)])
+    expected = [np.linalg.norm(reached[i + 1 : i + 4] - predicted, axis=1).mean() for i in range(steps)]
+    np.testing.assert_allclose(stored["meta.foresight_error"], expected, atol=1e-5)
+    assert (stored["meta.foresight_version"] == 1).all()
+    assert "foresight of phone v1 was off by" in fleet.log("cloud")
+
+    # The learner's sampler: a step weighs error / 2 cm (at least 1, at most 5), relative to the others.
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+    try:
+        table = load_steps(store, "phone", ["obs.pose", "action"])
+    finally:
+        store.close()
+    config = LearnerConfig()
+    sampler = Sampler.build(
+        table, None, LABELLED_KINDS, config.staleness, 1, priority=config.sampler.foresight_weights(table)
+    )
+    weights = np.clip(np.array(expected) / 0.02, 1, 5)
+    np.testing.assert_allclose(sampler.probabilities(), weights / weights.sum(), rtol=1e-4)
+    assert sampler.boosted == int((np.array(expected) > 0.02).sum()) > 0
+    assert fleet.stop("cloud") == 0
+
+
+def test_a_phone_dataset_from_before_foresight_errors_still_takes_episodes(tmp_path) -> None:
+    """A store whose phone dataset has no meta.foresight_* columns keeps working: episodes go in without them."""
+    spec = [("image", "|u1", (HEIGHT, WIDTH, 3)), ("pose", "<f4", (7,)), ("gripper", "<f4", (1,))]
+    with EpisodeStore(tmp_path / "data" / "store") as store:
+        store.ensure_dataset("phone", {k: ColumnSpec(d, s) for k, (d, s) in schema_for(spec, ("<f4", (8,))).items()})
+    fleet = Fleet(tmp_path)
+    fleet.phone_port = free_port()
+    fleet.start_cloud("--phone-port", str(fleet.phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}")
+    try:
+        wait_until(lambda: pairing_tokens(fleet), 30, "the cloud to print a pairing token")
+        publish_constant_phone_policy(fleet, [0.0, 0.0, 0.3], chunk=2)
+
+        async def scenario() -> None:
+            ws, _ = await hello(fleet.phone_port, "phone-1", pair=pairing_tokens(fleet)[0])
+            await ws.send(json.dumps({"type": "start", "episode_id": "old-store"}))
+            for seq in range(5):
+                await ws.send(step_frame("old-store", 1, seq))
+            await ws.send(json.dumps({"type": "stop", "episode_id": "old-store", "num_steps": 5}))
+            assert await reply(ws) == {"type": "ack", "episode_id": "old-store", "next_seq": 5}
+            await ws.close()
+
+        asyncio.run(scenario())
+        stored = stored_episodes(fleet)["old-store"]
+        check_episode(stored, 1, 5, success=False)
+        assert "meta.foresight_error" not in stored
+        assert "predates foresight errors" in fleet.log("cloud")
+    finally:
+        fleet.stop_all()
