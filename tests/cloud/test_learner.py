@@ -4,6 +4,7 @@ import pytest
 from cloud.learner import HGDaggerLearner, LearnerConfig
 from cloud.registry import PolicyRegistry
 from cloud.store import ColumnSpec, EpisodeStore
+from launch.cli import build_parser, learner_config
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -78,3 +79,19 @@ def test_a_dataset_with_a_chunk_size_learns_the_next_actions_and_boosts_wrong_fo
 def test_chunk_sizes_are_checked(chunk_sizes, message) -> None:
     with pytest.raises(ValueError, match=message):
         LearnerConfig(chunk_sizes=chunk_sizes)
+
+
+def test_flags_carry_chunk_sizes_batch_size_and_foresight_weights() -> None:
+    args = build_parser().parse_args(
+        ["learner", "--chunk-size", "phone=4", "--chunk-size", "arm=2", "--batch-size", "32"]
+        + ["--foresight-tolerance-m", "0.05", "--foresight-max-weight", "3"]
+    )
+    config = learner_config(args)
+    assert config.chunk_sizes == (("arm", 2), ("phone", 4)) and config.batch_size == 32
+    assert (config.sampler.foresight_tolerance_m, config.sampler.foresight_max_weight) == (0.05, 3.0)
+    assert learner_config(build_parser().parse_args(["learner"])).chunk_size_for("phone") == 10  # the default
+    with pytest.raises(ValueError, match="--foresight-max-weight"):
+        learner_config(build_parser().parse_args(["learner", "--foresight-max-weight", "0.5"]))
+    for bad in (["--chunk-size", "phone"], ["--chunk-size", "phone=0"], ["--foresight-tolerance-m", "-1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["learner", *bad])
