@@ -1,15 +1,17 @@
-// fleetloop phone page: pairs with the cloud, records camera + 6-DoF pose + gripper, streams steps
-// (docs/phone-protocol.md), keeps unacked steps in IndexedDB and resends them after a reconnect, and draws
-// the current phone policy's predicted trajectory (visual foresight) over the camera view.
+// fleetloop phone page: pairs with the cloud, records camera + 6-DoF pose + gripper (the identity pose, and
+// "pose": false in the hello, where WebXR immersive-ar is missing), streams steps (docs/phone-protocol.md),
+// keeps unacked steps in IndexedDB and resends them after a reconnect, and draws the current phone policy's
+// predicted trajectory (visual foresight) over the camera view.
 "use strict";
 (() => {
   const params = new URLSearchParams(location.search);
   const RATE_HZ = Math.min(30, Math.max(1, Number(params.get("rate")) || 10)); // steps per second
   const FRAME_WIDTH = Number(params.get("width")) || 320; // frames are downscaled to this width before JPEG
   const FORESIGHT_MS = 500;
+  const XR_CHECK_MS = 3000; // longest wait for WebXR's answer before the hello goes out without pose tracking
   const $ = (id) => document.getElementById(id);
   const state = {
-    ws: null, connected: false, phoneId: "", xrSupported: false, xrActive: false,
+    ws: null, connected: false, phoneId: "", xrSupported: false, xrActive: false, poseTracked: null,
     pose: [0, 0, 0, 0, 0, 0, 1], poseSamples: [], projection: null,
     episode: null, seq: 0, pendingEncodes: [], stepsSent: 0, stepsAcked: 0, lastAck: "", lastError: "",
     foresightWaiting: false, foresightVersion: null, foresightPoints: [], foresightDrawn: 0, retryMs: 500,
@@ -81,10 +83,13 @@
     const ws = new WebSocket(`${scheme}//${location.host}/ws`);
     ws.binaryType = "arraybuffer";
     state.ws = ws;
-    ws.onopen = () => {
+    ws.onopen = async () => {
+      await xrChecked; // the hello says whether this page tracks its pose: only known once WebXR has answered
+      if (state.ws !== ws || ws.readyState !== WebSocket.OPEN) return; // closed (or replaced) meanwhile
       const token = localStorage.getItem("fleetloop.token");
+      state.poseTracked = state.xrSupported; // false: every step carries the identity pose
       const hello = { type: "hello", phone_id: state.phoneId,
-        capabilities: { camera: true, pose: true, gripper: true, rate_hz: RATE_HZ } };
+        capabilities: { camera: true, pose: state.poseTracked, gripper: true, rate_hz: RATE_HZ } };
       if (token) hello.token = token; else hello.pair = params.get("pair") || "";
       ws.send(JSON.stringify(hello));
     };
@@ -138,12 +143,19 @@
 
   // ---- WebXR pose -------------------------------------------------------------------------------------------
   async function checkXR() {
+    // Sets state.xrSupported (immersive-ar) before the first hello goes out (see connect); never rejects, and
+    // gives up after XR_CHECK_MS (some browsers leave isSessionSupported pending): no pose tracking then.
     if (!navigator.xr || !navigator.xr.isSessionSupported) {
       $("xr").textContent = "WebXR: not available in this browser: recording camera and gripper with an identity pose";
       $("xr").className = "warn";
       return;
     }
-    try { state.xrSupported = await navigator.xr.isSessionSupported("immersive-ar"); } catch (e) { state.xrSupported = false; }
+    try {
+      const timeout = new Promise((resolve) => setTimeout(() => resolve(false), XR_CHECK_MS));
+      state.xrSupported = (await Promise.race([navigator.xr.isSessionSupported("immersive-ar"), timeout])) === true;
+    } catch (e) {
+      state.xrSupported = false;
+    }
     $("xr").textContent = state.xrSupported ? "WebXR: immersive-ar supported (pose starts with recording)"
       : "WebXR: immersive-ar is NOT supported on this device: recording camera and gripper with an identity pose";
     $("xr").className = state.xrSupported ? "" : "warn";
@@ -320,7 +332,7 @@
   $("start").onclick = start;
   $("stop").onclick = () => finish(false);
   $("discard").onclick = () => finish(true);
-  checkXR();
+  const xrChecked = checkXR().catch(() => { state.xrSupported = false; }); // awaited by every hello
   startCamera();
   connect();
   setInterval(() => { drawOverlay(); render(); }, 100);

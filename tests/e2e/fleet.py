@@ -52,10 +52,10 @@ class Fleet:
         self.processes[name] = process
         return process
 
-    def start_cloud(self, *extra: str) -> subprocess.Popen:
-        process = self._start(
-            "cloud", ["cloud", "--root", str(self.root / "data"), "--port", str(self.port), "--no-learner", *extra]
-        )
+    def start_cloud(self, *extra: str, learner: bool = False) -> subprocess.Popen:
+        """``learner``: the cloud runs its own learner process (default ``--no-learner``)."""
+        base = ["cloud", "--root", str(self.root / "data"), "--port", str(self.port)]
+        process = self._start("cloud", [*base, *([] if learner else ["--no-learner"]), *extra])
 
         def listening() -> bool:
             assert process.poll() is None, f"the cloud exited: {self.log('cloud')}"
