@@ -61,6 +61,7 @@ POLICY = "phone"  # the policy whose predicted trajectory a phone's foresight re
 FORESIGHT_TIMEOUT_S = 10.0
 SCORE_TIMEOUT_S = 20.0  # scoring a stopped episode's foresight may delay its ack this long; unscored steps: NaN
 PAGE_DIR = Path(__file__).with_name("phone_page")  # the phone page, served over plain HTTP(S) on the same port
+CA_PATH = "/phone/ca.pem"  # over TLS: the CA certificate (public), for a phone to install and trust
 PAGE_FILES = {  # URL path -> (file, content type)
     "/phone": ("index.html", "text/html; charset=utf-8"),
     "/phone/": ("index.html", "text/html; charset=utf-8"),
@@ -79,6 +80,7 @@ class PhoneChannelConfig:
     store_timeout_s: float = 60.0  # no durable write by then: the phone is told to resend
     credentials: Path | None = None  # where paired phones' credentials go when the cloud has no devices file
     tls_cert: Path | None = None  # PEM files: serve wss:// instead of ws://
+    tls_ca: Path | None = None  # the CA that signed tls_cert: served at /phone/ca.pem for phones to install
     tls_key: Path | None = None
     public_host: str = ""  # the host named in the pairing URL (default: host)
 
@@ -241,23 +243,29 @@ class PhoneChannel:
         host = self.config.public_host or self.config.host
         scheme = "https" if self.config.tls_cert and self.config.tls_key else "http"
         url = f"{scheme}://{host}:{self.port}/phone?pair={self._pairing}"
-        lines = (f"phone pairing token: {self._pairing}", f"phone pairing URL: {url}", f"scan to pair a phone: {url}")
+        lines = [f"phone pairing token: {self._pairing}", f"phone pairing URL: {url}"]
+        if scheme == "https" and self.config.tls_ca is not None:
+            ca = f"{scheme}://{host}:{self.port}{CA_PATH}"
+            lines.append(f"a phone trusts this cloud once it installs its CA from {ca} (or accepts the warning)")
+        lines.append(f"scan to pair a phone: {url}")
         print("\n".join((*lines, pairing_qr(url))), flush=True)  # one write: the token comes with its QR code
 
     # ---- the phone page (plain HTTP GET on the websocket's port) ---------------------------------------------
 
-    @staticmethod
-    def _page(connection: ServerConnection, request: Request) -> Response | None:
-        """Answers a plain GET (no websocket upgrade) with the phone page's files; an upgrade goes on to the
-        websocket handshake."""
+    def _page(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answers a plain GET (no websocket upgrade) with the phone page's files (and, over TLS, the CA
+        certificate a phone installs to trust the cloud); an upgrade goes on to the websocket handshake."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         path = request.path.split("?", 1)[0]
-        entry = PAGE_FILES.get(path)
-        if entry is None:
+        if path == CA_PATH and self.config.tls_ca is not None:
+            file, content_type = self.config.tls_ca, "application/x-x509-ca-cert"
+        elif path in PAGE_FILES:
+            name, content_type = PAGE_FILES[path]
+            file = PAGE_DIR / name
+        else:
             return connection.respond(404, "not found: the phone page is at /phone\n")
-        name, content_type = entry
-        body = (PAGE_DIR / name).read_bytes()
+        body = file.read_bytes()
         headers = Headers(
             [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
         )

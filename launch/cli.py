@@ -397,6 +397,31 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return 0
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def phone_url_host(given: str, listen_host: str, server_cert: Path | None) -> str:
+    """The host a phone dials, named in the pairing URL: ``given`` (--phone-url-host), else the listening host,
+    else (listening on every interface) the first name of the server certificate beyond loopback, else this
+    machine's name. A phone on another device checks the certificate against that name: warn when it is not in it."""
+    from cloud.certs import DEFAULT_HOSTS, server_hosts
+
+    names = server_hosts(server_cert) if server_cert is not None else []
+    host = given or (listen_host if listen_host not in WILDCARD_HOSTS else "")
+    if not host:
+        host = next((n for n in names if n not in DEFAULT_HOSTS), "") or socket.gethostname()
+        log.info("phones reach this cloud at %s (set --phone-url-host to name another address)", host)
+    if names and host not in names:
+        log.warning(
+            "the pairing URL names %s, which the server certificate does not (it names %s): phones will refuse "
+            "it; run `fleetloop certs init --host %s --force`",
+            host,
+            ", ".join(names),
+            host,
+        )
+    return host
+
+
 def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
     """The phone channel beside the gateway when --phone-port is given (websockets; wss with --tls)."""
     if args.phone_port is None:
@@ -414,6 +439,8 @@ def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
         credentials=root / "phone-devices.json",
         tls_cert=certs.server_cert if certs else None,
         tls_key=certs.server_key if certs else None,
+        tls_ca=certs.ca if certs else None,
+        public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert if certs else None),
     )
     return (lambda gateway: PhoneChannel(config, gateway),)
 
@@ -870,6 +897,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cloud.add_argument(
         "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"
+    )
+    cloud.add_argument(
+        "--phone-url-host",
+        default="",
+        help="the address phones dial, in the pairing URL (default --host; with 0.0.0.0 the certificate's name)",
     )
     cloud.add_argument(
         "--openpi-port", type=int, default=None, help="serve openpi clients (websocket policy server) here; 0: any"

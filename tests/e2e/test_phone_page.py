@@ -337,6 +337,9 @@ def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the
         with urllib.request.urlopen(f"https://{page}", timeout=5, context=trusted) as answer:
             assert answer.status == 200 and answer.headers.get_content_type() == "text/html"
             assert "<title>fleetloop phone</title>" in answer.read().decode()
+        with urllib.request.urlopen(f"https://{page}/ca.pem", timeout=5, context=trusted) as answer:
+            assert answer.read() == (certs / "ca.pem").read_bytes()  # what a phone installs to trust the cloud
+        assert f"installs its CA from https://127.0.0.1:{phone_port}/phone/ca.pem" in fleet.log("cloud")
 
         spki = spki_sha256(certs / "server.pem")
         chrome = open_phone_page(tmp_path / "chromium-profile", url, f"--ignore-certificate-errors-spki-list={spki}")

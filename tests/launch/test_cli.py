@@ -61,3 +61,16 @@ def test_devices_add_list_revoke(tmp_path) -> None:
     assert "revoked" in run("devices", "list", "--root", str(tmp_path)).stdout
     again = run("devices", "add", "bad id", "--root", str(tmp_path))
     assert again.returncode == 2 and "id:" in again.stderr
+
+
+def test_the_pairing_url_names_an_address_a_phone_can_dial(tmp_path, caplog) -> None:
+    from cloud.certs import init_certs
+    from launch.cli import phone_url_host
+
+    cert = init_certs(tmp_path / "certs", hosts=("cloud.lab.example", "10.1.2.3")).server_cert
+    assert phone_url_host("", "127.0.0.1", None) == "127.0.0.1"
+    assert phone_url_host("", "0.0.0.0", cert) == "cloud.lab.example"  # every interface: the certificate's name
+    assert phone_url_host("10.1.2.3", "0.0.0.0", cert) == "10.1.2.3"
+    assert "does not" not in caplog.text
+    assert phone_url_host("192.168.9.9", "0.0.0.0", cert) == "192.168.9.9"
+    assert "certs init --host 192.168.9.9" in caplog.text  # the phone would refuse the certificate: say how to fix
