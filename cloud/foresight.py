@@ -22,28 +22,6 @@ VERSION_COLUMN = "meta.foresight_version"  # int64: the policy version whose pre
 COLUMNS = {ERROR_COLUMN: ("<f4", ()), VERSION_COLUMN: ("<i8", ())}
 
 
-def follow(next_row: np.ndarray, horizon: int) -> np.ndarray:
-    """(N, horizon) row indices: each row, then its successor in the episode, then that one's, ...; where an
-    episode (or what is committed of it) ends, the last row repeats. ``next_row[i]`` is -1 where row i has none."""
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    next_row = np.asarray(next_row, dtype=np.int64)
-    rows = np.empty((len(next_row), horizon), np.int64)
-    current = np.arange(len(next_row))
-    for j in range(horizon):
-        rows[:, j] = current
-        successor = next_row[current]
-        current = np.where(successor >= 0, successor, current)
-    return rows
-
-
-def episode_successors(num_steps: int) -> np.ndarray:
-    """``next_row`` of one whole episode stored in order: i -> i + 1, the last step has none."""
-    successors = np.arange(1, num_steps + 1, dtype=np.int64)
-    successors[-1:] = -1
-    return successors
-
-
 def step_error(predicted: np.ndarray, actions: np.ndarray, step: int) -> float:
     """Mean distance (m) between the predicted chunk's positions, shape (C, >=3), and the demonstrated actions'
     positions from ``step`` on (``actions``: the whole episode, (N, >=3)), holding the last action."""

@@ -7,7 +7,10 @@ checkpoint, running under torchrun) is shared.
   step with the intervention flag, plus imported offline data). Autonomous steps carry no label. Each round trains
   a fresh policy on every labelled step so far, then publishes it. A dataset named in ``chunk_sizes`` gets a policy
   that predicts that many actions at once (targets: the step's action and the episode's next ones): the ``phone``
-  policy predicts 10, the trajectory a phone's foresight overlay draws.
+  policy predicts 10, the trajectory a phone's foresight overlay draws. ``policies`` picks the architecture per
+  dataset: by default an MLP for vector observations and a small CNN with images, or any lerobot policy type
+  (``act``, ``diffusion``, ``smolvla``...) with its config fields, trained with lerobot's own loss on action
+  sequences cut from each step's episode (``action_is_pad`` past its ends) and published like any other.
 - ``sac`` (HIL-SERL / RLPD style, ``cloud.sac``): the actor, twin critics and temperature carry on from round to
   round; each round takes ``train_steps`` updates on batches that mix the online buffer (what the policy did) and
   the demonstration buffer (what a person did) at ``sac.demo_ratio`` (default 50/50), and publishes the actor.
@@ -54,6 +57,7 @@ from cloud.sampler import KINDS, LABELLED_KINDS, Sampler, SamplerConfig, StepTab
 from cloud.staleness import StalenessBudget
 from cloud.store import EpisodeStore
 from policies.base import Policy
+from policies.lerobot_policy import LerobotPolicy, check_lerobot_config
 from policies.registry import make_policy
 from policies.sac import SACActorPolicy
 from policies.train import train_policy
@@ -64,6 +68,39 @@ log = logging.getLogger("fleetloop.learner")
 ALGORITHMS = ("hg-dagger", "sac")
 # on_step(dataset, step within the round, the modules being trained): e.g. cloud.distributed's parameter trace.
 StepHook = Callable[[str, int, dict[str, nn.Module]], None]
+
+
+BUILTIN_POLICY_TYPES = ("auto", "mlp", "cnn")
+
+
+def _check_policies(policies, algorithm: str) -> tuple[tuple[str, str, str], ...]:
+    """``{dataset: type}`` / ``{dataset: (type, fields)}`` or (dataset, type, fields JSON) triples -> sorted
+    triples; ValueError naming ``learner.policies.<dataset>``."""
+    items = policies.items() if isinstance(policies, dict) else [(p[0], tuple(p[1:])) for p in policies]
+    checked = {}
+    for dataset, choice in items:
+        policy_type, fields = (choice, {}) if isinstance(choice, str) else (choice[0], choice[1] if choice[1:] else {})
+        where = f"learner.policies.{dataset}"
+        if not isinstance(dataset, str) or not dataset:
+            raise ValueError(f"learner.policies: dataset names must be non-empty strings, got {dataset!r}")
+        if isinstance(fields, str):
+            try:
+                fields = json.loads(fields)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: the policy config is not JSON: {err}") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{where}: the policy config must be an object of fields, got {type(fields).__name__}")
+        if policy_type not in BUILTIN_POLICY_TYPES:
+            if algorithm != "hg-dagger":
+                raise ValueError(f"{where}: {algorithm} trains its own actor; lerobot policies train with hg-dagger")
+            try:
+                check_lerobot_config(policy_type, fields)  # an unknown type or field fails here, not in a round
+            except Exception as err:
+                raise ValueError(f"{where}: {err}") from None
+        elif fields and policy_type == "auto":
+            raise ValueError(f"{where}: config fields need a policy type (mlp, cnn or a lerobot type)")
+        checked[dataset] = (policy_type, json.dumps(fields, sort_keys=True))
+    return tuple((dataset, t, f) for dataset, (t, f) in sorted(checked.items()))
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,8 @@ class LearnerConfig:
     sac: SACConfig = SACConfig()
     seed: int = 0
     chunk_sizes: tuple[tuple[str, int], ...] = (("phone", 10),)  # dataset -> actions per prediction (hg-dagger)
+    # dataset -> (policy type, JSON of its config fields): "mlp", "cnn" or a lerobot type; unnamed datasets: auto
+    policies: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("first_round_episodes", "round_episodes", "train_steps", "batch_size"):
@@ -110,9 +149,17 @@ class LearnerConfig:
                 raise ValueError(f"learner.chunk_sizes.{dataset} must be an integer in 1..1000, got {size!r}")
             checked[dataset] = size
         object.__setattr__(self, "chunk_sizes", tuple(sorted(checked.items())))
+        object.__setattr__(self, "policies", _check_policies(self.policies, self.algorithm))
 
     def chunk_size_for(self, dataset: str) -> int:
         return dict(self.chunk_sizes).get(dataset, 1)
+
+    def policy_for(self, dataset: str) -> tuple[str, dict[str, Any]]:
+        """(policy type, config fields) the learner trains for ``dataset``; type "auto" picks MLP or CNN."""
+        for name, policy_type, fields in self.policies:
+            if name == dataset:
+                return policy_type, json.loads(fields)
+        return "auto", {}
 
     @property
     def staleness(self) -> StalenessBudget:
@@ -270,15 +317,21 @@ def _observation_spec(schema: dict) -> dict[str, dict[str, Any]]:
     }
 
 
-def policy_for_schema(schema: dict, hidden: tuple[int, ...], chunk_size: int = 1):
-    """An MLP for vector observations, a small CNN when any observation is a uint8 image."""
+def policy_for_schema(
+    schema: dict, hidden: tuple[int, ...], chunk_size: int = 1, policy_type: str = "auto", fields: dict | None = None
+) -> Policy:
+    """``auto``: an MLP for vector observations, a small CNN when any observation is a uint8 image; ``mlp`` or
+    ``cnn``; else a lerobot policy of that type with ``fields`` for its config (random weights)."""
     observation = _observation_spec(schema)
-    has_image = any(o["dtype"] == "uint8" and len(o["shape"]) == 3 for o in observation.values())
     action_dim = int(np.prod(schema["action"].shape))
-    config = {"observation": observation, "action_dim": action_dim, "chunk_size": chunk_size}
-    if not has_image:
-        config["hidden"] = list(hidden)
-    return make_policy("cnn" if has_image else "mlp", config)
+    if policy_type not in BUILTIN_POLICY_TYPES:
+        return LerobotPolicy(observation, action_dim, policy_type, fields or {})
+    has_image = any(o["dtype"] == "uint8" and len(o["shape"]) == 3 for o in observation.values())
+    policy_type = ("cnn" if has_image else "mlp") if policy_type == "auto" else policy_type
+    config = {"observation": observation, "action_dim": action_dim, "chunk_size": chunk_size, **(fields or {})}
+    if policy_type == "mlp":
+        config.setdefault("hidden", list(hidden))
+    return make_policy(policy_type, config)
 
 
 @dataclass(frozen=True)
@@ -495,11 +548,15 @@ class Learner:
             return None
         training = {name: table.columns[name][sampler.rows] for name in names}
         chunk = self.config.chunk_size_for(dataset)
-        if chunk > 1:
-            training["action"] = table.chunks("action", chunk)[sampler.rows]
+        policy_type, fields = self.config.policy_for(dataset)
         with torch.random.fork_rng(devices=[]):  # the same data and seed give the same policy, whatever ran before
             torch.manual_seed(self._seed(state))
-            policy = policy_for_schema(schema, self.config.hidden, chunk)
+            policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
+        if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
+            actions, pad = table.sequences("action", policy.action_offsets())
+            training["action"], training["action_is_pad"] = actions[sampler.rows], pad[sampler.rows]
+        elif chunk > 1:
+            training["action"] = table.chunks("action", chunk)[sampler.rows]
         policy.to(self.dist.device)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
         loss = train_policy(
@@ -516,7 +573,8 @@ class Learner:
             device=self.dist.device,
         )
         state.policy, state.optimizer = policy, optimizer
-        return policy, f"hg-dagger on {sampler.size} labelled steps{_describe(sampler)}", loss
+        what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
+        return policy, f"{what} on {sampler.size} labelled steps{_describe(sampler)}", loss
 
     def _train_sac(
         self, dataset: str, state: _DatasetState, rows: int | None, current_version: int

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cloud.foresight import ERROR_COLUMN, follow, foresight_weights
+from cloud.foresight import ERROR_COLUMN, foresight_weights
 from cloud.staleness import StalenessBudget
 from cloud.store import EpisodeStore
 
@@ -156,7 +156,36 @@ class StepTable:
     def chunks(self, column: str, size: int) -> np.ndarray:
         """``column`` as chunks of ``size`` consecutive steps of each row's episode, (rows, size, ...): the
         targets of a chunked policy. Past an episode's last (committed) step the last value repeats."""
-        return self.columns[column][follow(self.next_row, size)]
+        return self.sequences(column, range(size))[0]
+
+    def sequences(self, column: str, offsets) -> tuple[np.ndarray, np.ndarray]:
+        """``column`` at each row's episode steps ``offsets`` away (negative: earlier), (rows, T, ...), and
+        where that step does not exist (T-wide bool, lerobot's ``action_is_pad``): there the nearest one repeats."""
+        rows, pad = sequence_rows(self.next_row, offsets)
+        return self.columns[column][rows], pad
+
+
+def sequence_rows(next_row: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T) row indices of each row's episode steps at ``offsets`` (0: the row itself, 1: its successor, -1:
+    its predecessor...) and (N, T) pad: True where the episode (or what is committed of it) has no such step,
+    whose index is then the nearest step that exists. ``next_row[i]`` is -1 where row i has no successor."""
+    next_row = np.asarray(next_row, dtype=np.int64)
+    offsets = [int(k) for k in offsets]
+    n = len(next_row)
+    prev_row = np.full(n, -1, np.int64)
+    has_next = next_row >= 0
+    prev_row[next_row[has_next]] = np.flatnonzero(has_next)
+    rows = np.empty((n, len(offsets)), np.int64)
+    pad = np.zeros((n, len(offsets)), bool)
+    for column, offset in enumerate(offsets):
+        current, missing = np.arange(n), np.zeros(n, bool)
+        link = next_row if offset > 0 else prev_row
+        for _ in range(abs(offset)):
+            step = link[current]
+            missing |= step < 0
+            current = np.where(step >= 0, step, current)
+        rows[:, column], pad[:, column] = current, missing
+    return rows, pad
 
     def has_transition(self) -> np.ndarray:
         """Rows usable as (s, a, r, s', terminal) transitions."""

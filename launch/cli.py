@@ -97,6 +97,29 @@ def _chunk_size(text: str) -> tuple[str, int]:
     return dataset.strip(), value
 
 
+def _dataset_value(text: str, what: str) -> tuple[str, str]:
+    dataset, sep, value = text.partition("=")
+    if not sep or not dataset.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET={what}")
+    return dataset.strip(), value.strip()
+
+
+def _policy_type(text: str) -> tuple[str, str]:
+    return _dataset_value(text, "TYPE (mlp, cnn, act, diffusion, smolvla...)")
+
+
+def _policy_config(text: str) -> tuple[str, dict]:
+    """``DATASET=FILE.json`` -> (dataset, the file's fields); the file must hold a JSON object."""
+    dataset, path = _dataset_value(text, "FILE.json")
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"{dataset}: cannot read the policy config {path}: {err}") from err
+    if not isinstance(fields, dict):
+        raise argparse.ArgumentTypeError(f"{dataset}: {path} must hold a JSON object of config fields")
+    return dataset, fields
+
+
 def add_learner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first-round-episodes",
@@ -117,6 +140,23 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
         metavar="DATASET=N",
         help="hg-dagger: that dataset's policy predicts N actions at once (default phone=10: the foresight "
         "trajectory); repeatable",
+    )
+    parser.add_argument(
+        "--policy",
+        type=_policy_type,
+        action="append",
+        default=[],
+        metavar="DATASET=TYPE",
+        help="the policy trained for a dataset: mlp, cnn or a lerobot type (act, diffusion, smolvla...); "
+        "default mlp, or cnn with images; repeatable",
+    )
+    parser.add_argument(
+        "--policy-config",
+        type=_policy_config,
+        action="append",
+        default=[],
+        metavar="DATASET=FILE.json",
+        help="that policy's config fields (for lerobot: its PreTrainedConfig fields, e.g. chunk_size); repeatable",
     )
     parser.add_argument(
         "--foresight-tolerance-m",
@@ -177,6 +217,17 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learner-seed", type=int, default=0, help="seed of the learner's batches (rank adds to it)")
 
 
+def _policies(types: list[tuple[str, str]], configs: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
+    """--policy and --policy-config -> {dataset: (type, fields)}; a config for a dataset without --policy is an
+    error (its type would be a guess)."""
+    chosen = dict(types)
+    fields = dict(configs)
+    for dataset in fields:
+        if dataset not in chosen:
+            raise ValueError(f"--policy-config {dataset}=...: name its policy type too (--policy {dataset}=TYPE)")
+    return {dataset: (policy_type, fields.get(dataset, {})) for dataset, policy_type in chosen.items()}
+
+
 def learner_config(args: argparse.Namespace):
     """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
     from cloud.learner import LearnerConfig
@@ -197,6 +248,7 @@ def learner_config(args: argparse.Namespace):
             train_steps=args.train_steps,
             batch_size=getattr(args, "batch_size", 256),
             chunk_sizes=(("phone", 10), *getattr(args, "chunk_size", [])),
+            policies=_policies(getattr(args, "policy", []), getattr(args, "policy_config", [])),
             algorithm=getattr(args, "algorithm", "hg-dagger"),
             staleness_budget=getattr(args, "staleness_budget", None),
             staleness_mode=getattr(args, "staleness_mode", "drop"),
@@ -214,6 +266,8 @@ def learner_config(args: argparse.Namespace):
         )
     except ValueError as err:
         message = str(err)
+        if message.startswith("learner.policies"):
+            raise ValueError(f"--policy: {message}") from err
         fields = ("staleness_budget", "staleness_mode", "staleness_decay", "demo_ratio", "sampler.ratios")
         for field in (*fields, "foresight_max_weight", "foresight_tolerance_m"):
             key = field.split(".")[-1]

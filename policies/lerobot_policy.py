@@ -97,6 +97,13 @@ def _features(observation: dict, inputs: dict[str, list[str]], action_dim: int) 
     return input_features, {ACTION: PolicyFeature(FeatureType.ACTION, (int(action_dim),))}
 
 
+def check_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> None:
+    """ValueError unless ``fields`` make a config of ``lerobot_type`` (checked without building the model)."""
+    import lerobot.policies.factory  # noqa: F401 (registers lerobot's policy config types)
+
+    _decode_config(lerobot_type, {**fields, "device": fields.get("device", "cpu")})
+
+
 def _decode_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
     """A lerobot PreTrainedConfig from its JSON fields (draccus, as lerobot reads config.json)."""
     import draccus

@@ -1,4 +1,4 @@
-"""Foresight error: following an episode's steps, the distance between a predicted and a demonstrated
+"""Foresight error: the distance between a predicted and a demonstrated
 trajectory, and the sampling weight it becomes."""
 
 from __future__ import annotations
@@ -6,17 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.foresight import episode_successors, follow, foresight_weights, step_error
-
-
-def test_follow_walks_each_episode_and_holds_its_last_step() -> None:
-    # rows 0, 1, 4 are one episode (written in two batches), rows 2, 3 another
-    next_row = np.array([1, 4, 3, -1, -1])
-    assert follow(next_row, 3).tolist() == [[0, 1, 4], [1, 4, 4], [2, 3, 3], [3, 3, 3], [4, 4, 4]]
-    assert follow(next_row, 1).tolist() == [[0], [1], [2], [3], [4]]
-    assert episode_successors(3).tolist() == [1, 2, -1]
-    with pytest.raises(ValueError, match="horizon"):
-        follow(next_row, 0)
+from cloud.foresight import foresight_weights, step_error
 
 
 def test_step_error_is_the_mean_distance_over_the_predicted_horizon() -> None:

@@ -95,3 +95,70 @@ def test_flags_carry_chunk_sizes_batch_size_and_foresight_weights() -> None:
     for bad in (["--chunk-size", "phone"], ["--chunk-size", "phone=0"], ["--foresight-tolerance-m", "-1"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["learner", *bad])
+
+
+def test_the_learner_trains_a_lerobot_policy_with_its_own_loss_and_resumes_it(tmp_path) -> None:
+    """``policies``: a dataset trained as lerobot ACT (tiny, random init, nothing downloaded) on action sequences
+    cut from each step's episode; the published version is an ACT that acts in chunks and beats its untrained
+    self on the demonstrations; a restarted learner resumes it from the checkpoint."""
+    from policies.lerobot_policy import LerobotPolicy
+    from tests.policies.lerobot_tiny import TINY_ACT
+
+    schema = store_schema(state_dim=2, action_dim=2)
+    schema["obs.camera"] = ColumnSpec("|u1", (24, 32, 3))
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("arm", schema)
+    registry = PolicyRegistry(tmp_path / "registry")
+    config = LearnerConfig(
+        first_round_episodes=2, train_steps=120, batch_size=16, policies={"arm": ("act", TINY_ACT)}, seed=3
+    )
+    learner = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    rng = np.random.default_rng(0)
+    data = {}
+    for name in ("a", "b"):
+        state = rng.uniform(-1, 1, size=(15, 2)).astype(np.float32)
+        columns = step_columns(15, state=state, action=state * 2, intervention=True, done_at_end=True)
+        columns["obs.camera"] = rng.integers(0, 256, size=(15, 24, 32, 3), dtype=np.uint8)
+        store.write([episode_rows("arm", name, columns)])
+        data[name] = columns
+    [v1] = learner.poll_once()
+    assert v1.note.startswith("hg-dagger (lerobot act) on 30 labelled steps"), v1.note
+    policy = policy_from_bytes(registry.read("arm", 1))
+    assert isinstance(policy, LerobotPolicy) and policy.lerobot_type == "act" and policy.chunk_size == 5
+    steps = data["a"]
+    observations = [{"state": steps["obs.state"][i], "camera": steps["obs.camera"][i]} for i in range(15)]
+    chunks = policy.act_batch(observations)
+    assert chunks.shape == (15, 5, 2)
+    untrained = LerobotPolicy(policy.observation, 2, "act", TINY_ACT)
+    untrained.fit_normalization({"obs.state": steps["obs.state"], "obs.camera": steps["obs.camera"], **steps})
+    untrained.eval()
+    error = np.abs(chunks[:, 0] - steps["action"]).mean()
+    before = np.abs(untrained.act_batch(observations)[:, 0] - steps["action"]).mean()
+    assert error < 0.6 * before, (error, before)
+
+    resumed = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    assert resumed.poll_once() == []  # carries on from v1: no retraining without new episodes
+    state = resumed._datasets["arm"]
+    assert isinstance(state.policy, LerobotPolicy) and state.total_steps == 120
+
+
+def test_policy_choices_are_checked_when_the_learner_is_configured(tmp_path) -> None:
+    with pytest.raises(ValueError, match="learner.policies.arm: unknown lerobot policy type 'nope'"):
+        LearnerConfig(policies={"arm": "nope"})
+    with pytest.raises(ValueError, match="learner.policies.arm"):
+        LearnerConfig(policies={"arm": ("act", {"no_such_field": 1})})
+    with pytest.raises(ValueError, match="sac trains its own actor"):
+        LearnerConfig(algorithm="sac", policies={"arm": "act"})
+    fields = tmp_path / "act.json"
+    fields.write_text('{"chunk_size": 4, "n_action_steps": 4}')
+    with pytest.raises(ValueError, match="--policy-config arm"):  # a config without its policy type
+        learner_config(build_parser().parse_args(["learner", "--policy-config", f"arm={fields}"]))
+    args = build_parser().parse_args(["learner", "--policy", "arm=act", "--policy-config", f"arm={fields}"])
+    assert learner_config(args).policy_for("arm") == ("act", {"chunk_size": 4, "n_action_steps": 4})
+    with pytest.raises(ValueError, match="--policy: learner.policies.arm: unknown lerobot policy type"):
+        learner_config(build_parser().parse_args(["learner", "--policy", "arm=actt"]))
+    fields.write_text("[1, 2]")
+    with pytest.raises(SystemExit):  # argparse names the flag: the file must hold an object of fields
+        build_parser().parse_args(["learner", "--policy", "arm=act", "--policy-config", f"arm={fields}"])
+    assert LearnerConfig(policies={"arm": "cnn"}).policy_for("arm") == ("cnn", {})
+    assert LearnerConfig().policy_for("arm") == ("auto", {})

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.sampler import KINDS, LABELLED_KINDS, Sampler, SamplerConfig, load_steps, parse_ratios
+from cloud.sampler import (
+    KINDS,
+    LABELLED_KINDS,
+    Sampler,
+    SamplerConfig,
+    load_steps,
+    parse_ratios,
+    sequence_rows,
+)
 from cloud.staleness import StalenessBudget
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from tests.factories import step_columns, store_schema
@@ -160,3 +168,14 @@ def test_chunks_follow_the_episode(store) -> None:
 def test_foresight_settings_are_checked(fields, message) -> None:
     with pytest.raises(ValueError, match=message):
         SamplerConfig(**fields)
+
+
+def test_sequence_rows_walk_each_episode_both_ways_and_mark_padding() -> None:
+    # rows 0, 1, 4 are one episode (written in two batches), rows 2, 3 another
+    next_row = np.array([1, 4, 3, -1, -1])
+    rows, pad = sequence_rows(next_row, [0, 1, 2])
+    assert rows.tolist() == [[0, 1, 4], [1, 4, 4], [2, 3, 3], [3, 3, 3], [4, 4, 4]]
+    assert pad.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 1], [0, 1, 1], [0, 1, 1]]
+    rows, pad = sequence_rows(next_row, [-1, 0])  # an observation history: the step before, then this one
+    assert rows.tolist() == [[0, 0], [0, 1], [2, 2], [2, 3], [1, 4]]
+    assert pad[:, 0].tolist() == [True, False, True, False, False] and not pad[:, 1].any()
