@@ -321,12 +321,17 @@ def policy_for_schema(
     schema: dict, hidden: tuple[int, ...], chunk_size: int = 1, policy_type: str = "auto", fields: dict | None = None
 ) -> Policy:
     """``auto``: an MLP for vector observations, a small CNN when any observation is a uint8 image; ``mlp`` or
-    ``cnn``; else a lerobot policy of that type with ``fields`` for its config (random weights)."""
+    ``cnn``; else a lerobot policy of that type with ``fields`` for its config (random weights; without images
+    the observations go in as lerobot's ``observation.state`` and ``observation.environment_state``)."""
     observation = _observation_spec(schema)
     action_dim = int(np.prod(schema["action"].shape))
-    if policy_type not in BUILTIN_POLICY_TYPES:
-        return LerobotPolicy(observation, action_dim, policy_type, fields or {})
     has_image = any(o["dtype"] == "uint8" and len(o["shape"]) == 3 for o in observation.values())
+    if policy_type not in BUILTIN_POLICY_TYPES:
+        # lerobot's vision policies need an image or an environment state (and ACT's VAE a robot state): a robot
+        # without cameras feeds its vectors as both.
+        names = sorted(observation)
+        inputs = None if has_image else {"observation.state": names, "observation.environment_state": names}
+        return LerobotPolicy(observation, action_dim, policy_type, fields or {}, inputs=inputs)
     policy_type = ("cnn" if has_image else "mlp") if policy_type == "auto" else policy_type
     config = {"observation": observation, "action_dim": action_dim, "chunk_size": chunk_size, **(fields or {})}
     if policy_type == "mlp":

@@ -153,6 +153,10 @@ class StepTable:
     def rows(self) -> int:
         return len(self.kind)
 
+    def has_transition(self) -> np.ndarray:
+        """Rows usable as (s, a, r, s', terminal) transitions."""
+        return (self.next_row >= 0) | self.terminal
+
     def chunks(self, column: str, size: int) -> np.ndarray:
         """``column`` as chunks of ``size`` consecutive steps of each row's episode, (rows, size, ...): the
         targets of a chunked policy. Past an episode's last (committed) step the last value repeats."""
@@ -186,10 +190,6 @@ def sequence_rows(next_row: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray
             current = np.where(step >= 0, step, current)
         rows[:, column], pad[:, column] = current, missing
     return rows, pad
-
-    def has_transition(self) -> np.ndarray:
-        """Rows usable as (s, a, r, s', terminal) transitions."""
-        return (self.next_row >= 0) | self.terminal
 
 
 _NEEDED = ["episode_index", "seq", "intervention", "policy_version", "done", "success"]

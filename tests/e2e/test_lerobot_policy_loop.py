@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ from cloud.registry import PolicyRegistry
 from cloud.store import EpisodeStore
 from hal.sim import SIM_TASKS
 from policies.lerobot_policy import LerobotPolicy
-from policies.weights import policy_to_bytes
+from policies.weights import policy_from_bytes, policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until
 from tests.policies.lerobot_tiny import TINY, fit_data_for_spec
 
@@ -74,3 +75,38 @@ def test_lerobot_act_then_diffusion_run_on_the_edge(tmp_path) -> None:
     finally:
         fleet.stop_all()
     assert time.monotonic() - started < 150
+
+
+def test_the_cloud_s_learner_trains_lerobot_act_from_operator_demos_and_the_edge_runs_it(tmp_path) -> None:
+    """`fleetloop cloud --policy panda_pick_cube=act --policy-config ...`: the learner trains a tiny ACT (random
+    init, lerobot's loss) on the scripted operator's demonstrations streamed by a real edge, publishes it, and the
+    edge runs it (its steps carry v1 and the policy's own actions)."""
+    task = "panda_pick_cube"
+    config = tmp_path / "tiny_act.json"
+    config.write_text(json.dumps(TINY["act"]))
+    fleet = Fleet(tmp_path)
+    try:
+        learner = ["--policy", f"{task}=act", "--policy-config", f"{task}={config}", "--first-round-episodes", "2"]
+        learner += ["--round-episodes", "1000", "--train-steps", "40", "--batch-size", "32"]
+        fleet.start_cloud(*learner, learner=True)
+        fleet.start_edge("arm-1", hz=50, env=OFFLINE)
+        registry = PolicyRegistry(fleet.root / "data" / "registry")
+        wait_until(lambda: registry.latest(task) is not None, 180, "the learner to publish lerobot ACT v1")
+        policy = policy_from_bytes(registry.read(task, 1))
+        assert isinstance(policy, LerobotPolicy) and policy.lerobot_type == "act" and policy.chunk_size == 5
+        assert "hg-dagger (lerobot act)" in registry.latest(task).note
+        store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+
+        def autonomous_v1_steps() -> int:
+            store.refresh()
+            rows = store.read(task, columns=["policy_version", "intervention"])
+            return int(((rows["policy_version"] == 1) & ~rows["intervention"]).sum())
+
+        wait_until(lambda: autonomous_v1_steps() >= 20, 90, "the edge to act with ACT v1")
+        assert fleet.stop("arm-1") == 0
+        store.refresh()
+        rows = store.read(task, columns=["policy_version", "intervention", "action"])
+        mine = rows["action"][(rows["policy_version"] == 1) & ~rows["intervention"]]
+        assert np.isfinite(mine).all() and mine.std(axis=0).max() > 0  # the policy's own, changing actions
+    finally:
+        fleet.stop_all()
