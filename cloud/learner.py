@@ -513,7 +513,8 @@ class Learner:
         state.total_steps += self.config.train_steps
         if not self.dist.is_main:
             return None
-        policy_cpu = policy if self.dist.device.type == "cpu" else _cpu_copy(policy)
+        on_cpu = all(t.device.type == "cpu" for t in policy.state_dict().values())
+        policy_cpu = policy if on_cpu else _cpu_copy(policy)
         version = self.registry.publish(
             dataset, policy_to_bytes(policy_cpu), note=f"{note}, {finished_episodes} episodes"
         )
@@ -557,12 +558,14 @@ class Learner:
         with torch.random.fork_rng(devices=[]):  # the same data and seed give the same policy, whatever ran before
             torch.manual_seed(self._seed(state))
             policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
+        device = self.dist.device
         if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
             actions, pad = table.sequences("action", policy.action_offsets())
             training["action"], training["action_is_pad"] = actions[sampler.rows], pad[sampler.rows]
+            device = torch.device(policy.config.device)  # its processors move every batch there
         elif chunk > 1:
             training["action"] = table.chunks("action", chunk)[sampler.rows]
-        policy.to(self.dist.device)
+        policy.to(device)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
         loss = train_policy(
             policy,
@@ -575,7 +578,7 @@ class Learner:
             index_sampler=sampler.draw,
             wrap=self.dist.wrap if self.dist.distributed else None,
             on_step=self._step_hook(dataset, {"policy": policy}),
-            device=self.dist.device,
+            device=device,
         )
         state.policy, state.optimizer = policy, optimizer
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
