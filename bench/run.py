@@ -2,7 +2,7 @@
 
     python -m bench.run                  # everything (about 2-3 minutes on 2 cores); writes bench/results.json
     python -m bench.run --quick          # a reduced run (seconds)
-    python -m bench.run --only uplink    # one or more of: uplink, push, jitter, ros2, delta, foresight
+    python -m bench.run --only uplink    # one or more of: uplink, push, jitter, ros2, delta, foresight, weighting
 
 (a) uplink   image steps from 1 and 4 edge processes into the episode store, vs raw gRPC bytes
 (b) push     registry.publish -> "applied" on 1 and 4 edges for ~1M and ~50M MLPs, vs raw gRPC + sha256
@@ -10,6 +10,7 @@
 (d) ros2     640x480 images at 30 Hz through ROS 2 into the driver: Fast DDS shared memory vs its default transport
 (e) delta    a LoRA-adapted model's update as a delta vs a full-weights push: bytes and publish -> applied
 (f) foresight a phone's foresight request -> predicted trajectory on loopback (p50, p99) vs a websockets echo
+(g) weighting the next version's error where the foresight was wrong, with foresight weights vs even sampling
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -34,14 +35,14 @@ from rich.text import Text
 from bench.common import HIGHER, Result
 
 RESULTS = Path(__file__).with_name("results.json")
-FIGURES = ("uplink", "push", "jitter", "ros2", "delta", "foresight")
+FIGURES = ("uplink", "push", "jitter", "ros2", "delta", "foresight", "weighting")
 
 
 def run_bench(
     figures: Sequence[str] = FIGURES, quick: bool = False, out: Path | None = RESULTS, console: Console | None = None
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
-    from bench import delta, foresight, jitter, push, ros2_image, uplink
+    from bench import delta, foresight, jitter, push, ros2_image, uplink, weighting
     from bench.common import LoopThread
 
     unknown = sorted(set(figures) - set(FIGURES))
@@ -75,6 +76,8 @@ def run_bench(
             results += delta.measure(loop, workdir, hidden=[1024, 1024] if quick else [4096, 4096], say=say)
         if "foresight" in figures:
             results += foresight.measure(loop, workdir, requests=20 if quick else 100, say=say)
+        if "weighting" in figures:
+            results += weighting.measure(workdir, seeds=1 if quick else 3, train_steps=150 if quick else 300, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

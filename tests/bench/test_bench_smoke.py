@@ -1,4 +1,4 @@
-"""Reduced benchmarks (uplink, LoRA delta, foresight) give positive figures and ratios against their baselines."""
+"""Reduced benchmarks (uplink, LoRA delta, foresight, weighting): positive figures and ratios against baselines."""
 
 from __future__ import annotations
 
@@ -42,3 +42,11 @@ def test_quick_foresight_bench_answers_within_budget(tmp_path) -> None:
     p50, p99 = results
     assert p50.value < 150, p50  # the phone page's budget for a trajectory
     assert p99.value >= p50.value and p99.baseline >= p50.baseline
+
+
+def test_quick_weighting_bench_learns_more_where_the_foresight_was_wrong(tmp_path) -> None:
+    results = run_bench(figures=("weighting",), quick=True, out=tmp_path / "results.json")
+    wrong, right, both = results
+    assert "wrong" in wrong.name and "right" in right.name and "both" in both.name
+    assert wrong.ratio < 0.9, wrong  # v2 is better where v1's foresight was wrong than with even sampling
+    assert all(r.value > 0 and r.baseline > 0 for r in results)
