@@ -454,16 +454,28 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
-def phone_url_host(given: str, listen_host: str, server_cert: Path | None) -> str:
+def lan_address() -> str:
+    """This machine's address on its default route ("" without one). A UDP connect sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+            return probe.getsockname()[0]
+        except OSError:
+            return ""
+
+
+def phone_url_host(given: str, listen_host: str, server_cert: Path | None, lan: str = "") -> str:
     """The host a phone dials, named in the pairing URL: ``given`` (--phone-url-host), else the listening host,
-    else (listening on every interface) the first name of the server certificate beyond loopback, else this
-    machine's name. A phone on another device checks the certificate against that name: warn when it is not in it."""
+    else (listening on every interface) this machine's LAN address ``lan`` when the certificate names it, else
+    the certificate's first name beyond loopback, else ``lan`` or this machine's name. A phone checks the
+    certificate against that host: warn when the certificate does not name it."""
     from cloud.certs import DEFAULT_HOSTS, server_hosts
 
     names = server_hosts(server_cert) if server_cert is not None else []
     host = given or (listen_host if listen_host not in WILDCARD_HOSTS else "")
     if not host:
-        host = next((n for n in names if n not in DEFAULT_HOSTS), "") or socket.gethostname()
+        beyond = [n for n in names if n not in DEFAULT_HOSTS]
+        host = (lan if lan in beyond else "") or (beyond[0] if beyond else "") or lan or socket.gethostname()
         log.info("phones reach this cloud at %s (set --phone-url-host to name another address)", host)
     if names and host not in names:
         log.warning(
@@ -476,14 +488,34 @@ def phone_url_host(given: str, listen_host: str, server_cert: Path | None) -> st
     return host
 
 
+def phone_certs(args: argparse.Namespace, root: Path, lan: str):
+    """The certificates the phone page is served with: those of `fleetloop certs init` when present, else made
+    now (first start), naming loopback, the listening host, --phone-url-host, this machine's LAN address and
+    name. Browsers give the camera and WebXR only to secure pages, and a phone is never on loopback."""
+    from cloud.certs import CertPaths, init_certs
+
+    certs = CertPaths(Path(args.certs) if args.certs else root / "certs")
+    if not certs.exist():
+        hosts = [args.phone_url_host, args.host, lan, socket.gethostname()]
+        hosts = list(dict.fromkeys(h for h in hosts if h and h not in WILDCARD_HOSTS))
+        init_certs(certs.directory, hosts=tuple(hosts))
+        log.info(
+            "made a CA and a server certificate for the phone page in %s (for %s); a phone installs %s once",
+            certs.directory,
+            ", ".join(hosts),
+            certs.ca,
+        )
+    return certs
+
+
 def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
-    """The phone channel beside the gateway when --phone-port is given (websockets; wss with --tls)."""
+    """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
     if args.phone_port is None:
         return ()
-    from cloud.certs import CertPaths
     from cloud.phone_channel import PhoneChannel, PhoneChannelConfig
 
-    certs = CertPaths(Path(args.certs) if args.certs else root / "certs") if args.tls else None
+    lan = lan_address()
+    certs = phone_certs(args, root, lan)
     height, width = args.phone_image
     config = PhoneChannelConfig(
         host=args.host,
@@ -491,10 +523,10 @@ def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
         image_height=height,
         image_width=width,
         credentials=root / "phone-devices.json",
-        tls_cert=certs.server_cert if certs else None,
-        tls_key=certs.server_key if certs else None,
-        tls_ca=certs.ca if certs else None,
-        public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert if certs else None),
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        tls_ca=certs.ca,
+        public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert, lan),
     )
     return (lambda gateway: PhoneChannel(config, gateway),)
 

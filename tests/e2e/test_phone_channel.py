@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import re
+import ssl
 import struct
 
 import numpy as np
@@ -75,14 +76,19 @@ async def reply(ws: ClientConnection, timeout_s: float = 20.0) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
 
 
-async def hello(port: int, phone_id: str, **credential) -> tuple[ClientConnection, dict]:
-    ws = await connect(f"ws://127.0.0.1:{port}")
+def phone_tls(fleet: Fleet) -> ssl.SSLContext:
+    """Trusts the CA the cloud made at its first start for the phone page (it serves phones over TLS only)."""
+    return ssl.create_default_context(cafile=str(fleet.root / "data" / "certs" / "ca.pem"))
+
+
+async def hello(fleet: Fleet, phone_id: str, **credential) -> tuple[ClientConnection, dict]:
+    ws = await connect(f"wss://127.0.0.1:{fleet.phone_port}", ssl=phone_tls(fleet))
     await ws.send(json.dumps({"type": "hello", "phone_id": phone_id, "capabilities": CAPABILITIES, **credential}))
     return ws, await reply(ws)
 
 
-async def refused(port: int, **fields) -> dict:
-    ws = await connect(f"ws://127.0.0.1:{port}")
+async def refused(fleet: Fleet, **fields) -> dict:
+    ws = await connect(f"wss://127.0.0.1:{fleet.phone_port}", ssl=phone_tls(fleet))
     await ws.send(json.dumps({"type": "hello", "capabilities": CAPABILITIES, **fields}))
     answer = await reply(ws)
     with pytest.raises(websockets.ConnectionClosed):  # a refused hello ends that connection
@@ -156,7 +162,7 @@ def printed_qr(output: str, url: str) -> list[list[int]]:
 def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: Fleet) -> None:
     fleet = phone_cloud
     port = fleet.phone_port
-    url = f"http://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}"
+    url = f"https://127.0.0.1:{port}/phone?pair={pairing_tokens(fleet)[0]}"
     assert url in fleet.log("cloud")
     qr = qrcode.QRCode(border=0)  # what a phone's camera reads: the same modules as qrcode's code for the URL
     qr.add_data(url)
@@ -165,18 +171,18 @@ def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: 
 
     async def scenario() -> None:
         # ---- pairing: a wrong token is refused by field; the right one yields a per-phone credential, once
-        answer = await refused(port, phone_id="phone-1", pair="pair_wrong")
+        answer = await refused(fleet, phone_id="phone-1", pair="pair_wrong")
         assert (answer["type"], answer["field"]) == ("error", "hello.pair")
         first = pairing_tokens(fleet)[0]
-        ws, welcome = await hello(port, "phone-1", pair=first)
+        ws, welcome = await hello(fleet, "phone-1", pair=first)
         assert welcome["type"] == "welcome" and welcome["token"].startswith("flt_"), welcome
         assert welcome["image"] == {"height": HEIGHT, "width": WIDTH}
         token = welcome["token"]
-        answer = await refused(port, phone_id="phone-9", pair=first)
+        answer = await refused(fleet, phone_id="phone-9", pair=first)
         assert (answer["type"], answer["field"]) == ("error", "hello.pair"), "a used pairing token works again"
-        answer = await refused(port, phone_id="phone-1", token="flt_not-its-token")
+        answer = await refused(fleet, phone_id="phone-1", token="flt_not-its-token")
         assert (answer["type"], answer["field"]) == ("error", "hello.token")
-        answer = await refused(port, phone_id="phone-x", token=token, capabilities={"camera": True, "pose": True})
+        answer = await refused(fleet, phone_id="phone-x", token=token, capabilities={"camera": True, "pose": True})
         assert answer["field"] == "hello.capabilities.gripper"
         assert token not in fleet.log("cloud"), "a phone credential appeared in the cloud's output"
 
@@ -207,7 +213,7 @@ def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: 
         # ---- bad input: errors name the field; another phone's connection keeps serving throughout
         second = pairing_tokens(fleet)[-1]
         assert second != first
-        other, welcome2 = await hello(port, "phone-2", pair=second)
+        other, welcome2 = await hello(fleet, "phone-2", pair=second)
         assert welcome2["type"] == "welcome"
         await other.send(json.dumps({"type": "start", "episode_id": "p2-ep1"}))
         bad = [
@@ -245,7 +251,7 @@ def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: 
         await ws.send(json.dumps({"type": "ping"}))
         assert (await reply(ws))["type"] == "pong"  # the cloud has read those 18 steps
         ws.transport.abort()  # the link drops: no close handshake
-        ws, welcome = await hello(port, "phone-1", token=token)
+        ws, welcome = await hello(fleet, "phone-1", token=token)
         assert welcome["type"] == "welcome" and "token" not in welcome
         assert welcome["open_episodes"] == ["p1-ep2"]
         await ws.send(json.dumps({"type": "start", "episode_id": "p1-ep2"}))
@@ -255,7 +261,7 @@ def test_phone_pairs_streams_survives_a_drop_and_refuses_bad_input(phone_cloud: 
         assert await reply(ws) == {"type": "ack", "episode_id": "p1-ep2", "next_seq": 30}
         # The ack was lost on a second drop: the phone resends the whole episode; the store keeps each step once.
         ws.transport.abort()
-        ws, _ = await hello(port, "phone-1", token=token)
+        ws, _ = await hello(fleet, "phone-1", token=token)
         await ws.send(json.dumps({"type": "start", "episode_id": "p1-ep2"}))
         assert await reply(ws) == {"type": "ack", "episode_id": "p1-ep2", "next_seq": 30}
         for seq in (0, 17, 29):
@@ -303,7 +309,7 @@ def test_a_stopped_episode_stores_how_wrong_the_foresight_was_and_the_learner_we
     steps = 20
 
     async def scenario() -> None:
-        ws, welcome = await hello(fleet.phone_port, "phone-1", pair=pairing_tokens(fleet)[0])
+        ws, welcome = await hello(fleet, "phone-1", pair=pairing_tokens(fleet)[0])
         assert welcome["type"] == "welcome"
         header = json.dumps({"type": "foresight", "pose": pose(1, 0), "gripper": 0.05}).encode()
         await ws.send(struct.pack(">I", len(header)) + header + jpeg(0))
@@ -356,7 +362,7 @@ def test_a_phone_dataset_from_before_foresight_errors_still_takes_episodes(tmp_p
         publish_constant_phone_policy(fleet, [0.0, 0.0, 0.3], chunk=2)
 
         async def scenario() -> None:
-            ws, _ = await hello(fleet.phone_port, "phone-1", pair=pairing_tokens(fleet)[0])
+            ws, _ = await hello(fleet, "phone-1", pair=pairing_tokens(fleet)[0])
             await ws.send(json.dumps({"type": "start", "episode_id": "old-store"}))
             for seq in range(5):
                 await ws.send(step_frame("old-store", 1, seq))

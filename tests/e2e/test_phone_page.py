@@ -1,13 +1,18 @@
 """The phone page in a real headless Chromium against the real `fleetloop cloud`.
 
-The first test: the cloud serves the page on its phone port (plain http/ws on loopback: no --tls, so no
-certificate to trust). Chromium runs with a fake camera, and a stub WebXR (`navigator.xr`, injected before the
-page's scripts) whose viewer pose moves in a known way: x = 0.05 m/s * t, y = 0.02, z = 0.5, turning about z by
-2x radians. The test drives the page over the Chrome DevTools Protocol: it pairs, records ~2 s, stops, and
-checks what landed in the store (the link is dropped mid-episode: the page reconnects with its token and resends
-from IndexedDB), then publishes a `phone` policy, screenshots the page and checks the foresight overlay it draws.
+The cloud serves the page on its phone port, always over HTTPS (browsers give the camera and WebXR only to
+secure pages, and a phone is never on loopback): with the certificates of `fleetloop certs init` when present,
+else with a CA and server certificate it makes at its first start. Chromium trusts only that server certificate
+(--ignore-certificate-errors-spki-list with its public key's hash).
 
-The second: `--tls`, the page over https and wss in a chromium that trusts only the cloud's certificate, with no
+The first test: certificates made at first start. Chromium runs with a fake camera, and a stub WebXR
+(`navigator.xr`, injected before the page's scripts) whose viewer pose moves in a known way: x = 0.05 m/s * t,
+y = 0.02, z = 0.5, turning about z by 2x radians. The test drives the page over the Chrome DevTools Protocol: it
+pairs, records ~2 s, stops, and checks what landed in the store (the link is dropped mid-episode: the page
+reconnects with its token and resends from IndexedDB), then publishes a `phone` policy, screenshots the page and
+checks the foresight overlay it draws.
+
+The second: `fleetloop certs init` first, then `--tls`: the page over https and wss with those certificates, no
 WebXR stub (immersive-ar unsupported): camera and gripper with the identity pose, and a discarded episode.
 
 The third: the cloud's learner trains the `phone` policy on the page's demonstrations, scores a later
@@ -220,9 +225,10 @@ def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_p
     chrome = None
     try:
         url = pairing_url(fleet)
-        assert url.startswith(f"http://127.0.0.1:{phone_port}/phone?pair=pair_"), url
+        assert url.startswith(f"https://127.0.0.1:{phone_port}/phone?pair=pair_"), url  # always HTTPS
+        assert "made a CA and a server certificate for the phone page" in fleet.log("cloud")  # at first start
         assert PhoneChannel  # the page files ship inside the package
-        chrome = open_phone_page(tmp_path / "chromium-profile", url, before_page=STUB_XR)
+        chrome = open_phone_page(tmp_path / "chromium-profile", url, trust_the_cloud(fleet), before_page=STUB_XR)
         state = chrome.phone
         wait_paired(chrome, fleet)
         assert state("poseTracked") is True  # its hello said "pose": true, after WebXR's (late) answer
@@ -289,6 +295,11 @@ def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_p
         fleet.stop_all()
 
 
+def trust_the_cloud(fleet: Fleet) -> str:
+    """The chromium flag that trusts the cloud's server certificate, and only it."""
+    return f"--ignore-certificate-errors-spki-list={spki_sha256(fleet.root / 'data' / 'certs' / 'server.pem')}"
+
+
 def spki_sha256(cert_pem: Path) -> str:
     """base64(sha256(the certificate's SubjectPublicKeyInfo, DER)): what chromium's
     --ignore-certificate-errors-spki-list names a certificate it should trust by."""
@@ -340,9 +351,9 @@ def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the
         with urllib.request.urlopen(f"https://{page}/ca.pem", timeout=5, context=trusted) as answer:
             assert answer.read() == (certs / "ca.pem").read_bytes()  # what a phone installs to trust the cloud
         assert f"installs its CA from https://127.0.0.1:{phone_port}/phone/ca.pem" in fleet.log("cloud")
+        assert "made a CA" not in fleet.log("cloud")  # certs init's certificates were there: no new ones
 
-        spki = spki_sha256(certs / "server.pem")
-        chrome = open_phone_page(tmp_path / "chromium-profile", url, f"--ignore-certificate-errors-spki-list={spki}")
+        chrome = open_phone_page(tmp_path / "chromium-profile", url, trust_the_cloud(fleet))
         state = chrome.phone
         wait_paired(chrome, fleet)
         assert chrome.js("location.protocol") == "https:"
@@ -408,7 +419,8 @@ def test_the_learner_trains_on_the_page_s_demonstrations_and_each_new_version_re
     fleet.start_cloud("--phone-port", str(phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}", *learner, learner=True)
     chrome = None
     try:
-        chrome = open_phone_page(tmp_path / "chromium-profile", pairing_url(fleet), before_page=STUB_XR)
+        url = pairing_url(fleet)
+        chrome = open_phone_page(tmp_path / "chromium-profile", url, trust_the_cloud(fleet), before_page=STUB_XR)
         wait_paired(chrome, fleet)
         wait_until(lambda: chrome.phone("foresightVersion") == 0, 20, "a foresight answer (no policy yet)")
         seconds = {}

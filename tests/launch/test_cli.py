@@ -71,6 +71,7 @@ def test_the_pairing_url_names_an_address_a_phone_can_dial(tmp_path, caplog) -> 
     assert phone_url_host("", "127.0.0.1", None) == "127.0.0.1"
     assert phone_url_host("", "0.0.0.0", cert) == "cloud.lab.example"  # every interface: the certificate's name
     assert phone_url_host("10.1.2.3", "0.0.0.0", cert) == "10.1.2.3"
+    assert phone_url_host("", "0.0.0.0", cert, lan="10.1.2.3") == "10.1.2.3"  # the LAN address, when named
     assert "does not" not in caplog.text
     assert phone_url_host("192.168.9.9", "0.0.0.0", cert) == "192.168.9.9"
     assert "certs init --host 192.168.9.9" in caplog.text  # the phone would refuse the certificate: say how to fix
