@@ -1,4 +1,4 @@
-"""``fleetloop demo``: the cloud and a small simulated fleet on this machine, with a live table.
+"""``fleetloop demo``: the cloud and a small simulated fleet on this machine, with a live table and the phone page.
 
 Every part runs as its own process, talking over loopback gRPC exactly as on a real fleet.
 The table is read from the episode store; the summary lands in runs/<run>/summary.json.
@@ -63,6 +63,17 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0
     raise RuntimeError(f"the cloud did not listen on port {port} within {timeout_s:.0f} s")
 
 
+def _pairing_url(cloud_log: Path, timeout_s: float = 10.0) -> str:
+    """The phone pairing URL the cloud printed ("" if it did not within ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in cloud_log.read_text(errors="replace").splitlines():
+            if line.startswith("phone pairing URL: "):
+                return line.removeprefix("phone pairing URL: ").strip()
+        time.sleep(0.2)
+    return ""
+
+
 def _stop(processes: list[subprocess.Popen], timeout_s: float = 30.0) -> None:
     for process in processes:
         if process.poll() is None:
@@ -102,6 +113,7 @@ def run_demo(config: DemoConfig) -> int:
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port = _pick_port()
+    phone_port = _pick_port(7071)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
     console = Console()
     console.print(
@@ -118,9 +130,16 @@ def run_demo(config: DemoConfig) -> int:
         processes.append(process)
         return process
 
-    cloud = start("cloud", ["cloud", "--root", str(run_dir), "--port", str(port)])
+    cloud = start("cloud", ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port)])
     try:
         _wait_for_port(port, cloud)
+        pairing = _pairing_url(logs / "cloud.log")
+        if pairing:
+            console.print(
+                f"The phone page: {pairing} (a browser on this machine; it trusts the cloud once it accepts the "
+                f"certificate or installs {run_dir / 'certs' / 'ca.pem'}). Demonstrations recorded there train "
+                "the `phone` policy, whose foresight the page draws."
+            )
         for i in range(1, config.robots + 1):
             start(
                 f"robot-{i}",
