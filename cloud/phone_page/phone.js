@@ -1,5 +1,6 @@
 // fleetloop phone page: pairs with the cloud, records camera + 6-DoF pose + gripper (the identity pose, and
-// "pose": false in the hello, where WebXR immersive-ar is missing), streams steps (docs/phone-protocol.md),
+// "pose": false in the hello, where WebXR immersive-ar is missing; frames from the XR session's own camera when
+// it offers raw camera access, else from getUserMedia), streams steps (docs/phone-protocol.md),
 // keeps unacked steps in IndexedDB and resends them after a reconnect, and draws the current phone policy's
 // predicted trajectory (visual foresight) over the camera view.
 "use strict";
@@ -163,9 +164,11 @@
   async function startXR() {
     if (!state.xrSupported || state.xrActive) return;
     try {
-      const session = await navigator.xr.requestSession("immersive-ar", { optionalFeatures: ["local", "dom-overlay"], domOverlay: { root: document.body } });
+      const session = await navigator.xr.requestSession("immersive-ar",
+        { optionalFeatures: ["local", "dom-overlay", "camera-access"], domOverlay: { root: document.body } });
       const gl = document.createElement("canvas").getContext("webgl", { xrCompatible: true });
       if (window.XRWebGLLayer) session.updateRenderState({ baseLayer: new XRWebGLLayer(session, gl) });
+      if (window.XRWebGLBinding && gl) { xrCamera.binding = new XRWebGLBinding(session, gl); xrCamera.gl = gl; }
       const space = await session.requestReferenceSpace("local");
       state.xrActive = true;
       const onFrame = (time, xrFrame) => {
@@ -173,8 +176,15 @@
         if (viewer) {
           const p = viewer.transform.position, o = viewer.transform.orientation;
           state.pose = [p.x, p.y, p.z, o.x, o.y, o.z, o.w];
-          if (viewer.views && viewer.views[0]) state.projection = viewer.views[0].projectionMatrix;
+          const view = viewer.views && viewer.views[0];
+          if (view) state.projection = view.projectionMatrix;
           state.poseSamples.push(performance.now());
+          // The camera image is only valid inside this callback: captures waiting for it are served here.
+          state.xrCameraSeen = Boolean(view && view.camera && xrCamera.binding);
+          if (state.xrCameraSeen && xrCamera.waiting.length) {
+            const shot = { image: readXRCamera(view.camera), pose: unitPose(), t: performance.now() };
+            xrCamera.waiting.splice(0).forEach((resolve) => resolve(shot.image ? shot : null));
+          }
         }
         session.requestAnimationFrame(onFrame);
       };
@@ -206,11 +216,41 @@
       state.lastError = `camera: ${e}`;
     }
   }
-  function grab() {
-    if (!video.videoWidth) return null;
+  // Inside an immersive-ar session the camera belongs to the AR runtime and getUserMedia may get nothing: frames
+  // then come from the session itself (WebXR raw camera access, "camera-access"), read during an XR frame.
+  const xrCamera = { binding: null, gl: null, framebuffer: null, waiting: [] };
+  function readXRCamera(camera) {
+    const gl = xrCamera.gl, texture = xrCamera.binding.getCameraImage(camera);
+    if (!texture) return null;
+    const w = camera.width, h = camera.height, pixels = new Uint8ClampedArray(w * h * 4);
+    xrCamera.framebuffer = xrCamera.framebuffer || gl.createFramebuffer();
+    gl.bindFramebuffer(gl.FRAMEBUFFER, xrCamera.framebuffer);
+    gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, texture, 0);
+    gl.readPixels(0, 0, w, h, gl.RGBA, gl.UNSIGNED_BYTE, pixels); // rows in the texture's order: first is top
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    const image = document.createElement("canvas");
+    image.width = w; image.height = h;
+    image.getContext("2d").putImageData(new ImageData(pixels, w, h), 0, 0);
+    return image;
+  }
+  function capture() {
+    // {image, pose, t}: the frame with the pose it was taken at, or null when there is no frame yet.
+    if (state.xrActive && state.xrCameraSeen) {
+      state.cameraSource = "XR session";
+      return new Promise((resolve) => {
+        xrCamera.waiting.push(resolve);
+        setTimeout(() => resolve(null), 500); // the session stopped producing frames: no frame this time
+      });
+    }
+    if (!video.videoWidth) return Promise.resolve(null);
+    state.cameraSource = "getUserMedia";
+    return Promise.resolve({ image: video, pose: unitPose(), t: performance.now() });
+  }
+  function encodeJpeg(image) {
+    const width = image.videoWidth || image.width, height = image.videoHeight || image.height;
     canvas.width = FRAME_WIDTH;
-    canvas.height = Math.round(FRAME_WIDTH * video.videoHeight / video.videoWidth);
-    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+    canvas.height = Math.round(FRAME_WIDTH * height / width);
+    canvas.getContext("2d").drawImage(image, 0, 0, canvas.width, canvas.height);
     return new Promise((resolve) => canvas.toBlob((b) => b.arrayBuffer().then(resolve), "image/jpeg", 0.8));
   }
   const gripper = () => Number($("gripper").value);
@@ -218,13 +258,15 @@
   // ---- recording --------------------------------------------------------------------------------------------
   async function recordStep() {
     const episode = state.episode;
-    if (!episode) return;
+    if (!episode || state.capturing) return; // one capture at a time: seqs follow capture order
+    state.capturing = true;
+    let shot;
+    try { shot = await capture(); } finally { state.capturing = false; }
+    if (!shot || state.episode !== episode) return; // no frame yet, or the episode ended meanwhile
     const seq = state.seq++;
     const header = { type: "step", episode_id: episode.episode_id, seq,
-      t_mono_ns: Math.round(performance.now() * 1e6), pose: unitPose(), gripper: gripper() };
-    const encode = grab();
-    if (!encode) { state.seq--; return; }
-    const done = encode.then(async (jpeg) => {
+      t_mono_ns: Math.round(shot.t * 1e6), pose: shot.pose, gripper: gripper() };
+    const done = encodeJpeg(shot.image).then(async (jpeg) => {
       const data = frame(header, jpeg);
       await putStep({ episode_id: episode.episode_id, seq, frame: data }); // kept until the ack
       send(data);
@@ -266,12 +308,12 @@
   // ---- visual foresight ---------------------------------------------------------------------------------------
   async function requestForesight() {
     if (!state.connected || state.foresightWaiting) return;
-    const encode = grab();
-    if (!encode) return;
     state.foresightWaiting = true;
-    state.foresightRequestPose = unitPose();
-    const jpeg = await encode;
-    send(frame({ type: "foresight", pose: state.foresightRequestPose, gripper: gripper() }, jpeg));
+    const shot = await capture();
+    if (!shot) { state.foresightWaiting = false; return; }
+    state.foresightRequestPose = shot.pose;
+    const jpeg = await encodeJpeg(shot.image);
+    send(frame({ type: "foresight", pose: shot.pose, gripper: gripper() }, jpeg));
   }
   function project(point, pose, w, h) {
     // world -> camera (the pose is the camera's in the world; the camera looks down -z, +y up), then the view's
@@ -324,6 +366,7 @@
       state.episode ? `recording episode ${state.episode.episode_id}: ${state.seq} steps` : "idle",
       `steps recorded ${state.stepsSent}, acked ${state.stepsAcked}${state.lastAck ? ` (last ack ${state.lastAck})` : ""}`,
       `pose ${state.xrActive ? "WebXR" : "identity"} ${poseHz()} Hz: ${p}`,
+      `camera: ${state.cameraSource || "no frame yet"}`,
       state.lastError ? `error: ${state.lastError}` : "",
     ].filter(Boolean).join("\n");
   }

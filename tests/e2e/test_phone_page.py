@@ -7,10 +7,11 @@ else with a CA and server certificate it makes at its first start. Chromium trus
 
 The first test: certificates made at first start. Chromium runs with a fake camera, and a stub WebXR
 (`navigator.xr`, injected before the page's scripts) whose viewer pose moves in a known way: x = 0.05 m/s * t,
-y = 0.02, z = 0.5, turning about z by 2x radians. The test drives the page over the Chrome DevTools Protocol: it
-pairs, records ~2 s, stops, and checks what landed in the store (the link is dropped mid-episode: the page
-reconnects with its token and resends from IndexedDB), then publishes a `phone` policy, screenshots the page and
-checks the foresight overlay it draws.
+y = 0.02, z = 0.5, turning about z by 2x radians, and a camera image (raw camera access: a texture in the page's
+WebGL context, red over blue) the page reads during the XR frame. The test drives the page over the Chrome
+DevTools Protocol: it pairs, records ~2 s, stops, and checks what landed in the store (the link is dropped
+mid-episode: the page reconnects with its token and resends from IndexedDB), then publishes a `phone` policy,
+screenshots the page and checks the foresight overlay it draws.
 
 The second: `fleetloop certs init` first, then `--tls`: the page over https and wss with those certificates, no
 WebXR stub (immersive-ar unsupported): camera and gripper with the identity pose, and a discarded episode.
@@ -73,11 +74,27 @@ STUB_XR = """
     requestAnimationFrame(callback) {
       return setTimeout(() => {
         window.__stubPoseSamples++;
-        callback(performance.now(), { getViewerPose: () => ({ transform: pose(), views: [] }) });
+        const views = [{ camera: { width: 64, height: 48 } }];  // raw camera access: this view has a camera
+        callback(performance.now(), { getViewerPose: () => ({ transform: pose(), views }) });
       }, 16);
     },
   };
   window.XRWebGLLayer = function () {};
+  // The session's camera image: a texture in the page's own WebGL context, top half red, bottom half blue.
+  window.__stubCameraImages = 0;
+  window.XRWebGLBinding = function (session, gl) {
+    const texture = gl.createTexture();
+    this.getCameraImage = (camera) => {
+      const { width, height } = camera, data = new Uint8Array(width * height * 4);
+      for (let i = 0; i < width * height; i++) {
+        data.set(i < width * height / 2 ? [220, 30, 30, 255] : [30, 30, 220, 255], i * 4);
+      }
+      gl.bindTexture(gl.TEXTURE_2D, texture);
+      gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, width, height, 0, gl.RGBA, gl.UNSIGNED_BYTE, data);
+      window.__stubCameraImages++;
+      return texture;
+    };
+  };
   Object.defineProperty(navigator, "xr", { configurable: true, value: {
     async isSessionSupported(mode) {  // answers late, as a real XR runtime may: the hello has to wait for it
       await new Promise((resolve) => setTimeout(resolve, 300));
@@ -266,8 +283,12 @@ def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_p
         np.testing.assert_allclose(poses[:, 6], np.cos(x), atol=1e-5)
         np.testing.assert_allclose(stored["obs.gripper"], 0.05, atol=1e-6)  # the slider's default
         assert np.all(np.diff(stored["t_mono_ns"]) > 0)
-        images = stored["obs.image"]
-        assert images.shape == (acked, HEIGHT, WIDTH, 3) and images.std() > 5  # the fake camera's frames, not blank
+        images = stored["obs.image"].astype(float)
+        assert images.shape == (acked, HEIGHT, WIDTH, 3)
+        # The frames came from the XR session's camera (red over blue), not from getUserMedia's fake camera.
+        np.testing.assert_allclose(images[:, 4 : HEIGHT // 2 - 4].mean(axis=(0, 1, 2)), [220, 30, 30], atol=20)
+        np.testing.assert_allclose(images[:, HEIGHT // 2 + 4 : -4].mean(axis=(0, 1, 2)), [30, 30, 220], atol=20)
+        assert chrome.js("window.__stubCameraImages") >= acked
 
         # ---- foresight: once a phone policy is published, v1 answers and its predicted point is drawn over the view
         publish_phone_policy(tmp_path)
@@ -277,6 +298,7 @@ def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_p
         assert foresight.startswith("foresight: policy phone v1,"), foresight
         status = chrome.js("document.getElementById('status').textContent")
         assert "connected (paired)" in status and f"acked {acked}" in status and "pose WebXR" in status, status
+        assert "camera: XR session" in status, status
         shot = base64.b64decode(chrome.call("Page.captureScreenshot", format="png")["data"])
         path = tmp_path / "phone-page.png"
         path.write_bytes(shot)
@@ -380,6 +402,7 @@ def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the
         status = chrome.js(STATUS)
         assert "connected (paired)" in status and f"acked {acked}" in status, status
         assert "pose identity" in status and "0.000 0.000 0.000 0.000 0.000 0.000 1.000" in status, status
+        assert "camera: getUserMedia" in status, status  # no XR session: frames from the browser's camera
 
         episodes = stored_episodes(fleet)
         assert len(episodes) == 1, list(episodes)
