@@ -21,17 +21,24 @@ def agent_main(
     messages,
     stop,
     trace: bool = False,
+    preload_lerobot: bool = False,
 ) -> None:
     """Runs an EdgeAgent (NullRobot, no operator) until ``duration_s`` passed or ``stop`` is set; reports stats.
 
     ``trace``: for every policy version, reports when its first and last chunk arrived, when it passed its
     checksum and when it was loaded (this host's monotonic clock), to break a push's time down.
+    ``preload_lerobot``: import lerobot's policy code before the loop starts (`fleetloop edge --preload lerobot`).
     """
     child_setup()
     os.environ["OMP_NUM_THREADS"] = "1"  # as the fleet's edges run: the cores are shared
-    logging.basicConfig(level=logging.WARNING, format=f"{who} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, format=f"{who} %(levelname)s %(name)s: %(message)s")
     try:
         import torch
+
+        if preload_lerobot:
+            from policies.lerobot_policy import preload
+
+            preload()
 
         from edge.agent import EdgeAgent
         from edge.spool import Spool

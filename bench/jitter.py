@@ -35,12 +35,19 @@ class JitterRun:
     published: int
 
 
-def _run(gateway: GatewayHarness, who: str, duration_s: float, blob: bytes | None, every_s: float) -> JitterRun:
+def _run(
+    gateway: GatewayHarness,
+    who: str,
+    duration_s: float,
+    blob: bytes | None,
+    every_s: float,
+    preload_lerobot: bool = False,
+) -> JitterRun:
     with Children() as children:
         stop = SPAWN.Event()
         spool = str(gateway.store.root.parent / "spool" / f"{who}.db")
-        args = (who, gateway.target, spool, POLICY, HZ, duration_s, True, children.messages, stop)
-        children.start(agent_main, *args, name=who)
+        args = (who, gateway.target, spool, POLICY, HZ, duration_s, True, children.messages, stop, False)
+        children.start(agent_main, *args, preload_lerobot, name=who)
         children.receive("started", 1, timeout_s=180)
         ends = time.monotonic() + duration_s
         published = 0
@@ -103,4 +110,45 @@ def measure(
             quiet.missed,
             f"{LOWER}; of {busy.ticks} vs {quiet.ticks} ticks; ratio is null when the baseline missed none; {note}",
         ),
+    ]
+
+
+def lerobot_blob() -> bytes:
+    """A tiny lerobot ACT over the NullRobot's 21-d state (fed as state and environment state), with statistics."""
+    import torch
+
+    from policies.lerobot_policy import LerobotPolicy
+    from policies.weights import policy_to_bytes
+
+    tiny = {"dim_model": 32, "n_heads": 2, "dim_feedforward": 64, "n_encoder_layers": 1, "n_decoder_layers": 1}
+    tiny.update({"n_vae_encoder_layers": 1, "latent_dim": 8, "chunk_size": 5, "n_action_steps": 5})
+    inputs = {"observation.state": ["state"], "observation.environment_state": ["state"]}
+    torch.manual_seed(0)
+    policy = LerobotPolicy({"state": {"shape": [21], "dtype": "float32"}}, 4, "act", tiny, inputs=inputs)
+    rng = np.random.default_rng(0)
+    state, action = rng.normal(size=(32, 21)), rng.uniform(-1, 1, size=(32, 4))
+    policy.fit_normalization({"obs.state": state.astype(np.float32), "action": action.astype(np.float32)})
+    return policy_to_bytes(policy.eval())
+
+
+def measure_lerobot_load(
+    loop: LoopThread, workdir: Path, duration_s: float = 12.0, say: Callable[[str], None] = print
+) -> list[Result]:
+    """Tick jitter while an edge that ran an MLP receives its first lerobot policy: lerobot imported on arrival
+    (the default) vs before the loop started (``--preload lerobot``, the baseline)."""
+    blob, _ = policy_blob(SIZES["1M"])
+    act = lerobot_blob()
+    runs = {}
+    with GatewayHarness(loop, workdir / "lerobot-load") as gateway:
+        for preload in (False, True):
+            gateway.registry.publish(POLICY, blob)  # each run starts on the MLP, then ACT arrives
+            say(f"tick jitter: EdgeAgent at {HZ:.0f} Hz, a lerobot ACT arrives ({'preloaded' if preload else 'cold'})")
+            who = f"bench-lerobot-{'preloaded' if preload else 'cold'}"
+            runs[preload] = _run(gateway, who, duration_s, act, duration_s / 2.5, preload_lerobot=preload)
+    cold, warm = runs[False], runs[True]
+    say(f"  cold: {cold.missed} missed of {cold.ticks}; preloaded: {warm.missed} missed of {warm.ticks}")
+    label = f"tick jitter @{HZ:.0f} Hz as the first lerobot ACT arrives, lerobot imported then (vs --preload lerobot)"
+    return [
+        Result(f"{label}: p99", cold.p99_ms, "ms", warm.p99_ms, LOWER),
+        Result(f"{label}: missed deadlines", cold.missed, "ticks", warm.missed, f"{LOWER}; null ratio: none missed"),
     ]

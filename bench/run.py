@@ -2,11 +2,12 @@
 
     python -m bench.run                  # everything (about 2-3 minutes on 2 cores); writes bench/results.json
     python -m bench.run --quick          # a reduced run (seconds)
-    python -m bench.run --only uplink    # one or more of: uplink, push, jitter, ros2, delta, foresight, weighting
+    python -m bench.run --only uplink    # one or more of the figures below, by name
 
 (a) uplink   image steps from 1 and 4 edge processes into the episode store, vs raw gRPC bytes
 (b) push     registry.publish -> "applied" on 1 and 4 edges for ~1M and ~50M MLPs, vs raw gRPC + sha256
 (c) jitter   30 Hz tick jitter and missed deadlines while versions arrive, vs the same loop without updates
+(c2) lerobot-load  the same as the first lerobot policy arrives: lerobot imported then, vs --preload lerobot
 (d) ros2     640x480 images at 30 Hz through ROS 2 into the driver: Fast DDS shared memory vs its default transport
 (e) delta    a LoRA-adapted model's update as a delta vs a full-weights push: bytes and publish -> applied
 (f) foresight a phone's foresight request -> predicted trajectory on loopback (p50, p99) vs a websockets echo
@@ -35,7 +36,7 @@ from rich.text import Text
 from bench.common import HIGHER, Result
 
 RESULTS = Path(__file__).with_name("results.json")
-FIGURES = ("uplink", "push", "jitter", "ros2", "delta", "foresight", "weighting")
+FIGURES = ("uplink", "push", "jitter", "lerobot-load", "ros2", "delta", "foresight", "weighting")
 
 
 def run_bench(
@@ -70,6 +71,8 @@ def run_bench(
             results += push.measure(loop, workdir, edge_counts=edge_counts, sizes=sizes, repeats=2, say=say)
         if "jitter" in figures:
             results += jitter.measure(loop, workdir, duration_s=3.0 if quick else 10.0, say=say)
+        if "lerobot-load" in figures:
+            results += jitter.measure_lerobot_load(loop, workdir, duration_s=8.0 if quick else 12.0, say=say)
         if "ros2" in figures:
             results += ros2_image.measure(seconds=2.0 if quick else 5.0, say=say)
         if "delta" in figures:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -21,6 +22,7 @@ import numpy as np
 
 from policies.base import Policy
 from policies.updates import HeldState, UpdateError, apply_update
+from policies.weights import read_metadata
 
 log = logging.getLogger("fleetloop.runtime")
 
@@ -83,6 +85,7 @@ class PolicyRuntime:
             name, version, weights = item
             try:
                 started = time.perf_counter()
+                _warn_if_importing_lerobot(name, version, weights)
                 policy, held = apply_update(weights, self._held)
                 policy.eval()
                 policy.reset()
@@ -193,3 +196,20 @@ class PolicyRuntime:
     def close(self) -> None:
         self._load_queue.put(None)
         self._infer_queue.put(None)
+
+
+def _warn_if_importing_lerobot(name: str, version: int, weights: bytes) -> None:
+    """Rebuilding the first lerobot policy imports lerobot on this thread, which stalls the control loop for
+    seconds (extension modules load under the GIL): say so, and how to avoid it."""
+    try:
+        lerobot = read_metadata(weights).get("type") == "lerobot"
+    except ValueError:
+        return  # apply_update names what is wrong with it
+    if lerobot and "lerobot.policies.factory" not in sys.modules:
+        log.warning(
+            "policy %s v%d is a lerobot policy and lerobot is not imported yet: importing it now stalls the "
+            "control loop (p99 tick error ~100 ms for a few seconds); start edges that run lerobot policies with "
+            "--preload lerobot",
+            name,
+            version,
+        )

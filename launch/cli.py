@@ -661,6 +661,12 @@ def cmd_edge(args: argparse.Namespace) -> int:
             log.error("--operator scripted: no scripted operator for %s; use --operator none", task)
             return 2
         operator = factory()
+    if "lerobot" in args.preload:
+        from policies.lerobot_policy import preload
+
+        started = time.monotonic()
+        preload()
+        log.info("imported lerobot's policy code in %.1f s, before the control loop starts", time.monotonic() - started)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
     spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
     agent = EdgeAgent(
@@ -1028,6 +1034,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         help="seconds without a fresh action before the robot holds (default max(0.25, 3 ticks))",
+    )
+    edge.add_argument(
+        "--preload",
+        action="append",
+        choices=["lerobot"],
+        default=[],
+        help="import a policy library before the control loop starts: importing lerobot while the loop runs "
+        "stalls it for seconds when the first lerobot policy arrives",
     )
     edge.add_argument(
         "--hold-on-link-loss",

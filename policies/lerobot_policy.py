@@ -97,6 +97,13 @@ def _features(observation: dict, inputs: dict[str, list[str]], action_dim: int) 
     return input_features, {ACTION: PolicyFeature(FeatureType.ACTION, (int(action_dim),))}
 
 
+def preload() -> None:
+    """Imports what rebuilding a lerobot policy needs. Importing it takes seconds and holds the GIL in long
+    stretches (extension modules load under it): done while a control loop ticks, it stalls that loop."""
+    import lerobot.policies.factory  # noqa: F401
+    import lerobot.processor  # noqa: F401
+
+
 def check_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> None:
     """ValueError unless ``fields`` make a config of ``lerobot_type`` (checked without building the model)."""
     import lerobot.policies.factory  # noqa: F401 (registers lerobot's policy config types)

@@ -72,6 +72,8 @@ def test_lerobot_act_then_diffusion_run_on_the_edge(tmp_path) -> None:
             mine = actions[data["policy_version"] == version]
             assert mine.std(axis=0).max() > 0, f"v{version}'s actions never changed: not the policy's chunks"
         assert data["obs.pixels"].std() > 0  # the policies saw real rendered frames
+        # Without --preload lerobot the edge imports lerobot when v1 arrives, while its loop runs: it says so.
+        assert "is a lerobot policy and lerobot is not imported yet" in fleet.log("pusht-1")
     finally:
         fleet.stop_all()
     assert time.monotonic() - started < 150
@@ -89,7 +91,7 @@ def test_the_cloud_s_learner_trains_lerobot_act_from_operator_demos_and_the_edge
         learner = ["--policy", f"{task}=act", "--policy-config", f"{task}={config}", "--first-round-episodes", "2"]
         learner += ["--round-episodes", "1000", "--train-steps", "40", "--batch-size", "32"]
         fleet.start_cloud(*learner, learner=True)
-        fleet.start_edge("arm-1", hz=50, env=OFFLINE)
+        fleet.start_edge("arm-1", "--preload", "lerobot", hz=50, env=OFFLINE)
         registry = PolicyRegistry(fleet.root / "data" / "registry")
         wait_until(lambda: registry.latest(task) is not None, 180, "the learner to publish lerobot ACT v1")
         policy = policy_from_bytes(registry.read(task, 1))
@@ -108,5 +110,7 @@ def test_the_cloud_s_learner_trains_lerobot_act_from_operator_demos_and_the_edge
         rows = store.read(task, columns=["policy_version", "intervention", "action"])
         mine = rows["action"][(rows["policy_version"] == 1) & ~rows["intervention"]]
         assert np.isfinite(mine).all() and mine.std(axis=0).max() > 0  # the policy's own, changing actions
+        edge_log = fleet.log("arm-1")
+        assert "imported lerobot's policy code" in edge_log and "not imported yet" not in edge_log
     finally:
         fleet.stop_all()
