@@ -60,6 +60,7 @@ HEADER = struct.Struct(">I")  # a binary step frame: header length, JSON header,
 POLICY = "phone"  # the policy whose predicted trajectory a phone's foresight request is answered with
 FORESIGHT_TIMEOUT_S = 10.0
 SCORE_TIMEOUT_S = 20.0  # scoring a stopped episode's foresight may delay its ack this long; unscored steps: NaN
+SCORE_BATCH = 16  # steps scored per inference request burst (the inference server's batch size)
 PAGE_DIR = Path(__file__).with_name("phone_page")  # the phone page, served over plain HTTP(S) on the same port
 CA_PATH = "/phone/ca.pem"  # over TLS: the CA certificate (public), for a phone to install and trust
 PAGE_FILES = {  # URL path -> (file, content type)
@@ -489,22 +490,31 @@ class PhoneChannel:
         if not self.scored or await asyncio.to_thread(self.gateway.registry.latest, POLICY) is None:
             return errors, versions
         started = time.monotonic()
-        futures = [
-            self._predict({"image": s.image, "pose": s.pose, "gripper": np.array([s.gripper], np.float32)})
-            for s in steps
-        ]
-        _, late = await asyncio.wait(futures, timeout=SCORE_TIMEOUT_S)
-        for index, future in enumerate(futures):
-            if future in late:
-                continue
-            chunk, version, error = future.result()
-            if error or chunk is None or np.shape(chunk)[-1] < 3 or not np.isfinite(chunk).all():
-                continue
-            errors[index] = foresight.step_error(chunk, actions, index)
-            versions[index] = version
+        deadline = started + SCORE_TIMEOUT_S
+        late = 0
+        # A batch at a time: live foresight requests (this phone's and others') queue between these batches
+        # instead of behind a whole episode.
+        for first in range(0, len(steps), SCORE_BATCH):
+            batch = steps[first : first + SCORE_BATCH]
+            futures = [
+                self._predict({"image": s.image, "pose": s.pose, "gripper": np.array([s.gripper], np.float32)})
+                for s in batch
+            ]
+            done, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            for index, future in enumerate(futures, start=first):
+                if future not in done:
+                    continue
+                chunk, version, error = future.result()
+                if error or chunk is None or np.shape(chunk)[-1] < 3 or not np.isfinite(chunk).all():
+                    continue
+                errors[index] = foresight.step_error(chunk, actions, index)
+                versions[index] = version
+            if pending:  # out of time: this batch's stragglers and every later step stay unscored
+                late = len(steps) - first - len(done)
+                break
         scored = np.isfinite(errors)
         if late or not scored.all():
-            log.warning("foresight scored %d of %d steps (%d too late)", scored.sum(), len(steps), len(late))
+            log.warning("foresight scored %d of %d steps (%d too late)", scored.sum(), len(steps), late)
         if scored.any():
             log.info(
                 "foresight of phone v%d was off by %.3f m on average (worst %.3f m) over %d steps (%.1f s)",
