@@ -616,6 +616,7 @@ class Learner:
                 limits[0],
                 limits[1],
                 hidden=self.config.hidden,
+                explore=self.config.sac.explore,
             )
             actor.to(device)
             state.agent = self._new_agent(actor)

@@ -214,6 +214,13 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="sac: share of each batch from the demonstration buffer (interventions, demos; default 0.5)",
     )
+    parser.add_argument(
+        "--sac-explore",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sac: robots sample actions from the published actor, as HIL-SERL collects (default); "
+        "--no-sac-explore runs its mean action",
+    )
     parser.add_argument("--learner-seed", type=int, default=0, help="seed of the learner's batches (rank adds to it)")
 
 
@@ -261,7 +268,7 @@ def learner_config(args: argparse.Namespace):
                 foresight_tolerance_m=getattr(args, "foresight_tolerance_m", 0.02),
                 foresight_max_weight=getattr(args, "foresight_max_weight", 5.0),
             ),
-            sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5)),
+            sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5), explore=getattr(args, "sac_explore", True)),
             seed=getattr(args, "learner_seed", 0),
         )
     except ValueError as err:

@@ -1,7 +1,9 @@
 """The SAC actor as a fleetloop policy: a Gaussian over actions, squashed by tanh into the action limits.
 
 ``act`` returns the mean action (``tanh`` of the Gaussian's mean, scaled to ``[action_low, action_high]``) as a
-chunk of shape (1, action_dim): what the edge runs. The learner samples from it (``sample``) while training.
+chunk of shape (1, action_dim): what the edge runs. The learner samples from it (``sample``) while training. With
+``explore`` (what the learner publishes unless ``--no-sac-explore``) ``act`` samples too, as HIL-SERL's actor does
+while it collects: the robot's on-policy data then covers what the policy might do, not only its mean.
 Its normalization buffers fix the action scale to the limits (``action_mean`` = midpoint, ``action_std`` = half
 range), so a published actor needs nothing beside its safetensors file. State (non-image) observations only.
 """
@@ -31,8 +33,12 @@ class SACActorPolicy(NormalizedPolicy):
         action_high: list[float],
         chunk_size: int = 1,
         hidden: tuple[int, ...] | list[int] = (256, 256),
+        explore: bool = False,
     ) -> None:
         super().__init__(observation, action_dim, chunk_size)
+        if not isinstance(explore, bool):
+            raise ValueError(f"sac_actor: explore must be true or false, got {explore!r}")
+        self.explore = explore
         if self.chunk_size != 1:
             raise ValueError(f"sac_actor: chunk_size must be 1, got {chunk_size}")
         if not self.state_keys or self.image_keys:
@@ -55,6 +61,7 @@ class SACActorPolicy(NormalizedPolicy):
             "action_low": self.action_low,
             "action_high": self.action_high,
             "hidden": self.hidden,
+            "explore": self.explore,
         }
 
     @classmethod
@@ -85,6 +92,21 @@ class SACActorPolicy(NormalizedPolicy):
         """The mean action in [-1, 1] as a chunk (B, 1, action_dim); ``act`` scales it to the limits."""
         mean, _ = self.gaussian(batch)
         return torch.tanh(mean).reshape(-1, 1, self.action_dim)
+
+    @torch.no_grad()
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        return self.act_batch([observation])[0]
+
+    @torch.no_grad()
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """(B, 1, action_dim) in the robot's units: the mean action, or a sample with ``explore``."""
+        if not self.explore:
+            return super().act_batch(observations)
+        batch = {
+            f"obs.{k}": torch.as_tensor(np.stack([np.asarray(o[k]) for o in observations])) for k in self.observation
+        }
+        unit, _ = self.sample(batch)
+        return (unit * self.action_std + self.action_mean).reshape(-1, 1, self.action_dim).numpy().astype(np.float32)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Behaviour cloning of the mean action (in [-1, 1] units), per sample: for pretraining or checks."""

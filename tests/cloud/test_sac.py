@@ -15,6 +15,7 @@ from cloud.sac import SACConfig
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from edge.operator import HGDaggerOperator
 from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
+from launch.cli import build_parser, learner_config
 from policies.sac import SACActorPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes
 from protocol.steps import schema_for
@@ -82,7 +83,8 @@ def autonomous_success(policy) -> float:
 
 
 def run_episode(robot, operator, policy, version: int) -> dict[str, np.ndarray]:
-    """One episode as the edge runs it: the policy's mean action, the operator taking over when it drifts."""
+    """One episode as the edge runs it: the published actor acts (sampling: explore), the operator takes over
+    when it drifts."""
     observation, rows = robot.reset(), []
     operator.reset()
     for step in range(100):
@@ -169,3 +171,23 @@ def test_rl_with_interventions_improves_autonomous_success_over_versions(tmp_pat
         for key, tensor in module.state_dict().items():
             torch.testing.assert_close(resumed.modules()[name].state_dict()[key], tensor, msg=f"{name}.{key}")
     assert resumed.critic_optimizer.state_dict()["state"].keys() == live.critic_optimizer.state_dict()["state"].keys()
+
+
+def test_an_exploring_actor_samples_within_the_limits_and_the_mean_actor_does_not() -> None:
+    observation = {"state": {"shape": [4], "dtype": "float32"}}
+    torch.manual_seed(0)
+    explorer = SACActorPolicy(observation, 2, [-1.0, 0.0], [1.0, 2.0], hidden=(16,), explore=True)
+    mean = policy_from_bytes(policy_to_bytes(explorer))
+    assert mean.explore  # travels in the config
+    mean.explore = False
+    state = {"state": np.array([0.1, -0.2, 0.3, 0.0], np.float32)}
+    draws = np.stack([explorer.act(state)[0] for _ in range(200)])
+    assert draws.std(axis=0).min() > 0.05  # sampled: they differ
+    assert (draws >= [-1.0, 0.0]).all() and (draws <= [1.0, 2.0]).all()
+    np.testing.assert_array_equal(mean.act(state), mean.act(state))  # the mean: the same every time
+    assert abs(draws.mean(axis=0) - mean.act(state)[0]).max() < 0.3
+    with pytest.raises(ValueError, match="explore"):
+        SACActorPolicy(observation, 2, [-1.0, 0.0], [1.0, 2.0], explore="yes")
+    args = build_parser().parse_args(["learner", "--algorithm", "sac"])
+    assert learner_config(args).sac.explore
+    assert not learner_config(build_parser().parse_args(["learner", "--no-sac-explore"])).sac.explore
