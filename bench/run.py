@@ -80,7 +80,7 @@ def run_bench(
         if "foresight" in figures:
             results += foresight.measure(loop, workdir, requests=20 if quick else 100, say=say)
         if "weighting" in figures:
-            results += weighting.measure(workdir, seeds=1 if quick else 3, train_steps=150 if quick else 300, say=say)
+            results += weighting.measure(workdir, seeds=1 if quick else 3, train_steps=300, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

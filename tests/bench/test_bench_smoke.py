@@ -48,5 +48,5 @@ def test_quick_weighting_bench_learns_more_where_the_foresight_was_wrong(tmp_pat
     results = run_bench(figures=("weighting",), quick=True, out=tmp_path / "results.json")
     wrong, right, both = results
     assert "wrong" in wrong.name and "right" in right.name and "both" in both.name
-    assert wrong.ratio < 0.9, wrong  # v2 is better where v1's foresight was wrong than with even sampling
+    assert wrong.ratio < 0.8, wrong  # v2 is better where v1's foresight was wrong than with even sampling
     assert all(r.value > 0 and r.baseline > 0 for r in results)
