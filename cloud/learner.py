@@ -555,31 +555,33 @@ class Learner:
         training = {name: table.columns[name][sampler.rows] for name in names}
         chunk = self.config.chunk_size_for(dataset)
         policy_type, fields = self.config.policy_for(dataset)
-        with torch.random.fork_rng(devices=[]):  # the same data and seed give the same policy, whatever ran before
+        # The same data and seed give the same policy whatever ran before in this process: initialization and any
+        # randomness inside training (dropout, lerobot's VAE and noise samples) draw from a seeded generator.
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed(state))
             policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
-        device = self.dist.device
-        if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
-            actions, pad = table.sequences("action", policy.action_offsets())
-            training["action"], training["action_is_pad"] = actions[sampler.rows], pad[sampler.rows]
-            device = torch.device(policy.config.device)  # its processors move every batch there
-        elif chunk > 1:
-            training["action"] = table.chunks("action", chunk)[sampler.rows]
-        policy.to(device)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
-        loss = train_policy(
-            policy,
-            training,
-            steps=self.config.train_steps,
-            batch_size=self.config.batch_size,
-            lr=self.config.learning_rate,
-            optimizer=optimizer,
-            seed=self._seed(state),
-            index_sampler=sampler.draw,
-            wrap=self.dist.wrap if self.dist.distributed else None,
-            on_step=self._step_hook(dataset, {"policy": policy}),
-            device=device,
-        )
+            device = self.dist.device
+            if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
+                actions, pad = table.sequences("action", policy.action_offsets())
+                training["action"], training["action_is_pad"] = actions[sampler.rows], pad[sampler.rows]
+                device = torch.device(policy.config.device)  # its processors move every batch there
+            elif chunk > 1:
+                training["action"] = table.chunks("action", chunk)[sampler.rows]
+            policy.to(device)
+            optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
+            loss = train_policy(
+                policy,
+                training,
+                steps=self.config.train_steps,
+                batch_size=self.config.batch_size,
+                lr=self.config.learning_rate,
+                optimizer=optimizer,
+                seed=self._seed(state),
+                index_sampler=sampler.draw,
+                wrap=self.dist.wrap if self.dist.distributed else None,
+                on_step=self._step_hook(dataset, {"policy": policy}),
+                device=device,
+            )
         state.policy, state.optimizer = policy, optimizer
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
         return policy, f"{what} on {sampler.size} labelled steps{_describe(sampler)}", loss

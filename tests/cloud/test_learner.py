@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from cloud.learner import HGDaggerLearner, LearnerConfig
 from cloud.registry import PolicyRegistry
@@ -129,11 +130,13 @@ def test_the_learner_trains_a_lerobot_policy_with_its_own_loss_and_resumes_it(tm
     observations = [{"state": steps["obs.state"][i], "camera": steps["obs.camera"][i]} for i in range(15)]
     chunks = policy.act_batch(observations)
     assert chunks.shape == (15, 5, 2)
+    torch.manual_seed(0)
     untrained = LerobotPolicy(policy.observation, 2, "act", TINY_ACT)
     untrained.fit_normalization({"obs.state": steps["obs.state"], "obs.camera": steps["obs.camera"], **steps})
     untrained.eval()
     error = np.abs(chunks[:, 0] - steps["action"]).mean()
     before = np.abs(untrained.act_batch(observations)[:, 0] - steps["action"]).mean()
+    print(f"lerobot act: mean |error| {error:.3f} trained vs {before:.3f} untrained")
     assert error < 0.6 * before, (error, before)
 
     resumed = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
