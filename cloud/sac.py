@@ -1,9 +1,11 @@
 """Soft actor-critic with human interventions (HIL-SERL / RLPD style) over the episode store.
 
 The actor is a ``policies.sac.SACActorPolicy`` (Gaussian, tanh-squashed into the action limits); the learner
-publishes it like any policy and the edge runs its mean action. Beside it: twin Q critics (LayerNorm MLPs, as RLPD
-uses against over-estimation on offline data) with Polyak-averaged target copies, and an entropy temperature tuned
-towards ``target_entropy`` (default ``-action_dim``).
+publishes it like any policy and the edge samples from it (``explore``, as HIL-SERL's actor collects) or runs its
+mean. Beside it: twin Q critics (LayerNorm MLPs, as RLPD uses against over-estimation on offline data) with
+Polyak-averaged target copies, and an entropy temperature tuned towards ``target_entropy`` (default
+``-action_dim``). Camera images reach the actor and the critics through a small CNN each (the critics' trained by
+the critic loss, as in DrQ and SERL).
 
 Data: transitions ``(s, a, r, s', terminal)`` come from consecutive committed steps of an episode
 (``cloud.sampler.load_steps``); a step that ended its episode with success is terminal (no bootstrap), one cut
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from policies.cnn import ImageEncoder
 from policies.sac import SACActorPolicy, squashed_sample
 
 Wrap = Callable[[nn.Module], nn.Module]
@@ -98,14 +101,28 @@ def known_action_limits(dataset: str) -> tuple[list[float], list[float]] | None:
 
 
 class TwinQ(nn.Module):
-    """Two Q networks over (normalized state, action in [-1, 1])."""
+    """Two Q networks over (camera features, normalized state, action in [-1, 1]). The cameras go through the
+    critics' own small CNNs (trained by the critic loss, as in DrQ and SERL; the actor has its own)."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        hidden: tuple[int, ...],
+        cameras: dict[str, int] | None = None,
+        channels: tuple[int, ...] | list[int] = (16, 32, 32),
+        image_features: int = 64,
+    ) -> None:
+        """``cameras``: camera name -> channels of its images (none: state only)."""
         super().__init__()
+        self.cameras = sorted(cameras or {})
+        self.encoders = nn.ModuleDict(
+            {k: ImageEncoder((cameras or {})[k], [int(c) for c in channels], int(image_features)) for k in self.cameras}
+        )
 
         def q() -> nn.Sequential:
             layers: list[nn.Module] = []
-            n_in = state_dim + action_dim
+            n_in = state_dim + action_dim + int(image_features) * len(self.cameras)
             for h in hidden:
                 layers += [nn.Linear(n_in, int(h)), nn.LayerNorm(int(h)), nn.ReLU()]
                 n_in = int(h)
@@ -113,8 +130,10 @@ class TwinQ(nn.Module):
 
         self.q1, self.q2 = q(), q()
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([state, action], dim=-1)
+    def forward(
+        self, state: torch.Tensor, images: dict[str, torch.Tensor], action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([*(self.encoders[k](images[k]) for k in self.cameras), state, action], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
@@ -149,7 +168,10 @@ class SACAgent:
     def __init__(self, actor: SACActorPolicy, config: SACConfig, wrap: Wrap | None = None) -> None:
         self.actor = actor
         self.config = config
-        self.critic = TwinQ(actor.state_dim, actor.action_dim, config.critic_hidden)
+        cameras = {k: int(actor.observation[k]["shape"][2]) for k in actor.image_keys}
+        self.critic = TwinQ(
+            actor.state_dim, actor.action_dim, config.critic_hidden, cameras, actor.channels, actor.image_features
+        )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.temperature = Temperature(config.init_temperature)
         self.target_entropy = (
@@ -179,6 +201,13 @@ class SACAgent:
             self._actor_model, self._critic_model = wrap(_ActorSample(self.actor)), wrap(self.critic)
         return self._actor_model, self._critic_model
 
+    def _critic_inputs(self, obs: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The normalized state (the actor's normalization; (n, 0) without one) and the camera images."""
+        state = self.actor.normalized_state(obs)
+        if state is None:
+            state = torch.zeros(n, 0, device=self.actor.action_mean.device)
+        return state, {k: obs[f"obs.{k}"] for k in self.actor.image_keys}
+
     def update(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
         """One gradient step of critics, actor and temperature on a batch of transitions.
 
@@ -189,15 +218,15 @@ class SACAgent:
         actor = self.actor
         obs = {k: v for k, v in batch.items() if k.startswith("obs.")}
         next_obs = {k.removeprefix("next."): v for k, v in batch.items() if k.startswith("next.obs.")}
-        state = actor.normalized_state(obs)
         action = actor.to_unit(batch["action"])
+        state, images = self._critic_inputs(obs, len(action))
         alpha = self.temperature().detach()
         with torch.no_grad():
             next_action, next_logp = actor.sample(next_obs, generator)
-            target_q1, target_q2 = self.critic_target(actor.normalized_state(next_obs), next_action)
+            target_q1, target_q2 = self.critic_target(*self._critic_inputs(next_obs, len(action)), next_action)
             soft_value = torch.minimum(target_q1, target_q2) - alpha * next_logp
             target = batch["reward"].float() + self.config.gamma * (1.0 - batch["terminal"].float()) * soft_value
-        q1, q2 = critic_model(state, action)
+        q1, q2 = critic_model(state, images, action)
         critic_loss = 0.5 * ((q1 - target) ** 2 + (q2 - target) ** 2).mean()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -206,7 +235,7 @@ class SACAgent:
         self.critic.requires_grad_(False)  # the actor's loss goes through the critics without training them
         try:
             new_action, logp, mean_action = actor_model(obs, generator)
-            q1_pi, q2_pi = self.critic(state, new_action)
+            q1_pi, q2_pi = self.critic(state, images, new_action)
             actor_loss = (alpha * logp - torch.minimum(q1_pi, q2_pi)).mean()
             if self.config.bc_weight > 0 and "labelled" in batch:
                 mask = batch["labelled"].float()

@@ -5,7 +5,8 @@ chunk of shape (1, action_dim): what the edge runs. The learner samples from it 
 ``explore`` (what the learner publishes unless ``--no-sac-explore``) ``act`` samples too, as HIL-SERL's actor does
 while it collects: the robot's on-policy data then covers what the policy might do, not only its mean.
 Its normalization buffers fix the action scale to the limits (``action_mean`` = midpoint, ``action_std`` = half
-range), so a published actor needs nothing beside its safetensors file. State (non-image) observations only.
+range), so a published actor needs nothing beside its safetensors file. Camera images (uint8 H x W x C) go through
+a small CNN per camera (``policies.cnn.ImageEncoder``) whose features join the normalized state vector.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from policies.cnn import ImageEncoder
 from policies.mlp import NormalizedPolicy, mean_std, mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -34,6 +36,8 @@ class SACActorPolicy(NormalizedPolicy):
         chunk_size: int = 1,
         hidden: tuple[int, ...] | list[int] = (256, 256),
         explore: bool = False,
+        channels: tuple[int, ...] | list[int] = (16, 32, 32),
+        image_features: int = 64,
     ) -> None:
         super().__init__(observation, action_dim, chunk_size)
         if not isinstance(explore, bool):
@@ -41,8 +45,8 @@ class SACActorPolicy(NormalizedPolicy):
         self.explore = explore
         if self.chunk_size != 1:
             raise ValueError(f"sac_actor: chunk_size must be 1, got {chunk_size}")
-        if not self.state_keys or self.image_keys:
-            raise ValueError("sac_actor: needs state observations only (no uint8 images)")
+        if not self.state_keys and not self.image_keys:
+            raise ValueError("sac_actor: needs at least one observation")
         low = [float(x) for x in action_low]
         high = [float(x) for x in action_high]
         if len(low) != self.action_dim or len(high) != self.action_dim:
@@ -51,7 +55,11 @@ class SACActorPolicy(NormalizedPolicy):
             raise ValueError(f"sac_actor: every action_high must exceed its action_low, got {low} / {high}")
         self.action_low, self.action_high = low, high
         self.hidden = [int(h) for h in hidden]
-        self.net = mlp([self.state_dim, *self.hidden, 2 * self.action_dim])
+        self.channels = [int(c) for c in channels]
+        self.image_features = int(image_features)
+        self.encoders = image_encoders(self.observation, self.image_keys, self.channels, self.image_features)
+        self.feature_dim = self.state_dim + self.image_features * len(self.image_keys)
+        self.net = mlp([self.feature_dim, *self.hidden, 2 * self.action_dim])
         self.action_mean = (torch.tensor(high) + torch.tensor(low)) / 2
         self.action_std = (torch.tensor(high) - torch.tensor(low)) / 2
 
@@ -62,6 +70,8 @@ class SACActorPolicy(NormalizedPolicy):
             "action_high": self.action_high,
             "hidden": self.hidden,
             "explore": self.explore,
+            "channels": self.channels,
+            "image_features": self.image_features,
         }
 
     @classmethod
@@ -70,16 +80,21 @@ class SACActorPolicy(NormalizedPolicy):
 
     def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
         """Only the observation: the action scale is fixed by the limits."""
-        self.state_mean, self.state_std = mean_std(self._state_vector(batch))
+        if self.state_keys:
+            self.state_mean, self.state_std = mean_std(self._state_vector(batch))
 
     def to_unit(self, action: torch.Tensor) -> torch.Tensor:
         """Actions in the robot's units -> [-1, 1] (clipped just inside, so atanh stays finite)."""
         unit = (action.float().reshape(-1, self.action_dim) - self.action_mean) / self.action_std
         return unit.clamp(-1 + 1e-4, 1 - 1e-4)
 
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The actor's input: each camera's CNN features, then the normalized state vector, (B, feature_dim)."""
+        return observation_features(self, self.encoders, batch)
+
     def gaussian(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std of the pre-tanh Gaussian, (B, action_dim) each."""
-        mean, log_std = self.net(self.normalized_state(batch)).chunk(2, dim=-1)
+        mean, log_std = self.net(self.features(batch)).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(
@@ -126,3 +141,21 @@ def squashed_sample(
     # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the numerically stable form.
     squash = (2 * (math.log(2) - pre - nn.functional.softplus(-2 * pre))).sum(-1)
     return action, gaussian_logp - squash
+
+
+def image_encoders(
+    observation: dict[str, dict[str, Any]], image_keys: list[str], channels: list[int], features: int
+) -> nn.ModuleDict:
+    """One small CNN per camera (views differ too much to share filters usefully at this size)."""
+    return nn.ModuleDict({k: ImageEncoder(observation[k]["shape"][2], channels, features) for k in image_keys})
+
+
+def observation_features(
+    policy: NormalizedPolicy, encoders: nn.ModuleDict, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """``encoders``' features of ``policy``'s cameras, then its normalized state: what an actor or critic sees."""
+    parts = [encoders[k](batch[f"obs.{k}"]) for k in policy.image_keys]
+    state = policy.normalized_state(batch)
+    if state is not None:
+        parts.append(state)
+    return torch.cat(parts, dim=-1)

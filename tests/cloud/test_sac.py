@@ -191,3 +191,22 @@ def test_an_exploring_actor_samples_within_the_limits_and_the_mean_actor_does_no
     args = build_parser().parse_args(["learner", "--algorithm", "sac"])
     assert learner_config(args).sac.explore
     assert not learner_config(build_parser().parse_args(["learner", "--no-sac-explore"])).sac.explore
+
+
+def test_sac_trains_actor_and_critics_on_camera_images_and_resumes_them(tmp_path) -> None:
+    """Camera observations: the actor and the critics each see the image through their own CNN; a checkpoint
+    carries both. (Whether SAC learns from pixels is bench (h), too slow for a test: `--only sac-camera`.)"""
+    from bench.sac_camera import SIZE, camera, learning_curve
+
+    success, actor = learning_curve(tmp_path, rounds=2, train_steps=20, episodes_per_round=2)
+    assert len(success) == 2 and all(0 <= s <= 1 for s in success)
+    assert actor.image_keys == ["camera"] and actor.state_keys == ["state"] and actor.explore
+    state = np.array([0.2, -0.3, -0.5, 0.6], np.float32)
+    actions = np.stack([actor.act({"state": state[:2], "camera": camera(state)})[0] for _ in range(20)])
+    assert actions.shape == (20, 2) and (np.abs(actions) <= 1).all() and actions.std(axis=0).min() > 0
+
+    saved = LearnerCheckpoint(tmp_path / "checkpoint" / "point_reach").load()
+    assert saved is not None and saved.version == 2 and saved.policy.image_keys == ["camera"]
+    critic = saved.module_states["critic"]
+    assert any(k.startswith("encoders.camera.") for k in critic), sorted(critic)[:5]
+    assert camera(state).shape == (SIZE, SIZE, 3)
