@@ -2,6 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 export MUJOCO_GL ?= egl
+# Test processes: two fit these 2-core machines (TEST_WORKERS=0 runs everything in one process).
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test bench lint proto clean
 
@@ -13,7 +15,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 bench: install
 	$(PY) -m bench.run

@@ -69,8 +69,14 @@ def test_forwards_delays_cuts_refuses_and_restores(echo_port) -> None:
         proxy.cut()
         assert proxy.open_connections == 0
         assert connection_is_dead(a) and connection_is_dead(b)
-        c = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)  # accepted by the kernel, then reset
-        assert connection_is_dead(c)
+        try:
+            c = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)  # accepted by the kernel, then reset
+        except ConnectionResetError:  # on a loaded machine the reset can land before connect() returns
+            c = None
+        assert c is None or connection_is_dead(c)
+        deadline = time.monotonic() + 5
+        while proxy.stats.refused < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert proxy.stats.refused >= 1
 
         proxy.restore()
@@ -84,7 +90,8 @@ def test_forwards_delays_cuts_refuses_and_restores(echo_port) -> None:
         e = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         assert roundtrip(e, b"again") == b"again"
         for sock in (a, b, c, d, e):
-            sock.close()
+            if sock is not None:
+                sock.close()
     assert proxy.open_connections == 0
 
 
