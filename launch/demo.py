@@ -93,7 +93,7 @@ def render_table(summary: list[VersionSummary], elapsed_s: float, robots: int) -
         table.add_row(
             "none (operator)" if row.version == 0 else f"v{row.version}",
             str(row.episodes),
-            f"{row.autonomous_success:.2f}",
+            "-" if row.autonomous_success is None else f"{row.autonomous_success:.2f}",  # no episode ended yet
             f"{row.intervention_rate:.2f}",
             str(row.steps),
             f"{row.steps_per_s:.1f}",
@@ -102,7 +102,7 @@ def render_table(summary: list[VersionSummary], elapsed_s: float, robots: int) -
 
 
 def _reached_target(summary: list[VersionSummary], config: DemoConfig) -> bool:
-    rated = [s for s in summary if s.version > 0 and s.episodes >= config.min_episodes_per_version]
+    rated = [s for s in summary if s.version > 0 and s.episodes >= max(1, config.min_episodes_per_version)]
     return len(rated) >= 2 and all(s.autonomous_success >= config.target_success for s in rated[-2:])
 
 

@@ -13,7 +13,7 @@ from cloud.store import EpisodeStore
 class VersionSummary:
     version: int
     episodes: int  # finished episodes that started under this version
-    autonomous_success: float  # share of those that succeeded with no intervention
+    autonomous_success: float | None  # share of those that succeeded with no intervention; None before any ended
     intervention_rate: float  # share of this version's steps driven by the operator
     steps: int
     steps_per_s: float
@@ -42,7 +42,7 @@ def summarize(store: EpisodeStore, dataset: str) -> list[VersionSummary]:
             VersionSummary(
                 version=int(version),
                 episodes=len(started_here),
-                autonomous_success=round(autonomous / len(started_here), 3) if started_here else 0.0,
+                autonomous_success=round(autonomous / len(started_here), 3) if started_here else None,
                 intervention_rate=round(float(rows["intervention"][in_version].mean()), 3) if steps else 0.0,
                 steps=steps,
                 steps_per_s=round(steps / span_s, 1) if span_s > 0 else 0.0,
@@ -54,7 +54,7 @@ def summarize(store: EpisodeStore, dataset: str) -> list[VersionSummary]:
 
 def autonomy_climbed(summary: list[VersionSummary], min_episodes: int = 3) -> tuple[float, float]:
     """(first, best) autonomous success among versions with at least ``min_episodes`` episodes."""
-    rated = [s.autonomous_success for s in summary if s.episodes >= min_episodes]
+    rated = [s.autonomous_success for s in summary if s.episodes >= max(1, min_episodes)]
     if not rated:
         return 0.0, 0.0
     return rated[0], float(np.max(rated))

@@ -33,3 +33,15 @@ def test_summary_per_version(tmp_path) -> None:
     assert (v1.version, v1.episodes, v1.autonomous_success, v1.steps) == (1, 3, 0.333, 30)
     assert v1.intervention_rate == round(5 / 30, 3)
     assert autonomy_climbed([v0, v1], min_episodes=1) == (0.0, 0.333)
+
+
+def test_a_version_with_no_finished_episode_has_no_success_rate(tmp_path) -> None:
+    store = EpisodeStore(tmp_path)
+    store.ensure_dataset("d", SCHEMA)
+    add(store, "a", 1, interventions=0, success=True)
+    columns = step_columns(4, state=1, action=1, policy_version=2, step_ns=100_000_000)  # v2's first, still running
+    store.write([episode_rows("d", "b", columns, resource_id="r")])
+    v1, v2 = summarize(store, "d")
+    assert (v1.episodes, v1.autonomous_success) == (1, 1.0)
+    assert (v2.episodes, v2.autonomous_success, v2.steps) == (0, None, 4)  # not 0.0: nothing to rate yet
+    assert autonomy_climbed([v1, v2], min_episodes=0) == (1.0, 1.0)
