@@ -162,7 +162,8 @@ def run_demo(config: DemoConfig) -> int:
         store = None
         started = time.monotonic()
         summary: list[VersionSummary] = []
-        with Live(render_table([], 0, config.robots), console=console, refresh_per_second=2) as live:
+        # transient: the live view gives way to the final table printed below, so it is not shown twice
+        with Live(render_table([], 0, config.robots), console=console, refresh_per_second=2, transient=True) as live:
             while time.monotonic() - started < config.minutes * 60:
                 time.sleep(1.0)
                 if any(p.poll() is not None for p in processes):
