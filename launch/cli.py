@@ -971,7 +971,11 @@ def free_port() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetloop", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fleetloop",
+        description="A fleet of robots that learns while it works: run the cloud (gateway, store, learner), an edge "
+        "agent per robot, and watch or steer the fleet. Start with 'fleetloop demo'.",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
