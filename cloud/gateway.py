@@ -24,8 +24,8 @@ from cloud.inference import InferenceJob, InferenceServer
 from cloud.registry import PolicyRegistry, PolicyVersion
 from cloud.store import ColumnSpec, EpisodeStore, StepRows
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
-from policies.updates import WireState, build_update
-from policies.weights import sha256_hex
+from policies.updates import WireState, build_update, delta_names
+from policies.weights import read_metadata, sha256_hex
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
@@ -704,6 +704,15 @@ class Gateway(pb_grpc.TunnelServicer):
                 self._wire_states.pop(next(iter(self._wire_states)))
         return state
 
+    async def _architecture(self, version: PolicyVersion) -> tuple[str, str] | None:
+        """A version's policy type and config, from its file's header alone; None when it is gone."""
+        try:
+            header = await asyncio.to_thread(self.registry.read_header, version.policy_name, version.version)
+            metadata = read_metadata(header)
+        except (FileNotFoundError, ValueError):
+            return None
+        return metadata.get("type", ""), metadata.get("config", "")
+
     async def _update_for(self, version: PolicyVersion, base_version: int) -> tuple[bytes, str, str, int]:
         """(payload, sha256, kind, base version): a delta against what the edge holds when possible."""
         key = (version.policy_name, version.version, base_version)
@@ -712,6 +721,8 @@ class Gateway(pb_grpc.TunnelServicer):
         base = None
         if base_version and 0 < version.version - base_version <= self.config.max_delta_versions:
             base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
+            if await self._architecture(base) != await self._architecture(version):
+                base = None  # another architecture (or pruned): only a snapshot will do, so nothing to hash
         if base is None and self.config.wire_dtype == "float32":  # the registry file is the snapshot
             update = (await self._read_weights(version), version.sha256, "full", 0)
         else:
@@ -720,8 +731,14 @@ class Gateway(pb_grpc.TunnelServicer):
                 base_state = await self._wire_state(base) if base else None
             except FileNotFoundError:  # pruned from the registry: a snapshot it is
                 base_state = None
-            built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
-            update = (built.payload, sha256_hex(built.payload), built.kind, built.base_version)
+            delta = delta_names(target, base_state, self.config.max_delta_fraction)
+            if delta is None and self.config.wire_dtype == "float32":
+                # A float32 snapshot is the registry file as it is: no second serialization and hash of the
+                # whole model (for a 50M-parameter policy whose every tensor changed, most of a second).
+                update = (await self._read_weights(version), version.sha256, "full", 0)
+            else:
+                built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
+                update = (built.payload, sha256_hex(built.payload), built.kind, built.base_version)
         self._updates[key] = update
         while len(self._updates) > 8:
             self._updates.pop(next(iter(self._updates)))

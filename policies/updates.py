@@ -76,17 +76,29 @@ class Update:
     full_tensor_bytes: int
 
 
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def delta_names(target: WireState, base: WireState | None, max_delta_fraction: float = 0.5) -> list[str] | None:
+    """The tensors a delta from ``base`` to ``target`` would carry, or None when only a full snapshot will do
+    (no base, another architecture, or more than ``max_delta_fraction`` of the bytes changed)."""
+    if base is None or (base.type_name, base.config) != (target.type_name, target.config):
+        return None
+    if set(base.digests) != set(target.digests):
+        return None
+    changed = [name for name in target.tensors if base.digests[name] != target.digests[name]]
+    full_bytes = sum(_nbytes(t) for t in target.tensors.values())
+    if sum(_nbytes(target.tensors[name]) for name in changed) > max_delta_fraction * full_bytes:
+        return None
+    return changed
+
+
 def build_update(target: WireState, base: WireState | None = None, max_delta_fraction: float = 0.5) -> Update:
     """A delta against ``base`` when that is possible and worth it, else a full snapshot."""
-    full_bytes = sum(t.numel() * t.element_size() for t in target.tensors.values())
-    names = list(target.tensors)
-    kind = "full"
-    if base is not None and (base.type_name, base.config) == (target.type_name, target.config):
-        if set(base.digests) == set(target.digests):  # same architecture: only changed tensors travel
-            changed = [n for n in names if base.digests[n] != target.digests[n]]
-            changed_bytes = sum(target.tensors[n].numel() * target.tensors[n].element_size() for n in changed)
-            if changed_bytes <= max_delta_fraction * full_bytes:
-                names, kind = changed, "delta"
+    full_bytes = sum(_nbytes(t) for t in target.tensors.values())
+    changed = delta_names(target, base, max_delta_fraction)
+    names, kind = (list(target.tensors), "full") if changed is None else (changed, "delta")
     sent = {name: target.tensors[name].contiguous() for name in names}
     metadata = {
         "type": target.type_name,
@@ -102,7 +114,7 @@ def build_update(target: WireState, base: WireState | None = None, max_delta_fra
         kind=kind,
         version=target.version,
         base_version=int(metadata["base_version"]),
-        sent_tensor_bytes=sum(t.numel() * t.element_size() for t in sent.values()),
+        sent_tensor_bytes=sum(_nbytes(t) for t in sent.values()),
         full_tensor_bytes=full_bytes,
     )
 

@@ -10,6 +10,7 @@ import pytest
 from cloud.registry import PolicyRegistry
 from cloud.store import EpisodeStore
 from policies.lora import LoraPolicy
+from policies.registry import make_policy
 from policies.train import train_policy
 from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb
@@ -98,3 +99,24 @@ def test_an_edge_that_cannot_apply_a_delta_gets_a_full_snapshot(fleet: Fleet) ->
     finally:
         edge.close()
     assert "could not apply panda_pick_cube v2 (no v1 here); sending a full snapshot" in fleet.log("cloud")
+
+
+@pytest.mark.parametrize("change", ["every tensor", "the architecture"])
+def test_a_version_no_delta_can_carry_travels_as_the_registry_file_itself(fleet: Fleet, change: str) -> None:
+    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    policy = lora_policy()
+    registry.publish(DATASET, policy_to_bytes(policy))
+    if change == "every tensor":  # full fine-tuning: every tensor moves, so a delta is not worth it
+        for parameter in policy.parameters():
+            parameter.data.add_(0.01)
+    else:  # the learner switched to another model under the same policy name
+        policy = make_policy("mlp", {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": [32]})
+    v2 = registry.publish(DATASET, policy_to_bytes(policy))
+    edge = RawEdge(fleet.target, RESOURCE, policy_name=DATASET, policy_version=1)  # it runs v1
+    try:
+        chunks = edge.received("policy", 30, until=last_policy_chunk)
+    finally:
+        edge.close()
+    assert chunks and {c.policy.kind for c in chunks} == {"full"} and chunks[0].policy.version == 2
+    assert chunks[0].policy.sha256 == v2.sha256  # the published file, not a second serialization of it
+    assert b"".join(c.policy.data for c in chunks) == registry.read(DATASET, 2)
