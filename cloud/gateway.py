@@ -713,32 +713,36 @@ class Gateway(pb_grpc.TunnelServicer):
             return None
         return metadata.get("type", ""), metadata.get("config", "")
 
+    async def _delta_base(self, version: PolicyVersion, base_version: int) -> tuple[WireState, WireState] | None:
+        """(target, base) wire states when a delta from ``base_version`` can carry ``version``, else None."""
+        if not base_version or not 0 < version.version - base_version <= self.config.max_delta_versions:
+            return None
+        base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
+        if await self._architecture(base) != await self._architecture(version):
+            return None  # another architecture (or pruned): seen from the headers, so nothing is hashed
+        target = await self._wire_state(version)
+        try:
+            base_state = await self._wire_state(base)
+        except FileNotFoundError:  # pruned from the registry since
+            return None
+        if delta_names(target, base_state, self.config.max_delta_fraction) is None:
+            return None  # most of the bytes changed
+        return target, base_state
+
     async def _update_for(self, version: PolicyVersion, base_version: int) -> tuple[bytes, str, str, int]:
         """(payload, sha256, kind, base version): a delta against what the edge holds when possible."""
         key = (version.policy_name, version.version, base_version)
         if key in self._updates:
             return self._updates[key]
-        base = None
-        if base_version and 0 < version.version - base_version <= self.config.max_delta_versions:
-            base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
-            if await self._architecture(base) != await self._architecture(version):
-                base = None  # another architecture (or pruned): only a snapshot will do, so nothing to hash
-        if base is None and self.config.wire_dtype == "float32":  # the registry file is the snapshot
+        delta_from = await self._delta_base(version, base_version)
+        if delta_from is None and self.config.wire_dtype == "float32":
+            # A float32 snapshot is the registry file as it is: no second serialization and hash of the whole
+            # model (for a 50M-parameter policy, most of a second before the first chunk leaves).
             update = (await self._read_weights(version), version.sha256, "full", 0)
         else:
-            target = await self._wire_state(version)
-            try:
-                base_state = await self._wire_state(base) if base else None
-            except FileNotFoundError:  # pruned from the registry: a snapshot it is
-                base_state = None
-            delta = delta_names(target, base_state, self.config.max_delta_fraction)
-            if delta is None and self.config.wire_dtype == "float32":
-                # A float32 snapshot is the registry file as it is: no second serialization and hash of the
-                # whole model (for a 50M-parameter policy whose every tensor changed, most of a second).
-                update = (await self._read_weights(version), version.sha256, "full", 0)
-            else:
-                built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
-                update = (built.payload, sha256_hex(built.payload), built.kind, built.base_version)
+            target, base_state = delta_from or (await self._wire_state(version), None)
+            built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
+            update = (built.payload, sha256_hex(built.payload), built.kind, built.base_version)
         self._updates[key] = update
         while len(self._updates) > 8:
             self._updates.pop(next(iter(self._updates)))
