@@ -102,7 +102,11 @@ def render_table(summary: list[VersionSummary], elapsed_s: float, robots: int) -
 
 
 def _reached_target(summary: list[VersionSummary], config: DemoConfig) -> bool:
-    rated = [s for s in summary if s.version > 0 and s.episodes >= max(1, config.min_episodes_per_version)]
+    rated = [
+        s
+        for s in summary
+        if s.version > 0 and s.autonomous_success is not None and s.episodes >= config.min_episodes_per_version
+    ]
     return len(rated) >= 2 and all(s.autonomous_success >= config.target_success for s in rated[-2:])
 
 

@@ -54,7 +54,7 @@ def summarize(store: EpisodeStore, dataset: str) -> list[VersionSummary]:
 
 def autonomy_climbed(summary: list[VersionSummary], min_episodes: int = 3) -> tuple[float, float]:
     """(first, best) autonomous success among versions with at least ``min_episodes`` episodes."""
-    rated = [s.autonomous_success for s in summary if s.episodes >= max(1, min_episodes)]
+    rated = [s.autonomous_success for s in summary if s.autonomous_success is not None and s.episodes >= min_episodes]
     if not rated:
         return 0.0, 0.0
     return rated[0], float(np.max(rated))
