@@ -198,9 +198,9 @@ class GatewayHarness:
     """
 
     def __init__(self, loop: LoopThread, root: Path, **config: Any) -> None:
-        from cloud.gateway import Gateway, GatewayConfig
-        from cloud.registry import PolicyRegistry
-        from cloud.store import EpisodeStore
+        from cloud.data.store import EpisodeStore
+        from cloud.data.version_registry import PolicyRegistry
+        from cloud.gateway.server import Gateway, GatewayConfig
 
         self.loop = loop
         self.store = EpisodeStore(root / "store")

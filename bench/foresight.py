@@ -42,8 +42,8 @@ def frame(height: int, width: int) -> bytes:
 
 
 def _publish_phone_policy(registry, height: int, width: int) -> None:
-    from cloud.learner import policy_for_schema
-    from cloud.store import ColumnSpec
+    from cloud.data.store import ColumnSpec
+    from cloud.learning.learner import policy_for_schema
     from policies.weights import policy_to_bytes
     from protocol.steps import schema_for
 
@@ -86,7 +86,7 @@ async def _echo_server():
 
 
 def measure(loop: LoopThread, workdir: Path, requests: int = 100, say: Callable[[str], None] = print) -> list[Result]:
-    from cloud.phone_channel import PhoneChannel, PhoneChannelConfig
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
 
     with GatewayHarness(loop, workdir / "foresight") as gateway:
         config = PhoneChannelConfig(credentials=workdir / "foresight" / "phone-devices.json")

@@ -25,7 +25,7 @@ SIZES: dict[str, list[int]] = {"1M": [1000, 1000], "50M": [5000, 5000, 5000]}  #
 
 def policy_blob(hidden: list[int]) -> tuple[bytes, int]:
     """Safetensors bytes of an MLP policy with these hidden sizes, and its parameter count."""
-    from policies.registry import make_policy
+    from policies.factory import make_policy
     from policies.weights import policy_to_bytes
 
     policy = make_policy("mlp", {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": hidden})

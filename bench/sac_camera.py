@@ -47,10 +47,10 @@ def learning_curve(
     """Autonomous success of each version the learner publishes, and the last published actor."""
     import torch
 
-    from cloud.learner import Learner, LearnerConfig
-    from cloud.registry import PolicyRegistry
-    from cloud.sac import SACConfig
-    from cloud.store import ColumnSpec, EpisodeStore, StepRows
+    from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.learning.learner import Learner, LearnerConfig
+    from cloud.learning.sac import SACConfig
     from edge.operator import HGDaggerOperator
     from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
     from policies.weights import policy_from_bytes

@@ -4,7 +4,7 @@ A 2-D reach-like task whose demonstrated action (a target position x y z) depend
 two regions: A (x < 0) and B (x >= 0). Version 1 is trained by the real learner on demonstrations from A only, so
 its predictions are right in A and wrong in B. Then new demonstrations arrive, mostly from A and a few from B
 (8 and 2 episodes); each step's foresight error is v1's predicted position against the demonstrated one
-(``cloud.foresight.step_error``), stored in the real episode store as the phone channel stores it. Version 2 is
+(``cloud.serving.foresight.step_error``), stored in the real episode store as the phone channel stores it. Version 2 is
 trained twice from the same store, seed and budget: with the foresight weights (steps off by more than 2 cm drawn
 up to 5 times as often) and with them off (``foresight_max_weight=1``, the baseline). The figures are v2's mean
 action error on held-out states in B (where v1 was wrong) and in A (where it was right), over a few seeds.
@@ -38,8 +38,8 @@ def states(rng: np.random.Generator, region: str, n: int) -> np.ndarray:
 
 
 def _schema() -> dict:
-    from cloud.foresight import COLUMNS
-    from cloud.store import ColumnSpec
+    from cloud.data.store import ColumnSpec
+    from cloud.serving.foresight import COLUMNS
     from protocol.steps import schema_for
 
     schema = schema_for([("state", "<f4", (2,))], ("<f4", (3,)))
@@ -48,7 +48,7 @@ def _schema() -> dict:
 
 
 def _write(store, name: str, state: np.ndarray, errors: np.ndarray, version: int) -> None:
-    from cloud.store import StepRows
+    from cloud.data.store import StepRows
 
     n = len(state)
     columns = {
@@ -67,11 +67,11 @@ def _write(store, name: str, state: np.ndarray, errors: np.ndarray, version: int
 
 
 def _one_seed(workdir: Path, seed: int, train_steps: int) -> dict[str, float]:
-    from cloud.foresight import step_error
-    from cloud.learner import Learner, LearnerConfig
-    from cloud.registry import PolicyRegistry
-    from cloud.sampler import SamplerConfig
-    from cloud.store import EpisodeStore
+    from cloud.data.store import EpisodeStore
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.learning.learner import Learner, LearnerConfig
+    from cloud.learning.sampler import SamplerConfig
+    from cloud.serving.foresight import step_error
     from policies.weights import policy_from_bytes
 
     rng = np.random.default_rng(seed)

@@ -1,0 +1,12 @@
+"""The edge agent: runs on (or beside) a robot.
+
+- ``agent``           the fixed-rate control loop, wired to a runtime, an operator and the tunnel
+- ``policy_runtime``  local inference and weight loading off the control thread, swaps between ticks
+- ``remote_runtime``  the same interface with the policy in the cloud
+- ``operator``        simulated operators: a scripted expert and HG-DAgger's person who takes over
+- ``recorder``        records steps on the control thread and spools them from another
+- ``spool``           the durable spool: steps wait on disk until the cloud acks them
+- ``tunnel_client``   the edge-initiated gRPC stream, reopened with backoff
+
+May import ``hal``, ``policies`` and ``protocol``; never ``cloud``.
+"""

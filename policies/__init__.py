@@ -1,0 +1,12 @@
+"""Policies: the interface, the implementations, and their weights on disk and on the wire.
+
+- ``base``            the ``Policy`` interface the edge and the learner use
+- ``mlp``, ``cnn``    small built-in policies; ``sac_actor`` the SAC actor; ``lora`` adapters around any policy
+- ``lerobot_policy``  any lerobot policy (ACT, diffusion, SmolVLA, pi0) behind the same interface
+- ``factory``         policy types by name: safetensors metadata back into a policy
+- ``weights``         policy <-> safetensors bytes (never pickle)
+- ``updates``         snapshots and deltas on the wire
+- ``train``           a plain behaviour-cloning loop
+
+May import ``hal`` (resource specs) and ``protocol``.
+"""

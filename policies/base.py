@@ -8,6 +8,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+# Every policy class by its type_name, filled as the classes are defined (policies.factory imports them all).
+POLICY_TYPES: dict[str, type[Policy]] = {}
+
+
+def policy_class(type_name: str) -> type[Policy]:
+    cls = POLICY_TYPES.get(type_name)
+    if cls is None:
+        raise ValueError(f"unknown policy type {type_name!r}; known: {sorted(POLICY_TYPES)}")
+    return cls
+
 
 class Policy(ABC, torch.nn.Module):
     """A trainable policy. ``act`` maps one observation to an action chunk.
@@ -17,6 +27,12 @@ class Policy(ABC, torch.nn.Module):
     """
 
     type_name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("type_name")
+        if name:
+            POLICY_TYPES[name] = cls
 
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:

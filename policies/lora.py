@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.base import Policy
+from policies.base import Policy, policy_class
 
 
 class LoraLinear(nn.Module):
@@ -57,15 +57,13 @@ class LoraPolicy(Policy):
         self, base_type: str, base_config: dict[str, Any], rank: int = 8, alpha: float = 16.0, min_features: int = 16
     ) -> None:
         super().__init__()
-        from policies.registry import make_policy
-
         if rank < 1:
             raise ValueError(f"lora.rank must be >= 1, got {rank}")
         if base_type == self.type_name:
             raise ValueError("lora.base_type cannot be lora itself")
         self.base_type, self.base_config = base_type, dict(base_config)
         self.rank, self.alpha, self.min_features = int(rank), float(alpha), int(min_features)
-        self.inner = make_policy(base_type, self.base_config)
+        self.inner = policy_class(base_type).from_config(self.base_config)
         self.adapted_layers = _inject(self.inner, self.rank, self.alpha, self.min_features)
         if self.adapted_layers == 0:
             raise ValueError(f"lora: the {base_type} policy has no linear layer with >= {min_features} features")

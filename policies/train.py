@@ -43,12 +43,13 @@ def train_policy(
 ) -> float:
     """Trains ``policy`` in place on ``dataset`` ("obs.<name>", "action" arrays with equal first dimension).
 
-    Batches are drawn with replacement: by ``index_sampler`` when given (``cloud.sampler.Sampler.draw``: explicit
-    ratios between kinds of data, staleness weights), else in proportion to ``weights`` when given, else uniformly.
+    Batches are drawn with replacement: by ``index_sampler`` when given (``cloud.learning.sampler.Sampler.draw``:
+    explicit ratios between kinds of data, staleness weights), else in proportion to ``weights`` when given, else
+    uniformly.
     ``fit_normalization`` sets the normalization from the whole dataset first: do it for a fresh policy, not when
     fine-tuning one whose normalization must stay fixed.
     ``optimizer``: one the caller keeps (e.g. to checkpoint its state); by default a fresh AdamW.
-    ``wrap``: wraps the loss module, e.g. in DistributedDataParallel (``cloud.distributed``), so gradients are
+    ``wrap``: wraps the loss module, e.g. in DistributedDataParallel (``cloud.learning.distributed``), so gradients are
     averaged over ranks; ``on_step(step)`` runs after every optimizer step (1-based). ``device``: where the data and
     the (already moved) policy live; batches are drawn on the CPU generator and moved there.
     Returns the mean loss over the last few steps.

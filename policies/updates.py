@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 
 from policies.base import Policy
-from policies.registry import make_policy
+from policies.factory import make_policy
 from policies.weights import read_metadata
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from policies.base import Policy
-from policies.registry import make_policy
+from policies.factory import make_policy
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 

@@ -33,7 +33,7 @@ def step_columns(
 
 def store_schema(state_dim: int = 3, action_dim: int = 2) -> dict:
     """The store schema of a resource with one state vector and a flat action."""
-    from cloud.store import ColumnSpec
+    from cloud.data.store import ColumnSpec
     from protocol.steps import schema_for
 
     schema = schema_for([("state", "float32", (state_dim,))], ("float32", (action_dim,)))
@@ -42,7 +42,7 @@ def store_schema(state_dim: int = 3, action_dim: int = 2) -> dict:
 
 def episode_rows(dataset: str, episode_id: str, columns: dict[str, np.ndarray], resource_id: str = "r1"):
     """A whole episode as one StepRows batch from ``resource_id`` (source sim)."""
-    from cloud.store import StepRows
+    from cloud.data.store import StepRows
 
     return StepRows(
         dataset=dataset,

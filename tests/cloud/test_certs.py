@@ -7,7 +7,7 @@ import os
 import pytest
 from cryptography import x509
 
-from cloud.certs import init_certs, server_hosts
+from cloud.security.certs import init_certs, server_hosts
 
 
 def test_certificates_name_loopback_and_the_given_hosts(tmp_path) -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cloud.devices import AuthError, DeviceRegistry
+from cloud.security.devices import AuthError, DeviceRegistry
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -43,7 +43,7 @@ def test_two_gloo_ranks_keep_identical_parameters_after_every_step(tmp_path, alg
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "cloud.distributed",
+            "fleetloop.distributed_learner",
             "--root",
             str(tmp_path / "data"),
             "--backend",

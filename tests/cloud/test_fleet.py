@@ -1,6 +1,6 @@
 import pytest
 
-from cloud.fleet import FleetScheduler, Requirements, State, Task
+from cloud.gateway.fleet import FleetScheduler, Requirements, State, Task
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 
 ACTION = ArraySpec("action", "float32", (4,))

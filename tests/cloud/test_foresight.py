@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.foresight import foresight_weights, step_error
+from cloud.serving.foresight import foresight_weights, step_error
 
 
 def test_step_error_is_the_mean_distance_over_the_predicted_horizon() -> None:

@@ -6,9 +6,9 @@ import asyncio
 
 import numpy as np
 
-from cloud.inference import InferenceJob, InferenceServer
-from cloud.registry import PolicyRegistry
-from policies.registry import make_policy
+from cloud.data.version_registry import PolicyRegistry
+from cloud.serving.inference import InferenceJob, InferenceServer
+from policies.factory import make_policy
 from policies.weights import policy_to_bytes
 
 CONFIG = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "chunk_size": 4, "hidden": [8]}

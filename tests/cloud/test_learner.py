@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.learner import HGDaggerLearner, LearnerConfig
-from cloud.registry import PolicyRegistry
-from cloud.store import ColumnSpec, EpisodeStore
-from launch.cli import build_parser, learner_config
+from cloud.data.store import ColumnSpec, EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import HGDaggerLearner, LearnerConfig
+from fleetloop.cli import build_parser, learner_config
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import torch
 
-from cloud.learner import HGDaggerLearner, LearnerCheckpoint, LearnerConfig
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import HGDaggerLearner, LearnerCheckpoint, LearnerConfig
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from cloud.lerobot_export import META_FILE, Selection, export_lerobot
-from cloud.lerobot_import import episode_id_for, import_lerobot
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.lerobot_export import META_FILE, Selection, export_lerobot
+from cloud.data.lerobot_import import episode_id_for, import_lerobot
+from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import schema_for
 
 IMAGE = (12, 10, 3)  # height, width, channels: not square, so a swapped axis shows

@@ -18,11 +18,11 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from cloud.devices import DeviceRegistry
-from cloud.inference import InferenceServer
-from cloud.openpi_server import OpenPiServer
-from cloud.registry import PolicyRegistry
-from policies.registry import make_policy
+from cloud.channels.openpi_server import OpenPiServer
+from cloud.data.version_registry import PolicyRegistry
+from cloud.security.devices import DeviceRegistry
+from cloud.serving.inference import InferenceServer
+from policies.factory import make_policy
 from policies.weights import policy_to_bytes
 
 # openpi's client calls websockets.sync.client.connect() without a with-block; websockets 17 warns about that.

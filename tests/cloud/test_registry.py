@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from cloud.registry import PolicyRegistry
+from cloud.data.version_registry import PolicyRegistry
 
 
 def test_versions_are_monotonic_across_reopen(tmp_path) -> None:
@@ -43,7 +43,7 @@ def test_policy_rollback_command(tmp_path) -> None:
     registry = PolicyRegistry(tmp_path / "registry")
     registry.publish("pick", b"one")
     registry.publish("pick", b"two")
-    cli = [sys.executable, "-m", "launch.cli", "policy"]
+    cli = [sys.executable, "-m", "fleetloop.cli", "policy"]
     done = subprocess.run([*cli, "rollback", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "pick v3 published with the weights of v1" in done.stderr

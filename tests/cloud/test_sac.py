@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.learner import Learner, LearnerCheckpoint, LearnerConfig
-from cloud.registry import PolicyRegistry
-from cloud.sac import SACConfig
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import Learner, LearnerCheckpoint, LearnerConfig
+from cloud.learning.sac import SACConfig
 from edge.operator import HGDaggerOperator
+from fleetloop.cli import build_parser, learner_config
 from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
-from launch.cli import build_parser, learner_config
-from policies.sac import SACActorPolicy
+from policies.sac_actor import SACActorPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes
 from protocol.steps import schema_for
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.sampler import (
+from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.learning.sampler import (
     KINDS,
     LABELLED_KINDS,
     Sampler,
@@ -15,8 +16,7 @@ from cloud.sampler import (
     parse_ratios,
     sequence_rows,
 )
-from cloud.staleness import StalenessBudget
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.learning.staleness import StalenessBudget
 from tests.factories import step_columns, store_schema
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.learner import Learner, LearnerConfig
-from cloud.registry import PolicyRegistry
-from cloud.sampler import LABELLED_KINDS, Sampler, load_steps
-from cloud.staleness import StalenessBudget
-from cloud.store import EpisodeStore
-from launch.cli import build_parser, learner_config
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import Learner, LearnerConfig
+from cloud.learning.sampler import LABELLED_KINDS, Sampler, load_steps
+from cloud.learning.staleness import StalenessBudget
+from fleetloop.cli import build_parser, learner_config
 from tests.factories import episode_rows, step_columns, store_schema
 
 AGES = np.array([0, 1, 2, 3, 4, 5, 8])

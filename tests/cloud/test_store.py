@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = {
@@ -175,7 +175,7 @@ tests = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tests)
 import json, time
 from pathlib import Path
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 store = EpisodeStore(sys.argv[1], read_only=True)  # opened before the writer creates anything
 Path(sys.argv[2] + ".ready").touch()
 seen = []
@@ -232,7 +232,7 @@ spec = importlib.util.spec_from_file_location("store_tests", sys.argv[-1])  # th
 tests = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tests)
 import numpy as np
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 store = EpisodeStore(sys.argv[1], chunk_rows=8)
 store.ensure_dataset("arm", tests.SCHEMA)
 rng = np.random.default_rng(int(sys.argv[2]))

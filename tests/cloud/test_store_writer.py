@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from cloud.gateway import Session, StoreWriter, _Pending
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.gateway.server import Session, StoreWriter, _Pending
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from protocol.steps import schema_for
 from tests.factories import episode_rows, step_columns, store_schema

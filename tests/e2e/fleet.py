@@ -44,7 +44,7 @@ class Fleet:
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (kept open for the process's life)
         process = subprocess.Popen(
-            [sys.executable, "-m", "launch.cli", *args],
+            [sys.executable, "-m", "fleetloop.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**ENV, **(env or {})},
@@ -138,9 +138,9 @@ class Fleet:
 
 def publish_untrained_policy(root: Path, task: str, hidden: tuple[int, ...] = (32,)) -> None:
     """Publishes a randomly initialised policy for a sim task, so a robot with no operator has actions."""
-    from cloud.learner import policy_for_schema
-    from cloud.registry import PolicyRegistry
-    from cloud.store import ColumnSpec
+    from cloud.data.store import ColumnSpec
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.learning.learner import policy_for_schema
     from hal.sim import SIM_TASKS
     from policies.weights import policy_to_bytes
     from protocol.steps import schema_for

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud.store import STORE_COLUMNS, EpisodeStore
+from cloud.data.store import STORE_COLUMNS, EpisodeStore
 
 
 @dataclass

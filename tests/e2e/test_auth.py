@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.devices import DeviceRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.security.devices import DeviceRegistry
+from fleetloop.fleet_view import command, fetch
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
-from launch.fleet_view import command, fetch
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
@@ -143,7 +143,7 @@ def test_a_revoked_device_is_cut_off_and_refused_at_its_next_reconnect(secured) 
     fleet.start_edge("robot-1", env=env)
     wait_until(lambda: "robot-1 connected" in fleet.log("cloud"), 60, "robot-1 to connect")
     revoke = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "devices", "revoke", "robot-1", "--root", str(fleet.root / "data")],
+        [sys.executable, "-m", "fleetloop.cli", "devices", "revoke", "robot-1", "--root", str(fleet.root / "data")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -177,7 +177,7 @@ def test_fleet_control_needs_an_operator_credential(secured) -> None:
 
 def test_tls_tunnel_and_fleet_view(tmp_path) -> None:
     root = tmp_path / "data"
-    cli = [sys.executable, "-m", "launch.cli"]
+    cli = [sys.executable, "-m", "fleetloop.cli"]
     assert subprocess.run([*cli, "certs", "init", "--root", str(root)], timeout=60).returncode == 0
     devices = DeviceRegistry(root / "devices.json")
     robot, alice = devices.add("cart-1"), devices.add("alice", kind="operator")

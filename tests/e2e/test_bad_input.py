@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 from hal.resource import ArraySpec
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import encode_array

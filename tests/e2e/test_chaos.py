@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
 from edge.spool import Spool
 from tests.e2e.fleet import Fleet, wait_until
 from tests.e2e.store_checks import assert_versions_never_go_back, check_store

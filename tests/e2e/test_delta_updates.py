@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from policies.factory import make_policy
 from policies.lora import LoraPolicy
-from policies.registry import make_policy
 from policies.train import train_policy
 from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb

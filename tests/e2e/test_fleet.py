@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 from edge.spool import Spool
-from launch.fleet_view import command, fetch
+from fleetloop.fleet_view import command, fetch
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 
 TASKS = """
@@ -91,7 +91,7 @@ def test_emergency_stop_reaches_the_robot_and_release_resumes(fleet: Fleet) -> N
     wait_until(lambda: rows_from(store, "pusht", "cart-1") > stopped_at + 10, 30, "motion after the release")
     assert not command(fleet.target, "nobody", "pause").ok
     shown = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "fleet", "--cloud", fleet.target],
+        [sys.executable, "-m", "fleetloop.cli", "fleet", "--cloud", fleet.target],
         capture_output=True,
         text=True,
         timeout=60,

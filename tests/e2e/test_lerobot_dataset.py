@@ -14,9 +14,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from cloud.learner import HGDaggerLearner, LearnerConfig
-from cloud.registry import PolicyRegistry
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import HGDaggerLearner, LearnerConfig
 from policies.weights import policy_from_bytes
 from protocol.steps import schema_for
 
@@ -35,7 +35,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 def fleetloop(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "launch.cli", *args],
+        [sys.executable, "-m", "fleetloop.cli", *args],
         env=offline_env(tmp_path),
         capture_output=True,
         text=True,

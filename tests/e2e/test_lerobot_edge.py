@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import yaml
 
-from cloud.learner import policy_for_schema
-from cloud.registry import PolicyRegistry
-from cloud.store import ColumnSpec, EpisodeStore
+from cloud.data.store import ColumnSpec, EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import policy_for_schema
 from hal.lerobot_robot import make_lerobot_robot
 from policies.weights import policy_to_bytes
 from protocol.steps import schema_for

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
 from hal.sim import SIM_TASKS
 from policies.lerobot_policy import LerobotPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 from edge.spool import Spool
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 from tests.e2e.store_checks import check_store

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from cloud.learner import policy_for_schema
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import policy_for_schema
 from edge.spool import Spool
 from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until

@@ -22,11 +22,11 @@ import websockets
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
-from cloud.learner import LearnerConfig, policy_for_schema
-from cloud.registry import PolicyRegistry
-from cloud.sampler import LABELLED_KINDS, Sampler, load_steps
-from cloud.store import ColumnSpec, EpisodeStore
-from launch.fleet_view import fetch
+from cloud.data.store import ColumnSpec, EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import LearnerConfig, policy_for_schema
+from cloud.learning.sampler import LABELLED_KINDS, Sampler, load_steps
+from fleetloop.fleet_view import fetch
 from policies.weights import policy_to_bytes
 from protocol.steps import schema_for
 from tests.e2e.fleet import Fleet, free_port, wait_until

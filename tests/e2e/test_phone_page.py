@@ -47,10 +47,10 @@ from cryptography.hazmat.primitives import serialization
 from PIL import Image
 from websockets.sync.client import connect
 
-from cloud.learner import policy_for_schema
-from cloud.phone_channel import PhoneChannel
-from cloud.registry import PolicyRegistry
-from cloud.store import ColumnSpec
+from cloud.channels.phone_channel import PhoneChannel
+from cloud.data.store import ColumnSpec
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.learner import policy_for_schema
 from policies.weights import policy_to_bytes
 from protocol.steps import schema_for
 from tests.e2e.fleet import Fleet, free_port, wait_until
@@ -345,7 +345,7 @@ def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the
     """
     root = tmp_path / "data"
     created = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "certs", "init", "--root", str(root)],
+        [sys.executable, "-m", "fleetloop.cli", "certs", "init", "--root", str(root)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 
 DATASET = "panda_pick_cube"

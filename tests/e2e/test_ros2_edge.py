@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 from tests.e2e.fleet import ENV, Fleet, wait_until
 
 PANDA_YAML = "launch/ros2/panda_sim.yaml"

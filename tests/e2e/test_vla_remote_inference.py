@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import tests.e2e.fleet as fleet_processes
-from cloud.inference import InferenceJob, InferenceServer
-from cloud.registry import PolicyRegistry
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.serving.inference import InferenceJob, InferenceServer
 from policies.lerobot_policy import LerobotPolicy
 from policies.weights import policy_to_bytes, read_metadata
 from tests.e2e.fleet import Fleet, wait_until

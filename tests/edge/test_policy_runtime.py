@@ -4,7 +4,7 @@ import time
 import numpy as np
 
 from edge.policy_runtime import PolicyRuntime
-from policies.registry import make_policy
+from policies.factory import make_policy
 from policies.weights import policy_to_bytes
 
 CONFIG = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "chunk_size": 4, "hidden": [8]}

@@ -15,7 +15,7 @@ from edge.spool import Spool
 from hal.null import NullRobot
 from hal.resource import ResourceInfo
 from hal.safety import SafeDriver
-from policies.registry import make_policy
+from policies.factory import make_policy
 from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb
 from protocol.steps import encode_batch

@@ -7,8 +7,8 @@ import pytest
 import safetensors.torch
 import torch
 
+from policies.factory import POLICY_TYPES
 from policies.lerobot_policy import LerobotPolicy
-from policies.registry import POLICY_TYPES
 from policies.train import train_policy
 from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata
 from tests.policies.lerobot_tiny import TINY

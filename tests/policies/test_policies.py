@@ -6,8 +6,8 @@ import safetensors.torch
 import torch
 
 from policies.cnn import CNNPolicy
+from policies.factory import POLICY_TYPES, make_policy
 from policies.mlp import MLPPolicy
-from policies.registry import POLICY_TYPES, make_policy
 from policies.train import train_policy
 from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata, sha256_hex
 

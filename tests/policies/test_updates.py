@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from policies.factory import make_policy
 from policies.lora import LoraPolicy
-from policies.registry import make_policy
 from policies.train import train_policy
 from policies.updates import HeldState, UpdateError, WireState, apply_update, build_update
 from policies.weights import policy_to_bytes

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.gateway import check_resource
-from cloud.registry import POLICY_NAME as REGISTRY_POLICY_NAME
-from cloud.store import NAME as STORE_NAME
-from cloud.store import ColumnSpec, _normalize
+from cloud.data.store import NAME as STORE_NAME
+from cloud.data.store import ColumnSpec, _normalize
+from cloud.data.version_registry import POLICY_NAME as REGISTRY_POLICY_NAME
+from cloud.gateway.server import check_resource
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from hal.sim import SIM_TASKS
 from protocol import tunnel_pb2 as pb

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from launch.summary import VersionSummary, autonomy_climbed, summarize
+from fleetloop.summary import VersionSummary, autonomy_climbed, summarize
 
 log = logging.getLogger("fleetloop.demo")
 
@@ -111,7 +111,7 @@ def _reached_target(summary: list[VersionSummary], config: DemoConfig) -> bool:
 
 
 def run_demo(config: DemoConfig) -> int:
-    from cloud.store import EpisodeStore
+    from cloud.data.store import EpisodeStore
 
     run_dir = Path(config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     logs = run_dir / "logs"
@@ -125,7 +125,7 @@ def run_demo(config: DemoConfig) -> int:
         f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}. "
         f"The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
     )
-    cli = [sys.executable, "-m", "launch.cli"]
+    cli = [sys.executable, "-m", "fleetloop.cli"]
     processes: list[subprocess.Popen] = []
 
     def start(name: str, args: list[str]) -> subprocess.Popen:

@@ -12,8 +12,8 @@ merged by seq here and the store skips rows it already holds, so ``(episode_id, 
 resend is harmless. A discarded episode is dropped from memory and never reaches the store.
 
 Closing the loop: before writing a stopped episode, the cloud asks the current ``phone`` policy what it would have
-done from each step and stores how far that was from what the demonstrator did (``cloud.foresight``); the learner
-draws the steps where the foresight was wrong more often.
+done from each step and stores how far that was from what the demonstrator did (``cloud.serving.foresight``); the
+learner draws the steps where the foresight was wrong more often.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from cloud import foresight
-from cloud.devices import AuthError, DeviceRegistry
-from cloud.gateway import Gateway, _Pending
-from cloud.inference import InferenceJob
-from cloud.store import ColumnSpec, StepRows
+from cloud.data.store import ColumnSpec, StepRows
+from cloud.gateway.server import Gateway, _Pending
+from cloud.security.devices import AuthError, DeviceRegistry
+from cloud.serving import foresight
+from cloud.serving.inference import InferenceJob
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError

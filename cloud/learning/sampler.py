@@ -7,15 +7,15 @@ Every step falls into exactly one kind:
 - ``demo``: a person drove while no policy ran yet (``intervention`` true, ``policy_version`` 0).
 - ``offline``: any step of an episode whose ``source`` is one of ``offline_sources`` (imported data sets).
 
-A *group* is a set of kinds written with ``+`` (``"intervention+demo"``); ``ratios`` give each group its share of
-every batch, e.g. ``{"online": 0.5, "intervention+demo": 0.5}`` is HIL-SERL's 50/50 between the online buffer and the
-demonstration buffer. A batch holds exactly ``round(share * batch_size)`` steps of each group (largest remainder, so
-the counts add up to the batch size). Within a group a step is drawn in proportion to its staleness weight
-(``cloud.staleness``); a step of weight 0 is never drawn. A group with no drawable step gives its share to the others
-in proportion to theirs (SAC's first round has demonstrations only), so ``ratios`` are the shares once every group
-has data. Where a dataset stores ``meta.foresight_error`` (phone demonstrations, ``cloud.foresight``), a step's
-weight is also multiplied by its foresight weight: steps where the policy's predicted trajectory was wrong by more
-than ``foresight_tolerance_m`` are drawn up to ``foresight_max_weight`` times as often. ``ratios=None`` draws
+A *group* is a set of kinds written with ``+`` (``"intervention+demo"``); ``ratios`` give each group its share of every
+batch, e.g. ``{"online": 0.5, "intervention+demo": 0.5}`` is HIL-SERL's 50/50 between the online buffer and the
+demonstration buffer. A batch holds exactly ``round(share * batch_size)`` steps of each group (largest remainder, so the
+counts add up to the batch size). Within a group a step is drawn in proportion to its staleness weight
+(``cloud.learning.staleness``); a step of weight 0 is never drawn. A group with no drawable step gives its share to the
+others in proportion to theirs (SAC's first round has demonstrations only), so ``ratios`` are the shares once every
+group has data. Where a dataset stores ``meta.foresight_error`` (phone demonstrations, ``cloud.serving.foresight``), a
+step's weight is also multiplied by its foresight weight: steps where the policy's predicted trajectory was wrong by
+more than ``foresight_tolerance_m`` are drawn up to ``foresight_max_weight`` times as often. ``ratios=None`` draws
 uniformly (times those weights) over the kinds the algorithm trains on, which is what HG-DAgger always did.
 """
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cloud.foresight import ERROR_COLUMN, foresight_weights
-from cloud.staleness import StalenessBudget
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
+from cloud.learning.staleness import StalenessBudget
+from cloud.serving.foresight import ERROR_COLUMN, foresight_weights
 
 KINDS = ("online", "intervention", "demo", "offline")
 ONLINE, INTERVENTION, DEMO, OFFLINE = range(len(KINDS))
@@ -93,8 +93,8 @@ class SamplerConfig:
     """``ratios``: the default for every dataset (None: uniform over what the algorithm trains on);
     ``per_dataset``: ratios of single datasets (tasks), overriding the default; ``offline_sources``: episode
     sources whose steps are imported ``offline`` data. Mappings are accepted and stored as sorted tuples.
-    ``foresight_tolerance_m``, ``foresight_max_weight``: see ``cloud.foresight.foresight_weights`` (a max weight of
-    1 samples phone demonstrations without regard to their foresight error)."""
+    ``foresight_tolerance_m``, ``foresight_max_weight``: see ``cloud.serving.foresight.foresight_weights`` (a max
+    weight of 1 samples phone demonstrations without regard to their foresight error)."""
 
     ratios: Ratios | None = None
     per_dataset: tuple[tuple[str, Ratios], ...] = ()

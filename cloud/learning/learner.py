@@ -11,14 +11,14 @@ checkpoint, running under torchrun) is shared.
   dataset: by default an MLP for vector observations and a small CNN with images, or any lerobot policy type
   (``act``, ``diffusion``, ``smolvla``...) with its config fields, trained with lerobot's own loss on action
   sequences cut from each step's episode (``action_is_pad`` past its ends) and published like any other.
-- ``sac`` (HIL-SERL / RLPD style, ``cloud.sac``): the actor, twin critics and temperature carry on from round to
-  round; each round takes ``train_steps`` updates on batches that mix the online buffer (what the policy did) and
-  the demonstration buffer (what a person did) at ``sac.demo_ratio`` (default 50/50), and publishes the actor.
+- ``sac`` (HIL-SERL / RLPD style, ``cloud.learning.sac``): the actor, twin critics and temperature carry on from round
+  to round; each round takes ``train_steps`` updates on batches that mix the online buffer (what the policy did) and the
+  demonstration buffer (what a person did) at ``sac.demo_ratio`` (default 50/50), and publishes the actor.
 
 A round starts once enough new episodes have ended since the last version. Its batches come from
-``cloud.sampler`` (explicit ratios between kinds of data, per dataset) with ``cloud.staleness``' weights: with
-``staleness_budget`` set, on-policy steps recorded ``age`` versions before the learner's latest are dropped or
-down-weighted; steps a person labelled are exempt unless ``staleness_interventions``.
+``cloud.learning.sampler`` (explicit ratios between kinds of data, per dataset) with ``cloud.learning.staleness``'
+weights: with ``staleness_budget`` set, on-policy steps recorded ``age`` versions before the learner's latest are
+dropped or down-weighted; steps a person labelled are exempt unless ``staleness_interventions``.
 
 After each publish the learner saves a checkpoint per dataset under ``checkpoint_dir`` (by default
 ``<data root>/learner/checkpoint/<dataset>/``): the weights and the optimizer's tensors as safetensors (for SAC also
@@ -29,8 +29,8 @@ loads it (a local file only: never bytes from the wire, never pickle) and carrie
 step, so it neither retrains at once nor waits a whole round longer than it should. When the registry holds
 a newer version than the checkpoint (the learner died between publishing and saving), the registry wins.
 
-Under ``torchrun`` (``cloud.distributed``) every rank runs this loop: rank 0 decides each round and broadcasts it,
-every rank trains on the same rows with its own batches under DistributedDataParallel, rank 0 publishes and saves.
+Under ``torchrun`` (``cloud.learning.distributed``) every rank runs this loop: rank 0 decides each round and broadcasts
+it, every rank trains on the same rows with its own batches under DistributedDataParallel, rank 0 publishes and saves.
 """
 
 from __future__ import annotations
@@ -49,24 +49,24 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from cloud.distributed import DistContext
-from cloud.files import write_atomically
-from cloud.registry import PolicyRegistry, PolicyVersion
-from cloud.sac import SACAgent, SACConfig, known_action_limits
-from cloud.sampler import KINDS, LABELLED_KINDS, Sampler, SamplerConfig, StepTable, load_steps
-from cloud.staleness import StalenessBudget
-from cloud.store import EpisodeStore
+from cloud.data.files import write_atomically
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry, PolicyVersion
+from cloud.learning.distributed import DistContext
+from cloud.learning.sac import SACAgent, SACConfig, known_action_limits
+from cloud.learning.sampler import KINDS, LABELLED_KINDS, Sampler, SamplerConfig, StepTable, load_steps
+from cloud.learning.staleness import StalenessBudget
 from policies.base import Policy
+from policies.factory import make_policy
 from policies.lerobot_policy import LerobotPolicy, check_lerobot_config
-from policies.registry import make_policy
-from policies.sac import SACActorPolicy
+from policies.sac_actor import SACActorPolicy
 from policies.train import train_policy
 from policies.weights import policy_to_bytes
 
 log = logging.getLogger("fleetloop.learner")
 
 ALGORITHMS = ("hg-dagger", "sac")
-# on_step(dataset, step within the round, the modules being trained): e.g. cloud.distributed's parameter trace.
+# on_step(dataset, step within the round, the modules being trained): e.g. cloud.learning.distributed's parameter trace.
 StepHook = Callable[[str, int, dict[str, nn.Module]], None]
 
 
@@ -113,7 +113,7 @@ class LearnerConfig:
     poll_s: float = 1.0
     hidden: tuple[int, ...] = (256, 256)  # the policy's (SAC: the actor's) hidden layers
     algorithm: str = "hg-dagger"
-    staleness_budget: int | None = None  # versions; None: no budget (see cloud.staleness)
+    staleness_budget: int | None = None  # versions; None: no budget (see cloud.learning.staleness)
     staleness_mode: str = "drop"  # drop | downweight
     staleness_decay: str = "exp"  # downweight's decay: exp (budget = half-life) | linear
     staleness_interventions: bool = False  # interventions age too (demonstrations never do)

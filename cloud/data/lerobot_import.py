@@ -3,7 +3,7 @@
 ``import_lerobot`` reads a local LeRobotDataset (v3) with lerobot's own ``LeRobotDataset`` and writes each of its
 episodes into one store dataset, as if an operator had driven every step: source ``"import"``,
 ``intervention=True`` on every step (so the HG-DAgger learner trains on them), ``policy_version`` 0, and resource
-id ``"import:<repo_id>"`` unless one is given. Features map back the way ``cloud.lerobot_export`` maps them out:
+id ``"import:<repo_id>"`` unless one is given. Features map back the way ``cloud.data.lerobot_export`` maps them out:
 
 - ``observation.images.<n>`` (image or video) -> ``obs.<n>``, uint8 height x width x 3;
 - ``observation.<n>`` -> ``obs.<n>`` (``observation.state`` -> ``obs.state``);
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from cloud.lerobot_export import IMAGE_PREFIX, META_FILE, STEP_FEATURES
-from cloud.store import NAME, ColumnSpec, EpisodeStore, StepRows
+from cloud.data.lerobot_export import IMAGE_PREFIX, META_FILE, STEP_FEATURES
+from cloud.data.store import NAME, ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import PROVENANCE_COLUMNS
 
 SOURCE = "import"

@@ -5,23 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from hal.resource import Capabilities
-from policies.base import Policy
-from policies.cnn import CNNPolicy
-from policies.lerobot_policy import LerobotPolicy
-from policies.lora import LoraPolicy
-from policies.mlp import MLPPolicy
-from policies.sac import SACActorPolicy
+from policies import cnn, lerobot_policy, lora, mlp, sac_actor  # noqa: F401  (each registers its type)
+from policies.base import POLICY_TYPES, Policy, policy_class
 
-POLICY_TYPES: dict[str, type[Policy]] = {
-    cls.type_name: cls for cls in (MLPPolicy, CNNPolicy, LoraPolicy, SACActorPolicy, LerobotPolicy)
-}
+__all__ = ["POLICY_TYPES", "config_for", "make_policy"]
 
 
 def make_policy(type_name: str, config: dict[str, Any]) -> Policy:
-    cls = POLICY_TYPES.get(type_name)
-    if cls is None:
-        raise ValueError(f"unknown policy type {type_name!r}; known: {sorted(POLICY_TYPES)}")
-    return cls.from_config(config)
+    return policy_class(type_name).from_config(config)
 
 
 def config_for(capabilities: Capabilities, chunk_size: int = 1, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cloud.store import EpisodeStore
+from cloud.data.store import EpisodeStore
 
 
 @dataclass(frozen=True)

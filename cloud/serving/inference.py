@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud.registry import PolicyRegistry
+from cloud.data.version_registry import PolicyRegistry
 from policies.base import Policy
 from policies.weights import policy_from_bytes
 

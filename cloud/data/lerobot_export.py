@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.store import EpisodeRecord, EpisodeStore
+from cloud.data.store import EpisodeRecord, EpisodeStore
 
 META_FILE = "meta/fleetloop.json"  # fleetloop's provenance, next to lerobot's info.json
 META_FORMAT = 1

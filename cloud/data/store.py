@@ -38,7 +38,7 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
-from cloud.files import fsync_path, write_atomically
+from cloud.data.files import fsync_path, write_atomically
 from protocol.steps import PROVENANCE_COLUMNS
 
 # The provenance every step carries (the wire's contract), plus what the store adds to each row.

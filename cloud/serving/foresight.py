@@ -9,7 +9,7 @@ horizon, in metres, and is stored with the step (``meta.foresight_error``, and `
 version that was asked, 0 where none answered).
 
 The learner samples steps where the foresight was wrong more often (``foresight_weights``, used by
-``cloud.sampler``): a demonstrator who moves away from what the overlay showed is showing exactly what the
+``cloud.learning.sampler``): a demonstrator who moves away from what the overlay showed is showing exactly what the
 policy does not know yet.
 """
 

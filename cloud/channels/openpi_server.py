@@ -41,9 +41,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from cloud.devices import DeviceRegistry
-from cloud.inference import InferenceJob, InferenceServer
-from cloud.registry import POLICY_NAME, PolicyRegistry
+from cloud.data.version_registry import POLICY_NAME, PolicyRegistry
+from cloud.security.devices import DeviceRegistry
+from cloud.serving.inference import InferenceJob, InferenceServer
 from policies.weights import read_metadata
 
 log = logging.getLogger("fleetloop.openpi")

@@ -15,7 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from launch.logs import setup_logging
+from fleetloop.logs import setup_logging
+
+# Robot configs and the Fast DDS profile live beside the packages, in the checkout's launch/ folder.
+LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
 
 log = logging.getLogger("fleetloop")
 
@@ -43,8 +46,8 @@ def _non_negative_float(text: str) -> float:
 
 def _cloud_security(args: argparse.Namespace):
     """(devices, tls_cert, tls_key) for `fleetloop cloud`; ValueError names the flag when it is unsafe or broken."""
-    from cloud.certs import CertPaths
-    from cloud.devices import DeviceRegistry
+    from cloud.security.certs import CertPaths
+    from cloud.security.devices import DeviceRegistry
     from protocol.channel import is_loopback
 
     root = Path(args.root)
@@ -74,7 +77,7 @@ def _cloud_security(args: argparse.Namespace):
 
 def _sample_ratios(text: str) -> tuple[str, tuple]:
     """``[DATASET:]GROUP=RATIO,...`` -> (dataset or "", ratios); the sampler names what is wrong."""
-    from cloud.sampler import parse_ratios
+    from cloud.learning.sampler import parse_ratios
 
     dataset, sep, spec = text.rpartition(":")
     try:
@@ -237,9 +240,9 @@ def _policies(types: list[tuple[str, str]], configs: list[tuple[str, dict]]) -> 
 
 def learner_config(args: argparse.Namespace):
     """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
-    from cloud.learner import LearnerConfig
-    from cloud.sac import SACConfig
-    from cloud.sampler import SamplerConfig
+    from cloud.learning.learner import LearnerConfig
+    from cloud.learning.sac import SACConfig
+    from cloud.learning.sampler import SamplerConfig
 
     default_ratios = None
     per_dataset: dict[str, tuple] = {}
@@ -293,13 +296,13 @@ def run_learner(
     on_step=None,
     max_rounds: int = 0,
 ) -> None:
-    """The learner over ``root`` until ``stop`` (or signals); ``dist``: a cloud.distributed context (torchrun)."""
+    """The learner over ``root`` until ``stop`` (or signals); ``dist``: torchrun's context."""
     setup_logging(plain=log_plain)
     import torch
 
-    from cloud.learner import Learner
-    from cloud.registry import PolicyRegistry
-    from cloud.store import EpisodeStore
+    from cloud.data.store import EpisodeStore
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.learning.learner import Learner
 
     torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
     stop = stop or _stop_on_signals()
@@ -323,7 +326,7 @@ def load_tasks(path: str):
 
     import yaml
 
-    from cloud.fleet import Requirements, Task
+    from cloud.gateway.fleet import Requirements, Task
     from hal.resource import RESOURCE_KINDS
     from protocol.arrays import CodecError
     from protocol.limits import check_policy_name
@@ -408,9 +411,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("refusing to start: %s", err)
         return 2
-    from cloud.gateway import GatewayConfig, serve
-    from cloud.registry import PolicyRegistry
-    from cloud.store import EpisodeStore
+    from cloud.data.store import EpisodeStore
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.gateway.server import GatewayConfig, serve
 
     root = Path(args.root)
     store = EpisodeStore(root / "store")
@@ -476,7 +479,7 @@ def phone_url_host(given: str, listen_host: str, server_cert: Path | None, lan: 
     else (listening on every interface) this machine's LAN address ``lan`` when the certificate names it, else
     the certificate's first name beyond loopback, else ``lan`` or this machine's name. A phone checks the
     certificate against that host: warn when the certificate does not name it."""
-    from cloud.certs import DEFAULT_HOSTS, server_hosts
+    from cloud.security.certs import DEFAULT_HOSTS, server_hosts
 
     names = server_hosts(server_cert) if server_cert is not None else []
     host = given or (listen_host if listen_host not in WILDCARD_HOSTS else "")
@@ -499,7 +502,7 @@ def phone_certs(args: argparse.Namespace, root: Path, lan: str):
     """The certificates the phone page is served with: those of `fleetloop certs init` when present, else made
     now (first start), naming loopback, the listening host, --phone-url-host, this machine's LAN address and
     name. Browsers give the camera and WebXR only to secure pages, and a phone is never on loopback."""
-    from cloud.certs import CertPaths, init_certs
+    from cloud.security.certs import CertPaths, init_certs
 
     certs = CertPaths(Path(args.certs) if args.certs else root / "certs")
     if not certs.exist():
@@ -519,7 +522,7 @@ def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
     """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
     if args.phone_port is None:
         return ()
-    from cloud.phone_channel import PhoneChannel, PhoneChannelConfig
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
 
     lan = lan_address()
     certs = phone_certs(args, root, lan)
@@ -543,7 +546,7 @@ def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, t
     it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
     if args.openpi_port is None:
         return ()
-    from cloud.openpi_server import OpenPiServer, ssl_context
+    from cloud.channels.openpi_server import OpenPiServer, ssl_context
 
     context = ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     return (
@@ -623,7 +626,7 @@ def build_driver(robot: str, seed: int | None, control_hz: float | None):
     if kind == "ros2":
         # Fast DDS reads its profile once, at the first rclpy.init: the shipped one gives images a 16 MB
         # shared-memory segment (about 3 ms for 640x480 instead of about 14 ms).
-        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(Path(__file__).parent / "ros2" / "fastdds_shm.xml"))
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(LAUNCH_DIR / "ros2" / "fastdds_shm.xml"))
         from hal.ros2 import Ros2Robot, Ros2RobotConfig
 
         config = Ros2RobotConfig.from_yaml(name)
@@ -739,7 +742,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     import grpc
 
-    from launch.fleet_view import command, show
+    from fleetloop.fleet_view import command, show
 
     access = {"ca": args.ca, "token": args.token or os.environ.get("FLEETLOOP_TOKEN", "")}
     try:
@@ -763,7 +766,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from cloud.registry import PolicyRegistry
+    from cloud.data.version_registry import PolicyRegistry
 
     registry = PolicyRegistry(Path(args.root) / "registry")
     try:
@@ -793,7 +796,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from cloud.devices import DeviceRegistry
+    from cloud.security.devices import DeviceRegistry
 
     registry = DeviceRegistry(Path(args.root) / "devices.json")
     try:
@@ -836,7 +839,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from cloud.certs import init_certs, server_hosts
+    from cloud.security.certs import init_certs, server_hosts
 
     directory = Path(args.certs) if args.certs else Path(args.root) / "certs"
     try:
@@ -858,8 +861,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # writes a local dataset; nothing to fetch
-    from cloud.lerobot_export import Selection, export_lerobot
-    from cloud.store import EpisodeStore
+    from cloud.data.lerobot_export import Selection, export_lerobot
+    from cloud.data.store import EpisodeStore
 
     if not (Path(args.root) / "zarr.json").is_file():
         log.error("export: --root: no episode store at %s", args.root)
@@ -895,8 +898,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # reads a local dataset; nothing to fetch
-    from cloud.lerobot_import import import_lerobot
-    from cloud.store import EpisodeStore
+    from cloud.data.lerobot_import import import_lerobot
+    from cloud.data.store import EpisodeStore
 
     try:
         store = EpisodeStore(args.root)
@@ -959,7 +962,7 @@ def add_interop_commands(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from launch.demo import DemoConfig, run_demo
+    from fleetloop.demo import DemoConfig, run_demo
 
     return run_demo(DemoConfig(robots=args.robots, minutes=args.minutes, control_hz=args.hz, run_dir=args.run_dir))
 

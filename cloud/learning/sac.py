@@ -1,6 +1,6 @@
 """Soft actor-critic with human interventions (HIL-SERL / RLPD style) over the episode store.
 
-The actor is a ``policies.sac.SACActorPolicy`` (Gaussian, tanh-squashed into the action limits); the learner
+The actor is a ``policies.sac_actor.SACActorPolicy`` (Gaussian, tanh-squashed into the action limits); the learner
 publishes it like any policy and the edge samples from it (``explore``, as HIL-SERL's actor collects) or runs its
 mean. Beside it: twin Q critics (LayerNorm MLPs, as RLPD uses against over-estimation on offline data) with
 Polyak-averaged target copies, and an entropy temperature tuned towards ``target_entropy`` (default
@@ -8,11 +8,11 @@ Polyak-averaged target copies, and an entropy temperature tuned towards ``target
 the critic loss, as in DrQ and SERL).
 
 Data: transitions ``(s, a, r, s', terminal)`` come from consecutive committed steps of an episode
-(``cloud.sampler.load_steps``); a step that ended its episode with success is terminal (no bootstrap), one cut
+(``cloud.learning.sampler.load_steps``); a step that ended its episode with success is terminal (no bootstrap), one cut
 by the time limit has no next observation and is left out. The online buffer is what the policy did itself
 (kind ``online``); the demonstration buffer is what a person did (``intervention``, ``demo``, ``offline``). A
-batch is ``demo_ratio`` demonstrations and the rest online (``cloud.sampler``: exact counts, staleness weights on
-the online buffer). The critic learns from interventions as ordinary transitions (the action taken is the
+batch is ``demo_ratio`` demonstrations and the rest online (``cloud.learning.sampler``: exact counts, staleness weights
+on the online buffer). The critic learns from interventions as ordinary transitions (the action taken is the
 person's), so it values the corrections, and the actor is pulled towards them through the critic.
 
 Under DistributedDataParallel (``wrap``) the actor's and the critics' gradients are averaged by DDP; the
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from policies.cnn import ImageEncoder
-from policies.sac import SACActorPolicy, squashed_sample
+from policies.sac_actor import SACActorPolicy, squashed_sample
 
 Wrap = Callable[[nn.Module], nn.Module]
 

@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from cloud.devices import AuthError, Device, DeviceRegistry
-from cloud.fleet import FleetScheduler, Requirements, Task
-from cloud.inference import InferenceJob, InferenceServer
-from cloud.registry import PolicyRegistry, PolicyVersion
-from cloud.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.data.version_registry import PolicyRegistry, PolicyVersion
+from cloud.gateway.fleet import FleetScheduler, Requirements, Task
+from cloud.security.devices import AuthError, Device, DeviceRegistry
+from cloud.serving.inference import InferenceJob, InferenceServer
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import read_metadata, sha256_hex

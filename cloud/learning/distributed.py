@@ -2,12 +2,12 @@
 
 Run it with ``torchrun``, which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT::
 
-    torchrun --standalone --nproc_per_node=2 -m cloud.distributed --root fleetloop-data          # one node
+    torchrun --standalone --nproc_per_node=2 -m fleetloop.distributed_learner --root fleetloop-data          # one node
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_endpoint=host:29500 $(which fleetloop-learner) ...
 
-(``fleetloop-learner`` is the same entry point as ``python -m cloud.distributed``.) The process group uses nccl
-when CUDA is there (each rank on ``cuda:<LOCAL_RANK>``) and gloo on CPUs. Every rank reads the same data root (a
-shared file system across nodes): rank 0 alone decides when a round starts, and broadcasts which datasets to
+(``fleetloop-learner`` is the same entry point as ``python -m fleetloop.distributed_learner``.) The process group
+uses nccl when CUDA is there (each rank on ``cuda:<LOCAL_RANK>``) and gloo on CPUs. Every rank reads the same data
+root (a shared file system across nodes): rank 0 alone decides when a round starts, and broadcasts which datasets to
 train and how many committed rows each round reads, so every rank trains on the same snapshot of the store even
 while the gateway appends. Each rank draws its own batches (its own seed: ``seed + rank``), DDP averages the
 gradients, so parameters stay identical on every rank after every step; only rank 0 publishes versions and saves
@@ -16,13 +16,10 @@ checkpoints. Without torchrun's variables (or with WORLD_SIZE=1) it is the plain
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,50 +133,3 @@ def trace_writer(path: Path, rank: int) -> Callable[[str, int, dict[str, nn.Modu
             f.write("\n")
 
     return on_step
-
-
-def main(argv: list[str] | None = None) -> int:
-    from launch.cli import add_learner_args, learner_config, run_learner
-
-    parser = argparse.ArgumentParser(
-        prog="fleetloop-learner", description="the learner, on one process or several under torchrun (DDP)"
-    )
-    parser.add_argument("--root", default="fleetloop-data")
-    parser.add_argument("--backend", choices=["gloo", "nccl"], help="default: nccl with CUDA, else gloo")
-    parser.add_argument(
-        "--rounds", type=int, default=0, help="stop after this many rounds that trained (default 0: run until stopped)"
-    )
-    parser.add_argument(
-        "--trace-params",
-        metavar="DIR",
-        help="append each rank's parameter digest after every step to DIR/rank<N>.jsonl (for checks)",
-    )
-    add_learner_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = learner_config(args)
-    except ValueError as err:
-        parser.error(str(err))
-    context = init_from_env(args.backend)
-    try:
-        on_step = (
-            trace_writer(Path(args.trace_params) / f"rank{context.rank}.jsonl", context.rank)
-            if (args.trace_params)
-            else None
-        )
-        run_learner(
-            args.root,
-            config,
-            stop=threading.Event() if args.rounds else None,
-            log_plain=False,
-            dist=context,
-            on_step=on_step,
-            max_rounds=args.rounds,
-        )
-    finally:
-        context.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

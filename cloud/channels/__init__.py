@@ -1,0 +1,7 @@
+"""Doors into the cloud other than the robot tunnel.
+
+- ``phone_channel``  phones stream demonstrations over websockets; serves the phone page (``phone_page/``)
+- ``openpi_server``  remote inference for openpi clients (openpi's policy-server protocol)
+
+May import the gateway and everything below it.
+"""

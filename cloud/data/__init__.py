@@ -1,0 +1,10 @@
+"""Data at rest: what the fleet recorded and what the learner published.
+
+- ``store``            the episode store: steps of every episode as zarr v3 arrays, committed in batches
+- ``version_registry`` monotonic versions of each policy as safetensors files
+- ``files``            files readers see whole or not at all (write, fsync, rename)
+- ``lerobot_export``   episodes out as a LeRobotDataset v3
+- ``lerobot_import``   a LeRobotDataset in as offline demonstrations
+
+May import ``protocol`` and ``policies``; no other room of the cloud.
+"""
