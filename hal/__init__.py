@@ -1,5 +1,6 @@
 """The hardware abstraction layer: devices as resources, and drivers over them.
 
+- ``config``         the base of typed configs (pydantic) and errors that name the bad key's path
 - ``resource``       what a device is and can do (capabilities, specs) and the ``Driver`` interface
 - ``safety``         limits, watchdog and emergency stop around any driver
 - ``sim``            gymnasium simulators (gym_hil's Panda, gym_pusht); ``reach_sim`` a small RL task
