@@ -1,4 +1,5 @@
-"""ROS 2 robots: a Driver over a robot that speaks only through topics, configured by a YAML file.
+"""ROS 2 robots: a Driver over a robot that speaks only through topics, configured by a YAML file
+(``hal.ros2_config``).
 
 The driver owns one rclpy node in its own ``Context`` (several drivers coexist in one process), spun by a
 SingleThreadedExecutor on a background thread. Callbacks only buffer messages; the control thread aligns
@@ -15,313 +16,25 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from hal.resource import ArraySpec, Capabilities, Transition
+from hal.resource import Capabilities, Transition
+from hal.ros2_config import (
+    BOOL,
+    EMPTY,
+    ENCODINGS,
+    FLOAT64_ARRAY,
+    IMAGE,
+    JOINT_STATE,
+    JOINT_TRAJECTORY,
+    ObservationConfig,
+    QosConfig,
+    Ros2RobotConfig,
+)
 
-JOINT_STATE = "sensor_msgs/JointState"
-IMAGE = "sensor_msgs/Image"
-FLOAT64_ARRAY = "std_msgs/Float64MultiArray"
-JOINT_TRAJECTORY = "trajectory_msgs/JointTrajectory"
-EMPTY = "std_msgs/Empty"
-BOOL = "std_msgs/Bool"
-
-OBSERVATION_TYPES = (JOINT_STATE, IMAGE, FLOAT64_ARRAY)
-ACTION_TYPES = (FLOAT64_ARRAY, JOINT_TRAJECTORY)
-RESET_TYPES = (EMPTY, BOOL)
-JOINT_FIELDS = ("position", "velocity", "effort")
-RELIABILITIES = ("reliable", "best_effort")
-HOLD_MODES = ("zeros", "last_position")
-_ENCODINGS = {1: "mono8", 3: "rgb8"}
 _BUFFER = 32  # messages kept per stream for alignment: about 1 s of a 30 Hz camera
-
-
-class ConfigError(ValueError):
-    """A bad robot config; the message starts with the path of the offending key."""
-
-
-def _fail(key: str, why: str) -> ConfigError:
-    return ConfigError(f"{key}: {why}")
-
-
-def _section(raw: Any, key: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise _fail(key, f"expected a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def _known(raw: dict[str, Any], key: str, allowed: tuple[str, ...]) -> None:
-    for name in raw:
-        if name not in allowed:
-            prefix = f"{key}." if key else ""
-            raise _fail(f"{prefix}{name}", f"unknown key; known: {', '.join(allowed)}")
-
-
-def _required(raw: dict[str, Any], key: str, name: str) -> Any:
-    if raw.get(name) is None:
-        raise _fail(f"{key}.{name}" if key else name, "required")
-    return raw[name]
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(key, f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _topic(value: Any, key: str) -> str:
-    value = _str(value, key)
-    if not value.startswith("/") or " " in value:
-        raise _fail(key, f"expected an absolute topic name like '/robot/state', got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise _fail(key, f"expected a number, got {value!r}")
-    if positive and value <= 0:
-        raise _fail(key, f"must be > 0, got {value!r}")
-    return float(value)
-
-
-def _int(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(key, f"expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _choice(value: Any, key: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise _fail(key, f"unknown {what} {value!r}; known: {', '.join(choices)}")
-    return value
-
-
-def _floats(value: Any, key: str, length: int) -> tuple[float, ...]:
-    if not isinstance(value, list | tuple) or len(value) != length:
-        raise _fail(key, f"expected a list of {length} numbers, got {value!r}")
-    return tuple(_number(v, f"{key}[{i}]") for i, v in enumerate(value))
-
-
-@dataclass(frozen=True)
-class QosConfig:
-    reliability: str = "reliable"
-    depth: int = 5
-
-    @classmethod
-    def parse(cls, raw: Any, key: str) -> QosConfig:
-        raw = _section(raw, key)
-        _known(raw, key, ("reliability", "depth"))
-        return cls(
-            reliability=_choice(raw.get("reliability", "reliable"), f"{key}.reliability", RELIABILITIES, "reliability"),
-            depth=_int(raw.get("depth", 5), f"{key}.depth"),
-        )
-
-
-@dataclass(frozen=True)
-class ObservationConfig:
-    name: str
-    topic: str
-    type: str
-    shape: tuple[int, ...]
-    field: str = "position"  # JointState only
-    qos: QosConfig = QosConfig()
-
-    @property
-    def spec(self) -> ArraySpec:
-        if self.type == IMAGE:
-            return ArraySpec(self.name, "uint8", self.shape, low=(0.0,), high=(255.0,))
-        return ArraySpec(self.name, "float32", self.shape)
-
-    @classmethod
-    def parse(cls, raw: Any, key: str) -> ObservationConfig:
-        raw = _section(raw, key)
-        _known(raw, key, ("name", "topic", "type", "field", "shape", "qos"))
-        kind = _choice(_required(raw, key, "type"), f"{key}.type", OBSERVATION_TYPES, "message type")
-        shape_raw = _required(raw, key, "shape")
-        if not isinstance(shape_raw, list | tuple) or not shape_raw:
-            raise _fail(f"{key}.shape", f"expected a list of dimensions, got {shape_raw!r}")
-        shape = tuple(_int(d, f"{key}.shape[{i}]") for i, d in enumerate(shape_raw))
-        if kind == IMAGE and (len(shape) != 3 or shape[2] not in _ENCODINGS):
-            raise _fail(f"{key}.shape", f"an image needs [H, W, 3] (rgb8) or [H, W, 1] (mono8), got {list(shape)}")
-        if kind != IMAGE and len(shape) != 1:
-            raise _fail(f"{key}.shape", f"{kind} needs a 1-d shape [N], got {list(shape)}")
-        field_name = raw.get("field", "position")
-        if "field" in raw and kind != JOINT_STATE:
-            raise _fail(f"{key}.field", f"only sensor_msgs/JointState has a field, not {kind}")
-        return cls(
-            name=_str(_required(raw, key, "name"), f"{key}.name"),
-            topic=_topic(_required(raw, key, "topic"), f"{key}.topic"),
-            type=kind,
-            shape=shape,
-            field=_choice(field_name, f"{key}.field", JOINT_FIELDS, "JointState field"),
-            qos=QosConfig.parse(raw.get("qos"), f"{key}.qos"),
-        )
-
-
-@dataclass(frozen=True)
-class ActionConfig:
-    topic: str
-    type: str
-    dim: int
-    low: tuple[float, ...]
-    high: tuple[float, ...]
-    joint_names: tuple[str, ...] = ()  # JointTrajectory only
-    hold: str | tuple[float, ...] = "zeros"  # zeros | last_position | an explicit action
-    qos: QosConfig = QosConfig()
-
-    @property
-    def spec(self) -> ArraySpec:
-        return ArraySpec("action", "float32", (self.dim,), low=self.low, high=self.high)
-
-    @classmethod
-    def parse(cls, raw: Any, key: str) -> ActionConfig:
-        raw = _section(raw, key)
-        _known(raw, key, ("topic", "type", "dim", "low", "high", "joint_names", "hold", "qos"))
-        kind = _choice(_required(raw, key, "type"), f"{key}.type", ACTION_TYPES, "message type")
-        dim = _int(_required(raw, key, "dim"), f"{key}.dim")
-        low = _floats(_required(raw, key, "low"), f"{key}.low", dim)
-        high = _floats(_required(raw, key, "high"), f"{key}.high", dim)
-        for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
-            if lo > hi:
-                raise _fail(f"{key}.low[{i}]", f"{lo} is above high[{i}] = {hi}")
-        joint_names: tuple[str, ...] = ()
-        if kind == JOINT_TRAJECTORY:
-            names = _required(raw, key, "joint_names")
-            if not isinstance(names, list) or len(names) != dim:
-                raise _fail(f"{key}.joint_names", f"expected a list of {dim} joint names, got {names!r}")
-            joint_names = tuple(_str(n, f"{key}.joint_names[{i}]") for i, n in enumerate(names))
-        elif "joint_names" in raw:
-            raise _fail(f"{key}.joint_names", f"only {JOINT_TRAJECTORY} takes joint_names")
-        hold_raw = raw.get("hold", "last_position" if kind == JOINT_TRAJECTORY else "zeros")
-        hold: str | tuple[float, ...]
-        if isinstance(hold_raw, list | tuple):
-            hold = _floats(hold_raw, f"{key}.hold", dim)
-        else:
-            hold = _choice(hold_raw, f"{key}.hold", HOLD_MODES, "hold mode (or give a list of values)")
-        if kind == JOINT_TRAJECTORY and hold == "zeros":
-            # Zero joint positions are a pose, not a stop: commanding them on a failure would move the arm.
-            raise _fail(f"{key}.hold", "'zeros' is not a safe hold for a JointTrajectory; use last_position")
-        return cls(
-            topic=_topic(_required(raw, key, "topic"), f"{key}.topic"),
-            type=kind,
-            dim=dim,
-            low=low,
-            high=high,
-            joint_names=joint_names,
-            hold=hold,
-            qos=QosConfig.parse(raw.get("qos"), f"{key}.qos"),
-        )
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    slop_s: float = 0.05
-    timeout_s: float = 1.0  # how long apply() waits for a fresh aligned set before raising
-
-    @classmethod
-    def parse(cls, raw: Any, key: str) -> SyncConfig:
-        raw = _section(raw, key)
-        _known(raw, key, ("slop_s", "timeout_s"))
-        return cls(
-            slop_s=_number(raw.get("slop_s", 0.05), f"{key}.slop_s", positive=True),
-            timeout_s=_number(raw.get("timeout_s", 1.0), f"{key}.timeout_s", positive=True),
-        )
-
-
-@dataclass(frozen=True)
-class EpisodeConfig:
-    reset_topic: str | None = None
-    reset_type: str = EMPTY
-    done_topic: str | None = None  # std_msgs/Bool
-    success_topic: str | None = None  # std_msgs/Bool
-    max_steps: int = 0  # 0: no limit from the driver
-    reset_timeout_s: float = 10.0
-
-    @classmethod
-    def parse(cls, raw: Any, key: str) -> EpisodeConfig:
-        raw = _section(raw, key)
-        _known(raw, key, ("reset_topic", "reset_type", "done_topic", "success_topic", "max_steps", "reset_timeout_s"))
-
-        def optional_topic(name: str) -> str | None:
-            return None if raw.get(name) is None else _topic(raw[name], f"{key}.{name}")
-
-        return cls(
-            reset_topic=optional_topic("reset_topic"),
-            reset_type=_choice(raw.get("reset_type", EMPTY), f"{key}.reset_type", RESET_TYPES, "message type"),
-            done_topic=optional_topic("done_topic"),
-            success_topic=optional_topic("success_topic"),
-            max_steps=_int(raw.get("max_steps", 0), f"{key}.max_steps", minimum=0),
-            reset_timeout_s=_number(raw.get("reset_timeout_s", 10.0), f"{key}.reset_timeout_s", positive=True),
-        )
-
-
-@dataclass(frozen=True)
-class Ros2RobotConfig:
-    node_name: str
-    control_hz: float
-    embodiment: str
-    observations: tuple[ObservationConfig, ...]
-    action: ActionConfig
-    sync: SyncConfig = SyncConfig()
-    episode: EpisodeConfig = EpisodeConfig()
-    domain_id: int | None = None  # None: ROS_DOMAIN_ID from the environment
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> Ros2RobotConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        return cls.from_dict(raw)
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> Ros2RobotConfig:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"<root>: expected a mapping, got {type(raw).__name__}")
-        _known(
-            raw, "", ("node_name", "control_hz", "embodiment", "observations", "action", "sync", "episode", "domain_id")
-        )
-        node_name = _str(_required(raw, "", "node_name"), "node_name")
-        if not node_name.replace("_", "").isalnum() or node_name[0].isdigit():
-            raise _fail(
-                "node_name", f"ROS node names are letters, digits and '_', not starting with a digit: {node_name!r}"
-            )
-        observations_raw = _required(raw, "", "observations")
-        if not isinstance(observations_raw, list) or not observations_raw:
-            raise _fail("observations", "expected a non-empty list")
-        observations = tuple(ObservationConfig.parse(o, f"observations[{i}]") for i, o in enumerate(observations_raw))
-        seen: set[str] = set()
-        for i, obs in enumerate(observations):
-            if obs.name in seen:
-                raise _fail(f"observations[{i}].name", f"duplicate name {obs.name!r}")
-            seen.add(obs.name)
-        domain_id = raw.get("domain_id")
-        return cls(
-            node_name=node_name,
-            control_hz=_number(_required(raw, "", "control_hz"), "control_hz", positive=True),
-            embodiment=_str(_required(raw, "", "embodiment"), "embodiment"),
-            observations=observations,
-            action=ActionConfig.parse(_required(raw, "", "action"), "action"),
-            sync=SyncConfig.parse(raw.get("sync"), "sync"),
-            episode=EpisodeConfig.parse(raw.get("episode"), "episode"),
-            domain_id=None if domain_id is None else _int(domain_id, "domain_id", minimum=0),
-        )
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            observation=tuple(o.spec for o in self.observations),
-            action=self.action.spec,
-            control_hz=self.control_hz,
-            embodiment=self.embodiment,
-            cameras=tuple(o.name for o in self.observations if o.type == IMAGE),
-        )
 
 
 @dataclass
@@ -403,7 +116,7 @@ class Ros2Robot:
         action = self.config.action
         self._action_pub = self._node.create_publisher(_message_class(action.type), action.topic, qos(action.qos))
         episode = self.config.episode
-        reliable = QosConfig("reliable", 10)
+        reliable = QosConfig(reliability="reliable", depth=10)
         self._reset_pub = None
         if episode.reset_topic:
             reset_type = Empty if episode.reset_type == EMPTY else Bool
@@ -620,9 +333,9 @@ def _decode(config: ObservationConfig, msg: Any) -> np.ndarray:
     """One message as the array its spec promises; ValueError (naming what is off) for a malformed one."""
     if config.type == IMAGE:
         height, width, channels = config.shape
-        if (msg.height, msg.width) != (height, width) or msg.encoding != _ENCODINGS[channels]:
+        if (msg.height, msg.width) != (height, width) or msg.encoding != ENCODINGS[channels]:
             raise ValueError(
-                f"expected {width}x{height} {_ENCODINGS[channels]}, got {msg.width}x{msg.height} {msg.encoding}"
+                f"expected {width}x{height} {ENCODINGS[channels]}, got {msg.width}x{msg.height} {msg.encoding}"
             )
         row = width * channels
         data = np.frombuffer(msg.data, dtype=np.uint8)

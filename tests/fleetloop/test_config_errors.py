@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetloop.cli import build_driver, load_tasks
+from hal.config import ConfigError
 from hal.lerobot_robot import make_lerobot_robot
-from hal.ros2 import ConfigError, Ros2RobotConfig
+from hal.ros2_config import Ros2RobotConfig
 
 GOOD_TASK = {"name": "pick", "policy": "panda_pick_cube", "count": 1, "requires": {"embodiment": "panda_pick_cube"}}
 

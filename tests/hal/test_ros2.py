@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from edge.operator import PickCubeExpert
-from hal.ros2 import ConfigError, Ros2Robot, Ros2RobotConfig
+from hal.config import ConfigError
+from hal.ros2 import Ros2Robot, Ros2RobotConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PANDA_YAML = ROOT / "launch" / "ros2" / "panda_sim.yaml"
@@ -37,14 +38,14 @@ def panda_raw() -> dict:
 @pytest.mark.parametrize(
     ("edit", "key", "fragment"),
     [
-        (lambda r: r["observations"][1].update(type="foo"), "observations[1].type", "unknown message type 'foo'"),
+        (lambda r: r["observations"][1].update(type="foo"), "observations[1].type", "unknown value 'foo'"),
         (lambda r: r["observations"][0].update(shape=[480, 640]), "observations[0].shape", "1-d shape"),
         (
             lambda r: r["observations"].append(dict(IMAGE_OBSERVATION, shape=[480, 640])),
             "observations[2].shape",
             "[H, W, 3]",
         ),
-        (lambda r: r["observations"][1].update(field="torque"), "observations[1].field", "unknown JointState field"),
+        (lambda r: r["observations"][1].update(field="torque"), "observations[1].field", "unknown value 'torque'"),
         (
             lambda r: r["observations"][0]["qos"].update(reliability="sometimes"),
             "observations[0].qos.reliability",
@@ -53,7 +54,7 @@ def panda_raw() -> dict:
         (lambda r: r["observations"][1].update(name="state"), "observations[1].name", "duplicate"),
         (lambda r: r["observations"][0].update(topic="panda/state"), "observations[0].topic", "absolute topic"),
         (lambda r: r["action"].update(low=[-1.0, -1.0]), "action.low", "list of 4 numbers"),
-        (lambda r: r["action"].update(hold="brake"), "action.hold", "unknown hold mode"),
+        (lambda r: r["action"].update(hold="brake"), "action.hold", "unknown value 'brake'"),
         (lambda r: r["action"].update(type="trajectory_msgs/JointTrajectory"), "action.joint_names", "required"),
         (
             lambda r: r["action"].update(
@@ -63,9 +64,9 @@ def panda_raw() -> dict:
             "not a safe hold",
         ),
         (lambda r: r.pop("control_hz"), "control_hz", "required"),
-        (lambda r: r.update(control_hz=0), "control_hz", "> 0"),
+        (lambda r: r.update(control_hz=0), "control_hz", "greater than 0"),
         (lambda r: r["sync"].update(slop=0.1), "sync.slop", "unknown key"),
-        (lambda r: r["episode"].update(max_steps=-1), "episode.max_steps", "integer >= 0"),
+        (lambda r: r["episode"].update(max_steps=-1), "episode.max_steps", "greater than or equal to 0"),
     ],
 )
 def test_config_errors_name_the_key(edit, key: str, fragment: str) -> None:
