@@ -20,39 +20,39 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from hal.config import ConfigModel, Items, Name, validate
 from hal.resource import ArraySpec, Capabilities, Transition
 
 log = logging.getLogger("fleetloop.lerobot")
 
-# Keys of the config dict that are fleetloop's, not the lerobot RobotConfig's.
-DRIVER_KEYS = ("type", "module", "control_hz", "episode_steps", "action_low", "action_high", "hold")
-HOLD_MODES = ("auto", "position", "zero", "none")
+
+class LerobotDriverConfig(ConfigModel):
+    """The keys of a lerobot robot config that are fleetloop's; the others are the lerobot RobotConfig's."""
+
+    type: Name  # a lerobot robot type, e.g. so101_follower
+    module: Name | None = None  # a plugin to import first, which registers its own robot type
+    control_hz: Annotated[float, Field(gt=0)] = 30.0
+    episode_steps: Annotated[int, Field(ge=0)] = 0  # 0: episodes never end by themselves
+    action_low: Items[float] | None = None
+    action_high: Items[float] | None = None
+    hold: Literal["auto", "position", "zero", "none"] = "auto"
+
+
+DRIVER_KEYS = tuple(LerobotDriverConfig.model_fields)
 
 
 class LerobotRobotDriver:
     """A Driver over a lerobot ``Robot``. ``reset`` connects when needed; a real robot is not moved by reset."""
 
-    def __init__(
-        self,
-        robot: Any,
-        control_hz: float = 30.0,
-        episode_steps: int = 0,
-        action_low: tuple[float, ...] | None = None,
-        action_high: tuple[float, ...] | None = None,
-        hold: str = "auto",
-    ) -> None:
-        if control_hz <= 0:
-            raise ValueError(f"control_hz must be positive, got {control_hz}")
-        if episode_steps < 0:
-            raise ValueError(f"episode_steps must be >= 0 (0: episodes never end by themselves), got {episode_steps}")
-        if hold not in HOLD_MODES:
-            raise ValueError(f"hold must be one of {HOLD_MODES}, got {hold!r}")
+    def __init__(self, robot: Any, config: LerobotDriverConfig) -> None:
         self.robot = robot
-        self.episode_steps = episode_steps
+        self.episode_steps = config.episode_steps
+        action_low, action_high = config.action_low, config.action_high
         obs_features: dict[str, Any] = dict(robot.observation_features)
         act_features: dict[str, Any] = dict(robot.action_features)
         self.state_names = tuple(k for k, v in obs_features.items() if not isinstance(v, tuple))
@@ -74,15 +74,15 @@ class LerobotRobotDriver:
             ArraySpec(name, "uint8", tuple(int(d) for d in obs_features[name]), low=(0.0,), high=(255.0,))
             for name in self.camera_names
         ]
-        limits = (tuple(action_low), tuple(action_high)) if action_low and action_high else ((), ())
+        limits = (action_low, action_high) if action_low and action_high else ((), ())
         self._caps = Capabilities(
             observation=tuple(observation),
             action=ArraySpec("action", "float32", (dim,), *limits),
-            control_hz=float(control_hz),
+            control_hz=config.control_hz,
             embodiment=str(getattr(robot, "name", type(robot).__name__)),
             cameras=self.camera_names,
         )
-        self.hold_mode = self._resolve_hold(hold, set(obs_features))
+        self.hold_mode = self._resolve_hold(config.hold, set(obs_features))
         self._step = 0
         self._warned_hold = False
 
@@ -197,60 +197,19 @@ def _make_robot(config: Any) -> Any:
     return make_robot_from_config(config)
 
 
-def _check_driver_keys(config: dict[str, Any]) -> None:
-    """fleetloop's own keys, checked before anything is imported; errors start with the key."""
-
-    def number(key: str, minimum: float, integer: bool = False) -> None:
-        value = config[key]
-        kinds = int if integer else int | float
-        if isinstance(value, bool) or not isinstance(value, kinds) or not np.isfinite(value) or value < minimum:
-            raise ValueError(f"{key}: expected {'an integer' if integer else 'a number'} >= {minimum}, got {value!r}")
-
-    if not isinstance(config["type"], str) or not config["type"]:
-        raise ValueError(f"type: expected a lerobot robot type name, got {config['type']!r}")
-    if "control_hz" in config:
-        number("control_hz", 0)
-        if config["control_hz"] <= 0:
-            raise ValueError(f"control_hz: must be > 0, got {config['control_hz']!r}")
-    if "episode_steps" in config:
-        number("episode_steps", 0, integer=True)
-    for key in ("action_low", "action_high"):
-        values = config.get(key)
-        if values is not None and (
-            not isinstance(values, list)
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in values)
-        ):
-            raise ValueError(f"{key}: expected a list of finite numbers, got {values!r}")
-    if "hold" in config and config["hold"] not in HOLD_MODES:
-        raise ValueError(f"hold: must be one of {HOLD_MODES}, got {config['hold']!r}")
-    if config.get("module") is not None and not isinstance(config["module"], str):
-        raise ValueError(f"module: expected a module name, got {config['module']!r}")
-
-
 def make_lerobot_robot(config: dict[str, Any]) -> LerobotRobotDriver:
     """Builds the driver from one dict: ``type`` (a lerobot robot type) plus that RobotConfig's fields.
 
-    fleetloop's own keys: ``control_hz`` (default 30), ``episode_steps`` (0: never ends by itself),
-    ``action_low``/``action_high``, ``hold`` (auto/position/zero/none), ``module`` (a plugin to import first).
+    fleetloop's own keys (``LerobotDriverConfig``) are checked before anything is imported; errors name the key.
     Nested fields (``cameras: {front: {type: opencv, ...}}``) are decoded by draccus, as lerobot's CLI does.
     """
     import draccus
 
-    if "type" not in config:
-        raise ValueError("type: the lerobot robot config needs a 'type' (a lerobot robot type, e.g. so101_follower)")
-    _check_driver_keys(config)
-    config_class = _robot_config_class(str(config["type"]), config.get("module"))
+    settings = validate(LerobotDriverConfig, {k: v for k, v in config.items() if k in DRIVER_KEYS})
+    config_class = _robot_config_class(settings.type, settings.module)
     fields = {k: v for k, v in config.items() if k not in DRIVER_KEYS}
     try:
         robot_config = draccus.decode(config_class, fields)
     except Exception as exc:
-        raise ValueError(f"bad config for lerobot robot type {config['type']!r}: {exc}") from exc
-    robot = _make_robot(robot_config)
-    return LerobotRobotDriver(
-        robot,
-        control_hz=float(config.get("control_hz", 30.0)),
-        episode_steps=int(config.get("episode_steps", 0)),
-        action_low=config.get("action_low"),
-        action_high=config.get("action_high"),
-        hold=str(config.get("hold", "auto")),
-    )
+        raise ValueError(f"bad config for lerobot robot type {settings.type!r}: {exc}") from exc
+    return LerobotRobotDriver(_make_robot(robot_config), settings)

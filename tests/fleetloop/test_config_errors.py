@@ -115,7 +115,7 @@ def test_fuzzed_ros2_configs_load_or_name_a_key(path: list, value: Any) -> None:
         ({"type": "fleetloop_fake_arm", "control_hz": 0}, "control_hz"),
         ({"type": "fleetloop_fake_arm", "episode_steps": 1.5}, "episode_steps"),
         ({"type": "fleetloop_fake_arm", "action_low": "low"}, "action_low"),
-        ({"type": "fleetloop_fake_arm", "action_high": [1, "x"]}, "action_high"),
+        ({"type": "fleetloop_fake_arm", "action_high": [1, "x"]}, "action_high[1]"),
         ({"type": "fleetloop_fake_arm", "hold": "brake"}, "hold"),
         ({"type": "fleetloop_fake_arm", "module": 7}, "module"),
         ({"type": "no_such_robot"}, "type"),

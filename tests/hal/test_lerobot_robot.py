@@ -89,7 +89,7 @@ def test_safe_driver_over_lerobot_limits_from_the_current_position(tmp_path: Pat
 
 
 def test_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs a 'type'"):
+    with pytest.raises(ValueError, match="^type: required"):
         make_lerobot_robot({})
     with pytest.raises(ValueError, match="unknown lerobot robot type 'no_such_robot'"):
         make_lerobot_robot({"type": "no_such_robot"})
