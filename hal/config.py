@@ -35,7 +35,12 @@ _PLAIN = {  # pydantic error types whose text reads better said in the config's 
 
 
 class ConfigError(ValueError):
-    """A bad config; the message starts with the path of the offending key."""
+    """A bad config; the message starts with the path of the offending key (``where``, below the config's root)."""
+
+    def __init__(self, path: str, why: str, where: tuple[str | int, ...] = ()) -> None:
+        super().__init__(f"{path}: {why}")
+        self.why = why
+        self.where = where
 
 
 class ConfigModel(BaseModel):
@@ -51,6 +56,20 @@ class ConfigModel(BaseModel):
                 if key not in cls.model_fields:
                     raise invalid(f"unknown key; known: {', '.join(cls.model_fields)}", str(key))
         return data
+
+
+class CodeConfig(ConfigModel):
+    """A config built in code by keyword (``SACConfig(gamma=2.0)``): it raises the same ``ConfigError``, under
+    ``config_name``. Not for configs read from files: pydantic then passes the file's mapping to this
+    ``__init__`` as keywords, which refuses keys that are not strings."""
+
+    config_name: ClassVar[str] = ""  # the prefix of its errors: "sac" -> "sac.gamma: ..."
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise _config_error(err, self.config_name) from None
 
 
 def invalid(why: str, *where: str | int) -> PydanticCustomError:
@@ -73,18 +92,28 @@ def validate[ModelT: BaseModel](model: type[ModelT], raw: Any, prefix: str = "")
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(describe(err.errors(include_url=False)[0], prefix)) from None
+        raise _config_error(err, prefix) from None
 
 
-def describe(error: ErrorDetails, prefix: str = "") -> str:
-    """One pydantic error as ``path: why``."""
-    where = [part for part in error["loc"] if part not in (_ONE, _LIST)]
+def _config_error(err: ValidationError, prefix: str) -> ConfigError:
+    """The first of pydantic's errors (in the order of the fields) as a ``ConfigError`` under ``prefix``."""
+    where, why = _located(err.errors(include_url=False)[0])
+    return ConfigError(field_path(prefix, where), why, where)
+
+
+def _located(error: ErrorDetails) -> tuple[tuple[str | int, ...], str]:
+    """One pydantic error as (the keys and indices of its field, why it is wrong)."""
+    where = tuple(part for part in error["loc"] if part not in (_ONE, _LIST))
     ctx = error.get("ctx") or {}
+    inner = ctx.get("error")
     if error["type"] == "config":
         where += ctx["where"]
         why = ctx["why"]
+    elif isinstance(inner, ConfigError):  # a nested model's own __init__ already described it
+        where += inner.where
+        why = inner.why
     elif error["type"] == "value_error":
-        why = str(ctx["error"])
+        why = str(inner)
     elif error["type"] == "literal_error":
         why = f"unknown value {_shown(error['input'])}; expected {ctx['expected']}"
     else:
@@ -92,10 +121,10 @@ def describe(error: ErrorDetails, prefix: str = "") -> str:
         why = message[:1].lower() + message[1:]
         if error["type"] not in ("missing", "extra_forbidden"):
             why += f", got {_shown(error['input'])}"
-    return f"{field_path(prefix, where)}: {why}"
+    return where, why
 
 
-def field_path(prefix: str, where: list[str | int] | tuple[str | int, ...]) -> str:
+def field_path(prefix: str, where: tuple[str | int, ...]) -> str:
     """``prefix`` and the keys and indices below it as one path: ``tasks[0].requires``; ``<root>`` for none."""
     path = prefix
     for part in where:
@@ -108,9 +137,9 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(str(path), f"not valid YAML: {err}") from err
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
+        raise ConfigError(str(path), f"cannot read: {err.strerror or err}") from err
 
 
 def _shown(value: Any) -> str:

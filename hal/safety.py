@@ -14,10 +14,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import ConfigDict, Field, model_validator
 
+from hal.config import CodeConfig, invalid
 from hal.resource import ArraySpec, Capabilities, Driver, Transition
 
 log = logging.getLogger("fleetloop.safety")
@@ -26,51 +28,36 @@ log = logging.getLogger("fleetloop.safety")
 _LOCK_WAIT_S = 0.02
 
 
-def _floats(name: str, values: Sequence[float] | None) -> tuple[float, ...] | None:
-    if values is None:
-        return None
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"SafetyLimits.{name} must be a sequence of numbers, got {values!r}") from exc
-    if not out:
-        raise ValueError(f"SafetyLimits.{name} is empty; leave it out (None) for no limit")
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"SafetyLimits.{name} must be finite, got {out}")
-    return out
+# Limits per action dimension: any sequence of finite numbers (a list, a numpy array), never an empty one.
+Limit = Annotated[tuple[float, ...], Field(min_length=1)] | None
 
 
-@dataclass(frozen=True)
-class SafetyLimits:
+class SafetyLimits(CodeConfig):
     """Per-dimension limits on the action. Each field is optional; ``None`` means no such limit.
 
     ``max_rate`` is the largest change per second of each action dimension (units of the action per second).
     """
 
-    low: tuple[float, ...] | None = None
-    high: tuple[float, ...] | None = None
-    max_rate: tuple[float, ...] | None = None
+    model_config = ConfigDict(strict=False)  # built in code from specs and arrays: numbers of any kind
+    config_name = "SafetyLimits"
 
-    def __post_init__(self) -> None:
-        for name in ("low", "high", "max_rate"):
-            object.__setattr__(self, name, _floats(name, getattr(self, name)))
+    low: Limit = None
+    high: Limit = None
+    max_rate: Annotated[tuple[Annotated[float, Field(gt=0)], ...], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SafetyLimits:
         if (self.low is None) != (self.high is None):
-            raise ValueError("SafetyLimits.low and SafetyLimits.high must be given together")
+            raise invalid("low and high must be given together", "high" if self.high is None else "low")
         if self.low is not None and self.high is not None:
             if len(self.low) != len(self.high):
-                raise ValueError(
-                    f"SafetyLimits.high has {len(self.high)} entries but SafetyLimits.low has {len(self.low)}"
-                )
+                raise invalid(f"has {len(self.high)} entries but SafetyLimits.low has {len(self.low)}", "high")
             for i, (lo, hi) in enumerate(zip(self.low, self.high, strict=True)):
                 if lo > hi:
-                    raise ValueError(f"SafetyLimits.low[{i}] ({lo}) is above SafetyLimits.high[{i}] ({hi})")
-        if self.max_rate is not None:
-            if any(r <= 0 for r in self.max_rate):
-                raise ValueError(f"SafetyLimits.max_rate must be positive in every dimension, got {self.max_rate}")
-            if self.low is not None and len(self.max_rate) != len(self.low):
-                raise ValueError(
-                    f"SafetyLimits.max_rate has {len(self.max_rate)} entries but SafetyLimits.low has {len(self.low)}"
-                )
+                    raise invalid(f"{lo} is above SafetyLimits.high[{i}] ({hi})", "low", i)
+        if self.max_rate is not None and self.low is not None and len(self.max_rate) != len(self.low):
+            raise invalid(f"has {len(self.max_rate)} entries but SafetyLimits.low has {len(self.low)}", "max_rate")
+        return self
 
     @property
     def dim(self) -> int | None:

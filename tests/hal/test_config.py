@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 from pydantic import model_validator
 
-from hal.config import ConfigError, ConfigModel, Items, Name, by_shape, invalid, read_yaml, validate
+from hal.config import CodeConfig, ConfigError, ConfigModel, Items, Name, by_shape, invalid, read_yaml, validate
 
 
 class Inner(ConfigModel):
@@ -77,3 +77,26 @@ def test_read_yaml_names_the_file(tmp_path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("a: [1, 2]\n")
     assert read_yaml(good) == {"a": [1, 2]}
+
+
+class Built(CodeConfig):
+    config_name = "built"
+    rate: float = 1.0
+    inner: Inner = Inner()
+
+
+def test_a_config_built_in_code_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^built\.rate: should be a valid number, got 'fast'$"):
+        Built(rate="fast")
+    with pytest.raises(ConfigError, match=r"^built\.inner\.values\[3\]: at most 3 values$"):
+        Built(inner={"values": [1, 2, 3, 4]})
+    assert Built(rate=2).rate == 2.0
+
+
+class HoldsBuilt(ConfigModel):
+    built: Built = Built()
+
+
+def test_a_code_config_inside_a_file_config_keeps_the_whole_path() -> None:
+    with pytest.raises(ConfigError, match=r"^file\.built\.rate: should be a valid number, got 'x'$"):
+        validate(HoldsBuilt, {"built": {"rate": "x"}}, "file")

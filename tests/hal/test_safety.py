@@ -186,7 +186,7 @@ def test_explicit_hold_and_close(events: list[str]) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"low": (0.0, 0.0)}, "SafetyLimits.low and SafetyLimits.high"),
+        ({"low": (0.0, 0.0)}, "SafetyLimits.high: low and high must be given together"),
         ({"low": (0.0, 0.0), "high": (1.0,)}, "SafetyLimits.high"),
         ({"low": (2.0,), "high": (1.0,)}, "SafetyLimits.low[0]"),
         ({"max_rate": (1.0, -1.0)}, "SafetyLimits.max_rate"),
