@@ -4,7 +4,8 @@ A config is declared as a ``ConfigModel`` (frozen, strict, unknown keys refused,
 with ``validate``, which turns pydantic's ``ValidationError`` into a ``ConfigError`` whose text starts with the
 path of the offending key, the way the rest of the project names fields: ``observations[1].shape: ...``,
 ``tasks[0].requires.min_control_hz: ...``. Checks that span fields raise ``invalid(why, *where)`` from a model
-validator, so they name the field they are about and not the model that holds it.
+validator, so they name the field they are about and not the model that holds it. A config built in code by
+keyword (``SACConfig(gamma=2.0)``) is a ``CodeConfig``, which raises the same error under its ``config_name``.
 """
 
 from __future__ import annotations

@@ -23,56 +23,52 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field, Strict, model_validator
 from torch import nn
 
+from hal.config import CodeConfig, Items, Name, invalid
 from policies.cnn import ImageEncoder
 from policies.sac_actor import SACActorPolicy, squashed_sample
 
 Wrap = Callable[[nn.Module], nn.Module]
 
 
-@dataclass(frozen=True)
-class SACConfig:
-    gamma: float = 0.97
-    tau: float = 0.005  # Polyak step of the target critics
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    temperature_lr: float = 3e-4
-    init_temperature: float = 0.1
+Positive = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+ActionLimits = Annotated[tuple[Name, Items[float], Items[float]], Strict(False)]  # (dataset, low, high)
+
+
+class SACConfig(CodeConfig):
+    config_name = "sac"
+
+    gamma: Annotated[float, Field(gt=0, lt=1)] = 0.97
+    tau: Annotated[float, Field(gt=0, le=1)] = 0.005  # Polyak step of the target critics
+    actor_lr: Positive = 3e-4
+    critic_lr: Positive = 3e-4
+    temperature_lr: Positive = 3e-4
+    init_temperature: Positive = 0.1
     target_entropy: float | None = None  # None: -action_dim
-    critic_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: Annotated[Items[Annotated[int, Field(ge=1)]], Field(min_length=1)] = (256, 256)
     # Weight of a behaviour-cloning term on the demonstration buffer's samples in the actor's loss (0: plain SAC).
     # It keeps the actor near what the person did where the critics still know little (as in TD3+BC, IBRL).
-    bc_weight: float = 1.0
-    demo_ratio: float = 0.5  # share of each batch from the demonstration buffer (when the sampler sets no ratios)
+    bc_weight: Annotated[float, Field(ge=0)] = 1.0
+    demo_ratio: Share = 0.5  # share of each batch from the demonstration buffer (when the sampler sets no ratios)
     # Robots sample from the published actor (as HIL-SERL's actor collects) instead of running its mean: on the
     # point-reach test this ended at 1.0 autonomous success in the last three versions, vs 0.85-1.0 without.
     explore: bool = True
     # Per-dataset action limits ((dataset, low, high), ...); otherwise the sim task's, otherwise the data's range.
-    action_limits: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...] = ()
+    action_limits: Items[ActionLimits] = ()
 
-    def __post_init__(self) -> None:
-        if not 0 < self.gamma < 1:
-            raise ValueError(f"sac.gamma must be in (0, 1), got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"sac.tau must be in (0, 1], got {self.tau}")
-        for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"sac.{name} must be > 0, got {getattr(self, name)}")
-        if not self.bc_weight >= 0:
-            raise ValueError(f"sac.bc_weight must be >= 0, got {self.bc_weight}")
-        if not 0 <= self.demo_ratio <= 1:
-            raise ValueError(f"sac.demo_ratio must be in [0, 1], got {self.demo_ratio}")
-        if not self.critic_hidden or any(int(h) < 1 for h in self.critic_hidden):
-            raise ValueError(f"sac.critic_hidden must be positive layer sizes, got {self.critic_hidden}")
-        for entry in self.action_limits:
-            dataset, low, high = entry
+    @model_validator(mode="after")
+    def _low_below_high(self) -> SACConfig:
+        for dataset, low, high in self.action_limits:
             if len(low) != len(high) or not all(h > lo for lo, h in zip(low, high, strict=True)):
-                raise ValueError(f"sac.action_limits.{dataset}: needs low < high per dimension, got {low} / {high}")
+                raise invalid(f"needs low < high per dimension, got {low} / {high}", "action_limits", dataset)
+        return self
 
     def ratios(self) -> tuple[tuple[str, float], ...]:
         return (("online", 1.0 - self.demo_ratio), ("intervention+demo+offline", self.demo_ratio))
