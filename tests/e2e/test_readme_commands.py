@@ -1,0 +1,388 @@
+"""Every command line of the README, run as written, does what the README says.
+
+The commands are read from README.md's ```bash blocks. ``COVERED`` lists each one under the scenario that runs it, so
+a command added to the README without a scenario here fails ``test_every_readme_command_is_run``. A scenario runs its
+commands through bash in a fresh folder (with the checkout's ``launch/`` beside it, as in a checkout) and changes only
+what would clash with parallel tests: the ports 7070/7071 become free ports, the ROS 2 domain 7 a free one, the lab's
+host name ``cloud.lab.example`` becomes ``localhost`` (the certificate names loopback too), a command that dials the
+default cloud address (127.0.0.1:7070) is given the scenario's, and placeholders (``flt_...``) become the tokens the
+scenario's own ``devices add`` printed. Servers are checked while they run (listening, what the fleet shows, what the
+store holds), then stopped; one-shot commands must exit 0 (or with the code the README gives) and have done what the
+README says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.fleet import ENV, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+
+ACT_JSON = """echo '{"chunk_size": 10, "n_action_steps": 10, "dim_model": 64, "dim_feedforward": 128}' > act.json"""
+# README command -> scenario. "not run here" names why a line is not run by this file.
+COVERED: dict[str, str] = {
+    "make demo": "not run here: the whole demo, run by hand before a landing (README gives its figures)",
+    "make test": "not run here: this suite is what it runs",
+    "fleetloop cloud --root fleetloop-data --port 7070": "loop",
+    "fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud 127.0.0.1:7070 --seed 1": "loop",
+    "fleetloop edge --robot sim:pusht --id pusht-1 --operator none": "loop",
+    "fleetloop fleet --watch": "loop",
+    "fleetloop fleet pause robot-1": "loop",
+    "fleetloop cloud --root fleetloop-data --port 7070 --no-learner": "learner",
+    "fleetloop learner --root fleetloop-data": "learner",
+    "python -m hal.ros2_sim_node --domain-id 7 &": "robots",
+    "ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_sim.yaml --id ros-arm-1": "robots",
+    "fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none": "robots",
+    "fleetloop certs init --root fleetloop-data --host cloud.lab.example": "credentials",
+    "fleetloop devices add robot-1 --root fleetloop-data": "credentials",
+    "fleetloop devices add alice --kind operator --root fleetloop-data": "credentials",
+    "fleetloop devices add robot-2 --policy panda_pick_cube": "credentials",
+    "fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls": "credentials",
+    "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud cloud.lab.example:7070 "
+    "--ca ca.pem": "credentials",
+    "FLEETLOOP_TOKEN=<alice's token> fleetloop fleet --cloud cloud.lab.example:7070 --ca ca.pem": "credentials",
+    "fleetloop devices list": "credentials",
+    "fleetloop devices revoke robot-1": "credentials",
+    "fleetloop cloud --phone-port 7071 --phone-image 224x224": "phones",
+    "fleetloop certs init --host 192.168.1.20": "phones on a LAN",
+    "fleetloop devices add robot-1": "phones on a LAN",
+    "fleetloop cloud --tls --host 0.0.0.0 --phone-port 7071": "phones on a LAN",
+    "fleetloop edge --robot sim:pusht --id cart-1 --remote-policy": "policies",
+    "fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot": "policies",
+    "fleetloop cloud --wire-dtype bfloat16": "policies",
+    "fleetloop policy list panda_pick_cube": "policies",
+    "fleetloop policy rollback panda_pick_cube --to 3": "policies",
+    "fleetloop export --root fleetloop-data --dataset panda_pick_cube --out panda-lerobot": "policies",
+    "fleetloop import --root fleetloop-data --from panda-lerobot": "policies",
+    'echo \'{"chunk_size": 10, "n_action_steps": 10, "dim_model": 64, "dim_feedforward": 128}\' > act.json': (
+        "learners"
+    ),
+    "fleetloop learner --algorithm sac --demo-ratio 0.5": "learners",
+    "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json": "learners",
+    "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
+    "--staleness-mode downweight": "learners",
+    "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo": "learners",
+}
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """The command lines of the README's bash blocks: comments dropped, continuation lines joined."""
+    text = README.read_text() if text is None else text
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", "", block)
+        for line in joined.splitlines():
+            command = re.sub(r"(^|\s)#.*$", "", line).strip()
+            if command:
+                commands.append(command)
+    return commands
+
+
+def test_readme_commands_are_read_as_a_user_would() -> None:
+    text = "```bash\nfoo --a 1   # a comment\n# only a comment\nbar --b \\\n    --c\n```\n```python\nnot_this()\n```\n"
+    assert readme_commands(text) == ["foo --a 1", "bar --b --c"]
+
+
+def test_every_readme_command_is_run() -> None:
+    missing = [command for command in readme_commands() if command not in COVERED]
+    assert not missing, "README commands no scenario runs (add them to COVERED and a scenario):\n" + "\n".join(missing)
+    stale = [command for command in COVERED if command not in readme_commands()]
+    assert not stale, "COVERED names commands the README no longer has:\n" + "\n".join(stale)
+
+
+@dataclass
+class Shell:
+    """A user's terminal in a fresh folder: runs README lines through bash with the substitutions above."""
+
+    cwd: Path
+    port: int = field(default_factory=free_port)
+    phone_port: int = field(default_factory=free_port)
+    ros_domain: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self, line: str) -> str:
+        assert line in COVERED and COVERED[line] != "", f"not a README command: {line}"
+        assert line in readme_commands(), f"the README no longer has: {line}"
+        text = line.replace("7070", str(self.port)).replace("7071", str(self.phone_port))
+        text = text.replace("cloud.lab.example:", "localhost:")
+        text = re.sub(r"(ROS_DOMAIN_ID=|--domain-id )7\b", rf"\g<1>{self.ros_domain}", text)
+        for placeholder, token in self.tokens.items():
+            text = text.replace(placeholder, token)
+        dials = re.match(r"(\S+=\S+ )*fleetloop (edge|fleet)\b", text) and not re.search(r"\b(add|list|revoke)\b", text)
+        if dials and "--cloud" not in text:
+            text += f" --cloud {self.target}"
+        if re.match(r"fleetloop cloud\b", text) and "--port" not in text:
+            text += f" --port {self.port}"
+        return text
+
+    def env(self) -> dict[str, str]:
+        bin_dir = str(Path(sys.executable).parent)
+        return {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV.get('PATH', '')}", "PYTHONPATH": str(ROOT)}
+
+    def run(self, line: str, timeout_s: float = 120, code: int = 0) -> str:
+        result = subprocess.run(
+            ["bash", "-c", self.command(line)],
+            cwd=self.cwd,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == code, f"`{line}` exited {result.returncode} (wanted {code}):\n{output[-3000:]}"
+        return output
+
+    def start(self, line: str, name: str) -> subprocess.Popen:
+        """Starts a server (a trailing ``&`` is the user's way of saying the same); its output goes to ``name``.log."""
+        log = open(self.cwd / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
+        process = subprocess.Popen(
+            ["bash", "-c", f"exec env {self.command(line).removesuffix('&').strip()}"],
+            cwd=self.cwd,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.servers[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.cwd / f"{name}.log").read_text(errors="replace")
+
+    def wait_log(self, name: str, pattern: str, timeout_s: float = 60) -> None:
+        process = self.servers[name]
+
+        def seen() -> bool:
+            assert process.poll() is None, f"{name} exited ({process.returncode}):\n{self.log(name)[-3000:]}"
+            return re.search(pattern, self.log(name)) is not None
+
+        wait_until(seen, timeout_s, f"{name} to log /{pattern}/")
+
+    def stop(self, name: str) -> int:
+        process = self.servers.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return process.returncode
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.servers)):
+            self.stop(name)
+
+
+@pytest.fixture
+def shell(tmp_path: Path):
+    (tmp_path / "launch").symlink_to(ROOT / "launch")
+    user = Shell(cwd=tmp_path, ros_domain=200 + os.getpid() % 30)
+    yield user
+    user.stop_all()
+
+
+def fleet_rows(shell: Shell, **kwargs) -> dict[str, object]:
+    from fleetloop.fleet_view import fetch
+
+    return {m.resource.id: m for m in fetch(shell.target, **kwargs).members}
+
+
+def stored_steps(root: Path, dataset: str) -> int:
+    from cloud.data.store import EpisodeStore
+
+    store = EpisodeStore(root / "store", read_only=True)
+    try:
+        return store.committed_rows(dataset) if dataset in store.datasets() else 0
+    finally:
+        store.close()
+
+
+def test_loop_commands(shell: Shell) -> None:
+    """The cloud, a scripted Panda and a pusht cart join; the learner publishes; `fleet` shows and pauses them."""
+    shell.start("fleetloop cloud --root fleetloop-data --port 7070", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shell.start("fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud 127.0.0.1:7070 --seed 1", "robot-1")
+    shell.start("fleetloop edge --robot sim:pusht --id pusht-1 --operator none", "pusht-1")
+    wait_until(lambda: {"robot-1", "pusht-1"} <= set(fleet_rows(shell)), 90, "both robots in the fleet")
+    shell.wait_log("cloud", r"published panda_pick_cube v1", timeout_s=120)
+    wait_until(lambda: stored_steps(shell.cwd / "fleetloop-data", "panda_pick_cube") > 0, 30, "stored steps")
+
+    shell.start("fleetloop fleet --watch", "watch")
+    shell.wait_log("watch", r"robot-1")
+    shell.wait_log("watch", r"pusht-1")
+    output = shell.run("fleetloop fleet pause robot-1")
+    assert "robot-1" in output
+    wait_until(lambda: fleet_rows(shell)["robot-1"].state == "paused", 20, "robot-1 paused")
+
+
+def test_learner_alone(shell: Shell) -> None:
+    """`cloud --no-learner` plus `fleetloop learner` on the same data folder: the learner process publishes."""
+    shell.start("fleetloop cloud --root fleetloop-data --port 7070 --no-learner", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shell.start("fleetloop learner --root fleetloop-data", "learner")
+    shell.start("fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud 127.0.0.1:7070 --seed 1", "robot-1")
+    shell.wait_log("learner", r"published panda_pick_cube v1", timeout_s=120)
+    shell.wait_log("cloud", r"robot-1 now runs panda_pick_cube v1", timeout_s=30)
+    assert "fleetloop.learner" not in shell.log("cloud"), "the cloud ran a learner of its own"
+
+
+PANDA_EDGE = "fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud 127.0.0.1:7070 --seed 1"
+
+
+def test_robot_commands(shell: Shell) -> None:
+    """A ROS 2 robot (a sim behind topics) and a lerobot robot join the cloud beside a simulated Panda."""
+    shell.start("fleetloop cloud --root fleetloop-data --port 7070", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shell.start(PANDA_EDGE, "robot-1")
+    shell.start("python -m hal.ros2_sim_node --domain-id 7 &", "ros2-node")
+    shell.start("ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_sim.yaml --id ros-arm-1", "ros-arm-1")
+    shell.start("fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none", "arm-1")
+    wait_until(lambda: {"robot-1", "ros-arm-1", "arm-1"} <= set(fleet_rows(shell)), 120, "the three robots")
+    wait_until(lambda: fleet_rows(shell)["ros-arm-1"].steps > 0, 120, "steps from the ROS 2 robot")
+
+
+def token_in(output: str) -> str:
+    tokens = re.findall(r"flt_[A-Za-z0-9_\-]+", output)
+    assert len(tokens) == 1, f"expected one token in: {output}"
+    return tokens[0]
+
+
+def test_credential_commands(shell: Shell) -> None:
+    """Certificates, device tokens, a TLS cloud on every interface, an edge and an operator with tokens; revoke."""
+    shell.run("fleetloop certs init --root fleetloop-data --host cloud.lab.example")
+    assert (shell.cwd / "fleetloop-data/certs/ca.pem").is_file()
+    shell.tokens["flt_..."] = token_in(shell.run("fleetloop devices add robot-1 --root fleetloop-data"))
+    shell.tokens["<alice's token>"] = token_in(
+        shell.run("fleetloop devices add alice --kind operator --root fleetloop-data")
+    )
+    token_in(shell.run("fleetloop devices add robot-2 --policy panda_pick_cube"))
+    shell.start("fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shutil.copy(shell.cwd / "fleetloop-data/certs/ca.pem", shell.cwd / "ca.pem")  # "copy ... ca.pem there"
+    robot = shell.start(
+        "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot sim:panda_pick_cube --id robot-1 "
+        "--cloud cloud.lab.example:7070 --ca ca.pem",
+        "robot-1",
+    )
+    shell.wait_log("cloud", r"robot-1 connected")
+    table = shell.run("FLEETLOOP_TOKEN=<alice's token> fleetloop fleet --cloud cloud.lab.example:7070 --ca ca.pem")
+    assert "robot-1" in table
+    listing = shell.run("fleetloop devices list")
+    assert all(name in listing for name in ("robot-1", "alice", "robot-2")), listing
+    shell.run("fleetloop devices revoke robot-1")
+    wait_until(lambda: robot.poll() is not None, 30, "the revoked robot's edge to stop")
+    assert robot.returncode == 3, shell.log("robot-1")[-2000:]
+    for token in shell.tokens.values():
+        for log in shell.cwd.glob("*.log"):
+            assert token not in log.read_text(errors="replace"), f"a token in {log.name}"
+
+
+def test_phone_commands(shell: Shell) -> None:
+    """The phone port prints a pairing URL on loopback, and on a LAN names the address given to certs init."""
+    shell.start("fleetloop cloud --phone-port 7071 --phone-image 224x224", "cloud")
+    shell.wait_log("cloud", rf"https://[^\s]+:{shell.phone_port}/")
+    shell.stop("cloud")
+
+    shell.cwd = shell.cwd / "lan"  # the LAN set-up from scratch (certs init refuses to replace the first certificates)
+    shell.cwd.mkdir()
+    shell.run("fleetloop certs init --host 192.168.1.20")
+    token_in(shell.run("fleetloop devices add robot-1"))
+    shell.start("fleetloop cloud --tls --host 0.0.0.0 --phone-port 7071", "lan-cloud")
+    shell.wait_log("lan-cloud", rf"https://192\.168\.1\.20:{shell.phone_port}/")
+
+
+def registry_versions(root: Path, policy: str) -> list[int]:
+    from cloud.data.version_registry import PolicyRegistry
+
+    return PolicyRegistry(root / "registry").versions(policy)
+
+
+@pytest.mark.timeout(600)
+def test_policy_commands(shell: Shell) -> None:
+    """A bf16 cloud pushes half-size updates; policy list and rollback; pusht carts run remote and lerobot-preloaded;
+    the store's episodes go out as a LeRobotDataset and come back as offline demonstrations."""
+    root = shell.cwd / "fleetloop-data"
+    shell.start("fleetloop cloud --wire-dtype bfloat16", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shell.start(PANDA_EDGE, "robot-1")
+    shell.wait_log("cloud", r"robot-1 now runs panda_pick_cube v4", timeout_s=180)
+    sizes = [
+        int(n) for n in re.findall(r"now runs panda_pick_cube v\d+ \(its update was (\d+) bytes", shell.log("cloud"))
+    ]
+    assert sizes and max(sizes) < 200_000, f"bf16 updates of the 2x256 MLP (~290 kB in float32): {sizes}"
+
+    listing = shell.run("fleetloop policy list panda_pick_cube")
+    assert all(f"v{n}" in listing for n in (1, 2, 3, 4)), listing
+    before = registry_versions(root, "panda_pick_cube")
+    shell.run("fleetloop policy rollback panda_pick_cube --to 3")
+    after = registry_versions(root, "panda_pick_cube")
+    assert max(after) > max(before), (before, after)
+
+    for line, name in (
+        ("fleetloop edge --robot sim:pusht --id cart-1 --remote-policy", "cart-remote"),
+        ("fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot", "cart-preload"),
+    ):
+        cart = shell.start(line, name)
+        wait_until(lambda: "cart-1" in fleet_rows(shell), 90, f"cart-1 ({name}) in the fleet")
+        assert cart.poll() is None, shell.log(name)[-2000:]
+        shell.stop(name)
+    shell.stop("robot-1")
+    shell.stop("cloud")
+
+    episodes = stored_steps(root, "panda_pick_cube")
+    out = shell.run("fleetloop export --root fleetloop-data --dataset panda_pick_cube --out panda-lerobot", 300)
+    assert (shell.cwd / "panda-lerobot" / "meta" / "info.json").is_file(), out
+    out = shell.run("fleetloop import --root fleetloop-data --from panda-lerobot", 300)
+    assert re.search(r"imported \d+ episodes", out), out
+    assert stored_steps(root, "panda_pick_cube") > episodes
+
+
+@pytest.mark.timeout(900)
+def test_learner_commands(shell: Shell) -> None:
+    """On a folder with operator demonstrations, each learner command of the README publishes a version."""
+    shell.start("fleetloop cloud --root fleetloop-data --port 7070 --no-learner", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shell.start(PANDA_EDGE, "robot-1")
+    shell.wait_log("robot-1", r"episode 4 ", timeout_s=120)
+    shell.stop("robot-1")
+    shell.stop("cloud")
+    shell.run(ACT_JSON)
+    recorded = shell.cwd
+    for i, line in enumerate(
+        (
+            "fleetloop learner --algorithm sac --demo-ratio 0.5",
+            "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json",
+            "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
+            "--staleness-mode downweight",
+            "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo",
+        )
+    ):
+        # Each line is another way to run the learner: each starts from the recorded episodes and no versions.
+        shell.cwd = recorded / f"learner-{i}"
+        shutil.copytree(recorded / "fleetloop-data" / "store", shell.cwd / "fleetloop-data" / "store")
+        shutil.copy(recorded / "act.json", shell.cwd / "act.json")
+        shell.start(line, "learner")
+        wait_until(
+            lambda: registry_versions(shell.cwd / "fleetloop-data", "panda_pick_cube"), 240, f"a version from `{line}`"
+        )
+        assert "Traceback" not in shell.log("learner"), shell.log("learner")[-3000:]
+        shell.stop("learner")
