@@ -20,7 +20,7 @@ from edge.recorder import Step, StepRecorder
 from edge.remote_runtime import RemotePolicyRuntime
 from edge.spool import Spool
 from edge.tunnel_client import TunnelClient
-from hal.resource import Driver, ResourceInfo, clamp_action
+from hal.resource import Driver, EmergencyStoppable, ResourceInfo, clamp_action
 
 log = logging.getLogger("fleetloop.edge")
 
@@ -224,16 +224,14 @@ class EdgeAgent:
     def _on_emergency_stop(self, message) -> None:
         """Runs on the tunnel thread: reaches the driver now, not at the next tick."""
         if message.release:
-            release = getattr(self.driver, "release_emergency_stop", None)
-            if release is not None:
-                release()
+            if isinstance(self.driver, EmergencyStoppable):
+                self.driver.release_emergency_stop()
             self._estop.clear()
             log.warning("%s: emergency stop released (%s)", self.resource.id, message.reason)
             return
         self._estop.set()
-        stop = getattr(self.driver, "emergency_stop", None)  # SafeDriver latches and holds from any thread
-        if stop is not None:
-            stop(message.reason)
+        if isinstance(self.driver, EmergencyStoppable):  # SafeDriver latches and holds from any thread
+            self.driver.emergency_stop(message.reason)
         with self._drive_lock:
             self.driver.hold()
         self._holding = True

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hal.resource import ArraySpec, Capabilities, Transition
+from hal.resource import ArraySpec, Capabilities, HoldsPosition, Transition
 
 log = logging.getLogger("fleetloop.lerobot")
 
@@ -33,7 +33,7 @@ DRIVER_KEYS = ("type", "module", "control_hz", "episode_steps", "action_low", "a
 HOLD_MODES = ("auto", "position", "zero", "none")
 
 
-class LerobotRobotDriver:
+class LerobotRobotDriver(HoldsPosition):
     """A Driver over a lerobot ``Robot``. ``reset`` connects when needed; a real robot is not moved by reset."""
 
     def __init__(
