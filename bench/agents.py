@@ -78,13 +78,13 @@ def _trace(agent, messages, who: str) -> None:
     import collections
     import time
 
-    import edge.policy_runtime
+    import edge.local_runtime
 
     stamps: dict[int, dict[str, float]] = {}
     loading: collections.deque[int] = collections.deque()
     receive_chunk = agent.tunnel._receive_policy_chunk
     on_policy = agent.tunnel.on_policy
-    apply_update = edge.policy_runtime.apply_update
+    apply_update = edge.local_runtime.apply_update
 
     def receive_chunk_traced(chunk) -> None:
         entry = stamps.setdefault(chunk.version, {})
@@ -110,7 +110,7 @@ def _trace(agent, messages, who: str) -> None:
 
     agent.tunnel._receive_policy_chunk = receive_chunk_traced
     agent.tunnel.on_policy = on_policy_traced
-    edge.policy_runtime.apply_update = apply_update_traced
+    edge.local_runtime.apply_update = apply_update_traced
 
 
 def subscriber_main(who: str, target: str, messages) -> None:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.policy_runtime import PolicyRuntime
+from edge.local_runtime import LocalPolicyRuntime
 from edge.recorder import Step, StepRecorder
 from edge.remote_runtime import RemotePolicyRuntime
+from edge.runtime import PolicyRuntime
 from edge.spool import Spool
 from edge.tunnel_client import TunnelClient
 from hal.resource import Driver, EmergencyStoppable, ResourceInfo, clamp_action
@@ -65,8 +66,9 @@ class EdgeAgent:
         # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
         # once the cloud has been silent this long, for sites that want a supervised robot only.
         self.hold_on_link_loss_s = hold_on_link_loss_s
+        self.runtime: PolicyRuntime
         if remote_inference:  # the policy runs in the cloud; the loop below is the same
-            self.runtime = RemotePolicyRuntime(
+            self.runtime = remote = RemotePolicyRuntime(
                 1.0 / resource.capabilities.control_hz,
                 send=lambda request: self.tunnel.send_infer(request),
                 observation_dtypes={s.name: s.dtype for s in resource.capabilities.observation},
@@ -74,7 +76,7 @@ class EdgeAgent:
                 policy_name=policy_name,
             )
         else:
-            self.runtime = PolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
+            self.runtime = LocalPolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
         # Non-empty while this robot must hold still: until the cloud gives it a task, or while paused. Once it
         # has a task it keeps working through link outages (its steps wait in the spool).
         self._hold_reason = "waiting for a task from the cloud"
@@ -95,7 +97,7 @@ class EdgeAgent:
             heartbeat_s=min(2.0, hold_on_link_loss_s / 3) if hold_on_link_loss_s else 2.0,
             ca=ca,
             remote_inference=remote_inference,
-            on_actions=self.runtime.on_reply if remote_inference else None,
+            on_actions=remote.on_reply if remote_inference else None,
         )
         # max_spool_bytes > 0 bounds the spool: once full the robot holds still (and records nothing) until
         # acks make room; unacked steps are never deleted. record_digest keeps a sha256 of every step produced.
@@ -106,8 +108,7 @@ class EdgeAgent:
 
     def _on_swapped(self, name: str, version: int) -> None:
         log.info("%s switched to policy %s v%d between two ticks", self.resource.id, name, version)
-        active = self.runtime.active
-        self.tunnel.report_applied(name, version, active.update_bytes if active else 0)
+        self.tunnel.report_applied(name, version, self.runtime.update_bytes)
 
     def _on_rejected(self, name: str, version: int, reason: str, bad: bool) -> None:
         self.tunnel.report_rejected(name, version, reason, bad)
