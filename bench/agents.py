@@ -40,17 +40,17 @@ def agent_main(
 
             preload()
 
-        from edge.agent import EdgeAgent
+        from edge.agent import EdgeAgent, EdgeConfig
         from edge.spool import Spool
+        from edge.tunnel_client import TunnelConfig
         from hal.null import NullRobot
         from hal.resource import ResourceInfo
 
         torch.set_num_threads(1)
         robot = NullRobot(control_hz=control_hz)
         resource = ResourceInfo(id=who, kind="robot", capabilities=robot.capabilities, source="sim")
-        agent = EdgeAgent(
-            resource, robot, Spool(Path(spool_path)), target, policy_name, record_tick_periods=record_tick_periods
-        )
+        config = EdgeConfig(TunnelConfig(target, policy_name), record_tick_periods=record_tick_periods)
+        agent = EdgeAgent(config, resource, robot, Spool(Path(spool_path)))
         if trace:
             _trace(agent, messages, who)
         threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
