@@ -58,6 +58,10 @@ class EdgeConfig:
 
 
 class EdgeAgent:
+    """One robot's edge: the control loop over ``driver``, its steps spooled and streamed up the tunnel.
+
+    ``operator``, when given, may take over from the policy at any tick (HG-DAgger's person)."""
+
     def __init__(
         self,
         config: EdgeConfig,
@@ -73,7 +77,6 @@ class EdgeAgent:
         self.task = config.task or resource.capabilities.embodiment
         self.spool = spool
         self.stats = LoopStats()
-        self.hold_on_link_loss_s = config.hold_on_link_loss_s
         tunnel_config = config.tunnel
         if config.hold_on_link_loss_s:  # heartbeats often enough that a healthy but idle link never looks lost
             heartbeat_s = min(tunnel_config.heartbeat_s, config.hold_on_link_loss_s / 3)
@@ -167,8 +170,9 @@ class EdgeAgent:
 
     def _must_hold(self) -> bool:
         """Holds the robot (saying why, once) when it must not move this tick."""
-        if self.hold_on_link_loss_s and not self._hold_reason and not self.tunnel.link_up(self.hold_on_link_loss_s):
-            self._hold(f"no word from the cloud for {self.hold_on_link_loss_s:.1f} s (link lost)")
+        silence_s = self.config.hold_on_link_loss_s
+        if silence_s and not self._hold_reason and not self.tunnel.link_up(silence_s):
+            self._hold(f"no word from the cloud for {silence_s:.1f} s (link lost)")
             return True
         if self._estop.is_set() or self._hold_reason:
             self._hold(self._hold_reason or "emergency stop")
