@@ -59,6 +59,9 @@ class TunnelConfig:
 
 
 class TunnelClient:
+    """The edge's one stream to the cloud, on its own thread. The callbacks run on that thread: ``on_policy``
+    (verified weights), ``on_assignment``, ``on_emergency_stop`` and ``on_actions`` (remote inference replies)."""
+
     def __init__(
         self,
         config: TunnelConfig,
