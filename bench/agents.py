@@ -40,17 +40,17 @@ def agent_main(
 
             preload()
 
-        from edge.agent import EdgeAgent
+        from edge.agent import EdgeAgent, EdgeConfig
         from edge.spool import Spool
+        from edge.tunnel_client import TunnelConfig
         from hal.null import NullRobot
         from hal.resource import ResourceInfo
 
         torch.set_num_threads(1)
         robot = NullRobot(control_hz=control_hz)
         resource = ResourceInfo(id=who, kind="robot", capabilities=robot.capabilities, source="sim")
-        agent = EdgeAgent(
-            resource, robot, Spool(Path(spool_path)), target, policy_name, record_tick_periods=record_tick_periods
-        )
+        config = EdgeConfig(TunnelConfig(target, policy_name), record_tick_periods=record_tick_periods)
+        agent = EdgeAgent(config, resource, robot, Spool(Path(spool_path)))
         if trace:
             _trace(agent, messages, who)
         threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
@@ -78,13 +78,13 @@ def _trace(agent, messages, who: str) -> None:
     import collections
     import time
 
-    import edge.policy_runtime
+    import edge.local_runtime
 
     stamps: dict[int, dict[str, float]] = {}
     loading: collections.deque[int] = collections.deque()
     receive_chunk = agent.tunnel._receive_policy_chunk
     on_policy = agent.tunnel.on_policy
-    apply_update = edge.policy_runtime.apply_update
+    apply_update = edge.local_runtime.apply_update
 
     def receive_chunk_traced(chunk) -> None:
         entry = stamps.setdefault(chunk.version, {})
@@ -110,7 +110,7 @@ def _trace(agent, messages, who: str) -> None:
 
     agent.tunnel._receive_policy_chunk = receive_chunk_traced
     agent.tunnel.on_policy = on_policy_traced
-    edge.policy_runtime.apply_update = apply_update_traced
+    edge.local_runtime.apply_update = apply_update_traced
 
 
 def subscriber_main(who: str, target: str, messages) -> None:

@@ -82,14 +82,14 @@ def edge_main(
         wire_bytes = sum(len(p) for p in payloads)
         if mode == "fleetloop":
             from edge.spool import Spool
-            from edge.tunnel_client import TunnelClient
+            from edge.tunnel_client import TunnelClient, TunnelConfig
 
             del payloads
             spool = Spool(Path(spool_dir) / f"edge-{index}.db")
             for batch in batches:
                 spool.append(batch)
             del batches
-            tunnel = TunnelClient(target, resource, spool, POLICY, on_policy=lambda *_: None)
+            tunnel = TunnelClient(TunnelConfig(target, POLICY), resource, spool, on_policy=lambda *_: None)
             messages.put({"kind": "ready", "who": who, "batches": spool.counts()[0], "bytes": wire_bytes})
             if not start.wait(120):
                 raise TimeoutError("no start signal")

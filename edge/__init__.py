@@ -1,7 +1,8 @@
 """The edge agent: runs on (or beside) a robot.
 
 - ``agent``           the fixed-rate control loop, wired to a runtime, an operator and the tunnel
-- ``policy_runtime``  local inference and weight loading off the control thread, swaps between ticks
+- ``runtime``         the ``PolicyRuntime`` interface the control loop depends on
+- ``local_runtime``   local inference and weight loading off the control thread, swaps between ticks
 - ``remote_runtime``  the same interface with the policy in the cloud
 - ``operator``        simulated operators: a scripted expert and HG-DAgger's person who takes over
 - ``recorder``        records steps on the control thread and spools them from another

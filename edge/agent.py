@@ -7,6 +7,7 @@ thread touches the network or disk.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.policy_runtime import PolicyRuntime
+from edge.local_runtime import LocalPolicyRuntime
+from edge.operator import Operator
 from edge.recorder import Step, StepRecorder
 from edge.remote_runtime import RemotePolicyRuntime
+from edge.runtime import PolicyRuntime
 from edge.spool import Spool
-from edge.tunnel_client import TunnelClient
-from hal.resource import Driver, ResourceInfo, clamp_action
+from edge.tunnel_client import TunnelClient, TunnelConfig
+from hal.resource import Driver, EmergencyStoppable, ResourceInfo, Transition, clamp_action
+from protocol import tunnel_pb2 as pb
 
 log = logging.getLogger("fleetloop.edge")
 
@@ -37,86 +41,92 @@ class LoopStats:
     tick_periods_s: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EdgeConfig:
+    """How an edge runs: its link to the cloud, and what it does when the link or the spool cannot keep up."""
+
+    tunnel: TunnelConfig
+    task: str = ""  # the task it records under until the cloud assigns one; "" for the robot's embodiment
+    # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
+    # once the cloud has been silent this long, for sites that want a supervised robot only.
+    hold_on_link_loss_s: float = 0.0
+    # > 0 bounds the spool: once full the robot holds still (and records nothing) until acks make room;
+    # unacked steps are never deleted.
+    max_spool_bytes: int = 0
+    record_digest: bool = False  # keep a sha256 of every step produced (to check the store against)
+    record_tick_periods: bool = False  # keep every tick's period in the stats (benchmarks)
+
+
 class EdgeAgent:
+    """One robot's edge: the control loop over ``driver``, its steps spooled and streamed up the tunnel.
+
+    ``operator``, when given, may take over from the policy at any tick (HG-DAgger's person)."""
+
     def __init__(
         self,
+        config: EdgeConfig,
         resource: ResourceInfo,
         driver: Driver,
         spool: Spool,
-        cloud_target: str,
-        policy_name: str,
-        operator=None,
-        token: str = "",
-        task: str = "",
-        record_tick_periods: bool = False,
-        hold_on_link_loss_s: float = 0.0,
-        max_spool_bytes: int = 0,
-        record_digest: bool = False,
-        ca: str | None = None,
-        remote_inference: bool = False,
+        operator: Operator | None = None,
     ) -> None:
+        self.config = config
         self.resource = resource
         self.driver = driver
         self.operator = operator
-        self.task = task or resource.capabilities.embodiment
+        self.task = config.task or resource.capabilities.embodiment
         self.spool = spool
         self.stats = LoopStats()
-        self.record_tick_periods = record_tick_periods
-        # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
-        # once the cloud has been silent this long, for sites that want a supervised robot only.
-        self.hold_on_link_loss_s = hold_on_link_loss_s
-        if remote_inference:  # the policy runs in the cloud; the loop below is the same
-            self.runtime = RemotePolicyRuntime(
+        tunnel_config = config.tunnel
+        if config.hold_on_link_loss_s:  # heartbeats often enough that a healthy but idle link never looks lost
+            heartbeat_s = min(tunnel_config.heartbeat_s, config.hold_on_link_loss_s / 3)
+            tunnel_config = dataclasses.replace(tunnel_config, heartbeat_s=heartbeat_s)
+        on_actions = None
+        self.runtime: PolicyRuntime
+        if tunnel_config.remote_inference:  # the policy runs in the cloud; the loop below is the same
+            remote = RemotePolicyRuntime(
                 1.0 / resource.capabilities.control_hz,
                 send=lambda request: self.tunnel.send_infer(request),
                 observation_dtypes={s.name: s.dtype for s in resource.capabilities.observation},
                 on_swapped=self._on_swapped,
-                policy_name=policy_name,
+                policy_name=tunnel_config.policy_name,
             )
+            self.runtime, on_actions = remote, remote.on_reply
         else:
-            self.runtime = PolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
+            self.runtime = LocalPolicyRuntime(on_swapped=self._on_swapped, on_rejected=self._on_rejected)
         # Non-empty while this robot must hold still: until the cloud gives it a task, or while paused. Once it
         # has a task it keeps working through link outages (its steps wait in the spool).
         self._hold_reason = "waiting for a task from the cloud"
         self._estop = threading.Event()
         self._drive_lock = threading.Lock()  # an emergency stop from the tunnel thread never interleaves with apply
-        self._holding = False
+        self._held_for = ""  # why the robot holds still now; "" while it moves
         self.tunnel = TunnelClient(
-            cloud_target,
+            tunnel_config,
             resource,
             spool,
-            policy_name,
             on_policy=self.runtime.load,
             current_version=lambda: self.runtime.version,
-            token=token,
             on_assignment=self._on_assignment,
             on_emergency_stop=self._on_emergency_stop,
-            # Heartbeats often enough that a healthy but idle link never looks lost.
-            heartbeat_s=min(2.0, hold_on_link_loss_s / 3) if hold_on_link_loss_s else 2.0,
-            ca=ca,
-            remote_inference=remote_inference,
-            on_actions=self.runtime.on_reply if remote_inference else None,
+            on_actions=on_actions,
         )
-        # max_spool_bytes > 0 bounds the spool: once full the robot holds still (and records nothing) until
-        # acks make room; unacked steps are never deleted. record_digest keeps a sha256 of every step produced.
         self.recorder = StepRecorder(
-            spool, on_spooled=self.tunnel.wake, max_spool_bytes=max_spool_bytes, digest=record_digest
+            spool, on_spooled=self.tunnel.wake, max_spool_bytes=config.max_spool_bytes, digest=config.record_digest
         )
         self.stop_event = threading.Event()
 
     def _on_swapped(self, name: str, version: int) -> None:
         log.info("%s switched to policy %s v%d between two ticks", self.resource.id, name, version)
-        active = self.runtime.active
-        self.tunnel.report_applied(name, version, active.update_bytes if active else 0)
+        self.tunnel.report_applied(name, version, self.runtime.update_bytes)
 
     def _on_rejected(self, name: str, version: int, reason: str, bad: bool) -> None:
         self.tunnel.report_rejected(name, version, reason, bad)
 
     def run(self, episodes: int = 0, duration_s: float = 0.0) -> LoopStats:
-        """Runs the control loop until ``episodes`` episodes ended, ``duration_s`` passed, or stop()."""
+        """Runs the control loop until ``episodes`` episodes ended, ``duration_s`` passed, stop(), or the cloud
+        refused this edge (``tunnel.refused``: a refusal that retrying cannot heal)."""
         self.tunnel.start()
-        caps = self.resource.capabilities
-        period = 1.0 / caps.control_hz
+        period = 1.0 / self.resource.capabilities.control_hz
         started = time.monotonic()
         try:
             observation = self._start_episode()
@@ -125,68 +135,80 @@ class EdgeAgent:
             while not self.stop_event.is_set():
                 if duration_s and time.monotonic() - started >= duration_s:
                     break
-                if self.tunnel.refused is not None:  # a refused credential does not heal by retrying
-                    log.error(
-                        "%s stops: the cloud refused its credential (%s: %s)",
-                        self.resource.id,
-                        self.tunnel.refused.field,
-                        self.tunnel.refused.message,
-                    )
+                if self.tunnel.refused is not None:
+                    self._log_refusal(self.tunnel.refused)
                     break
                 tick_start_ns = time.monotonic_ns()
                 tick_start = tick_start_ns / 1e9
-                if self.record_tick_periods:
+                if self.config.record_tick_periods:
                     self.stats.tick_periods_s.append(tick_start - last_tick)
                 last_tick = tick_start
                 self.runtime.begin_tick()
-                if (
-                    self.hold_on_link_loss_s
-                    and not self._hold_reason
-                    and not self.tunnel.link_up(self.hold_on_link_loss_s)
-                ):
-                    self._hold(f"no word from the cloud for {self.hold_on_link_loss_s:.1f} s (link lost)")
-                    next_tick = self._wait_for_next_tick(next_tick, period)
-                    continue
-                if self._estop.is_set() or self._hold_reason:
-                    self._hold(self._hold_reason or "emergency stop")
-                    next_tick = self._wait_for_next_tick(next_tick, period)
-                    continue
-                if self.recorder.full:  # a flag the spool writer sets: no disk access here
-                    size_mb = self.recorder.max_spool_bytes / (1 << 20)
-                    self._hold(f"spool full ({size_mb:.3g} MB): robot holds until the cloud acks")
-                    self.stats.spool_full_ticks += 1
-                    next_tick = self._wait_for_next_tick(next_tick, period)
-                    continue
-                if self._holding:
-                    log.info("%s moves again", self.resource.id)
-                    self._holding = False
-                policy_action, version = self.runtime.next_action(observation, deadline=tick_start + 0.5 * period)
-                if self.operator is not None:
-                    action, intervention = self.operator.decide(observation, policy_action, self._seq)
-                elif policy_action is None:  # no policy yet, or inference missed its deadline: do not move
-                    with self._drive_lock:
-                        self.driver.hold()
-                    self.stats.no_action_ticks += 1
-                    next_tick = self._wait_for_next_tick(next_tick, period)
-                    continue
-                else:
-                    action, intervention = policy_action, False
-                action = clamp_action(action, caps.action)
-                with self._drive_lock:
-                    if self._estop.is_set():  # it arrived during this tick: do not apply
-                        continue
-                    transition = self.driver.apply(action)
-                self._record(observation, action, transition, intervention, version, tick_start_ns)
-                observation = transition.observation
-                if transition.done:
-                    self._end_episode(transition.success)
-                    if episodes and self.stats.episodes >= episodes:
-                        break
-                    observation = self._start_episode()
+                if not self._must_hold():
+                    transition = self._tick(observation, tick_start_ns, tick_start + 0.5 * period)
+                    if transition is not None:
+                        observation = transition.observation
+                        if transition.done:
+                            self._end_episode(transition.success)
+                            if episodes and self.stats.episodes >= episodes:
+                                break
+                            observation = self._start_episode()
                 next_tick = self._wait_for_next_tick(next_tick, period)
         finally:
             self.driver.hold()
         return self.stats
+
+    def _log_refusal(self, refused: pb.Error) -> None:
+        what = "its credential" if refused.code == "unauthenticated" else "its hello"
+        log.error(
+            "%s stops: the cloud refused %s (%s: %s); retrying cannot change that",
+            self.resource.id,
+            what,
+            refused.field,
+            refused.message,
+        )
+
+    def _must_hold(self) -> bool:
+        """Holds the robot (saying why, once) when it must not move this tick."""
+        silence_s = self.config.hold_on_link_loss_s
+        if silence_s and not self._hold_reason and not self.tunnel.link_up(silence_s):
+            self._hold(f"no word from the cloud for {silence_s:.1f} s (link lost)")
+            return True
+        if self._estop.is_set() or self._hold_reason:
+            self._hold(self._hold_reason or "emergency stop")
+            return True
+        if self.recorder.full:  # a flag the spool writer sets: no disk access here
+            size_mb = self.recorder.max_spool_bytes / (1 << 20)
+            self._hold(f"spool full ({size_mb:.3g} MB): robot holds until the cloud acks")
+            self.stats.spool_full_ticks += 1
+            return True
+        return False
+
+    def _tick(self, observation: dict[str, np.ndarray], tick_start_ns: int, deadline: float) -> Transition | None:
+        """Takes the policy's or the operator's action and applies it; None when the robot held still instead."""
+        policy_action, version = self.runtime.next_action(observation, deadline=deadline)
+        if self.operator is not None:
+            action, intervention = self.operator.decide(observation, policy_action, self._seq)
+        elif policy_action is None:  # no policy yet, or inference missed its deadline: do not move
+            self.stats.no_action_ticks += 1
+            if self.runtime.version == 0:
+                self._hold("no policy yet and no operator to drive it; it moves once the cloud sends one", logging.INFO)
+            else:  # a late inference: hold this tick only, no news for the log
+                with self._drive_lock:
+                    self.driver.hold()
+            return None
+        else:
+            action, intervention = policy_action, False
+        action = clamp_action(action, self.resource.capabilities.action)
+        with self._drive_lock:
+            if self._estop.is_set():  # it arrived during this tick: do not apply
+                return None
+            transition = self.driver.apply(action)
+        if self._held_for:
+            log.info("%s moves again", self.resource.id)
+            self._held_for = ""
+        self._record(observation, action, transition, intervention, version, tick_start_ns)
+        return transition
 
     def _wait_for_next_tick(self, next_tick: float, period: float) -> float:
         next_tick += period
@@ -197,12 +219,13 @@ class EdgeAgent:
         self.stop_event.wait(next_tick - now)
         return next_tick
 
-    def _hold(self, reason: str) -> None:
-        if not self._holding:
+    def _hold(self, reason: str, level: int = logging.WARNING) -> None:
+        """Holds still; says so when the robot was moving or now holds for another reason."""
+        if reason != self._held_for:
             with self._drive_lock:
                 self.driver.hold()
-            self._holding = True
-            log.warning("%s holds still: %s", self.resource.id, reason)
+            self._held_for = reason
+            log.log(level, "%s holds still: %s", self.resource.id, reason)
 
     def _on_assignment(self, assignment) -> None:
         if not assignment.task:
@@ -224,19 +247,17 @@ class EdgeAgent:
     def _on_emergency_stop(self, message) -> None:
         """Runs on the tunnel thread: reaches the driver now, not at the next tick."""
         if message.release:
-            release = getattr(self.driver, "release_emergency_stop", None)
-            if release is not None:
-                release()
+            if isinstance(self.driver, EmergencyStoppable):
+                self.driver.release_emergency_stop()
             self._estop.clear()
             log.warning("%s: emergency stop released (%s)", self.resource.id, message.reason)
             return
         self._estop.set()
-        stop = getattr(self.driver, "emergency_stop", None)  # SafeDriver latches and holds from any thread
-        if stop is not None:
-            stop(message.reason)
+        if isinstance(self.driver, EmergencyStoppable):  # SafeDriver latches and holds from any thread
+            self.driver.emergency_stop(message.reason)
         with self._drive_lock:
             self.driver.hold()
-        self._holding = True
+        self._held_for = "emergency stop"
         log.warning("%s: EMERGENCY STOP (%s); holding until released", self.resource.id, message.reason)
 
     def _start_episode(self) -> dict[str, np.ndarray]:
@@ -298,7 +319,7 @@ class EdgeAgent:
         """Stops recording, waits up to ``drain_s`` for the cloud to ack what is spooled; returns steps left."""
         self.recorder.close()
         deadline = time.monotonic() + drain_s
-        while self.spool.counts()[0] and time.monotonic() < deadline:
+        while self.spool.counts()[0] and time.monotonic() < deadline and self.tunnel.refused is None:
             self.tunnel.wake()
             time.sleep(0.05)
         batches, steps = self.spool.counts()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger("fleetloop.edge")
 
 # panda_pick_cube "state" = gym_hil agent_pos (qpos 7, qvel 7, gripper command 1, tcp xyz 3) + cube xyz 3.
 _GRIPPER = 14
@@ -18,6 +21,20 @@ _OPEN, _STAY, _CLOSE = 0.0, 1.0, 2.0
 
 class Expert(Protocol):
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class Operator(Protocol):
+    """Someone beside the policy who may take over: the agent asks it every tick."""
+
+    def decide(
+        self, observation: dict[str, np.ndarray], policy_action: np.ndarray | None, step_index: int
+    ) -> tuple[np.ndarray, bool]:
+        """Returns (the action to apply, whether the operator is intervening)."""
+        ...
+
+    def reset(self) -> None:
+        """A new episode starts."""
+        ...
 
 
 class PickCubeExpert:
@@ -53,7 +70,7 @@ class PickCubeExpert:
         return action
 
 
-class HGDaggerOperator:
+class HGDaggerOperator(Operator):
     """The simulated person of HG-DAgger: watches the policy and drives when it drifts.
 
     Takes over when the policy's action is farther than ``takeover_distance`` (L2) from the expert's for
@@ -120,3 +137,17 @@ def make_operator(task: str) -> HGDaggerOperator | None:
     """The simulated operator for a task, or None where no scripted operator exists (pusht)."""
     factory = OPERATORS.get(task)
     return factory() if factory is not None else None
+
+
+def choose_operator(task: str, asked: str | None) -> Operator | None:
+    """The operator for ``--operator``: "scripted", "none", or None (not given: scripted where the task has one).
+
+    Raises ValueError only when a scripted operator was asked for by name and the task has none."""
+    if asked == "none":
+        return None
+    operator = make_operator(task)
+    if operator is None:
+        if asked == "scripted":
+            raise ValueError(f"--operator scripted: no scripted operator for {task}; use --operator none")
+        log.info("no scripted operator for %s: the policy alone drives (the robot holds still without one)", task)
+    return operator

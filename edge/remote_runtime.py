@@ -1,4 +1,4 @@
-"""Remote inference at the edge: the same runtime interface as PolicyRuntime, with the policy in the cloud.
+"""Remote inference at the edge: a PolicyRuntime (edge.runtime) whose policy runs in the cloud.
 
 The control loop still calls ``begin_tick`` and ``next_action`` once per tick and never waits on the network.
 Observations go up the tunnel when the queue of scheduled actions runs low; each reply is a chunk of
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.runtime import PolicyRuntime
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import decode_array, encode_array
 
@@ -76,7 +77,9 @@ class ActionSchedule:
         return None
 
 
-class RemotePolicyRuntime:
+class RemotePolicyRuntime(PolicyRuntime):
+    """Observations go up the tunnel (``send``), chunks of actions come back (``on_reply``, on the tunnel thread)."""
+
     def __init__(
         self,
         period_s: float,
@@ -110,8 +113,8 @@ class RemotePolicyRuntime:
         return self._version
 
     @property
-    def active(self) -> None:
-        return None  # no weights on this edge
+    def update_bytes(self) -> int:
+        return 0  # no weights come to this edge
 
     def load(self, name: str, version: int, weights: bytes) -> None:
         log.warning("policy %s v%d arrived although this edge uses remote inference; ignored", name, version)

@@ -44,45 +44,51 @@ CHANNEL_OPTIONS = [
 SILENCE_TIMEOUT_S = 15.0
 
 
+@dataclass(frozen=True)
+class TunnelConfig:
+    """Where and as whom the edge connects, and how it paces the link."""
+
+    target: str  # host:port of the cloud gateway
+    policy_name: str  # the policy it asks for until the cloud assigns one
+    token: str = ""  # this device's credential
+    ca: str | None = None  # the CA that signed the gateway's certificate: TLS; None: plain text (loopback only)
+    remote_inference: bool = False  # the policy runs in the cloud; observations go up, actions come down
+    window_batches: int = 32  # spooled batches in flight before waiting for an ack
+    heartbeat_s: float = 2.0
+    silence_timeout_s: float = SILENCE_TIMEOUT_S
+
+
 class TunnelClient:
+    """The edge's one stream to the cloud, on its own thread. The callbacks run on that thread: ``on_policy``
+    (verified weights), ``on_assignment``, ``on_emergency_stop`` and ``on_actions`` (remote inference replies)."""
+
     def __init__(
         self,
-        target: str,
+        config: TunnelConfig,
         resource: ResourceInfo,
         spool: Spool,
-        policy_name: str,
         on_policy: Callable[[str, int, bytes], None],
         current_version: Callable[[], int] = lambda: 0,
-        token: str = "",
         on_assignment: Callable[[pb.Assignment], None] | None = None,
         on_emergency_stop: Callable[[pb.EmergencyStop], None] | None = None,
-        window_batches: int = 32,
-        heartbeat_s: float = 2.0,
-        silence_timeout_s: float = SILENCE_TIMEOUT_S,
-        ca: str | None = None,
-        remote_inference: bool = False,
         on_actions: Callable[[pb.InferenceReply], None] | None = None,
     ) -> None:
-        self.target = target
-        self.ca = ca
-        self.remote_inference = remote_inference
-        self.on_actions = on_actions
+        self.config = config
+        self.target = config.target
         self.resource = resource
         self.spool = spool
-        self.policy_name = policy_name
+        self.policy_name = config.policy_name  # follows the cloud's assignments
         self.on_policy = on_policy
         self.current_version = current_version
-        self.token = token
         self.on_assignment = on_assignment
         self.on_emergency_stop = on_emergency_stop
-        self.window_batches = window_batches
-        self.heartbeat_s = heartbeat_s
-        self.silence_timeout_s = max(silence_timeout_s, 3 * heartbeat_s)
+        self.on_actions = on_actions
+        self.silence_timeout_s = max(config.silence_timeout_s, 3 * config.heartbeat_s)
         self.connected = threading.Event()
         self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
         self.acked_steps = 0
         self.errors: list[pb.Error] = []
-        self.refused: pb.Error | None = None  # the cloud refused this device's credential: no point retrying
+        self.refused: pb.Error | None = None  # the cloud refused this edge's credential or hello: no point retrying
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
@@ -160,12 +166,12 @@ class TunnelClient:
             pb.EdgeMessage(
                 hello=pb.Hello(
                     resource=self.resource.to_proto(),
-                    token=self.token,
+                    token=self.config.token,
                     policy_name=self.policy_name,
                     policy_version=self.current_version(),
                     held=held,
                     protocol_version=PROTOCOL_VERSION,
-                    remote_inference=self.remote_inference,
+                    remote_inference=self.config.remote_inference,
                 )
             )
         )
@@ -174,7 +180,7 @@ class TunnelClient:
             while (message := outgoing.get()) is not None:
                 yield message
 
-        with open_channel(self.target, self.ca, options=CHANNEL_OPTIONS) as channel:
+        with open_channel(self.target, self.config.ca, options=CHANNEL_OPTIONS) as channel:
             responses = pb_grpc.TunnelStub(channel).Connect(requests())
             in_flight: dict[int, int] = {}
             sender: threading.Thread | None = None
@@ -220,7 +226,9 @@ class TunnelClient:
                         self.errors.append(message.error)
                         in_flight.pop(message.error.batch_id, None)
                         log.error("the cloud refused %s: %s", message.error.field, message.error.message)
-                        if message.error.code == "unauthenticated":
+                        # Refused before the welcome (the hello: a capability clash, a protocol version) or a
+                        # credential refused at any time: the same hello would be refused again, so stop.
+                        if message.error.code == "unauthenticated" or not self.connected.is_set():
                             self.refused = message.error
                             self._stop.set()
             finally:
@@ -251,14 +259,14 @@ class TunnelClient:
         last_row = 0
         last_heartbeat = time.monotonic()
         while self.connected.is_set() and not self._stop.is_set():
-            room = self.window_batches - len(in_flight)
+            room = self.config.window_batches - len(in_flight)
             batches = self.spool.pending(after_row_id=last_row, limit=room) if room > 0 else []
             for spooled in batches:
                 spooled.batch.batch_id = spooled.row_id
                 in_flight[spooled.row_id] = spooled.num_steps
                 outgoing.put(pb.EdgeMessage(steps=spooled.batch))
                 last_row = spooled.row_id
-            if time.monotonic() - last_heartbeat > self.heartbeat_s:
+            if time.monotonic() - last_heartbeat > self.config.heartbeat_s:
                 outgoing.put(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
                 last_heartbeat = time.monotonic()
             if not batches:

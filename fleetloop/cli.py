@@ -565,9 +565,10 @@ def with_safety(driver, resource_id: str, watchdog_s: float | None):
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    from edge.agent import EdgeAgent
-    from edge.operator import OPERATORS
+    from edge.agent import EdgeAgent, EdgeConfig
+    from edge.operator import choose_operator
     from edge.spool import Spool
+    from edge.tunnel_client import TunnelConfig
     from hal.resource import ResourceInfo
     from protocol.channel import is_loopback, target_host
 
@@ -583,13 +584,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("%s", err)
         return 2
-    operator = None
-    if args.operator == "scripted":
-        factory = OPERATORS.get(task)
-        if factory is None:
-            log.error("--operator scripted: no scripted operator for %s; use --operator none", task)
-            return 2
-        operator = factory()
+    try:
+        operator = choose_operator(task, args.operator)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
     if "lerobot" in args.preload:
         from policies.lerobot_policy import preload
 
@@ -598,20 +597,20 @@ def cmd_edge(args: argparse.Namespace) -> int:
         log.info("imported lerobot's policy code in %.1f s, before the control loop starts", time.monotonic() - started)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
     spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
-    agent = EdgeAgent(
-        resource,
-        driver,
-        spool,
-        args.cloud,
-        args.policy or driver.capabilities.embodiment,
-        operator=operator,
+    tunnel = TunnelConfig(
+        target=args.cloud,
+        policy_name=args.policy or driver.capabilities.embodiment,
         token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
-        hold_on_link_loss_s=args.hold_on_link_loss,
-        max_spool_bytes=int(args.spool_max_mb * (1 << 20)),
-        record_digest=bool(args.stats_file),
         ca=args.ca,
         remote_inference=args.remote_policy,
     )
+    config = EdgeConfig(
+        tunnel,
+        hold_on_link_loss_s=args.hold_on_link_loss,
+        max_spool_bytes=int(args.spool_max_mb * (1 << 20)),
+        record_digest=bool(args.stats_file),
+    )
+    agent = EdgeAgent(config, resource, driver, spool, operator=operator)
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
     log.info(
@@ -620,7 +619,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         args.robot,
         driver.capabilities.control_hz,
         args.cloud,
-        args.operator,
+        "scripted" if operator is not None else "none",
     )
     try:
         stats = agent.run(episodes=args.episodes, duration_s=args.duration)
@@ -949,7 +948,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--id", required=True, help="this resource's id, e.g. robot-1")
     edge.add_argument("--cloud", default="127.0.0.1:7070", help="the gateway's host:port")
     edge.add_argument("--policy", default="", help="policy to run (default: the robot's embodiment)")
-    edge.add_argument("--operator", default="scripted", choices=["scripted", "none"])
+    edge.add_argument(
+        "--operator",
+        default=None,
+        choices=["scripted", "none"],
+        help="who may take over from the policy (default: the task's scripted operator where it has one, else none)",
+    )
     edge.add_argument("--seed", type=int, default=None)
     edge.add_argument("--hz", type=_positive_float, default=None, help="control rate (default: the driver's)")
     edge.add_argument("--episodes", type=int, default=0, help="stop after this many episodes (0: run on)")

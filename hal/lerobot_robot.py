@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from hal.config import ConfigModel, Items, Name, validate
-from hal.resource import ArraySpec, Capabilities, Transition
+from hal.resource import ArraySpec, Capabilities, HoldsPosition, Transition
 
 log = logging.getLogger("fleetloop.lerobot")
 
@@ -46,7 +46,7 @@ class LerobotDriverConfig(ConfigModel):
 DRIVER_KEYS = tuple(LerobotDriverConfig.model_fields)
 
 
-class LerobotRobotDriver:
+class LerobotRobotDriver(HoldsPosition):
     """A Driver over a lerobot ``Robot``. ``reset`` connects when needed; a real robot is not moved by reset."""
 
     def __init__(self, robot: Any, config: LerobotDriverConfig) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -120,6 +120,30 @@ class Driver(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Optional abilities a driver may have beside the Driver interface. A driver that has one says so by naming the
+# protocol among its bases; callers check with isinstance.
+
+
+@runtime_checkable
+class EmergencyStoppable(Protocol):
+    """A driver that latches an emergency stop: it holds at once and refuses every action until released.
+
+    Both methods are safe to call from any thread (the tunnel's, not only the control thread)."""
+
+    def emergency_stop(self, reason: str = "requested") -> None: ...
+
+    def release_emergency_stop(self) -> None: ...
+
+
+@runtime_checkable
+class HoldsPosition(Protocol):
+    """A position-controlled driver that can say which action keeps it where an observation shows it."""
+
+    def action_from_observation(self, observation: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The action that holds the robot still at ``observation``, or None when there is no such action."""
+        ...
 
 
 def clamp_action(action: np.ndarray, spec: ArraySpec) -> np.ndarray:

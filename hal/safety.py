@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from hal.config import CodeConfig, invalid
-from hal.resource import ArraySpec, Capabilities, Driver, Transition
+from hal.resource import ArraySpec, Capabilities, Driver, EmergencyStoppable, HoldsPosition, Transition
 
 log = logging.getLogger("fleetloop.safety")
 
@@ -88,14 +88,14 @@ class SafetyLimits(CodeConfig):
         return limits
 
 
-class SafeDriver:
+class SafeDriver(EmergencyStoppable):
     """Wraps a Driver: clamps every action, holds when actions stop coming, and latches an emergency stop.
 
     Rate limit: each action may differ from the last applied one by at most ``max_rate * dt``, where ``dt`` is
     the control period from the capabilities (the agent calls ``apply`` once per period and never bursts to
     catch up, so a stall never buys a bigger jump), or the measured time since the last apply (at most 0.1 s)
     when the capabilities give no rate. After ``reset`` the reference is the driver's
-    ``action_from_observation(observation)`` when it has one (a position-controlled arm: where it is now);
+    ``action_from_observation(observation)`` when it ``HoldsPosition`` (a position-controlled arm: where it is now);
     otherwise the first action of an episode is only position-clamped.
     """
 
@@ -127,7 +127,7 @@ class SafeDriver:
         self.name = name
         self.watchdog_s = watchdog_s
         self.log_every_s = log_every_s
-        self._emit = on_event or (lambda message: log.warning("%s", message))
+        self._on_event = on_event
         self._low = None if self.limits.low is None else np.asarray(self.limits.low, dtype=np.float64)
         self._high = None if self.limits.high is None else np.asarray(self.limits.high, dtype=np.float64)
         self._rate = None if self.limits.max_rate is None else np.asarray(self.limits.max_rate, dtype=np.float64)
@@ -168,8 +168,9 @@ class SafeDriver:
             self._last_observation = observation
             self._holding = False
             self._last_apply_t = None
-            reference = getattr(self.driver, "action_from_observation", None)
-            current = reference(observation) if reference is not None else None
+            current = (
+                self.driver.action_from_observation(observation) if isinstance(self.driver, HoldsPosition) else None
+            )
             self._last_action = None if current is None else np.asarray(current, dtype=np.float64).reshape(-1)
         return observation
 
@@ -186,10 +187,12 @@ class SafeDriver:
             safe, notes = self._make_safe(action, now)
             if self._holding:
                 self._holding = False
+                # Routine (a policy that answered late, a robot given a task): information, not a warning.
                 if self._last_apply_t is not None:
-                    self._emit(f"{self.name}: fresh action after {now - self._last_apply_t:.2f} s; resumed")
+                    gap = now - self._last_apply_t
+                    self._emit(f"{self.name}: moving again (the first action in {gap:.2f} s)", logging.INFO)
                 else:
-                    self._emit(f"{self.name}: fresh action; resumed")
+                    self._emit(f"{self.name}: moving again (a new action after holding still)", logging.INFO)
             transition = self.driver.apply(safe.astype(self.capabilities.action.numpy_dtype).reshape(self._shape))
             self._last_action = safe
             self._last_apply_t = now
@@ -264,6 +267,12 @@ class SafeDriver:
         return self._refused
 
     # --- internals ------------------------------------------------------------------------------------------
+
+    def _emit(self, message: str, level: int = logging.WARNING) -> None:
+        if self._on_event is not None:
+            self._on_event(message)
+        else:
+            log.log(level, "%s", message)
 
     @property
     def _shape(self) -> tuple[int, ...]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +32,41 @@ class SimTask:
     uses_global_rng: bool = False
 
 
+class _DropLines(logging.Filter):
+    """Drops the records of one logger whose message starts with one of ``starts``."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+# Routine lines the simulators' packages write on every start or reset, which read like news to an operator.
+_RESET_DELAY = _DropLines("Reset delay of ")  # gym_hil, on the root logger, at every reset (even of 0 s)
+_NO_ACCELERATE = _DropLines("No OpenGL_accelerate module loaded")  # PyOpenGL's optional speed-up
+
+
+@contextlib.contextmanager
+def _quiet_sim_import() -> Iterator[None]:
+    """Silences those lines (the loggers keep their filters), and pygame's pkg_resources warning inside it.
+
+    Its body runs under ``warnings.catch_warnings``: filters it adds end with it."""
+    logging.getLogger().addFilter(_RESET_DELAY)  # a root logger filter sees only records logged on root itself
+    logging.getLogger("OpenGL.acceleratesupport").addFilter(_NO_ACCELERATE)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning)
+        yield
+
+
 def _make_panda_pick_cube() -> Any:
-    import gym_hil  # noqa: F401  (registers the env ids)
     import gymnasium as gym
 
-    with warnings.catch_warnings():  # gym_hil builds Boxes from float64 bounds; gymnasium warns on every make
+    with _quiet_sim_import():
+        import gym_hil  # noqa: F401  (registers the env ids)
+
+        # gym_hil builds Boxes from float64 bounds; gymnasium warns on every make
         warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")
         # reset_delay_seconds=0: every gym_hil variant otherwise sleeps 1 s per reset.
         return gym.make(
@@ -49,16 +81,18 @@ def _observe_panda(obs: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _make_pusht() -> Any:
-    import gym_pusht  # noqa: F401  (registers the env ids)
     import gymnasium as gym
 
-    return gym.make(
-        "gym_pusht/PushT-v0",
-        obs_type="pixels_agent_pos",
-        observation_width=96,
-        observation_height=96,
-        disable_env_checker=True,
-    )
+    with _quiet_sim_import():  # the env's module (and pygame) is imported by gym.make
+        import gym_pusht  # noqa: F401  (registers the env ids)
+
+        return gym.make(
+            "gym_pusht/PushT-v0",
+            obs_type="pixels_agent_pos",
+            observation_width=96,
+            observation_height=96,
+            disable_env_checker=True,
+        )
 
 
 def _observe_pusht(obs: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from edge.agent import EdgeAgent
+from edge.agent import EdgeAgent, EdgeConfig
 from edge.spool import Spool
+from edge.tunnel_client import TunnelConfig
 from hal.null import NullRobot
 from hal.resource import ResourceInfo
 from hal.safety import SafeDriver
@@ -39,7 +40,8 @@ def test_a_hung_policy_leaves_the_robot_holding_within_one_tick(tmp_path) -> Non
     driver = SafeDriver(robot, watchdog_s=0.1, name="arm")
     resource = ResourceInfo("arm", "robot", driver.capabilities, "sim")
     # No cloud listens on this port: the loop must not care.
-    agent = EdgeAgent(resource, driver, Spool(tmp_path / "spool.db"), f"127.0.0.1:{free_port()}", "p")
+    config = EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p"))
+    agent = EdgeAgent(config, resource, driver, Spool(tmp_path / "spool.db"))
     config = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "hidden": [8]}
     agent.runtime.load("p", 1, policy_to_bytes(make_policy("mlp", config)))
     agent._on_assignment(pb.Assignment(task="t", policy_name="p"))

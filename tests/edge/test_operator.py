@@ -1,10 +1,18 @@
+import logging
 import os
 
 import numpy as np
+import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from edge.operator import OPERATORS, HGDaggerOperator, PickCubeExpert, make_operator  # noqa: E402
+from edge.operator import (  # noqa: E402
+    OPERATORS,
+    HGDaggerOperator,
+    PickCubeExpert,
+    choose_operator,
+    make_operator,
+)
 from hal.sim import SimRobot  # noqa: E402
 
 
@@ -82,3 +90,17 @@ def test_handback_when_policy_matches_the_expert() -> None:
 def test_operator_factory() -> None:
     assert isinstance(make_operator("panda_pick_cube"), HGDaggerOperator)
     assert make_operator("pusht") is None and OPERATORS.get("pusht") is None
+
+
+def test_the_operator_choice(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fleetloop.edge")
+    assert isinstance(choose_operator("panda_pick_cube", None), HGDaggerOperator)
+    assert isinstance(choose_operator("panda_pick_cube", "scripted"), HGDaggerOperator)
+    assert choose_operator("panda_pick_cube", "none") is None
+    assert not caplog.text
+    # Not asked for by name: a task with no scripted operator runs with none, and says so once.
+    assert choose_operator("pusht", None) is None
+    assert caplog.text.count("no scripted operator for pusht") == 1
+    assert choose_operator("pusht", "none") is None
+    with pytest.raises(ValueError, match="--operator scripted: no scripted operator for pusht"):
+        choose_operator("pusht", "scripted")  # asked for by name: refused

@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 
-from edge.agent import EdgeAgent
+from edge.agent import EdgeAgent, EdgeConfig
 from edge.recorder import RESUME_FRACTION, Step, StepDigest, StepRecorder
 from edge.spool import Spool
+from edge.tunnel_client import TunnelConfig
 from hal.null import NullRobot
 from hal.resource import ResourceInfo
 from hal.safety import SafeDriver
@@ -83,9 +84,8 @@ def test_a_full_spool_holds_the_robot_and_records_nothing_until_acks_make_room(t
     resource = ResourceInfo("arm", "robot", driver.capabilities, "sim")
     spool = Spool(tmp_path / "spool.db")
     # No cloud listens: nothing is ever acked, so the spool fills up.
-    agent = EdgeAgent(
-        resource, driver, spool, f"127.0.0.1:{free_port()}", "p", max_spool_bytes=20_000, record_digest=True
-    )
+    config = EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p"), max_spool_bytes=20_000, record_digest=True)
+    agent = EdgeAgent(config, resource, driver, spool)
     config = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "hidden": [8]}
     agent.runtime.load("p", 1, policy_to_bytes(make_policy("mlp", config)))
     agent._on_assignment(pb.Assignment(task="t", policy_name="p"))

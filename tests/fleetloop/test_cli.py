@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from fleetloop.cli import build_parser
+from tests.e2e.fleet import free_port
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -75,3 +76,14 @@ def test_the_pairing_url_names_an_address_a_phone_can_dial(tmp_path, caplog) -> 
     assert "does not" not in caplog.text
     assert phone_url_host("192.168.9.9", "0.0.0.0", cert) == "192.168.9.9"
     assert "certs init --host 192.168.9.9" in caplog.text  # the phone would refuse the certificate: say how to fix
+
+
+def test_an_edge_whose_robot_has_no_scripted_operator_runs_without_one(tmp_path) -> None:
+    # No --operator: pusht has no scripted operator, so the edge runs with none (here it waits for a cloud).
+    port = free_port()
+    args = ["edge", "--robot", "sim:pusht", "--id", "cart-1", "--cloud", f"127.0.0.1:{port}", "--duration", "1"]
+    result = run(*args, "--spool", str(tmp_path / "spool.db"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("no scripted operator for pusht: the policy alone drives") == 1
+    refused = run(*args, "--spool", str(tmp_path / "spool.db"), "--operator", "scripted")
+    assert refused.returncode == 2 and "--operator scripted: no scripted operator for pusht" in refused.stderr

@@ -1,3 +1,4 @@
+import logging
 import threading
 import time
 
@@ -5,7 +6,7 @@ import numpy as np
 import pytest
 
 from hal.null import NullRobot
-from hal.resource import ArraySpec
+from hal.resource import ArraySpec, EmergencyStoppable, HoldsPosition
 from hal.safety import SafeDriver, SafetyLimits
 
 HZ = 50.0  # NullRobot's control rate here: the rate limit allows max_rate / HZ per apply
@@ -86,6 +87,44 @@ def test_rate_clamp_relative_to_last_applied(events: list[str]) -> None:
     safe.close()
 
 
+class StandingArm(Recorder, HoldsPosition):
+    """A position-controlled arm that stands at 0.5 in every dimension after a reset."""
+
+    def action_from_observation(self, observation):
+        return np.full(4, 0.5, dtype=np.float32)
+
+
+def test_rate_limit_starts_from_where_a_position_controlled_arm_stands(events: list[str]) -> None:
+    limits = SafetyLimits.from_spec(ArraySpec("action", "float32", (4,), (-1.0,) * 4, (1.0,) * 4), max_rate=5.0)
+    robot = StandingArm()
+    safe = SafeDriver(robot, limits, watchdog_s=None, name="robot-1", on_event=events.append)
+    safe.reset()
+    safe.apply(np.zeros(4, dtype=np.float32))  # the reference is where it stands, not "no reference yet"
+    np.testing.assert_allclose(robot.sent[-1], [0.4] * 4, atol=1e-6)
+    safe.close()
+
+
+def test_optional_abilities_are_declared() -> None:
+    safe = SafeDriver(Recorder(), watchdog_s=None)
+    assert isinstance(safe, EmergencyStoppable) and not isinstance(Recorder(), EmergencyStoppable)
+    assert isinstance(StandingArm(), HoldsPosition) and not isinstance(Recorder(), HoldsPosition)
+    safe.close()
+
+
+def test_moving_again_is_routine_information_in_plain_words(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fleetloop.safety")
+    safe = SafeDriver(Recorder(), watchdog_s=None, name="robot-1")  # no on_event: the log is the channel
+    safe.reset()
+    safe.apply(np.zeros(4, dtype=np.float32))
+    safe.hold()
+    safe.apply(np.zeros(4, dtype=np.float32))
+    safe.close()
+    [record] = [r for r in caplog.records if "moving again" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert record.getMessage().startswith("robot-1: moving again (the first action in ")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_watchdog_holds_when_applies_stop_and_resumes(events: list[str]) -> None:
     robot, safe = make(events)
     for _ in range(5):
@@ -102,7 +141,7 @@ def test_watchdog_holds_when_applies_stop_and_resumes(events: list[str]) -> None
     assert safe.watchdog_trips == 1 and robot.holds == 1  # holds once, not every period
     safe.apply(np.zeros(4, dtype=np.float32))
     assert not robot.holding and not safe.holding
-    assert events[-1].startswith("robot-1: fresh action after") and events[-1].endswith("resumed")
+    assert events[-1].startswith("robot-1: moving again (the first action in ") and events[-1].endswith(" s)")
     wait_for(lambda: safe.watchdog_trips == 2, WATCHDOG_S + MARGIN_S)  # armed again after resuming
     safe.close()
 

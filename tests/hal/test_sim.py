@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,3 +73,28 @@ def test_pick_cube_seed_ignores_other_users_of_the_global_generator() -> None:
     finally:
         robot.close()
     np.testing.assert_array_equal(first, first_cube_positions(1, episodes=1)[0])
+
+
+NOISE_SCRIPT = """
+import logging
+from fleetloop.logs import setup_logging
+setup_logging("INFO", plain=True)
+from hal.sim import SimRobot
+for task in ("panda_pick_cube", "pusht"):
+    robot = SimRobot(task, seed=0)
+    robot.reset()
+    robot.reset()
+    robot.close()
+logging.info("other root lines still show")
+"""
+
+
+def test_the_simulators_routine_third_party_lines_are_silenced_and_nothing_else() -> None:
+    # A fresh process: these lines come once per import (and per reset), so an earlier test may have eaten them.
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    done = subprocess.run(
+        [sys.executable, "-c", NOISE_SCRIPT], capture_output=True, text=True, timeout=240, env=env, check=True
+    )
+    for noise in ("Reset delay of", "pkg_resources", "OpenGL_accelerate"):
+        assert noise not in done.stderr, done.stderr
+    assert "other root lines still show" in done.stderr

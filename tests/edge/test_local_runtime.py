@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from edge.policy_runtime import PolicyRuntime
+from edge.local_runtime import LocalPolicyRuntime
 from policies.factory import make_policy
 from policies.weights import policy_to_bytes
 
@@ -19,21 +19,21 @@ def weights(bias: float) -> bytes:
     return policy_to_bytes(policy)
 
 
-def wait_loaded(runtime: PolicyRuntime) -> None:
+def wait_loaded(runtime: LocalPolicyRuntime) -> None:
     deadline = time.monotonic() + 10
     while runtime._ready is None and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
 def test_no_policy_gives_no_action() -> None:
-    runtime = PolicyRuntime()
+    runtime = LocalPolicyRuntime()
     assert runtime.next_action(OBS, deadline=time.monotonic() + 0.1) == (None, 0)
     runtime.close()
 
 
 def test_swap_happens_only_at_a_tick_boundary_and_drops_old_actions() -> None:
     swapped = []
-    runtime = PolicyRuntime(on_swapped=lambda name, version: swapped.append((name, version)))
+    runtime = LocalPolicyRuntime(on_swapped=lambda name, version: swapped.append((name, version)))
     runtime.load("p", 1, weights(0.5))
     wait_loaded(runtime)
     assert runtime.version == 0, "a loaded policy must wait for the next tick"
@@ -53,7 +53,7 @@ def test_swap_happens_only_at_a_tick_boundary_and_drops_old_actions() -> None:
 
 
 def test_older_or_broken_versions_are_not_swapped_in() -> None:
-    runtime = PolicyRuntime()
+    runtime = LocalPolicyRuntime()
     runtime.load("p", 2, weights(0.1))
     wait_loaded(runtime)
     runtime.begin_tick()
@@ -66,7 +66,7 @@ def test_older_or_broken_versions_are_not_swapped_in() -> None:
 
 
 def test_slow_inference_misses_the_deadline_without_blocking() -> None:
-    runtime = PolicyRuntime()
+    runtime = LocalPolicyRuntime()
     runtime.load("p", 1, weights(0.0))
     wait_loaded(runtime)
     runtime.begin_tick()
@@ -86,7 +86,9 @@ def test_deltas_apply_on_a_held_version_and_one_without_its_base_is_rejected() -
     from policies.updates import WireState, build_update
 
     rejected: list[tuple[str, int, str]] = []
-    runtime = PolicyRuntime(on_rejected=lambda name, version, reason, bad: rejected.append((name, version, reason)))
+    runtime = LocalPolicyRuntime(
+        on_rejected=lambda name, version, reason, bad: rejected.append((name, version, reason))
+    )
     v1, v2, v3 = (WireState.from_weights(weights(bias), version) for version, bias in ((1, 0.1), (2, 0.2), (3, 0.3)))
     runtime.load("p", 1, build_update(v1).payload)
     wait_loaded(runtime)
@@ -109,7 +111,7 @@ def test_deltas_apply_on_a_held_version_and_one_without_its_base_is_rejected() -
 
 def test_a_version_with_non_finite_actions_is_rolled_back_and_never_swapped_in_again() -> None:
     events: list[tuple] = []
-    runtime = PolicyRuntime(
+    runtime = LocalPolicyRuntime(
         on_swapped=lambda name, version: events.append(("swapped", version)),
         on_rejected=lambda name, version, reason, bad: events.append(("rejected", version, bad)),
     )

@@ -1,4 +1,4 @@
-"""The policy runtime: inference and weight loading off the control thread, swaps between ticks.
+"""The local policy runtime: inference and weight loading off the control thread, swaps between ticks.
 
 The control thread only ever calls ``begin_tick`` (which swaps a ready policy in with one
 assignment) and ``next_action`` (which waits for an inference at most until the tick's
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.runtime import PolicyRuntime
 from policies.base import Policy
 from policies.updates import HeldState, UpdateError, apply_update
 from policies.weights import read_metadata
@@ -38,7 +39,9 @@ class LoadedPolicy:
 HELD_VERSIONS = 3  # versions whose tensors stay at hand as bases for deltas (unchanged tensors are shared)
 
 
-class PolicyRuntime:
+class LocalPolicyRuntime(PolicyRuntime):
+    """The policy runs on this edge; versions arrive as weights (snapshots or deltas) down the tunnel."""
+
     def __init__(
         self,
         on_swapped: Callable[[str, int], None] | None = None,
@@ -75,6 +78,10 @@ class PolicyRuntime:
     @property
     def active(self) -> LoadedPolicy | None:
         return self._active
+
+    @property
+    def update_bytes(self) -> int:
+        return self._active.update_bytes if self._active else 0
 
     def load(self, name: str, version: int, weights: bytes) -> None:
         """Queues verified weights for loading; returns at once."""
