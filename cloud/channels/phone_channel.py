@@ -38,7 +38,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from cloud.data.store import ColumnSpec, StepRows
-from cloud.gateway.server import Gateway, _Pending
+from cloud.gateway.ingest import _Pending
+from cloud.gateway.server import Gateway
 from cloud.security.devices import AuthError, DeviceRegistry
 from cloud.serving import foresight
 from cloud.serving.inference import InferenceJob

@@ -6,7 +6,8 @@ import asyncio
 import threading
 
 from cloud.data.store import EpisodeStore
-from cloud.gateway.server import Session, StoreWriter, _Pending
+from cloud.gateway.ingest import StoreWriter, _Pending
+from cloud.gateway.sessions import Session
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from protocol.steps import schema_for
 from tests.factories import episode_rows, step_columns, store_schema
