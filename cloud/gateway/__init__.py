@@ -4,6 +4,7 @@
 - ``sessions``          one edge's tunnel (``Session``), the hello's checks, device credentials and revocation
 - ``ingest``            incoming step batches: validation, group commit into the store (``StoreWriter``), acks
 - ``push``              registry watch, delta or snapshot building, sending policy versions down the tunnels
+- ``lru_cache``         the bounded cache push keeps weights, wire states and built updates in
 - ``remote_inference``  edges whose policy runs in the cloud: observations in, action chunks out
 - ``control``           the fleet control service (``fleetloop fleet``): the fleet's state, operator commands
 - ``fleet``             the fleet scheduler: every resource online, its state and task

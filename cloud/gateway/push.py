@@ -11,12 +11,15 @@ from collections.abc import Mapping
 
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.gateway.config import GatewayConfig
+from cloud.gateway.lru_cache import LruCache
 from cloud.gateway.sessions import Session
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import read_metadata, sha256_hex
 from protocol import tunnel_pb2 as pb
 
 log = logging.getLogger("fleetloop.gateway")
+
+type Update = tuple[bytes, str, str, int]  # payload, its sha256, kind ("full" or "delta"), base version
 
 
 class PolicyPusher:
@@ -27,9 +30,10 @@ class PolicyPusher:
         self.config = config
         self.registry = registry
         self.sessions = sessions
-        self._weights: tuple[tuple[str, int], bytes] | None = None  # the last version read, shared by all edges
-        self._wire_states: dict[tuple[str, int], WireState] = {}
-        self._updates: dict[tuple[str, int, int], tuple[bytes, str, str, int]] = {}  # shared by edges on one base
+        # Keyed by (policy, version) or (policy, version, base version); each is shared by all edges.
+        self._weights: LruCache[tuple[str, int], bytes] = LruCache(1)  # the last version read
+        self._wire_states: LruCache[tuple[str, int], WireState] = LruCache(3)  # a target and a base or two
+        self._updates: LruCache[tuple[str, int, int], Update] = LruCache(8)  # edges on one base share one
 
     def offer_latest(self, session: Session, policy_name: str) -> None:
         """Offers the session the newest published version of ``policy_name``, if there is one."""
@@ -57,9 +61,7 @@ class PolicyPusher:
 
     async def _read_weights(self, version: PolicyVersion) -> bytes:
         key = (version.policy_name, version.version)
-        if self._weights is None or self._weights[0] != key:
-            self._weights = (key, await asyncio.to_thread(self.registry.read, *key))
-        return self._weights[1]
+        return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read, *key))
 
     def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
         """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
@@ -87,15 +89,11 @@ class PolicyPusher:
             self.offer_latest(session, rejected.policy_name)
 
     async def _wire_state(self, version: PolicyVersion) -> WireState:
-        key = (version.policy_name, version.version)
-        state = self._wire_states.get(key)
-        if state is None:
+        async def build() -> WireState:
             weights = await self._read_weights(version)
-            state = await asyncio.to_thread(WireState.from_weights, weights, version.version, self.config.wire_dtype)
-            self._wire_states[key] = state
-            while len(self._wire_states) > 3:  # a target and a base or two; each holds a whole model
-                self._wire_states.pop(next(iter(self._wire_states)))
-        return state
+            return await asyncio.to_thread(WireState.from_weights, weights, version.version, self.config.wire_dtype)
+
+        return await self._wire_states.get_or_build((version.policy_name, version.version), build)
 
     async def _architecture(self, version: PolicyVersion) -> tuple[str, str] | None:
         """A version's policy type and config, from its file's header alone; None when it is gone."""
@@ -122,24 +120,20 @@ class PolicyPusher:
             return None  # most of the bytes changed
         return target, base_state
 
-    async def _update_for(self, version: PolicyVersion, base_version: int) -> tuple[bytes, str, str, int]:
+    async def _update_for(self, version: PolicyVersion, base_version: int) -> Update:
         """(payload, sha256, kind, base version): a delta against what the edge holds when possible."""
         key = (version.policy_name, version.version, base_version)
-        if key in self._updates:
-            return self._updates[key]
+        return await self._updates.get_or_build(key, lambda: self._build_update(version, base_version))
+
+    async def _build_update(self, version: PolicyVersion, base_version: int) -> Update:
         delta_from = await self._delta_base(version, base_version)
         if delta_from is None and self.config.wire_dtype == "float32":
             # A float32 snapshot is the registry file as it is: no second serialization and hash of the whole
             # model (for a 50M-parameter policy, most of a second before the first chunk leaves).
-            update = (await self._read_weights(version), version.sha256, "full", 0)
-        else:
-            target, base_state = delta_from or (await self._wire_state(version), None)
-            built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
-            update = (built.payload, sha256_hex(built.payload), built.kind, built.base_version)
-        self._updates[key] = update
-        while len(self._updates) > 8:
-            self._updates.pop(next(iter(self._updates)))
-        return update
+            return await self._read_weights(version), version.sha256, "full", 0
+        target, base_state = delta_from or (await self._wire_state(version), None)
+        built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
+        return built.payload, sha256_hex(built.payload), built.kind, built.base_version
 
     async def send_policies(self, session: Session) -> None:
         """Pushes the newest offered version; versions superseded before they were sent are skipped."""
