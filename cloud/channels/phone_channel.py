@@ -38,13 +38,12 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from cloud.data.store import ColumnSpec, StepRows
-from cloud.gateway.ingest import _Pending
+from cloud.gateway.ingest import PendingBatch
 from cloud.gateway.server import Gateway
 from cloud.security.devices import AuthError, DeviceRegistry
 from cloud.serving import foresight
 from cloud.serving.inference import InferenceJob
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
-from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError
 from protocol.steps import check_id, schema_for
 
@@ -131,8 +130,9 @@ class _Phone:
         return sum(e.nbytes for e in self.episodes.values())
 
 
-class _Acks:
-    """Stands in for a gateway Session towards the StoreWriter: its acks and refusals resolve futures."""
+class StoreAcks:
+    """The phone channel's ``AckSink``: the StoreWriter's acks and refusals resolve the futures of the batches a
+    stopped episode waits on."""
 
     def __init__(self) -> None:
         self.steps_stored = 0
@@ -146,16 +146,17 @@ class _Acks:
         self.waiting[self._next_id] = future
         return self._next_id, future
 
-    def send(self, message: pb.CloudMessage) -> None:
-        kind = message.WhichOneof("body")
-        batch_id = message.ack.batch_id if kind == "ack" else message.error.batch_id if kind == "error" else None
+    def ack(self, batch_id: int, episode_id: str, next_seq: int, steps: int) -> None:
+        self.steps_stored += steps
         future = self.waiting.pop(batch_id, None)
-        if future is None or future.done():
-            return
-        if kind == "ack":
-            future.set_result(message.ack.next_seq)
-        else:
-            future.set_exception(PhoneError(message.error.field.removeprefix("step_batch."), message.error.message))
+        if future is not None and not future.done():
+            future.set_result(next_seq)
+
+    def refuse(self, batch_id: int, field: str, message: str) -> None:
+        self.batches_refused += 1
+        future = self.waiting.pop(batch_id, None)
+        if future is not None and not future.done():
+            future.set_exception(PhoneError(field.removeprefix("step_batch."), message))
 
 
 def phone_capabilities(height: int, width: int, control_hz: float) -> Capabilities:
@@ -187,7 +188,7 @@ class PhoneChannel:
             else DeviceRegistry(config.credentials or Path("phone-devices.json"))
         )
         self.phones: dict[str, _Phone] = {}
-        self.acks = _Acks()
+        self.acks = StoreAcks()
         self._pairing = ""
         self._server = None
         self.port = config.port
@@ -603,7 +604,7 @@ class PhoneChannel:
                 first_seq=first,
                 columns={name: values[first : first + BATCH_STEPS] for name, values in columns.items()},
             )
-            self.writer.submit(_Pending(rows=rows, batch_id=batch_id, session=self.acks))  # type: ignore[arg-type]
+            self.writer.submit(PendingBatch(rows=rows, batch_id=batch_id, sink=self.acks))
             waits.append(future)
         try:
             acked = await asyncio.wait_for(asyncio.gather(*waits), timeout=self.config.store_timeout_s)

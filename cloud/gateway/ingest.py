@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.gateway.sessions import Session
@@ -17,11 +18,23 @@ from protocol.steps import decode_batch
 log = logging.getLogger("fleetloop.gateway")
 
 
+class AckSink(Protocol):
+    """Where the StoreWriter answers a batch: an edge's session, or another channel's own acks (phones)."""
+
+    def ack(self, batch_id: int, episode_id: str, next_seq: int, steps: int) -> None:
+        """The batch's ``steps`` are durably stored; the episode continues at ``next_seq``."""
+
+    def refuse(self, batch_id: int, field: str, message: str) -> None:
+        """The batch was not stored; ``field`` names what was wrong with it."""
+
+
 @dataclass
-class _Pending:
+class PendingBatch:
+    """A batch waiting for the group commit, and where to answer it."""
+
     rows: StepRows
     batch_id: int
-    session: Session
+    sink: AckSink
     nbytes: int = 0
 
 
@@ -41,7 +54,7 @@ class StoreWriter:
         self.flush_bytes = flush_bytes
         self._bytes = 0
         self.flush_delay_s = flush_delay_s
-        self._pending: list[_Pending] = []
+        self._pending: list[PendingBatch] = []
         self._rows = 0
         self._oldest = 0.0
         self._wake = asyncio.Event()
@@ -51,7 +64,7 @@ class StoreWriter:
         self._room.set()
         self.waits_for_room = 0  # how often a reader had to wait: the store is the bottleneck
 
-    def submit(self, item: _Pending) -> None:
+    def submit(self, item: PendingBatch) -> None:
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.append(item)
@@ -69,7 +82,7 @@ class StoreWriter:
             self.waits_for_room += 1
             await self._room.wait()
 
-    def _written(self, items: list[_Pending]) -> None:
+    def _written(self, items: list[PendingBatch]) -> None:
         self._unwritten -= sum(item.nbytes for item in items)
         if self._unwritten < self.max_unwritten_bytes:
             self._room.set()
@@ -106,8 +119,8 @@ class StoreWriter:
         finally:
             self._written(items)
 
-    async def _flush(self, items: list[_Pending]) -> None:
-        accepted: list[_Pending] = []
+    async def _flush(self, items: list[PendingBatch]) -> None:
+        accepted: list[PendingBatch] = []
         expected: dict[str, int] = {}
         owners: dict[str, str] = {}
         for item in items:
@@ -150,25 +163,14 @@ class StoreWriter:
             self._ack(item, ack_points)
 
     @staticmethod
-    def _ack(item: _Pending, ack_points: dict[str, int]) -> None:
-        item.session.steps_stored += len(item.rows.columns["action"])
-        item.session.send(
-            pb.CloudMessage(
-                ack=pb.Ack(
-                    batch_id=item.batch_id, episode_id=item.rows.episode_id, next_seq=ack_points[item.rows.episode_id]
-                )
-            )
-        )
+    def _ack(item: PendingBatch, ack_points: dict[str, int]) -> None:
+        episode_id = item.rows.episode_id
+        item.sink.ack(item.batch_id, episode_id, ack_points[episode_id], len(item.rows.columns["action"]))
 
     @staticmethod
-    def _refuse(item: _Pending, field: str, message: str) -> None:
-        item.session.batches_refused += 1
+    def _refuse(item: PendingBatch, field: str, message: str) -> None:
         log.warning("refused a batch from %s: %s: %s", item.rows.resource_id, field, message)
-        item.session.send(
-            pb.CloudMessage(
-                error=pb.Error(code="invalid_argument", field=field, batch_id=item.batch_id, message=message)
-            )
-        )
+        item.sink.refuse(item.batch_id, field, message)
 
 
 def step_rows(session: Session, batch: pb.StepBatch, max_batch_bytes: int) -> StepRows:

@@ -22,7 +22,7 @@ from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GRPC_OPTIONS, GatewayConfig
 from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import FleetScheduler, Requirements, Task
-from cloud.gateway.ingest import StoreWriter, _Pending, step_rows
+from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
 from cloud.gateway.sessions import Admission, Session, admit, checks_credentials, drop_revoked
@@ -264,17 +264,10 @@ class Gateway(pb_grpc.TunnelServicer):
         try:
             rows = step_rows(session, batch, self.config.max_batch_bytes)
         except CodecError as err:
-            session.batches_refused += 1
             log.warning("refused a batch from %s: %s", session.resource.id, err)
-            session.send(
-                pb.CloudMessage(
-                    error=pb.Error(
-                        code="invalid_argument", field=err.field, message=err.message, batch_id=batch.batch_id
-                    )
-                )
-            )
+            session.refuse(batch.batch_id, err.field, err.message)
             return
-        self.writer.submit(_Pending(rows=rows, batch_id=batch.batch_id, session=session))
+        self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session))
         self.fleet.seen(
             session.resource.id,
             steps=batch.num_steps,

@@ -60,6 +60,18 @@ class Session:
             self.out.put_nowait(None)
             self.closed = True
 
+    def ack(self, batch_id: int, episode_id: str, next_seq: int, steps: int) -> None:
+        """The StoreWriter stored a batch of this edge's (``AckSink``): its spool may let the steps go."""
+        self.steps_stored += steps
+        self.send(pb.CloudMessage(ack=pb.Ack(batch_id=batch_id, episode_id=episode_id, next_seq=next_seq)))
+
+    def refuse(self, batch_id: int, field: str, message: str) -> None:
+        """A batch of this edge's was not stored (``AckSink``); the error names the field."""
+        self.batches_refused += 1
+        self.send(
+            pb.CloudMessage(error=pb.Error(code="invalid_argument", field=field, batch_id=batch_id, message=message))
+        )
+
     def may_run(self, policy_name: str) -> bool:
         return self.device is None or not self.device.policies or policy_name in self.device.policies
 
