@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -16,10 +16,21 @@ from protocol import tunnel_pb2_grpc as pb_grpc
 log = logging.getLogger("fleetloop.gateway")
 
 
+# The operator commands the scheduler carries out, each by name: nothing else of the scheduler can be called.
+SCHEDULER_ACTIONS: dict[str, Callable[[FleetScheduler, str], None]] = {
+    "pause": FleetScheduler.pause,
+    "resume": FleetScheduler.resume,
+    "drain": FleetScheduler.drain,
+    "stop": FleetScheduler.stop,
+}
+EDGE_ACTIONS = ("estop", "release")  # go down the edge's tunnel: the robot itself stops or moves again
+ACTIONS = (*SCHEDULER_ACTIONS, *EDGE_ACTIONS)
+
+
 class FleetControl(pb_grpc.FleetControlServicer):
     """What `fleetloop fleet` asks: the fleet's state, and operator commands."""
 
-    ACTIONS = ("pause", "resume", "drain", "stop", "estop", "release")
+    ACTIONS = ACTIONS
 
     def __init__(self, fleet: FleetScheduler, sessions: Mapping[str, Session], devices: DeviceRegistry | None) -> None:
         self.fleet = fleet
@@ -65,20 +76,9 @@ class FleetControl(pb_grpc.FleetControlServicer):
             return pb.FleetCommandReply(ok=False, message=f"resource_id: no resource {request.resource_id!r}")
         session = self.sessions.get(request.resource_id)
         reason = request.reason or "operator"
-        if request.action in ("estop", "release"):
-            if session is None:
-                return pb.FleetCommandReply(ok=False, message=f"{request.resource_id} is not connected")
-            session.send(
-                pb.CloudMessage(emergency_stop=pb.EmergencyStop(reason=reason, release=request.action == "release"))
-            )
-            log.warning(
-                "%s: emergency stop %s (%s)",
-                request.resource_id,
-                "released" if request.action == "release" else "sent",
-                reason,
-            )
-            return pb.FleetCommandReply(ok=True, message=f"{request.action} sent to {request.resource_id}")
-        getattr(fleet, request.action)(request.resource_id)
+        if request.action in EDGE_ACTIONS:
+            return self._emergency_stop(request, session, reason)
+        SCHEDULER_ACTIONS[request.action](fleet, request.resource_id)
         if session is not None and request.action in ("pause", "resume"):
             task = fleet.task_of(request.resource_id)
             session.send(
@@ -93,3 +93,13 @@ class FleetControl(pb_grpc.FleetControlServicer):
             )
         state = fleet.members[request.resource_id].state
         return pb.FleetCommandReply(ok=True, message=f"{request.resource_id} is now {state}")
+
+    @staticmethod
+    def _emergency_stop(request: pb.FleetCommand, session: Session | None, reason: str) -> pb.FleetCommandReply:
+        """Sends an emergency stop (or its release) down the resource's tunnel."""
+        if session is None:
+            return pb.FleetCommandReply(ok=False, message=f"{request.resource_id} is not connected")
+        release = request.action == "release"
+        session.send(pb.CloudMessage(emergency_stop=pb.EmergencyStop(reason=reason, release=release)))
+        log.warning("%s: emergency stop %s (%s)", request.resource_id, "released" if release else "sent", reason)
+        return pb.FleetCommandReply(ok=True, message=f"{request.action} sent to {request.resource_id}")
