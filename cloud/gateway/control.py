@@ -80,17 +80,7 @@ class FleetControl(pb_grpc.FleetControlServicer):
             return self._emergency_stop(request, session, reason)
         SCHEDULER_ACTIONS[request.action](fleet, request.resource_id)
         if session is not None and request.action in ("pause", "resume"):
-            task = fleet.task_of(request.resource_id)
-            session.send(
-                pb.CloudMessage(
-                    assignment=pb.Assignment(
-                        task=task.name if task else "",
-                        policy_name=session.policy_name,
-                        instruction=task.instruction if task else "",
-                        paused=request.action == "pause",
-                    )
-                )
-            )
+            session.send_assignment(fleet.task_of(request.resource_id), paused=request.action == "pause")
         state = fleet.members[request.resource_id].state
         return pb.FleetCommandReply(ok=True, message=f"{request.resource_id} is now {state}")
 

@@ -184,7 +184,7 @@ class Gateway(pb_grpc.TunnelServicer):
         if self.fleet.task_of(resource.id) is None:
             log.info("%s has no task that fits it; it holds still", resource.id)
             session.policy_name = ""  # it receives a policy only with a task
-            session.send(pb.CloudMessage(assignment=pb.Assignment(task="")))
+            session.send_assignment(None)
         log.info(
             "%s connected (%s %s, %.0f Hz, policy %s v%d); it holds %d unacked episodes",
             resource.id,
@@ -281,15 +281,7 @@ class Gateway(pb_grpc.TunnelServicer):
         if session is None:
             return
         session.policy_name = task.policy_name if task else ""
-        session.send(
-            pb.CloudMessage(
-                assignment=pb.Assignment(
-                    task=task.name if task else "",
-                    policy_name=session.policy_name,
-                    instruction=task.instruction if task else "",
-                )
-            )
-        )
+        session.send_assignment(task)
         if task and not session.may_run(task.policy_name):
             log.warning(
                 "%s was given task %s, but its credential does not allow policy %s; it gets no weights",

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cloud.data.version_registry import PolicyVersion
+from cloud.gateway.fleet import Task
 from cloud.security.devices import AuthError, Device, DeviceRegistry
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
 from protocol import PROTOCOL_VERSION
@@ -70,6 +71,19 @@ class Session:
         self.batches_refused += 1
         self.send(
             pb.CloudMessage(error=pb.Error(code="invalid_argument", field=field, batch_id=batch_id, message=message))
+        )
+
+    def send_assignment(self, task: Task | None, paused: bool = False) -> None:
+        """Tells the edge its task (None: hold still) and the policy it runs."""
+        self.send(
+            pb.CloudMessage(
+                assignment=pb.Assignment(
+                    task=task.name if task else "",
+                    policy_name=self.policy_name,
+                    instruction=task.instruction if task else "",
+                    paused=paused,
+                )
+            )
         )
 
     def may_run(self, policy_name: str) -> bool:
