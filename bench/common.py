@@ -200,7 +200,8 @@ class GatewayHarness:
     def __init__(self, loop: LoopThread, root: Path, **config: Any) -> None:
         from cloud.data.store import EpisodeStore
         from cloud.data.version_registry import PolicyRegistry
-        from cloud.gateway.server import Gateway, GatewayConfig
+        from cloud.gateway.config import GatewayConfig
+        from cloud.gateway.server import Gateway
 
         self.loop = loop
         self.store = EpisodeStore(root / "store")

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from bench.common import LoopThread
-from cloud.gateway.server import GRPC_OPTIONS
+from cloud.gateway.config import GRPC_OPTIONS
 
 UPLOAD = "/bench.Raw/Upload"
 SUBSCRIBE = "/bench.Raw/Subscribe"

@@ -332,7 +332,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         return 2
     from cloud.data.store import EpisodeStore
     from cloud.data.version_registry import PolicyRegistry
-    from cloud.gateway.server import GatewayConfig, serve
+    from cloud.gateway.config import GatewayConfig
+    from cloud.gateway.server import serve
 
     root = Path(args.root)
     store = EpisodeStore(root / "store")

@@ -1,7 +1,12 @@
 """Doors into the cloud other than the robot tunnel.
 
-- ``phone_channel``  phones stream demonstrations over websockets; serves the phone page (``phone_page/``)
-- ``openpi_server``  remote inference for openpi clients (openpi's policy-server protocol)
+- ``phone_channel``    phones stream demonstrations over websockets: connections, hello and pairing, messages
+- ``phone_messages``   the phone wire format: what a phone is, and the checks on its messages and step frames
+- ``phone_ingest``     a phone's open episodes, written through the gateway's StoreWriter when stopped
+- ``phone_foresight``  the phone policy's predicted trajectory, live and as each stored step's error
+- ``phone_pairing``    one-time pairing tokens and the pairing URL as a terminal QR code
+- ``phone_http``       the phone page (``phone_page/``) and CA certificate over plain HTTP(S) on the same port
+- ``openpi_server``    remote inference for openpi clients (openpi's policy-server protocol)
 
 May import the gateway and everything below it.
 """

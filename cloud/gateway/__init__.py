@@ -1,8 +1,15 @@
-"""The gateway: the server end of every edge's tunnel.
+"""The gateway: the server end of every edge's tunnel, one module per job.
 
-- ``server``  the tunnel service: sessions, ingest into the store, policy pushes, remote inference
-- ``fleet``   the fleet scheduler: every resource online, its state and task
-- ``tasks``   the tasks file (which policy runs where) as typed config
+- ``config``            what a gateway is told at start (``GatewayConfig``) and its gRPC options
+- ``sessions``          one edge's tunnel (``Session``), the hello's checks, device credentials and revocation
+- ``ingest``            incoming step batches: validation, group commit into the store (``StoreWriter``), acks
+- ``push``              registry watch, delta or snapshot building, sending policy versions down the tunnels
+- ``lru_cache``         the bounded cache push keeps weights, wire states and built updates in
+- ``remote_inference``  edges whose policy runs in the cloud: observations in, action chunks out
+- ``control``           the fleet control service (``fleetloop fleet``): the fleet's state, operator commands
+- ``fleet``             the fleet scheduler: every resource online, its state and task
+- ``tasks``             the tasks file (which policy runs where) as typed config
+- ``server``            the ``Gateway`` that wires these into one gRPC service, and ``serve``
 
 May import ``cloud.data``, ``cloud.security``, ``cloud.serving``, ``policies``, ``hal`` and ``protocol``.
 """

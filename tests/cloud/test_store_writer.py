@@ -6,7 +6,8 @@ import asyncio
 import threading
 
 from cloud.data.store import EpisodeStore
-from cloud.gateway.server import Session, StoreWriter, _Pending
+from cloud.gateway.ingest import PendingBatch, StoreWriter
+from cloud.gateway.sessions import Session
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from protocol.steps import schema_for
 from tests.factories import episode_rows, step_columns, store_schema
@@ -48,7 +49,7 @@ def test_readers_wait_for_room_while_the_store_is_behind_and_go_on_once_it_caugh
         owner = session()
         for i in range(3):
             rows = episode_rows("d", f"e{i}", columns)
-            writer.submit(_Pending(rows=rows, batch_id=i, session=owner))
+            writer.submit(PendingBatch(rows=rows, batch_id=i, sink=owner))
         room = asyncio.create_task(writer.room())
         await asyncio.sleep(0.3)
         assert not room.done(), "a reader went on although the store is three batches behind"

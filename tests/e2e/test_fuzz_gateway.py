@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cloud.data.store import EpisodeStore
-from cloud.gateway.server import check_resource
+from cloud.gateway.sessions import check_resource
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import ALLOWED_DTYPES, CodecError, encode_array

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cloud.data.store import NAME as STORE_NAME
 from cloud.data.store import ColumnSpec, _normalize
 from cloud.data.version_registry import POLICY_NAME as REGISTRY_POLICY_NAME
-from cloud.gateway.server import check_resource
+from cloud.gateway.sessions import check_resource
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from hal.sim import SIM_TASKS
 from protocol import tunnel_pb2 as pb

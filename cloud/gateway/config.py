@@ -1,0 +1,46 @@
+"""What a gateway is told at start: its address, credentials, limits, and how it writes, pushes and schedules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cloud.gateway.fleet import Task
+from cloud.security.devices import DeviceRegistry
+from protocol.steps import MAX_BATCH_BYTES
+
+GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # gRPC's default waits 60 s for a ping's ack: a dead edge's stream would linger that long.
+    ("grpc.http2.ping_timeout_ms", 10_000),
+]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 7070
+    # Device credentials; None (or no devices file) accepts any device, which the CLI allows on loopback only.
+    devices: DeviceRegistry | None = field(default=None, compare=False)
+    tls_cert: bytes | None = None  # PEM server certificate and key: serve TLS instead of plain text
+    tls_key: bytes | None = field(default=None, repr=False)
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    wire_dtype: str = "float32"  # "bfloat16" halves the bytes of float weights on the wire
+    max_delta_versions: int = 10  # an edge further behind gets a full snapshot
+    max_delta_fraction: float = 0.5  # a delta bigger than this share of the model goes as a full snapshot
+    flush_rows: int = 1024  # write to the store once this many rows wait...
+    flush_bytes: int = 16 << 20  # ...or this many bytes (a few image chunks per column)...
+    # Steps received but not yet in the store, over all edges: past this, the gateway stops reading the tunnels
+    # (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
+    max_unwritten_bytes: int = 256 << 20
+    flush_delay_s: float = 0.1  # ...or the oldest has waited this long
+    policy_chunk_bytes: int = 1 << 20
+    registry_poll_s: float = 0.05  # reads one small JSON file per policy
+    hello_timeout_s: float = 10.0
+    lost_after_s: float = 5.0  # a resource silent this long is lost and its task goes to another
+    tasks: tuple[Task, ...] = ()  # none: every resource runs the policy it asks for (one task per policy)

@@ -1,0 +1,95 @@
+"""The fleet's control service: what `fleetloop fleet` asks (the fleet's state) and the operator's commands."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from cloud.gateway.fleet import FleetScheduler
+from cloud.gateway.sessions import Session, checks_credentials
+from cloud.security.devices import DeviceRegistry
+from protocol import tunnel_pb2 as pb
+from protocol import tunnel_pb2_grpc as pb_grpc
+
+log = logging.getLogger("fleetloop.gateway")
+
+
+# The operator commands the scheduler carries out, each by name: nothing else of the scheduler can be called.
+SCHEDULER_ACTIONS: dict[str, Callable[[FleetScheduler, str], None]] = {
+    "pause": FleetScheduler.pause,
+    "resume": FleetScheduler.resume,
+    "drain": FleetScheduler.drain,
+    "stop": FleetScheduler.stop,
+}
+EDGE_ACTIONS = ("estop", "release")  # go down the edge's tunnel: the robot itself stops or moves again
+ACTIONS = (*SCHEDULER_ACTIONS, *EDGE_ACTIONS)
+
+
+class FleetControl(pb_grpc.FleetControlServicer):
+    """What `fleetloop fleet` asks: the fleet's state, and operator commands."""
+
+    ACTIONS = ACTIONS
+
+    def __init__(self, fleet: FleetScheduler, sessions: Mapping[str, Session], devices: DeviceRegistry | None) -> None:
+        self.fleet = fleet
+        self.sessions = sessions  # the gateway's: it adds and removes them
+        self.devices = devices
+
+    async def _check_operator(self, context: grpc.aio.ServicerContext) -> None:
+        """With device credentials on, only an operator device may look at or command the fleet."""
+        if self.devices is None or not checks_credentials(self.devices):
+            return
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        token = header.removeprefix("Bearer ").strip()
+        device = self.devices.identify(token) if token else None
+        if device is None or device.kind != "operator":
+            why = "no credential given" if not token else "not the credential of an operator device"
+            log.warning("refused a fleet control call: %s", why)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authorization: {why}")
+
+    async def Status(self, request: pb.FleetStatusRequest, context) -> pb.FleetStatus:  # noqa: N802
+        await self._check_operator(context)
+        now = self.fleet.clock()
+        return pb.FleetStatus(
+            members=[
+                pb.FleetMember(
+                    resource=m.resource.to_proto(),
+                    state=str(m.state),
+                    task=m.task,
+                    policy_version=m.policy_version,
+                    steps=m.steps,
+                    interventions=m.interventions,
+                    seconds_since_seen=now - m.last_seen,
+                )
+                for m in sorted(self.fleet.members.values(), key=lambda m: m.resource.id)
+            ]
+        )
+
+    async def Command(self, request: pb.FleetCommand, context) -> pb.FleetCommandReply:  # noqa: N802
+        await self._check_operator(context)
+        fleet = self.fleet
+        if request.action not in self.ACTIONS:
+            return pb.FleetCommandReply(ok=False, message=f"action: must be one of {self.ACTIONS}")
+        if request.resource_id not in fleet.members:
+            return pb.FleetCommandReply(ok=False, message=f"resource_id: no resource {request.resource_id!r}")
+        session = self.sessions.get(request.resource_id)
+        reason = request.reason or "operator"
+        if request.action in EDGE_ACTIONS:
+            return self._emergency_stop(request, session, reason)
+        SCHEDULER_ACTIONS[request.action](fleet, request.resource_id)
+        if session is not None and request.action in ("pause", "resume"):
+            session.send_assignment(fleet.task_of(request.resource_id), paused=request.action == "pause")
+        state = fleet.members[request.resource_id].state
+        return pb.FleetCommandReply(ok=True, message=f"{request.resource_id} is now {state}")
+
+    @staticmethod
+    def _emergency_stop(request: pb.FleetCommand, session: Session | None, reason: str) -> pb.FleetCommandReply:
+        """Sends an emergency stop (or its release) down the resource's tunnel."""
+        if session is None:
+            return pb.FleetCommandReply(ok=False, message=f"{request.resource_id} is not connected")
+        release = request.action == "release"
+        session.send(pb.CloudMessage(emergency_stop=pb.EmergencyStop(reason=reason, release=release)))
+        log.warning("%s: emergency stop %s (%s)", request.resource_id, "released" if release else "sent", reason)
+        return pb.FleetCommandReply(ok=True, message=f"{request.action} sent to {request.resource_id}")

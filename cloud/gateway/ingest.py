@@ -1,0 +1,187 @@
+"""Incoming steps: a batch from an edge is checked against its session's schema, then waits in the
+``StoreWriter``, which writes the batches of all edges to the episode store together (group commit) and acks
+each one after its durable write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from cloud.data.store import EpisodeStore, StepRows
+from cloud.gateway.sessions import Session
+from protocol import tunnel_pb2 as pb
+from protocol.steps import decode_batch
+
+log = logging.getLogger("fleetloop.gateway")
+
+
+class AckSink(Protocol):
+    """Where the StoreWriter answers a batch: an edge's session, or another channel's own acks (phones)."""
+
+    def ack(self, batch_id: int, episode_id: str, next_seq: int, steps: int) -> None:
+        """The batch's ``steps`` are durably stored; the episode continues at ``next_seq``."""
+
+    def refuse(self, batch_id: int, field: str, message: str) -> None:
+        """The batch was not stored; ``field`` names what was wrong with it."""
+
+
+@dataclass
+class PendingBatch:
+    """A batch waiting for the group commit, and where to answer it."""
+
+    rows: StepRows
+    batch_id: int
+    sink: AckSink
+    nbytes: int = 0
+
+
+class StoreWriter:
+    """Group commit: gathers batches from all edges and writes them to the store together."""
+
+    def __init__(
+        self,
+        store: EpisodeStore,
+        flush_rows: int,
+        flush_delay_s: float,
+        flush_bytes: int = 16 << 20,
+        max_unwritten_bytes: int = 256 << 20,
+    ) -> None:
+        self.store = store
+        self.flush_rows = flush_rows
+        self.flush_bytes = flush_bytes
+        self._bytes = 0
+        self.flush_delay_s = flush_delay_s
+        self._pending: list[PendingBatch] = []
+        self._rows = 0
+        self._oldest = 0.0
+        self._wake = asyncio.Event()
+        self.max_unwritten_bytes = max_unwritten_bytes
+        self._unwritten = 0  # submitted and not yet written (pending or being written)
+        self._room = asyncio.Event()
+        self._room.set()
+        self.waits_for_room = 0  # how often a reader had to wait: the store is the bottleneck
+
+    def submit(self, item: PendingBatch) -> None:
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append(item)
+        self._rows += len(item.rows.columns["action"])
+        item.nbytes = sum(values.nbytes for values in item.rows.columns.values())
+        self._bytes += item.nbytes
+        self._unwritten += item.nbytes
+        if self._unwritten >= self.max_unwritten_bytes:
+            self._room.clear()
+        self._wake.set()
+
+    async def room(self) -> None:
+        """Returns once the store has caught up enough to take more (backpressure for the readers)."""
+        if not self._room.is_set():
+            self.waits_for_room += 1
+            await self._room.wait()
+
+    def _written(self, items: list[PendingBatch]) -> None:
+        self._unwritten -= sum(item.nbytes for item in items)
+        if self._unwritten < self.max_unwritten_bytes:
+            self._room.set()
+
+    def _is_full(self) -> bool:
+        # Bigger group commits spread the store's fixed cost per write (partial chunks, fsyncs).
+        return self._rows >= self.flush_rows or self._bytes >= self.flush_bytes
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            wait = self._oldest + self.flush_delay_s - time.monotonic()
+            if not self._is_full() and wait > 0:
+                try:
+                    await asyncio.wait_for(self._full(), timeout=wait)
+                except TimeoutError:
+                    pass
+            await self.flush()
+
+    async def _full(self) -> None:
+        while not self._is_full():
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def flush(self) -> None:
+        items, self._pending, self._rows, self._bytes = self._pending, [], 0, 0
+        if not items:
+            return
+        try:
+            await self._flush(items)
+        finally:
+            self._written(items)
+
+    async def _flush(self, items: list[PendingBatch]) -> None:
+        accepted: list[PendingBatch] = []
+        expected: dict[str, int] = {}
+        owners: dict[str, str] = {}
+        for item in items:
+            episode = item.rows.episode_id
+            stored = self.store.episode(episode)
+            owner = owners.get(episode, stored.resource_id if stored else item.rows.resource_id)
+            if owner != item.rows.resource_id:
+                self._refuse(item, "step_batch.episode_id", f"episode {episode} belongs to another resource")
+                continue
+            next_seq = expected.get(episode, self.store.next_seq(episode))
+            if item.rows.first_seq > next_seq:
+                self._refuse(
+                    item,
+                    "step_batch.first_seq",
+                    f"episode {episode} continues at seq {next_seq}, got {item.rows.first_seq}",
+                )
+                continue
+            owners[episode] = owner
+            expected[episode] = max(next_seq, item.rows.first_seq + len(item.rows.columns["action"]))
+            accepted.append(item)
+        if not accepted:
+            return
+        try:
+            ack_points = await asyncio.to_thread(self.store.write, [item.rows for item in accepted])
+        except ValueError:
+            # The store refused the group (it writes all or nothing): write one by one to find the culprit.
+            for item in accepted:
+                try:
+                    ack_points = await asyncio.to_thread(self.store.write, [item.rows])
+                except ValueError as err:
+                    field, _, message = str(err).partition(": ")
+                    self._refuse(item, f"step_batch.{field}", message or str(err))
+                else:
+                    self._ack(item, ack_points)
+            return
+        except Exception:  # the store failed: nothing is acked, the edges keep their spools and resend
+            log.exception("writing %d batches to the episode store failed; edges will resend them", len(accepted))
+            return
+        for item in accepted:
+            self._ack(item, ack_points)
+
+    @staticmethod
+    def _ack(item: PendingBatch, ack_points: dict[str, int]) -> None:
+        episode_id = item.rows.episode_id
+        item.sink.ack(item.batch_id, episode_id, ack_points[episode_id], len(item.rows.columns["action"]))
+
+    @staticmethod
+    def _refuse(item: PendingBatch, field: str, message: str) -> None:
+        log.warning("refused a batch from %s: %s: %s", item.rows.resource_id, field, message)
+        item.sink.refuse(item.batch_id, field, message)
+
+
+def step_rows(session: Session, batch: pb.StepBatch, max_batch_bytes: int) -> StepRows:
+    """The batch's rows, decoded against the session's schema; CodecError names the field that is wrong."""
+    columns = decode_batch(batch, session.schema, max_batch_bytes)
+    return StepRows(
+        dataset=session.resource.capabilities.embodiment,
+        episode_id=batch.episode_id,
+        resource_id=session.resource.id,
+        source=session.resource.source,
+        task=batch.task,
+        first_seq=batch.first_seq,
+        columns=columns,
+    )

@@ -1,0 +1,178 @@
+"""Policy pushes: the registry is watched for new versions, each edge is offered the newest one it may run, and
+an update goes down its tunnel in chunks: a delta against the version it holds when that is smaller, else a
+snapshot. Weights, wire states and built updates are cached: edges on one version share them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+from cloud.data.version_registry import PolicyRegistry, PolicyVersion
+from cloud.gateway.config import GatewayConfig
+from cloud.gateway.lru_cache import LruCache
+from cloud.gateway.sessions import Session
+from policies.updates import WireState, build_update, delta_names
+from policies.weights import read_metadata, sha256_hex
+from protocol import tunnel_pb2 as pb
+
+log = logging.getLogger("fleetloop.gateway")
+
+type Update = tuple[bytes, str, str, int]  # payload, its sha256, kind ("full" or "delta"), base version
+
+
+class PolicyPusher:
+    """Offers new versions to the ``sessions`` (shared with the gateway, which adds and removes them) and sends
+    each session the newest version it was offered."""
+
+    def __init__(self, config: GatewayConfig, registry: PolicyRegistry, sessions: Mapping[str, Session]) -> None:
+        self.config = config
+        self.registry = registry
+        self.sessions = sessions
+        # Keyed by (policy, version) or (policy, version, base version); each is shared by all edges.
+        self._weights: LruCache[tuple[str, int], bytes] = LruCache(1)  # the last version read
+        self._wire_states: LruCache[tuple[str, int], WireState] = LruCache(3)  # a target and a base or two
+        self._updates: LruCache[tuple[str, int, int], Update] = LruCache(8)  # edges on one base share one
+
+    def offer_latest(self, session: Session, policy_name: str) -> None:
+        """Offers the session the newest published version of ``policy_name``, if there is one."""
+        latest = self.registry.latest(policy_name)
+        if latest is not None:
+            session.offer_version(latest)
+
+    async def watch_registry(self) -> None:
+        known: dict[str, int] = {}
+        while True:
+            for policy_name in {s.policy_name for s in self.sessions.values() if s.policy_name}:
+                try:
+                    latest = await asyncio.to_thread(self.registry.latest, policy_name)
+                except Exception:  # one unreadable policy must not stop the pushes of all the others
+                    log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
+                    continue
+                if latest is None or latest.version <= known.get(policy_name, 0):
+                    continue
+                known[policy_name] = latest.version
+                targets = [s for s in self.sessions.values() if s.policy_name == policy_name]
+                log.info("policy %s v%d published; pushing to %d edge(s)", policy_name, latest.version, len(targets))
+                for session in targets:
+                    session.offer_version(latest)
+            await asyncio.sleep(self.config.registry_poll_s)
+
+    async def _read_weights(self, version: PolicyVersion) -> bytes:
+        key = (version.policy_name, version.version)
+        return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read, *key))
+
+    def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
+        """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
+        if rejected.bad:  # it misbehaved on the robot, which rolled back: never offer it to this edge again
+            session.bad_versions.add(rejected.version)
+            log.error(
+                "%s rolled back from %s v%d (%s); a newer version will reach it when one is published",
+                session.resource.id,
+                rejected.policy_name,
+                rejected.version,
+                rejected.reason[:200],
+            )
+            return
+        log.warning(
+            "%s could not apply %s v%d (%s); sending a full snapshot",
+            session.resource.id,
+            rejected.policy_name,
+            rejected.version,
+            rejected.reason[:200],
+        )
+        session.needs_full = True
+        session.sent_version = min(session.sent_version, session.applied_version)
+        session.offer = None  # offer the newest version again, from scratch
+        if rejected.policy_name == session.policy_name:
+            self.offer_latest(session, rejected.policy_name)
+
+    async def _wire_state(self, version: PolicyVersion) -> WireState:
+        async def build() -> WireState:
+            weights = await self._read_weights(version)
+            return await asyncio.to_thread(WireState.from_weights, weights, version.version, self.config.wire_dtype)
+
+        return await self._wire_states.get_or_build((version.policy_name, version.version), build)
+
+    async def _architecture(self, version: PolicyVersion) -> tuple[str, str] | None:
+        """A version's policy type and config, from its file's header alone; None when it is gone."""
+        try:
+            header = await asyncio.to_thread(self.registry.read_header, version.policy_name, version.version)
+            metadata = read_metadata(header)
+        except (FileNotFoundError, ValueError):
+            return None
+        return metadata.get("type", ""), metadata.get("config", "")
+
+    async def _delta_base(self, version: PolicyVersion, base_version: int) -> tuple[WireState, WireState] | None:
+        """(target, base) wire states when a delta from ``base_version`` can carry ``version``, else None."""
+        if not base_version or not 0 < version.version - base_version <= self.config.max_delta_versions:
+            return None
+        base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
+        if await self._architecture(base) != await self._architecture(version):
+            return None  # another architecture (or pruned): seen from the headers, so nothing is hashed
+        target = await self._wire_state(version)
+        try:
+            base_state = await self._wire_state(base)
+        except FileNotFoundError:  # pruned from the registry since
+            return None
+        if delta_names(target, base_state, self.config.max_delta_fraction) is None:
+            return None  # most of the bytes changed
+        return target, base_state
+
+    async def _update_for(self, version: PolicyVersion, base_version: int) -> Update:
+        """(payload, sha256, kind, base version): a delta against what the edge holds when possible."""
+        key = (version.policy_name, version.version, base_version)
+        return await self._updates.get_or_build(key, lambda: self._build_update(version, base_version))
+
+    async def _build_update(self, version: PolicyVersion, base_version: int) -> Update:
+        delta_from = await self._delta_base(version, base_version)
+        if delta_from is None and self.config.wire_dtype == "float32":
+            # A float32 snapshot is the registry file as it is: no second serialization and hash of the whole
+            # model (for a 50M-parameter policy, most of a second before the first chunk leaves).
+            return await self._read_weights(version), version.sha256, "full", 0
+        target, base_state = delta_from or (await self._wire_state(version), None)
+        built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
+        return built.payload, sha256_hex(built.payload), built.kind, built.base_version
+
+    async def send_policies(self, session: Session) -> None:
+        """Pushes the newest offered version; versions superseded before they were sent are skipped."""
+        while not session.closed:
+            await session.offered.wait()
+            session.offered.clear()
+            version = session.offer
+            if version is None or version.version <= session.sent_version:
+                continue
+            base_version = 0 if session.needs_full else session.applied_version
+            data, sha256, kind, base_version = await self._update_for(version, base_version)
+            session.needs_full = False
+            if kind == "delta":
+                log.info(
+                    "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",
+                    version.policy_name,
+                    version.version,
+                    session.resource.id,
+                    base_version,
+                    len(data) / 1e6,
+                    version.size_bytes / 1e6,
+                )
+            published = time.monotonic_ns()
+            step = self.config.policy_chunk_bytes
+            for offset in range(0, max(len(data), 1), step):
+                await session.bulk_credits.acquire()
+                session.send(
+                    pb.CloudMessage(
+                        policy=pb.PolicyChunk(
+                            policy_name=version.policy_name,
+                            version=version.version,
+                            sha256=sha256,
+                            total_bytes=len(data),
+                            offset=offset,
+                            data=data[offset : offset + step],
+                            published_mono_ns=published,
+                            kind=kind,
+                            base_version=base_version,
+                        )
+                    )
+                )
+            session.sent_version = version.version

@@ -1,0 +1,178 @@
+"""One edge's tunnel as the gateway holds it (``Session``), and who may open one: the hello's checks and the
+device credentials behind them (authentication, revocation)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cloud.data.version_registry import PolicyVersion
+from cloud.gateway.fleet import Task
+from cloud.security.devices import AuthError, Device, DeviceRegistry
+from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
+from protocol import PROTOCOL_VERSION
+from protocol import tunnel_pb2 as pb
+from protocol.arrays import CodecError
+from protocol.limits import check_capabilities, check_hello
+from protocol.steps import Schema, check_id, quoted, schema_for
+
+log = logging.getLogger("fleetloop.gateway")
+
+MAX_UNREAD_MESSAGES = 4096  # answers waiting for one edge to read them (acks, heartbeats, policy pieces)
+
+
+@dataclass
+class Session:
+    resource: ResourceInfo
+    policy_name: str
+    schema: Schema
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    device: Device | None = None  # its credential, when the cloud checks credentials
+    needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
+    remote: bool = False  # its policy runs in the cloud (remote inference): it gets action chunks, not weights
+    bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from
+    offer: PolicyVersion | None = None
+    offered: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_version: int = 0
+    applied_version: int = 0
+    steps_stored: int = 0
+    batches_refused: int = 0
+    closed: bool = False
+
+    def send(self, message: pb.CloudMessage) -> None:
+        if self.closed:
+            return
+        if self.out.qsize() >= MAX_UNREAD_MESSAGES:  # it sends but never reads: end it rather than grow memory
+            log.warning(
+                "%s does not read its tunnel (%d answers waiting); closing it", self.resource.id, MAX_UNREAD_MESSAGES
+            )
+            self.send_end()
+            return
+        self.out.put_nowait(message)
+
+    def send_end(self) -> None:
+        """Ends the stream after what is queued."""
+        if not self.closed:
+            self.out.put_nowait(None)
+            self.closed = True
+
+    def ack(self, batch_id: int, episode_id: str, next_seq: int, steps: int) -> None:
+        """The StoreWriter stored a batch of this edge's (``AckSink``): its spool may let the steps go."""
+        self.steps_stored += steps
+        self.send(pb.CloudMessage(ack=pb.Ack(batch_id=batch_id, episode_id=episode_id, next_seq=next_seq)))
+
+    def refuse(self, batch_id: int, field: str, message: str) -> None:
+        """A batch of this edge's was not stored (``AckSink``); the error names the field."""
+        self.batches_refused += 1
+        self.send(
+            pb.CloudMessage(error=pb.Error(code="invalid_argument", field=field, batch_id=batch_id, message=message))
+        )
+
+    def send_assignment(self, task: Task | None, paused: bool = False) -> None:
+        """Tells the edge its task (None: hold still) and the policy it runs."""
+        self.send(
+            pb.CloudMessage(
+                assignment=pb.Assignment(
+                    task=task.name if task else "",
+                    policy_name=self.policy_name,
+                    instruction=task.instruction if task else "",
+                    paused=paused,
+                )
+            )
+        )
+
+    def may_run(self, policy_name: str) -> bool:
+        return self.device is None or not self.device.policies or policy_name in self.device.policies
+
+    def offer_version(self, version: PolicyVersion) -> None:
+        if self.remote or not self.may_run(version.policy_name):  # weights only for edges that run them
+            return
+        if version.version in self.bad_versions:
+            return
+        if version.version > max(self.sent_version, self.offer.version if self.offer else 0):
+            self.offer = version
+            self.offered.set()
+
+
+def check_resource(resource: pb.Resource) -> ResourceInfo:
+    """A hello's resource, within protocol/limits.py's bounds; errors name the field."""
+    check_id(resource.id, "hello.resource.id")
+    if resource.kind not in RESOURCE_KINDS:
+        raise CodecError("hello.resource.kind", f"must be one of {RESOURCE_KINDS}, got {quoted(resource.kind)}")
+    if resource.source not in SOURCES:
+        raise CodecError("hello.resource.source", f"must be one of {SOURCES}, got {quoted(resource.source)}")
+    check_capabilities(resource.capabilities, "hello.resource.capabilities")
+    return ResourceInfo.from_proto(resource)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A hello that passed every check: who is connecting, with which credential, to run which policy."""
+
+    resource: ResourceInfo
+    device: Device | None
+    policy_name: str
+    schema: Schema
+
+
+def admit(first: pb.EdgeMessage, devices: DeviceRegistry | None) -> Admission:
+    """Checks a stream's first message: a hello within bounds, of this protocol, from a known device allowed
+    the policy it asks for. Raises CodecError or AuthError naming the field."""
+    if not first.HasField("hello"):
+        raise CodecError("hello", "the first message must be a hello")
+    hello = first.hello
+    check_hello(hello)  # size and count limits (protocol/limits.py) before anything acts on it
+    if hello.protocol_version != PROTOCOL_VERSION:
+        raise CodecError(
+            "hello.protocol_version", f"this gateway speaks {PROTOCOL_VERSION}, got {hello.protocol_version}"
+        )
+    resource = check_resource(hello.resource)
+    device = authenticate(devices, resource, hello.token)
+    policy_name = hello.policy_name or resource.capabilities.embodiment
+    if device is not None and device.policies and policy_name not in device.policies:
+        raise AuthError("hello.policy_name", f"{resource.id!r} may run only {', '.join(device.policies)}")
+    caps = resource.capabilities
+    schema = schema_for([(s.name, s.dtype, s.shape) for s in caps.observation], (caps.action.dtype, caps.action.shape))
+    return Admission(resource, device, policy_name, schema)
+
+
+def checks_credentials(devices: DeviceRegistry | None) -> bool:
+    return devices is not None and devices.enabled
+
+
+def authenticate(devices: DeviceRegistry | None, resource: ResourceInfo, token: str) -> Device | None:
+    """The resource's device when credentials are checked (None when they are not); AuthError when refused."""
+    if devices is None or not checks_credentials(devices):
+        return None
+    device = devices.authenticate(resource.id, token)
+    if device.kind != resource.kind:
+        raise AuthError("hello.resource.kind", f"{resource.id!r} is registered as a {device.kind}")
+    return device
+
+
+def drop_revoked(devices: DeviceRegistry | None, sessions: Iterable[Session]) -> None:
+    """Closes the streams of devices whose credential was revoked or removed since they connected."""
+    if devices is None or not devices.reload():
+        return
+    for session in list(sessions):
+        if session.device is None:
+            continue
+        current = devices.get(session.device.id)
+        if current is not None and not current.revoked and current.token_sha256 == session.device.token_sha256:
+            continue
+        log.warning("%s: its credential was revoked; closing its tunnel", session.resource.id)
+        session.send(
+            pb.CloudMessage(
+                error=pb.Error(
+                    code="unauthenticated",
+                    field="hello.token",
+                    message=f"the credential of {session.resource.id!r} was revoked",
+                )
+            )
+        )
+        session.send_end()
