@@ -1,6 +1,9 @@
 """The ``fleetloop`` command line: parses flags, builds the parts from ``cloud``, ``edge`` and ``hal``, runs them.
 
-- ``cli``         the commands and their flags
+- ``cli``         the ``fleetloop`` parser and ``main``
+- ``commands``    one module per command: its flags and its handler
+- ``tasks_file``  the tasks file of ``fleetloop cloud --tasks``
+- ``distributed_learner``  ``fleetloop-learner``: the learner alone, under ``torchrun`` too
 - ``demo``        ``fleetloop demo``: the whole loop on one machine with a live table
 - ``fleet_view``  ``fleetloop fleet``: the live fleet table and operator commands
 - ``summary``     how autonomy grew across policy versions, from the store

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from cloud.learning.distributed import init_from_env, trace_writer
-from fleetloop.cli import add_learner_args, learner_config, run_learner
+from fleetloop.commands.learner import add_learner_args, learner_config, run_learner
 
 
 def main(argv: list[str] | None = None) -> int:

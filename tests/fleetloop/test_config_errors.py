@@ -10,7 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetloop.cli import build_driver, load_tasks
+from fleetloop.commands.edge import build_driver
+from fleetloop.tasks_file import load_tasks
 from hal.lerobot_robot import make_lerobot_robot
 from hal.ros2 import ConfigError, Ros2RobotConfig
 

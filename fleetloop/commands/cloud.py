@@ -1,0 +1,250 @@
+"""``fleetloop cloud``: the gateway, the episode store, the learner and, on request, the phone and openpi
+channels."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import signal
+import socket
+from pathlib import Path
+
+from fleetloop.commands.arg_types import positive_float
+from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
+from fleetloop.tasks_file import load_tasks
+
+log = logging.getLogger("fleetloop")
+
+
+def _cloud_security(args: argparse.Namespace):
+    """(devices, tls_cert, tls_key) for `fleetloop cloud`; ValueError names the flag when it is unsafe or broken."""
+    from cloud.security.certs import CertPaths
+    from cloud.security.devices import DeviceRegistry
+    from protocol.channel import is_loopback
+
+    root = Path(args.root)
+    devices = DeviceRegistry(root / "devices.json")
+    cert = key = None
+    if args.tls:
+        paths = CertPaths(Path(args.certs) if args.certs else root / "certs")
+        if not paths.exist():
+            raise ValueError(f"--tls: no certificates in {paths.directory}; run `fleetloop certs init --root {root}`")
+        cert, key = paths.server_cert.read_bytes(), paths.server_key.read_bytes()
+    if not is_loopback(args.host):
+        if not args.tls:
+            raise ValueError(
+                f"--host {args.host}: beyond loopback the cloud speaks TLS only; run `fleetloop certs init` "
+                "and start it with --tls"
+            )
+        if not any(not d.revoked for d in devices.devices()):
+            raise ValueError(
+                f"--host {args.host}: beyond loopback every device needs a credential and {devices.path} has none; "
+                "add devices with `fleetloop devices add <id>`"
+            )
+    return devices, cert, key
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def lan_address() -> str:
+    """This machine's address on its default route ("" without one). A UDP connect sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+            return probe.getsockname()[0]
+        except OSError:
+            return ""
+
+
+def phone_url_host(given: str, listen_host: str, server_cert: Path | None, lan: str = "") -> str:
+    """The host a phone dials, named in the pairing URL: ``given`` (--phone-url-host), else the listening host,
+    else (listening on every interface) this machine's LAN address ``lan`` when the certificate names it, else
+    the certificate's first name beyond loopback, else ``lan`` or this machine's name. A phone checks the
+    certificate against that host: warn when the certificate does not name it."""
+    from cloud.security.certs import DEFAULT_HOSTS, server_hosts
+
+    names = server_hosts(server_cert) if server_cert is not None else []
+    host = given or (listen_host if listen_host not in WILDCARD_HOSTS else "")
+    if not host:
+        beyond = [n for n in names if n not in DEFAULT_HOSTS]
+        host = (lan if lan in beyond else "") or (beyond[0] if beyond else "") or lan or socket.gethostname()
+        log.info("phones reach this cloud at %s (set --phone-url-host to name another address)", host)
+    if names and host not in names:
+        log.warning(
+            "the pairing URL names %s, which the server certificate does not (it names %s): phones will refuse "
+            "it; run `fleetloop certs init --host %s --force`",
+            host,
+            ", ".join(names),
+            host,
+        )
+    return host
+
+
+def phone_certs(args: argparse.Namespace, root: Path, lan: str):
+    """The certificates the phone page is served with: those of `fleetloop certs init` when present, else made
+    now (first start), naming loopback, the listening host, --phone-url-host, this machine's LAN address and
+    name. Browsers give the camera and WebXR only to secure pages, and a phone is never on loopback."""
+    from cloud.security.certs import CertPaths, init_certs
+
+    certs = CertPaths(Path(args.certs) if args.certs else root / "certs")
+    if not certs.exist():
+        hosts = [args.phone_url_host, args.host, lan, socket.gethostname()]
+        hosts = list(dict.fromkeys(h for h in hosts if h and h not in WILDCARD_HOSTS))
+        init_certs(certs.directory, hosts=tuple(hosts))
+        log.info(
+            "made a CA and a server certificate for the phone page in %s (for %s); a phone installs %s once",
+            certs.directory,
+            ", ".join(hosts),
+            certs.ca,
+        )
+    return certs
+
+
+def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
+    """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
+    if args.phone_port is None:
+        return ()
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+
+    lan = lan_address()
+    certs = phone_certs(args, root, lan)
+    height, width = args.phone_image
+    config = PhoneChannelConfig(
+        host=args.host,
+        port=args.phone_port,
+        image_height=height,
+        image_width=width,
+        credentials=root / "phone-devices.json",
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        tls_ca=certs.ca,
+        public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert, lan),
+    )
+    return (lambda gateway: PhoneChannel(config, gateway),)
+
+
+def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None) -> tuple:
+    """openpi's websocket policy-server protocol beside the gateway when --openpi-port is given (docs/openpi.md);
+    it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
+    if args.openpi_port is None:
+        return ()
+    from cloud.channels.openpi_server import OpenPiServer, ssl_context
+
+    context = ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    return (
+        lambda gateway: OpenPiServer(
+            gateway.inference,
+            gateway.registry,
+            host=args.host,
+            port=args.openpi_port,
+            default_policy=args.openpi_policy,
+            devices=devices,
+            ssl_context=context,
+        ),
+    )
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    try:
+        devices, tls_cert, tls_key = _cloud_security(args)
+    except ValueError as err:
+        log.error("refusing to start: %s", err)
+        return 2
+    from cloud.data.store import EpisodeStore
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.gateway.server import GatewayConfig, serve
+
+    root = Path(args.root)
+    store = EpisodeStore(root / "store")
+    registry = PolicyRegistry(root / "registry")
+    learner = None
+    if not args.no_learner:
+        context = multiprocessing.get_context("spawn")
+        learner = context.Process(
+            target=learner_process, args=(str(root), learner_config(args)), name="learner", daemon=True
+        )
+        learner.start()
+    try:
+        tasks = load_tasks(args.tasks) if args.tasks else ()
+    except (OSError, ValueError) as err:
+        log.error("--tasks: %s", err)
+        return 2
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        max_batch_bytes=int(args.max_batch_mb * 1024 * 1024),
+        tasks=tasks,
+        lost_after_s=args.lost_after,
+        devices=devices,
+        wire_dtype=args.wire_dtype,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        services = _phone_service(args, root) + _openpi_service(args, devices, tls_cert, tls_key)
+        await serve(config, store, registry, stop, services=services)
+
+    log.info("cloud data in %s (episode store %s, registry %s)", root, root / "store", root / "registry")
+    try:
+        asyncio.run(main())
+    finally:
+        if learner is not None:
+            learner.terminate()
+            learner.join(timeout=5)
+    log.info("cloud stopped")
+    return 0
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    height, sep, width = text.partition("x")
+    if not (sep and height.isdigit() and width.isdigit() and 8 <= int(height) <= 2048 and 8 <= int(width) <= 2048):
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, each 8..2048, got {text!r}")
+    return int(height), int(width)
+
+
+def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
+    cloud.add_argument(
+        "--phone-port", type=int, default=None, help="serve the phone channel (websockets) on this port; 0: any"
+    )
+    cloud.add_argument(
+        "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"
+    )
+    cloud.add_argument(
+        "--phone-url-host",
+        default="",
+        help="the address phones dial, in the pairing URL (default --host; with 0.0.0.0 the certificate's name)",
+    )
+    cloud.add_argument(
+        "--openpi-port", type=int, default=None, help="serve openpi clients (websocket policy server) here; 0: any"
+    )
+    cloud.add_argument("--openpi-policy", default="", help="policy an openpi client drives unless its URL names one")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cloud = sub.add_parser("cloud", help="run the gateway, the episode store and the learner")
+    cloud.add_argument("--root", default="fleetloop-data", help="folder for the store and the registry")
+    cloud.add_argument("--host", default="127.0.0.1")
+    cloud.add_argument("--port", type=int, default=7070)
+    cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")
+    cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
+    cloud.add_argument("--lost-after", type=positive_float, default=5.0, help="seconds of silence before lost")
+    cloud.add_argument("--max-batch-mb", type=positive_float, default=32.0, help="largest step batch accepted")
+    cloud.add_argument(
+        "--wire-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="float weights on the wire (bfloat16 halves policy updates)",
+    )
+    cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
+    cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
+    _add_channel_args(cloud)
+    add_learner_args(cloud)
+    cloud.set_defaults(func=cmd_cloud)
