@@ -1,6 +1,7 @@
 """The hardware abstraction layer: devices as resources, and drivers over them.
 
 - ``resource``       what a device is and can do (capabilities, specs) and the ``Driver`` interface
+- ``drivers``        drivers by name (``sim:``, ``ros2:``, ``lerobot:``) and the safety wrapper every one gets
 - ``safety``         limits, watchdog and emergency stop around any driver
 - ``sim``            gymnasium simulators (gym_hil's Panda, gym_pusht); ``reach_sim`` a small RL task
 - ``ros2``           a robot that speaks ROS 2 topics; ``ros2_sim_node`` a simulator behind such topics

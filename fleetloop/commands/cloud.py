@@ -8,7 +8,6 @@ import asyncio
 import logging
 import multiprocessing
 import signal
-import socket
 from pathlib import Path
 
 from fleetloop.commands.arg_types import positive_float
@@ -22,95 +21,33 @@ def _cloud_security(args: argparse.Namespace):
     """(devices, tls_cert, tls_key) for `fleetloop cloud`; ValueError names the flag when it is unsafe or broken."""
     from cloud.security.certs import CertPaths
     from cloud.security.devices import DeviceRegistry
-    from protocol.channel import is_loopback
+    from cloud.security.exposure import exposure_problem, tls_pair
 
     root = Path(args.root)
     devices = DeviceRegistry(root / "devices.json")
     cert = key = None
     if args.tls:
-        paths = CertPaths(Path(args.certs) if args.certs else root / "certs")
-        if not paths.exist():
-            raise ValueError(f"--tls: no certificates in {paths.directory}; run `fleetloop certs init --root {root}`")
-        cert, key = paths.server_cert.read_bytes(), paths.server_key.read_bytes()
-    if not is_loopback(args.host):
-        if not args.tls:
-            raise ValueError(
-                f"--host {args.host}: beyond loopback the cloud speaks TLS only; run `fleetloop certs init` "
-                "and start it with --tls"
-            )
-        if not any(not d.revoked for d in devices.devices()):
-            raise ValueError(
-                f"--host {args.host}: beyond loopback every device needs a credential and {devices.path} has none; "
-                "add devices with `fleetloop devices add <id>`"
-            )
-    return devices, cert, key
-
-
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-
-
-def lan_address() -> str:
-    """This machine's address on its default route ("" without one). A UDP connect sends nothing."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
-            return probe.getsockname()[0]
-        except OSError:
-            return ""
-
-
-def phone_url_host(given: str, listen_host: str, server_cert: Path | None, lan: str = "") -> str:
-    """The host a phone dials, named in the pairing URL: ``given`` (--phone-url-host), else the listening host,
-    else (listening on every interface) this machine's LAN address ``lan`` when the certificate names it, else
-    the certificate's first name beyond loopback, else ``lan`` or this machine's name. A phone checks the
-    certificate against that host: warn when the certificate does not name it."""
-    from cloud.security.certs import DEFAULT_HOSTS, server_hosts
-
-    names = server_hosts(server_cert) if server_cert is not None else []
-    host = given or (listen_host if listen_host not in WILDCARD_HOSTS else "")
-    if not host:
-        beyond = [n for n in names if n not in DEFAULT_HOSTS]
-        host = (lan if lan in beyond else "") or (beyond[0] if beyond else "") or lan or socket.gethostname()
-        log.info("phones reach this cloud at %s (set --phone-url-host to name another address)", host)
-    if names and host not in names:
-        log.warning(
-            "the pairing URL names %s, which the server certificate does not (it names %s): phones will refuse "
-            "it; run `fleetloop certs init --host %s --force`",
-            host,
-            ", ".join(names),
-            host,
-        )
-    return host
-
-
-def phone_certs(args: argparse.Namespace, root: Path, lan: str):
-    """The certificates the phone page is served with: those of `fleetloop certs init` when present, else made
-    now (first start), naming loopback, the listening host, --phone-url-host, this machine's LAN address and
-    name. Browsers give the camera and WebXR only to secure pages, and a phone is never on loopback."""
-    from cloud.security.certs import CertPaths, init_certs
-
-    certs = CertPaths(Path(args.certs) if args.certs else root / "certs")
-    if not certs.exist():
-        hosts = [args.phone_url_host, args.host, lan, socket.gethostname()]
-        hosts = list(dict.fromkeys(h for h in hosts if h and h not in WILDCARD_HOSTS))
-        init_certs(certs.directory, hosts=tuple(hosts))
-        log.info(
-            "made a CA and a server certificate for the phone page in %s (for %s); a phone installs %s once",
-            certs.directory,
-            ", ".join(hosts),
-            certs.ca,
-        )
-    return certs
+            cert, key = tls_pair(CertPaths(Path(args.certs) if args.certs else root / "certs"))
+        except ValueError as err:
+            raise ValueError(f"--tls: {err}; run `fleetloop certs init --root {root}`") from err
+    problem = exposure_problem(args.host, args.tls, devices)
+    if problem:
+        raise ValueError(f"--host {args.host}: {problem}")
+    return devices, cert, key
 
 
 def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
     """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
     if args.phone_port is None:
         return ()
+    from cloud.channels.phone_address import lan_address, phone_certs, phone_url_host
     from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+    from cloud.security.certs import CertPaths
 
     lan = lan_address()
-    certs = phone_certs(args, root, lan)
+    certs_dir = Path(args.certs) if args.certs else root / "certs"
+    certs = phone_certs(CertPaths(certs_dir), args.host, args.phone_url_host, lan)
     height, width = args.phone_image
     config = PhoneChannelConfig(
         host=args.host,

@@ -9,69 +9,25 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleetloop.commands.arg_types import non_negative_float, positive_float
 from fleetloop.commands.stopping import stop_on_signals
 
-# Robot configs and the Fast DDS profile live beside the packages, in the checkout's launch/ folder.
-LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"
+if TYPE_CHECKING:
+    from hal.drivers import BuiltDriver
 
 log = logging.getLogger("fleetloop")
 
-DRIVERS = "sim:<task>, ros2:<robot.yaml> or lerobot:<config.yaml>"
 
+def robot_driver(robot: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+    """The driver --robot names; a ValueError that names the flag."""
+    from hal.drivers import build_driver
 
-def build_driver(robot: str, seed: int | None, control_hz: float | None):
-    """``sim:<task>`` -> a simulated robot; ``ros2:<robot.yaml>`` -> a robot behind ROS 2 topics;
-    ``lerobot:<config.yaml>`` -> any lerobot Robot, by config alone.
-
-    Returns (driver, source, task name for the operator lookup)."""
-    kind, _, name = robot.partition(":")
-    if kind == "sim":
-        from hal.sim import SIM_TASKS, SimRobot
-
-        if name not in SIM_TASKS:
-            raise ValueError(f"--robot: unknown sim task {name!r}; available: {', '.join(sorted(SIM_TASKS))}")
-        kwargs = {"seed": seed}
-        if control_hz:
-            kwargs["control_hz"] = control_hz
-        return SimRobot(name, **kwargs), "sim", name
-    if kind == "lerobot":
-        import yaml
-
-        from hal.lerobot_robot import make_lerobot_robot
-
-        try:
-            config = yaml.safe_load(Path(name).read_text())
-        except OSError as err:
-            raise ValueError(f"--robot: cannot read {name!r}: {err}") from err
-        except yaml.YAMLError as err:
-            raise ValueError(f"--robot: {name} is not valid YAML: {err}") from err
-        if not isinstance(config, dict):
-            raise ValueError(f"--robot: {name} must hold a mapping with at least 'type'")
-        if control_hz:
-            config.setdefault("control_hz", control_hz)
-        return make_lerobot_robot(config), "robot", str(config.get("type", ""))
-    if kind == "ros2":
-        # Fast DDS reads its profile once, at the first rclpy.init: the shipped one gives images a 16 MB
-        # shared-memory segment (about 3 ms for 640x480 instead of about 14 ms).
-        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(LAUNCH_DIR / "ros2" / "fastdds_shm.xml"))
-        from hal.ros2 import Ros2Robot, Ros2RobotConfig
-
-        config = Ros2RobotConfig.from_yaml(name)
-        return Ros2Robot(config), "robot", config.embodiment
-    raise ValueError(f"--robot: unknown driver {kind!r} in {robot!r}; available: {DRIVERS}")
-
-
-def with_safety(driver, resource_id: str, watchdog_s: float | None):
-    """Every driver gets position limits, a watchdog and an emergency stop in front of it."""
-    from hal.safety import SafeDriver, SafetyLimits
-
-    hz = driver.capabilities.control_hz
-    watchdog_s = watchdog_s or max(0.25, 3.0 / hz)
-    return SafeDriver(
-        driver, SafetyLimits.from_spec(driver.capabilities.action), watchdog_s=watchdog_s, name=resource_id
-    )
+    try:
+        return build_driver(robot, seed, control_hz)
+    except ValueError as err:
+        raise ValueError(f"--robot: {err}") from err
 
 
 def _check_link_flags(args: argparse.Namespace) -> str | None:
@@ -118,6 +74,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from edge.agent import EdgeAgent
     from edge.operator import OPERATORS
     from edge.spool import Spool
+    from hal.drivers import with_safety
     from hal.resource import ResourceInfo
 
     problem = _check_link_flags(args)
@@ -125,7 +82,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         log.error("%s", problem)
         return 2
     try:
-        raw_driver, source, task = build_driver(args.robot, args.seed, args.hz)
+        raw_driver, source, task = robot_driver(args.robot, args.seed, args.hz)
         driver = with_safety(raw_driver, args.id, args.watchdog)
     except ValueError as err:
         log.error("%s", err)

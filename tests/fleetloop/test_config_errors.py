@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetloop.commands.edge import build_driver
+from fleetloop.commands.edge import robot_driver
 from fleetloop.tasks_file import load_tasks
 from hal.lerobot_robot import make_lerobot_robot
 from hal.ros2 import ConfigError, Ros2RobotConfig
@@ -131,4 +131,4 @@ def test_lerobot_yaml_that_is_not_yaml_is_refused(tmp_path) -> None:
     path = tmp_path / "arm.yaml"
     path.write_text("type: [unclosed\n")
     with pytest.raises(ValueError, match="--robot: .* not valid YAML"):
-        build_driver(f"lerobot:{path}", seed=None, control_hz=None)
+        robot_driver(f"lerobot:{path}", seed=None, control_hz=None)
