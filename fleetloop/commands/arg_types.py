@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from cloud.data.layout import DataLayout
 
 
 def positive_int(text: str) -> int:
@@ -24,3 +27,23 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def data_folder(text: str) -> DataLayout:
+    """``--root``: the cloud's data folder, never the episode store inside it."""
+    layout = DataLayout(Path(text))
+    problem = layout.root_problem()
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return layout
+
+
+def add_root_arg(parser: argparse.ArgumentParser) -> None:
+    """``--root`` means the same in every command: the folder ``fleetloop cloud`` keeps its data in."""
+    parser.add_argument(
+        "--root",
+        type=data_folder,
+        default="fleetloop-data",
+        metavar="DIR",
+        help="the cloud's data folder: store/, registry/, devices.json, certs/, learner/ (default fleetloop-data)",
+    )

@@ -6,13 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
+from fleetloop.commands.arg_types import add_root_arg
+
 log = logging.getLogger("fleetloop")
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
     from cloud.security.certs import init_certs, server_hosts
 
-    directory = Path(args.certs) if args.certs else Path(args.root) / "certs"
+    directory = Path(args.certs) if args.certs else args.root.certs
     try:
         paths = init_certs(directory, tuple(args.host), force=args.force)
     except (FileExistsError, ValueError) as err:
@@ -30,7 +32,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     certs = sub.add_parser("certs", help="create the CA and the cloud's TLS certificate")
     certs.add_argument("action", choices=["init"])
-    certs.add_argument("--root", default="fleetloop-data", help="the cloud's data folder")
+    add_root_arg(certs)
     certs.add_argument("--certs", default=None, help="where to write them (default <root>/certs)")
     certs.add_argument(
         "--host", action="append", default=[], help="a name or address edges use to reach the cloud (repeat)"

@@ -10,7 +10,7 @@ import multiprocessing
 import signal
 from pathlib import Path
 
-from fleetloop.commands.arg_types import positive_float
+from fleetloop.commands.arg_types import add_root_arg, positive_float
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
 from fleetloop.tasks_file import load_tasks
 
@@ -23,21 +23,25 @@ def _cloud_security(args: argparse.Namespace):
     from cloud.security.devices import DeviceRegistry
     from cloud.security.exposure import exposure_problem, tls_pair
 
-    root = Path(args.root)
-    devices = DeviceRegistry(root / "devices.json")
+    layout = args.root
+    devices = DeviceRegistry(layout.devices)
     cert = key = None
     if args.tls:
         try:
-            cert, key = tls_pair(CertPaths(Path(args.certs) if args.certs else root / "certs"))
+            cert, key = tls_pair(CertPaths(_certs_dir(args)))
         except ValueError as err:
-            raise ValueError(f"--tls: {err}; run `fleetloop certs init --root {root}`") from err
+            raise ValueError(f"--tls: {err}; run `fleetloop certs init --root {layout.root}`") from err
     problem = exposure_problem(args.host, args.tls, devices)
     if problem:
         raise ValueError(f"--host {args.host}: {problem}")
     return devices, cert, key
 
 
-def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
+def _certs_dir(args: argparse.Namespace) -> Path:
+    return Path(args.certs) if args.certs else args.root.certs
+
+
+def _phone_service(args: argparse.Namespace) -> tuple:
     """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
     if args.phone_port is None:
         return ()
@@ -46,15 +50,14 @@ def _phone_service(args: argparse.Namespace, root: Path) -> tuple:
     from cloud.security.certs import CertPaths
 
     lan = lan_address()
-    certs_dir = Path(args.certs) if args.certs else root / "certs"
-    certs = phone_certs(CertPaths(certs_dir), args.host, args.phone_url_host, lan)
+    certs = phone_certs(CertPaths(_certs_dir(args)), args.host, args.phone_url_host, lan)
     height, width = args.phone_image
     config = PhoneChannelConfig(
         host=args.host,
         port=args.phone_port,
         image_height=height,
         image_width=width,
-        credentials=root / "phone-devices.json",
+        credentials=args.root.phone_devices,
         tls_cert=certs.server_cert,
         tls_key=certs.server_key,
         tls_ca=certs.ca,
@@ -94,14 +97,14 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     from cloud.data.version_registry import PolicyRegistry
     from cloud.gateway.server import GatewayConfig, serve
 
-    root = Path(args.root)
-    store = EpisodeStore(root / "store")
-    registry = PolicyRegistry(root / "registry")
+    layout = args.root
+    store = EpisodeStore(layout.store)
+    registry = PolicyRegistry(layout.registry)
     learner = None
     if not args.no_learner:
         context = multiprocessing.get_context("spawn")
         learner = context.Process(
-            target=learner_process, args=(str(root), learner_config(args)), name="learner", daemon=True
+            target=learner_process, args=(layout, learner_config(args)), name="learner", daemon=True
         )
         learner.start()
     try:
@@ -126,10 +129,10 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        services = _phone_service(args, root) + _openpi_service(args, devices, tls_cert, tls_key)
+        services = _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
         await serve(config, store, registry, stop, services=services)
 
-    log.info("cloud data in %s (episode store %s, registry %s)", root, root / "store", root / "registry")
+    log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store, layout.registry)
     try:
         asyncio.run(main())
     finally:
@@ -167,7 +170,7 @@ def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     cloud = sub.add_parser("cloud", help="run the gateway, the episode store and the learner")
-    cloud.add_argument("--root", default="fleetloop-data", help="folder for the store and the registry")
+    add_root_arg(cloud)
     cloud.add_argument("--host", default="127.0.0.1")
     cloud.add_argument("--port", type=int, default=7070)
     cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")

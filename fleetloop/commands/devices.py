@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
+
+from fleetloop.commands.arg_types import add_root_arg
 
 log = logging.getLogger("fleetloop")
 
@@ -31,7 +32,7 @@ def _print_devices(registry) -> None:
 def cmd_devices(args: argparse.Namespace) -> int:
     from cloud.security.devices import DeviceRegistry
 
-    registry = DeviceRegistry(Path(args.root) / "devices.json")
+    registry = DeviceRegistry(args.root.devices)
     try:
         if args.action == "add":
             if not args.id:
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     devices = sub.add_parser("devices", help="issue, list and revoke per-device credentials")
     devices.add_argument("action", choices=["add", "list", "revoke"])
     devices.add_argument("id", nargs="?", default="", help="device id (the robot's --id)")
-    devices.add_argument("--root", default="fleetloop-data", help="the cloud's data folder")
+    add_root_arg(devices)
     devices.add_argument("--kind", default="robot", choices=["robot", "phone", "operator"])
     devices.add_argument(
         "--policy", action="append", default=[], help="a policy the device may run (repeat; default any)"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
+
+from fleetloop.commands.arg_types import add_root_arg
 
 log = logging.getLogger("fleetloop")
 
@@ -15,10 +16,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cloud.data.lerobot_export import Selection, export_lerobot
     from cloud.data.store import EpisodeStore
 
-    if not (Path(args.root) / "zarr.json").is_file():
-        log.error("export: --root: no episode store at %s", args.root)
+    layout = args.root
+    if not layout.has_store():
+        log.error("export: --root: no episode store in %s (looked for %s)", layout.root, layout.store)
         return 2
-    store = EpisodeStore(args.root, read_only=True)  # read_only: works while the cloud writes
+    store = EpisodeStore(layout.store, read_only=True)  # read_only: works while the cloud writes
     selection = Selection(
         episode_ids=tuple(args.episodes),
         resource_ids=tuple(args.resource),
@@ -56,7 +58,7 @@ def _positive_fps(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write store episodes as a LeRobotDataset v3 (lerobot's own writer)")
-    export.add_argument("--root", default="fleetloop-data", help="the cloud's data folder (holds the store)")
+    add_root_arg(export)
     export.add_argument("--dataset", required=True, help="the store dataset (embodiment), e.g. panda_pick_cube")
     export.add_argument("--out", required=True, help="a new directory for the LeRobotDataset")
     export.add_argument("--repo-id", default=None, help="the dataset's repo id (default fleetloop/<dataset>)")

@@ -8,6 +8,8 @@ import argparse
 import logging
 import os
 
+from fleetloop.commands.arg_types import add_root_arg
+
 log = logging.getLogger("fleetloop")
 
 
@@ -17,7 +19,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from cloud.data.store import EpisodeStore
 
     try:
-        store = EpisodeStore(args.root)
+        store = EpisodeStore(args.root.store)
     except RuntimeError as err:  # the one-writer lock: the cloud holds it
         log.error("import: --root: %s; stop the cloud first or import into another root", err)
         return 2
@@ -45,7 +47,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     imp = sub.add_parser("import", help="bring a local LeRobotDataset into the store as offline demonstrations")
-    imp.add_argument("--root", default="fleetloop-data", help="the cloud's data folder (holds the store)")
+    add_root_arg(imp)
     imp.add_argument("--from", dest="from_dir", required=True, help="the LeRobotDataset's directory")
     imp.add_argument("--repo-id", default=None, help="its repo id (default: from its export, else local/<dir>)")
     imp.add_argument("--dataset", default=None, help="the store dataset (default: its robot type or name)")

@@ -8,10 +8,14 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import positive_float, positive_int
+from fleetloop.commands.arg_types import add_root_arg, positive_float, positive_int
 from fleetloop.commands.stopping import stop_on_signals
 from fleetloop.logs import setup_logging
+
+if TYPE_CHECKING:
+    from cloud.data.layout import DataLayout
 
 log = logging.getLogger("fleetloop")
 
@@ -247,7 +251,7 @@ def learner_config(args: argparse.Namespace):
 
 
 def run_learner(
-    root: str,
+    layout: DataLayout,
     config,
     stop: threading.Event | None = None,
     log_plain: bool = True,
@@ -255,7 +259,7 @@ def run_learner(
     on_step=None,
     max_rounds: int = 0,
 ) -> None:
-    """The learner over ``root`` until ``stop`` (or signals); ``dist``: torchrun's context."""
+    """The learner over the data folder ``layout`` until ``stop`` (or signals); ``dist``: torchrun's context."""
     setup_logging(plain=log_plain)
     import torch
 
@@ -265,16 +269,15 @@ def run_learner(
 
     torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
     stop = stop or stop_on_signals()
-    store = EpisodeStore(Path(root) / "store", read_only=True)
-    registry = PolicyRegistry(Path(root) / "registry")
-    checkpoint_dir = Path(root) / "learner" / "checkpoint"
-    learner = Learner(store, registry, config, checkpoint_dir=checkpoint_dir, dist=dist, on_step=on_step)
+    store = EpisodeStore(layout.store, read_only=True)
+    registry = PolicyRegistry(layout.registry)
+    learner = Learner(store, registry, config, checkpoint_dir=layout.learner_checkpoint, dist=dist, on_step=on_step)
     learner.run(stop, max_rounds=max_rounds)
 
 
-def learner_process(root: str, config) -> None:
+def learner_process(layout: DataLayout, config) -> None:
     """The learner in a child process of ``fleetloop cloud`` (a module-level function: spawn pickles it)."""
-    run_learner(root, config)
+    run_learner(layout, config)
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -289,6 +292,6 @@ def cmd_learner(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     learner = sub.add_parser("learner", help="run the learner alone against a cloud's data folder")
-    learner.add_argument("--root", default="fleetloop-data")
+    add_root_arg(learner)
     add_learner_args(learner)
     learner.set_defaults(func=cmd_learner)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from fleetloop.commands.arg_types import positive_int
+from fleetloop.commands.arg_types import add_root_arg, positive_int
 
 log = logging.getLogger("fleetloop")
 
@@ -14,7 +13,7 @@ log = logging.getLogger("fleetloop")
 def cmd_policy(args: argparse.Namespace) -> int:
     from cloud.data.version_registry import PolicyRegistry
 
-    registry = PolicyRegistry(Path(args.root) / "registry")
+    registry = PolicyRegistry(args.root.registry)
     try:
         if args.action == "rollback":
             version = registry.rollback(args.name, args.to)
@@ -42,6 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     policy = sub.add_parser("policy", help="list a policy's versions, or roll back to an earlier one")
     policy.add_argument("action", choices=["list", "rollback"])
     policy.add_argument("name", help="the policy, e.g. panda_pick_cube")
-    policy.add_argument("--root", default="fleetloop-data", help="the cloud's data folder")
+    add_root_arg(policy)
     policy.add_argument("--to", type=positive_int, default=None, help="version to go back to (default: previous)")
     policy.set_defaults(func=cmd_policy)
