@@ -7,6 +7,7 @@
 - ``demo``        ``fleetloop demo``: the whole loop on one machine with a live table
 - ``fleet_view``  ``fleetloop fleet``: the live fleet table and operator commands
 - ``summary``     how autonomy grew across policy versions, from the store
+- ``table_console``  the console tables print on (wide when piped)
 - ``logs``        log lines an operator can read
 
 The top layer: may import every package; nothing imports it.

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from fleetloop.summary import VersionSummary, autonomy_climbed, summarize
+from fleetloop.table_console import table_console
 
 log = logging.getLogger("fleetloop.demo")
 
@@ -129,7 +129,7 @@ def run_demo(config: DemoConfig) -> int:
     port = _pick_port()
     phone_port = _pick_port(7071)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-    console = Console()
+    console = table_console()
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
         f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}. "

@@ -61,7 +61,10 @@ def _ros2(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(LAUNCH_DIR / "ros2" / "fastdds_shm.xml"))
     from hal.ros2 import Ros2Robot, Ros2RobotConfig
 
-    config = Ros2RobotConfig.from_yaml(path)
+    try:
+        config = Ros2RobotConfig.from_yaml(path)
+    except OSError as err:  # a missing or unreadable file, said like the lerobot driver says it
+        raise ValueError(f"cannot read {path!r}: {err}") from err
     return BuiltDriver(Ros2Robot(config), "robot", config.embodiment)
 
 

@@ -29,6 +29,22 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    """A TCP port to listen on: 1-65535, or 0 for any free one (the server logs which it got)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0-65535 (0: any free port), got {value}")
+    return value
+
+
+def cloud_address(text: str) -> str:
+    """``host:port`` of the cloud (``[v6]:port`` for IPv6), with a port in 1-65535."""
+    host, sep, number = text.rpartition(":")
+    if not sep or not host.strip("[]") or not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port in 1-65535, got {text!r}")
+    return text
+
+
 def data_folder(text: str) -> DataLayout:
     """``--root``: the cloud's data folder, never the episode store inside it."""
     layout = DataLayout(Path(text))

@@ -10,7 +10,7 @@ import multiprocessing
 import signal
 from pathlib import Path
 
-from fleetloop.commands.arg_types import add_root_arg, positive_float
+from fleetloop.commands.arg_types import add_root_arg, port, positive_float
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
 from fleetloop.tasks_file import load_tasks
 
@@ -152,7 +152,7 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
     cloud.add_argument(
-        "--phone-port", type=int, default=None, help="serve the phone channel (websockets) on this port; 0: any"
+        "--phone-port", type=port, default=None, help="serve the phone channel (websockets) on this port; 0: any"
     )
     cloud.add_argument(
         "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"
@@ -163,7 +163,7 @@ def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
         help="the address phones dial, in the pairing URL (default --host; with 0.0.0.0 the certificate's name)",
     )
     cloud.add_argument(
-        "--openpi-port", type=int, default=None, help="serve openpi clients (websocket policy server) here; 0: any"
+        "--openpi-port", type=port, default=None, help="serve openpi clients (websocket policy server) here; 0: any"
     )
     cloud.add_argument("--openpi-policy", default="", help="policy an openpi client drives unless its URL names one")
 
@@ -172,7 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cloud = sub.add_parser("cloud", help="run the gateway, the episode store and the learner")
     add_root_arg(cloud)
     cloud.add_argument("--host", default="127.0.0.1")
-    cloud.add_argument("--port", type=int, default=7070)
+    cloud.add_argument("--port", type=port, default=7070, help="the gateway's port (0: any free port, logged)")
     cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")
     cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
     cloud.add_argument("--lost-after", type=positive_float, default=5.0, help="seconds of silence before lost")

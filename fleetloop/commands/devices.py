@@ -12,8 +12,9 @@ log = logging.getLogger("fleetloop")
 
 
 def _print_devices(registry) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fleetloop.table_console import table_console
 
     table = Table(title=f"devices in {registry.path}")
     for column in ("id", "kind", "policies", "state", "added"):
@@ -26,7 +27,7 @@ def _print_devices(registry) -> None:
             "revoked" if device.revoked else "active",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(device.added_unix)),
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

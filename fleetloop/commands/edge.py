@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import non_negative_float, positive_float
+from fleetloop.commands.arg_types import cloud_address, non_negative_float, positive_float
 from fleetloop.commands.stopping import stop_on_signals
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def _add_link_args(edge: argparse.ArgumentParser) -> None:
-    edge.add_argument("--cloud", default="127.0.0.1:7070", help="the gateway's host:port")
+    edge.add_argument("--cloud", type=cloud_address, default="127.0.0.1:7070", help="the gateway's host:port")
     edge.add_argument("--policy", default="", help="policy to run (default: the robot's embodiment)")
     edge.add_argument("--operator", default="scripted", choices=["scripted", "none"])
     edge.add_argument("--seed", type=int, default=None)

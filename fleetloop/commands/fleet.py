@@ -6,13 +6,15 @@ import argparse
 import logging
 import os
 
+from fleetloop.commands.arg_types import cloud_address
+
 log = logging.getLogger("fleetloop")
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     import grpc
 
-    from fleetloop.fleet_view import command, show
+    from fleetloop.fleet_view import call_failure, command, show
 
     access = {"ca": args.ca, "token": args.token or os.environ.get("FLEETLOOP_TOKEN", "")}
     try:
@@ -26,7 +28,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     except grpc.RpcError as err:
-        log.error("cannot reach the cloud at %s: %s (%s)", args.cloud, err.code().name, err.details())
+        log.error("%s", call_failure(args.cloud, err))
         return 1
     (log.info if reply.ok else log.error)("%s", reply.message)
     return 0 if reply.ok else 2
@@ -38,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "action", nargs="?", default="show", choices=["show", "pause", "resume", "drain", "stop", "estop", "release"]
     )
     fleet.add_argument("resource", nargs="?", default="", help="resource id for a command")
-    fleet.add_argument("--cloud", default="127.0.0.1:7070", help="the gateway's host:port")
+    fleet.add_argument("--cloud", type=cloud_address, default="127.0.0.1:7070", help="the gateway's host:port")
     fleet.add_argument("--watch", action="store_true", help="keep the table live (Ctrl-C ends)")
     fleet.add_argument("--reason", default="", help="said in the logs with the command")
     fleet.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
