@@ -88,30 +88,34 @@ def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, t
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
+    # Every flag is checked before anything starts: a learner process or an open store would outlive the error.
     try:
         devices, tls_cert, tls_key = _cloud_security(args)
+        learning = None if args.no_learner else learner_config(args)
     except ValueError as err:
         log.error("refusing to start: %s", err)
+        return 2
+    try:
+        tasks = load_tasks(args.tasks) if args.tasks else ()
+    except (OSError, ValueError) as err:
+        log.error("--tasks: %s", err)
         return 2
     from cloud.data.store import EpisodeStore
     from cloud.data.version_registry import PolicyRegistry
     from cloud.gateway.server import GatewayConfig, serve
 
     layout = args.root
-    store = EpisodeStore(layout.store)
+    try:
+        store = EpisodeStore(layout.store)
+    except RuntimeError as err:  # the one-writer lock
+        log.error("refusing to start: --root: %s; is another cloud running on this data folder?", err)
+        return 2
     registry = PolicyRegistry(layout.registry)
     learner = None
-    if not args.no_learner:
+    if learning is not None:
         context = multiprocessing.get_context("spawn")
-        learner = context.Process(
-            target=learner_process, args=(layout, learner_config(args)), name="learner", daemon=True
-        )
+        learner = context.Process(target=learner_process, args=(layout, learning), name="learner", daemon=True)
         learner.start()
-    try:
-        tasks = load_tasks(args.tasks) if args.tasks else ()
-    except (OSError, ValueError) as err:
-        log.error("--tasks: %s", err)
-        return 2
     config = GatewayConfig(
         host=args.host,
         port=args.port,
@@ -135,6 +139,11 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store, layout.registry)
     try:
         asyncio.run(main())
+    except RuntimeError as err:
+        if "Failed to bind" not in str(err):  # grpc's words for a port it cannot have
+            raise
+        log.error("refusing to start: --port %d: cannot listen on %s (is another cloud running?)", args.port, args.host)
+        return 2
     finally:
         if learner is not None:
             learner.terminate()

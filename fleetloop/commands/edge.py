@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import cloud_address, non_negative_float, positive_float
+from fleetloop.commands.arg_types import cloud_address, non_negative_float, non_negative_int, positive_float
 from fleetloop.commands.stopping import stop_on_signals
 
 if TYPE_CHECKING:
@@ -138,8 +138,10 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     edge.add_argument("--operator", default="scripted", choices=["scripted", "none"])
     edge.add_argument("--seed", type=int, default=None)
     edge.add_argument("--hz", type=positive_float, default=None, help="control rate (default: the driver's)")
-    edge.add_argument("--episodes", type=int, default=0, help="stop after this many episodes (0: run on)")
-    edge.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run on)")
+    edge.add_argument("--episodes", type=non_negative_int, default=0, help="stop after this many episodes (0: run on)")
+    edge.add_argument(
+        "--duration", type=non_negative_float, default=0.0, help="stop after this many seconds (0: run on)"
+    )
     edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
     edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")

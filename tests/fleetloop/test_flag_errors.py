@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cloud.data.store import EpisodeStore
 from cloud.security.devices import DeviceRegistry
 from tests.e2e.fleet import Fleet, free_port, wait_until
 
@@ -35,11 +36,35 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         (["cloud", "--openpi-port", "seventy"], "argument --openpi-port: invalid port value: 'seventy'"),
         (["edge", "--robot", "sim:pusht", "--id", "r", "--cloud", "cloud.lab"], "argument --cloud: must be HOST:PORT"),
         (["fleet", "--cloud", "127.0.0.1:0"], "argument --cloud: must be HOST:PORT with a port in 1-65535"),
+        (["edge", "--robot", "sim:pusht", "--id", "r", "--episodes", "-1"], "argument --episodes: must be >= 0"),
+        (["edge", "--robot", "sim:pusht", "--id", "r", "--duration", "-5"], "argument --duration: must be >= 0"),
     ],
 )
 def test_ports_and_addresses_are_checked_at_start(argv: list[str], says: str) -> None:
     result = run(*argv)
     assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+def test_the_cloud_checks_everything_before_it_starts_anything(tmp_path) -> None:
+    config = tmp_path / "act.json"
+    config.write_text('{"chunk_size": 10}')
+    root = str(tmp_path / "data")
+    result = run("cloud", "--root", root, "--policy-config", f"pusht={config}")  # the learner's flags too
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "refusing to start: --policy-config pusht=...: name its policy type too" in result.stderr
+    assert not (tmp_path / "data" / "store").exists()  # nothing was opened
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("cloud", "--root", root, "--no-learner", "--port", str(port))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"refusing to start: --port {port}: cannot listen on 127.0.0.1" in result.stderr
+
+    with EpisodeStore(tmp_path / "data" / "store"):  # another cloud holds the store
+        result = run("cloud", "--root", root, "--no-learner", "--port", str(free_port()))
+    assert result.returncode == 2 and "refusing to start: --root: another process writes" in result.stderr
 
 
 def test_a_missing_ros2_robot_file_is_named_without_a_traceback(tmp_path) -> None:
