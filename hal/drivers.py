@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from hal.resource import Driver
+
+if TYPE_CHECKING:
+    from hal.safety import SafeDriver
 
 # The Fast DDS profile ships in the checkout's launch/ folder, beside the packages.
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
@@ -82,7 +85,7 @@ def build_driver(name: str, seed: int | None = None, control_hz: float | None = 
     return factory(what, seed, control_hz)
 
 
-def with_safety(driver: Driver, resource_id: str, watchdog_s: float | None):
+def with_safety(driver: Driver, resource_id: str, watchdog_s: float | None) -> SafeDriver:
     """Every driver gets position limits, a watchdog and an emergency stop in front of it."""
     from hal.safety import SafeDriver, SafetyLimits
 

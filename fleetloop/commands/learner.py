@@ -16,6 +16,7 @@ from fleetloop.logs import setup_logging
 
 if TYPE_CHECKING:
     from cloud.data.layout import DataLayout
+    from cloud.learning.learner import LearnerConfig
 
 log = logging.getLogger("fleetloop")
 
@@ -201,7 +202,7 @@ def _policies(types: list[tuple[str, str]], configs: list[tuple[str, dict]]) -> 
     return {dataset: (policy_type, fields.get(dataset, {})) for dataset, policy_type in chosen.items()}
 
 
-def learner_config(args: argparse.Namespace):
+def learner_config(args: argparse.Namespace) -> LearnerConfig:
     """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
     from cloud.learning.learner import LearnerConfig
     from cloud.learning.sac import SACConfig
@@ -252,7 +253,7 @@ def learner_config(args: argparse.Namespace):
 
 def run_learner(
     layout: DataLayout,
-    config,
+    config: LearnerConfig,
     stop: threading.Event | None = None,
     log_plain: bool = True,
     dist=None,
@@ -275,7 +276,7 @@ def run_learner(
     learner.run(stop, max_rounds=max_rounds)
 
 
-def learner_process(layout: DataLayout, config) -> None:
+def learner_process(layout: DataLayout, config: LearnerConfig) -> None:
     """The learner in a child process of ``fleetloop cloud`` (a module-level function: spawn pickles it)."""
     run_learner(layout, config)
 
