@@ -23,6 +23,7 @@ from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import open_channel
+from protocol.link_errors import link_failure
 
 log = logging.getLogger("fleetloop.tunnel")
 
@@ -150,7 +151,8 @@ class TunnelClient:
                 self._session()
             except grpc.RpcError as err:
                 if not self._stop.is_set():
-                    log.warning("link to the cloud at %s lost (%s); steps stay in the spool", self.target, err.code())
+                    why = link_failure(self.target, err)  # which of UNAVAILABLE's causes: name, certificate, port
+                    log.warning("link to the cloud at %s lost (%s); steps stay in the spool", self.target, why)
             except Exception:
                 log.exception("tunnel session failed")
             if time.monotonic() - started > 10:

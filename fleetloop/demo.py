@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from fleetloop.summary import VersionSummary, autonomy_climbed, summarize
+from fleetloop.table_console import table_console
 
 log = logging.getLogger("fleetloop.demo")
 
@@ -110,16 +110,26 @@ def _reached_target(summary: list[VersionSummary], config: DemoConfig) -> bool:
     return len(rated) >= 2 and all(s.autonomous_success >= config.target_success for s in rated[-2:])
 
 
+def _edge_args(i: int, port: int, control_hz: float, run_dir: Path) -> list[str]:
+    """`fleetloop edge` for the demo's robot ``i``: its own seed and spool."""
+    return [
+        *("edge", "--robot", f"sim:{DATASET}", "--id", f"robot-{i}", "--cloud", f"127.0.0.1:{port}"),
+        *("--seed", str(1000 * i), "--hz", str(control_hz), "--spool", str(run_dir / f"spool-{i}.db")),
+    ]
+
+
 def run_demo(config: DemoConfig) -> int:
+    from cloud.data.layout import DataLayout
     from cloud.data.store import EpisodeStore
 
     run_dir = Path(config.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    layout = DataLayout(run_dir)  # the cloud below runs with --root run_dir
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port = _pick_port()
     phone_port = _pick_port(7071)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-    console = Console()
+    console = table_console()
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
         f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}. "
@@ -141,28 +151,11 @@ def run_demo(config: DemoConfig) -> int:
         if pairing:
             console.print(
                 f"The phone page: {pairing} (a browser on this machine; it trusts the cloud once it accepts the "
-                f"certificate or installs {run_dir / 'certs' / 'ca.pem'}). Demonstrations recorded there train "
+                f"certificate or installs {layout.certs / 'ca.pem'}). Demonstrations recorded there train "
                 "the `phone` policy, whose foresight the page draws."
             )
         for i in range(1, config.robots + 1):
-            start(
-                f"robot-{i}",
-                [
-                    "edge",
-                    "--robot",
-                    f"sim:{DATASET}",
-                    "--id",
-                    f"robot-{i}",
-                    "--cloud",
-                    f"127.0.0.1:{port}",
-                    "--seed",
-                    str(1000 * i),
-                    "--hz",
-                    str(config.control_hz),
-                    "--spool",
-                    str(run_dir / f"spool-{i}.db"),
-                ],
-            )
+            start(f"robot-{i}", _edge_args(i, port, config.control_hz, run_dir))
         store = None
         started = time.monotonic()
         summary: list[VersionSummary] = []
@@ -172,8 +165,8 @@ def run_demo(config: DemoConfig) -> int:
                 time.sleep(1.0)
                 if any(p.poll() is not None for p in processes):
                     raise RuntimeError("a demo process exited early; see the logs in " + str(logs))
-                if store is None and (run_dir / "store").exists():
-                    store = EpisodeStore(run_dir / "store", read_only=True)
+                if store is None and layout.store.exists():
+                    store = EpisodeStore(layout.store, read_only=True)
                 if store is not None:
                     summary = summarize(store, DATASET)
                 live.update(render_table(summary, time.monotonic() - started, config.robots))
@@ -183,7 +176,7 @@ def run_demo(config: DemoConfig) -> int:
         # Robots first, so they drain their spools into the cloud before it stops.
         _stop(processes[1:])
         _stop(processes[:1])
-    store = EpisodeStore(run_dir / "store", read_only=True)
+    store = EpisodeStore(layout.store, read_only=True)
     summary = summarize(store, DATASET)
     (run_dir / "summary.json").write_text(json.dumps([s.to_dict() for s in summary], indent=2))
     console.print(render_table(summary, time.monotonic() - started, config.robots))

@@ -11,14 +11,15 @@ import threading
 from pathlib import Path
 
 from cloud.learning.distributed import init_from_env, trace_writer
-from fleetloop.cli import add_learner_args, learner_config, run_learner
+from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.learner import add_learner_args, learner_config, run_learner
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fleetloop-learner", description="the learner, on one process or several under torchrun (DDP)"
     )
-    parser.add_argument("--root", default="fleetloop-data")
+    add_root_arg(parser)
     parser.add_argument("--backend", choices=["gloo", "nccl"], help="default: nccl with CUDA, else gloo")
     parser.add_argument(
         "--rounds", type=int, default=0, help="stop after this many rounds that trained (default 0: run until stopped)"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 import grpc
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from fleetloop.table_console import table_console
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import bearer, open_channel
+from protocol.link_errors import credential_refused, link_failure
 
 STATE_STYLE = {
     "running": "green",
@@ -69,12 +70,22 @@ def render(status: pb.FleetStatus, target: str) -> Table:
     return table
 
 
+def call_failure(target: str, err: grpc.RpcError) -> str:
+    """Why a call to the cloud failed: a refused credential says so, and which credential the command wants."""
+    if credential_refused(err):
+        return (
+            f"the cloud at {target} refused the credential ({err.details()}): give an operator device's token "
+            "with --token or FLEETLOOP_TOKEN (`fleetloop devices add NAME --kind operator`)"
+        )
+    return f"cannot reach the cloud at {target}: {link_failure(target, err)}"
+
+
 def show(target: str, watch: bool, interval_s: float = 1.0, ca: str | None = None, token: str = "") -> int:
-    console = Console()
+    console = table_console()
     try:
         status = fetch(target, ca=ca, token=token)
     except grpc.RpcError as err:
-        console.print(f"[red]cannot reach the cloud at {target}:[/] {err.code().name} ({err.details()})")
+        console.print(f"[red]{call_failure(target, err)}[/]")
         return 1
     if not watch:
         console.print(render(status, target))
@@ -86,7 +97,7 @@ def show(target: str, watch: bool, interval_s: float = 1.0, ca: str | None = Non
                 try:
                     live.update(render(fetch(target, ca=ca, token=token), target))
                 except grpc.RpcError as err:
-                    live.update(f"[red]lost the cloud at {target}: {err.code().name}[/]")
+                    live.update(f"[red]{call_failure(target, err)}[/]")
         except KeyboardInterrupt:
             pass
     return 0

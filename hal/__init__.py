@@ -2,6 +2,7 @@
 
 - ``config``         the base of typed configs (pydantic) and errors that name the bad key's path
 - ``resource``       what a device is and can do (capabilities, specs) and the ``Driver`` interface
+- ``drivers``        drivers by name (``sim:``, ``ros2:``, ``lerobot:``) and the safety wrapper every one gets
 - ``safety``         limits, watchdog and emergency stop around any driver
 - ``sim``            gymnasium simulators (gym_hil's Panda, gym_pusht); ``reach_sim`` a small RL task
 - ``ros2``           a robot that speaks ROS 2 topics; ``ros2_config`` its YAML config; ``ros2_sim_node`` a

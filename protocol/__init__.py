@@ -1,3 +1,13 @@
-"""The wire contract both sides speak: the tunnel's messages and the array codec."""
+"""The wire contract both sides speak: the tunnel's messages and the array codec.
+
+- ``tunnel.proto``  the messages and services (``tunnel_pb2*`` are generated from it)
+- ``arrays``        the array codec: dtype + shape + raw bytes, never pickle
+- ``steps``         columnar step batches and their schema
+- ``limits``        size and count limits on every message an edge sends
+- ``channel``       opening a channel to the cloud (TLS beyond loopback) and the bearer token
+- ``link_errors``   what a failed call to the cloud means, in words
+
+The lowest layer: imports nothing of the project.
+"""
 
 PROTOCOL_VERSION = 1

@@ -15,7 +15,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "policies": {"hal", "protocol"},
     "edge": {"hal", "policies", "protocol"},
     "cloud": set(),
-    "cloud.security": set(),
+    "cloud.security": {"protocol"},  # whether a listening address is loopback is the wire's knowledge
     "cloud.data": {"hal", "policies", "protocol"},
     "cloud.serving": {"cloud.data", "hal", "policies", "protocol"},
     "cloud.learning": {"cloud.data", "cloud.serving", "hal", "policies", "protocol"},

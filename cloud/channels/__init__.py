@@ -5,6 +5,7 @@
 - ``phone_ingest``     a phone's open episodes, written through the gateway's StoreWriter when stopped
 - ``phone_foresight``  the phone policy's predicted trajectory, live and as each stored step's error
 - ``phone_pairing``    one-time pairing tokens and the pairing URL as a terminal QR code
+- ``phone_address``    the pairing URL's host and the phone page's certificate
 - ``phone_http``       the phone page (``phone_page/``) and CA certificate over plain HTTP(S) on the same port
 - ``openpi_server``    remote inference for openpi clients (openpi's policy-server protocol)
 

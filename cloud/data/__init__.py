@@ -1,5 +1,7 @@
 """Data at rest: what the fleet recorded and what the learner published.
 
+- ``layout``           the cloud's data folder (``--root``): where the store, registry, credentials, certificates
+                       and the learner's checkpoint live in it
 - ``store``            the episode store: steps of every episode as zarr v3 arrays, committed in batches
 - ``version_registry`` monotonic versions of each policy as safetensors files
 - ``files``            files readers see whole or not at all (write, fsync, rename)

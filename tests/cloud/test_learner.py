@@ -5,7 +5,8 @@ import torch
 from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.learner import HGDaggerLearner, LearnerConfig
-from fleetloop.cli import build_parser, learner_config
+from fleetloop.cli import build_parser
+from fleetloop.commands.learner import learner_config
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 

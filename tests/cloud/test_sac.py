@@ -14,7 +14,8 @@ from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.learner import Learner, LearnerCheckpoint, LearnerConfig
 from cloud.learning.sac import SACConfig
 from edge.operator import HGDaggerOperator
-from fleetloop.cli import build_parser, learner_config
+from fleetloop.cli import build_parser
+from fleetloop.commands.learner import learner_config
 from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
 from policies.sac_actor import SACActorPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes

@@ -10,7 +10,8 @@ from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.learner import Learner, LearnerConfig
 from cloud.learning.sampler import LABELLED_KINDS, Sampler, load_steps
 from cloud.learning.staleness import StalenessBudget
-from fleetloop.cli import build_parser, learner_config
+from fleetloop.cli import build_parser
+from fleetloop.commands.learner import learner_config
 from tests.factories import episode_rows, step_columns, store_schema
 
 AGES = np.array([0, 1, 2, 3, 4, 5, 8])

@@ -71,10 +71,8 @@ def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path) -> No
     rows = robot_store(tmp_path / "data" / "store")
     out = tmp_path / "pusht-lerobot"
 
-    # 1. `fleetloop export`, read back by lerobot's own LeRobotDataset
-    done = fleetloop(
-        tmp_path, "export", "--root", str(tmp_path / "data" / "store"), "--dataset", "pusht", "--out", str(out)
-    )
+    # 1. `fleetloop export` of the cloud's data folder, read back by lerobot's own LeRobotDataset
+    done = fleetloop(tmp_path, "export", "--root", str(tmp_path / "data"), "--dataset", "pusht", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exported 4 episodes (34 frames, 10 fps from the step timestamps)" in done.stderr
     dataset = LeRobotDataset("fleetloop/pusht", root=out)
@@ -125,13 +123,14 @@ def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path) -> No
     assert set(config["input_features"]) == {"observation.images.pixels", "observation.state"}
     assert config["output_features"]["action"]["shape"] == [2]
 
-    # 3. `fleetloop import` of that dataset into a fresh cloud root, twice: the second adds nothing
+    # 3. `fleetloop import` of that dataset into a fresh cloud data folder, twice: the second adds nothing
     fresh = tmp_path / "fresh"
     for attempt in range(2):
-        done = fleetloop(tmp_path, "import", "--root", str(fresh / "store"), "--from", str(out))
+        done = fleetloop(tmp_path, "import", "--root", str(fresh), "--from", str(out))
         assert done.returncode == 0, done.stdout + done.stderr
         expected = f"imported 4 episodes ({rows} steps)" if attempt == 0 else "imported 0 episodes (0 steps)"
         assert expected in done.stderr, done.stderr
+    assert not (fresh / "zarr.json").exists()  # no second store beside the one the cloud reads
     store = EpisodeStore(fresh / "store")
     assert store.committed_rows("pusht") == rows
     assert {(e.source, e.resource_id, e.done) for e in store.episodes("pusht")} == {
@@ -152,5 +151,5 @@ def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path) -> No
 
     # a second import with the store held by another writer (a running cloud) is refused by flag
     with EpisodeStore(fresh / "store"):
-        done = fleetloop(tmp_path, "import", "--root", str(fresh / "store"), "--from", str(out))
+        done = fleetloop(tmp_path, "import", "--root", str(fresh), "--from", str(out))
     assert done.returncode == 2 and "import: --root: another process writes" in done.stderr

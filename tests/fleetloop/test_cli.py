@@ -65,8 +65,8 @@ def test_devices_add_list_revoke(tmp_path) -> None:
 
 
 def test_the_pairing_url_names_an_address_a_phone_can_dial(tmp_path, caplog) -> None:
+    from cloud.channels.phone_address import phone_url_host
     from cloud.security.certs import init_certs
-    from fleetloop.cli import phone_url_host
 
     cert = init_certs(tmp_path / "certs", hosts=("cloud.lab.example", "10.1.2.3")).server_cert
     assert phone_url_host("", "127.0.0.1", None) == "127.0.0.1"

@@ -10,7 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetloop.cli import build_driver, load_tasks
+from cloud.gateway.tasks import load_tasks
+from fleetloop.commands.edge import robot_driver
 from hal.config import ConfigError
 from hal.lerobot_robot import make_lerobot_robot
 from hal.ros2_config import Ros2RobotConfig
@@ -131,4 +132,4 @@ def test_lerobot_yaml_that_is_not_yaml_is_refused(tmp_path) -> None:
     path = tmp_path / "arm.yaml"
     path.write_text("type: [unclosed\n")
     with pytest.raises(ValueError, match="--robot: .* not valid YAML"):
-        build_driver(f"lerobot:{path}", seed=None, control_hz=None)
+        robot_driver(f"lerobot:{path}", seed=None, control_hz=None)

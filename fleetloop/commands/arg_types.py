@@ -1,0 +1,72 @@
+"""argparse types shared by several commands: each names the rule a value broke."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cloud.data.layout import DataLayout
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port to listen on: 1-65535, or 0 for any free one (the server logs which it got)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0-65535 (0: any free port), got {value}")
+    return value
+
+
+def cloud_address(text: str) -> str:
+    """``host:port`` of the cloud (``[v6]:port`` for IPv6), with a port in 1-65535."""
+    host, sep, number = text.rpartition(":")
+    if not sep or not host.strip("[]") or not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port in 1-65535, got {text!r}")
+    return text
+
+
+def data_folder(text: str) -> DataLayout:
+    """``--root``: the cloud's data folder, never the episode store inside it."""
+    layout = DataLayout(Path(text))
+    problem = layout.root_problem()
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return layout
+
+
+def add_root_arg(parser: argparse.ArgumentParser) -> None:
+    """``--root`` means the same in every command: the folder ``fleetloop cloud`` keeps its data in."""
+    parser.add_argument(
+        "--root",
+        type=data_folder,
+        default="fleetloop-data",
+        metavar="DIR",
+        help="the cloud's data folder: store/, registry/, devices.json, certs/, learner/ (default fleetloop-data)",
+    )

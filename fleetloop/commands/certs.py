@@ -1,0 +1,41 @@
+"""``fleetloop certs``: create the CA and the cloud's TLS certificate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from fleetloop.commands.arg_types import add_root_arg
+
+log = logging.getLogger("fleetloop")
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from cloud.security.certs import init_certs, server_hosts
+
+    directory = Path(args.certs) if args.certs else args.root.certs
+    try:
+        paths = init_certs(directory, tuple(args.host), force=args.force)
+    except (FileExistsError, ValueError) as err:
+        log.error("certs init: %s", err)
+        return 2
+    log.info(
+        "created a CA (%s) and the cloud's certificate for %s; copy %s to every robot and pass it as --ca",
+        paths.ca,
+        ", ".join(server_hosts(paths.server_cert)),
+        paths.ca.name,
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    certs = sub.add_parser("certs", help="create the CA and the cloud's TLS certificate")
+    certs.add_argument("action", choices=["init"])
+    add_root_arg(certs)
+    certs.add_argument("--certs", default=None, help="where to write them (default <root>/certs)")
+    certs.add_argument(
+        "--host", action="append", default=[], help="a name or address edges use to reach the cloud (repeat)"
+    )
+    certs.add_argument("--force", action="store_true", help="replace existing certificates")
+    certs.set_defaults(func=cmd_certs)

@@ -1,0 +1,199 @@
+"""``fleetloop cloud``: the gateway, the episode store, the learner and, on request, the phone and openpi
+channels."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import signal
+from pathlib import Path
+
+from cloud.gateway.tasks import load_tasks
+from fleetloop.commands.arg_types import add_root_arg, port, positive_float
+from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
+
+log = logging.getLogger("fleetloop")
+
+
+def _cloud_security(args: argparse.Namespace):
+    """(devices, tls_cert, tls_key) for `fleetloop cloud`; ValueError names the flag when it is unsafe or broken."""
+    from cloud.security.certs import CertPaths
+    from cloud.security.devices import DeviceRegistry
+    from cloud.security.exposure import exposure_problem, tls_pair
+
+    layout = args.root
+    devices = DeviceRegistry(layout.devices)
+    cert = key = None
+    if args.tls:
+        try:
+            cert, key = tls_pair(CertPaths(_certs_dir(args)))
+        except ValueError as err:
+            raise ValueError(f"--tls: {err}; run `fleetloop certs init --root {layout.root}`") from err
+    problem = exposure_problem(args.host, args.tls, devices)
+    if problem:
+        raise ValueError(f"--host {args.host}: {problem}")
+    return devices, cert, key
+
+
+def _certs_dir(args: argparse.Namespace) -> Path:
+    return Path(args.certs) if args.certs else args.root.certs
+
+
+def _phone_service(args: argparse.Namespace) -> tuple:
+    """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
+    if args.phone_port is None:
+        return ()
+    from cloud.channels.phone_address import lan_address, phone_certs, phone_url_host
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+    from cloud.security.certs import CertPaths
+
+    lan = lan_address()
+    certs = phone_certs(CertPaths(_certs_dir(args)), args.host, args.phone_url_host, lan)
+    height, width = args.phone_image
+    config = PhoneChannelConfig(
+        host=args.host,
+        port=args.phone_port,
+        image_height=height,
+        image_width=width,
+        credentials=args.root.phone_devices,
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        tls_ca=certs.ca,
+        public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert, lan),
+    )
+    return (lambda gateway: PhoneChannel(config, gateway),)
+
+
+def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None) -> tuple:
+    """openpi's websocket policy-server protocol beside the gateway when --openpi-port is given (docs/openpi.md);
+    it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
+    if args.openpi_port is None:
+        return ()
+    from cloud.channels.openpi_server import OpenPiServer, ssl_context
+
+    context = ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    return (
+        lambda gateway: OpenPiServer(
+            gateway.inference,
+            gateway.registry,
+            host=args.host,
+            port=args.openpi_port,
+            default_policy=args.openpi_policy,
+            devices=devices,
+            ssl_context=context,
+        ),
+    )
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    # Every flag is checked before anything starts: a learner process or an open store would outlive the error.
+    try:
+        devices, tls_cert, tls_key = _cloud_security(args)
+        learning = None if args.no_learner else learner_config(args)
+    except ValueError as err:
+        log.error("refusing to start: %s", err)
+        return 2
+    try:
+        tasks = load_tasks(args.tasks) if args.tasks else ()
+    except (OSError, ValueError) as err:
+        log.error("--tasks: %s", err)
+        return 2
+    from cloud.data.store import EpisodeStore
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.gateway.server import GatewayConfig, serve
+
+    layout = args.root
+    try:
+        store = EpisodeStore(layout.store)
+    except RuntimeError as err:  # the one-writer lock
+        log.error("refusing to start: --root: %s; is another cloud running on this data folder?", err)
+        return 2
+    registry = PolicyRegistry(layout.registry)
+    learner = None
+    if learning is not None:
+        context = multiprocessing.get_context("spawn")
+        learner = context.Process(target=learner_process, args=(layout, learning), name="learner", daemon=True)
+        learner.start()
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        max_batch_bytes=int(args.max_batch_mb * 1024 * 1024),
+        tasks=tasks,
+        lost_after_s=args.lost_after,
+        devices=devices,
+        wire_dtype=args.wire_dtype,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        services = _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
+        await serve(config, store, registry, stop, services=services)
+
+    log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store, layout.registry)
+    try:
+        asyncio.run(main())
+    except RuntimeError as err:
+        if "Failed to bind" not in str(err):  # grpc's words for a port it cannot have
+            raise
+        log.error("refusing to start: --port %d: cannot listen on %s (is another cloud running?)", args.port, args.host)
+        return 2
+    finally:
+        if learner is not None:
+            learner.terminate()
+            learner.join(timeout=5)
+    log.info("cloud stopped")
+    return 0
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    height, sep, width = text.partition("x")
+    if not (sep and height.isdigit() and width.isdigit() and 8 <= int(height) <= 2048 and 8 <= int(width) <= 2048):
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, each 8..2048, got {text!r}")
+    return int(height), int(width)
+
+
+def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
+    cloud.add_argument(
+        "--phone-port", type=port, default=None, help="serve the phone channel (websockets) on this port; 0: any"
+    )
+    cloud.add_argument(
+        "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"
+    )
+    cloud.add_argument(
+        "--phone-url-host",
+        default="",
+        help="the address phones dial, in the pairing URL (default --host; with 0.0.0.0 the certificate's name)",
+    )
+    cloud.add_argument(
+        "--openpi-port", type=port, default=None, help="serve openpi clients (websocket policy server) here; 0: any"
+    )
+    cloud.add_argument("--openpi-policy", default="", help="policy an openpi client drives unless its URL names one")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cloud = sub.add_parser("cloud", help="run the gateway, the episode store and the learner")
+    add_root_arg(cloud)
+    cloud.add_argument("--host", default="127.0.0.1")
+    cloud.add_argument("--port", type=port, default=7070, help="the gateway's port (0: any free port, logged)")
+    cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")
+    cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
+    cloud.add_argument("--lost-after", type=positive_float, default=5.0, help="seconds of silence before lost")
+    cloud.add_argument("--max-batch-mb", type=positive_float, default=32.0, help="largest step batch accepted")
+    cloud.add_argument(
+        "--wire-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="float weights on the wire (bfloat16 halves policy updates)",
+    )
+    cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
+    cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
+    _add_channel_args(cloud)
+    add_learner_args(cloud)
+    cloud.set_defaults(func=cmd_cloud)

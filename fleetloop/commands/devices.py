@@ -1,0 +1,71 @@
+"""``fleetloop devices``: issue, list and revoke per-device credentials."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from fleetloop.commands.arg_types import add_root_arg
+
+log = logging.getLogger("fleetloop")
+
+
+def _print_devices(registry) -> None:
+    from rich.table import Table
+
+    from fleetloop.table_console import table_console
+
+    table = Table(title=f"devices in {registry.path}")
+    for column in ("id", "kind", "policies", "state", "added"):
+        table.add_column(column)
+    for device in registry.devices():
+        table.add_row(
+            device.id,
+            device.kind,
+            ", ".join(device.policies) or "any",
+            "revoked" if device.revoked else "active",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(device.added_unix)),
+        )
+    table_console().print(table)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from cloud.security.devices import DeviceRegistry
+
+    registry = DeviceRegistry(args.root.devices)
+    try:
+        if args.action == "add":
+            if not args.id:
+                raise ValueError("id: name the device, e.g. fleetloop devices add robot-1")
+            token = registry.add(args.id, args.kind, tuple(args.policy))
+            # The token goes to stdout only, once: logs never carry it.
+            print(token)
+            log.info(
+                "added %s %s; its token was printed once (keep it on the device, e.g. FLEETLOOP_TOKEN)",
+                args.kind,
+                args.id,
+            )
+        elif args.action == "revoke":
+            if not args.id:
+                raise ValueError("id: name the device to revoke")
+            registry.revoke(args.id)
+            log.info("revoked %s: the cloud refuses it from its next call on", args.id)
+        else:
+            _print_devices(registry)
+    except ValueError as err:
+        log.error("devices %s: %s", args.action, err)
+        return 2
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    devices = sub.add_parser("devices", help="issue, list and revoke per-device credentials")
+    devices.add_argument("action", choices=["add", "list", "revoke"])
+    devices.add_argument("id", nargs="?", default="", help="device id (the robot's --id)")
+    add_root_arg(devices)
+    devices.add_argument("--kind", default="robot", choices=["robot", "phone", "operator"])
+    devices.add_argument(
+        "--policy", action="append", default=[], help="a policy the device may run (repeat; default any)"
+    )
+    devices.set_defaults(func=cmd_devices)

@@ -1,0 +1,205 @@
+"""``fleetloop edge``: the edge agent for one robot, its driver behind safety limits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetloop.commands.arg_types import cloud_address, non_negative_float, non_negative_int, positive_float
+from fleetloop.commands.stopping import stop_on_signals
+
+if TYPE_CHECKING:
+    from hal.drivers import BuiltDriver
+
+log = logging.getLogger("fleetloop")
+
+
+def robot_driver(robot: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+    """The driver --robot names; a ValueError that names the flag."""
+    from hal.drivers import build_driver
+
+    try:
+        return build_driver(robot, seed, control_hz)
+    except ValueError as err:
+        raise ValueError(f"--robot: {err}") from err
+
+
+def _check_link_flags(args: argparse.Namespace) -> str | None:
+    """Why --cloud and --ca cannot work together, or None."""
+    from protocol.channel import is_loopback, target_host
+
+    if not args.ca and not is_loopback(target_host(args.cloud)):
+        return f"--cloud {args.cloud} is not on this machine: give --ca <ca.pem> so the link uses TLS"
+    if args.ca and not Path(args.ca).is_file():
+        return f"--ca: no such file {args.ca}"
+    return None
+
+
+def _write_stats(path: str, stats, agent, unacked: int) -> None:
+    Path(path).write_text(
+        json.dumps(
+            {
+                "episodes": stats.episodes,
+                "successes": stats.successes,
+                "ticks": stats.ticks,
+                "missed_deadlines": stats.missed_deadlines,
+                "intervention_steps": stats.intervention_steps,
+                "acked_steps": agent.tunnel.acked_steps,
+                "unacked_steps": unacked,
+                "spool_full_ticks": stats.spool_full_ticks,
+                # sha256 of every step produced (see edge.recorder.StepDigest), to check the store against
+                "digest": agent.recorder.digest.hexdigest(),
+                "episode_digests": agent.recorder.digest.per_episode(),
+            }
+        )
+    )
+
+
+def _preload(libraries: list[str]) -> None:
+    if "lerobot" in libraries:
+        from policies.lerobot_policy import preload
+
+        started = time.monotonic()
+        preload()
+        log.info("imported lerobot's policy code in %.1f s, before the control loop starts", time.monotonic() - started)
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from edge.agent import EdgeAgent, EdgeConfig
+    from edge.operator import choose_operator
+    from edge.spool import Spool
+    from edge.tunnel_client import TunnelConfig
+    from hal.drivers import with_safety
+    from hal.resource import ResourceInfo
+
+    problem = _check_link_flags(args)
+    if problem:
+        log.error("%s", problem)
+        return 2
+    try:
+        raw_driver, source, task = robot_driver(args.robot, args.seed, args.hz)
+        driver = with_safety(raw_driver, args.id, args.watchdog)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        operator = choose_operator(task, args.operator)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    _preload(args.preload)
+    resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
+    spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
+    tunnel = TunnelConfig(
+        target=args.cloud,
+        policy_name=args.policy or driver.capabilities.embodiment,
+        token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
+        ca=args.ca,
+        remote_inference=args.remote_policy,
+    )
+    config = EdgeConfig(
+        tunnel,
+        hold_on_link_loss_s=args.hold_on_link_loss,
+        max_spool_bytes=int(args.spool_max_mb * (1 << 20)),
+        record_digest=bool(args.stats_file),
+    )
+    agent = EdgeAgent(config, resource, driver, spool, operator=operator)
+    stop = stop_on_signals()
+    threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
+    hz = driver.capabilities.control_hz
+    who = "scripted" if operator is not None else "none"
+    log.info("%s: %s at %.0f Hz, cloud %s, operator %s", args.id, args.robot, hz, args.cloud, who)
+    try:
+        stats = agent.run(episodes=args.episodes, duration_s=args.duration)
+    finally:
+        unacked = agent.close()
+    log.info(
+        "%s stopped: %d episodes, %d successes, %d ticks, %d missed deadlines",
+        args.id,
+        stats.episodes,
+        stats.successes,
+        stats.ticks,
+        stats.missed_deadlines,
+    )
+    if args.stats_file:
+        _write_stats(args.stats_file, stats, agent, unacked)
+    return 3 if agent.tunnel.refused is not None else 0
+
+
+def _add_link_args(edge: argparse.ArgumentParser) -> None:
+    edge.add_argument("--cloud", type=cloud_address, default="127.0.0.1:7070", help="the gateway's host:port")
+    edge.add_argument("--policy", default="", help="policy to run (default: the robot's embodiment)")
+    edge.add_argument(
+        "--operator",
+        default=None,
+        choices=["scripted", "none"],
+        help="who may take over from the policy (default: the task's scripted operator where it has one, else none)",
+    )
+    edge.add_argument("--seed", type=int, default=None)
+    edge.add_argument("--hz", type=positive_float, default=None, help="control rate (default: the driver's)")
+    edge.add_argument("--episodes", type=non_negative_int, default=0, help="stop after this many episodes (0: run on)")
+    edge.add_argument(
+        "--duration", type=non_negative_float, default=0.0, help="stop after this many seconds (0: run on)"
+    )
+    edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
+    edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
+    edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
+    edge.add_argument(
+        "--remote-policy",
+        action="store_true",
+        help="run the policy in the cloud (for models too large for this machine): observations up, action chunks down",
+    )
+
+
+def _add_loop_args(edge: argparse.ArgumentParser) -> None:
+    edge.add_argument(
+        "--watchdog",
+        type=positive_float,
+        default=None,
+        help="seconds without a fresh action before the robot holds (default max(0.25, 3 ticks))",
+    )
+    edge.add_argument(
+        "--preload",
+        action="append",
+        choices=["lerobot"],
+        default=[],
+        help="import a policy library before the control loop starts: importing lerobot while the loop runs "
+        "stalls it for seconds when the first lerobot policy arrives",
+    )
+    edge.add_argument(
+        "--hold-on-link-loss",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="hold still once the cloud is silent this long (default 0: keep working, spooling)",
+    )
+    edge.add_argument(
+        "--spool-max-mb",
+        type=non_negative_float,
+        default=0.0,
+        metavar="MB",
+        help="bound on unacked steps kept on disk; when full the robot holds still until the cloud acks "
+        "(unacked steps are never deleted; default 0: unbounded)",
+    )
+    edge.add_argument(
+        "--stats-file", default=None, help="write the loop's counters and a sha256 of its steps here as JSON on exit"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    edge = sub.add_parser("edge", help="run an edge agent for one robot")
+    edge.add_argument(
+        "--robot",
+        required=True,
+        help="driver and device: sim:panda_pick_cube, sim:pusht, ros2:<robot.yaml> or lerobot:<config.yaml>",
+    )
+    edge.add_argument("--id", required=True, help="this resource's id, e.g. robot-1")
+    _add_link_args(edge)
+    _add_loop_args(edge)
+    edge.set_defaults(func=cmd_edge)

@@ -1,0 +1,48 @@
+"""``fleetloop fleet``: show the live fleet, or pause/resume/drain/stop/estop/release one resource."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from fleetloop.commands.arg_types import cloud_address
+
+log = logging.getLogger("fleetloop")
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import grpc
+
+    from fleetloop.fleet_view import call_failure, command, show
+
+    access = {"ca": args.ca, "token": args.token or os.environ.get("FLEETLOOP_TOKEN", "")}
+    try:
+        if args.action == "show":
+            return show(args.cloud, args.watch, **access)
+        if not args.resource:
+            log.error("fleet %s: name the resource, e.g. fleetloop fleet %s robot-1", args.action, args.action)
+            return 2
+        reply = command(args.cloud, args.resource, args.action, args.reason, **access)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    except grpc.RpcError as err:
+        log.error("%s", call_failure(args.cloud, err))
+        return 1
+    (log.info if reply.ok else log.error)("%s", reply.message)
+    return 0 if reply.ok else 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    fleet = sub.add_parser("fleet", help="show the live fleet, or pause/resume/drain/stop/estop a resource")
+    fleet.add_argument(
+        "action", nargs="?", default="show", choices=["show", "pause", "resume", "drain", "stop", "estop", "release"]
+    )
+    fleet.add_argument("resource", nargs="?", default="", help="resource id for a command")
+    fleet.add_argument("--cloud", type=cloud_address, default="127.0.0.1:7070", help="the gateway's host:port")
+    fleet.add_argument("--watch", action="store_true", help="keep the table live (Ctrl-C ends)")
+    fleet.add_argument("--reason", default="", help="said in the logs with the command")
+    fleet.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
+    fleet.add_argument("--token", default=None, help="an operator device's token (or FLEETLOOP_TOKEN)")
+    fleet.set_defaults(func=cmd_fleet)

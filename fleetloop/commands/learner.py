@@ -1,0 +1,298 @@
+"""``fleetloop learner``: the learner alone against a cloud's data folder; its flags are shared with
+``fleetloop cloud`` and ``fleetloop-learner``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetloop.commands.arg_types import add_root_arg, positive_float, positive_int
+from fleetloop.commands.stopping import stop_on_signals
+from fleetloop.logs import setup_logging
+
+if TYPE_CHECKING:
+    from cloud.data.layout import DataLayout
+    from cloud.learning.learner import LearnerConfig
+
+log = logging.getLogger("fleetloop")
+
+
+def _sample_ratios(text: str) -> tuple[str, tuple]:
+    """``[DATASET:]GROUP=RATIO,...`` -> (dataset or "", ratios); the sampler names what is wrong."""
+    from cloud.learning.sampler import parse_ratios
+
+    dataset, sep, spec = text.rpartition(":")
+    try:
+        return (dataset if sep else "", parse_ratios(spec))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _chunk_size(text: str) -> tuple[str, int]:
+    """``DATASET=N`` -> (dataset, N)."""
+    dataset, sep, size = text.partition("=")
+    if not sep or not dataset.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=N (e.g. phone=10)")
+    try:
+        value = int(size)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be an integer, got {size!r}") from err
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be in 1..1000, got {value}")
+    return dataset.strip(), value
+
+
+def _dataset_value(text: str, what: str) -> tuple[str, str]:
+    dataset, sep, value = text.partition("=")
+    if not sep or not dataset.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET={what}")
+    return dataset.strip(), value.strip()
+
+
+def _policy_type(text: str) -> tuple[str, str]:
+    return _dataset_value(text, "TYPE (mlp, cnn, act, diffusion, smolvla...)")
+
+
+def _policy_config(text: str) -> tuple[str, dict]:
+    """``DATASET=FILE.json`` -> (dataset, the file's fields); the file must hold a JSON object."""
+    dataset, path = _dataset_value(text, "FILE.json")
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"{dataset}: cannot read the policy config {path}: {err}") from err
+    if not isinstance(fields, dict):
+        raise argparse.ArgumentTypeError(f"{dataset}: {path} must hold a JSON object of config fields")
+    return dataset, fields
+
+
+def _add_round_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--first-round-episodes",
+        type=positive_int,
+        default=2,
+        help="demonstrations to wait for before the first version (default 2)",
+    )
+    parser.add_argument(
+        "--round-episodes", type=positive_int, default=5, help="new finished episodes between versions (default 5)"
+    )
+    parser.add_argument("--train-steps", type=positive_int, default=1500, help="gradient steps per version")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="steps per gradient step (default 256)")
+    parser.add_argument(
+        "--algorithm",
+        choices=["hg-dagger", "sac"],
+        default="hg-dagger",
+        help="hg-dagger: imitate the operator's corrections; sac: RL with interventions (HIL-SERL style)",
+    )
+    parser.add_argument("--learner-seed", type=int, default=0, help="seed of the learner's batches (rank adds to it)")
+
+
+def _add_policy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size",
+        type=_chunk_size,
+        action="append",
+        default=[],
+        metavar="DATASET=N",
+        help="hg-dagger: that dataset's policy predicts N actions at once (default phone=10: the foresight "
+        "trajectory); repeatable",
+    )
+    parser.add_argument(
+        "--policy",
+        type=_policy_type,
+        action="append",
+        default=[],
+        metavar="DATASET=TYPE",
+        help="the policy trained for a dataset: mlp, cnn or a lerobot type (act, diffusion, smolvla...); "
+        "default mlp, or cnn with images; repeatable",
+    )
+    parser.add_argument(
+        "--policy-config",
+        type=_policy_config,
+        action="append",
+        default=[],
+        metavar="DATASET=FILE.json",
+        help="that policy's config fields (for lerobot: its PreTrainedConfig fields, e.g. chunk_size); repeatable",
+    )
+
+
+def _add_staleness_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--staleness-budget",
+        type=int,
+        default=None,
+        metavar="N",
+        help="versions an on-policy step may lag the learner (drop: kept while age <= N; downweight: half-life N)",
+    )
+    parser.add_argument("--staleness-mode", choices=["drop", "downweight"], default="drop")
+    parser.add_argument(
+        "--staleness-decay", choices=["exp", "linear"], default="exp", help="how downweight decays (default exp)"
+    )
+    parser.add_argument(
+        "--staleness-interventions",
+        action="store_true",
+        help="let interventions age too (by default steps a person labelled are exempt)",
+    )
+
+
+def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--foresight-tolerance-m",
+        type=positive_float,
+        default=0.02,
+        help="phone demonstrations where the foresight was off by more than this (metres) are sampled more often",
+    )
+    parser.add_argument(
+        "--foresight-max-weight",
+        type=float,
+        default=5.0,
+        help="at most this many times as often (1: sample phone demonstrations evenly; default 5)",
+    )
+    parser.add_argument(
+        "--sample-ratios",
+        type=_sample_ratios,
+        action="append",
+        default=[],
+        metavar="[DATASET:]GROUP=RATIO,...",
+        help="shares of each batch by kind of step (online, intervention, demo, offline; join kinds with +), "
+        "e.g. online=0.5,intervention+demo=0.5; prefix DATASET: for one task; repeatable",
+    )
+    parser.add_argument(
+        "--offline-source",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="episodes from this source are imported offline data (repeatable)",
+    )
+
+
+def _add_sac_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--demo-ratio",
+        type=float,
+        default=0.5,
+        help="sac: share of each batch from the demonstration buffer (interventions, demos; default 0.5)",
+    )
+    parser.add_argument(
+        "--sac-explore",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sac: robots sample actions from the published actor, as HIL-SERL collects (default); "
+        "--no-sac-explore runs its mean action",
+    )
+
+
+def add_learner_args(parser: argparse.ArgumentParser) -> None:
+    """The learner's flags, the same in ``fleetloop cloud``, ``fleetloop learner`` and ``fleetloop-learner``."""
+    for add in (_add_round_args, _add_policy_args, _add_sampler_args, _add_staleness_args, _add_sac_args):
+        add(parser)
+
+
+def _policies(types: list[tuple[str, str]], configs: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
+    """--policy and --policy-config -> {dataset: (type, fields)}; a config for a dataset without --policy is an
+    error (its type would be a guess)."""
+    chosen = dict(types)
+    fields = dict(configs)
+    for dataset in fields:
+        if dataset not in chosen:
+            raise ValueError(f"--policy-config {dataset}=...: name its policy type too (--policy {dataset}=TYPE)")
+    return {dataset: (policy_type, fields.get(dataset, {})) for dataset, policy_type in chosen.items()}
+
+
+def learner_config(args: argparse.Namespace) -> LearnerConfig:
+    """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
+    from cloud.learning.learner import LearnerConfig
+    from cloud.learning.sac import SACConfig
+    from cloud.learning.sampler import SamplerConfig
+
+    default_ratios = None
+    per_dataset: dict[str, tuple] = {}
+    for dataset, ratios in getattr(args, "sample_ratios", []):
+        if not dataset:
+            default_ratios = ratios
+        else:
+            per_dataset[dataset] = ratios
+    try:
+        return LearnerConfig(
+            first_round_episodes=args.first_round_episodes,
+            round_episodes=args.round_episodes,
+            train_steps=args.train_steps,
+            batch_size=getattr(args, "batch_size", 256),
+            chunk_sizes=(("phone", 10), *getattr(args, "chunk_size", [])),
+            policies=_policies(getattr(args, "policy", []), getattr(args, "policy_config", [])),
+            algorithm=getattr(args, "algorithm", "hg-dagger"),
+            staleness_budget=getattr(args, "staleness_budget", None),
+            staleness_mode=getattr(args, "staleness_mode", "drop"),
+            staleness_decay=getattr(args, "staleness_decay", "exp"),
+            staleness_interventions=getattr(args, "staleness_interventions", False),
+            sampler=SamplerConfig(
+                ratios=default_ratios,
+                per_dataset=per_dataset,
+                offline_sources=tuple(getattr(args, "offline_source", [])),
+                foresight_tolerance_m=getattr(args, "foresight_tolerance_m", 0.02),
+                foresight_max_weight=getattr(args, "foresight_max_weight", 5.0),
+            ),
+            sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5), explore=getattr(args, "sac_explore", True)),
+            seed=getattr(args, "learner_seed", 0),
+        )
+    except ValueError as err:
+        message = str(err)
+        if message.startswith("learner.policies"):
+            raise ValueError(f"--policy: {message}") from err
+        fields = ("staleness_budget", "staleness_mode", "staleness_decay", "demo_ratio", "sampler.ratios")
+        for field in (*fields, "foresight_max_weight", "foresight_tolerance_m"):
+            key = field.split(".")[-1]
+            if field in message or f"sac.{key}" in message:
+                flag = {"ratios": "sample-ratios"}.get(key, key.replace("_", "-"))
+                raise ValueError(f"--{flag}: {message}") from err
+        raise
+
+
+def run_learner(
+    layout: DataLayout,
+    config: LearnerConfig,
+    stop: threading.Event | None = None,
+    log_plain: bool = True,
+    dist=None,
+    on_step=None,
+    max_rounds: int = 0,
+) -> None:
+    """The learner over the data folder ``layout`` until ``stop`` (or signals); ``dist``: torchrun's context."""
+    setup_logging(plain=log_plain)
+    import torch
+
+    from cloud.data.store import EpisodeStore
+    from cloud.data.version_registry import PolicyRegistry
+    from cloud.learning.learner import Learner
+
+    torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
+    stop = stop or stop_on_signals()
+    store = EpisodeStore(layout.store, read_only=True)
+    registry = PolicyRegistry(layout.registry)
+    learner = Learner(store, registry, config, checkpoint_dir=layout.learner_checkpoint, dist=dist, on_step=on_step)
+    learner.run(stop, max_rounds=max_rounds)
+
+
+def learner_process(layout: DataLayout, config: LearnerConfig) -> None:
+    """The learner in a child process of ``fleetloop cloud`` (a module-level function: spawn pickles it)."""
+    run_learner(layout, config)
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    try:
+        config = learner_config(args)
+    except ValueError as err:
+        log.error("refusing to start: %s", err)
+        return 2
+    run_learner(args.root, config, log_plain=False)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    learner = sub.add_parser("learner", help="run the learner alone against a cloud's data folder")
+    add_root_arg(learner)
+    add_learner_args(learner)
+    learner.set_defaults(func=cmd_learner)
