@@ -19,13 +19,6 @@ def ros_node(ros2_sim_node, ros_domain: int, tmp_path) -> int:
     return ros_domain
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.stop_all()
-
-
 def test_edge_drives_a_ros2_robot_node_configured_by_yaml(ros_node: int, fleet: Fleet) -> None:
     fleet.start_cloud()
     fleet.start_edge("ros-arm-1", robot=f"ros2:{PANDA_YAML}", hz=10, env={"ROS_DOMAIN_ID": str(ros_node)})
