@@ -1,7 +1,6 @@
 """The ROS 2 driver: config validation, and end to end against the sim robot node in its own process."""
 
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -14,11 +13,6 @@ from hal.ros2 import ConfigError, Ros2Robot, Ros2RobotConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PANDA_YAML = ROOT / "launch" / "ros2" / "panda_sim.yaml"
-# The transport `fleetloop edge --robot ros2:...` ships: Fast DDS reads it at this process's first participant and
-# the sim node inherits it. Over the default UDP transport, beside the 30 Hz image stream on a loaded machine, a
-# joint state sometimes came more than 2 s late (the image test failed in 5 of 18 runs beside two busy loops; a
-# 100 ms writer heartbeat did not help: 2 of 14); with this profile it failed in none of 9.
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "launch" / "ros2" / "fastdds_shm.xml"))
 IMAGE_OBSERVATION = {
     "name": "camera",
     "topic": "/panda/image",
