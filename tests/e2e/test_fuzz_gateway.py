@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -313,21 +314,28 @@ def send_first_message(stream: ByteStream, first: tuple, resource_id: str) -> pb
     return hello
 
 
+@dataclass
+class Sent:
+    """What went down one welcomed stream, and so what must come back."""
+
+    resource: str
+    batches: dict[int, tuple[pb.StepBatch, str | None]] = field(default_factory=dict)  # id -> (batch, bad field)
+    expect_errors: list[str] = field(default_factory=list)  # fields of errors without a batch id, in order
+    heartbeats: int = 0
+    alive: bool = True  # False once garbage went down: the gateway ends the stream
+
+
 def send_follow_ups(fleet: Fleet, stream: ByteStream, hello: pb.Hello, rest: list) -> None:
     """After a welcome: sends the follow-ups, then checks every answer against the local checks."""
     schema = session_schema(hello)
-    resource = hello.resource.id
-    expect_errors: list[str] = []  # fields of errors without a batch id, in order
-    batches: dict[int, tuple[pb.StepBatch, str | None]] = {}
-    heartbeats = 0
-    alive = True
+    sent = Sent(hello.resource.id)
     for n, (kind, detail) in enumerate(rest):
         if kind == "steps":
             batch_id = 1000 + n
-            batch = build_batch(schema, detail, f"fz-ep-{resource}-{n}", batch_id)
-            batches[batch_id] = (batch, batch_error(batch, schema))
-            if batches[batch_id][1] is None and batch.first_seq == 0:
-                fleet.valid[(resource, batch.episode_id)] = decode_batch(batch, schema, MAX_BATCH_BYTES)
+            batch = build_batch(schema, detail, f"fz-ep-{sent.resource}-{n}", batch_id)
+            sent.batches[batch_id] = (batch, batch_error(batch, schema))
+            if sent.batches[batch_id][1] is None and batch.first_seq == 0:
+                fleet.valid[(sent.resource, batch.episode_id)] = decode_batch(batch, schema, MAX_BATCH_BYTES)
             stream.send(pb.EdgeMessage(steps=batch).SerializeToString())
         elif kind == "applied":
             policy_name, version = detail
@@ -337,41 +345,33 @@ def send_follow_ups(fleet: Fleet, stream: ByteStream, hello: pb.Hello, rest: lis
             try:
                 check_applied(pb.PolicyApplied(policy_name=policy_name, version=version))
             except CodecError as err:
-                expect_errors.append(err.field)
+                sent.expect_errors.append(err.field)
         elif kind == "heartbeat":
-            heartbeats += 1
+            sent.heartbeats += 1
             stream.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=detail)).SerializeToString())
         elif kind == "empty":
-            expect_errors.append("body")
+            sent.expect_errors.append("body")
             stream.send(b"")
         elif kind == "hello":
-            expect_errors.append("hello")
+            sent.expect_errors.append("hello")
             stream.send(pb.EdgeMessage(hello=hello).SerializeToString())
         else:  # garbage: an Error naming it, then the stream ends
-            expect_errors.append("edge_message")
+            sent.expect_errors.append("edge_message")
             stream.send(detail)
-            alive = False
+            sent.alive = False
             break
-    if alive:  # a last heartbeat: its answer comes after everything sent before it was read
-        heartbeats += 1
+    if sent.alive:  # a last heartbeat: its answer comes after everything sent before it was read
+        sent.heartbeats += 1
         stream.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=1)).SerializeToString())
-    check_answers(fleet, stream, resource, batches, expect_errors, heartbeats, alive)
+    check_answers(fleet, stream, sent)
 
 
-def check_answers(
-    fleet: Fleet,
-    stream: ByteStream,
-    resource: str,
-    batches: dict[int, tuple[pb.StepBatch, str | None]],
-    expect_errors: list[str],
-    heartbeats: int,
-    alive: bool,
-) -> None:
+def check_answers(fleet: Fleet, stream: ByteStream, sent: Sent) -> None:
     def answered(answers: list[pb.CloudMessage]) -> bool:
         done = {a.ack.batch_id for a in answers if a.HasField("ack")}
         done |= {a.error.batch_id for a in answers if a.HasField("error")}
         beats = sum(a.HasField("heartbeat") for a in answers)
-        return not alive or (set(batches) <= done and beats >= heartbeats)
+        return not sent.alive or (set(sent.batches) <= done and beats >= sent.heartbeats)
 
     assert stream.wait_for(answered, ANSWER_TIMEOUT_S), f"no answer in time: {stream.answers}"
     assert stream.finish(ANSWER_TIMEOUT_S), "the gateway did not end the stream after the edge closed it"
@@ -380,19 +380,19 @@ def check_answers(
     batch_errors = {a.error.batch_id: a.error for a in stream.answers if a.HasField("error") and a.error.batch_id}
     other_errors = [a.error.field for a in stream.answers if a.HasField("error") and not a.error.batch_id]
     acks = {a.ack.batch_id: a.ack for a in stream.answers if a.HasField("ack")}
-    assert other_errors == expect_errors
-    for batch_id, (batch, field) in batches.items():
+    assert other_errors == sent.expect_errors
+    for batch_id, (batch, field_name) in sent.batches.items():
         if batch_id not in acks and batch_id not in batch_errors:
-            assert not alive, f"batch {batch_id} got no answer"
+            assert not sent.alive, f"batch {batch_id} got no answer"
             continue
-        if field is not None:
-            assert batch_id in batch_errors and batch_errors[batch_id].field == field, stream.answers
+        if field_name is not None:
+            assert batch_id in batch_errors and batch_errors[batch_id].field == field_name, stream.answers
         elif batch.first_seq > 0:  # valid, but a gap in the episode: the store refuses it by field
             assert batch_errors[batch_id].field == "step_batch.first_seq"
         else:
             event("a valid batch was acked")
             assert acks[batch_id].next_seq == batch.num_steps, stream.answers
-            fleet.acked.add((resource, batch.episode_id))
+            fleet.acked.add((sent.resource, batch.episode_id))
     for error in batch_errors.values():
         assert error.code == "invalid_argument" and error.field.startswith("step_batch"), error
 
