@@ -80,19 +80,17 @@ def first_error(replies: list) -> pb.Error:
 
 
 @pytest.fixture
-def secured(tmp_path):
+def secured(fleet: Fleet) -> tuple[Fleet, dict[str, str]]:
     """A cloud on loopback with a devices file: every device must show its credential."""
-    devices = DeviceRegistry(tmp_path / "data" / "devices.json")
+    devices = DeviceRegistry(fleet.root / "data" / "devices.json")
     tokens = {
         "robot-1": devices.add("robot-1", policies=(DATASET,)),
         "robot-2": devices.add("robot-2"),
         "phone-1": devices.add("phone-1", kind="phone"),
         "alice": devices.add("alice", kind="operator"),
     }
-    fleet = Fleet(tmp_path)
     fleet.start_cloud()
-    yield fleet, tokens
-    fleet.stop_all()
+    return fleet, tokens
 
 
 def test_missing_wrong_and_misused_credentials_are_refused(secured) -> None:
@@ -175,37 +173,33 @@ def test_fleet_control_needs_an_operator_credential(secured) -> None:
     assert not command(fleet.target, "nobody", "pause", token=tokens["alice"]).ok
 
 
-def test_tls_tunnel_and_fleet_view(tmp_path) -> None:
+def test_tls_tunnel_and_fleet_view(tmp_path, fleet: Fleet) -> None:
     root = tmp_path / "data"
     cli = [sys.executable, "-m", "fleetloop.cli"]
     assert subprocess.run([*cli, "certs", "init", "--root", str(root)], timeout=60).returncode == 0
     devices = DeviceRegistry(root / "devices.json")
     robot, alice = devices.add("cart-1"), devices.add("alice", kind="operator")
-    fleet = Fleet(tmp_path)
-    try:
-        fleet.start_cloud("--tls")
-        ca = str(root / "certs" / "ca.pem")
-        fleet.start_edge("cart-1", "--operator", "none", "--ca", ca, robot="sim:pusht", env={"FLEETLOOP_TOKEN": robot})
-        wait_until(lambda: "cart-1 connected" in fleet.log("cloud"), 60, "cart-1 to connect over TLS")
-        assert "TLS, device credentials required" in fleet.log("cloud")
-        [member] = fetch(fleet.target, ca=ca, token=alice).members
-        assert member.resource.id == "cart-1"
-        # Plain text to a TLS gateway gets nowhere.
-        with pytest.raises(grpc.RpcError) as err:
-            fetch(fleet.target, token=alice, timeout_s=2)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        shown = subprocess.run(
-            [*cli, "fleet", "--cloud", fleet.target, "--ca", ca],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**fleet_env(), "FLEETLOOP_TOKEN": alice, "COLUMNS": "200"},
-        )
-        assert shown.returncode == 0, shown.stderr
-        assert "cart-1" in shown.stdout
-        assert np.isfinite(member.seconds_since_seen)
-    finally:
-        fleet.stop_all()
+    fleet.start_cloud("--tls")
+    ca = str(root / "certs" / "ca.pem")
+    fleet.start_edge("cart-1", "--operator", "none", "--ca", ca, robot="sim:pusht", env={"FLEETLOOP_TOKEN": robot})
+    wait_until(lambda: "cart-1 connected" in fleet.log("cloud"), 60, "cart-1 to connect over TLS")
+    assert "TLS, device credentials required" in fleet.log("cloud")
+    [member] = fetch(fleet.target, ca=ca, token=alice).members
+    assert member.resource.id == "cart-1"
+    # Plain text to a TLS gateway gets nowhere.
+    with pytest.raises(grpc.RpcError) as err:
+        fetch(fleet.target, token=alice, timeout_s=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    shown = subprocess.run(
+        [*cli, "fleet", "--cloud", fleet.target, "--ca", ca],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**fleet_env(), "FLEETLOOP_TOKEN": alice, "COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "cart-1" in shown.stdout
+    assert np.isfinite(member.seconds_since_seen)
 
 
 def fleet_env() -> dict[str, str]:
@@ -214,7 +208,7 @@ def fleet_env() -> dict[str, str]:
     return dict(ENV)
 
 
-def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path) -> None:
+def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path, fleet: Fleet) -> None:
     devices = DeviceRegistry(tmp_path / "data" / "devices.json")
     tokens = {
         "robot-1": devices.add("robot-1"),
@@ -222,7 +216,6 @@ def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path) -> None:
         "robot-3": devices.add("robot-3", policies=("other_policy",)),
     }
     (tmp_path / "tasks.yaml").write_text(f"- {{name: pick, policy: {DATASET}, count: 2}}\n")
-    fleet = Fleet(tmp_path)
     edges: list[RawEdge] = []
     try:
         fleet.start_cloud(
@@ -246,4 +239,3 @@ def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path) -> None:
     finally:
         for edge in edges:
             edge.close()
-        fleet.stop_all()

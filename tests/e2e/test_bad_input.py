@@ -16,6 +16,8 @@ from protocol.steps import encode_batch
 from tests.e2e.fleet import Fleet, wait_until
 from tests.e2e.raw_edge import RESOURCE, ByteStream, RawEdge, good_columns
 
+pytestmark = pytest.mark.cloud("--max-batch-mb", "1")  # every test here, on a cloud with a 1 MB batch limit
+
 
 def mutated(mutate) -> pb.StepBatch:
     batch = encode_batch("bad-episode", 0, good_columns(), batch_id=7)
@@ -40,14 +42,6 @@ CASES = [
     (lambda b: b.ClearField("episode_id"), "step_batch.episode_id"),
     (lambda b: b.columns["obs.state"].CopyFrom(encode_array(np.zeros((5, 21 * 40_000), np.float32))), "step_batch"),
 ]
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    fleet.start_cloud("--max-batch-mb", "1")
-    yield fleet
-    fleet.stop_all()
 
 
 def test_malformed_batches_are_refused_by_field_and_other_edges_go_on(fleet: Fleet) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from edge.spool import Spool
@@ -20,13 +18,6 @@ from tests.faults import LinkProxy
 DATASET = "panda_pick_cube"
 ROBOTS = [f"robot-{i}" for i in range(1, 5)]
 LEARNER_ARGS = ("--first-round-episodes", "1", "--round-episodes", "2", "--train-steps", "50")
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.stop_all()
 
 
 def latest_version(fleet: Fleet) -> int:

@@ -19,6 +19,7 @@ from tests.e2e.raw_edge import RESOURCE, RawEdge, last_policy_chunk
 
 DATASET = "panda_pick_cube"
 OBSERVATION = {"state": {"shape": [21], "dtype": "float32"}}
+pytestmark = pytest.mark.cloud("--lost-after", "120")  # every test here; hand-driven edges send no heartbeats
 
 
 def lora_policy() -> LoraPolicy:
@@ -40,14 +41,6 @@ def versions_in_store(fleet: Fleet, robot: str) -> set[int]:
     rows = store.read(DATASET, columns=["episode_index", "policy_version"])
     mine = [i for i, e in enumerate(store.episodes(DATASET)) if e.resource_id == robot]
     return set(rows["policy_version"][np.isin(rows["episode_index"], mine)].tolist())
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    fleet.start_cloud("--lost-after", "120")  # the hand-driven edge sends no heartbeats
-    yield fleet
-    fleet.stop_all()
 
 
 def test_a_lora_update_sends_under_5_percent_of_the_model_and_both_edges_swap_it_in(fleet: Fleet) -> None:

@@ -30,13 +30,14 @@ TASKS = """
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    (tmp_path / "tasks.yaml").write_text(TASKS)
-    fleet.start_cloud("--tasks", str(tmp_path / "tasks.yaml"), "--lost-after", "2")
-    publish_untrained_policy(tmp_path, "pusht")  # the carts run without an operator: give them a policy
-    yield fleet
-    fleet.stop_all()
+def cloud_with_tasks(fleet: Fleet) -> None:
+    """The fleet's cloud runs TASKS and calls a robot lost after 2 s without a heartbeat."""
+    (fleet.root / "tasks.yaml").write_text(TASKS)
+    fleet.start_cloud("--tasks", str(fleet.root / "tasks.yaml"), "--lost-after", "2")
+    publish_untrained_policy(fleet.root, "pusht")  # the carts run without an operator: give them a policy
+
+
+pytestmark = pytest.mark.usefixtures("cloud_with_tasks")
 
 
 def states(fleet: Fleet) -> dict[str, tuple[str, str]]:

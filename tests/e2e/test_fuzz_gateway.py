@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -41,18 +43,22 @@ streams_started = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def gateway_fleet(tmp_path_factory) -> Iterator[Fleet]:
+    """One cloud and a well-behaved edge for the whole module (module scope: hypothesis runs every example
+    against it), with a channel for the fuzzer and what the fuzzing recorded so far."""
     fleet = Fleet(tmp_path_factory.mktemp("fuzz"))
-    fleet.start_cloud("--max-batch-mb", str(MAX_BATCH_BYTES >> 20))
-    fleet.start_edge("robot-1")
-    fleet.store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
-    fleet.channel = grpc.insecure_channel(fleet.target, options=[("grpc.max_send_message_length", 8 << 20)])
-    fleet.valid = {}  # (resource id, episode id) -> columns of a batch the local decoder accepts
-    fleet.acked = set()  # (resource id, episode id) the gateway acked
-    wait_until(lambda: edge_steps(fleet) > 0, 90, "the well-behaved edge's first steps")
-    yield fleet
-    fleet.channel.close()
-    fleet.stop_all()
+    try:
+        fleet.start_cloud("--max-batch-mb", str(MAX_BATCH_BYTES >> 20))
+        fleet.start_edge("robot-1")
+        fleet.store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+        fleet.channel = grpc.insecure_channel(fleet.target, options=[("grpc.max_send_message_length", 8 << 20)])
+        fleet.valid = {}  # (resource id, episode id) -> columns of a batch the local decoder accepts
+        fleet.acked = set()  # (resource id, episode id) the gateway acked
+        wait_until(lambda: edge_steps(fleet) > 0, 90, "the well-behaved edge's first steps")
+        yield fleet
+        fleet.channel.close()
+    finally:
+        fleet.stop_all()
 
 
 def edge_steps(fleet: Fleet, resource_id: str = "robot-1") -> int:
@@ -256,130 +262,165 @@ def batch_error(batch: pb.StepBatch, schema: Schema) -> str | None:
 # ---- the property ---------------------------------------------------------------------------------------
 
 
-@settings(
+def check_one_stream(fleet: Fleet, first: tuple, rest: list) -> None:
+    """One hostile stream: the first message, then (once welcome) the follow-ups, each answered as the local
+    checks say. Records in ``fleet.valid`` and ``fleet.acked`` what the store may and must hold afterwards."""
+    stream = ByteStream(fleet.channel, timeout_s=60)
+    try:
+        hello = send_first_message(stream, first, resource_id=f"fz-{next(streams_started)}")
+        if hello is not None:
+            send_follow_ups(fleet, stream, hello, rest)
+    finally:
+        stream.cancel()
+
+
+def send_first_message(stream: ByteStream, first: tuple, resource_id: str) -> pb.Hello | None:
+    """Sends the first message; a refused one gets one Error naming the field, then the stream ends (None).
+    Returns the hello the gateway welcomed."""
+    kind, detail = first
+    if kind == "hello":
+        hello = detail
+        if hello.resource.id == RESOURCE.id:
+            hello.resource.id = resource_id
+        expected = hello_error(hello)
+        if expected is None:
+            keep_store_consistent(hello)
+        stream.send(pb.EdgeMessage(hello=hello).SerializeToString())
+    elif kind == "garbage":
+        expected = "(undecodable)"
+        stream.send(detail)
+    else:
+        expected = "hello"
+        stream.send(pb.EdgeMessage(**({kind: {}} if kind != "empty" else {})).SerializeToString())
+
+    event(f"first message: {kind}, refused by {expected}")
+    if expected is not None:  # refused: one Error naming the field, then the stream ends
+        assert stream.finish(ANSWER_TIMEOUT_S), "the gateway did not end a refused stream"
+        if expected == "(undecodable)":
+            # grpc fails to parse before the gateway's code runs: the stream ends, with no field to name.
+            assert stream.code in (
+                grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.INTERNAL,
+            )
+            return None
+        errors = [a.error for a in stream.answers if a.HasField("error")]
+        assert [e.field for e in errors] == [expected], stream.answers
+        assert stream.code == grpc.StatusCode.INVALID_ARGUMENT, (stream.code, stream.details)
+        return None
+
+    assert stream.wait_for(lambda a: any(m.HasField("welcome") for m in a), ANSWER_TIMEOUT_S)
+    assert not stream.ended.is_set(), (stream.code, stream.details)
+    return hello
+
+
+@dataclass
+class Sent:
+    """What went down one welcomed stream, and so what must come back."""
+
+    resource: str
+    batches: dict[int, tuple[pb.StepBatch, str | None]] = field(default_factory=dict)  # id -> (batch, bad field)
+    expect_errors: list[str] = field(default_factory=list)  # fields of errors without a batch id, in order
+    heartbeats: int = 0
+    alive: bool = True  # False once garbage went down: the gateway ends the stream
+
+
+def send_follow_ups(fleet: Fleet, stream: ByteStream, hello: pb.Hello, rest: list) -> None:
+    """After a welcome: sends the follow-ups, then checks every answer against the local checks."""
+    schema = session_schema(hello)
+    sent = Sent(hello.resource.id)
+    for n, (kind, detail) in enumerate(rest):
+        if kind == "steps":
+            batch_id = 1000 + n
+            batch = build_batch(schema, detail, f"fz-ep-{sent.resource}-{n}", batch_id)
+            sent.batches[batch_id] = (batch, batch_error(batch, schema))
+            if sent.batches[batch_id][1] is None and batch.first_seq == 0:
+                fleet.valid[(sent.resource, batch.episode_id)] = decode_batch(batch, schema, MAX_BATCH_BYTES)
+            stream.send(pb.EdgeMessage(steps=batch).SerializeToString())
+        elif kind == "applied":
+            policy_name, version = detail
+            stream.send(
+                pb.EdgeMessage(applied=pb.PolicyApplied(policy_name=policy_name, version=version)).SerializeToString()
+            )
+            try:
+                check_applied(pb.PolicyApplied(policy_name=policy_name, version=version))
+            except CodecError as err:
+                sent.expect_errors.append(err.field)
+        elif kind == "heartbeat":
+            sent.heartbeats += 1
+            stream.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=detail)).SerializeToString())
+        elif kind == "empty":
+            sent.expect_errors.append("body")
+            stream.send(b"")
+        elif kind == "hello":
+            sent.expect_errors.append("hello")
+            stream.send(pb.EdgeMessage(hello=hello).SerializeToString())
+        else:  # garbage: an Error naming it, then the stream ends
+            sent.expect_errors.append("edge_message")
+            stream.send(detail)
+            sent.alive = False
+            break
+    if sent.alive:  # a last heartbeat: its answer comes after everything sent before it was read
+        sent.heartbeats += 1
+        stream.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=1)).SerializeToString())
+    check_answers(fleet, stream, sent)
+
+
+def check_answers(fleet: Fleet, stream: ByteStream, sent: Sent) -> None:
+    def answered(answers: list[pb.CloudMessage]) -> bool:
+        done = {a.ack.batch_id for a in answers if a.HasField("ack")}
+        done |= {a.error.batch_id for a in answers if a.HasField("error")}
+        beats = sum(a.HasField("heartbeat") for a in answers)
+        return not sent.alive or (set(sent.batches) <= done and beats >= sent.heartbeats)
+
+    assert stream.wait_for(answered, ANSWER_TIMEOUT_S), f"no answer in time: {stream.answers}"
+    assert stream.finish(ANSWER_TIMEOUT_S), "the gateway did not end the stream after the edge closed it"
+    assert stream.code == grpc.StatusCode.OK, (stream.code, stream.details)
+
+    batch_errors = {a.error.batch_id: a.error for a in stream.answers if a.HasField("error") and a.error.batch_id}
+    other_errors = [a.error.field for a in stream.answers if a.HasField("error") and not a.error.batch_id]
+    acks = {a.ack.batch_id: a.ack for a in stream.answers if a.HasField("ack")}
+    assert other_errors == sent.expect_errors
+    for batch_id, (batch, field_name) in sent.batches.items():
+        if batch_id not in acks and batch_id not in batch_errors:
+            assert not sent.alive, f"batch {batch_id} got no answer"
+            continue
+        if field_name is not None:
+            assert batch_id in batch_errors and batch_errors[batch_id].field == field_name, stream.answers
+        elif batch.first_seq > 0:  # valid, but a gap in the episode: the store refuses it by field
+            assert batch_errors[batch_id].field == "step_batch.first_seq"
+        else:
+            event("a valid batch was acked")
+            assert acks[batch_id].next_seq == batch.num_steps, stream.answers
+            fleet.acked.add((sent.resource, batch.episode_id))
+    for error in batch_errors.values():
+        assert error.code == "invalid_argument" and error.field.startswith("step_batch"), error
+
+
+FUZZING = settings(
     max_examples=EXAMPLES or 200,
     derandomize=not EXAMPLES,
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(first=first_messages, rest=st.lists(follow_ups(), max_size=6))
-def test_fuzzed_streams_get_field_errors_and_harm_no_one(fleet: Fleet, first: tuple, rest: list) -> None:
-    resource_id = f"fz-{next(streams_started)}"
-    stream = ByteStream(fleet.channel, timeout_s=60)
-    try:
-        kind, detail = first
-        if kind == "hello":
-            hello = detail
-            if hello.resource.id == RESOURCE.id:
-                hello.resource.id = resource_id
-            expected = hello_error(hello)
-            if expected is None:
-                keep_store_consistent(hello)
-            stream.send(pb.EdgeMessage(hello=hello).SerializeToString())
-        elif kind == "garbage":
-            expected = "(undecodable)"
-            stream.send(detail)
-        else:
-            expected = "hello"
-            stream.send(pb.EdgeMessage(**({kind: {}} if kind != "empty" else {})).SerializeToString())
-
-        event(f"first message: {kind}, refused by {expected}")
-        if expected is not None:  # refused: one Error naming the field, then the stream ends
-            assert stream.finish(ANSWER_TIMEOUT_S), "the gateway did not end a refused stream"
-            if expected == "(undecodable)":
-                # grpc fails to parse before the gateway's code runs: the stream ends, with no field to name.
-                assert stream.code in (
-                    grpc.StatusCode.UNKNOWN,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.INTERNAL,
-                )
-                return
-            errors = [a.error for a in stream.answers if a.HasField("error")]
-            assert [e.field for e in errors] == [expected], stream.answers
-            assert stream.code == grpc.StatusCode.INVALID_ARGUMENT, (stream.code, stream.details)
-            return
-
-        assert stream.wait_for(lambda a: any(m.HasField("welcome") for m in a), ANSWER_TIMEOUT_S)
-        assert not stream.ended.is_set(), (stream.code, stream.details)
-        schema = session_schema(hello)
-        resource = hello.resource.id
-        expect_errors: list[str] = []  # fields of errors without a batch id, in order
-        batches: dict[int, tuple[pb.StepBatch, str | None]] = {}
-        heartbeats = 0
-        alive = True
-        for n, (kind, detail) in enumerate(rest):
-            if kind == "steps":
-                batch_id = 1000 + n
-                batch = build_batch(schema, detail, f"fz-ep-{resource}-{n}", batch_id)
-                batches[batch_id] = (batch, batch_error(batch, schema))
-                if batches[batch_id][1] is None and batch.first_seq == 0:
-                    fleet.valid[(resource, batch.episode_id)] = decode_batch(batch, schema, MAX_BATCH_BYTES)
-                stream.send(pb.EdgeMessage(steps=batch).SerializeToString())
-            elif kind == "applied":
-                policy_name, version = detail
-                stream.send(
-                    pb.EdgeMessage(
-                        applied=pb.PolicyApplied(policy_name=policy_name, version=version)
-                    ).SerializeToString()
-                )
-                try:
-                    check_applied(pb.PolicyApplied(policy_name=policy_name, version=version))
-                except CodecError as err:
-                    expect_errors.append(err.field)
-            elif kind == "heartbeat":
-                heartbeats += 1
-                stream.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=detail)).SerializeToString())
-            elif kind == "empty":
-                expect_errors.append("body")
-                stream.send(b"")
-            elif kind == "hello":
-                expect_errors.append("hello")
-                stream.send(pb.EdgeMessage(hello=hello).SerializeToString())
-            else:  # garbage: an Error naming it, then the stream ends
-                expect_errors.append("edge_message")
-                stream.send(detail)
-                alive = False
-                break
-        if alive:  # a last heartbeat: its answer comes after everything sent before it was read
-            heartbeats += 1
-            stream.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=1)).SerializeToString())
-
-        def answered(answers: list[pb.CloudMessage]) -> bool:
-            done = {a.ack.batch_id for a in answers if a.HasField("ack")}
-            done |= {a.error.batch_id for a in answers if a.HasField("error")}
-            beats = sum(a.HasField("heartbeat") for a in answers)
-            return not alive or (set(batches) <= done and beats >= heartbeats)
-
-        assert stream.wait_for(answered, ANSWER_TIMEOUT_S), f"no answer in time: {stream.answers}"
-        assert stream.finish(ANSWER_TIMEOUT_S), "the gateway did not end the stream after the edge closed it"
-        assert stream.code == grpc.StatusCode.OK, (stream.code, stream.details)
-
-        batch_errors = {a.error.batch_id: a.error for a in stream.answers if a.HasField("error") and a.error.batch_id}
-        other_errors = [a.error.field for a in stream.answers if a.HasField("error") and not a.error.batch_id]
-        acks = {a.ack.batch_id: a.ack for a in stream.answers if a.HasField("ack")}
-        assert other_errors == expect_errors
-        for batch_id, (batch, field) in batches.items():
-            if batch_id not in acks and batch_id not in batch_errors:
-                assert not alive, f"batch {batch_id} got no answer"
-                continue
-            if field is not None:
-                assert batch_id in batch_errors and batch_errors[batch_id].field == field, stream.answers
-            elif batch.first_seq > 0:  # valid, but a gap in the episode: the store refuses it by field
-                assert batch_errors[batch_id].field == "step_batch.first_seq"
-            else:
-                event("a valid batch was acked")
-                assert acks[batch_id].next_seq == batch.num_steps, stream.answers
-                fleet.acked.add((resource, batch.episode_id))
-        for error in batch_errors.values():
-            assert error.code == "invalid_argument" and error.field.startswith("step_batch"), error
-    finally:
-        stream.cancel()
+STREAMS = given(first=first_messages, rest=st.lists(follow_ups(), max_size=6))
+# The whole fuzzing run as one call, for a test that needs the gateway fuzzed before it looks.
+fuzz_streams = FUZZING(STREAMS(check_one_stream))
 
 
-def test_after_the_fuzzing_the_gateway_serves_and_stored_only_valid_batches(fleet: Fleet) -> None:
-    """Runs after the fuzzing (same module fleet): the gateway lives on, the good edge streams on, and the
-    store holds from the fuzzer exactly the valid batches, byte for byte; every acked one is there."""
+@FUZZING
+@STREAMS
+def test_fuzzed_streams_get_field_errors_and_harm_no_one(gateway_fleet: Fleet, first: tuple, rest: list) -> None:
+    check_one_stream(gateway_fleet, first, rest)
+
+
+def test_after_the_fuzzing_the_gateway_serves_and_stored_only_valid_batches(gateway_fleet: Fleet) -> None:
+    """Fuzzes the gateway itself first (the same streams as the test above, on this module's fleet, so it holds
+    alone and in any order); then the gateway lives on, the good edge streams on, and the store holds from the
+    fuzzer exactly the valid batches, byte for byte; every acked one is there."""
+    fleet = gateway_fleet
+    fuzz_streams(fleet)
     assert fleet.processes["cloud"].poll() is None, "the gateway died"
     before = edge_steps(fleet)
     wait_until(lambda: edge_steps(fleet) > before + 20, 30, "the well-behaved edge to keep streaming")

@@ -13,7 +13,7 @@ from protocol.steps import schema_for
 from tests.e2e.fleet import Fleet, wait_until
 
 
-def test_lerobot_robot_runs_the_loop_from_a_config_file(tmp_path) -> None:
+def test_lerobot_robot_runs_the_loop_from_a_config_file(tmp_path, fleet: Fleet) -> None:
     config = yaml.safe_load(open("launch/lerobot/fake_arm.yaml"))
     config["calibration_dir"] = str(tmp_path / "calibration")
     config_path = tmp_path / "arm.yaml"
@@ -23,26 +23,22 @@ def test_lerobot_robot_runs_the_loop_from_a_config_file(tmp_path) -> None:
     schema = schema_for([(s.name, s.dtype, s.shape) for s in caps.observation], (caps.action.dtype, caps.action.shape))
     policy = policy_for_schema({k: ColumnSpec(d, s) for k, (d, s) in schema.items()}, hidden=(16,))
 
-    fleet = Fleet(tmp_path)
-    try:
-        fleet.start_cloud()
-        PolicyRegistry(fleet.root / "data" / "registry").publish(caps.embodiment, policy_to_bytes(policy))
-        fleet.start_edge("lerobot-arm-1", "--operator", "none", robot=f"lerobot:{config_path}", hz=10)
-        store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
+    fleet.start_cloud()
+    PolicyRegistry(fleet.root / "data" / "registry").publish(caps.embodiment, policy_to_bytes(policy))
+    fleet.start_edge("lerobot-arm-1", "--operator", "none", robot=f"lerobot:{config_path}", hz=10)
+    store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
 
-        def rows() -> int:
-            store.refresh()
-            return store.committed_rows(caps.embodiment) if caps.embodiment in store.datasets() else 0
-
-        wait_until(lambda: rows() > 20, 90, "the lerobot robot's steps in the store")
-        assert fleet.stop("lerobot-arm-1") == 0
+    def rows() -> int:
         store.refresh()
-        assert rows() == fleet.stats("lerobot-arm-1")["ticks"]
-        episodes = store.episodes(caps.embodiment)
-        assert {e.source for e in episodes} == {"robot"} and {e.resource_id for e in episodes} == {"lerobot-arm-1"}
-        data = store.read(caps.embodiment, columns=["obs.front", "obs.state", "policy_version"])
-        assert data["obs.front"].shape[1:] == (48, 64, 3)
-        assert (data["policy_version"] == 1).all()
-        assert data["obs.state"].std(axis=0).max() > 0, "the arm moved under the policy's actions"
-    finally:
-        fleet.stop_all()
+        return store.committed_rows(caps.embodiment) if caps.embodiment in store.datasets() else 0
+
+    wait_until(lambda: rows() > 20, 90, "the lerobot robot's steps in the store")
+    assert fleet.stop("lerobot-arm-1") == 0
+    store.refresh()
+    assert rows() == fleet.stats("lerobot-arm-1")["ticks"]
+    episodes = store.episodes(caps.embodiment)
+    assert {e.source for e in episodes} == {"robot"} and {e.resource_id for e in episodes} == {"lerobot-arm-1"}
+    data = store.read(caps.embodiment, columns=["obs.front", "obs.state", "policy_version"])
+    assert data["obs.front"].shape[1:] == (48, 64, 3)
+    assert (data["policy_version"] == 1).all()
+    assert data["obs.state"].std(axis=0).max() > 0, "the arm moved under the policy's actions"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from cloud.data.store import EpisodeStore
 from edge.spool import Spool
@@ -18,13 +17,6 @@ DATASET = "panda_pick_cube"
 HZ = 20.0
 CUT_S = 60.0
 SILENT_S = 25.0  # the first part of the cut: a link that silently drops everything (no reset, no FIN)
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.stop_all()
 
 
 def spooled_steps(fleet: Fleet, robot: str) -> int:

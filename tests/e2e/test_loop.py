@@ -6,7 +6,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
@@ -16,13 +15,6 @@ from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until
 
 DATASET = "panda_pick_cube"
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.stop_all()
 
 
 def open_store(fleet: Fleet) -> EpisodeStore:

@@ -135,14 +135,17 @@ def pairing_tokens(fleet: Fleet) -> list[str]:
     return re.findall(r"phone pairing token: (pair_\S+)", fleet.log("cloud"))
 
 
-@pytest.fixture
-def phone_cloud(tmp_path):
-    fleet = Fleet(tmp_path)
+def start_phone_cloud(fleet: Fleet) -> Fleet:
+    """The fleet's cloud with its phone channel on a free port (``fleet.phone_port``), once it offers pairing."""
     fleet.phone_port = free_port()
     fleet.start_cloud("--phone-port", str(fleet.phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}")
     wait_until(lambda: pairing_tokens(fleet), 30, "the cloud to print a pairing token")
-    yield fleet
-    fleet.stop_all()
+    return fleet
+
+
+@pytest.fixture
+def phone_cloud(fleet: Fleet) -> Fleet:
+    return start_phone_cloud(fleet)
 
 
 def printed_qr(output: str, url: str) -> list[list[int]]:
@@ -349,31 +352,25 @@ def test_a_stopped_episode_stores_how_wrong_the_foresight_was_and_the_learner_we
     assert fleet.stop("cloud") == 0
 
 
-def test_a_phone_dataset_from_before_foresight_errors_still_takes_episodes(tmp_path) -> None:
+def test_a_phone_dataset_from_before_foresight_errors_still_takes_episodes(tmp_path, fleet: Fleet) -> None:
     """A store whose phone dataset has no meta.foresight_* columns keeps working: episodes go in without them."""
     spec = [("image", "|u1", (HEIGHT, WIDTH, 3)), ("pose", "<f4", (7,)), ("gripper", "<f4", (1,))]
     with EpisodeStore(tmp_path / "data" / "store") as store:
         store.ensure_dataset("phone", {k: ColumnSpec(d, s) for k, (d, s) in schema_for(spec, ("<f4", (8,))).items()})
-    fleet = Fleet(tmp_path)
-    fleet.phone_port = free_port()
-    fleet.start_cloud("--phone-port", str(fleet.phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}")
-    try:
-        wait_until(lambda: pairing_tokens(fleet), 30, "the cloud to print a pairing token")
-        publish_constant_phone_policy(fleet, [0.0, 0.0, 0.3], chunk=2)
+    start_phone_cloud(fleet)
+    publish_constant_phone_policy(fleet, [0.0, 0.0, 0.3], chunk=2)
 
-        async def scenario() -> None:
-            ws, _ = await hello(fleet, "phone-1", pair=pairing_tokens(fleet)[0])
-            await ws.send(json.dumps({"type": "start", "episode_id": "old-store"}))
-            for seq in range(5):
-                await ws.send(step_frame("old-store", 1, seq))
-            await ws.send(json.dumps({"type": "stop", "episode_id": "old-store", "num_steps": 5}))
-            assert await reply(ws) == {"type": "ack", "episode_id": "old-store", "next_seq": 5}
-            await ws.close()
+    async def scenario() -> None:
+        ws, _ = await hello(fleet, "phone-1", pair=pairing_tokens(fleet)[0])
+        await ws.send(json.dumps({"type": "start", "episode_id": "old-store"}))
+        for seq in range(5):
+            await ws.send(step_frame("old-store", 1, seq))
+        await ws.send(json.dumps({"type": "stop", "episode_id": "old-store", "num_steps": 5}))
+        assert await reply(ws) == {"type": "ack", "episode_id": "old-store", "next_seq": 5}
+        await ws.close()
 
-        asyncio.run(scenario())
-        stored = stored_episodes(fleet)["old-store"]
-        check_episode(stored, 1, 5, success=False)
-        assert "meta.foresight_error" not in stored
-        assert "predates foresight errors" in fleet.log("cloud")
-    finally:
-        fleet.stop_all()
+    asyncio.run(scenario())
+    stored = stored_episodes(fleet)["old-store"]
+    check_episode(stored, 1, 5, success=False)
+    assert "meta.foresight_error" not in stored
+    assert "predates foresight errors" in fleet.log("cloud")

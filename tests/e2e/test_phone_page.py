@@ -235,8 +235,7 @@ def publish_phone_policy(root: Path) -> None:
     PolicyRegistry(root / "data" / "registry").publish("phone", policy_to_bytes(policy))
 
 
-def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_path: Path) -> None:
-    fleet = Fleet(tmp_path)
+def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_path: Path, fleet: Fleet) -> None:
     phone_port = free_port()
     fleet.start_cloud("--phone-port", str(phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}")
     chrome = None
@@ -314,7 +313,6 @@ def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_p
     finally:
         if chrome is not None:
             chrome.close()
-        fleet.stop_all()
 
 
 def trust_the_cloud(fleet: Fleet) -> str:
@@ -331,7 +329,7 @@ def spki_sha256(cert_pem: Path) -> str:
 
 
 def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the_identity_pose(
-    tmp_path: Path,
+    tmp_path: Path, fleet: Fleet
 ) -> None:
     """`fleetloop cloud --tls`: the page over https and its websocket over wss, in a browser without WebXR pose.
 
@@ -352,7 +350,6 @@ def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the
     )
     assert created.returncode == 0, created.stdout + created.stderr
     certs = root / "certs"
-    fleet = Fleet(tmp_path)
     phone_port = free_port()
     fleet.start_cloud("--tls", "--phone-port", str(phone_port), "--phone-image", f"{HEIGHT}x{WIDTH}")
     chrome = None
@@ -427,15 +424,15 @@ def test_phone_page_over_https_without_webxr_records_camera_and_gripper_with_the
     finally:
         if chrome is not None:
             chrome.close()
-        fleet.stop_all()
 
 
-def test_the_learner_trains_on_the_page_s_demonstrations_and_each_new_version_reaches_the_page(tmp_path: Path) -> None:
+def test_the_learner_trains_on_the_page_s_demonstrations_and_each_new_version_reaches_the_page(
+    tmp_path: Path, fleet: Fleet
+) -> None:
     """Closing the loop end to end: the cloud runs its learner; two demonstrations recorded on the page (stub WebXR
     pose, fake camera) train `phone` v1, whose foresight the page then shows; a third demonstration, recorded while
     v1 was the policy, is scored against v1's foresight, weighted up where it was wrong, and trains v2, which
     reaches the page too. The time from each ack to the page showing the new version is printed."""
-    fleet = Fleet(tmp_path)
     phone_port = free_port()
     learner = ["--first-round-episodes", "2", "--round-episodes", "1", "--train-steps", "40", "--batch-size", "32"]
     learner += ["--chunk-size", "phone=5", "--foresight-tolerance-m", "0.002"]
@@ -480,4 +477,3 @@ def test_the_learner_trains_on_the_page_s_demonstrations_and_each_new_version_re
     finally:
         if chrome is not None:
             chrome.close()
-        fleet.stop_all()

@@ -14,14 +14,6 @@ DATASET = "panda_pick_cube"
 ROBOTS = ("robot-1", "robot-2")
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    fleet.start_cloud()
-    yield fleet
-    fleet.stop_all()
-
-
 def steps_by_version(fleet: Fleet, robot: str) -> dict[int, int]:
     store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
     if DATASET not in store.datasets():
@@ -33,6 +25,7 @@ def steps_by_version(fleet: Fleet, robot: str) -> dict[int, int]:
     return dict(zip(versions.tolist(), counts.tolist(), strict=True))
 
 
+@pytest.mark.cloud()
 def test_two_edges_drive_their_robots_with_a_policy_that_runs_in_the_cloud(fleet: Fleet) -> None:
     for seed, robot in enumerate(ROBOTS, start=1):
         fleet.start_edge(robot, "--operator", "none", "--remote-policy", hz=20, seed=seed)

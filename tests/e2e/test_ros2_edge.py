@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import pytest
 
 from cloud.data.store import EpisodeStore
@@ -16,33 +11,17 @@ PANDA_YAML = "launch/ros2/panda_sim.yaml"
 
 
 @pytest.fixture
-def ros_domain() -> int:
-    return 150 + os.getpid() % 80  # its own ROS_DOMAIN_ID, apart from the driver tests' range
-
-
-@pytest.fixture
-def fleet(tmp_path, ros_domain):
-    fleet = Fleet(tmp_path)
+def ros_node(ros2_sim_node, ros_domain: int, tmp_path) -> int:
+    """A sim robot node on this test's ROS_DOMAIN_ID; the test asks for it before ``fleet``, so the edge stops
+    before the node does."""
     env = {**ENV, "ROS_DOMAIN_ID": str(ros_domain)}
-    with open(tmp_path / "ros-node.log", "w") as log:
-        node = subprocess.Popen(
-            [sys.executable, "-m", "hal.ros2_sim_node", "--domain-id", str(ros_domain), "--seed", "3"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    yield fleet
-    fleet.stop_all()
-    node.send_signal(signal.SIGTERM)
-    try:
-        node.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        node.kill()
+    ros2_sim_node(ros_domain, seed=3, env=env, log=tmp_path / "ros-node.log")
+    return ros_domain
 
 
-def test_edge_drives_a_ros2_robot_node_configured_by_yaml(fleet: Fleet, ros_domain: int) -> None:
+def test_edge_drives_a_ros2_robot_node_configured_by_yaml(ros_node: int, fleet: Fleet) -> None:
     fleet.start_cloud()
-    fleet.start_edge("ros-arm-1", robot=f"ros2:{PANDA_YAML}", hz=10, env={"ROS_DOMAIN_ID": str(ros_domain)})
+    fleet.start_edge("ros-arm-1", robot=f"ros2:{PANDA_YAML}", hz=10, env={"ROS_DOMAIN_ID": str(ros_node)})
     store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
 
     def finished_episodes() -> list:

@@ -34,14 +34,11 @@ SPEC = {"pixels": {"shape": [96, 96, 3], "dtype": "uint8"}, "agent_pos": {"shape
 LOW, HIGH = np.zeros(2, np.float32), np.full(2, 512.0, np.float32)
 
 
-@pytest.fixture
-def fleet(tmp_path, monkeypatch):
-    # Every process the fleet starts stays off the hub: the VLM's files come from the local directory only.
+@pytest.fixture(autouse=True)
+def offline(monkeypatch) -> None:
+    """Every process the fleet starts stays off the hub: the VLM's files come from the local directory only.
+    (Autouse fixtures come first, so this holds before the ``fleet`` fixture starts the cloud.)"""
     monkeypatch.setitem(fleet_processes.ENV, "HF_HUB_OFFLINE", "1")
-    fleet = Fleet(tmp_path)
-    fleet.start_cloud()
-    yield fleet
-    fleet.stop_all()
 
 
 def tiny_vla(vlm_dir) -> LerobotPolicy:
@@ -59,6 +56,7 @@ def robot_steps(fleet: Fleet) -> dict[str, np.ndarray]:
     return {k: v[mine] for k, v in rows.items()}
 
 
+@pytest.mark.cloud()
 def test_an_edge_acts_with_a_tiny_smolvla_that_runs_in_the_cloud(fleet: Fleet) -> None:
     started = time.monotonic()
     vlm_dir = write_tiny_vlm_dir(fleet.root / "models" / "tiny-smolvlm")

@@ -1,9 +1,6 @@
 """The ROS 2 driver: config validation, and end to end against the sim robot node in its own process."""
 
 import copy
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,11 +14,6 @@ from hal.ros2 import Ros2Robot, Ros2RobotConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PANDA_YAML = ROOT / "launch" / "ros2" / "panda_sim.yaml"
-# The transport `fleetloop edge --robot ros2:...` ships: Fast DDS reads it at this process's first participant and
-# the sim node inherits it. Over the default UDP transport, beside the 30 Hz image stream on a loaded machine, a
-# joint state sometimes came more than 2 s late (the image test failed in 5 of 18 runs beside two busy loops; a
-# 100 ms writer heartbeat did not help: 2 of 14); with this profile it failed in none of 9.
-os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "launch" / "ros2" / "fastdds_shm.xml"))
 IMAGE_OBSERVATION = {
     "name": "camera",
     "topic": "/panda/image",
@@ -89,38 +81,6 @@ def test_panda_yaml_gives_the_capabilities() -> None:
     assert Ros2RobotConfig.from_dict(with_camera).capabilities.cameras == ("camera",)
 
 
-def _domain_id(offset: int) -> int:
-    # One domain per test and per pytest process: parallel runs and leftover nodes never cross-talk.
-    return 100 + (os.getpid() + offset) % 100
-
-
-@pytest.fixture
-def sim_node(request):
-    """Starts hal.ros2_sim_node on its own domain; always stopped (SIGTERM, then SIGKILL)."""
-    processes = []
-
-    def start(*args: str, offset: int = 0) -> int:
-        domain = _domain_id(offset)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hal.ros2_sim_node", "--domain-id", str(domain), "--seed", "0", *args],
-            cwd=ROOT,
-            env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        return domain
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 def assert_matches(observation: dict[str, np.ndarray], robot: Ros2Robot) -> None:
     specs = robot.capabilities.observation
     assert set(observation) == {s.name for s in specs}
@@ -129,9 +89,9 @@ def assert_matches(observation: dict[str, np.ndarray], robot: Ros2Robot) -> None
 
 
 @pytest.mark.timeout(60)
-def test_scripted_expert_picks_the_cube_through_ros2(sim_node) -> None:
-    domain = sim_node(offset=0)
-    robot = Ros2Robot(Ros2RobotConfig.from_yaml(PANDA_YAML), domain_id=domain)
+def test_scripted_expert_picks_the_cube_through_ros2(ros2_sim_node, ros_domain: int) -> None:
+    ros2_sim_node(ros_domain)
+    robot = Ros2Robot(Ros2RobotConfig.from_yaml(PANDA_YAML), domain_id=ros_domain)
     try:
         started = time.monotonic()
         observation = robot.reset()
@@ -161,11 +121,11 @@ def test_scripted_expert_picks_the_cube_through_ros2(sim_node) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_image_frames_arrive_in_the_driver(sim_node) -> None:
-    domain = sim_node("--image", offset=1)
+def test_image_frames_arrive_in_the_driver(ros2_sim_node, ros_domain: int) -> None:
+    ros2_sim_node(ros_domain, "--image")
     raw = panda_raw()
     raw["observations"].append(IMAGE_OBSERVATION)
-    robot = Ros2Robot(Ros2RobotConfig.from_dict(raw), domain_id=domain)
+    robot = Ros2Robot(Ros2RobotConfig.from_dict(raw), domain_id=ros_domain)
     try:
         observation = robot.reset()
         assert_matches(observation, robot)

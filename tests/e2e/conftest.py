@@ -1,0 +1,28 @@
+"""The ``fleet`` fixture: the real cloud and edges as processes, each test in its own folder on a free port.
+
+A test (or a module, through ``pytestmark``) marked ``@pytest.mark.cloud(*args, learner=False)`` finds the
+cloud already listening, started with those arguments; unmarked, it starts what it needs itself
+(``fleet.start_cloud``, ``fleet.start_edge``, ``fleet.start_learner``). Either way every process the fleet started
+is stopped after the test. Helpers that start the processes live in tests/e2e/fleet.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.fleet import Fleet
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path)
+    try:
+        marker = request.node.get_closest_marker("cloud")
+        if marker is not None:
+            fleet.start_cloud(*marker.args, **marker.kwargs)
+        yield fleet
+    finally:
+        fleet.stop_all()
