@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -90,6 +91,8 @@ def show(target: str, watch: bool, interval_s: float = 1.0, ca: str | None = Non
     if not watch:
         console.print(render(status, target))
         return 0
+    if not console.is_terminal:
+        return _print_every(console, target, status, interval_s, ca, token)
     with Live(render(status, target), console=console, refresh_per_second=2) as live:
         try:
             while True:
@@ -101,3 +104,23 @@ def show(target: str, watch: bool, interval_s: float = 1.0, ca: str | None = Non
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _print_every(
+    console: Console, target: str, status: pb.FleetStatus, interval_s: float, ca: str | None, token: str
+) -> int:
+    """--watch into a pipe or a file: a live view redraws in place, which a log cannot show, so each refresh is
+    printed after the last (rich's Live prints nothing to a pipe until it stops)."""
+    try:
+        while True:
+            console.print(render(status, target))
+            time.sleep(interval_s)
+            while True:
+                try:
+                    status = fetch(target, ca=ca, token=token)
+                    break
+                except grpc.RpcError as err:
+                    console.print(f"[red]{call_failure(target, err)}[/]")
+                    time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return 0

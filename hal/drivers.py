@@ -59,7 +59,7 @@ def _ros2(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
     from hal.ros2 import Ros2Robot, Ros2RobotConfig
 
     config = Ros2RobotConfig.from_yaml(path)
-    return BuiltDriver(Ros2Robot(config), "robot", config.embodiment)
+    return BuiltDriver(Ros2Robot(config), "robot", config.scripted_task or config.embodiment)
 
 
 DRIVERS: dict[str, DriverFactory] = {"sim": _sim, "ros2": _ros2, "lerobot": _lerobot}

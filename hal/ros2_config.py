@@ -136,6 +136,8 @@ class Ros2RobotConfig(ConfigModel):
     sync: SyncConfig = SyncConfig()
     episode: EpisodeConfig = EpisodeConfig()
     domain_id: Annotated[int, Field(ge=0)] | None = None  # None: ROS_DOMAIN_ID from the environment
+    # The task whose scripted operator can drive this robot (a simulator behind topics), e.g. panda_pick_cube.
+    scripted_task: Name | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Ros2RobotConfig:

@@ -41,7 +41,7 @@ COVERED: dict[str, str] = {
     "fleetloop fleet pause robot-1": "loop",
     "fleetloop cloud --root fleetloop-data --port 7070 --no-learner": "learner",
     "fleetloop learner --root fleetloop-data": "learner",
-    "python -m hal.ros2_sim_node --domain-id 7 &": "robots",
+    "FASTDDS_DEFAULT_PROFILES_FILE=launch/ros2/fastdds_shm.xml python -m hal.ros2_sim_node --domain-id 7 &": "robots",
     "ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_sim.yaml --id ros-arm-1": "robots",
     "fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none": "robots",
     "fleetloop certs init --root fleetloop-data --host cloud.lab.example": "credentials",
@@ -193,9 +193,9 @@ class Shell:
 
 
 @pytest.fixture
-def shell(tmp_path: Path):
+def shell(tmp_path: Path, ros_domain: int):
     (tmp_path / "launch").symlink_to(ROOT / "launch")
-    user = Shell(cwd=tmp_path, ros_domain=200 + os.getpid() % 30)
+    user = Shell(cwd=tmp_path, ros_domain=ros_domain)
     yield user
     user.stop_all()
 
@@ -253,7 +253,10 @@ def test_robot_commands(shell: Shell) -> None:
     shell.start("fleetloop cloud --root fleetloop-data --port 7070", "cloud")
     shell.wait_log("cloud", r"gateway listening on")
     shell.start(PANDA_EDGE, "robot-1")
-    shell.start("python -m hal.ros2_sim_node --domain-id 7 &", "ros2-node")
+    shell.start(
+        "FASTDDS_DEFAULT_PROFILES_FILE=launch/ros2/fastdds_shm.xml python -m hal.ros2_sim_node --domain-id 7 &",
+        "ros2-node",
+    )
     shell.start("ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_sim.yaml --id ros-arm-1", "ros-arm-1")
     shell.start("fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none", "arm-1")
     wait_until(lambda: {"robot-1", "ros-arm-1", "arm-1"} <= set(fleet_rows(shell)), 120, "the three robots")

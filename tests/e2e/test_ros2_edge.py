@@ -26,9 +26,9 @@ def test_edge_drives_a_ros2_robot_node_configured_by_yaml(ros_node: int, fleet: 
 
     def finished_episodes() -> list:
         store.refresh()
-        if "panda_pick_cube" not in store.datasets():
+        if "panda_ros2" not in store.datasets():
             return []
-        return [e for e in store.episodes("panda_pick_cube") if e.done]
+        return [e for e in store.episodes("panda_ros2") if e.done]
 
     wait_until(lambda: len(finished_episodes()) >= 2, 120, "two finished episodes through ROS 2")
     assert fleet.stop("ros-arm-1") == 0
@@ -37,4 +37,4 @@ def test_edge_drives_a_ros2_robot_node_configured_by_yaml(ros_node: int, fleet: 
     assert {e.source for e in episodes} == {"robot"}
     assert any(e.success for e in episodes), "the scripted operator picks the cube through topics alone"
     store.refresh()
-    assert store.committed_rows("panda_pick_cube") == fleet.stats("ros-arm-1")["ticks"]
+    assert store.committed_rows("panda_ros2") == fleet.stats("ros-arm-1")["ticks"]
