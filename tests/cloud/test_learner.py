@@ -4,7 +4,8 @@ import torch
 
 from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import HGDaggerLearner, LearnerConfig
+from cloud.learning.config import TRAINS_ON, LearnerConfig
+from cloud.learning.learner import ALGORITHM_TYPES, HGDaggerLearner
 from fleetloop.cli import build_parser, learner_config
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
@@ -142,7 +143,7 @@ def test_the_learner_trains_a_lerobot_policy_with_its_own_loss_and_resumes_it(tm
     resumed = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
     assert resumed.poll_once() == []  # carries on from v1: no retraining without new episodes
     state = resumed._datasets["arm"]
-    assert isinstance(state.policy, LerobotPolicy) and state.total_steps == 120
+    assert isinstance(state.trainable.policy, LerobotPolicy) and state.total_steps == 120
 
 
 def test_policy_choices_are_checked_when_the_learner_is_configured(tmp_path) -> None:
@@ -165,3 +166,9 @@ def test_policy_choices_are_checked_when_the_learner_is_configured(tmp_path) -> 
         build_parser().parse_args(["learner", "--policy", "arm=act", "--policy-config", f"arm={fields}"])
     assert LearnerConfig(policies={"arm": "cnn"}).policy_for("arm") == ("cnn", {})
     assert LearnerConfig().policy_for("arm") == ("auto", {})
+
+
+def test_the_learner_has_an_algorithm_for_every_name_the_config_accepts() -> None:
+    assert set(ALGORITHM_TYPES) == set(TRAINS_ON)
+    for name, algorithm in ALGORITHM_TYPES.items():
+        assert algorithm.name == name and algorithm.trains_on == TRAINS_ON[name]

@@ -10,7 +10,9 @@ import torch
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import HGDaggerLearner, LearnerCheckpoint, LearnerConfig
+from cloud.learning.checkpoint import LearnerCheckpoint
+from cloud.learning.config import LearnerConfig
+from cloud.learning.learner import HGDaggerLearner
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -53,7 +55,7 @@ def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> N
     published = policy_from_bytes(registry.read("toy", 2))
     for name, tensor in published.state_dict().items():
         torch.testing.assert_close(saved.policy.state_dict()[name], tensor, msg=name)
-    live = learner._datasets["toy"].optimizer.state_dict()
+    live = learner._datasets["toy"].trainable.optimizer.state_dict()
     restored = saved.optimizer.state_dict()
     assert restored["param_groups"][0]["lr"] == live["param_groups"][0]["lr"]
     assert tuple(restored["param_groups"][0]["betas"]) == tuple(live["param_groups"][0]["betas"])
