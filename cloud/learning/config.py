@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.learning.algorithms.sac_agent import SACConfig
-from cloud.learning.sampler import KINDS, LABELLED_KINDS, SamplerConfig
+from cloud.learning.sampler import KINDS, LABELLED_KINDS, Ratios, SamplerConfig, group_kinds
 from cloud.learning.staleness import StalenessBudget
 from policies.lerobot_policy import check_lerobot_config
 
@@ -48,6 +48,21 @@ def check_policy_choices(policies: Any, algorithm: str) -> tuple[tuple[str, str,
             raise ValueError(f"{where}: config fields need a policy type (mlp, cnn or a lerobot type)")
         checked[dataset] = (policy_type, json.dumps(fields, sort_keys=True))
     return tuple((dataset, t, f) for dataset, (t, f) in sorted(checked.items()))
+
+
+def check_ratio_kinds(sampler: SamplerConfig, algorithm: str) -> None:
+    """ValueError naming the ratio group when the sampler asks for steps ``algorithm`` cannot learn from."""
+    trains_on = TRAINS_ON[algorithm]
+    named: list[tuple[str, Ratios]] = [("learner.sampler.ratios", sampler.ratios or ())]
+    named += [(f"learner.sampler.per_dataset.{dataset}", ratios) for dataset, ratios in sampler.per_dataset]
+    for where, ratios in named:
+        for group, _ in ratios:
+            for kind in group_kinds(group):
+                if kind not in trains_on:
+                    raise ValueError(
+                        f"{where}.{group}: {algorithm} cannot train on {kind!r} steps (it trains on "
+                        f"{'+'.join(trains_on)}); leave {kind} out or choose another algorithm"
+                    )
 
 
 def _check_chunk_sizes(chunk_sizes: Any) -> tuple[tuple[str, int], ...]:
@@ -99,6 +114,7 @@ class LearnerConfig:
             raise ValueError(f"learner.sampler must be a SamplerConfig, got {type(self.sampler).__name__}")
         if not isinstance(self.sac, SACConfig):
             raise ValueError(f"learner.sac must be a SACConfig, got {type(self.sac).__name__}")
+        check_ratio_kinds(self.sampler, self.algorithm)  # at start, not as a failure every round
         object.__setattr__(self, "chunk_sizes", _check_chunk_sizes(self.chunk_sizes))
         object.__setattr__(self, "policies", check_policy_choices(self.policies, self.algorithm))
 

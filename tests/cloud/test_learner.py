@@ -6,7 +6,8 @@ from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.config import TRAINS_ON, LearnerConfig
 from cloud.learning.learner import ALGORITHM_TYPES, HGDaggerLearner
-from fleetloop.cli import build_parser, learner_config
+from cloud.learning.sampler import SamplerConfig
+from fleetloop.cli import build_parser, cmd_learner, learner_config
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -172,3 +173,18 @@ def test_the_learner_has_an_algorithm_for_every_name_the_config_accepts() -> Non
     assert set(ALGORITHM_TYPES) == set(TRAINS_ON)
     for name, algorithm in ALGORITHM_TYPES.items():
         assert algorithm.name == name and algorithm.trains_on == TRAINS_ON[name]
+
+
+def test_ratios_naming_steps_the_algorithm_cannot_train_on_stop_the_learner_at_start(caplog) -> None:
+    """The README's ``--sample-ratios online=0.5,intervention+demo=0.5`` under the default hg-dagger: refused when
+    the config is built (naming the flag and the group), not as a traceback every round that never publishes."""
+    with pytest.raises(ValueError, match=r"learner\.sampler\.ratios\.online: hg-dagger cannot train on 'online'"):
+        LearnerConfig(sampler=SamplerConfig(ratios={"online": 0.5, "intervention+demo": 0.5}))
+    with pytest.raises(ValueError, match=r"learner\.sampler\.per_dataset\.arm\.online\+demo: hg-dagger cannot"):
+        LearnerConfig(sampler=SamplerConfig(per_dataset={"arm": {"online+demo": 1.0}}))
+    assert LearnerConfig(algorithm="sac", sampler=SamplerConfig(ratios={"online": 0.5, "intervention+demo": 0.5}))
+    args = build_parser().parse_args(["learner", "--sample-ratios", "online=0.5,intervention+demo=0.5"])
+    with pytest.raises(ValueError, match=r"--sample-ratios: .*cannot train on 'online' steps"):
+        learner_config(args)
+    assert cmd_learner(args) == 2  # stops at start: the learner never runs
+    assert "refusing to start: --sample-ratios" in caplog.text
