@@ -32,6 +32,7 @@ class Checkpoint:
     algorithm: str = "hg-dagger"
     module_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # SAC: critics, temperature
     optimizer_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows_at_version: int = 0  # committed rows the version's round saw (0 in checkpoints from before it was kept)
 
 
 def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -82,6 +83,7 @@ class LearnerCheckpoint:
         algorithm: str = "hg-dagger",
         modules: dict[str, nn.Module] | None = None,
         optimizers: dict[str, torch.optim.Optimizer] | None = None,
+        rows: int = 0,
     ) -> None:
         """``modules``/``optimizers``: further state by name (SAC's critics, temperature and their optimizers)."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -102,6 +104,7 @@ class LearnerCheckpoint:
             "version": version,
             "total_steps": total_steps,
             "episodes_at_version": episodes_at_version,
+            "rows_at_version": rows,
             "algorithm": algorithm,
             "tensors": tensor_file,
             "policy_type": policy.type_name,
@@ -149,4 +152,5 @@ class LearnerCheckpoint:
             meta.get("algorithm", "hg-dagger"),
             module_states,
             optimizer_states,
+            meta.get("rows_at_version", 0),
         )

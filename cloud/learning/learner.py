@@ -31,7 +31,7 @@ from typing import Any
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
-from cloud.learning.algorithms.base import Algorithm, RoundJob, StepHook
+from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, StepHook
 from cloud.learning.algorithms.hg_dagger import HGDagger
 from cloud.learning.algorithms.sac import SAC
 from cloud.learning.checkpoint import LearnerCheckpoint
@@ -54,6 +54,7 @@ class _DatasetState:
     total_steps: int = 0  # gradient steps over every version of this dataset
     trainable: Any = None  # the algorithm's state from its last round (restored from the checkpoint after a restart)
     rounds: int = 0  # rounds trained by this process
+    trained_rows: int = 0  # committed rows the last round saw: the next publishes only with new data past them
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,11 @@ class Learner:
             state.episodes_at_last_version = saved.episodes_at_version
             state.total_steps = saved.total_steps
             state.trainable = trainable
+            state.trained_rows = saved.rows_at_version
             log.info("resuming from checkpoint: v%d, step %d (%s)", saved.version, saved.total_steps, dataset)
             return
         if saved is not None:
+            state.trained_rows = saved.rows_at_version  # the registry's version saw at least these rows
             log.warning(
                 "the learner checkpoint of %s is at v%d but the registry at %s; carrying on from the registry",
                 dataset,
@@ -186,6 +189,7 @@ class Learner:
             algorithm=self.config.algorithm,
             modules=saved.modules or None,
             optimizers=saved.optimizers or None,
+            rows=state.trained_rows,
         )
 
     def train_and_publish(
@@ -204,11 +208,17 @@ class Learner:
             latest = self.registry.latest(dataset)
             current_version = latest.version if latest else 0
         started = time.perf_counter()
-        job = RoundJob(dataset, rows, current_version, state.rounds)
+        job = RoundJob(dataset, rows, current_version, state.rounds, state.trained_rows)
         result = self.algorithm.train_round(job, state.trainable)
         if result is None:
             return None
-        state.trainable = result.trainable
+        if isinstance(result, NothingNew):
+            # Wait for the next round's episodes rather than look again at every poll.
+            state.trained_rows, state.episodes_at_last_version = result.rows, finished_episodes
+            trains_on = "+".join(self.algorithm.trains_on)
+            log.info("%s: no new steps to train on (%s) since v%d; not publishing", dataset, trains_on, current_version)
+            return None
+        state.trainable, state.trained_rows = result.trainable, result.rows
         policy, note, loss = result.policy, result.note, result.loss
         state.rounds += 1
         state.total_steps += self.config.train_steps

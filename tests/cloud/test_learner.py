@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -38,8 +40,12 @@ def test_learner_publishes_after_enough_episodes_and_trains_on_labelled_steps(tm
     episode(store, "c", 50, intervention=False)
     assert learner.poll_once() == []
     episode(store, "d", 50, intervention=False)
+    assert learner.poll_once() == []  # a round, but no new labelled step: nothing to publish
+    episode(store, "e", 50, intervention=True)
+    assert learner.poll_once() == []
+    episode(store, "f", 50, intervention=False)
     [v2] = learner.poll_once()
-    assert v2.version == 2 and "100 labelled steps" in v2.note  # autonomous steps carry no label
+    assert v2.version == 2 and "150 labelled steps" in v2.note  # autonomous steps carry no label
 
 
 def test_learner_config_names_the_bad_field() -> None:
@@ -188,3 +194,37 @@ def test_ratios_naming_steps_the_algorithm_cannot_train_on_stop_the_learner_at_s
         learner_config(args)
     assert cmd_learner(args) == 2  # stops at start: the learner never runs
     assert "refusing to start: --sample-ratios" in caplog.text
+
+
+def test_a_round_without_new_labelled_steps_publishes_nothing_so_a_rollback_stays(tmp_path, caplog) -> None:
+    """Episodes the policy ran alone bring HG-DAgger no label: a version trained on the same steps would replace a
+    manual rollback within a round. Kept across a restart: the checkpoint knows which rows its version saw."""
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("toy", SCHEMA)
+    registry = PolicyRegistry(tmp_path / "registry")
+    config = LearnerConfig(first_round_episodes=2, round_episodes=2, train_steps=30, batch_size=16, hidden=(8,))
+    learner = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    for name in ("a", "b"):
+        episode(store, name, 10, intervention=True)
+    [v1] = learner.poll_once()
+    for name in ("c", "d"):
+        episode(store, name, 10, intervention=True)
+    [v2] = learner.poll_once()
+    rollback = registry.rollback("toy", to_version=v1.version)
+    caplog.set_level(logging.INFO, logger="fleetloop.learner")
+    for name in ("e", "f"):
+        episode(store, name, 10, intervention=False)
+    assert learner.poll_once() == []
+    assert "toy: no new steps to train on (intervention+demo+offline) since v3; not publishing" in caplog.text
+    assert registry.latest("toy") == rollback
+
+    restarted = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    assert restarted.poll_once() == []
+    for name in ("g", "h"):
+        episode(store, name, 10, intervention=False)
+    assert restarted.poll_once() == []
+    assert registry.latest("toy") == rollback
+    episode(store, "i", 10, intervention=True)
+    episode(store, "j", 10, intervention=False)
+    [v4] = restarted.poll_once()
+    assert v4.version == rollback.version + 1 == 4 and "50 labelled steps" in v4.note

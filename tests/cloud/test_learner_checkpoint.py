@@ -48,6 +48,7 @@ def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> N
     folder = checkpoints / "toy"
     meta = json.loads((folder / "checkpoint.json").read_text())
     assert meta["version"] == 2 and meta["total_steps"] == 80 and meta["episodes_at_version"] == 4
+    assert meta["rows_at_version"] == 4 * 30  # the rows v2's round saw: a restart publishes only past them
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "state-v000002.safetensors"]
 
     saved = LearnerCheckpoint(folder).load()

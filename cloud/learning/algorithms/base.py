@@ -30,12 +30,14 @@ StepHook = Callable[[str, int, dict[str, nn.Module]], None]
 @dataclass(frozen=True)
 class RoundJob:
     """One round of one dataset: train on committed rows ``[0, rows)`` (None: all); steps of ``current_version``
-    have age 0; ``rounds_before``: rounds this process trained on the dataset already (it seeds the batches)."""
+    have age 0; ``rounds_before``: rounds this process trained on the dataset already (it seeds the batches);
+    ``trained_rows``: the rows the last round saw (a round trains only when a step it learns from lies past them)."""
 
     dataset: str
     rows: int | None
     current_version: int
     rounds_before: int
+    trained_rows: int = 0
 
 
 @dataclass
@@ -46,6 +48,15 @@ class RoundResult[Trainable]:
     policy: Policy
     note: str
     loss: float
+    rows: int  # the committed rows the round saw
+
+
+@dataclass(frozen=True)
+class NothingNew:
+    """A round that found no step it learns from past the rows the last round saw: nothing new to publish (a
+    version trained on the same data would only replace, say, a manual rollback)."""
+
+    rows: int  # the committed rows the round saw
 
 
 @dataclass
@@ -78,8 +89,9 @@ class Algorithm[Trainable](ABC):
         """The state a checkpoint this algorithm saved holds; ValueError when it does not fit."""
 
     @abstractmethod
-    def train_round(self, job: RoundJob, trainable: Trainable | None) -> RoundResult[Trainable] | None:
-        """Trains one round from ``trainable`` (None: nothing yet); None when there is too little data yet."""
+    def train_round(self, job: RoundJob, trainable: Trainable | None) -> RoundResult[Trainable] | NothingNew | None:
+        """Trains one round from ``trainable`` (None: nothing yet); None when there is too little data yet,
+        ``NothingNew`` when no step it learns from arrived since the last round (``has_new_rows``)."""
 
     @abstractmethod
     def saved_state(self, trainable: Trainable) -> SavedState:
@@ -100,6 +112,11 @@ class Algorithm[Trainable](ABC):
             return None
         hook = self.on_step
         return lambda step: hook(dataset, step, modules)
+
+
+def has_new_rows(sampler: Sampler, job: RoundJob) -> bool:
+    """Whether the round draws a row past those the last round saw (committed rows only grow: a later row is new)."""
+    return bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows
 
 
 def describe_sampler(sampler: Sampler) -> str:

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from cloud.learning.algorithms.base import Algorithm, RoundJob, RoundResult, SavedState, describe_sampler
+from cloud.learning.algorithms.base import (
+    Algorithm,
+    NothingNew,
+    RoundJob,
+    RoundResult,
+    SavedState,
+    describe_sampler,
+    has_new_rows,
+)
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
 from cloud.learning.policy_choice import policy_for_schema
@@ -41,13 +49,17 @@ class HGDagger(Algorithm[TrainedPolicy]):
     def saved_state(self, trainable: TrainedPolicy) -> SavedState:
         return SavedState(trainable.policy, trainable.optimizer)
 
-    def train_round(self, job: RoundJob, trainable: TrainedPolicy | None) -> RoundResult[TrainedPolicy] | None:
+    def train_round(
+        self, job: RoundJob, trainable: TrainedPolicy | None
+    ) -> RoundResult[TrainedPolicy] | NothingNew | None:
         schema = self.store.schema(job.dataset)
         names = [n for n in schema if n.startswith("obs.")] + ["action"]
         table = load_steps(self.store, job.dataset, names, job.rows, self.config.sampler.offline_sources)
         sampler = self.sampler(table, self.config.sampler.ratios_for(job.dataset), job.current_version)
         if sampler.size < 2:
             return None
+        if not has_new_rows(sampler, job):
+            return NothingNew(table.rows)
         training = {name: table.columns[name][sampler.rows] for name in names}
         chunk = self.config.chunk_size_for(job.dataset)
         policy_type, fields = self.config.policy_for(job.dataset)
@@ -81,4 +93,4 @@ class HGDagger(Algorithm[TrainedPolicy]):
             )
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
         note = f"{what} on {sampler.size} labelled steps{describe_sampler(sampler)}"
-        return RoundResult(TrainedPolicy(policy, optimizer), policy, note, loss)
+        return RoundResult(TrainedPolicy(policy, optimizer), policy, note, loss, table.rows)

@@ -12,7 +12,15 @@ import logging
 import numpy as np
 import torch
 
-from cloud.learning.algorithms.base import Algorithm, RoundJob, RoundResult, SavedState, describe_sampler
+from cloud.learning.algorithms.base import (
+    Algorithm,
+    NothingNew,
+    RoundJob,
+    RoundResult,
+    SavedState,
+    describe_sampler,
+    has_new_rows,
+)
 from cloud.learning.algorithms.sac_agent import SACAgent, known_action_limits
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
@@ -45,7 +53,7 @@ class SAC(Algorithm[SACAgent]):
     def saved_state(self, trainable: SACAgent) -> SavedState:
         return SavedState(trainable.actor, trainable.actor_optimizer, trainable.modules(), trainable.optimizers())
 
-    def train_round(self, job: RoundJob, trainable: SACAgent | None) -> RoundResult[SACAgent] | None:
+    def train_round(self, job: RoundJob, trainable: SACAgent | None) -> RoundResult[SACAgent] | NothingNew | None:
         schema = self.store.schema(job.dataset)
         obs_names = [n for n in schema if n.startswith("obs.")]
         table = load_steps(
@@ -55,6 +63,8 @@ class SAC(Algorithm[SACAgent]):
         sampler = self.sampler(table, ratios, job.current_version, eligible=table.has_transition())
         if sampler.size < 2:
             return None
+        if not has_new_rows(sampler, job):
+            return NothingNew(table.rows)
         data = _transitions(table, sampler, obs_names)
         agent = trainable if trainable is not None else self._first_agent(job.dataset, schema, table)
         # Refit on all data each round: the first rounds' few demonstrations say little about the state's spread
@@ -75,7 +85,7 @@ class SAC(Algorithm[SACAgent]):
                 hook(step)
         agent.actor.eval()
         note = f"sac on {sampler.size} transitions{describe_sampler(sampler)}, temperature {stats['temperature']:.3f}"
-        return RoundResult(agent, agent.actor, note, float(np.mean(recent)))
+        return RoundResult(agent, agent.actor, note, float(np.mean(recent)), table.rows)
 
     def _first_agent(self, dataset: str, schema: dict, table: StepTable) -> SACAgent:
         """A new agent whose actor squashes into the task's action limits (else the data's range)."""
