@@ -97,8 +97,14 @@ class Learner:
         saved, trainable = None, None
         try:
             saved = checkpoint.load() if checkpoint is not None else None
-            if saved is not None and saved.algorithm != self.config.algorithm:
-                raise ValueError(f"it was saved by {saved.algorithm}, this learner runs {self.config.algorithm}")
+            if saved is not None and saved.algorithm != self.config.algorithm:  # a switch: routine, not a fault
+                log.info(
+                    "%s was trained by %s until now; %s starts on it afresh from the published version",
+                    dataset,
+                    saved.algorithm,
+                    self.config.algorithm,
+                )
+                saved = None
             trainable = self.algorithm.restore(saved) if saved is not None else None
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             log.error("ignoring the learner checkpoint of %s: %s", dataset, err)
