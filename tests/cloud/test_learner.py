@@ -228,3 +228,16 @@ def test_a_round_without_new_labelled_steps_publishes_nothing_so_a_rollback_stay
     episode(store, "j", 10, intervention=False)
     [v4] = restarted.poll_once()
     assert v4.version == rollback.version + 1 == 4 and "50 labelled steps" in v4.note
+
+
+def test_a_lerobot_config_that_lerobot_refuses_says_why(tmp_path) -> None:
+    """The README's ACT example with ``{"chunk_size": 10}``: lerobot wants ``n_action_steps <= chunk_size``; the
+    error carries that reason and names the fields instead of draccus' "Couldn't instantiate class ACTConfig"."""
+    reason = r"act config: .*Got 100 for `n_action_steps` and 10 for `chunk_size`"
+    with pytest.raises(ValueError, match=rf"learner\.policies\.pusht: {reason}"):
+        LearnerConfig(policies={"pusht": ("act", {"chunk_size": 10})})
+    fields = tmp_path / "act.json"
+    fields.write_text('{"chunk_size": 10}')
+    args = build_parser().parse_args(["learner", "--policy", "pusht=act", "--policy-config", f"pusht={fields}"])
+    with pytest.raises(ValueError, match=rf"--policy: learner\.policies\.pusht: {reason}"):
+        learner_config(args)
