@@ -113,19 +113,19 @@ class Algorithm[Trainable](ABC):
         hook = self.on_step
         return lambda step: hook(dataset, step, modules)
 
+    @staticmethod
+    def has_new_rows(sampler: Sampler, job: RoundJob) -> bool:
+        """Whether the round draws a row past those the last round saw (committed rows only grow: later is new)."""
+        return bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows
 
-def has_new_rows(sampler: Sampler, job: RoundJob) -> bool:
-    """Whether the round draws a row past those the last round saw (committed rows only grow: a later row is new)."""
-    return bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows
-
-
-def describe_sampler(sampler: Sampler) -> str:
-    """`` (online 40 at 0.50, ...)``: what a round's batches mixed, for the version's note ("" when one group)."""
-    sizes = sampler.group_sizes()
-    parts = []
-    if len(sizes) > 1:
-        shares = sampler.shares()
-        parts = [f"{name} {sizes[name]} at {shares[name]:.2f}" for name in sizes]
-    if sampler.boosted:
-        parts.append(f"{sampler.boosted} where the foresight was wrong weighted up")
-    return f" ({', '.join(parts)})" if parts else ""
+    @staticmethod
+    def describe(sampler: Sampler) -> str:
+        """`` (online 40 at 0.50, ...)``: what a round's batches mixed, for the version's note ("" when one group)."""
+        sizes = sampler.group_sizes()
+        parts = []
+        if len(sizes) > 1:
+            shares = sampler.shares()
+            parts = [f"{name} {sizes[name]} at {shares[name]:.2f}" for name in sizes]
+        if sampler.boosted:
+            parts.append(f"{sampler.boosted} where the foresight was wrong weighted up")
+        return f" ({', '.join(parts)})" if parts else ""

@@ -13,15 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cloud.learning.algorithms.base import (
-    Algorithm,
-    NothingNew,
-    RoundJob,
-    RoundResult,
-    SavedState,
-    describe_sampler,
-    has_new_rows,
-)
+from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, SavedState
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
 from cloud.learning.policy_choice import policy_for_schema
@@ -58,7 +50,7 @@ class HGDagger(Algorithm[TrainedPolicy]):
         sampler = self.sampler(table, self.config.sampler.ratios_for(job.dataset), job.current_version)
         if sampler.size < 2:
             return None
-        if not has_new_rows(sampler, job):
+        if not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
         training = {name: table.columns[name][sampler.rows] for name in names}
         chunk = self.config.chunk_size_for(job.dataset)
@@ -92,5 +84,5 @@ class HGDagger(Algorithm[TrainedPolicy]):
                 device=device,
             )
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
-        note = f"{what} on {sampler.size} labelled steps{describe_sampler(sampler)}"
+        note = f"{what} on {sampler.size} labelled steps{self.describe(sampler)}"
         return RoundResult(TrainedPolicy(policy, optimizer), policy, note, loss, table.rows)

@@ -12,15 +12,7 @@ import logging
 import numpy as np
 import torch
 
-from cloud.learning.algorithms.base import (
-    Algorithm,
-    NothingNew,
-    RoundJob,
-    RoundResult,
-    SavedState,
-    describe_sampler,
-    has_new_rows,
-)
+from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, SavedState
 from cloud.learning.algorithms.sac_agent import SACAgent, known_action_limits
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
@@ -63,7 +55,7 @@ class SAC(Algorithm[SACAgent]):
         sampler = self.sampler(table, ratios, job.current_version, eligible=table.has_transition())
         if sampler.size < 2:
             return None
-        if not has_new_rows(sampler, job):
+        if not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
         data = _transitions(table, sampler, obs_names)
         agent = trainable if trainable is not None else self._first_agent(job.dataset, schema, table)
@@ -84,7 +76,7 @@ class SAC(Algorithm[SACAgent]):
             if hook is not None:
                 hook(step)
         agent.actor.eval()
-        note = f"sac on {sampler.size} transitions{describe_sampler(sampler)}, temperature {stats['temperature']:.3f}"
+        note = f"sac on {sampler.size} transitions{self.describe(sampler)}, temperature {stats['temperature']:.3f}"
         return RoundResult(agent, agent.actor, note, float(np.mean(recent)), table.rows)
 
     def _first_agent(self, dataset: str, schema: dict, table: StepTable) -> SACAgent:
