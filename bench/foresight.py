@@ -43,7 +43,7 @@ def frame(height: int, width: int) -> bytes:
 
 def _publish_phone_policy(registry, height: int, width: int) -> None:
     from cloud.data.store import ColumnSpec
-    from cloud.learning.learner import policy_for_schema
+    from cloud.learning.policy_choice import policy_for_schema
     from policies.weights import policy_to_bytes
     from protocol.steps import schema_for
 

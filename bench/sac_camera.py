@@ -49,8 +49,9 @@ def learning_curve(
 
     from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
     from cloud.data.version_registry import PolicyRegistry
-    from cloud.learning.learner import Learner, LearnerConfig
-    from cloud.learning.sac import SACConfig
+    from cloud.learning.algorithms.sac_agent import SACConfig
+    from cloud.learning.config import LearnerConfig
+    from cloud.learning.learner import Learner
     from edge.operator import HGDaggerOperator
     from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
     from policies.weights import policy_from_bytes

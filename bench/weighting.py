@@ -69,7 +69,8 @@ def _write(store, name: str, state: np.ndarray, errors: np.ndarray, version: int
 def _one_seed(workdir: Path, seed: int, train_steps: int) -> dict[str, float]:
     from cloud.data.store import EpisodeStore
     from cloud.data.version_registry import PolicyRegistry
-    from cloud.learning.learner import Learner, LearnerConfig
+    from cloud.learning.config import LearnerConfig
+    from cloud.learning.learner import Learner
     from cloud.learning.sampler import SamplerConfig
     from cloud.serving.foresight import step_error
     from policies.weights import policy_from_bytes

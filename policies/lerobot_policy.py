@@ -124,7 +124,14 @@ def _decode_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
         ) from exc
     known = {f.name for f in dataclasses.fields(config_cls)}
     fields = {k: v for k, v in fields.items() if k != "type" and (k != NO_DOWNLOAD or k in known)}
-    return draccus.decode(config_cls, fields)
+    try:
+        return draccus.decode(config_cls, fields)
+    except Exception as exc:
+        # draccus wraps the config's own check ("Couldn't instantiate class ACTConfig"): the reason names the field.
+        reason: BaseException = exc
+        while reason.__cause__ is not None:
+            reason = reason.__cause__
+        raise ValueError(f"{lerobot_type} config: {reason}") from exc
 
 
 def _encode_config(config: Any) -> dict[str, Any]:

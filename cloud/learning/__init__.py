@@ -1,7 +1,10 @@
 """The learner: trains the fleet's policies from the episode store and publishes versions.
 
-- ``learner``      the loop: when to train, what to publish, checkpoints
-- ``sac``          soft actor-critic with human interventions (HIL-SERL / RLPD style)
+- ``learner``      the loop: when to train, what to publish
+- ``config``       ``LearnerConfig``, checked whole when it is built
+- ``checkpoint``   each dataset's saved learner state (safetensors + JSON) and how it loads
+- ``algorithms/``  how a round trains, behind one ``Algorithm`` interface: HG-DAgger and SAC with interventions
+- ``policy_choice`` which policy a dataset gets (MLP, CNN or a lerobot type) from its schema and the config
 - ``sampler``      batches with explicit ratios between kinds of data (online, intervention, demo, offline)
 - ``staleness``    how much a step still counts once the policy that produced it is old
 - ``distributed``  the learner under torchrun / DistributedDataParallel

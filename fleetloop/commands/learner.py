@@ -16,7 +16,7 @@ from fleetloop.logs import setup_logging
 
 if TYPE_CHECKING:
     from cloud.data.layout import DataLayout
-    from cloud.learning.learner import LearnerConfig
+    from cloud.learning.config import LearnerConfig
 
 log = logging.getLogger("fleetloop")
 
@@ -204,8 +204,8 @@ def _policies(types: list[tuple[str, str]], configs: list[tuple[str, dict]]) -> 
 
 def learner_config(args: argparse.Namespace) -> LearnerConfig:
     """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
-    from cloud.learning.learner import LearnerConfig
-    from cloud.learning.sac import SACConfig
+    from cloud.learning.algorithms.sac_agent import SACConfig
+    from cloud.learning.config import LearnerConfig
     from cloud.learning.sampler import SamplerConfig
 
     default_ratios = None

@@ -1,12 +1,16 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import HGDaggerLearner, LearnerConfig
+from cloud.learning.config import TRAINS_ON, LearnerConfig
+from cloud.learning.learner import ALGORITHM_TYPES, HGDaggerLearner
+from cloud.learning.sampler import SamplerConfig
 from fleetloop.cli import build_parser
-from fleetloop.commands.learner import learner_config
+from fleetloop.commands.learner import cmd_learner, learner_config
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -37,8 +41,12 @@ def test_learner_publishes_after_enough_episodes_and_trains_on_labelled_steps(tm
     episode(store, "c", 50, intervention=False)
     assert learner.poll_once() == []
     episode(store, "d", 50, intervention=False)
+    assert learner.poll_once() == []  # a round, but no new labelled step: nothing to publish
+    episode(store, "e", 50, intervention=True)
+    assert learner.poll_once() == []
+    episode(store, "f", 50, intervention=False)
     [v2] = learner.poll_once()
-    assert v2.version == 2 and "100 labelled steps" in v2.note  # autonomous steps carry no label
+    assert v2.version == 2 and "150 labelled steps" in v2.note  # autonomous steps carry no label
 
 
 def test_learner_config_names_the_bad_field() -> None:
@@ -143,7 +151,7 @@ def test_the_learner_trains_a_lerobot_policy_with_its_own_loss_and_resumes_it(tm
     resumed = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
     assert resumed.poll_once() == []  # carries on from v1: no retraining without new episodes
     state = resumed._datasets["arm"]
-    assert isinstance(state.policy, LerobotPolicy) and state.total_steps == 120
+    assert isinstance(state.trainable.policy, LerobotPolicy) and state.total_steps == 120
 
 
 def test_policy_choices_are_checked_when_the_learner_is_configured(tmp_path) -> None:
@@ -166,3 +174,71 @@ def test_policy_choices_are_checked_when_the_learner_is_configured(tmp_path) -> 
         build_parser().parse_args(["learner", "--policy", "arm=act", "--policy-config", f"arm={fields}"])
     assert LearnerConfig(policies={"arm": "cnn"}).policy_for("arm") == ("cnn", {})
     assert LearnerConfig().policy_for("arm") == ("auto", {})
+
+
+def test_the_learner_has_an_algorithm_for_every_name_the_config_accepts() -> None:
+    assert set(ALGORITHM_TYPES) == set(TRAINS_ON)
+    for name, algorithm in ALGORITHM_TYPES.items():
+        assert algorithm.name == name and algorithm.trains_on == TRAINS_ON[name]
+
+
+def test_ratios_naming_steps_the_algorithm_cannot_train_on_stop_the_learner_at_start(caplog) -> None:
+    """The README's ``--sample-ratios online=0.5,intervention+demo=0.5`` under the default hg-dagger: refused when
+    the config is built (naming the flag and the group), not as a traceback every round that never publishes."""
+    with pytest.raises(ValueError, match=r"learner\.sampler\.ratios\.online: hg-dagger cannot train on 'online'"):
+        LearnerConfig(sampler=SamplerConfig(ratios={"online": 0.5, "intervention+demo": 0.5}))
+    with pytest.raises(ValueError, match=r"learner\.sampler\.per_dataset\.arm\.online\+demo: hg-dagger cannot"):
+        LearnerConfig(sampler=SamplerConfig(per_dataset={"arm": {"online+demo": 1.0}}))
+    assert LearnerConfig(algorithm="sac", sampler=SamplerConfig(ratios={"online": 0.5, "intervention+demo": 0.5}))
+    args = build_parser().parse_args(["learner", "--sample-ratios", "online=0.5,intervention+demo=0.5"])
+    with pytest.raises(ValueError, match=r"--sample-ratios: .*cannot train on 'online' steps"):
+        learner_config(args)
+    assert cmd_learner(args) == 2  # stops at start: the learner never runs
+    assert "refusing to start: --sample-ratios" in caplog.text
+
+
+def test_a_round_without_new_labelled_steps_publishes_nothing_so_a_rollback_stays(tmp_path, caplog) -> None:
+    """Episodes the policy ran alone bring HG-DAgger no label: a version trained on the same steps would replace a
+    manual rollback within a round. Kept across a restart: the checkpoint knows which rows its version saw."""
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("toy", SCHEMA)
+    registry = PolicyRegistry(tmp_path / "registry")
+    config = LearnerConfig(first_round_episodes=2, round_episodes=2, train_steps=30, batch_size=16, hidden=(8,))
+    learner = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    for name in ("a", "b"):
+        episode(store, name, 10, intervention=True)
+    [v1] = learner.poll_once()
+    for name in ("c", "d"):
+        episode(store, name, 10, intervention=True)
+    [v2] = learner.poll_once()
+    rollback = registry.rollback("toy", to_version=v1.version)
+    caplog.set_level(logging.INFO, logger="fleetloop.learner")
+    for name in ("e", "f"):
+        episode(store, name, 10, intervention=False)
+    assert learner.poll_once() == []
+    assert "toy: no new steps to train on (intervention+demo+offline) since v3; not publishing" in caplog.text
+    assert registry.latest("toy") == rollback
+
+    restarted = HGDaggerLearner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    assert restarted.poll_once() == []
+    for name in ("g", "h"):
+        episode(store, name, 10, intervention=False)
+    assert restarted.poll_once() == []
+    assert registry.latest("toy") == rollback
+    episode(store, "i", 10, intervention=True)
+    episode(store, "j", 10, intervention=False)
+    [v4] = restarted.poll_once()
+    assert v4.version == rollback.version + 1 == 4 and "50 labelled steps" in v4.note
+
+
+def test_a_lerobot_config_that_lerobot_refuses_says_why(tmp_path) -> None:
+    """The README's ACT example with ``{"chunk_size": 10}``: lerobot wants ``n_action_steps <= chunk_size``; the
+    error carries that reason and names the fields instead of draccus' "Couldn't instantiate class ACTConfig"."""
+    reason = r"act config: .*Got 100 for `n_action_steps` and 10 for `chunk_size`"
+    with pytest.raises(ValueError, match=rf"learner\.policies\.pusht: {reason}"):
+        LearnerConfig(policies={"pusht": ("act", {"chunk_size": 10})})
+    fields = tmp_path / "act.json"
+    fields.write_text('{"chunk_size": 10}')
+    args = build_parser().parse_args(["learner", "--policy", "pusht=act", "--policy-config", f"pusht={fields}"])
+    with pytest.raises(ValueError, match=rf"--policy: learner\.policies\.pusht: {reason}"):
+        learner_config(args)

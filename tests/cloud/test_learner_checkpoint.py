@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import HGDaggerLearner, LearnerCheckpoint, LearnerConfig
+from cloud.learning.checkpoint import LearnerCheckpoint
+from cloud.learning.config import LearnerConfig
+from cloud.learning.learner import HGDaggerLearner, Learner
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -46,6 +49,7 @@ def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> N
     folder = checkpoints / "toy"
     meta = json.loads((folder / "checkpoint.json").read_text())
     assert meta["version"] == 2 and meta["total_steps"] == 80 and meta["episodes_at_version"] == 4
+    assert meta["rows_at_version"] == 4 * 30  # the rows v2's round saw: a restart publishes only past them
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "state-v000002.safetensors"]
 
     saved = LearnerCheckpoint(folder).load()
@@ -53,7 +57,7 @@ def test_checkpoint_round_trip_and_resume_after_a_restart(tmp_path, caplog) -> N
     published = policy_from_bytes(registry.read("toy", 2))
     for name, tensor in published.state_dict().items():
         torch.testing.assert_close(saved.policy.state_dict()[name], tensor, msg=name)
-    live = learner._datasets["toy"].optimizer.state_dict()
+    live = learner._datasets["toy"].trainable.optimizer.state_dict()
     restored = saved.optimizer.state_dict()
     assert restored["param_groups"][0]["lr"] == live["param_groups"][0]["lr"]
     assert tuple(restored["param_groups"][0]["betas"]) == tuple(live["param_groups"][0]["betas"])
@@ -89,3 +93,15 @@ def test_a_checkpoint_older_than_the_registry_gives_way_to_the_registry(tmp_path
         episode(store, name)
     [v3] = restarted.poll_once()
     assert v3.version == 3  # versions only go up
+
+
+def test_switching_the_algorithm_is_a_routine_event_logged_as_one(tmp_path, caplog) -> None:
+    """The other algorithm's checkpoint does not fit: said at INFO in an operator's words, never as an ERROR."""
+    store, registry, checkpoints, learner, v1 = learner_after_its_first_version(tmp_path)
+    caplog.set_level(logging.INFO, logger="fleetloop.learner")
+    switched = Learner(store, registry, replace(CONFIG, algorithm="sac"), checkpoint_dir=checkpoints)
+    assert switched.poll_once() == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "toy was trained by hg-dagger until now; sac starts on it afresh from the published version" in caplog.text
+    assert "resuming toy from the published v1" in caplog.text
+    assert switched._datasets["toy"].episodes_at_last_version == 2 and switched._datasets["toy"].trainable is None

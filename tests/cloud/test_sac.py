@@ -11,8 +11,10 @@ import torch
 
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import Learner, LearnerCheckpoint, LearnerConfig
-from cloud.learning.sac import SACConfig
+from cloud.learning.algorithms.sac_agent import SACConfig
+from cloud.learning.checkpoint import LearnerCheckpoint
+from cloud.learning.config import LearnerConfig
+from cloud.learning.learner import Learner
 from edge.operator import HGDaggerOperator
 from fleetloop.cli import build_parser
 from fleetloop.commands.learner import learner_config
@@ -166,7 +168,7 @@ def test_rl_with_interventions_improves_autonomous_success_over_versions(tmp_pat
     restarted = Learner(store, registry, config, checkpoint_dir=checkpoints)
     assert restarted.poll_once() == []
     assert f"resuming from checkpoint: v{version}, step {500 * 8}" in caplog.text
-    live, resumed = learner._datasets["point_reach"].agent, restarted._datasets["point_reach"].agent
+    live, resumed = learner._datasets["point_reach"].trainable, restarted._datasets["point_reach"].trainable
     assert resumed is not None
     for name, module in live.modules().items():
         for key, tensor in module.state_dict().items():

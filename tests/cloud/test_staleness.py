@@ -7,7 +7,8 @@ import pytest
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import Learner, LearnerConfig
+from cloud.learning.config import LearnerConfig
+from cloud.learning.learner import Learner
 from cloud.learning.sampler import LABELLED_KINDS, Sampler, load_steps
 from cloud.learning.staleness import StalenessBudget
 from fleetloop.cli import build_parser

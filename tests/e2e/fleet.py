@@ -140,7 +140,7 @@ def publish_untrained_policy(root: Path, task: str, hidden: tuple[int, ...] = (3
     """Publishes a randomly initialised policy for a sim task, so a robot with no operator has actions."""
     from cloud.data.store import ColumnSpec
     from cloud.data.version_registry import PolicyRegistry
-    from cloud.learning.learner import policy_for_schema
+    from cloud.learning.policy_choice import policy_for_schema
     from hal.sim import SIM_TASKS
     from policies.weights import policy_to_bytes
     from protocol.steps import schema_for

@@ -16,7 +16,8 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import HGDaggerLearner, LearnerConfig
+from cloud.learning.config import LearnerConfig
+from cloud.learning.learner import HGDaggerLearner
 from policies.weights import policy_from_bytes
 from protocol.steps import schema_for
 

@@ -6,7 +6,7 @@ import yaml
 
 from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import policy_for_schema
+from cloud.learning.policy_choice import policy_for_schema
 from hal.lerobot_robot import make_lerobot_robot
 from policies.weights import policy_to_bytes
 from protocol.steps import schema_for

@@ -9,7 +9,7 @@ import numpy as np
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import policy_for_schema
+from cloud.learning.policy_choice import policy_for_schema
 from edge.spool import Spool
 from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until

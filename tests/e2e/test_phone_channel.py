@@ -24,7 +24,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import LearnerConfig, policy_for_schema
+from cloud.learning.config import LearnerConfig
+from cloud.learning.policy_choice import policy_for_schema
 from cloud.learning.sampler import LABELLED_KINDS, Sampler, load_steps
 from fleetloop.fleet_view import fetch
 from policies.weights import policy_to_bytes

@@ -50,7 +50,7 @@ from websockets.sync.client import connect
 from cloud.channels.phone_channel import PhoneChannel
 from cloud.data.store import ColumnSpec
 from cloud.data.version_registry import PolicyRegistry
-from cloud.learning.learner import policy_for_schema
+from cloud.learning.policy_choice import policy_for_schema
 from policies.weights import policy_to_bytes
 from protocol.steps import schema_for
 from tests.e2e.fleet import Fleet, free_port, wait_until

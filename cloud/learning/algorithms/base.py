@@ -1,0 +1,131 @@
+"""The ``Algorithm`` interface: what a learner round needs from an algorithm, and the helpers every one shares.
+
+An algorithm names the kinds of steps it trains on, builds its trainable state back from a checkpoint it saved,
+trains one round (returning the policy to publish and the state to carry into the next round) and says what a
+checkpoint keeps of that state. The learner loop owns everything else: when a round starts, publishing, saving.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from cloud.data.store import EpisodeStore
+from cloud.learning.checkpoint import Checkpoint
+from cloud.learning.config import LearnerConfig
+from cloud.learning.distributed import DistContext
+from cloud.learning.sampler import Ratios, Sampler, StepTable
+from policies.base import Policy
+
+# on_step(dataset, step within the round, the modules being trained): e.g. cloud.learning.distributed's parameter trace.
+StepHook = Callable[[str, int, dict[str, nn.Module]], None]
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    """One round of one dataset: train on committed rows ``[0, rows)`` (None: all); steps of ``current_version``
+    have age 0; ``rounds_before``: rounds this process trained on the dataset already (it seeds the batches);
+    ``trained_rows``: the rows the last round saw (a round trains only when a step it learns from lies past them)."""
+
+    dataset: str
+    rows: int | None
+    current_version: int
+    rounds_before: int
+    trained_rows: int = 0
+
+
+@dataclass
+class RoundResult[Trainable]:
+    """A trained round: the state to carry on from and the policy to publish, with a note and the final loss."""
+
+    trainable: Trainable
+    policy: Policy
+    note: str
+    loss: float
+    rows: int  # the committed rows the round saw
+
+
+@dataclass(frozen=True)
+class NothingNew:
+    """A round that found no step it learns from past the rows the last round saw: nothing new to publish (a
+    version trained on the same data would only replace, say, a manual rollback)."""
+
+    rows: int  # the committed rows the round saw
+
+
+@dataclass
+class SavedState:
+    """What a checkpoint keeps: the published policy and its optimizer, and further modules and optimizers by
+    name (SAC's critics, their targets, the temperature)."""
+
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+
+
+class Algorithm[Trainable](ABC):
+    """One way to train a round; ``Trainable`` is the state it carries from round to round."""
+
+    name: ClassVar[str]
+    trains_on: ClassVar[tuple[str, ...]]  # the kinds of steps (cloud.learning.sampler.KINDS) it learns from
+
+    def __init__(
+        self, config: LearnerConfig, store: EpisodeStore, dist: DistContext, on_step: StepHook | None = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.dist = dist
+        self.on_step = on_step
+
+    @abstractmethod
+    def restore(self, saved: Checkpoint) -> Trainable:
+        """The state a checkpoint this algorithm saved holds; ValueError when it does not fit."""
+
+    @abstractmethod
+    def train_round(self, job: RoundJob, trainable: Trainable | None) -> RoundResult[Trainable] | NothingNew | None:
+        """Trains one round from ``trainable`` (None: nothing yet); None when there is too little data yet,
+        ``NothingNew`` when no step it learns from arrived since the last round (``has_new_rows``)."""
+
+    @abstractmethod
+    def saved_state(self, trainable: Trainable) -> SavedState:
+        """What a checkpoint keeps of ``trainable``."""
+
+    def seed(self, rounds_before: int) -> int:
+        """The seed of a round's batches: each rank draws its own."""
+        return self.config.seed + self.dist.rank
+
+    def sampler(
+        self, table: StepTable, ratios: Ratios | None, current_version: int, eligible: np.ndarray | None = None
+    ) -> Sampler:
+        priority = self.config.sampler.foresight_weights(table)
+        return Sampler.build(table, ratios, self.trains_on, self.config.staleness, current_version, eligible, priority)
+
+    def step_hook(self, dataset: str, modules: dict[str, nn.Module]) -> Callable[[int], None] | None:
+        if self.on_step is None:
+            return None
+        hook = self.on_step
+        return lambda step: hook(dataset, step, modules)
+
+    @staticmethod
+    def has_new_rows(sampler: Sampler, job: RoundJob) -> bool:
+        """Whether the round draws a row past those the last round saw (committed rows only grow: later is new)."""
+        return bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows
+
+    @staticmethod
+    def describe(sampler: Sampler) -> str:
+        """`` (online 40 at 0.50, ...)``: what a round's batches mixed, for the version's note ("" when one group)."""
+        sizes = sampler.group_sizes()
+        parts = []
+        if len(sizes) > 1:
+            shares = sampler.shares()
+            parts = [f"{name} {sizes[name]} at {shares[name]:.2f}" for name in sizes]
+        if sampler.boosted:
+            parts.append(f"{sampler.boosted} where the foresight was wrong weighted up")
+        return f" ({', '.join(parts)})" if parts else ""

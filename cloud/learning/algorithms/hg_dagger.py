@@ -1,0 +1,88 @@
+"""HG-DAgger: each round trains a fresh policy on every step a person labelled (corrections, demonstrations,
+imported offline data); autonomous steps carry no label.
+
+A dataset named in ``LearnerConfig.chunk_sizes`` gets a policy that predicts that many actions at once (targets: the
+step's action and the episode's next ones). ``LearnerConfig.policies`` picks the architecture per dataset
+(``cloud.learning.policy_choice``); a lerobot policy trains with lerobot's own loss on action sequences cut from each
+step's episode (``action_is_pad`` past its ends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, SavedState
+from cloud.learning.checkpoint import Checkpoint
+from cloud.learning.config import TRAINS_ON
+from cloud.learning.policy_choice import policy_for_schema
+from cloud.learning.sampler import load_steps
+from policies.base import Policy
+from policies.lerobot_policy import LerobotPolicy
+from policies.train import train_policy
+
+
+@dataclass
+class TrainedPolicy:
+    """HG-DAgger's state: the last policy and its optimizer (kept for the checkpoint; each round starts afresh)."""
+
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+
+
+class HGDagger(Algorithm[TrainedPolicy]):
+    name = "hg-dagger"
+    trains_on = TRAINS_ON["hg-dagger"]
+
+    def restore(self, saved: Checkpoint) -> TrainedPolicy:
+        return TrainedPolicy(saved.policy, saved.optimizer)
+
+    def saved_state(self, trainable: TrainedPolicy) -> SavedState:
+        return SavedState(trainable.policy, trainable.optimizer)
+
+    def train_round(
+        self, job: RoundJob, trainable: TrainedPolicy | None
+    ) -> RoundResult[TrainedPolicy] | NothingNew | None:
+        schema = self.store.schema(job.dataset)
+        names = [n for n in schema if n.startswith("obs.")] + ["action"]
+        table = load_steps(self.store, job.dataset, names, job.rows, self.config.sampler.offline_sources)
+        sampler = self.sampler(table, self.config.sampler.ratios_for(job.dataset), job.current_version)
+        if sampler.size < 2:
+            return None
+        if not self.has_new_rows(sampler, job):
+            return NothingNew(table.rows)
+        training = {name: table.columns[name][sampler.rows] for name in names}
+        chunk = self.config.chunk_size_for(job.dataset)
+        policy_type, fields = self.config.policy_for(job.dataset)
+        seed = self.seed(job.rounds_before)
+        # The same data and seed give the same policy whatever ran before in this process: initialization and any
+        # randomness inside training (dropout, lerobot's VAE and noise samples) draw from a seeded generator.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
+            device = self.dist.device
+            if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
+                actions, pad = table.sequences("action", policy.action_offsets())
+                training["action"], training["action_is_pad"] = actions[sampler.rows], pad[sampler.rows]
+                device = torch.device(policy.config.device)  # its processors move every batch there
+            elif chunk > 1:
+                training["action"] = table.chunks("action", chunk)[sampler.rows]
+            policy.to(device)
+            optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
+            loss = train_policy(
+                policy,
+                training,
+                steps=self.config.train_steps,
+                batch_size=self.config.batch_size,
+                lr=self.config.learning_rate,
+                optimizer=optimizer,
+                seed=seed,
+                index_sampler=sampler.draw,
+                wrap=self.dist.wrap if self.dist.distributed else None,
+                on_step=self.step_hook(job.dataset, {"policy": policy}),
+                device=device,
+            )
+        what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
+        note = f"{what} on {sampler.size} labelled steps{self.describe(sampler)}"
+        return RoundResult(TrainedPolicy(policy, optimizer), policy, note, loss, table.rows)

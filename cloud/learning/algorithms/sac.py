@@ -1,0 +1,118 @@
+"""SAC with human interventions (HIL-SERL / RLPD style) as a learner algorithm.
+
+The agent (``sac_agent``: actor, twin critics, temperature) carries on from round to round; each round takes
+``train_steps`` updates on batches that mix the online buffer (what the policy did) and the demonstration buffer
+(what a person did) at ``sac.demo_ratio`` (default 50/50) unless the sampler sets ratios, and publishes the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, SavedState
+from cloud.learning.algorithms.sac_agent import SACAgent, known_action_limits
+from cloud.learning.checkpoint import Checkpoint
+from cloud.learning.config import TRAINS_ON
+from cloud.learning.policy_choice import observation_spec
+from cloud.learning.sampler import KINDS, Sampler, StepTable, load_steps
+from policies.sac_actor import SACActorPolicy
+
+log = logging.getLogger("fleetloop.learner")
+
+
+class SAC(Algorithm[SACAgent]):
+    name = "sac"
+    trains_on = TRAINS_ON["sac"]
+
+    def seed(self, rounds_before: int) -> int:
+        return super().seed(rounds_before) + 1000 * rounds_before  # fresh batches each round: the agent carries on
+
+    def restore(self, saved: Checkpoint) -> SACAgent:
+        if not isinstance(saved.policy, SACActorPolicy):
+            raise ValueError(f"a sac checkpoint holds a {saved.policy.type_name!r} policy")
+        saved.policy.to(self.dist.device)
+        agent = self._new_agent(saved.policy)
+        for name, module in agent.modules().items():
+            module.load_state_dict(saved.module_states[name], strict=True)
+        for name, optimizer in agent.optimizers().items():
+            optimizer.load_state_dict(saved.optimizer_states[name])
+        agent.actor_optimizer = saved.optimizer
+        return agent
+
+    def saved_state(self, trainable: SACAgent) -> SavedState:
+        return SavedState(trainable.actor, trainable.actor_optimizer, trainable.modules(), trainable.optimizers())
+
+    def train_round(self, job: RoundJob, trainable: SACAgent | None) -> RoundResult[SACAgent] | NothingNew | None:
+        schema = self.store.schema(job.dataset)
+        obs_names = [n for n in schema if n.startswith("obs.")]
+        table = load_steps(
+            self.store, job.dataset, [*obs_names, "action", "reward"], job.rows, self.config.sampler.offline_sources
+        )
+        ratios = self.config.sampler.ratios_for(job.dataset) or self.config.sac.ratios()
+        sampler = self.sampler(table, ratios, job.current_version, eligible=table.has_transition())
+        if sampler.size < 2:
+            return None
+        if not self.has_new_rows(sampler, job):
+            return NothingNew(table.rows)
+        data = _transitions(table, sampler, obs_names)
+        agent = trainable if trainable is not None else self._first_agent(job.dataset, schema, table)
+        # Refit on all data each round: the first rounds' few demonstrations say little about the state's spread
+        # (two episodes give two goal positions); actor and critics share this normalization and adapt together.
+        agent.actor.fit_normalization(data)
+        device = self.dist.device
+        agent.actor.to(device)
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in data.items()}
+        generator = torch.Generator().manual_seed(self.seed(job.rounds_before))
+        hook = self.step_hook(job.dataset, {"actor": agent.actor, **agent.modules()})
+        agent.actor.train()
+        recent: list[float] = []
+        for step in range(1, self.config.train_steps + 1):
+            index = sampler.draw(self.config.batch_size, generator).to(device)
+            stats = agent.update({k: v[index] for k, v in tensors.items()}, generator)
+            recent = [*recent[-19:], stats["critic_loss"]]
+            if hook is not None:
+                hook(step)
+        agent.actor.eval()
+        note = f"sac on {sampler.size} transitions{self.describe(sampler)}, temperature {stats['temperature']:.3f}"
+        return RoundResult(agent, agent.actor, note, float(np.mean(recent)), table.rows)
+
+    def _first_agent(self, dataset: str, schema: dict, table: StepTable) -> SACAgent:
+        """A new agent whose actor squashes into the task's action limits (else the data's range)."""
+        limits = self.config.sac.limits_for(dataset) or known_action_limits(dataset)
+        if limits is None:
+            actions = table.columns["action"].reshape(table.rows, -1)
+            low, high = actions.min(axis=0), actions.max(axis=0)
+            limits = ([float(x) for x in low], [float(x) for x in np.maximum(high, low + 1e-3)])
+            log.warning("%s: no action limits known; SAC uses the data's range %s..%s", dataset, *limits)
+        actor = SACActorPolicy(
+            observation_spec(schema),
+            int(np.prod(schema["action"].shape)),
+            limits[0],
+            limits[1],
+            hidden=self.config.hidden,
+            explore=self.config.sac.explore,
+        )
+        actor.to(self.dist.device)
+        return self._new_agent(actor)
+
+    def _new_agent(self, actor: SACActorPolicy) -> SACAgent:
+        agent = SACAgent(actor, self.config.sac, wrap=self.dist.wrap if self.dist.distributed else None)
+        for module in [agent.actor, *agent.modules().values()]:
+            module.to(self.dist.device)
+            self.dist.broadcast_module_(module)  # every rank starts from rank 0's networks, targets included
+        agent.all_reduce_mean = self.dist.all_reduce_mean if self.dist.distributed else None
+        return agent
+
+
+def _transitions(table: StepTable, sampler: Sampler, obs_names: list[str]) -> dict[str, np.ndarray]:
+    """The sampler's rows as transitions: observations, action, reward, next observations, terminal, labelled."""
+    picked = sampler.rows
+    successor = np.where(table.next_row[picked] >= 0, table.next_row[picked], picked)
+    data = {name: table.columns[name][picked] for name in [*obs_names, "action", "reward"]}
+    data.update({f"next.{name}": table.columns[name][successor] for name in obs_names})
+    data["terminal"] = table.terminal[picked].astype(np.float32)
+    data["labelled"] = (table.kind[picked] != KINDS.index("online")).astype(np.float32)
+    return data
