@@ -264,7 +264,7 @@ class EdgeAgent:
         self._episode_id = uuid.uuid4().hex
         self._seq = 0
         self._episode_interventions = 0
-        self._episode_version = self.runtime.version
+        self._episode_version = self._episode_last_version = self.runtime.version
         self.runtime.reset()
         if self.operator is not None:
             self.operator.reset()
@@ -287,6 +287,7 @@ class EdgeAgent:
             }
         )
         self.recorder.record(Step(self._episode_id, self._seq, self.task, columns))
+        self._episode_last_version = version
         self._seq += 1
         self.stats.ticks += 1
         if intervention:
@@ -302,14 +303,17 @@ class EdgeAgent:
             if self._episode_interventions == 0
             else f"with the operator driving {self._episode_interventions} of {self._seq} steps"
         )
+        first, last = self._episode_version, self._episode_last_version
+        # A version swapped in mid-episode drove its end: say both, not only the one it started with.
+        versions = f"v{last}" if first == last else f"v{first}, then v{last}"
         log.info(
-            "%s episode %d %s after %d steps %s (policy v%d)",
+            "%s episode %d %s after %d steps %s (policy %s)",
             self.resource.id,
             self.stats.episodes,
             outcome,
             self._seq,
             who,
-            self._episode_version,
+            versions,
         )
 
     def stop(self) -> None:

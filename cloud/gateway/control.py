@@ -77,7 +77,10 @@ class FleetControl(pb_grpc.FleetControlServicer):
         session = self.sessions.get(request.resource_id)
         reason = request.reason or "operator"
         if request.action in EDGE_ACTIONS:
-            return self._emergency_stop(request, session, reason)
+            reply = self._emergency_stop(request, session, reason)
+            if reply.ok:
+                fleet.emergency_stopped(request.resource_id, released=request.action == "release")
+            return reply
         SCHEDULER_ACTIONS[request.action](fleet, request.resource_id)
         if session is not None and request.action in ("pause", "resume"):
             session.send_assignment(fleet.task_of(request.resource_id), paused=request.action == "pause")

@@ -26,6 +26,8 @@ class State(StrEnum):
     FAULTED = "faulted"  # reported or caused an error it cannot recover from
     DRAINING = "draining"  # finishes its episode, then takes no new task
     PAUSED = "paused"  # keeps its task but holds still until resumed
+    STOPPED = "stopped"  # its task taken away by the operator; holds, takes no task until resumed
+    EMERGENCY_STOPPED = "e-stopped"  # latched at the robot until the operator releases it
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class FleetMember:
     policy_version: int = 0
     steps: int = 0
     interventions: int = 0
-    draining_after: State | None = None
+    before_estop: State | None = None  # what it was doing when the emergency stop came (back to it on release)
 
     @property
     def online(self) -> bool:
@@ -172,7 +174,7 @@ class FleetScheduler:
 
     def resume(self, resource_id: str) -> None:
         member = self._member(resource_id)
-        if member.state in (State.PAUSED, State.DRAINING, State.FAULTED):
+        if member.state in (State.PAUSED, State.DRAINING, State.STOPPED, State.FAULTED):
             member.state = State.ASSIGNED if member.task else State.IDLE
             log.info("%s resumed", resource_id)
             self.schedule()
@@ -191,8 +193,16 @@ class FleetScheduler:
         log.info("%s stopped by the operator", resource_id)
         self._release(member)
         if member.online:
-            member.state = State.DRAINING
+            member.state = State.STOPPED
         self.schedule()
+
+    def emergency_stopped(self, resource_id: str, released: bool) -> None:
+        """Records an emergency stop sent to (or released at) the resource, so the fleet shows it."""
+        member = self._member(resource_id)
+        if not released and member.state != State.EMERGENCY_STOPPED:
+            member.before_estop, member.state = member.state, State.EMERGENCY_STOPPED
+        elif released and member.state == State.EMERGENCY_STOPPED:
+            member.state, member.before_estop = member.before_estop or State.IDLE, None
 
     # ---- scheduling ---------------------------------------------------------------------------------------------
 

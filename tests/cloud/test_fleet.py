@@ -112,3 +112,29 @@ def test_task_validation_names_the_field() -> None:
         Task("t", "")
     with pytest.raises(ValueError, match="count"):
         Task("t", "p", count=-1)
+
+
+def test_stop_takes_the_task_and_shows_stopped_until_resumed() -> None:
+    scheduler = FleetScheduler()
+    scheduler.add_task(Task("pick", "panda"))
+    scheduler.register(robot("r1"))
+    assert scheduler.members["r1"].task == "pick"
+    scheduler.stop("r1")
+    assert (scheduler.members["r1"].state, scheduler.members["r1"].task) == (State.STOPPED, "")
+    scheduler.schedule()
+    assert scheduler.members["r1"].state == State.STOPPED, "a stopped robot takes no task until resumed"
+    scheduler.resume("r1")
+    assert (scheduler.members["r1"].state, scheduler.members["r1"].task) == (State.ASSIGNED, "pick")
+
+
+def test_an_emergency_stop_shows_until_released_then_the_robot_is_back_where_it_was() -> None:
+    scheduler = FleetScheduler()
+    scheduler.add_task(Task("pick", "panda"))
+    scheduler.register(robot("r1"))
+    scheduler.seen("r1", steps=5)
+    assert scheduler.members["r1"].state == State.RUNNING
+    scheduler.emergency_stopped("r1", released=False)
+    scheduler.seen("r1", steps=0)
+    assert scheduler.members["r1"].state == State.EMERGENCY_STOPPED
+    scheduler.emergency_stopped("r1", released=True)
+    assert scheduler.members["r1"].state == State.RUNNING

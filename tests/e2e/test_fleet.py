@@ -88,7 +88,9 @@ def test_emergency_stop_reaches_the_robot_and_release_resumes(fleet: Fleet) -> N
     stopped_at = rows_from(store, "pusht", "cart-1")
     time.sleep(1.5)
     assert rows_from(store, "pusht", "cart-1") == stopped_at, "the robot moved after the emergency stop"
+    assert states(fleet)["cart-1"][0] == "e-stopped", "the fleet table still showed the stopped robot running"
     assert command(fleet.target, "cart-1", "release").ok
+    assert states(fleet)["cart-1"][0] == "running"
     wait_until(lambda: rows_from(store, "pusht", "cart-1") > stopped_at + 10, 30, "motion after the release")
     assert not command(fleet.target, "nobody", "pause").ok
     shown = subprocess.run(
