@@ -287,6 +287,8 @@ class EdgeAgent:
             }
         )
         self.recorder.record(Step(self._episode_id, self._seq, self.task, columns))
+        if self._seq == 0:
+            self._episode_version = version  # the version that drove its first step, not the one held at reset
         self._episode_last_version = version
         self._seq += 1
         self.stats.ticks += 1

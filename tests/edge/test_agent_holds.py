@@ -95,3 +95,26 @@ def test_a_refused_hello_stops_the_edge_at_once_with_the_reason(tmp_path, caplog
     assert took < 5 and gateway.hellos == 1
     assert agent.tunnel.refused is not None and agent.tunnel.refused.field == "hello.resource.capabilities"
     assert "arm stops: the cloud refused its hello (hello.resource.capabilities: do not match" in caplog.text
+
+
+def test_an_episode_a_new_version_finished_names_both_versions(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fleetloop.edge")
+    robot = NullRobot(state_dim=3, action_dim=2, control_hz=100.0, episode_steps=60)
+    resource = ResourceInfo("arm", "robot", robot.capabilities, "sim")
+    agent = EdgeAgent(EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p")), resource, robot, Spool(tmp_path / "s"))
+    agent._on_assignment(pb.Assignment(task="t", policy_name="p"))
+    config = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "hidden": [8]}
+    weights = policy_to_bytes(make_policy("mlp", config))
+    agent.runtime.load("p", 1, weights)
+    loop = threading.Thread(target=agent.run, kwargs={"episodes": 2, "duration_s": 20}, daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: agent.stats.ticks > 20, 10)
+        agent.runtime.load("p", 2, weights)  # swapped in mid-episode 1
+        loop.join(timeout=15)
+        assert "arm episode 1 failed after 60 steps on its own (policy v1, then v2)" in caplog.text, caplog.text
+        assert "arm episode 2 failed after 60 steps on its own (policy v2)" in caplog.text, caplog.text
+    finally:
+        agent.stop()
+        loop.join(timeout=5)
+        agent.close(drain_s=0)
