@@ -69,7 +69,8 @@ COVERED: dict[str, str] = {
         "learners"
     ),
     "fleetloop learner --algorithm sac --demo-ratio 0.5": "learners",
-    "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json": "learners",
+    "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json "
+    "--train-steps 200": "learners",
     "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
     "--staleness-mode downweight": "learners",
     "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo": "learners",
@@ -373,7 +374,7 @@ def test_learner_commands(shell: Shell) -> None:
     for i, line in enumerate(
         (
             "fleetloop learner --algorithm sac --demo-ratio 0.5",
-            "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json",
+            "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json --train-steps 200",
             "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
             "--staleness-mode downweight",
             "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo",
