@@ -62,10 +62,6 @@ class CNNPolicy(NormalizedPolicy):
             "hidden": self.hidden,
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> CNNPolicy:
-        return cls(**config)
-
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         features = [self.encoders[k](batch[f"obs.{k}"]) for k in self.image_keys]
         state = self.normalized_state(batch)

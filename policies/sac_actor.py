@@ -74,10 +74,6 @@ class SACActorPolicy(NormalizedPolicy):
             "image_features": self.image_features,
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> SACActorPolicy:
-        return cls(**config)
-
     def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
         """Only the observation: the action scale is fixed by the limits."""
         if self.state_keys:
