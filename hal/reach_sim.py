@@ -8,7 +8,7 @@ shaping, so it does not change which policy is best).
 
 It runs at thousands of steps per second on a CPU, which is what lets a test train SAC over several policy
 versions in seconds (gym_hil's Panda with its discrete gripper is far too slow to learn by RL in a test). The driver
-follows ``hal.sim.SimRobot``'s interface, and ``ReachExpert`` is its scripted operator (a ``edge.operator.Expert``
+is a ``hal.sim.SimRobot`` over it, and ``ReachExpert`` is its scripted operator (a ``edge.operator.Expert``
 that ``HGDaggerOperator`` can wrap).
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from hal.resource import ArraySpec, Capabilities, Transition
+from hal.resource import ArraySpec
+from hal.sim import SimRobot, SimTask
 
 STEP = 0.1
 SUCCESS_RADIUS = 0.1
@@ -81,46 +82,20 @@ REACH_TASKS: dict[str, ReachTask] = {
 }
 
 
-class ReachRobot:
-    """A Driver over ``PointReachEnv`` (the interface of ``hal.sim.SimRobot``)."""
+class ReachRobot(SimRobot):
+    """A Driver over ``PointReachEnv``: ``hal.sim.SimRobot`` over the ``point_reach`` task."""
 
     def __init__(self, seed: int | None = None, control_hz: float = 10.0, reward: str = "dense") -> None:
         task = REACH_TASKS["point_reach"]
-        self._capabilities = Capabilities(
-            observation=task.observation, action=task.action, control_hz=control_hz, embodiment="point_reach"
+        spec = SimTask(
+            make_env=lambda: PointReachEnv(reward=reward),
+            observation=task.observation,
+            action=task.action,
+            cameras=(),
+            observe=lambda obs: obs,  # the env already gives the named arrays
+            success=lambda info: bool(info["is_success"]),
         )
-        self._env = PointReachEnv(reward=reward)
-        self._seed = seed
-        self._first_reset = True
-        self.holding = False
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    def reset(self) -> dict[str, np.ndarray]:
-        seed = self._seed if self._first_reset else None
-        self._first_reset = False
-        obs, _ = self._env.reset(seed=seed)
-        self.holding = False
-        return obs
-
-    def apply(self, action: np.ndarray) -> Transition:
-        obs, reward, terminated, truncated, info = self._env.step(action)
-        self.holding = False
-        return Transition(
-            observation=obs,
-            reward=float(reward),
-            done=bool(terminated or truncated),
-            success=bool(info["is_success"]),
-            info={"terminated": bool(terminated), "truncated": bool(truncated)},
-        )
-
-    def hold(self) -> None:
-        self.holding = True
-
-    def close(self) -> None:
-        self._env.close()
+        super().__init__("point_reach", seed=seed, control_hz=control_hz, spec=spec)
 
 
 class ReachExpert:

@@ -4,9 +4,10 @@
 The driver owns one rclpy node in its own ``Context`` (several drivers coexist in one process), spun by a
 SingleThreadedExecutor on a background thread. Callbacks only buffer messages; the control thread aligns
 them: the newest message of the anchor stream (the first camera, else the first stamped stream) and, for
-every other stream, the message whose stamp is closest to it within ``sync.slop_s``. Streams without a
-header (Float64MultiArray) are stamped on receipt with the driver's ROS clock, so they align only with
-publishers on the same host.
+every other stream, the message whose stamp is closest to it within ``sync.slop_s``. A stream without a
+header (Float64MultiArray) has only the time it arrived, so it is paired by receipt time with the anchor's
+receipt time: a header stamp against a receipt would count the delivery delay as skew (a node's first messages
+to a newly joined driver came 62 ms after their stamp, over the 50 ms slop, and every reset failed).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class _Stream:
     dropped: int = 0  # malformed messages (wrong shape, encoding, length)
     last_error: str = ""
     latencies_ns: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
+    stamped: bool = True  # its messages carry a header stamp (else stamp_ns is the receipt time)
 
 
 def _stamp_ns(stamp: Any) -> int:
@@ -146,6 +148,7 @@ class Ros2Robot:
         header = getattr(msg, "header", None)
         stamp_ns = _stamp_ns(header.stamp) if header is not None else receipt_ns
         with self._lock:
+            stream.stamped = header is not None
             stream.messages.append((stamp_ns, receipt_ns, value))
             stream.received += 1
             if header is not None:
@@ -165,8 +168,8 @@ class Ros2Robot:
         """The newest aligned set whose every message arrived after ``since_ns``, as (anchor stamp, arrays)."""
         slop_ns = int(self.config.sync.slop_s * 1e9)
         with self._lock:
-            anchor = self._streams[self._anchor].messages
-            for stamp_ns, receipt_ns, value in reversed(anchor):
+            anchor = self._streams[self._anchor]
+            for stamp_ns, receipt_ns, value in reversed(anchor.messages):
                 if receipt_ns <= since_ns:
                     break
                 chosen = {self._anchor: value}
@@ -176,8 +179,9 @@ class Ros2Robot:
                     fresh = [m for m in stream.messages if m[1] > since_ns]
                     if not fresh:
                         return None
-                    best = min(fresh, key=lambda m: abs(m[0] - stamp_ns))
-                    if abs(best[0] - stamp_ns) > slop_ns:
+                    when, at = (0, stamp_ns) if anchor.stamped and stream.stamped else (1, receipt_ns)
+                    best = min(fresh, key=lambda m: abs(m[when] - at))
+                    if abs(best[when] - at) > slop_ns:
                         break
                     chosen[name] = best[2]
                 else:

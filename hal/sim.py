@@ -131,11 +131,14 @@ SIM_TASKS: dict[str, SimTask] = {
 class SimRobot:
     """A Driver over one gymnasium sim. After a Transition with ``done``, call ``reset`` before ``apply``."""
 
-    def __init__(self, task: str, seed: int | None = None, control_hz: float = 10.0) -> None:
-        if task not in SIM_TASKS:
+    def __init__(
+        self, task: str, seed: int | None = None, control_hz: float = 10.0, spec: SimTask | None = None
+    ) -> None:
+        """``spec`` builds a task that is not one of ``SIM_TASKS`` (``hal.reach_sim``'s), named ``task``."""
+        if spec is None and task not in SIM_TASKS:
             raise ValueError(f"unknown sim task {task!r}; known: {sorted(SIM_TASKS)}")
         self.task = task
-        self._spec = SIM_TASKS[task]
+        self._spec = spec or SIM_TASKS[task]
         self._capabilities = Capabilities(
             observation=self._spec.observation,
             action=self._spec.action,

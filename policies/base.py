@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -39,8 +39,9 @@ class Policy(ABC, torch.nn.Module):
         """A JSON-serializable config from which ``from_config`` rebuilds the same architecture."""
 
     @classmethod
-    @abstractmethod
-    def from_config(cls, config: dict[str, Any]) -> Policy: ...
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        """The policy ``config_dict`` describes: by default, the constructor's keyword arguments are that dict."""
+        return cls(**config)
 
     def reset(self) -> None:
         """Called at the start of every episode (clears any internal queue or history)."""

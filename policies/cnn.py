@@ -26,6 +26,24 @@ class ImageEncoder(nn.Module):
         return torch.relu(self.out(self.convs(x)))
 
 
+def image_encoders(
+    observation: dict[str, dict[str, Any]], image_keys: list[str], channels: list[int], features: int
+) -> nn.ModuleDict:
+    """One small CNN per camera (views differ too much to share filters usefully at this size)."""
+    return nn.ModuleDict({k: ImageEncoder(observation[k]["shape"][2], channels, features) for k in image_keys})
+
+
+def observation_features(
+    policy: NormalizedPolicy, encoders: nn.ModuleDict, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """``encoders``' features of ``policy``'s cameras, then its normalized state: what an actor or critic sees."""
+    parts = [encoders[k](batch[f"obs.{k}"]) for k in policy.image_keys]
+    state = policy.normalized_state(batch)
+    if state is not None:
+        parts.append(state)
+    return torch.cat(parts, dim=-1)
+
+
 class CNNPolicy(NormalizedPolicy):
     type_name: ClassVar[str] = "cnn"
 
@@ -44,13 +62,7 @@ class CNNPolicy(NormalizedPolicy):
         self.channels = [int(c) for c in channels]
         self.image_features = int(image_features)
         self.hidden = [int(h) for h in hidden]
-        # One encoder per camera: views differ too much to share filters usefully at this size.
-        self.encoders = nn.ModuleDict(
-            {
-                k: ImageEncoder(self.observation[k]["shape"][2], self.channels, self.image_features)
-                for k in self.image_keys
-            }
-        )
+        self.encoders = image_encoders(self.observation, self.image_keys, self.channels, self.image_features)
         n_in = self.image_features * len(self.image_keys) + self.state_dim
         self.head = mlp([n_in, *self.hidden, self.chunk_size * self.action_dim])
 
@@ -62,13 +74,6 @@ class CNNPolicy(NormalizedPolicy):
             "hidden": self.hidden,
         }
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> CNNPolicy:
-        return cls(**config)
-
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        features = [self.encoders[k](batch[f"obs.{k}"]) for k in self.image_keys]
-        state = self.normalized_state(batch)
-        if state is not None:
-            features.append(state)
-        return self.head(torch.cat(features, dim=1)).reshape(-1, self.chunk_size, self.action_dim)
+        features = observation_features(self, self.encoders, batch)
+        return self.head(features).reshape(-1, self.chunk_size, self.action_dim)

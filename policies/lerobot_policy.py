@@ -325,10 +325,6 @@ class LerobotPolicy(Policy):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> LerobotPolicy:
-        return cls(**config)
-
-    @classmethod
     def from_pretrained_dir(
         cls,
         path: str | Path,

@@ -80,10 +80,6 @@ class LoraPolicy(Policy):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> LoraPolicy:
-        return cls(**config)
-
-    @classmethod
     def around(cls, base: Policy, rank: int = 8, alpha: float = 16.0, min_features: int = 16) -> LoraPolicy:
         """Adapters around an existing (e.g. pretrained) policy, keeping its weights."""
         policy = cls(base.type_name, base.config_dict(), rank, alpha, min_features)

@@ -118,10 +118,6 @@ class MLPPolicy(NormalizedPolicy):
     def config_dict(self) -> dict[str, Any]:
         return {**self.base_config(), "hidden": self.hidden}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> MLPPolicy:
-        return cls(**config)
-
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.net(self.normalized_state(batch))
         return out.reshape(-1, self.chunk_size, self.action_dim)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.cnn import ImageEncoder
+from policies.cnn import image_encoders, observation_features
 from policies.mlp import NormalizedPolicy, mean_std, mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -73,10 +73,6 @@ class SACActorPolicy(NormalizedPolicy):
             "channels": self.channels,
             "image_features": self.image_features,
         }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> SACActorPolicy:
-        return cls(**config)
 
     def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
         """Only the observation: the action scale is fixed by the limits."""
@@ -141,21 +137,3 @@ def squashed_sample(
     # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the numerically stable form.
     squash = (2 * (math.log(2) - pre - nn.functional.softplus(-2 * pre))).sum(-1)
     return action, gaussian_logp - squash
-
-
-def image_encoders(
-    observation: dict[str, dict[str, Any]], image_keys: list[str], channels: list[int], features: int
-) -> nn.ModuleDict:
-    """One small CNN per camera (views differ too much to share filters usefully at this size)."""
-    return nn.ModuleDict({k: ImageEncoder(observation[k]["shape"][2], channels, features) for k in image_keys})
-
-
-def observation_features(
-    policy: NormalizedPolicy, encoders: nn.ModuleDict, batch: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """``encoders``' features of ``policy``'s cameras, then its normalized state: what an actor or critic sees."""
-    parts = [encoders[k](batch[f"obs.{k}"]) for k in policy.image_keys]
-    state = policy.normalized_state(batch)
-    if state is not None:
-        parts.append(state)
-    return torch.cat(parts, dim=-1)

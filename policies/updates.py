@@ -42,14 +42,20 @@ def state_digest(digests: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
-class WireState:
-    """One version's tensors as they travel (cast to the wire dtype), with a digest of each."""
+class VersionTensors:
+    """One version of a policy: its type and config, its tensors, and the wire digest of each tensor."""
 
     version: int
     type_name: str
     config: str
     tensors: dict[str, torch.Tensor] = field(repr=False)
     digests: dict[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WireState(VersionTensors):
+    """One version's tensors as they travel (cast to the wire dtype), with a digest of each."""
+
     dtypes: dict[str, str] = field(repr=False)  # the dtype each tensor has in the policy
 
     @classmethod
@@ -120,14 +126,8 @@ def build_update(target: WireState, base: WireState | None = None, max_delta_fra
 
 
 @dataclass(frozen=True)
-class HeldState:
+class HeldState(VersionTensors):
     """What an edge holds of a version it loaded: the policy's tensors and the wire digest of each."""
-
-    version: int
-    type_name: str
-    config: str
-    tensors: dict[str, torch.Tensor] = field(repr=False)
-    digests: dict[str, str] = field(repr=False)
 
 
 def _cast_back(received: dict[str, torch.Tensor], dtypes: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@
 - ``files``            files readers see whole or not at all (write, fsync, rename)
 - ``lerobot_export``   episodes out as a LeRobotDataset v3
 - ``lerobot_import``   a LeRobotDataset in as offline demonstrations
+- ``lerobot_progress`` the bar both directions show, with ``datasets``' own bars off meanwhile
 
 May import ``protocol`` and ``policies``; no other room of the cloud.
 """

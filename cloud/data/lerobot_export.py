@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.data.lerobot_progress import datasets_bars_off, episode_bar
 from cloud.data.store import EpisodeRecord, EpisodeStore
 
 META_FILE = "meta/fleetloop.json"  # fleetloop's provenance, next to lerobot's info.json
@@ -187,6 +188,114 @@ def _read_episode(store: EpisodeStore, dataset: str, rows: np.ndarray, columns: 
     return {name: values[rows - lo] for name, values in block.items()}
 
 
+def _check_arguments(out: Path, repo_id: str, fps: int | None) -> None:
+    """Refuses, before anything is read, the flags whose value alone is wrong."""
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"--repo-id: {repo_id!r} must look like 'owner/name'")
+    if out.exists():
+        raise ValueError(f"--out: {out} already exists; lerobot writes a dataset only into a new directory")
+    if fps is not None and not 1 <= int(fps) <= MAX_FPS:
+        raise ValueError(f"--fps: must be a whole number of frames per second in 1-{MAX_FPS}, got {fps}")
+
+
+def _check_video_sizes(schema: dict) -> None:
+    """Refuses images the AV1 encoder cannot take (see the module docstring)."""
+    small = [c for c, s in schema.items() if is_image(s.dtype, s.shape) and min(s.shape[:2]) < MIN_VIDEO_SIDE]
+    if small:
+        raise ValueError(
+            f"--video: {small[0]} is {schema[small[0]].shape[0]}x{schema[small[0]].shape[1]}; the AV1 encoder "
+            f"needs at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE} (export without --video to store images)"
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to write: where, at which rate, which episodes and rows, and which column becomes which feature."""
+
+    out: Path
+    repo_id: str
+    dataset: str
+    fps: int
+    video: bool
+    episodes: list[EpisodeRecord]
+    rows: dict[int, np.ndarray]
+    schema: dict
+    names: dict[str, str]  # store column -> lerobot feature, in schema order
+
+
+def _add_episode(store: EpisodeStore, plan: _Plan, record: EpisodeRecord, lerobot: Any) -> int:
+    """Adds one store episode to ``lerobot`` as one LeRobot episode; returns its frame count."""
+    rows = plan.rows[record.index]
+    data = _read_episode(store, plan.dataset, rows, list(plan.names))
+    for i in range(len(rows)):
+        frame: dict[str, Any] = {"task": record.task or plan.dataset, RESOURCE_FEATURE: record.resource_id}
+        for column, feature in plan.names.items():
+            value = data[column][i]
+            frame[feature] = value if value.ndim else value.reshape(1)
+        lerobot.add_frame(frame)
+    lerobot.save_episode()
+    return len(rows)
+
+
+def _write_frames(store: EpisodeStore, plan: _Plan, progress: bool) -> int:
+    """Writes every planned episode through lerobot's writer; returns the frame count. Removes ``out`` on failure."""
+    images = [c for c in plan.names if is_image(plan.schema[c].dtype, plan.schema[c].shape)]
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    frames = 0
+    try:
+        with datasets_bars_off():
+            lerobot = LeRobotDataset.create(
+                plan.repo_id,
+                fps=plan.fps,
+                features=lerobot_features(plan.schema, plan.video),
+                root=plan.out,
+                robot_type=plan.dataset,
+                use_videos=plan.video,
+                image_writer_threads=4 if images else 0,
+            )
+            with episode_bar("export", "frames", progress) as bar:
+                task = bar.add_task(f"{plan.dataset} -> {plan.out}", total=len(plan.episodes), frames=0)
+                for record in plan.episodes:
+                    frames += _add_episode(store, plan, record, lerobot)
+                    bar.update(task, advance=1, frames=frames)
+            lerobot.finalize()
+    except BaseException:
+        shutil.rmtree(plan.out, ignore_errors=True)  # a half-written dataset would only mislead its reader
+        raise
+    return frames
+
+
+def _provenance(store: EpisodeStore, plan: _Plan, fps_from: str) -> dict[str, Any]:
+    """The contents of ``META_FILE``: where the export came from and what each LeRobot episode was in the store."""
+    return {
+        "format": META_FORMAT,
+        "store": str(store.root),
+        "dataset": plan.dataset,
+        "repo_id": plan.repo_id,
+        "fps": plan.fps,
+        "fps_from": fps_from,
+        "features": dict(plan.names),
+        "resource_feature": RESOURCE_FEATURE,
+        "schema": {c: [plan.schema[c].dtype, list(plan.schema[c].shape)] for c in plan.names},  # scalars: (1,)
+        "resource_ids": sorted({e.resource_id for e in plan.episodes}),
+        "episodes": [
+            {
+                "episode_index": i,
+                "episode_id": e.episode_id,
+                "resource_id": e.resource_id,
+                "source": e.source,
+                "task": e.task,
+                "steps": e.num_steps,
+                "intervention_steps": e.intervention_steps,
+                "success": e.success,
+            }
+            for i, e in enumerate(plan.episodes)
+        ],
+    }
+
+
 def export_lerobot(
     store: EpisodeStore,
     dataset: str,
@@ -200,100 +309,18 @@ def export_lerobot(
     """Writes the selected episodes of ``dataset`` to ``out`` (which must not exist) as a LeRobotDataset v3."""
     out = Path(out)
     repo_id = repo_id or f"fleetloop/{dataset}"
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"--repo-id: {repo_id!r} must look like 'owner/name'")
-    if out.exists():
-        raise ValueError(f"--out: {out} already exists; lerobot writes a dataset only into a new directory")
-    if fps is not None and not 1 <= int(fps) <= MAX_FPS:
-        raise ValueError(f"--fps: must be a whole number of frames per second in 1-{MAX_FPS}, got {fps}")
+    _check_arguments(out, repo_id, fps)
     store.refresh()
     episodes = select_episodes(store, dataset, selection)
     schema = store.schema(dataset)
     if video:
-        small = [c for c, s in schema.items() if is_image(s.dtype, s.shape) and min(s.shape[:2]) < MIN_VIDEO_SIDE]
-        if small:
-            raise ValueError(
-                f"--video: {small[0]} is {schema[small[0]].shape[0]}x{schema[small[0]].shape[1]}; the AV1 encoder "
-                f"needs at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE} (export without --video to store images)"
-            )
+        _check_video_sizes(schema)
     rows = _rows_by_episode(store, dataset, episodes)
     fps_from = "flag" if fps is not None else "t_mono_ns"
     fps = int(fps) if fps is not None else infer_fps(store, dataset, rows)
-    features = lerobot_features(schema, video)
-    columns = [c for c in schema if c not in ("seq", "episode_index")]
-    names = {c: feature_of(c, schema[c].dtype, schema[c].shape) for c in columns}
-    images = [c for c in columns if is_image(schema[c].dtype, schema[c].shape)]
-
-    import datasets as hf_datasets  # lerobot's own dependency; its per-episode "Map" bars would break ours
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bars_were_on = hf_datasets.utils.logging.is_progress_bar_enabled()
-    hf_datasets.utils.logging.disable_progress_bar()
-    frames = 0
-    try:
-        lerobot = LeRobotDataset.create(
-            repo_id,
-            fps=fps,
-            features=features,
-            root=out,
-            robot_type=dataset,
-            use_videos=video,
-            image_writer_threads=4 if images else 0,
-        )
-        with Progress(
-            TextColumn("[bold]export[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("episodes, {task.fields[frames]} frames"),
-            TimeRemainingColumn(),
-            disable=not progress,
-            transient=False,
-        ) as bar:
-            task = bar.add_task(f"{dataset} -> {out}", total=len(episodes), frames=0)
-            for record in episodes:
-                data = _read_episode(store, dataset, rows[record.index], columns)
-                for i in range(len(rows[record.index])):
-                    frame: dict[str, Any] = {"task": record.task or dataset, RESOURCE_FEATURE: record.resource_id}
-                    for column in columns:
-                        value = data[column][i]
-                        frame[names[column]] = value if value.ndim else value.reshape(1)
-                    lerobot.add_frame(frame)
-                lerobot.save_episode()
-                frames += len(rows[record.index])
-                bar.update(task, advance=1, frames=frames)
-        lerobot.finalize()
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a half-written dataset would only mislead its reader
-        raise
-    finally:
-        if bars_were_on:
-            hf_datasets.utils.logging.enable_progress_bar()
-
-    meta = {
-        "format": META_FORMAT,
-        "store": str(store.root),
-        "dataset": dataset,
-        "repo_id": repo_id,
-        "fps": fps,
-        "fps_from": fps_from,
-        "features": {c: names[c] for c in columns},
-        "resource_feature": RESOURCE_FEATURE,
-        "schema": {c: [schema[c].dtype, list(schema[c].shape)] for c in columns},  # scalars were exported as (1,)
-        "resource_ids": sorted({e.resource_id for e in episodes}),
-        "episodes": [
-            {
-                "episode_index": i,
-                "episode_id": e.episode_id,
-                "resource_id": e.resource_id,
-                "source": e.source,
-                "task": e.task,
-                "steps": e.num_steps,
-                "intervention_steps": e.intervention_steps,
-                "success": e.success,
-            }
-            for i, e in enumerate(episodes)
-        ],
-    }
+    names = {c: feature_of(c, s.dtype, s.shape) for c, s in schema.items() if c not in ("seq", "episode_index")}
+    plan = _Plan(out, repo_id, dataset, fps, video, episodes, rows, schema, names)
+    frames = _write_frames(store, plan, progress)
+    meta = _provenance(store, plan, fps_from)
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     return ExportReport(out, repo_id, dataset, fps, fps_from, len(episodes), frames, meta["features"])

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cloud.data.lerobot_export import IMAGE_PREFIX, META_FILE, STEP_FEATURES
+from cloud.data.lerobot_progress import datasets_bars_off, episode_bar
 from cloud.data.store import NAME, ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import PROVENANCE_COLUMNS
 
@@ -145,16 +146,8 @@ def _to_uint8_hwc(value: Any, height: int, width: int) -> np.ndarray:
     return array
 
 
-def import_lerobot(
-    store: EpisodeStore,
-    source: str | Path,
-    repo_id: str | None = None,
-    dataset: str | None = None,
-    resource_id: str | None = None,
-    progress: bool = True,
-) -> ImportReport:
-    """Writes every episode of the LeRobotDataset at ``source`` into ``store`` (see the module docstring)."""
-    source = Path(source)
+def _names(source: Path, repo_id: str | None, resource_id: str | None) -> tuple[dict | None, str, str]:
+    """(fleetloop's export metadata if any, the repo id, the resource id) of an import from ``source``."""
     if not (source / "meta" / "info.json").is_file():
         raise ValueError(f"--from: {source} is not a local LeRobotDataset (no meta/info.json)")
     meta_path = source / META_FILE
@@ -165,14 +158,64 @@ def import_lerobot(
     resource_id = resource_id or f"{SOURCE}:{repo_id}"
     if not resource_id.isprintable() or not 1 <= len(resource_id) <= 128:
         raise ValueError(f"--resource: {resource_id!r} must be printable and 1-128 characters")
+    return meta, repo_id, resource_id
 
-    import datasets as hf_datasets
+
+def _check_not_elsewhere(store: EpisodeStore, repo_id: str, episodes: int, name: str, resource_id: str) -> None:
+    """Refuses an import whose episodes the store already holds under another dataset or resource."""
+    for episode_index in range(episodes):
+        stored = store.episode(episode_id_for(repo_id, episode_index))
+        if stored is not None and (stored.dataset, stored.resource_id) != (name, resource_id):
+            raise ValueError(
+                f"--dataset: episode {episode_index} of {repo_id} is already in dataset {stored.dataset} "
+                f"from {stored.resource_id}; import it there (--dataset {stored.dataset} --resource "
+                f"{stored.resource_id}) or under another --repo-id"
+            )
+
+
+def _write_episodes(
+    store: EpisodeStore, lerobot: Any, schema: dict[str, ColumnSpec], report: ImportReport, label: str, shown: bool
+) -> None:
+    """Writes each episode the store does not hold whole, in group commits of about ``WRITE_ROWS`` steps."""
+    pending: list[StepRows] = []
+    with episode_bar("import", "steps", shown) as bar:
+        task = bar.add_task(label, total=report.episodes, steps=0)
+        for episode_index in range(report.episodes):
+            episode = lerobot.meta.episodes[episode_index]
+            start, stop = int(episode["dataset_from_index"]), int(episode["dataset_to_index"])
+            episode_id = episode_id_for(report.repo_id, episode_index)
+            stored = store.episode(episode_id)
+            if stop <= start or (stored is not None and stored.num_steps >= stop - start):
+                report.skipped += 1
+            else:
+                rows = _episode_rows(lerobot, schema, report.columns, start, stop)
+                report.steps += len(rows["action"]) - (stored.num_steps if stored else 0)
+                report.imported += 1
+                task_text = rows.pop("task")
+                pending.append(StepRows(report.dataset, episode_id, report.resource_id, SOURCE, task_text, 0, rows))
+                if sum(len(p.columns["action"]) for p in pending) >= WRITE_ROWS:
+                    store.write(pending)
+                    pending = []
+            bar.update(task, advance=1, steps=report.steps)
+        if pending:
+            store.write(pending)
+
+
+def import_lerobot(
+    store: EpisodeStore,
+    source: str | Path,
+    repo_id: str | None = None,
+    dataset: str | None = None,
+    resource_id: str | None = None,
+    progress: bool = True,
+) -> ImportReport:
+    """Writes every episode of the LeRobotDataset at ``source`` into ``store`` (see the module docstring)."""
+    source = Path(source)
+    meta, repo_id, resource_id = _names(source, repo_id, resource_id)
+
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bars_were_on = hf_datasets.utils.logging.is_progress_bar_enabled()
-    hf_datasets.utils.logging.disable_progress_bar()
-    try:
+    with datasets_bars_off():
         try:
             lerobot = LeRobotDataset(repo_id, root=source)
         except Exception as err:  # lerobot raises whatever its loaders raise (version, missing files, schema)
@@ -182,52 +225,13 @@ def import_lerobot(
             if column in schema and not shape and schema[column] == ColumnSpec(dtype, (1,)):
                 schema[column] = ColumnSpec(dtype, ())  # a fleetloop export of a scalar column: scalar again
         name = _dataset_name(dataset, meta, lerobot.meta.robot_type, repo_id)
-        for episode_index in range(lerobot.meta.total_episodes):  # before the dataset is created
-            stored = store.episode(episode_id_for(repo_id, episode_index))
-            if stored is not None and (stored.dataset, stored.resource_id) != (name, resource_id):
-                raise ValueError(
-                    f"--dataset: episode {episode_index} of {repo_id} is already in dataset {stored.dataset} "
-                    f"from {stored.resource_id}; import it there (--dataset {stored.dataset} --resource "
-                    f"{stored.resource_id}) or under another --repo-id"
-                )
+        _check_not_elsewhere(store, repo_id, lerobot.meta.total_episodes, name, resource_id)  # before it is created
         try:
             store.ensure_dataset(name, schema)
         except ValueError as err:
             raise ValueError(f"--dataset: {name} cannot hold {source}: {err}") from err
-
         report = ImportReport(name, repo_id, resource_id, lerobot.meta.total_episodes, 0, 0, 0, columns, ignored)
-        pending: list[StepRows] = []
-        with Progress(
-            TextColumn("[bold]import[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("episodes, {task.fields[steps]} steps"),
-            TimeRemainingColumn(),
-            disable=not progress,
-        ) as bar:
-            task = bar.add_task(f"{source} -> {name}", total=report.episodes, steps=0)
-            for episode_index in range(report.episodes):
-                episode = lerobot.meta.episodes[episode_index]
-                start, stop = int(episode["dataset_from_index"]), int(episode["dataset_to_index"])
-                episode_id = episode_id_for(repo_id, episode_index)
-                stored = store.episode(episode_id)
-                if stop <= start or (stored is not None and stored.num_steps >= stop - start):
-                    report.skipped += 1
-                else:
-                    rows = _episode_rows(lerobot, schema, columns, start, stop)
-                    report.steps += len(rows["action"]) - (stored.num_steps if stored else 0)
-                    report.imported += 1
-                    task_text = rows.pop("task")
-                    pending.append(StepRows(name, episode_id, resource_id, SOURCE, task_text, 0, rows))
-                    if sum(len(p.columns["action"]) for p in pending) >= WRITE_ROWS:
-                        store.write(pending)
-                        pending = []
-                bar.update(task, advance=1, steps=report.steps)
-            if pending:
-                store.write(pending)
-    finally:
-        if bars_were_on:
-            hf_datasets.utils.logging.enable_progress_bar()
+        _write_episodes(store, lerobot, schema, report, f"{source} -> {name}", progress)
     return report
 
 

@@ -142,3 +142,21 @@ def test_image_frames_arrive_in_the_driver(ros2_sim_node, ros_domain: int) -> No
         assert latencies and 0 <= float(np.median(latencies)) < 0.5
     finally:
         robot.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_second_driver_resets_a_node_that_already_served_one(ros2_sim_node, ros_domain: int) -> None:
+    """A robot node outlives the edges that drive it: the next edge's reset must find its observations."""
+    ros2_sim_node(ros_domain)
+    expert = PickCubeExpert()
+    for _ in range(2):
+        robot = Ros2Robot(Ros2RobotConfig.from_yaml(PANDA_YAML), domain_id=ros_domain)
+        try:
+            for _ in range(2):  # as `fleetloop edge --episodes 2`: episodes of a few steps, each from a reset
+                observation = robot.reset()
+                assert_matches(observation, robot)
+                for _ in range(3):
+                    observation = robot.apply(expert.act(observation)).observation
+                    assert_matches(observation, robot)
+        finally:
+            robot.close()
