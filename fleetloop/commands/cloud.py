@@ -9,10 +9,14 @@ import logging
 import multiprocessing
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud.gateway.tasks import load_tasks
 from fleetloop.commands.arg_types import add_root_arg, port, positive_float
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
+
+if TYPE_CHECKING:
+    from cloud.gateway.server import ServiceFactory
 
 log = logging.getLogger("fleetloop")
 
@@ -41,7 +45,7 @@ def _certs_dir(args: argparse.Namespace) -> Path:
     return Path(args.certs) if args.certs else args.root.certs
 
 
-def _phone_service(args: argparse.Namespace) -> tuple:
+def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
     """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
     if args.phone_port is None:
         return ()
@@ -66,7 +70,9 @@ def _phone_service(args: argparse.Namespace) -> tuple:
     return (lambda gateway: PhoneChannel(config, gateway),)
 
 
-def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None) -> tuple:
+def _openpi_service(
+    args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None
+) -> tuple[ServiceFactory, ...]:
     """openpi's websocket policy-server protocol beside the gateway when --openpi-port is given (docs/openpi.md);
     it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
     if args.openpi_port is None:
