@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import multiprocessing
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud.gateway.tasks import load_tasks
-from fleetloop.commands.arg_types import add_root_arg, port
+from fleetloop.commands.arg_types import add_root_arg, mebibytes, port
 from fleetloop.commands.config_flags import flag_error
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
 from hal.config import ConfigError
@@ -119,12 +118,11 @@ def _gateway_and_services(
     """The gateway's config and the services beside it; ValueError naming the flag of a bad field."""
     from cloud.gateway.config import GatewayConfig
 
-    max_batch_mb = args.max_batch_mb if math.isfinite(args.max_batch_mb) else 0  # 0: the config refuses it
     try:
         config = GatewayConfig(
             host=args.host,
             port=args.port,
-            max_batch_bytes=int(max_batch_mb * 1024 * 1024),
+            max_batch_bytes=mebibytes(args.max_batch_mb),
             tasks=tasks,
             lost_after_s=args.lost_after,
             devices=devices,
