@@ -7,14 +7,15 @@ thread touches the network or disk.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from edge.local_runtime import LocalPolicyRuntime
 from edge.operator import Operator
@@ -23,6 +24,7 @@ from edge.remote_runtime import RemotePolicyRuntime
 from edge.runtime import PolicyRuntime
 from edge.spool import Spool
 from edge.tunnel_client import TunnelClient, TunnelConfig
+from hal.config import CodeConfig
 from hal.resource import Driver, EmergencyStoppable, ResourceInfo, Transition, clamp_action
 from protocol import tunnel_pb2 as pb
 
@@ -41,20 +43,25 @@ class LoopStats:
     tick_periods_s: list[float] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class EdgeConfig:
+class EdgeConfig(CodeConfig):
     """How an edge runs: its link to the cloud, and what it does when the link or the spool cannot keep up."""
+
+    config_name = "edge"
 
     tunnel: TunnelConfig
     task: str = ""  # the task it records under until the cloud assigns one; "" for the robot's embodiment
     # 0: keep working with the last policy through link outages (steps wait in the spool); > 0: hold still
     # once the cloud has been silent this long, for sites that want a supervised robot only.
-    hold_on_link_loss_s: float = 0.0
+    hold_on_link_loss_s: Annotated[float, Field(ge=0)] = 0.0
     # > 0 bounds the spool: once full the robot holds still (and records nothing) until acks make room;
     # unacked steps are never deleted.
-    max_spool_bytes: int = 0
+    max_spool_bytes: Annotated[int, Field(ge=0)] = 0
     record_digest: bool = False  # keep a sha256 of every step produced (to check the store against)
     record_tick_periods: bool = False  # keep every tick's period in the stats (benchmarks)
+
+    # The link by position too (``EdgeConfig(TunnelConfig(...), max_spool_bytes=...)``).
+    def __init__(self, tunnel: TunnelConfig, **fields: Any) -> None:
+        super().__init__(tunnel=tunnel, **fields)
 
 
 class EdgeAgent:
@@ -80,7 +87,7 @@ class EdgeAgent:
         tunnel_config = config.tunnel
         if config.hold_on_link_loss_s:  # heartbeats often enough that a healthy but idle link never looks lost
             heartbeat_s = min(tunnel_config.heartbeat_s, config.hold_on_link_loss_s / 3)
-            tunnel_config = dataclasses.replace(tunnel_config, heartbeat_s=heartbeat_s)
+            tunnel_config = tunnel_config.model_copy(update={"heartbeat_s": heartbeat_s})
         on_actions = None
         self.runtime: PolicyRuntime
         if tunnel_config.remote_inference:  # the policy runs in the cloud; the loop below is the same

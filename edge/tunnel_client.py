@@ -14,10 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import grpc
+from pydantic import Field
 
 from edge.spool import Spool
+from hal.config import CodeConfig, Name
 from hal.resource import ResourceInfo
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
@@ -45,18 +48,23 @@ CHANNEL_OPTIONS = [
 SILENCE_TIMEOUT_S = 15.0
 
 
-@dataclass(frozen=True)
-class TunnelConfig:
+class TunnelConfig(CodeConfig):
     """Where and as whom the edge connects, and how it paces the link."""
 
-    target: str  # host:port of the cloud gateway
-    policy_name: str  # the policy it asks for until the cloud assigns one
-    token: str = ""  # this device's credential
+    config_name = "tunnel"
+
+    target: Name  # host:port of the cloud gateway
+    policy_name: Name  # the policy it asks for until the cloud assigns one
+    token: str = Field(default="", repr=False)  # this device's credential
     ca: str | None = None  # the CA that signed the gateway's certificate: TLS; None: plain text (loopback only)
     remote_inference: bool = False  # the policy runs in the cloud; observations go up, actions come down
-    window_batches: int = 32  # spooled batches in flight before waiting for an ack
-    heartbeat_s: float = 2.0
-    silence_timeout_s: float = SILENCE_TIMEOUT_S
+    window_batches: Annotated[int, Field(ge=1)] = 32  # spooled batches in flight before waiting for an ack
+    heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
+    silence_timeout_s: Annotated[float, Field(gt=0)] = SILENCE_TIMEOUT_S
+
+    # The address and the policy by position too (``TunnelConfig("127.0.0.1:7070", "pick")``).
+    def __init__(self, target: str, policy_name: str, **fields: Any) -> None:
+        super().__init__(target=target, policy_name=policy_name, **fields)
 
 
 class TunnelClient:

@@ -14,28 +14,31 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from rich.live import Live
 from rich.table import Table
 
 from fleetloop.summary import VersionSummary, autonomy_climbed, summarize
 from fleetloop.table_console import table_console
+from hal.config import CodeConfig
 
 log = logging.getLogger("fleetloop.demo")
 
 DATASET = "panda_pick_cube"
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    robots: int = 2
-    minutes: float = 6.0
-    control_hz: float = 10.0
+class DemoConfig(CodeConfig):
+    config_name = "demo"
+
+    robots: Annotated[int, Field(ge=1)] = 2
+    minutes: Annotated[float, Field(gt=0)] = 6.0
+    control_hz: Annotated[float, Field(gt=0)] = 10.0
     run_dir: str | None = None
-    target_success: float = 0.8  # stop early once two versions in a row reach this
-    min_episodes_per_version: int = 5
+    target_success: Annotated[float, Field(ge=0, le=1)] = 0.8  # stop early once two versions in a row reach this
+    min_episodes_per_version: Annotated[int, Field(ge=1)] = 5
 
 
 def _pick_port(preferred: int = 7070) -> int:

@@ -40,6 +40,7 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, why: str, where: tuple[str | int, ...] = ()) -> None:
         super().__init__(f"{path}: {why}")
+        self.path = path
         self.why = why
         self.where = where
 

@@ -25,10 +25,11 @@ import json
 import logging
 import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import websockets
+from pydantic import Field
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -48,21 +49,27 @@ from cloud.channels.phone_messages import (
 from cloud.channels.phone_pairing import is_pairing_token, new_pairing_token, pairing_qr
 from cloud.gateway.server import Gateway
 from cloud.security.devices import AuthError, DeviceRegistry
+from hal.config import CodeConfig, Name
 from hal.resource import ResourceInfo
 from protocol.steps import check_id
 
 log = logging.getLogger("fleetloop.phone")
 
 
-@dataclass(frozen=True)
-class PhoneChannelConfig:
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: any free port
-    image_height: int = 224  # camera frames are stored as uint8 HxWx3 at this size
-    image_width: int = 224
-    max_episode_bytes: int = 512 << 20  # decoded steps one phone may hold open, over all its open episodes
-    hello_timeout_s: float = 10.0
-    store_timeout_s: float = 60.0  # no durable write by then: the phone is told to resend
+ImageSide = Annotated[int, Field(ge=8, le=2048)]  # pixels
+
+
+class PhoneChannelConfig(CodeConfig):
+    config_name = "phone"
+
+    host: Name = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: any free port
+    image_height: ImageSide = 224  # camera frames are stored as uint8 HxWx3 at this size
+    image_width: ImageSide = 224
+    # decoded steps one phone may hold open, over all its open episodes
+    max_episode_bytes: Annotated[int, Field(ge=1)] = 512 << 20
+    hello_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    store_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # no durable write by then: the phone is told to resend
     credentials: Path | None = None  # where paired phones' credentials go when the cloud has no devices file
     tls_cert: Path | None = None  # PEM files: serve wss:// instead of ws://
     tls_ca: Path | None = None  # the CA that signed tls_cert: served at /phone/ca.pem for phones to install

@@ -9,7 +9,8 @@
 - ``control``           the fleet control service (``fleetloop fleet``): the fleet's state, operator commands
 - ``fleet``             the fleet scheduler: every resource online, its state and task
 - ``tasks``             the tasks file (which policy runs where) as typed config
-- ``server``            the ``Gateway`` that wires these into one gRPC service, and ``serve``
+- ``server``            the ``Gateway`` that wires these into one gRPC service, and ``serve``, which runs
+                        ``Service``s beside it (the phone channel, the openpi endpoint)
 
 May import ``cloud.data``, ``cloud.security``, ``cloud.serving``, ``policies``, ``hal`` and ``protocol``.
 """

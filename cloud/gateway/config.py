@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, InstanceOf
 
 from cloud.gateway.fleet import Task
 from cloud.security.devices import DeviceRegistry
+from hal.config import CodeConfig, Items, Name
 from protocol.steps import MAX_BATCH_BYTES
 
 GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -21,26 +24,34 @@ GRPC_OPTIONS = [
 ]
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
-    host: str = "127.0.0.1"
-    port: int = 7070
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port (the server logs which it got)
+Positive = Annotated[float, Field(gt=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+class GatewayConfig(CodeConfig):
+    model_config = ConfigDict(**CodeConfig.model_config, arbitrary_types_allowed=True)
+    config_name = "gateway"
+
+    host: Name = "127.0.0.1"
+    port: Port = 7070
     # Device credentials; None (or no devices file) accepts any device, which the CLI allows on loopback only.
-    devices: DeviceRegistry | None = field(default=None, compare=False)
+    devices: InstanceOf[DeviceRegistry] | None = None
     tls_cert: bytes | None = None  # PEM server certificate and key: serve TLS instead of plain text
-    tls_key: bytes | None = field(default=None, repr=False)
-    max_batch_bytes: int = MAX_BATCH_BYTES
-    wire_dtype: str = "float32"  # "bfloat16" halves the bytes of float weights on the wire
-    max_delta_versions: int = 10  # an edge further behind gets a full snapshot
-    max_delta_fraction: float = 0.5  # a delta bigger than this share of the model goes as a full snapshot
-    flush_rows: int = 1024  # write to the store once this many rows wait...
-    flush_bytes: int = 16 << 20  # ...or this many bytes (a few image chunks per column)...
+    tls_key: bytes | None = Field(default=None, repr=False)
+    max_batch_bytes: AtLeastOne = MAX_BATCH_BYTES
+    wire_dtype: Literal["float32", "bfloat16"] = "float32"  # "bfloat16" halves the bytes of float weights
+    max_delta_versions: Annotated[int, Field(ge=0)] = 10  # an edge further behind gets a full snapshot
+    # a delta bigger than this share of the model goes as a full snapshot
+    max_delta_fraction: Annotated[float, Field(ge=0)] = 0.5
+    flush_rows: AtLeastOne = 1024  # write to the store once this many rows wait...
+    flush_bytes: AtLeastOne = 16 << 20  # ...or this many bytes (a few image chunks per column)...
     # Steps received but not yet in the store, over all edges: past this, the gateway stops reading the tunnels
     # (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
-    max_unwritten_bytes: int = 256 << 20
-    flush_delay_s: float = 0.1  # ...or the oldest has waited this long
-    policy_chunk_bytes: int = 1 << 20
-    registry_poll_s: float = 0.05  # reads one small JSON file per policy
-    hello_timeout_s: float = 10.0
-    lost_after_s: float = 5.0  # a resource silent this long is lost and its task goes to another
-    tasks: tuple[Task, ...] = ()  # none: every resource runs the policy it asks for (one task per policy)
+    max_unwritten_bytes: AtLeastOne = 256 << 20
+    flush_delay_s: Annotated[float, Field(ge=0)] = 0.1  # ...or the oldest has waited this long
+    policy_chunk_bytes: AtLeastOne = 1 << 20
+    registry_poll_s: Positive = 0.05  # reads one small JSON file per policy
+    hello_timeout_s: Positive = 10.0
+    lost_after_s: Positive = 5.0  # a resource silent this long is lost and its task goes to another
+    tasks: Items[InstanceOf[Task]] = ()  # none: every resource runs the policy it asks for (one task per policy)

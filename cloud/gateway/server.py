@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -302,15 +302,27 @@ class Gateway(pb_grpc.TunnelServicer):
             await asyncio.sleep(min(0.5, self.config.lost_after_s / 4))
 
 
+class Service(Protocol):
+    """What the cloud runs beside the gateway on the gateway's parts (the phone channel, the openpi endpoint)."""
+
+    async def start(self) -> int:
+        """Listen; the port it listens on."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+ServiceFactory = Callable[[Gateway], Service]  # a service made from the gateway it runs beside
+
+
 async def serve(
     config: GatewayConfig,
     store: EpisodeStore,
     registry: PolicyRegistry,
     stop: asyncio.Event | None = None,
-    services: tuple[Callable[[Gateway], Any], ...] = (),
+    services: tuple[ServiceFactory, ...] = (),
 ) -> None:
-    """``services``: each makes, from the gateway, something with async start() and stop() that runs beside it
-    (e.g. the phone channel); they start after the gateway and stop before it."""
+    """``services``: each makes a ``Service`` from the gateway; they start after the gateway and stop before it."""
     gateway = Gateway(config, store, registry)
     await gateway.start()
     started = []

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from cloud.data.store import EpisodeStore
 from cloud.learning.staleness import StalenessBudget
 from cloud.serving.foresight import ERROR_COLUMN, foresight_weights
+from hal.config import CodeConfig, ConfigError, Items, Name, invalid
 
 KINDS = ("online", "intervention", "demo", "offline")
 ONLINE, INTERVENTION, DEMO, OFFLINE = range(len(KINDS))
@@ -37,91 +40,106 @@ LABELLED_KINDS = ("intervention", "demo", "offline")  # a person chose these act
 Ratios = tuple[tuple[str, float], ...]
 
 
-def group_kinds(group: str, field_name: str = "sampler.ratios") -> tuple[str, ...]:
+def _kinds_and_problem(group: str) -> tuple[tuple[str, ...], str]:
+    """The kinds of ``group`` (``"intervention+demo"``) and what is wrong with it ("" when nothing)."""
     kinds = tuple(k.strip() for k in group.split("+"))
     for kind in kinds:
         if kind not in KINDS:
-            raise ValueError(f"{field_name}: unknown kind {kind!r} in group {group!r}; kinds are {KINDS}")
+            return kinds, f"unknown kind {kind!r} in group {group!r}; kinds are {KINDS}"
     if len(set(kinds)) != len(kinds):
-        raise ValueError(f"{field_name}: group {group!r} names a kind twice")
+        return kinds, f"group {group!r} names a kind twice"
+    return kinds, ""
+
+
+def group_kinds(group: str, field_name: str = "sampler.ratios") -> tuple[str, ...]:
+    kinds, problem = _kinds_and_problem(group)
+    if problem:
+        raise ValueError(f"{field_name}: {problem}")
     return kinds
 
 
-def _check_ratios(ratios: Mapping[str, float] | Iterable[tuple[str, float]], field_name: str) -> Ratios:
-    items = tuple((str(k), v) for k, v in (ratios.items() if isinstance(ratios, Mapping) else ratios))
+def _checked_ratios(ratios: object, *where: str) -> Ratios:
+    """A mapping or pairs of group -> ratio as checked ratios; errors name the field ``where`` (and its group)."""
+    if isinstance(ratios, Mapping):
+        ratios = ratios.items()
+    if not isinstance(ratios, Iterable) or isinstance(ratios, str):
+        raise invalid(f"should be a mapping of group to ratio, got {ratios!r}", *where)
+    items = tuple((str(k), v) for k, v in ratios)
     if not items:
-        raise ValueError(f"{field_name}: needs at least one group")
+        raise invalid("needs at least one group", *where)
     seen: set[str] = set()
     out = []
     for group, ratio in items:
-        kinds = group_kinds(group, field_name)
+        kinds, problem = _kinds_and_problem(group)
+        if problem:
+            raise invalid(problem, *where)
         if seen & set(kinds):
-            raise ValueError(f"{field_name}: kind(s) {sorted(seen & set(kinds))} appear in more than one group")
+            raise invalid(f"kind(s) {sorted(seen & set(kinds))} appear in more than one group", *where)
         seen |= set(kinds)
         try:
             value = float(ratio)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{field_name}.{group}: ratio must be a number, got {ratio!r}") from err
+        except (TypeError, ValueError):
+            raise invalid(f"ratio must be a number, got {ratio!r}", *where, group) from None
         if not (value >= 0 and np.isfinite(value)):
-            raise ValueError(f"{field_name}.{group}: ratio must be a finite number >= 0, got {ratio!r}")
+            raise invalid(f"ratio must be a finite number >= 0, got {ratio!r}", *where, group)
         out.append(("+".join(kinds), value))
     if sum(v for _, v in out) <= 0:
-        raise ValueError(f"{field_name}: ratios must not all be 0")
+        raise invalid("ratios must not all be 0", *where)
     return tuple(out)
 
 
-def _finite_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+def _checked_per_dataset(per_dataset: object) -> tuple[tuple[str, Ratios], ...]:
+    items = per_dataset.items() if isinstance(per_dataset, Mapping) else per_dataset
+    checked = []
+    for dataset, ratios in items:  # type: ignore[attr-defined]
+        if not isinstance(dataset, str) or not dataset:
+            raise invalid(f"dataset names must be non-empty strings, got {dataset!r}", "per_dataset")
+        checked.append((dataset, _checked_ratios(ratios, "per_dataset", dataset)))
+    if len({d for d, _ in checked}) != len(checked):
+        raise invalid("a dataset appears twice", "per_dataset")
+    return tuple(sorted(checked))
 
 
 def parse_ratios(text: str) -> Ratios:
-    """``"online=0.5,intervention+demo=0.5"`` -> ratios (checked); ValueError naming the bad part."""
+    """``"online=0.5,intervention+demo=0.5"`` -> ratios (checked); a ConfigError naming the bad part."""
     items = []
     for part in text.split(","):
         group, sep, value = part.partition("=")
         if not sep:
-            raise ValueError(f"sampler.ratios: {part!r} is not GROUP=RATIO")
+            raise ConfigError("sampler.ratios", f"{part!r} is not GROUP=RATIO")
         try:
             items.append((group.strip(), float(value)))
-        except ValueError as err:
-            raise ValueError(f"sampler.ratios.{group.strip()}: ratio must be a number, got {value!r}") from err
-    return _check_ratios(items, "sampler.ratios")
+        except ValueError:
+            raise ConfigError(f"sampler.ratios.{group.strip()}", f"ratio must be a number, got {value!r}") from None
+    return SamplerConfig(ratios=items).ratios or ()
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(CodeConfig):
     """``ratios``: the default for every dataset (None: uniform over what the algorithm trains on);
     ``per_dataset``: ratios of single datasets (tasks), overriding the default; ``offline_sources``: episode
     sources whose steps are imported ``offline`` data. Mappings are accepted and stored as sorted tuples.
     ``foresight_tolerance_m``, ``foresight_max_weight``: see ``cloud.serving.foresight.foresight_weights`` (a max
     weight of 1 samples phone demonstrations without regard to their foresight error)."""
 
-    ratios: Ratios | None = None
-    per_dataset: tuple[tuple[str, Ratios], ...] = ()
-    offline_sources: tuple[str, ...] = ()
-    foresight_tolerance_m: float = 0.02
-    foresight_max_weight: float = 5.0
+    config_name = "sampler"
 
-    def __post_init__(self) -> None:
-        if self.ratios is not None:
-            object.__setattr__(self, "ratios", _check_ratios(self.ratios, "sampler.ratios"))
-        per = self.per_dataset.items() if isinstance(self.per_dataset, Mapping) else self.per_dataset
-        checked = []
-        for dataset, ratios in per:
-            if not isinstance(dataset, str) or not dataset:
-                raise ValueError(f"sampler.per_dataset: dataset names must be non-empty strings, got {dataset!r}")
-            checked.append((dataset, _check_ratios(ratios, f"sampler.per_dataset.{dataset}")))
-        if len({d for d, _ in checked}) != len(checked):
-            raise ValueError("sampler.per_dataset: a dataset appears twice")
-        object.__setattr__(self, "per_dataset", tuple(sorted(checked)))
-        if isinstance(self.offline_sources, str) or not all(isinstance(s, str) for s in self.offline_sources):
-            raise ValueError(f"sampler.offline_sources must be a list of source names, got {self.offline_sources!r}")
-        object.__setattr__(self, "offline_sources", tuple(self.offline_sources))
-        tolerance, max_weight = self.foresight_tolerance_m, self.foresight_max_weight
-        if not (_finite_number(tolerance) and tolerance > 0):
-            raise ValueError(f"sampler.foresight_tolerance_m must be a distance > 0 (metres), got {tolerance!r}")
-        if not (_finite_number(max_weight) and max_weight >= 1):
-            raise ValueError(f"sampler.foresight_max_weight must be a number >= 1, got {max_weight!r}")
+    ratios: Items[tuple[str, float]] | None = None
+    per_dataset: Items[tuple[Name, Items[tuple[str, float]]]] = ()
+    offline_sources: Items[str] = ()
+    foresight_tolerance_m: Annotated[float, Field(gt=0)] = 0.02  # metres
+    foresight_max_weight: Annotated[float, Field(ge=1)] = 5.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ratios_as_pairs(cls, data: Any) -> Any:
+        """Ratios come as mappings or pairs of group -> ratio; checked here so errors name the group."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("ratios") is not None:
+                data["ratios"] = _checked_ratios(data["ratios"], "ratios")
+            if "per_dataset" in data:
+                data["per_dataset"] = _checked_per_dataset(data["per_dataset"])
+        return data
 
     def foresight_weights(self, table: StepTable) -> np.ndarray | None:
         """Each row's foresight weight, or None where the dataset stores no foresight error."""

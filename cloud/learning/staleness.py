@@ -27,34 +27,43 @@ and imported offline data stay exempt whatever the setting, since no policy prod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import model_validator
 
-STALENESS_MODES = ("drop", "downweight")
-STALENESS_DECAYS = ("exp", "linear")
+from hal.config import CodeConfig, invalid
+
+StalenessMode = Literal["drop", "downweight"]
+StalenessDecay = Literal["exp", "linear"]
 
 
-@dataclass(frozen=True)
-class StalenessBudget:
+class StalenessBudget(CodeConfig):
     """``budget``: versions (None: no budget, every step weighs 1). See the module docstring for the modes."""
 
+    config_name = "staleness"
+
     budget: int | None = None
-    mode: str = "drop"
-    decay: str = "exp"
+    mode: StalenessMode = "drop"
+    decay: StalenessDecay = "exp"  # downweight's decay: exp (budget = half-life) | linear
     include_interventions: bool = False
 
-    def __post_init__(self) -> None:
-        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)):
-            raise ValueError(f"staleness.budget must be a whole number of versions or None, got {self.budget!r}")
-        if self.mode not in STALENESS_MODES:
-            raise ValueError(f"staleness.mode must be one of {STALENESS_MODES}, got {self.mode!r}")
-        if self.decay not in STALENESS_DECAYS:
-            raise ValueError(f"staleness.decay must be one of {STALENESS_DECAYS}, got {self.decay!r}")
-        if self.budget is not None:
-            minimum = 1 if (self.mode == "downweight" and self.decay == "exp") else 0
-            if self.budget < minimum:
-                raise ValueError(f"staleness.budget must be >= {minimum} for mode {self.mode!r}, got {self.budget}")
+    # Positional too (``StalenessBudget(2, "drop")``): a budget reads as its numbers.
+    def __init__(
+        self,
+        budget: int | None = None,
+        mode: StalenessMode = "drop",
+        decay: StalenessDecay = "exp",
+        include_interventions: bool = False,
+    ) -> None:
+        super().__init__(budget=budget, mode=mode, decay=decay, include_interventions=include_interventions)
+
+    @model_validator(mode="after")
+    def _budget_fits_the_mode(self) -> StalenessBudget:
+        minimum = 1 if (self.mode == "downweight" and self.decay == "exp") else 0
+        if self.budget is not None and self.budget < minimum:
+            raise invalid(f"must be >= {minimum} for mode {self.mode!r}, got {self.budget}", "budget")
+        return self
 
     @property
     def active(self) -> bool:

@@ -10,7 +10,8 @@
 - ``export``     ``fleetloop export``: store episodes -> LeRobotDataset
 - ``import_``    ``fleetloop import``: LeRobotDataset -> store (``import`` is a keyword)
 - ``demo``       ``fleetloop demo``: the whole loop on this machine
-- ``arg_types``  argparse types several commands share
+- ``arg_types``  argparse types several commands share (parsing only: each config checks its own fields)
+- ``config_flags``  ``flag_error``: a config error named by the flag that set the field (each command's table)
 - ``stopping``   SIGINT/SIGTERM -> a stop event
 
 Part of the ``fleetloop`` room: may import ``cloud``, ``edge``, ``hal``, ``policies``, ``protocol``; holds flags and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from cloud.data.layout import DataLayout
@@ -34,6 +35,11 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def mebibytes(mb: float) -> int:
+    """A size flag given in MiB as bytes; -1 when it is not finite, which every size field of a config refuses."""
+    return int(mb * (1 << 20)) if math.isfinite(mb) else -1
 
 
 def port(text: str) -> int:

@@ -9,12 +9,33 @@ import logging
 import multiprocessing
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud.gateway.tasks import load_tasks
-from fleetloop.commands.arg_types import add_root_arg, port, positive_float
+from fleetloop.commands.arg_types import add_root_arg, mebibytes, port
+from fleetloop.commands.config_flags import flag_error
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
+from hal.config import ConfigError
+
+if TYPE_CHECKING:
+    from cloud.gateway.config import GatewayConfig
+    from cloud.gateway.server import ServiceFactory
 
 log = logging.getLogger("fleetloop")
+
+# Each gateway and phone channel config field a flag of `fleetloop cloud` sets, and that flag (``flag_error``).
+CLOUD_FLAGS = {
+    "gateway.host": "--host",
+    "gateway.port": "--port",
+    "gateway.max_batch_bytes": "--max-batch-mb",
+    "gateway.lost_after_s": "--lost-after",
+    "gateway.wire_dtype": "--wire-dtype",
+    "phone.host": "--host",
+    "phone.port": "--phone-port",
+    "phone.image_height": "--phone-image",
+    "phone.image_width": "--phone-image",
+    "phone.public_host": "--phone-url-host",
+}
 
 
 def _cloud_security(args: argparse.Namespace):
@@ -41,17 +62,19 @@ def _certs_dir(args: argparse.Namespace) -> Path:
     return Path(args.certs) if args.certs else args.root.certs
 
 
-def _phone_service(args: argparse.Namespace) -> tuple:
+def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
     """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+
+    height, width = args.phone_image
     if args.phone_port is None:
+        PhoneChannelConfig(image_height=height, image_width=width)  # every flag is checked, even one left unused
         return ()
     from cloud.channels.phone_address import lan_address, phone_certs, phone_url_host
-    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
     from cloud.security.certs import CertPaths
 
     lan = lan_address()
     certs = phone_certs(CertPaths(_certs_dir(args)), args.host, args.phone_url_host, lan)
-    height, width = args.phone_image
     config = PhoneChannelConfig(
         host=args.host,
         port=args.phone_port,
@@ -66,7 +89,9 @@ def _phone_service(args: argparse.Namespace) -> tuple:
     return (lambda gateway: PhoneChannel(config, gateway),)
 
 
-def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None) -> tuple:
+def _openpi_service(
+    args: argparse.Namespace, devices, tls_cert: bytes | None, tls_key: bytes | None
+) -> tuple[ServiceFactory, ...]:
     """openpi's websocket policy-server protocol beside the gateway when --openpi-port is given (docs/openpi.md);
     it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
     if args.openpi_port is None:
@@ -87,6 +112,29 @@ def _openpi_service(args: argparse.Namespace, devices, tls_cert: bytes | None, t
     )
 
 
+def _gateway_and_services(
+    args: argparse.Namespace, tasks: tuple, devices, tls_cert: bytes | None, tls_key: bytes | None
+) -> tuple[GatewayConfig, tuple[ServiceFactory, ...]]:
+    """The gateway's config and the services beside it; ValueError naming the flag of a bad field."""
+    from cloud.gateway.config import GatewayConfig
+
+    try:
+        config = GatewayConfig(
+            host=args.host,
+            port=args.port,
+            max_batch_bytes=mebibytes(args.max_batch_mb),
+            tasks=tasks,
+            lost_after_s=args.lost_after,
+            devices=devices,
+            wire_dtype=args.wire_dtype,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        return config, _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
+    except ConfigError as err:
+        raise flag_error(err, CLOUD_FLAGS) from err
+
+
 def cmd_cloud(args: argparse.Namespace) -> int:
     # Every flag is checked before anything starts: a learner process or an open store would outlive the error.
     try:
@@ -100,9 +148,14 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         log.error("--tasks: %s", err)
         return 2
+    try:
+        config, services = _gateway_and_services(args, tasks, devices, tls_cert, tls_key)
+    except ValueError as err:
+        log.error("refusing to start: %s", err)
+        return 2
     from cloud.data.store import EpisodeStore
     from cloud.data.version_registry import PolicyRegistry
-    from cloud.gateway.server import GatewayConfig, serve
+    from cloud.gateway.server import serve
 
     layout = args.root
     try:
@@ -116,24 +169,12 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         context = multiprocessing.get_context("spawn")
         learner = context.Process(target=learner_process, args=(layout, learning), name="learner", daemon=True)
         learner.start()
-    config = GatewayConfig(
-        host=args.host,
-        port=args.port,
-        max_batch_bytes=int(args.max_batch_mb * 1024 * 1024),
-        tasks=tasks,
-        lost_after_s=args.lost_after,
-        devices=devices,
-        wire_dtype=args.wire_dtype,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-    )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        services = _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
         await serve(config, store, registry, stop, services=services)
 
     log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store, layout.registry)
@@ -153,15 +194,16 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
 
 def _image_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` -> (height, width); the phone channel's config checks the sizes."""
     height, sep, width = text.partition("x")
-    if not (sep and height.isdigit() and width.isdigit() and 8 <= int(height) <= 2048 and 8 <= int(width) <= 2048):
+    if not (sep and height.isdigit() and width.isdigit()):
         raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, each 8..2048, got {text!r}")
     return int(height), int(width)
 
 
 def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
     cloud.add_argument(
-        "--phone-port", type=port, default=None, help="serve the phone channel (websockets) on this port; 0: any"
+        "--phone-port", type=int, default=None, help="serve the phone channel (websockets) on this port; 0: any"
     )
     cloud.add_argument(
         "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"
@@ -181,11 +223,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     cloud = sub.add_parser("cloud", help="run the gateway, the episode store and the learner")
     add_root_arg(cloud)
     cloud.add_argument("--host", default="127.0.0.1")
-    cloud.add_argument("--port", type=port, default=7070, help="the gateway's port (0: any free port, logged)")
+    cloud.add_argument("--port", type=int, default=7070, help="the gateway's port (0: any free port, logged)")
     cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")
     cloud.add_argument("--tasks", default=None, help="YAML list of tasks (default: each robot runs its own policy)")
-    cloud.add_argument("--lost-after", type=positive_float, default=5.0, help="seconds of silence before lost")
-    cloud.add_argument("--max-batch-mb", type=positive_float, default=32.0, help="largest step batch accepted")
+    cloud.add_argument("--lost-after", type=float, default=5.0, help="seconds of silence before lost")
+    cloud.add_argument("--max-batch-mb", type=float, default=32.0, help="largest step batch accepted")
     cloud.add_argument(
         "--wire-dtype",
         default="float32",

@@ -11,13 +11,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import cloud_address, non_negative_float, non_negative_int, positive_float
+from fleetloop.commands.arg_types import cloud_address, mebibytes, non_negative_float, non_negative_int, positive_float
+from fleetloop.commands.config_flags import flag_error
 from fleetloop.commands.stopping import stop_on_signals
 
 if TYPE_CHECKING:
+    from edge.agent import EdgeConfig
     from hal.drivers import BuiltDriver
 
 log = logging.getLogger("fleetloop")
+
+# Each edge and tunnel config field a flag of `fleetloop edge` sets, and that flag (``flag_error``).
+EDGE_FLAGS = {
+    "tunnel.target": "--cloud",
+    "tunnel.policy_name": "--policy",
+    "tunnel.token": "--token",
+    "tunnel.ca": "--ca",
+    "edge.hold_on_link_loss_s": "--hold-on-link-loss",
+    "edge.max_spool_bytes": "--spool-max-mb",
+}
 
 
 def robot_driver(robot: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
@@ -71,10 +83,9 @@ def _preload(libraries: list[str]) -> None:
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    from edge.agent import EdgeAgent, EdgeConfig
+    from edge.agent import EdgeAgent
     from edge.operator import choose_operator
     from edge.spool import Spool
-    from edge.tunnel_client import TunnelConfig
     from hal.drivers import with_safety
     from hal.resource import ResourceInfo
 
@@ -93,22 +104,14 @@ def cmd_edge(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("%s", err)
         return 2
+    try:
+        config = _edge_config(args, driver.capabilities.embodiment)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
     _preload(args.preload)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
     spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
-    tunnel = TunnelConfig(
-        target=args.cloud,
-        policy_name=args.policy or driver.capabilities.embodiment,
-        token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
-        ca=args.ca,
-        remote_inference=args.remote_policy,
-    )
-    config = EdgeConfig(
-        tunnel,
-        hold_on_link_loss_s=args.hold_on_link_loss,
-        max_spool_bytes=int(args.spool_max_mb * (1 << 20)),
-        record_digest=bool(args.stats_file),
-    )
     agent = EdgeAgent(config, resource, driver, spool, operator=operator)
     stop = stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
@@ -130,6 +133,31 @@ def cmd_edge(args: argparse.Namespace) -> int:
     if args.stats_file:
         _write_stats(args.stats_file, stats, agent, unacked)
     return 3 if agent.tunnel.refused is not None else 0
+
+
+def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
+    """The edge's config of the parsed flags (its policy defaults to the robot's ``embodiment``); ValueError
+    naming the flag of a bad field."""
+    from edge.agent import EdgeConfig
+    from edge.tunnel_client import TunnelConfig
+    from hal.config import ConfigError
+
+    try:
+        tunnel = TunnelConfig(
+            target=args.cloud,
+            policy_name=args.policy or embodiment,
+            token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
+            ca=args.ca,
+            remote_inference=args.remote_policy,
+        )
+        return EdgeConfig(
+            tunnel,
+            hold_on_link_loss_s=args.hold_on_link_loss,
+            max_spool_bytes=mebibytes(args.spool_max_mb),
+            record_digest=bool(args.stats_file),
+        )
+    except ConfigError as err:
+        raise flag_error(err, EDGE_FLAGS) from err
 
 
 def _add_link_args(edge: argparse.ArgumentParser) -> None:
@@ -174,14 +202,14 @@ def _add_loop_args(edge: argparse.ArgumentParser) -> None:
     )
     edge.add_argument(
         "--hold-on-link-loss",
-        type=non_negative_float,
+        type=float,
         default=0.0,
         metavar="SECONDS",
         help="hold still once the cloud is silent this long (default 0: keep working, spooling)",
     )
     edge.add_argument(
         "--spool-max-mb",
-        type=non_negative_float,
+        type=float,
         default=0.0,
         metavar="MB",
         help="bound on unacked steps kept on disk; when full the robot holds still until the cloud acks "

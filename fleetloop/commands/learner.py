@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import add_root_arg, positive_float, positive_int
+from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.config_flags import flag_error
 from fleetloop.commands.stopping import stop_on_signals
 from fleetloop.logs import setup_logging
 
@@ -21,29 +22,48 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetloop")
 
 
-def _sample_ratios(text: str) -> tuple[str, tuple]:
-    """``[DATASET:]GROUP=RATIO,...`` -> (dataset or "", ratios); the sampler names what is wrong."""
-    from cloud.learning.sampler import parse_ratios
+# Each config field a learner flag sets, and that flag: errors in the field name the flag (``flag_error``).
+# SamplerConfig and SACConfig are built on their own first, so their fields appear under their own names too.
+LEARNER_FLAGS = {
+    "learner.first_round_episodes": "--first-round-episodes",
+    "learner.round_episodes": "--round-episodes",
+    "learner.train_steps": "--train-steps",
+    "learner.batch_size": "--batch-size",
+    "learner.algorithm": "--algorithm",
+    "learner.seed": "--learner-seed",
+    "learner.chunk_sizes": "--chunk-size",
+    "learner.policies": "--policy",
+    "learner.staleness_budget": "--staleness-budget",
+    "learner.staleness_mode": "--staleness-mode",
+    "learner.staleness_decay": "--staleness-decay",
+    "learner.staleness_interventions": "--staleness-interventions",
+    "learner.sampler.ratios": "--sample-ratios",
+    "learner.sampler.per_dataset": "--sample-ratios",
+    "sampler.ratios": "--sample-ratios",
+    "sampler.per_dataset": "--sample-ratios",
+    "sampler.offline_sources": "--offline-source",
+    "sampler.foresight_tolerance_m": "--foresight-tolerance-m",
+    "sampler.foresight_max_weight": "--foresight-max-weight",
+    "sac.demo_ratio": "--demo-ratio",
+    "sac.explore": "--sac-explore",
+}
 
+
+def _sample_ratios(text: str) -> tuple[str, str]:
+    """``[DATASET:]GROUP=RATIO,...`` -> (dataset or "", the ratios' text); the sampler config checks them."""
     dataset, sep, spec = text.rpartition(":")
-    try:
-        return (dataset if sep else "", parse_ratios(spec))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
+    return (dataset if sep else "", spec)
 
 
 def _chunk_size(text: str) -> tuple[str, int]:
-    """``DATASET=N`` -> (dataset, N)."""
+    """``DATASET=N`` -> (dataset, N); the learner config checks N."""
     dataset, sep, size = text.partition("=")
     if not sep or not dataset.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=N (e.g. phone=10)")
     try:
-        value = int(size)
+        return dataset.strip(), int(size)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be an integer, got {size!r}") from err
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be in 1..1000, got {value}")
-    return dataset.strip(), value
 
 
 def _dataset_value(text: str, what: str) -> tuple[str, str]:
@@ -72,15 +92,15 @@ def _policy_config(text: str) -> tuple[str, dict]:
 def _add_round_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first-round-episodes",
-        type=positive_int,
+        type=int,
         default=2,
         help="demonstrations to wait for before the first version (default 2)",
     )
     parser.add_argument(
-        "--round-episodes", type=positive_int, default=5, help="new finished episodes between versions (default 5)"
+        "--round-episodes", type=int, default=5, help="new finished episodes between versions (default 5)"
     )
-    parser.add_argument("--train-steps", type=positive_int, default=1500, help="gradient steps per version")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="steps per gradient step (default 256)")
+    parser.add_argument("--train-steps", type=int, default=1500, help="gradient steps per version")
+    parser.add_argument("--batch-size", type=int, default=256, help="steps per gradient step (default 256)")
     parser.add_argument(
         "--algorithm",
         choices=["hg-dagger", "sac"],
@@ -141,7 +161,7 @@ def _add_staleness_args(parser: argparse.ArgumentParser) -> None:
 def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--foresight-tolerance-m",
-        type=positive_float,
+        type=float,
         default=0.02,
         help="phone demonstrations where the foresight was off by more than this (metres) are sampled more often",
     )
@@ -206,16 +226,17 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
     """The LearnerConfig of the parsed flags; ValueError naming the flag when flags do not fit together."""
     from cloud.learning.algorithms.sac_agent import SACConfig
     from cloud.learning.config import LearnerConfig
-    from cloud.learning.sampler import SamplerConfig
+    from cloud.learning.sampler import SamplerConfig, parse_ratios
+    from hal.config import ConfigError
 
-    default_ratios = None
-    per_dataset: dict[str, tuple] = {}
-    for dataset, ratios in getattr(args, "sample_ratios", []):
-        if not dataset:
-            default_ratios = ratios
-        else:
-            per_dataset[dataset] = ratios
     try:
+        default_ratios = None
+        per_dataset: dict[str, tuple] = {}
+        for dataset, ratios in getattr(args, "sample_ratios", []):
+            if not dataset:
+                default_ratios = parse_ratios(ratios)
+            else:
+                per_dataset[dataset] = parse_ratios(ratios)
         return LearnerConfig(
             first_round_episodes=args.first_round_episodes,
             round_episodes=args.round_episodes,
@@ -238,17 +259,8 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5), explore=getattr(args, "sac_explore", True)),
             seed=getattr(args, "learner_seed", 0),
         )
-    except ValueError as err:
-        message = str(err)
-        if message.startswith("learner.policies"):
-            raise ValueError(f"--policy: {message}") from err
-        fields = ("staleness_budget", "staleness_mode", "staleness_decay", "demo_ratio", "sampler.ratios")
-        for field in (*fields, "foresight_max_weight", "foresight_tolerance_m"):
-            key = field.split(".")[-1]
-            if field in message or f"sac.{key}" in message:
-                flag = {"ratios": "sample-ratios"}.get(key, key.replace("_", "-"))
-                raise ValueError(f"--{flag}: {message}") from err
-        raise
+    except ConfigError as err:
+        raise flag_error(err, LEARNER_FLAGS) from err
 
 
 def run_learner(

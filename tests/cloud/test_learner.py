@@ -102,9 +102,14 @@ def test_flags_carry_chunk_sizes_batch_size_and_foresight_weights() -> None:
     assert learner_config(build_parser().parse_args(["learner"])).chunk_size_for("phone") == 10  # the default
     with pytest.raises(ValueError, match="--foresight-max-weight"):
         learner_config(build_parser().parse_args(["learner", "--foresight-max-weight", "0.5"]))
-    for bad in (["--chunk-size", "phone"], ["--chunk-size", "phone=0"], ["--foresight-tolerance-m", "-1"]):
-        with pytest.raises(SystemExit):
-            build_parser().parse_args(["learner", *bad])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["learner", "--chunk-size", "phone"])
+    for bad, message in (
+        (["--chunk-size", "phone=0"], r"--chunk-size: learner\.chunk_sizes\.phone: must be an integer in 1\.\.1000"),
+        (["--foresight-tolerance-m", "-1"], r"--foresight-tolerance-m: sampler\.foresight_tolerance_m: .*than 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            learner_config(build_parser().parse_args(["learner", *bad]))
 
 
 def test_the_learner_trains_a_lerobot_policy_with_its_own_loss_and_resumes_it(tmp_path) -> None:

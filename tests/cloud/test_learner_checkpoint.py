@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -99,7 +98,7 @@ def test_switching_the_algorithm_is_a_routine_event_logged_as_one(tmp_path, capl
     """The other algorithm's checkpoint does not fit: said at INFO in an operator's words, never as an ERROR."""
     store, registry, checkpoints, learner, v1 = learner_after_its_first_version(tmp_path)
     caplog.set_level(logging.INFO, logger="fleetloop.learner")
-    switched = Learner(store, registry, replace(CONFIG, algorithm="sac"), checkpoint_dir=checkpoints)
+    switched = Learner(store, registry, CONFIG.model_copy(update={"algorithm": "sac"}), checkpoint_dir=checkpoints)
     assert switched.poll_once() == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert "toy was trained by hg-dagger until now; sac starts on it afresh from the published version" in caplog.text

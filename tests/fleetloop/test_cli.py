@@ -15,8 +15,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
     ("argv", "flag"),
     [
         (["edge", "--robot", "sim:x", "--id", "r", "--hz", "-3"], "--hz"),
-        (["demo", "--robots", "0"], "--robots"),
-        (["cloud", "--round-episodes", "0"], "--round-episodes"),
         (["edge", "--id", "r"], "--robot"),
     ],
 )
@@ -25,6 +23,20 @@ def test_bad_flags_name_the_flag(argv: list[str], flag: str, capsys) -> None:
         build_parser().parse_args(argv)
     assert exit_info.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_a_bad_demo_flag_stops_the_demo_naming_the_flag() -> None:
+    """The demo config checks its fields; the error names the flag that set the field."""
+    result = run("demo", "--robots", "0")
+    assert result.returncode == 2
+    assert "--robots: demo.robots: " in result.stderr
+
+
+def test_a_bad_learner_flag_stops_the_cloud_naming_the_flag(tmp_path) -> None:
+    """The learner config checks its fields; the error names the flag that set the field."""
+    result = run("cloud", "--round-episodes", "0", "--root", str(tmp_path))
+    assert result.returncode == 2
+    assert "--round-episodes: learner.round_episodes: " in result.stderr
 
 
 def test_unknown_robot_is_refused_with_the_choices() -> None:

@@ -31,8 +31,6 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["cloud", "--port", "99999"], "argument --port: must be a port in 0-65535 (0: any free port), got 99999"),
-        (["cloud", "--phone-port", "-1"], "argument --phone-port: must be a port in 0-65535"),
         (["cloud", "--openpi-port", "seventy"], "argument --openpi-port: invalid port value: 'seventy'"),
         (["edge", "--robot", "sim:pusht", "--id", "r", "--cloud", "cloud.lab"], "argument --cloud: must be HOST:PORT"),
         (["fleet", "--cloud", "127.0.0.1:0"], "argument --cloud: must be HOST:PORT with a port in 1-65535"),
@@ -43,6 +41,25 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_ports_and_addresses_are_checked_at_start(argv: list[str], says: str) -> None:
     result = run(*argv)
     assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["--port", "99999"],
+            "refusing to start: --port: gateway.port: should be less than or equal to 65535, got 99999",
+        ),
+        (["--phone-port", "-1"], "refusing to start: --phone-port: phone.port: should be greater than or equal to 0"),
+        (["--phone-image", "4x4000"], "refusing to start: --phone-image: phone.image_height: should be greater than"),
+        (["--lost-after", "0"], "refusing to start: --lost-after: gateway.lost_after_s: should be greater than 0"),
+    ],
+)
+def test_the_cloud_configs_check_their_flags_at_start(tmp_path, argv: list[str], says: str) -> None:
+    """The gateway's and the phone channel's configs check these fields; the error names the flag."""
+    result = run("cloud", "--root", str(tmp_path / "data"), "--no-learner", *argv)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert not (tmp_path / "data" / "store").exists()  # nothing was opened
 
 
 def test_the_cloud_checks_everything_before_it_starts_anything(tmp_path) -> None:
