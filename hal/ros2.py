@@ -36,6 +36,7 @@ from hal.ros2_config import (
 )
 
 _BUFFER = 32  # messages kept per stream for alignment: about 1 s of a 30 Hz camera
+RESET_RESEND_S = 1.0  # a reset request not answered with aligned observations within this is sent again
 
 
 @dataclass
@@ -236,20 +237,35 @@ class Ros2Robot:
             self._done = self._success = False
         self._step = 0
         self.holding = False
-        since_ns = -1
-        if self._reset_pub is not None:
+        if self._reset_pub is None:
+            observation = self._wait_aligned(-1, max(0.0, deadline - time.monotonic()), "after reset")
+        else:
             self._wait_for_peers(
                 self._reset_pub.get_subscription_count, f"nobody subscribes to {episode.reset_topic}", deadline
             )
-            since_ns = time.time_ns()
-            msg = _message_class(episode.reset_type)()
-            if episode.reset_type == BOOL:
-                msg.data = True
-            self._reset_pub.publish(msg)
-        observation = self._wait_aligned(since_ns, max(0.0, deadline - time.monotonic()), "after reset")
+            observation = self._request_reset(deadline)
         with self._lock:  # done/success of the previous episode may have landed while we waited
             self._done = self._success = False
         return observation
+
+    def _request_reset(self, deadline: float) -> dict[str, np.ndarray]:
+        """Publishes the reset request and waits for aligned observations after it, sending the request again each
+        second until they come: while the robot's node is still matching this new participant, its first answer can
+        be lost, or come too late to align (a fresh driver saw 0, or 1 unaligned, messages and timed out)."""
+        episode = self.config.episode
+        msg = _message_class(episode.reset_type)()
+        if episode.reset_type == BOOL:
+            msg.data = True
+        while True:
+            since_ns = time.time_ns()
+            self._reset_pub.publish(msg)
+            left = max(0.0, deadline - time.monotonic())
+            if left <= RESET_RESEND_S:
+                return self._wait_aligned(since_ns, left, "after reset")
+            try:
+                return self._wait_aligned(since_ns, RESET_RESEND_S, "after reset")
+            except TimeoutError:
+                continue
 
     def apply(self, action: np.ndarray) -> Transition:
         action = np.asarray(action, dtype=np.float64).reshape(self.config.action.dim)
