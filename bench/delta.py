@@ -97,19 +97,17 @@ def measure(
     say(f"  delta: {sizes['delta']} bytes in {' '.join(f'{t:.3f}' for t in times['delta'])} s")
     say(f"  full:  {sizes['full']} bytes in {' '.join(f'{t:.3f}' for t in times['full'])} s")
     label = f"{params / 1e6:.1f}M params"
+    measures = (
+        ("bytes sent", sizes, "B", "only adapters and normalization changed"),
+        ("publish -> applied", times, "s", "1 edge"),
+    )
     return [
         Result(
-            f"LoRA update, {label}: bytes sent as a delta (vs a full-weights push)",
-            median(sizes["delta"]),
-            "B",
-            median(sizes["full"]),
-            f"{LOWER}; median of {repeats}; only adapters and normalization changed",
-        ),
-        Result(
-            f"LoRA update, {label}: publish -> applied as a delta (vs a full-weights push)",
-            median(times["delta"]),
-            "s",
-            median(times["full"]),
-            f"{LOWER}; median of {repeats}; 1 edge",
-        ),
+            f"LoRA update, {label}: {what} as a delta (vs a full-weights push)",
+            median(values["delta"]),
+            unit,
+            median(values["full"]),
+            f"{LOWER}; median of {repeats}; {note}",
+        )
+        for what, values, unit, note in measures
     ]

@@ -52,7 +52,7 @@ def learning_curve(
     from cloud.learning.algorithms.sac_agent import SACConfig
     from cloud.learning.config import LearnerConfig
     from cloud.learning.learner import Learner
-    from edge.operator import HGDaggerOperator
+    from edge.operator import HGDaggerOperator, TakeoverRule
     from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
     from policies.weights import policy_from_bytes
     from protocol.steps import schema_for
@@ -77,7 +77,7 @@ def learning_curve(
         )
         learner = Learner(store, registry, config, checkpoint_dir=workdir / "checkpoint")
         robot = ReachRobot(seed=seed)
-        operator = HGDaggerOperator(ReachExpert(), takeover_distance=1.0, deadline_step=20)
+        operator = HGDaggerOperator(ReachExpert(), TakeoverRule(takeover_distance=1.0, deadline_step=20))
         policy, version, episodes, success = None, 0, 0, []
 
         def episode() -> dict[str, np.ndarray]:

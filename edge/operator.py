@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -70,34 +71,34 @@ class PickCubeExpert:
         return action
 
 
-class HGDaggerOperator(Operator):
-    """The simulated person of HG-DAgger: watches the policy and drives when it drifts.
+@dataclass(frozen=True)
+class TakeoverRule:
+    """When the simulated person of HG-DAgger takes over and hands back.
 
     Takes over when the policy's action is farther than ``takeover_distance`` (L2) from the expert's for
     ``takeover_patience`` steps in a row, or at ``deadline_step`` (no success by then: it keeps control to the
     end of the episode). Hands back when the policy's action is within ``handback_distance`` of the expert's
-    for ``handback_patience`` steps in a row. With no policy action (none loaded, or late) it drives.
+    for ``handback_patience`` steps in a row.
 
     The handback is deliberately stricter than the takeover (0.3 for 5 steps vs 1.5 for 2): a longer
     correction labels the states around the policy's mistake, not just the one it drifted at. Offline on
     panda_pick_cube this reached 0.6-1.0 autonomous success by rounds 4-6 (0.5/3 was noisier, 1.0/1 worse).
     """
 
-    def __init__(
-        self,
-        expert: Expert,
-        takeover_distance: float = 1.5,
-        takeover_patience: int = 2,
-        deadline_step: int = 40,
-        handback_distance: float = 0.3,
-        handback_patience: int = 5,
-    ) -> None:
+    takeover_distance: float = 1.5
+    takeover_patience: int = 2
+    deadline_step: int = 40
+    handback_distance: float = 0.3
+    handback_patience: int = 5
+
+
+class HGDaggerOperator(Operator):
+    """The simulated person of HG-DAgger: watches the policy and drives when it drifts (``TakeoverRule``).
+    With no policy action (none loaded, or late) it drives."""
+
+    def __init__(self, expert: Expert, rule: TakeoverRule | None = None) -> None:
         self.expert = expert
-        self.takeover_distance = takeover_distance
-        self.takeover_patience = takeover_patience
-        self.deadline_step = deadline_step
-        self.handback_distance = handback_distance
-        self.handback_patience = handback_patience
+        self.rule = rule or TakeoverRule()
         self.reset()
 
     def reset(self) -> None:
@@ -112,18 +113,18 @@ class HGDaggerOperator(Operator):
         expert_action = np.asarray(self.expert.act(observation), dtype=np.float32)
         if policy_action is None:
             return expert_action, True
-        if step_index >= self.deadline_step:
+        if step_index >= self.rule.deadline_step:
             self.intervening = True
             return expert_action, True
         policy_action = np.asarray(policy_action, dtype=np.float32).reshape(expert_action.shape)
         distance = float(np.linalg.norm(policy_action - expert_action))
         if not self.intervening:
-            self._far_steps = self._far_steps + 1 if distance > self.takeover_distance else 0
-            if self._far_steps >= self.takeover_patience:
+            self._far_steps = self._far_steps + 1 if distance > self.rule.takeover_distance else 0
+            if self._far_steps >= self.rule.takeover_patience:
                 self.intervening, self._near_steps = True, 0
         else:
-            self._near_steps = self._near_steps + 1 if distance <= self.handback_distance else 0
-            if self._near_steps >= self.handback_patience:
+            self._near_steps = self._near_steps + 1 if distance <= self.rule.handback_distance else 0
+            if self._near_steps >= self.rule.handback_patience:
                 self.intervening, self._far_steps = False, 0
         return (expert_action, True) if self.intervening else (policy_action, False)
 

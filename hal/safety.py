@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -30,6 +31,15 @@ _LOCK_WAIT_S = 0.02
 
 # Limits per action dimension: any sequence of finite numbers (a list, a numpy array), never an empty one.
 Limit = Annotated[tuple[float, ...], Field(min_length=1)] | None
+
+
+@dataclass
+class SafetyCounts:
+    """What the safety layer did since it started."""
+
+    clamps: int = 0  # actions changed by a limit (one per apply, however many dimensions were clamped)
+    watchdog_trips: int = 0
+    refused: int = 0  # actions refused under the current emergency stop
 
 
 class SafetyLimits(CodeConfig):
@@ -139,9 +149,7 @@ class SafeDriver(EmergencyStoppable):
         self._holding = False
         self._stopped = False
         self._stop_reason = ""
-        self._clamps = 0
-        self._watchdog_trips = 0
-        self._refused = 0
+        self.counts = SafetyCounts()
         self._clamp_log_t = -math.inf
         self._clamps_unreported = 0
 
@@ -179,7 +187,7 @@ class SafeDriver(EmergencyStoppable):
         self._fresh_t = now
         with self._lock:
             if self._stopped:
-                self._refused += 1
+                self.counts.refused += 1
                 self.driver.hold()
                 self._holding = True
                 self._armed = False
@@ -198,7 +206,7 @@ class SafeDriver(EmergencyStoppable):
             self._last_apply_t = now
             self._last_observation = transition.observation
             if notes:
-                self._clamps += 1
+                self.counts.clamps += 1
                 self._report_clamp(notes, now)
         if self._watchdog is not None and not self._armed:
             self._armed = True
@@ -236,7 +244,7 @@ class SafeDriver(EmergencyStoppable):
             if not self._stopped:
                 return
             self._stopped = False
-            refused, self._refused = self._refused, 0
+            refused, self.counts.refused = self.counts.refused, 0
         self._emit(
             f"{self.name}: emergency stop ({self._stop_reason}) released after refusing {refused} actions; "
             "the next action moves the robot again"
@@ -251,20 +259,6 @@ class SafeDriver(EmergencyStoppable):
     @property
     def stopped(self) -> bool:
         return self._stopped
-
-    @property
-    def clamps(self) -> int:
-        """Actions changed by a limit (one per apply, however many dimensions were clamped)."""
-        return self._clamps
-
-    @property
-    def watchdog_trips(self) -> int:
-        return self._watchdog_trips
-
-    @property
-    def refused(self) -> int:
-        """Actions refused under the current emergency stop."""
-        return self._refused
 
     # --- internals ------------------------------------------------------------------------------------------
 
@@ -361,7 +355,7 @@ class SafeDriver(EmergencyStoppable):
             if overdue < self.watchdog_s or not self._armed or self._stopped:
                 return  # an apply, reset, hold or stop came in meanwhile
             self._armed = False  # hold once, then wait for the next apply to arm it again
-            self._watchdog_trips += 1
+            self.counts.watchdog_trips += 1
             if not locked:
                 self._emit(f"{self.name}: a driver call is stuck; the watchdog holds without waiting for it")
             self.driver.hold()

@@ -31,11 +31,12 @@ import ssl
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgpack
 import numpy as np
+from pydantic import Field
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -44,6 +45,7 @@ from websockets.http11 import Request, Response
 from cloud.data.version_registry import POLICY_NAME, PolicyRegistry
 from cloud.security.devices import DeviceRegistry
 from cloud.serving.inference import InferenceJob, InferenceServer
+from hal.config import CodeConfig, Name
 from policies.weights import read_metadata
 
 log = logging.getLogger("fleetloop.openpi")
@@ -257,6 +259,18 @@ def ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return context
 
 
+class OpenPiConfig(CodeConfig):
+    """Where the openpi channel listens and what it accepts."""
+
+    config_name = "openpi"
+
+    host: Name = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: any free port (logged at start)
+    default_policy: str = ""  # the policy of a client that names none ("": every client must name one)
+    max_message_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_MESSAGE_BYTES
+    reply_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
 class OpenPiServer:
     """openpi's websocket policy-server protocol in front of the shared InferenceServer; any number of clients."""
 
@@ -264,23 +278,16 @@ class OpenPiServer:
         self,
         inference: InferenceServer,
         registry: PolicyRegistry,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        default_policy: str = "",
+        config: OpenPiConfig | None = None,
         devices: DeviceRegistry | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        reply_timeout_s: float = 30.0,
     ) -> None:
         self.inference = inference
         self.registry = registry
-        self.host = host
-        self.port = port
-        self.default_policy = default_policy
+        self.config = config or OpenPiConfig()
+        self.port = self.config.port  # the bound port once started
         self.devices = devices
         self.ssl_context = ssl_context
-        self.max_message_bytes = max_message_bytes
-        self.reply_timeout_s = reply_timeout_s
         self.requests = 0
         self.errors = 0
         self._server: Server | None = None
@@ -290,20 +297,20 @@ class OpenPiServer:
     async def start(self) -> int:
         self._server = await serve(
             self._handle,
-            self.host,
+            self.config.host,
             self.port,
             process_request=self._process_request,
             compression=None,
-            max_size=self.max_message_bytes,
+            max_size=self.config.max_message_bytes,
             ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "openpi policy server on %s://%s:%d (default policy %s, %s)",
             "wss" if self.ssl_context else "ws",
-            self.host,
+            self.config.host,
             self.port,
-            self.default_policy or "none: clients name one",
+            self.config.default_policy or "none: clients name one",
             "device credentials required" if self._checks_credentials() else "no credentials checked",
         )
         return self.port
@@ -323,7 +330,9 @@ class OpenPiServer:
     def policy_from_path(self, path: str) -> str:
         """``/name`` or ``/?policy=name`` (the query wins), else the default; OpenPiError when none or invalid."""
         parts = urlsplit(path)
-        name = parse_qs(parts.query).get("policy", [""])[0] or unquote(parts.path.strip("/")) or self.default_policy
+        name = (
+            parse_qs(parts.query).get("policy", [""])[0] or unquote(parts.path.strip("/")) or self.config.default_policy
+        )
         if not name:
             raise OpenPiError("policy", "name one: ws://host:port/<policy> or ws://host:port/?policy=<policy>")
         if not POLICY_NAME.match(name):
@@ -413,9 +422,11 @@ class OpenPiServer:
         self._pending.add(future)
         try:
             self.inference.submit(policy_name, InferenceJob(observation, reply))
-            actions, version, error, batch_size = await asyncio.wait_for(future, timeout=self.reply_timeout_s)
+            actions, version, error, batch_size = await asyncio.wait_for(future, timeout=self.config.reply_timeout_s)
         except TimeoutError:
-            raise OpenPiError("policy", f"no answer from {policy_name} within {self.reply_timeout_s:g} s") from None
+            raise OpenPiError(
+                "policy", f"no answer from {policy_name} within {self.config.reply_timeout_s:g} s"
+            ) from None
         finally:
             self._pending.discard(future)
         if actions is None:

@@ -8,37 +8,28 @@ from pathlib import Path
 STORE_MARKER = "zarr.json"  # the episode store's root group: a folder holding it is a store
 
 
+class _Under:
+    """A place in the data folder, as a path under its root."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, layout: DataLayout, owner: type | None = None) -> Path:
+        return layout.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class DataLayout:
-    """``root`` holds ``store/`` (episodes), ``registry/`` (policy versions), ``devices.json`` and
-    ``phone-devices.json`` (credentials), ``certs/`` (the CA and the server certificate) and
-    ``learner/checkpoint`` (where the learner resumes)."""
+    """What lives where in the data folder ``root``."""
 
     root: Path
 
-    @property
-    def store(self) -> Path:
-        return self.root / "store"
-
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry"
-
-    @property
-    def devices(self) -> Path:
-        return self.root / "devices.json"
-
-    @property
-    def phone_devices(self) -> Path:
-        return self.root / "phone-devices.json"
-
-    @property
-    def certs(self) -> Path:
-        return self.root / "certs"
-
-    @property
-    def learner_checkpoint(self) -> Path:
-        return self.root / "learner" / "checkpoint"
+    store = _Under("store")  # the episodes
+    registry = _Under("registry")  # the published policy versions
+    devices = _Under("devices.json")  # robot credentials
+    phone_devices = _Under("phone-devices.json")  # phone credentials
+    certs = _Under("certs")  # the CA and the server certificate
+    learner_checkpoint = _Under("learner", "checkpoint")  # where the learner resumes
 
     def has_store(self) -> bool:
         return (self.store / STORE_MARKER).is_file()

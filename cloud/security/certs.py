@@ -58,6 +58,25 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+_KEY_USAGE_FLAGS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    """A CA key signs certificates and revocation lists, and nothing else."""
+    allowed = {"digital_signature", "key_cert_sign", "crl_sign"}
+    return x509.KeyUsage(**{flag: flag in allowed for flag in _KEY_USAGE_FLAGS})
+
+
 def _alt_name(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
@@ -89,17 +108,7 @@ def init_certs(directory: str | Path, hosts: tuple[str, ...] = (), days: int = 8
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _ca_key_usage(),
             critical=True,
         )
         .sign(ca_key, hashes.SHA256())

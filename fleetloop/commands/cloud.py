@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetloop")
 
-# Each gateway and phone channel config field a flag of `fleetloop cloud` sets, and that flag (``flag_error``).
+# Each gateway, phone and openpi channel config field a flag of `fleetloop cloud` sets, and that flag (``flag_error``).
 CLOUD_FLAGS = {
     "gateway.host": "--host",
     "gateway.port": "--port",
@@ -35,6 +35,9 @@ CLOUD_FLAGS = {
     "phone.image_height": "--phone-image",
     "phone.image_width": "--phone-image",
     "phone.public_host": "--phone-url-host",
+    "openpi.host": "--host",
+    "openpi.port": "--openpi-port",
+    "openpi.default_policy": "--openpi-policy",
 }
 
 
@@ -96,20 +99,11 @@ def _openpi_service(
     it shares the gateway's batched remote inference, device credentials (Api-Key) and TLS."""
     if args.openpi_port is None:
         return ()
-    from cloud.channels.openpi_server import OpenPiServer, ssl_context
+    from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer, ssl_context
 
     context = ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
-    return (
-        lambda gateway: OpenPiServer(
-            gateway.inference,
-            gateway.registry,
-            host=args.host,
-            port=args.openpi_port,
-            default_policy=args.openpi_policy,
-            devices=devices,
-            ssl_context=context,
-        ),
-    )
+    config = OpenPiConfig(host=args.host, port=args.openpi_port, default_policy=args.openpi_policy)
+    return (lambda gateway: OpenPiServer(gateway.inference, gateway.registry, config, devices, context),)
 
 
 def _gateway_and_services(

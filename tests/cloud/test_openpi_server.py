@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from cloud.channels.openpi_server import OpenPiServer
+from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
 from cloud.data.version_registry import PolicyRegistry
 from cloud.security.devices import DeviceRegistry
 from cloud.serving.inference import InferenceServer
@@ -89,8 +89,7 @@ class RunningServer:
             self.server = OpenPiServer(
                 self.inference,
                 registry,
-                default_policy=default_policy,
-                max_message_bytes=max_message_bytes,
+                OpenPiConfig(default_policy=default_policy, max_message_bytes=max_message_bytes),
                 devices=devices,
             )
             return await self.server.start()

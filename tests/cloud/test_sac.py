@@ -15,7 +15,7 @@ from cloud.learning.algorithms.sac_agent import SACConfig
 from cloud.learning.checkpoint import LearnerCheckpoint
 from cloud.learning.config import LearnerConfig
 from cloud.learning.learner import Learner
-from edge.operator import HGDaggerOperator
+from edge.operator import HGDaggerOperator, TakeoverRule
 from fleetloop.cli import build_parser
 from fleetloop.commands.learner import learner_config
 from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
@@ -137,7 +137,7 @@ def test_rl_with_interventions_improves_autonomous_success_over_versions(tmp_pat
     checkpoints = tmp_path / "checkpoint"
     learner = Learner(store, registry, config, checkpoint_dir=checkpoints)
     robot = ReachRobot(seed=0)
-    operator = HGDaggerOperator(ReachExpert(), takeover_distance=1.0, deadline_step=20)
+    operator = HGDaggerOperator(ReachExpert(), TakeoverRule(takeover_distance=1.0, deadline_step=20))
     policy, version, episodes, success, operator_share = None, 0, 0, [], []
     for _ in range(8):
         columns = [run_episode(robot, operator, policy, version) for _ in range(2 if policy is None else 5)]

@@ -10,6 +10,7 @@ from edge.operator import (  # noqa: E402
     OPERATORS,
     HGDaggerOperator,
     PickCubeExpert,
+    TakeoverRule,
     choose_operator,
     make_operator,
 )
@@ -63,7 +64,7 @@ def test_no_policy_means_the_operator_drives() -> None:
 
 
 def test_takeover_after_patience_and_deadline() -> None:
-    operator = HGDaggerOperator(PickCubeExpert(), takeover_patience=2, deadline_step=40)
+    operator = HGDaggerOperator(PickCubeExpert(), TakeoverRule(takeover_patience=2, deadline_step=40))
     bad = np.array([-1, -1, 1, 2], dtype=np.float32)  # far from the expert's action here
     first, first_intervening = operator.decide(observation(), bad, 0)
     assert not first_intervening and np.array_equal(first, bad)  # one bad step is tolerated
@@ -78,7 +79,7 @@ def test_takeover_after_patience_and_deadline() -> None:
 def test_handback_when_policy_matches_the_expert() -> None:
     expert = PickCubeExpert()
     operator = HGDaggerOperator(expert)
-    patience = operator.handback_patience
+    patience = operator.rule.handback_patience
     bad = np.array([-1, -1, 1, 2], dtype=np.float32)
     for step in range(2):
         operator.decide(observation(), bad, step)

@@ -83,7 +83,7 @@ def test_safe_driver_over_lerobot_limits_from_the_current_position(tmp_path: Pat
         # 50 deg/s at 10 Hz: at most 5 degrees from where the arm is, even on the first action.
         state = safe.apply(np.full(6, 40.0, dtype=np.float32)).observation["state"]
         np.testing.assert_allclose(state, 5.0, atol=1e-4)
-        assert safe.clamps == 1
+        assert safe.counts.clamps == 1
     finally:
         safe.close()
 

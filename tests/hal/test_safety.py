@@ -57,7 +57,7 @@ def test_position_clamp_and_plain_log(events: list[str]) -> None:
     robot, safe = make(events, limits, watchdog_s=None)
     safe.apply(np.array([0.0, 0.0, 3.1, 0.2], dtype=np.float32))
     np.testing.assert_allclose(robot.sent[-1], [0.0, 0.0, 1.0, 0.2], rtol=1e-6)
-    assert safe.clamps == 1
+    assert safe.counts.clamps == 1
     assert events == ["robot-1: action dimension 2 clamped from 3.10 to 1.00 (position limit)"]
     # Non-finite values keep the last action in that dimension.
     safe.apply(np.array([np.nan, 0.0, 0.0, 9.0], dtype=np.float32))
@@ -69,7 +69,7 @@ def test_clamp_logging_is_rate_limited(events: list[str]) -> None:
     robot, safe = make(events, SafetyLimits(low=(-1.0,) * 4, high=(1.0,) * 4), watchdog_s=None, log_every_s=60.0)
     for _ in range(50):
         safe.apply(np.full(4, 2.0, dtype=np.float32))
-    assert safe.clamps == 50 and len(events) == 1
+    assert safe.counts.clamps == 50 and len(events) == 1
     assert "1 more dimensions" in events[0]
     safe.close()
 
@@ -82,7 +82,7 @@ def test_rate_clamp_relative_to_last_applied(events: list[str]) -> None:
     for k in range(1, 4):
         safe.apply(np.array([1.0, -1.0, 0.0, 0.05], dtype=np.float32))
         np.testing.assert_allclose(robot.sent[-1], [0.1 * k, -0.1 * k, 0.0, 0.05], atol=1e-6)
-    assert safe.clamps == 3
+    assert safe.counts.clamps == 3
     assert "(rate limit)" in events[0]
     safe.close()
 
@@ -131,18 +131,18 @@ def test_watchdog_holds_when_applies_stop_and_resumes(events: list[str]) -> None
         last = time.monotonic()
         safe.apply(np.zeros(4, dtype=np.float32))
         time.sleep(1 / HZ)
-    assert not robot.holding and safe.watchdog_trips == 0  # regular applies never trip it
+    assert not robot.holding and safe.counts.watchdog_trips == 0  # regular applies never trip it
     elapsed = wait_for(lambda: robot.holding, WATCHDOG_S + MARGIN_S)
     assert time.monotonic() - last >= WATCHDOG_S
     assert elapsed <= WATCHDOG_S + MARGIN_S
-    assert safe.holding and safe.watchdog_trips == 1
+    assert safe.holding and safe.counts.watchdog_trips == 1
     assert any("no fresh action for" in e and e.endswith("holding still") for e in events)
     time.sleep(2 * WATCHDOG_S)
-    assert safe.watchdog_trips == 1 and robot.holds == 1  # holds once, not every period
+    assert safe.counts.watchdog_trips == 1 and robot.holds == 1  # holds once, not every period
     safe.apply(np.zeros(4, dtype=np.float32))
     assert not robot.holding and not safe.holding
     assert events[-1].startswith("robot-1: moving again (the first action in ") and events[-1].endswith(" s)")
-    wait_for(lambda: safe.watchdog_trips == 2, WATCHDOG_S + MARGIN_S)  # armed again after resuming
+    wait_for(lambda: safe.counts.watchdog_trips == 2, WATCHDOG_S + MARGIN_S)  # armed again after resuming
     safe.close()
 
 
@@ -166,7 +166,7 @@ def test_watchdog_holds_when_the_policy_hangs(events: list[str]) -> None:
     hung_at = time.monotonic()
     wait_for(lambda: robot.holding, WATCHDOG_S + MARGIN_S)
     assert time.monotonic() - hung_at <= WATCHDOG_S + MARGIN_S
-    assert safe.watchdog_trips == 1
+    assert safe.counts.watchdog_trips == 1
     release.set()
     thread.join()
     safe.close()
@@ -218,7 +218,7 @@ def test_explicit_hold_and_close(events: list[str]) -> None:
     safe.hold()
     assert robot.holding and safe.holding
     time.sleep(WATCHDOG_S + 0.05)
-    assert safe.watchdog_trips == 0  # an explicit hold disarms the watchdog
+    assert safe.counts.watchdog_trips == 0  # an explicit hold disarms the watchdog
     safe.close()
 
 
