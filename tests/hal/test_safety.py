@@ -203,7 +203,7 @@ def check_emergency_stop(robot, safe, events, running, results) -> None:
     sent = len(robot.sent)
     time.sleep(5 / HZ)
     assert len(robot.sent) == sent, "an action reached the driver during the emergency stop"
-    assert robot.holding and safe.stopped and safe.refused > 0
+    assert robot.holding and safe.stopped and safe.counts.refused > 0
     assert results[-1].info == {"emergency_stop": True} and "state" in results[-1].observation
     assert any("EMERGENCY STOP (operator pressed stop)" in e for e in events)
     safe.release_emergency_stop()
