@@ -31,18 +31,6 @@ from protocol import tunnel_pb2 as pb
 log = logging.getLogger("fleetloop.edge")
 
 
-@dataclass
-class LoopStats:
-    ticks: int = 0
-    missed_deadlines: int = 0
-    episodes: int = 0
-    successes: int = 0
-    intervention_steps: int = 0
-    no_action_ticks: int = 0  # ticks held still because neither the policy nor an operator had an action
-    spool_full_ticks: int = 0  # ticks held still because the spool reached --spool-max-mb
-    tick_periods_s: list[float] = field(default_factory=list)
-
-
 class EdgeConfig(CodeConfig):
     """How an edge runs: its link to the cloud, and what it does when the link or the spool cannot keep up."""
 
@@ -62,6 +50,20 @@ class EdgeConfig(CodeConfig):
     # The link by position too (``EdgeConfig(TunnelConfig(...), max_spool_bytes=...)``).
     def __init__(self, tunnel: TunnelConfig, **fields: Any) -> None:
         super().__init__(tunnel=tunnel, **fields)
+
+
+@dataclass
+class LoopStats:
+    """What the control loop counted since it started (logged when it stops; ``--stats-file`` writes it)."""
+
+    ticks: int = 0
+    missed_deadlines: int = 0
+    episodes: int = 0
+    successes: int = 0
+    intervention_steps: int = 0
+    no_action_ticks: int = 0  # ticks held still because neither the policy nor an operator had an action
+    spool_full_ticks: int = 0  # ticks held still because the spool reached --spool-max-mb
+    tick_periods_s: list[float] = field(default_factory=list)
 
 
 class EdgeAgent:

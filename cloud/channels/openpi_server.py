@@ -278,13 +278,13 @@ class OpenPiServer:
         self,
         inference: InferenceServer,
         registry: PolicyRegistry,
-        config: OpenPiConfig | None = None,
+        config: OpenPiConfig,
         devices: DeviceRegistry | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.inference = inference
         self.registry = registry
-        self.config = config or OpenPiConfig()
+        self.config = config
         self.port = self.config.port  # the bound port once started
         self.devices = devices
         self.ssl_context = ssl_context

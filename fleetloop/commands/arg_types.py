@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cloud.data.layout import DataLayout
 
@@ -76,3 +78,23 @@ def add_root_arg(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the cloud's data folder: store/, registry/, devices.json, certs/, learner/ (default fleetloop-data)",
     )
+
+
+def add_repeatable(
+    parser: argparse.ArgumentParser, flag: str, metavar: str, help: str, parse: Callable[[str], Any] = str
+) -> None:
+    """A flag given once per item (a dataset's setting, a source): its parsed values collect in a list."""
+    parser.add_argument(flag, type=parse, action="append", default=[], metavar=metavar, help=f"{help}; repeatable")
+
+
+def add_valued(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    parse: Callable[[str], Any],
+    default: Any,
+    help: str,
+    metavar: str | None = None,
+) -> None:
+    """A flag that takes one value; its help ends with the default, where there is one."""
+    shown = help if default is None else f"{help} (default {default:g})"
+    parser.add_argument(flag, type=parse, default=default, metavar=metavar, help=shown)

@@ -7,19 +7,17 @@ import logging
 from pathlib import Path
 
 from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.refusals import refuses_bad_input
 
 log = logging.getLogger("fleetloop")
 
 
+@refuses_bad_input("certs {action}")
 def cmd_certs(args: argparse.Namespace) -> int:
     from cloud.security.certs import init_certs, server_hosts
 
     directory = Path(args.certs) if args.certs else args.root.certs
-    try:
-        paths = init_certs(directory, tuple(args.host), force=args.force)
-    except (FileExistsError, ValueError) as err:
-        log.error("certs init: %s", err)
-        return 2
+    paths = init_certs(directory, tuple(args.host), force=args.force)
     log.info(
         "created a CA (%s) and the cloud's certificate for %s; copy %s to every robot and pass it as --ca",
         paths.ca,

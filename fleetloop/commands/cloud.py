@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from cloud.gateway.tasks import load_tasks
 from fleetloop.commands.arg_types import add_root_arg, mebibytes, port
-from fleetloop.commands.config_flags import flag_error
+from fleetloop.commands.config_flags import CLOUD_FLAGS, flag_error
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
 from hal.config import ConfigError
 
@@ -22,23 +22,6 @@ if TYPE_CHECKING:
     from cloud.gateway.server import ServiceFactory
 
 log = logging.getLogger("fleetloop")
-
-# Each gateway, phone and openpi channel config field a flag of `fleetloop cloud` sets, and that flag (``flag_error``).
-CLOUD_FLAGS = {
-    "gateway.host": "--host",
-    "gateway.port": "--port",
-    "gateway.max_batch_bytes": "--max-batch-mb",
-    "gateway.lost_after_s": "--lost-after",
-    "gateway.wire_dtype": "--wire-dtype",
-    "phone.host": "--host",
-    "phone.port": "--phone-port",
-    "phone.image_height": "--phone-image",
-    "phone.image_width": "--phone-image",
-    "phone.public_host": "--phone-url-host",
-    "openpi.host": "--host",
-    "openpi.port": "--openpi-port",
-    "openpi.default_policy": "--openpi-policy",
-}
 
 
 def _cloud_security(args: argparse.Namespace):

@@ -7,6 +7,62 @@ from collections.abc import Mapping
 
 from hal.config import ConfigError
 
+# Each gateway, phone and openpi channel config field a flag of `fleetloop cloud` sets, and that flag (``flag_error``).
+CLOUD_FLAGS = {
+    "gateway.host": "--host",
+    "gateway.port": "--port",
+    "gateway.max_batch_bytes": "--max-batch-mb",
+    "gateway.lost_after_s": "--lost-after",
+    "gateway.wire_dtype": "--wire-dtype",
+    "phone.host": "--host",
+    "phone.port": "--phone-port",
+    "phone.image_height": "--phone-image",
+    "phone.image_width": "--phone-image",
+    "phone.public_host": "--phone-url-host",
+    "openpi.host": "--host",
+    "openpi.port": "--openpi-port",
+    "openpi.default_policy": "--openpi-policy",
+}
+
+# Each edge and tunnel config field a flag of `fleetloop edge` sets, and that flag (``flag_error``).
+EDGE_FLAGS = {
+    "tunnel.target": "--cloud",
+    "tunnel.policy_name": "--policy",
+    "tunnel.token": "--token",
+    "tunnel.ca": "--ca",
+    "edge.hold_on_link_loss_s": "--hold-on-link-loss",
+    "edge.max_spool_bytes": "--spool-max-mb",
+}
+
+# Each config field a learner flag sets, and that flag: errors in the field name the flag (``flag_error``).
+# SamplerConfig and SACConfig are built on their own first, so their fields appear under their own names too.
+LEARNER_FLAGS = {
+    "learner.first_round_episodes": "--first-round-episodes",
+    "learner.round_episodes": "--round-episodes",
+    "learner.train_steps": "--train-steps",
+    "learner.batch_size": "--batch-size",
+    "learner.algorithm": "--algorithm",
+    "learner.seed": "--learner-seed",
+    "learner.chunk_sizes": "--chunk-size",
+    "learner.policies": "--policy",
+    "learner.staleness_budget": "--staleness-budget",
+    "learner.staleness_mode": "--staleness-mode",
+    "learner.staleness_decay": "--staleness-decay",
+    "learner.staleness_interventions": "--staleness-interventions",
+    "learner.sampler.ratios": "--sample-ratios",
+    "learner.sampler.per_dataset": "--sample-ratios",
+    "sampler.ratios": "--sample-ratios",
+    "sampler.per_dataset": "--sample-ratios",
+    "sampler.offline_sources": "--offline-source",
+    "sampler.foresight_tolerance_m": "--foresight-tolerance-m",
+    "sampler.foresight_max_weight": "--foresight-max-weight",
+    "sac.demo_ratio": "--demo-ratio",
+    "sac.explore": "--sac-explore",
+}
+
+# Each demo config field a flag sets, and that flag (``flag_error``).
+DEMO_FLAGS = {"demo.robots": "--robots", "demo.minutes": "--minutes", "demo.control_hz": "--hz"}
+
 
 def flag_error(err: ConfigError, flags: Mapping[str, str]) -> ValueError:
     """``err`` prefixed with the flag of its field (``flags``: field path -> flag, the longest path that holds the

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fleetloop.commands.config_flags import flag_error
+from fleetloop.commands.config_flags import DEMO_FLAGS, flag_error
 from hal.config import ConfigError
 
 log = logging.getLogger("fleetloop")
-
-# Each demo config field a flag sets, and that flag (``flag_error``).
-DEMO_FLAGS = {"demo.robots": "--robots", "demo.minutes": "--minutes", "demo.control_hz": "--hz"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import logging
 import time
 
 from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.refusals import refuses_bad_input
 
 log = logging.getLogger("fleetloop")
 
@@ -30,32 +31,25 @@ def _print_devices(registry) -> None:
     table_console().print(table)
 
 
+@refuses_bad_input("devices {action}")
 def cmd_devices(args: argparse.Namespace) -> int:
     from cloud.security.devices import DeviceRegistry
 
     registry = DeviceRegistry(args.root.devices)
-    try:
-        if args.action == "add":
-            if not args.id:
-                raise ValueError("id: name the device, e.g. fleetloop devices add robot-1")
-            token = registry.add(args.id, args.kind, tuple(args.policy))
-            # The token goes to stdout only, once: logs never carry it.
-            print(token)
-            log.info(
-                "added %s %s; its token was printed once (keep it on the device, e.g. FLEETLOOP_TOKEN)",
-                args.kind,
-                args.id,
-            )
-        elif args.action == "revoke":
-            if not args.id:
-                raise ValueError("id: name the device to revoke")
-            registry.revoke(args.id)
-            log.info("revoked %s: the cloud refuses it from its next call on", args.id)
-        else:
-            _print_devices(registry)
-    except ValueError as err:
-        log.error("devices %s: %s", args.action, err)
-        return 2
+    if args.action == "list":
+        _print_devices(registry)
+        return 0
+    if not args.id:
+        raise ValueError(f"id: name the device, e.g. fleetloop devices {args.action} robot-1")
+    if args.action == "revoke":
+        registry.revoke(args.id)
+        log.info("revoked %s: the cloud refuses it from its next call on", args.id)
+        return 0
+    token = registry.add(args.id, args.kind, tuple(args.policy))
+    print(token)  # to stdout only, once: logs never carry a token
+    log.info(
+        "added %s %s; its token was printed once (keep it on the device, e.g. FLEETLOOP_TOKEN)", args.kind, args.id
+    )
     return 0
 
 

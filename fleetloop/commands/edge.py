@@ -11,8 +11,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import cloud_address, mebibytes, non_negative_float, non_negative_int, positive_float
-from fleetloop.commands.config_flags import flag_error
+from fleetloop.commands.arg_types import (
+    add_valued,
+    cloud_address,
+    mebibytes,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+)
+from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
 from fleetloop.commands.stopping import stop_on_signals
 
 if TYPE_CHECKING:
@@ -20,16 +27,6 @@ if TYPE_CHECKING:
     from hal.drivers import BuiltDriver
 
 log = logging.getLogger("fleetloop")
-
-# Each edge and tunnel config field a flag of `fleetloop edge` sets, and that flag (``flag_error``).
-EDGE_FLAGS = {
-    "tunnel.target": "--cloud",
-    "tunnel.policy_name": "--policy",
-    "tunnel.token": "--token",
-    "tunnel.ca": "--ca",
-    "edge.hold_on_link_loss_s": "--hold-on-link-loss",
-    "edge.max_spool_bytes": "--spool-max-mb",
-}
 
 
 def robot_driver(robot: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
@@ -89,22 +86,13 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from hal.drivers import with_safety
     from hal.resource import ResourceInfo
 
-    problem = _check_link_flags(args)
-    if problem:
-        log.error("%s", problem)
-        return 2
     try:
+        problem = _check_link_flags(args)
+        if problem:
+            raise ValueError(problem)
         raw_driver, source, task = robot_driver(args.robot, args.seed, args.hz)
         driver = with_safety(raw_driver, args.id, args.watchdog)
-    except ValueError as err:
-        log.error("%s", err)
-        return 2
-    try:
         operator = choose_operator(task, args.operator)
-    except ValueError as err:
-        log.error("%s", err)
-        return 2
-    try:
         config = _edge_config(args, driver.capabilities.embodiment)
     except ValueError as err:
         log.error("%s", err)
@@ -179,18 +167,17 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
     edge.add_argument(
-        "--remote-policy",
-        action="store_true",
-        help="run the policy in the cloud (for models too large for this machine): observations up, action chunks down",
+        "--remote-policy", action="store_true", help="run the policy in the cloud (models too big for here)"
     )
 
 
 def _add_loop_args(edge: argparse.ArgumentParser) -> None:
-    edge.add_argument(
+    add_valued(
+        edge,
         "--watchdog",
-        type=positive_float,
-        default=None,
-        help="seconds without a fresh action before the robot holds (default max(0.25, 3 ticks))",
+        positive_float,
+        None,
+        "seconds without a fresh action before the robot holds (default max(0.25, 3 ticks))",
     )
     edge.add_argument(
         "--preload",
@@ -200,20 +187,22 @@ def _add_loop_args(edge: argparse.ArgumentParser) -> None:
         help="import a policy library before the control loop starts: importing lerobot while the loop runs "
         "stalls it for seconds when the first lerobot policy arrives",
     )
-    edge.add_argument(
+    add_valued(
+        edge,
         "--hold-on-link-loss",
-        type=float,
-        default=0.0,
+        float,
+        0.0,
+        "hold still once the cloud is silent this long (0: keep working, spooling)",
         metavar="SECONDS",
-        help="hold still once the cloud is silent this long (default 0: keep working, spooling)",
     )
-    edge.add_argument(
+    add_valued(
+        edge,
         "--spool-max-mb",
-        type=float,
-        default=0.0,
+        float,
+        0.0,
+        "bound on unacked steps kept on disk; when full the robot holds still until the cloud acks "
+        "(unacked steps are never deleted; 0: unbounded)",
         metavar="MB",
-        help="bound on unacked steps kept on disk; when full the robot holds still until the cloud acks "
-        "(unacked steps are never deleted; default 0: unbounded)",
     )
     edge.add_argument(
         "--stats-file", default=None, help="write the loop's counters and a sha256 of its steps here as JSON on exit"

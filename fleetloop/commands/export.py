@@ -7,10 +7,12 @@ import logging
 import os
 
 from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.refusals import refuses_bad_input
 
 log = logging.getLogger("fleetloop")
 
 
+@refuses_bad_input("export")
 def cmd_export(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # writes a local dataset; nothing to fetch
     from cloud.data.lerobot_export import Selection, export_lerobot
@@ -18,22 +20,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     layout = args.root
     if not layout.has_store():
-        log.error("export: --root: no episode store in %s (looked for %s)", layout.root, layout.store)
-        return 2
-    store = EpisodeStore(layout.store, read_only=True)  # read_only: works while the cloud writes
+        raise ValueError(f"--root: no episode store in {layout.root} (looked for {layout.store})")
     selection = Selection(
         episode_ids=tuple(args.episodes),
         resource_ids=tuple(args.resource),
         sources=tuple(args.source),
         unfinished=args.include_unfinished,
     )
+    store = EpisodeStore(layout.store, read_only=True)  # read_only: works while the cloud writes
     try:
         report = export_lerobot(
             store, args.dataset, args.out, repo_id=args.repo_id, fps=args.fps, selection=selection, video=args.video
         )
-    except ValueError as err:
-        log.error("export: %s", err)
-        return 2
     finally:
         store.close()
     log.info(

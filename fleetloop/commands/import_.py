@@ -9,10 +9,12 @@ import logging
 import os
 
 from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.refusals import refuses_bad_input
 
 log = logging.getLogger("fleetloop")
 
 
+@refuses_bad_input("import")
 def cmd_import(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # reads a local dataset; nothing to fetch
     from cloud.data.lerobot_import import import_lerobot
@@ -21,15 +23,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         store = EpisodeStore(args.root.store)
     except RuntimeError as err:  # the one-writer lock: the cloud holds it
-        log.error("import: --root: %s; stop the cloud first or import into another root", err)
-        return 2
+        raise ValueError(f"--root: {err}; stop the cloud first or import into another root") from err
     try:
         report = import_lerobot(
             store, args.from_dir, repo_id=args.repo_id, dataset=args.dataset, resource_id=args.resource
         )
-    except ValueError as err:
-        log.error("import: %s", err)
-        return 2
     finally:
         store.close()
     log.info(

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import add_root_arg
-from fleetloop.commands.config_flags import flag_error
+from fleetloop.commands.arg_types import add_repeatable, add_root_arg, add_valued
+from fleetloop.commands.config_flags import LEARNER_FLAGS, flag_error
 from fleetloop.commands.stopping import stop_on_signals
 from fleetloop.logs import setup_logging
 
@@ -20,33 +20,6 @@ if TYPE_CHECKING:
     from cloud.learning.config import LearnerConfig
 
 log = logging.getLogger("fleetloop")
-
-
-# Each config field a learner flag sets, and that flag: errors in the field name the flag (``flag_error``).
-# SamplerConfig and SACConfig are built on their own first, so their fields appear under their own names too.
-LEARNER_FLAGS = {
-    "learner.first_round_episodes": "--first-round-episodes",
-    "learner.round_episodes": "--round-episodes",
-    "learner.train_steps": "--train-steps",
-    "learner.batch_size": "--batch-size",
-    "learner.algorithm": "--algorithm",
-    "learner.seed": "--learner-seed",
-    "learner.chunk_sizes": "--chunk-size",
-    "learner.policies": "--policy",
-    "learner.staleness_budget": "--staleness-budget",
-    "learner.staleness_mode": "--staleness-mode",
-    "learner.staleness_decay": "--staleness-decay",
-    "learner.staleness_interventions": "--staleness-interventions",
-    "learner.sampler.ratios": "--sample-ratios",
-    "learner.sampler.per_dataset": "--sample-ratios",
-    "sampler.ratios": "--sample-ratios",
-    "sampler.per_dataset": "--sample-ratios",
-    "sampler.offline_sources": "--offline-source",
-    "sampler.foresight_tolerance_m": "--foresight-tolerance-m",
-    "sampler.foresight_max_weight": "--foresight-max-weight",
-    "sac.demo_ratio": "--demo-ratio",
-    "sac.explore": "--sac-explore",
-}
 
 
 def _sample_ratios(text: str) -> tuple[str, str]:
@@ -90,111 +63,93 @@ def _policy_config(text: str) -> tuple[str, dict]:
 
 
 def _add_round_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--first-round-episodes",
-        type=int,
-        default=2,
-        help="demonstrations to wait for before the first version (default 2)",
-    )
-    parser.add_argument(
-        "--round-episodes", type=int, default=5, help="new finished episodes between versions (default 5)"
-    )
-    parser.add_argument("--train-steps", type=int, default=1500, help="gradient steps per version")
-    parser.add_argument("--batch-size", type=int, default=256, help="steps per gradient step (default 256)")
+    add_valued(parser, "--first-round-episodes", int, 2, "demonstrations to wait for before the first version")
+    add_valued(parser, "--round-episodes", int, 5, "new finished episodes between versions")
+    add_valued(parser, "--train-steps", int, 1500, "gradient steps per version")
+    add_valued(parser, "--batch-size", int, 256, "steps per gradient step")
     parser.add_argument(
         "--algorithm",
         choices=["hg-dagger", "sac"],
         default="hg-dagger",
         help="hg-dagger: imitate the operator's corrections; sac: RL with interventions (HIL-SERL style)",
     )
-    parser.add_argument("--learner-seed", type=int, default=0, help="seed of the learner's batches (rank adds to it)")
+    add_valued(parser, "--learner-seed", int, 0, "seed of the learner's batches (rank adds to it)")
 
 
 def _add_policy_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_repeatable(
+        parser,
         "--chunk-size",
-        type=_chunk_size,
-        action="append",
-        default=[],
-        metavar="DATASET=N",
-        help="hg-dagger: that dataset's policy predicts N actions at once (default phone=10: the foresight "
-        "trajectory); repeatable",
+        "DATASET=N",
+        "hg-dagger: that dataset's policy predicts N actions at once (default phone=10: the foresight trajectory)",
+        _chunk_size,
     )
-    parser.add_argument(
+    add_repeatable(
+        parser,
         "--policy",
-        type=_policy_type,
-        action="append",
-        default=[],
-        metavar="DATASET=TYPE",
-        help="the policy trained for a dataset: mlp, cnn or a lerobot type (act, diffusion, smolvla...); "
-        "default mlp, or cnn with images; repeatable",
+        "DATASET=TYPE",
+        "the policy trained for a dataset: mlp, cnn or a lerobot type (act, diffusion, smolvla...); "
+        "default mlp, or cnn with images",
+        _policy_type,
     )
-    parser.add_argument(
+    add_repeatable(
+        parser,
         "--policy-config",
-        type=_policy_config,
-        action="append",
-        default=[],
-        metavar="DATASET=FILE.json",
-        help="that policy's config fields (for lerobot: its PreTrainedConfig fields, e.g. chunk_size); repeatable",
+        "DATASET=FILE.json",
+        "that policy's config fields (for lerobot: its PreTrainedConfig fields, e.g. chunk_size)",
+        _policy_config,
     )
 
 
 def _add_staleness_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_valued(
+        parser,
         "--staleness-budget",
-        type=int,
-        default=None,
+        int,
+        None,
+        "versions an on-policy step may lag the learner (drop: kept while age <= N; downweight: half-life N)",
         metavar="N",
-        help="versions an on-policy step may lag the learner (drop: kept while age <= N; downweight: half-life N)",
     )
     parser.add_argument("--staleness-mode", choices=["drop", "downweight"], default="drop")
     parser.add_argument(
         "--staleness-decay", choices=["exp", "linear"], default="exp", help="how downweight decays (default exp)"
     )
-    parser.add_argument(
-        "--staleness-interventions",
-        action="store_true",
-        help="let interventions age too (by default steps a person labelled are exempt)",
-    )
+    parser.add_argument("--staleness-interventions", action="store_true", help="let a person's corrections age too")
 
 
 def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_valued(
+        parser,
         "--foresight-tolerance-m",
-        type=float,
-        default=0.02,
-        help="phone demonstrations where the foresight was off by more than this (metres) are sampled more often",
+        float,
+        0.02,
+        "phone demonstrations where the foresight was off by more than this (metres) are sampled more often",
     )
-    parser.add_argument(
+    add_valued(
+        parser,
         "--foresight-max-weight",
-        type=float,
-        default=5.0,
-        help="at most this many times as often (1: sample phone demonstrations evenly; default 5)",
+        float,
+        5.0,
+        "at most this many times as often (1: sample phone demonstrations evenly)",
     )
-    parser.add_argument(
+    add_repeatable(
+        parser,
         "--sample-ratios",
-        type=_sample_ratios,
-        action="append",
-        default=[],
-        metavar="[DATASET:]GROUP=RATIO,...",
-        help="shares of each batch by kind of step (online, intervention, demo, offline; join kinds with +), "
-        "e.g. online=0.5,intervention+demo=0.5; prefix DATASET: for one task; repeatable",
+        "[DATASET:]GROUP=RATIO,...",
+        "shares of each batch by kind of step (online, intervention, demo, offline; join kinds with +), "
+        "e.g. online=0.5,intervention+demo=0.5; prefix DATASET: for one task",
+        _sample_ratios,
     )
-    parser.add_argument(
-        "--offline-source",
-        action="append",
-        default=[],
-        metavar="SOURCE",
-        help="episodes from this source are imported offline data (repeatable)",
-    )
+    add_repeatable(parser, "--offline-source", "SOURCE", "episodes from this source are imported offline data")
 
 
 def _add_sac_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    add_valued(
+        parser,
         "--demo-ratio",
-        type=float,
-        default=0.5,
-        help="sac: share of each batch from the demonstration buffer (interventions, demos; default 0.5)",
+        float,
+        0.5,
+        "sac: share of each batch from the demonstration buffer (interventions, demos)",
     )
     parser.add_argument(
         "--sac-explore",

@@ -6,34 +6,30 @@ import argparse
 import logging
 
 from fleetloop.commands.arg_types import add_root_arg, positive_int
+from fleetloop.commands.refusals import refuses_bad_input
 
 log = logging.getLogger("fleetloop")
 
 
+@refuses_bad_input("policy {action}")
 def cmd_policy(args: argparse.Namespace) -> int:
     from cloud.data.version_registry import PolicyRegistry
 
     registry = PolicyRegistry(args.root.registry)
-    try:
-        if args.action == "rollback":
-            version = registry.rollback(args.name, args.to)
-            log.info(
-                "%s v%d published with the weights of %s; edges take it as their next update",
-                args.name,
-                version.version,
-                version.note.removeprefix("rollback to "),
-            )
-            return 0
-        latest = registry.latest(args.name)
-        if latest is None:
-            raise ValueError(f"policy_name: no versions of {args.name!r}")
-        for number in registry.versions(args.name):
-            marker = " (latest)" if number == latest.version else ""
-            note = latest.note if number == latest.version else ""
-            print(f"v{number}{marker}{': ' + note if note else ''}")
-    except ValueError as err:
-        log.error("policy %s: %s", args.action, err)
-        return 2
+    if args.action == "rollback":
+        version = registry.rollback(args.name, args.to)
+        rolled_back_to = version.note.removeprefix("rollback to ")
+        log.info(
+            "%s v%d published with the weights of %s; edges take it next", args.name, version.version, rolled_back_to
+        )
+        return 0
+    latest = registry.latest(args.name)
+    if latest is None:
+        raise ValueError(f"policy_name: no versions of {args.name!r}")
+    for number in registry.versions(args.name):
+        marker = " (latest)" if number == latest.version else ""
+        note = latest.note if number == latest.version else ""
+        print(f"v{number}{marker}{': ' + note if note else ''}")
     return 0
 
 
