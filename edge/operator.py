@@ -1,11 +1,13 @@
-"""Simulated operators: a scripted expert, and the person of HG-DAgger who takes over when the policy drifts."""
+"""Operators beside the policy: the interfaces a person's controls implement (``Operator``, ``PersonOperator``,
+``Signal``), a scripted expert, and the simulated person of HG-DAgger who takes over when the policy drifts."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +37,32 @@ class Operator(Protocol):
 
     def reset(self) -> None:
         """A new episode starts."""
+        ...
+
+
+class Signal(StrEnum):
+    """What a person says besides moving the robot (a key, a button, a page's button)."""
+
+    TAKE_OVER = "take_over"  # the person drives from this tick on: every step is an intervention
+    HAND_BACK = "hand_back"  # the policy drives again
+    SUCCESS = "success"  # the episode ends now, labelled a success
+    FAILURE = "failure"  # the episode ends now, labelled a failure
+    RERECORD = "rerecord"  # the episode ends and is discarded: the scene is set up again and recorded anew
+    SCENE_READY = "scene_ready"  # after an episode: the scene is reset, the next episode may start
+
+
+@runtime_checkable
+class PersonOperator(Operator, Protocol):
+    """An operator a person works (keys, a lerobot teleoperator, a browser page): besides driving, it labels
+    episodes and says when the scene is reset. The agent drains its signals every tick."""
+
+    @property
+    def who(self) -> str:
+        """The identity recorded with every step this person drives, e.g. "keyboard@robot-1" or "browser:op-1"."""
+        ...
+
+    def take_signals(self) -> list[Signal]:
+        """The signals given since the last call, oldest first; never blocks."""
         ...
 
 
