@@ -23,11 +23,11 @@ OBSERVATION = {"state": {"shape": [21], "dtype": "float32"}}  # NullRobot's stat
 def _lora(hidden: list[int], seed: int):
     import torch
 
-    from policies.lora import LoraPolicy
+    from policies.lora import LoraConfig, LoraPolicy
 
     torch.manual_seed(seed)
     base = {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": hidden}
-    return LoraPolicy("mlp", base, rank=8)
+    return LoraPolicy(LoraConfig(base_type="mlp", base_config=base, rank=8))
 
 
 def _fine_tune(policy, seed: int) -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from hal.config import CodeConfig, validate
 
 # Every policy class by its type_name, filled as the classes are defined (policies.factory imports them all).
 POLICY_TYPES: dict[str, type[Policy]] = {}
+
+# Units in one layer, at most: a config from a weights file cannot make the constructor allocate a huge layer.
+MAX_WIDTH = 1 << 14
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 def policy_class(type_name: str) -> type[Policy]:
@@ -17,6 +24,15 @@ def policy_class(type_name: str) -> type[Policy]:
     if cls is None:
         raise ValueError(f"unknown policy type {type_name!r}; known: {sorted(POLICY_TYPES)}")
     return cls
+
+
+class PolicyConfig(CodeConfig):
+    """A built-in policy's architecture. Weights files carry it as JSON: it is checked whole before any layer is
+    built, so a bad or hostile one is refused with the field named (``mlp.hidden[1]: ...``)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON types (lists, not tuples): saved in weights and compared as JSON text between versions."""
+        return self.model_dump(mode="json")
 
 
 class Policy(ABC, torch.nn.Module):
@@ -27,6 +43,8 @@ class Policy(ABC, torch.nn.Module):
     """
 
     type_name: ClassVar[str]
+    # The config the constructor takes; None: the constructor takes the config dict's keys as keywords (lerobot).
+    config_type: ClassVar[type[PolicyConfig] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -40,8 +58,10 @@ class Policy(ABC, torch.nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
-        """The policy ``config_dict`` describes: by default, the constructor's keyword arguments are that dict."""
-        return cls(**config)
+        """The policy ``config_dict`` describes; a ``ConfigError`` naming the field when ``config`` does not fit."""
+        if cls.config_type is None:
+            return cls(**config)
+        return cls(validate(cls.config_type, config, cls.type_name))
 
     def reset(self) -> None:
         """Called at the start of every episode (clears any internal queue or history)."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from policies.mlp import NormalizedPolicy, mlp
+from hal.config import Items
+from policies.base import Width
+from policies.mlp import NormalizedConfig, NormalizedPolicy
+
+# Strided convs halve the image each time: more layers than this see nothing a 4x4 pool would not.
+Channels = Annotated[Items[Annotated[int, Field(ge=1, le=1024)]], Field(min_length=1, max_length=8)]
 
 
 class ImageEncoder(nn.Module):
@@ -26,54 +32,32 @@ class ImageEncoder(nn.Module):
         return torch.relu(self.out(self.convs(x)))
 
 
-def image_encoders(
-    observation: dict[str, dict[str, Any]], image_keys: list[str], channels: list[int], features: int
-) -> nn.ModuleDict:
-    """One small CNN per camera (views differ too much to share filters usefully at this size)."""
-    return nn.ModuleDict({k: ImageEncoder(observation[k]["shape"][2], channels, features) for k in image_keys})
+class CameraConfig(NormalizedConfig):
+    """Cameras through ``ImageEncoder``s: the CNN policy's and the SAC actor's (whose defaults are smaller)."""
+
+    channels: Channels = (32, 64, 64)
+    image_features: Width = 128
 
 
-def observation_features(
-    policy: NormalizedPolicy, encoders: nn.ModuleDict, batch: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """``encoders``' features of ``policy``'s cameras, then its normalized state: what an actor or critic sees."""
-    parts = [encoders[k](batch[f"obs.{k}"]) for k in policy.image_keys]
-    state = policy.normalized_state(batch)
-    if state is not None:
-        parts.append(state)
-    return torch.cat(parts, dim=-1)
+class CameraPolicy(NormalizedPolicy):
+    """A ``NormalizedPolicy`` whose head also sees every camera through its own small CNN (views differ too much
+    to share filters usefully at this size)."""
+
+    config: CameraConfig
+
+    def image_encoders(self) -> nn.ModuleDict:
+        channels, features = list(self.config.channels), self.config.image_features
+        return nn.ModuleDict(
+            {k: ImageEncoder(self.observation[k]["shape"][2], channels, features) for k in self.image_keys}
+        )
 
 
-class CNNPolicy(NormalizedPolicy):
+class CNNConfig(CameraConfig):
+    config_name = "cnn"
+    needs = "image"  # without a camera it would be an MLP
+
+
+class CNNPolicy(CameraPolicy):
     type_name: ClassVar[str] = "cnn"
-
-    def __init__(
-        self,
-        observation: dict[str, dict[str, Any]],
-        action_dim: int,
-        chunk_size: int = 1,
-        channels: tuple[int, ...] | list[int] = (32, 64, 64),
-        image_features: int = 128,
-        hidden: tuple[int, ...] | list[int] = (256, 256),
-    ) -> None:
-        super().__init__(observation, action_dim, chunk_size)
-        if not self.image_keys:
-            raise ValueError("CNNPolicy needs at least one uint8 (H, W, C) image observation")
-        self.channels = [int(c) for c in channels]
-        self.image_features = int(image_features)
-        self.hidden = [int(h) for h in hidden]
-        self.encoders = image_encoders(self.observation, self.image_keys, self.channels, self.image_features)
-        n_in = self.image_features * len(self.image_keys) + self.state_dim
-        self.head = mlp([n_in, *self.hidden, self.chunk_size * self.action_dim])
-
-    def config_dict(self) -> dict[str, Any]:
-        return {
-            **self.base_config(),
-            "channels": self.channels,
-            "image_features": self.image_features,
-            "hidden": self.hidden,
-        }
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        features = observation_features(self, self.encoders, batch)
-        return self.head(features).reshape(-1, self.chunk_size, self.action_dim)
+    config_type: ClassVar[type[CNNConfig]] = CNNConfig
+    head_name: ClassVar[str] = "head"

@@ -10,13 +10,17 @@ change from one version to the next, which is what keeps weight updates small.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from policies.base import Policy, policy_class
+from hal.config import ConfigError, Name, invalid, validate
+from policies.base import POLICY_TYPES, Policy, PolicyConfig, Width, policy_class
+
+MAX_RANK = 1024
 
 
 class LoraLinear(nn.Module):
@@ -47,42 +51,57 @@ def _inject(module: nn.Module, rank: int, alpha: float, min_features: int) -> in
     return count
 
 
+class LoraConfig(PolicyConfig):
+    """The wrapped policy (``base_type``, ``base_config``, checked here against that type's own config) and the
+    adapters: ``rank``, ``alpha``, ``min_features`` (smaller layers are left as they are, and frozen too: only
+    adapters and normalization change)."""
+
+    config_name = "lora"
+
+    base_type: Name
+    base_config: dict[str, Any]
+    rank: Annotated[int, Field(ge=1, le=MAX_RANK)] = 8
+    alpha: float = 16.0
+    min_features: Width = 16
+
+    @model_validator(mode="after")
+    def _base_fits(self) -> LoraConfig:
+        if self.base_type == "lora":
+            raise invalid("cannot be lora itself", "base_type")
+        base = POLICY_TYPES.get(self.base_type)
+        if base is None:
+            raise invalid(f"unknown policy type {self.base_type!r}; known: {sorted(POLICY_TYPES)}", "base_type")
+        if base.config_type is not None:
+            try:
+                validate(base.config_type, self.base_config)
+            except ConfigError as err:
+                raise invalid(err.why, "base_config", *err.where) from None
+        return self
+
+
 class LoraPolicy(Policy):
-    """Config: ``base_type``, ``base_config``, ``rank``, ``alpha``, ``min_features`` (smaller layers are left as
-    they are, and frozen too: only adapters and normalization change)."""
-
     type_name: ClassVar[str] = "lora"
+    config_type: ClassVar[type[LoraConfig]] = LoraConfig
 
-    def __init__(
-        self, base_type: str, base_config: dict[str, Any], rank: int = 8, alpha: float = 16.0, min_features: int = 16
-    ) -> None:
+    def __init__(self, config: LoraConfig) -> None:
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"lora.rank must be >= 1, got {rank}")
-        if base_type == self.type_name:
-            raise ValueError("lora.base_type cannot be lora itself")
-        self.base_type, self.base_config = base_type, dict(base_config)
-        self.rank, self.alpha, self.min_features = int(rank), float(alpha), int(min_features)
-        self.inner = policy_class(base_type).from_config(self.base_config)
-        self.adapted_layers = _inject(self.inner, self.rank, self.alpha, self.min_features)
+        self.config = config
+        self.inner = policy_class(config.base_type).from_config(config.base_config)
+        self.adapted_layers = _inject(self.inner, config.rank, config.alpha, config.min_features)
         if self.adapted_layers == 0:
-            raise ValueError(f"lora: the {base_type} policy has no linear layer with >= {min_features} features")
+            why = f"the {config.base_type} policy has no linear layer with >= {config.min_features} features"
+            raise ConfigError("lora.min_features", why, ("min_features",))
         for name, parameter in self.inner.named_parameters():
             parameter.requires_grad_("lora_" in name)
 
     def config_dict(self) -> dict[str, Any]:
-        return {
-            "base_type": self.base_type,
-            "base_config": self.base_config,
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "min_features": self.min_features,
-        }
+        return self.config.as_dict()
 
     @classmethod
-    def around(cls, base: Policy, rank: int = 8, alpha: float = 16.0, min_features: int = 16) -> LoraPolicy:
-        """Adapters around an existing (e.g. pretrained) policy, keeping its weights."""
-        policy = cls(base.type_name, base.config_dict(), rank, alpha, min_features)
+    def around(cls, base: Policy, **adapters: Any) -> LoraPolicy:
+        """Adapters (``LoraConfig``'s rank, alpha, min_features) around an existing, e.g. pretrained, policy,
+        keeping its weights."""
+        policy = cls(LoraConfig(base_type=base.type_name, base_config=base.config_dict(), **adapters))
         missing, unexpected = policy.inner.load_state_dict(_with_lora_keys(base.state_dict(), policy), strict=False)
         if unexpected or any("lora_" not in key for key in missing):
             raise ValueError(f"lora: base weights do not fit (missing {missing}, unexpected {unexpected})")

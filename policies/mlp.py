@@ -2,21 +2,84 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, Field, model_validator
 from torch import nn
 
-from policies.base import Policy
+from hal.config import ConfigModel, Items, Name, invalid
+from policies.base import Policy, PolicyConfig, Width
 
 # A feature or action dimension that barely varies in the data would otherwise blow up when it does vary.
 MIN_STD = 1e-2
+# Bounds on what a config may ask for, so that one read from a weights file cannot build something huge.
+MAX_DIM, MAX_STATE, MAX_IMAGE_CHANNELS, MAX_CHUNK, MAX_LAYERS = 1 << 16, 1 << 16, 64, 1000, 16
+_KINDS = {"any": "", "state": "non-image ", "image": "uint8 (H, W, C) image "}  # as a config's ``needs`` says
 
 
 def is_image(spec: dict[str, Any]) -> bool:
     """uint8 arrays of shape (H, W, C) are camera images; everything else is a state vector."""
     return spec["dtype"] == "uint8" and len(spec["shape"]) == 3
+
+
+def _numeric_dtype(name: str) -> str:
+    try:
+        kind = np.dtype(name).kind
+    except TypeError:
+        kind = ""
+    if kind not in ("b", "i", "u", "f"):
+        raise ValueError(f"expected a numeric numpy dtype such as 'float32' or 'uint8', got {name!r}")
+    return name
+
+
+class ObservationSpec(ConfigModel):
+    """One observation array; uint8 (H, W, C) ones are camera images."""
+
+    shape: Annotated[Items[Annotated[int, Field(ge=1, le=MAX_DIM)]], Field(max_length=4)]
+    dtype: Annotated[Name, AfterValidator(_numeric_dtype)]
+
+
+Hidden = Annotated[Items[Width], Field(max_length=MAX_LAYERS)]
+
+
+class NormalizedConfig(PolicyConfig):
+    """What the MLP, CNN and SAC actor share: observations, actions per prediction, the head's hidden layers."""
+
+    observation: Annotated[dict[Name, ObservationSpec], Field(max_length=256)]
+    action_dim: Width
+    chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK)] = 1
+    hidden: Hidden = (256, 256)
+    needs: ClassVar[Literal["any", "state", "image"]] = "any"  # the kind of observation it cannot do without
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> NormalizedConfig:
+        have = {"any": list(self.observation), "state": self.state_keys, "image": self.image_keys}[self.needs]
+        if not have:
+            raise invalid(f"needs at least one {_KINDS[self.needs]}observation", "observation")
+        if self.state_dim > MAX_STATE:
+            raise invalid(f"the state vector would hold {self.state_dim} values, at most {MAX_STATE}", "observation")
+        for name in self.image_keys:
+            if self.observation[name].shape[2] > MAX_IMAGE_CHANNELS:
+                why = f"an image has at most {MAX_IMAGE_CHANNELS} channels, got {self.observation[name].shape[2]}"
+                raise invalid(why, "observation", name, "shape", 2)
+        return self
+
+    def _is_image(self, name: str) -> bool:
+        return is_image(self.observation[name].model_dump())
+
+    @property
+    def state_keys(self) -> list[str]:
+        return sorted(k for k in self.observation if not self._is_image(k))
+
+    @property
+    def image_keys(self) -> list[str]:
+        return sorted(k for k in self.observation if self._is_image(k))
+
+    @property
+    def state_dim(self) -> int:
+        return sum(int(np.prod(self.observation[k].shape)) for k in self.state_keys)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -36,24 +99,37 @@ def mean_std(values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class NormalizedPolicy(Policy):
-    """Shared plumbing: a state vector from the non-image keys and the action, both normalized by buffers.
+    """Shared plumbing: a state vector from the non-image keys and the action, both normalized by buffers; camera
+    encoders (none here); an MLP head over their features, kept under ``head_name`` (saved weights use that key).
 
-    Config: ``observation`` {name: {"shape": [...], "dtype": "..."}}, ``action_dim``, ``chunk_size``.
     Batches carry "obs.<name>" (B, *shape) and "action" (B, action_dim) or (B, chunk_size, action_dim).
     """
 
-    def __init__(self, observation: dict[str, dict[str, Any]], action_dim: int, chunk_size: int = 1) -> None:
+    head_name: ClassVar[str] = "net"
+
+    def __init__(self, config: NormalizedConfig) -> None:
         super().__init__()
-        self.observation = {k: {"shape": list(v["shape"]), "dtype": str(v["dtype"])} for k, v in observation.items()}
-        self.action_dim = int(action_dim)
-        self.chunk_size = int(chunk_size)
-        self.state_keys = sorted(k for k, v in self.observation.items() if not is_image(v))
-        self.image_keys = sorted(k for k, v in self.observation.items() if is_image(v))
-        self.state_dim = sum(int(np.prod(self.observation[k]["shape"])) for k in self.state_keys)
+        self.config = config
+        self.observation = config.as_dict()["observation"]
+        self.action_dim, self.chunk_size = config.action_dim, config.chunk_size
+        self.state_keys, self.image_keys, self.state_dim = config.state_keys, config.image_keys, config.state_dim
         self.register_buffer("state_mean", torch.zeros(self.state_dim))
         self.register_buffer("state_std", torch.ones(self.state_dim))
         self.register_buffer("action_mean", torch.zeros(self.action_dim))
         self.register_buffer("action_std", torch.ones(self.action_dim))
+        self.encoders = self.image_encoders()
+        self.feature_dim = self.state_dim + sum(encoder.out.out_features for encoder in self.encoders.values())
+        self.add_module(self.head_name, mlp([self.feature_dim, *config.hidden, self.head_outputs()]))
+
+    def image_encoders(self) -> nn.ModuleDict:
+        """Camera name -> encoder whose features join the state vector; none: an MLP sees the state alone."""
+        return nn.ModuleDict()
+
+    def head_outputs(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.as_dict()
 
     def _state_vector(self, batch: dict[str, Any]) -> np.ndarray | torch.Tensor:
         parts = [batch[f"obs.{k}"].reshape(len(batch[f"obs.{k}"]), -1) for k in self.state_keys]
@@ -72,9 +148,18 @@ class NormalizedPolicy(Policy):
             return None
         return (self._state_vector(batch) - self.state_mean) / self.state_std
 
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's input: each camera's encoder features, then the normalized state vector, (B, feature_dim)."""
+        parts = [self.encoders[k](batch[f"obs.{k}"]) for k in self.encoders]
+        state = self.normalized_state(batch)
+        if state is not None:
+            parts.append(state)
+        return torch.cat(parts, dim=-1)
+
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalized action chunks, (B, chunk_size, action_dim)."""
-        raise NotImplementedError
+        head = getattr(self, self.head_name)
+        return head(self.features(batch)).reshape(-1, self.chunk_size, self.action_dim)
 
     @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -82,12 +167,14 @@ class NormalizedPolicy(Policy):
         chunk = self.predict(batch)[0] * self.action_std + self.action_mean
         return chunk.numpy().astype(np.float32)
 
-    @torch.no_grad()
-    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
-        batch = {
+    def observation_batch(self, observations: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        return {
             f"obs.{k}": torch.as_tensor(np.stack([np.asarray(o[k]) for o in observations])) for k in self.observation
         }
-        chunks = self.predict(batch) * self.action_std + self.action_mean
+
+    @torch.no_grad()
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        chunks = self.predict(self.observation_batch(observations)) * self.action_std + self.action_mean
         return chunks.numpy().astype(np.float32)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,29 +182,14 @@ class NormalizedPolicy(Policy):
         target = (target - self.action_mean) / self.action_std
         return ((self.predict(batch) - target) ** 2).mean(dim=(1, 2))
 
-    def base_config(self) -> dict[str, Any]:
-        return {"observation": self.observation, "action_dim": self.action_dim, "chunk_size": self.chunk_size}
+
+class MLPConfig(NormalizedConfig):
+    """The MLP sees the state vector alone (it leaves cameras out), so it needs a non-image observation."""
+
+    config_name = "mlp"
+    needs = "state"
 
 
 class MLPPolicy(NormalizedPolicy):
     type_name: ClassVar[str] = "mlp"
-
-    def __init__(
-        self,
-        observation: dict[str, dict[str, Any]],
-        action_dim: int,
-        chunk_size: int = 1,
-        hidden: tuple[int, ...] | list[int] = (256, 256),
-    ) -> None:
-        super().__init__(observation, action_dim, chunk_size)
-        if not self.state_keys:
-            raise ValueError("MLPPolicy needs at least one non-image observation")
-        self.hidden = [int(h) for h in hidden]
-        self.net = mlp([self.state_dim, *self.hidden, self.chunk_size * self.action_dim])
-
-    def config_dict(self) -> dict[str, Any]:
-        return {**self.base_config(), "hidden": self.hidden}
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.net(self.normalized_state(batch))
-        return out.reshape(-1, self.chunk_size, self.action_dim)
+    config_type: ClassVar[type[MLPConfig]] = MLPConfig

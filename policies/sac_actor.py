@@ -12,67 +12,59 @@ a small CNN per camera (``policies.cnn.ImageEncoder``) whose features join the n
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
+from pydantic import model_validator
 from torch import nn
 
-from policies.cnn import image_encoders, observation_features
-from policies.mlp import NormalizedPolicy, mean_std, mlp
+from hal.config import Items, invalid
+from policies.base import Width
+from policies.cnn import CameraConfig, CameraPolicy, Channels
+from policies.mlp import mean_std
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-class SACActorPolicy(NormalizedPolicy):
-    type_name: ClassVar[str] = "sac_actor"
+class SACActorConfig(CameraConfig):
+    """Actions squashed into [action_low, action_high]; one action per prediction (SAC's critics score one)."""
 
-    def __init__(
-        self,
-        observation: dict[str, dict[str, Any]],
-        action_dim: int,
-        action_low: list[float],
-        action_high: list[float],
-        chunk_size: int = 1,
-        hidden: tuple[int, ...] | list[int] = (256, 256),
-        explore: bool = False,
-        channels: tuple[int, ...] | list[int] = (16, 32, 32),
-        image_features: int = 64,
-    ) -> None:
-        super().__init__(observation, action_dim, chunk_size)
-        if not isinstance(explore, bool):
-            raise ValueError(f"sac_actor: explore must be true or false, got {explore!r}")
-        self.explore = explore
+    config_name = "sac_actor"
+
+    action_low: Items[float]
+    action_high: Items[float]
+    explore: bool = False  # act samples instead of returning the mean (what the robot does while it collects)
+    channels: Channels = (16, 32, 32)  # smaller than the CNN policy's: the critics run their own encoders too
+    image_features: Width = 64
+
+    @model_validator(mode="after")
+    def _fits_sac(self) -> SACActorConfig:
         if self.chunk_size != 1:
-            raise ValueError(f"sac_actor: chunk_size must be 1, got {chunk_size}")
-        if not self.state_keys and not self.image_keys:
-            raise ValueError("sac_actor: needs at least one observation")
-        low = [float(x) for x in action_low]
-        high = [float(x) for x in action_high]
-        if len(low) != self.action_dim or len(high) != self.action_dim:
-            raise ValueError(f"sac_actor: action_low/high need {self.action_dim} values, got {len(low)}/{len(high)}")
-        if not all(h > lo for lo, h in zip(low, high, strict=True)):
-            raise ValueError(f"sac_actor: every action_high must exceed its action_low, got {low} / {high}")
-        self.action_low, self.action_high = low, high
-        self.hidden = [int(h) for h in hidden]
-        self.channels = [int(c) for c in channels]
-        self.image_features = int(image_features)
-        self.encoders = image_encoders(self.observation, self.image_keys, self.channels, self.image_features)
-        self.feature_dim = self.state_dim + self.image_features * len(self.image_keys)
-        self.net = mlp([self.feature_dim, *self.hidden, 2 * self.action_dim])
-        self.action_mean = (torch.tensor(high) + torch.tensor(low)) / 2
-        self.action_std = (torch.tensor(high) - torch.tensor(low)) / 2
+            raise invalid(f"must be 1, got {self.chunk_size}", "chunk_size")
+        for key in ("action_low", "action_high"):
+            if len(getattr(self, key)) != self.action_dim:
+                raise invalid(f"expected {self.action_dim} values, got {list(getattr(self, key))}", key)
+        for i, (low, high) in enumerate(zip(self.action_low, self.action_high, strict=True)):
+            if not high > low:
+                raise invalid(f"{high} must exceed action_low[{i}] = {low}", "action_high", i)
+        return self
 
-    def config_dict(self) -> dict[str, Any]:
-        return {
-            **self.base_config(),
-            "action_low": self.action_low,
-            "action_high": self.action_high,
-            "hidden": self.hidden,
-            "explore": self.explore,
-            "channels": self.channels,
-            "image_features": self.image_features,
-        }
+
+class SACActorPolicy(CameraPolicy):
+    type_name: ClassVar[str] = "sac_actor"
+    config_type: ClassVar[type[SACActorConfig]] = SACActorConfig
+    config: SACActorConfig
+
+    def __init__(self, config: SACActorConfig) -> None:
+        super().__init__(config)
+        self.explore = config.explore  # the edge's switch: a test or a tool may turn sampling off
+        self.action_mean = (torch.tensor(config.action_high) + torch.tensor(config.action_low)) / 2
+        self.action_std = (torch.tensor(config.action_high) - torch.tensor(config.action_low)) / 2
+
+    def head_outputs(self) -> int:
+        """The pre-tanh Gaussian's mean and log std per action dimension."""
+        return 2 * self.action_dim
 
     def fit_normalization(self, batch: dict[str, np.ndarray]) -> None:
         """Only the observation: the action scale is fixed by the limits."""
@@ -83,10 +75,6 @@ class SACActorPolicy(NormalizedPolicy):
         """Actions in the robot's units -> [-1, 1] (clipped just inside, so atanh stays finite)."""
         unit = (action.float().reshape(-1, self.action_dim) - self.action_mean) / self.action_std
         return unit.clamp(-1 + 1e-4, 1 - 1e-4)
-
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The actor's input: each camera's CNN features, then the normalized state vector, (B, feature_dim)."""
-        return observation_features(self, self.encoders, batch)
 
     def gaussian(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std of the pre-tanh Gaussian, (B, action_dim) each."""
@@ -113,10 +101,7 @@ class SACActorPolicy(NormalizedPolicy):
         """(B, 1, action_dim) in the robot's units: the mean action, or a sample with ``explore``."""
         if not self.explore:
             return super().act_batch(observations)
-        batch = {
-            f"obs.{k}": torch.as_tensor(np.stack([np.asarray(o[k]) for o in observations])) for k in self.observation
-        }
-        unit, _ = self.sample(batch)
+        unit, _ = self.sample(self.observation_batch(observations))
         return (unit * self.action_std + self.action_mean).reshape(-1, 1, self.action_dim).numpy().astype(np.float32)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

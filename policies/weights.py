@@ -37,7 +37,8 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 
 def policy_from_bytes(data: bytes) -> Policy:
-    """Rebuilds a policy from ``policy_to_bytes`` output; ValueError on anything that does not fit."""
+    """Rebuilds a policy from ``policy_to_bytes`` output; ValueError on anything that does not fit (a
+    ``ConfigError`` naming the field when the config is bad: it is checked before any layer is built)."""
     metadata = read_metadata(data)
     if "type" not in metadata or "config" not in metadata:
         raise ValueError("policy weights lack the 'type' and 'config' metadata")

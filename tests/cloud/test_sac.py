@@ -18,8 +18,9 @@ from cloud.learning.learner import Learner
 from edge.operator import HGDaggerOperator, TakeoverRule
 from fleetloop.cli import build_parser
 from fleetloop.commands.learner import learner_config
+from hal.config import ConfigError
 from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
-from policies.sac_actor import SACActorPolicy
+from policies.sac_actor import SACActorConfig, SACActorPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes
 from protocol.steps import schema_for
 
@@ -28,7 +29,9 @@ OBS = {"state": {"shape": [4], "dtype": "float32"}}
 
 def test_actor_acts_with_its_mean_inside_the_limits_and_survives_safetensors() -> None:
     torch.manual_seed(0)
-    actor = SACActorPolicy(OBS, 2, action_low=[0.0, -2.0], action_high=[1.0, 2.0], hidden=[16])
+    actor = SACActorPolicy(
+        SACActorConfig(observation=OBS, action_dim=2, action_low=[0.0, -2.0], action_high=[1.0, 2.0], hidden=[16])
+    )
     observation = {"state": np.array([0.3, -0.2, 0.5, 0.1], np.float32)}
     action = actor.act(observation)
     assert action.shape == (1, 2) and action.dtype == np.float32
@@ -43,7 +46,9 @@ def test_actor_acts_with_its_mean_inside_the_limits_and_survives_safetensors() -
 
 def test_sampled_log_probability_matches_a_tanh_transformed_gaussian() -> None:
     torch.manual_seed(1)
-    actor = SACActorPolicy(OBS, 2, [-1.0, -1.0], [1.0, 1.0], hidden=[8])
+    actor = SACActorPolicy(
+        SACActorConfig(observation=OBS, action_dim=2, action_low=[-1.0, -1.0], action_high=[1.0, 1.0], hidden=[8])
+    )
     batch = {"obs.state": torch.randn(64, 4)}
     action, logp = actor.sample(batch, torch.Generator().manual_seed(0))
     mean, log_std = actor.gaussian(batch)
@@ -179,7 +184,10 @@ def test_rl_with_interventions_improves_autonomous_success_over_versions(tmp_pat
 def test_an_exploring_actor_samples_within_the_limits_and_the_mean_actor_does_not() -> None:
     observation = {"state": {"shape": [4], "dtype": "float32"}}
     torch.manual_seed(0)
-    explorer = SACActorPolicy(observation, 2, [-1.0, 0.0], [1.0, 2.0], hidden=(16,), explore=True)
+    limits = {"action_low": [-1.0, 0.0], "action_high": [1.0, 2.0]}
+    explorer = SACActorPolicy(
+        SACActorConfig(observation=observation, action_dim=2, **limits, hidden=(16,), explore=True)
+    )
     mean = policy_from_bytes(policy_to_bytes(explorer))
     assert mean.explore  # travels in the config
     mean.explore = False
@@ -189,8 +197,8 @@ def test_an_exploring_actor_samples_within_the_limits_and_the_mean_actor_does_no
     assert (draws >= [-1.0, 0.0]).all() and (draws <= [1.0, 2.0]).all()
     np.testing.assert_array_equal(mean.act(state), mean.act(state))  # the mean: the same every time
     assert abs(draws.mean(axis=0) - mean.act(state)[0]).max() < 0.3
-    with pytest.raises(ValueError, match="explore"):
-        SACActorPolicy(observation, 2, [-1.0, 0.0], [1.0, 2.0], explore="yes")
+    with pytest.raises(ConfigError, match=r"^sac_actor\.explore: should be a valid boolean, got 'yes'$"):
+        SACActorConfig(observation=observation, action_dim=2, **limits, explore="yes")
     args = build_parser().parse_args(["learner", "--algorithm", "sac"])
     assert learner_config(args).sac.explore
     assert not learner_config(build_parser().parse_args(["learner", "--no-sac-explore"])).sac.explore

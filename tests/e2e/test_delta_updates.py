@@ -10,7 +10,7 @@ import pytest
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from policies.factory import make_policy
-from policies.lora import LoraPolicy
+from policies.lora import LoraConfig, LoraPolicy
 from policies.train import train_policy
 from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.cloud("--lost-after", "120")  # every test here; hand-d
 
 def lora_policy() -> LoraPolicy:
     base = {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": [768, 768]}  # 0.6M parameters
-    return LoraPolicy("mlp", base, rank=4)
+    return LoraPolicy(LoraConfig(base_type="mlp", base_config=base, rank=4))
 
 
 def fine_tune(policy: LoraPolicy, seed: int) -> None:

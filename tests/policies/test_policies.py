@@ -5,9 +5,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from policies.cnn import CNNPolicy
+from policies.cnn import CNNConfig, CNNPolicy
 from policies.factory import POLICY_TYPES, make_policy
-from policies.mlp import MLPPolicy
+from policies.mlp import MLPConfig, MLPPolicy
 from policies.train import train_policy
 from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata, sha256_hex
 
@@ -46,8 +46,15 @@ def one_thread():
 
 
 CASES = [
-    pytest.param(lambda: MLPPolicy(STATE, action_dim=2, hidden=(64, 64)), state_dataset, 300, id="mlp"),
-    pytest.param(lambda: CNNPolicy(IMAGE, action_dim=2, channels=(8, 16), hidden=(64,)), image_dataset, 150, id="cnn"),
+    pytest.param(
+        lambda: MLPPolicy(MLPConfig(observation=STATE, action_dim=2, hidden=(64, 64))), state_dataset, 300, id="mlp"
+    ),
+    pytest.param(
+        lambda: CNNPolicy(CNNConfig(observation=IMAGE, action_dim=2, channels=(8, 16), hidden=(64,))),
+        image_dataset,
+        150,
+        id="cnn",
+    ),
 ]
 
 
@@ -60,7 +67,10 @@ def test_act_shape_and_dtype(make, data, steps) -> None:
 
 
 def test_action_chunks() -> None:
-    policy, dataset = MLPPolicy(STATE, action_dim=2, chunk_size=3, hidden=(32,)), state_dataset(8)
+    policy, dataset = (
+        MLPPolicy(MLPConfig(observation=STATE, action_dim=2, chunk_size=3, hidden=(32,))),
+        state_dataset(8),
+    )
     chunks = np.repeat(dataset["action"][:, None], 3, axis=1)  # (B, chunk, action_dim)
     policy.fit_normalization({**dataset, "action": chunks})
     assert policy.act(one_observation(dataset)).shape == (3, 2)
@@ -88,7 +98,7 @@ def test_weighted_sampling_follows_weights() -> None:
     dataset = state_dataset(64)
     dataset["action"][:32] = 5.0  # two contradicting halves; all weight on the second one
     weights = np.r_[np.zeros(32), np.ones(32)]
-    policy = MLPPolicy(STATE, action_dim=2, hidden=(64, 64))
+    policy = MLPPolicy(MLPConfig(observation=STATE, action_dim=2, hidden=(64, 64)))
     train_policy(policy, dataset, steps=150, batch_size=64, weights=weights)
     second = {k: torch.as_tensor(v[32:]) for k, v in dataset.items()}
     with torch.no_grad():
@@ -110,7 +120,7 @@ def test_bytes_round_trip_gives_identical_actions(make, data, steps) -> None:
 
 
 def test_refuses_wrong_or_missing_type() -> None:
-    policy = MLPPolicy(STATE, action_dim=2)
+    policy = make_policy("mlp", {"observation": STATE, "action_dim": 2})
     tensors = {k: v.contiguous() for k, v in policy.state_dict().items()}
     config = json.dumps(policy.config_dict())
     with pytest.raises(ValueError, match="unknown policy type 'pickle'"):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from hal.config import ConfigError
 from policies.factory import make_policy
-from policies.lora import LoraPolicy
+from policies.lora import LoraConfig, LoraPolicy
 from policies.train import train_policy
 from policies.updates import HeldState, UpdateError, WireState, apply_update, build_update
 from policies.weights import policy_to_bytes
@@ -17,7 +18,7 @@ OBSERVATION = {"state": {"shape": [21], "dtype": "float32"}}
 
 def lora_policy(hidden: list[int], rank: int = 4) -> LoraPolicy:
     base = {"observation": OBSERVATION, "action_dim": 4, "chunk_size": 1, "hidden": hidden}
-    return LoraPolicy("mlp", base, rank=rank)
+    return LoraPolicy(LoraConfig(base_type="mlp", base_config=base, rank=rank))
 
 
 def demos(n: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
@@ -122,5 +123,5 @@ def test_lora_around_a_trained_policy_keeps_its_behaviour() -> None:
     np.testing.assert_allclose(wrapped.act(observation()), base.act(observation()), rtol=1e-6, atol=1e-6)
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    with pytest.raises(ValueError, match="lora.rank"):
-        LoraPolicy("mlp", base.config_dict(), rank=0)
+    with pytest.raises(ConfigError, match=r"^lora\.rank: should be greater than or equal to 1, got 0$"):
+        LoraConfig(base_type="mlp", base_config=base.config_dict(), rank=0)

@@ -18,7 +18,7 @@ from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
 from cloud.learning.policy_choice import observation_spec
 from cloud.learning.sampler import KINDS, Sampler, StepTable, load_steps
-from policies.sac_actor import SACActorPolicy
+from policies.sac_actor import SACActorConfig, SACActorPolicy
 
 log = logging.getLogger("fleetloop.learner")
 
@@ -88,12 +88,14 @@ class SAC(Algorithm[SACAgent]):
             limits = ([float(x) for x in low], [float(x) for x in np.maximum(high, low + 1e-3)])
             log.warning("%s: no action limits known; SAC uses the data's range %s..%s", dataset, *limits)
         actor = SACActorPolicy(
-            observation_spec(schema),
-            int(np.prod(schema["action"].shape)),
-            limits[0],
-            limits[1],
-            hidden=self.config.hidden,
-            explore=self.config.sac.explore,
+            SACActorConfig(
+                observation=observation_spec(schema),
+                action_dim=int(np.prod(schema["action"].shape)),
+                action_low=limits[0],
+                action_high=limits[1],
+                hidden=self.config.hidden,
+                explore=self.config.sac.explore,
+            )
         )
         actor.to(self.dist.device)
         return self._new_agent(actor)

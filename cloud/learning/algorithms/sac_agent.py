@@ -166,7 +166,12 @@ class SACAgent:
         self.config = config
         cameras = {k: int(actor.observation[k]["shape"][2]) for k in actor.image_keys}
         self.critic = TwinQ(
-            actor.state_dim, actor.action_dim, config.critic_hidden, cameras, actor.channels, actor.image_features
+            actor.state_dim,
+            actor.action_dim,
+            config.critic_hidden,
+            cameras,
+            actor.config.channels,
+            actor.config.image_features,
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.temperature = Temperature(config.init_temperature)
