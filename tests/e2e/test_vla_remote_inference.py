@@ -101,19 +101,22 @@ def test_an_edge_acts_with_a_tiny_smolvla_that_runs_in_the_cloud(fleet: Fleet) -
     )
 
 
-def test_the_inference_server_answers_the_tiny_vla_within_a_tick(tmp_path) -> None:
-    """The cloud's side of a remote-inference round trip, measured: queue, gather, forward pass, reply."""
+def test_the_inference_server_adds_little_to_the_tiny_vla_forward_pass(tmp_path) -> None:
+    """The cloud's side of a remote-inference round trip (queue, gather, forward pass, reply) against the same
+    policy's own ``act`` in the same run: what the server adds must be small next to the pass itself. (How fast
+    the pass is belongs to ``make bench``; on a loaded machine an absolute bound here only measures the load.)"""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the cloud process runs (OMP_NUM_THREADS=1)
+    policy = tiny_vla(write_tiny_vlm_dir(tmp_path / "tiny-smolvlm"))
     registry = PolicyRegistry(tmp_path / "registry")
-    registry.publish(DATASET, policy_to_bytes(tiny_vla(write_tiny_vlm_dir(tmp_path / "tiny-smolvlm"))))
+    registry.publish(DATASET, policy_to_bytes(policy))
     rng = np.random.default_rng(0)
 
-    async def serve(n: int) -> list[float]:
+    async def serve(n: int) -> tuple[list[float], list[float]]:
         server = InferenceServer(registry)
-        latencies = []
+        served, direct = [], []
         for _ in range(n):
             observation = {
                 "pixels": rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
@@ -123,19 +126,22 @@ def test_the_inference_server_answers_the_tiny_vla_within_a_tick(tmp_path) -> No
             start = time.perf_counter()
             server.submit(DATASET, InferenceJob(observation, lambda *reply, f=answered: f.set_result(reply)))
             actions, version, error, _ = await asyncio.wait_for(answered, 60)
-            latencies.append(time.perf_counter() - start)
+            served.append(time.perf_counter() - start)
             assert error == "" and version == 1 and actions.shape == (CHUNK, 2) and np.isfinite(actions).all()
+            start = time.perf_counter()
+            policy.reset()
+            policy.act(observation)
+            direct.append(time.perf_counter() - start)
         await server.close()
-        return latencies
+        return served, direct
 
     try:
-        latencies = asyncio.run(serve(12))
+        served, direct = asyncio.run(serve(12))
     finally:
         torch.set_num_threads(threads)
-    warm = np.array(latencies[2:])  # the first request also loads the policy from the registry
+    warm_served, warm_direct = np.array(served[2:]), np.array(direct[2:])  # the first also loads the policy
     print(
-        f"\ntiny SmolVLA through InferenceServer: first request (load + pass) {latencies[0] * 1e3:.0f} ms, then "
-        f"median {np.median(warm) * 1e3:.0f} ms, max {warm.max() * 1e3:.0f} ms for a chunk of {CHUNK}"
+        f"\ntiny SmolVLA: through InferenceServer median {np.median(warm_served) * 1e3:.0f} ms, its own act "
+        f"median {np.median(warm_direct) * 1e3:.0f} ms, for a chunk of {CHUNK}"
     )
-    # A chunk of CHUNK actions at HZ is CHUNK / HZ seconds of motion: a pass must take far less than one tick.
-    assert np.median(warm) < 0.5 / HZ
+    assert np.median(warm_served) < 2.0 * np.median(warm_direct) + 0.02
