@@ -17,7 +17,7 @@ point's time_from_start at most at their top speed (kinematic: no MuJoCo), then 
 position is refused with a warning and moves nothing. --record FILE writes every command as one JSON line.
 
     python -m hal.ros2_sim_node --domain-id 42 --image
-    python -m hal.ros2_sim_node --domain-id 42 --command joint_trajectory --record commands.jsonl
+    python -m hal.ros2_sim_node --domain-id 42 --command joint_trajectory --namespace /arm --record commands.jsonl
 """
 
 from __future__ import annotations

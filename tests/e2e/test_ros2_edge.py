@@ -56,7 +56,7 @@ def test_edge_drives_a_joint_trajectory_arm_node(ros2_sim_node, ros_domain: int,
     trajectory_msgs/JointTrajectory; the node gets every stored action as a trajectory point for its joints."""
     record = tmp_path / "commands.jsonl"
     env = {**ENV, "ROS_DOMAIN_ID": str(ros_domain)}
-    command = ("--command", "joint_trajectory", "--record", str(record))
+    command = ("--command", "joint_trajectory", "--namespace", "/arm", "--record", str(record))
     ros2_sim_node(ros_domain, *command, env=env, log=tmp_path / "ros-node.log")
     config = Ros2RobotConfig.from_yaml(ARM_YAML)
     caps = config.capabilities

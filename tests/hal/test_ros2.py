@@ -199,7 +199,7 @@ def test_the_arm_node_reads_a_trajectory_by_joint_name_and_refuses_another_arms(
 @pytest.mark.timeout(60)
 def test_joint_trajectory_output_moves_the_arm_node(ros2_sim_node, ros_domain: int, tmp_path: Path) -> None:
     record = tmp_path / "commands.jsonl"
-    ros2_sim_node(ros_domain, "--command", "joint_trajectory", "--record", str(record))
+    ros2_sim_node(ros_domain, "--command", "joint_trajectory", "--namespace", "/arm", "--record", str(record))
     config = Ros2RobotConfig.from_yaml(ARM_YAML)
     assert config.action.hold == "last_position" and config.capabilities.action.shape == (7,)
     robot = Ros2Robot(config, domain_id=ros_domain)
