@@ -140,8 +140,16 @@ class LerobotRobotDriver(HoldsPosition):
         obs: dict[str, np.ndarray] = {}
         if self.state_names:
             obs["state"] = np.array([float(raw[n]) for n in self.state_names], dtype=np.float32)
-        for name in self.camera_names:
-            obs[name] = np.ascontiguousarray(raw[name], dtype=np.uint8)
+        for spec in self._caps.observation:
+            if spec.name in self.camera_names:
+                frame = np.asarray(raw[spec.name])
+                if frame.shape != spec.shape or frame.dtype != np.uint8:
+                    # A camera that ignored its configured size would otherwise reach the store as a refused step.
+                    raise RuntimeError(
+                        f"camera {spec.name!r} gave a {frame.dtype} frame of shape {frame.shape}; its config says "
+                        f"uint8 {spec.shape} (check cameras.{spec.name}.width/height against what it supports)"
+                    )
+                obs[spec.name] = np.ascontiguousarray(frame)
         return obs
 
     def connect(self) -> None:

@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,7 +133,7 @@ class SimRobotNode:
         self._robot.close()
 
 
-def trajectory_goal(msg, names: tuple[str, ...]) -> tuple[np.ndarray, float]:
+def trajectory_goal(msg: Any, names: tuple[str, ...]) -> tuple[np.ndarray, float]:
     """The last point of a JointTrajectory as positions in ``names`` order, and its time_from_start in seconds;
     ValueError saying what is wrong with it."""
     if sorted(msg.joint_names) != sorted(names):
@@ -151,7 +152,7 @@ def trajectory_goal(msg, names: tuple[str, ...]) -> tuple[np.ndarray, float]:
 class TrajectoryArmNode:
     """A position-controlled 7-joint arm behind a JointTrajectory command topic (see the module's docstring)."""
 
-    def __init__(self, context, namespace: str, record: Path | None) -> None:
+    def __init__(self, context: Any, namespace: str, record: Path | None) -> None:
         import rclpy
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import JointState
