@@ -6,8 +6,9 @@
 - ``safety``         limits, watchdog and emergency stop around any driver
 - ``sim``            gymnasium simulators (gym_hil's Panda, gym_pusht); ``reach_sim`` a small RL task
 - ``ros2``           a robot that speaks ROS 2 topics; ``ros2_config`` its YAML config; ``ros2_sim_node`` a
-                     simulator behind such topics
-- ``lerobot_robot``  any lerobot ``Robot`` by config; ``lerobot_fake`` a hardware-free lerobot arm
+                     simulator (or a JointTrajectory-commanded arm) behind such topics
+- ``lerobot_robot``  any lerobot ``Robot`` by config, built by lerobot's factory; ``lerobot_config`` checks such a
+                     config against lerobot's own config classes; ``lerobot_fake`` a hardware-free lerobot arm
 - ``null``           a driver with no device, for tests and benchmarks
 
 May import ``protocol`` only.

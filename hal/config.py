@@ -71,7 +71,7 @@ class CodeConfig(ConfigModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise _config_error(err, self.config_name) from None
+            raise config_error(err, self.config_name) from None
 
 
 def invalid(why: str, *where: str | int) -> PydanticCustomError:
@@ -94,10 +94,10 @@ def validate[ModelT: BaseModel](model: type[ModelT], raw: Any, prefix: str = "")
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise _config_error(err, prefix) from None
+        raise config_error(err, prefix) from None
 
 
-def _config_error(err: ValidationError, prefix: str) -> ConfigError:
+def config_error(err: ValidationError, prefix: str) -> ConfigError:
     """The first of pydantic's errors (in the order of the fields) as a ``ConfigError`` under ``prefix``."""
     where, why = _located(err.errors(include_url=False)[0])
     return ConfigError(field_path(prefix, where), why, where)

@@ -49,7 +49,13 @@ def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriv
         raise ValueError(f"{path} must hold a mapping with at least 'type'")
     if control_hz:
         config.setdefault("control_hz", control_hz)
-    return BuiltDriver(make_lerobot_robot(config), "robot", str(config.get("type", "")))
+    try:
+        driver = make_lerobot_robot(config)
+        # Opened here, before the edge starts: a missing arm or camera stops it with the port's name, at once.
+        driver.connect()
+    except ValueError as err:
+        raise ValueError(f"lerobot:{path}: {err}") from err
+    return BuiltDriver(driver, "robot", str(config.get("type", "")))
 
 
 def _ros2(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:

@@ -17,15 +17,16 @@ the log: such a robot must stop by itself (lerobot's own ``max_relative_target``
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
-import pkgutil
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from hal.config import ConfigModel, Items, Name, validate
+from hal.config import ConfigError, ConfigModel, Items, Name, validate
+from hal.lerobot_config import check_fields, choice_class, decode, innermost_message
 from hal.resource import ArraySpec, Capabilities, HoldsPosition, Transition
 
 log = logging.getLogger("fleetloop.lerobot")
@@ -44,6 +45,40 @@ class LerobotDriverConfig(ConfigModel):
 
 
 DRIVER_KEYS = tuple(LerobotDriverConfig.model_fields)
+
+
+class RobotUnavailable(ValueError):
+    """The robot a config names cannot be opened (no device at its port, not calibrated): a problem of the config
+    or the cabling, which the edge reports at start like any bad flag."""
+
+
+# What an OSError opening a serial port means to the person at the robot.
+_PORT_PROBLEMS = {
+    errno.ENOENT: "no such device",
+    errno.ENODEV: "no such device",
+    errno.ENXIO: "no such device",
+    errno.EACCES: "permission denied; add this user to the 'dialout' group",
+    errno.EBUSY: "busy; another program has it open",
+}
+
+
+def connect_problem(exc: BaseException, robot_type: str) -> str:
+    """Why connecting failed, in the words of the person at the robot: the port it could not open, if that was it."""
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 16:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in chain:
+        if isinstance(cause, OSError) and cause.errno in _PORT_PROBLEMS and cause.filename:
+            return (
+                f"cannot open {cause.filename} ({_PORT_PROBLEMS[cause.errno]}); "
+                "is the arm plugged in and the port right?"
+            )
+    said = " ".join(str(exc).split()) or type(exc).__name__
+    first = " ".join(str(chain[-1]).split())
+    if len(chain) > 1 and first:
+        said += f" (underneath: {first})"
+    return f"cannot connect to the {robot_type} robot: {said}; is it plugged in and powered, and the config right?"
 
 
 class LerobotRobotDriver(HoldsPosition):
@@ -79,7 +114,8 @@ class LerobotRobotDriver(HoldsPosition):
             observation=tuple(observation),
             action=ArraySpec("action", "float32", (dim,), *limits),
             control_hz=config.control_hz,
-            embodiment=str(getattr(robot, "name", type(robot).__name__)),
+            # The type the config names: lerobot's SO-100 and SO-101 are one class, whose name is so_follower.
+            embodiment=config.type,
             cameras=self.camera_names,
         )
         self.hold_mode = self._resolve_hold(config.hold, set(obs_features))
@@ -104,19 +140,37 @@ class LerobotRobotDriver(HoldsPosition):
         obs: dict[str, np.ndarray] = {}
         if self.state_names:
             obs["state"] = np.array([float(raw[n]) for n in self.state_names], dtype=np.float32)
-        for name in self.camera_names:
-            obs[name] = np.ascontiguousarray(raw[name], dtype=np.uint8)
+        for spec in self._caps.observation:
+            if spec.name in self.camera_names:
+                frame = np.asarray(raw[spec.name])
+                if frame.shape != spec.shape or frame.dtype != np.uint8:
+                    # A camera that ignored its configured size would otherwise reach the store as a refused step.
+                    raise RuntimeError(
+                        f"camera {spec.name!r} gave a {frame.dtype} frame of shape {frame.shape}; its config says "
+                        f"uint8 {spec.shape} (check cameras.{spec.name}.width/height against what it supports)"
+                    )
+                obs[spec.name] = np.ascontiguousarray(frame)
         return obs
 
-    def reset(self) -> dict[str, np.ndarray]:
-        if not self.robot.is_connected:
+    def connect(self) -> None:
+        """Opens the robot if it is not open; RobotUnavailable, saying what to check, when it cannot be."""
+        if self.robot.is_connected:
+            return
+        try:
             # calibrate=False: calibration asks questions on stdin, which would hang a headless edge agent.
             self.robot.connect(calibrate=False)
-            if not self.robot.is_calibrated:
-                raise RuntimeError(
-                    f"lerobot robot {self.robot} is not calibrated; run "
-                    f"`lerobot-calibrate --robot.type={self._caps.embodiment} ...` on this machine first"
-                )
+        except Exception as exc:  # lerobot raises ConnectionError, OSError, RuntimeError... by bus and camera
+            raise RobotUnavailable(connect_problem(exc, self._caps.embodiment)) from exc
+        if not self.robot.is_calibrated:
+            self.robot.disconnect()
+            robot_type, robot_id = self._caps.embodiment, self.robot.id
+            raise RobotUnavailable(
+                f"the {robot_type} robot {robot_id!r} is not calibrated (no matching {self.robot.calibration_fpath}); "
+                f"run `lerobot-calibrate --robot.type={robot_type} --robot.id={robot_id} ...` on this machine first"
+            )
+
+    def reset(self) -> dict[str, np.ndarray]:
+        self.connect()
         self._step = 0
         return self._observe(self.robot.get_observation())
 
@@ -160,28 +214,6 @@ class LerobotRobotDriver(HoldsPosition):
             self.robot.disconnect()
 
 
-def _robot_config_class(robot_type: str, module: str | None) -> type:
-    from lerobot.robots import RobotConfig
-
-    importlib.import_module("hal.lerobot_fake")  # registers fleetloop_fake_arm
-    if module:
-        importlib.import_module(module)  # a plugin that registers its own robot type
-    known = RobotConfig.get_known_choices()
-    if robot_type not in known:
-        # lerobot registers each robot when its package is imported; import them all once to find it.
-        import lerobot.robots as robots
-
-        for info in pkgutil.iter_modules(robots.__path__, robots.__name__ + "."):
-            try:
-                importlib.import_module(info.name)
-            except Exception as exc:  # an optional SDK may be missing; that robot just stays unknown
-                log.debug("could not import %s: %s", info.name, exc)
-        known = RobotConfig.get_known_choices()
-    if robot_type not in known:
-        raise ValueError(f"type: unknown lerobot robot type {robot_type!r}; known: {sorted(known)}")
-    return RobotConfig.get_choice_class(robot_type)
-
-
 def _make_robot(config: Any) -> Any:
     from lerobot.robots import Robot, make_robot_from_config
 
@@ -197,19 +229,61 @@ def _make_robot(config: Any) -> Any:
     return make_robot_from_config(config)
 
 
-def make_lerobot_robot(config: dict[str, Any]) -> LerobotRobotDriver:
-    """Builds the driver from one dict: ``type`` (a lerobot robot type) plus that RobotConfig's fields.
+def _check_robot_cameras(fields: dict[str, Any]) -> None:
+    """What lerobot's RobotConfig demands of a camera, and what fleetloop carries, said at the camera's key."""
+    cameras = fields.get("cameras") or {}
+    for name, camera in cameras.items():
+        for key in ("width", "height", "fps"):
+            if camera.get(key) is None:
+                raise ConfigError(f"cameras.{name}.{key}", "required for a robot's camera (lerobot opens it so)")
+        if camera.get("use_depth"):
+            raise ConfigError(f"cameras.{name}.use_depth", "depth images are not carried yet; leave it false")
 
-    fleetloop's own keys (``LerobotDriverConfig``) are checked before anything is imported; errors name the key.
-    Nested fields (``cameras: {front: {type: opencv, ...}}``) are decoded by draccus, as lerobot's CLI does.
+
+def _check_camera_specs(driver: LerobotRobotDriver) -> None:
+    """Each camera's name and frame size fit what a step may carry (the gateway refuses a hello that does not)."""
+    from protocol.limits import check_spec
+
+    for spec in driver.capabilities.observation:
+        if spec.name in driver.camera_names:
+            try:
+                check_spec(spec.to_proto(), f"cameras.{spec.name}")
+            except ValueError as exc:
+                raise ConfigError(f"cameras.{spec.name}", str(exc).split(": ", 1)[-1]) from exc
+
+
+def _build_robot(config: Any, robot_type: str) -> Any:
+    """lerobot's robot for ``config``, not connected; a ConfigError when its SDK is missing or lerobot refuses."""
+    try:
+        return _make_robot(config)
+    except ImportError as exc:
+        raise ConfigError("type", f"the {robot_type} robot needs a package that is not installed: {exc}") from exc
+    except Exception as exc:  # constructors only read the config: a failure here is the config's
+        raise ConfigError("type", f"lerobot could not build the {robot_type} robot: {innermost_message(exc)}") from exc
+
+
+def make_lerobot_robot(config: dict[str, Any]) -> LerobotRobotDriver:
+    """Builds the driver from one dict: ``type`` (a lerobot robot type) plus that RobotConfig's fields, without
+    touching hardware: capabilities come from the robot's features; ``connect`` (or the first reset) opens it.
+
+    Every key is checked against lerobot's own config dataclasses before anything is built (``hal.lerobot_config``):
+    errors are ConfigErrors naming the key (``cameras.front.height: required ...``). Nested fields (``cameras:
+    {front: {type: opencv, ...}}``) are then decoded by draccus, as lerobot's CLI does.
     """
-    import draccus
+    from lerobot.robots import RobotConfig
 
     settings = validate(LerobotDriverConfig, {k: v for k, v in config.items() if k in DRIVER_KEYS})
-    config_class = _robot_config_class(settings.type, settings.module)
+    importlib.import_module("hal.lerobot_fake")  # registers fleetloop_fake_arm
+    if settings.module:
+        try:
+            importlib.import_module(settings.module)  # a plugin that registers its own robot type
+        except ImportError as exc:
+            raise ConfigError("module", f"cannot import {settings.module!r}: {exc}") from exc
+    config_class = choice_class(RobotConfig, settings.type, ("type",), "lerobot robot")
     fields = {k: v for k, v in config.items() if k not in DRIVER_KEYS}
-    try:
-        robot_config = draccus.decode(config_class, fields)
-    except Exception as exc:
-        raise ValueError(f"bad config for lerobot robot type {settings.type!r}: {exc}") from exc
-    return LerobotRobotDriver(_make_robot(robot_config), settings)
+    check_fields(config_class, fields)
+    _check_robot_cameras(fields)
+    robot = _build_robot(decode(config_class, fields), settings.type)
+    driver = LerobotRobotDriver(robot, settings)
+    _check_camera_specs(driver)
+    return driver

@@ -9,21 +9,37 @@ It steps the sim once per message on <ns>/action (std_msgs/Float64MultiArray, [d
 resets on <ns>/reset (std_msgs/Empty). With --image it also publishes a synthetic 640x480 rgb8
 <ns>/image at 30 Hz (a moving pattern: rendering MuJoCo on CPU would be far slower than the camera).
 
+With --command joint_trajectory it is instead a position-controlled arm with the Panda's 7 joints, limits and
+speeds, commanded the way ros2_control's JointTrajectoryController is: trajectory_msgs/JointTrajectory on
+<ns>/joint_trajectory, joints named in any order. Each command moves the joints toward its last point for that
+point's time_from_start at most at their top speed (kinematic: no MuJoCo), then publishes <ns>/joint_states;
+<ns>/reset puts the arm at its home pose. A command with unknown or missing joints, no points, or a non-finite
+position is refused with a warning and moves nothing. --record FILE writes every command as one JSON line.
+
     python -m hal.ros2_sim_node --domain-id 42 --image
+    python -m hal.ros2_sim_node --domain-id 42 --command joint_trajectory --namespace /arm --record commands.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import json
 import os
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
 _QPOS, _QVEL, _GRIPPER = slice(0, 7), slice(7, 14), 14
+# The Panda's joint limits (rad) and top speeds (rad/s), from Franka's datasheet; home is its ready pose.
+PANDA_LOW = (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973)
+PANDA_HIGH = (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973)
+PANDA_SPEED = (2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61)
+PANDA_HOME = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
 
 
 def synthetic_frame(tick: int, height: int = 480, width: int = 640) -> np.ndarray:
@@ -117,6 +133,87 @@ class SimRobotNode:
         self._robot.close()
 
 
+def trajectory_goal(msg: Any, names: tuple[str, ...]) -> tuple[np.ndarray, float]:
+    """The last point of a JointTrajectory as positions in ``names`` order, and its time_from_start in seconds;
+    ValueError saying what is wrong with it."""
+    if sorted(msg.joint_names) != sorted(names):
+        raise ValueError(f"joint_names {list(msg.joint_names)} are not this arm's {list(names)}")
+    if not msg.points:
+        raise ValueError("no points")
+    point = msg.points[-1]
+    positions = np.asarray(point.positions, dtype=np.float64)
+    if positions.shape != (len(names),) or not np.all(np.isfinite(positions)):
+        raise ValueError(f"expected {len(names)} finite positions, got {list(point.positions)}")
+    order = [list(msg.joint_names).index(name) for name in names]
+    seconds = point.time_from_start.sec + point.time_from_start.nanosec / 1e9
+    return positions[order], seconds
+
+
+class TrajectoryArmNode:
+    """A position-controlled 7-joint arm behind a JointTrajectory command topic (see the module's docstring)."""
+
+    def __init__(self, context: Any, namespace: str, record: Path | None) -> None:
+        import rclpy
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Empty
+        from trajectory_msgs.msg import JointTrajectory
+
+        self._lock = threading.Lock()
+        self.node = rclpy.create_node("panda_arm", namespace=namespace, context=context)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._joint_pub = self.node.create_publisher(JointState, "joint_states", reliable)
+        self.node.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, reliable)
+        self.node.create_subscription(Empty, "reset", self._on_reset, reliable)
+        self._joint_state = JointState
+        self._position = np.array(PANDA_HOME)
+        self._velocity = np.zeros(len(JOINT_NAMES))
+        self._record = open(record, "a") if record else None  # noqa: SIM115 (open for the node's life)
+
+    def _publish(self) -> None:
+        msg = self._joint_state()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.name = list(JOINT_NAMES)
+        msg.position = self._position.tolist()
+        msg.velocity = self._velocity.tolist()
+        self._joint_pub.publish(msg)
+
+    def _note(self, entry: dict) -> None:
+        if self._record is not None:
+            self._record.write(json.dumps(entry) + "\n")
+            self._record.flush()
+
+    def _on_reset(self, _msg) -> None:
+        with self._lock:
+            self._position = np.array(PANDA_HOME)
+            self._velocity = np.zeros(len(JOINT_NAMES))
+            self._note({"reset": True})
+            self._publish()
+
+    def _on_trajectory(self, msg) -> None:
+        with self._lock:
+            try:
+                goal, seconds = trajectory_goal(msg, JOINT_NAMES)
+            except ValueError as exc:
+                self.node.get_logger().warning(f"refusing a joint trajectory: {exc}")
+                self._note({"refused": str(exc)})
+                return
+            self._note(
+                {"joint_names": list(msg.joint_names), "positions": list(msg.points[-1].positions), "s": seconds}
+            )
+            goal = np.clip(goal, PANDA_LOW, PANDA_HIGH)
+            reach = np.asarray(PANDA_SPEED) * seconds
+            moved = np.clip(goal - self._position, -reach, reach)
+            self._position = self._position + moved
+            self._velocity = moved / seconds if seconds > 0 else np.zeros(len(JOINT_NAMES))
+            self._publish()
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        if self._record is not None:
+            self._record.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: from the environment)")
@@ -124,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", action="store_true", help="also publish a synthetic 640x480 rgb8 camera")
     parser.add_argument("--image-hz", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--command",
+        choices=("ee_delta", "joint_trajectory"),
+        default="ee_delta",
+        help="ee_delta: the simulated Panda on <ns>/action; joint_trajectory: a 7-joint arm on <ns>/joint_trajectory",
+    )
+    parser.add_argument("--record", type=Path, default=None, help="joint_trajectory: every command as a JSON line")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -132,10 +236,13 @@ def main(argv: list[str] | None = None) -> int:
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=args.domain_id)  # rclpy's handlers turn SIGINT/SIGTERM into a shutdown
-    node = SimRobotNode(context, args.namespace, args.image, args.image_hz, args.seed)
+    if args.command == "joint_trajectory":
+        node = TrajectoryArmNode(context, args.namespace, args.record)
+    else:
+        node = SimRobotNode(context, args.namespace, args.image, args.image_hz, args.seed)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node.node)
-    print(f"panda_sim ready on domain {args.domain_id}", flush=True)
+    print(f"{node.node.get_name()} ready on domain {args.domain_id}", flush=True)
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

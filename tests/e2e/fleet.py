@@ -138,14 +138,21 @@ class Fleet:
 
 def publish_untrained_policy(root: Path, task: str, hidden: tuple[int, ...] = (32,)) -> None:
     """Publishes a randomly initialised policy for a sim task, so a robot with no operator has actions."""
+    from hal.sim import SIM_TASKS
+
+    spec = SIM_TASKS[task]
+    publish_untrained(root, task, spec.observation, spec.action, hidden)
+
+
+def publish_untrained(root: Path, name: str, observation, action, hidden: tuple[int, ...] = (32,)) -> None:
+    """Publishes a randomly initialised policy ``name`` for these observation specs and action spec (a robot's
+    capabilities), so a robot with no operator has actions."""
     from cloud.data.store import ColumnSpec
     from cloud.data.version_registry import PolicyRegistry
     from cloud.learning.policy_choice import policy_for_schema
-    from hal.sim import SIM_TASKS
     from policies.weights import policy_to_bytes
     from protocol.steps import schema_for
 
-    spec = SIM_TASKS[task]
-    schema = schema_for([(s.name, s.dtype, s.shape) for s in spec.observation], (spec.action.dtype, spec.action.shape))
+    schema = schema_for([(s.name, s.dtype, s.shape) for s in observation], (action.dtype, action.shape))
     policy = policy_for_schema({k: ColumnSpec(d, s) for k, (d, s) in schema.items()}, hidden=hidden)
-    PolicyRegistry(root / "data" / "registry").publish(task, policy_to_bytes(policy))
+    PolicyRegistry(root / "data" / "registry").publish(name, policy_to_bytes(policy))

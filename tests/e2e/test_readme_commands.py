@@ -43,7 +43,11 @@ COVERED: dict[str, str] = {
     "fleetloop learner --root fleetloop-data": "learner",
     "FASTDDS_DEFAULT_PROFILES_FILE=launch/ros2/fastdds_shm.xml python -m hal.ros2_sim_node --domain-id 7 &": "robots",
     "ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_sim.yaml --id ros-arm-1": "robots",
+    "FASTDDS_DEFAULT_PROFILES_FILE=launch/ros2/fastdds_shm.xml python -m hal.ros2_sim_node --domain-id 7 "
+    "--command joint_trajectory --namespace /arm &": "robots",
+    "ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_joint_trajectory.yaml --id joint-arm-1": "robots",
     "fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none": "robots",
+    "fleetloop edge --robot lerobot:launch/lerobot/so101_follower.yaml --id arm1": "robots",
     "fleetloop certs init --root fleetloop-data --host cloud.lab.example": "credentials",
     "fleetloop devices add robot-1 --root fleetloop-data": "credentials",
     "fleetloop devices add alice --kind operator --root fleetloop-data": "credentials",
@@ -259,9 +263,23 @@ def test_robot_commands(shell: Shell) -> None:
         "ros2-node",
     )
     shell.start("ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_sim.yaml --id ros-arm-1", "ros-arm-1")
+    shell.start(
+        "FASTDDS_DEFAULT_PROFILES_FILE=launch/ros2/fastdds_shm.xml python -m hal.ros2_sim_node --domain-id 7 "
+        "--command joint_trajectory --namespace /arm &",
+        "ros2-arm-node",
+    )
+    shell.start(
+        "ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_joint_trajectory.yaml --id joint-arm-1",
+        "joint-arm-1",
+    )
     shell.start("fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none", "arm-1")
-    wait_until(lambda: {"robot-1", "ros-arm-1", "arm-1"} <= set(fleet_rows(shell)), 120, "the three robots")
+    robots = {"robot-1", "ros-arm-1", "joint-arm-1", "arm-1"}
+    wait_until(lambda: robots <= set(fleet_rows(shell)), 120, "the four robots")
     wait_until(lambda: fleet_rows(shell)["ros-arm-1"].steps > 0, 120, "steps from the ROS 2 robot")
+    if not Path("/dev/ttyACM0").exists():  # no SO-101 on this machine: the edge says so and does not start
+        output = shell.run("fleetloop edge --robot lerobot:launch/lerobot/so101_follower.yaml --id arm1", code=2)
+        assert "cannot open /dev/ttyACM0 (no such device); is the arm plugged in" in output, output
+        assert "Traceback" not in output
 
 
 def token_in(output: str) -> str:

@@ -97,3 +97,14 @@ def test_config_errors(tmp_path: Path) -> None:
         make_lerobot_robot({"type": "fleetloop_fake_arm", "calibration_dir": str(tmp_path), "max_speed": 3})
     with pytest.raises(ValueError, match="action_low has 2 entries"):
         fake_arm(tmp_path, action_low=[0, 0], action_high=[1, 1])
+
+
+def test_a_camera_frame_of_another_size_is_refused_by_name(tmp_path: Path) -> None:
+    driver = fake_arm(tmp_path)
+    real = driver.robot.get_observation
+    driver.robot.get_observation = lambda: {**real(), "front": np.zeros((24, 32, 3), dtype=np.uint8)}
+    try:
+        with pytest.raises(RuntimeError, match=r"camera 'front' gave a uint8 frame of shape \(24, 32, 3\)"):
+            driver.reset()
+    finally:
+        driver.close()

@@ -1,6 +1,7 @@
 """The ROS 2 driver: config validation, and end to end against the sim robot node in its own process."""
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from edge.operator import PickCubeExpert
 from hal.config import ConfigError
 from hal.ros2 import Ros2Robot, Ros2RobotConfig
+from hal.ros2_sim_node import JOINT_NAMES, PANDA_HOME, PANDA_SPEED, trajectory_goal
 
 ROOT = Path(__file__).resolve().parents[2]
 PANDA_YAML = ROOT / "launch" / "ros2" / "panda_sim.yaml"
@@ -160,3 +162,64 @@ def test_a_second_driver_resets_a_node_that_already_served_one(ros2_sim_node, ro
                     assert_matches(observation, robot)
         finally:
             robot.close()
+
+
+ARM_YAML = ROOT / "launch" / "ros2" / "panda_joint_trajectory.yaml"
+
+
+def trajectory(names: list[str], *points: list[float], seconds: float = 0.1):
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory(joint_names=names)
+    due = Duration(sec=int(seconds), nanosec=int(round(seconds % 1 * 1e9)))
+    msg.points = [JointTrajectoryPoint(positions=p, time_from_start=due) for p in points]
+    return msg
+
+
+def test_the_arm_node_reads_a_trajectory_by_joint_name_and_refuses_another_arms() -> None:
+    names = list(JOINT_NAMES)
+    goal, seconds = trajectory_goal(
+        trajectory(names[::-1], [0.0] * 7, [float(i) for i in range(7)], seconds=0.25), JOINT_NAMES
+    )
+    np.testing.assert_array_equal(goal, np.arange(7)[::-1])  # the last point, put in the arm's joint order
+    assert seconds == 0.25
+    refusals = [
+        (trajectory(names[:6], [0.0] * 6), "are not this arm's"),
+        (trajectory([*names[:6], "elbow"], [0.0] * 7), "are not this arm's"),
+        (trajectory(names), "no points"),
+        (trajectory(names, [0.0] * 6), "expected 7 finite positions"),
+        (trajectory(names, [0.0] * 6 + [float("nan")]), "expected 7 finite positions"),
+    ]
+    for msg, why in refusals:
+        with pytest.raises(ValueError, match=why):
+            trajectory_goal(msg, JOINT_NAMES)
+
+
+@pytest.mark.timeout(60)
+def test_joint_trajectory_output_moves_the_arm_node(ros2_sim_node, ros_domain: int, tmp_path: Path) -> None:
+    record = tmp_path / "commands.jsonl"
+    ros2_sim_node(ros_domain, "--command", "joint_trajectory", "--namespace", "/arm", "--record", str(record))
+    config = Ros2RobotConfig.from_yaml(ARM_YAML)
+    assert config.action.hold == "last_position" and config.capabilities.action.shape == (7,)
+    robot = Ros2Robot(config, domain_id=ros_domain)
+    try:
+        home = robot.reset()["joints"]
+        np.testing.assert_allclose(home, PANDA_HOME, atol=1e-6)
+        goal = np.array([0.5, 0.3, 0.0, -2.0, 0.0, 1.0, 0.0], dtype=np.float32)
+        reached = [robot.apply(goal).observation["joints"] for _ in range(6)]
+        # At most each joint's top speed for one control period (0.1 s), then there.
+        assert np.all(np.abs(reached[0] - home) <= np.float32(PANDA_SPEED) * 0.1 + 1e-5)
+        assert np.abs(reached[0] - home).max() > 0.2
+        np.testing.assert_allclose(reached[-1], goal, atol=1e-6)
+        robot.hold()
+    finally:
+        robot.close()
+    commands = [json.loads(line) for line in record.read_text().splitlines()]
+    # The reset (sent again if the node's first answer was lost while the two were still matching) came first.
+    resets = [i for i, c in enumerate(commands) if c == {"reset": True}]
+    assert resets and resets == list(range(len(resets)))
+    sent = commands[len(resets) :]
+    # 6 goals, the hold and close's hold: the last goal again, so the arm stops where it was sent.
+    assert [c["positions"] for c in sent] == [goal.astype(float).tolist()] * 8
+    assert all(c["joint_names"] == list(JOINT_NAMES) and c["s"] == 0.1 for c in sent)
