@@ -20,7 +20,7 @@ from fleetloop.commands.arg_types import (
     positive_float,
 )
 from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
-from fleetloop.commands.stopping import stop_on_signals
+from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
 
 if TYPE_CHECKING:
     from edge.agent import EdgeConfig
@@ -120,7 +120,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     )
     if args.stats_file:
         _write_stats(args.stats_file, stats, agent, unacked)
-    return 3 if agent.tunnel.refused is not None else 0
+    exit_after_clean_stop(3 if agent.tunnel.refused is not None else 0)
 
 
 def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
