@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from policies.base import Policy
+from policies.lerobot_processors import ProcessorConfigError, check_processor_config
 
 # A feature or action dimension that barely varies in the data would otherwise blow up when it does vary.
 MIN_SCALE = 1e-2
@@ -277,6 +278,7 @@ class LerobotPolicy(Policy):
 
     @staticmethod
     def _pipelines_from_config(preprocessor: dict, postprocessor: dict) -> tuple[Any, Any]:
+        """Both pipelines from their JSON configs, which may name only lerobot's own registered steps."""
         from lerobot.processor import PolicyProcessorPipeline
         from lerobot.processor.converters import (
             batch_to_transition,
@@ -285,6 +287,11 @@ class LerobotPolicy(Policy):
             transition_to_policy_action,
         )
 
+        for side, config in (("preprocessor", preprocessor), ("postprocessor", postprocessor)):
+            try:
+                check_processor_config(config)
+            except ProcessorConfigError as err:
+                raise ValueError(f"{side}.{err}") from None
         return (
             PolicyProcessorPipeline.from_config(
                 preprocessor, to_transition=batch_to_transition, to_output=transition_to_batch
