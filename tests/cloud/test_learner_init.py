@@ -21,23 +21,17 @@ from cloud.learning.learner import Learner
 from fleetloop.cli import build_parser
 from fleetloop.commands.learner import learner_config
 from policies.lerobot_policy import LerobotPolicy
-from policies.mlp import MLPPolicy
 from policies.spec import PolicySpec
 from policies.weights import policy_from_bytes, policy_to_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 from tests.policies.lerobot_tiny import TINY
-from tests.policies.pretrained_folders import panda_act_folder
+from tests.policies.pretrained_folders import panda_act_folder, small_mlp
 
 DATASET = "arm"
 STATE = {"state": {"shape": [21], "dtype": "float32"}}
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +103,11 @@ def test_registry_starts_from_the_newest_version_a_person_published(tmp_path) ->
     registry = PolicyRegistry(layout.registry)
     spec = PolicySpec(STATE, 4, f"dataset {DATASET}")
     weights = tmp_path / "mlp.safetensors"
-    weights.write_bytes(policy_to_bytes(MLPPolicy(STATE, 4, hidden=(16,))))
+    weights.write_bytes(policy_to_bytes(small_mlp(STATE)))
     with pytest.raises(ValueError, match="no version of arm was published with `fleetloop policy publish`"):
         InitSource.parse(DATASET, "registry").pinned(registry)
     publish_policy(registry, DATASET, weights, spec)  # v1, from outside
-    registry.publish(DATASET, policy_to_bytes(MLPPolicy(STATE, 4, hidden=(8,))))  # v2, as the learner publishes
+    registry.publish(DATASET, policy_to_bytes(small_mlp(STATE, 8)))  # v2, as the learner publishes
     assert newest_imported(registry, DATASET) == 1
     assert InitSource.parse(DATASET, "registry").pinned(registry).version == 1
     assert InitSource.parse(DATASET, "registry:v2").pinned(registry).version == 2
@@ -134,7 +128,7 @@ def test_registry_starts_from_the_newest_version_a_person_published(tmp_path) ->
     [v3] = learner.poll_once()
     store.close()
     assert v3.version == 3 and "from arm v1" in v3.note
-    assert policy_from_bytes(registry.read(DATASET, 3)).hidden == [16]  # v1's architecture, not v2's
+    assert policy_from_bytes(registry.read(DATASET, 3)).config.hidden == (16,)  # v1's architecture, not v2's
 
 
 def parse_learner(*argv: str):

@@ -10,24 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from fleetloop.cli import build_parser
 from policies.lerobot_policy import LerobotPolicy
-from policies.mlp import MLPPolicy
 from policies.weights import ORIGIN, policy_from_bytes, policy_to_bytes, read_metadata
 from tests.factories import store_schema
-from tests.policies.pretrained_folders import PANDA, panda_act_folder, sim_observation, tiny_act
+from tests.policies.pretrained_folders import PANDA, panda_act_folder, sim_observation, small_mlp, tiny_act
 
-
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def recorded_dataset(root: Path, name: str, state_dim: int) -> None:
 def test_a_weights_file_is_checked_against_the_dataset_its_robots_recorded(tmp_path, caplog) -> None:
     root = tmp_path / "data"
     weights = tmp_path / "mlp.safetensors"
-    weights.write_bytes(policy_to_bytes(MLPPolicy(sim_observation(PANDA), 4, hidden=(16,))))
+    weights.write_bytes(policy_to_bytes(small_mlp(sim_observation(PANDA))))
     publish = ("policy", "publish", "arm", "--from", str(weights), "--root", str(root))
     with caplog.at_level(logging.INFO, logger="fleetloop"):
         assert fleetloop(*publish) == 2

@@ -11,6 +11,7 @@ import torch
 
 from hal.sim import SIM_TASKS
 from policies.lerobot_policy import LerobotPolicy
+from policies.mlp import MLPConfig, MLPPolicy
 from tests.policies.lerobot_tiny import TINY, fit_data_for_spec
 
 PANDA = "panda_pick_cube"
@@ -37,6 +38,11 @@ def tiny_act(
     low, high = -np.ones(action_dim, np.float32), np.ones(action_dim, np.float32)
     policy.fit_normalization(fit_data_for_spec(observation, low, high, seed=seed))
     return policy.eval()
+
+
+def small_mlp(observation: dict[str, dict[str, Any]], hidden: int = 16, action_dim: int = 4) -> MLPPolicy:
+    """A fleetloop MLP with one hidden layer, random weights."""
+    return MLPPolicy(MLPConfig(observation=observation, action_dim=action_dim, hidden=(hidden,)))
 
 
 def save_pretrained(policy: LerobotPolicy, folder: Path) -> Path:

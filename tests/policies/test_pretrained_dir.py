@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
-import torch
 
 from hal.drivers import driver_capabilities
 from policies.lerobot_policy import LerobotPolicy
@@ -25,18 +24,14 @@ from tests.policies.pretrained_folders import (
     panda_act_folder,
     save_pretrained,
     sim_observation,
+    small_mlp,
     tiny_act,
 )
 
 PRE = "policy_preprocessor.json"
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def robot(name: str) -> PolicySpec:
@@ -229,11 +224,11 @@ def test_a_checkpoint_folder_points_at_its_pretrained_model(act_folder: Path, tm
 
 def test_a_fleetloop_weights_file_is_checked_against_the_robot(tmp_path: Path) -> None:
     good = tmp_path / "mlp.safetensors"
-    good.write_bytes(policy_to_bytes(MLPPolicy(sim_observation(PANDA), 4, hidden=(16,))))
+    good.write_bytes(policy_to_bytes(small_mlp(sim_observation(PANDA))))
     policy = load_policy(good, robot(f"sim:{PANDA}"))
-    assert isinstance(policy, MLPPolicy) and policy.hidden == [16]
+    assert isinstance(policy, MLPPolicy) and policy.config.hidden == (16,)
     small = tmp_path / "small.safetensors"
-    small.write_bytes(policy_to_bytes(MLPPolicy({"state": {"shape": [8], "dtype": "float32"}}, 4, hidden=(16,))))
+    small.write_bytes(policy_to_bytes(small_mlp({"state": {"shape": [8], "dtype": "float32"}})))
     with pytest.raises(SpecMismatch) as refused:
         load_policy(small, robot(f"sim:{PANDA}"))
     assert str(refused.value) == "observation.state: the policy expects shape [8], robot panda_pick_cube gives [21]"
