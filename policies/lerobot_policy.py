@@ -109,10 +109,10 @@ def check_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> None:
     """ValueError unless ``fields`` make a config of ``lerobot_type`` (checked without building the model)."""
     import lerobot.policies.factory  # noqa: F401 (registers lerobot's policy config types)
 
-    _decode_config(lerobot_type, {**fields, "device": fields.get("device", "cpu")})
+    decode_lerobot_config(lerobot_type, {**fields, "device": fields.get("device", "cpu")})
 
 
-def _decode_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
+def decode_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
     """A lerobot PreTrainedConfig from its JSON fields (draccus, as lerobot reads config.json)."""
     import draccus
     from lerobot.configs import PreTrainedConfig
@@ -248,7 +248,9 @@ class LerobotPolicy(Policy):
             # Through lerobot's JSON form once more: draccus reads some defaults back in another type (ACT's
             # ``replace_final_stride_with_dilation: int = False`` comes back as 0), and a policy rebuilt from its
             # bytes must encode to the very same config.
-            config = _decode_config(self.lerobot_type, _encode_config(_decode_config(self.lerobot_type, fields)))
+            config = decode_lerobot_config(
+                self.lerobot_type, _encode_config(decode_lerobot_config(self.lerobot_type, fields))
+            )
         if config.type != self.lerobot_type:
             raise ValueError(f"lerobot_config is a {config.type!r} config, not {self.lerobot_type!r}")
         # The spec decides the features; a config that names others was made for another robot.

@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 from policies.base import Policy
-from policies.lerobot_policy import LOAD_VLM_WEIGHTS, NO_DOWNLOAD, OBS_IMAGES_PREFIX, LerobotPolicy, _decode_config
+from policies.lerobot_policy import (
+    LOAD_VLM_WEIGHTS,
+    NO_DOWNLOAD,
+    OBS_IMAGES_PREFIX,
+    LerobotPolicy,
+    decode_lerobot_config,
+)
 from policies.lerobot_processors import ProcessorConfigError, check_processor_config
 from policies.spec import VISUAL, PolicySpec, check_action, check_policy_fits, map_inputs
 from policies.weights import policy_from_bytes
@@ -141,7 +147,7 @@ def _read_config(folder: Path) -> Any:
     if LOAD_VLM_WEIGHTS in fields:
         fields[LOAD_VLM_WEIGHTS] = False
     try:
-        config = _decode_config(lerobot_type, fields)
+        config = decode_lerobot_config(lerobot_type, fields)
     except ValueError as err:
         raise PretrainedError(CONFIG, str(err)) from None
     if not config.input_features:
@@ -181,9 +187,9 @@ def _read_processors(folder: Path, config: Any) -> tuple[dict[str, dict], dict[s
             raise PretrainedError(file, str(err)) from None
         state[side] = {}
         for index, step in enumerate(steps):
-            _check_step(file, index, step)
             if step["registry_name"] == "device_processor":
                 step["config"] = {**step.get("config", {}), "device": "cpu"}
+            _check_step(file, index, step)
             name = step.get("state_file")
             if name is None:
                 continue

@@ -55,6 +55,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace, registry) -> int:
+    # A folder's config may name hub files: nothing is downloaded. Set before lerobot (and huggingface_hub, which reads
+    # it once) is imported, by a lerobot robot's config or by the folder's policy type.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cloud.data.policy_import import publish_policy
     from cloud.data.version_registry import check_policy_name
 
@@ -64,7 +67,6 @@ def _publish(args: argparse.Namespace, registry) -> int:
     if args.to is not None:
         raise ValueError("--to: only `fleetloop policy rollback` takes it")
     spec = _target_spec(args)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder's config may name hub files: nothing is downloaded
     try:
         version, what = publish_policy(registry, args.name, args.source, spec, dict(args.input) or None)
     except ValueError as err:
