@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from hal.resource import Capabilities, Driver
 
 if TYPE_CHECKING:
+    from hal.lerobot_robot import LerobotRobotDriver
     from hal.safety import SafeDriver
     from hal.sim import SimTask
 
@@ -50,7 +51,8 @@ def _sim(task: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
     return BuiltDriver(SimRobot(task, **kwargs), "sim", task)
 
 
-def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+def _lerobot_unconnected(path: str, control_hz: float | None) -> tuple[LerobotRobotDriver, str]:
+    """The driver of a lerobot robot config, built but not connected, and the robot's type."""
     from hal.config import read_yaml
     from hal.lerobot_robot import make_lerobot_robot
 
@@ -60,12 +62,19 @@ def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriv
     if control_hz:
         config.setdefault("control_hz", control_hz)
     try:
-        driver = make_lerobot_robot(config)
+        return make_lerobot_robot(config), str(config.get("type", ""))
+    except ValueError as err:
+        raise ValueError(f"lerobot:{path}: {err}") from err
+
+
+def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+    driver, robot_type = _lerobot_unconnected(path, control_hz)
+    try:
         # Opened here, before the edge starts: a missing arm or camera stops it with the port's name, at once.
         driver.connect()
     except ValueError as err:
         raise ValueError(f"lerobot:{path}: {err}") from err
-    return BuiltDriver(driver, "robot", str(config.get("type", "")))
+    return BuiltDriver(driver, "robot", robot_type)
 
 
 def _ros2(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
@@ -104,7 +113,7 @@ def _ros2_capabilities(path: str) -> Capabilities:
 
 
 def _lerobot_capabilities(path: str) -> Capabilities:
-    return _lerobot(path, None, None).driver.capabilities  # a lerobot robot connects only at its first reset
+    return _lerobot_unconnected(path, None)[0].capabilities  # from the config: the robot is never opened
 
 
 # What each scheme's robot observes and takes, found without starting a simulator or reaching a device.

@@ -20,6 +20,14 @@ def test_the_capabilities_are_those_of_the_built_driver(name: str) -> None:
         built.driver.close()
 
 
+def test_a_real_arm_s_come_from_its_config_without_opening_its_port() -> None:
+    name = f"lerobot:{LAUNCH}/lerobot/so101_follower.yaml"
+    capabilities = driver_capabilities(name)  # no arm on this machine: building the driver would fail at connect
+    assert capabilities.action.shape == (6,) and capabilities.embodiment.startswith("so101")
+    with pytest.raises(ValueError):
+        build_driver(name)
+
+
 def test_a_ros2_robot_s_come_from_its_yaml_and_bad_names_are_refused() -> None:
     capabilities = driver_capabilities(f"ros2:{LAUNCH}/ros2/panda_sim.yaml")
     assert capabilities.action.shape == (4,) and {s.name for s in capabilities.observation} == {"state", "joints"}
