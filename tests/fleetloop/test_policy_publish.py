@@ -109,3 +109,23 @@ def test_a_hostile_folder_is_one_line_from_the_command_never_a_traceback(act_fol
     assert f"policy publish: --from {folder}: config.json: not JSON" in done.stderr
     assert "Traceback" not in done.stderr
     assert PolicyRegistry(tmp_path / "data" / "registry").latest(PANDA) is None
+
+
+def test_input_maps_a_feature_by_hand_and_a_wrong_one_is_named(act_folder, tmp_path, caplog) -> None:
+    publish = (
+        "policy",
+        "publish",
+        PANDA,
+        "--from",
+        str(act_folder),
+        "--root",
+        str(tmp_path),
+        "--robot",
+        f"sim:{PANDA}",
+    )
+    with caplog.at_level(logging.ERROR, logger="fleetloop"):
+        assert fleetloop(*publish, "--input", "observation.state=joints") == 2
+    assert "observation.state: robot panda_pick_cube has no observation 'joints' (state)" in caplog.text
+    assert fleetloop(*publish, "--input", "observation.state=state") == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["policy", "publish", PANDA, "--from", "x", "--input", "observation.state"])
