@@ -99,10 +99,8 @@ def load_pretrained_dir(
     observation = {name: dict(spec.observation[name]) for names in mapped.values() for name in names}
     configs, state = _read_processors(folder, config)
     try:
-        policy = LerobotPolicy(
-            observation, action_shape[0], config.type, config, inputs=mapped, preprocessor=configs["pre"],
-            postprocessor=configs["post"],
-        )  # fmt: skip
+        pipelines = {"preprocessor": configs["pre"], "postprocessor": configs["post"]}
+        policy = LerobotPolicy(observation, action_shape[0], config.type, config, inputs=mapped, **pipelines)
     except Exception as err:  # lerobot's constructors meet hostile values first: refused with lerobot's reason
         raise PretrainedError(CONFIG, f"lerobot cannot build a {config.type} policy from it: {err}") from None
     _load_model(folder / MODEL, policy)

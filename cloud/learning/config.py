@@ -76,8 +76,8 @@ def _check_init_sources(init: tuple[tuple[str, str], ...], policies: tuple, algo
     chosen = {dataset for dataset, _, _ in policies}
     for dataset, _ in init:
         if algorithm != "hg-dagger":
-            raise invalid(f"{algorithm} trains its own actor from scratch; a starting policy fine-tunes with hg-dagger",
-                          "init", dataset)  # fmt: skip
+            why = f"{algorithm} trains its own actor from scratch; a starting policy fine-tunes with hg-dagger"
+            raise invalid(why, "init", dataset)
         if dataset in chosen:
             why = "the starting policy fixes the architecture; leave out the dataset's own policy type and config"
             raise invalid(why, "init", dataset)

@@ -35,8 +35,9 @@ def fleetloop(*argv: str) -> int:
 def test_a_lerobot_folder_is_published_as_the_next_version(act_folder, tmp_path, caplog) -> None:
     root = tmp_path / "data"
     with caplog.at_level(logging.INFO, logger="fleetloop"):
-        code = fleetloop("policy", "publish", PANDA, "--from", str(act_folder), "--root", str(root), "--robot",
-                         f"sim:{PANDA}")  # fmt: skip
+        code = fleetloop(
+            "policy", "publish", PANDA, "--from", str(act_folder), "--root", str(root), "--robot", "sim:" + PANDA
+        )
     assert code == 0, caplog.text
     assert f"{PANDA} v1 published from {act_folder} (lerobot act), checked against robot {PANDA}" in caplog.text
     registry = PolicyRegistry(root / "registry")

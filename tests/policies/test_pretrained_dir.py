@@ -29,6 +29,7 @@ from tests.policies.pretrained_folders import (
 )
 
 PRE = "policy_preprocessor.json"
+STATS = "policy_preprocessor_step_3_normalizer_processor.safetensors"  # lerobot's name for the normalizer's state
 
 
 pytestmark = pytest.mark.usefixtures("two_torch_threads")
@@ -126,6 +127,12 @@ def _malicious_pickle(marker: Path) -> bytes:
     return pickle.dumps(Payload())
 
 
+def rewrite_tensors(path: Path, change) -> None:
+    """``change(name, tensor)`` -> the tensor to write instead, or None to leave it out."""
+    tensors = {k: change(k, v) for k, v in safetensors.torch.load_file(path).items()}
+    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items() if v is not None}, path)
+
+
 # (what spoils the folder, the file and field the error must name)
 SPOILED = {
     "config_not_json": (lambda f: (f / "config.json").write_text("{not json"), "config.json: not JSON"),
@@ -153,17 +160,11 @@ SPOILED = {
         "has shape [64], config.json makes it [48]",
     ),
     "missing_tensor": (
-        lambda f: safetensors.torch.save_file(
-            {k: v for k, v in safetensors.torch.load_file(f / "model.safetensors").items() if "decoder" not in k},
-            f / "model.safetensors",
-        ),
+        lambda f: rewrite_tensors(f / "model.safetensors", lambda k, v: None if "decoder" in k else v),
         "model.safetensors: lacks",
     ),
     "nan_weights": (
-        lambda f: safetensors.torch.save_file(
-            {k: v * float("nan") for k, v in safetensors.torch.load_file(f / "model.safetensors").items()},
-            f / "model.safetensors",
-        ),
+        lambda f: rewrite_tensors(f / "model.safetensors", lambda k, v: v * float("nan")),
         "model.safetensors: tensor ",
     ),
     "no_preprocessor": (lambda f: (f / PRE).unlink(), f"{PRE}: missing"),
@@ -184,21 +185,11 @@ SPOILED = {
         f"{PRE}: steps[3] (normalizer_processor).config: ",
     ),
     "statistics_a_pickle": (
-        lambda f: (f / "policy_preprocessor_step_3_normalizer_processor.safetensors").write_bytes(
-            _malicious_pickle(f / "PWNED")
-        ),
-        "policy_preprocessor_step_3_normalizer_processor.safetensors: not a safetensors file",
+        lambda f: (f / STATS).write_bytes(_malicious_pickle(f / "PWNED")),
+        f"{STATS}: not a safetensors file",
     ),
     "statistics_for_another_robot": (
-        lambda f: safetensors.torch.save_file(
-            {
-                k: v[:8]
-                for k, v in safetensors.torch.load_file(
-                    f / "policy_preprocessor_step_3_normalizer_processor.safetensors"
-                ).items()
-            },
-            f / "policy_preprocessor_step_3_normalizer_processor.safetensors",
-        ),  # fmt: skip
+        lambda f: rewrite_tensors(f / STATS, lambda k, v: v[:8]),
         "observation.environment_state max has 8 values, config.json's observation.environment_state has shape [21]",
     ),
 }
