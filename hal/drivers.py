@@ -11,10 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from hal.resource import Driver
+from hal.resource import Capabilities, Driver
 
 if TYPE_CHECKING:
+    from hal.lerobot_robot import LerobotRobotDriver
     from hal.safety import SafeDriver
+    from hal.sim import SimTask
+
+SIM_CONTROL_HZ = 10.0  # a simulated robot's rate unless --hz says otherwise (hal.sim.SimRobot's default)
 
 # The Fast DDS profile ships in the checkout's launch/ folder, beside the packages.
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
@@ -29,18 +33,26 @@ class BuiltDriver(NamedTuple):
 DriverFactory = Callable[[str, int | None, float | None], BuiltDriver]
 
 
-def _sim(task: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
-    from hal.sim import SIM_TASKS, SimRobot
+def _sim_task(task: str) -> SimTask:
+    from hal.sim import SIM_TASKS
 
     if task not in SIM_TASKS:
         raise ValueError(f"unknown sim task {task!r}; available: {', '.join(sorted(SIM_TASKS))}")
+    return SIM_TASKS[task]
+
+
+def _sim(task: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+    from hal.sim import SimRobot
+
+    _sim_task(task)
     kwargs: dict = {"seed": seed}
     if control_hz:
         kwargs["control_hz"] = control_hz
     return BuiltDriver(SimRobot(task, **kwargs), "sim", task)
 
 
-def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+def _lerobot_unconnected(path: str, control_hz: float | None) -> tuple[LerobotRobotDriver, str]:
+    """The driver of a lerobot robot config, built but not connected, and the robot's type."""
     from hal.config import read_yaml
     from hal.lerobot_robot import make_lerobot_robot
 
@@ -50,12 +62,19 @@ def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriv
     if control_hz:
         config.setdefault("control_hz", control_hz)
     try:
-        driver = make_lerobot_robot(config)
+        return make_lerobot_robot(config), str(config.get("type", ""))
+    except ValueError as err:
+        raise ValueError(f"lerobot:{path}: {err}") from err
+
+
+def _lerobot(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
+    driver, robot_type = _lerobot_unconnected(path, control_hz)
+    try:
         # Opened here, before the edge starts: a missing arm or camera stops it with the port's name, at once.
         driver.connect()
     except ValueError as err:
         raise ValueError(f"lerobot:{path}: {err}") from err
-    return BuiltDriver(driver, "robot", str(config.get("type", "")))
+    return BuiltDriver(driver, "robot", robot_type)
 
 
 def _ros2(path: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
@@ -80,6 +99,39 @@ def build_driver(name: str, seed: int | None = None, control_hz: float | None = 
     if factory is None:
         raise ValueError(f"unknown driver {scheme!r} in {name!r}; available: {DRIVER_FORMS}")
     return factory(what, seed, control_hz)
+
+
+def _sim_capabilities(task: str) -> Capabilities:
+    spec = _sim_task(task)
+    return Capabilities(spec.observation, spec.action, SIM_CONTROL_HZ, task, spec.cameras)
+
+
+def _ros2_capabilities(path: str) -> Capabilities:
+    from hal.ros2_config import Ros2RobotConfig
+
+    return Ros2RobotConfig.from_yaml(path).capabilities
+
+
+def _lerobot_capabilities(path: str) -> Capabilities:
+    return _lerobot_unconnected(path, None)[0].capabilities  # from the config: the robot is never opened
+
+
+# What each scheme's robot observes and takes, found without starting a simulator or reaching a device.
+CAPABILITIES: dict[str, Callable[[str], Capabilities]] = {
+    "sim": _sim_capabilities,
+    "ros2": _ros2_capabilities,
+    "lerobot": _lerobot_capabilities,
+}
+
+
+def driver_capabilities(name: str) -> Capabilities:
+    """The capabilities of the robot ``name`` (as ``build_driver`` takes it) without connecting to it: a sim's from
+    its task table, a ROS 2 robot's from its YAML, a lerobot robot's from its config (built, not connected)."""
+    scheme, _, what = name.partition(":")
+    capabilities = CAPABILITIES.get(scheme)
+    if capabilities is None:
+        raise ValueError(f"unknown driver {scheme!r} in {name!r}; available: {DRIVER_FORMS}")
+    return capabilities(what)
 
 
 def with_safety(driver: Driver, resource_id: str, watchdog_s: float | None) -> SafeDriver:

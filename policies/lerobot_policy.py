@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from policies.base import Policy
+from policies.lerobot_processors import ProcessorConfigError, check_processor_config
 
 # A feature or action dimension that barely varies in the data would otherwise blow up when it does vary.
 MIN_SCALE = 1e-2
@@ -108,10 +109,10 @@ def check_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> None:
     """ValueError unless ``fields`` make a config of ``lerobot_type`` (checked without building the model)."""
     import lerobot.policies.factory  # noqa: F401 (registers lerobot's policy config types)
 
-    _decode_config(lerobot_type, {**fields, "device": fields.get("device", "cpu")})
+    decode_lerobot_config(lerobot_type, {**fields, "device": fields.get("device", "cpu")})
 
 
-def _decode_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
+def decode_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
     """A lerobot PreTrainedConfig from its JSON fields (draccus, as lerobot reads config.json)."""
     import draccus
     from lerobot.configs import PreTrainedConfig
@@ -247,7 +248,9 @@ class LerobotPolicy(Policy):
             # Through lerobot's JSON form once more: draccus reads some defaults back in another type (ACT's
             # ``replace_final_stride_with_dilation: int = False`` comes back as 0), and a policy rebuilt from its
             # bytes must encode to the very same config.
-            config = _decode_config(self.lerobot_type, _encode_config(_decode_config(self.lerobot_type, fields)))
+            config = decode_lerobot_config(
+                self.lerobot_type, _encode_config(decode_lerobot_config(self.lerobot_type, fields))
+            )
         if config.type != self.lerobot_type:
             raise ValueError(f"lerobot_config is a {config.type!r} config, not {self.lerobot_type!r}")
         # The spec decides the features; a config that names others was made for another robot.
@@ -277,6 +280,7 @@ class LerobotPolicy(Policy):
 
     @staticmethod
     def _pipelines_from_config(preprocessor: dict, postprocessor: dict) -> tuple[Any, Any]:
+        """Both pipelines from their JSON configs, which may name only lerobot's own registered steps."""
         from lerobot.processor import PolicyProcessorPipeline
         from lerobot.processor.converters import (
             batch_to_transition,
@@ -285,6 +289,11 @@ class LerobotPolicy(Policy):
             transition_to_policy_action,
         )
 
+        for side, config in (("preprocessor", preprocessor), ("postprocessor", postprocessor)):
+            try:
+                check_processor_config(config)
+            except ProcessorConfigError as err:
+                raise ValueError(f"{side}.{err}") from None
         return (
             PolicyProcessorPipeline.from_config(
                 preprocessor, to_transition=batch_to_transition, to_output=transition_to_batch

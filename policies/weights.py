@@ -15,9 +15,16 @@ from policies.factory import make_policy
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
-def policy_to_bytes(policy: Policy) -> bytes:
+# Metadata key of weights brought in from outside the learner (``fleetloop policy publish``): where they came from.
+ORIGIN = "origin"
+
+
+def policy_to_bytes(policy: Policy, origin: str | None = None) -> bytes:
+    """``origin``: where weights the learner did not train came from (kept in the metadata as ``ORIGIN``)."""
     tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
     metadata = {"type": policy.type_name, "config": json.dumps(policy.config_dict(), sort_keys=True)}
+    if origin is not None:
+        metadata[ORIGIN] = origin
     return safetensors.torch.save(tensors, metadata=metadata)
 
 

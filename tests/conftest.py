@@ -6,7 +6,8 @@ Markers (registered in pyproject.toml; `pytest -m "not e2e"` runs the fast unit 
 
 Fixtures: ``ros_domain`` (a fresh ROS_DOMAIN_ID from this xdist worker's range), ``fastdds_profile`` (the shipped
 Fast DDS profile for the test's participants) and ``ros2_sim_node`` (starts ``hal.ros2_sim_node`` processes on it
-and always stops them). tests/e2e/conftest.py adds the ``fleet`` of real processes.
+and always stops them), ``two_torch_threads`` (torch on two threads for the test: the machine's two cores, shared
+with the other pytest worker). tests/e2e/conftest.py adds the ``fleet`` of real processes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if "ros_domain" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ros2)
+
+
+@pytest.fixture
+def two_torch_threads() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,13 @@ from cloud.data.files import write_atomically
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def check_policy_name(policy_name: str) -> str:
+    """``policy_name`` when it may name a policy (it names a folder in the registry), else a ValueError."""
+    if not POLICY_NAME.match(policy_name):
+        raise ValueError(f"policy_name: {policy_name!r} must be 1-64 letters, digits, '_', '.', '-'")
+    return policy_name
+
+
 @dataclass(frozen=True)
 class PolicyVersion:
     policy_name: str
@@ -35,9 +42,7 @@ class PolicyRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, policy_name: str) -> Path:
-        if not POLICY_NAME.match(policy_name):
-            raise ValueError(f"policy_name: {policy_name!r} must be 1-64 letters, digits, '_', '.', '-'")
-        return self.root / policy_name
+        return self.root / check_policy_name(policy_name)
 
     def latest(self, policy_name: str) -> PolicyVersion | None:
         try:

@@ -58,6 +58,31 @@ def _check_policy_choices(policies: tuple[tuple[str, str, str], ...], algorithm:
             raise invalid("config fields need a policy type (mlp, cnn or a lerobot type)", "policies", dataset)
 
 
+def _init_sources(init: Any) -> tuple[tuple[str, str], ...]:
+    """A mapping or pairs of dataset -> source as sorted pairs; errors name ``init.<dataset>``."""
+    checked: dict[str, str] = {}
+    for dataset, source in init.items() if isinstance(init, dict) else init:
+        if not isinstance(dataset, str) or not dataset:
+            raise invalid(f"dataset names must be non-empty strings, got {dataset!r}", "init")
+        if not isinstance(source, str) or not source:
+            raise invalid(f"must name a folder, a file or 'registry', got {source!r}", "init", dataset)
+        if dataset in checked:
+            raise invalid("given twice: a dataset's rounds start from one policy", "init", dataset)
+        checked[dataset] = source
+    return tuple(sorted(checked.items()))
+
+
+def _check_init_sources(init: tuple[tuple[str, str], ...], policies: tuple, algorithm: str) -> None:
+    chosen = {dataset for dataset, _, _ in policies}
+    for dataset, _ in init:
+        if algorithm != "hg-dagger":
+            why = f"{algorithm} trains its own actor from scratch; a starting policy fine-tunes with hg-dagger"
+            raise invalid(why, "init", dataset)
+        if dataset in chosen:
+            why = "the starting policy fixes the architecture; leave out the dataset's own policy type and config"
+            raise invalid(why, "init", dataset)
+
+
 def _check_ratio_kinds(sampler: SamplerConfig, algorithm: str) -> None:
     """An error naming the ratio group when the sampler asks for steps ``algorithm`` cannot learn from."""
     trains_on = TRAINS_ON[algorithm]
@@ -111,6 +136,9 @@ class LearnerConfig(CodeConfig):
     chunk_sizes: Items[tuple[str, int]] = (("phone", 10),)
     # dataset -> (policy type, JSON of its config fields): "mlp", "cnn" or a lerobot type; unnamed datasets: auto
     policies: Items[tuple[str, str, str]] = ()
+    # dataset -> where its rounds start (cloud.learning.init_weights): a pretrained_model folder, a weights file,
+    # "registry" or "registry:vN"; a mapping is accepted and stored as sorted pairs
+    init: Items[tuple[str, str]] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -121,6 +149,8 @@ class LearnerConfig(CodeConfig):
                 data["chunk_sizes"] = _chunk_sizes(data["chunk_sizes"])
             if "policies" in data:
                 data["policies"] = _policy_choices(data["policies"])
+            if "init" in data:
+                data["init"] = _init_sources(data["init"])
         return data
 
     @model_validator(mode="after")
@@ -131,6 +161,7 @@ class LearnerConfig(CodeConfig):
             raise invalid(err.why, *(f"staleness_{part}" for part in err.where[:1])) from None
         _check_ratio_kinds(self.sampler, self.algorithm)  # at start, not as a failure every round
         _check_policy_choices(self.policies, self.algorithm)
+        _check_init_sources(self.init, self.policies, self.algorithm)
         return self
 
     def chunk_size_for(self, dataset: str) -> int:

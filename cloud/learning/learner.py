@@ -37,8 +37,8 @@ from cloud.learning.algorithms.sac import SAC
 from cloud.learning.checkpoint import LearnerCheckpoint
 from cloud.learning.config import LearnerConfig
 from cloud.learning.distributed import DistContext
-from policies.base import Policy
-from policies.factory import make_policy
+from cloud.learning.init_weights import InitWeights
+from policies.factory import cpu_copy
 from policies.weights import policy_to_bytes
 
 log = logging.getLogger("fleetloop.learner")
@@ -84,7 +84,10 @@ class Learner:
         self.config = config if config is not None else LearnerConfig()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.dist = dist or DistContext()
-        self.algorithm: Algorithm[Any] = ALGORITHM_TYPES[self.config.algorithm](self.config, store, self.dist, on_step)
+        init = InitWeights(self.config.init, registry) if self.config.init else None
+        self.algorithm: Algorithm[Any] = ALGORITHM_TYPES[self.config.algorithm](
+            self.config, store, self.dist, on_step, init
+        )
         self._datasets: dict[str, _DatasetState] = {}
 
     def _checkpoint(self, dataset: str) -> LearnerCheckpoint | None:
@@ -231,7 +234,7 @@ class Learner:
         if not self.dist.is_main:
             return None
         on_cpu = all(t.device.type == "cpu" for t in policy.state_dict().values())
-        policy_cpu = policy if on_cpu else _cpu_copy(policy)
+        policy_cpu = policy if on_cpu else cpu_copy(policy)
         version = self.registry.publish(
             dataset, policy_to_bytes(policy_cpu), note=f"{note}, {finished_episodes} episodes"
         )
@@ -266,9 +269,3 @@ class Learner:
 
 
 HGDaggerLearner = Learner  # the name it had while HG-DAgger was its only algorithm
-
-
-def _cpu_copy(policy: Policy) -> Policy:
-    copy = make_policy(policy.type_name, policy.config_dict())
-    copy.load_state_dict({k: v.detach().cpu() for k, v in policy.state_dict().items()})
-    return copy

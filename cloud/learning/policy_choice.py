@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from cloud.data.policy_import import observation_spec
 from cloud.learning.config import BUILTIN_POLICY_TYPES
 from policies.base import Policy
 from policies.factory import make_policy
 from policies.lerobot_policy import LerobotPolicy
-
-
-def observation_spec(schema: dict) -> dict[str, dict[str, Any]]:
-    """The policy's observation spec (name -> shape and dtype) from a dataset's ``obs.*`` columns."""
-    return {
-        name.removeprefix("obs."): {"shape": list(spec.shape), "dtype": np.dtype(spec.dtype).name}
-        for name, spec in schema.items()
-        if name.startswith("obs.")
-    }
 
 
 def policy_for_schema(

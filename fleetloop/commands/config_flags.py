@@ -45,6 +45,7 @@ LEARNER_FLAGS = {
     "learner.seed": "--learner-seed",
     "learner.chunk_sizes": "--chunk-size",
     "learner.policies": "--policy",
+    "learner.init": "--init",
     "learner.staleness_budget": "--staleness-budget",
     "learner.staleness_mode": "--staleness-mode",
     "learner.staleness_decay": "--staleness-decay",

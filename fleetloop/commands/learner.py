@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,10 @@ def _dataset_value(text: str, what: str) -> tuple[str, str]:
 
 def _policy_type(text: str) -> tuple[str, str]:
     return _dataset_value(text, "TYPE (mlp, cnn, act, diffusion, smolvla...)")
+
+
+def _init_source(text: str) -> tuple[str, str]:
+    return _dataset_value(text, "SOURCE (a pretrained_model folder, a weights file or 'registry')")
 
 
 def _policy_config(text: str) -> tuple[str, dict]:
@@ -98,6 +103,15 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         "DATASET=FILE.json",
         "that policy's config fields (for lerobot: its PreTrainedConfig fields, e.g. chunk_size)",
         _policy_config,
+    )
+    add_repeatable(
+        parser,
+        "--init",
+        "DATASET=SOURCE",
+        "hg-dagger: that dataset's rounds fine-tune this policy (and keep its normalization) instead of random "
+        "weights: a lerobot pretrained_model folder, a fleetloop weights file, 'registry' (the newest version "
+        "`fleetloop policy publish` put there) or 'registry:vN'",
+        _init_source,
     )
 
 
@@ -192,7 +206,7 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
                 default_ratios = parse_ratios(ratios)
             else:
                 per_dataset[dataset] = parse_ratios(ratios)
-        return LearnerConfig(
+        config = LearnerConfig(
             first_round_episodes=args.first_round_episodes,
             round_episodes=args.round_episodes,
             train_steps=args.train_steps,
@@ -213,9 +227,16 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             ),
             sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5), explore=getattr(args, "sac_explore", True)),
             seed=getattr(args, "learner_seed", 0),
+            init=tuple(getattr(args, "init", [])),
         )
     except ConfigError as err:
         raise flag_error(err, LEARNER_FLAGS) from err
+    if config.init:
+        from cloud.learning.init_weights import check_init
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a starting policy's config may name hub files: none is fetched
+        check_init(config.init, args.root)
+    return config
 
 
 def run_learner(

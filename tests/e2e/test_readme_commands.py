@@ -78,6 +78,13 @@ COVERED: dict[str, str] = {
     "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
     "--staleness-mode downweight": "learners",
     "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo": "learners",
+    "fleetloop policy publish panda_pick_cube --root fleetloop-data --robot sim:panda_pick_cube "
+    "--from outputs/train/act_panda/checkpoints/last/pretrained_model": "a lab's policy",
+    "fleetloop policy publish pusht --root fleetloop-data --robot sim:pusht "
+    "--from outputs/train/act_panda/checkpoints/last/pretrained_model": "a lab's policy",
+    "fleetloop learner --root fleetloop-data --init panda_pick_cube=registry --train-steps 200": "a lab's policy",
+    "fleetloop learner --root fleetloop-data --train-steps 200 "
+    "--init panda_pick_cube=outputs/train/act_panda/checkpoints/last/pretrained_model": "a lab's policy",
 }
 
 
@@ -408,3 +415,39 @@ def test_learner_commands(shell: Shell) -> None:
         )
         assert "Traceback" not in shell.log("learner"), shell.log("learner")[-3000:]
         shell.stop("learner")
+
+
+LAB_ACT = "outputs/train/act_panda/checkpoints/last/pretrained_model"
+
+
+@pytest.mark.timeout(900)
+def test_lab_policy_commands(shell: Shell) -> None:
+    """A lab's lerobot ACT (here a tiny one that lerobot's save_pretrained wrote where lerobot-train puts it) is
+    published for the Panda and refused for pusht; a robot runs it; the learner fine-tunes it from the registry, then
+    from the folder."""
+    from tests.policies.pretrained_folders import panda_act_folder
+
+    panda_act_folder(shell.cwd / LAB_ACT)
+    root = shell.cwd / "fleetloop-data"
+    out = shell.run(
+        f"fleetloop policy publish panda_pick_cube --root fleetloop-data --robot sim:panda_pick_cube --from {LAB_ACT}"
+    )
+    assert "panda_pick_cube v1 published from" in out and "checked against robot panda_pick_cube" in out, out
+    out = shell.run(f"fleetloop policy publish pusht --root fleetloop-data --robot sim:pusht --from {LAB_ACT}", code=2)
+    assert "observation.state: the policy expects shape [21], robot pusht gives [2]" in out, out
+    assert registry_versions(root, "pusht") == []
+
+    shell.start("fleetloop cloud --root fleetloop-data --port 7070 --no-learner", "cloud")
+    shell.wait_log("cloud", r"gateway listening on")
+    shell.start(PANDA_EDGE, "robot-1")
+    shell.wait_log("robot-1", r"switched to policy panda_pick_cube v1", timeout_s=120)
+    shell.start("fleetloop learner --root fleetloop-data --init panda_pick_cube=registry --train-steps 200", "learner")
+    shell.wait_log("learner", r"published panda_pick_cube v2: hg-dagger \(lerobot act\) from panda_pick_cube v1", 300)
+    shell.stop("learner")
+    shell.start(
+        f"fleetloop learner --root fleetloop-data --train-steps 200 --init panda_pick_cube={LAB_ACT}", "learner-folder"
+    )
+    shell.wait_log(
+        "learner-folder", r"published panda_pick_cube v3: hg-dagger \(lerobot act\) from /\S+pretrained_model", 300
+    )
+    shell.wait_log("robot-1", r"switched to policy panda_pick_cube v3", timeout_s=60)

@@ -20,6 +20,7 @@ from cloud.data.store import EpisodeStore
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import LearnerConfig
 from cloud.learning.distributed import DistContext
+from cloud.learning.init_weights import InitWeights
 from cloud.learning.sampler import Ratios, Sampler, StepTable
 from policies.base import Policy
 
@@ -77,12 +78,19 @@ class Algorithm[Trainable](ABC):
     trains_on: ClassVar[tuple[str, ...]]  # the kinds of steps (cloud.learning.sampler.KINDS) it learns from
 
     def __init__(
-        self, config: LearnerConfig, store: EpisodeStore, dist: DistContext, on_step: StepHook | None = None
+        self,
+        config: LearnerConfig,
+        store: EpisodeStore,
+        dist: DistContext,
+        on_step: StepHook | None = None,
+        init: InitWeights | None = None,
     ) -> None:
+        """``init``: the weights datasets' rounds start from (``LearnerConfig.init``), where the algorithm takes any."""
         self.config = config
         self.store = store
         self.dist = dist
         self.on_step = on_step
+        self.init = init
 
     @abstractmethod
     def restore(self, saved: Checkpoint) -> Trainable:

@@ -52,15 +52,22 @@ class HGDagger(Algorithm[TrainedPolicy]):
             return None
         if not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
+        try:
+            init = self.init.for_round(job.dataset, schema) if self.init is not None else None
+        except ValueError:  # its starting policy does not fit the dataset (logged once): no version of it
+            return None
         training = {name: table.columns[name][sampler.rows] for name in names}
-        chunk = self.config.chunk_size_for(job.dataset)
+        chunk = self.config.chunk_size_for(job.dataset) if init is None else _chunk_size(init.policy)
         policy_type, fields = self.config.policy_for(job.dataset)
         seed = self.seed(job.rounds_before)
         # The same data and seed give the same policy whatever ran before in this process: initialization and any
         # randomness inside training (dropout, lerobot's VAE and noise samples) draw from a seeded generator.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
+            if init is None:
+                policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
+            else:
+                policy = init.policy  # fine-tuned with the normalization it came with
             device = self.dist.device
             if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
                 actions, pad = table.sequences("action", policy.action_offsets())
@@ -78,11 +85,18 @@ class HGDagger(Algorithm[TrainedPolicy]):
                 lr=self.config.learning_rate,
                 optimizer=optimizer,
                 seed=seed,
+                fit_normalization=init is None,
                 index_sampler=sampler.draw,
                 wrap=self.dist.wrap if self.dist.distributed else None,
                 on_step=self.step_hook(job.dataset, {"policy": policy}),
                 device=device,
             )
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
+        what += f" from {init.label}" if init is not None else ""
         note = f"{what} on {sampler.size} labelled steps{self.describe(sampler)}"
         return RoundResult(TrainedPolicy(policy, optimizer), policy, note, loss, table.rows)
+
+
+def _chunk_size(policy: Policy) -> int:
+    """Actions per prediction of a starting policy, from its config (built-in policies keep it there)."""
+    return int(policy.config_dict().get("chunk_size", 1))
