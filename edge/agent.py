@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from edge.local_runtime import LocalPolicyRuntime
-from edge.operator import Operator
+from edge.operator import Operator, PersonOperator
 from edge.recorder import Step, StepRecorder
 from edge.remote_runtime import RemotePolicyRuntime
 from edge.runtime import PolicyRuntime
@@ -216,7 +216,8 @@ class EdgeAgent:
         if self._held_for:
             log.info("%s moves again", self.resource.id)
             self._held_for = ""
-        self._record(observation, action, transition, intervention, version, tick_start_ns)
+        who = self.operator.who if intervention and isinstance(self.operator, PersonOperator) else ""
+        self._record(observation, action, transition, intervention, version, tick_start_ns, who)
         return transition
 
     def _wait_for_next_tick(self, next_tick: float, period: float) -> float:
@@ -279,7 +280,9 @@ class EdgeAgent:
             self.operator.reset()
         return self.driver.reset()
 
-    def _record(self, observation, action, transition, intervention: bool, version: int, tick_start_ns: int) -> None:
+    def _record(
+        self, observation, action, transition, intervention: bool, version: int, tick_start_ns: int, who: str = ""
+    ) -> None:
         columns = {
             f"obs.{spec.name}": np.asarray(observation[spec.name], dtype=spec.numpy_dtype)
             for spec in self.resource.capabilities.observation
@@ -295,7 +298,7 @@ class EdgeAgent:
                 "t_mono_ns": np.int64(tick_start_ns),
             }
         )
-        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns))
+        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns, who))
         if self._seq == 0:
             self._episode_version = version  # the version that drove its first step, not the one held at reset
         self._episode_last_version = version

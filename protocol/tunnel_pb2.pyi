@@ -117,7 +117,7 @@ class EmergencyStop(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class StepBatch(_message.Message):
-    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task")
+    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task", "operators")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,13 +131,15 @@ class StepBatch(_message.Message):
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    OPERATORS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     episode_id: str
     first_seq: int
     num_steps: int
     columns: _containers.MessageMap[str, Array]
     task: str
-    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ...) -> None: ...
+    operators: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ..., operators: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_id", "episode_id", "next_seq")
