@@ -197,7 +197,8 @@
   }
   function render() {
     const v = state.view, mine = v && v.controller === state.who;
-    const driver = !v ? "no live view yet" : mine ? `you drive ${robotId}` : v.controller ? `${v.controller} drives ${robotId}` : `the policy drives ${robotId}`;
+    const driver = !v ? "no live view yet" : mine ? `you drive ${robotId}` : v.controller ? `${v.controller} drives ${robotId}`
+      : v.intended ? `the policy drives ${robotId}` : `nobody drives ${robotId}`;
     $("driver").textContent = driver + (v && v.note ? ` (holding: ${v.note})` : "");
     $("driver").className = mine ? "driving" : v && v.controller ? "other" : "";
     $("status").textContent = [
