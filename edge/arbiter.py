@@ -16,9 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge.live_view import LiveView
+from edge.live_view import DriverTap, LiveView
 from edge.operator import Operator, PersonOperator, Signal
 from edge.remote_operator import CloudLinked, RemoteOperator, Send
+from hal.drivers import with_safety
+from hal.resource import Driver
+from hal.safety import SafeDriver
 from protocol import tunnel_pb2 as pb
 
 log = logging.getLogger("fleetloop.edge")
@@ -119,3 +122,15 @@ class Arbiter(PersonOperator, CloudLinked):
         if note != self._note and note:
             log.log(level, "%s holds still: %s", self.name, note)
         self._note = note
+
+
+def with_takeover(
+    driver: Driver, local: Operator | None, name: str, watchdog_s: float | None, lease_s: float = 10.0
+) -> tuple[SafeDriver, Arbiter]:
+    """``driver`` behind its safety layer with the live view tapped under it (the page sees the action after every
+    limit), and the arbiter between ``local`` and the takeover page's people: their commands hold the robot once
+    they are older than the watchdog's deadline. ValueError names what is wrong."""
+    view = LiveView(driver.capabilities, name)
+    safe = with_safety(DriverTap(driver, view), name, watchdog_s)
+    remote = RemoteOperator(safe.capabilities.action, safe.watchdog_s or 0.25, lease_s, name)
+    return safe, Arbiter(local, remote, view, name)

@@ -88,22 +88,18 @@ def _operators(
     """The driver behind its safety layer; who may drive beside the policy: the local operator (--operator) and,
     unless --no-takeover, the people at the robot's takeover page, one at a time (an Arbiter between them); and the
     local operator alone."""
-    from edge.arbiter import Arbiter
-    from edge.live_view import DriverTap, LiveView
+    from edge.arbiter import with_takeover
     from edge.operator import choose_operator
-    from edge.remote_operator import RemoteOperator
     from hal.drivers import with_safety
 
     local = choose_operator(task, args.operator)
     if args.no_takeover:
         return with_safety(raw_driver, args.id, args.watchdog), local, local
-    view = LiveView(raw_driver.capabilities, args.id)
-    driver = with_safety(DriverTap(raw_driver, view), args.id, args.watchdog)  # the view sees actions after the limits
-    try:  # a person's commands stop: the robot holds within the watchdog's deadline
-        remote = RemoteOperator(driver.capabilities.action, driver.watchdog_s or 0.25, args.takeover_lease, args.id)
+    try:
+        driver, arbiter = with_takeover(raw_driver, local, args.id, args.watchdog, args.takeover_lease)
     except ValueError as err:
         raise ValueError(f"--takeover-lease: {err}") from err
-    return driver, Arbiter(local, remote, view, args.id), local
+    return driver, arbiter, local
 
 
 def cmd_edge(args: argparse.Namespace) -> int:

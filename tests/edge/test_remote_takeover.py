@@ -10,14 +10,11 @@ import time
 import numpy as np
 
 from edge.agent import EdgeAgent, EdgeConfig
-from edge.arbiter import Arbiter
-from edge.live_view import DriverTap, LiveView
-from edge.remote_operator import RemoteOperator
+from edge.arbiter import with_takeover
 from edge.spool import Spool
 from edge.tunnel_client import TunnelConfig
 from hal.null import NullRobot
 from hal.resource import ResourceInfo
-from hal.safety import SafeDriver
 from protocol import tunnel_pb2 as pb
 from tests.e2e.fleet import free_port
 
@@ -43,9 +40,7 @@ def wait_for(condition, timeout_s: float) -> None:
 
 def test_a_remote_person_drives_through_the_safety_layer_and_the_robot_holds_when_they_go_silent(tmp_path) -> None:
     robot = RecordingRobot()
-    view = LiveView(robot.capabilities, "arm")
-    driver = SafeDriver(DriverTap(robot, view), watchdog_s=WATCHDOG_S, name="arm")
-    arbiter = Arbiter(None, RemoteOperator(driver.capabilities.action, WATCHDOG_S, 5.0, "arm"), view, "arm")
+    driver, arbiter = with_takeover(robot, None, "arm", WATCHDOG_S)  # as `fleetloop edge` builds it
     resource = ResourceInfo("arm", "robot", driver.capabilities, "sim")
     spool = Spool(tmp_path / "spool.db")
     agent = EdgeAgent(EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p")), resource, driver, spool, arbiter)
