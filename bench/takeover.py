@@ -93,21 +93,8 @@ def _presses(url: str, operator: str, token: str, count: int) -> dict[float, int
     return sent
 
 
-def _echo_times(loop: LoopThread, count: int) -> list[float]:
-    from bench.foresight import _echo_server, _round_trips
-
-    payload = json.dumps({"type": "command", "seq": 12345, "action": [0.123456, 0.0, 0.0, 0.0]}).encode()
-    server = loop.call(_echo_server())
-    try:
-        port = server.sockets[0].getsockname()[1]
-        times, _ = _round_trips(f"ws://127.0.0.1:{port}", payload, count)
-    finally:
-        server.close()
-        loop.call(server.wait_closed())
-    return times
-
-
 def measure(loop: LoopThread, workdir: Path, presses: int = 200, say: Callable[[str], None] = print) -> list[Result]:
+    from bench.foresight import echo_round_trips
     from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
     from cloud.channels.takeover_channel import TakeoverPages
     from cloud.security.devices import DeviceRegistry
@@ -137,7 +124,8 @@ def measure(loop: LoopThread, workdir: Path, presses: int = 200, say: Callable[[
     arrived = [(stats["arrived"][v] - t) / 1e6 for v, t in sent.items() if v in stats["arrived"]]
     if len(applied) < 0.9 * presses:
         raise RuntimeError(f"only {len(applied)} of {presses} presses reached the driver")
-    echo = [t * 1e3 for t in _echo_times(loop, presses)]
+    payload = json.dumps({"type": "command", "seq": presses + 1, "action": [0.123456, 0.0, 0.0, 0.0]}).encode()
+    echo = [t * 1e3 for t in echo_round_trips(loop, payload, presses)]
     p50, p99 = np.percentile(applied, [50, 99])
     e50, e99 = np.percentile(echo, [50, 99])
     a50, a99 = np.percentile(arrived, [50, 99])

@@ -5,8 +5,11 @@ its robot's live view becomes on the page. The real gateway and page server on l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import connect
@@ -23,6 +26,21 @@ from hal.null import NullRobot
 from hal.resource import ResourceInfo
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import encode_array
+
+
+@contextlib.asynccontextmanager
+async def serving(root: Path, devices: DeviceRegistry | None = None) -> AsyncIterator[tuple[Gateway, int]]:
+    """The gateway and its page server (phone page and takeover pages) on loopback; (the gateway, the pages' port)."""
+    gateway = Gateway(
+        GatewayConfig(port=0, devices=devices), EpisodeStore(root / "store"), PolicyRegistry(root / "reg")
+    )
+    channel = PhoneChannel(PhoneChannelConfig(credentials=root / "phones.json"), gateway, (TakeoverPages(gateway),))
+    await gateway.start()
+    try:
+        yield gateway, await channel.start()
+    finally:
+        await channel.stop()
+        await gateway.stop()
 
 
 async def hello(url: str, operator: str, token: str) -> tuple[object, dict]:
@@ -51,16 +69,10 @@ def test_takeover_pages_admit_operators_only_and_relay_between_a_page_and_its_ro
     devices = DeviceRegistry(tmp_path / "devices.json")
     alice, carol = devices.add("alice", "operator"), devices.add("carol", "operator", ("pusht",))
     robot_token = devices.add("robot-1")
-    gateway = Gateway(
-        GatewayConfig(port=0, devices=devices), EpisodeStore(tmp_path / "store"), PolicyRegistry(tmp_path / "reg")
-    )
-    channel = PhoneChannel(PhoneChannelConfig(credentials=tmp_path / "phones.json"), gateway, (TakeoverPages(gateway),))
 
     async def scenario() -> None:
-        await gateway.start()
-        port = await channel.start()
-        url = f"ws://127.0.0.1:{port}/takeover/robot-1/ws"
-        try:
+        async with serving(tmp_path, devices) as (gateway, port):
+            url = f"ws://127.0.0.1:{port}/takeover/robot-1/ws"
             _, refused = await hello(url, "alice", "flt_wrong")
             assert (refused["type"], refused["field"]) == ("error", "hello.token"), refused
             _, refused = await hello(url, "robot-1", robot_token)
@@ -116,25 +128,15 @@ def test_takeover_pages_admit_operators_only_and_relay_between_a_page_and_its_ro
             assert left.left and left.who == "browser:alice"
             (watch,) = [m.watch for m in messages if m.HasField("watch")]
             assert watch.watchers == 0  # nobody watches: the robot stops sending views
-        finally:
-            await channel.stop()
-            await gateway.stop()
-        return port
 
-    port = asyncio.run(asyncio.wait_for(scenario(), 60))
-    assert port
+    asyncio.run(asyncio.wait_for(scenario(), 60))
     capsys.readouterr()  # the pairing token and QR code
 
 
 def test_the_page_and_its_script_are_served_and_nothing_else(tmp_path, capsys) -> None:
-    gateway = Gateway(GatewayConfig(port=0), EpisodeStore(tmp_path / "store"), PolicyRegistry(tmp_path / "reg"))
-    channel = PhoneChannel(PhoneChannelConfig(credentials=tmp_path / "phones.json"), gateway, (TakeoverPages(gateway),))
-
     async def scenario() -> None:
-        await gateway.start()
-        port = await channel.start()
-        base = f"http://127.0.0.1:{port}"
-        try:
+        async with serving(tmp_path) as (_, port):
+            base = f"http://127.0.0.1:{port}"
             fetch = lambda path: urllib.request.urlopen(base + path, timeout=5)  # noqa: E731
             page = await asyncio.to_thread(lambda: fetch("/takeover/robot-1").read().decode())
             assert "<title>fleetloop takeover</title>" in page
@@ -148,9 +150,6 @@ def test_the_page_and_its_script_are_served_and_nothing_else(tmp_path, capsys) -
                     assert err.code == 404
             ws, refused = await hello(f"ws://127.0.0.1:{port}/takeover/robot-1/ws", "alice", "flt_x")
             assert refused["field"] == "hello.operator" and "no operator credentials" in refused["message"]
-        finally:
-            await channel.stop()
-            await gateway.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     capsys.readouterr()

@@ -16,7 +16,7 @@ from edge.tunnel_client import TunnelConfig
 from hal.null import NullRobot
 from hal.resource import ResourceInfo
 from protocol import tunnel_pb2 as pb
-from tests.e2e.fleet import free_port
+from tests.e2e.fleet import free_port, wait_until
 
 HZ, WATCHDOG_S = 50.0, 0.1
 
@@ -29,13 +29,6 @@ class RecordingRobot(NullRobot):
     def apply(self, action):
         self.applied.append((time.monotonic(), np.array(action)))
         return super().apply(action)
-
-
-def wait_for(condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_a_remote_person_drives_through_the_safety_layer_and_the_robot_holds_when_they_go_silent(tmp_path) -> None:
@@ -61,7 +54,7 @@ def test_a_remote_person_drives_through_the_safety_layer_and_the_robot_holds_whe
             arbiter.on_cloud_message(pb.CloudMessage(person=command))
             time.sleep(0.02)
         silent_at = time.monotonic()  # the link is lost: no more commands and no word that the page closed
-        wait_for(lambda: robot.holding, 1.0)
+        wait_until(lambda: robot.holding, 1.0, "the robot to hold", interval_s=0.005)
         held_after = time.monotonic() - silent_at
         time.sleep(0.3)
     finally:
