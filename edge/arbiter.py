@@ -107,10 +107,11 @@ class Arbiter(PersonOperator, CloudLinked):
             action, intervening = local_action, True
         elif policy_action is not None:
             action, intervening = policy_action, False
-        else:
+        else:  # nobody has an action: no policy yet (say so), or its answer came late (hold this tick, no news)
             action, intervening = None, False
-            note = "no policy yet and nobody drives: it moves once a policy arrives or a person takes over"
-            level = logging.INFO
+            if self.view.policy_version() == 0:
+                note = "no policy yet and nobody drives: it moves once a policy arrives or a person takes over"
+                level = logging.INFO
         self._say(note, level)
         controller = self.remote.controller or (self.local_name if self._local_drives else "")
         self.view.decided(observation, policy_action, step_index, controller, note, self.remote.command_seq)

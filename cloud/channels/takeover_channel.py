@@ -42,6 +42,7 @@ PREFIX = "/takeover/"
 PAGE_DIR = Path(__file__).with_name("takeover_page")
 SCRIPT = PREFIX + "-/takeover.js"  # "-" starts no robot id
 MAX_COMMANDS_PER_S = 100  # a page sends about 20 a second while driving
+CHECK_EVERY_S = 0.5  # a revoked operator's open page closes within this
 MAX_WAITING = 64  # answers waiting for a slow page (its live views wait in one slot: the newest replaces)
 
 
@@ -109,6 +110,19 @@ class TakeoverPages:
             raise AuthError("hello.operator", f"{hello.operator!r} is registered as a {device.kind}, not an operator")
         return device
 
+    def check_current(self, device: Device) -> None:
+        """AuthError when the operator's credential was revoked (or replaced) since its page signed in."""
+        devices = self.gateway.config.devices
+        current = None
+        if devices is not None:
+            try:
+                devices.reload()
+            except ValueError:  # a broken devices file: the last good one stands (the gateway says so)
+                pass
+            current = devices.get(device.id)
+        if current is None or current.revoked or current.token_sha256 != device.token_sha256:
+            raise AuthError("hello.token", f"the credential of {device.id!r} was revoked")
+
     def check_reach(self, device: Device, robot_id: str) -> None:
         """AuthError unless the operator may reach the robot: every robot, or those running one of its policies."""
         if not device.policies:
@@ -173,6 +187,8 @@ class _Page:
                 except (PhoneError, AuthError) as err:
                     log.warning("refused a command from %s for %s: %s", self.who, self.robot_id, err)
                     self._answer({"type": "error", "field": err.field, "message": err.message})
+                    if err.field == "hello.token":
+                        break
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -191,6 +207,7 @@ class _Page:
         self._window = (now, 1) if now - started >= 1.0 else (started, count + 1)
         if self._window[1] > MAX_COMMANDS_PER_S:
             raise PhoneError("command", f"more than {MAX_COMMANDS_PER_S} commands a second")
+        self.pages.check_current(self.device)
         session = self.pages.relay.session(self.robot_id)
         action_dim = math.prod(session.resource.capabilities.action.shape) if session is not None else None
         command = parse_command(raw, self.who, self.session_id, action_dim)
@@ -211,9 +228,22 @@ class _Page:
         self._wake.set()
 
     async def _send_loop(self) -> None:
+        checked = time.monotonic()
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), CHECK_EVERY_S)
+            except TimeoutError:
+                pass
             self._wake.clear()
+            if time.monotonic() - checked >= CHECK_EVERY_S:  # is its credential still good?
+                checked = time.monotonic()
+                try:
+                    self.pages.check_current(self.device)
+                except AuthError as err:
+                    log.warning("%s: %s; closing its takeover page", self.who, err.message)
+                    await _send(self.connection, {"type": "error", "field": err.field, "message": err.message})
+                    await self.connection.close(1008, err.field)
+                    return
             while not self._answers.empty():
                 await _send(self.connection, self._answers.get_nowait())
             view, self._view = self._view, ""

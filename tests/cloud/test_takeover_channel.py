@@ -121,7 +121,10 @@ def test_takeover_pages_admit_operators_only_and_relay_between_a_page_and_its_ro
             gateway.persons.receive(session, pb.EdgeMessage(person_refused=refusal))
             assert (await until(ws, "refused"))["reason"] == "bob drives"
 
-            await ws.close()
+            devices.revoke("alice")  # an open page of a revoked operator closes
+            revoked = await until(ws, "error")
+            assert revoked["field"] == "hello.token" and "revoked" in revoked["message"]
+            await asyncio.wait_for(ws.wait_closed(), 5)
             await asyncio.sleep(0.2)
             messages = [session.out.get_nowait() for _ in range(session.out.qsize())]
             (left,) = [m.person for m in messages if m.HasField("person")]  # the page closed: its person left

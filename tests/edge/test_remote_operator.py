@@ -108,11 +108,11 @@ def test_a_closed_page_holds_at_once_and_a_new_episode_forgets_the_last_action()
     assert operator.action(time.monotonic()) is None
 
 
-def arbiter(local=None) -> tuple[Arbiter, RemoteOperator, Sent]:
+def arbiter(local=None, version: int = 0) -> tuple[Arbiter, RemoteOperator, Sent]:
     operator, sent = remote()
     view = LiveView(ROBOT.capabilities, "arm")
     arbiter = Arbiter(local, operator, view, "arm")
-    arbiter.attach(sent, lambda: 3)
+    arbiter.attach(sent, lambda: version)  # the policy version the robot runs
     return arbiter, operator, sent
 
 
@@ -122,6 +122,10 @@ def test_the_arbiter_is_a_cloud_linked_person_operator_and_holds_with_nobody_to_
     assert isinstance(arb, PersonOperator) and isinstance(arb, CloudLinked)
     assert arb.decide(OBSERVATION, None, 0) == (None, False)
     assert "arm holds still: no policy yet and nobody drives" in caplog.text
+    late, _, _ = arbiter(version=2)
+    caplog.clear()
+    assert late.decide(OBSERVATION, None, 0) == (None, False)  # a policy whose answer came late: hold, no news
+    assert caplog.text == ""
     policy = np.array([0.1, 0.2, 0.3, 1.0], np.float32)
     action, intervening = arb.decide(OBSERVATION, policy, 1)
     assert action is policy and not intervening and arb.who == ""
