@@ -85,6 +85,20 @@ async def _echo_server():
     return await serve(echo, "127.0.0.1", 0, max_size=16 << 20)
 
 
+def echo_round_trips(loop: LoopThread, payload: bytes, count: int) -> list[float]:
+    """``count`` round trips (s) of ``payload`` through a plain websockets echo server on the loop thread."""
+    server = loop.call(_echo_server())
+    try:
+        port = server.sockets[0].getsockname()[1]
+        times, echoed = _round_trips(f"ws://127.0.0.1:{port}", payload, count)
+    finally:
+        server.close()
+        loop.call(server.wait_closed())
+    if any(e != payload for e in echoed):
+        raise RuntimeError("the echo server answered other bytes than it was sent")
+    return times
+
+
 def measure(loop: LoopThread, workdir: Path, requests: int = 100, say: Callable[[str], None] = print) -> list[Result]:
     from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
 
@@ -119,15 +133,7 @@ def measure(loop: LoopThread, workdir: Path, requests: int = 100, say: Callable[
         if answer.get("type") != "foresight" or answer.get("version") != 1 or len(answer.get("points", [])) < 1:
             raise RuntimeError(f"not a foresight trajectory from policy phone v1: {answer}")
 
-    server = loop.call(_echo_server())
-    try:
-        echo_port = server.sockets[0].getsockname()[1]
-        echo_times, echoed = _round_trips(f"ws://127.0.0.1:{echo_port}", payload, requests)
-    finally:
-        server.close()
-        loop.call(server.wait_closed())
-    if any(e != payload for e in echoed):
-        raise RuntimeError("the echo server answered other bytes than it was sent")
+    echo_times = echo_round_trips(loop, payload, requests)
 
     p50, p99 = (float(np.percentile(times, q)) * 1e3 for q in (50, 99))
     echo_p50, echo_p99 = (float(np.percentile(echo_times, q)) * 1e3 for q in (50, 99))

@@ -13,6 +13,7 @@
 (f) foresight a phone's foresight request -> predicted trajectory on loopback (p50, p99) vs a websockets echo
 (g) weighting the next version's error where the foresight was wrong, with foresight weights vs even sampling
 (h) sac-camera SAC's autonomous success when the goal is only in a 16x16 camera, vs left out of the image
+(i) takeover  a key press on a robot's takeover page -> the command applied at its driver, vs a websockets echo
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -37,14 +38,25 @@ from rich.text import Text
 from bench.common import HIGHER, Result
 
 RESULTS = Path(__file__).with_name("results.json")
-FIGURES = ("uplink", "push", "jitter", "lerobot-load", "ros2", "delta", "foresight", "weighting", "sac-camera")
+FIGURES = (
+    "uplink",
+    "push",
+    "jitter",
+    "lerobot-load",
+    "ros2",
+    "delta",
+    "foresight",
+    "weighting",
+    "sac-camera",
+    "takeover",
+)
 
 
 def run_bench(
     figures: Sequence[str] = FIGURES, quick: bool = False, out: Path | None = RESULTS, console: Console | None = None
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
-    from bench import delta, foresight, jitter, push, ros2_image, sac_camera, uplink, weighting
+    from bench import delta, foresight, jitter, push, ros2_image, sac_camera, takeover, uplink, weighting
     from bench.common import LoopThread
 
     unknown = sorted(set(figures) - set(FIGURES))
@@ -84,6 +96,8 @@ def run_bench(
             results += weighting.measure(workdir, seeds=1 if quick else 3, train_steps=300, say=say)
         if "sac-camera" in figures:
             results += sac_camera.measure(workdir, rounds=3 if quick else 8, train_steps=100 if quick else 500, say=say)
+        if "takeover" in figures:
+            results += takeover.measure(loop, workdir, presses=40 if quick else 200, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

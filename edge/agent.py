@@ -18,8 +18,9 @@ import numpy as np
 from pydantic import Field
 
 from edge.local_runtime import LocalPolicyRuntime
-from edge.operator import Operator
+from edge.operator import Operator, PersonOperator
 from edge.recorder import Step, StepRecorder
+from edge.remote_operator import CloudLinked
 from edge.remote_runtime import RemotePolicyRuntime
 from edge.runtime import PolicyRuntime
 from edge.spool import Spool
@@ -109,6 +110,7 @@ class EdgeAgent:
         self._estop = threading.Event()
         self._drive_lock = threading.Lock()  # an emergency stop from the tunnel thread never interleaves with apply
         self._held_for = ""  # why the robot holds still now; "" while it moves
+        linked = operator if isinstance(operator, CloudLinked) else None  # a takeover page's people
         self.tunnel = TunnelClient(
             tunnel_config,
             resource,
@@ -118,7 +120,10 @@ class EdgeAgent:
             on_assignment=self._on_assignment,
             on_emergency_stop=self._on_emergency_stop,
             on_actions=on_actions,
+            on_person=linked.on_cloud_message if linked is not None else None,
         )
+        if linked is not None:
+            linked.attach(self.tunnel.send, lambda: self.runtime.version)
         self.recorder = StepRecorder(
             spool, on_spooled=self.tunnel.wake, max_spool_bytes=config.max_spool_bytes, digest=config.record_digest
         )
@@ -198,6 +203,11 @@ class EdgeAgent:
         policy_action, version = self.runtime.next_action(observation, deadline=deadline)
         if self.operator is not None:
             action, intervention = self.operator.decide(observation, policy_action, self._seq)
+            if action is None:  # the operator holds the robot (nobody drives, or a person's commands stopped)
+                self.stats.no_action_ticks += 1
+                with self._drive_lock:
+                    self.driver.hold()
+                return None
         elif policy_action is None:  # no policy yet, or inference missed its deadline: do not move
             self.stats.no_action_ticks += 1
             if self.runtime.version == 0:
@@ -216,7 +226,8 @@ class EdgeAgent:
         if self._held_for:
             log.info("%s moves again", self.resource.id)
             self._held_for = ""
-        self._record(observation, action, transition, intervention, version, tick_start_ns)
+        who = self.operator.who if intervention and isinstance(self.operator, PersonOperator) else ""
+        self._record(observation, action, transition, intervention, version, tick_start_ns, who)
         return transition
 
     def _wait_for_next_tick(self, next_tick: float, period: float) -> float:
@@ -279,7 +290,9 @@ class EdgeAgent:
             self.operator.reset()
         return self.driver.reset()
 
-    def _record(self, observation, action, transition, intervention: bool, version: int, tick_start_ns: int) -> None:
+    def _record(
+        self, observation, action, transition, intervention: bool, version: int, tick_start_ns: int, who: str = ""
+    ) -> None:
         columns = {
             f"obs.{spec.name}": np.asarray(observation[spec.name], dtype=spec.numpy_dtype)
             for spec in self.resource.capabilities.observation
@@ -295,7 +308,7 @@ class EdgeAgent:
                 "t_mono_ns": np.int64(tick_start_ns),
             }
         )
-        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns))
+        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns, who))
         if self._seq == 0:
             self._episode_version = version  # the version that drove its first step, not the one held at reset
         self._episode_last_version = version

@@ -30,6 +30,7 @@ class Step:
     seq: int
     task: str
     columns: dict[str, np.ndarray | float | bool | int]
+    who: str = ""  # the person who drove this step ("" : the policy, or no person)
 
 
 class StepDigest:
@@ -130,7 +131,10 @@ class StepRecorder:
     def _spool(self, group: list[Step]) -> None:
         names = group[0].columns.keys()
         columns = {name: np.stack([np.asarray(s.columns[name]) for s in group]) for name in names}
-        self.spool.append(encode_batch(group[0].episode_id, group[0].seq, columns, task=group[0].task))
+        batch = encode_batch(group[0].episode_id, group[0].seq, columns, task=group[0].task)
+        if any(step.who for step in group):
+            batch.operators.extend(step.who for step in group)
+        self.spool.append(batch)
         self.spooled += len(group)
         if self.digest is not None:
             for step in group:

@@ -69,7 +69,8 @@ class TunnelConfig(CodeConfig):
 
 class TunnelClient:
     """The edge's one stream to the cloud, on its own thread. The callbacks run on that thread: ``on_policy``
-    (verified weights), ``on_assignment``, ``on_emergency_stop`` and ``on_actions`` (remote inference replies)."""
+    (verified weights), ``on_assignment``, ``on_emergency_stop``, ``on_actions`` (remote inference replies) and
+    ``on_person`` (a takeover page's ``person`` commands and ``watch`` requests)."""
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class TunnelClient:
         on_assignment: Callable[[pb.Assignment], None] | None = None,
         on_emergency_stop: Callable[[pb.EmergencyStop], None] | None = None,
         on_actions: Callable[[pb.InferenceReply], None] | None = None,
+        on_person: Callable[[pb.CloudMessage], None] | None = None,
     ) -> None:
         self.config = config
         self.target = config.target
@@ -92,6 +94,7 @@ class TunnelClient:
         self.on_assignment = on_assignment
         self.on_emergency_stop = on_emergency_stop
         self.on_actions = on_actions
+        self.on_person = on_person
         self.silence_timeout_s = max(config.silence_timeout_s, 3 * config.heartbeat_s)
         self.connected = threading.Event()
         self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
@@ -124,7 +127,7 @@ class TunnelClient:
         self._wake.set()
 
     def report_applied(self, policy_name: str, version: int, received_bytes: int = 0) -> None:
-        self._send(
+        self.send(
             pb.EdgeMessage(
                 applied=pb.PolicyApplied(
                     policy_name=policy_name,
@@ -137,13 +140,13 @@ class TunnelClient:
 
     def send_infer(self, request: pb.InferenceRequest) -> bool:
         """Queues an observation for remote inference; False when the link is down."""
-        return self._send(pb.EdgeMessage(infer=request))
+        return self.send(pb.EdgeMessage(infer=request))
 
     def report_rejected(self, policy_name: str, version: int, reason: str, bad: bool = False) -> None:
         rejected = pb.PolicyRejected(policy_name=policy_name, version=version, reason=reason[:1000], bad=bad)
-        self._send(pb.EdgeMessage(rejected=rejected))
+        self.send(pb.EdgeMessage(rejected=rejected))
 
-    def _send(self, message: pb.EdgeMessage) -> bool:
+    def send(self, message: pb.EdgeMessage) -> bool:
         """Queues a message on the open session; False when there is none (the link is down)."""
         outgoing = self._outgoing  # set once the cloud's welcome arrived, cleared when the session ends
         if outgoing is None:
@@ -229,6 +232,9 @@ class TunnelClient:
                         self.policy_name = message.assignment.policy_name or self.policy_name
                         if self.on_assignment:
                             self.on_assignment(message.assignment)
+                    elif kind in ("person", "watch"):
+                        if self.on_person:
+                            self.on_person(message)
                     elif kind == "emergency_stop":
                         if self.on_emergency_stop:
                             self.on_emergency_stop(message.emergency_stop)

@@ -97,6 +97,20 @@ def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH
     return columns
 
 
+def decode_operators(batch: pb.StepBatch, intervention: np.ndarray) -> tuple[str, ...]:
+    """Who drove each step of a batch: none, or one entry per step, a person's identity only on intervention steps."""
+    operators = tuple(batch.operators)
+    if not operators:
+        return ()
+    if len(operators) != batch.num_steps:
+        raise CodecError("step_batch.operators", f"{len(operators)} entries for {batch.num_steps} steps")
+    for i, who in enumerate(operators):
+        check_id(who, f"step_batch.operators[{i}]", required=False)
+        if who and not intervention[i]:
+            raise CodecError(f"step_batch.operators[{i}]", "names a person on a step that is not an intervention")
+    return operators
+
+
 def decode_checked(message: pb.Array, field: str, dtype: str, shape: tuple[int, ...], max_bytes: int) -> np.ndarray:
     """An array that must have exactly this dtype and shape and, if float, only finite values."""
     if message.dtype != dtype:

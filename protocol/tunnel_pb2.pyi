@@ -117,7 +117,7 @@ class EmergencyStop(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class StepBatch(_message.Message):
-    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task")
+    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task", "operators")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,13 +131,15 @@ class StepBatch(_message.Message):
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    OPERATORS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     episode_id: str
     first_seq: int
     num_steps: int
     columns: _containers.MessageMap[str, Array]
     task: str
-    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ...) -> None: ...
+    operators: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ..., operators: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_id", "episode_id", "next_seq")
@@ -244,24 +246,117 @@ class Error(_message.Message):
     batch_id: int
     def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
+class PersonCommand(_message.Message):
+    __slots__ = ("who", "session", "seq", "signals", "action", "left", "sent_mono_ns")
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    SENT_MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    who: str
+    session: str
+    seq: int
+    signals: _containers.RepeatedScalarFieldContainer[str]
+    action: _containers.RepeatedScalarFieldContainer[float]
+    left: bool
+    sent_mono_ns: int
+    def __init__(self, who: _Optional[str] = ..., session: _Optional[str] = ..., seq: _Optional[int] = ..., signals: _Optional[_Iterable[str]] = ..., action: _Optional[_Iterable[float]] = ..., left: _Optional[bool] = ..., sent_mono_ns: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("watchers", "rate_hz", "max_image_side")
+    WATCHERS_FIELD_NUMBER: _ClassVar[int]
+    RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_SIDE_FIELD_NUMBER: _ClassVar[int]
+    watchers: int
+    rate_hz: float
+    max_image_side: int
+    def __init__(self, watchers: _Optional[int] = ..., rate_hz: _Optional[float] = ..., max_image_side: _Optional[int] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("camera", "format", "data", "width", "height")
+    CAMERA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    camera: str
+    format: str
+    data: bytes
+    width: int
+    height: int
+    def __init__(self, camera: _Optional[str] = ..., format: _Optional[str] = ..., data: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class LiveView(_message.Message):
+    __slots__ = ("mono_ns", "episode", "step", "state", "frames", "intended", "intended_step", "applied", "controller", "note", "policy_version", "command_seq")
+    class StateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Array
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    INTENDED_FIELD_NUMBER: _ClassVar[int]
+    INTENDED_STEP_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_SEQ_FIELD_NUMBER: _ClassVar[int]
+    mono_ns: int
+    episode: int
+    step: int
+    state: _containers.MessageMap[str, Array]
+    frames: _containers.RepeatedCompositeFieldContainer[Frame]
+    intended: Array
+    intended_step: int
+    applied: Array
+    controller: str
+    note: str
+    policy_version: int
+    command_seq: int
+    def __init__(self, mono_ns: _Optional[int] = ..., episode: _Optional[int] = ..., step: _Optional[int] = ..., state: _Optional[_Mapping[str, Array]] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., intended: _Optional[_Union[Array, _Mapping]] = ..., intended_step: _Optional[int] = ..., applied: _Optional[_Union[Array, _Mapping]] = ..., controller: _Optional[str] = ..., note: _Optional[str] = ..., policy_version: _Optional[int] = ..., command_seq: _Optional[int] = ...) -> None: ...
+
+class PersonRefused(_message.Message):
+    __slots__ = ("who", "session", "seq", "reason")
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    who: str
+    session: str
+    seq: int
+    reason: str
+    def __init__(self, who: _Optional[str] = ..., session: _Optional[str] = ..., seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class EdgeMessage(_message.Message):
-    __slots__ = ("hello", "steps", "applied", "heartbeat", "rejected", "infer")
+    __slots__ = ("hello", "steps", "applied", "heartbeat", "rejected", "infer", "live_view", "person_refused")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     INFER_FIELD_NUMBER: _ClassVar[int]
+    LIVE_VIEW_FIELD_NUMBER: _ClassVar[int]
+    PERSON_REFUSED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     steps: StepBatch
     applied: PolicyApplied
     heartbeat: Heartbeat
     rejected: PolicyRejected
     infer: InferenceRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rejected: _Optional[_Union[PolicyRejected, _Mapping]] = ..., infer: _Optional[_Union[InferenceRequest, _Mapping]] = ...) -> None: ...
+    live_view: LiveView
+    person_refused: PersonRefused
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rejected: _Optional[_Union[PolicyRejected, _Mapping]] = ..., infer: _Optional[_Union[InferenceRequest, _Mapping]] = ..., live_view: _Optional[_Union[LiveView, _Mapping]] = ..., person_refused: _Optional[_Union[PersonRefused, _Mapping]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop", "actions")
+    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop", "actions", "person", "watch")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +365,8 @@ class CloudMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EMERGENCY_STOP_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     policy: PolicyChunk
@@ -278,7 +375,9 @@ class CloudMessage(_message.Message):
     error: Error
     emergency_stop: EmergencyStop
     actions: InferenceReply
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ...) -> None: ...
+    person: PersonCommand
+    watch: WatchRequest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ..., person: _Optional[_Union[PersonCommand, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ...) -> None: ...
 
 class FleetMember(_message.Message):
     __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen")

@@ -34,7 +34,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from cloud.channels.phone_foresight import PhoneForesight
-from cloud.channels.phone_http import CA_PATH, page_response
+from cloud.channels.phone_http import CA_PATH, PageRoute, page_response
 from cloud.channels.phone_ingest import OpenEpisode, Phone, PhoneIngest
 from cloud.channels.phone_messages import (
     MAX_FRAME_BYTES,
@@ -78,9 +78,12 @@ class PhoneChannelConfig(CodeConfig):
 
 
 class PhoneChannel:
-    def __init__(self, config: PhoneChannelConfig, gateway: Gateway) -> None:
+    """``routes``: other pages served on the same port (a robot's takeover page), each by its paths."""
+
+    def __init__(self, config: PhoneChannelConfig, gateway: Gateway, routes: tuple[PageRoute, ...] = ()) -> None:
         self.config = config
         self.gateway = gateway
+        self.routes = routes
         devices = gateway.config.devices
         # Paired phones' credentials: the cloud's devices file when it has one (so `fleetloop devices revoke`
         # works on phones), else a file of their own, so pairing a phone does not turn credentials on for robots.
@@ -132,6 +135,10 @@ class PhoneChannel:
             self.config.image_height,
             self.config.image_width,
         )
+        scheme = "https" if context else "http"
+        for route in self.routes:
+            host = self.config.public_host or self.config.host
+            log.info("%s at %s://%s:%d%s", route.title, scheme, host, self.port, route.path_hint)
         self._new_pairing_token()
         return self.port
 
@@ -156,11 +163,21 @@ class PhoneChannel:
     # ---- the phone page (plain HTTP GET on the websocket's port) ---------------------------------------------
 
     def _page(self, connection: ServerConnection, request: Request) -> Response | None:
+        route = self._route(request.path)
+        if route is not None and request.headers.get("Upgrade", "").lower() != "websocket":
+            return route.page(connection, request)
         return page_response(connection, request, self.config.tls_ca)
+
+    def _route(self, path: str) -> PageRoute | None:
+        return next((route for route in self.routes if route.handles(path)), None)
 
     # ---- one connection --------------------------------------------------------------------------------------
 
     async def _serve(self, connection: ServerConnection) -> None:
+        route = self._route(connection.request.path if connection.request else "")
+        if route is not None:
+            await route.serve(connection)
+            return
         try:
             raw = await asyncio.wait_for(connection.recv(), timeout=self.config.hello_timeout_s)
         except (TimeoutError, websockets.ConnectionClosed):

@@ -1,9 +1,11 @@
 """The phone page over plain HTTP(S) on the phone channel's port: a GET without a websocket upgrade gets the
-page's files (``phone_page/``) and, over TLS, the CA certificate a phone installs to trust the cloud."""
+page's files (``phone_page/``) and, over TLS, the CA certificate a phone installs to trust the cloud. Other pages
+(a robot's takeover page) are served on the same port as ``PageRoute``s."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -16,6 +18,33 @@ PAGE_FILES = {  # URL path -> (file, content type)
     "/phone/": ("index.html", "text/html; charset=utf-8"),
     "/phone/phone.js": ("phone.js", "text/javascript; charset=utf-8"),
 }
+
+
+class PageRoute(Protocol):
+    """Another page on the phone channel's port: its GETs and its websocket connections, by path."""
+
+    title: str  # what it is, for the log: "robot takeover pages"
+    path_hint: str  # where, e.g. "/takeover/<robot id>"
+
+    def handles(self, path: str) -> bool:
+        """Whether a request for ``path`` (query included) is this route's."""
+        ...
+
+    def page(self, connection: ServerConnection, request: Request) -> Response:
+        """The answer to a plain GET."""
+        ...
+
+    async def serve(self, connection: ServerConnection) -> None:
+        """One websocket connection, until it closes."""
+        ...
+
+
+def file_response(file: Path, content_type: str) -> Response:
+    body = file.read_bytes()
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    )
+    return Response(200, "OK", headers, body)
 
 
 def page_response(connection: ServerConnection, request: Request, tls_ca: Path | None) -> Response | None:
@@ -31,8 +60,4 @@ def page_response(connection: ServerConnection, request: Request, tls_ca: Path |
         file = PAGE_DIR / name
     else:
         return connection.respond(404, "not found: the phone page is at /phone\n")
-    body = file.read_bytes()
-    headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
-    )
-    return Response(200, "OK", headers, body)
+    return file_response(file, content_type)

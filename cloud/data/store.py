@@ -12,7 +12,8 @@ Layout under ``root``::
     <dataset>/zarr.json            group; attributes hold the column schema
     <dataset>/<column>/            one array per column, chunked along rows, capacity >= committed rows
     <dataset>/episodes.jsonl       episode provenance, one line per episode, in episode_index order
-    <dataset>/commit.json          {"rows", "episodes", "index_bytes"}: what a reader may see
+    <dataset>/operators.jsonl      who drove which steps (cloud/data/operators.py)
+    <dataset>/commit.json          {"rows", "episodes", "index_bytes", "operators_bytes"}: what a reader may see
 
 A write goes: data arrays, then the episodes file, then commit.json (temp file + rename). So the
 committed row count and episode index advance only after everything under them is on disk, and a
@@ -38,6 +39,7 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
+from cloud.data import operators
 from cloud.data.files import fsync_path, write_atomically
 from protocol.steps import PROVENANCE_COLUMNS
 
@@ -99,6 +101,7 @@ class StepRows:
     task: str
     first_seq: int
     columns: dict[str, np.ndarray]  # every schema column but seq/episode_index, leading dim = steps
+    operators: tuple[str, ...] = ()  # who drove each step ("" : no person); empty when no person drove any
 
 
 @dataclass
@@ -107,6 +110,7 @@ class _Dataset:
     schema: dict[str, ColumnSpec]
     rows: int = 0  # committed
     index_bytes: int = 0  # committed length of episodes.jsonl
+    operators_bytes: int = 0  # committed length of operators.jsonl
     episodes: list[EpisodeRecord] = field(default_factory=list)
     arrays: dict[str, zarr.Array] = field(default_factory=dict)
 
@@ -279,6 +283,7 @@ class EpisodeStore:
                 ds.episodes.append(record)
                 self._episode_of[record.episode_id] = record
             ds.index_bytes = commit["index_bytes"]
+        ds.operators_bytes = commit.get("operators_bytes", 0)  # absent in stores written before it existed
         block = 1 << 20  # bounds memory when a fresh reader folds a big dataset
         for start in range(ds.rows, commit["rows"], block):
             stop = min(start + block, commit["rows"])
@@ -388,6 +393,10 @@ class EpisodeStore:
         if record is None or record.dataset != dataset:
             return np.zeros(0, np.int64)
         return np.flatnonzero(self.read(dataset, ["episode_index"])["episode_index"] == record.index)
+
+    def drivers(self, dataset: str, episode_id: str) -> dict[int, str]:
+        """seq -> who for the committed steps of an episode that a person drove (the policy's steps are absent)."""
+        return operators.drivers(self.root / dataset, self._get(dataset).operators_bytes, episode_id)
 
     # ---- rows ----
 
@@ -500,9 +509,14 @@ class EpisodeStore:
                 f.seek(ds.index_bytes)
                 f.write(lines)
             index_bytes += len(lines)
+        runs = b"".join(operators.run_lines(b.episode_id, b.first_seq, b.operators, skip) for b, skip in items)
+        operators_bytes = ds.operators_bytes
+        if runs:
+            operators_bytes = operators.append_runs(self.root / ds.name, ds.operators_bytes, runs)
         if self.durable:
             self._fsync_rows(ds, start, stop, metadata=grown)
         commit = {"rows": stop, "episodes": len(ds.episodes) + len(new), "index_bytes": index_bytes}
+        commit["operators_bytes"] = operators_bytes
         commit_file = self.root / ds.name / "commit.json"
         write_atomically(commit_file, json.dumps(commit).encode(), self.durable, self.durable)
 
@@ -510,7 +524,7 @@ class EpisodeStore:
         ds.episodes.extend(new)
         for record in new:
             self._episode_of[record.episode_id] = record
-        ds.index_bytes = index_bytes
+        ds.index_bytes, ds.operators_bytes = index_bytes, operators_bytes
         _absorb(ds.episodes, {name: data[name] for name in STAT_COLUMNS})
         ds.rows = stop
 
@@ -526,7 +540,7 @@ class EpisodeStore:
 
     def _fsync_rows(self, ds: _Dataset, start: int, stop: int, metadata: bool) -> None:
         """Flushes the chunks under rows [start, stop), their directories, the episodes file, resized metadata."""
-        paths = [self.root / ds.name / "episodes.jsonl"]
+        paths = [self.root / ds.name / "episodes.jsonl", self.root / ds.name / operators.FILE]
         for name, array in ds.arrays.items():
             step, tail = array.chunks[0], ".0" * (array.ndim - 1)
             directory = self.root / ds.name / name

@@ -13,7 +13,7 @@ from typing import Protocol
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.gateway.sessions import Session
 from protocol import tunnel_pb2 as pb
-from protocol.steps import decode_batch
+from protocol.steps import decode_batch, decode_operators
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -184,4 +184,5 @@ def step_rows(session: Session, batch: pb.StepBatch, max_batch_bytes: int) -> St
         task=batch.task,
         first_seq=batch.first_seq,
         columns=columns,
+        operators=decode_operators(batch, columns["intervention"]),
     )

@@ -23,6 +23,7 @@ from cloud.gateway.config import GRPC_OPTIONS, GatewayConfig
 from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import FleetScheduler, Requirements, Task
 from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
+from cloud.gateway.person_relay import PersonRelay
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
 from cloud.gateway.sessions import Admission, Session, admit, checks_credentials, drop_revoked
@@ -55,6 +56,7 @@ class Gateway(pb_grpc.TunnelServicer):
             store, config.flush_rows, config.flush_delay_s, config.flush_bytes, config.max_unwritten_bytes
         )
         self.pusher = PolicyPusher(config, registry, self.sessions)
+        self.persons = PersonRelay(self.sessions)  # the takeover pages' people and the robots they watch
         self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
@@ -175,6 +177,7 @@ class Gateway(pb_grpc.TunnelServicer):
                 )
             )
         )
+        self.persons.opened(session)
         policy_name, caps = admitted.policy_name, resource.capabilities
         if not self.config.tasks and policy_name not in self.fleet.tasks:
             self.fleet.add_task(
@@ -239,6 +242,8 @@ class Gateway(pb_grpc.TunnelServicer):
                         check_heartbeat(message.heartbeat)
                         self.fleet.seen(session.resource.id)
                         session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
+                    elif kind in ("live_view", "person_refused"):
+                        self.persons.receive(session, message)
                     elif kind == "hello":
                         raise CodecError("hello", "this stream already said hello; open a new stream to start over")
                     else:

@@ -49,8 +49,10 @@ def _certs_dir(args: argparse.Namespace) -> Path:
 
 
 def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
-    """The phone channel beside the gateway when --phone-port is given: the page over HTTPS, phones over wss."""
+    """The phone channel beside the gateway when --phone-port is given: the phone page and the robots' takeover pages
+    over HTTPS, phones and takeover pages over wss."""
     from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+    from cloud.channels.takeover_channel import TakeoverPages
 
     height, width = args.phone_image
     if args.phone_port is None:
@@ -72,7 +74,7 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
         tls_ca=certs.ca,
         public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert, lan),
     )
-    return (lambda gateway: PhoneChannel(config, gateway),)
+    return (lambda gateway: PhoneChannel(config, gateway, routes=(TakeoverPages(gateway),)),)
 
 
 def _openpi_service(
@@ -180,7 +182,10 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
     cloud.add_argument(
-        "--phone-port", type=int, default=None, help="serve the phone channel (websockets) on this port; 0: any"
+        "--phone-port",
+        type=int,
+        default=None,
+        help="serve the phone channel and the robots' takeover pages (HTTPS, websockets) on this port; 0: any",
     )
     cloud.add_argument(
         "--phone-image", type=_image_size, default=(224, 224), help="phone frames are stored at HEIGHTxWIDTH"

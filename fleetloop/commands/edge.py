@@ -24,7 +24,10 @@ from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
 
 if TYPE_CHECKING:
     from edge.agent import EdgeConfig
+    from edge.operator import Operator
     from hal.drivers import BuiltDriver
+    from hal.resource import Driver
+    from hal.safety import SafeDriver
 
 log = logging.getLogger("fleetloop")
 
@@ -79,11 +82,29 @@ def _preload(libraries: list[str]) -> None:
         log.info("imported lerobot's policy code in %.1f s, before the control loop starts", time.monotonic() - started)
 
 
+def _operators(
+    args: argparse.Namespace, raw_driver: Driver, task: str
+) -> tuple[SafeDriver, Operator | None, Operator | None]:
+    """The driver behind its safety layer; who may drive beside the policy: the local operator (--operator) and,
+    unless --no-takeover, the people at the robot's takeover page, one at a time (an Arbiter between them); and the
+    local operator alone."""
+    from edge.arbiter import with_takeover
+    from edge.operator import choose_operator
+    from hal.drivers import with_safety
+
+    local = choose_operator(task, args.operator)
+    if args.no_takeover:
+        return with_safety(raw_driver, args.id, args.watchdog), local, local
+    try:
+        driver, arbiter = with_takeover(raw_driver, local, args.id, args.watchdog, args.takeover_lease)
+    except ValueError as err:
+        raise ValueError(f"--takeover-lease: {err}") from err
+    return driver, arbiter, local
+
+
 def cmd_edge(args: argparse.Namespace) -> int:
     from edge.agent import EdgeAgent
-    from edge.operator import choose_operator
     from edge.spool import Spool
-    from hal.drivers import with_safety
     from hal.resource import ResourceInfo
 
     try:
@@ -91,8 +112,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         if problem:
             raise ValueError(problem)
         raw_driver, source, task = robot_driver(args.robot, args.seed, args.hz)
-        driver = with_safety(raw_driver, args.id, args.watchdog)
-        operator = choose_operator(task, args.operator)
+        driver, operator, local = _operators(args, raw_driver, task)
         config = _edge_config(args, driver.capabilities.embodiment)
     except ValueError as err:
         log.error("%s", err)
@@ -104,8 +124,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
     hz = driver.capabilities.control_hz
-    who = "scripted" if operator is not None else "none"
-    log.info("%s: %s at %.0f Hz, cloud %s, operator %s", args.id, args.robot, hz, args.cloud, who)
+    who = "scripted" if local is not None else "none"
+    takeover = "refused (--no-takeover)" if args.no_takeover else "on"
+    log.info(
+        "%s: %s at %.0f Hz, cloud %s, operator %s, takeover page %s", args.id, args.robot, hz, args.cloud, who, takeover
+    )
     try:
         stats = agent.run(episodes=args.episodes, duration_s=args.duration)
     finally:
@@ -203,6 +226,20 @@ def _add_loop_args(edge: argparse.ArgumentParser) -> None:
         "bound on unacked steps kept on disk; when full the robot holds still until the cloud acks "
         "(unacked steps are never deleted; 0: unbounded)",
         metavar="MB",
+    )
+    edge.add_argument(
+        "--no-takeover",
+        action="store_true",
+        help="refuse the cloud's takeover page: no person at a browser may drive this robot (no live view either)",
+    )
+    add_valued(
+        edge,
+        "--takeover-lease",
+        positive_float,
+        10.0,
+        "a person at the takeover page silent this long loses control and the policy drives again (the robot "
+        "holds from the watchdog's deadline on)",
+        metavar="SECONDS",
     )
     edge.add_argument(
         "--stats-file", default=None, help="write the loop's counters and a sha256 of its steps here as JSON on exit"

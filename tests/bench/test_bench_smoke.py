@@ -1,4 +1,5 @@
-"""Reduced benchmarks (uplink, LoRA delta, foresight, weighting): positive figures and ratios against baselines."""
+"""Reduced benchmarks (uplink, LoRA delta, foresight, weighting, takeover): positive figures and ratios against
+baselines."""
 
 from __future__ import annotations
 
@@ -50,3 +51,10 @@ def test_quick_weighting_bench_learns_more_where_the_foresight_was_wrong(tmp_pat
     assert "wrong" in wrong.name and "right" in right.name and "both" in both.name
     assert wrong.ratio < 0.8, wrong  # v2 is better where v1's foresight was wrong than with even sampling
     assert all(r.value > 0 and r.baseline > 0 for r in results)
+
+
+def test_quick_takeover_bench_times_a_press_to_the_driver(tmp_path) -> None:
+    p50, p99 = run_bench(figures=("takeover",), quick=True, out=tmp_path / "results.json")
+    for result in (p50, p99):
+        assert result.unit == "ms" and result.value > 0 and result.baseline > 0, result
+    assert p99.value >= p50.value and "press -> edge" in p99.note

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,9 @@ COVERED: dict[str, str] = {
     "fleetloop certs init --host 192.168.1.20": "phones on a LAN",
     "fleetloop devices add robot-1": "phones on a LAN",
     "fleetloop cloud --tls --host 0.0.0.0 --phone-port 7071": "phones on a LAN",
+    "fleetloop devices add alice --kind operator": "takeover",
+    "fleetloop cloud --phone-port 7071": "takeover",
+    "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot sim:panda_pick_cube --id robot-1 --operator none": "takeover",
     "fleetloop edge --robot sim:pusht --id cart-1 --remote-policy": "policies",
     "fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot": "policies",
     "fleetloop cloud --wire-dtype bfloat16": "policies",
@@ -337,6 +341,43 @@ def test_phone_commands(shell: Shell) -> None:
     token_in(shell.run("fleetloop devices add robot-1"))
     shell.start("fleetloop cloud --tls --host 0.0.0.0 --phone-port 7071", "lan-cloud")
     shell.wait_log("lan-cloud", rf"https://192\.168\.1\.20:{shell.phone_port}/")
+
+
+def test_takeover_commands(shell: Shell) -> None:
+    """An operator and a robot credential, the cloud's takeover pages, a Panda with no operator: a person at its page
+    (the page's protocol, no browser) takes over and drives it; the store holds those steps as theirs."""
+    from cloud.data.store import EpisodeStore
+    from tests.e2e.takeover_client import TakeoverClient
+
+    alice = token_in(shell.run("fleetloop devices add alice --kind operator"))
+    shell.tokens["flt_..."] = token_in(shell.run("fleetloop devices add robot-1"))
+    shell.start("fleetloop cloud --phone-port 7071", "cloud")
+    shell.wait_log(
+        "cloud", rf"robot takeover pages \(operator credential\) at https://127.0.0.1:{shell.phone_port}/takeover/"
+    )
+    shell.start(
+        "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot sim:panda_pick_cube --id robot-1 --operator none", "robot"
+    )
+    shell.wait_log("cloud", r"robot-1 connected")
+    url = f"wss://127.0.0.1:{shell.phone_port}/takeover/robot-1/ws"
+    client = TakeoverClient(url, "alice", alice, shell.cwd / "fleetloop-data" / "certs" / "ca.pem")
+    try:
+        client.wait(lambda c: c.robot is not None and c.views, 30, "the robot's live view")
+        client.send(("take_over",), [1.0, 0.0, 0.0, 1.0])
+        for _ in range(20):
+            client.send((), [1.0, 0.0, 0.0, 1.0])
+            time.sleep(0.05)
+        client.send(("hand_back",))
+    finally:
+        client.close()
+    shell.stop("robot")
+    store = EpisodeStore(shell.cwd / "fleetloop-data" / "store", read_only=True)
+    drivers = {
+        who
+        for e in store.episodes("panda_pick_cube")
+        for who in store.drivers("panda_pick_cube", e.episode_id).values()
+    }
+    assert drivers == {"browser:alice"}
 
 
 def registry_versions(root: Path, policy: str) -> list[int]:
