@@ -9,6 +9,7 @@ import numpy as np
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError, decode_array
+from protocol.limits import check_size
 from protocol.steps import check_id
 
 # What a person says besides moving the robot; the same words as edge.operator.Signal.
@@ -33,15 +34,9 @@ def _check_text(value: str, field: str, limit: int) -> None:
         raise CodecError(field, f"must be printable and at most {limit} characters")
 
 
-def _check_size(message, limit: int, field: str) -> None:
-    size = message.ByteSize()
-    if size > limit:
-        raise CodecError(field, f"{size} bytes exceeds the limit of {limit}")
-
-
 def check_person_command(command: pb.PersonCommand, action_dim: int | None = None) -> None:
     """A person's command as the cloud relays it; ``action_dim``: the robot's action size (None: not known here)."""
-    _check_size(command, MAX_COMMAND_BYTES, "person")
+    check_size(command, MAX_COMMAND_BYTES, "person")
     check_id(command.who, "person.who")
     check_id(command.session, "person.session")
     if command.seq < 1:
@@ -73,7 +68,7 @@ def check_watch(watch: pb.WatchRequest) -> None:
 
 def check_live_view(view: pb.LiveView) -> None:
     """A live view from an edge, bounded before the cloud decodes or forwards any of it."""
-    _check_size(view, MAX_VIEW_BYTES, "live_view")
+    check_size(view, MAX_VIEW_BYTES, "live_view")
     for name in ("episode", "step", "intended_step", "policy_version", "command_seq"):
         if getattr(view, name) < 0:
             raise CodecError(f"live_view.{name}", f"must be >= 0, got {getattr(view, name)}")
@@ -112,7 +107,7 @@ def _finite(array: pb.Array, field: str, max_bytes: int) -> np.ndarray:
 
 
 def check_person_refused(refused: pb.PersonRefused) -> None:
-    _check_size(refused, MAX_REFUSED_BYTES, "person_refused")
+    check_size(refused, MAX_REFUSED_BYTES, "person_refused")
     check_id(refused.who, "person_refused.who")
     check_id(refused.session, "person_refused.session")
     if refused.seq < 0:
