@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hal.resource import Capabilities
-from policies import cnn, lerobot_policy, lora, mlp, sac_actor  # noqa: F401  (each registers its type)
+from policies import cnn, lerobot_policy, lora, mlp, reward_classifier, sac_actor  # noqa: F401  (each registers its type)
 from policies.base import POLICY_TYPES, Policy, policy_class
 
 __all__ = ["POLICY_TYPES", "config_for", "cpu_copy", "make_policy"]

@@ -41,7 +41,8 @@ def train_policy(
     on_step: Callable[[int], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> float:
-    """Trains ``policy`` in place on ``dataset`` ("obs.<name>", "action" arrays with equal first dimension).
+    """Trains ``policy`` in place on ``dataset`` (arrays with equal first dimension: "obs.<name>" and the targets
+    its ``loss`` takes, e.g. "action").
 
     Batches are drawn with replacement: by ``index_sampler`` when given (``cloud.learning.sampler.Sampler.draw``:
     explicit ratios between kinds of data, staleness weights), else in proportion to ``weights`` when given, else
@@ -54,7 +55,7 @@ def train_policy(
     the (already moved) policy live; batches are drawn on the CPU generator and moved there.
     Returns the mean loss over the last few steps.
     """
-    n = len(dataset["action"])
+    n = len(next(iter(dataset.values()))) if dataset else 0
     if n == 0 or steps <= 0:
         raise ValueError("train_policy needs a non-empty dataset and steps > 0")
     if fit_normalization:
