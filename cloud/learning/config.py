@@ -8,11 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from cloud.data.version_registry import check_policy_name
 from cloud.learning.algorithms.sac_agent import SACConfig
 from cloud.learning.sampler import KINDS, LABELLED_KINDS, Ratios, SamplerConfig, group_kinds
 from cloud.learning.staleness import StalenessBudget, StalenessDecay, StalenessMode
-from hal.config import CodeConfig, ConfigError, Items, invalid
+from hal.config import CodeConfig, ConfigError, ConfigModel, Items, invalid
+from policies.base import Width
 from policies.lerobot_policy import check_lerobot_config
+from policies.reward_classifier import ClassifierEncoder
 
 # Each algorithm by name and the kinds of steps it can learn from (cloud.learning.algorithms implements them):
 # HG-DAgger only from actions a person chose, SAC from every transition.
@@ -21,6 +24,36 @@ TRAINS_ON: dict[str, tuple[str, ...]] = {"hg-dagger": LABELLED_KINDS, "sac": KIN
 AtLeastOne = Annotated[int, Field(ge=1)]
 
 BUILTIN_POLICY_TYPES = ("auto", "mlp", "cnn")
+# A dataset's reward classifier is published as the policy ``<dataset>.reward`` (cloud.data.version_registry's names).
+REWARD_SUFFIX = ".reward"
+_POLICY_NAME_LENGTH = 64
+
+
+class RewardTraining(ConfigModel):
+    """How the learner labels frames for a reward classifier and trains it (cloud.learning.algorithms.reward)."""
+
+    positive_steps: AtLeastOne = 3  # the last N steps of a successful episode are success frames
+    ambiguous_steps: Annotated[int, Field(ge=0)] = 3  # the N steps before them are left out (neither label)
+    train_steps: AtLeastOne = 300
+    batch_size: AtLeastOne = 64
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    encoder: ClassifierEncoder = ClassifierEncoder()  # the frozen CNN (random weights: no hub download)
+    hidden_dim: Width = 256
+    latent_dim: Width = 256
+
+
+def _check_reward_datasets(datasets: tuple[str, ...]) -> None:
+    """Each names a dataset whose classifier can be published under ``<dataset>.reward``, once."""
+    for index, dataset in enumerate(datasets):
+        if dataset.endswith(REWARD_SUFFIX):
+            raise invalid(f"{dataset!r} names a classifier; name the dataset it judges", "reward_classifiers", index)
+        try:
+            check_policy_name(dataset + REWARD_SUFFIX)
+        except ValueError:
+            why = f"{dataset!r} must be 1-{_POLICY_NAME_LENGTH - len(REWARD_SUFFIX)} letters, digits, '_', '.', '-'"
+            raise invalid(why, "reward_classifiers", index) from None
+        if dataset in datasets[:index]:
+            raise invalid(f"{dataset!r} is named twice", "reward_classifiers", index)
 
 
 def _policy_choices(policies: Any) -> tuple[tuple[str, str, str], ...]:
@@ -139,6 +172,9 @@ class LearnerConfig(CodeConfig):
     # dataset -> where its rounds start (cloud.learning.init_weights): a pretrained_model folder, a weights file,
     # "registry" or "registry:vN"; a mapping is accepted and stored as sorted pairs
     init: Items[tuple[str, str]] = ()
+    # datasets whose reward classifier the learner trains on their labelled frames and publishes as <dataset>.reward
+    reward_classifiers: Items[str] = ()
+    reward: RewardTraining = RewardTraining()
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +198,7 @@ class LearnerConfig(CodeConfig):
         _check_ratio_kinds(self.sampler, self.algorithm)  # at start, not as a failure every round
         _check_policy_choices(self.policies, self.algorithm)
         _check_init_sources(self.init, self.policies, self.algorithm)
+        _check_reward_datasets(self.reward_classifiers)
         return self
 
     def chunk_size_for(self, dataset: str) -> int:

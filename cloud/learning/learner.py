@@ -33,9 +33,10 @@ from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, StepHook
 from cloud.learning.algorithms.hg_dagger import HGDagger
+from cloud.learning.algorithms.reward import RewardClassifierTraining, source_dataset
 from cloud.learning.algorithms.sac import SAC
 from cloud.learning.checkpoint import LearnerCheckpoint
-from cloud.learning.config import LearnerConfig
+from cloud.learning.config import REWARD_SUFFIX, LearnerConfig
 from cloud.learning.distributed import DistContext
 from cloud.learning.init_weights import InitWeights
 from policies.factory import cpu_copy
@@ -88,7 +89,14 @@ class Learner:
         self.algorithm: Algorithm[Any] = ALGORITHM_TYPES[self.config.algorithm](
             self.config, store, self.dist, on_step, init
         )
+        # Reward classifiers' rounds (``<dataset>.reward``, LearnerConfig.reward_classifiers), beside the policies'.
+        self.reward_algorithm = RewardClassifierTraining(self.config, store, self.dist, on_step)
         self._datasets: dict[str, _DatasetState] = {}
+
+    def _algorithm_for(self, name: str) -> Algorithm[Any]:
+        """What trains the policy ``name``: a dataset's algorithm, or its reward classifier's."""
+        reward = name.endswith(REWARD_SUFFIX) and source_dataset(name) in self.config.reward_classifiers
+        return self.reward_algorithm if reward else self.algorithm
 
     def _checkpoint(self, dataset: str) -> LearnerCheckpoint | None:
         return LearnerCheckpoint(self.checkpoint_dir / dataset) if self.checkpoint_dir is not None else None
@@ -97,18 +105,18 @@ class Learner:
         """Where a (re)started learner carries on: its checkpoint, else the registry's latest version."""
         latest = self.registry.latest(dataset)
         checkpoint = self._checkpoint(dataset)
-        saved, trainable = None, None
+        saved, trainable, algorithm = None, None, self._algorithm_for(dataset)
         try:
             saved = checkpoint.load() if checkpoint is not None else None
-            if saved is not None and saved.algorithm != self.config.algorithm:  # a switch: routine, not a fault
+            if saved is not None and saved.algorithm != algorithm.name:  # a switch: routine, not a fault
                 log.info(
                     "%s was trained by %s until now; %s starts on it afresh from the published version",
                     dataset,
                     saved.algorithm,
-                    self.config.algorithm,
+                    algorithm.name,
                 )
                 saved = None
-            trainable = self.algorithm.restore(saved) if saved is not None else None
+            trainable = algorithm.restore(saved) if saved is not None else None
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             log.error("ignoring the learner checkpoint of %s: %s", dataset, err)
             saved, trainable = None, None
@@ -135,18 +143,22 @@ class Learner:
     def _plan(self) -> list[_Round]:
         """Rank 0: the datasets with enough new episodes for a round."""
         self.store.refresh()
+        datasets = self.store.datasets()
+        # (policy name, the dataset it learns from): each dataset's policy, then the reward classifiers asked for.
+        names = [(dataset, dataset) for dataset in datasets]
+        names += [(d + REWARD_SUFFIX, d) for d in self.config.reward_classifiers if d in datasets]
         plan = []
-        for dataset in self.store.datasets():
-            state = self._datasets.setdefault(dataset, _DatasetState())
+        for name, dataset in names:
+            state = self._datasets.setdefault(name, _DatasetState())
             finished = sum(1 for e in self.store.episodes(dataset) if e.done)
             if state.episodes_at_last_version < 0:
-                self._resume(dataset, state, finished)
-            latest = self.registry.latest(dataset)
+                self._resume(name, state, finished)
+            latest = self.registry.latest(name)
             needed = self.config.round_episodes if latest else self.config.first_round_episodes
             if finished - state.episodes_at_last_version < needed:
                 continue
             rows = self.store.committed_rows(dataset)
-            plan.append(_Round(dataset, finished, rows, latest.version if latest else 0))
+            plan.append(_Round(name, finished, rows, latest.version if latest else 0))
         return plan
 
     def poll_once(self) -> list[PolicyVersion]:
@@ -188,14 +200,15 @@ class Learner:
         checkpoint = self._checkpoint(dataset)
         if checkpoint is None or state.trainable is None:
             return
-        saved = self.algorithm.saved_state(state.trainable)
+        algorithm = self._algorithm_for(dataset)
+        saved = algorithm.saved_state(state.trainable)
         checkpoint.save(
             version,
             state.total_steps,
             finished,
             saved.policy,
             saved.optimizer,
-            algorithm=self.config.algorithm,
+            algorithm=algorithm.name,
             modules=saved.modules or None,
             optimizers=saved.optimizers or None,
             rows=state.trained_rows,
@@ -218,13 +231,14 @@ class Learner:
             current_version = latest.version if latest else 0
         started = time.perf_counter()
         job = RoundJob(dataset, rows, current_version, state.rounds, state.trained_rows)
-        result = self.algorithm.train_round(job, state.trainable)
+        algorithm = self._algorithm_for(dataset)
+        result = algorithm.train_round(job, state.trainable)
         if result is None:
             return None
         if isinstance(result, NothingNew):
             # Wait for the next round's episodes rather than look again at every poll.
             state.trained_rows, state.episodes_at_last_version = result.rows, finished_episodes
-            trains_on = "+".join(self.algorithm.trains_on)
+            trains_on = "+".join(algorithm.trains_on)
             log.info("%s: no new steps to train on (%s) since v%d; not publishing", dataset, trains_on, current_version)
             return None
         state.trainable, state.trained_rows = result.trainable, result.rows

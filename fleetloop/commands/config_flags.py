@@ -46,6 +46,7 @@ LEARNER_FLAGS = {
     "learner.chunk_sizes": "--chunk-size",
     "learner.policies": "--policy",
     "learner.init": "--init",
+    "learner.reward_classifiers": "--reward-classifier",
     "learner.staleness_budget": "--staleness-budget",
     "learner.staleness_mode": "--staleness-mode",
     "learner.staleness_decay": "--staleness-decay",

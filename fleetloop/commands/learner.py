@@ -113,6 +113,13 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         "`fleetloop policy publish` put there) or 'registry:vN'",
         _init_source,
     )
+    add_repeatable(
+        parser,
+        "--reward-classifier",
+        "DATASET",
+        "also train lerobot's reward classifier on that dataset's camera frames (the last steps of successful "
+        "episodes against failed ones and early steps) and publish it as the policy DATASET.reward",
+    )
 
 
 def _add_staleness_args(parser: argparse.ArgumentParser) -> None:
@@ -228,6 +235,7 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5), explore=getattr(args, "sac_explore", True)),
             seed=getattr(args, "learner_seed", 0),
             init=tuple(getattr(args, "init", [])),
+            reward_classifiers=tuple(getattr(args, "reward_classifier", [])),
         )
     except ConfigError as err:
         raise flag_error(err, LEARNER_FLAGS) from err
