@@ -82,7 +82,7 @@ class OutcomeJudge:
                 raise ValueError(f"{name}: the reward classifier sees this camera; the observation lacks it")
             frame = np.asarray(frame)
             if frame.dtype != np.uint8 or frame.shape != tuple(spec.shape):
-                why = f"expected uint8 {tuple(spec.shape)} as the classifier was trained on, got {frame.dtype} {frame.shape}"
+                why = f"expected uint8 {tuple(spec.shape)} (what it was trained on), got {frame.dtype} {frame.shape}"
                 raise ValueError(f"{name}: {why}")
             frames[name] = frame
         probability = self.classifier.success_probability(frames)
