@@ -61,7 +61,7 @@ def test_the_learner_publishes_a_classifier_that_judges_held_out_frames_and_the_
     config = LearnerConfig(
         first_round_episodes=4, train_steps=2, batch_size=8, reward_classifiers=(DATASET,), reward=reward
     )
-    learner = Learner(store, registry, config)
+    learner = Learner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
     published = {version.policy_name: version for version in learner.poll_once()}
     assert set(published) == {DATASET, f"{DATASET}.reward"}  # the policy as before, and the classifier beside it
     assert "18 success and 108 failure frames" in published[f"{DATASET}.reward"].note
@@ -75,6 +75,10 @@ def test_the_learner_publishes_a_classifier_that_judges_held_out_frames_and_the_
     np.testing.assert_array_equal(verdicts, learner_verdicts)
 
     assert learner.poll_once() == []  # no new episodes: no new version of either
+    restarted = Learner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+    assert restarted.poll_once() == []  # it carries on from its checkpoints rather than retrain at once
+    restored = restarted._datasets[f"{DATASET}.reward"].trainable.policy.eval()
+    assert (restored.probabilities([{"front": image} for image in images]) > 0.5).tolist() == verdicts.tolist()
     store.close()
 
 

@@ -31,15 +31,19 @@ class TrainedPolicy:
     optimizer: torch.optim.Optimizer
 
 
-class HGDagger(Algorithm[TrainedPolicy]):
-    name = "hg-dagger"
-    trains_on = TRAINS_ON["hg-dagger"]
+class FreshPolicyRounds(Algorithm[TrainedPolicy]):
+    """An algorithm whose rounds each train a fresh policy: a checkpoint keeps the last one and its optimizer."""
 
     def restore(self, saved: Checkpoint) -> TrainedPolicy:
         return TrainedPolicy(saved.policy, saved.optimizer)
 
     def saved_state(self, trainable: TrainedPolicy) -> SavedState:
         return SavedState(trainable.policy, trainable.optimizer)
+
+
+class HGDagger(FreshPolicyRounds):
+    name = "hg-dagger"
+    trains_on = TRAINS_ON["hg-dagger"]
 
     def train_round(
         self, job: RoundJob, trainable: TrainedPolicy | None

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from cloud.data.policy_import import observation_spec
-from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, SavedState
-from cloud.learning.algorithms.hg_dagger import TrainedPolicy
+from cloud.learning.algorithms.base import NothingNew, RoundJob, RoundResult
+from cloud.learning.algorithms.hg_dagger import FreshPolicyRounds, TrainedPolicy
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import REWARD_SUFFIX, RewardTraining
 from cloud.learning.sampler import KINDS, load_steps
@@ -59,7 +59,7 @@ def source_dataset(policy_name: str) -> str:
     return policy_name.removesuffix(REWARD_SUFFIX)
 
 
-class RewardClassifierTraining(Algorithm[TrainedPolicy]):
+class RewardClassifierTraining(FreshPolicyRounds):
     """Rounds of ``<dataset>.reward``: its ``RoundJob.dataset`` is the classifier's policy name."""
 
     name = "reward-classifier"
@@ -68,10 +68,7 @@ class RewardClassifierTraining(Algorithm[TrainedPolicy]):
     def restore(self, saved: Checkpoint) -> TrainedPolicy:
         if not isinstance(saved.policy, RewardClassifier):
             raise ValueError(f"the checkpoint holds a {saved.policy.type_name} policy, not a reward classifier")
-        return TrainedPolicy(saved.policy, saved.optimizer)
-
-    def saved_state(self, trainable: TrainedPolicy) -> SavedState:
-        return SavedState(trainable.policy, trainable.optimizer)
+        return super().restore(saved)
 
     def train_round(
         self, job: RoundJob, trainable: TrainedPolicy | None
