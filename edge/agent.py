@@ -81,10 +81,10 @@ class EdgeAgent:
         operator: Operator | None = None,
     ) -> None:
         self.config = config
+        self.task = config.task or resource.capabilities.embodiment  # until the cloud assigns one
         self.resource = resource
         self.driver = driver
         self.operator = operator
-        self.task = config.task or resource.capabilities.embodiment
         self.spool = spool
         self.stats = LoopStats()
         tunnel_config = config.tunnel

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sized
 
 import numpy as np
 
@@ -32,6 +33,12 @@ MAX_CONTROL_MESSAGE_BYTES = 4096
 # Names that become paths: dataset (the embodiment), columns (obs.<name>) and policy directories.
 STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_count(items: Sized, limit: int, field: str, noun: str) -> None:
+    """At most ``limit`` items (a repeated field, a string's characters), or an error naming ``field``."""
+    if len(items) > limit:
+        raise CodecError(field, f"{len(items)} {noun}, at most {limit}")
 
 
 def check_size(message, limit: int, field: str) -> None:
@@ -86,8 +93,7 @@ def check_capabilities(caps: pb.Capabilities, field: str = "hello.resource.capab
     check_policy_name(caps.embodiment, f"{field}.embodiment")
     if not 0 < caps.control_hz <= MAX_CONTROL_HZ:  # NaN fails this too
         raise CodecError(f"{field}.control_hz", f"must be in (0, {MAX_CONTROL_HZ:g}], got {caps.control_hz}")
-    if len(caps.observation) > MAX_OBSERVATIONS:
-        raise CodecError(f"{field}.observation", f"{len(caps.observation)} observations, at most {MAX_OBSERVATIONS}")
+    check_count(caps.observation, MAX_OBSERVATIONS, f"{field}.observation", "observations")
     check_spec(caps.action, f"{field}.action", name_pattern=None)
     seen: set[str] = set()
     for i, spec in enumerate(caps.observation):
@@ -95,8 +101,7 @@ def check_capabilities(caps: pb.Capabilities, field: str = "hello.resource.capab
         if spec.name in seen:
             raise CodecError(f"{field}.observation[{i}].name", f"duplicate observation {spec.name!r}")
         seen.add(spec.name)
-    if len(caps.cameras) > MAX_CAMERAS:
-        raise CodecError(f"{field}.cameras", f"{len(caps.cameras)} cameras, at most {MAX_CAMERAS}")
+    check_count(caps.cameras, MAX_CAMERAS, f"{field}.cameras", "cameras")
     for i, camera in enumerate(caps.cameras):
         check_id(camera, f"{field}.cameras[{i}]")
 
@@ -104,14 +109,12 @@ def check_capabilities(caps: pb.Capabilities, field: str = "hello.resource.capab
 def check_hello(hello: pb.Hello) -> None:
     """Bounds of a Hello besides its resource (checked by the gateway's check_resource) and credential value."""
     check_size(hello, MAX_HELLO_BYTES, "hello")
-    if len(hello.token) > MAX_TOKEN_LENGTH:
-        raise CodecError("hello.token", f"{len(hello.token)} characters, at most {MAX_TOKEN_LENGTH}")
+    check_count(hello.token, MAX_TOKEN_LENGTH, "hello.token", "characters")
     if hello.policy_name:
         check_policy_name(hello.policy_name, "hello.policy_name")
     if hello.policy_version < 0:
         raise CodecError("hello.policy_version", f"must be >= 0, got {hello.policy_version}")
-    if len(hello.held) > MAX_HELD_EPISODES:
-        raise CodecError("hello.held", f"{len(hello.held)} episodes, at most {MAX_HELD_EPISODES}")
+    check_count(hello.held, MAX_HELD_EPISODES, "hello.held", "episodes")
     for i, progress in enumerate(hello.held):
         check_id(progress.episode_id, f"hello.held[{i}].episode_id")
         if progress.next_seq < 0:

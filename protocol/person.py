@@ -9,7 +9,7 @@ import numpy as np
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError, decode_array
-from protocol.limits import check_size
+from protocol.limits import check_count, check_size
 from protocol.steps import check_id
 
 # What a person says besides moving the robot; the same words as edge.operator.Signal.
@@ -41,15 +41,13 @@ def check_person_command(command: pb.PersonCommand, action_dim: int | None = Non
     check_id(command.session, "person.session")
     if command.seq < 1:
         raise CodecError("person.seq", f"must be >= 1, got {command.seq}")
-    if len(command.signals) > MAX_SIGNALS:
-        raise CodecError("person.signals", f"{len(command.signals)} signals, at most {MAX_SIGNALS}")
+    check_count(command.signals, MAX_SIGNALS, "person.signals", "signals")
     for i, signal in enumerate(command.signals):
         if signal not in SIGNALS:
             shown = signal[:40] if signal.isprintable() else repr(signal[:40])
             raise CodecError(f"person.signals[{i}]", f"must be one of {', '.join(SIGNALS)}, got {shown!r}")
     values = list(command.action)
-    if len(values) > MAX_ACTION_VALUES:
-        raise CodecError("person.action", f"{len(values)} values, at most {MAX_ACTION_VALUES}")
+    check_count(values, MAX_ACTION_VALUES, "person.action", "values")
     if values and action_dim is not None and len(values) != action_dim:
         raise CodecError("person.action", f"this robot's action has {action_dim} values, got {len(values)}")
     for i, value in enumerate(values):
@@ -74,8 +72,7 @@ def check_live_view(view: pb.LiveView) -> None:
             raise CodecError(f"live_view.{name}", f"must be >= 0, got {getattr(view, name)}")
     check_id(view.controller, "live_view.controller", required=False)
     _check_text(view.note, "live_view.note", MAX_NOTE)
-    if len(view.state) > MAX_STATE_ARRAYS:
-        raise CodecError("live_view.state", f"{len(view.state)} arrays, at most {MAX_STATE_ARRAYS}")
+    check_count(view.state, MAX_STATE_ARRAYS, "live_view.state", "arrays")
     total = 0
     for name, array in view.state.items():
         check_id(name, "live_view.state")
@@ -85,8 +82,7 @@ def check_live_view(view: pb.LiveView) -> None:
     for name in ("intended", "applied"):
         if view.HasField(name):
             _finite(getattr(view, name), f"live_view.{name}", 8 * MAX_ACTION_VALUES)
-    if len(view.frames) > MAX_FRAMES:
-        raise CodecError("live_view.frames", f"{len(view.frames)} frames, at most {MAX_FRAMES}")
+    check_count(view.frames, MAX_FRAMES, "live_view.frames", "frames")
     for i, frame in enumerate(view.frames):
         field = f"live_view.frames[{i}]"
         check_id(frame.camera, f"{field}.camera")
