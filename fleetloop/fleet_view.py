@@ -21,6 +21,7 @@ STATE_STYLE = {
     "idle": "white",
     "paused": "yellow",
     "draining": "yellow",
+    "waiting for reset": "yellow",
     "lost": "red",
     "faulted": "red",
 }

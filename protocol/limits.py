@@ -15,7 +15,7 @@ import numpy as np
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import ALLOWED_DTYPES, CodecError
-from protocol.steps import MAX_BATCH_BYTES, MAX_ID_LENGTH, check_id
+from protocol.steps import MAX_BATCH_BYTES, MAX_ID_LENGTH, check_id, quoted
 
 # Hello: one per stream. Its size is dominated by the resume points of episodes still in the edge's spool.
 MAX_HELLO_BYTES = 8 << 20
@@ -29,6 +29,10 @@ MAX_ROW_BYTES = MAX_BATCH_BYTES  # one step of one column; a bigger row could ne
 MAX_CONTROL_HZ = 1000.0
 # PolicyApplied and Heartbeat carry a few numbers and one name.
 MAX_CONTROL_MESSAGE_BYTES = 4096
+
+# What an edge may say it waits for in its heartbeats (``Heartbeat.state``): "" while it simply works.
+WAITING_FOR_RESET = "waiting for reset"  # an episode ended; a person (or a topic, or a timeout) says the scene is reset
+EDGE_STATES = ("", WAITING_FOR_RESET)
 
 # Names that become paths: dataset (the embodiment), columns (obs.<name>) and policy directories.
 STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -137,3 +141,5 @@ def check_rejected(rejected: pb.PolicyRejected) -> None:
 
 def check_heartbeat(heartbeat: pb.Heartbeat) -> None:
     check_size(heartbeat, MAX_CONTROL_MESSAGE_BYTES, "heartbeat")
+    if heartbeat.state not in EDGE_STATES:
+        raise CodecError("heartbeat.state", f"must be one of {list(EDGE_STATES)}, got {quoted(heartbeat.state)}")

@@ -20,6 +20,8 @@ PROVENANCE_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
     "policy_version": ("<i8", ()),
     "t_mono_ns": ("<i8", ()),
 }
+# What a person may say of an episode (``StepBatch.label.outcome``); "discarded": re-recorded, kept, never trained on.
+OUTCOMES = ("success", "failure", "discarded")
 MAX_STEPS_PER_BATCH = 4096
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_ID_LENGTH = 128
@@ -42,7 +44,9 @@ def encode_batch(
     task: str = "",
     batch_id: int = 0,
     compression: str = "",
+    label: pb.EpisodeLabel | None = None,
 ) -> pb.StepBatch:
+    """``label``: a person's verdict on the episode, on its last batch only."""
     num_steps = len(next(iter(columns.values())))
     return pb.StepBatch(
         batch_id=batch_id,
@@ -51,6 +55,7 @@ def encode_batch(
         num_steps=num_steps,
         task=task,
         columns={name: encode_array(np.asarray(values), compression) for name, values in columns.items()},
+        label=label,
     )
 
 
@@ -94,7 +99,27 @@ def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH
     for name, (dtype, row_shape) in schema.items():
         field = f"step_batch.columns[{name}]"
         columns[name] = decode_checked(batch.columns[name], field, dtype, (batch.num_steps, *row_shape), max_bytes)
+    check_label(batch, columns)
     return columns
+
+
+def check_label(batch: pb.StepBatch, columns: dict[str, np.ndarray]) -> None:
+    """A person's label: a known outcome, a printable bounded name, only where the episode ends, agreeing with its last
+    step's success."""
+    if not batch.HasField("label"):
+        return
+    label = batch.label
+    if label.outcome not in OUTCOMES:
+        raise CodecError("step_batch.label.outcome", f"must be one of {list(OUTCOMES)}, got {quoted(label.outcome)}")
+    check_id(label.by, "step_batch.label.by")
+    if "done" in columns and not columns["done"][-1]:
+        raise CodecError("step_batch.label", "only the batch that ends its episode (its last step done) has a label")
+    if "success" in columns and label.outcome != "discarded" and bool(columns["success"][-1]) != (
+        label.outcome == "success"
+    ):
+        raise CodecError(
+            "step_batch.label.outcome", f"{label.outcome!r} but the last step's success is {bool(columns['success'][-1])}"
+        )
 
 
 def decode_operators(batch: pb.StepBatch, intervention: np.ndarray) -> tuple[str, ...]:

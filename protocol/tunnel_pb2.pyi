@@ -117,7 +117,7 @@ class EmergencyStop(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class StepBatch(_message.Message):
-    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task", "operators")
+    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task", "operators", "label")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class StepBatch(_message.Message):
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     OPERATORS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     episode_id: str
     first_seq: int
@@ -139,7 +140,16 @@ class StepBatch(_message.Message):
     columns: _containers.MessageMap[str, Array]
     task: str
     operators: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ..., operators: _Optional[_Iterable[str]] = ...) -> None: ...
+    label: EpisodeLabel
+    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ..., operators: _Optional[_Iterable[str]] = ..., label: _Optional[_Union[EpisodeLabel, _Mapping]] = ...) -> None: ...
+
+class EpisodeLabel(_message.Message):
+    __slots__ = ("outcome", "by")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    by: str
+    def __init__(self, outcome: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_id", "episode_id", "next_seq")
@@ -229,10 +239,12 @@ class InferenceReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., policy_version: _Optional[int] = ..., actions: _Optional[_Union[Array, _Mapping]] = ..., error: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("mono_ns",)
+    __slots__ = ("mono_ns", "state")
     MONO_NS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     mono_ns: int
-    def __init__(self, mono_ns: _Optional[int] = ...) -> None: ...
+    state: str
+    def __init__(self, mono_ns: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "field", "message", "batch_id")

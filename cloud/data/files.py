@@ -30,3 +30,13 @@ def write_atomically(path: Path, data: bytes, fsync_file: bool = True, fsync_dir
     os.replace(tmp, path)
     if fsync_dir:
         fsync_path(path.parent)
+
+
+def append_after(path: Path, committed_bytes: int, data: bytes) -> int:
+    """Appends ``data`` to a commit-guarded file right after what was committed (dropping what a killed writer left
+    past it); returns the file's new length, for the next commit to name."""
+    with open(path, "a+b") as f:
+        f.truncate(committed_bytes)
+        f.seek(committed_bytes)
+        f.write(data)
+    return committed_bytes + len(data)

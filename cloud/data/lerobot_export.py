@@ -1,6 +1,7 @@
 """Export: episodes of the store as a LeRobotDataset v3, written by lerobot's own writer.
 
-``export_lerobot`` writes a selection of one store dataset (by default every finished episode) to a new local
+``export_lerobot`` writes a selection of one store dataset (by default every finished episode no person discarded
+as re-recorded; a discarded one goes only when ``--episodes`` names it) to a new local
 directory through ``LeRobotDataset.create`` + ``add_frame``/``save_episode``/``finalize``, so lerobot's readers,
 ``lerobot-train`` included, take it as their own. One store row becomes one frame:
 
@@ -26,7 +27,7 @@ The store does not keep a resource's control rate, so ``fps`` is the caller's, o
 ``t_mono_ns`` (the edge stamps each tick of its fixed-rate loop): the median step interval, rounded to whole
 frames per second. Next to lerobot's metadata, ``meta/fleetloop.json`` records where the export came from, the
 column-to-feature map, the resource ids, and per LeRobot episode index the store's episode id, resource id,
-source and task, so an import can tell its own exports apart.
+source, task and a person's label (and who gave it), so an import can tell its own exports apart.
 
 Errors are ValueErrors that start with the ``fleetloop export`` flag they concern (``--episodes``, ``--fps``...).
 """
@@ -140,6 +141,7 @@ def select_episodes(store: EpisodeStore, dataset: str, selection: Selection) -> 
         for e in episodes
         if e.num_steps > 0
         and (not selection.episode_ids or e.episode_id in selection.episode_ids)
+        and (not e.discarded or e.episode_id in selection.episode_ids)
         and (not selection.resource_ids or e.resource_id in selection.resource_ids)
         and (not selection.sources or e.source in selection.sources)
     ]
@@ -290,6 +292,8 @@ def _provenance(store: EpisodeStore, plan: _Plan, fps_from: str) -> dict[str, An
                 "steps": e.num_steps,
                 "intervention_steps": e.intervention_steps,
                 "success": e.success,
+                "label": e.label,  # a person's verdict ("" for none) and who gave it
+                "labelled_by": e.labelled_by,
             }
             for i, e in enumerate(plan.episodes)
         ],

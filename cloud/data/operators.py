@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloud.data.files import append_after
+
 FILE = "operators.jsonl"
 
 
@@ -30,12 +32,7 @@ def run_lines(episode_id: str, first_seq: int, operators: Sequence[str], skip: i
 
 def append_runs(folder: Path, committed_bytes: int, lines: bytes) -> int:
     """Appends after what was committed (dropping what a killed writer left past it); returns the new length."""
-    path = folder / FILE
-    with open(path, "a+b") as f:
-        f.truncate(committed_bytes)
-        f.seek(committed_bytes)
-        f.write(lines)
-    return committed_bytes + len(lines)
+    return append_after(folder / FILE, committed_bytes, lines)
 
 
 def drivers(folder: Path, committed_bytes: int, episode_id: str) -> dict[int, str]:

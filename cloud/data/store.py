@@ -13,7 +13,9 @@ Layout under ``root``::
     <dataset>/<column>/            one array per column, chunked along rows, capacity >= committed rows
     <dataset>/episodes.jsonl       episode provenance, one line per episode, in episode_index order
     <dataset>/operators.jsonl      who drove which steps (cloud/data/operators.py)
-    <dataset>/commit.json          {"rows", "episodes", "index_bytes", "operators_bytes"}: what a reader may see
+    <dataset>/labels.jsonl         a person's verdict on an episode and who gave it (cloud/data/labels.py)
+    <dataset>/commit.json          {"rows", "episodes", "index_bytes", "operators_bytes", "labels_bytes"}: what a
+                                   reader may see
 
 A write goes: data arrays, then the episodes file, then commit.json (temp file + rename). So the
 committed row count and episode index advance only after everything under them is on disk, and a
@@ -39,7 +41,7 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
-from cloud.data import operators
+from cloud.data import labels, operators
 from cloud.data.files import fsync_path, write_atomically
 from protocol.steps import PROVENANCE_COLUMNS
 
@@ -84,10 +86,16 @@ class EpisodeRecord:
     done: bool = False  # the last step so far is done
     first_policy_version: int = -1
     last_seq: int = -1
+    label: str = ""  # a person's verdict: "success", "failure", "discarded" (re-recorded: never trained on), or ""
+    labelled_by: str = ""
 
     @property
     def next_seq(self) -> int:
         return self.last_seq + 1
+
+    @property
+    def discarded(self) -> bool:
+        return self.label == labels.DISCARDED
 
 
 @dataclass
@@ -102,6 +110,8 @@ class StepRows:
     first_seq: int
     columns: dict[str, np.ndarray]  # every schema column but seq/episode_index, leading dim = steps
     operators: tuple[str, ...] = ()  # who drove each step ("" : no person); empty when no person drove any
+    label: str = ""  # a person's verdict on the episode, given with its last batch
+    labelled_by: str = ""
 
 
 @dataclass
@@ -111,6 +121,7 @@ class _Dataset:
     rows: int = 0  # committed
     index_bytes: int = 0  # committed length of episodes.jsonl
     operators_bytes: int = 0  # committed length of operators.jsonl
+    labels_bytes: int = 0  # committed length of labels.jsonl
     episodes: list[EpisodeRecord] = field(default_factory=list)
     arrays: dict[str, zarr.Array] = field(default_factory=dict)
 
@@ -284,6 +295,9 @@ class EpisodeStore:
                 self._episode_of[record.episode_id] = record
             ds.index_bytes = commit["index_bytes"]
         ds.operators_bytes = commit.get("operators_bytes", 0)  # absent in stores written before it existed
+        for said in labels.read(self.root / ds.name, ds.labels_bytes, commit.get("labels_bytes", 0)):
+            self._label(said["episode_id"], said["outcome"], said["by"])
+        ds.labels_bytes = max(ds.labels_bytes, commit.get("labels_bytes", 0))
         block = 1 << 20  # bounds memory when a fresh reader folds a big dataset
         for start in range(ds.rows, commit["rows"], block):
             stop = min(start + block, commit["rows"])
@@ -509,14 +523,11 @@ class EpisodeStore:
                 f.seek(ds.index_bytes)
                 f.write(lines)
             index_bytes += len(lines)
-        runs = b"".join(operators.run_lines(b.episode_id, b.first_seq, b.operators, skip) for b, skip in items)
-        operators_bytes = ds.operators_bytes
-        if runs:
-            operators_bytes = operators.append_runs(self.root / ds.name, ds.operators_bytes, runs)
+        operators_bytes, labels_bytes = self._append_people(ds, items)
         if self.durable:
             self._fsync_rows(ds, start, stop, metadata=grown)
         commit = {"rows": stop, "episodes": len(ds.episodes) + len(new), "index_bytes": index_bytes}
-        commit["operators_bytes"] = operators_bytes
+        commit.update(operators_bytes=operators_bytes, labels_bytes=labels_bytes)
         commit_file = self.root / ds.name / "commit.json"
         write_atomically(commit_file, json.dumps(commit).encode(), self.durable, self.durable)
 
@@ -524,9 +535,29 @@ class EpisodeStore:
         ds.episodes.extend(new)
         for record in new:
             self._episode_of[record.episode_id] = record
-        ds.index_bytes, ds.operators_bytes = index_bytes, operators_bytes
+        ds.index_bytes, ds.operators_bytes, ds.labels_bytes = index_bytes, operators_bytes, labels_bytes
+        for batch in (b for b, _ in items if b.label):
+            self._label(batch.episode_id, batch.label, batch.labelled_by)
         _absorb(ds.episodes, {name: data[name] for name in STAT_COLUMNS})
         ds.rows = stop
+
+    def _append_people(self, ds: _Dataset, items: list[tuple[StepRows, int]]) -> tuple[int, int]:
+        """Appends who drove these rows and a person's labels on them; the two files' lengths for the commit."""
+        folder = self.root / ds.name
+        runs = b"".join(operators.run_lines(b.episode_id, b.first_seq, b.operators, skip) for b, skip in items)
+        said = b"".join(
+            labels.line(b.episode_id, b.first_seq + len(b.columns["action"]) - 1, b.label, b.labelled_by)
+            for b, _ in items
+            if b.label
+        )
+        operators_bytes = operators.append_runs(folder, ds.operators_bytes, runs) if runs else ds.operators_bytes
+        labels_bytes = labels.append(folder, ds.labels_bytes, said) if said else ds.labels_bytes
+        return operators_bytes, labels_bytes
+
+    def _label(self, episode_id: str, outcome: str, by: str) -> None:
+        record = self._episode_of.get(episode_id)
+        if record is not None:
+            record.label, record.labelled_by = outcome, by
 
     def _grow(self, ds: _Dataset, rows: int) -> bool:
         """Doubles capacity so array metadata is rewritten rarely, not on every write; True if it grew."""
@@ -540,7 +571,7 @@ class EpisodeStore:
 
     def _fsync_rows(self, ds: _Dataset, start: int, stop: int, metadata: bool) -> None:
         """Flushes the chunks under rows [start, stop), their directories, the episodes file, resized metadata."""
-        paths = [self.root / ds.name / "episodes.jsonl", self.root / ds.name / operators.FILE]
+        paths = [self.root / ds.name / name for name in ("episodes.jsonl", operators.FILE, labels.FILE)]
         for name, array in ds.arrays.items():
             step, tail = array.chunks[0], ".0" * (array.ndim - 1)
             directory = self.root / ds.name / name

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hal.resource import ResourceInfo
+from protocol.limits import WAITING_FOR_RESET
 
 log = logging.getLogger("fleetloop.fleet")
 
@@ -28,6 +29,7 @@ class State(StrEnum):
     PAUSED = "paused"  # keeps its task but holds still until resumed
     STOPPED = "stopped"  # its task taken away by the operator; holds, takes no task until resumed
     EMERGENCY_STOPPED = "e-stopped"  # latched at the robot until the operator releases it
+    WAITING_FOR_RESET = WAITING_FOR_RESET  # its episode ended; it holds until a person says the scene is reset
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,18 @@ class FleetScheduler:
         if policy_version is not None:
             member.policy_version = policy_version
         if steps and member.state == State.ASSIGNED:
+            member.state = State.RUNNING
+
+    def reported(self, resource_id: str, waiting_for: str) -> None:
+        """What the edge says it waits for (every heartbeat): WAITING_FOR_RESET, or "" while it simply works."""
+        member = self.members.get(resource_id)
+        if member is None:
+            return
+        if waiting_for == WAITING_FOR_RESET and member.state in (State.ASSIGNED, State.RUNNING):
+            log.info("%s waits for its scene to be reset", resource_id)
+            member.state = State.WAITING_FOR_RESET
+        elif not waiting_for and member.state == State.WAITING_FOR_RESET:
+            log.info("%s: the scene is reset; it works again", resource_id)
             member.state = State.RUNNING
 
     def disconnected(self, resource_id: str) -> None:

@@ -185,4 +185,6 @@ def step_rows(session: Session, batch: pb.StepBatch, max_batch_bytes: int) -> St
         first_seq=batch.first_seq,
         columns=columns,
         operators=decode_operators(batch, columns["intervention"]),
+        label=batch.label.outcome,
+        labelled_by=batch.label.by,
     )

@@ -241,6 +241,7 @@ class Gateway(pb_grpc.TunnelServicer):
                     elif kind == "heartbeat":
                         check_heartbeat(message.heartbeat)
                         self.fleet.seen(session.resource.id)
+                        self.fleet.reported(session.resource.id, message.heartbeat.state)
                         session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
                     elif kind in ("live_view", "person_refused"):
                         self.persons.receive(session, message)

@@ -150,7 +150,7 @@ class Learner:
         plan = []
         for name, dataset in names:
             state = self._datasets.setdefault(name, _DatasetState())
-            finished = sum(1 for e in self.store.episodes(dataset) if e.done)
+            finished = sum(1 for e in self.store.episodes(dataset) if e.done and not e.discarded)
             if state.episodes_at_last_version < 0:
                 self._resume(name, state, finished)
             latest = self.registry.latest(name)

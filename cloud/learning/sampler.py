@@ -7,6 +7,8 @@ Every step falls into exactly one kind:
 - ``demo``: a person drove while no policy ran yet (``intervention`` true, ``policy_version`` 0).
 - ``offline``: any step of an episode whose ``source`` is one of ``offline_sources`` (imported data sets).
 
+No step of an episode a person discarded (re-recorded: ``EpisodeRecord.discarded``) is ever drawn, of any kind.
+
 A *group* is a set of kinds written with ``+`` (``"intervention+demo"``); ``ratios`` give each group its share of every
 batch, e.g. ``{"online": 0.5, "intervention+demo": 0.5}`` is HIL-SERL's 50/50 between the online buffer and the
 demonstration buffer. A batch holds exactly ``round(share * batch_size)`` steps of each group (largest remainder, so the
@@ -166,6 +168,7 @@ class StepTable:
     next_row: np.ndarray
     terminal: np.ndarray
     foresight_error: np.ndarray | None = None  # metres per row (NaN: not scored), where the dataset stores it
+    discarded: np.ndarray | None = None  # rows of episodes a person discarded (re-recorded): never drawn
 
     @property
     def rows(self) -> int:
@@ -240,7 +243,8 @@ def load_steps(
     terminal = data["done"].astype(bool) & data["success"].astype(bool)
     next_row[data["done"].astype(bool)] = -1
     foresight_error = data.pop(ERROR_COLUMN) if scored and ERROR_COLUMN not in columns else data.get(ERROR_COLUMN)
-    return StepTable(dataset, data, kind, next_row, terminal, foresight_error)
+    discarded = np.isin(data["episode_index"], [e.index for e in store.episodes(dataset) if e.discarded])
+    return StepTable(dataset, data, kind, next_row, terminal, foresight_error, discarded)
 
 
 @dataclass
@@ -285,6 +289,8 @@ class Sampler:
         )
         if eligible is not None:
             weights = np.where(eligible, weights, 0.0)
+        if table.discarded is not None:
+            weights = np.where(table.discarded, 0.0, weights)
         boosted = 0
         if priority is not None:
             weights = weights * priority

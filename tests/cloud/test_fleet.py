@@ -138,3 +138,26 @@ def test_an_emergency_stop_shows_until_released_then_the_robot_is_back_where_it_
     assert scheduler.members["r1"].state == State.EMERGENCY_STOPPED
     scheduler.emergency_stopped("r1", released=True)
     assert scheduler.members["r1"].state == State.RUNNING
+
+
+def test_a_robot_waiting_for_its_scene_shows_so_until_it_works_again(fleet) -> None:
+    scheduler, clock, _ = fleet
+    scheduler.register(robot("arm-1"))
+    scheduler.seen("arm-1", steps=5)
+    scheduler.reported("arm-1", "waiting for reset")
+    member = scheduler.members["arm-1"]
+    assert member.state == State.WAITING_FOR_RESET == "waiting for reset" and member.task == "pick"
+    scheduler.seen("arm-1", steps=3)  # late steps of the episode that ended: still waiting
+    assert member.state == State.WAITING_FOR_RESET
+    scheduler.pause("arm-1")
+    scheduler.reported("arm-1", "")  # an operator's pause outranks what the edge says
+    assert member.state == State.PAUSED
+    scheduler.resume("arm-1")
+    scheduler.reported("arm-1", "waiting for reset")  # said again in every heartbeat: the view catches up
+    assert member.state == State.WAITING_FOR_RESET
+    scheduler.reported("arm-1", "")
+    assert member.state == State.RUNNING
+    clock.now = 10.0
+    scheduler.check()
+    scheduler.reported("arm-1", "waiting for reset")  # lost: no word from the edge changes that
+    assert member.state == State.LOST

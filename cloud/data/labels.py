@@ -1,0 +1,37 @@
+"""A person's verdict on an episode, kept beside a dataset's episodes: success, failure, or discarded (re-recorded:
+kept, marked, never trained on), and who said so.
+
+``<dataset>/labels.jsonl`` holds one line per label (``{"episode_id", "seq", "outcome", "by"}``: the step it came
+with, the episode's last), appended with the rows it comes with and committed with them (``commit.json``'s
+``labels_bytes``: a reader reads no further). A later line for an episode wins. A store written before this file
+existed has none: its episodes have no label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cloud.data.files import append_after
+
+FILE = "labels.jsonl"
+DISCARDED = "discarded"
+
+
+def line(episode_id: str, seq: int, outcome: str, by: str) -> bytes:
+    return json.dumps({"episode_id": episode_id, "seq": seq, "outcome": outcome, "by": by}).encode() + b"\n"
+
+
+def append(folder: Path, committed_bytes: int, lines: bytes) -> int:
+    """Appends after what was committed; returns the new length."""
+    return append_after(folder / FILE, committed_bytes, lines)
+
+
+def read(folder: Path, start: int, stop: int) -> list[dict[str, Any]]:
+    """The labels committed between byte ``start`` and ``stop`` of the dataset's file, in order."""
+    if stop <= start:
+        return []
+    with open(folder / FILE, "rb") as f:
+        f.seek(start)
+        return [json.loads(text) for text in f.read(stop - start).splitlines()]
