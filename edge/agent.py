@@ -3,6 +3,10 @@
 Each tick: swap in a ready policy, take the next action (the policy's, or the operator's when
 they intervene), clamp it, apply it, and record the step with its provenance. Nothing on this
 thread touches the network or disk.
+
+A person as the operator (``PersonOperator``) is heard every tick: success and failure end the episode with their
+label on its last step, re-record ends it as discarded (kept in the store, never trained on), and every step they
+drive carries who they are. After each episode such a robot holds until the scene is reset (``edge.scene``).
 """
 
 from __future__ import annotations
@@ -11,23 +15,26 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
 
 from edge.local_runtime import LocalPolicyRuntime
-from edge.operator import Operator, PersonOperator
+from edge.operator import Operator, PersonOperator, SaysWhoSaid, Signal
 from edge.recorder import Step, StepRecorder
 from edge.remote_operator import CloudLinked
 from edge.remote_runtime import RemotePolicyRuntime
 from edge.runtime import PolicyRuntime
+from edge.scene import SceneWait
 from edge.spool import Spool
 from edge.tunnel_client import TunnelClient, TunnelConfig
 from hal.config import CodeConfig
 from hal.resource import Driver, EmergencyStoppable, ResourceInfo, Transition, clamp_action
 from protocol import tunnel_pb2 as pb
+from protocol.limits import WAITING_FOR_RESET
+from protocol.steps import MAX_ID_LENGTH
 
 log = logging.getLogger("fleetloop.edge")
 
@@ -61,6 +68,7 @@ class LoopStats:
     missed_deadlines: int = 0
     episodes: int = 0
     successes: int = 0
+    discarded: int = 0  # episodes a person had re-recorded (counted in episodes too)
     intervention_steps: int = 0
     no_action_ticks: int = 0  # ticks held still because neither the policy nor an operator had an action
     spool_full_ticks: int = 0  # ticks held still because the spool reached --spool-max-mb
@@ -70,7 +78,8 @@ class LoopStats:
 class EdgeAgent:
     """One robot's edge: the control loop over ``driver``, its steps spooled and streamed up the tunnel.
 
-    ``operator``, when given, may take over from the policy at any tick (HG-DAgger's person)."""
+    ``operator``, when given, may take over from the policy at any tick (HG-DAgger's person). ``scene``: the wait
+    between two episodes, for a robot whose scene a person sets up again (``edge.scene.scene_wait_for``)."""
 
     def __init__(
         self,
@@ -79,7 +88,11 @@ class EdgeAgent:
         driver: Driver,
         spool: Spool,
         operator: Operator | None = None,
+        scene: SceneWait | None = None,
     ) -> None:
+        self.scene = scene
+        self._ending: pb.EpisodeLabel | None = None  # a person's verdict, for the next step recorded
+        self._label: pb.EpisodeLabel | None = None  # the verdict the episode ended with
         self.config = config
         self.task = config.task or resource.capabilities.embodiment  # until the cloud assigns one
         self.resource = resource
@@ -158,7 +171,11 @@ class EdgeAgent:
                     self.stats.tick_periods_s.append(tick_start - last_tick)
                 last_tick = tick_start
                 self.runtime.begin_tick()
-                if not self._must_hold():
+                self._listen_to_person()
+                if self.scene is not None and self.scene.waiting:
+                    if self._scene_is_ready(tick_start) and not self._must_hold():
+                        observation = self._start_episode()
+                elif not self._must_hold():
                     transition = self._tick(observation, tick_start_ns, tick_start + 0.5 * period)
                     if transition is not None:
                         observation = transition.observation
@@ -166,7 +183,11 @@ class EdgeAgent:
                             self._end_episode(transition.success)
                             if episodes and self.stats.episodes >= episodes:
                                 break
-                            observation = self._start_episode()
+                            if self.scene is not None:
+                                self._hold(self.scene.begin(tick_start), logging.INFO)
+                                self.tunnel.report_waiting(WAITING_FOR_RESET)
+                            else:
+                                observation = self._start_episode()
                 next_tick = self._wait_for_next_tick(next_tick, period)
         finally:
             self.driver.hold()
@@ -201,23 +222,18 @@ class EdgeAgent:
     def _tick(self, observation: dict[str, np.ndarray], tick_start_ns: int, deadline: float) -> Transition | None:
         """Takes the policy's or the operator's action and applies it; None when the robot held still instead."""
         policy_action, version = self.runtime.next_action(observation, deadline=deadline)
+        action: np.ndarray | None = policy_action
+        intervention = False
         if self.operator is not None:
             action, intervention = self.operator.decide(observation, policy_action, self._seq)
-            if action is None:  # the operator holds the robot (nobody drives, or a person's commands stopped)
-                self.stats.no_action_ticks += 1
-                with self._drive_lock:
-                    self.driver.hold()
-                return None
-        elif policy_action is None:  # no policy yet, or inference missed its deadline: do not move
+        if action is None:  # no policy yet, its answer came late, or the operator holds (it says why itself)
             self.stats.no_action_ticks += 1
-            if self.runtime.version == 0:
+            if self.runtime.version == 0 and self.operator is None:
                 self._hold("no policy yet and no operator to drive it; it moves once the cloud sends one", logging.INFO)
-            else:  # a late inference: hold this tick only, no news for the log
+            else:  # hold this tick only: no news for the log
                 with self._drive_lock:
                     self.driver.hold()
             return None
-        else:
-            action, intervention = policy_action, False
         action = clamp_action(action, self.resource.capabilities.action)
         with self._drive_lock:
             if self._estop.is_set():  # it arrived during this tick: do not apply
@@ -226,6 +242,11 @@ class EdgeAgent:
         if self._held_for:
             log.info("%s moves again", self.resource.id)
             self._held_for = ""
+        if self._ending is not None:  # a person ended the episode: this step is its last, with their label
+            self._label, self._ending = self._ending, None
+            outcome = self._label.outcome
+            success = transition.success if outcome == "discarded" else outcome == "success"
+            transition = replace(transition, done=True, success=success)
         who = self.operator.who if intervention and isinstance(self.operator, PersonOperator) else ""
         self._record(observation, action, transition, intervention, version, tick_start_ns, who)
         return transition
@@ -280,7 +301,44 @@ class EdgeAgent:
         self._held_for = "emergency stop"
         log.warning("%s: EMERGENCY STOP (%s); holding until released", self.resource.id, message.reason)
 
+    def _listen_to_person(self) -> None:
+        """Drains a person operator's signals: labels for the episode, take over and hand back, scene ready."""
+        if not isinstance(self.operator, PersonOperator):
+            return
+        rid = self.resource.id
+        if isinstance(self.operator, SaysWhoSaid):
+            said = self.operator.take_said()
+        else:
+            said = [(signal, self.operator.who) for signal in self.operator.take_signals()]
+        for signal, who in said:
+            who = who or f"person@{rid}"[:MAX_ID_LENGTH]  # a label is always someone's
+            if signal == Signal.TAKE_OVER:
+                log.info("%s: %s takes over", rid, who)
+            elif signal == Signal.HAND_BACK and self.runtime.version == 0:
+                log.info("%s: %s hands back, but there is no policy yet: their controls still drive", rid, who)
+            elif signal == Signal.HAND_BACK:
+                log.info("%s: %s hands back to the policy", rid, who)
+            elif signal == Signal.SCENE_READY:
+                if self.scene is not None and self.scene.waiting:
+                    self.scene.person_said = who
+            elif self.scene is not None and self.scene.waiting:
+                log.info("%s: the episode already ended; %s's %s is not applied to it", rid, who, signal.value)
+            else:
+                outcome = {Signal.SUCCESS: "success", Signal.FAILURE: "failure"}.get(signal, "discarded")
+                self._ending = pb.EpisodeLabel(outcome=outcome, by=who)
+
+    def _scene_is_ready(self, now: float) -> bool:
+        assert self.scene is not None
+        known = self.scene.ready_because
+        why = self.scene.check(now)
+        if why and not known:
+            log.info("%s: the scene is ready (%s); the next episode starts", self.resource.id, why)
+        return bool(why)
+
     def _start_episode(self) -> dict[str, np.ndarray]:
+        if self.scene is not None and self.scene.waiting:
+            self.scene.finish()
+            self.tunnel.report_waiting("")
         self._episode_id = uuid.uuid4().hex
         self._seq = 0
         self._episode_interventions = 0
@@ -308,7 +366,8 @@ class EdgeAgent:
                 "t_mono_ns": np.int64(tick_start_ns),
             }
         )
-        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns, who))
+        label = self._label if transition.done else None
+        self.recorder.record(Step(self._episode_id, self._seq, self.task, columns, who, label))
         if self._seq == 0:
             self._episode_version = version  # the version that drove its first step, not the one held at reset
         self._episode_last_version = version
@@ -319,9 +378,16 @@ class EdgeAgent:
             self._episode_interventions += 1
 
     def _end_episode(self, success: bool) -> None:
+        label, self._label = self._label, None
         self.stats.episodes += 1
-        self.stats.successes += int(success)
+        discarded = label is not None and label.outcome == "discarded"
+        self.stats.discarded += int(discarded)
+        self.stats.successes += int(success and not discarded)
         outcome = "succeeded" if success else "failed"
+        if discarded:
+            outcome = f"was discarded ({label.by} asked to re-record it: kept, never trained on)"
+        elif label is not None:
+            outcome += f" ({label.by} says so)"
         who = (
             "on its own"
             if self._episode_interventions == 0

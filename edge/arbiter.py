@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge.live_view import DriverTap, LiveView
-from edge.operator import Operator, PersonOperator, Signal
+from edge.operator import Operator, PersonOperator, SaysWhoSaid, Signal
 from edge.remote_operator import CloudLinked, RemoteOperator, Send
 from hal.drivers import with_safety
 from hal.resource import Driver
@@ -29,7 +29,7 @@ log = logging.getLogger("fleetloop.edge")
 LABELS = (Signal.SUCCESS, Signal.FAILURE, Signal.RERECORD, Signal.SCENE_READY)
 
 
-class Arbiter(PersonOperator, CloudLinked):
+class Arbiter(PersonOperator, CloudLinked, SaysWhoSaid):
     def __init__(self, local: Operator | None, remote: RemoteOperator, view: LiveView, name: str = "robot") -> None:
         self.local = local
         self.remote = remote
@@ -65,14 +65,20 @@ class Arbiter(PersonOperator, CloudLinked):
         return ""
 
     def take_signals(self) -> list[Signal]:
-        signals = self.remote.take_signals()
+        return [signal for signal, _ in self.take_said()]
+
+    def take_said(self) -> list[tuple[Signal, str]]:
+        """The page's people's signals and the local person's, each with who gave it. The page's commands are applied
+        here too: between two episodes no tick decides, and its "scene ready" must still be heard."""
+        self.remote.process(time.monotonic(), blocked_by=self.local_name if self._local_drives else "")
+        said = self.remote.take_said()
         if isinstance(self.local, PersonOperator):
             for signal in self.local.take_signals():
                 if self.remote.controller and signal in LABELS:
                     log.warning("%s: %s from %s ignored: %s drives", self.name, signal, self.local_name, self.who)
                     continue
-                signals.append(signal)
-        return signals
+                said.append((signal, self.local.who))
+        return said
 
     def reset(self) -> None:
         if self.local is not None:

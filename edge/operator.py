@@ -31,8 +31,9 @@ class Operator(Protocol):
 
     def decide(
         self, observation: dict[str, np.ndarray], policy_action: np.ndarray | None, step_index: int
-    ) -> tuple[np.ndarray, bool]:
-        """Returns (the action to apply, whether the operator is intervening)."""
+    ) -> tuple[np.ndarray | None, bool]:
+        """Returns (the action to apply, whether the operator is intervening). The action may be None: nothing to
+        apply this tick (a person's device gave none and no policy has one), and the robot holds."""
         ...
 
     def reset(self) -> None:
@@ -63,6 +64,26 @@ class PersonOperator(Operator, Protocol):
 
     def take_signals(self) -> list[Signal]:
         """The signals given since the last call, oldest first; never blocks."""
+        ...
+
+
+@runtime_checkable
+class SaysWhoSaid(Protocol):
+    """A person's operator behind which several people may speak (the arbiter between the robot's own operator and the
+    takeover page's people): each signal comes with who gave it, where ``who`` names only who drives now."""
+
+    def take_said(self) -> list[tuple[Signal, str]]:
+        """The signals given since the last call with who gave each, oldest first; never blocks. Takes the same
+        signals as ``take_signals``: an agent calls one of the two."""
+        ...
+
+
+@runtime_checkable
+class ExplainsSignals(Protocol):
+    """A person's operator that can say how its person gives a signal, for the log ("press Enter")."""
+
+    def signal_help(self, signal: Signal) -> str:
+        """How the person gives ``signal``; "" when they cannot (then a topic or a timeout must)."""
         ...
 
 

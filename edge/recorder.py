@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.spool import Spool
+from protocol import tunnel_pb2 as pb
 from protocol.steps import encode_batch
 
 log = logging.getLogger("fleetloop.edge")
@@ -31,6 +32,7 @@ class Step:
     task: str
     columns: dict[str, np.ndarray | float | bool | int]
     who: str = ""  # the person who drove this step ("" : the policy, or no person)
+    label: pb.EpisodeLabel | None = None  # a person's verdict, on an episode's last step only
 
 
 class StepDigest:
@@ -108,7 +110,7 @@ class StepRecorder:
             steps.append(self._queue.get())
         group: list[Step] = []
         for step in steps:
-            if group and (step.episode_id != group[0].episode_id or len(group) >= self.max_batch_steps):
+            if group and not _joins(group, step, self.max_batch_steps):
                 self._spool(group)
                 group = []
             group.append(step)
@@ -131,7 +133,7 @@ class StepRecorder:
     def _spool(self, group: list[Step]) -> None:
         names = group[0].columns.keys()
         columns = {name: np.stack([np.asarray(s.columns[name]) for s in group]) for name in names}
-        batch = encode_batch(group[0].episode_id, group[0].seq, columns, task=group[0].task)
+        batch = encode_batch(group[0].episode_id, group[0].seq, columns, task=group[0].task, label=group[-1].label)
         if any(step.who for step in group):
             batch.operators.extend(step.who for step in group)
         self.spool.append(batch)
@@ -143,3 +145,8 @@ class StepRecorder:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _joins(group: list[Step], step: Step, max_steps: int) -> bool:
+    """Whether ``step`` goes into the batch ``group`` begins: one episode, a person's label only on its last step."""
+    return step.episode_id == group[0].episode_id and len(group) < max_steps and group[-1].label is None

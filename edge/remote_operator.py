@@ -83,7 +83,7 @@ class RemoteOperator:
         self._lock = threading.Lock()
         self._waiting: deque[PersonCommand] = deque(maxlen=MAX_WAITING)
         self._last_seq: OrderedDict[str, int] = OrderedDict()
-        self._signals: deque[Signal] = deque(maxlen=MAX_SIGNALS)
+        self._signals: deque[tuple[Signal, str]] = deque(maxlen=MAX_SIGNALS)  # with who gave each
 
     # ---- the tunnel's thread ------------------------------------------------------------------------------------
 
@@ -146,8 +146,12 @@ class RemoteOperator:
         return f"no fresh command from {self.controller} within {self.fresh_s:.2f} s"
 
     def take_signals(self) -> list[Signal]:
-        signals, self._signals = list(self._signals), deque(maxlen=MAX_SIGNALS)
-        return signals
+        return [signal for signal, _ in self.take_said()]
+
+    def take_said(self) -> list[tuple[Signal, str]]:
+        """The signals since the last call, each with the person at the page who gave it."""
+        said, self._signals = list(self._signals), deque(maxlen=MAX_SIGNALS)
+        return said
 
     def forget_action(self) -> None:
         """A new episode: the last action was for the one that ended; the controller keeps control."""
@@ -164,9 +168,9 @@ class RemoteOperator:
                     continue
                 log.info("%s: %s hands back", self.name, who)
                 self._release()
-                self._signals.append(signal)
+                self._signals.append((signal, who))
             elif self.controller in ("", who):
-                self._signals.append(signal)
+                self._signals.append((signal, who))
             else:
                 self._refuse_command(command, f"{self.controller} drives {self.name}: only they label it now")
         if self.controller != who:
@@ -190,7 +194,7 @@ class RemoteOperator:
         else:
             log.info("%s: %s takes over from the takeover page", self.name, who)
             self.controller, self._session, self._action, self._heard_at = who, command.session, None, command.arrived
-            self._signals.append(Signal.TAKE_OVER)
+            self._signals.append((Signal.TAKE_OVER, who))
             return
         self._refuse_command(command, reason)
 

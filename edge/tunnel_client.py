@@ -101,6 +101,7 @@ class TunnelClient:
         self.acked_steps = 0
         self.errors: list[pb.Error] = []
         self.refused: pb.Error | None = None  # the cloud refused this edge's credential or hello: no point retrying
+        self.waiting_for = ""  # what the robot waits for (protocol.limits.EDGE_STATES), in every heartbeat
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
@@ -137,6 +138,15 @@ class TunnelClient:
                 )
             )
         )
+
+    def report_waiting(self, waiting_for: str) -> None:
+        """What the robot waits for now ("" once it works again): said at once, and again in every heartbeat (so a
+        cloud that missed it, or a new session, hears it too)."""
+        self.waiting_for = waiting_for
+        self.send(pb.EdgeMessage(heartbeat=self._heartbeat()))
+
+    def _heartbeat(self) -> pb.Heartbeat:
+        return pb.Heartbeat(mono_ns=time.monotonic_ns(), state=self.waiting_for)
 
     def send_infer(self, request: pb.InferenceRequest) -> bool:
         """Queues an observation for remote inference; False when the link is down."""
@@ -273,7 +283,7 @@ class TunnelClient:
     def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int]) -> None:
         """Sends spooled batches in order, keeping at most ``window_batches`` unacked."""
         last_row = 0
-        last_heartbeat = time.monotonic()
+        last_heartbeat = 0.0 if self.waiting_for else time.monotonic()  # a new session hears at once what it waits for
         while self.connected.is_set() and not self._stop.is_set():
             room = self.config.window_batches - len(in_flight)
             batches = self.spool.pending(after_row_id=last_row, limit=room) if room > 0 else []
@@ -283,7 +293,7 @@ class TunnelClient:
                 outgoing.put(pb.EdgeMessage(steps=spooled.batch))
                 last_row = spooled.row_id
             if time.monotonic() - last_heartbeat > self.config.heartbeat_s:
-                outgoing.put(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
+                outgoing.put(pb.EdgeMessage(heartbeat=self._heartbeat()))
                 last_heartbeat = time.monotonic()
             if not batches:
                 self._wake.wait(0.5)

@@ -146,6 +146,27 @@ class HoldsPosition(Protocol):
         ...
 
 
+@runtime_checkable
+class NamesActions(Protocol):
+    """A driver that names each entry of its action vector, so a teleoperator's action maps onto it by name."""
+
+    action_names: tuple[str, ...]  # one name per action entry, in order (e.g. x, y, z, gripper); () for no names
+
+
+@runtime_checkable
+class SaysSceneReady(Protocol):
+    """A driver whose robot can say when its scene is set up again after an episode (e.g. on a ROS 2 topic)."""
+
+    @property
+    def scene_ready_source(self) -> str:
+        """Where that word comes from, for the log (a topic name); "" when this robot is not configured to say it."""
+        ...
+
+    def scene_ready(self) -> bool:
+        """Whether the robot said so since the episode began (consumed by the call); never blocks."""
+        ...
+
+
 def clamp_action(action: np.ndarray, spec: ArraySpec) -> np.ndarray:
     """Clamps an action to the driver's limits; non-finite entries become the midpoint (a safe hold), or 0."""
     action = np.asarray(action, dtype=spec.numpy_dtype).reshape(spec.shape)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hal.resource import Capabilities, Transition
+from hal.resource import Capabilities, NamesActions, SaysSceneReady, Transition
 from hal.ros2_config import (
     BOOL,
     EMPTY,
@@ -56,7 +56,7 @@ def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-class Ros2Robot:
+class Ros2Robot(NamesActions, SaysSceneReady):
     """A Driver over a ROS 2 robot: subscribes to its observation topics and publishes its actions."""
 
     def __init__(self, config: Ros2RobotConfig, domain_id: int | None = None) -> None:
@@ -74,6 +74,7 @@ class Ros2Robot:
         )
         self._done = False
         self._success = False
+        self._scene_ready = False
         self._step = 0
         self._last_anchor_ns = -1
         self._last_action: np.ndarray | None = None
@@ -128,6 +129,8 @@ class Ros2Robot:
             self._node.create_subscription(Bool, episode.done_topic, self._on_done, qos(reliable))
         if episode.success_topic:
             self._node.create_subscription(Bool, episode.success_topic, self._on_success, qos(reliable))
+        if episode.scene_ready_topic:
+            self._node.create_subscription(Bool, episode.scene_ready_topic, self._on_scene_ready, qos(reliable))
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
@@ -162,6 +165,10 @@ class Ros2Robot:
     def _on_success(self, msg: Any) -> None:
         with self._lock:
             self._success = self._success or bool(msg.data)
+
+    def _on_scene_ready(self, msg: Any) -> None:
+        with self._lock:
+            self._scene_ready = self._scene_ready or bool(msg.data)
 
     # -- alignment -----------------------------------------------------------------------------------------
 
@@ -234,7 +241,7 @@ class Ros2Robot:
         for topic, subscription in self._subscriptions:
             self._wait_for_peers(subscription.get_publisher_count, f"nobody publishes {topic}", deadline)
         with self._lock:
-            self._done = self._success = False
+            self._done = self._success = self._scene_ready = False  # word from before this episode is stale
         self._step = 0
         self.holding = False
         if self._reset_pub is None:
@@ -285,6 +292,19 @@ class Ros2Robot:
             success=success,
             info={"truncated": time_limit and not (done or success), "step": self._step},
         )
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return tuple(self.config.action.joint_names)
+
+    @property
+    def scene_ready_source(self) -> str:
+        return self.config.episode.scene_ready_topic or ""
+
+    def scene_ready(self) -> bool:
+        with self._lock:
+            ready, self._scene_ready = self._scene_ready, False
+        return ready
 
     def hold(self) -> None:
         hold = self.config.action.hold

@@ -123,6 +123,9 @@ class EpisodeConfig(ConfigModel):
     reset_type: Literal["std_msgs/Empty", "std_msgs/Bool"] = "std_msgs/Empty"
     done_topic: Topic | None = None  # std_msgs/Bool
     success_topic: Topic | None = None  # std_msgs/Bool
+    # std_msgs/Bool (true): a person or a node says the scene is set up again; with it the robot holds after each
+    # episode until word comes (or the edge's --scene-ready-timeout passes).
+    scene_ready_topic: Topic | None = None
     max_steps: Annotated[int, Field(ge=0)] = 0  # 0: no limit from the driver
     reset_timeout_s: Positive = 10.0
 

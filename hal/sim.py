@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hal.resource import ArraySpec, Capabilities, Transition
+from hal.resource import ArraySpec, Capabilities, NamesActions, Transition
 
 # gym_hil places the cube with numpy's *global* generator; several robots in one process swap their own
 # generator state in around reset under this lock, so each robot stays reproducible from its seed.
@@ -30,6 +30,7 @@ class SimTask:
     observe: Callable[[dict[str, Any]], dict[str, np.ndarray]]
     success: Callable[[dict[str, Any]], bool]
     uses_global_rng: bool = False
+    action_names: tuple[str, ...] = ()  # one per action entry, for mapping a teleoperator's action by name
 
 
 class _DropLines(logging.Filter):
@@ -112,6 +113,7 @@ SIM_TASKS: dict[str, SimTask] = {
         observe=_observe_panda,
         success=lambda info: bool(info.get("succeed", False)),
         uses_global_rng=True,
+        action_names=("x", "y", "z", "gripper"),
     ),
     "pusht": SimTask(
         make_env=_make_pusht,
@@ -124,11 +126,12 @@ SIM_TASKS: dict[str, SimTask] = {
         cameras=("pixels",),
         observe=_observe_pusht,
         success=lambda info: bool(info.get("is_success", False)),
+        action_names=("x", "y"),
     ),
 }
 
 
-class SimRobot:
+class SimRobot(NamesActions):
     """A Driver over one gymnasium sim. After a Transition with ``done``, call ``reset`` before ``apply``."""
 
     def __init__(
@@ -156,6 +159,10 @@ class SimRobot:
     @property
     def capabilities(self) -> Capabilities:
         return self._capabilities
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return self._spec.action_names
 
     def reset(self) -> dict[str, np.ndarray]:
         # The env's own generator is seeded once; later resets continue it so episodes differ.

@@ -114,11 +114,14 @@ def check_label(batch: pb.StepBatch, columns: dict[str, np.ndarray]) -> None:
     check_id(label.by, "step_batch.label.by")
     if "done" in columns and not columns["done"][-1]:
         raise CodecError("step_batch.label", "only the batch that ends its episode (its last step done) has a label")
-    if "success" in columns and label.outcome != "discarded" and bool(columns["success"][-1]) != (
-        label.outcome == "success"
+    if (
+        "success" in columns
+        and label.outcome != "discarded"
+        and bool(columns["success"][-1]) != (label.outcome == "success")
     ):
         raise CodecError(
-            "step_batch.label.outcome", f"{label.outcome!r} but the last step's success is {bool(columns['success'][-1])}"
+            "step_batch.label.outcome",
+            f"{label.outcome!r} but the last step's success is {bool(columns['success'][-1])}",
         )
 
 

@@ -30,33 +30,39 @@ find_python() {
   return 1
 }
 
-# Debian's chromium drives the phone page's end-to-end test (tests/e2e/test_phone_page.py). A browser that a
-# tool downloads (playwright install) cannot be fetched here, so it comes from apt. One `command -v` when present.
-ensure_chromium() {
-  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
-    || [[ -n "${FLEETLOOP_NO_CHROMIUM:-}" ]]; then
+# Debian packages the end-to-end tests drive: chromium for the phone page (tests/e2e/test_phone_page.py; a browser
+# that a tool downloads, as playwright install does, cannot be fetched here), Xvfb and xdotool for the keyboard
+# operator (tests/e2e/test_keyboard_operator.py types into a virtual X display). One `command -v` each when present.
+# ensure_debian <command> <package> <what needs it>
+ensure_debian() {
+  local command_name="$1" package="$2" purpose="$3"
+  if command -v "$command_name" >/dev/null 2>&1; then
     return 0
   fi
   local sudo=()
   if [[ "$(id -u)" != 0 ]]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=(sudo -n); else
-      echo "WARNING: chromium is not installed and this user cannot run apt-get (not root, no passwordless sudo)." >&2
-      echo "  The phone page test needs it: as root run 'apt-get update && apt-get install -y chromium'." >&2
+      echo "WARNING: $package is not installed and this user cannot run apt-get (not root, no passwordless sudo)." >&2
+      echo "  $purpose needs it: as root run 'apt-get update && apt-get install -y $package'." >&2
       return 0
     fi
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "WARNING: chromium is not installed and there is no apt-get: install chromium for the phone page test." >&2
+    echo "WARNING: $package is not installed and there is no apt-get: install $package for $purpose." >&2
     return 0
   fi
-  echo "Installing Debian's chromium (for the phone page test)..."
+  echo "Installing Debian's $package (for $purpose)..."
   if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-      && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+      && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" \
         </dev/null >/dev/null; }; then
-    echo "WARNING: 'apt-get install chromium' failed: the phone page test will fail until chromium is installed." >&2
+    echo "WARNING: 'apt-get install $package' failed: $purpose will fail until $package is installed." >&2
   fi
 }
-ensure_chromium
+if ! command -v chromium-browser >/dev/null 2>&1 && [[ -z "${FLEETLOOP_NO_CHROMIUM:-}" ]]; then
+  ensure_debian chromium chromium "the phone page test"
+fi
+ensure_debian Xvfb xvfb "the keyboard operator test"
+ensure_debian xdotool xdotool "the keyboard operator test"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
   exit 0

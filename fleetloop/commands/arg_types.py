@@ -44,6 +44,16 @@ def mebibytes(mb: float) -> int:
     return int(mb * (1 << 20)) if math.isfinite(mb) else -1
 
 
+OPERATOR_FORMS = "scripted, none, keyboard or teleop:<config.yaml>"
+
+
+def operator_choice(text: str) -> str:
+    """``--operator``: one of OPERATOR_FORMS (the config file is read when the operator is built)."""
+    if text in ("scripted", "none", "keyboard") or (text.startswith("teleop:") and len(text) > len("teleop:")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected {OPERATOR_FORMS}, got {text!r}")
+
+
 def port(text: str) -> int:
     """A TCP port to listen on: 1-65535, or 0 for any free one (the server logs which it got)."""
     value = int(text)

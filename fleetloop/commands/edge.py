@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetloop.commands.arg_types import (
+    OPERATOR_FORMS,
     add_valued,
     cloud_address,
     mebibytes,
     non_negative_float,
     non_negative_int,
+    operator_choice,
     positive_float,
 )
 from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
@@ -25,6 +27,7 @@ from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
 if TYPE_CHECKING:
     from edge.agent import EdgeConfig
     from edge.operator import Operator
+    from edge.scene import SceneWait
     from hal.drivers import BuiltDriver
     from hal.resource import Driver
     from hal.safety import SafeDriver
@@ -59,6 +62,7 @@ def _write_stats(path: str, stats, agent, unacked: int) -> None:
             {
                 "episodes": stats.episodes,
                 "successes": stats.successes,
+                "discarded": stats.discarded,
                 "ticks": stats.ticks,
                 "missed_deadlines": stats.missed_deadlines,
                 "intervention_steps": stats.intervention_steps,
@@ -89,10 +93,9 @@ def _operators(
     unless --no-takeover, the people at the robot's takeover page, one at a time (an Arbiter between them); and the
     local operator alone."""
     from edge.arbiter import with_takeover
-    from edge.operator import choose_operator
     from hal.drivers import with_safety
 
-    local = choose_operator(task, args.operator)
+    local = _local_operator(args, raw_driver, task)
     if args.no_takeover:
         return with_safety(raw_driver, args.id, args.watchdog), local, local
     try:
@@ -102,9 +105,53 @@ def _operators(
     return driver, arbiter, local
 
 
+def _local_operator(args: argparse.Namespace, raw_driver: Driver, task: str) -> Operator | None:
+    """The operator at the robot --operator names, a person's devices not yet opened; ValueError naming the flag."""
+    from edge.action_map import RobotAction
+    from edge.teleop_operator import operator_for
+    from protocol.arrays import CodecError
+    from protocol.steps import check_id
+
+    if args.operator_name:
+        try:
+            check_id(args.operator_name, "--operator-name")
+        except CodecError as err:
+            raise ValueError(str(err)) from err
+    try:
+        return operator_for(args.operator, task, RobotAction.of(raw_driver), args.id, args.operator_name)
+    except ValueError as err:
+        if args.operator == "keyboard" or (args.operator or "").startswith("teleop:"):
+            raise ValueError(f"--operator {args.operator}: {err}") from err
+        raise
+
+
+def _person_at_the_robot(args: argparse.Namespace, raw_driver: Driver, local: Operator | None) -> SceneWait | None:
+    """The wait between episodes (checked before a device opens), then the person's devices opened (a teleoperator,
+    the keys); ValueError, TeleopError or NoKeyboardError saying why not."""
+    from edge.scene import scene_wait_for
+    from edge.teleop_operator import TeleopOperator
+    from hal.resource import SaysSceneReady
+
+    source = raw_driver if isinstance(raw_driver, SaysSceneReady) else None
+    scene = scene_wait_for(local, source, args.scene_ready_timeout, page=not args.no_takeover)
+    if isinstance(local, TeleopOperator):
+        local.start()
+        log.info("%s", local.describe())
+    return scene
+
+
+def _close_person(local: Operator | None) -> None:
+    from edge.teleop_operator import TeleopOperator
+
+    if isinstance(local, TeleopOperator):
+        local.close()
+
+
 def cmd_edge(args: argparse.Namespace) -> int:
     from edge.agent import EdgeAgent
+    from edge.keys import NoKeyboardError
     from edge.spool import Spool
+    from hal.lerobot_teleop import TeleopError
     from hal.resource import ResourceInfo
 
     try:
@@ -114,17 +161,18 @@ def cmd_edge(args: argparse.Namespace) -> int:
         raw_driver, source, task = robot_driver(args.robot, args.seed, args.hz)
         driver, operator, local = _operators(args, raw_driver, task)
         config = _edge_config(args, driver.capabilities.embodiment)
-    except ValueError as err:
+        scene = _person_at_the_robot(args, raw_driver, local)
+    except (ValueError, TeleopError, NoKeyboardError) as err:
         log.error("%s", err)
         return 2
     _preload(args.preload)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
     spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
-    agent = EdgeAgent(config, resource, driver, spool, operator=operator)
+    agent = EdgeAgent(config, resource, driver, spool, operator=operator, scene=scene)
     stop = stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
     hz = driver.capabilities.control_hz
-    who = "scripted" if local is not None else "none"
+    who = args.operator or ("scripted" if local is not None else "none")
     takeover = "refused (--no-takeover)" if args.no_takeover else "on"
     log.info(
         "%s: %s at %.0f Hz, cloud %s, operator %s, takeover page %s", args.id, args.robot, hz, args.cloud, who, takeover
@@ -133,6 +181,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         stats = agent.run(episodes=args.episodes, duration_s=args.duration)
     finally:
         unacked = agent.close()
+        _close_person(local)
     log.info(
         "%s stopped: %d episodes, %d successes, %d ticks, %d missed deadlines",
         args.id,
@@ -177,8 +226,17 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     edge.add_argument(
         "--operator",
         default=None,
-        choices=["scripted", "none"],
-        help="who may take over from the policy (default: the task's scripted operator where it has one, else none)",
+        type=operator_choice,
+        metavar="OPERATOR",
+        help=f"who may take over from the policy at the robot: {OPERATOR_FORMS} (any lerobot teleoperator by its "
+        "config); default: the task's scripted operator where it has one, else none",
+    )
+    edge.add_argument(
+        "--operator-name",
+        default="",
+        metavar="NAME",
+        help="the person at the controls, recorded with every step they drive and every label they give "
+        "(default keyboard@<id>, or <teleop type>@<id>)",
     )
     edge.add_argument("--seed", type=int, default=None)
     edge.add_argument("--hz", type=positive_float, default=None, help="control rate (default: the driver's)")
@@ -239,6 +297,15 @@ def _add_loop_args(edge: argparse.ArgumentParser) -> None:
         10.0,
         "a person at the takeover page silent this long loses control and the policy drives again (the robot "
         "holds from the watchdog's deadline on)",
+        metavar="SECONDS",
+    )
+    add_valued(
+        edge,
+        "--scene-ready-timeout",
+        non_negative_float,
+        0.0,
+        "after an episode a robot with a person at it (or a scene_ready_topic) holds until the scene is reset; it "
+        "goes on by itself after this long (0: only a person's or the topic's word)",
         metavar="SECONDS",
     )
     edge.add_argument(

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.fleet import ENV, free_port, wait_until
+from tests.e2e.x_display import press, x_display
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -49,6 +50,7 @@ COVERED: dict[str, str] = {
     "ROS_DOMAIN_ID=7 fleetloop edge --robot ros2:launch/ros2/panda_joint_trajectory.yaml --id joint-arm-1": "robots",
     "fleetloop edge --robot lerobot:launch/lerobot/fake_arm.yaml --id arm-1 --operator none": "robots",
     "fleetloop edge --robot lerobot:launch/lerobot/so101_follower.yaml --id arm1": "robots",
+    "fleetloop edge --robot sim:panda_pick_cube --id robot-3 --operator keyboard": "keyboard",
     "fleetloop certs init --root fleetloop-data --host cloud.lab.example": "credentials",
     "fleetloop devices add robot-1 --root fleetloop-data": "credentials",
     "fleetloop devices add alice --kind operator --root fleetloop-data": "credentials",
@@ -127,6 +129,7 @@ class Shell:
     ros_domain: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
     servers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    display: str = ""  # an X display the user's commands see (the keyboard operator reads keys from it)
 
     @property
     def target(self) -> str:
@@ -149,7 +152,8 @@ class Shell:
 
     def env(self) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)
-        return {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV.get('PATH', '')}", "PYTHONPATH": str(ROOT)}
+        display = {"DISPLAY": self.display} if self.display else {}
+        return {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV.get('PATH', '')}", "PYTHONPATH": str(ROOT), **display}
 
     def run(self, line: str, timeout_s: float = 120, code: int = 0) -> str:
         result = subprocess.run(
@@ -291,6 +295,21 @@ def test_robot_commands(shell: Shell) -> None:
         output = shell.run("fleetloop edge --robot lerobot:launch/lerobot/so101_follower.yaml --id arm1", code=2)
         assert "cannot open /dev/ttyACM0 (no such device); is the arm plugged in" in output, output
         assert "Traceback" not in output
+
+
+def test_keyboard_operator_command(shell: Shell) -> None:
+    """A person at the keyboard of a simulated Panda, typing on an X display: they drive, label, and it waits."""
+    with x_display() as display:
+        shell.display = display
+        shell.start("fleetloop cloud --root fleetloop-data --port 7070", "cloud")
+        shell.wait_log("cloud", r"gateway listening on")
+        shell.start("fleetloop edge --robot sim:panda_pick_cube --id robot-3 --operator keyboard", "robot-3")
+        shell.wait_log("robot-3", r"keyboard@robot-3 at the controls")
+        wait_until(lambda: getattr(fleet_rows(shell).get("robot-3"), "steps", 0) > 0, 60, "the person's steps")
+        press(display, "key", "s")
+        shell.wait_log("robot-3", r"succeeded \(keyboard@robot-3 says so\)")
+        wait_until(lambda: fleet_rows(shell)["robot-3"].state == "waiting for reset", 20, "robot-3 waiting for reset")
+        shell.stop_all()  # before its X display goes
 
 
 def token_in(output: str) -> str:

@@ -223,3 +223,33 @@ def test_joint_trajectory_output_moves_the_arm_node(ros2_sim_node, ros_domain: i
     # 6 goals, the hold and close's hold: the last goal again, so the arm stops where it was sent.
     assert [c["positions"] for c in sent] == [goal.astype(float).tolist()] * 8
     assert all(c["joint_names"] == list(JOINT_NAMES) and c["s"] == 0.1 for c in sent)
+
+
+@pytest.mark.timeout(60)
+def test_word_on_the_scene_ready_topic_reaches_the_driver_once(ros_domain: int, fastdds_profile: None) -> None:
+    import rclpy
+    from std_msgs.msg import Bool
+
+    raw = panda_raw()
+    raw["episode"]["scene_ready_topic"] = "/panda/scene_ready"
+    robot = Ros2Robot(Ros2RobotConfig.from_dict(raw), domain_id=ros_domain)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    node = rclpy.create_node("person_at_the_cell", context=context)
+    try:
+        publisher = node.create_publisher(Bool, "/panda/scene_ready", 10)
+        assert robot.scene_ready_source == "/panda/scene_ready" and not robot.scene_ready()
+        deadline = time.monotonic() + 30
+        while publisher.get_subscription_count() == 0:  # a message sent before discovery is lost
+            assert time.monotonic() < deadline, "the driver never subscribed to /panda/scene_ready"
+            time.sleep(0.05)
+        publisher.publish(Bool(data=False))  # false says nothing
+        publisher.publish(Bool(data=True))
+        while not robot.scene_ready():
+            assert time.monotonic() < deadline, "the word on /panda/scene_ready never reached the driver"
+            time.sleep(0.01)
+        assert not robot.scene_ready(), "one word counted twice"
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+        robot.close()
