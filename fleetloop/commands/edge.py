@@ -154,6 +154,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from hal.lerobot_teleop import TeleopError
     from hal.resource import ResourceInfo
 
+    raw_driver: Driver | None = None
     try:
         problem = _check_link_flags(args)
         if problem:
@@ -164,6 +165,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         scene = _person_at_the_robot(args, raw_driver, local)
     except (ValueError, TeleopError, NoKeyboardError) as err:
         log.error("%s", err)
+        if raw_driver is not None:
+            raw_driver.close()  # refused to start: the robot (or simulator) it opened is let go, not left to teardown
         return 2
     _preload(args.preload)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)

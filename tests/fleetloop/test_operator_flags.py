@@ -47,7 +47,7 @@ def edge(tmp_path, *args: str, display: str | None = None) -> subprocess.Complet
 def test_a_teleop_config_that_cannot_work_is_refused_at_start(tmp_path, config: str, says: str) -> None:
     path = tmp_path / "teleop.yaml"
     path.write_text(config)
-    result = edge(tmp_path, "--operator", f"teleop:{path}")
+    result = edge(tmp_path, "--operator", f"teleop:{path}", "--no-takeover")  # no page to say "scene ready" either
     assert result.returncode == 2, result.stderr[-2000:]
     assert says.format(path=path) in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
