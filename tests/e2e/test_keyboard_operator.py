@@ -49,7 +49,11 @@ def test_keys_in_an_x_server_drive_the_panda_and_label_its_episodes(fleet: Fleet
     wait_until(lambda: said("switched to policy panda_pick_cube v1"), 90, "the policy to reach the edge")
     press(display, "key", "r")  # re-record: the episode under way ends, discarded
     wait_until(lambda: said("asked to re-record it: kept, never trained on"), 20, "the re-record")
-    wait_until(lambda: said("waiting for the scene to be reset (press Enter when it is ready)"), 10, "the wait")
+    wait_until(
+        lambda: said("waiting for the scene to be reset (press Enter or press scene ready on the takeover page"),
+        10,
+        "the wait",
+    )
     wait_until(lambda: member_state(fleet) == "waiting for reset", 10, "the fleet view to show the wait")
     press(display, "key", "Return")
     wait_until(lambda: said(f"the scene is ready ({WHO} says so)"), 10, "scene ready")
@@ -74,19 +78,16 @@ def test_keys_in_an_x_server_drive_the_panda_and_label_its_episodes(fleet: Fleet
     wait_until(lambda: [e.label for e in labelled()] == ["discarded", "success"], 30, "both labels in the store")
     discarded, success = labelled()
     assert discarded.labelled_by == WHO and discarded.discarded
-    assert (success.labelled_by, success.operators, success.done, success.success) == (WHO, (WHO,), True, True)
-    rows = store.read(DATASET, ["episode_index", "seq", "intervention", "operator", "action", "obs.state", "label"])
+    assert (success.labelled_by, success.done, success.success) == (WHO, True, True)
+    rows = store.read(DATASET, ["episode_index", "seq", "intervention", "action", "obs.state", "done"])
     mine = np.flatnonzero(rows["episode_index"] == success.index)
-    mine = mine[np.argsort(rows["seq"][mine])]
-    wait_until(lambda: store.episode(success.episode_id).num_steps == len(mine), 1, "every step read")
+    mine = mine[np.argsort(rows["seq"][mine])]  # this episode's rows, in step order
+    assert len(mine) == success.num_steps and rows["done"][mine[-1]] and not rows["done"][mine[:-1]].any()
     intervention = rows["intervention"][mine]
     assert 0 < intervention.sum() < len(mine), "both the person and the policy drove this episode"
-    people = store.people(DATASET)
-    assert [people[k - 1] for k in set(rows["operator"][mine][intervention])] == [WHO]
-    assert (rows["operator"][mine][~intervention] == 0).all()
-    up = mine[intervention & (rows["action"][mine][:, 1] == -1.0)]  # keyboard_ee: Up is delta_y -1
+    drivers = store.drivers(DATASET, success.episode_id)  # seq -> who, for the steps a person drove
+    assert drivers == dict.fromkeys(rows["seq"][mine][intervention].tolist(), WHO)
+    up = np.flatnonzero(intervention & (rows["action"][mine][:, 1] == -1.0))  # keyboard_ee: Up is delta_y -1
     assert len(up) >= 5, f"the Up key drove {len(up)} steps"
-    after = mine[np.searchsorted(mine, up[-1]) + 1]
-    moved = rows["obs.state"][up[0], TCP_Y] - rows["obs.state"][after, TCP_Y]
+    moved = rows["obs.state"][mine[up[0]], TCP_Y] - rows["obs.state"][mine[up[-1] + 1], TCP_Y]
     assert moved > 0.01, f"the hand moved {moved:.3f} m in y while Up was held"
-    assert rows["label"][mine[-1]] == 1 and (rows["label"][mine[:-1]] == 0).all()  # success, on the last step
