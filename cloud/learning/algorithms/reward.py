@@ -6,7 +6,8 @@ Which frames are which, per episode of the dataset (``LearnerConfig.reward``: N 
 - an episode still running (no step marked done) gives no frame;
 - a finished episode with a step marked success gives success frames from its last N steps and failure frames from
   every step before its last N + M (the M steps just before success are left out: the scene is often all but solved);
-- a finished episode without success gives failure frames from every step.
+- a finished episode without success gives failure frames from every step;
+- an episode a person discarded (re-recorded) gives no frame.
 Batches draw success and failure frames half and half, however few success frames there are. Each round trains a
 fresh classifier on every labelled frame, like HG-DAgger's rounds.
 """
@@ -82,6 +83,8 @@ class RewardClassifierTraining(FreshPolicyRounds):
         table = load_steps(self.store, dataset, [f"obs.{name}" for name in cameras], job.rows)
         data = table.columns
         labels = frame_labels(data["episode_index"], data["seq"], data["done"], data["success"], rule)
+        if table.discarded is not None:
+            labels[table.discarded] = UNUSED  # a re-recorded episode teaches nothing, of either outcome
         rows = np.flatnonzero(labels != UNUSED)
         successes = int((labels == SUCCESS).sum())
         if successes == 0 or successes == len(rows):  # one kind alone teaches nothing; wait for more episodes
