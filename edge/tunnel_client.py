@@ -184,20 +184,7 @@ class TunnelClient:
 
     def _session(self) -> None:
         outgoing: queue.Queue[pb.EdgeMessage | None] = queue.Queue()
-        held = [pb.EpisodeProgress(episode_id=e, next_seq=s) for e, s in self.spool.held().items()]
-        outgoing.put(
-            pb.EdgeMessage(
-                hello=pb.Hello(
-                    resource=self.resource.to_proto(),
-                    token=self.config.token,
-                    policy_name=self.policy_name,
-                    policy_version=self.current_version(),
-                    held=held,
-                    protocol_version=PROTOCOL_VERSION,
-                    remote_inference=self.config.remote_inference,
-                )
-            )
-        )
+        outgoing.put(self._hello())
 
         def requests() -> Iterator[pb.EdgeMessage]:
             while (message := outgoing.get()) is not None:
@@ -249,14 +236,8 @@ class TunnelClient:
                         if self.on_emergency_stop:
                             self.on_emergency_stop(message.emergency_stop)
                     elif kind == "error":
-                        self.errors.append(message.error)
                         in_flight.pop(message.error.batch_id, None)
-                        log.error("the cloud refused %s: %s", message.error.field, message.error.message)
-                        # Refused before the welcome (the hello: a capability clash, a protocol version) or a
-                        # credential refused at any time: the same hello would be refused again, so stop.
-                        if message.error.code == "unauthenticated" or not self.connected.is_set():
-                            self.refused = message.error
-                            self._stop.set()
+                        self._on_error(message.error)
             finally:
                 ended.set()
                 self.connected.clear()
@@ -265,6 +246,29 @@ class TunnelClient:
                 self._wake.set()
                 if sender is not None:
                     sender.join(timeout=2)
+
+    def _hello(self) -> pb.EdgeMessage:
+        """The first message of a session: who this edge is, what it runs, and how far each held episode got."""
+        held = [pb.EpisodeProgress(episode_id=e, next_seq=s) for e, s in self.spool.held().items()]
+        hello = pb.Hello(
+            resource=self.resource.to_proto(),
+            token=self.config.token,
+            policy_name=self.policy_name,
+            policy_version=self.current_version(),
+            held=held,
+            protocol_version=PROTOCOL_VERSION,
+            remote_inference=self.config.remote_inference,
+        )
+        return pb.EdgeMessage(hello=hello)
+
+    def _on_error(self, error: pb.Error) -> None:
+        self.errors.append(error)
+        log.error("the cloud refused %s: %s", error.field, error.message)
+        # Refused before the welcome (the hello: a capability clash, a protocol version) or a credential refused
+        # at any time: the same hello would be refused again, so stop.
+        if error.code == "unauthenticated" or not self.connected.is_set():
+            self.refused = error
+            self._stop.set()
 
     def _watch_silence(self, call: grpc.Future, ended: threading.Event) -> None:
         """Dead-peer detection: cancels the call once the cloud has said nothing for ``silence_timeout_s``."""
