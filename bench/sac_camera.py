@@ -41,6 +41,23 @@ def seen(observation: dict[str, np.ndarray], show_goal: bool = True) -> dict[str
     return {"state": state[:2].copy(), "camera": camera(state, show_goal)}
 
 
+def autonomous_success(policy, show_goal: bool) -> float:
+    """The share of the evaluation episodes (EVAL_SEEDS) the policy finishes alone."""
+    from hal.reach_sim import PointReachEnv
+
+    wins = 0
+    for eval_seed in EVAL_SEEDS:
+        env = PointReachEnv()
+        observation, _ = env.reset(seed=eval_seed)
+        for _ in range(env.max_steps):
+            action = policy.act(seen(observation, show_goal))[0]
+            observation, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        wins += bool(info["is_success"])
+    return wins / len(EVAL_SEEDS)
+
+
 def learning_curve(
     workdir: Path, rounds: int, train_steps: int, show_goal: bool = True, seed: int = 0, episodes_per_round: int = 5
 ) -> tuple[list[float], object]:
@@ -53,7 +70,7 @@ def learning_curve(
     from cloud.learning.config import LearnerConfig
     from cloud.learning.learner import Learner
     from edge.operator import HGDaggerOperator, TakeoverRule
-    from hal.reach_sim import PointReachEnv, ReachExpert, ReachRobot
+    from hal.reach_sim import ReachExpert, ReachRobot
     from policies.weights import policy_from_bytes
     from protocol.steps import schema_for
 
@@ -103,19 +120,6 @@ def learning_curve(
                 "t_mono_ns": np.arange(len(rows), dtype=np.int64),
             }
 
-        def autonomous() -> float:
-            wins = 0
-            for eval_seed in EVAL_SEEDS:
-                env = PointReachEnv()
-                observation, _ = env.reset(seed=eval_seed)
-                for _ in range(env.max_steps):
-                    action = policy.act(seen(observation, show_goal))[0]
-                    observation, _, terminated, truncated, info = env.step(action)
-                    if terminated or truncated:
-                        break
-                wins += bool(info["is_success"])
-            return wins / len(EVAL_SEEDS)
-
         for _ in range(rounds):
             for columns in [episode() for _ in range(2 if policy is None else episodes_per_round)]:
                 store.write([StepRows("point_reach", f"ep{episodes}", "reach-1", "sim", "point_reach", 0, columns)])
@@ -123,7 +127,7 @@ def learning_curve(
             [published] = learner.poll_once()
             version = published.version
             policy = policy_from_bytes(registry.read("point_reach", version))
-            success.append(autonomous())
+            success.append(autonomous_success(policy, show_goal))
         return success, policy
     finally:
         store.close()
