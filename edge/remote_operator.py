@@ -166,8 +166,7 @@ class RemoteOperator:
                 if self.controller != who:
                     self._refuse_command(command, f"{who} does not drive {self.name}: nothing to hand back")
                     continue
-                log.info("%s: %s hands back", self.name, who)
-                self._release()
+                self._release()  # the agent says so when it hears the signal
                 self._signals.append((signal, who))
             elif self.controller in ("", who):
                 self._signals.append((signal, who))
@@ -192,7 +191,6 @@ class RemoteOperator:
         elif blocked_by:
             reason = f"{blocked_by} drives {self.name} at the robot until they hand back"
         else:
-            log.info("%s: %s takes over from the takeover page", self.name, who)
             self.controller, self._session, self._action, self._heard_at = who, command.session, None, command.arrived
             self._signals.append((Signal.TAKE_OVER, who))
             return

@@ -59,14 +59,15 @@ class SceneWait:
 
 
 def scene_wait_for(
-    local: Operator | None, source: SaysSceneReady | None, timeout_s: float, page: bool = False
+    local: Operator | None, source: SaysSceneReady | None, timeout_s: float, page: bool = False, always: bool = False
 ) -> SceneWait | None:
-    """The wait a robot needs between episodes: with a person at the robot as its operator (``local``), or a driver
-    configured to say the scene is ready; None for neither (a simulator resets itself). ``page``: the takeover page's
-    people may say it too. ValueError when a wait is needed and nothing could end it."""
+    """The wait a robot needs between episodes: with a person at the robot as its operator (``local``), a driver
+    configured to say the scene is ready, or ``always`` (a robot whose only people are at the takeover page); None
+    otherwise (a simulator resets itself). ``page``: the takeover page's people may say it too. ValueError naming the
+    flag when a wait is needed and nothing could end it."""
     if source is not None and not source.scene_ready_source:
         source = None
-    if not isinstance(local, PersonOperator) and source is None:
+    if not isinstance(local, PersonOperator) and source is None and not always:
         return None
     who = local.who if isinstance(local, PersonOperator) else ""
     ways = [local.signal_help(Signal.SCENE_READY) if isinstance(local, ExplainsSignals) else ""]
@@ -77,5 +78,10 @@ def scene_wait_for(
         raise ValueError(
             f"--scene-ready-timeout: after each episode the robot waits for the scene to be reset, and {who} has no "
             "way to say it is: give a timeout, a keyboard (signals: keyboard), or a scene_ready_topic"
+        )
+    if always and not isinstance(local, PersonOperator) and not help_ and source is None and not timeout_s:
+        raise ValueError(
+            "--wait-for-scene: nobody could say the scene is ready (no person at the robot, the takeover page refused "
+            "by --no-takeover, no scene_ready_topic): give --scene-ready-timeout, or drop --no-takeover"
         )
     return SceneWait(who, help_, source, timeout_s)

@@ -133,7 +133,9 @@ def _person_at_the_robot(args: argparse.Namespace, raw_driver: Driver, local: Op
     from hal.resource import SaysSceneReady
 
     source = raw_driver if isinstance(raw_driver, SaysSceneReady) else None
-    scene = scene_wait_for(local, source, args.scene_ready_timeout, page=not args.no_takeover)
+    scene = scene_wait_for(
+        local, source, args.scene_ready_timeout, page=not args.no_takeover, always=args.wait_for_scene
+    )
     if isinstance(local, TeleopOperator):
         local.start()
         log.info("%s", local.describe())
@@ -301,6 +303,13 @@ def _add_loop_args(edge: argparse.ArgumentParser) -> None:
         "a person at the takeover page silent this long loses control and the policy drives again (the robot "
         "holds from the watchdog's deadline on)",
         metavar="SECONDS",
+    )
+    edge.add_argument(
+        "--wait-for-scene",
+        action="store_true",
+        help="after each episode hold until someone says the scene is reset (the takeover page's scene ready, a "
+        "scene_ready_topic, or --scene-ready-timeout), even with no person at the robot: for a real robot driven "
+        "only from the page",
     )
     add_valued(
         edge,

@@ -238,10 +238,21 @@ def test_a_wait_nothing_can_end_is_refused_at_start() -> None:
         scene_wait_for(mute, None, 0.0)
     assert scene_wait_for(mute, None, 5.0) is not None
     assert scene_wait_for(None, None, 0.0) is None  # a robot with no person and no topic: no wait at all
+    with pytest.raises(ValueError, match="--wait-for-scene: nobody could say the scene is ready"):
+        scene_wait_for(None, None, 0.0, page=False, always=True)
+    assert scene_wait_for(None, None, 3.0, always=True) is not None
 
 
-def test_a_person_at_the_takeover_page_labels_and_readies_the_scene_under_their_own_name(tmp_path, caplog) -> None:
-    local = FakePerson()
+def test_a_robot_driven_only_from_the_page_waits_for_scene_ready_with_wait_for_scene(tmp_path, caplog) -> None:
+    batches = _page_labels_then_readies_the_scene(tmp_path, None, always=True)
+    labels = [(b.label.outcome, b.label.by) for b in batches if b.HasField("label")]
+    assert labels == [("failure", "browser:bob")]
+    assert "waiting for the scene to be reset (press scene ready on the takeover page when it is ready)" in caplog.text
+    assert "arm: the scene is ready (browser:bob says so)" in caplog.text
+
+
+def _page_labels_then_readies_the_scene(tmp_path, local: FakePerson | None, always: bool = False) -> list:
+    """bob, at the takeover page, ends an episode as a failure then says the scene is ready; the batches recorded."""
     robot = NullRobot(state_dim=3, action_dim=2, control_hz=50.0, episode_steps=10_000)
     driver, arbiter = with_takeover(robot, local, "arm", 0.2)  # as `fleetloop edge` builds it
     arbiter.attach(lambda message: True, lambda: 1)
@@ -252,7 +263,7 @@ def test_a_person_at_the_takeover_page_labels_and_readies_the_scene_under_their_
         arbiter.on_cloud_message(pb.CloudMessage(person=command))
 
     resource = ResourceInfo("arm", "robot", driver.capabilities, "sim")
-    scene = scene_wait_for(local, None, 0.0, page=True)
+    scene = scene_wait_for(local, None, 0.0, page=True, always=always)
     spool = Spool(tmp_path / "spool.db")
     agent = EdgeAgent(
         EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p")), resource, driver, spool, arbiter, scene
@@ -266,6 +277,9 @@ def test_a_person_at_the_takeover_page_labels_and_readies_the_scene_under_their_
         wait_for(lambda: agent.stats.ticks >= 5, 10, "the policy driving")
         page("failure")
         wait_for(lambda: agent.stats.episodes == 1, 10, "bob's label to end the episode")
+        held = agent.stats.ticks
+        time.sleep(0.3)  # 15 ticks at 50 Hz: none may move the robot while it waits
+        assert agent.scene.waiting and agent.stats.ticks == held
         page("scene_ready")
         wait_for(lambda: agent.stats.ticks > agent.stats.episodes and agent.scene.since is None, 10, "the next one")
         batches = recorded(agent)
@@ -273,6 +287,11 @@ def test_a_person_at_the_takeover_page_labels_and_readies_the_scene_under_their_
         agent.stop()
         loop.join(timeout=5)
         agent.close(drain_s=0)
+    return batches
+
+
+def test_a_person_at_the_takeover_page_labels_and_readies_the_scene_under_their_own_name(tmp_path, caplog) -> None:
+    batches = _page_labels_then_readies_the_scene(tmp_path, FakePerson())
     labels = [(b.label.outcome, b.label.by) for b in batches if b.HasField("label")]
     assert labels == [("failure", "browser:bob")]
     assert "waiting for the scene to be reset (press Enter or press scene ready on the takeover page" in caplog.text
