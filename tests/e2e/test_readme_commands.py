@@ -84,6 +84,15 @@ COVERED: dict[str, str] = {
     "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
     "--staleness-mode downweight": "learners",
     "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo": "learners",
+    "cp launch/lerobot/so101_follower.yaml arm1.yaml": "first session",
+    "cp launch/teleop/so101_leader.yaml leader.yaml": "first session",
+    "fleetloop devices add arm1 --root fleetloop-data --policy so101_follower": "first session",
+    "fleetloop devices add bob --kind operator --root fleetloop-data --policy so101_follower": "first session",
+    "fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls --phone-port 7071 --reward-classifier "
+    "so101_follower": "first session",
+    "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot lerobot:arm1.yaml --id arm1 --cloud cloud.lab.example:7070 "
+    "--ca ca.pem --operator teleop:leader.yaml": "first session",
+    "fleetloop policy list so101_follower --root fleetloop-data": "first session",
     "fleetloop policy publish panda_pick_cube --root fleetloop-data --robot sim:panda_pick_cube "
     "--from outputs/train/act_panda/checkpoints/last/pretrained_model": "a lab's policy",
     "fleetloop policy publish pusht --root fleetloop-data --robot sim:pusht "
@@ -346,6 +355,56 @@ def test_credential_commands(shell: Shell) -> None:
     for token in shell.tokens.values():
         for log in shell.cwd.glob("*.log"):
             assert token not in log.read_text(errors="replace"), f"a token in {log.name}"
+
+
+def test_first_real_robot_session_commands(shell: Shell) -> None:
+    """The walkthrough of a lab's first session, with no arm on this machine: configs copied, credentials made, the
+    TLS cloud with its takeover pages and reward classifier up, the edge refusing to start naming the arm's port,
+    and the fleet and the registry read back (a version published here as the learner would)."""
+    from cloud.data.version_registry import PolicyRegistry
+    from hal.drivers import driver_capabilities
+    from policies.factory import make_policy
+    from policies.weights import policy_to_bytes
+
+    shell.run("cp launch/lerobot/so101_follower.yaml arm1.yaml")
+    shell.run("cp launch/teleop/so101_leader.yaml leader.yaml")
+    shell.run("fleetloop certs init --root fleetloop-data --host cloud.lab.example")
+    shell.tokens["flt_..."] = token_in(
+        shell.run("fleetloop devices add arm1 --root fleetloop-data --policy so101_follower")
+    )
+    shell.tokens["<alice's token>"] = token_in(
+        shell.run("fleetloop devices add alice --kind operator --root fleetloop-data")
+    )
+    token_in(shell.run("fleetloop devices add bob --kind operator --root fleetloop-data --policy so101_follower"))
+    shell.start(
+        "fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls --phone-port 7071 --reward-classifier "
+        "so101_follower",
+        "cloud",
+    )
+    shell.wait_log("cloud", r"gateway listening on 0\.0\.0\.0:\d+ \(TLS, device credentials required\)")
+    shell.wait_log("cloud", rf"takeover pages \(operator credential\) at https://cloud.lab.example:{shell.phone_port}/")
+    shutil.copy(shell.cwd / "fleetloop-data/certs/ca.pem", shell.cwd / "ca.pem")
+    if not Path("/dev/ttyACM0").exists():  # no SO-101 here: the edge names the port and does not start
+        output = shell.run(
+            "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot lerobot:arm1.yaml --id arm1 --cloud cloud.lab.example:7070 "
+            "--ca ca.pem --operator teleop:leader.yaml",
+            code=2,
+        )
+        assert "cannot open /dev/ttyACM0 (no such device); is the arm plugged in" in output, output
+        assert "Traceback" not in output
+    table = shell.run("FLEETLOOP_TOKEN=<alice's token> fleetloop fleet --cloud cloud.lab.example:7070 --ca ca.pem")
+    assert "arm1" not in table  # it never connected
+
+    caps = driver_capabilities(f"lerobot:{shell.cwd / 'arm1.yaml'}")  # read from its config, no hardware touched
+    spec = {
+        "observation": {s.name: {"shape": list(s.shape), "dtype": s.dtype} for s in caps.observation},
+        "action_dim": int(caps.action.shape[0]),
+        "hidden": [8],
+    }
+    weights = policy_to_bytes(make_policy("mlp", spec))
+    PolicyRegistry(shell.cwd / "fleetloop-data" / "registry").publish("so101_follower", weights, "hg-dagger (mlp)")
+    listing = shell.run("fleetloop policy list so101_follower --root fleetloop-data")
+    assert "v1" in listing and "hg-dagger (mlp)" in listing, listing
 
 
 def test_phone_commands(shell: Shell) -> None:
