@@ -13,6 +13,7 @@ from pathlib import Path
 from cloud.learning.distributed import init_from_env, trace_writer
 from fleetloop.commands.arg_types import add_root_arg
 from fleetloop.commands.learner import add_learner_args, learner_config, run_learner
+from fleetloop.commands.stopping import exit_after_clean_stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             on_step=on_step,
             max_rounds=args.rounds,
         )
+        context.finish()
     finally:
         context.close()
+    if context.distributed:  # its versions are published: skip a teardown that gloo's threads can abort
+        exit_after_clean_stop(0)
     return 0
 
 

@@ -88,6 +88,13 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(self.world_size)
 
+    def finish(self) -> None:
+        """Waits until every rank is done: none tears its process group down while another still uses it."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def close(self) -> None:
         if self.distributed:
             import torch.distributed as dist
