@@ -289,3 +289,20 @@ def test_the_operator_drives_the_fake_lerobot_arm_in_plus_x_and_takes_over_from_
     finally:
         operator.close()
         driver.close()
+
+
+def test_the_shipped_gamepad_to_so101_config_waits_for_its_urdf_then_fits_the_follower(urdf: Path) -> None:
+    from hal.config import read_yaml
+
+    shipped = read_yaml(Path(__file__).resolve().parents[2] / "launch" / "teleop" / "gamepad_to_so101_ee.yaml")
+    with pytest.raises(ConfigError, match=r"^kinematics.urdf: no such file: /path/to/SO101/so101_new_calib.urdf$"):
+        build_teleop_operator(shipped, FAKE_ARM, "arm1")
+    filled = {**shipped, "kinematics": {**shipped["kinematics"], "urdf": str(urdf)}}
+    operator = build_teleop_operator(filled, FAKE_ARM, "arm1")  # the SO-101's joint names, as the fake arm's
+    assert isinstance(operator.signals, TeleopEvents) and operator.teleop.type == "gamepad"
+    raised = np.array([0.0, -50.0, 80.0, 20.0, 0.0, 50.0], np.float32)  # the tip at z 0.054, inside the bounds
+    up = {"delta_x": 0.0, "delta_y": 0.0, "delta_z": 1.0, "gripper": 1.0}
+    action = operator.mapping.action(up, {"state": raised})
+    arm = solver(urdf)
+    assert tip(arm, action[:5])[2] - tip(arm, raised[:5])[2] == pytest.approx(0.005, abs=0.001)  # step_sizes.z
+    assert action[5] == 50  # gripper 1: stay
