@@ -118,11 +118,14 @@ class EEToJoints:
         self.gripper_sign = gripper_sign  # +1: closing raises the joint (lerobot's convention), -1 lowers it, 0 none
 
     def action(self, reading: Mapping[str, float], observation: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The robot's joint targets for one reading; KeyError naming what the reading or observation lacks."""
+        """The robot's joint targets for one reading; KeyError naming what the reading or observation lacks,
+        ValueError when the joints read (or solved) are no numbers."""
         if "state" not in observation:
             raise KeyError("the robot's observation has no state to read its joints from")
         state = np.asarray(observation["state"], dtype=np.float64).reshape(-1)
         joints = {name: float(state[index]) for name, index in self.observed}
+        if not all(np.isfinite(list(joints.values()))):
+            raise ValueError(f"the robot's joints read {joints}: no pose to move from")
         command: dict[str, float] = {}
         for axis in DELTAS:
             if axis not in reading:
@@ -135,6 +138,8 @@ class EEToJoints:
         action = self.rest.copy()
         for name, index in self.routes:
             action[index] = out[name]
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"the inverse kinematics gave no joints ({action.tolist()})")
         return action
 
     def restart(self) -> None:

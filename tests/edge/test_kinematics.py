@@ -190,6 +190,22 @@ def test_delta_x_moves_the_tip_in_plus_x_within_the_bounds_and_the_joint_limits(
     assert [joints[5] for joints in opened] == [45, 40, 35]
 
 
+def test_joints_that_read_no_number_or_a_reading_without_deltas_give_no_action(urdf: Path) -> None:
+    kinematics = resolved(urdf)
+    broken = START.copy()
+    broken[1] = np.nan
+    with pytest.raises(ValueError, match=r"the robot's joints read .*'shoulder_lift.pos': nan.*: no pose to move from"):
+        kinematics.action({"delta_x": 1.0, "delta_y": 0.0, "delta_z": 0.0}, {"state": broken})
+    with pytest.raises(KeyError, match=r"the teleoperator's reading has no 'delta_y' \(it gave \['delta_x'\]\)"):
+        kinematics.action({"delta_x": 1.0}, {"state": START})
+    with pytest.raises(KeyError, match="the robot's observation has no state"):
+        kinematics.action({"delta_x": 1.0, "delta_y": 0.0, "delta_z": 0.0}, {"front": START})
+    huge = drive(kinematics, START, {"delta_x": 1e9, "delta_y": 0.0, "delta_z": 0.0, "gripper": -1e9}, 1)[0]
+    assert np.allclose(
+        huge, drive(resolved(urdf), START, {"delta_x": 1.0, "delta_y": 0, "delta_z": 0, "gripper": 0}, 1)[0]
+    )
+
+
 @TeleoperatorConfig.register_subclass("fleetloop_scripted_ee")
 @dataclass
 class ScriptedEEConfig(TeleoperatorConfig):
