@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from hal.config import ConfigError, ConfigModel
-from hal.resource import Driver, NamesActions
+from hal.resource import Driver, NamesActions, NamesState
 
 
 class MapTarget(ConfigModel):
@@ -27,18 +28,21 @@ class MapTarget(ConfigModel):
 
 @dataclass(frozen=True)
 class RobotAction:
-    """The robot's side of the map: its action vector's size and, where the driver names them, its entries."""
+    """The robot's side of the map: its action vector's size and, where the driver names them, its entries (and
+    those of its ``state`` observation, where a driver names them: what kinematics reads the joints from)."""
 
     embodiment: str
     dim: int
     names: tuple[str, ...] = ()
+    state_names: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, driver: Driver) -> RobotAction:
         """The action of a driver (before its safety layer, which does not name entries)."""
         names = tuple(driver.action_names) if isinstance(driver, NamesActions) else ()
+        state = tuple(driver.state_names) if isinstance(driver, NamesState) else ()
         caps = driver.capabilities
-        return cls(caps.embodiment, int(np.prod(caps.action.shape)), names)
+        return cls(caps.embodiment, int(np.prod(caps.action.shape)), names, state)
 
     def describe(self) -> str:
         if self.names:
@@ -56,6 +60,19 @@ class RobotAction:
         return self.names.index(to)
 
 
+class ReadingToAction(Protocol):
+    """How a teleoperator's reading becomes the robot's action: a map by name (``ActionMapping``), or kinematics
+    from end-effector deltas to joints (``edge.kinematics.EEToJoints``), which also reads the robot's observation."""
+
+    def action(self, reading: Mapping[str, float], observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The robot's action for one reading; KeyError naming what the reading (or observation) lacks."""
+        ...
+
+    def restart(self) -> None:
+        """The person starts driving again: forget any target kept from before."""
+        ...
+
+
 @dataclass(frozen=True)
 class ActionMapping:
     """A resolved map: ``apply`` turns one teleoperator reading into the robot's action vector."""
@@ -71,6 +88,12 @@ class ActionMapping:
                 raise KeyError(f"the teleoperator's reading has no {name!r} (it gave {sorted(reading)})")
             action[index] = reading[name] * scale
         return action
+
+    def action(self, reading: Mapping[str, float], observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.apply(reading)  # a map by name needs no observation
+
+    def restart(self) -> None:
+        pass  # it keeps nothing between readings
 
 
 def resolve_mapping(
@@ -101,7 +124,18 @@ def resolve_mapping(
             raise ConfigError(f"action_map.{name}.to", f"robot action {target.to!r} is driven by {driven[index]!r}")
         driven[index] = name
         routes.append((name, index, target.scale))
+    how = "map a teleop action onto it in action_map"
+    return ActionMapping(tuple(routes), rest_of(robot, rest, driven, gives, ("action_map", how)))
+
+
+def rest_of(
+    robot: RobotAction, rest: Mapping[str, float], driven: dict[int, str], gives: str, undriven: tuple[str, str]
+) -> np.ndarray:
+    """The robot's action where nothing in ``driven`` (index -> what drives it) writes: the values of ``rest``;
+    ConfigError when ``rest`` names a driven entry, or at ``undriven`` (its field, and what to do) when an entry
+    is left with nothing."""
     values = np.zeros(robot.dim, np.float32)
+    driven = dict(driven)
     for key, value in rest.items():
         index = robot.index(int(key) if key.isdigit() else key, f"rest.{key}")
         if index in driven:
@@ -112,8 +146,8 @@ def resolve_mapping(
         if index not in driven:
             what = robot.names[index] if robot.names else str(index)
             raise ConfigError(
-                "action_map",
+                undriven[0],
                 f"the robot's action {what!r} gets nothing ({gives}; the robot {robot.describe()}): "
-                "map a teleop action onto it in action_map, or give it a value in rest",
+                f"{undriven[1]}, or give it a value in rest",
             )
-    return ActionMapping(tuple(routes), values)
+    return values

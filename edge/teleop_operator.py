@@ -3,8 +3,10 @@
 ``--operator keyboard`` is lerobot's keyboard_ee (arrows move in x/y, shift / right shift down / up, right ctrl /
 left ctrl close / open the gripper) with the keys of ``edge.keys`` (space takes over and hands back, s success,
 q failure, r re-record, Enter scene ready); ``--operator teleop:<config.yaml>`` is any lerobot teleoperator by its
-config (``TeleopConfig``). While the person drives, or while there is no policy yet, every step is the person's
-(an intervention, recorded with ``who``); otherwise the policy's action passes through untouched.
+config (``TeleopConfig``), its action mapped onto the robot's by name, by ``action_map``, or (an end-effector
+teleoperator driving a joint-space arm) through lerobot's kinematics by ``kinematics:`` (``edge.kinematics``).
+While the person drives, or while there is no policy yet, every step is the person's (an intervention, recorded
+with ``who``); otherwise the policy's action passes through untouched.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 from pydantic import AfterValidator, Field
 
-from edge.action_map import ActionMapping, MapTarget, RobotAction, resolve_mapping
+from edge.action_map import MapTarget, ReadingToAction, RobotAction, resolve_mapping
 from edge.keys import TOGGLE, KeyAction, KeySignals
+from edge.kinematics import KinematicsConfig, resolve_kinematics
 from edge.operator import ExplainsSignals, Operator, PersonOperator, Signal, choose_operator
-from hal.config import ConfigModel, Name, read_yaml, validate
+from hal.config import ConfigError, ConfigModel, Name, read_yaml, validate
 from hal.lerobot_teleop import LerobotTeleop, TeleopError, make_lerobot_teleop
 
 log = logging.getLogger("fleetloop.edge")
@@ -45,6 +48,7 @@ class TeleopConfig(ConfigModel):
     signals: Literal["keyboard", "teleop"] = "keyboard"
     action_map: dict[str, MapTarget] | None = None  # teleop action -> robot action; None: by equal names
     rest: dict[str, float] = {}  # robot actions no teleop action drives: their value
+    kinematics: KinematicsConfig | None = None  # end-effector deltas onto a joint-space arm (edge/kinematics.py)
 
 
 FLEETLOOP_KEYS = tuple(TeleopConfig.model_fields)
@@ -129,12 +133,13 @@ class TeleopEvents:
 class TeleopOperator(PersonOperator, ExplainsSignals):
     """A lerobot teleoperator and a person's signals as the robot's operator (see the module docstring)."""
 
-    def __init__(self, teleop: LerobotTeleop, mapping: ActionMapping, who: str, signals: SignalSource) -> None:
+    def __init__(self, teleop: LerobotTeleop, mapping: ReadingToAction, who: str, signals: SignalSource) -> None:
         self.teleop = teleop
         self.mapping = mapping
         self._who = who
         self.signals = signals
         self.driving = False
+        self._moving = False  # whether the last action was the person's: a new stretch restarts the mapping
         self._said: list[Signal] = []
         self._failing = ""  # why the device gave no action last time ("" while it works)
 
@@ -184,10 +189,15 @@ class TeleopOperator(PersonOperator, ExplainsSignals):
         """The person's action while they drive or no policy has one; None (hold) when the device gives none."""
         self._listen()
         if not self.driving and policy_action is not None:
+            self._moving = False
             return policy_action, False
         try:
-            action = self.mapping.apply(self.teleop.read())
+            if not self._moving:
+                self.mapping.restart()  # a target kept from before would pull the arm back to it
+            self._moving = True
+            action = self.mapping.action(self.teleop.read(), observation)
         except Exception as err:  # a device is outside our control: whatever it raises, the loop goes on
+            self._moving = False
             return self._device_failed(f"{type(err).__name__}: {err}", policy_action)
         if self._failing:
             log.info("the %s teleoperator answers again", self.teleop.type)
@@ -206,6 +216,7 @@ class TeleopOperator(PersonOperator, ExplainsSignals):
 
     def reset(self) -> None:
         self.driving = False  # a new episode starts with the policy driving, as HIL-SERL's do
+        self._moving = False
 
     def close(self) -> None:
         self.signals.close()
@@ -223,9 +234,17 @@ def build_teleop_operator(raw: Any, robot: RobotAction, resource_id: str, who: s
     teleop = make_lerobot_teleop(
         config.type, {k: v for k, v in raw.items() if k not in FLEETLOOP_KEYS}, module=config.module
     )
-    mapping = resolve_mapping(teleop.type, teleop.action_names, robot, config.action_map, config.rest)
+    mapping = _mapping(config, teleop, robot)
     signals: SignalSource = KeySignals() if config.signals == "keyboard" else TeleopEvents(teleop)
     return TeleopOperator(teleop, mapping, config.who or f"{config.type}@{resource_id}", signals)
+
+
+def _mapping(config: TeleopConfig, teleop: LerobotTeleop, robot: RobotAction) -> ReadingToAction:
+    if config.kinematics is None:
+        return resolve_mapping(teleop.type, teleop.action_names, robot, config.action_map, config.rest)
+    if config.action_map is not None:
+        raise ConfigError("action_map", "not with kinematics, which turns the end-effector deltas into joints")
+    return resolve_kinematics(config.kinematics, teleop.type, teleop.action_names, robot, config.rest)
 
 
 def keyboard_operator(robot: RobotAction, resource_id: str, who: str = "") -> TeleopOperator:

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from hal.config import ConfigError, ConfigModel, Items, Name, validate
 from hal.lerobot_config import check_fields, choice_class, decode, innermost_message
-from hal.resource import ArraySpec, Capabilities, HoldsPosition, NamesActions, Transition
+from hal.resource import ArraySpec, Capabilities, HoldsPosition, NamesActions, NamesState, Transition
 
 log = logging.getLogger("fleetloop.lerobot")
 
@@ -81,7 +81,7 @@ def connect_problem(exc: BaseException, robot_type: str) -> str:
     return f"cannot connect to the {robot_type} robot: {said}; is it plugged in and powered, and the config right?"
 
 
-class LerobotRobotDriver(HoldsPosition, NamesActions):
+class LerobotRobotDriver(HoldsPosition, NamesActions, NamesState):
     """A Driver over a lerobot ``Robot``. ``reset`` connects when needed; a real robot is not moved by reset."""
 
     def __init__(self, robot: Any, config: LerobotDriverConfig) -> None:

@@ -154,6 +154,13 @@ class NamesActions(Protocol):
 
 
 @runtime_checkable
+class NamesState(Protocol):
+    """A driver that names each entry of its ``state`` observation (a lerobot arm's ``shoulder_pan.pos`` ...)."""
+
+    state_names: tuple[str, ...]  # one name per state entry, in order; () for no names
+
+
+@runtime_checkable
 class SaysSceneReady(Protocol):
     """A driver whose robot can say when its scene is set up again after an episode (e.g. on a ROS 2 topic)."""
 
