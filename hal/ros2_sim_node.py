@@ -26,6 +26,7 @@ import argparse
 import array
 import json
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -233,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=args.domain_id)  # rclpy's handlers turn SIGINT/SIGTERM into a shutdown
+    rclpy.init(context=context, domain_id=args.domain_id, signal_handler_options=SignalHandlerOptions.NO)
+    # Ctrl-C and SIGTERM end the node (rclpy's own handlers left it spinning).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: context.try_shutdown())
     if args.command == "joint_trajectory":
         node = TrajectoryArmNode(context, args.namespace, args.record)
     else:
@@ -244,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     executor.add_node(node.node)
     print(f"{node.node.get_name()} ready on domain {args.domain_id}", flush=True)
     try:
-        executor.spin()
+        while context.ok():  # a bounded wait: the signal handlers above run between two waits
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

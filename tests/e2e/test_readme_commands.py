@@ -214,11 +214,21 @@ class Shell:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+                raise AssertionError(
+                    f"{name} went on for 20 s after Ctrl-C (SIGINT):\n{self.log(name)[-2000:]}"
+                ) from None
         return process.returncode
 
     def stop_all(self) -> None:
+        """Stops every server, then fails naming the first that had to be killed."""
+        failures = []
         for name in reversed(list(self.servers)):
-            self.stop(name)
+            try:
+                self.stop(name)
+            except AssertionError as err:
+                failures.append(err)
+        if failures:
+            raise failures[0]
 
 
 @pytest.fixture
