@@ -132,6 +132,7 @@ class EdgeAgent:
         self._held_for = ""  # why the robot holds still now; "" while it moves
         linked = operator if isinstance(operator, CloudLinked) else None  # a takeover page's people
         self.outcome: OutcomeWorker | None = None  # the reward classifier that ends episodes it judges succeeded
+        self._judged: dict[str, np.ndarray] | None = None  # the last observation handed to it
         if tunnel_config.outcome_policy:
             self.outcome = OutcomeWorker(
                 resource.id,
@@ -355,7 +356,9 @@ class EdgeAgent:
         success = self.outcome.take_success(self._episode_id)
         if success is not None and self._ending is None:
             self._ending = pb.EpisodeLabel(outcome="success", by=success.by)
-        self.outcome.offer(self._episode_id, observation)
+        if observation is not self._judged:  # a tick that held keeps its frame: one frame counts once
+            self._judged = observation
+            self.outcome.offer(self._episode_id, observation)
 
     def _scene_is_ready(self, now: float) -> bool:
         assert self.scene is not None

@@ -360,7 +360,8 @@ class TunnelClient:
         if incoming.digest.hexdigest() != incoming.sha256:
             log.error("policy %s v%d failed its checksum; keeping the current policy", incoming.name, incoming.version)
             return
-        log.info("received policy %s v%d (%.1f MB)", incoming.name, incoming.version, len(incoming.buffer) / 1e6)
+        what = "reward classifier" if incoming.name == self.config.outcome_policy else "policy"
+        log.info("received %s %s v%d (%.1f MB)", what, incoming.name, incoming.version, len(incoming.buffer) / 1e6)
         self._route(incoming.name, incoming.version, bytes(incoming.buffer))
 
     def _route(self, name: str, version: int, weights: bytes) -> None:
