@@ -33,7 +33,6 @@ from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import CodecError
 from protocol.limits import check_applied, check_heartbeat, check_rejected
-from protocol.steps import quoted
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -269,7 +268,11 @@ class Gateway(pb_grpc.TunnelServicer):
         check_applied(applied)
         name = applied.policy_name
         if name not in (session.policy_name, session.outcome_policy) and name not in session.subscriptions:
-            raise CodecError("applied.policy_name", f"{quoted(name)} is neither its policy nor its outcome classifier")
+            # Nothing it was sent: no state is made for it (a hostile edge cannot grow the session with names).
+            log.warning(
+                "%s says it applied %s v%d, which it was never sent", session.resource.id, name, applied.version
+            )
+            return
         session.subscription(name).applied_version = applied.version
         what = "judges success with" if name == session.outcome_policy else "now runs"
         if name == session.policy_name:
