@@ -24,6 +24,7 @@ from hal.resource import ArraySpec
 from policies.base import Policy
 from policies.reward_classifier import RewardClassifier
 from policies.updates import HeldState, UpdateError, apply_update
+from policies.weights import read_metadata
 from protocol.steps import MAX_ID_LENGTH
 
 log = logging.getLogger("fleetloop.edge")
@@ -53,6 +54,13 @@ def unusable(policy: Policy, observation: Sequence[ArraySpec]) -> str:
             shape = tuple(mine.shape)
             return f"camera {camera!r} gives {mine.dtype} {shape} here; it was trained on uint8 {tuple(spec.shape)}"
     return ""
+
+
+def _is_delta(weights: bytes) -> bool:
+    try:
+        return read_metadata(weights).get("update") == "delta"
+    except ValueError:
+        return False
 
 
 class OutcomeWorker:
@@ -137,19 +145,20 @@ class OutcomeWorker:
             return
         try:
             policy, held = apply_update(weights, self._held)
-        except UpdateError as err:  # e.g. a delta on a version it does not hold: the cloud sends a snapshot
-            log.warning("%s could not apply reward classifier %s v%d: %s", self.resource_id, name, version, err)
-            self._on_rejected(name, version, str(err), False)
+        except UpdateError as err:
+            if _is_delta(weights):  # on a version it does not hold: a snapshot will do
+                log.warning("%s could not apply reward classifier %s v%d: %s", self.resource_id, name, version, err)
+                self._on_rejected(name, version, str(err), False)
+            else:  # a snapshot that does not load: sent again, it would not either
+                self._refuse(name, version, str(err))
             return
-        except Exception as err:  # weights that build nothing: a snapshot of the same would not either
-            problem = f"cannot build it: {err}"
-        else:
-            problem = unusable(policy, self.observation)
-        if problem:
-            log.error("%s refuses %s v%d as its reward classifier: %s", self.resource_id, name, version, problem)
-            self._on_rejected(name, version, problem, True)
+        except Exception as err:  # weights that build nothing
+            self._refuse(name, version, f"cannot build it: {err}")
             return
-        assert isinstance(policy, RewardClassifier)
+        problem = unusable(policy, self.observation)
+        if problem or not isinstance(policy, RewardClassifier):
+            self._refuse(name, version, problem)
+            return
         if self.judge is None:
             self.judge = OutcomeJudge(policy, self.config)
         else:
@@ -158,6 +167,11 @@ class OutcomeWorker:
         self.name, self.version, self._cameras = name, version, tuple(policy.cameras)
         log.info("%s judges success with reward classifier %s v%d", self.resource_id, name, version)
         self._on_applied(name, version, len(weights))
+
+    def _refuse(self, name: str, version: int, problem: str) -> None:
+        """A version this robot cannot use: said, and reported unusable so that the cloud does not send it again."""
+        log.error("%s refuses %s v%d as its reward classifier: %s", self.resource_id, name, version, problem)
+        self._on_rejected(name, version, problem, True)
 
     def _judge(self, episode: str, frames: dict[str, np.ndarray]) -> None:
         judge = self.judge
