@@ -5,6 +5,8 @@
 - ``local_runtime``   local inference and weight loading off the control thread, swaps between ticks
 - ``remote_runtime``  the same interface with the policy in the cloud
 - ``operator``        simulated operators: a scripted expert and HG-DAgger's person who takes over
+- ``outcome``         a reward classifier's verdict on an episode (P(success) above a threshold N frames in a row)
+- ``outcome_worker``  that verdict computed off the control thread, from the classifier the cloud pushes
 - ``recorder``        records steps on the control thread and spools them from another
 - ``spool``           the durable spool: steps wait on disk until the cloud acks them
 - ``tunnel_client``   the edge-initiated gRPC stream, reopened with backoff

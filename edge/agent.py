@@ -7,6 +7,9 @@ thread touches the network or disk.
 A person as the operator (``PersonOperator``) is heard every tick: success and failure end the episode with their
 label on its last step, re-record ends it as discarded (kept in the store, never trained on), and every step they
 drive carries who they are. After each episode such a robot holds until the scene is reset (``edge.scene``).
+
+A reward classifier (``tunnel.outcome_policy``) says success the same way: it judges the frames on its own thread
+(``edge.outcome_worker``) and its verdict ends the episode, labelled by it, at the next step recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pydantic import Field
 
 from edge.local_runtime import LocalPolicyRuntime
 from edge.operator import Operator, PersonOperator, SaysWhoSaid, Signal
+from edge.outcome import OutcomeJudgeConfig
+from edge.outcome_worker import OutcomeWorker
 from edge.recorder import Step, StepRecorder
 from edge.remote_operator import CloudLinked
 from edge.remote_runtime import RemotePolicyRuntime
@@ -52,6 +57,8 @@ class EdgeConfig(CodeConfig):
     # > 0 bounds the spool: once full the robot holds still (and records nothing) until acks make room;
     # unacked steps are never deleted.
     max_spool_bytes: Annotated[int, Field(ge=0)] = 0
+    # How the outcome classifier (``tunnel.outcome_policy``) says success: P above a threshold, N frames in a row.
+    outcome: OutcomeJudgeConfig = OutcomeJudgeConfig()
     record_digest: bool = False  # keep a sha256 of every step produced (to check the store against)
     record_tick_periods: bool = False  # keep every tick's period in the stats (benchmarks)
 
@@ -124,6 +131,17 @@ class EdgeAgent:
         self._drive_lock = threading.Lock()  # an emergency stop from the tunnel thread never interleaves with apply
         self._held_for = ""  # why the robot holds still now; "" while it moves
         linked = operator if isinstance(operator, CloudLinked) else None  # a takeover page's people
+        self.outcome: OutcomeWorker | None = None  # the reward classifier that ends episodes it judges succeeded
+        self._judged: dict[str, np.ndarray] | None = None  # the last observation handed to it
+        if tunnel_config.outcome_policy:
+            self.outcome = OutcomeWorker(
+                resource.id,
+                resource.capabilities.observation,
+                config.outcome,
+                on_applied=lambda name, version, size: self.tunnel.report_applied(name, version, size),
+                on_rejected=self._on_rejected,
+            )
+        outcome = self.outcome
         self.tunnel = TunnelClient(
             tunnel_config,
             resource,
@@ -134,6 +152,8 @@ class EdgeAgent:
             on_emergency_stop=self._on_emergency_stop,
             on_actions=on_actions,
             on_person=linked.on_cloud_message if linked is not None else None,
+            on_outcome=outcome.load if outcome is not None else None,
+            outcome_version=lambda: outcome.version if outcome is not None else 0,
         )
         if linked is not None:
             linked.attach(self.tunnel.send, lambda: self.runtime.version)
@@ -176,6 +196,7 @@ class EdgeAgent:
                     if self._scene_is_ready(tick_start) and not self._must_hold():
                         observation = self._start_episode()
                 elif not self._must_hold():
+                    self._judge_outcome(observation)
                     transition = self._tick(observation, tick_start_ns, tick_start + 0.5 * period)
                     if transition is not None:
                         observation = transition.observation
@@ -327,6 +348,18 @@ class EdgeAgent:
                 outcome = {Signal.SUCCESS: "success", Signal.FAILURE: "failure"}.get(signal, "discarded")
                 self._ending = pb.EpisodeLabel(outcome=outcome, by=who)
 
+    def _judge_outcome(self, observation: dict[str, np.ndarray]) -> None:
+        """Ends the episode at this tick's step when the outcome classifier said success on a frame of it (as a
+        person's label does), and hands it this tick's frame; never waits for the classifier."""
+        if self.outcome is None:
+            return
+        success = self.outcome.take_success(self._episode_id)
+        if success is not None and self._ending is None:
+            self._ending = pb.EpisodeLabel(outcome="success", by=success.by)
+        if observation is not self._judged:  # a tick that held keeps its frame: one frame counts once
+            self._judged = observation
+            self.outcome.offer(self._episode_id, observation)
+
     def _scene_is_ready(self, now: float) -> bool:
         assert self.scene is not None
         known = self.scene.ready_because
@@ -425,6 +458,8 @@ class EdgeAgent:
             )
         self.tunnel.stop()
         self.runtime.close()
+        if self.outcome is not None:
+            self.outcome.close()
         self.spool.close()
         self.driver.close()
         return steps

@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import numpy as np
 from pydantic import Field
 
 from hal.config import CodeConfig
-from policies.reward_classifier import RewardClassifier
-from policies.weights import policy_from_bytes
+
+if TYPE_CHECKING:  # torch is imported only where a classifier is built: the command line reads the config's defaults
+    from policies.reward_classifier import RewardClassifier
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class OutcomeJudge:
     @classmethod
     def from_weights(cls, weights: bytes, config: OutcomeJudgeConfig | None = None) -> OutcomeJudge:
         """ValueError when ``weights`` are not a reward classifier's (e.g. a policy published under that name)."""
+        from policies.reward_classifier import RewardClassifier
+        from policies.weights import policy_from_bytes
+
         classifier = policy_from_bytes(weights)
         if not isinstance(classifier, RewardClassifier):
             raise ValueError(f"weights: a {classifier.type_name} policy, not a reward classifier")

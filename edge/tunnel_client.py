@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import grpc
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge.spool import Spool
-from hal.config import CodeConfig, Name
+from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import open_channel
+from protocol.limits import POLICY_NAME
 from protocol.link_errors import link_failure
 
 log = logging.getLogger("fleetloop.tunnel")
@@ -58,9 +59,23 @@ class TunnelConfig(CodeConfig):
     token: str = Field(default="", repr=False)  # this device's credential
     ca: str | None = None  # the CA that signed the gateway's certificate: TLS; None: plain text (loopback only)
     remote_inference: bool = False  # the policy runs in the cloud; observations go up, actions come down
+    # The reward classifier whose versions it receives beside its policy's, to judge its episodes ("" for none).
+    outcome_policy: str = ""
     window_batches: Annotated[int, Field(ge=1)] = 32  # spooled batches in flight before waiting for an ack
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
     silence_timeout_s: Annotated[float, Field(gt=0)] = SILENCE_TIMEOUT_S
+
+    @model_validator(mode="after")
+    def _outcome_policy_is_another_name(self) -> TunnelConfig:
+        if self.outcome_policy and not POLICY_NAME.fullmatch(self.outcome_policy):
+            raise invalid(
+                "must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)", "outcome_policy"
+            )
+        if self.outcome_policy == self.policy_name:  # the tunnel tells their versions apart by name
+            raise invalid(
+                f"names the policy it runs ({self.policy_name}); give the reward classifier's", "outcome_policy"
+            )
+        return self
 
     # The address and the policy by position too (``TunnelConfig("127.0.0.1:7070", "pick")``).
     def __init__(self, target: str, policy_name: str, **fields: Any) -> None:
@@ -69,8 +84,9 @@ class TunnelConfig(CodeConfig):
 
 class TunnelClient:
     """The edge's one stream to the cloud, on its own thread. The callbacks run on that thread: ``on_policy``
-    (verified weights), ``on_assignment``, ``on_emergency_stop``, ``on_actions`` (remote inference replies) and
-    ``on_person`` (a takeover page's ``person`` commands and ``watch`` requests)."""
+    (verified weights of its policy), ``on_outcome`` (those of its outcome classifier), ``on_assignment``,
+    ``on_emergency_stop``, ``on_actions`` (remote inference replies) and ``on_person`` (a takeover page's
+    ``person`` commands and ``watch`` requests)."""
 
     def __init__(
         self,
@@ -83,6 +99,8 @@ class TunnelClient:
         on_emergency_stop: Callable[[pb.EmergencyStop], None] | None = None,
         on_actions: Callable[[pb.InferenceReply], None] | None = None,
         on_person: Callable[[pb.CloudMessage], None] | None = None,
+        on_outcome: Callable[[str, int, bytes], None] | None = None,
+        outcome_version: Callable[[], int] = lambda: 0,
     ) -> None:
         self.config = config
         self.target = config.target
@@ -95,6 +113,8 @@ class TunnelClient:
         self.on_emergency_stop = on_emergency_stop
         self.on_actions = on_actions
         self.on_person = on_person
+        self.on_outcome = on_outcome
+        self.outcome_version = outcome_version
         self.silence_timeout_s = max(config.silence_timeout_s, 3 * config.heartbeat_s)
         self.connected = threading.Event()
         self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
@@ -258,6 +278,8 @@ class TunnelClient:
             held=held,
             protocol_version=PROTOCOL_VERSION,
             remote_inference=self.config.remote_inference,
+            outcome_policy=self.config.outcome_policy,
+            outcome_version=self.outcome_version() if self.config.outcome_policy else 0,
         )
         return pb.EdgeMessage(hello=hello)
 
@@ -316,7 +338,11 @@ class TunnelClient:
                 chunk.policy_name, chunk.version, chunk.sha256, bytearray(chunk.total_bytes), hashlib.sha256()
             )
         incoming = self._incoming
-        if incoming is None or incoming.version != chunk.version or incoming.received != chunk.offset:
+        if incoming is None or (incoming.name, incoming.version, incoming.received) != (
+            chunk.policy_name,
+            chunk.version,
+            chunk.offset,
+        ):
             log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
             self._incoming = None
             return
@@ -334,8 +360,18 @@ class TunnelClient:
         if incoming.digest.hexdigest() != incoming.sha256:
             log.error("policy %s v%d failed its checksum; keeping the current policy", incoming.name, incoming.version)
             return
-        log.info("received policy %s v%d (%.1f MB)", incoming.name, incoming.version, len(incoming.buffer) / 1e6)
-        self.on_policy(incoming.name, incoming.version, bytes(incoming.buffer))
+        what = "reward classifier" if incoming.name == self.config.outcome_policy else "policy"
+        log.info("received %s %s v%d (%.1f MB)", what, incoming.name, incoming.version, len(incoming.buffer) / 1e6)
+        self._route(incoming.name, incoming.version, bytes(incoming.buffer))
+
+    def _route(self, name: str, version: int, weights: bytes) -> None:
+        """By the version's name: the outcome classifier's never reach the policy runtime, nor the other way round."""
+        if not self.config.outcome_policy or name != self.config.outcome_policy:
+            self.on_policy(name, version, weights)
+        elif self.on_outcome is not None:
+            self.on_outcome(name, version, weights)
+        else:
+            log.error("%s v%d came as this edge's outcome classifier, but nothing here judges outcomes", name, version)
 
 
 @dataclass

@@ -103,6 +103,13 @@ class RewardClassifierConfig(PolicyConfig):
         return self.observation[self.cameras[0]].shape[2]
 
 
+def preload() -> None:
+    """Imports what building a classifier needs (lerobot's classifier, transformers' ResNet): seconds that hold the
+    GIL in long stretches, which an edge spends before its control loop starts rather than during it."""
+    import lerobot.rewards.classifier  # noqa: F401
+    from transformers import ResNetModel  # noqa: F401
+
+
 def _lerobot_classifier(config: RewardClassifierConfig) -> nn.Module:
     """lerobot's ``Classifier`` for ``config``, its encoder built from ``config.encoder`` instead of the hub."""
     from lerobot.configs.types import FeatureType, PolicyFeature

@@ -118,6 +118,11 @@ def check_hello(hello: pb.Hello) -> None:
         check_policy_name(hello.policy_name, "hello.policy_name")
     if hello.policy_version < 0:
         raise CodecError("hello.policy_version", f"must be >= 0, got {hello.policy_version}")
+    if hello.outcome_policy:
+        check_policy_name(hello.outcome_policy, "hello.outcome_policy")
+    if hello.outcome_version < 0 or (hello.outcome_version and not hello.outcome_policy):
+        why = "must be >= 0" if hello.outcome_version < 0 else "must be 0 without an outcome_policy"
+        raise CodecError("hello.outcome_version", f"{why}, got {hello.outcome_version}")
     check_count(hello.held, MAX_HELD_EPISODES, "hello.held", "episodes")
     for i, progress in enumerate(hello.held):
         check_id(progress.episode_id, f"hello.held[{i}].episode_id")

@@ -67,7 +67,7 @@ class EpisodeProgress(_message.Message):
     def __init__(self, episode_id: _Optional[str] = ..., next_seq: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version", "remote_inference")
+    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version", "remote_inference", "outcome_policy", "outcome_version")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,8 @@ class Hello(_message.Message):
     HELD_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     REMOTE_INFERENCE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_POLICY_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_VERSION_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     token: str
     policy_name: str
@@ -82,7 +84,9 @@ class Hello(_message.Message):
     held: _containers.RepeatedCompositeFieldContainer[EpisodeProgress]
     protocol_version: int
     remote_inference: bool
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ..., remote_inference: _Optional[bool] = ...) -> None: ...
+    outcome_policy: str
+    outcome_version: int
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ..., remote_inference: _Optional[bool] = ..., outcome_policy: _Optional[str] = ..., outcome_version: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment")

@@ -1,6 +1,7 @@
-"""Policy pushes: the registry is watched for new versions, each edge is offered the newest one it may run, and
-an update goes down its tunnel in chunks: a delta against the version it holds when that is smaller, else a
-snapshot. Weights, wire states and built updates are cached: edges on one version share them."""
+"""Policy pushes: the registry is watched for new versions, each edge is offered the newest one of each name it
+receives (its policy, its outcome classifier: ``Session.receives``) that it may run, and an update goes down its
+tunnel in chunks: a delta against the version it holds of that name when that is smaller, else a snapshot.
+Weights, wire states and built updates are cached: edges on one version share them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.lru_cache import LruCache
-from cloud.gateway.sessions import Session
+from cloud.gateway.sessions import Session, Subscription
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import read_metadata, sha256_hex
 from protocol import tunnel_pb2 as pb
@@ -44,7 +45,7 @@ class PolicyPusher:
     async def watch_registry(self) -> None:
         known: dict[str, int] = {}
         while True:
-            for policy_name in {s.policy_name for s in self.sessions.values() if s.policy_name}:
+            for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
                 try:
                     latest = await asyncio.to_thread(self.registry.latest, policy_name)
                 except Exception:  # one unreadable policy must not stop the pushes of all the others
@@ -53,7 +54,7 @@ class PolicyPusher:
                 if latest is None or latest.version <= known.get(policy_name, 0):
                     continue
                 known[policy_name] = latest.version
-                targets = [s for s in self.sessions.values() if s.policy_name == policy_name]
+                targets = [s for s in self.sessions.values() if policy_name in s.receives()]
                 log.info("policy %s v%d published; pushing to %d edge(s)", policy_name, latest.version, len(targets))
                 for session in targets:
                     session.offer_version(latest)
@@ -65,10 +66,14 @@ class PolicyPusher:
 
     def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
         """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
-        if rejected.bad:  # it misbehaved on the robot, which rolled back: never offer it to this edge again
-            session.bad_versions.add(rejected.version)
+        held = session.subscriptions.get(rejected.policy_name)
+        if held is None:  # a name this edge was never sent: nothing to resend
+            log.warning("%s rejected %s, which it was never sent", session.resource.id, rejected.policy_name)
+            return
+        if rejected.bad:  # it misbehaved on the robot, or cannot be used there: never offer it to this edge again
+            held.bad_versions.add(rejected.version)
             log.error(
-                "%s rolled back from %s v%d (%s); a newer version will reach it when one is published",
+                "%s refused %s v%d (%s); a newer version will reach it when one is published",
                 session.resource.id,
                 rejected.policy_name,
                 rejected.version,
@@ -82,11 +87,10 @@ class PolicyPusher:
             rejected.version,
             rejected.reason[:200],
         )
-        session.needs_full = True
-        session.sent_version = min(session.sent_version, session.applied_version)
-        session.offer = None  # offer the newest version again, from scratch
-        if rejected.policy_name == session.policy_name:
-            self.offer_latest(session, rejected.policy_name)
+        held.needs_full = True
+        held.sent_version = min(held.sent_version, held.applied_version)
+        held.offer = None  # offer the newest version again, from scratch
+        self.offer_latest(session, rejected.policy_name)
 
     async def _wire_state(self, version: PolicyVersion) -> WireState:
         async def build() -> WireState:
@@ -136,43 +140,47 @@ class PolicyPusher:
         return built.payload, sha256_hex(built.payload), built.kind, built.base_version
 
     async def send_policies(self, session: Session) -> None:
-        """Pushes the newest offered version; versions superseded before they were sent are skipped."""
+        """Pushes the newest version offered of each name it receives; versions superseded before they were sent
+        are skipped."""
         while not session.closed:
             await session.offered.wait()
             session.offered.clear()
-            version = session.offer
-            if version is None or version.version <= session.sent_version:
-                continue
-            base_version = 0 if session.needs_full else session.applied_version
-            data, sha256, kind, base_version = await self._update_for(version, base_version)
-            session.needs_full = False
-            if kind == "delta":
-                log.info(
-                    "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",
-                    version.policy_name,
-                    version.version,
-                    session.resource.id,
-                    base_version,
-                    len(data) / 1e6,
-                    version.size_bytes / 1e6,
-                )
-            published = time.monotonic_ns()
-            step = self.config.policy_chunk_bytes
-            for offset in range(0, max(len(data), 1), step):
-                await session.bulk_credits.acquire()
-                session.send(
-                    pb.CloudMessage(
-                        policy=pb.PolicyChunk(
-                            policy_name=version.policy_name,
-                            version=version.version,
-                            sha256=sha256,
-                            total_bytes=len(data),
-                            offset=offset,
-                            data=data[offset : offset + step],
-                            published_mono_ns=published,
-                            kind=kind,
-                            base_version=base_version,
-                        )
+            for held in list(session.subscriptions.values()):
+                version = held.offer
+                if version is not None and version.version > held.sent_version and not session.closed:
+                    await self._send_version(session, held, version)
+
+    async def _send_version(self, session: Session, held: Subscription, version: PolicyVersion) -> None:
+        base_version = 0 if held.needs_full else held.applied_version
+        data, sha256, kind, base_version = await self._update_for(version, base_version)
+        held.needs_full = False
+        if kind == "delta":
+            log.info(
+                "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",
+                version.policy_name,
+                version.version,
+                session.resource.id,
+                base_version,
+                len(data) / 1e6,
+                version.size_bytes / 1e6,
+            )
+        published = time.monotonic_ns()
+        step = self.config.policy_chunk_bytes
+        for offset in range(0, max(len(data), 1), step):
+            await session.bulk_credits.acquire()
+            session.send(
+                pb.CloudMessage(
+                    policy=pb.PolicyChunk(
+                        policy_name=version.policy_name,
+                        version=version.version,
+                        sha256=sha256,
+                        total_bytes=len(data),
+                        offset=offset,
+                        data=data[offset : offset + step],
+                        published_mono_ns=published,
+                        kind=kind,
+                        base_version=base_version,
                     )
                 )
-            session.sent_version = version.version
+            )
+        held.sent_version = version.version

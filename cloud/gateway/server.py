@@ -161,9 +161,15 @@ class Gateway(pb_grpc.TunnelServicer):
             device=admitted.device,
             policy_name=admitted.policy_name,
             schema=admitted.schema,
-            sent_version=hello.policy_version,
-            applied_version=hello.policy_version,
+            outcome_policy=admitted.outcome_policy,
         )
+        for name, version in (
+            (admitted.policy_name, hello.policy_version),
+            (admitted.outcome_policy, hello.outcome_version),
+        ):
+            if name:  # what it holds already is not sent again
+                held = session.subscription(name)
+                held.sent_version = held.applied_version = version
         self.sessions[resource.id] = session
         stored = [
             pb.EpisodeProgress(episode_id=p.episode_id, next_seq=self.store.next_seq(p.episode_id)) for p in hello.held
@@ -188,6 +194,8 @@ class Gateway(pb_grpc.TunnelServicer):
             log.info("%s has no task that fits it; it holds still", resource.id)
             session.policy_name = ""  # it receives a policy only with a task
             session.send_assignment(None)
+        if admitted.outcome_policy:  # its episodes are judged whatever its task
+            self.pusher.offer_latest(session, admitted.outcome_policy)
         log.info(
             "%s connected (%s %s, %.0f Hz, policy %s v%d); it holds %d unacked episodes",
             resource.id,
@@ -221,18 +229,7 @@ class Gateway(pb_grpc.TunnelServicer):
                         self._receive_batch(session, message.steps)
                         await self.writer.room()  # a slow store slows the uploads, not memory
                     elif kind == "applied":
-                        check_applied(message.applied)
-                        session.applied_version = message.applied.version
-                        self.fleet.seen(session.resource.id, policy_version=message.applied.version)
-                        log.info(
-                            "%s now runs %s v%d (its update was %d bytes)",
-                            session.resource.id,
-                            message.applied.policy_name,
-                            message.applied.version,
-                            message.applied.received_bytes,
-                        )
-                        for callback in self.on_applied:
-                            callback(session.resource.id, message.applied)
+                        self._applied(session, message.applied)
                     elif kind == "infer":
                         infer(session, message.infer, self.inference, self.config.max_batch_bytes)
                     elif kind == "rejected":
@@ -265,6 +262,25 @@ class Gateway(pb_grpc.TunnelServicer):
             pass
         finally:
             session.out.put_nowait(None)
+
+    def _applied(self, session: Session, applied: pb.PolicyApplied) -> None:
+        """The edge swapped in a version of its policy or of its outcome classifier."""
+        check_applied(applied)
+        name = applied.policy_name
+        if name not in (session.policy_name, session.outcome_policy) and name not in session.subscriptions:
+            # Nothing it was sent: no state is made for it (a hostile edge cannot grow the session with names).
+            log.warning(
+                "%s says it applied %s v%d, which it was never sent", session.resource.id, name, applied.version
+            )
+            return
+        session.subscription(name).applied_version = applied.version
+        what = "judges success with" if name == session.outcome_policy else "now runs"
+        if name == session.policy_name:
+            self.fleet.seen(session.resource.id, policy_version=applied.version)
+        rid, version, size = session.resource.id, applied.version, applied.received_bytes
+        log.info("%s %s %s v%d (its update was %d bytes)", rid, what, name, version, size)
+        for callback in self.on_applied:
+            callback(session.resource.id, applied)
 
     def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
         try:

@@ -25,21 +25,30 @@ MAX_UNREAD_MESSAGES = 4096  # answers waiting for one edge to read them (acks, h
 
 
 @dataclass
+class Subscription:
+    """What one edge holds of one policy name it receives versions of (the policy it runs, its outcome classifier):
+    the newest version offered to it, the last one sent and the one it applied."""
+
+    offer: PolicyVersion | None = None
+    sent_version: int = 0
+    applied_version: int = 0
+    needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
+    bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from or refused as unusable
+
+
+@dataclass
 class Session:
     resource: ResourceInfo
-    policy_name: str
+    policy_name: str  # the policy it runs: follows its task
     schema: Schema
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     device: Device | None = None  # its credential, when the cloud checks credentials
-    needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
     remote: bool = False  # its policy runs in the cloud (remote inference): it gets action chunks, not weights
-    bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from
-    offer: PolicyVersion | None = None
+    outcome_policy: str = ""  # the reward classifier that judges its episodes ("" for none): weights, always
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by policy name
     offered: asyncio.Event = field(default_factory=asyncio.Event)
-    sent_version: int = 0
-    applied_version: int = 0
     steps_stored: int = 0
     batches_refused: int = 0
     closed: bool = False
@@ -89,13 +98,25 @@ class Session:
     def may_run(self, policy_name: str) -> bool:
         return self.device is None or not self.device.policies or policy_name in self.device.policies
 
+    def receives(self) -> list[str]:
+        """The policy names whose weights go down this tunnel now: its policy's (unless that runs in the cloud or it
+        has none) and its outcome classifier's."""
+        names = [] if self.remote or not self.policy_name else [self.policy_name]
+        return names + ([self.outcome_policy] if self.outcome_policy else [])
+
+    def subscription(self, policy_name: str) -> Subscription:
+        """What it holds of ``policy_name`` (a fresh record, nothing held, the first time that name is asked)."""
+        return self.subscriptions.setdefault(policy_name, Subscription())
+
     def offer_version(self, version: PolicyVersion) -> None:
-        if self.remote or not self.may_run(version.policy_name):  # weights only for edges that run them
+        name = version.policy_name
+        if name not in self.receives() or not self.may_run(name):  # weights only for edges that run them
             return
-        if version.version in self.bad_versions:
+        held = self.subscription(name)
+        if version.version in held.bad_versions:
             return
-        if version.version > max(self.sent_version, self.offer.version if self.offer else 0):
-            self.offer = version
+        if version.version > max(held.sent_version, held.offer.version if held.offer else 0):
+            held.offer = version
             self.offered.set()
 
 
@@ -118,11 +139,12 @@ class Admission:
     device: Device | None
     policy_name: str
     schema: Schema
+    outcome_policy: str = ""  # the reward classifier it asks for beside its policy
 
 
 def admit(first: pb.EdgeMessage, devices: DeviceRegistry | None) -> Admission:
     """Checks a stream's first message: a hello within bounds, of this protocol, from a known device allowed
-    the policy it asks for. Raises CodecError or AuthError naming the field."""
+    the policy (and the outcome classifier) it asks for. Raises CodecError or AuthError naming the field."""
     if not first.HasField("hello"):
         raise CodecError("hello", "the first message must be a hello")
     hello = first.hello
@@ -134,11 +156,14 @@ def admit(first: pb.EdgeMessage, devices: DeviceRegistry | None) -> Admission:
     resource = check_resource(hello.resource)
     device = authenticate(devices, resource, hello.token)
     policy_name = hello.policy_name or resource.capabilities.embodiment
-    if device is not None and device.policies and policy_name not in device.policies:
-        raise AuthError("hello.policy_name", f"{resource.id!r} may run only {', '.join(device.policies)}")
+    for field_name, name in (("policy_name", policy_name), ("outcome_policy", hello.outcome_policy)):
+        if name and device is not None and device.policies and name not in device.policies:
+            raise AuthError(f"hello.{field_name}", f"{resource.id!r} may run only {', '.join(device.policies)}")
+    if hello.outcome_policy == policy_name:  # its versions would be taken for the policy's, and the other way round
+        raise CodecError("hello.outcome_policy", f"names the policy it runs ({policy_name}); give the classifier's")
     caps = resource.capabilities
     schema = schema_for([(s.name, s.dtype, s.shape) for s in caps.observation], (caps.action.dtype, caps.action.shape))
-    return Admission(resource, device, policy_name, schema)
+    return Admission(resource, device, policy_name, schema, hello.outcome_policy)
 
 
 def checks_credentials(devices: DeviceRegistry | None) -> bool:

@@ -30,6 +30,9 @@ EDGE_FLAGS = {
     "tunnel.policy_name": "--policy",
     "tunnel.token": "--token",
     "tunnel.ca": "--ca",
+    "tunnel.outcome_policy": "--outcome-from",
+    "outcome.threshold": "--outcome-threshold",
+    "outcome.consecutive": "--outcome-ticks",
     "edge.hold_on_link_loss_s": "--hold-on-link-loss",
     "edge.max_spool_bytes": "--spool-max-mb",
 }

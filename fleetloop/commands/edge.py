@@ -20,6 +20,7 @@ from fleetloop.commands.arg_types import (
     non_negative_int,
     operator_choice,
     positive_float,
+    positive_int,
 )
 from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
 from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
@@ -77,13 +78,22 @@ def _write_stats(path: str, stats, agent, unacked: int) -> None:
     )
 
 
-def _preload(libraries: list[str]) -> None:
+def _preload(libraries: list[str], outcome_from: str) -> None:
     if "lerobot" in libraries:
         from policies.lerobot_policy import preload
 
         started = time.monotonic()
         preload()
         log.info("imported lerobot's policy code in %.1f s, before the control loop starts", time.monotonic() - started)
+    if outcome_from:  # the classifier is lerobot's: importing it while the loop runs would stall the loop
+        from policies.reward_classifier import preload as preload_classifier
+
+        started = time.monotonic()
+        preload_classifier()
+        log.info(
+            "imported the reward classifier's code in %.1f s, before the control loop starts",
+            time.monotonic() - started,
+        )
 
 
 def _operators(
@@ -170,7 +180,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         if raw_driver is not None:
             raw_driver.close()  # refused to start: the robot (or simulator) it opened is let go, not left to teardown
         return 2
-    _preload(args.preload)
+    _preload(args.preload, args.outcome_from)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
     spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
     agent = EdgeAgent(config, resource, driver, spool, operator=operator, scene=scene)
@@ -204,6 +214,7 @@ def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
     """The edge's config of the parsed flags (its policy defaults to the robot's ``embodiment``); ValueError
     naming the flag of a bad field."""
     from edge.agent import EdgeConfig
+    from edge.outcome import OutcomeJudgeConfig
     from edge.tunnel_client import TunnelConfig
     from hal.config import ConfigError
 
@@ -214,9 +225,12 @@ def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
             token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
             ca=args.ca,
             remote_inference=args.remote_policy,
+            outcome_policy=args.outcome_from,
         )
+        outcome = OutcomeJudgeConfig(threshold=args.outcome_threshold, consecutive=args.outcome_ticks)
         return EdgeConfig(
             tunnel,
+            outcome=outcome,
             hold_on_link_loss_s=args.hold_on_link_loss,
             max_spool_bytes=mebibytes(args.spool_max_mb),
             record_digest=bool(args.stats_file),
@@ -254,6 +268,37 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
     edge.add_argument(
         "--remote-policy", action="store_true", help="run the policy in the cloud (models too big for here)"
+    )
+
+
+def _add_outcome_args(edge: argparse.ArgumentParser) -> None:
+    from edge.outcome import OutcomeJudgeConfig
+
+    defaults = OutcomeJudgeConfig()
+    edge.add_argument(
+        "--outcome-from",
+        default="",
+        metavar="NAME",
+        help="a reward classifier the learner publishes (e.g. pusht.reward, from `fleetloop learner "
+        "--reward-classifier pusht`): it judges each episode's camera frames off the control loop and ends the "
+        "episode, labelled success, once it says so (default: none)",
+    )
+    add_valued(
+        edge,
+        "--outcome-threshold",
+        float,
+        defaults.threshold,
+        "the classifier's probability of success above which a frame counts as success",
+        metavar="P",
+    )
+    add_valued(
+        edge,
+        "--outcome-ticks",
+        positive_int,
+        defaults.consecutive,
+        "frames in a row above the threshold before the classifier ends the episode (frames it judged: with a "
+        "slow classifier, not every tick's)",
+        metavar="N",
     )
 
 
@@ -335,4 +380,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     edge.add_argument("--id", required=True, help="this resource's id, e.g. robot-1")
     _add_link_args(edge)
     _add_loop_args(edge)
+    _add_outcome_args(edge)
     edge.set_defaults(func=cmd_edge)

@@ -40,7 +40,14 @@ def resource(resource_id: str, kind: str = "robot") -> ResourceInfo:
 
 
 def hello(
-    target: str, resource_id: str, token: str, kind: str = "robot", policy: str = "", then=(), to_end: bool = False
+    target: str,
+    resource_id: str,
+    token: str,
+    kind: str = "robot",
+    policy: str = "",
+    then=(),
+    to_end: bool = False,
+    outcome: str = "",
 ) -> list:
     """Opens a tunnel, says hello (and ``then``), returns what the cloud answered and the final status code."""
     messages = [
@@ -49,6 +56,7 @@ def hello(
                 resource=resource(resource_id, kind).to_proto(),
                 token=token,
                 policy_name=policy,
+                outcome_policy=outcome,
                 protocol_version=PROTOCOL_VERSION,
             )
         ),
@@ -105,6 +113,12 @@ def test_missing_wrong_and_misused_credentials_are_refused(secured) -> None:
     assert error.field == "hello.resource.kind" and "registered as a phone" in error.message
     error = first_error(hello(fleet.target, "robot-1", tokens["robot-1"], policy="someone_elses"))
     assert error.field == "hello.policy_name" and DATASET in error.message
+    # An outcome classifier it may not run: refused by its own field, not taken for the policy's.
+    error = first_error(hello(fleet.target, "robot-1", tokens["robot-1"], outcome=f"{DATASET}.reward"))
+    assert (error.code, error.field) == ("unauthenticated", "hello.outcome_policy") and DATASET in error.message
+    error = first_error(hello(fleet.target, "robot-2", tokens["robot-2"], outcome=DATASET))  # its policy's own name
+    assert (error.code, error.field) == ("invalid_argument", "hello.outcome_policy")
+    assert "names the policy it runs" in error.message
 
     # The right token opens the tunnel; the device writes its own episode, never another's.
     fleet.start_edge("robot-1", env={"FLEETLOOP_TOKEN": tokens["robot-1"]})

@@ -36,6 +36,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         (["fleet", "--cloud", "127.0.0.1:0"], "argument --cloud: must be HOST:PORT with a port in 1-65535"),
         (["edge", "--robot", "sim:pusht", "--id", "r", "--episodes", "-1"], "argument --episodes: must be >= 0"),
         (["edge", "--robot", "sim:pusht", "--id", "r", "--duration", "-5"], "argument --duration: must be >= 0"),
+        (["edge", "--robot", "sim:pusht", "--id", "r", "--outcome-ticks", "0"], "argument --outcome-ticks: must be >="),
     ],
 )
 def test_ports_and_addresses_are_checked_at_start(argv: list[str], says: str) -> None:
@@ -82,6 +83,18 @@ def test_the_cloud_checks_everything_before_it_starts_anything(tmp_path) -> None
     with EpisodeStore(tmp_path / "data" / "store"):  # another cloud holds the store
         result = run("cloud", "--root", root, "--no-learner", "--port", str(free_port()))
     assert result.returncode == 2 and "refusing to start: --root: another process writes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--outcome-threshold", "1.5"], "--outcome-threshold: outcome.threshold: should be less than 1"),
+        (["--outcome-from", "pusht"], "--outcome-from: tunnel.outcome_policy: names the policy it runs (pusht)"),
+    ],
+)
+def test_the_outcome_classifiers_flags_are_checked_at_start(argv: list[str], says: str) -> None:
+    result = run("edge", "--robot", "sim:pusht", "--id", "r", "--operator", "none", *argv)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_a_missing_ros2_robot_file_is_named_without_a_traceback(tmp_path) -> None:

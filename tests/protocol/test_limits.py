@@ -137,6 +137,11 @@ def test_hello_limits_name_the_field() -> None:
     assert refused(check_hello, hello(policy_name="a b")) == "hello.policy_name"
     assert refused(check_hello, hello(policy_name="p" * 65)) == "hello.policy_name"
     assert refused(check_hello, hello(policy_version=-1)) == "hello.policy_version"
+    check_hello(hello(policy_name="pick", outcome_policy="pick.reward", outcome_version=2))
+    assert refused(check_hello, hello(outcome_policy="../reward")) == "hello.outcome_policy"
+    assert refused(check_hello, hello(outcome_policy="r" * 65)) == "hello.outcome_policy"
+    assert refused(check_hello, hello(outcome_policy="pick.reward", outcome_version=-1)) == "hello.outcome_version"
+    assert refused(check_hello, hello(outcome_version=3)) == "hello.outcome_version"  # a version of nothing
     assert refused(check_hello, hello(token="t" * MAX_HELLO_BYTES)) == "hello"  # size first
 
 
