@@ -86,7 +86,9 @@ COVERED: dict[str, str] = {
     "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo": "learners",
     "cp launch/lerobot/so101_follower.yaml arm1.yaml": "first session",
     "cp launch/teleop/so101_leader.yaml leader.yaml": "first session",
-    "fleetloop devices add arm1 --root fleetloop-data --policy so101_follower": "first session",
+    "fleetloop devices add arm1 --root fleetloop-data --policy so101_follower --policy so101_follower.reward": (
+        "first session"
+    ),
     "fleetloop devices add bob --kind operator --root fleetloop-data --policy so101_follower": "first session",
     "fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls --phone-port 7071 --reward-classifier "
     "so101_follower": "first session",
@@ -380,7 +382,9 @@ def test_first_real_robot_session_commands(shell: Shell) -> None:
     shell.run("cp launch/teleop/so101_leader.yaml leader.yaml")
     shell.run("fleetloop certs init --root fleetloop-data --host cloud.lab.example")
     shell.tokens["flt_..."] = token_in(
-        shell.run("fleetloop devices add arm1 --root fleetloop-data --policy so101_follower")
+        shell.run(
+            "fleetloop devices add arm1 --root fleetloop-data --policy so101_follower --policy so101_follower.reward"
+        )
     )
     shell.tokens["<alice's token>"] = token_in(
         shell.run("fleetloop devices add alice --kind operator --root fleetloop-data")
