@@ -30,6 +30,7 @@ import os
 import ssl
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -43,7 +44,8 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from cloud.data.version_registry import POLICY_NAME, PolicyRegistry
-from cloud.security.devices import DeviceRegistry
+from cloud.security.devices import Device, DeviceRegistry
+from cloud.security.revocation import CredentialWatch
 from cloud.serving.inference import InferenceJob, InferenceServer
 from hal.config import CodeConfig, Name
 from policies.weights import read_metadata
@@ -293,6 +295,9 @@ class OpenPiServer:
         self._server: Server | None = None
         self._pending: set[asyncio.Future] = set()
         self._signatures: dict[tuple[str, int], PolicySignature] = {}
+        # Each connection's device, from its handshake to its handler; a revoked one's connection closes within 0.1 s.
+        self._device_of: weakref.WeakKeyDictionary[ServerConnection, Device] = weakref.WeakKeyDictionary()
+        self._revocations = CredentialWatch(devices) if devices is not None else None
 
     async def start(self) -> int:
         self._server = await serve(
@@ -371,6 +376,7 @@ class OpenPiServer:
                 )
             if device.policies and policy_name not in device.policies:
                 return connection.respond(http.HTTPStatus.FORBIDDEN, f"{device.id} may not run {policy_name}\n")
+            self._device_of[connection] = device
         try:
             await self.signature(policy_name)
         except OpenPiError as err:
@@ -381,6 +387,8 @@ class OpenPiServer:
         assert websocket.request is not None
         policy_name = self.policy_from_path(websocket.request.path)
         peer = websocket.remote_address
+        device, watch = self._device_of.pop(websocket, None), self._revocations
+        held = watch.hold(device, "openpi connection", lambda why: self._revoked(websocket, why)) if device else None
         try:
             await websocket.send(packb((await self.signature(policy_name)).metadata()))
             log.info("openpi client %s drives %s", peer, policy_name)
@@ -411,6 +419,9 @@ class OpenPiServer:
             self.errors += 1
             log.exception("openpi client %s: internal error", peer)
             await self._fail(websocket, f"internal error: {type(err).__name__}: {err}")
+        finally:
+            if watch is not None and held is not None:
+                watch.release(held)
 
     async def _infer(self, policy_name: str, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, int, int]:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -432,6 +443,15 @@ class OpenPiServer:
         if actions is None:
             raise OpenPiError("policy", error or "no actions")
         return np.asarray(actions, dtype=np.float32), version, batch_size
+
+    @staticmethod
+    async def _revoked(websocket: ServerConnection, text: str) -> None:
+        """Its credential was revoked (``CredentialWatch``): the reason as openpi's error text, then a policy close."""
+        try:
+            await websocket.send(text)
+            await websocket.close(CloseCode.POLICY_VIOLATION, "hello.token: revoked")
+        except ConnectionClosed:
+            pass
 
     @staticmethod
     async def _fail(websocket: ServerConnection, text: str) -> None:

@@ -48,7 +48,8 @@ from cloud.channels.phone_messages import (
 )
 from cloud.channels.phone_pairing import is_pairing_token, new_pairing_token, pairing_qr
 from cloud.gateway.server import Gateway
-from cloud.security.devices import AuthError, DeviceRegistry
+from cloud.security.devices import AuthError, Device, DeviceRegistry
+from cloud.security.revocation import CredentialWatch
 from hal.config import CodeConfig, Name
 from hal.resource import ResourceInfo
 from protocol.steps import check_id
@@ -92,6 +93,9 @@ class PhoneChannel:
             if devices is not None and devices.enabled
             else DeviceRegistry(config.credentials or Path("phone-devices.json"))
         )
+        # Closes a revoked phone's socket: the gateway's watch when the phones' credentials are the cloud's.
+        watch = gateway.credentials if self.credentials is devices else None
+        self.revocations = watch or CredentialWatch(self.credentials)
         self.phones: dict[str, Phone] = {}
         self._pairing = ""
         self._server = None
@@ -184,7 +188,7 @@ class PhoneChannel:
             await connection.close(1008, "hello: the first message must be a hello")
             return
         try:
-            phone, reply = self._hello(raw)
+            phone, device, reply = self._hello(raw)
         except (PhoneError, AuthError) as err:
             log.warning("refused a phone: %s", err)
             await self._send(connection, {"type": "error", "field": err.field, "message": err.message})
@@ -194,7 +198,8 @@ class PhoneChannel:
         if previous is not None:  # a reconnect supersedes the old connection
             await previous.close(1000, "superseded by a new connection of this phone")
         await self._send(connection, reply)
-        keepalive = asyncio.create_task(self._keepalive(phone, connection))
+        keepalive = asyncio.create_task(self._keepalive(phone))
+        held = self.revocations.hold(device, "phone connection", lambda why: self._revoked(connection, why))
         try:
             async for message in connection:
                 try:
@@ -206,24 +211,22 @@ class PhoneChannel:
             pass
         finally:
             keepalive.cancel()
+            self.revocations.release(held)
             if phone.connection is connection:
                 phone.connection = None
                 self.gateway.fleet.disconnected(phone.phone_id)
             log.info("%s disconnected (%d open episode(s) held for its resend)", phone.phone_id, len(phone.episodes))
 
-    async def _keepalive(self, phone: Phone, connection: ServerConnection) -> None:
-        """While the socket lives (websockets pings it) the phone is seen; a revoked credential closes it."""
+    async def _keepalive(self, phone: Phone) -> None:
+        """While the socket lives (websockets pings it) the phone is seen."""
         while True:
             self.gateway.fleet.seen(phone.phone_id)
-            self.credentials.reload()
-            device = self.credentials.get(phone.phone_id)
-            if device is None or device.revoked or device.token_sha256 != phone.token_sha256:
-                log.warning("%s: its credential was revoked; closing its connection", phone.phone_id)
-                message = f"the credential of {phone.phone_id!r} was revoked"
-                await self._send(connection, {"type": "error", "field": "hello.token", "message": message})
-                await connection.close(1008, "hello.token")
-                return
             await asyncio.sleep(0.5)
+
+    async def _revoked(self, connection: ServerConnection, message: str) -> None:
+        """Its credential was revoked (``CredentialWatch``): it is told why, and its socket closes."""
+        await self._send(connection, {"type": "error", "field": "hello.token", "message": message})
+        await connection.close(1008, "hello.token")
 
     @staticmethod
     async def _send(connection: ServerConnection, message: dict) -> None:
@@ -234,7 +237,7 @@ class PhoneChannel:
 
     # ---- hello and pairing -----------------------------------------------------------------------------------
 
-    def _hello(self, raw: str | bytes) -> tuple[Phone, dict]:
+    def _hello(self, raw: str | bytes) -> tuple[Phone, Device, dict]:
         hello = parse_hello(raw, self.gateway.sessions)
         phone_id, rate = hello.phone_id, hello.rate_hz
         issued = ""
@@ -261,7 +264,7 @@ class PhoneChannel:
         phone = self.phones.get(phone_id)
         if phone is None:
             phone = self.phones[phone_id] = Phone(phone_id, resource)
-        phone.resource, phone.token_sha256 = resource, device.token_sha256
+        phone.resource = resource
         self.gateway.fleet.register(resource)
         pose_note = "" if hello.tracked else "; no pose tracking (no WebXR): it sends the identity pose"
         log.info("%s connected (phone, %.0f Hz%s)", phone_id, rate, pose_note)
@@ -273,7 +276,7 @@ class PhoneChannel:
         }
         if issued:
             reply["token"] = issued
-        return phone, reply
+        return phone, device, reply
 
     # ---- messages after the hello ----------------------------------------------------------------------------
 

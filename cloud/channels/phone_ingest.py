@@ -48,7 +48,6 @@ class Phone:
 
     phone_id: str
     resource: ResourceInfo
-    token_sha256: str = ""
     connection: ServerConnection | None = None
     episodes: dict[str, OpenEpisode] = field(default_factory=dict)
 

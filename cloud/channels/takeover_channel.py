@@ -42,7 +42,6 @@ PREFIX = "/takeover/"
 PAGE_DIR = Path(__file__).with_name("takeover_page")
 SCRIPT = PREFIX + "-/takeover.js"  # "-" starts no robot id
 MAX_COMMANDS_PER_S = 100  # a page sends about 20 a second while driving
-CHECK_EVERY_S = 0.5  # a revoked operator's open page closes within this
 MAX_WAITING = 64  # answers waiting for a slow page (its live views wait in one slot: the newest replaces)
 
 
@@ -180,6 +179,8 @@ class _Page:
         relay.watch(self.robot_id, self)
         log.info("%s opened the takeover page of %s", self.who, self.robot_id)
         sender = asyncio.create_task(self._send_loop())
+        watch = self.pages.gateway.credentials
+        held = watch.hold(self.device, f"takeover page of {self.robot_id}", self._revoked) if watch else None
         try:
             async for raw in self.connection:
                 try:
@@ -193,11 +194,18 @@ class _Page:
             pass
         finally:
             sender.cancel()
+            if watch is not None and held is not None:
+                watch.release(held)
             relay.unwatch(self.robot_id, self)
             if self.seq:  # its person's commands stop here: a driving person's robot holds now
                 left = pb.PersonCommand(who=self.who, session=self.session_id, seq=self.seq + 1, left=True)
                 relay.command(self.robot_id, left)
             log.info("%s closed the takeover page of %s", self.who, self.robot_id)
+
+    async def _revoked(self, message: str) -> None:
+        """Its operator's credential was revoked (``CredentialWatch``): the page is told why, and closes."""
+        await _send(self.connection, {"type": "error", "field": "hello.token", "message": message})
+        await self.connection.close(1008, "hello.token")
 
     def _command(self, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
@@ -228,22 +236,9 @@ class _Page:
         self._wake.set()
 
     async def _send_loop(self) -> None:
-        checked = time.monotonic()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), CHECK_EVERY_S)
-            except TimeoutError:
-                pass
+            await self._wake.wait()
             self._wake.clear()
-            if time.monotonic() - checked >= CHECK_EVERY_S:  # is its credential still good?
-                checked = time.monotonic()
-                try:
-                    self.pages.check_current(self.device)
-                except AuthError as err:
-                    log.warning("%s: %s; closing its takeover page", self.who, err.message)
-                    await _send(self.connection, {"type": "error", "field": err.field, "message": err.message})
-                    await self.connection.close(1008, err.field)
-                    return
             while not self._answers.empty():
                 await _send(self.connection, self._answers.get_nowait())
             view, self._view = self._view, ""

@@ -1,12 +1,11 @@
 """One edge's tunnel as the gateway holds it (``Session``), and who may open one: the hello's checks and the
-device credentials behind them (authentication, revocation)."""
+device credentials behind them (authentication; revocation is cloud/security/revocation.py's)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cloud.data.version_registry import PolicyVersion
@@ -63,6 +62,11 @@ class Session:
             self.send_end()
             return
         self.out.put_nowait(message)
+
+    def end_revoked(self, message: str) -> None:
+        """Its credential was revoked (``CredentialWatch``): it is told why, then its stream ends."""
+        self.send(pb.CloudMessage(error=pb.Error(code="unauthenticated", field="hello.token", message=message)))
+        self.send_end()
 
     def send_end(self) -> None:
         """Ends the stream after what is queued."""
@@ -178,26 +182,3 @@ def authenticate(devices: DeviceRegistry | None, resource: ResourceInfo, token: 
     if device.kind != resource.kind:
         raise AuthError("hello.resource.kind", f"{resource.id!r} is registered as a {device.kind}")
     return device
-
-
-def drop_revoked(devices: DeviceRegistry | None, sessions: Iterable[Session]) -> None:
-    """Closes the streams of devices whose credential was revoked or removed since they connected."""
-    if devices is None or not devices.reload():
-        return
-    for session in list(sessions):
-        if session.device is None:
-            continue
-        current = devices.get(session.device.id)
-        if current is not None and not current.revoked and current.token_sha256 == session.device.token_sha256:
-            continue
-        log.warning("%s: its credential was revoked; closing its tunnel", session.resource.id)
-        session.send(
-            pb.CloudMessage(
-                error=pb.Error(
-                    code="unauthenticated",
-                    field="hello.token",
-                    message=f"the credential of {session.resource.id!r} was revoked",
-                )
-            )
-        )
-        session.send_end()
