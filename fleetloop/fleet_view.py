@@ -77,7 +77,7 @@ def call_failure(target: str, err: grpc.RpcError) -> str:
     if credential_refused(err):
         return (
             f"the cloud at {target} refused the credential ({err.details()}): give an operator device's token "
-            "with --token or FLEETLOOP_TOKEN (`fleetloop devices add NAME --kind operator`)"
+            "with FLEETLOOP_TOKEN or --token-file (`fleetloop devices add NAME --kind operator`)"
         )
     return f"cannot reach the cloud at {target}: {link_failure(target, err)}"
 

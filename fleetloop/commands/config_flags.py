@@ -28,7 +28,7 @@ CLOUD_FLAGS = {
 EDGE_FLAGS = {
     "tunnel.target": "--cloud",
     "tunnel.policy_name": "--policy",
-    "tunnel.token": "--token",
+    "tunnel.token": "--token-file",
     "tunnel.ca": "--ca",
     "tunnel.outcome_policy": "--outcome-from",
     "outcome.threshold": "--outcome-threshold",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from fleetloop.commands.arg_types import (
 )
 from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
 from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
+from fleetloop.commands.token_args import add_token_args, read_token
 
 if TYPE_CHECKING:
     from edge.agent import EdgeConfig
@@ -222,7 +222,7 @@ def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
         tunnel = TunnelConfig(
             target=args.cloud,
             policy_name=args.policy or embodiment,
-            token=args.token or os.environ.get("FLEETLOOP_TOKEN", ""),
+            token=read_token(args),
             ca=args.ca,
             remote_inference=args.remote_policy,
             outcome_policy=args.outcome_from,
@@ -264,7 +264,7 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
         "--duration", type=non_negative_float, default=0.0, help="stop after this many seconds (0: run on)"
     )
     edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
-    edge.add_argument("--token", default=None, help="device token (or FLEETLOOP_TOKEN)")
+    add_token_args(edge, "this device's")
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
     edge.add_argument(
         "--remote-policy", action="store_true", help="run the policy in the cloud (models too big for here)"

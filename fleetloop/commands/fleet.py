@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from fleetloop.commands.arg_types import cloud_address
+from fleetloop.commands.token_args import add_token_args, read_token
 
 log = logging.getLogger("fleetloop")
 
@@ -16,8 +16,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     from fleetloop.fleet_view import call_failure, command, show
 
-    access = {"ca": args.ca, "token": args.token or os.environ.get("FLEETLOOP_TOKEN", "")}
     try:
+        access = {"ca": args.ca, "token": read_token(args)}
         if args.action == "show":
             return show(args.cloud, args.watch, **access)
         if not args.resource:
@@ -44,5 +44,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--watch", action="store_true", help="keep the table live (Ctrl-C ends)")
     fleet.add_argument("--reason", default="", help="said in the logs with the command")
     fleet.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
-    fleet.add_argument("--token", default=None, help="an operator device's token (or FLEETLOOP_TOKEN)")
+    add_token_args(fleet, "an operator device's")
     fleet.set_defaults(func=cmd_fleet)

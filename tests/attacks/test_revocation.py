@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer, packb, unpackb
 from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+from cloud.channels.takeover_channel import TakeoverPages
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
@@ -39,6 +40,7 @@ from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import bearer
+from tests.e2e.fleet import free_port, wait_until
 from tests.e2e.raw_edge import RESOURCE, hello
 
 ROUNDS = 20
@@ -64,7 +66,7 @@ async def cloud_on_loopback(root: Path, devices: DeviceRegistry) -> AsyncIterato
     registry = PolicyRegistry(root / "registry")
     registry.publish(POLICY, policy_to_bytes(make_policy("mlp", {**OPENPI_CONFIG, "hidden": [8]})))
     gateway = Gateway(GatewayConfig(port=0, devices=devices), EpisodeStore(root / "store"), registry)
-    phones = PhoneChannel(PhoneChannelConfig(), gateway)
+    phones = PhoneChannel(PhoneChannelConfig(), gateway, (TakeoverPages(gateway),))
     openpi = OpenPiServer(gateway.inference, registry, OpenPiConfig(default_policy=POLICY), devices)
     await gateway.start()
     try:
@@ -121,6 +123,14 @@ async def open_phone(cloud: Cloud, phone_id: str, token: str) -> tuple[ClientCon
     return ws, asyncio.create_task(until_closed(ws))
 
 
+async def open_takeover_page(cloud: Cloud, robot_id: str, operator: str, token: str) -> asyncio.Task[float]:
+    ws = await connect(f"ws://127.0.0.1:{cloud.phone_port}/takeover/{robot_id}/ws")
+    await ws.send(json.dumps({"type": "hello", "operator": operator, "token": token, "rate_hz": 4}))
+    welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert welcome["type"] == "welcome", welcome
+    return asyncio.create_task(until_closed(ws))
+
+
 async def open_openpi(cloud: Cloud, token: str) -> ClientConnection:
     ws = await connect(
         f"ws://127.0.0.1:{cloud.openpi_port}/{POLICY}", additional_headers={"Authorization": f"Api-Key {token}"}
@@ -150,35 +160,41 @@ async def watch_fleet(cloud: Cloud, token: str, interval_s: float, stop: asyncio
 
 
 def test_revocation_racing_a_fleet_watcher_and_phone_keepalives_closes_everything_every_time(tmp_path) -> None:
-    """Attack: a robot, a phone and an openpi client are revoked while `fleetloop fleet --watch` polls and phones keep
-    alive; each of those re-reads the devices file first and "uses up" the change, so the gateway's own check never
-    sees one and the revoked devices keep their tunnel and sockets."""
+    """Attack: a robot, a phone, an operator's takeover page and an openpi client are revoked while `fleetloop fleet
+    --watch` polls and phones keep alive; those re-read the devices file first and "use up" the change, so the
+    gateway's own check never sees one and the revoked devices keep their tunnel and sockets."""
     devices = DeviceRegistry(tmp_path / "devices.json")
     alice = devices.add("alice", kind="operator")
     keeper = devices.add("phone-keeper", kind="phone")
     tokens = {
-        i: (devices.add(f"robot-{i}"), devices.add(f"phone-{i}", kind="phone"), devices.add(f"openpi-{i}"))
+        i: {
+            "robot": devices.add(f"robot-{i}"),
+            "phone": devices.add(f"phone-{i}", kind="phone"),
+            "openpi": devices.add(f"openpi-{i}"),
+            "operator": devices.add(f"operator-{i}", kind="operator"),
+        }
         for i in range(ROUNDS)
     }
     rng = random.Random(12)
 
     async def one_round(cloud: Cloud, i: int) -> list[float]:
-        robot, phone, client = tokens[i]
-        tunnel_ended = await open_tunnel(cloud, f"robot-{i}", robot)
-        _, phone_closed = await open_phone(cloud, f"phone-{i}", phone)
-        openpi = await open_openpi(cloud, client)
-        openpi_closed = asyncio.create_task(until_closed(openpi))
-        await asyncio.sleep(rng.uniform(0.0, 0.25))  # revocations land anywhere between the cloud's checks
+        token = tokens[i]
+        _, phone_closed = await open_phone(cloud, f"phone-{i}", token["phone"])
+        openpi_closed = asyncio.create_task(until_closed(await open_openpi(cloud, token["openpi"])))
+        closes = {
+            f"robot-{i}": await open_tunnel(cloud, f"robot-{i}", token["robot"]),
+            f"phone-{i}": phone_closed,
+            f"openpi-{i}": openpi_closed,
+            f"operator-{i}": await open_takeover_page(cloud, f"robot-{i}", f"operator-{i}", token["operator"]),
+        }
         took = []
-        for device_id, closed in (
-            (f"robot-{i}", tunnel_ended),
-            (f"phone-{i}", phone_closed),
-            (f"openpi-{i}", openpi_closed),
-        ):
+        for device_id in rng.sample(sorted(closes), len(closes)):
+            await asyncio.sleep(rng.uniform(0.0, 0.1))  # revocations land anywhere between the cloud's checks
             revoked = await revoke(cloud, device_id)
-            done, _ = await asyncio.wait({closed}, timeout=3)
+            done, _ = await asyncio.wait({closes[device_id]}, timeout=3)
             assert done, f"round {i}: {device_id} was revoked but its connection was still open 3 s later"
-            took.append(closed.result() - revoked)
+            took.append(closes[device_id].result() - revoked)
+        assert all(closed.done() for closed in closes.values())
         return took
 
     async def scenario() -> list[float]:
@@ -223,3 +239,45 @@ def test_an_openpi_connection_is_closed_when_its_credential_is_revoked(tmp_path)
             assert ws.close_code is not None and revoked
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def refused_on_the_command_line(argv: list[str]) -> str:
+    """What a command started with a token in its arguments said as it refused to start (it must, at once)."""
+    try:
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{argv[3]} ran with a token on its command line")
+    assert refused.returncode == 2, f"{argv[3]} took a token on its command line: {refused.stderr}"
+    return refused.stderr
+
+
+def test_a_token_is_not_readable_in_ps(tmp_path) -> None:
+    """Attack: another user of the robot's machine runs `ps` (or reads /proc/<pid>/cmdline) and takes the device
+    token that `fleetloop edge --token ...` or `fleetloop fleet --token ...` was started with."""
+    secret = "flt_" + "s3cret" * 7
+    token_file = tmp_path / "robot-1.token"
+    token_file.write_text(secret + "\n")
+    token_file.chmod(0o600)
+    cli = [sys.executable, "-m", "fleetloop.cli"]
+    edge = [*cli, "edge", "--robot", "sim:pusht", "--id", "robot-1", "--cloud", f"127.0.0.1:{free_port()}"]
+    log = tmp_path / "edge.log"
+    with log.open("w") as output:  # the way the README starts an edge with a token kept in a file
+        process = subprocess.Popen(
+            [*edge, "--operator", "none", "--spool", str(tmp_path / "spool.db"), "--token-file", str(token_file)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if k != "FLEETLOOP_TOKEN"},
+        )
+    try:
+        for argv in ([*edge, "--token", secret], [*cli, "fleet", "--token", secret]):
+            said = refused_on_the_command_line(argv)
+            assert "--token: a token on the command line is visible" in said
+            assert "FLEETLOOP_TOKEN" in said and "--token-file" in said and secret not in said
+        wait_until(lambda: process.poll() is not None or "robot-1: sim:pusht" in log.read_text(), 60, "the edge")
+        assert process.poll() is None, f"the edge exited: {log.read_text()}"
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        assert b"--token-file" in cmdline and secret.encode() not in cmdline
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert secret not in log.read_text()

@@ -35,7 +35,7 @@ def test_hg_dagger_learns_from_a_remote_person_s_interventions(tmp_path: Path, f
     alice, robot = add_device(fleet, "alice", "--kind", "operator"), add_device(fleet, "robot-1")
     phone_port = free_port()
     fleet.start_cloud("--phone-port", str(phone_port), learner=True)
-    fleet.start_edge("robot-1", "--operator", "none", "--token", robot, hz=HZ)
+    fleet.start_edge("robot-1", "--operator", "none", hz=HZ, env={"FLEETLOOP_TOKEN": robot})
     wait_until(lambda: "robot-1 connected" in fleet.log("cloud"), 60, "the robot to connect")
     url = f"wss://127.0.0.1:{phone_port}/takeover/robot-1/ws"
     client = TakeoverClient(url, "alice", alice, fleet.root / "data" / "certs" / "ca.pem", rate_hz=HZ)

@@ -128,7 +128,7 @@ def test_a_person_drives_from_the_page_and_the_robot_holds_when_the_page_closes(
     alice, robot = add_device(fleet, "alice", "--kind", "operator"), add_device(fleet, "robot-1")
     phone_port = free_port()
     fleet.start_cloud("--phone-port", str(phone_port))
-    fleet.start_edge("robot-1", "--operator", "none", "--token", robot, hz=HZ)
+    fleet.start_edge("robot-1", "--operator", "none", hz=HZ, env={"FLEETLOOP_TOKEN": robot})
     wait_until(lambda: "robot-1 connected" in fleet.log("cloud"), 60, "the robot to connect")
     url = f"https://127.0.0.1:{phone_port}/takeover/robot-1"
     assert f"robot takeover pages (operator credential) at https://127.0.0.1:{phone_port}/takeover/" in fleet.log(

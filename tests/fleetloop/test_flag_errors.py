@@ -3,6 +3,7 @@ missing robot file, a refused credential, an unresolvable host, a certificate th
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,9 +23,15 @@ def listening(host: str, port: int) -> bool:
         return False
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``env``: added to this environment (FLEETLOOP_TOKEN is not passed on unless given)."""
+    environ = {k: v for k, v in os.environ.items() if k != "FLEETLOOP_TOKEN"}
     return subprocess.run(
-        [sys.executable, "-m", "fleetloop.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "fleetloop.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**environ, **(env or {})},
     )
 
 
@@ -120,14 +127,17 @@ def secured(tmp_path):
 
 def test_fleet_says_the_credential_was_refused_and_prints_whole_tables_to_a_file(secured) -> None:
     fleet, token = secured
-    refused = run("fleet", "--cloud", fleet.target, "--token", "flt_not-a-token")
+    refused = run("fleet", "--cloud", fleet.target, env={"FLEETLOOP_TOKEN": "flt_not-a-token"})
     assert refused.returncode == 1
     assert f"the cloud at {fleet.target} refused the credential" in refused.stdout + refused.stderr
     assert "cannot reach" not in refused.stdout + refused.stderr
     command = run("fleet", "pause", "robot-9", "--cloud", fleet.target)  # no token at all
     assert command.returncode == 1 and "refused the credential (authorization: no credential given)" in command.stderr
 
-    shown = run("fleet", "--cloud", fleet.target, "--token", token)  # stdout is a pipe here, as in `> file`
+    token_file = fleet.root / "alice.token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    shown = run("fleet", "--cloud", fleet.target, "--token-file", str(token_file))  # stdout a pipe, as in `> file`
     assert shown.returncode == 0, shown.stderr
     assert "a-robot-whose-name-is-long-enough-to-widen-the-table" in shown.stdout  # whole, not cut at 80 columns
     assert "interventions" in shown.stdout and max(len(line) for line in shown.stdout.splitlines()) > 80
