@@ -387,8 +387,10 @@ class OpenPiServer:
         assert websocket.request is not None
         policy_name = self.policy_from_path(websocket.request.path)
         peer = websocket.remote_address
-        device, watch = self._device_of.pop(websocket, None), self._revocations
-        held = watch.hold(device, "openpi connection", lambda why: self._revoked(websocket, why)) if device else None
+        device, watch, held = self._device_of.pop(websocket, None), self._revocations, None
+        if device is not None and watch is not None:  # a revocation closes it: the reason, then 1008
+            revoked = (CloseCode.POLICY_VIOLATION, "hello.token: revoked")
+            held = watch.hold(device, "openpi connection", lambda why: self._fail(websocket, why, *revoked))
         try:
             await websocket.send(packb((await self.signature(policy_name)).metadata()))
             log.info("openpi client %s drives %s", peer, policy_name)
@@ -445,19 +447,15 @@ class OpenPiServer:
         return np.asarray(actions, dtype=np.float32), version, batch_size
 
     @staticmethod
-    async def _revoked(websocket: ServerConnection, text: str) -> None:
-        """Its credential was revoked (``CredentialWatch``): the reason as openpi's error text, then a policy close."""
+    async def _fail(
+        websocket: ServerConnection,
+        text: str,
+        code: CloseCode = CloseCode.INTERNAL_ERROR,
+        reason: str = "error: see the previous text frame",
+    ) -> None:
+        """openpi's error report: the message as a text frame, then a close (1011; 1008 for a revoked credential)."""
         try:
             await websocket.send(text)
-            await websocket.close(CloseCode.POLICY_VIOLATION, "hello.token: revoked")
-        except ConnectionClosed:
-            pass
-
-    @staticmethod
-    async def _fail(websocket: ServerConnection, text: str) -> None:
-        """openpi's error report: the message as a text frame, then close 1011."""
-        try:
-            await websocket.send(text)
-            await websocket.close(CloseCode.INTERNAL_ERROR, "error: see the previous text frame")
+            await websocket.close(code, reason)
         except ConnectionClosed:
             pass
