@@ -97,14 +97,11 @@ def _alt_name(host: str) -> x509.GeneralName:
 
 
 def _name_constraints(hosts: list[str]) -> x509.NameConstraints:
-    """The names the CA may vouch for: exactly ``hosts`` (a DNS name also covers its subdomains, per RFC 5280)."""
-    permitted: list[x509.GeneralName] = []
-    for host in hosts:
-        name = _alt_name(host)
-        if isinstance(name, x509.IPAddress):
-            address = ipaddress.ip_address(host)
-            name = x509.IPAddress(ipaddress.ip_network(f"{address}/{address.max_prefixlen}"))
-        permitted.append(name)
+    """The DNS names the CA may vouch for: exactly those of ``hosts`` (each also covers its subdomains, per RFC 5280).
+
+    Addresses are left unconstrained: gRPC's TLS library (BoringSSL) refuses every certificate under a CA that
+    constrains IP addresses ("unsupported name constraint type"), and the cloud's certificate always names some."""
+    permitted = [name for name in map(_alt_name, hosts) if isinstance(name, x509.DNSName)]
     return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
 
 
