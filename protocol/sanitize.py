@@ -19,9 +19,9 @@ def _escaped(char: str) -> str:
 
 def printable(text: str | bytes, limit: int = MAX_LOGGED_CHARS) -> str:
     """``text`` as one printable line of at most about ``limit`` characters (bytes are read as UTF-8, a bad
-    sequence escaped); a backslash is doubled so that an escape written by the sender cannot pass for ours."""
+    sequence as U+FFFD); a backslash is doubled so that an escape written by the sender cannot pass for ours."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8", "backslashreplace")
+        text = text.decode("utf-8", "replace")
     shown: list[str] = []
     length = 0
     for i, char in enumerate(text):
