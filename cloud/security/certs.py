@@ -5,8 +5,9 @@ with ``server.key``. The server certificate names every host the cloud is reache
 included), since TLS checks the name the edge dialled.
 
 A device that trusts the CA trusts whatever it signs, so the CA is bound to the cloud's own names: critical name
-constraints permit only the hosts given at ``certs init`` (and loopback), and a certificate it signs for any other
-name (a bank's, a mail server's) fails verification. Its key lives apart from what the server reads: in
+constraints permit only the DNS names given at ``certs init`` (and ``localhost``), and a certificate it signs for
+any other name (a bank's, a mail server's) fails verification (addresses stay unconstrained: see
+``_name_constraints``). Its key lives apart from what the server reads: in
 ``<certs>-ca-key/ca.key`` beside the certificate folder (``fleetloop-data/certs-ca-key/``), which the cloud never
 opens; keep it offline once the certificates are made.
 """
