@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
 from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
+from cloud.channels.phone_address import phone_certs
 from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
@@ -135,6 +136,7 @@ def test_the_cloud_serves_tls_without_the_ca_key_in_reach(tmp_path: Path) -> Non
     assert private == ["server.key"], f"private keys beside the server's: {private}"
     for key in tmp_path.rglob("ca.key"):  # taken offline: the cloud must start and serve without it
         key.unlink()
+    assert phone_certs(paths, "0.0.0.0", CLOUD_HOST, "") == paths  # the phone port takes them as they are
 
     async def scenario() -> None:
         cert, key = tls_pair(CertPaths(paths.directory))
@@ -154,6 +156,7 @@ def test_the_cloud_serves_tls_without_the_ca_key_in_reach(tmp_path: Path) -> Non
             await gateway.stop()
 
     asyncio.run(scenario())
+    assert not list(tmp_path.rglob("ca.key"))  # nor made again
 
 
 def ca_sha256(pem: bytes) -> str:
