@@ -28,6 +28,7 @@ from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import open_channel
 from protocol.limits import POLICY_NAME
 from protocol.link_errors import link_failure
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.tunnel")
 
@@ -305,7 +306,7 @@ class TunnelClient:
 
     def _on_error(self, error: pb.Error) -> None:
         self.errors.append(error)
-        log.error("the cloud refused %s: %s", error.field, error.message)
+        log.error("the cloud refused %s: %s", printable(error.field), printable(error.message, 500))
         # Refused before the welcome (the hello: a capability clash, a protocol version) or a credential refused
         # at any time: the same hello would be refused again, so stop.
         if error.code == "unauthenticated" or not self.connected.is_set():

@@ -48,9 +48,11 @@ from cloud.channels.phone_messages import (
 )
 from cloud.channels.phone_pairing import is_pairing_token, new_pairing_token, pairing_qr
 from cloud.gateway.server import Gateway
+from cloud.security.certs import ca_fingerprint
 from cloud.security.devices import AuthError, DeviceRegistry
 from hal.config import CodeConfig, Name
 from hal.resource import ResourceInfo
+from protocol.sanitize import printable
 from protocol.steps import check_id
 
 log = logging.getLogger("fleetloop.phone")
@@ -157,6 +159,8 @@ class PhoneChannel:
         if scheme == "https" and self.config.tls_ca is not None:
             ca = f"{scheme}://{host}:{self.port}{CA_PATH}"
             lines.append(f"a phone trusts this cloud once it installs its CA from {ca} (or accepts the warning)")
+            fingerprint = ca_fingerprint(self.config.tls_ca)
+            lines.append(f"the CA's SHA-256 fingerprint (the phone page shows it too: they must match): {fingerprint}")
         lines.append(f"scan to pair a phone: {url}")
         print("\n".join((*lines, pairing_qr(url))), flush=True)  # one write: the token comes with its QR code
 
@@ -246,7 +250,7 @@ class PhoneChannel:
                 raise PhoneError("hello.phone_id", f"{phone_id!r} is already paired: connect with its token")
             issued = self.credentials.add(phone_id, kind="phone")
             self._new_pairing_token()  # this one is used up
-            log.info("%s paired; the next phone needs the new pairing token", phone_id)
+            log.info("%s paired; the next phone needs the new pairing token", printable(phone_id))
             device = self.credentials.get(phone_id)
         else:
             device = self.credentials.authenticate(phone_id, hello.token or "")
@@ -264,7 +268,7 @@ class PhoneChannel:
         phone.resource, phone.token_sha256 = resource, device.token_sha256
         self.gateway.fleet.register(resource)
         pose_note = "" if hello.tracked else "; no pose tracking (no WebXR): it sends the identity pose"
-        log.info("%s connected (phone, %.0f Hz%s)", phone_id, rate, pose_note)
+        log.info("%s connected (phone, %.0f Hz%s)", printable(phone_id), rate, pose_note)
         reply = {
             "type": "welcome",
             "phone_id": phone_id,

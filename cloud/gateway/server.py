@@ -23,6 +23,7 @@ from cloud.gateway.config import GRPC_OPTIONS, GatewayConfig
 from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import FleetScheduler, Requirements, Task
 from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
+from cloud.gateway.internal_errors import InternalErrors
 from cloud.gateway.person_relay import PersonRelay
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
@@ -32,6 +33,7 @@ from cloud.serving.inference import InferenceServer
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import CodecError
+from protocol.incidents import internal_error
 from protocol.limits import check_applied, check_heartbeat, check_rejected
 
 log = logging.getLogger("fleetloop.gateway")
@@ -63,7 +65,7 @@ class Gateway(pb_grpc.TunnelServicer):
         self.port = config.port
 
     async def start(self) -> int:
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        self._server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=(InternalErrors(),))
         pb_grpc.add_TunnelServicer_to_server(self, self._server)
         control = FleetControl(self.fleet, self.sessions, self.config.devices)
         pb_grpc.add_FleetControlServicer_to_server(control, self._server)
@@ -260,6 +262,9 @@ class Gateway(pb_grpc.TunnelServicer):
             )
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except Exception:  # a failure of ours: the edge hears an incident id, the log has the details
+            message = internal_error(log, f"reading the tunnel of {session.resource.id}")
+            session.send(pb.CloudMessage(error=pb.Error(code="internal", field="edge_message", message=message)))
         finally:
             session.out.put_nowait(None)
 
