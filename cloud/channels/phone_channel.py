@@ -68,6 +68,8 @@ class PhoneChannelConfig(CodeConfig):
     image_width: ImageSide = 224
     # decoded steps one phone may hold open, over all its open episodes
     max_episode_bytes: Annotated[int, Field(ge=1)] = 512 << 20
+    # episodes one phone may hold open at once (recording, or waiting for its resend after a dropped link)
+    max_open_episodes: Annotated[int, Field(ge=1)] = 8
     hello_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     store_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # no durable write by then: the phone is told to resend
     credentials: Path | None = None  # where paired phones' credentials go when the cloud has no devices file
@@ -275,6 +277,16 @@ class PhoneChannel:
             reply["token"] = issued
         return phone, reply
 
+    def _check_room(self, phone: Phone) -> None:
+        """Refuses a new episode while the phone holds ``max_open_episodes`` open (each costs the cloud memory)."""
+        limit = self.config.max_open_episodes
+        if len(phone.episodes) >= limit:
+            raise PhoneError(
+                "start.episode_id",
+                f"{len(phone.episodes)} episodes are open, the limit (max_open_episodes) is {limit}: "
+                "stop or discard one first",
+            )
+
     # ---- messages after the hello ----------------------------------------------------------------------------
 
     async def _handle(self, phone: Phone, connection: ServerConnection, raw: str | bytes) -> None:
@@ -299,6 +311,7 @@ class PhoneChannel:
                 await self._send(connection, {"type": "ack", "episode_id": episode_id, "next_seq": stored})
                 return
             if episode_id not in phone.episodes:
+                self._check_room(phone)
                 phone.episodes[episode_id] = OpenEpisode(episode_id, task)
         elif kind == "stop":
             episode_id = episode_id_of(message, "stop")
