@@ -98,7 +98,7 @@ def serve(tmp_path: Path, devices) -> Iterator:
     started: list[GatewayThread] = []
 
     def start(**config) -> GatewayThread:
-        started.append(GatewayThread(tmp_path, devices[0], **config))
+        started.append(GatewayThread(tmp_path / f"cloud{len(started)}", devices[0], **config))
         return started[-1]
 
     yield start
@@ -237,3 +237,176 @@ def test_a_good_robot_misses_no_heartbeat_and_loses_no_step_while_another_device
     assert robot.worst_gap_s() < 1.0, f"the good robot heard nothing for {robot.worst_gap_s():.2f} s"
     assert not robot.errors
     assert cloud.store.next_seq("good-episode") == robot.sent  # every step it sent is stored
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_inflated(serve, devices) -> None:
+    """Attack: send a step batch whose eight camera columns are each 32 KB of zlib that inflates to the 32 MB a
+    column may hold: 256 MB of memory and CPU on the gateway for a third of a megabyte on the wire."""
+    cloud = serve()
+    stream = attacker(cloud.target, devices[1]["attacker-1"])
+    stream.send(bomb_batch(32))
+    assert stream.wait_for(lambda answers: any(a.HasField("error") for a in answers), 10)
+    (error,) = errors(stream)
+    assert error.field == "step_batch" and "max_decoded_bytes" in error.message, error
+    stream.cancel()
+
+
+def test_a_robot_whose_one_step_inflates_past_the_bound_is_refused_at_its_hello(serve, devices) -> None:
+    """Attack: declare 32 cameras of 4096x4096x2 bytes, so that every remote-inference request (one observation,
+    no batch around it) inflates to 1 GB from a few kilobytes of zlib."""
+    cloud = serve()
+    huge = dataclasses.replace(
+        BOMB.capabilities,
+        observation=tuple(ArraySpec(f"cam{i}", "uint16", (4096, 4096)) for i in range(32)),
+    )
+    stream = attacker(cloud.target, devices[1]["attacker-1"], dataclasses.replace(BOMB, capabilities=huge))
+    assert stream.wait_for(lambda answers: bool(answers), 10) and stream.finish(5)
+    (error,) = errors(stream)
+    assert error.field == "hello.resource.capabilities" and "max_decoded_bytes" in error.message, error
+    assert stream.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_large_messages_are_decoded_off_the_event_loop(serve, devices) -> None:
+    """Attack: on a gateway configured for big image batches (300 MB decoded per message), send batches that
+    inflate to 256 MB each, back to back, so that decoding them holds the event loop that serves every tunnel."""
+    cloud = serve(max_decoded_bytes=300 << 20)
+    stream = attacker(cloud.target, devices[1]["attacker-1"])
+    bomb = bomb_batch(32)
+    for _ in range(3):
+        stream.send(bomb)
+    assert stream.wait_for(lambda answers: len([a for a in answers if a.HasField("error")]) == 3, 30)
+    assert all(error.field == "step_batch.columns[action].dtype" for error in errors(stream))  # decoded, then refused
+    print(f"worst loop stall {cloud.worst_stall_s:.3f} s")
+    assert cloud.worst_stall_s < 0.15, f"the event loop stalled {cloud.worst_stall_s:.2f} s"
+    stream.cancel()
+
+
+def test_an_inference_flood_is_refused_past_the_tunnels_queue_and_others_are_served(serve, devices) -> None:
+    """Attack: queue a hundred remote-inference requests at once, so the shared inference server works through
+    them before any other robot's request, and its memory grows with every request sent."""
+    from policies.factory import make_policy
+    from policies.weights import policy_to_bytes
+
+    cloud = serve()
+    state = {"state": {"shape": [21], "dtype": "float32"}}
+    cloud.registry.publish(
+        "panda_pick_cube", policy_to_bytes(make_policy("mlp", {"observation": state, "action_dim": 4}))
+    )
+    tokens = devices[1]
+    flood = attacker(
+        cloud.target, tokens["attacker-1"], dataclasses.replace(RESOURCE, id="attacker-1"), remote_inference=True
+    )
+    good = attacker(cloud.target, tokens["good-2"], dataclasses.replace(RESOURCE, id="good-2"), remote_inference=True)
+    assert flood.wait_for(lambda a: any(m.HasField("welcome") for m in a), 10)
+    assert good.wait_for(lambda a: any(m.HasField("welcome") for m in a), 10)
+    observation = encode_array(np.zeros(21, np.float32))
+
+    def request(request_id: int) -> bytes:
+        message = pb.InferenceRequest(request_id=request_id)
+        message.observation["state"].CopyFrom(observation)
+        return pb.EdgeMessage(infer=message).SerializeToString()
+
+    def replies(stream: ByteStream) -> list[pb.InferenceReply]:
+        return [m.actions for m in stream.answers if m.HasField("actions")]
+
+    for i in range(100):
+        flood.send(request(i))
+    for i in range(5):  # the good robot's requests, one at a time, while the flood is answered
+        good.send(request(i))
+        assert good.wait_for(lambda a, n=i + 1: len(replies(good)) == n, 5), "the good robot's request waited"
+    assert not any(reply.error for reply in replies(good))
+    assert flood.wait_for(lambda a: len(replies(flood)) == 100, 10)  # every request is answered, none left hanging
+    refused = [reply for reply in replies(flood) if "max_inference_queue" in reply.error]
+    assert len(refused) >= 90, f"only {len(refused)} of 100 refused"
+    flood.cancel()
+    good.cancel()
+
+
+def silent_stream(target: str) -> ByteStream:
+    """A stream on a connection of its own that never says hello."""
+    return ByteStream(grpc.insecure_channel(target, options=OPEN_CHANNEL), timeout_s=10)
+
+
+def test_streams_that_never_say_hello_and_streams_past_the_total_are_refused(serve, devices) -> None:
+    """Attack: open stream after stream without ever sending a hello, each holding a slot and buffers for ten
+    seconds, until the gateway has no room (or memory) left for anyone."""
+    cloud = serve(max_pending_hellos=2)
+    robot = PacedRobot(cloud.target, devices[1]["good-1"])
+    waiting = [silent_stream(cloud.target) for _ in range(2)]
+    time.sleep(0.3)
+    refused = silent_stream(cloud.target)
+    assert refused.finish(5) and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert errors(refused)[0].field == "hello" and "max_pending_hellos" in errors(refused)[0].message
+    robot.stream(0.5)  # the robot admitted before goes on
+    assert cloud.store.next_seq("good-episode") == robot.sent
+    for stream in waiting:
+        stream.cancel()
+    robot.close()
+
+    crowded = serve(max_streams=2)
+    robot = PacedRobot(crowded.target, devices[1]["good-1"])
+    waiting = [silent_stream(crowded.target)]
+    time.sleep(0.3)
+    refused = silent_stream(crowded.target)
+    assert refused.finish(5) and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert errors(refused)[0].field == "connect" and "max_streams" in errors(refused)[0].message
+    waiting[0].cancel()
+    robot.close()
+
+
+def test_an_oversized_first_message_is_refused_by_size_before_it_is_parsed(serve, devices) -> None:
+    """Attack: open a stream and send, before any hello was admitted, a 20 MB message (a hello with a 20 MB token)
+    and a 40 MB one, which the gateway would otherwise take in and parse for anyone who can reach its port."""
+    cloud = serve()
+    stream = silent_stream(cloud.target)
+    stream.send(hello(BOMB, token="x" * (40 << 20)).SerializeToString())
+    assert stream.finish(5) and stream.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # past the transport's limit
+    stream = silent_stream(cloud.target)
+    stream.send(hello(BOMB, token="x" * (20 << 20)).SerializeToString())
+    assert stream.finish(5) and stream.code == grpc.StatusCode.INVALID_ARGUMENT
+    (error,) = errors(stream)
+    assert error.field == "hello" and "max_hello_bytes" in error.message, error
+    admitted = attacker(cloud.target, devices[1]["attacker-1"])
+    admitted.send(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=1)).SerializeToString())
+    assert admitted.wait_for(lambda a: any(m.HasField("heartbeat") for m in a), 5)
+    admitted.send(bytes(40 << 20))  # after the hello too: no message past a batch's size is taken in
+    assert admitted.finish(5) and admitted.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_phone_cannot_open_episodes_without_limit(serve, devices, capsys) -> None:
+    """Attack: a paired phone sends `start` for episode after episode and never stops one, so the cloud holds an
+    open episode (and its steps) for each in memory until it restarts."""
+    import json
+    import re
+
+    from websockets.asyncio.client import connect
+
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+
+    cloud = serve()
+    channel = PhoneChannel(PhoneChannelConfig(), cloud.gateway)
+    port = cloud.call(channel.start())
+    (pairing,) = re.findall(r"phone pairing token: (\S+)", capsys.readouterr().out)
+
+    async def phone() -> list[dict]:
+        async with connect(f"ws://127.0.0.1:{port}/phone") as ws:
+            capabilities = {"camera": True, "gripper": True}
+            await ws.send(
+                json.dumps({"type": "hello", "phone_id": "phone-1", "pair": pairing, "capabilities": capabilities})
+            )
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            answers = []
+            for i in range(10):
+                await ws.send(json.dumps({"type": "start", "episode_id": f"e{i}"}))
+                await ws.send(json.dumps({"type": "ping"}))
+                while (answer := json.loads(await asyncio.wait_for(ws.recv(), 5)))["type"] != "pong":
+                    answers.append(answer)
+            return answers
+
+    try:
+        answers = asyncio.run(phone())
+    finally:
+        cloud.call(channel.stop())
+    assert [answer["field"] for answer in answers] == ["start.episode_id"] * 2
+    assert "max_open_episodes" in answers[0]["message"]
+    assert len(channel.phones["phone-1"].episodes) == 8
