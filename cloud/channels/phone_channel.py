@@ -57,6 +57,9 @@ log = logging.getLogger("fleetloop.phone")
 
 
 ImageSide = Annotated[int, Field(ge=8, le=2048)]  # pixels
+# A connection's first message (a hello, a few hundred bytes of JSON): anything bigger is refused unread, before
+# anyone was admitted (websockets closes with 1009). Admitted phones and takeover pages may send MAX_FRAME_BYTES.
+MAX_HELLO_FRAME_BYTES = 64 << 10
 
 
 class PhoneChannelConfig(CodeConfig):
@@ -124,7 +127,7 @@ class PhoneChannel:
             self.config.port,
             ssl=context,
             process_request=self._page,
-            max_size=MAX_FRAME_BYTES,
+            max_size=MAX_HELLO_FRAME_BYTES,  # raised to MAX_FRAME_BYTES once a connection is admitted
             ping_interval=5,
             ping_timeout=10,
         )
@@ -178,6 +181,7 @@ class PhoneChannel:
     async def _serve(self, connection: ServerConnection) -> None:
         route = self._route(connection.request.path if connection.request else "")
         if route is not None:
+            connection.protocol.max_message_size = MAX_FRAME_BYTES  # its own messages are checked by the route
             await route.serve(connection)
             return
         try:
@@ -192,6 +196,7 @@ class PhoneChannel:
             await self._send(connection, {"type": "error", "field": err.field, "message": err.message})
             await connection.close(1008, err.field)
             return
+        connection.protocol.max_message_size = MAX_FRAME_BYTES  # admitted: its steps carry JPEG frames
         previous, phone.connection = phone.connection, connection
         if previous is not None:  # a reconnect supersedes the old connection
             await previous.close(1000, "superseded by a new connection of this phone")

@@ -410,3 +410,34 @@ def test_a_phone_cannot_open_episodes_without_limit(serve, devices, capsys) -> N
     assert [answer["field"] for answer in answers] == ["start.episode_id"] * 2
     assert "max_open_episodes" in answers[0]["message"]
     assert len(channel.phones["phone-1"].episodes) == 8
+
+
+def test_a_phone_hello_past_its_size_is_refused_unread(serve, capsys) -> None:
+    """Attack: without any credential, open the phone channel and send an 8 MB "hello" of JSON, again and again,
+    so the cloud parses megabytes of JSON on its event loop for anyone who can reach the port."""
+    import json
+
+    import websockets
+    from websockets.asyncio.client import connect
+
+    from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+
+    cloud = serve()
+    channel = PhoneChannel(PhoneChannelConfig(), cloud.gateway)
+    port = cloud.call(channel.start())
+    capsys.readouterr()
+
+    async def phone() -> int | None:
+        async with connect(f"ws://127.0.0.1:{port}/phone", max_size=None) as ws:
+            await ws.send(json.dumps({"type": "hello", "phone_id": "p" * ((8 << 20) - 1000)}))
+            try:
+                await asyncio.wait_for(ws.recv(), 5)
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+            return None
+
+    try:
+        code = asyncio.run(phone())
+    finally:
+        cloud.call(channel.stop())
+    assert code == 1009  # "message too big": closed before the frame was read, let alone parsed
