@@ -308,8 +308,9 @@ class TunnelClient:
         self.errors.append(error)
         log.error("the cloud refused %s: %s", printable(error.field), printable(error.message, 500))
         # Refused before the welcome (the hello: a capability clash, a protocol version) or a credential refused
-        # at any time: the same hello would be refused again, so stop.
-        if error.code == "unauthenticated" or not self.connected.is_set():
+        # at any time: the same hello would be refused again, so stop. A bound the cloud reached (too many tunnels
+        # open: "resource_exhausted") passes: the edge reconnects after its backoff.
+        if error.code == "unauthenticated" or (not self.connected.is_set() and error.code != "resource_exhausted"):
             self.refused = error
             self._stop.set()
 

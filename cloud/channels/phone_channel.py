@@ -59,6 +59,9 @@ log = logging.getLogger("fleetloop.phone")
 
 
 ImageSide = Annotated[int, Field(ge=8, le=2048)]  # pixels
+# A connection's first message (a hello, a few hundred bytes of JSON): anything bigger is refused unread, before
+# anyone was admitted (websockets closes with 1009). Admitted phones and takeover pages may send MAX_FRAME_BYTES.
+MAX_HELLO_FRAME_BYTES = 64 << 10
 
 
 class PhoneChannelConfig(CodeConfig):
@@ -70,6 +73,8 @@ class PhoneChannelConfig(CodeConfig):
     image_width: ImageSide = 224
     # decoded steps one phone may hold open, over all its open episodes
     max_episode_bytes: Annotated[int, Field(ge=1)] = 512 << 20
+    # episodes one phone may hold open at once (recording, or waiting for its resend after a dropped link)
+    max_open_episodes: Annotated[int, Field(ge=1)] = 8
     hello_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     store_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # no durable write by then: the phone is told to resend
     credentials: Path | None = None  # where paired phones' credentials go when the cloud has no devices file
@@ -124,7 +129,7 @@ class PhoneChannel:
             self.config.port,
             ssl=context,
             process_request=self._page,
-            max_size=MAX_FRAME_BYTES,
+            max_size=MAX_HELLO_FRAME_BYTES,  # raised to MAX_FRAME_BYTES once a connection is admitted
             ping_interval=5,
             ping_timeout=10,
         )
@@ -180,6 +185,7 @@ class PhoneChannel:
     async def _serve(self, connection: ServerConnection) -> None:
         route = self._route(connection.request.path if connection.request else "")
         if route is not None:
+            connection.protocol.max_message_size = MAX_FRAME_BYTES  # its own messages are checked by the route
             await route.serve(connection)
             return
         try:
@@ -194,6 +200,7 @@ class PhoneChannel:
             await self._send(connection, {"type": "error", "field": err.field, "message": err.message})
             await connection.close(1008, err.field)
             return
+        connection.protocol.max_message_size = MAX_FRAME_BYTES  # admitted: its steps carry JPEG frames
         previous, phone.connection = phone.connection, connection
         if previous is not None:  # a reconnect supersedes the old connection
             await previous.close(1000, "superseded by a new connection of this phone")
@@ -279,6 +286,16 @@ class PhoneChannel:
             reply["token"] = issued
         return phone, reply
 
+    def _check_room(self, phone: Phone) -> None:
+        """Refuses a new episode while the phone holds ``max_open_episodes`` open (each costs the cloud memory)."""
+        limit = self.config.max_open_episodes
+        if len(phone.episodes) >= limit:
+            raise PhoneError(
+                "start.episode_id",
+                f"{len(phone.episodes)} episodes are open, the limit (max_open_episodes) is {limit}: "
+                "stop or discard one first",
+            )
+
     # ---- messages after the hello ----------------------------------------------------------------------------
 
     async def _handle(self, phone: Phone, connection: ServerConnection, raw: str | bytes) -> None:
@@ -303,6 +320,7 @@ class PhoneChannel:
                 await self._send(connection, {"type": "ack", "episode_id": episode_id, "next_seq": stored})
                 return
             if episode_id not in phone.episodes:
+                self._check_room(phone)
                 phone.episodes[episode_id] = OpenEpisode(episode_id, task)
         elif kind == "stop":
             episode_id = episode_id_of(message, "stop")
