@@ -39,6 +39,7 @@ from hal.config import CodeConfig
 from hal.resource import Driver, EmergencyStoppable, ResourceInfo, Transition, clamp_action
 from protocol import tunnel_pb2 as pb
 from protocol.limits import WAITING_FOR_RESET
+from protocol.sanitize import printable
 from protocol.steps import MAX_ID_LENGTH
 
 log = logging.getLogger("fleetloop.edge")
@@ -312,7 +313,7 @@ class EdgeAgent:
             if isinstance(self.driver, EmergencyStoppable):
                 self.driver.release_emergency_stop()
             self._estop.clear()
-            log.warning("%s: emergency stop released (%s)", self.resource.id, message.reason)
+            log.warning("%s: emergency stop released (%s)", self.resource.id, printable(message.reason))
             return
         self._estop.set()
         if isinstance(self.driver, EmergencyStoppable):  # SafeDriver latches and holds from any thread
@@ -320,7 +321,7 @@ class EdgeAgent:
         with self._drive_lock:
             self.driver.hold()
         self._held_for = "emergency stop"
-        log.warning("%s: EMERGENCY STOP (%s); holding until released", self.resource.id, message.reason)
+        log.warning("%s: EMERGENCY STOP (%s); holding until released", self.resource.id, printable(message.reason))
 
     def _listen_to_person(self) -> None:
         """Drains a person operator's signals: labels for the episode, take over and hand back, scene ready."""

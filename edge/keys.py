@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge.operator import Signal
+from hal.log_filters import quiet_lerobot_keyboards
 
 log = logging.getLogger("fleetloop.edge")
 
@@ -43,6 +44,7 @@ class KeySignals:
 
     def start(self) -> None:
         """Starts listening; NoKeyboardError saying why keys cannot be read on this machine."""
+        quiet_lerobot_keyboards()  # its lines say what NoKeyboardError below says, less plainly
         from lerobot.utils.keyboard_input import create_key_listener
 
         self._listener = create_key_listener(self._on_key, controls_help=self.describe())

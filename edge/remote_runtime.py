@@ -20,6 +20,7 @@ import numpy as np
 from edge.runtime import PolicyRuntime
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import decode_array, encode_array
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.remote")
 
@@ -175,7 +176,7 @@ class RemotePolicyRuntime(PolicyRuntime):
         if reply.error:
             self.errors += 1
             if self.errors in (1, 10, 100) or self.errors % 1000 == 0:
-                log.warning("remote inference: %s", reply.error)
+                log.warning("remote inference: %s", printable(reply.error))
             return
         try:
             chunk = decode_array(reply.actions, "actions")

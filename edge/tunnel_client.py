@@ -28,6 +28,7 @@ from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import open_channel
 from protocol.limits import POLICY_NAME
 from protocol.link_errors import link_failure
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.tunnel")
 
@@ -47,6 +48,7 @@ CHANNEL_OPTIONS = [
 # dropped and reopened: a link that silently stops carrying packets keeps TCP open and gRPC's keepalive
 # alone may take a minute to notice.
 SILENCE_TIMEOUT_S = 15.0
+LINK_DOWN_REMINDER_S = 60.0  # while the link stays down for the same reason, one line a minute
 
 
 class TunnelConfig(CodeConfig):
@@ -123,6 +125,8 @@ class TunnelClient:
         self.refused: pb.Error | None = None  # the cloud refused this edge's credential or hello: no point retrying
         self.waiting_for = ""  # what the robot waits for (protocol.limits.EDGE_STATES), in every heartbeat
         self._stop = threading.Event()
+        self._down_since: float | None = None  # when the link went down (None while up, or before the first try)
+        self._down_why, self._down_said_at = "", 0.0
         self._wake = threading.Event()
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
@@ -192,8 +196,7 @@ class TunnelClient:
                 self._session()
             except grpc.RpcError as err:
                 if not self._stop.is_set():
-                    why = link_failure(self.target, err)  # which of UNAVAILABLE's causes: name, certificate, port
-                    log.warning("link to the cloud at %s lost (%s); steps stay in the spool", self.target, why)
+                    self._link_down(link_failure(self.target, err))  # which of UNAVAILABLE's causes
             except Exception:
                 log.exception("tunnel session failed")
             if time.monotonic() - started > 10:
@@ -201,6 +204,28 @@ class TunnelClient:
             delay = backoff * (0.5 + random.random())  # jitter, so a fleet does not reconnect in lockstep
             backoff = min(backoff * 2, 5.0)
             self._stop.wait(delay)
+
+    def _link_down(self, why: str) -> None:
+        """Says the link is down once, again when the reason changes, and then once a minute while it stays down
+        (retries come every few seconds: one line each would bury everything else in the log)."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        elif why == self._down_why and now - self._down_said_at < LINK_DOWN_REMINDER_S:
+            return
+        if why == self._down_why:
+            down_s = now - self._down_since
+            log.warning("still no link to the cloud at %s after %.0f s (%s); retrying", self.target, down_s, why)
+        else:
+            log.warning("link to the cloud at %s lost (%s); steps stay in the spool", self.target, why)
+        self._down_why, self._down_said_at = why, now
+
+    def _link_up(self) -> None:
+        after = "" if self._down_since is None else f" after {time.monotonic() - self._down_since:.0f} s without one"
+        self._down_since, self._down_why = None, ""
+        log.info(
+            "connected to the cloud at %s%s; %d spooled steps to upload", self.target, after, self.spool.counts()[1]
+        )
 
     def _session(self) -> None:
         outgoing: queue.Queue[pb.EdgeMessage | None] = queue.Queue()
@@ -227,11 +252,7 @@ class TunnelClient:
                             self.spool.ack(progress.episode_id, progress.next_seq)
                         self._outgoing = outgoing
                         self.connected.set()
-                        log.info(
-                            "connected to the cloud at %s; %d spooled steps to upload",
-                            self.target,
-                            self.spool.counts()[1],
-                        )
+                        self._link_up()
                         sender = threading.Thread(target=self._upload, args=(outgoing, in_flight), daemon=True)
                         sender.start()
                     elif kind == "ack":
@@ -285,10 +306,11 @@ class TunnelClient:
 
     def _on_error(self, error: pb.Error) -> None:
         self.errors.append(error)
-        log.error("the cloud refused %s: %s", error.field, error.message)
+        log.error("the cloud refused %s: %s", printable(error.field), printable(error.message, 500))
         # Refused before the welcome (the hello: a capability clash, a protocol version) or a credential refused
-        # at any time: the same hello would be refused again, so stop.
-        if error.code == "unauthenticated" or not self.connected.is_set():
+        # at any time: the same hello would be refused again, so stop. A bound the cloud reached (too many tunnels
+        # open: "resource_exhausted") passes: the edge reconnects after its backoff.
+        if error.code == "unauthenticated" or (not self.connected.is_set() and error.code != "resource_exhausted"):
             self.refused = error
             self._stop.set()
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from hal.config import ConfigError
 from hal.lerobot_config import check_fields, choice_class, decode
+from hal.log_filters import quiet_lerobot_keyboards
 
 # lerobot's plain "keyboard" teleoperator reports the keys held, not an action (its action_features reads an
 # attribute it lacks): keyboard_ee is the keyboard that gives one.
@@ -34,6 +35,7 @@ class TeleopError(RuntimeError):
 
 def teleop_config_class(type_name: str, module: str | None) -> type:
     """lerobot's config class for a teleoperator type; ConfigError at ``type`` naming the known ones when none."""
+    quiet_lerobot_keyboards()  # before lerobot's keyboards are imported: fleetloop says plainly when keys are absent
     from lerobot.teleoperators import TeleoperatorConfig
 
     if module:

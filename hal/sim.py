@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hal.log_filters import DropLines
 from hal.resource import ArraySpec, Capabilities, NamesActions, Transition
 
 # gym_hil places the cube with numpy's *global* generator; several robots in one process swap their own
@@ -33,20 +34,9 @@ class SimTask:
     action_names: tuple[str, ...] = ()  # one per action entry, for mapping a teleoperator's action by name
 
 
-class _DropLines(logging.Filter):
-    """Drops the records of one logger whose message starts with one of ``starts``."""
-
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.starts)
-
-
 # Routine lines the simulators' packages write on every start or reset, which read like news to an operator.
-_RESET_DELAY = _DropLines("Reset delay of ")  # gym_hil, on the root logger, at every reset (even of 0 s)
-_NO_ACCELERATE = _DropLines("No OpenGL_accelerate module loaded")  # PyOpenGL's optional speed-up
+_RESET_DELAY = DropLines("Reset delay of ")  # gym_hil, on the root logger, at every reset (even of 0 s)
+_NO_ACCELERATE = DropLines("No OpenGL_accelerate module loaded")  # PyOpenGL's optional speed-up
 
 
 @contextlib.contextmanager

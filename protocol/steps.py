@@ -6,6 +6,8 @@ schema (dtype and per-row shape of each column) follows from the resource's capa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from protocol import tunnel_pb2 as pb
@@ -24,6 +26,9 @@ PROVENANCE_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
 OUTCOMES = ("success", "failure", "discarded")
 MAX_STEPS_PER_BATCH = 4096
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+# What one message may decode to, all its columns together: as much as an uncompressed batch may carry, so
+# compression only ever saves bandwidth (1 MiB of zlib could otherwise become a GiB on the gateway).
+MAX_DECODED_BYTES = MAX_BATCH_BYTES
 MAX_ID_LENGTH = 128
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -76,8 +81,31 @@ def quoted(name: str, limit: int = 64) -> str:
     return repr(name[:limit]) + ("..." if len(name) > limit else "")
 
 
-def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES) -> dict[str, np.ndarray]:
-    """Checks a batch against the schema and returns its columns; errors name the offending field."""
+def decoded_bytes(schema: Schema, rows: int = 1, prefix: str = "") -> int:
+    """The bytes ``rows`` rows of the schema's columns (those whose name starts with ``prefix``) decode to."""
+    return rows * sum(
+        math.prod(shape) * np.dtype(dtype).itemsize
+        for name, (dtype, shape) in schema.items()
+        if name.startswith(prefix)
+    )
+
+
+def check_decoded_size(size: int, limit: int, field: str) -> None:
+    """Refuses a message whose arrays would decode to more than ``limit`` bytes, before any is inflated."""
+    if size > limit:
+        raise CodecError(
+            field, f"decodes to {size} bytes (its arrays together), over the limit of {limit} (max_decoded_bytes)"
+        )
+
+
+def decode_batch(
+    batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES, max_decoded: int = MAX_DECODED_BYTES
+) -> dict[str, np.ndarray]:
+    """Checks a batch against the schema and returns its columns; errors name the offending field.
+
+    Every column must have the schema's shape, so what the batch decodes to is known from ``num_steps``: past
+    ``max_decoded`` bytes it is refused before anything is inflated.
+    """
     check_id(batch.episode_id, "step_batch.episode_id")
     check_id(batch.task, "step_batch.task", required=False)
     if batch.first_seq < 0:
@@ -87,6 +115,7 @@ def decode_batch(batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH
     size = batch.ByteSize()
     if size > max_bytes:
         raise CodecError("step_batch", f"{size} bytes exceeds the limit of {max_bytes}")
+    check_decoded_size(decoded_bytes(schema, batch.num_steps), max_decoded, "step_batch")
     missing = sorted(set(schema) - set(batch.columns))
     if missing:
         raise CodecError(f"step_batch.columns[{missing[0]}]", "is missing")
@@ -152,12 +181,16 @@ def decode_checked(message: pb.Array, field: str, dtype: str, shape: tuple[int, 
 
 
 def decode_observation(
-    request: pb.InferenceRequest, schema: Schema, max_bytes: int = MAX_BATCH_BYTES
+    request: pb.InferenceRequest,
+    schema: Schema,
+    max_bytes: int = MAX_BATCH_BYTES,
+    max_decoded: int = MAX_DECODED_BYTES,
 ) -> dict[str, np.ndarray]:
     """One observation for remote inference, keyed by observation name (no "obs." prefix); errors name the field."""
     size = request.ByteSize()
     if size > max_bytes:
         raise CodecError("infer", f"{size} bytes exceeds the limit of {max_bytes}")
+    check_decoded_size(decoded_bytes(schema, prefix="obs."), max_decoded, "infer")
     expected = {name.removeprefix("obs."): spec for name, spec in schema.items() if name.startswith("obs.")}
     missing = sorted(set(expected) - set(request.observation))
     if missing:

@@ -49,6 +49,8 @@ from cloud.security.revocation import CredentialWatch
 from cloud.serving.inference import InferenceJob, InferenceServer
 from hal.config import CodeConfig, Name
 from policies.weights import read_metadata
+from protocol.incidents import internal_error
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.openpi")
 
@@ -353,8 +355,9 @@ class OpenPiServer:
             header = await asyncio.to_thread(self.registry.read_header, policy_name, latest.version)
             try:
                 config = json.loads(read_metadata(header)["config"])
-            except (ValueError, KeyError, TypeError) as err:
-                raise OpenPiError("policy", f"{policy_name} v{latest.version} has no readable config: {err}") from err
+            except (ValueError, KeyError, TypeError) as err:  # the registry's file: its details stay in this log
+                log.error("%s v%d has no readable config: %s", policy_name, latest.version, err)
+                raise OpenPiError("policy", f"{policy_name} v{latest.version} has no readable config") from err
             self._signatures[key] = signature_from_config(policy_name, latest.version, config)
         return self._signatures[key]
 
@@ -415,12 +418,11 @@ class OpenPiServer:
             log.info("openpi client %s closed", peer)
         except OpenPiError as err:
             self.errors += 1
-            log.warning("openpi client %s refused: %s", peer, err)
+            log.warning("openpi client %s refused: %s", peer, printable(str(err), 500))  # it holds the client's keys
             await self._fail(websocket, str(err))
-        except Exception as err:  # never takes the server down; the client hears what happened
+        except Exception:  # never takes the server down; the client hears an incident id, the log the details
             self.errors += 1
-            log.exception("openpi client %s: internal error", peer)
-            await self._fail(websocket, f"internal error: {type(err).__name__}: {err}")
+            await self._fail(websocket, internal_error(log, f"openpi client {peer} driving {policy_name}"))
         finally:
             if watch is not None and held is not None:
                 watch.release(held)

@@ -7,7 +7,7 @@ import logging
 import socket
 from pathlib import Path
 
-from cloud.security.certs import DEFAULT_HOSTS, CertPaths, init_certs, server_hosts
+from cloud.security.certs import DEFAULT_HOSTS, CertPaths, certs_problem, init_certs, server_hosts
 
 log = logging.getLogger("fleetloop.phone")
 
@@ -48,15 +48,22 @@ def phone_url_host(given: str, listen_host: str, server_cert: Path | None, lan: 
 
 def phone_certs(certs: CertPaths, listen_host: str, url_host: str, lan: str) -> CertPaths:
     """``certs`` when `fleetloop certs init` made them, else made now (first start), naming loopback, the
-    listening host, the pairing URL's host, this machine's LAN address and name."""
-    if not certs.exist():
+    listening host, the pairing URL's host, this machine's LAN address and name. ValueError (saying what to run)
+    for certificates an older fleetloop made: their CA has no name constraints."""
+    if certs.exist():
+        problem = certs_problem(certs)
+        if problem:
+            raise ValueError(f"--phone-port: {problem}")
+    else:
         hosts = [url_host, listen_host, lan, socket.gethostname()]
         hosts = list(dict.fromkeys(h for h in hosts if h and h not in WILDCARD_HOSTS))
         init_certs(certs.directory, hosts=tuple(hosts))
         log.info(
-            "made a CA and a server certificate for the phone page in %s (for %s); a phone installs %s once",
+            "made a CA and a server certificate for the phone page in %s (for %s); a phone installs %s once; "
+            "the CA's key is in %s, which the cloud never reads: keep it offline",
             certs.directory,
             ", ".join(hosts),
             certs.ca,
+            certs.ca_key,
         )
     return certs

@@ -48,16 +48,21 @@ from cloud.channels.phone_messages import (
 )
 from cloud.channels.phone_pairing import is_pairing_token, new_pairing_token, pairing_qr
 from cloud.gateway.server import Gateway
+from cloud.security.certs import ca_fingerprint
 from cloud.security.devices import AuthError, Device, DeviceRegistry
 from cloud.security.revocation import CredentialWatch
 from hal.config import CodeConfig, Name
 from hal.resource import ResourceInfo
+from protocol.sanitize import printable
 from protocol.steps import check_id
 
 log = logging.getLogger("fleetloop.phone")
 
 
 ImageSide = Annotated[int, Field(ge=8, le=2048)]  # pixels
+# A connection's first message (a hello, a few hundred bytes of JSON): anything bigger is refused unread, before
+# anyone was admitted (websockets closes with 1009). Admitted phones and takeover pages may send MAX_FRAME_BYTES.
+MAX_HELLO_FRAME_BYTES = 64 << 10
 
 
 class PhoneChannelConfig(CodeConfig):
@@ -69,6 +74,8 @@ class PhoneChannelConfig(CodeConfig):
     image_width: ImageSide = 224
     # decoded steps one phone may hold open, over all its open episodes
     max_episode_bytes: Annotated[int, Field(ge=1)] = 512 << 20
+    # episodes one phone may hold open at once (recording, or waiting for its resend after a dropped link)
+    max_open_episodes: Annotated[int, Field(ge=1)] = 8
     hello_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     store_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # no durable write by then: the phone is told to resend
     credentials: Path | None = None  # where paired phones' credentials go when the cloud has no devices file
@@ -126,7 +133,7 @@ class PhoneChannel:
             self.config.port,
             ssl=context,
             process_request=self._page,
-            max_size=MAX_FRAME_BYTES,
+            max_size=MAX_HELLO_FRAME_BYTES,  # raised to MAX_FRAME_BYTES once a connection is admitted
             ping_interval=5,
             ping_timeout=10,
         )
@@ -161,6 +168,8 @@ class PhoneChannel:
         if scheme == "https" and self.config.tls_ca is not None:
             ca = f"{scheme}://{host}:{self.port}{CA_PATH}"
             lines.append(f"a phone trusts this cloud once it installs its CA from {ca} (or accepts the warning)")
+            fingerprint = ca_fingerprint(self.config.tls_ca)
+            lines.append(f"the CA's SHA-256 fingerprint (the phone page shows it too: they must match): {fingerprint}")
         lines.append(f"scan to pair a phone: {url}")
         print("\n".join((*lines, pairing_qr(url))), flush=True)  # one write: the token comes with its QR code
 
@@ -180,6 +189,7 @@ class PhoneChannel:
     async def _serve(self, connection: ServerConnection) -> None:
         route = self._route(connection.request.path if connection.request else "")
         if route is not None:
+            connection.protocol.max_message_size = MAX_FRAME_BYTES  # its own messages are checked by the route
             await route.serve(connection)
             return
         try:
@@ -194,6 +204,7 @@ class PhoneChannel:
             await self._send(connection, {"type": "error", "field": err.field, "message": err.message})
             await connection.close(1008, err.field)
             return
+        connection.protocol.max_message_size = MAX_FRAME_BYTES  # admitted: its steps carry JPEG frames
         previous, phone.connection = phone.connection, connection
         if previous is not None:  # a reconnect supersedes the old connection
             await previous.close(1000, "superseded by a new connection of this phone")
@@ -249,7 +260,7 @@ class PhoneChannel:
                 raise PhoneError("hello.phone_id", f"{phone_id!r} is already paired: connect with its token")
             issued = self.credentials.add(phone_id, kind="phone")
             self._new_pairing_token()  # this one is used up
-            log.info("%s paired; the next phone needs the new pairing token", phone_id)
+            log.info("%s paired; the next phone needs the new pairing token", printable(phone_id))
             device = self.credentials.get(phone_id)
         else:
             device = self.credentials.authenticate(phone_id, hello.token or "")
@@ -267,7 +278,7 @@ class PhoneChannel:
         phone.resource = resource
         self.gateway.fleet.register(resource)
         pose_note = "" if hello.tracked else "; no pose tracking (no WebXR): it sends the identity pose"
-        log.info("%s connected (phone, %.0f Hz%s)", phone_id, rate, pose_note)
+        log.info("%s connected (phone, %.0f Hz%s)", printable(phone_id), rate, pose_note)
         reply = {
             "type": "welcome",
             "phone_id": phone_id,
@@ -277,6 +288,16 @@ class PhoneChannel:
         if issued:
             reply["token"] = issued
         return phone, device, reply
+
+    def _check_room(self, phone: Phone) -> None:
+        """Refuses a new episode while the phone holds ``max_open_episodes`` open (each costs the cloud memory)."""
+        limit = self.config.max_open_episodes
+        if len(phone.episodes) >= limit:
+            raise PhoneError(
+                "start.episode_id",
+                f"{len(phone.episodes)} episodes are open, the limit (max_open_episodes) is {limit}: "
+                "stop or discard one first",
+            )
 
     # ---- messages after the hello ----------------------------------------------------------------------------
 
@@ -302,6 +323,7 @@ class PhoneChannel:
                 await self._send(connection, {"type": "ack", "episode_id": episode_id, "next_seq": stored})
                 return
             if episode_id not in phone.episodes:
+                self._check_room(phone)
                 phone.episodes[episode_id] = OpenEpisode(episode_id, task)
         elif kind == "stop":
             episode_id = episode_id_of(message, "stop")

@@ -11,8 +11,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from cloud.security.certs import ca_fingerprint
+
 PAGE_DIR = Path(__file__).with_name("phone_page")
 CA_PATH = "/phone/ca.pem"  # over TLS: the CA certificate (public), for a phone to install and trust
+CA_MARK = "<!-- the CA -->"  # where the page tells how to trust the cloud, when it is served over TLS
 PAGE_FILES = {  # URL path -> (file, content type)
     "/phone": ("index.html", "text/html; charset=utf-8"),
     "/phone/": ("index.html", "text/html; charset=utf-8"),
@@ -40,7 +43,10 @@ class PageRoute(Protocol):
 
 
 def file_response(file: Path, content_type: str) -> Response:
-    body = file.read_bytes()
+    return body_response(file.read_bytes(), content_type)
+
+
+def body_response(body: bytes, content_type: str) -> Response:
     headers = Headers(
         [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
     )
@@ -58,6 +64,19 @@ def page_response(connection: ServerConnection, request: Request, tls_ca: Path |
     elif path in PAGE_FILES:
         name, content_type = PAGE_FILES[path]
         file = PAGE_DIR / name
+        if name == "index.html" and tls_ca is not None:
+            return body_response(_with_ca(file.read_text(), tls_ca).encode(), content_type)
     else:
         return connection.respond(404, "not found: the phone page is at /phone\n")
     return file_response(file, content_type)
+
+
+def _with_ca(page: str, tls_ca: Path) -> str:
+    """The page with where to get the CA and its fingerprint, to compare with what the cloud printed: a ca.pem
+    swapped on its way to the phone has another fingerprint."""
+    trust = (
+        f'<div id="trust">Trust this cloud: install <a href="{CA_PATH}">its CA certificate</a> once. '
+        f'Its SHA-256 fingerprint is <code id="ca-fingerprint">{ca_fingerprint(tls_ca)}</code>; it must match the '
+        "one the cloud printed beside the pairing QR code.</div>"
+    )
+    return page.replace(CA_MARK, trust)

@@ -35,6 +35,7 @@ from cloud.gateway.server import Gateway
 from cloud.gateway.sessions import Session
 from cloud.security.devices import DEVICE_ID, AuthError, Device
 from protocol import tunnel_pb2 as pb
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.takeover")
 
@@ -90,7 +91,7 @@ class TakeoverPages:
             await connection.close(1008, "hello: the first message must be a hello")
             return
         except (PhoneError, AuthError) as err:
-            log.warning("refused a takeover page for %s: %s", robot_id, err)
+            log.warning("refused a takeover page for %s: %s", printable(robot_id), err)
             await _send(connection, {"type": "error", "field": err.field, "message": err.message})
             await connection.close(1008, err.field)
             return

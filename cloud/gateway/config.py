@@ -9,9 +9,12 @@ from pydantic import ConfigDict, Field, InstanceOf
 from cloud.gateway.fleet import Task
 from cloud.security.devices import DeviceRegistry
 from hal.config import CodeConfig, Items, Name
-from protocol.steps import MAX_BATCH_BYTES
+from protocol.limits import MAX_HELLO_BYTES
+from protocol.steps import MAX_BATCH_BYTES, MAX_DECODED_BYTES
 
 GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+# What an EdgeMessage adds around its largest body (a batch, a hello): a tag and a length.
+MESSAGE_FRAMING_BYTES = 64 << 10
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
     ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
@@ -55,3 +58,25 @@ class GatewayConfig(CodeConfig):
     hello_timeout_s: Positive = 10.0
     lost_after_s: Positive = 5.0  # a resource silent this long is lost and its task goes to another
     tasks: Items[InstanceOf[Task]] = ()  # none: every resource runs the policy it asks for (one task per policy)
+    # ---- bounds on what one device can make the gateway do (README "Bounds"): each refusal names its limit ----
+    max_decoded_bytes: AtLeastOne = MAX_DECODED_BYTES  # what one message's arrays decode to, all together
+    max_hello_bytes: AtLeastOne = MAX_HELLO_BYTES  # a stream's first message, refused unparsed past this
+    decode_workers: AtLeastOne = 2  # threads that parse and decode large messages, off the event loop
+    max_streams: AtLeastOne = 256  # tunnel streams open at once, in all
+    max_pending_hellos: AtLeastOne = 32  # streams open that have not yet been admitted by their hello
+    max_streams_per_device: AtLeastOne = 2  # streams of one device at once (a reconnect's, and the one it supersedes)
+    max_streams_per_connection: AtLeastOne = 8  # HTTP/2 streams one TCP connection may multiplex
+    max_inference_queue: AtLeastOne = 4  # remote-inference requests one tunnel may have waiting; more are refused
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The transport's limit on one EdgeMessage: the largest body it may carry, with its framing."""
+        return max(self.max_batch_bytes, self.max_hello_bytes) + MESSAGE_FRAMING_BYTES
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The server's gRPC options: GRPC_OPTIONS with this gateway's receive and stream limits."""
+        bounded = {
+            "grpc.max_receive_message_length": self.max_message_bytes,
+            "grpc.max_concurrent_streams": self.max_streams_per_connection,
+        }
+        return [(key, bounded.pop(key, value)) for key, value in GRPC_OPTIONS] + list(bounded.items())

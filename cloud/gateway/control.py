@@ -12,6 +12,7 @@ from cloud.gateway.sessions import Session, checks_credentials
 from cloud.security.devices import DeviceRegistry
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -94,5 +95,6 @@ class FleetControl(pb_grpc.FleetControlServicer):
             return pb.FleetCommandReply(ok=False, message=f"{request.resource_id} is not connected")
         release = request.action == "release"
         session.send(pb.CloudMessage(emergency_stop=pb.EmergencyStop(reason=reason, release=release)))
-        log.warning("%s: emergency stop %s (%s)", request.resource_id, "released" if release else "sent", reason)
+        shown = printable(reason)
+        log.warning("%s: emergency stop %s (%s)", request.resource_id, "released" if release else "sent", shown)
         return pb.FleetCommandReply(ok=True, message=f"{request.action} sent to {request.resource_id}")

@@ -13,7 +13,7 @@ from typing import Protocol
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.gateway.sessions import Session
 from protocol import tunnel_pb2 as pb
-from protocol.steps import decode_batch, decode_operators
+from protocol.steps import MAX_DECODED_BYTES, decode_batch, decode_operators
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -173,9 +173,12 @@ class StoreWriter:
         item.sink.refuse(item.batch_id, field, message)
 
 
-def step_rows(session: Session, batch: pb.StepBatch, max_batch_bytes: int) -> StepRows:
-    """The batch's rows, decoded against the session's schema; CodecError names the field that is wrong."""
-    columns = decode_batch(batch, session.schema, max_batch_bytes)
+def step_rows(
+    session: Session, batch: pb.StepBatch, max_batch_bytes: int, max_decoded_bytes: int = MAX_DECODED_BYTES
+) -> StepRows:
+    """The batch's rows, decoded against the session's schema; CodecError names the field that is wrong. Reads
+    nothing of the session that changes while it is open, so it may run in the gateway's decode pool."""
+    columns = decode_batch(batch, session.schema, max_batch_bytes, max_decoded_bytes)
     return StepRows(
         dataset=session.resource.capabilities.embodiment,
         episode_id=batch.episode_id,

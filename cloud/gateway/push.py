@@ -17,6 +17,7 @@ from cloud.gateway.sessions import Session, Subscription
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import read_metadata, sha256_hex
 from protocol import tunnel_pb2 as pb
+from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -77,7 +78,7 @@ class PolicyPusher:
                 session.resource.id,
                 rejected.policy_name,
                 rejected.version,
-                rejected.reason[:200],
+                printable(rejected.reason),
             )
             return
         log.warning(
@@ -85,7 +86,7 @@ class PolicyPusher:
             session.resource.id,
             rejected.policy_name,
             rejected.version,
-            rejected.reason[:200],
+            printable(rejected.reason),
         )
         held.needs_full = True
         held.sent_version = min(held.sent_version, held.applied_version)

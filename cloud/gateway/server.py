@@ -19,10 +19,12 @@ from google.protobuf.message import DecodeError
 
 from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.gateway.config import GRPC_OPTIONS, GatewayConfig
+from cloud.gateway.bounds import DecodePool, LimitError, StreamLimits, StreamSlot
+from cloud.gateway.config import GatewayConfig
 from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import FleetScheduler, Requirements, Task
 from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
+from cloud.gateway.internal_errors import InternalErrors
 from cloud.gateway.person_relay import PersonRelay
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
@@ -33,9 +35,12 @@ from cloud.serving.inference import InferenceServer
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import CodecError
+from protocol.incidents import internal_error
 from protocol.limits import check_applied, check_heartbeat, check_rejected
+from protocol.steps import MAX_STEPS_PER_BATCH, decoded_bytes
 
 log = logging.getLogger("fleetloop.gateway")
+TUNNEL_SERVICE = "fleetloop.v1.Tunnel"
 
 
 def _log_failure(task: asyncio.Task) -> None:
@@ -61,13 +66,15 @@ class Gateway(pb_grpc.TunnelServicer):
         # Closes a revoked device's tunnel (and, shared with the takeover pages, an operator's page) within 0.1 s.
         self.credentials = CredentialWatch(config.devices) if config.devices is not None else None
         self.on_applied: list[Callable[[str, pb.PolicyApplied], None]] = []
+        self.streams = StreamLimits(config.max_streams, config.max_pending_hellos, config.max_streams_per_device)
+        self.decoder = DecodePool(config.decode_workers)
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
         self.port = config.port
 
     async def start(self) -> int:
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
-        pb_grpc.add_TunnelServicer_to_server(self, self._server)
+        self._server = grpc.aio.server(options=self.config.grpc_options(), interceptors=(InternalErrors(),))
+        self._add_tunnel(self._server)
         control = FleetControl(self.fleet, self.sessions, self.config.devices)
         pb_grpc.add_FleetControlServicer_to_server(control, self._server)
         address = f"{self.config.host}:{self.config.port}"
@@ -91,6 +98,14 @@ class Gateway(pb_grpc.TunnelServicer):
         )
         return self.port
 
+    def _add_tunnel(self, server: grpc.aio.Server) -> None:
+        """Serves Tunnel.Connect with its requests as bytes, so each is size-checked before it is parsed (and large
+        ones parsed in the decode pool) instead of parsed by gRPC on the event loop."""
+        connect = grpc.stream_stream_rpc_method_handler(
+            self.Connect, request_deserializer=None, response_serializer=pb.CloudMessage.SerializeToString
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TUNNEL_SERVICE, {"Connect": connect}),))
+
     async def stop(self, grace_s: float = 1.0) -> None:
         for task in self._tasks:
             task.cancel()
@@ -106,25 +121,35 @@ class Gateway(pb_grpc.TunnelServicer):
         await self.writer.flush()
         if self._server is not None:
             await self._server.stop(grace_s)
+        self.decoder.close()
 
     async def Connect(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[pb.EdgeMessage], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CloudMessage]:
-        requests = request_iterator.__aiter__()
+        """One edge's tunnel. Its messages arrive as bytes (see ``_add_tunnel``): each is size-checked before it is
+        parsed, and large ones are parsed and decoded in the decode pool."""
         try:
-            first = await asyncio.wait_for(requests.__anext__(), timeout=self.config.hello_timeout_s)
-        except (TimeoutError, StopAsyncIteration):
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "hello: the first message must be a hello")
-        except Exception as err:  # bytes that are no EdgeMessage: only this stream ends
-            log.warning("refused a connection: its first message is not an EdgeMessage (%s)", type(err).__name__)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message is not an EdgeMessage")
-        try:
-            session = self._open_session(first)
-        except (CodecError, AuthError) as err:
-            code = "unauthenticated" if isinstance(err, AuthError) else "invalid_argument"
+            slot = self.streams.open()
+        except LimitError as err:
             log.warning("refused a connection: %s", err)
-            yield pb.CloudMessage(error=pb.Error(code=code, field=err.field, message=err.message))
-            status = grpc.StatusCode.UNAUTHENTICATED if code == "unauthenticated" else grpc.StatusCode.INVALID_ARGUMENT
+            message, status = self._refusal(err)
+            yield message
+            await context.abort(status, str(err))
+            return
+        with slot:
+            async for message in self._serve_stream(slot, request_iterator.__aiter__(), context):
+                yield message
+
+    async def _serve_stream(
+        self, slot: StreamSlot, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CloudMessage]:
+        try:
+            first = await self._first_message(requests, context)
+            session = self._open_session(first, slot)
+        except (CodecError, AuthError, LimitError) as err:
+            log.warning("refused a connection: %s", err)
+            message, status = self._refusal(err)
+            yield message
             await context.abort(status, str(err))
             return
         held = None
@@ -155,9 +180,42 @@ class Gateway(pb_grpc.TunnelServicer):
                 self.fleet.disconnected(session.resource.id)
             log.info("%s disconnected (%d steps stored this session)", session.resource.id, session.steps_stored)
 
-    def _open_session(self, first: pb.EdgeMessage) -> Session:
+    async def _first_message(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> pb.EdgeMessage:
+        """The stream's first message, at most ``max_hello_bytes`` (refused unparsed past that); CodecError if it is
+        no EdgeMessage."""
+        try:
+            raw = await asyncio.wait_for(requests.__anext__(), timeout=self.config.hello_timeout_s)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "hello: the first message must be a hello")
+        limit = self.config.max_hello_bytes
+        if len(raw) > limit:
+            raise CodecError("hello", f"{len(raw)} bytes, over the limit of {limit} (max_hello_bytes)")
+        try:
+            return await self.decoder.run(len(raw), lambda: pb.EdgeMessage.FromString(raw))
+        except DecodeError as err:  # bytes that are no EdgeMessage: only this stream ends
+            raise CodecError("hello", "the first message is not an EdgeMessage") from err
+
+    @staticmethod
+    def _refusal(err: CodecError | AuthError | LimitError) -> tuple[pb.CloudMessage, grpc.StatusCode]:
+        """The error that refuses a stream, and the status it ends with."""
+        if isinstance(err, LimitError):
+            code, status = err.code, grpc.StatusCode.RESOURCE_EXHAUSTED
+        elif isinstance(err, AuthError):
+            code, status = "unauthenticated", grpc.StatusCode.UNAUTHENTICATED
+        else:
+            code, status = "invalid_argument", grpc.StatusCode.INVALID_ARGUMENT
+        return pb.CloudMessage(error=pb.Error(code=code, field=err.field, message=err.message)), status
+
+    def _open_session(self, first: pb.EdgeMessage, slot: StreamSlot) -> Session:
         admitted = admit(first, self.config.devices)
         hello, resource = first.hello, admitted.resource
+        step_bytes, limit = decoded_bytes(admitted.schema), self.config.max_decoded_bytes
+        if step_bytes > limit:  # not one of its batches could ever be stored
+            raise CodecError(
+                "hello.resource.capabilities",
+                f"one step decodes to {step_bytes} bytes, over the limit of {limit} per message (max_decoded_bytes)",
+            )
+        slot.admit(admitted.device.id if admitted.device else resource.id)
         self._ensure_dataset(admitted)
         previous = self.sessions.get(resource.id)
         if previous is not None:  # a reconnect supersedes the old stream
@@ -228,32 +286,15 @@ class Gateway(pb_grpc.TunnelServicer):
                 "hello.resource.capabilities", f"do not match the stored dataset {embodiment}: {err}"
             ) from err
 
-    async def _read(self, session: Session, requests: AsyncIterator[pb.EdgeMessage]) -> None:
+    async def _read(self, session: Session, requests: AsyncIterator[bytes]) -> None:
+        """Reads the edge's messages one at a time: the next is read only once this one is handled (decoded, queued
+        for the store), so a device that sends faster than the gateway decodes is held back by flow control."""
         try:
-            async for message in requests:
+            async for raw in requests:
+                message = await self.decoder.run(len(raw), lambda raw=raw: pb.EdgeMessage.FromString(raw))
                 kind = message.WhichOneof("body")
                 try:
-                    if kind == "steps":
-                        self._receive_batch(session, message.steps)
-                        await self.writer.room()  # a slow store slows the uploads, not memory
-                    elif kind == "applied":
-                        self._applied(session, message.applied)
-                    elif kind == "infer":
-                        infer(session, message.infer, self.inference, self.config.max_batch_bytes)
-                    elif kind == "rejected":
-                        check_rejected(message.rejected)
-                        self.pusher.on_rejected(session, message.rejected)
-                    elif kind == "heartbeat":
-                        check_heartbeat(message.heartbeat)
-                        self.fleet.seen(session.resource.id)
-                        self.fleet.reported(session.resource.id, message.heartbeat.state)
-                        session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
-                    elif kind in ("live_view", "person_refused"):
-                        self.persons.receive(session, message)
-                    elif kind == "hello":
-                        raise CodecError("hello", "this stream already said hello; open a new stream to start over")
-                    else:
-                        raise CodecError("body", "the message is empty (an unknown or missing body)")
+                    await self._handle(session, message, kind)
                 except CodecError as err:
                     log.warning("refused a %s message from %s: %s", kind or "empty", session.resource.id, err)
                     session.send(
@@ -268,8 +309,34 @@ class Gateway(pb_grpc.TunnelServicer):
             )
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except Exception:  # a failure of ours: the edge hears an incident id, the log has the details
+            message = internal_error(log, f"reading the tunnel of {session.resource.id}")
+            session.send(pb.CloudMessage(error=pb.Error(code="internal", field="edge_message", message=message)))
         finally:
             session.out.put_nowait(None)
+
+    async def _handle(self, session: Session, message: pb.EdgeMessage, kind: str | None) -> None:
+        if kind == "steps":
+            await self._receive_batch(session, message.steps)
+            await self.writer.room()  # a slow store slows the uploads, not memory
+        elif kind == "applied":
+            self._applied(session, message.applied)
+        elif kind == "infer":
+            await infer(session, message.infer, self.inference, self.config, self.decoder)
+        elif kind == "rejected":
+            check_rejected(message.rejected)
+            self.pusher.on_rejected(session, message.rejected)
+        elif kind == "heartbeat":
+            check_heartbeat(message.heartbeat)
+            self.fleet.seen(session.resource.id)
+            self.fleet.reported(session.resource.id, message.heartbeat.state)
+            session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
+        elif kind in ("live_view", "person_refused"):
+            self.persons.receive(session, message)
+        elif kind == "hello":
+            raise CodecError("hello", "this stream already said hello; open a new stream to start over")
+        else:
+            raise CodecError("body", "the message is empty (an unknown or missing body)")
 
     def _applied(self, session: Session, applied: pb.PolicyApplied) -> None:
         """The edge swapped in a version of its policy or of its outcome classifier."""
@@ -290,9 +357,14 @@ class Gateway(pb_grpc.TunnelServicer):
         for callback in self.on_applied:
             callback(session.resource.id, applied)
 
-    def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
+    async def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
+        config = self.config
+        # What decoding reads and makes; an invalid num_steps is refused before anything is decoded.
+        cost = batch.ByteSize() + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
         try:
-            rows = step_rows(session, batch, self.config.max_batch_bytes)
+            rows = await self.decoder.run(
+                cost, lambda: step_rows(session, batch, config.max_batch_bytes, config.max_decoded_bytes)
+            )
         except CodecError as err:
             log.warning("refused a batch from %s: %s", session.resource.id, err)
             session.refuse(batch.batch_id, err.field, err.message)

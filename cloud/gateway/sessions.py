@@ -50,6 +50,8 @@ class Session:
     offered: asyncio.Event = field(default_factory=asyncio.Event)
     steps_stored: int = 0
     batches_refused: int = 0
+    inference_waiting: int = 0  # remote-inference requests queued or in a forward pass (max_inference_queue)
+    inference_refused: int = 0
     closed: bool = False
 
     def send(self, message: pb.CloudMessage) -> None:

@@ -1,8 +1,15 @@
 """`fleetloop certs init`: a private CA and the cloud's server certificate.
 
-Edges trust the CA (``ca.pem``, copied to each robot); the gateway serves ``server.pem``
-with ``server.key``. The server certificate names every host the cloud is reached by
-(loopback is always included), since TLS checks the name the edge dialled.
+Edges trust the CA (``ca.pem``, copied to each robot; phones install it); the gateway serves ``server.pem``
+with ``server.key``. The server certificate names every host the cloud is reached by (loopback is always
+included), since TLS checks the name the edge dialled.
+
+A device that trusts the CA trusts whatever it signs, so the CA is bound to the cloud's own names: critical name
+constraints permit only the DNS names given at ``certs init`` (and ``localhost``), and a certificate it signs for
+any other name (a bank's, a mail server's) fails verification (addresses stay unconstrained: see
+``_name_constraints``). Its key lives apart from what the server reads: in
+``<certs>-ca-key/ca.key`` beside the certificate folder (``fleetloop-data/certs-ca-key/``), which the cloud never
+opens; keep it offline once the certificates are made.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE = "ca.pem", "server.pem", "server.key"
-_CA_KEY_FILE = "ca.key"
+CA_KEY_FILE = "ca.key"
+CA_KEY_DIR_SUFFIX = "-ca-key"  # the CA key's folder: the certificate folder's name with this suffix, beside it
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
@@ -38,6 +46,11 @@ class CertPaths:
     @property
     def server_key(self) -> Path:
         return self.directory / SERVER_KEY_FILE
+
+    @property
+    def ca_key(self) -> Path:
+        """The CA's private key: never read by the cloud, so it lies outside the folder the cloud reads."""
+        return self.directory.with_name(self.directory.name + CA_KEY_DIR_SUFFIX) / CA_KEY_FILE
 
     def exist(self) -> bool:
         return self.ca.exists() and self.server_cert.exists() and self.server_key.exists()
@@ -84,6 +97,15 @@ def _alt_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
+def _name_constraints(hosts: list[str]) -> x509.NameConstraints:
+    """The DNS names the CA may vouch for: exactly those of ``hosts`` (each also covers its subdomains, per RFC 5280).
+
+    Addresses are left unconstrained: gRPC's TLS library (BoringSSL) refuses every certificate under a CA that
+    constrains IP addresses ("unsupported name constraint type"), and the cloud's certificate always names some."""
+    permitted = [name for name in map(_alt_name, hosts) if isinstance(name, x509.DNSName)]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
 def init_certs(directory: str | Path, hosts: tuple[str, ...] = (), days: int = 825, force: bool = False) -> CertPaths:
     """Creates the CA and a server certificate for ``hosts`` (plus loopback). Refuses to overwrite unless ``force``."""
     paths = CertPaths(Path(directory))
@@ -93,6 +115,8 @@ def init_certs(directory: str | Path, hosts: tuple[str, ...] = (), days: int = 8
         if not host or len(host) > 253 or any(c.isspace() for c in host):
             raise ValueError(f"host: {host!r} is not a host name or address")
     paths.directory.mkdir(parents=True, exist_ok=True)
+    paths.ca_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    names = list(dict.fromkeys((*DEFAULT_HOSTS, *hosts)))
     now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
@@ -107,14 +131,11 @@ def init_certs(directory: str | Path, hosts: tuple[str, ...] = (), days: int = 8
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            _ca_key_usage(),
-            critical=True,
-        )
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_name_constraints(names), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
 
-    names = list(dict.fromkeys((*DEFAULT_HOSTS, *hosts)))
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
@@ -134,7 +155,8 @@ def init_certs(directory: str | Path, hosts: tuple[str, ...] = (), days: int = 8
     private = dict(
         encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption()
     )
-    _write(paths.directory / _CA_KEY_FILE, ca_key.private_bytes(**private), private=True)
+    _write(paths.ca_key, ca_key.private_bytes(**private), private=True)
+    (paths.directory / CA_KEY_FILE).unlink(missing_ok=True)  # where fleetloop once kept it, beside the server's
     _write(paths.ca, ca_cert.public_bytes(pem), private=False)
     _write(paths.server_key, server_key.private_bytes(**private), private=True)
     _write(paths.server_cert, server_cert.public_bytes(pem), private=False)
@@ -148,3 +170,29 @@ def server_hosts(cert_path: str | Path) -> list[str]:
     return [str(v) for v in alt.get_values_for_type(x509.DNSName)] + [
         str(v) for v in alt.get_values_for_type(x509.IPAddress)
     ]
+
+
+def ca_fingerprint(ca_path: str | Path) -> str:
+    """The CA certificate's SHA-256 fingerprint as browsers and ``openssl x509 -fingerprint`` show it (AB:CD:...),
+    for a person to compare what a phone downloaded with what the cloud printed."""
+    cert = x509.load_pem_x509_certificate(Path(ca_path).read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def certs_problem(paths: CertPaths) -> str | None:
+    """Why the cloud should not serve ``paths`` (made by a fleetloop before name-constrained CAs), or None.
+    Looks at the CA certificate and at where the CA key lies; never opens the key."""
+    cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
+    try:
+        cert.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return (
+            f"the CA in {paths.directory} has no name constraints (made by an older fleetloop): a device that "
+            "trusts it would trust a certificate it signs for any site; make new certificates with "
+            "`fleetloop certs init --force --host <each name the cloud is reached by>` and install the new "
+            f"{paths.ca.name} on every robot and phone"
+        )
+    legacy_key = paths.directory / CA_KEY_FILE
+    if legacy_key.exists():
+        return f"the CA key {legacy_key} lies beside the server's files: move it to {paths.ca_key} (never read here)"
+    return None

@@ -3,15 +3,19 @@ one device credential (a cloud on the network never takes anonymous or plain-tex
 
 from __future__ import annotations
 
-from cloud.security.certs import CertPaths
+from cloud.security.certs import CertPaths, certs_problem
 from cloud.security.devices import DeviceRegistry
 from protocol.channel import is_loopback
 
 
 def tls_pair(certs: CertPaths) -> tuple[bytes, bytes]:
-    """(server certificate, server key) of ``certs``; ValueError when `fleetloop certs init` has not made them."""
+    """(server certificate, server key) of ``certs``; ValueError when `fleetloop certs init` has not made them, or
+    an older fleetloop made them (no name constraints). The CA's key is never read."""
     if not certs.exist():
         raise ValueError(f"no certificates in {certs.directory}")
+    problem = certs_problem(certs)
+    if problem:
+        raise ValueError(problem)
     return certs.server_cert.read_bytes(), certs.server_key.read_bytes()
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from cloud.data.version_registry import PolicyRegistry
 from policies.base import Policy
 from policies.weights import policy_from_bytes
+from protocol.incidents import internal_error
 
 log = logging.getLogger("fleetloop.inference")
 
@@ -76,6 +77,11 @@ class InferenceServer:
         log.info("remote inference now serves %s v%d", policy_name, latest.version)
         return self._models[policy_name]
 
+    @staticmethod
+    def _refuse(batch: list[InferenceJob], error: str) -> None:
+        for request in batch:
+            request.reply(None, 0, error, len(batch))
+
     async def _serve(self, policy_name: str, queue: asyncio.Queue[InferenceJob]) -> None:
         while True:
             batch = [await queue.get()]
@@ -90,11 +96,12 @@ class InferenceServer:
                 if model is None:
                     raise LookupError(f"no version of {policy_name} is published yet")
                 chunks = await asyncio.to_thread(model.policy.act_batch, [r.observation for r in batch])
-            except Exception as exc:  # one bad batch answers with an error; the server keeps serving
-                if not isinstance(exc, LookupError):
-                    log.exception("remote inference of %s failed for %d request(s)", policy_name, len(batch))
-                for request in batch:
-                    request.reply(None, 0, str(exc), len(batch))
+            except LookupError as exc:  # nothing published yet: the robots may hear that
+                self._refuse(batch, str(exc))
+                continue
+            except Exception:  # one bad batch answers with an error; the server keeps serving
+                what = f"remote inference of {policy_name} for {len(batch)} request(s)"
+                self._refuse(batch, internal_error(log, what))
                 continue
             self.stats.forward_passes += 1
             self.stats.requests += len(batch)

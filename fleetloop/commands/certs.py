@@ -14,7 +14,7 @@ log = logging.getLogger("fleetloop")
 
 @refuses_bad_input("certs {action}")
 def cmd_certs(args: argparse.Namespace) -> int:
-    from cloud.security.certs import init_certs, server_hosts
+    from cloud.security.certs import ca_fingerprint, init_certs, server_hosts
 
     directory = Path(args.certs) if args.certs else args.root.certs
     paths = init_certs(directory, tuple(args.host), force=args.force)
@@ -23,6 +23,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
         paths.ca,
         ", ".join(server_hosts(paths.server_cert)),
         paths.ca.name,
+    )
+    log.info("the CA vouches only for those names; its SHA-256 fingerprint: %s", ca_fingerprint(paths.ca))
+    log.info(
+        "the CA's key is %s: the cloud never reads it; keep it offline (it signs what devices trust)", paths.ca_key
     )
     return 0
 

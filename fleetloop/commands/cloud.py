@@ -34,10 +34,12 @@ def _cloud_security(args: argparse.Namespace):
     devices = DeviceRegistry(layout.devices)
     cert = key = None
     if args.tls:
+        certs = CertPaths(_certs_dir(args))
         try:
-            cert, key = tls_pair(CertPaths(_certs_dir(args)))
+            cert, key = tls_pair(certs)
         except ValueError as err:
-            raise ValueError(f"--tls: {err}; run `fleetloop certs init --root {layout.root}`") from err
+            hint = "" if certs.exist() else f"; run `fleetloop certs init --root {layout.root}`"
+            raise ValueError(f"--tls: {err}{hint}") from err
     problem = exposure_problem(args.host, args.tls, devices)
     if problem:
         raise ValueError(f"--host {args.host}: {problem}")

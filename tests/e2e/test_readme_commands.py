@@ -478,6 +478,11 @@ def registry_versions(root: Path, policy: str) -> list[int]:
     return PolicyRegistry(root / "registry").versions(policy)
 
 
+def cart_state(shell: Shell) -> str:
+    member = fleet_rows(shell).get("cart-1")
+    return "" if member is None else str(member.state)
+
+
 @pytest.mark.timeout(600)
 def test_policy_commands(shell: Shell) -> None:
     """A bf16 cloud pushes half-size updates; policy list and rollback; pusht carts run remote and lerobot-preloaded;
@@ -486,6 +491,17 @@ def test_policy_commands(shell: Shell) -> None:
     shell.start("fleetloop cloud --wire-dtype bfloat16", "cloud")
     shell.wait_log("cloud", r"gateway listening on")
     shell.start(PANDA_EDGE, "robot-1")
+    # The carts come and go while the Panda's learner publishes its first versions.
+    for line, name in (
+        ("fleetloop edge --robot sim:pusht --id cart-1 --remote-policy", "cart-remote"),
+        ("fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot", "cart-preload"),
+    ):
+        cart = shell.start(line, name)
+        wait_until(lambda: cart_state(shell) not in ("", "lost"), 90, f"cart-1 ({name}) online in the fleet")
+        assert cart.poll() is None, shell.log(name)[-2000:]
+        shell.stop(name)
+        wait_until(lambda: cart_state(shell) in ("", "lost"), 30, f"cart-1 ({name}) gone from the fleet")
+
     shell.wait_log("cloud", r"robot-1 now runs panda_pick_cube v4", timeout_s=180)
     sizes = [
         int(n) for n in re.findall(r"now runs panda_pick_cube v\d+ \(its update was (\d+) bytes", shell.log("cloud"))
@@ -498,15 +514,6 @@ def test_policy_commands(shell: Shell) -> None:
     shell.run("fleetloop policy rollback panda_pick_cube --to 3")
     after = registry_versions(root, "panda_pick_cube")
     assert max(after) > max(before), (before, after)
-
-    for line, name in (
-        ("fleetloop edge --robot sim:pusht --id cart-1 --remote-policy", "cart-remote"),
-        ("fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot", "cart-preload"),
-    ):
-        cart = shell.start(line, name)
-        wait_until(lambda: "cart-1" in fleet_rows(shell), 90, f"cart-1 ({name}) in the fleet")
-        assert cart.poll() is None, shell.log(name)[-2000:]
-        shell.stop(name)
     shell.stop("robot-1")
     shell.stop("cloud")
 
@@ -529,15 +536,14 @@ def test_learner_commands(shell: Shell) -> None:
     shell.stop("cloud")
     shell.run(ACT_JSON)
     recorded = shell.cwd
-    for i, line in enumerate(
-        (
-            "fleetloop learner --algorithm sac --demo-ratio 0.5",
-            "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json --train-steps 200",
-            "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
-            "--staleness-mode downweight",
-            "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo",
-        )
-    ):
+    lines = (
+        "fleetloop learner --algorithm sac --demo-ratio 0.5",
+        "fleetloop learner --policy panda_pick_cube=act --policy-config panda_pick_cube=act.json --train-steps 200",
+        "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
+        "--staleness-mode downweight",
+        "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo",
+    )
+    for i, line in enumerate(lines):
         # Each line is another way to run the learner: each starts from the recorded episodes and no versions.
         shell.cwd = recorded / f"learner-{i}"
         shutil.copytree(recorded / "fleetloop-data" / "store", shell.cwd / "fleetloop-data" / "store")

@@ -69,6 +69,7 @@ def test_the_keyboard_needs_a_display_and_a_printable_name(tmp_path) -> None:
     result = edge(tmp_path, "--operator", "keyboard")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "keys cannot be read here: there is no X display (DISPLAY=None" in result.stderr, result.stderr[-2000:]
+    assert "pynput" not in result.stderr, result.stderr[-2000:]  # lerobot's lines saying the same, less plainly
     result = edge(tmp_path, "--operator", "keyboard", "--operator-name", "ana\tb")
     assert result.returncode == 2 and "--operator-name: must be printable" in result.stderr, result.stderr[-1000:]
     result = edge(tmp_path, "--operator", "telop:x.yaml")
