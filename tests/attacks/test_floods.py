@@ -277,7 +277,9 @@ def test_large_messages_are_decoded_off_the_event_loop(serve, devices) -> None:
     assert stream.wait_for(lambda answers: len([a for a in answers if a.HasField("error")]) == 3, 30)
     assert all(error.field == "step_batch.columns[action].dtype" for error in errors(stream))  # decoded, then refused
     print(f"worst loop stall {cloud.worst_stall_s:.3f} s")
-    assert cloud.worst_stall_s < 0.15, f"the event loop stalled {cloud.worst_stall_s:.2f} s"
+    # Decoded on the loop, one such batch held it 2.5 s or more here; off it, the worst stall was about 0.1 s alone
+    # and up to 0.2 s beside busy tests (the GIL the decoding threads share): 1 s parts the two cases on a loaded CI.
+    assert cloud.worst_stall_s < 1.0, f"the event loop stalled {cloud.worst_stall_s:.2f} s"
     stream.cancel()
 
 
