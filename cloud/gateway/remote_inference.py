@@ -16,9 +16,10 @@ def infer(session: Session, request: pb.InferenceRequest, server: InferenceServe
     """Queues the request for the next batched forward pass; the reply goes down the session's tunnel."""
     if not session.remote:
         raise CodecError("infer", "this edge runs its policy itself (say remote_inference in the hello)")
-    if not session.policy_name:
+    if not session.policy_name or not session.may_run(session.policy_name):  # no task, or one its credential forbids
+        why = f"may not run {session.policy_name}" if session.policy_name else "no task"
         session.send(
-            pb.CloudMessage(actions=pb.InferenceReply(request_id=request.request_id, error="no task: hold still"))
+            pb.CloudMessage(actions=pb.InferenceReply(request_id=request.request_id, error=f"{why}: hold still"))
         )
         return
     observation = decode_observation(request, session.schema, max_batch_bytes)

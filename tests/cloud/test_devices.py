@@ -44,8 +44,10 @@ def test_revocation_reaches_another_reader_at_its_next_call(registry: DeviceRegi
     with pytest.raises(AuthError, match="revoked"):
         gateway_view.authenticate("robot-1", token)
     assert [d.revoked for d in gateway_view.devices()] == [True]
-    new_token = registry.add("robot-1")  # a revoked id may get a fresh credential
-    assert gateway_view.authenticate("robot-1", new_token).id == "robot-1"
+    with pytest.raises(ValueError, match="ids are never reused"):  # a revoked id gets no fresh credential
+        registry.add("robot-1")
+    new_token = registry.add("robot-1b")
+    assert gateway_view.authenticate("robot-1b", new_token).id == "robot-1b"
     with pytest.raises(AuthError):
         gateway_view.authenticate("robot-1", token)
 
