@@ -322,11 +322,11 @@ class EpisodeStore:
         """Creates the dataset, or checks that its schema matches (ValueError naming the column)."""
         if not NAME.fullmatch(name):
             raise ValueError(f"dataset: {name!r} must be 1-128 letters, digits, '_', '.', '-'")
-        wanted = _normalize(schema)
         with self._lock:
             twin = case_twin(name, self._datasets)
             if twin is not None:  # on a case-insensitive filesystem both would be one folder
                 raise ValueError(f"dataset: {name!r} differs only in case from the stored dataset {twin!r}")
+            wanted = _normalize(schema)
             ds = self._datasets.get(name)
             if ds is not None:
                 for column in sorted(set(wanted) | set(ds.schema)):
