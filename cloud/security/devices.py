@@ -90,14 +90,14 @@ class Device:
         sources = self.sources or ROBOT_SOURCES
         if source not in sources:
             raise AuthError("hello.resource.source", f"{self.id!r} may claim only source {', '.join(sources)}")
+        for field_name, name in policies:
+            if name and not self.may_run(name):
+                raise AuthError(field_name, f"{self.id!r} may run only {', '.join(self.policies)}")
         if self.datasets and embodiment not in self.datasets:
             raise AuthError(
                 "hello.resource.capabilities.embodiment",
                 f"{self.id!r} may record only into {', '.join(self.datasets)}",
             )
-        for field_name, name in policies:
-            if name and not self.may_run(name):
-                raise AuthError(field_name, f"{self.id!r} may run only {', '.join(self.policies)}")
 
 
 def hash_token(token: str) -> str:
