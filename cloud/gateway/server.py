@@ -89,6 +89,14 @@ class Gateway(pb_grpc.TunnelServicer):
             "TLS" if self.config.tls_cert else "plain text",
             "device credentials required" if checks_credentials(self.config.devices) else "no credentials checked",
         )
+        if self.config.devices is not None and checks_credentials(self.config.devices):
+            loose = [
+                d.id for d in self.config.devices.devices() if d.kind == "robot" and not d.revoked and not d.datasets
+            ]
+            if loose:  # devices files from before records listed datasets: say what that allows
+                log.warning(
+                    "%s may record into any dataset: no --embodiment or --policy in the record", ", ".join(loose)
+                )
         return self.port
 
     async def stop(self, grace_s: float = 1.0) -> None:
