@@ -101,7 +101,10 @@ def measure(loop: LoopThread, workdir: Path, presses: int = 200, say: Callable[[
 
     root = workdir / "takeover"
     devices = DeviceRegistry(root / "devices.json")
-    operator_token, robot_token = devices.add("bench-operator", "operator"), devices.add("bench-robot")
+    operator_token, robot_token = (
+        devices.add("bench-operator", "operator"),
+        devices.add("bench-robot", policies=("null",)),
+    )
     say(f"takeover: {presses} key presses on a robot's page, the edge at {CONTROL_HZ:.0f} Hz")
     with GatewayHarness(loop, root, devices=devices) as gateway, Children() as children:
         pages = (TakeoverPages(gateway.gateway),)

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 # A state file lerobot writes is "<pipeline>_step_<i>_<registry name>.safetensors": no folders, no "..".
-STATE_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.safetensors$")
+STATE_FILE = re.compile(r"[A-Za-z0-9_.-]{1,200}\.safetensors")
 
 
 class ProcessorConfigError(ValueError):
@@ -60,7 +60,7 @@ def check_processor_config(config: Any) -> list[dict[str, Any]]:
         if not isinstance(step.get("config", {}), dict):
             raise ProcessorConfigError(f"{where}.config", "must be a JSON object")
         state_file = step.get("state_file")
-        if state_file is not None and (not isinstance(state_file, str) or not STATE_FILE.match(state_file)):
+        if state_file is not None and (not isinstance(state_file, str) or not STATE_FILE.fullmatch(state_file)):
             why = f"{state_file!r} must be a plain .safetensors file name beside the config"
             raise ProcessorConfigError(f"{where}.state_file", why)
     return steps

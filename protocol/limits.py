@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sized
+from collections.abc import Iterable, Sized
 
 import numpy as np
 
@@ -37,6 +37,8 @@ EDGE_STATES = ("", WAITING_FOR_RESET)
 # Names that become paths: dataset (the embodiment), columns (obs.<name>) and policy directories.
 STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A dataset's reward classifier is published as the policy ``<dataset>.reward``.
+REWARD_SUFFIX = ".reward"
 
 
 def check_count(items: Sized, limit: int, field: str, noun: str) -> None:
@@ -57,6 +59,13 @@ def check_name(value: str, field: str, pattern: re.Pattern[str], what: str) -> N
     if not pattern.fullmatch(value):
         shown = value if len(value) <= MAX_ID_LENGTH else value[:MAX_ID_LENGTH] + "..."
         raise CodecError(field, f"{shown!r} must be {what}")
+
+
+def case_twin(name: str, taken: Iterable[str]) -> str | None:
+    """The name in ``taken`` that differs from ``name`` only in case (None when there is none): on a case-insensitive
+    filesystem both are one folder, so a name is unique regardless of case."""
+    folded = name.casefold()
+    return next((other for other in taken if other != name and other.casefold() == folded), None)
 
 
 def check_policy_name(value: str, field: str) -> None:

@@ -342,7 +342,7 @@ class OpenPiServer:
         )
         if not name:
             raise OpenPiError("policy", "name one: ws://host:port/<policy> or ws://host:port/?policy=<policy>")
-        if not POLICY_NAME.match(name):
+        if not POLICY_NAME.fullmatch(name):
             raise OpenPiError("policy", f"{name!r} must be 1-64 letters, digits, '_', '.', '-'")
         return name
 
@@ -377,7 +377,12 @@ class OpenPiServer:
                 return connection.respond(
                     http.HTTPStatus.UNAUTHORIZED, "Authorization: Api-Key <device token> is missing or not valid\n"
                 )
-            if device.policies and policy_name not in device.policies:
+            if device.kind != "robot":  # a phone's or an operator's credential drives no robot
+                log.warning(
+                    "openpi connection of %s refused: a %s's credential is not a robot's", device.id, device.kind
+                )
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "openpi takes a robot's credential only\n")
+            if not device.may_run(policy_name):
                 return connection.respond(http.HTTPStatus.FORBIDDEN, f"{device.id} may not run {policy_name}\n")
             self._device_of[connection] = device
         try:

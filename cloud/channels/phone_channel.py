@@ -79,6 +79,7 @@ class PhoneChannelConfig(CodeConfig):
     hello_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     store_timeout_s: Annotated[float, Field(gt=0)] = 60.0  # no durable write by then: the phone is told to resend
     credentials: Path | None = None  # where paired phones' credentials go when the cloud has no devices file
+    pairing_ttl_s: Annotated[float, Field(gt=0)] = 600.0  # a pairing token unused this long pairs no phone
     tls_cert: Path | None = None  # PEM files: serve wss:// instead of ws://
     tls_ca: Path | None = None  # the CA that signed tls_cert: served at /phone/ca.pem for phones to install
     tls_key: Path | None = None
@@ -105,6 +106,7 @@ class PhoneChannel:
         self.revocations = watch or CredentialWatch(self.credentials)
         self.phones: dict[str, Phone] = {}
         self._pairing = ""
+        self._pairing_expires = 0.0  # time.monotonic() past which the pairing token pairs no phone
         self._server = None
         self.port = config.port
         image_size = (config.image_height, config.image_width)
@@ -161,10 +163,15 @@ class PhoneChannel:
     def _new_pairing_token(self) -> None:
         """A fresh one-time pairing token, printed on stdout (never logged): one phone pairs with it."""
         self._pairing = new_pairing_token()
+        self._pairing_expires = time.monotonic() + self.config.pairing_ttl_s
         host = self.config.public_host or self.config.host
         scheme = "https" if self.config.tls_cert and self.config.tls_key else "http"
         url = f"{scheme}://{host}:{self.port}/phone?pair={self._pairing}"
-        lines = [f"phone pairing token: {self._pairing}", f"phone pairing URL: {url}"]
+        lines = [
+            f"phone pairing token: {self._pairing}",
+            f"phone pairing URL: {url}",
+            f"it pairs one phone within {self.config.pairing_ttl_s / 60:g} minutes",
+        ]
         if scheme == "https" and self.config.tls_ca is not None:
             ca = f"{scheme}://{host}:{self.port}{CA_PATH}"
             lines.append(f"a phone trusts this cloud once it installs its CA from {ca} (or accepts the warning)")
@@ -255,10 +262,16 @@ class PhoneChannel:
         if hello.pair is not None:
             if not is_pairing_token(hello.pair, self._pairing):
                 raise PhoneError("hello.pair", "not the current pairing token (each is used once; see the cloud)")
+            if time.monotonic() > self._pairing_expires:
+                self._new_pairing_token()  # on the cloud's terminal, seen by whoever runs it
+                raise PhoneError("hello.pair", "the pairing token expired; the cloud printed a new one")
             existing = self.credentials.get(phone_id)
             if existing is not None and not existing.revoked:
                 raise PhoneError("hello.phone_id", f"{phone_id!r} is already paired: connect with its token")
-            issued = self.credentials.add(phone_id, kind="phone")
+            try:
+                issued = self.credentials.add(phone_id, kind="phone")
+            except ValueError as err:  # a revoked id (ids are never reused), one that differs only in case
+                raise PhoneError("hello.phone_id", str(err).removeprefix("id: ")) from None
             self._new_pairing_token()  # this one is used up
             log.info("%s paired; the next phone needs the new pairing token", printable(phone_id))
             device = self.credentials.get(phone_id)

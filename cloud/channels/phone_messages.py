@@ -18,7 +18,7 @@ from protocol.arrays import CodecError
 from protocol.steps import check_id
 
 DATASET = "phone"  # the dataset (embodiment) every phone's episodes go to
-PHONE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a phone id is also its device id
+PHONE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a phone id is also its device id
 MAX_FRAME_BYTES = 8 << 20  # one websocket message
 MAX_IMAGE_PIXELS = 4096 * 4096  # a bigger JPEG is refused before it is decoded
 MAX_SEQ = 1_000_000
@@ -90,7 +90,7 @@ def parse_hello(raw: str | bytes, robot_ids: Container[str]) -> PhoneHello:
     if hello.get("type") != "hello":
         raise PhoneError("type", "the first message must be a hello")
     phone_id = hello.get("phone_id")
-    if not isinstance(phone_id, str) or not PHONE_ID.match(phone_id):
+    if not isinstance(phone_id, str) or not PHONE_ID.fullmatch(phone_id):
         raise PhoneError("hello.phone_id", "must be 1-64 letters, digits, '_', '.', '-'")
     if phone_id in robot_ids:
         raise PhoneError("hello.phone_id", f"{phone_id!r} is a connected robot's id")

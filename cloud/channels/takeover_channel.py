@@ -66,7 +66,7 @@ class TakeoverPages:
         if path == SCRIPT:
             return file_response(PAGE_DIR / "takeover.js", "text/javascript; charset=utf-8")
         robot_id = path.removeprefix(PREFIX).rstrip("/")
-        if not DEVICE_ID.match(robot_id):
+        if not DEVICE_ID.fullmatch(robot_id):
             return connection.respond(404, "not found: a robot's takeover page is at /takeover/<robot id>\n")
         return file_response(PAGE_DIR / "index.html", "text/html; charset=utf-8")
 
@@ -79,7 +79,7 @@ class TakeoverPages:
     async def serve(self, connection: ServerConnection) -> None:
         path = connection.request.path.split("?", 1)[0] if connection.request else ""
         robot_id = path.removeprefix(PREFIX).removesuffix("/ws")
-        if not path.endswith("/ws") or not DEVICE_ID.match(robot_id):
+        if not path.endswith("/ws") or not DEVICE_ID.fullmatch(robot_id):
             await connection.close(1008, "not a takeover page's websocket: /takeover/<robot id>/ws")
             return
         try:

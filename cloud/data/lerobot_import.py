@@ -107,7 +107,7 @@ def store_columns(features: dict[str, dict]) -> tuple[dict[str, str], dict[str, 
             ignored.append(key)
             continue
         column = "action" if key == "action" else f"obs.{name}"
-        if column != "action" and not NAME.match(name):
+        if column != "action" and not NAME.fullmatch(name):
             raise ValueError(f"--from: {key} gives the store column {column!r}, which is not a valid name")
         if column in schema:
             other = next(k for k, c in columns.items() if c == column)
@@ -123,11 +123,11 @@ def store_columns(features: dict[str, dict]) -> tuple[dict[str, str], dict[str, 
 
 def _dataset_name(requested: str | None, meta: dict | None, robot_type: str | None, repo_id: str) -> str:
     if requested:
-        if not NAME.match(requested):
+        if not NAME.fullmatch(requested):
             raise ValueError(f"--dataset: {requested!r} must be 1-128 letters, digits, '_', '.', '-'")
         return requested
     for candidate in ((meta or {}).get("dataset"), robot_type, repo_id.rsplit("/", 1)[-1]):
-        if candidate and NAME.match(candidate):
+        if candidate and NAME.fullmatch(candidate):
             return candidate
     raise ValueError(f"--dataset: cannot derive a store dataset name from {repo_id!r}; pass --dataset")
 

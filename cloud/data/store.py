@@ -43,6 +43,7 @@ from zarr.core.sync import sync
 
 from cloud.data import labels, operators
 from cloud.data.files import fsync_path, write_atomically
+from protocol.limits import case_twin
 from protocol.steps import PROVENANCE_COLUMNS
 
 # The provenance every step carries (the wire's contract), plus what the store adds to each row.
@@ -53,7 +54,7 @@ FIXED_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 STORE_COLUMNS = ("seq", "episode_index")  # filled in by the store, not by the writer's batches
 STAT_COLUMNS = ["episode_index", "seq", "intervention", "success", "done", "policy_version"]
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always matched whole
 TARGET_CHUNK_BYTES = 2 << 20  # 1-4 MB chunks write fast; bigger ones make every partial-chunk append costly
 STORE_FORMAT = 1
 # Runtime config, not saved in the metadata: every open must pass it again. Writing chunks that hold only
@@ -132,7 +133,7 @@ def _normalize(schema: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
     out = {name: fixed[name] for name in STORE_COLUMNS}
     for name, spec in schema.items():
         prefix, _, rest = name.partition(".")
-        if not (name in FIXED_COLUMNS or name == "action" or (prefix in ("obs", "meta") and NAME.match(rest))):
+        if not (name in FIXED_COLUMNS or name == "action" or (prefix in ("obs", "meta") and NAME.fullmatch(rest))):
             raise ValueError(
                 f"{name}: not a column of an episode dataset (fixed columns, 'action', 'obs.<name>' or 'meta.<name>')"
             )
@@ -319,10 +320,13 @@ class EpisodeStore:
 
     def ensure_dataset(self, name: str, schema: dict[str, ColumnSpec]) -> None:
         """Creates the dataset, or checks that its schema matches (ValueError naming the column)."""
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise ValueError(f"dataset: {name!r} must be 1-128 letters, digits, '_', '.', '-'")
-        wanted = _normalize(schema)
         with self._lock:
+            twin = case_twin(name, self._datasets)
+            if twin is not None:  # on a case-insensitive filesystem both would be one folder
+                raise ValueError(f"dataset: {name!r} differs only in case from the stored dataset {twin!r}")
+            wanted = _normalize(schema)
             ds = self._datasets.get(name)
             if ds is not None:
                 for column in sorted(set(wanted) | set(ds.schema)):

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cloud.data.files import write_atomically
+from protocol.limits import case_twin
 
-POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always matched whole
 
 
 def check_policy_name(policy_name: str) -> str:
     """``policy_name`` when it may name a policy (it names a folder in the registry), else a ValueError."""
-    if not POLICY_NAME.match(policy_name):
+    if not POLICY_NAME.fullmatch(policy_name):
         raise ValueError(f"policy_name: {policy_name!r} must be 1-64 letters, digits, '_', '.', '-'")
     return policy_name
 
@@ -42,9 +44,17 @@ class PolicyRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, policy_name: str) -> Path:
-        return self.root / check_policy_name(policy_name)
+        """The policy's folder; a ValueError when another policy's name differs from it only in case (on a
+        case-insensitive filesystem both would be that one folder): names are unique regardless of case."""
+        twin = case_twin(check_policy_name(policy_name), os.listdir(self.root))
+        if twin is not None:
+            raise ValueError(f"policy_name: {policy_name!r} differs only in case from the policy {twin!r}")
+        return self.root / policy_name
 
     def latest(self, policy_name: str) -> PolicyVersion | None:
+        """The newest version; None when there is none (also for a name that differs only in case from another's)."""
+        if case_twin(policy_name, os.listdir(self.root)) is not None:
+            return None
         try:
             meta = json.loads((self._dir(policy_name) / "latest.json").read_text())
         except FileNotFoundError:

@@ -57,7 +57,9 @@ class GatewayConfig(CodeConfig):
     registry_poll_s: Positive = 0.05  # reads one small JSON file per policy
     hello_timeout_s: Positive = 10.0
     lost_after_s: Positive = 5.0  # a resource silent this long is lost and its task goes to another
-    tasks: Items[InstanceOf[Task]] = ()  # none: every resource runs the policy it asks for (one task per policy)
+    # none: the device records' tasks (cloud.gateway.tasks.record_tasks) when credentials are checked, else (open
+    # loopback mode) one task per policy a robot asks for
+    tasks: Items[InstanceOf[Task]] = ()
     # ---- bounds on what one device can make the gateway do (README "Bounds"): each refusal names its limit ----
     max_decoded_bytes: AtLeastOne = MAX_DECODED_BYTES  # what one message's arrays decode to, all together
     max_hello_bytes: AtLeastOne = MAX_HELLO_BYTES  # a stream's first message, refused unparsed past this

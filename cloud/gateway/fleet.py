@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -100,9 +100,21 @@ class FleetScheduler:
     tasks: dict[str, Task] = field(default_factory=dict)
     members: dict[str, FleetMember] = field(default_factory=dict)
     on_assign: Callable[[str, Task | None], None] | None = None  # resource id, its new task (None: none)
+    allows: Callable[[str, Task], bool] | None = None  # whether a resource may take a task (its credential)
 
     def add_task(self, task: Task) -> None:
         self.tasks[task.name] = task
+        self.schedule()
+
+    def set_tasks(self, tasks: Iterable[Task]) -> None:
+        """Replaces every task; a resource whose task is gone or changed is released and scheduled again."""
+        new = {task.name: task for task in tasks}
+        for member in self.members.values():
+            if member.task and new.get(member.task) != self.tasks.get(member.task):
+                self._release(member)
+                if member.state in (State.ASSIGNED, State.RUNNING, State.WAITING_FOR_RESET):
+                    member.state = State.IDLE
+        self.tasks = new
         self.schedule()
 
     # ---- what the gateway reports ---------------------------------------------------------------------------
@@ -229,6 +241,8 @@ class FleetScheduler:
                 if wanted is not None and wanted <= 0:
                     break
                 if member.state != State.IDLE or task.requires.unmet(member.resource):
+                    continue
+                if self.allows is not None and not self.allows(member.resource.id, task):
                     continue
                 member.task = task.name
                 member.state = State.ASSIGNED

@@ -31,8 +31,8 @@ async def infer(
             reply.actions.CopyFrom(encode_array(actions))
         session.send(pb.CloudMessage(actions=reply))
 
-    if not session.policy_name:
-        answer("no task: hold still")
+    if not session.policy_name or not session.may_run(session.policy_name):  # no task, or one its credential forbids
+        answer(f"may not run {session.policy_name}: hold still" if session.policy_name else "no task: hold still")
         return
     limit = config.max_inference_queue
     if session.inference_waiting >= limit:  # refused before its observation is even decoded

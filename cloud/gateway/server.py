@@ -29,6 +29,7 @@ from cloud.gateway.person_relay import PersonRelay
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
 from cloud.gateway.sessions import Admission, Session, admit, checks_credentials
+from cloud.gateway.tasks import record_tasks
 from cloud.security.devices import AuthError
 from cloud.security.revocation import CredentialWatch
 from cloud.serving.inference import InferenceServer
@@ -36,7 +37,7 @@ from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import CodecError
 from protocol.incidents import internal_error
-from protocol.limits import check_applied, check_heartbeat, check_rejected
+from protocol.limits import case_twin, check_applied, check_heartbeat, check_rejected
 from protocol.steps import MAX_STEPS_PER_BATCH, decoded_bytes
 
 log = logging.getLogger("fleetloop.gateway")
@@ -54,9 +55,11 @@ class Gateway(pb_grpc.TunnelServicer):
         self.store = store
         self.registry = registry
         self.sessions: dict[str, Session] = {}
-        self.fleet = FleetScheduler(lost_after_s=config.lost_after_s, on_assign=self._on_assign)
+        self.fleet = FleetScheduler(lost_after_s=config.lost_after_s, on_assign=self._on_assign, allows=self._may_take)
         for task in config.tasks:
             self.fleet.add_task(task)
+        self._record_tasks: tuple[Task, ...] = ()
+        self._sync_record_tasks()
         self.inference = InferenceServer(registry)
         self.writer = StoreWriter(
             store, config.flush_rows, config.flush_delay_s, config.flush_bytes, config.max_unwritten_bytes
@@ -96,6 +99,14 @@ class Gateway(pb_grpc.TunnelServicer):
             "TLS" if self.config.tls_cert else "plain text",
             "device credentials required" if checks_credentials(self.config.devices) else "no credentials checked",
         )
+        if self.config.devices is not None and checks_credentials(self.config.devices):
+            loose = [
+                d.id for d in self.config.devices.devices() if d.kind == "robot" and not d.revoked and not d.datasets
+            ]
+            if loose:  # devices files from before records listed datasets: say what that allows
+                log.warning(
+                    "%s may record into any dataset: no --embodiment or --policy in the record", ", ".join(loose)
+                )
         return self.port
 
     def _add_tunnel(self, server: grpc.aio.Server) -> None:
@@ -251,7 +262,8 @@ class Gateway(pb_grpc.TunnelServicer):
         )
         self.persons.opened(session)
         policy_name, caps = admitted.policy_name, resource.capabilities
-        if not self.config.tasks and policy_name not in self.fleet.tasks:
+        # Open loopback mode only: with credentials, tasks come from --tasks or the device records, never a hello.
+        if not self.config.tasks and admitted.device is None and policy_name not in self.fleet.tasks:
             self.fleet.add_task(
                 Task(policy_name, policy_name, requires=Requirements(embodiment=caps.embodiment), count=0)
             )
@@ -277,6 +289,9 @@ class Gateway(pb_grpc.TunnelServicer):
     def _ensure_dataset(self, admitted: Admission) -> None:
         """The store's dataset for the resource's embodiment, made on its first hello; refuses another shape."""
         embodiment = admitted.resource.capabilities.embodiment
+        twin = case_twin(embodiment, self.store.datasets())
+        if twin is not None:
+            raise CodecError("hello.resource.capabilities.embodiment", f"differs only in case from the dataset {twin}")
         try:
             self.store.ensure_dataset(
                 embodiment, {k: ColumnSpec(dtype, shape) for k, (dtype, shape) in admitted.schema.items()}
@@ -394,9 +409,33 @@ class Gateway(pb_grpc.TunnelServicer):
         if task:
             self.pusher.offer_latest(session, task.policy_name)
 
+    def _may_take(self, resource_id: str, task: Task) -> bool:
+        """Whether the scheduler may give ``task`` to the resource: its credential allows the task's policy."""
+        session = self.sessions.get(resource_id)
+        return session is None or session.may_run(task.policy_name)
+
+    def _sync_record_tasks(self) -> None:
+        """With credentials and no --tasks, the tasks are the device records' (``record_tasks``), made again whenever
+        the records change."""
+        devices = self.config.devices
+        if self.config.tasks or devices is None or not checks_credentials(devices):
+            return
+        tasks = record_tasks(devices.devices())
+        if tasks != self._record_tasks:
+            self._record_tasks = tasks
+            self.fleet.set_tasks(tasks)
+            names = ", ".join(f"{t.name} ({t.requires.embodiment})" for t in tasks) or "none"
+            log.info("tasks from the device records: %s", names)
+
     async def _watch_fleet(self) -> None:
         while True:
             self.fleet.check()
+            try:
+                if self.config.devices is not None:
+                    self.config.devices.reload()  # revocation does not hang on it (CredentialWatch checks by id)
+                self._sync_record_tasks()
+            except ValueError as err:  # a broken devices file: keep the last good one, say so
+                log.error("%s", err)
             await asyncio.sleep(min(0.5, self.config.lost_after_s / 4))
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from cloud.data.version_registry import PolicyVersion
 from cloud.gateway.fleet import Task
-from cloud.security.devices import AuthError, Device, DeviceRegistry
+from cloud.security.devices import Device, DeviceRegistry
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
@@ -102,7 +102,7 @@ class Session:
         )
 
     def may_run(self, policy_name: str) -> bool:
-        return self.device is None or not self.device.policies or policy_name in self.device.policies
+        return self.device is None or self.device.may_run(policy_name)
 
     def receives(self) -> list[str]:
         """The policy names whose weights go down this tunnel now: its policy's (unless that runs in the cloud or it
@@ -160,11 +160,11 @@ def admit(first: pb.EdgeMessage, devices: DeviceRegistry | None) -> Admission:
             "hello.protocol_version", f"this gateway speaks {PROTOCOL_VERSION}, got {hello.protocol_version}"
         )
     resource = check_resource(hello.resource)
-    device = authenticate(devices, resource, hello.token)
     policy_name = hello.policy_name or resource.capabilities.embodiment
-    for field_name, name in (("policy_name", policy_name), ("outcome_policy", hello.outcome_policy)):
-        if name and device is not None and device.policies and name not in device.policies:
-            raise AuthError(f"hello.{field_name}", f"{resource.id!r} may run only {', '.join(device.policies)}")
+    device = authenticate(devices, resource, hello.token)
+    if device is not None:  # the record binds what the hello may claim: kind, source, dataset, policies
+        asked = (("hello.policy_name", policy_name), ("hello.outcome_policy", hello.outcome_policy))
+        device.check_robot_hello(resource.kind, resource.source, resource.capabilities.embodiment, asked)
     if hello.outcome_policy == policy_name:  # its versions would be taken for the policy's, and the other way round
         raise CodecError("hello.outcome_policy", f"names the policy it runs ({policy_name}); give the classifier's")
     caps = resource.capabilities
@@ -180,7 +180,4 @@ def authenticate(devices: DeviceRegistry | None, resource: ResourceInfo, token: 
     """The resource's device when credentials are checked (None when they are not); AuthError when refused."""
     if devices is None or not checks_credentials(devices):
         return None
-    device = devices.authenticate(resource.id, token)
-    if device.kind != resource.kind:
-        raise AuthError("hello.resource.kind", f"{resource.id!r} is registered as a {device.kind}")
-    return device
+    return devices.authenticate(resource.id, token)

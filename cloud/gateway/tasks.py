@@ -7,16 +7,18 @@ The scheduler gets the ``Task``/``Requirements`` of ``cloud.gateway.fleet`` buil
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, RootModel, model_validator
 
 from cloud.gateway.fleet import Requirements, Task
+from cloud.security.devices import Device, dataset_of
 from hal.config import ConfigModel, Items, invalid, read_yaml, validate
 from hal.resource import RESOURCE_KINDS
 from protocol.arrays import CodecError
-from protocol.limits import check_policy_name
+from protocol.limits import REWARD_SUFFIX, check_policy_name
 from protocol.steps import check_id
 
 
@@ -88,3 +90,21 @@ class TaskFile(RootModel[list[TaskEntry]]):
 def load_tasks(path: str | Path) -> tuple[Task, ...]:
     """The tasks of a YAML file; a ``ConfigError`` (a ValueError) names the file or the offending key."""
     return validate(TaskFile, read_yaml(path), "tasks").tasks
+
+
+def record_tasks(devices: Iterable[Device]) -> tuple[Task, ...]:
+    """The tasks of a cloud that checks credentials and has no tasks file: one per (policy, dataset) an active robot's
+    record lists, each taken by every robot of that dataset its credential lets run the policy. A record without
+    embodiments pairs each policy with its own dataset; one without policies runs each dataset's own policy; a reward
+    classifier is no task. Sorted by name: the same records give the same tasks."""
+    tasks: dict[str, Task] = {}
+    for device in devices:
+        if device.kind != "robot" or device.revoked:
+            continue
+        policies = [p for p in device.policies if not p.endswith(REWARD_SUFFIX)] or device.embodiments
+        for policy in policies:
+            for embodiment in device.embodiments or (dataset_of(policy),):
+                name = policy if embodiment == policy else f"{policy}@{embodiment}"
+                requires = Requirements(kind="robot", embodiment=embodiment)
+                tasks[name] = Task(name, policy, requires=requires, count=0)
+    return tuple(tasks[name] for name in sorted(tasks))

@@ -16,6 +16,7 @@ from hal.config import CodeConfig, ConfigError, ConfigModel, Items, invalid
 from policies.base import Width
 from policies.lerobot_policy import check_lerobot_config
 from policies.reward_classifier import ClassifierEncoder
+from protocol.limits import REWARD_SUFFIX
 
 # Each algorithm by name and the kinds of steps it can learn from (cloud.learning.algorithms implements them):
 # HG-DAgger only from actions a person chose, SAC from every transition.
@@ -24,8 +25,6 @@ TRAINS_ON: dict[str, tuple[str, ...]] = {"hg-dagger": LABELLED_KINDS, "sac": KIN
 AtLeastOne = Annotated[int, Field(ge=1)]
 
 BUILTIN_POLICY_TYPES = ("auto", "mlp", "cnn")
-# A dataset's reward classifier is published as the policy ``<dataset>.reward`` (cloud.data.version_registry's names).
-REWARD_SUFFIX = ".reward"
 _POLICY_NAME_LENGTH = 64
 
 

@@ -31,7 +31,7 @@ from policies.weights import policy_from_bytes, policy_to_bytes
 log = logging.getLogger("fleetloop.learner")
 
 REGISTRY = "registry"
-_REGISTRY_VERSION = re.compile(r"^registry:v?(\d+)$")
+_REGISTRY_VERSION = re.compile(r"registry:v?(\d+)")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class InitSource:
         """``registry``, ``registry:vN`` or a path; ValueError naming what is wrong."""
         if text == REGISTRY:
             return cls(dataset, text)
-        match = _REGISTRY_VERSION.match(text)
+        match = _REGISTRY_VERSION.fullmatch(text)
         if match:
             return cls(dataset, text, version=int(match.group(1)))
         if text.startswith(f"{REGISTRY}:"):

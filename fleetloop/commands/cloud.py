@@ -57,8 +57,9 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
     from cloud.channels.takeover_channel import TakeoverPages
 
     height, width = args.phone_image
-    if args.phone_port is None:
-        PhoneChannelConfig(image_height=height, image_width=width)  # every flag is checked, even one left unused
+    pairing_ttl_s = args.pairing_minutes * 60
+    if args.phone_port is None:  # every flag is checked, even one left unused
+        PhoneChannelConfig(image_height=height, image_width=width, pairing_ttl_s=pairing_ttl_s)
         return ()
     from cloud.channels.phone_address import lan_address, phone_certs, phone_url_host
     from cloud.security.certs import CertPaths
@@ -71,6 +72,7 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
         image_height=height,
         image_width=width,
         credentials=args.root.phone_devices,
+        pairing_ttl_s=pairing_ttl_s,
         tls_cert=certs.server_cert,
         tls_key=certs.server_key,
         tls_ca=certs.ca,
@@ -196,6 +198,9 @@ def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
         "--phone-url-host",
         default="",
         help="the address phones dial, in the pairing URL (default --host; with 0.0.0.0 the certificate's name)",
+    )
+    cloud.add_argument(
+        "--pairing-minutes", type=float, default=10.0, help="a phone pairing token expires after this many minutes"
     )
     cloud.add_argument(
         "--openpi-port", type=port, default=None, help="serve openpi clients (websocket policy server) here; 0: any"

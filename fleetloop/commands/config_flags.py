@@ -19,6 +19,7 @@ CLOUD_FLAGS = {
     "phone.image_height": "--phone-image",
     "phone.image_width": "--phone-image",
     "phone.public_host": "--phone-url-host",
+    "phone.pairing_ttl_s": "--pairing-minutes",
     "openpi.host": "--host",
     "openpi.port": "--openpi-port",
     "openpi.default_policy": "--openpi-policy",

@@ -18,13 +18,16 @@ def _print_devices(registry) -> None:
     from fleetloop.table_console import table_console
 
     table = Table(title=f"devices in {registry.path}")
-    for column in ("id", "kind", "policies", "state", "added"):
+    for column in ("id", "kind", "policies", "datasets", "sources", "state", "added"):
         table.add_column(column)
     for device in registry.devices():
+        robot = device.kind == "robot"
         table.add_row(
             device.id,
             device.kind,
             ", ".join(device.policies) or "any",
+            (", ".join(device.datasets) or "any") if robot else "-",
+            (", ".join(device.sources) or "sim, robot") if robot else "-",
             "revoked" if device.revoked else "active",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(device.added_unix)),
         )
@@ -45,7 +48,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         registry.revoke(args.id)
         log.info("revoked %s: the cloud refuses it from its next call on", args.id)
         return 0
-    token = registry.add(args.id, args.kind, tuple(args.policy))
+    token = registry.add(args.id, args.kind, args.policy, args.embodiment, args.source)
     print(token)  # to stdout only, once: logs never carry a token
     log.info(
         "added %s %s; its token was printed once (keep it on the device, e.g. FLEETLOOP_TOKEN)", args.kind, args.id
@@ -61,5 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     devices.add_argument("--kind", default="robot", choices=["robot", "phone", "operator"])
     devices.add_argument(
         "--policy", action="append", default=[], help="a policy the device may run (repeat; default any)"
+    )
+    devices.add_argument(
+        "--embodiment",
+        action="append",
+        default=[],
+        help="a dataset a robot may record into (repeat; default: its policies' own datasets, any if it lists none)",
+    )
+    devices.add_argument(
+        "--source", action="append", default=[], choices=["sim", "robot"], help="a source a robot may claim (repeat)"
     )
     devices.set_defaults(func=cmd_devices)

@@ -161,3 +161,21 @@ def test_a_robot_waiting_for_its_scene_shows_so_until_it_works_again(fleet) -> N
     scheduler.check()
     scheduler.reported("arm-1", "waiting for reset")  # lost: no word from the edge changes that
     assert member.state == State.LOST
+
+
+def test_a_resource_takes_only_tasks_it_is_allowed_and_replaced_tasks_are_handed_out_again() -> None:
+    allowed = {"r1": {"pick_policy"}, "r2": {"pick_policy", "place_policy"}}
+    assignments: list = []
+    scheduler = FleetScheduler(
+        on_assign=lambda rid, task: assignments.append((rid, task.name if task else None)),
+        allows=lambda rid, task: task.policy_name in allowed[rid],
+    )
+    scheduler.add_task(Task("place", "place_policy", count=0))
+    scheduler.register(robot("r1"))
+    scheduler.register(robot("r2"))
+    assert assignments == [("r2", "place")]  # r1 may not run place_policy: it idles
+    scheduler.set_tasks([Task("pick", "pick_policy", count=0)])  # place is gone: r2 is released and takes pick
+    assert assignments[1:] == [("r2", None), ("r1", "pick"), ("r2", "pick")]
+    assert {m.state for m in scheduler.members.values()} == {State.ASSIGNED}
+    scheduler.set_tasks([Task("pick", "pick_policy", count=0)])  # the same tasks again: nobody is disturbed
+    assert len(assignments) == 4

@@ -53,3 +53,12 @@ def test_policy_rollback_command(tmp_path) -> None:
         [*cli, "rollback", "pick", "--to", "9", "--root", str(tmp_path)], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "to_version" in bad.stderr
+
+
+def test_policy_names_are_whole_and_unique_regardless_of_case(tmp_path) -> None:
+    registry = PolicyRegistry(tmp_path)
+    registry.publish("panda_pick_cube", b"weights")
+    for name, why in (("PANDA_pick_cube", "differs only in case"), ("panda_pick_cube\n", "policy_name")):
+        with pytest.raises(ValueError, match=why):
+            registry.publish(name, b"other weights")
+    assert registry.latest("Panda_Pick_Cube") is None and registry.latest("panda_pick_cube").version == 1

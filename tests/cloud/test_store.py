@@ -98,6 +98,10 @@ def test_schema_is_created_once_and_mismatches_name_the_column(tmp_path: Path) -
         store.ensure_dataset("other", {**SCHEMA, "speed": ColumnSpec("<f4", ())})
     with pytest.raises(ValueError, match="dataset"):
         store.ensure_dataset("../escape", SCHEMA)
+    with pytest.raises(ValueError, match="^dataset:"):  # names are matched whole...
+        store.ensure_dataset("arm\n", SCHEMA)
+    with pytest.raises(ValueError, match="differs only in case"):  # ...and unique regardless of case
+        store.ensure_dataset("ARM", SCHEMA)
     with pytest.raises(RuntimeError, match="another process"):
         EpisodeStore(tmp_path / "store")  # one writer at a time
     store.close()

@@ -52,9 +52,9 @@ COVERED: dict[str, str] = {
     "fleetloop edge --robot lerobot:launch/lerobot/so101_follower.yaml --id arm1": "robots",
     "fleetloop edge --robot sim:panda_pick_cube --id robot-3 --operator keyboard": "keyboard",
     "fleetloop certs init --root fleetloop-data --host cloud.lab.example": "credentials",
-    "fleetloop devices add robot-1 --root fleetloop-data": "credentials",
+    "fleetloop devices add robot-1 --root fleetloop-data --policy panda_pick_cube": "credentials",
     "fleetloop devices add alice --kind operator --root fleetloop-data": "credentials",
-    "fleetloop devices add robot-2 --policy panda_pick_cube": "credentials",
+    "fleetloop devices add cart-1 --embodiment pusht --source sim": "credentials",
     "fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls": "credentials",
     "FLEETLOOP_TOKEN=flt_... fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud cloud.lab.example:7070 "
     "--ca ca.pem": "credentials",
@@ -63,7 +63,7 @@ COVERED: dict[str, str] = {
     "fleetloop devices revoke robot-1": "credentials",
     "fleetloop cloud --phone-port 7071 --phone-image 224x224": "phones",
     "fleetloop certs init --host 192.168.1.20": "phones on a LAN",
-    "fleetloop devices add robot-1": "phones on a LAN",
+    "fleetloop devices add robot-1 --policy panda_pick_cube": "phones on a LAN",
     "fleetloop cloud --tls --host 0.0.0.0 --phone-port 7071": "phones on a LAN",
     "fleetloop devices add alice --kind operator": "takeover",
     "fleetloop cloud --phone-port 7071": "takeover",
@@ -343,11 +343,13 @@ def test_credential_commands(shell: Shell) -> None:
     """Certificates, device tokens, a TLS cloud on every interface, an edge and an operator with tokens; revoke."""
     shell.run("fleetloop certs init --root fleetloop-data --host cloud.lab.example")
     assert (shell.cwd / "fleetloop-data/certs/ca.pem").is_file()
-    shell.tokens["flt_..."] = token_in(shell.run("fleetloop devices add robot-1 --root fleetloop-data"))
+    shell.tokens["flt_..."] = token_in(
+        shell.run("fleetloop devices add robot-1 --root fleetloop-data --policy panda_pick_cube")
+    )
     shell.tokens["<alice's token>"] = token_in(
         shell.run("fleetloop devices add alice --kind operator --root fleetloop-data")
     )
-    token_in(shell.run("fleetloop devices add robot-2 --policy panda_pick_cube"))
+    token_in(shell.run("fleetloop devices add cart-1 --embodiment pusht --source sim"))
     shell.start("fleetloop cloud --root fleetloop-data --host 0.0.0.0 --tls", "cloud")
     shell.wait_log("cloud", r"gateway listening on")
     shutil.copy(shell.cwd / "fleetloop-data/certs/ca.pem", shell.cwd / "ca.pem")  # "copy ... ca.pem there"
@@ -360,7 +362,7 @@ def test_credential_commands(shell: Shell) -> None:
     table = shell.run("FLEETLOOP_TOKEN=<alice's token> fleetloop fleet --cloud cloud.lab.example:7070 --ca ca.pem")
     assert "robot-1" in table
     listing = shell.run("fleetloop devices list")
-    assert all(name in listing for name in ("robot-1", "alice", "robot-2")), listing
+    assert all(name in listing for name in ("robot-1", "alice", "cart-1", "pusht")), listing
     shell.run("fleetloop devices revoke robot-1")
     wait_until(lambda: robot.poll() is not None, 30, "the revoked robot's edge to stop")
     assert robot.returncode == 3, shell.log("robot-1")[-2000:]
@@ -430,7 +432,7 @@ def test_phone_commands(shell: Shell) -> None:
     shell.cwd = shell.cwd / "lan"  # the LAN set-up from scratch (certs init refuses to replace the first certificates)
     shell.cwd.mkdir()
     shell.run("fleetloop certs init --host 192.168.1.20")
-    token_in(shell.run("fleetloop devices add robot-1"))
+    token_in(shell.run("fleetloop devices add robot-1 --policy panda_pick_cube"))
     shell.start("fleetloop cloud --tls --host 0.0.0.0 --phone-port 7071", "lan-cloud")
     shell.wait_log("lan-cloud", rf"https://192\.168\.1\.20:{shell.phone_port}/")
 
@@ -442,7 +444,7 @@ def test_takeover_commands(shell: Shell) -> None:
     from tests.e2e.takeover_client import TakeoverClient
 
     alice = token_in(shell.run("fleetloop devices add alice --kind operator"))
-    shell.tokens["flt_..."] = token_in(shell.run("fleetloop devices add robot-1"))
+    shell.tokens["flt_..."] = token_in(shell.run("fleetloop devices add robot-1 --policy panda_pick_cube"))
     shell.start("fleetloop cloud --phone-port 7071", "cloud")
     shell.wait_log(
         "cloud", rf"robot takeover pages \(operator credential\) at https://127.0.0.1:{shell.phone_port}/takeover/"

@@ -125,7 +125,10 @@ def stored_interventions(fleet: Fleet) -> tuple[np.ndarray, np.ndarray, dict[int
 
 
 def test_a_person_drives_from_the_page_and_the_robot_holds_when_the_page_closes(tmp_path: Path, fleet: Fleet) -> None:
-    alice, robot = add_device(fleet, "alice", "--kind", "operator"), add_device(fleet, "robot-1")
+    alice, robot = (
+        add_device(fleet, "alice", "--kind", "operator"),
+        add_device(fleet, "robot-1", "--policy", "panda_pick_cube"),
+    )
     phone_port = free_port()
     fleet.start_cloud("--phone-port", str(phone_port))
     fleet.start_edge("robot-1", "--operator", "none", hz=HZ, env={"FLEETLOOP_TOKEN": robot})

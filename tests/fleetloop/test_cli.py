@@ -74,6 +74,14 @@ def test_devices_add_list_revoke(tmp_path) -> None:
     assert "revoked" in run("devices", "list", "--root", str(tmp_path)).stdout
     again = run("devices", "add", "bad id", "--root", str(tmp_path))
     assert again.returncode == 2 and "id:" in again.stderr
+    again = run("devices", "add", "robot-1", "--root", str(tmp_path))  # ids are never reused
+    assert again.returncode == 2 and "never reused" in again.stderr
+    bound = ("--embodiment", "pusht", "--embodiment", "pusht_v2", "--source", "sim", "--policy", "pusht")
+    assert run("devices", "add", "cart-1", "--root", str(tmp_path), *bound).returncode == 0
+    listed = run("devices", "list", "--root", str(tmp_path)).stdout
+    assert "pusht_v2" in listed and "sim" in listed
+    wrong = run("devices", "add", "cart-2", "--root", str(tmp_path), "--embodiment", "push t")
+    assert wrong.returncode == 2 and "embodiment:" in wrong.stderr
 
 
 def test_the_pairing_url_names_an_address_a_phone_can_dial(tmp_path, caplog) -> None:

@@ -61,6 +61,7 @@ def test_ports_and_addresses_are_checked_at_start(argv: list[str], says: str) ->
         (["--phone-port", "-1"], "refusing to start: --phone-port: phone.port: should be greater than or equal to 0"),
         (["--phone-image", "4x4000"], "refusing to start: --phone-image: phone.image_height: should be greater than"),
         (["--lost-after", "0"], "refusing to start: --lost-after: gateway.lost_after_s: should be greater than 0"),
+        (["--pairing-minutes", "0"], "refusing to start: --pairing-minutes: phone.pairing_ttl_s: should be greater"),
     ],
 )
 def test_the_cloud_configs_check_their_flags_at_start(tmp_path, argv: list[str], says: str) -> None:
