@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
+from cloud.gateway.bounds import DecodePool
+from cloud.gateway.config import GatewayConfig
 from cloud.gateway.fleet import Requirements, Task
 from cloud.gateway.remote_inference import infer
 from cloud.gateway.sessions import Session
@@ -51,6 +55,6 @@ def test_remote_inference_answers_only_for_a_policy_the_credential_allows(tmp_pa
         def submit(self, policy_name: str, job) -> None:
             raise AssertionError(f"{policy_name} was run")
 
-    infer(session, request, NoServer(), 1 << 20)
+    asyncio.run(infer(session, request, NoServer(), GatewayConfig(devices=devices), DecodePool(1)))
     reply = session.out.get_nowait().actions
     assert (reply.request_id, reply.error) == (3, "may not run place: hold still") and not reply.HasField("actions")

@@ -29,9 +29,10 @@ def test_a_revocation_another_reader_saw_first_still_closes_the_connection(tmp_p
     asyncio.run(scenario())
 
 
-def test_a_new_token_or_a_removed_file_closes_and_a_broken_file_keeps_the_last_good_one(tmp_path, caplog) -> None:
+def test_a_revocation_or_a_removed_file_closes_and_a_broken_file_keeps_the_last_good_one(tmp_path, caplog) -> None:
     path = tmp_path / "devices.json"
     DeviceRegistry(path).add("phone-1", kind="phone")
+    DeviceRegistry(path).add("phone-2", kind="phone")
     view = DeviceRegistry(path)
     watch = CredentialWatch(view, period_s=0.01)
     closed: list[str] = []
@@ -48,13 +49,12 @@ def test_a_new_token_or_a_removed_file_closes_and_a_broken_file_keeps_the_last_g
         assert closed == [] and caplog.text.count("cannot read the devices file") == 1  # said once, not every 0.01 s
         path.write_text(text)
         registry = DeviceRegistry(path)
-        registry.revoke("phone-1")
-        registry.add("phone-1", kind="phone")  # the same id, a fresh token: the old connection's is not it
+        registry.revoke("phone-1")  # ids are never reused: a revoked one stays revoked
         await asyncio.sleep(0.1)
         assert closed == ["the credential of 'phone-1' was revoked"]
         watch.release(held)
 
-        other = watch.hold(view.get("phone-1"), "phone connection", close)
+        other = watch.hold(view.get("phone-2"), "phone connection", close)
         path.unlink()  # no devices file: no credential holds
         await asyncio.sleep(0.1)
         assert len(closed) == 2
