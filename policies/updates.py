@@ -28,7 +28,12 @@ WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class UpdateError(ValueError):
-    """An update that cannot be applied; the edge keeps its current policy (and asks for a full snapshot)."""
+    """An update that cannot be applied; the edge keeps its current policy."""
+
+
+class DeltaBaseError(UpdateError):
+    """A delta that does not fit what the edge holds (its base is gone, or it rebuilt to another digest): a full
+    snapshot of the same version may still apply, so the edge asks for one."""
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -162,16 +167,17 @@ def apply_update(payload: bytes, held: dict[int, HeldState] | None = None) -> tu
     if kind == "delta":
         base = (held or {}).get(base_version)
         if base is None:
-            raise UpdateError(f"update.base_version: a delta against v{base_version}, which this edge does not hold")
+            raise DeltaBaseError(f"update.base_version: a delta against v{base_version}, which this edge does not hold")
         if (base.type_name, base.config) != (type_name, config):
-            raise UpdateError("update.config: a delta for another architecture than the held version's")
+            raise DeltaBaseError("update.config: a delta for another architecture than the held version's")
         tensors = {**base.tensors, **tensors}
         digests = {**base.digests, **digests}
     elif kind != "full":
         raise UpdateError(f"update.update: must be 'full' or 'delta', got {kind!r}")
     expected = metadata.get("state_sha256")
     if expected is not None and state_digest(digests) != expected:
-        raise UpdateError(f"update.state_sha256: the rebuilt v{version} does not match its digest")
+        error = DeltaBaseError if kind == "delta" else UpdateError
+        raise error(f"update.state_sha256: the rebuilt v{version} does not match its digest")
     try:
         with torch.device("meta"):
             policy = make_policy(type_name, json.loads(config))

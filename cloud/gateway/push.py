@@ -65,20 +65,17 @@ class PolicyPusher:
         return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read, *key))
 
     def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
-        """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
+        """The edge could not apply an update. A delta (e.g. on a base it dropped) is followed by one full snapshot;
+        a version it refused whole (or that misbehaved on the robot) is never offered to that edge again, so a
+        version no edge can build is sent once, not in a loop."""
         held = session.subscriptions.get(rejected.policy_name)
         if held is None:  # a name this edge was never sent: nothing to resend
             log.warning("%s rejected %s, which it was never sent", session.resource.id, rejected.policy_name)
             return
-        if rejected.bad:  # it misbehaved on the robot, or cannot be used there: never offer it to this edge again
-            held.bad_versions.add(rejected.version)
-            log.error(
-                "%s refused %s v%d (%s); a newer version will reach it when one is published",
-                session.resource.id,
-                rejected.policy_name,
-                rejected.version,
-                rejected.reason[:200],
-            )
+        if rejected.version in held.bad_versions:
+            return  # said once already
+        if rejected.bad or rejected.version == held.full_sent:
+            self.keep_off(session, held, rejected.policy_name, rejected.version, rejected.reason)
             return
         log.warning(
             "%s could not apply %s v%d (%s); sending a full snapshot",
@@ -91,6 +88,20 @@ class PolicyPusher:
         held.sent_version = min(held.sent_version, held.applied_version)
         held.offer = None  # offer the newest version again, from scratch
         self.offer_latest(session, rejected.policy_name)
+
+    @staticmethod
+    def keep_off(session: Session, held: Subscription, name: str, version: int, reason: str) -> None:
+        """``version`` of ``name`` is not offered to ``session`` again; it keeps what it runs (logged once)."""
+        held.bad_versions.add(version)
+        held.refused = f"{name} v{version}: {reason[:200]}"
+        log.error(
+            "%s refused %s v%d (%s); it keeps v%d, and a newer version will reach it when one is published",
+            session.resource.id,
+            name,
+            version,
+            reason[:200],
+            held.applied_version,
+        )
 
     async def _wire_state(self, version: PolicyVersion) -> WireState:
         async def build() -> WireState:
@@ -154,6 +165,8 @@ class PolicyPusher:
         base_version = 0 if held.needs_full else held.applied_version
         data, sha256, kind, base_version = await self._update_for(version, base_version)
         held.needs_full = False
+        if kind == "full":
+            held.full_sent = version.version
         if kind == "delta":
             log.info(
                 "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",

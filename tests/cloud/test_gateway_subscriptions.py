@@ -100,6 +100,7 @@ def test_both_subscriptions_are_pushed_and_a_refused_version_is_not_sent_again(t
         edge.subscriptions["pick.reward"].applied_version = 1
         pusher.on_rejected(edge, pb.PolicyRejected(policy_name="pick.reward", version=1, reason="no camera", bad=True))
         pusher.offer_latest(edge, "pick.reward")
+        edge.subscriptions["pick"].full_sent = 0  # as if v1 had gone as a delta: one full snapshot may follow
         pusher.on_rejected(edge, pb.PolicyRejected(policy_name="pick", version=1, reason="delta base gone"))
         await receive(3)  # the policy again, as a snapshot; the refused classifier not
         await asyncio.sleep(0.1)
