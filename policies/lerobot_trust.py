@@ -70,8 +70,8 @@ def check_lerobot_fields(lerobot_type: str, fields: Any, where: str) -> dict[str
         if name in known:
             fields[name] = None
     for name in FOLDER_FIELDS:
-        if name in known:  # its default counts too: an absent VLM name means lerobot's hub model
-            default = known[name].default
+        if name in known or name in fields:  # its default counts too: an absent VLM name means lerobot's hub model
+            default = known[name].default if name in known else None
             model_folder(fields.get(name, None if default is dataclasses.MISSING else default), _at(where, name))
     for name in PROVENANCE_FIELDS:
         if name in known:
