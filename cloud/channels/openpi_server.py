@@ -46,7 +46,7 @@ from cloud.data.version_registry import POLICY_NAME, PolicyRegistry
 from cloud.security.devices import DeviceRegistry
 from cloud.serving.inference import InferenceJob, InferenceServer
 from hal.config import CodeConfig, Name
-from policies.weights import read_metadata
+from policies.signing import NOT_SIGNED, UnsignedVersion
 
 log = logging.getLogger("fleetloop.openpi")
 
@@ -345,9 +345,12 @@ class OpenPiServer:
             raise OpenPiError("policy", f"no version of {policy_name} is published yet")
         key = (policy_name, latest.version)
         if key not in self._signatures:
-            header = await asyncio.to_thread(self.registry.read_header, policy_name, latest.version)
-            try:
-                config = json.loads(read_metadata(header)["config"])
+            try:  # the learner's signature first: a file anyone else wrote is never parsed further
+                _, metadata = await asyncio.to_thread(self.registry.verified_header, policy_name, latest.version)
+                config = json.loads(metadata["config"])
+            except UnsignedVersion as err:
+                log.error("openpi: %s", err)
+                raise OpenPiError("policy", f"{policy_name} v{latest.version}: {NOT_SIGNED}") from err
             except (ValueError, KeyError, TypeError) as err:
                 raise OpenPiError("policy", f"{policy_name} v{latest.version} has no readable config: {err}") from err
             self._signatures[key] = signature_from_config(policy_name, latest.version, config)

@@ -133,8 +133,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         log.error("refusing to start: %s", err)
         return 2
     from cloud.data.store import EpisodeStore
-    from cloud.data.version_registry import PolicyRegistry
     from cloud.gateway.server import serve
+    from cloud.data.learner_key import learner_signer, verifying_registry
 
     layout = args.root
     try:
@@ -142,7 +142,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # the one-writer lock
         log.error("refusing to start: --root: %s; is another cloud running on this data folder?", err)
         return 2
-    registry = PolicyRegistry(layout.registry)
+    if learning is not None:  # the learner's first start makes its signing key; the gateway reads only its public half
+        learner_signer(layout)
+    registry = verifying_registry(layout)
     learner = None
     if learning is not None:
         context = multiprocessing.get_context("spawn")
