@@ -1,5 +1,6 @@
 """The learner's signing key (ed25519): made by ``fleetloop certs init`` or on the learner's first start, kept in
-``certs/learner/`` (0700, the key 0600) apart from what the gateway reads; its public half is ``certs/learner.pub``.
+``certs-learner-key/`` (0700, the key 0600) beside ``certs/``, apart from what the gateway reads; its public half is
+``certs/learner.pub``.
 
 Registries for the two sides: the learner's signs what it publishes (``signing_registry``); the gateway's and
 inference servers' checks what they read against the public key alone (``verifying_registry``).
@@ -40,6 +41,7 @@ def learner_signer(layout: DataLayout) -> Signer:
 
 
 def _write_public(layout: DataLayout, signer: Signer) -> None:
+    layout.learner_public_key.parent.mkdir(parents=True, exist_ok=True)
     temporary = layout.learner_public_key.with_suffix(".tmp")
     temporary.write_bytes(signer.public_pem())
     temporary.replace(layout.learner_public_key)
