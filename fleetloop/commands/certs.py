@@ -14,8 +14,8 @@ log = logging.getLogger("fleetloop")
 
 @refuses_bad_input("certs {action}")
 def cmd_certs(args: argparse.Namespace) -> int:
-    from cloud.security.certs import init_certs, server_hosts
     from cloud.data.learner_key import learner_signer
+    from cloud.security.certs import init_certs, server_hosts
 
     directory = Path(args.certs) if args.certs else args.root.certs
     paths = init_certs(directory, tuple(args.host), force=args.force)

@@ -132,9 +132,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("refusing to start: %s", err)
         return 2
+    from cloud.data.learner_key import learner_signer, verifying_registry
     from cloud.data.store import EpisodeStore
     from cloud.gateway.server import serve
-    from cloud.data.learner_key import learner_signer, verifying_registry
 
     layout = args.root
     try:

@@ -260,9 +260,9 @@ def run_learner(
     setup_logging(plain=log_plain)
     import torch
 
+    from cloud.data.learner_key import signing_registry
     from cloud.data.store import EpisodeStore
     from cloud.learning.learner import Learner
-    from cloud.data.learner_key import signing_registry
 
     torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
     stop = stop or stop_on_signals()

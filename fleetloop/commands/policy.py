@@ -30,8 +30,8 @@ def input_map(text: str) -> tuple[str, list[str]]:
 
 @refuses_bad_input("policy {action}")
 def cmd_policy(args: argparse.Namespace) -> int:
-    from cloud.data.version_registry import PolicyRegistry
     from cloud.data.learner_key import signing_registry
+    from cloud.data.version_registry import PolicyRegistry
 
     # What it writes is signed with the learner's key (made here the first time); a listing needs no key.
     registry = PolicyRegistry(args.root.registry) if args.action == "list" else signing_registry(args.root)
