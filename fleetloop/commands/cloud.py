@@ -142,8 +142,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # the one-writer lock
         log.error("refusing to start: --root: %s; is another cloud running on this data folder?", err)
         return 2
-    if learning is not None:  # the learner's first start makes its signing key; the gateway reads only its public half
-        learner_signer(layout)
+    # The learner's key is made on the cloud's first start, whether the learner runs here or elsewhere on this data
+    # folder: robots learn its public half in the Welcome. The gateway keeps and reads only that public half.
+    learner_signer(layout)
     registry = verifying_registry(layout)
     learner = None
     if learning is not None:
