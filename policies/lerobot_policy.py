@@ -38,10 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hal.config import ConfigError
 from policies.base import Policy
 from policies.lerobot_processors import ProcessorConfigError, check_processor_config
-from policies.lerobot_trust import check_lerobot_fields, check_lerobot_type
+from policies.lerobot_trust import check_config
 
 # A feature or action dimension that barely varies in the data would otherwise blow up when it does vary.
 MIN_SCALE = 1e-2
@@ -56,19 +55,6 @@ OBS_IMAGES_PREFIX = "observation.images."
 ACTION = "action"
 # Policies whose model takes observations with a time axis (B, n_obs_steps, ...) even for one step.
 _OBSERVATION_HISTORY_TYPES = {"diffusion"}
-# The keys of ``LerobotPolicy.config_dict``: what a config from data may hold (no built model, no processors object).
-CONFIG_KEYS = (
-    "observation",
-    "action_dim",
-    "lerobot_type",
-    "lerobot_config",
-    "inputs",
-    "environment_state",
-    "task",
-    "preprocessor",
-    "postprocessor",
-    "chunk_size",
-)
 
 
 def is_image(spec: dict[str, Any]) -> bool:
@@ -295,21 +281,8 @@ class LerobotPolicy(Policy):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LerobotPolicy:
-        """The policy a config from data describes (weights' metadata), checked against the allow-lists first
-        (``policies.lerobot_trust``, ``policies.lerobot_processors``): a ``ConfigError`` names the refused field,
-        and nothing the config names has been imported, called, read or downloaded."""
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise ConfigError(f"lerobot.{unknown[0]}", f"unknown field; known: {', '.join(CONFIG_KEYS)}")
-        lerobot_type = check_lerobot_type(config.get("lerobot_type"), "lerobot.lerobot_type")
-        fields = check_lerobot_fields(lerobot_type, config.get("lerobot_config") or {}, "lerobot.lerobot_config")
-        for side in ("preprocessor", "postprocessor"):
-            if config.get(side) is not None:
-                try:
-                    check_processor_config(config[side])
-                except ProcessorConfigError as err:
-                    raise ConfigError(f"lerobot.{side}.{err.field}", err.why) from None
-        return cls(**{**config, "lerobot_config": fields})
+        """The policy a config from data describes, checked first (``policies.lerobot_trust.check_config``)."""
+        return cls(**check_config(config))
 
     @staticmethod
     def _pipelines_from_config(preprocessor: dict, postprocessor: dict) -> tuple[Any, Any]:

@@ -16,27 +16,28 @@ Processor steps have their own allow-list (``policies.lerobot_processors``).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from hal.config import ConfigError
+from policies.lerobot_processors import ProcessorConfigError, check_processor_config, model_folder
 
 LEROBOT_TYPES = ("act", "diffusion", "pi0", "pi05", "smolvla", "tdmpc", "vqbet")
 NULL_FIELDS = ("pretrained_backbone_weights",)  # torchvision downloads a named backbone
 FOLDER_FIELDS = ("vlm_model_name",)  # SmolVLA reads its VLM's config, tokenizer and processor from here
 PROVENANCE_FIELDS = ("repo_id", "pretrained_path", "pretrained_revision")
-
-
-def model_folder(value: Any, where: str) -> str:
-    """``value`` when it names a model folder on this host by absolute path; a ``ConfigError`` at ``where`` when it
-    is a hub name, a relative or missing path, or no text."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(where, f"must name a model folder on this host, got {value!r}")
-    path = Path(value)
-    if not path.is_absolute() or not path.is_dir():
-        why = "is no folder on this machine by absolute path; nothing is downloaded (a hub name is refused)"
-        raise ConfigError(where, f"{value!r} {why}")
-    return value
+# The keys of ``LerobotPolicy.config_dict``: what a config from data may hold (no built model, no processors object).
+CONFIG_KEYS = (
+    "observation",
+    "action_dim",
+    "lerobot_type",
+    "lerobot_config",
+    "inputs",
+    "environment_state",
+    "task",
+    "preprocessor",
+    "postprocessor",
+    "chunk_size",
+)
 
 
 def check_lerobot_type(lerobot_type: Any, where: str) -> str:
@@ -77,3 +78,20 @@ def check_lerobot_fields(lerobot_type: str, fields: Any, where: str) -> dict[str
         if name in known:
             fields[name] = None
     return fields
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A ``LerobotPolicy`` config from data, checked whole before anything is built: known keys, a type fleetloop
+    runs, its lerobot fields (``check_lerobot_fields``), both pipelines' steps; a ``ConfigError`` names the field."""
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"lerobot.{unknown[0]}", f"unknown field; known: {', '.join(CONFIG_KEYS)}")
+    lerobot_type = check_lerobot_type(config.get("lerobot_type"), "lerobot.lerobot_type")
+    fields = check_lerobot_fields(lerobot_type, config.get("lerobot_config") or {}, "lerobot.lerobot_config")
+    for side in ("preprocessor", "postprocessor"):
+        if config.get(side) is not None:
+            try:
+                check_processor_config(config[side])
+            except ProcessorConfigError as err:
+                raise ConfigError(f"lerobot.{side}.{err.field}", err.why) from None
+    return {**config, "lerobot_config": fields}
