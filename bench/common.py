@@ -198,14 +198,15 @@ class GatewayHarness:
     """
 
     def __init__(self, loop: LoopThread, root: Path, **config: Any) -> None:
+        from cloud.data.layout import DataLayout
+        from cloud.data.learner_key import signing_registry
         from cloud.data.store import EpisodeStore
-        from cloud.data.version_registry import PolicyRegistry
         from cloud.gateway.config import GatewayConfig
         from cloud.gateway.server import Gateway
 
         self.loop = loop
         self.store = EpisodeStore(root / "store")
-        self.registry = PolicyRegistry(root / "registry")
+        self.registry = signing_registry(DataLayout(root))
         self.gateway = Gateway(GatewayConfig(host="127.0.0.1", port=0, **config), self.store, self.registry)
         self.gateway.on_applied.append(self._applied)
         self.applied: dict[tuple[str, int], dict[str, float]] = {}

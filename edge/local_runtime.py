@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.runtime import PolicyRuntime
 from policies.base import Policy
-from policies.updates import HeldState, UpdateError, apply_update
+from policies.updates import DeltaBaseError, HeldState, apply_update
 from policies.weights import read_metadata
 
 log = logging.getLogger("fleetloop.runtime")
@@ -107,14 +107,14 @@ class LocalPolicyRuntime(PolicyRuntime):
                     len(weights) / 1e6,
                     (time.perf_counter() - started) * 1000,
                 )
-            except UpdateError as exc:  # e.g. a delta on a version this edge no longer holds: ask for a snapshot
+            except DeltaBaseError as exc:  # a delta on a version this edge no longer holds: ask for a snapshot
                 log.warning("policy %s v%d not applied, keeping v%d: %s", name, version, self.version, exc)
                 if self._on_rejected:
                     self._on_rejected(name, version, str(exc), False)
-            except Exception as exc:  # a bad update must not stop the robot: keep the current policy
-                log.error("policy %s v%d could not be loaded, keeping v%d: %s", name, version, self.version, exc)
+            except Exception as exc:  # a bad version must not stop the robot: keep the current policy, and keep it off
+                log.error("policy %s v%d refused, keeping v%d: %s", name, version, self.version, exc)
                 if self._on_rejected:
-                    self._on_rejected(name, version, str(exc), False)
+                    self._on_rejected(name, version, str(exc), True)
 
     def begin_tick(self) -> bool:
         """Swaps in a newly loaded policy (between ticks, atomically). Returns True on a swap."""

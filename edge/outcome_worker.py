@@ -23,8 +23,7 @@ from edge.outcome import OutcomeJudge, OutcomeJudgeConfig
 from hal.resource import ArraySpec
 from policies.base import Policy
 from policies.reward_classifier import RewardClassifier
-from policies.updates import HeldState, UpdateError, apply_update
-from policies.weights import read_metadata
+from policies.updates import DeltaBaseError, HeldState, apply_update
 from protocol.steps import MAX_ID_LENGTH
 
 log = logging.getLogger("fleetloop.edge")
@@ -54,13 +53,6 @@ def unusable(policy: Policy, observation: Sequence[ArraySpec]) -> str:
             shape = tuple(mine.shape)
             return f"camera {camera!r} gives {mine.dtype} {shape} here; it was trained on uint8 {tuple(spec.shape)}"
     return ""
-
-
-def _is_delta(weights: bytes) -> bool:
-    try:
-        return read_metadata(weights).get("update") == "delta"
-    except ValueError:
-        return False
 
 
 class OutcomeWorker:
@@ -145,14 +137,11 @@ class OutcomeWorker:
             return
         try:
             policy, held = apply_update(weights, self._held)
-        except UpdateError as err:
-            if _is_delta(weights):  # on a version it does not hold: a snapshot will do
-                log.warning("%s could not apply reward classifier %s v%d: %s", self.resource_id, name, version, err)
-                self._on_rejected(name, version, str(err), False)
-            else:  # a snapshot that does not load: sent again, it would not either
-                self._refuse(name, version, str(err))
+        except DeltaBaseError as err:  # on a version it does not hold: a snapshot will do
+            log.warning("%s could not apply reward classifier %s v%d: %s", self.resource_id, name, version, err)
+            self._on_rejected(name, version, str(err), False)
             return
-        except Exception as err:  # weights that build nothing
+        except Exception as err:  # weights that build nothing (or are not the learner's): sent again, still not
             self._refuse(name, version, f"cannot build it: {err}")
             return
         problem = unusable(policy, self.observation)

@@ -19,9 +19,11 @@ from typing import Annotated, Any
 import grpc
 from pydantic import Field, model_validator
 
+from edge.learner_key import LearnerKey
 from edge.spool import Spool
 from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
+from policies.signing import UnsignedVersion
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
@@ -60,6 +62,8 @@ class TunnelConfig(CodeConfig):
     policy_name: Name  # the policy it asks for until the cloud assigns one
     token: str = Field(default="", repr=False)  # this device's credential
     ca: str | None = None  # the CA that signed the gateway's certificate: TLS; None: plain text (loopback only)
+    # The learner's public key (PEM) that signs every version; None: learner.pub beside ``ca``, else the Welcome's.
+    learner_key: str | None = None
     remote_inference: bool = False  # the policy runs in the cloud; observations go up, actions come down
     # The reward classifier whose versions it receives beside its policy's, to judge its episodes ("" for none).
     outcome_policy: str = ""
@@ -131,6 +135,7 @@ class TunnelClient:
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
+        self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
 
     def start(self) -> None:
         self._thread.start()
@@ -248,6 +253,7 @@ class TunnelClient:
                     self.last_heard = time.monotonic()
                     kind = message.WhichOneof("body")
                     if kind == "welcome":
+                        self.learner_key.welcomed(message.welcome.learner_key)
                         for progress in message.welcome.stored:
                             self.spool.ack(progress.episode_id, progress.next_seq)
                         self._outgoing = outgoing
@@ -383,6 +389,12 @@ class TunnelClient:
             log.error("policy %s v%d failed its checksum; keeping the current policy", incoming.name, incoming.version)
             return
         what = "reward classifier" if incoming.name == self.config.outcome_policy else "policy"
+        try:  # before anything past the header is parsed: a version the learner did not sign goes no further
+            self.learner_key.check(bytes(incoming.buffer), incoming.name, incoming.version)
+        except UnsignedVersion as err:
+            log.error("refusing %s %s v%d: %s; keeping the current one", what, incoming.name, incoming.version, err)
+            self.report_rejected(incoming.name, incoming.version, str(err), bad=True)
+            return
         log.info("received %s %s v%d (%.1f MB)", what, incoming.name, incoming.version, len(incoming.buffer) / 1e6)
         self._route(incoming.name, incoming.version, bytes(incoming.buffer))
 

@@ -7,6 +7,7 @@ import time
 import grpc
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from fleetloop.table_console import table_console
@@ -53,12 +54,16 @@ def command(
 
 def render(status: pb.FleetStatus, target: str) -> Table:
     table = Table(title=f"fleet at {target} ({len(status.members)} resources)")
-    for column in ("resource", "kind", "state", "task", "policy", "Hz", "steps", "interventions", "seen"):
+    columns = ["resource", "kind", "state", "task", "policy", "Hz", "steps", "interventions", "seen"]
+    refusals = any(member.refused for member in status.members)
+    if refusals:  # a version some robot keeps off (not signed, not buildable there): said beside that robot
+        columns.append("refused")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("Hz", "steps", "interventions", "seen") else "left")
     for member in status.members:
         caps = member.resource.capabilities
         style = STATE_STYLE.get(member.state, "white")
-        table.add_row(
+        row = [
             member.resource.id,
             f"{member.resource.kind} ({caps.embodiment})",
             f"[{style}]{member.state}[/]",
@@ -68,7 +73,8 @@ def render(status: pb.FleetStatus, target: str) -> Table:
             str(member.steps),
             str(member.interventions),
             f"{member.seconds_since_seen:.1f} s ago",
-        )
+        ]
+        table.add_row(*row, *([escape(member.refused) or "-"] if refusals else []))
     return table
 
 

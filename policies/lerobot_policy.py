@@ -40,6 +40,7 @@ from torch import nn
 
 from policies.base import Policy
 from policies.lerobot_processors import ProcessorConfigError, check_processor_config
+from policies.lerobot_trust import check_config
 
 # A feature or action dimension that barely varies in the data would otherwise blow up when it does vary.
 MIN_SCALE = 1e-2
@@ -277,6 +278,11 @@ class LerobotPolicy(Policy):
         self.chunk_size = int(self._chunk_length())
         if chunk_size is not None and int(chunk_size) != self.chunk_size:
             raise ValueError(f"chunk_size {chunk_size} does not match the lerobot config's {self.chunk_size}")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LerobotPolicy:
+        """The policy a config from data describes, checked first (``policies.lerobot_trust.check_config``)."""
+        return cls(**check_config(config))
 
     @staticmethod
     def _pipelines_from_config(preprocessor: dict, postprocessor: dict) -> tuple[Any, Any]:

@@ -2,17 +2,55 @@
 
 lerobot builds a pipeline step from either ``registry_name`` (a step lerobot registered) or ``class`` (any importable
 ``module.Class``, imported with importlib). A config that arrives as data (a lab's ``policy_preprocessor.json``, the
-metadata of weights from the wire) may name only steps that lerobot's own modules registered; ``class`` entries are
-refused. A step's ``state_file`` must be a plain ``.safetensors`` file name (no folders): it is read beside the config.
+metadata of weights from the wire) may name only the steps of ``ALLOWED_STEPS`` that lerobot's own modules registered
+(the steps of the policy types fleetloop runs); ``class`` entries are refused. A step that loads a tokenizer names it
+by a local folder (``model_folder``), and ``trust_remote_code`` is forced off. A step's
+``state_file`` must be a plain ``.safetensors`` file name (no folders): it is read beside the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
+from hal.config import ConfigError
+
+# Steps that load nothing but their own state, and the steps that load a tokenizer by the folders their fields name.
+PLAIN_STEPS = frozenset(
+    {
+        "rename_observations_processor",
+        "to_batch_processor",
+        "device_processor",
+        "normalizer_processor",
+        "unnormalizer_processor",
+        "smolvla_new_line_processor",
+        "pi0_new_line_processor",
+        "pi05_prepare_state_tokenizer_processor_step",
+        "relative_actions_processor",
+        "absolute_actions_processor",
+    }
+)
+FOLDER_STEP_FIELDS = {
+    "tokenizer_processor": ("tokenizer_name",),
+    "action_tokenizer_processor": ("action_tokenizer_name", "paligemma_tokenizer_name"),
+}
+ALLOWED_STEPS = PLAIN_STEPS | set(FOLDER_STEP_FIELDS)
 # A state file lerobot writes is "<pipeline>_step_<i>_<registry name>.safetensors": no folders, no "..".
 STATE_FILE = re.compile(r"[A-Za-z0-9_.-]{1,200}\.safetensors")
+
+
+def model_folder(value: Any, where: str) -> str:
+    """``value`` when it names a model folder on this host by absolute path; a ``ConfigError`` at ``where`` when it
+    is a hub name, a relative or missing path, or no text."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"must name a model folder on this host, got {value!r}")
+    path = Path(value)
+    if not path.is_absolute() or not path.is_dir():
+        why = "is no folder on this machine by absolute path; nothing is downloaded (a hub name is refused)"
+        raise ConfigError(where, f"{value!r} {why}")
+    return value
 
 
 class ProcessorConfigError(ValueError):
@@ -57,10 +95,39 @@ def check_processor_config(config: Any) -> list[dict[str, Any]]:
             raise ProcessorConfigError(f"{where}.class", why)
         if not isinstance(name, str) or name not in known:
             raise ProcessorConfigError(f"{where}.registry_name", f"{name!r} is not a processor step lerobot defines")
-        if not isinstance(step.get("config", {}), dict):
-            raise ProcessorConfigError(f"{where}.config", "must be a JSON object")
+        if name not in ALLOWED_STEPS:
+            why = f"{name!r} is not among the steps of the policies fleetloop runs: {', '.join(sorted(ALLOWED_STEPS))}"
+            raise ProcessorConfigError(f"{where}.registry_name", why)
+        _check_step_config(step, name, where)
         state_file = step.get("state_file")
         if state_file is not None and (not isinstance(state_file, str) or not STATE_FILE.fullmatch(state_file)):
             why = f"{state_file!r} must be a plain .safetensors file name beside the config"
             raise ProcessorConfigError(f"{where}.state_file", why)
     return steps
+
+
+def _check_step_config(step: dict[str, Any], name: str, where: str) -> None:
+    """The step's ``config``: a JSON object; tokenizer folders local; ``trust_remote_code`` off (set in ``step``)."""
+    config = step.get("config", {})
+    if not isinstance(config, dict):
+        raise ProcessorConfigError(f"{where}.config", "must be a JSON object")
+    if config.get("trust_remote_code", False) is not False:
+        why = "must be false: a tokenizer's own code is never run"
+        raise ProcessorConfigError(f"{where}.config.trust_remote_code", why)
+    for field in FOLDER_STEP_FIELDS.get(name, ()):
+        default = _step_default(name, field)
+        try:
+            model_folder(config.get(field, default), f"{where}.config.{field}")
+        except ConfigError as err:
+            raise ProcessorConfigError(err.path, err.why) from None
+    if name == "action_tokenizer_processor":  # lerobot's default is True
+        step["config"] = {**config, "trust_remote_code": False}
+
+
+def _step_default(name: str, field: str) -> Any:
+    from lerobot.processor.pipeline import ProcessorStepRegistry
+
+    for item in dataclasses.fields(ProcessorStepRegistry.get(name)):
+        if item.name == field and item.default is not dataclasses.MISSING:
+            return item.default
+    return None

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hal.config import ConfigError
 from policies.base import Policy
 from policies.lerobot_policy import (
     LOAD_VLM_WEIGHTS,
@@ -35,6 +36,7 @@ from policies.lerobot_policy import (
     decode_lerobot_config,
 )
 from policies.lerobot_processors import ProcessorConfigError, check_processor_config
+from policies.lerobot_trust import check_lerobot_fields, check_lerobot_type
 from policies.spec import VISUAL, PolicySpec, check_action, check_policy_fits, map_inputs
 from policies.weights import policy_from_bytes
 
@@ -127,23 +129,19 @@ def _read_json(path: Path) -> Any:
 
 def _read_config(folder: Path) -> Any:
     """config.json as the lerobot config of its type, for the CPU, with nothing to download."""
-    import lerobot.policies.factory  # noqa: F401 (registers lerobot's policy config types)
-    from lerobot.configs import PreTrainedConfig
-
     fields = _read_json(folder / CONFIG)
     if not isinstance(fields, dict):
         raise PretrainedError(CONFIG, f"must be a JSON object, got {type(fields).__name__}")
     lerobot_type = fields.get("type")
-    known = sorted(PreTrainedConfig.get_known_choices())
-    if lerobot_type not in known:
-        raise PretrainedError(CONFIG, f"type: {lerobot_type!r} is no lerobot policy type; known: {', '.join(known)}")
-    vlm = fields.get("vlm_model_name")
-    if vlm is not None and not (isinstance(vlm, str) and Path(vlm).is_dir()):
-        why = f"vlm_model_name: {vlm!r} is no folder on this machine; nothing is downloaded, so a VLA's VLM config must"
-        raise PretrainedError(CONFIG, f"{why} be local")
-    fields = {**fields, "device": "cpu", NO_DOWNLOAD: None}  # the weights come from model.safetensors
+    # Its backbone's weights are in model.safetensors: never downloaded. A VLA's VLM config must be local.
+    fields = {**fields, "device": "cpu", NO_DOWNLOAD: None}
     if LOAD_VLM_WEIGHTS in fields:
         fields[LOAD_VLM_WEIGHTS] = False
+    try:
+        check_lerobot_type(lerobot_type, "type")
+        fields = check_lerobot_fields(lerobot_type, fields, "")
+    except ConfigError as err:
+        raise PretrainedError(CONFIG, str(err)) from None
     try:
         config = decode_lerobot_config(lerobot_type, fields)
     except ValueError as err:

@@ -13,7 +13,6 @@ model's update carries only its adapters and normalization.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -22,23 +21,28 @@ import torch
 
 from policies.base import Policy
 from policies.factory import make_policy
+from policies.signing import (
+    MANIFEST,
+    SIGNATURE,
+    WIRE_DTYPES,
+    Manifest,
+    UnsignedVersion,
+    on_wire,
+    state_digest,
+    tensor_digest,
+)
 from policies.weights import read_metadata
 
-WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+__all__ = ["WIRE_DTYPES", "state_digest", "tensor_digest"]
 
 
 class UpdateError(ValueError):
-    """An update that cannot be applied; the edge keeps its current policy (and asks for a full snapshot)."""
+    """An update that cannot be applied; the edge keeps its current policy."""
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    digest = hashlib.sha256(f"{tensor.dtype}:{tuple(tensor.shape)}:".encode())
-    digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def state_digest(digests: dict[str, str]) -> str:
-    return hashlib.sha256("".join(f"{name}={digests[name]}\n" for name in sorted(digests)).encode()).hexdigest()
+class DeltaBaseError(UpdateError):
+    """A delta that does not fit what the edge holds (its base is gone, or it rebuilt to another digest): a full
+    snapshot of the same version may still apply, so the edge asks for one."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class WireState(VersionTensors):
     """One version's tensors as they travel (cast to the wire dtype), with a digest of each."""
 
     dtypes: dict[str, str] = field(repr=False)  # the dtype each tensor has in the policy
+    signed: dict[str, str] = field(default_factory=dict, repr=False)  # the learner's manifest and signature
 
     @classmethod
     def from_weights(cls, weights: bytes, version: int, wire_dtype: str = "float32") -> WireState:
@@ -67,9 +72,10 @@ class WireState(VersionTensors):
         tensors, dtypes = {}, {}
         for name, tensor in safetensors.torch.load(weights).items():
             dtypes[name] = str(tensor.dtype).removeprefix("torch.")
-            tensors[name] = tensor.to(WIRE_DTYPES[wire_dtype]) if tensor.dtype == torch.float32 else tensor
+            tensors[name] = on_wire(tensor, wire_dtype)
         digests = {name: tensor_digest(tensor) for name, tensor in tensors.items()}
-        return cls(version, metadata.get("type", ""), metadata.get("config", ""), tensors, digests, dtypes)
+        signed = {key: metadata[key] for key in (MANIFEST, SIGNATURE) if key in metadata}
+        return cls(version, metadata.get("type", ""), metadata.get("config", ""), tensors, digests, dtypes, signed)
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ def build_update(target: WireState, base: WireState | None = None, max_delta_fra
         "base_version": str(base.version if kind == "delta" else 0),
         "state_sha256": state_digest(target.digests),
         "dtypes": json.dumps({name: target.dtypes[name] for name in sent}, sort_keys=True),
+        **target.signed,  # the learner's word for the version this update rebuilds, checked by the edge
     }
     return Update(
         payload=safetensors.torch.save(sent, metadata=metadata),
@@ -153,7 +160,9 @@ def apply_update(payload: bytes, held: dict[int, HeldState] | None = None) -> tu
     kind = metadata.get("update", "full")
     type_name, config = metadata.get("type", ""), metadata.get("config", "")
     try:
-        dtypes = json.loads(metadata.get("dtypes", "{}"))
+        # Signed (the tunnel checked the signature before handing the bytes on): the learner's dtypes and digests.
+        manifest = Manifest.from_json(metadata[MANIFEST]) if MANIFEST in metadata else None
+        dtypes = manifest.dtypes if manifest is not None else json.loads(metadata.get("dtypes", "{}"))
         version, base_version = int(metadata.get("version", 0)), int(metadata.get("base_version", 0))
     except (ValueError, TypeError) as exc:
         raise UpdateError(f"update metadata is malformed: {exc}") from exc
@@ -162,16 +171,22 @@ def apply_update(payload: bytes, held: dict[int, HeldState] | None = None) -> tu
     if kind == "delta":
         base = (held or {}).get(base_version)
         if base is None:
-            raise UpdateError(f"update.base_version: a delta against v{base_version}, which this edge does not hold")
+            raise DeltaBaseError(f"update.base_version: a delta against v{base_version}, which this edge does not hold")
         if (base.type_name, base.config) != (type_name, config):
-            raise UpdateError("update.config: a delta for another architecture than the held version's")
+            raise DeltaBaseError("update.config: a delta for another architecture than the held version's")
         tensors = {**base.tensors, **tensors}
         digests = {**base.digests, **digests}
     elif kind != "full":
         raise UpdateError(f"update.update: must be 'full' or 'delta', got {kind!r}")
+    if manifest is not None:
+        try:
+            manifest.check_state(digests)
+        except UnsignedVersion as err:
+            raise (DeltaBaseError if kind == "delta" else UpdateError)(str(err)) from None
     expected = metadata.get("state_sha256")
     if expected is not None and state_digest(digests) != expected:
-        raise UpdateError(f"update.state_sha256: the rebuilt v{version} does not match its digest")
+        error = DeltaBaseError if kind == "delta" else UpdateError
+        raise error(f"update.state_sha256: the rebuilt v{version} does not match its digest")
     try:
         with torch.device("meta"):
             policy = make_policy(type_name, json.loads(config))

@@ -89,16 +89,18 @@ class Hello(_message.Message):
     def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ..., remote_inference: _Optional[bool] = ..., outcome_policy: _Optional[str] = ..., outcome_version: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment")
+    __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment", "learner_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     stored: _containers.RepeatedCompositeFieldContainer[EpisodeProgress]
     max_batch_bytes: int
     assignment: Assignment
-    def __init__(self, session_id: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+    learner_key: bytes
+    def __init__(self, session_id: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., learner_key: _Optional[bytes] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("task", "policy_name", "instruction", "paused")
@@ -396,7 +398,7 @@ class CloudMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ..., person: _Optional[_Union[PersonCommand, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ...) -> None: ...
 
 class FleetMember(_message.Message):
-    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen")
+    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +406,7 @@ class FleetMember(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     state: str
     task: str
@@ -411,7 +414,8 @@ class FleetMember(_message.Message):
     steps: int
     interventions: int
     seconds_since_seen: float
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ...) -> None: ...
+    refused: str
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class FleetStatusRequest(_message.Message):
     __slots__ = ()

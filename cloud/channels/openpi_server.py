@@ -48,7 +48,7 @@ from cloud.security.devices import Device, DeviceRegistry
 from cloud.security.revocation import CredentialWatch
 from cloud.serving.inference import InferenceJob, InferenceServer
 from hal.config import CodeConfig, Name
-from policies.weights import read_metadata
+from policies.signing import NOT_SIGNED, UnsignedVersion
 from protocol.incidents import internal_error
 from protocol.sanitize import printable
 
@@ -352,9 +352,12 @@ class OpenPiServer:
             raise OpenPiError("policy", f"no version of {policy_name} is published yet")
         key = (policy_name, latest.version)
         if key not in self._signatures:
-            header = await asyncio.to_thread(self.registry.read_header, policy_name, latest.version)
-            try:
-                config = json.loads(read_metadata(header)["config"])
+            try:  # the learner's signature first: a file anyone else wrote is never parsed further
+                _, metadata = await asyncio.to_thread(self.registry.verified_header, policy_name, latest.version)
+                config = json.loads(metadata["config"])
+            except UnsignedVersion as err:
+                log.error("openpi: %s", err)
+                raise OpenPiError("policy", f"{policy_name} v{latest.version}: {NOT_SIGNED}") from err
             except (ValueError, KeyError, TypeError) as err:  # the registry's file: its details stay in this log
                 log.error("%s v%d has no readable config: %s", policy_name, latest.version, err)
                 raise OpenPiError("policy", f"{policy_name} v{latest.version} has no readable config") from err

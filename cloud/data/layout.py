@@ -29,6 +29,10 @@ class DataLayout:
     devices = _Under("devices.json")  # robot credentials
     phone_devices = _Under("phone-devices.json")  # phone credentials
     certs = _Under("certs")  # the CA and the server certificate
+    # The learner's signing key, in a folder of its own beside certs/ (as the CA's key is kept): the gateway never
+    # reads it. Its public half lies beside ca.pem (copied to robots with it: ``fleetloop edge --ca`` finds it there).
+    learner_key = _Under("certs-learner-key", "signing.key")
+    learner_public_key = _Under("certs", "learner.pub")
     learner_checkpoint = _Under("learner", "checkpoint")  # where the learner resumes
 
     def has_store(self) -> bool:

@@ -3,6 +3,12 @@
 The learner publishes; the gateway watches and pushes each new version to the edges that
 run that policy. Files are written to a temporary name and renamed, so a reader sees a
 version whole or not at all, and a crash never leaves a half-published version.
+
+A registry with the learner's key (``signer``) signs each version it publishes (``policies.signing``); readers
+that build policies from it (the gateway's pushes, remote inference, openpi) take versions through ``read_verified``
+and ``verified_header``, which refuse a file the learner did not sign: whoever can write this folder cannot get a
+version run. The public key is the signer's, or read from ``public_key`` (a file beside the cloud's certificates)
+once it exists.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cloud.data.files import write_atomically
+from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
+from policies.weights import read_metadata
 from protocol.limits import case_twin
 
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always matched whole
@@ -39,9 +47,38 @@ class PolicyVersion:
 
 
 class PolicyRegistry:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, signer: Signer | None = None, public_key: str | Path | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.signer = signer
+        self.public_key = Path(public_key) if public_key is not None else None
+        self._verifier: Verifier | None = signer
+
+    @property
+    def verifier(self) -> Verifier | None:
+        """The learner's public key, once there is one (a learner elsewhere makes it on its first start)."""
+        if self._verifier is None and self.public_key is not None and self.public_key.is_file():
+            self._verifier = Verifier.from_file(self.public_key)
+        return self._verifier
+
+    def _checker(self) -> Verifier:
+        verifier = self.verifier
+        if verifier is None:
+            where = f" (none at {self.public_key})" if self.public_key else ""
+            raise UnsignedVersion(f"no learner key to check versions against{where}: run `fleetloop certs init`")
+        return verifier
+
+    def verified_header(self, policy_name: str, version: int) -> tuple[Manifest, dict[str, str]]:
+        """A version's signed manifest and its header's metadata, from the header alone; ``UnsignedVersion``
+        (a ValueError) for a file the learner did not sign."""
+        metadata = read_metadata(self.read_header(policy_name, version))
+        return self._checker().manifest(metadata, policy_name, version), metadata
+
+    def read_verified(self, policy_name: str, version: int) -> bytes:
+        """A version's file, its header and tensors checked against the learner's signature."""
+        weights = self.read(policy_name, version)
+        self._checker().check_file(weights, policy_name, version)
+        return weights
 
     def _dir(self, policy_name: str) -> Path:
         """The policy's folder; a ValueError when another policy's name differs from it only in case (on a
@@ -66,9 +103,12 @@ class PolicyRegistry:
         directory = self._dir(policy_name)
         directory.mkdir(parents=True, exist_ok=True)
         current = self.latest(policy_name)
+        number = (current.version if current else 0) + 1
+        if self.signer is not None:
+            weights = self.signer.sign(weights, policy_name, number)
         version = PolicyVersion(
             policy_name=policy_name,
-            version=(current.version if current else 0) + 1,
+            version=number,
             sha256=hashlib.sha256(weights).hexdigest(),
             size_bytes=len(weights),
             published_unix=time.time(),
@@ -77,6 +117,25 @@ class PolicyRegistry:
         write_atomically(directory / f"v{version.version:06d}.safetensors", weights, fsync_dir=False)
         write_atomically(directory / "latest.json", json.dumps(asdict(version)).encode(), fsync_dir=False)
         return version
+
+    def sign_again(self, policy_name: str, version: int) -> bool:
+        """Signs a version the learner's key did not sign (one published before versions were signed), in place;
+        False when it was signed already. For versions the lab vouches for: ``fleetloop policy sign``."""
+        if self.signer is None:
+            raise ValueError("signing needs the learner's key")
+        try:
+            self.signer.check_file(self.read(policy_name, version), policy_name, version)
+            return False
+        except UnsignedVersion:
+            pass
+        weights = self.signer.sign(self.read(policy_name, version), policy_name, version)
+        directory = self._dir(policy_name)
+        write_atomically(directory / f"v{version:06d}.safetensors", weights, fsync_dir=False)
+        latest = self.latest(policy_name)
+        if latest is not None and latest.version == version:
+            signed = replace(latest, sha256=hashlib.sha256(weights).hexdigest(), size_bytes=len(weights))
+            write_atomically(directory / "latest.json", json.dumps(asdict(signed)).encode(), fsync_dir=False)
+        return True
 
     def versions(self, policy_name: str) -> list[int]:
         return sorted(int(p.stem[1:]) for p in self._dir(policy_name).glob("v*.safetensors"))

@@ -63,10 +63,15 @@ class FleetControl(pb_grpc.FleetControlServicer):
                     steps=m.steps,
                     interventions=m.interventions,
                     seconds_since_seen=now - m.last_seen,
+                    refused=self._refusals(m.resource.id),
                 )
                 for m in sorted(self.fleet.members.values(), key=lambda m: m.resource.id)
             ]
         )
+
+    def _refusals(self, resource_id: str) -> str:
+        session = self.sessions.get(resource_id)
+        return session.refusals() if session is not None else ""
 
     async def Command(self, request: pb.FleetCommand, context) -> pb.FleetCommandReply:  # noqa: N802
         await self._check_operator(context)

@@ -14,8 +14,9 @@ from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.lru_cache import LruCache
 from cloud.gateway.sessions import Session, Subscription
+from policies.signing import UnsignedVersion
 from policies.updates import WireState, build_update, delta_names
-from policies.weights import read_metadata, sha256_hex
+from policies.weights import sha256_hex
 from protocol import tunnel_pb2 as pb
 from protocol.sanitize import printable
 
@@ -62,24 +63,22 @@ class PolicyPusher:
             await asyncio.sleep(self.config.registry_poll_s)
 
     async def _read_weights(self, version: PolicyVersion) -> bytes:
+        """A version's file, checked against the learner's signature (a file anyone else wrote is refused)."""
         key = (version.policy_name, version.version)
-        return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read, *key))
+        return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read_verified, *key))
 
     def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
-        """The edge could not apply an update (e.g. a delta on a base it dropped): send it a full snapshot."""
+        """The edge could not apply an update. A delta (e.g. on a base it dropped) is followed by one full snapshot;
+        a version it refused whole (or that misbehaved on the robot) is never offered to that edge again, so a
+        version no edge can build is sent once, not in a loop."""
         held = session.subscriptions.get(rejected.policy_name)
         if held is None:  # a name this edge was never sent: nothing to resend
             log.warning("%s rejected %s, which it was never sent", session.resource.id, rejected.policy_name)
             return
-        if rejected.bad:  # it misbehaved on the robot, or cannot be used there: never offer it to this edge again
-            held.bad_versions.add(rejected.version)
-            log.error(
-                "%s refused %s v%d (%s); a newer version will reach it when one is published",
-                session.resource.id,
-                rejected.policy_name,
-                rejected.version,
-                printable(rejected.reason),
-            )
+        if rejected.version in held.bad_versions:
+            return  # said once already
+        if rejected.bad or rejected.version == held.full_sent:
+            self.keep_off(session, held, rejected.policy_name, rejected.version, rejected.reason)
             return
         log.warning(
             "%s could not apply %s v%d (%s); sending a full snapshot",
@@ -93,6 +92,24 @@ class PolicyPusher:
         held.offer = None  # offer the newest version again, from scratch
         self.offer_latest(session, rejected.policy_name)
 
+    @staticmethod
+    def keep_off(
+        session: Session, held: Subscription, name: str, version: int, reason: str, by_edge: bool = True
+    ) -> None:
+        """``version`` of ``name`` is not offered to ``session`` again; it keeps what it runs (logged once).
+        ``by_edge``: the edge refused it; else the gateway did (e.g. a file the learner did not sign)."""
+        held.bad_versions.add(version)
+        held.refused = f"{name} v{version}: {printable(reason)}"
+        who = f"{session.resource.id} refused" if by_edge else f"not sending {session.resource.id}"
+        log.error(
+            "%s %s v%d (%s); it keeps v%d, and a newer version will reach it when one is published",
+            who,
+            name,
+            version,
+            printable(reason),
+            held.applied_version,
+        )
+
     async def _wire_state(self, version: PolicyVersion) -> WireState:
         async def build() -> WireState:
             weights = await self._read_weights(version)
@@ -103,9 +120,8 @@ class PolicyPusher:
     async def _architecture(self, version: PolicyVersion) -> tuple[str, str] | None:
         """A version's policy type and config, from its file's header alone; None when it is gone."""
         try:
-            header = await asyncio.to_thread(self.registry.read_header, version.policy_name, version.version)
-            metadata = read_metadata(header)
-        except (FileNotFoundError, ValueError):
+            _, metadata = await asyncio.to_thread(self.registry.verified_header, version.policy_name, version.version)
+        except (FileNotFoundError, ValueError):  # gone, or not the learner's (refused where it is read whole)
             return None
         return metadata.get("type", ""), metadata.get("config", "")
 
@@ -149,12 +165,18 @@ class PolicyPusher:
             for held in list(session.subscriptions.values()):
                 version = held.offer
                 if version is not None and version.version > held.sent_version and not session.closed:
-                    await self._send_version(session, held, version)
+                    try:
+                        await self._send_version(session, held, version)
+                    except (UnsignedVersion, OSError, ValueError) as err:  # unsigned, gone or unreadable: not sent
+                        held.sent_version = max(held.sent_version, version.version)
+                        self.keep_off(session, held, version.policy_name, version.version, str(err), by_edge=False)
 
     async def _send_version(self, session: Session, held: Subscription, version: PolicyVersion) -> None:
         base_version = 0 if held.needs_full else held.applied_version
         data, sha256, kind, base_version = await self._update_for(version, base_version)
         held.needs_full = False
+        if kind == "full":
+            held.full_sent = version.version
         if kind == "delta":
             log.info(
                 "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",

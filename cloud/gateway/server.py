@@ -257,6 +257,7 @@ class Gateway(pb_grpc.TunnelServicer):
                     session_id=session.session_id,
                     stored=stored,
                     max_batch_bytes=self.config.max_batch_bytes,
+                    learner_key=verifier.raw() if (verifier := self.registry.verifier) is not None else b"",
                 )
             )
         )

@@ -32,7 +32,9 @@ class Subscription:
     sent_version: int = 0
     applied_version: int = 0
     needs_full: bool = False  # it could not apply a delta: its next update is a full snapshot
+    full_sent: int = 0  # the last version sent as a full snapshot: refused too, it is not sent again
     bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from or refused as unusable
+    refused: str = ""  # why it keeps off the last of them, in words (the fleet view shows it)
 
 
 @dataclass
@@ -113,6 +115,10 @@ class Session:
     def subscription(self, policy_name: str) -> Subscription:
         """What it holds of ``policy_name`` (a fresh record, nothing held, the first time that name is asked)."""
         return self.subscriptions.setdefault(policy_name, Subscription())
+
+    def refusals(self) -> str:
+        """The versions it keeps off, one per name, in words ("" when none)."""
+        return "; ".join(held.refused for held in self.subscriptions.values() if held.refused)
 
     def offer_version(self, version: PolicyVersion) -> None:
         name = version.policy_name

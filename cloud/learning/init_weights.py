@@ -84,7 +84,7 @@ class InitSource:
         if self.path is not None:
             return load_policy(self.path, spec)
         pinned = self.pinned(registry)
-        policy = policy_from_bytes(registry.read(self.dataset, pinned.version or 0))
+        policy = policy_from_bytes(registry.read_verified(self.dataset, pinned.version or 0))
         if spec is not None:
             config = policy.config_dict()
             config = config.get("base_config", config)
@@ -132,7 +132,7 @@ class InitWeights:
 def check_init(sources: tuple[tuple[str, str], ...], layout: DataLayout) -> None:
     """Every ``--init`` source loads (as hostile input) and fits its dataset where the store holds it already;
     ValueError naming the flag, the source and the file or feature."""
-    registry = PolicyRegistry(layout.registry)
+    registry = PolicyRegistry(layout.registry, public_key=layout.learner_public_key)
     store = EpisodeStore(layout.store, read_only=True) if layout.has_store() else None
     try:
         for dataset, text in sources:

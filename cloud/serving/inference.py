@@ -70,7 +70,8 @@ class InferenceServer:
         current = self._models.get(policy_name)
         if latest is None or (current is not None and current.version >= latest.version):
             return current
-        weights = await asyncio.to_thread(self.registry.read, policy_name, latest.version)
+        # Checked against the learner's signature before anything past the header is parsed.
+        weights = await asyncio.to_thread(self.registry.read_verified, policy_name, latest.version)
         policy = await asyncio.to_thread(policy_from_bytes, weights)
         policy.eval()
         self._models[policy_name] = _Model(policy, latest.version)

@@ -14,15 +14,22 @@ log = logging.getLogger("fleetloop")
 
 @refuses_bad_input("certs {action}")
 def cmd_certs(args: argparse.Namespace) -> int:
+    from cloud.data.learner_key import learner_signer
     from cloud.security.certs import ca_fingerprint, init_certs, server_hosts
 
     directory = Path(args.certs) if args.certs else args.root.certs
     paths = init_certs(directory, tuple(args.host), force=args.force)
+    learner_signer(args.root)  # kept if there is one: a new key would orphan every version signed so far
+    public = args.root.learner_public_key
     log.info(
-        "created a CA (%s) and the cloud's certificate for %s; copy %s to every robot and pass it as --ca",
+        "created a CA (%s) and the cloud's certificate for %s; copy %s and %s (the learner's key that signs every "
+        "policy version) to every robot and pass --ca %s (the edge finds %s beside it)",
         paths.ca,
         ", ".join(server_hosts(paths.server_cert)),
         paths.ca.name,
+        public,
+        paths.ca.name,
+        public.name,
     )
     log.info("the CA vouches only for those names; its SHA-256 fingerprint: %s", ca_fingerprint(paths.ca))
     log.info(

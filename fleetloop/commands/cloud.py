@@ -136,8 +136,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("refusing to start: %s", err)
         return 2
+    from cloud.data.learner_key import learner_signer, verifying_registry
     from cloud.data.store import EpisodeStore
-    from cloud.data.version_registry import PolicyRegistry
     from cloud.gateway.server import serve
 
     layout = args.root
@@ -146,7 +146,10 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # the one-writer lock
         log.error("refusing to start: --root: %s; is another cloud running on this data folder?", err)
         return 2
-    registry = PolicyRegistry(layout.registry)
+    # The learner's key is made on the cloud's first start, whether the learner runs here or elsewhere on this data
+    # folder: robots learn its public half in the Welcome. The gateway keeps and reads only that public half.
+    learner_signer(layout)
+    registry = verifying_registry(layout)
     learner = None
     if learning is not None:
         context = multiprocessing.get_context("spawn")

@@ -54,6 +54,13 @@ def _check_link_flags(args: argparse.Namespace) -> str | None:
         return f"--cloud {args.cloud} is not on this machine: give --ca <ca.pem> so the link uses TLS"
     if args.ca and not Path(args.ca).is_file():
         return f"--ca: no such file {args.ca}"
+    if args.learner_key:
+        from policies.signing import Verifier
+
+        try:
+            Verifier.from_file(args.learner_key)
+        except (OSError, ValueError) as err:
+            return f"--learner-key: {err}"
     return None
 
 
@@ -224,6 +231,7 @@ def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
             policy_name=args.policy or embodiment,
             token=read_token(args),
             ca=args.ca,
+            learner_key=args.learner_key,
             remote_inference=args.remote_policy,
             outcome_policy=args.outcome_from,
         )
@@ -266,6 +274,12 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
     add_token_args(edge, "this device's")
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
+    edge.add_argument(
+        "--learner-key",
+        default=None,
+        help="the learner's public key (learner.pub from the cloud's certs/) that every policy version must be signed "
+        "with (default: learner.pub beside --ca, else the key the cloud sends)",
+    )
     edge.add_argument(
         "--remote-policy", action="store_true", help="run the policy in the cloud (models too big for here)"
     )

@@ -1,5 +1,6 @@
-"""``fleetloop policy``: list a policy's published versions, roll back to an earlier one, or publish a policy trained
-elsewhere (a lerobot ``pretrained_model`` folder or a fleetloop weights file) as the next version."""
+"""``fleetloop policy``: list a policy's published versions, roll back to an earlier one, publish a policy trained
+elsewhere (a lerobot ``pretrained_model`` folder or a fleetloop weights file) as the next version, or sign the
+versions a registry holds from before versions were signed. Whatever it publishes carries the learner's signature."""
 
 from __future__ import annotations
 
@@ -29,14 +30,18 @@ def input_map(text: str) -> tuple[str, list[str]]:
 
 @refuses_bad_input("policy {action}")
 def cmd_policy(args: argparse.Namespace) -> int:
+    from cloud.data.learner_key import signing_registry
     from cloud.data.version_registry import PolicyRegistry
 
-    registry = PolicyRegistry(args.root.registry)
+    # What it writes is signed with the learner's key (made here the first time); a listing needs no key.
+    registry = PolicyRegistry(args.root.registry) if args.action == "list" else signing_registry(args.root)
     if args.action == "publish":
         return _publish(args, registry)
     given = [flag for field, flag in PUBLISH_FLAGS.items() if getattr(args, field)]
     if given:
         raise ValueError(f"{given[0]}: only `fleetloop policy publish` takes it")
+    if args.action == "sign":
+        return _sign(args, registry)
     if args.action == "rollback":
         version = registry.rollback(args.name, args.to)
         rolled_back_to = version.note.removeprefix("rollback to ")
@@ -52,6 +57,26 @@ def cmd_policy(args: argparse.Namespace) -> int:
         note = latest.note if number == latest.version else ""
         print(f"v{number}{marker}{': ' + note if note else ''}")
     return 0
+
+
+def _sign(args: argparse.Namespace, registry) -> int:
+    """Signs every version of the policy that carries no valid signature (published before fleetloop signed
+    versions): the lab vouches for them by running this on its own data folder."""
+    if args.to is not None:
+        raise ValueError("--to: only `fleetloop policy rollback` takes it")
+    numbers = registry.versions(args.name)
+    if not numbers:
+        raise ValueError(f"policy_name: no versions of {args.name!r}")
+    signed = [number for number in numbers if registry.sign_again(args.name, number)]
+    if signed:
+        log.info("%s: signed %s with the learner's key; edges take them again", args.name, _listed(signed))
+    else:
+        log.info("%s: every version was signed by the learner already", args.name)
+    return 0
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(f"v{number}" for number in numbers)
 
 
 def _publish(args: argparse.Namespace, registry) -> int:
@@ -114,9 +139,11 @@ def _target_spec(args: argparse.Namespace):
 
 def register(sub: argparse._SubParsersAction) -> None:
     policy = sub.add_parser(
-        "policy", help="list a policy's versions, roll back to an earlier one, or publish one trained elsewhere"
+        "policy",
+        help="list a policy's versions, roll back to an earlier one, publish one trained elsewhere, or sign versions "
+        "published before fleetloop signed them",
     )
-    policy.add_argument("action", choices=["list", "rollback", "publish"])
+    policy.add_argument("action", choices=["list", "rollback", "publish", "sign"])
     policy.add_argument("name", help="the policy, e.g. panda_pick_cube")
     add_root_arg(policy)
     policy.add_argument("--to", type=positive_int, default=None, help="version to go back to (default: previous)")

@@ -7,7 +7,9 @@ import asyncio
 
 import pytest
 
-from cloud.data.version_registry import PolicyRegistry, PolicyVersion
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
+from cloud.data.version_registry import PolicyVersion
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.sessions import Session, admit
@@ -77,7 +79,7 @@ def test_admission_checks_the_outcome_policy_by_its_own_field(tmp_path) -> None:
 
 
 def test_both_subscriptions_are_pushed_and_a_refused_version_is_not_sent_again(tmp_path) -> None:
-    registry = PolicyRegistry(tmp_path / "registry")
+    registry = signing_registry(DataLayout(tmp_path))
     policy = make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})
     registry.publish("pick", policy_to_bytes(policy))
     registry.publish("pick.reward", policy_to_bytes(policy))  # what it holds does not matter to the pusher
@@ -100,6 +102,7 @@ def test_both_subscriptions_are_pushed_and_a_refused_version_is_not_sent_again(t
         edge.subscriptions["pick.reward"].applied_version = 1
         pusher.on_rejected(edge, pb.PolicyRejected(policy_name="pick.reward", version=1, reason="no camera", bad=True))
         pusher.offer_latest(edge, "pick.reward")
+        edge.subscriptions["pick"].full_sent = 0  # as if v1 had gone as a delta: one full snapshot may follow
         pusher.on_rejected(edge, pb.PolicyRejected(policy_name="pick", version=1, reason="delta base gone"))
         await receive(3)  # the policy again, as a snapshot; the refused classifier not
         await asyncio.sleep(0.1)

@@ -6,7 +6,8 @@ import asyncio
 
 import numpy as np
 
-from cloud.data.version_registry import PolicyRegistry
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.serving.inference import InferenceJob, InferenceServer
 from policies.factory import make_policy
 from policies.weights import policy_to_bytes
@@ -15,7 +16,7 @@ CONFIG = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_
 
 
 def test_requests_from_several_robots_share_a_forward_pass_and_name_the_version(tmp_path) -> None:
-    registry = PolicyRegistry(tmp_path)
+    registry = signing_registry(DataLayout(tmp_path))
     policy = make_policy("mlp", CONFIG)
     registry.publish("p", policy_to_bytes(policy))
     observations = [{"state": np.full(3, i, np.float32)} for i in range(3)]
@@ -47,7 +48,7 @@ def test_requests_from_several_robots_share_a_forward_pass_and_name_the_version(
 
 def test_no_published_version_is_an_error_reply_not_a_crash(tmp_path) -> None:
     async def scenario() -> tuple:
-        server = InferenceServer(PolicyRegistry(tmp_path))
+        server = InferenceServer(signing_registry(DataLayout(tmp_path)))
         answer = asyncio.get_running_loop().create_future()
         server.submit("p", InferenceJob({"state": np.zeros(3, np.float32)}, lambda *a: answer.set_result(a)))
         result = await asyncio.wait_for(answer, timeout=10)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.policy_import import newest_imported, publish_policy
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
@@ -57,7 +58,7 @@ def recorded(root: Path, episodes: int = 2, state_dim: int = 21, dataset: str = 
 
 def first_version(layout: DataLayout, config: LearnerConfig, dataset: str = DATASET):
     store = EpisodeStore(layout.store, read_only=True)
-    registry = PolicyRegistry(layout.registry)
+    registry = signing_registry(layout)
     try:
         published = Learner(store, registry, config).poll_once()
     finally:
@@ -100,7 +101,7 @@ def test_the_first_version_fine_tunes_the_folder_s_weights_and_keeps_its_statist
 
 def test_registry_starts_from_the_newest_version_a_person_published(tmp_path) -> None:
     layout = recorded(tmp_path / "data")
-    registry = PolicyRegistry(layout.registry)
+    registry = signing_registry(layout)
     spec = PolicySpec(STATE, 4, f"dataset {DATASET}")
     weights = tmp_path / "mlp.safetensors"
     weights.write_bytes(policy_to_bytes(small_mlp(STATE)))

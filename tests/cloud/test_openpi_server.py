@@ -19,6 +19,8 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.version_registry import PolicyRegistry
 from cloud.security.devices import DeviceRegistry
 from cloud.serving.inference import InferenceServer
@@ -108,7 +110,7 @@ class RunningServer:
 
 @pytest.fixture
 def cloud(tmp_path) -> Iterator[tuple[RunningServer, object]]:
-    registry = PolicyRegistry(tmp_path)
+    registry = signing_registry(DataLayout(tmp_path))
     policy = make_policy("mlp", CONFIG)
     registry.publish("pusht", policy_to_bytes(policy))
     running = RunningServer(registry, default_policy="pusht")
@@ -206,7 +208,7 @@ def test_unknown_policies_are_refused_at_the_handshake_and_healthz_answers(cloud
 
 
 def test_an_oversized_message_closes_only_that_connection(tmp_path) -> None:
-    registry = PolicyRegistry(tmp_path)
+    registry = signing_registry(DataLayout(tmp_path))
     policy = make_policy("mlp", CONFIG)
     registry.publish("pusht", policy_to_bytes(policy))
     running = RunningServer(registry, default_policy="pusht", max_message_bytes=1024)
@@ -226,7 +228,7 @@ def test_an_oversized_message_closes_only_that_connection(tmp_path) -> None:
 
 
 def test_with_device_credentials_an_openpi_api_key_is_required(tmp_path) -> None:
-    registry = PolicyRegistry(tmp_path / "registry")
+    registry = signing_registry(DataLayout(tmp_path))
     registry.publish("pusht", policy_to_bytes(make_policy("mlp", CONFIG)))
     registry.publish("other", policy_to_bytes(make_policy("mlp", CONFIG)))
     devices = DeviceRegistry(tmp_path / "devices.json")

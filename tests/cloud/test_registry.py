@@ -1,8 +1,22 @@
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.version_registry import PolicyRegistry
+from policies.factory import make_policy
+from policies.signing import NOT_SIGNED, UnsignedVersion
+from policies.weights import policy_to_bytes
+
+CLI = [sys.executable, "-m", "fleetloop.cli", "policy"]
+
+
+def weights(action_dim: int = 2) -> bytes:
+    config = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": action_dim}
+    return policy_to_bytes(make_policy("mlp", config))
 
 
 def test_versions_are_monotonic_across_reopen(tmp_path) -> None:
@@ -37,20 +51,17 @@ def test_rollback_republishes_an_earlier_version_as_the_next_one(tmp_path) -> No
 
 
 def test_policy_rollback_command(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    registry = PolicyRegistry(tmp_path / "registry")
-    registry.publish("pick", b"one")
-    registry.publish("pick", b"two")
-    cli = [sys.executable, "-m", "fleetloop.cli", "policy"]
-    done = subprocess.run([*cli, "rollback", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
+    registry = signing_registry(DataLayout(tmp_path))
+    registry.publish("pick", weights())
+    registry.publish("pick", weights())
+    done = subprocess.run([*CLI, "rollback", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "pick v3 published with the weights of v1" in done.stderr
-    listed = subprocess.run([*cli, "list", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
+    registry.read_verified("pick", 3)  # signed again, as v3
+    listed = subprocess.run([*CLI, "list", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
     assert "v3 (latest): rollback to v1" in listed.stdout
     bad = subprocess.run(
-        [*cli, "rollback", "pick", "--to", "9", "--root", str(tmp_path)], capture_output=True, text=True
+        [*CLI, "rollback", "pick", "--to", "9", "--root", str(tmp_path)], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "to_version" in bad.stderr
 
@@ -62,3 +73,17 @@ def test_policy_names_are_whole_and_unique_regardless_of_case(tmp_path) -> None:
         with pytest.raises(ValueError, match=why):
             registry.publish(name, b"other weights")
     assert registry.latest("Panda_Pick_Cube") is None and registry.latest("panda_pick_cube").version == 1
+
+
+def test_versions_published_before_signing_are_refused_until_the_lab_signs_them(tmp_path) -> None:
+    layout = DataLayout(tmp_path)
+    PolicyRegistry(layout.registry).publish("pick", weights())  # as a registry from before versions were signed
+    registry = signing_registry(layout)
+    with pytest.raises(UnsignedVersion, match=NOT_SIGNED):
+        registry.read_verified("pick", 1)
+    done = subprocess.run([*CLI, "sign", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0 and "signed v1" in done.stderr, done.stderr
+    registry.read_verified("pick", 1)
+    assert registry.latest("pick").sha256 == hashlib.sha256(registry.read("pick", 1)).hexdigest()
+    again = subprocess.run([*CLI, "sign", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert "signed by the learner already" in again.stderr

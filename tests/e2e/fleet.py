@@ -147,12 +147,13 @@ def publish_untrained_policy(root: Path, task: str, hidden: tuple[int, ...] = (3
 def publish_untrained(root: Path, name: str, observation, action, hidden: tuple[int, ...] = (32,)) -> None:
     """Publishes a randomly initialised policy ``name`` for these observation specs and action spec (a robot's
     capabilities), so a robot with no operator has actions."""
+    from cloud.data.layout import DataLayout
+    from cloud.data.learner_key import signing_registry
     from cloud.data.store import ColumnSpec
-    from cloud.data.version_registry import PolicyRegistry
     from cloud.learning.policy_choice import policy_for_schema
     from policies.weights import policy_to_bytes
     from protocol.steps import schema_for
 
     schema = schema_for([(s.name, s.dtype, s.shape) for s in observation], (action.dtype, action.shape))
     policy = policy_for_schema({k: ColumnSpec(d, s) for k, (d, s) in schema.items()}, hidden=hidden)
-    PolicyRegistry(root / "data" / "registry").publish(name, policy_to_bytes(policy))
+    signing_registry(DataLayout(root / "data")).publish(name, policy_to_bytes(policy))

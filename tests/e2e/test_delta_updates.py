@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from policies.factory import make_policy
 from policies.lora import LoraConfig, LoraPolicy
 from policies.train import train_policy
@@ -44,7 +45,7 @@ def versions_in_store(fleet: Fleet, robot: str) -> set[int]:
 
 
 def test_a_lora_update_sends_under_5_percent_of_the_model_and_both_edges_swap_it_in(fleet: Fleet) -> None:
-    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    registry = signing_registry(DataLayout(fleet.root / "data"))
     policy = lora_policy()
     v1 = registry.publish(DATASET, policy_to_bytes(policy))
     for robot, seed in (("robot-1", 1), ("robot-2", 2)):
@@ -73,7 +74,7 @@ def test_a_lora_update_sends_under_5_percent_of_the_model_and_both_edges_swap_it
 
 
 def test_an_edge_that_cannot_apply_a_delta_gets_a_full_snapshot(fleet: Fleet) -> None:
-    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    registry = signing_registry(DataLayout(fleet.root / "data"))
     policy = lora_policy()
     registry.publish(DATASET, policy_to_bytes(policy))
     fine_tune(policy, seed=4)
@@ -96,7 +97,7 @@ def test_an_edge_that_cannot_apply_a_delta_gets_a_full_snapshot(fleet: Fleet) ->
 
 @pytest.mark.parametrize("change", ["every tensor", "the architecture"])
 def test_a_version_no_delta_can_carry_travels_as_the_registry_file_itself(fleet: Fleet, change: str) -> None:
-    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    registry = signing_registry(DataLayout(fleet.root / "data"))
     policy = lora_policy()
     registry.publish(DATASET, policy_to_bytes(policy))
     if change == "every tensor":  # full fine-tuning: every tensor moves, so a delta is not worth it

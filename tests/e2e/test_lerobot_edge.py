@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import yaml
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import ColumnSpec, EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.policy_choice import policy_for_schema
 from hal.lerobot_robot import make_lerobot_robot
 from policies.weights import policy_to_bytes
@@ -24,7 +25,7 @@ def test_lerobot_robot_runs_the_loop_from_a_config_file(tmp_path, fleet: Fleet) 
     policy = policy_for_schema({k: ColumnSpec(d, s) for k, (d, s) in schema.items()}, hidden=(16,))
 
     fleet.start_cloud()
-    PolicyRegistry(fleet.root / "data" / "registry").publish(caps.embodiment, policy_to_bytes(policy))
+    signing_registry(DataLayout(fleet.root / "data")).publish(caps.embodiment, policy_to_bytes(policy))
     fleet.start_edge("lerobot-arm-1", "--operator", "none", robot=f"lerobot:{config_path}", hz=10)
     store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
 

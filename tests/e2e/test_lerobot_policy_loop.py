@@ -8,8 +8,9 @@ import time
 import numpy as np
 import torch
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from hal.sim import SIM_TASKS
 from policies.lerobot_policy import LerobotPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes
@@ -36,7 +37,7 @@ def test_lerobot_act_then_diffusion_run_on_the_edge(tmp_path, fleet: Fleet) -> N
     fleet.start_cloud()
     fleet.start_edge("pusht-1", "--operator", "none", robot="sim:pusht", hz=10, env=OFFLINE)
     store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
-    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    registry = signing_registry(DataLayout(fleet.root / "data"))
 
     def rows(version: int) -> int:
         store.refresh()
@@ -89,7 +90,7 @@ def test_the_cloud_s_learner_trains_lerobot_act_from_operator_demos_and_the_edge
     learner += ["--round-episodes", "1000", "--train-steps", "40", "--batch-size", "32"]
     fleet.start_cloud(*learner, learner=True)
     fleet.start_edge("arm-1", "--preload", "lerobot", hz=50, env=OFFLINE)
-    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    registry = signing_registry(DataLayout(fleet.root / "data"))
     wait_until(lambda: registry.latest(task) is not None, 180, "the learner to publish lerobot ACT v1")
     policy = policy_from_bytes(registry.read(task, 1))
     assert isinstance(policy, LerobotPolicy) and policy.lerobot_type == "act" and policy.chunk_size == 5

@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.policy_choice import policy_for_schema
 from edge.spool import Spool
 from policies.weights import policy_to_bytes
@@ -56,7 +57,7 @@ def test_two_edges_stream_every_step_once_and_both_get_the_new_version(fleet: Fl
     )
 
     policy = policy_for_schema(store.schema(DATASET), hidden=(32, 32))
-    version = PolicyRegistry(fleet.root / "data" / "registry").publish(DATASET, policy_to_bytes(policy))
+    version = signing_registry(DataLayout(fleet.root / "data")).publish(DATASET, policy_to_bytes(policy))
     assert version.version == 1
 
     def both_run_v1() -> bool:
@@ -143,7 +144,7 @@ def test_image_steps_from_pusht_land_in_the_store_and_a_cnn_version_reaches_the_
     assert schema["obs.pixels"].shape == (96, 96, 3)
     policy = policy_for_schema(schema, hidden=(32,))
     assert policy.type_name == "cnn"
-    PolicyRegistry(fleet.root / "data" / "registry").publish("pusht", policy_to_bytes(policy))
+    signing_registry(DataLayout(fleet.root / "data")).publish("pusht", policy_to_bytes(policy))
     wait_until(lambda: rows() > 10, 60, "image steps under the CNN policy v1")
     store.refresh()
     assert (store.read("pusht", columns=["policy_version"])["policy_version"] == 1).all()

@@ -4,8 +4,9 @@ the tunnel beside the policy's. v1 always says success (its last layer's bias se
 
 from __future__ import annotations
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeRecord, EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 from tests.policies.reward_frames import constant_classifier
@@ -18,7 +19,7 @@ def classifier_bytes(success: bool) -> bytes:
 
 
 def test_the_reward_classifier_ends_episodes_while_it_says_success_and_not_after(fleet: Fleet) -> None:
-    registry = PolicyRegistry(fleet.root / "data" / "registry")
+    registry = signing_registry(DataLayout(fleet.root / "data"))
     publish_untrained_policy(fleet.root, DATASET, hidden=(16,))  # actions for a robot with no operator
     registry.publish(CLASSIFIER, classifier_bytes(True))
     fleet.start_cloud()

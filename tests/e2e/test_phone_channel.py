@@ -22,8 +22,9 @@ import websockets
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import ColumnSpec, EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.config import LearnerConfig
 from cloud.learning.policy_choice import policy_for_schema
 from cloud.learning.sampler import LABELLED_KINDS, Sampler, load_steps
@@ -300,7 +301,7 @@ def publish_constant_phone_policy(fleet: Fleet, position: list[float], chunk: in
         policy.head[-1].weight.zero_()
         policy.head[-1].bias.zero_()
     policy.action_mean = torch.tensor([*position, 0, 0, 0, 1, 0.05], dtype=torch.float32)
-    PolicyRegistry(fleet.root / "data" / "registry").publish("phone", policy_to_bytes(policy))
+    signing_registry(DataLayout(fleet.root / "data")).publish("phone", policy_to_bytes(policy))
 
 
 def test_a_stopped_episode_stores_how_wrong_the_foresight_was_and_the_learner_weights_it(phone_cloud: Fleet) -> None:

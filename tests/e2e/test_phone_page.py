@@ -48,8 +48,9 @@ from PIL import Image
 from websockets.sync.client import connect
 
 from cloud.channels.phone_channel import PhoneChannel
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import ColumnSpec
-from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.policy_choice import policy_for_schema
 from policies.weights import policy_to_bytes
 from protocol.steps import schema_for
@@ -232,7 +233,7 @@ def publish_phone_policy(root: Path) -> None:
     spec = [("image", "|u1", (HEIGHT, WIDTH, 3)), ("pose", "<f4", (7,)), ("gripper", "<f4", (1,))]
     schema = schema_for(spec, ("<f4", (8,)))
     policy = policy_for_schema({k: ColumnSpec(d, s) for k, (d, s) in schema.items()}, hidden=(32,))
-    PolicyRegistry(root / "data" / "registry").publish("phone", policy_to_bytes(policy))
+    signing_registry(DataLayout(root / "data")).publish("phone", policy_to_bytes(policy))
 
 
 def test_phone_page_records_an_episode_with_webxr_pose_and_draws_foresight(tmp_path: Path, fleet: Fleet) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from tests.e2e.fleet import ENV, free_port, wait_until
 from tests.e2e.x_display import press, x_display
 
@@ -375,7 +377,6 @@ def test_first_real_robot_session_commands(shell: Shell) -> None:
     """The walkthrough of a lab's first session, with no arm on this machine: configs copied, credentials made, the
     TLS cloud with its takeover pages and reward classifier up, the edge refusing to start naming the arm's port,
     and the fleet and the registry read back (a version published here as the learner would)."""
-    from cloud.data.version_registry import PolicyRegistry
     from hal.drivers import driver_capabilities
     from policies.factory import make_policy
     from policies.weights import policy_to_bytes
@@ -418,7 +419,7 @@ def test_first_real_robot_session_commands(shell: Shell) -> None:
         "hidden": [8],
     }
     weights = policy_to_bytes(make_policy("mlp", spec))
-    PolicyRegistry(shell.cwd / "fleetloop-data" / "registry").publish("so101_follower", weights, "hg-dagger (mlp)")
+    signing_registry(DataLayout(shell.cwd / "fleetloop-data")).publish("so101_follower", weights, "hg-dagger (mlp)")
     listing = shell.run("fleetloop policy list so101_follower --root fleetloop-data")
     assert "v1" in listing and "hg-dagger (mlp)" in listing, listing
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import tests.e2e.fleet as fleet_processes
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.serving.inference import InferenceJob, InferenceServer
 from policies.lerobot_policy import LerobotPolicy
 from policies.weights import policy_to_bytes, read_metadata
@@ -65,7 +66,7 @@ def test_an_edge_acts_with_a_tiny_smolvla_that_runs_in_the_cloud(fleet: Fleet) -
 
     weights = policy_to_bytes(tiny_vla(vlm_dir))
     assert json.loads(read_metadata(weights)["config"])["lerobot_config"]["vlm_model_name"] == str(vlm_dir)
-    PolicyRegistry(fleet.root / "data" / "registry").publish(DATASET, weights)
+    signing_registry(DataLayout(fleet.root / "data")).publish(DATASET, weights)
     published = time.monotonic()
 
     def acting(n: int) -> bool:
@@ -110,7 +111,7 @@ def test_the_inference_server_adds_little_to_the_tiny_vla_forward_pass(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the cloud process runs (OMP_NUM_THREADS=1)
     policy = tiny_vla(write_tiny_vlm_dir(tmp_path / "tiny-smolvlm"))
-    registry = PolicyRegistry(tmp_path / "registry")
+    registry = signing_registry(DataLayout(tmp_path))
     registry.publish(DATASET, policy_to_bytes(policy))
     rng = np.random.default_rng(0)
 

@@ -1,0 +1,57 @@
+"""The learner's signing key (ed25519): made by ``fleetloop certs init`` or on the learner's first start, kept in
+``certs-learner-key/`` (0700, the key 0600) beside ``certs/``, apart from what the gateway reads; its public half is
+``certs/learner.pub``.
+
+Registries for the two sides: the learner's signs what it publishes (``signing_registry``); the gateway's and
+inference servers' checks what they read against the public key alone (``verifying_registry``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from cloud.data.layout import DataLayout
+from cloud.data.version_registry import PolicyRegistry
+from policies.signing import Signer
+
+log = logging.getLogger("fleetloop")
+
+
+def learner_signer(layout: DataLayout) -> Signer:
+    """The learner's key from the data folder, made there the first time (never replaced)."""
+    path = layout.learner_key
+    if path.is_file():
+        signer = Signer.from_private_file(path)
+        if not layout.learner_public_key.is_file():
+            _write_public(layout, signer)
+        return signer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    signer = Signer.generate()
+    try:  # O_EXCL: two first starts at once keep the key the first one wrote
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return Signer.from_private_file(path)
+    with os.fdopen(fd, "wb") as file:
+        file.write(signer.private_pem())
+    _write_public(layout, signer)
+    log.info("made the learner's signing key %s; robots check versions against %s", path, layout.learner_public_key)
+    return signer
+
+
+def _write_public(layout: DataLayout, signer: Signer) -> None:
+    layout.learner_public_key.parent.mkdir(parents=True, exist_ok=True)
+    temporary = layout.learner_public_key.with_suffix(".tmp")
+    temporary.write_bytes(signer.public_pem())
+    temporary.replace(layout.learner_public_key)
+
+
+def signing_registry(layout: DataLayout) -> PolicyRegistry:
+    """The registry as the learner and ``fleetloop policy`` write it: every version signed."""
+    return PolicyRegistry(layout.registry, signer=learner_signer(layout), public_key=layout.learner_public_key)
+
+
+def verifying_registry(layout: DataLayout) -> PolicyRegistry:
+    """The registry as the gateway reads it: versions checked against the learner's public key only."""
+    return PolicyRegistry(layout.registry, public_key=layout.learner_public_key)

@@ -1,0 +1,163 @@
+"""Attacks on weights: a policy config that would run code, load a hub model or download, and registry files the
+learner did not write. The real gateway on loopback and a real edge tunnel with its policy runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import safetensors.torch
+
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
+from cloud.data.version_registry import PolicyRegistry
+from policies.factory import make_policy
+from policies.signing import Signer
+from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata
+from tests.attacks.weights_harness import edge_and_gateway, fleet_refusals
+from tests.policies.lerobot_tiny import TINY_ACT
+
+OBSERVATION = {"state": {"shape": [3], "dtype": "float32"}}
+LEROBOT_OBSERVATION = {"front": {"shape": [32, 32, 3], "dtype": "uint8"}, "state": {"shape": [3], "dtype": "float32"}}
+
+
+def lerobot_weights() -> bytes:
+    return policy_to_bytes(make_policy("lerobot", {**base_lerobot_config(), "lerobot_config": TINY_ACT}))
+
+
+def base_lerobot_config() -> dict:
+    return {"observation": LEROBOT_OBSERVATION, "action_dim": 2, "lerobot_type": "act"}
+
+
+def with_config(weights: bytes, change) -> bytes:
+    """The same tensors with the config in the metadata changed by ``change(config)``: a hostile file."""
+    metadata = read_metadata(weights)
+    config = json.loads(metadata["config"])
+    change(config)
+    tensors = safetensors.torch.load(weights)
+    return safetensors.torch.save(tensors, metadata={**metadata, "config": json.dumps(config)})
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list[object]:
+    """Every connection attempt is recorded and fails: a download shows up here."""
+    attempts: list[object] = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise OSError("network use in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or (_ for _ in ()).throw(OSError()))
+    return attempts
+
+
+def test_a_processor_step_naming_os_makedirs_creates_no_directory(tmp_path) -> None:
+    """I put a step {"class": "os.makedirs", "config": {"name": ...}} in the preprocessor of a weights file, hoping
+    lerobot imports os and calls makedirs on the robot's machine while it rebuilds the pipeline."""
+    target = tmp_path / "made-by-the-attacker"
+
+    def hostile(config: dict) -> None:
+        config["preprocessor"]["steps"][0] = {"class": "os.makedirs", "config": {"name": str(target)}}
+
+    with pytest.raises(ValueError, match=r"preprocessor\.steps\[0\]\.class"):
+        policy_from_bytes(with_config(lerobot_weights(), hostile))
+    assert not target.exists()
+
+
+def test_a_tokenizer_step_with_trust_remote_code_runs_no_code(tmp_path) -> None:
+    """I add lerobot's action_tokenizer_processor with trust_remote_code true, naming a folder whose processor
+    config maps to my own Python file: transformers would import it and run my code on the robot."""
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(f"import os\nos.makedirs({str(marker)!r}, exist_ok=True)\n")
+    auto_map = {"AutoProcessor": "evil.EvilProcessor", "AutoTokenizer": ["evil.EvilProcessor", None]}
+    (folder / "processor_config.json").write_text(json.dumps({"auto_map": auto_map, "processor_class": "Evil"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": auto_map}))
+    (folder / "config.json").write_text(json.dumps({"auto_map": auto_map, "model_type": "evil"}))
+    step = {
+        "registry_name": "action_tokenizer_processor",
+        "config": {"action_tokenizer_name": str(folder), "trust_remote_code": True},
+    }
+
+    def hostile(config: dict) -> None:
+        config["postprocessor"]["steps"].insert(0, step)
+
+    with pytest.raises(ValueError, match=r"trust_remote_code"):
+        policy_from_bytes(with_config(lerobot_weights(), hostile))
+    assert not marker.exists()
+
+
+def test_a_hub_name_in_a_config_reaches_no_network(no_network) -> None:
+    """I set ACT's pretrained_backbone_weights and a tokenizer step naming a hub repo in a weights file, so that
+    every robot rebuilding it downloads what I name (or fails slowly trying)."""
+
+    def backbone(config: dict) -> None:
+        config["lerobot_config"]["pretrained_backbone_weights"] = "ResNet18_Weights.IMAGENET1K_V1"
+
+    def tokenizer(config: dict) -> None:
+        config["preprocessor"]["steps"].insert(0, {"registry_name": "tokenizer_processor", "config": {}})
+        config["preprocessor"]["steps"][0]["config"]["tokenizer_name"] = "attacker/tokenizer"
+
+    weights = lerobot_weights()
+    with pytest.raises(ValueError, match=r"lerobot_config\.pretrained_backbone_weights"):
+        policy_from_bytes(with_config(weights, backbone))
+    with pytest.raises(ValueError, match=r"tokenizer_name: 'attacker/tokenizer' is no folder"):
+        policy_from_bytes(with_config(weights, tokenizer))
+    assert no_network == []
+
+
+def test_an_unsigned_file_written_into_the_registry_is_refused_and_offered_once_at_most(tmp_path) -> None:
+    """With write access to the data folder only, I drop a well-formed policy file straight into registry/ as the
+    next version, hoping every robot runs it."""
+    layout = DataLayout(tmp_path)
+    signing_registry(layout).publish("pick", weights(seed=1))  # v1, the learner's
+    with edge_and_gateway(layout) as (edge, gateway):
+        edge.wait_version(1)
+        PolicyRegistry(layout.registry).publish("pick", weights(seed=2))  # v2, not through the learner's key
+        time.sleep(3)
+        assert edge.version() == 1 and edge.offers("pick", 2) <= 1
+        assert "not signed by this cloud's learner" in fleet_refusals(gateway)
+
+
+def test_a_file_signed_with_another_key_is_refused(tmp_path) -> None:
+    """I sign my file with a key of my own, in the registry's format, hoping a signature is a signature."""
+    layout = DataLayout(tmp_path)
+    signing_registry(layout).publish("pick", weights(seed=1))
+    with edge_and_gateway(layout) as (edge, gateway):
+        edge.wait_version(1)
+        PolicyRegistry(layout.registry, signer=Signer.generate()).publish("pick", weights(seed=2))
+        time.sleep(3)
+        assert edge.version() == 1 and edge.offers("pick", 2) <= 1
+        assert "not signed by this cloud's learner" in fleet_refusals(gateway)
+
+
+def test_a_version_the_edge_cannot_build_is_sent_once_not_in_a_loop(tmp_path) -> None:
+    """A version no robot can build (its tensors do not fit its config) is refused by the edge: I hope the gateway
+    answers each refusal with a fresh snapshot, thousands a second, flooding both logs and its CPU."""
+    layout = DataLayout(tmp_path)
+    registry = signing_registry(layout)
+    registry.publish("pick", weights(seed=1))
+    with edge_and_gateway(layout) as (edge, gateway):
+        edge.wait_version(1)
+        broken = with_config(weights(seed=2), lambda config: config.update(hidden=[7, 7]))
+        registry.publish("pick", broken)  # signed as it is: only the edge finds it unbuildable
+        time.sleep(3)
+        assert edge.version() == 1
+        assert edge.offers("pick", 2) == 1
+        assert "pick v2" in fleet_refusals(gateway)
+
+
+def weights(seed: int) -> bytes:
+    import torch
+
+    torch.manual_seed(seed)
+    return policy_to_bytes(make_policy("mlp", {"observation": OBSERVATION, "action_dim": 2}))
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
