@@ -10,6 +10,8 @@
 - ``lerobot_robot``  any lerobot ``Robot`` by config, built by lerobot's factory; ``lerobot_config`` checks such a
                      config against lerobot's own config classes; ``lerobot_fake`` a hardware-free lerobot arm
 - ``null``           a driver with no device, for tests and benchmarks
+- ``lerobot_teleop``  any lerobot teleoperator by config; ``urdf`` a URDF checked before a kinematics library opens it
+- ``log_filters``     other packages' lines that would mislead an operator, dropped
 
 May import ``protocol`` only.
 """

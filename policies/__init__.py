@@ -4,6 +4,8 @@
 - ``mlp``, ``cnn``    small built-in policies; ``sac_actor`` the SAC actor; ``lora`` adapters around any policy
 - ``lerobot_policy``  any lerobot policy (ACT, diffusion, SmolVLA, pi0) behind the same interface
 - ``lerobot_processors`` which lerobot processor steps a pipeline config arriving as data may name
+- ``lerobot_trust``   a lerobot policy config from data checked against allow-lists before anything is built
+- ``signing``         versions signed by the learner's ed25519 key, and checked before anything past the header
 - ``spec``            a robot's observations and action size, and whether a policy fits them (errors name the feature)
 - ``pretrained_dir``  a lerobot ``pretrained_model`` folder or a weights file as a policy, checked as hostile input
 - ``factory``         policy types by name: safetensors metadata back into a policy

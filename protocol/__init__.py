@@ -6,6 +6,8 @@
 - ``limits``        size and count limits on every message an edge sends
 - ``channel``       opening a channel to the cloud (TLS beyond loopback) and the bearer token
 - ``link_errors``   what a failed call to the cloud means, in words
+- ``sanitize``      a device's string made printable, one line and bounded before it reaches a log
+- ``incidents``     an unexpected failure logged under an incident id; the client hears only the id
 
 The lowest layer: imports nothing of the project.
 """

@@ -4,6 +4,8 @@
                        and the learner's checkpoint live in it
 - ``store``            the episode store: steps of every episode as zarr v3 arrays, committed in batches
 - ``version_registry`` monotonic versions of each policy as safetensors files
+- ``learner_key``      the learner's signing key (kept apart from what the gateway reads) and registries that sign
+                       or verify with it
 - ``policy_import``    a lab's lerobot ``pretrained_model`` folder or weights file, checked against a robot's spec and
                        published as a version; which versions came from outside the learner
 - ``files``            files readers see whole or not at all (write, fsync, rename)
