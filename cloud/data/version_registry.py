@@ -114,9 +114,19 @@ class PolicyRegistry:
             published_unix=time.time(),
             note=note,
         )
+        record = json.dumps(asdict(version)).encode()
         write_atomically(directory / f"v{version.version:06d}.safetensors", weights, fsync_dir=False)
-        write_atomically(directory / "latest.json", json.dumps(asdict(version)).encode(), fsync_dir=False)
+        write_atomically(directory / f"v{version.version:06d}.json", record, fsync_dir=False)  # its note, kept
+        write_atomically(directory / "latest.json", record, fsync_dir=False)
         return version
+
+    def describe(self, policy_name: str, version: int) -> PolicyVersion | None:
+        """A version's record (its note, when, size); None for one published before records were kept per
+        version, or whose record is unreadable (the listing then shows it without a note)."""
+        try:
+            return PolicyVersion(**json.loads((self._dir(policy_name) / f"v{version:06d}.json").read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
 
     def sign_again(self, policy_name: str, version: int) -> bool:
         """Signs a version the learner's key did not sign (one published before versions were signed), in place;

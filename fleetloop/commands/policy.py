@@ -54,7 +54,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         raise ValueError(f"policy_name: no versions of {args.name!r}")
     for number in registry.versions(args.name):
         marker = " (latest)" if number == latest.version else ""
-        note = latest.note if number == latest.version else ""
+        record = latest if number == latest.version else registry.describe(args.name, number)
+        note = record.note if record is not None else ""
         print(f"v{number}{marker}{': ' + note if note else ''}")
     return 0
 

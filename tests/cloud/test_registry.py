@@ -87,3 +87,19 @@ def test_versions_published_before_signing_are_refused_until_the_lab_signs_them(
     assert registry.latest("pick").sha256 == hashlib.sha256(registry.read("pick", 1)).hexdigest()
     again = subprocess.run([*CLI, "sign", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
     assert "signed by the learner already" in again.stderr
+
+
+def test_policy_list_shows_every_version_s_note(tmp_path, capsys) -> None:
+    from fleetloop.cli import main
+
+    registry = signing_registry(DataLayout(tmp_path))
+    for note in ("hg-dagger on 60 labelled steps", "hg-dagger on 160 labelled steps"):
+        registry.publish("pick", weights(), note)
+    registry.rollback("pick", 1)
+    assert registry.describe("pick", 2).note == "hg-dagger on 160 labelled steps"
+    assert main(["policy", "list", "pick", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "v1: hg-dagger on 60 labelled steps",
+        "v2: hg-dagger on 160 labelled steps",
+        "v3 (latest): rollback to v1",
+    ]
