@@ -30,6 +30,8 @@ from websockets.asyncio.client import connect
 from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
 from cloud.channels.phone_address import phone_certs
 from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
@@ -208,17 +210,14 @@ def test_a_rejected_reason_cannot_forge_a_log_line(tmp_path: Path, caplog: pytes
         Capabilities((ArraySpec("state", "float32", (3,)),), ArraySpec("action", "float32", (2,)), 10.0, "pick"),
     )
     session = Session(resource, "pick", schema_for([("state", "float32", (3,))], ("float32", (2,))))
-    session.subscription("pick").sent_version = 1  # it was sent v1 of its policy
+    session.subscription("pick").sent_version = 2  # it was sent v1, then v2 of its policy
     pusher = PolicyPusher(GatewayConfig(port=0), PolicyRegistry(tmp_path / "registry"), {"robot-1": session})
     caplog.set_level(logging.INFO)
-    for bad in (True, False):  # refused for good, and could not apply (the gateway then resends a snapshot)
+    # v1 refused for good, v2 could not be applied (the gateway then resends a snapshot): each is logged once
+    for version, bad in ((1, True), (2, False)):
         reason = "x" * 10 + FORGED + "y" * 5000
-        pusher.on_rejected(session, pb.PolicyRejected(policy_name="pick", version=1, reason=reason, bad=bad))
-    lines = [
-        record.getMessage()
-        for record in caplog.records
-        if "rejected" in record.getMessage() or "v1" in record.getMessage()
-    ]
+        pusher.on_rejected(session, pb.PolicyRejected(policy_name="pick", version=version, reason=reason, bad=bad))
+    lines = [record.getMessage() for record in caplog.records if "pick v" in record.getMessage()]
     assert len(lines) == 2, [r.getMessage() for r in caplog.records]
     for line in lines:
         assert "\n" not in line and "\x1b" not in line and len(line) < 600, line
@@ -258,7 +257,7 @@ async def openpi_session(registry: PolicyRegistry, observation: dict) -> str:
 def test_an_openpi_key_cannot_forge_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An openpi client names an observation key holding a newline, a fake log line and ANSI escapes: the refusal
     that names the key would write them into the cloud's log as they came."""
-    registry = PolicyRegistry(tmp_path)
+    registry = signing_registry(DataLayout(tmp_path))  # as the learner publishes
     registry.publish("pusht", policy_to_bytes(make_policy("mlp", POLICY)))
     caplog.set_level(logging.INFO)
     key = "state" + FORGED
@@ -273,7 +272,7 @@ def test_an_openpi_key_cannot_forge_a_log_line(tmp_path: Path, caplog: pytest.Lo
 def test_an_openpi_client_hears_no_internals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An openpi client drives a policy whose weights fail to build and reads the server's exception text (torch's
     messages, module and tensor names) in the error frame: a map of the server's insides."""
-    registry = PolicyRegistry(tmp_path)
+    registry = signing_registry(DataLayout(tmp_path))  # as the learner publishes
     registry.publish("pusht", mismatched_weights())
     caplog.set_level(logging.INFO)
     answer = asyncio.run(openpi_session(registry, {"state": openpi_array(np.zeros(3, np.float32))}))

@@ -19,8 +19,9 @@ from websockets.sync.client import connect
 
 from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
 from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import ColumnSpec, EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.fleet import Requirements, Task
 from cloud.gateway.server import Gateway
@@ -54,7 +55,7 @@ class LoopbackCloud:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.registry = PolicyRegistry(root / "registry")
+        self.registry = signing_registry(DataLayout(root))  # the learner's: versions it publishes are signed
         config = GatewayConfig(port=0, devices=devices, tasks=tasks, lost_after_s=120)  # raw edges send no heartbeats
         self.gateway = Gateway(config, EpisodeStore(root / "store"), self.registry)
         self.phones = PhoneChannel(PhoneChannelConfig(credentials=root / "phones.json", **phone), self.gateway)
@@ -257,7 +258,7 @@ def test_names_that_differ_only_in_case_are_refused(start, devices) -> None:
     spec = {"obs.state": ColumnSpec("float32", (3,))}
     with pytest.raises(ValueError, match="differs only in case"):
         cloud.gateway.store.ensure_dataset("Phone", spec)
-    cloud.registry.publish(PANDA, b"weights")
+    cloud.registry.publish(PANDA, policy_to_bytes(make_policy("mlp", PANDA_MLP)))
     with pytest.raises(ValueError, match="differs only in case"):
         cloud.registry.publish("PANDA_pick_cube", b"other weights")
     assert cloud.registry.latest("PANDA_pick_cube") is None

@@ -17,8 +17,9 @@ import grpc
 import numpy as np
 import pytest
 
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.fleet import Requirements, Task
 from cloud.gateway.server import Gateway
@@ -58,7 +59,7 @@ class GatewayThread:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.store = EpisodeStore(root / "store")
-        self.registry = PolicyRegistry(root / "registry")
+        self.registry = signing_registry(DataLayout(root))  # the learner's: versions it publishes are signed
         self.gateway = Gateway(GatewayConfig(port=0, devices=devices, **config), self.store, self.registry)
         self.lost: list[str] = []
         self.worst_stall_s = 0.0

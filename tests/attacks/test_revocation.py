@@ -30,8 +30,9 @@ from websockets.exceptions import ConnectionClosed
 from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer, packb, unpackb
 from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
 from cloud.channels.takeover_channel import TakeoverPages
+from cloud.data.layout import DataLayout
+from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
-from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.server import Gateway
 from cloud.security.devices import DeviceRegistry
@@ -63,7 +64,7 @@ class Cloud:
 
 @contextlib.asynccontextmanager
 async def cloud_on_loopback(root: Path, devices: DeviceRegistry) -> AsyncIterator[Cloud]:
-    registry = PolicyRegistry(root / "registry")
+    registry = signing_registry(DataLayout(root))  # the learner's: what it publishes is signed
     registry.publish(POLICY, policy_to_bytes(make_policy("mlp", {**OPENPI_CONFIG, "hidden": [8]})))
     gateway = Gateway(GatewayConfig(port=0, devices=devices), EpisodeStore(root / "store"), registry)
     phones = PhoneChannel(PhoneChannelConfig(), gateway, (TakeoverPages(gateway),))
