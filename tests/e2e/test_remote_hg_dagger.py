@@ -32,7 +32,8 @@ def rated(summary: list[VersionSummary]) -> list[VersionSummary]:
 
 @pytest.mark.timeout(600)
 def test_hg_dagger_learns_from_a_remote_person_s_interventions(tmp_path: Path, fleet: Fleet) -> None:
-    alice, robot = add_device(fleet, "alice", "--kind", "operator"), add_device(fleet, "robot-1")
+    alice = add_device(fleet, "alice", "--kind", "operator")
+    robot = add_device(fleet, "robot-1", "--policy", "panda_pick_cube")  # its record gives it its task
     phone_port = free_port()
     fleet.start_cloud("--phone-port", str(phone_port), learner=True)
     fleet.start_edge("robot-1", "--operator", "none", hz=HZ, env={"FLEETLOOP_TOKEN": robot})
