@@ -185,7 +185,9 @@ def test_a_person_drives_from_the_page_and_the_robot_holds_when_the_page_closes(
     assert "browser:alice closed the takeover page while driving; the robot holds" in fleet.log("robot-1")
     assert fleet.stop("robot-1") == 0
     actions, times, drivers = stored_interventions(fleet)
-    assert set(drivers.values()) == {"browser:alice"} and len(drivers) >= 20, len(drivers)
+    # 1.5 s of ArrowUp at 10 Hz, then the gamepad, the pose and ArrowLeft until each moved the robot: about 20 steps
+    # here, fewer on a loaded machine (each stretch ends once the page sees the robot move), all of them alice's.
+    assert set(drivers.values()) == {"browser:alice"} and len(drivers) >= 12, len(drivers)
     np.testing.assert_allclose(actions[:, 0].max(), 0.5, atol=1e-6)  # ArrowUp at speed 0.5, gamepad and pose alike
     assert (actions[:, 1] == 0.5).any()  # ArrowLeft before the close
     after_close_s = (times.max() - closed_ns) / 1e9
