@@ -34,6 +34,7 @@ from cloud.channels.takeover_messages import (
 from cloud.gateway.server import Gateway
 from cloud.gateway.sessions import Session
 from cloud.security.devices import DEVICE_ID, AuthError, Device
+from cloud.security.revocation import still_valid
 from protocol import tunnel_pb2 as pb
 from protocol.sanitize import printable
 
@@ -113,14 +114,12 @@ class TakeoverPages:
     def check_current(self, device: Device) -> None:
         """AuthError when the operator's credential was revoked (or replaced) since its page signed in."""
         devices = self.gateway.config.devices
-        current = None
         if devices is not None:
             try:
                 devices.reload()
             except ValueError:  # a broken devices file: the last good one stands (the gateway says so)
                 pass
-            current = devices.get(device.id)
-        if current is None or current.revoked or current.token_sha256 != device.token_sha256:
+        if devices is None or not still_valid(devices, device):  # the same test CredentialWatch applies
             raise AuthError("hello.token", f"the credential of {device.id!r} was revoked")
 
     def check_reach(self, device: Device, robot_id: str) -> None:
