@@ -5,7 +5,9 @@ serves every tunnel). The limits themselves are GatewayConfig fields; every refu
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +31,39 @@ class LimitError(Exception):
         self.message = message
 
 
-class StreamSlot:
-    """One open tunnel stream, counted from its first byte to its end; ``admit`` names its device."""
+# How often the log says that silent tunnels were closed to make room: an attacker re-opening them forever would
+# otherwise write a line for each.
+EVICTION_LOG_EVERY_S = 10.0
 
-    def __init__(self, limits: StreamLimits) -> None:
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer ("ipv4:10.0.0.5:41234" -> "10.0.0.5"); an IPv6 peer's /64, which one host can fill
+    with addresses of its own. Anything else (a unix socket, a proxy's name) is kept whole."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0].strip("[]")
+    if kind == "ipv6" and host:
+        try:
+            return str(ipaddress.ip_network(f"{host}/64", strict=False))
+        except ValueError:
+            return host
+    return host or peer
+
+
+class StreamSlot:
+    """One open tunnel stream, counted from its first byte to its end; ``admit`` names its device. While it waits
+    for its hello it may be closed to make room (``evicted`` is set): its server then ends the stream."""
+
+    def __init__(self, limits: StreamLimits, host: str) -> None:
         self._limits = limits
+        self.host = host
         self.device = ""
+        self.heard = False  # its first message arrived: it is being read, and no longer evicted
+        self.evicted = asyncio.Event()
         self._closed = False
+
+    def hear(self) -> None:
+        """Its first message arrived: it is no longer closed to make room for others."""
+        self._limits.heard(self)
 
     def admit(self, device: str) -> None:
         """The stream's hello named ``device`` (its credential, or its resource id when none is checked)."""
@@ -56,7 +84,15 @@ class StreamSlot:
 class StreamLimits:
     """Counts the gateway's tunnel streams: at most ``max_streams`` in all, ``max_pending_hellos`` of them before
     their hello was admitted, and ``max_per_device`` of one device (a reconnect supersedes the old stream, which
-    counts until it has ended)."""
+    counts until it has ended).
+
+    A new stream past ``max_pending_hellos`` is not refused: the oldest silent stream of the host holding the most
+    silent streams is closed to make room. Refusing the new one would let an attacker that holds the pending
+    places with streams that never speak lock every robot out; closing the oldest lets a robot in as long as its
+    hello arrives before that many newer streams open. A robot's hello leaves in the same write as its stream's
+    headers, so it arrives within a round trip; to close it in that time an attacker must open more streams than
+    any other host holds, from at least ``max_pending_hellos`` hosts of its own (its own streams go first
+    otherwise, since the host holding the most goes first)."""
 
     def __init__(self, max_streams: int, max_pending_hellos: int, max_per_device: int) -> None:
         self.max_streams = max_streams
@@ -66,24 +102,64 @@ class StreamLimits:
         self.pending = 0
         self.per_device: Counter[str] = Counter()
         self.refused = 0
+        self.evicted = 0
+        self._silent: dict[StreamSlot, None] = {}  # pending and not yet heard, oldest first
+        self._logged_evictions = 0
+        self._logged_at = -EVICTION_LOG_EVERY_S
 
-    def open(self) -> StreamSlot:
-        """A slot for a new stream, or LimitError naming the limit it would pass."""
+    def open(self, peer: str = "") -> StreamSlot:
+        """A slot for a new stream from ``peer`` (gRPC's peer string), or LimitError naming the limit it would
+        pass. At ``max_pending_hellos``, the oldest silent stream of the busiest host is evicted for it."""
         if self.open_streams >= self.max_streams:
             self._refuse(
                 "connect", f"{self.open_streams} tunnels are open, the limit (max_streams) is {self.max_streams}"
             )
         if self.pending >= self.max_pending_hellos:
+            self._evict_one()
+        self.open_streams += 1
+        self.pending += 1
+        slot = StreamSlot(self, peer_host(peer))
+        self._silent[slot] = None
+        return slot
+
+    def _evict_one(self) -> None:
+        if not self._silent:  # every waiting stream has sent its first message, which is being read
             self._refuse(
                 "hello",
                 f"{self.pending} tunnels wait for their hello, the limit (max_pending_hellos) is "
                 f"{self.max_pending_hellos}",
             )
-        self.open_streams += 1
-        self.pending += 1
-        return StreamSlot(self)
+        hosts = Counter(slot.host for slot in self._silent)
+        busiest = max(hosts.values())
+        victim = next(slot for slot in self._silent if hosts[slot.host] == busiest)
+        del self._silent[victim]
+        self.pending -= 1
+        self.evicted += 1
+        victim.evicted.set()
+        self._log_evictions(victim.host)
+
+    def _log_evictions(self, host: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < EVICTION_LOG_EVERY_S:
+            return
+        count, self._logged_evictions, self._logged_at = self.evicted - self._logged_evictions, self.evicted, now
+        log.warning(
+            "closed %d connection(s) that had not introduced themselves, the latest from %s, to let newer ones in: "
+            "more than %d were waiting (max_pending_hellos); a robot that keeps being closed this way is crowded "
+            "out by someone opening connections without saying who they are",
+            count,
+            host or "an unknown address",
+            self.max_pending_hellos,
+        )
+
+    def heard(self, slot: StreamSlot) -> None:
+        """``slot``'s first message arrived: it is no longer evicted to make room."""
+        slot.heard = True
+        self._silent.pop(slot, None)
 
     def admit(self, slot: StreamSlot, device: str) -> None:
+        if slot.evicted.is_set():  # closed to make room while its hello was on its way: its place is gone
+            self._refuse("hello", "this tunnel waited too long for its hello (max_pending_hellos); reconnect")
         if self.per_device[device] >= self.max_per_device:
             self._refuse(
                 "hello.resource.id",
@@ -96,11 +172,12 @@ class StreamLimits:
 
     def release(self, slot: StreamSlot) -> None:
         self.open_streams -= 1
+        self._silent.pop(slot, None)
         if slot.device:
             self.per_device[slot.device] -= 1
             if not self.per_device[slot.device]:
                 del self.per_device[slot.device]
-        else:
+        elif not slot.evicted.is_set():
             self.pending -= 1
 
     def _refuse(self, field: str, message: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, InstanceOf
+from pydantic import ConfigDict, Field, InstanceOf, model_validator
 
 from cloud.gateway.fleet import Task
 from cloud.security.devices import DeviceRegistry
-from hal.config import CodeConfig, Items, Name
+from hal.config import CodeConfig, Items, Name, invalid
 from protocol.limits import MAX_HELLO_BYTES
 from protocol.steps import MAX_BATCH_BYTES, MAX_DECODED_BYTES
 
@@ -52,6 +52,9 @@ class GatewayConfig(CodeConfig):
     # Steps received but not yet in the store, over all edges: past this, the gateway stops reading the tunnels
     # (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
     max_unwritten_bytes: AtLeastOne = 256 << 20
+    # One tunnel's share of it: a device that sends faster than the store writes waits alone at its share, and the
+    # others go on. None: a quarter of max_unwritten_bytes, so the last bound takes four tunnels flooding at once.
+    max_unwritten_bytes_per_tunnel: AtLeastOne | None = None
     flush_delay_s: Annotated[float, Field(ge=0)] = 0.1  # ...or the oldest has waited this long
     policy_chunk_bytes: AtLeastOne = 1 << 20
     registry_poll_s: Positive = 0.05  # reads one small JSON file per policy
@@ -69,6 +72,16 @@ class GatewayConfig(CodeConfig):
     max_streams_per_device: AtLeastOne = 2  # streams of one device at once (a reconnect's, and the one it supersedes)
     max_streams_per_connection: AtLeastOne = 8  # HTTP/2 streams one TCP connection may multiplex
     max_inference_queue: AtLeastOne = 4  # remote-inference requests one tunnel may have waiting; more are refused
+
+    @model_validator(mode="after")
+    def _share_within_total(self) -> GatewayConfig:
+        share = self.max_unwritten_bytes_per_tunnel
+        if share is not None and share > self.max_unwritten_bytes:
+            raise invalid(
+                f"{share} bytes is more than max_unwritten_bytes ({self.max_unwritten_bytes}), which all tunnels share",
+                "max_unwritten_bytes_per_tunnel",
+            )
+        return self
 
     @property
     def max_message_bytes(self) -> int:

@@ -48,6 +48,7 @@ class StoreWriter:
         flush_delay_s: float,
         flush_bytes: int = 16 << 20,
         max_unwritten_bytes: int = 256 << 20,
+        max_unwritten_bytes_per_sink: int | None = None,
     ) -> None:
         self.store = store
         self.flush_rows = flush_rows
@@ -59,10 +60,13 @@ class StoreWriter:
         self._oldest = 0.0
         self._wake = asyncio.Event()
         self.max_unwritten_bytes = max_unwritten_bytes
+        # One tunnel's share: a device that floods waits alone, long before the last bound pauses every tunnel.
+        self.max_unwritten_bytes_per_sink = max_unwritten_bytes_per_sink or max(1, max_unwritten_bytes // 4)
         self._unwritten = 0  # submitted and not yet written (pending or being written)
-        self._room = asyncio.Event()
-        self._room.set()
+        self._unwritten_of: dict[int, int] = {}  # the same per sink (by id: a sink with bytes here is alive)
+        self._progress = asyncio.Event()  # set, and replaced, each time a write ends
         self.waits_for_room = 0  # how often a reader had to wait: the store is the bottleneck
+        self.waits_for_share = 0  # how often a reader waited for its own bytes: that device sends too fast
 
     def submit(self, item: PendingBatch) -> None:
         if not self._pending:
@@ -72,20 +76,39 @@ class StoreWriter:
         item.nbytes = sum(values.nbytes for values in item.rows.columns.values())
         self._bytes += item.nbytes
         self._unwritten += item.nbytes
-        if self._unwritten >= self.max_unwritten_bytes:
-            self._room.clear()
+        key = id(item.sink)
+        self._unwritten_of[key] = self._unwritten_of.get(key, 0) + item.nbytes
         self._wake.set()
 
-    async def room(self) -> None:
-        """Returns once the store has caught up enough to take more (backpressure for the readers)."""
-        if not self._room.is_set():
+    def unwritten_of(self, sink: AckSink) -> int:
+        """What ``sink``'s batches hold that is not yet in the store."""
+        return self._unwritten_of.get(id(sink), 0)
+
+    async def room(self, sink: AckSink | None = None) -> None:
+        """Returns once the store has caught up enough to take more (backpressure for the readers): once ``sink``
+        holds less than its share (``max_unwritten_bytes_per_sink``) and all sinks together less than
+        ``max_unwritten_bytes``. Only the sink that sends too fast waits for its share."""
+        if self._over_share(sink):
+            self.waits_for_share += 1
+        elif self._unwritten >= self.max_unwritten_bytes:
             self.waits_for_room += 1
-            await self._room.wait()
+        while self._over_share(sink) or self._unwritten >= self.max_unwritten_bytes:
+            await self._progress.wait()
+
+    def _over_share(self, sink: AckSink | None) -> bool:
+        return sink is not None and self.unwritten_of(sink) >= self.max_unwritten_bytes_per_sink
 
     def _written(self, items: list[PendingBatch]) -> None:
-        self._unwritten -= sum(item.nbytes for item in items)
-        if self._unwritten < self.max_unwritten_bytes:
-            self._room.set()
+        for item in items:
+            self._unwritten -= item.nbytes
+            key = id(item.sink)
+            left = self._unwritten_of[key] - item.nbytes
+            if left:
+                self._unwritten_of[key] = left
+            else:
+                del self._unwritten_of[key]
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
 
     def _is_full(self) -> bool:
         # Bigger group commits spread the store's fixed cost per write (partial chunks, fsyncs).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -62,7 +63,12 @@ class Gateway(pb_grpc.TunnelServicer):
         self._sync_record_tasks()
         self.inference = InferenceServer(registry)
         self.writer = StoreWriter(
-            store, config.flush_rows, config.flush_delay_s, config.flush_bytes, config.max_unwritten_bytes
+            store,
+            config.flush_rows,
+            config.flush_delay_s,
+            config.flush_bytes,
+            config.max_unwritten_bytes,
+            config.max_unwritten_bytes_per_tunnel,
         )
         self.pusher = PolicyPusher(config, registry, self.sessions)
         self.persons = PersonRelay(self.sessions)  # the takeover pages' people and the robots they watch
@@ -140,7 +146,7 @@ class Gateway(pb_grpc.TunnelServicer):
         """One edge's tunnel. Its messages arrive as bytes (see ``_add_tunnel``): each is size-checked before it is
         parsed, and large ones are parsed and decoded in the decode pool."""
         try:
-            slot = self.streams.open()
+            slot = self.streams.open(context.peer())
         except LimitError as err:
             log.warning("refused a connection: %s", err)
             message, status = self._refusal(err)
@@ -155,10 +161,11 @@ class Gateway(pb_grpc.TunnelServicer):
         self, slot: StreamSlot, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CloudMessage]:
         try:
-            first = await self._first_message(requests, context)
+            first = await self._first_message(slot, requests, context)
             session = self._open_session(first, slot)
         except (CodecError, AuthError, LimitError) as err:
-            log.warning("refused a connection: %s", err)
+            if not slot.evicted.is_set():  # evictions are logged together (StreamLimits), not one line each
+                log.warning("refused a connection: %s", err)
             message, status = self._refusal(err)
             yield message
             await context.abort(status, str(err))
@@ -191,13 +198,29 @@ class Gateway(pb_grpc.TunnelServicer):
                 self.fleet.disconnected(session.resource.id)
             log.info("%s disconnected (%d steps stored this session)", session.resource.id, session.steps_stored)
 
-    async def _first_message(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> pb.EdgeMessage:
+    async def _first_message(
+        self, slot: StreamSlot, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> pb.EdgeMessage:
         """The stream's first message, at most ``max_hello_bytes`` (refused unparsed past that); CodecError if it is
-        no EdgeMessage."""
+        no EdgeMessage, LimitError if the stream was closed to make room for newer ones before it arrived."""
+        read = asyncio.ensure_future(requests.__anext__())
+        evicted = asyncio.ensure_future(slot.evicted.wait())
         try:
-            raw = await asyncio.wait_for(requests.__anext__(), timeout=self.config.hello_timeout_s)
-        except (TimeoutError, StopAsyncIteration):
+            await asyncio.wait((read, evicted), timeout=self.config.hello_timeout_s, return_when=FIRST_COMPLETED)
+        finally:
+            evicted.cancel()
+            arrived = read.done() and not read.cancelled() and read.exception() is None
+            read.cancel()
+        if slot.evicted.is_set():
+            raise LimitError(
+                "hello",
+                f"no hello came before {self.config.max_pending_hellos} newer tunnels opened (max_pending_hellos); "
+                "send the hello as soon as the stream opens",
+            )
+        if not arrived:  # the time ran out, the stream ended, or its transport failed
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "hello: the first message must be a hello")
+        raw = read.result()
+        slot.hear()
         limit = self.config.max_hello_bytes
         if len(raw) > limit:
             raise CodecError("hello", f"{len(raw)} bytes, over the limit of {limit} (max_hello_bytes)")
@@ -334,7 +357,7 @@ class Gateway(pb_grpc.TunnelServicer):
     async def _handle(self, session: Session, message: pb.EdgeMessage, kind: str | None) -> None:
         if kind == "steps":
             await self._receive_batch(session, message.steps)
-            await self.writer.room()  # a slow store slows the uploads, not memory
+            await self.writer.room(session)  # a slow store slows this tunnel's uploads, not memory or the others
         elif kind == "applied":
             self._applied(session, message.applied)
         elif kind == "infer":

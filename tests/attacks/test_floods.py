@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -55,10 +56,12 @@ class GatewayThread:
     """The real gateway on loopback, its event loop on a thread of its own (as `fleetloop cloud` runs it), with a
     probe that measures how late the loop runs a 5 ms sleep (its worst stall) and a record of who was marked lost."""
 
-    def __init__(self, root: Path, devices: DeviceRegistry, **config) -> None:
+    def __init__(
+        self, root: Path, devices: DeviceRegistry, store_type: type[EpisodeStore] = EpisodeStore, **config
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.store = EpisodeStore(root / "store")
+        self.store = store_type(root / "store")
         self.registry = signing_registry(DataLayout(root))  # the learner's: versions it publishes are signed
         self.gateway = Gateway(GatewayConfig(port=0, devices=devices, **config), self.store, self.registry)
         self.lost: list[str] = []
@@ -96,11 +99,11 @@ def devices(tmp_path: Path) -> tuple[DeviceRegistry, dict[str, str]]:
 
 @pytest.fixture
 def serve(tmp_path: Path, devices) -> Iterator:
-    """``serve(**config)``: a gateway with these GatewayConfig fields, stopped after the test."""
+    """``serve(**config)``: a gateway with these GatewayConfig fields (and ``store_type``), stopped after the test."""
     started: list[GatewayThread] = []
 
-    def start(**config) -> GatewayThread:
-        started.append(GatewayThread(tmp_path / f"cloud{len(started)}", devices[0], **config))
+    def start(store_type: type[EpisodeStore] = EpisodeStore, **config) -> GatewayThread:
+        started.append(GatewayThread(tmp_path / f"cloud{len(started)}", devices[0], store_type, **config))
         return started[-1]
 
     yield start
@@ -109,10 +112,13 @@ def serve(tmp_path: Path, devices) -> Iterator:
 
 
 class PacedRobot:
-    """A well-behaved robot: one step every 0.1 s and a heartbeat every 0.5 s; it notes when acks and heartbeat
-    answers arrive."""
+    """A well-behaved robot: one step every 0.1 s and a heartbeat every ``heartbeat_every`` steps (0.5 s); it notes
+    when acks and heartbeat answers arrive, and when it sent each heartbeat."""
 
-    def __init__(self, target: str, token: str) -> None:
+    def __init__(self, target: str, token: str, heartbeat_every: int = 5) -> None:
+        self.heartbeat_every = heartbeat_every
+        self.beats_sent: list[float] = []
+        self.beats_heard: list[float] = []
         self.outgoing: queue.Queue = queue.Queue()
         self.outgoing.put(hello(GOOD, token=token))
         self.channel = grpc.insecure_channel(target, options=OPEN_CHANNEL)
@@ -133,6 +139,8 @@ class PacedRobot:
                     self.welcomed.set()
                 elif kind in ("ack", "heartbeat"):
                     self.heard.append(time.monotonic())
+                    if kind == "heartbeat":
+                        self.beats_heard.append(self.heard[-1])
                     self.acked = max(self.acked, message.ack.next_seq) if kind == "ack" else self.acked
                 elif kind == "error":
                     self.errors.append(message.error)
@@ -146,12 +154,19 @@ class PacedRobot:
             batch = encode_batch("good-episode", self.sent, good_columns(1), batch_id=self.sent + 1)
             self.outgoing.put(pb.EdgeMessage(steps=batch))
             self.sent += 1
-            if self.sent % 5 == 0:
+            if self.sent % self.heartbeat_every == 0:
+                self.beats_sent.append(time.monotonic())
                 self.outgoing.put(pb.EdgeMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
             time.sleep(max(0.0, start + self.sent * 0.1 - time.monotonic()))
         deadline = time.monotonic() + 5
         while self.acked < self.sent and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def worst_heartbeat_s(self) -> float:
+        """The longest a heartbeat waited for its answer (the gateway answers them in order)."""
+        if len(self.beats_heard) < len(self.beats_sent):
+            return float("inf")
+        return max(heard - sent for sent, heard in zip(self.beats_sent, self.beats_heard, strict=False))
 
     def worst_gap_s(self) -> float:
         return float(np.diff(self.heard).max()) if len(self.heard) > 1 else float("inf")
@@ -330,24 +345,36 @@ def test_an_inference_flood_is_refused_past_the_tunnels_queue_and_others_are_ser
     good.cancel()
 
 
+def wait_until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def silent_stream(target: str) -> ByteStream:
     """A stream on a connection of its own that never says hello."""
     return ByteStream(grpc.insecure_channel(target, options=OPEN_CHANNEL), timeout_s=10)
 
 
-def test_streams_that_never_say_hello_and_streams_past_the_total_are_refused(serve, devices) -> None:
+def test_streams_that_never_say_hello_make_room_for_newer_ones_and_streams_past_the_total_are_refused(
+    serve, devices
+) -> None:
     """Attack: open stream after stream without ever sending a hello, each holding a slot and buffers for ten
     seconds, until the gateway has no room (or memory) left for anyone."""
     cloud = serve(max_pending_hellos=2)
     robot = PacedRobot(cloud.target, devices[1]["good-1"])
     waiting = [silent_stream(cloud.target) for _ in range(2)]
-    time.sleep(0.3)
-    refused = silent_stream(cloud.target)
-    assert refused.finish(5) and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert errors(refused)[0].field == "hello" and "max_pending_hellos" in errors(refused)[0].message
+    assert wait_until(lambda: cloud.gateway.streams.pending == 2, 5)
+    newest = silent_stream(cloud.target)  # the oldest silent one is closed for it: no more than 2 ever wait
+    assert waiting[0].ended.wait(5) and waiting[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert errors(waiting[0])[0].field == "hello" and "max_pending_hellos" in errors(waiting[0])[0].message
+    assert cloud.gateway.streams.pending == 2 and not newest.ended.is_set()
     robot.stream(0.5)  # the robot admitted before goes on
     assert cloud.store.next_seq("good-episode") == robot.sent
-    for stream in waiting:
+    for stream in (*waiting, newest):
         stream.cancel()
     robot.close()
 
@@ -449,3 +476,77 @@ def test_a_phone_hello_past_its_size_is_refused_unread(serve, capsys) -> None:
     finally:
         cloud.call(channel.stop())
     assert code == 1009  # "message too big": closed before the frame was read, let alone parsed
+
+
+def test_a_robot_is_welcomed_at_once_while_silent_streams_fill_every_pending_place(serve, devices, caplog) -> None:
+    """Attack: hold all 32 places for tunnels that have not said hello yet with streams that never speak, and
+    open a new one whenever one ends, so that every robot that connects is refused (or waits out the 30 s hello
+    timeout) and the whole fleet is locked out with no credential at all."""
+    cloud = serve(hello_timeout_s=30.0)
+    limit = cloud.gateway.config.max_pending_hellos
+    silent = [silent_stream(cloud.target) for _ in range(limit + 4)]
+    assert wait_until(lambda: cloud.gateway.streams.pending == limit, 10)
+    stop = threading.Event()
+
+    def reopen() -> None:  # the attacker keeps opening silent streams while the robot connects
+        while not stop.wait(0.05):
+            silent.append(silent_stream(cloud.target))
+
+    attack = threading.Thread(target=reopen, daemon=True)
+    caplog.set_level(logging.WARNING, "fleetloop.gateway")
+    attack.start()
+    try:
+        started = time.monotonic()
+        robot = PacedRobot(cloud.target, devices[1]["good-1"])  # it asserts a welcome within 10 s
+        welcomed_after = time.monotonic() - started
+        robot.stream(1.0)
+    finally:
+        stop.set()
+        attack.join(5)
+    print(f"welcomed after {welcomed_after:.3f} s beside {len(silent)} silent streams")
+    assert welcomed_after < cloud.gateway.config.hello_timeout_s / 3
+    assert not robot.errors and cloud.store.next_seq("good-episode") == robot.sent
+    assert cloud.gateway.streams.pending <= limit
+    lines = [r.getMessage() for r in caplog.records if "not introduced themselves" in r.getMessage()]
+    assert len(lines) == 1, lines  # said once for all the streams closed, not a line each
+    assert not [r for r in caplog.records if "refused a connection" in r.getMessage()]
+    robot.close()
+    for stream in silent:
+        stream.cancel()
+
+
+class SlowStore(EpisodeStore):
+    """A real store on a disk that writes 1 MiB/s: what a busy or networked disk does under a flood."""
+
+    def write(self, batches):
+        time.sleep(sum(v.nbytes for rows in batches for v in rows.columns.values()) / (1 << 20))
+        return super().write(batches)
+
+
+def test_a_device_that_floods_steps_past_its_share_waits_alone_and_nothing_is_lost(serve, devices) -> None:
+    """Attack: with one robot's credential, send steps far faster than the store writes them (a few MB at once
+    on a slow disk), so the gateway's unwritten bytes reach their bound and it stops reading every robot's
+    tunnel: their heartbeats go unanswered and their steps wait behind the flood."""
+    cloud = serve(store_type=SlowStore, max_unwritten_bytes=1 << 20)  # each tunnel's share: a quarter, 256 KiB
+    tokens = devices[1]
+    robot = PacedRobot(cloud.target, tokens["good-1"], heartbeat_every=1)
+    flood = attacker(cloud.target, tokens["attacker-1"], dataclasses.replace(RESOURCE, id="attacker-1"))
+    assert flood.wait_for(lambda a: any(m.HasField("welcome") for m in a), 10)
+    steps, batches = 3000, 8  # about 400 kB a batch, 3 MB in all: some 3 s of writing
+    for i in range(batches):
+        flood.send(
+            pb.EdgeMessage(
+                steps=encode_batch("flood", i * steps, good_columns(steps), batch_id=i + 1)
+            ).SerializeToString()
+        )
+    try:
+        robot.stream(3.0)
+    finally:
+        robot.close()
+    print(f"worst heartbeat answer {robot.worst_heartbeat_s():.3f} s")
+    assert robot.worst_heartbeat_s() < 0.3, f"a heartbeat of the good robot waited {robot.worst_heartbeat_s():.2f} s"
+    assert cloud.gateway.writer.waits_for_share > 0  # the flood was held back, alone
+    assert not robot.errors and cloud.store.next_seq("good-episode") == robot.sent
+    acked = lambda answers: len([a for a in answers if a.HasField("ack")]) == batches  # noqa: E731
+    assert flood.wait_for(acked, 15) and cloud.store.next_seq("flood") == batches * steps  # nothing lost
+    flood.cancel()

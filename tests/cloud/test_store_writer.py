@@ -63,3 +63,37 @@ def test_readers_wait_for_room_while_the_store_is_behind_and_go_on_once_it_caugh
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_sink_past_its_share_waits_alone_and_goes_on_once_its_bytes_are_written(tmp_path) -> None:
+    async def scenario() -> None:
+        store = GatedStore(tmp_path / "store")
+        store.ensure_dataset("d", store_schema())
+        columns = step_columns(100)
+        size = sum(v.nbytes for v in columns.values())
+        writer = StoreWriter(
+            store,
+            flush_rows=10_000,
+            flush_delay_s=0.01,
+            max_unwritten_bytes=10 * size,
+            max_unwritten_bytes_per_sink=2 * size,
+        )
+        runner = asyncio.create_task(writer.run())
+        flooder, other = session(), session()
+        for i in range(2):
+            writer.submit(PendingBatch(rows=episode_rows("d", f"f{i}", columns), batch_id=i, sink=flooder))
+        writer.submit(PendingBatch(rows=episode_rows("d", "o", columns), batch_id=9, sink=other))
+        waiting = asyncio.create_task(writer.room(flooder))
+        await asyncio.wait_for(writer.room(other), timeout=1)  # under its share and the total: no wait
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "the sink that filled its share went on while the store is behind"
+        assert writer.waits_for_share == 1 and writer.waits_for_room == 0
+        assert writer.unwritten_of(flooder) == 2 * size and writer.unwritten_of(other) == size
+        store.gate.set()
+        await asyncio.wait_for(waiting, timeout=10)
+        assert writer.unwritten_of(flooder) == 0 and not writer._unwritten_of
+        assert sorted(flooder.out.get_nowait().ack.batch_id for _ in range(2)) == [0, 1]
+        assert other.out.get_nowait().ack.batch_id == 9
+        runner.cancel()
+
+    asyncio.run(scenario())
