@@ -91,7 +91,7 @@ def test_a_sink_past_its_share_waits_alone_and_goes_on_once_its_bytes_are_writte
         assert writer.unwritten_of(flooder) == 2 * size and writer.unwritten_of(other) == size
         store.gate.set()
         await asyncio.wait_for(waiting, timeout=10)
-        assert writer.unwritten_of(flooder) == 0 and not writer._unwritten_of
+        assert writer.unwritten_of(flooder) == 0 and writer.unwritten_of(other) == 0
         assert sorted(flooder.out.get_nowait().ack.batch_id for _ in range(2)) == [0, 1]
         assert other.out.get_nowait().ack.batch_id == 9
         runner.cancel()
