@@ -183,7 +183,7 @@ class PhoneIngest:
         num_steps = len(columns["action"])
         waits = []
         for first in range(0, num_steps, BATCH_STEPS):
-            await self.writer.room()
+            await self.writer.room(self.acks)  # all phones together hold one tunnel's share
             batch_id, future = self.acks.expect()
             rows = StepRows(
                 dataset=DATASET,
