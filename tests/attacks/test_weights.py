@@ -58,15 +58,37 @@ def no_network(monkeypatch) -> list[object]:
 
 def test_a_processor_step_naming_os_makedirs_creates_no_directory(tmp_path) -> None:
     """I put a step {"class": "os.makedirs", "config": {"name": ...}} in the preprocessor of a weights file, hoping
-    lerobot imports os and calls makedirs on the robot's machine while it rebuilds the pipeline."""
+    lerobot imports os and calls makedirs on the robot's machine while it rebuilds the pipeline. Where `class` is
+    refused, I name a step lerobot did register for another use, reward_classifier_processor: its pretrained_path
+    is my folder, whose model_name is a folder of my code, which lerobot loads with trust_remote_code hard-wired on;
+    my code calls os.makedirs."""
     target = tmp_path / "made-by-the-attacker"
 
-    def hostile(config: dict) -> None:
+    def by_class(config: dict) -> None:
         config["preprocessor"]["steps"][0] = {"class": "os.makedirs", "config": {"name": str(target)}}
 
     with pytest.raises(ValueError, match=r"preprocessor\.steps\[0\]\.class"):
-        policy_from_bytes(with_config(lerobot_weights(), hostile))
+        policy_from_bytes(with_config(lerobot_weights(), by_class))
     assert not target.exists()
+
+    code = tmp_path / "encoder"
+    code.mkdir()
+    (code / "evil.py").write_text(f"import os\nos.makedirs({str(target)!r}, exist_ok=True)\n")
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (code / "config.json").write_text(json.dumps({"auto_map": auto_map, "model_type": "evil"}))
+    classifier = tmp_path / "classifier"
+    classifier.mkdir()
+    (classifier / "config.json").write_text(json.dumps({"type": "reward_classifier", "model_name": str(code)}))
+    step = {"registry_name": "reward_classifier_processor", "config": {"pretrained_path": str(classifier)}}
+
+    def by_registered_step(config: dict) -> None:
+        config["preprocessor"]["steps"].insert(0, step)
+
+    # 55a7c72 refused `class` already, but built any step lerobot registered: this one ran os.makedirs there.
+    with pytest.raises(ValueError) as refused:
+        policy_from_bytes(with_config(lerobot_weights(), by_registered_step))
+    assert not target.exists(), "building the weights file ran my os.makedirs"
+    refused.match(r"preprocessor\.steps\[0\]\.registry_name")
 
 
 def test_a_tokenizer_step_with_trust_remote_code_runs_no_code(tmp_path) -> None:
