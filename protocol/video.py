@@ -50,6 +50,33 @@ class Packet:
     pts: int
 
 
+@dataclass(frozen=True)
+class PacketColumn:
+    """A camera column of consecutive steps as encoded packets, one per step: what an encoded camera is on the wire
+    (``StepBatch.video``), in a batch on its way to the store (``StepRows.columns``) and in the store itself.
+    ``keyframe[i]`` says whether ``packets[i]`` decodes on its own; a segment (keyframe to the next) decodes alone."""
+
+    codec: str  # one of CODECS
+    packets: tuple[bytes, ...]
+    keyframe: np.ndarray  # bool, one per packet
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise CodecError("codec", f"{self.codec!r} is not one of {', '.join(CODECS)}")
+        if self.keyframe.shape != (len(self.packets),):
+            raise CodecError("keyframe", f"{self.keyframe.shape} flags for {len(self.packets)} packets")
+
+    def __len__(self) -> int:
+        return len(self.packets)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(packet) for packet in self.packets)
+
+    def __getitem__(self, rows: slice) -> PacketColumn:
+        return PacketColumn(self.codec, self.packets[rows], self.keyframe[rows])
+
+
 def auto_codec(shape: Sequence[int], dtype: str | np.dtype, fps: float) -> str:
     """What ``--uplink-codec auto`` sends for a camera: "h264" or "raw".
 
