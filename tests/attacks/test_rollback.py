@@ -19,7 +19,9 @@ CLI = [sys.executable, "-m", "fleetloop.cli", "policy"]
 
 
 def weights() -> bytes:
-    return policy_to_bytes(make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2}))
+    return policy_to_bytes(
+        make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})
+    )
 
 
 def registry_with_a_dropped_v2(layout: DataLayout, dropped: bytes) -> PolicyRegistry:

@@ -143,3 +143,27 @@ def test_a_version_the_learner_did_not_sign_is_logged_as_refused_once_never_as_p
     assert [line for line in lines if "pushing to" in line] == ["policy pick v1 published; pushing to 1 edge(s)"]
     refused = [line for line in lines if "v2" in line]
     assert len(refused) == 1 and "refused" in refused[0] and "not signed by this cloud's learner" in refused[0]
+
+
+def test_no_task_hands_a_robot_a_policy_or_classifier_its_record_does_not_allow(tmp_path) -> None:
+    """The outcome classifier is fixed at the hello (checked there, above); a task can change only the policy it runs,
+    and a task whose policy (here another dataset's classifier) the record does not allow is not given to it, and
+    sends no weights if it were."""
+    from cloud.data.store import EpisodeStore
+    from cloud.gateway.fleet import Requirements, Task
+    from cloud.gateway.server import Gateway
+
+    devices = DeviceRegistry(tmp_path / "devices.json")
+    devices.add("robot-1", policies=("pick", "pick.reward"))
+    registry = signing_registry(DataLayout(tmp_path))
+    policy = make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})
+    registry.publish("place.reward", policy_to_bytes(policy))
+    gateway = Gateway(GatewayConfig(port=0, devices=devices), EpisodeStore(tmp_path / "store"), registry)
+    edge = session()
+    edge.device = devices.get("robot-1")
+    gateway.sessions["robot-1"] = edge
+    task = Task("judge", "place.reward", requires=Requirements(kind="robot", embodiment="pick"), count=0)
+    assert not gateway._may_take("robot-1", task)
+    gateway._on_assign("robot-1", task)
+    assert "place.reward" not in edge.subscriptions and not edge.offered.is_set()
+    assert edge.outcome_policy == "pick.reward"  # an assignment never changes the classifier
