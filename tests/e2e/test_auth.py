@@ -192,7 +192,7 @@ def test_tls_tunnel_and_fleet_view(tmp_path, fleet: Fleet) -> None:
     cli = [sys.executable, "-m", "fleetloop.cli"]
     assert subprocess.run([*cli, "certs", "init", "--root", str(root)], timeout=60).returncode == 0
     devices = DeviceRegistry(root / "devices.json")
-    robot, alice = devices.add("cart-1"), devices.add("alice", kind="operator")
+    robot, alice = devices.add("cart-1", policies=("pusht",)), devices.add("alice", kind="operator")
     fleet.start_cloud("--tls")
     ca = str(root / "certs" / "ca.pem")
     fleet.start_edge("cart-1", "--operator", "none", "--ca", ca, robot="sim:pusht", env={"FLEETLOOP_TOKEN": robot})
