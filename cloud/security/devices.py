@@ -8,7 +8,7 @@ made (the cloud's start) and kept: a devices file that disappears later refuses 
 
 A robot's record binds what its hello may claim (``Device.check_robot_hello``): the datasets
 (embodiments) it records into, the sources it claims, the policies it runs. A field a record
-does not list (files written before these fields existed) reads as: no policies, any policy;
+does not list (files written before these fields existed) reads as: no policies, the policies of its datasets;
 no embodiments, only the datasets of the policies it lists (a dataset's policy bears its name);
 no sources, either robot source (``sim`` or ``robot``). A robot record that names neither
 embodiments nor policies records nowhere: its hello is refused (``record.embodiments``) until
@@ -60,7 +60,7 @@ class Device:
     id: str
     kind: str
     token_sha256: str
-    policies: tuple[str, ...] = ()  # policies it may run; empty: any
+    policies: tuple[str, ...] = ()  # policies it may run; empty: those of its datasets (``may_run``)
     added_unix: float = 0.0
     revoked_unix: float | None = None
     embodiments: tuple[str, ...] = ()  # datasets it may record into; empty: its policies' (``datasets``)
@@ -78,7 +78,18 @@ class Device:
         return tuple(dict.fromkeys(dataset_of(p) for p in self.policies))
 
     def may_run(self, policy_name: str) -> bool:
-        return not self.policies or policy_name in self.policies
+        """A listed policy; with none listed, a policy of its own datasets (one named like a dataset, or that
+        dataset's reward classifier), never another dataset's weights."""
+        if self.policies:
+            return policy_name in self.policies
+        return dataset_of(policy_name) in self.datasets
+
+    @property
+    def runnable(self) -> str:
+        """What ``may_run`` allows, in words, for refusals."""
+        if self.policies:
+            return ", ".join(self.policies)
+        return "the policies of " + ", ".join(self.datasets) if self.datasets else "no policy"
 
     def check_robot_hello(self, kind: str, source: str, embodiment: str, policies: Iterable[tuple[str, str]]) -> None:
         """A tunnel hello against this record: AuthError naming the first field outside it. ``policies``: the
@@ -101,7 +112,7 @@ class Device:
             raise AuthError("hello.resource.source", f"{self.id!r} may claim only source {', '.join(sources)}")
         for field_name, name in policies:
             if name and not self.may_run(name):
-                raise AuthError(field_name, f"{self.id!r} may run only {', '.join(self.policies)}")
+                raise AuthError(field_name, f"{self.id!r} may run only {self.runnable}")
         if embodiment not in self.datasets:
             raise AuthError(
                 "hello.resource.capabilities.embodiment",

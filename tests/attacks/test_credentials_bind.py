@@ -166,12 +166,15 @@ def test_the_first_hello_naming_a_policy_does_not_create_its_task(start, devices
     cloud = start(devices)
     edges = [RawEdge(cloud.target, RESOURCE, token=intruder, policy_name="pusht")]
     try:
-        assert opened(edges[0]).HasField("welcome")  # a record without policies may run any: it is let in...
-        assert assignment(edges[0]) == PANDA  # ...but it gets its record's task; none is made for its hello
-        assert cloud.gateway.fleet.tasks["pusht"].requires.embodiment == "pusht"
-        edges.append(RawEdge(cloud.target, PUSHT, token=cart, policy_name="pusht"))
+        answer = opened(edges[0])  # a record without policies runs only its own datasets' policies
+        assert (answer.error.code, answer.error.field) == ("unauthenticated", "hello.policy_name"), answer
+        assert cloud.gateway.fleet.tasks["pusht"].requires.embodiment == "pusht"  # none made for its hello
+        edges.append(RawEdge(cloud.target, RESOURCE, token=intruder))
         assert opened(edges[1]).HasField("welcome")
-        assert assignment(edges[1]) == "pusht", "the real pusht robot got no task"
+        assert assignment(edges[1]) == PANDA  # it gets its record's task
+        edges.append(RawEdge(cloud.target, PUSHT, token=cart, policy_name="pusht"))
+        assert opened(edges[2]).HasField("welcome")
+        assert assignment(edges[2]) == "pusht", "the real pusht robot got no task"
     finally:
         for edge in edges:
             edge.close()
@@ -250,7 +253,7 @@ def test_names_that_differ_only_in_case_are_refused(start, devices) -> None:
     try:
         assert opened(first).HasField("welcome")
         # the twin says hello only once the first dataset exists: opened together, either may be the first
-        second = RawEdge(cloud.target, twin, token=twin_token, policy_name=PANDA)
+        second = RawEdge(cloud.target, twin, token=twin_token)
         answer = opened(second)
         assert answer.HasField("error"), "a robot recorded into the case twin of a stored dataset"
         assert answer.error.field == "hello.resource.capabilities.embodiment"

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cloud.security.devices import AuthError, DeviceRegistry
+from cloud.security.devices import AuthError, Device, DeviceRegistry
 
 
 @pytest.fixture
@@ -185,3 +185,12 @@ def test_allow_binds_a_record_from_before_records_bound_datasets(registry: Devic
     for device_id, why in (("gone", "was revoked"), ("robot-9", "no device")):
         with pytest.raises(ValueError, match=f"^id: .*{why}"):
             registry.allow(device_id, embodiments=("pusht",))
+
+
+def test_a_record_without_policies_runs_only_its_own_datasets_policies() -> None:
+    bound = Device("robot-1", "robot", "0" * 64, embodiments=("pusht",))
+    assert bound.may_run("pusht") and bound.may_run("pusht.reward")
+    assert not bound.may_run("panda_pick_cube") and not bound.may_run("panda_pick_cube.reward")
+    assert bound.runnable == "the policies of pusht"
+    listed = Device("robot-2", "robot", "0" * 64, policies=("pusht",), embodiments=("pusht", "other"))
+    assert listed.may_run("pusht") and not listed.may_run("other")
