@@ -18,9 +18,10 @@ under ``model.`` and every processor step's state (the normalization statistics)
 statistics are part of the checksummed weights and a rebuilt policy normalizes exactly as the original.
 
 VLAs (SmolVLA): the architecture and the language tokenizer come from the VLM named by ``vlm_model_name``, which
-lerobot reads (config.json, tokenizer and processor files) even with ``load_vlm_weights=False``. For offline use it
-names a local model directory by absolute path; the path travels in the bytes (the files do not), so every host
-that rebuilds the policy (the cloud's remote-inference server) must have that directory. The VLM's weights always
+lerobot reads (config.json, tokenizer and processor files) even with ``load_vlm_weights=False``. It names a local
+model directory by absolute path inside the operator's model roots (``policies.model_roots``); the path travels in
+the bytes (the files do not), so every host that rebuilds the policy (the cloud's remote-inference server) must have
+that directory under its own roots. The VLM's weights always
 travel in the tensors: a rebuilt policy never loads them from ``vlm_model_name``. The language instruction is the
 policy's ``task``. transformers' non-persistent buffers (rotary embeddings' ``inv_freq``) are not in the weights:
 after a meta-device rebuild they are recomputed from their module's config.
@@ -346,52 +347,20 @@ class LerobotPolicy(Policy):
         observation: dict[str, dict[str, Any]] | None = None,
         inputs: dict[str, list[str]] | None = None,
         task: str | None = None,
-        device: str = "cpu",
     ) -> LerobotPolicy:
-        """Loads a local lerobot ``pretrained_model`` directory (never the hub: the path must be a directory).
+        """Loads a local lerobot ``pretrained_model`` directory (never the hub: the path must be a directory), checked
+        as hostile input before anything in it is built (``policies.pretrained_dir.load_pretrained_dir``).
 
         ``observation``/``inputs``: fleetloop's observation spec and how it feeds the model's input features; by
         default one observation per feature, named after the feature (``observation.images.front`` <- "front",
         ``observation.state`` <- "state", ``observation.image`` <- "image"), images uint8 (H, W, C).
         """
-        from lerobot.configs import FeatureType, PreTrainedConfig
-        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+        from policies.pretrained_dir import load_pretrained_dir
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a lerobot pretrained_model directory (no config.json)")
-        config = PreTrainedConfig.from_pretrained(path, local_files_only=True)
-        config.device = device
-        if observation is None or inputs is None:
-            observation, inputs = {}, {}
-            for key, feature in (config.input_features or {}).items():
-                name = key.removeprefix(OBS_IMAGES_PREFIX).removeprefix("observation.")
-                if feature.type is FeatureType.VISUAL:
-                    c, h, w = feature.shape
-                    observation[name] = {"shape": [h, w, c], "dtype": "uint8"}
-                else:
-                    observation[name] = {"shape": list(feature.shape), "dtype": "float32"}
-                inputs[key] = [name]
-        if config.action_feature is None:
-            raise ValueError(f"{path}: the config has no {ACTION!r} output feature")
-        model = get_policy_class(config.type).from_pretrained(path, config=config, local_files_only=True)
-        processors = make_pre_post_processors(
-            config,
-            pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": device}},
-        )
-        policy = cls(
-            observation,
-            config.action_feature.shape[0],
-            config.type,
-            config,
-            inputs=inputs,
-            task=task,
-            model=model,
-            processors=processors,
-        )
-        policy.eval()
-        return policy
+        return load_pretrained_dir(path, observation=observation, inputs=inputs, task=task)
 
     # ---- observations -------------------------------------------------------------------------------------
     def _lerobot_batch(self, observations: dict[str, Any], batched: bool) -> dict[str, Any]:

@@ -82,27 +82,35 @@ def load_weights_file(path: Path, spec: PolicySpec | None) -> Policy:
 
 
 def load_pretrained_dir(
-    folder: Path, spec: PolicySpec | None = None, inputs: dict[str, list[str]] | None = None
+    folder: Path,
+    spec: PolicySpec | None = None,
+    inputs: dict[str, list[str]] | None = None,
+    *,
+    observation: dict[str, dict[str, Any]] | None = None,
+    task: str | None = None,
 ) -> LerobotPolicy:
-    """The folder's lerobot policy acting on ``spec``'s observations (None: on observations named after its own
-    features, as ``LerobotPolicy.from_pretrained_dir`` names them)."""
+    """The folder's lerobot policy acting on ``spec``'s observations (None: on ``observation``, else on observations
+    named after its own features, as ``LerobotPolicy.from_pretrained_dir`` names them); ``task``: a VLA's
+    instruction."""
     if not (folder / CONFIG).is_file():
         hint = " (a lerobot checkpoint keeps it in pretrained_model/)" if (folder / "pretrained_model").is_dir() else ""
         raise PretrainedError(CONFIG, f"missing in {folder}: this is no lerobot pretrained_model folder{hint}")
     config = _read_config(folder)
     features = {key: (f.type.name, tuple(f.shape)) for key, f in config.input_features.items()}
-    if spec is None:
+    if spec is None and observation is not None:
+        spec = PolicySpec(observation, int(np.prod(config.action_feature.shape)), "the given observation")
+    elif spec is None:
         spec, inputs = _own_spec(features, config.action_feature.shape)
     mapped = map_inputs(features, spec, inputs)
     action_shape = list(config.action_feature.shape)
     if len(action_shape) != 1:
         raise PretrainedError(CONFIG, f"output_features.action: shape {action_shape}; a robot takes a flat action")
     check_action(action_shape[0], spec)
-    observation = {name: dict(spec.observation[name]) for names in mapped.values() for name in names}
+    observed = {name: dict(spec.observation[name]) for names in mapped.values() for name in names}
     configs, state = _read_processors(folder, config)
     try:
         pipelines = {"preprocessor": configs["pre"], "postprocessor": configs["post"]}
-        policy = LerobotPolicy(observation, action_shape[0], config.type, config, inputs=mapped, **pipelines)
+        policy = LerobotPolicy(observed, action_shape[0], config.type, config, inputs=mapped, task=task, **pipelines)
     except Exception as err:  # lerobot's constructors meet hostile values first: refused with lerobot's reason
         raise PretrainedError(CONFIG, f"lerobot cannot build a {config.type} policy from it: {err}") from None
     _load_model(folder / MODEL, policy)
