@@ -20,10 +20,12 @@ from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from cloud.data.version_registry import PolicyRegistry
 from policies.factory import make_policy
+from policies.lerobot_policy import LerobotPolicy
 from policies.signing import Signer
 from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata
 from tests.attacks.weights_harness import edge_and_gateway, fleet_refusals
 from tests.policies.lerobot_tiny import TINY_ACT
+from tests.policies.pretrained_folders import panda_act_folder
 from tests.policies.vla_tiny import tiny_smolvla_config, write_tiny_vlm_dir
 
 OBSERVATION = {"state": {"shape": [3], "dtype": "float32"}}
@@ -249,6 +251,20 @@ def test_a_dotdot_path_climbing_out_of_a_model_root_is_refused(model_roots) -> N
         pytest.raises(ValueError, match=r"action_tokenizer_name: .*" + OUTSIDE),
     ):
         policy_from_bytes(weights)
+
+
+def test_a_pretrained_folder_loaded_by_from_pretrained_dir_is_checked_before_lerobot_builds_it(tmp_path) -> None:
+    """I hand a lab a lerobot pretrained_model folder whose policy_preprocessor.json has a step {"class":
+    "os.makedirs"}: LerobotPolicy.from_pretrained_dir passes it to lerobot's own loader, which imports and calls it."""
+    folder = panda_act_folder(tmp_path / "pretrained_model")
+    target = tmp_path / "made-by-the-attacker"
+    path = folder / "policy_preprocessor.json"
+    pipeline = json.loads(path.read_text())
+    pipeline["steps"][0] = {"class": "os.makedirs", "config": {"name": str(target)}}
+    path.write_text(json.dumps(pipeline))
+    with pytest.raises(ValueError, match=r"policy_preprocessor\.json: steps\[0\]\.class"):
+        LerobotPolicy.from_pretrained_dir(folder)
+    assert not target.exists()
 
 
 def weights(seed: int) -> bytes:
