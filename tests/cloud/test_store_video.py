@@ -117,6 +117,16 @@ def test_any_window_reads_the_same_frames_as_the_whole(store) -> None:
         np.testing.assert_array_equal(part, whole[start:stop], err_msg=f"rows {start}..{stop}")
 
 
+def test_the_learner_loads_decoded_frames_and_follows_each_episode(store, originals) -> None:
+    from cloud.learning.sampler import load_steps
+
+    table = load_steps(store, "arm", ["obs.front", "obs.state"], rows=40)
+    np.testing.assert_array_equal(table.columns["obs.front"], store.read("arm", ["obs.front"], 0, 40)["obs.front"])
+    follows = table.next_row >= 0
+    seq = table.columns["obs.state"][:, 0]
+    np.testing.assert_array_equal(seq[table.next_row[follows]], seq[follows] + 1)
+
+
 def test_read_packets_gives_back_the_bytes_written_in_row_order(store, originals, tmp_path) -> None:
     streams = {e: encode(f) for e, f in originals.items()}
     reader = EpisodeStore(tmp_path / "store", read_only=True)
