@@ -28,7 +28,7 @@ def policy_to_bytes(policy: Policy, origin: str | None = None) -> bytes:
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
+def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors blob: header = 8-byte little-endian length, then JSON."""
     if len(data) < 8:
         raise ValueError("not a safetensors blob: shorter than its 8-byte header length")
