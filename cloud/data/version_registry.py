@@ -85,8 +85,12 @@ class PolicyRegistry:
     def read_verified(self, policy_name: str, version: int) -> bytes:
         """A version's file, its header and tensors checked against the learner's signature."""
         weights = self.read(policy_name, version)
-        self._checker().check_file(weights, policy_name, version)
+        self.check(weights, policy_name, version)
         return weights
+
+    def check(self, weights: bytes, policy_name: str, version: int) -> None:
+        """``UnsignedVersion`` unless ``weights`` (a file read with ``read``) are the version the learner signed."""
+        self._checker().check_file(weights, policy_name, version)
 
     def _dir(self, policy_name: str) -> Path:
         """The policy's folder; a ValueError when another policy's name differs from it only in case (on a

@@ -24,8 +24,6 @@ from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.gateway")
 
-type Update = tuple[bytes, str, str, int]  # payload, its sha256, kind ("full" or "delta"), base version
-
 
 @dataclass(frozen=True)
 class Pieces:
@@ -159,7 +157,30 @@ class PolicyPusher:
         return await self._updates.get_or_build(key, lambda: self._cut_update(version, base_version))
 
     async def _cut_update(self, version: PolicyVersion, base_version: int) -> Pieces:
-        data, sha256, kind, base_version = await self._build_update(version, base_version)
+        delta_from = await self._delta_base(version, base_version)
+        if delta_from is None and self.config.wire_dtype == "float32":
+            return await self._snapshot(version)
+        target, base_state = delta_from or (await self._wire_state(version), None)
+        built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
+        return await self._pieces(version, built.payload, sha256_hex(built.payload), built.kind, built.base_version)
+
+    async def _snapshot(self, version: PolicyVersion) -> Pieces:
+        """A float32 snapshot is the registry file as it is (no second serialization and hash of the whole model).
+        Read once, it is checked against the learner's signature and cut into pieces at the same time; the pieces
+        are kept only when the check passes."""
+        key = (version.policy_name, version.version)
+        weights = self._weights.get(key)
+        if weights is not None:
+            return await self._pieces(version, weights, version.sha256, "full", 0)
+        weights = await asyncio.to_thread(self.registry.read, *key)
+        _, pieces = await asyncio.gather(
+            asyncio.to_thread(self.registry.check, weights, *key),
+            self._pieces(version, weights, version.sha256, "full", 0),
+        )
+        self._weights.put(key, weights)
+        return pieces
+
+    async def _pieces(self, version: PolicyVersion, data: bytes, sha256: str, kind: str, base_version: int) -> Pieces:
         template = pb.PolicyChunk(
             policy_name=version.policy_name,
             version=version.version,
@@ -170,16 +191,6 @@ class PolicyPusher:
         )
         pieces = await asyncio.to_thread(policy_pieces, template, data, self.config.policy_chunk_bytes)
         return Pieces(pieces, kind, base_version, len(data))
-
-    async def _build_update(self, version: PolicyVersion, base_version: int) -> Update:
-        delta_from = await self._delta_base(version, base_version)
-        if delta_from is None and self.config.wire_dtype == "float32":
-            # A float32 snapshot is the registry file as it is: no second serialization and hash of the whole
-            # model (for a 50M-parameter policy, most of a second before the first chunk leaves).
-            return await self._read_weights(version), version.sha256, "full", 0
-        target, base_state = delta_from or (await self._wire_state(version), None)
-        built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
-        return built.payload, sha256_hex(built.payload), built.kind, built.base_version
 
     async def send_policies(self, session: Session) -> None:
         """Pushes the newest version offered of each name it receives; versions superseded before they were sent
