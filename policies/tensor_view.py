@@ -50,6 +50,19 @@ def _no_twins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+def read_header(data: Buffer) -> tuple[Any, int]:
+    """A safetensors blob's header (8-byte little-endian length, then JSON) parsed, and that JSON's length."""
+    if len(data) < 8:
+        raise LayoutError("not a safetensors blob: shorter than its 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(len(data) - 8, MAX_HEADER_BYTES):
+        raise LayoutError(f"not a safetensors blob: header length {n} does not fit in {len(data)} bytes")
+    try:
+        return json.loads(bytes(data[8 : 8 + n]), object_pairs_hook=_no_twins), n
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LayoutError(f"not a safetensors blob: bad header ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Layout:
     """A safetensors file's header: its metadata, and where each tensor lies in the data section."""
@@ -60,15 +73,7 @@ class Layout:
 
     @classmethod
     def parse(cls, data: Buffer) -> Layout:
-        if len(data) < 8:
-            raise LayoutError("not a safetensors blob: shorter than its 8-byte header length")
-        n = int.from_bytes(data[:8], "little")
-        if n > min(len(data) - 8, MAX_HEADER_BYTES):
-            raise LayoutError(f"not a safetensors blob: header length {n} does not fit in {len(data)} bytes")
-        try:
-            header = json.loads(bytes(data[8 : 8 + n]), object_pairs_hook=_no_twins)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LayoutError(f"not a safetensors blob: bad header ({exc})") from None
+        header, n = read_header(data)
         if not isinstance(header, dict):
             raise LayoutError("not a safetensors blob: its header is not a JSON object")
         metadata = header.pop(METADATA, {})
