@@ -142,4 +142,32 @@ def measure(
                 f"raw {' '.join(f'{t:.3f}' for t in raw[label])} s"
             )
             say(f"    where the last one went (slowest edge, s): {where}")
+        if edges == 1:
+            results += _lerobot_row(sizes, raw, repeats, say)
     return results
+
+
+def _lerobot_row(
+    sizes: dict[str, list[int]], raw: dict[str, list[float]], repeats: int, say: Callable[[str], None]
+) -> list[Result]:
+    """lerobot's own transport pushing the largest MLP to one actor, against the same run's raw baseline."""
+    label = list(sizes)[-1]
+    say(f"weight push: lerobot's learner -> actor transport, {label} parameters, 1 actor process, x{repeats}")
+    try:
+        from bench import lerobot_push
+
+        times = lerobot_push.measure(sizes[label], repeats)
+    except ImportError as err:
+        say(f"  lerobot's transport cannot run here: {err}")
+        return []
+    say(f"  {label}: lerobot {' '.join(f'{t:.3f}' for t in times)} s, raw {' '.join(f'{t:.3f}' for t in raw[label])} s")
+    return [
+        Result(
+            f"weight push {label} params, 1 edge: lerobot's transport, push -> loaded (vs raw gRPC + sha256)",
+            median(times),
+            "s",
+            median(raw[label]),
+            f"{LOWER}; median of {repeats}; torch.save -> StreamParameters 2 MB chunks -> torch.load; no digest, "
+            "no signature, nothing written to disk",
+        )
+    ]

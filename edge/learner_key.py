@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from policies.signing import UnsignedVersion, Verifier
+from policies.tensor_view import Buffer
 from policies.weights import read_metadata
 
 log = logging.getLogger("fleetloop.tunnel")
@@ -57,7 +58,7 @@ class LearnerKey:
                 self.source,
             )
 
-    def check(self, weights: bytes, policy_name: str, version: int) -> None:
+    def check(self, weights: Buffer, policy_name: str, version: int) -> None:
         """``UnsignedVersion`` unless the header of ``weights`` carries the learner's signature for this version."""
         verifier = self.pinned or self._welcomed
         if verifier is None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.runtime import PolicyRuntime
 from policies.base import Policy
+from policies.tensor_view import Buffer
 from policies.updates import DeltaBaseError, HeldState, apply_update
 from policies.weights import read_metadata
 
@@ -83,7 +84,7 @@ class LocalPolicyRuntime(PolicyRuntime):
     def update_bytes(self) -> int:
         return self._active.update_bytes if self._active else 0
 
-    def load(self, name: str, version: int, weights: bytes) -> None:
+    def load(self, name: str, version: int, weights: Buffer) -> None:
         """Queues verified weights for loading; returns at once."""
         self._load_queue.put((name, version, weights))
 
@@ -205,7 +206,7 @@ class LocalPolicyRuntime(PolicyRuntime):
         self._infer_queue.put(None)
 
 
-def _warn_if_importing_lerobot(name: str, version: int, weights: bytes) -> None:
+def _warn_if_importing_lerobot(name: str, version: int, weights: Buffer) -> None:
     """Rebuilding the first lerobot policy imports lerobot on this thread, which stalls the control loop for
     seconds (extension modules load under the GIL): say so, and how to avoid it."""
     try:

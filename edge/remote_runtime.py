@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.runtime import PolicyRuntime
+from policies.tensor_view import Buffer
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import decode_array, encode_array
 from protocol.sanitize import printable
@@ -117,7 +118,7 @@ class RemotePolicyRuntime(PolicyRuntime):
     def update_bytes(self) -> int:
         return 0  # no weights come to this edge
 
-    def load(self, name: str, version: int, weights: bytes) -> None:
+    def load(self, name: str, version: int, weights: Buffer) -> None:
         log.warning("policy %s v%d arrived although this edge uses remote inference; ignored", name, version)
 
     def begin_tick(self) -> bool:

@@ -9,6 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
+from policies.tensor_view import Buffer
+
 
 class PolicyRuntime(Protocol):
     """Called from the control thread only (``load`` excepted); no method waits past the tick's deadline."""
@@ -26,7 +28,7 @@ class PolicyRuntime(Protocol):
         """Size of the update that brought the current version (0 when it came by no update to this edge)."""
         ...
 
-    def load(self, name: str, version: int, weights: bytes) -> None:
+    def load(self, name: str, version: int, weights: Buffer) -> None:
         """Weights that passed their checksum, from the tunnel thread; returns at once."""
         ...
 

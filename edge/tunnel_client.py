@@ -24,6 +24,7 @@ from edge.spool import Spool
 from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
 from policies.signing import UnsignedVersion
+from policies.tensor_view import Buffer
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
@@ -99,7 +100,7 @@ class TunnelClient:
         config: TunnelConfig,
         resource: ResourceInfo,
         spool: Spool,
-        on_policy: Callable[[str, int, bytes], None],
+        on_policy: Callable[[str, int, Buffer], None],
         current_version: Callable[[], int] = lambda: 0,
         on_assignment: Callable[[pb.Assignment], None] | None = None,
         on_emergency_stop: Callable[[pb.EmergencyStop], None] | None = None,
@@ -390,20 +391,21 @@ class TunnelClient:
             return
         what = "reward classifier" if incoming.name == self.config.outcome_policy else "policy"
         try:  # before anything past the header is parsed: a version the learner did not sign goes no further
-            self.learner_key.check(bytes(incoming.buffer), incoming.name, incoming.version)
+            self.learner_key.check(incoming.buffer, incoming.name, incoming.version)
         except UnsignedVersion as err:
             log.error("refusing %s %s v%d: %s; keeping the current one", what, incoming.name, incoming.version, err)
             self.report_rejected(incoming.name, incoming.version, str(err), bad=True)
             return
         log.info("received %s %s v%d (%.1f MB)", what, incoming.name, incoming.version, len(incoming.buffer) / 1e6)
-        self._route(incoming.name, incoming.version, bytes(incoming.buffer))
+        self._route(incoming.name, incoming.version, incoming.buffer)
 
-    def _route(self, name: str, version: int, weights: bytes) -> None:
-        """By the version's name: the outcome classifier's never reach the policy runtime, nor the other way round."""
+    def _route(self, name: str, version: int, weights: bytearray) -> None:
+        """By the version's name: the outcome classifier's never reach the policy runtime, nor the other way round.
+        The policy's buffer is handed on as it is (no copy of a large model); nothing here writes to it again."""
         if not self.config.outcome_policy or name != self.config.outcome_policy:
             self.on_policy(name, version, weights)
         elif self.on_outcome is not None:
-            self.on_outcome(name, version, weights)
+            self.on_outcome(name, version, bytes(weights))
         else:
             log.error("%s v%d came as this edge's outcome classifier, but nothing here judges outcomes", name, version)
 

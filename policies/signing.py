@@ -15,15 +15,16 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import safetensors.torch
-import torch
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from policies.tensor_view import WIRE_DTYPES, Buffer, Layout, LayoutError, digests, on_wire, tensor_digest
+
+__all__ = ["WIRE_DTYPES", "on_wire", "tensor_digest"]
+
 MANIFEST = "fleetloop.manifest"
 SIGNATURE = "fleetloop.signature"
-WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOT_SIGNED = "not signed by this cloud's learner"
 
 
@@ -31,19 +32,8 @@ class UnsignedVersion(ValueError):
     """A version whose signature is missing or not the learner's, or whose bytes differ from what it signed."""
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    digest = hashlib.sha256(f"{tensor.dtype}:{tuple(tensor.shape)}:".encode())
-    digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def state_digest(digests: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{name}={digests[name]}\n" for name in sorted(digests)).encode()).hexdigest()
-
-
-def on_wire(tensor: torch.Tensor, wire_dtype: str) -> torch.Tensor:
-    """A tensor as it travels: float32 cast to the wire dtype, everything else as it is."""
-    return tensor.to(WIRE_DTYPES[wire_dtype]) if tensor.dtype == torch.float32 else tensor
 
 
 def text_digest(text: str) -> str:
@@ -127,16 +117,15 @@ class Verifier:
             raise UnsignedVersion(f"{where}: its type or config is not the one the learner signed")
         return manifest
 
-    def check_file(self, weights: bytes, policy_name: str, version: int) -> Manifest:
-        """A whole registry file: header and tensors as signed (read by safetensors alone)."""
-        from policies.weights import read_metadata
-
-        manifest = self.manifest(read_metadata(weights), policy_name, version)
+    def check_file(self, weights: Buffer, policy_name: str, version: int) -> Manifest:
+        """A whole registry file: header and tensors as signed (its tensors hashed in place, several at once)."""
         try:
-            tensors = safetensors.torch.load(weights)
-        except safetensors.SafetensorError as err:
+            layout = Layout.parse(weights)
+        except LayoutError as err:
             raise UnsignedVersion(f"{policy_name} v{version}: not a safetensors file ({err})") from None
-        manifest.check_state({name: tensor_digest(on_wire(t, "float32")) for name, t in tensors.items()})
+        manifest = self.manifest(layout.metadata, policy_name, version)
+        tensors = layout.tensors(weights)
+        manifest.check_state(digests(tensors, dict.fromkeys(tensors, "float32")))
         return manifest
 
 
@@ -166,24 +155,34 @@ class Signer(Verifier):
     def public_pem(self) -> bytes:
         return self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def sign(self, weights: bytes, policy_name: str, version: int) -> bytes:
+    def sign(self, weights: Buffer, policy_name: str, version: int) -> bytes:
         """``weights`` (``policies.weights.policy_to_bytes`` output) signed as ``policy_name`` v``version``; a
         signature it carried before (a rollback republishes older weights) is replaced."""
-        from policies.weights import read_metadata
+        header, data_start = self.signed_header(weights, policy_name, version)
+        return b"".join((header, memoryview(weights)[data_start:]))
 
-        metadata = {k: v for k, v in read_metadata(weights).items() if k not in (MANIFEST, SIGNATURE)}
-        tensors = safetensors.torch.load(weights)
+    def signed_header(self, weights: Buffer, policy_name: str, version: int) -> tuple[bytes, int]:
+        """The header of ``weights`` signed as ``policy_name`` v``version`` (8-byte length and JSON), and where the
+        data section of ``weights`` starts: that header followed by that data section is the signed file. The
+        tensors are hashed in place, every wire dtype's digests at once; the data section is not copied."""
+        try:
+            layout = Layout.parse(weights)
+        except LayoutError as err:
+            raise ValueError(f"weights: {err}") from None
+        metadata = {k: v for k, v in layout.metadata.items() if k not in (MANIFEST, SIGNATURE)}
+        tensors = layout.tensors(weights)
+        jobs = {(wire, name): tensor for wire in WIRE_DTYPES for name, tensor in tensors.items()}
+        wire_digests = digests(jobs, {key: key[0] for key in jobs})
         manifest = Manifest(
             policy=policy_name,
             version=version,
             type=metadata.get("type", ""),
             config_sha256=text_digest(metadata.get("config", "")),
             state_sha256={
-                wire: state_digest({name: tensor_digest(on_wire(t, wire)) for name, t in tensors.items()})
-                for wire in WIRE_DTYPES
+                wire: state_digest({name: wire_digests[wire, name] for name in tensors}) for wire in WIRE_DTYPES
             },
             dtypes={name: str(t.dtype).removeprefix("torch.") for name, t in tensors.items()},
         )
         text = manifest.to_json()
         signature = self.private_key.sign(text.encode()).hex()
-        return safetensors.torch.save(tensors, metadata={**metadata, MANIFEST: text, SIGNATURE: signature})
+        return layout.header({**metadata, MANIFEST: text, SIGNATURE: signature}), layout.header_bytes

@@ -31,7 +31,8 @@ from policies.signing import (
     state_digest,
     tensor_digest,
 )
-from policies.weights import read_metadata
+from policies.tensor_view import Buffer, Layout, LayoutError
+from policies.tensor_view import digests as tensor_digests
 
 __all__ = ["WIRE_DTYPES", "state_digest", "tensor_digest"]
 
@@ -68,12 +69,15 @@ class WireState(VersionTensors):
         """From a registry file (``policy_to_bytes`` output)."""
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}, got {wire_dtype!r}")
-        metadata = read_metadata(weights)
-        tensors, dtypes = {}, {}
-        for name, tensor in safetensors.torch.load(weights).items():
+        try:
+            layout = Layout.parse(weights)
+        except LayoutError as exc:
+            raise UpdateError(f"weights: {exc}") from exc
+        metadata, tensors, dtypes = layout.metadata, {}, {}
+        for name, tensor in layout.tensors(weights).items():  # views of the registry file's bytes: read only
             dtypes[name] = str(tensor.dtype).removeprefix("torch.")
             tensors[name] = on_wire(tensor, wire_dtype)
-        digests = {name: tensor_digest(tensor) for name, tensor in tensors.items()}
+        digests = tensor_digests(tensors)
         signed = {key: metadata[key] for key in (MANIFEST, SIGNATURE) if key in metadata}
         return cls(version, metadata.get("type", ""), metadata.get("config", ""), tensors, digests, dtypes, signed)
 
@@ -147,16 +151,18 @@ def _cast_back(received: dict[str, torch.Tensor], dtypes: dict[str, str]) -> dic
     return out
 
 
-def apply_update(payload: bytes, held: dict[int, HeldState] | None = None) -> tuple[Policy, HeldState]:
+def apply_update(payload: Buffer, held: dict[int, HeldState] | None = None) -> tuple[Policy, HeldState]:
     """Rebuilds the policy an update brings, on top of the versions the edge holds; UpdateError if it does not fit.
 
     A plain ``policy_to_bytes`` file (no update metadata) is taken as a full snapshot without a state digest.
     """
+    # The tensors view the payload's bytes (a bytearray is kept, not copied: a large model is not held twice).
+    buffer = payload if isinstance(payload, bytearray) else bytearray(payload)
     try:
-        metadata = read_metadata(payload)
-        received = safetensors.torch.load(payload)
-    except (ValueError, safetensors.SafetensorError) as exc:
+        layout = Layout.parse(buffer)
+    except LayoutError as exc:
         raise UpdateError(f"update: not a safetensors file ({exc})") from exc
+    metadata, received = layout.metadata, layout.tensors(buffer)
     kind = metadata.get("update", "full")
     type_name, config = metadata.get("type", ""), metadata.get("config", "")
     try:
@@ -166,7 +172,7 @@ def apply_update(payload: bytes, held: dict[int, HeldState] | None = None) -> tu
         version, base_version = int(metadata.get("version", 0)), int(metadata.get("base_version", 0))
     except (ValueError, TypeError) as exc:
         raise UpdateError(f"update metadata is malformed: {exc}") from exc
-    digests = {name: tensor_digest(tensor) for name, tensor in received.items()}
+    digests = tensor_digests(received)
     tensors = _cast_back(received, dtypes)
     if kind == "delta":
         base = (held or {}).get(base_version)

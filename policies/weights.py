@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import safetensors.torch
 import torch
 
 from policies.base import Policy
 from policies.factory import make_policy
-
-_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
+from policies.tensor_view import Buffer, read_header
 
 # Metadata key of weights brought in from outside the learner (``fleetloop policy publish``): where they came from.
 ORIGIN = "origin"
@@ -28,17 +25,9 @@ def policy_to_bytes(policy: Policy, origin: str | None = None) -> bytes:
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob: header = 8-byte little-endian length, then JSON."""
-    if len(data) < 8:
-        raise ValueError("not a safetensors blob: shorter than its 8-byte header length")
-    n = int.from_bytes(data[:8], "little")
-    if n > min(len(data) - 8, _MAX_HEADER_BYTES):
-        raise ValueError(f"not a safetensors blob: header length {n} does not fit in {len(data)} bytes")
-    try:
-        header: Any = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not a safetensors blob: bad header ({exc})") from exc
+def read_metadata(data: Buffer) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob, from its header alone (a ValueError when there is none)."""
+    header, _ = read_header(data)
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) else {}
 

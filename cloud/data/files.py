@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, fsync_file: bool = True, fsync_dir: bool = True) -> None:
-    """Replaces ``path`` with ``data`` in one rename. ``fsync_file`` makes the bytes durable before the rename,
-    ``fsync_dir`` makes the rename itself durable (it survives power loss, not only a killed process)."""
+def write_atomically(
+    path: Path, data: bytes | Sequence[bytes | memoryview], fsync_file: bool = True, fsync_dir: bool = True
+) -> None:
+    """Replaces ``path`` with ``data`` (bytes, or parts written one after the other) in one rename. ``fsync_file``
+    makes the bytes durable before the rename, ``fsync_dir`` makes the rename itself durable (it survives power
+    loss, not only a killed process)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        for part in (data,) if isinstance(data, bytes) else data:
+            f.write(part)
         if fsync_file:
             f.flush()
             os.fsync(f.fileno())

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def check_policy_name(policy_name: str) -> str:
     if not POLICY_NAME.fullmatch(policy_name):
         raise ValueError(f"policy_name: {policy_name!r} must be 1-64 letters, digits, '_', '.', '-'")
     return policy_name
+
+
+def _sha256(parts: tuple[bytes | memoryview, ...]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,12 @@ class PolicyRegistry:
     def read_verified(self, policy_name: str, version: int) -> bytes:
         """A version's file, its header and tensors checked against the learner's signature."""
         weights = self.read(policy_name, version)
-        self._checker().check_file(weights, policy_name, version)
+        self.check(weights, policy_name, version)
         return weights
+
+    def check(self, weights: bytes, policy_name: str, version: int) -> None:
+        """``UnsignedVersion`` unless ``weights`` (a file read with ``read``) are the version the learner signed."""
+        self._checker().check_file(weights, policy_name, version)
 
     def _dir(self, policy_name: str) -> Path:
         """The policy's folder; a ValueError when another policy's name differs from it only in case (on a
@@ -104,18 +116,23 @@ class PolicyRegistry:
         directory.mkdir(parents=True, exist_ok=True)
         current = self.latest(policy_name)
         number = (current.version if current else 0) + 1
-        if self.signer is not None:
-            weights = self.signer.sign(weights, policy_name, number)
+        parts: tuple[bytes | memoryview, ...] = (weights,)
+        if self.signer is not None:  # the signed header, then the data section as it is (not copied)
+            header, data_start = self.signer.signed_header(weights, policy_name, number)
+            parts = (header, memoryview(weights)[data_start:])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
+            sha256 = pool.submit(_sha256, parts)  # hashed while the file is written (hashlib lets go of the GIL)
+            path = directory / f"v{number:06d}.safetensors"
+            write_atomically(path, parts, fsync_dir=False)
         version = PolicyVersion(
             policy_name=policy_name,
             version=number,
-            sha256=hashlib.sha256(weights).hexdigest(),
-            size_bytes=len(weights),
+            sha256=sha256.result(),
+            size_bytes=sum(len(part) for part in parts),
             published_unix=time.time(),
             note=note,
         )
         record = json.dumps(asdict(version)).encode()
-        write_atomically(directory / f"v{version.version:06d}.safetensors", weights, fsync_dir=False)
         write_atomically(directory / f"v{version.version:06d}.json", record, fsync_dir=False)  # its note, kept
         write_atomically(directory / "latest.json", record, fsync_dir=False)
         return version

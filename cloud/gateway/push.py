@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.gateway.config import GatewayConfig
@@ -18,11 +19,20 @@ from policies.signing import UnsignedVersion
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import sha256_hex
 from protocol import tunnel_pb2 as pb
+from protocol.policy_chunks import policy_pieces
 from protocol.sanitize import printable
 
 log = logging.getLogger("fleetloop.gateway")
 
-type Update = tuple[bytes, str, str, int]  # payload, its sha256, kind ("full" or "delta"), base version
+
+@dataclass(frozen=True)
+class Pieces:
+    """An update as the serialized messages that carry it (``protocol.policy_chunks``), shared by every edge."""
+
+    pieces: list[bytes]
+    kind: str  # "full" | "delta"
+    base_version: int
+    total_bytes: int
 
 
 class PolicyPusher:
@@ -36,7 +46,7 @@ class PolicyPusher:
         # Keyed by (policy, version) or (policy, version, base version); each is shared by all edges.
         self._weights: LruCache[tuple[str, int], bytes] = LruCache(1)  # the last version read
         self._wire_states: LruCache[tuple[str, int], WireState] = LruCache(3)  # a target and a base or two
-        self._updates: LruCache[tuple[str, int, int], Update] = LruCache(8)  # edges on one base share one
+        self._updates: LruCache[tuple[str, int, int], Pieces] = LruCache(4)  # edges on one base share one
 
     def offer_latest(self, session: Session, policy_name: str) -> None:
         """Offers the session the newest published version of ``policy_name``, if there is one."""
@@ -160,20 +170,46 @@ class PolicyPusher:
             return None  # most of the bytes changed
         return target, base_state
 
-    async def _update_for(self, version: PolicyVersion, base_version: int) -> Update:
-        """(payload, sha256, kind, base version): a delta against what the edge holds when possible."""
+    async def _update_for(self, version: PolicyVersion, base_version: int) -> Pieces:
+        """The update's pieces: a delta against what the edge holds when possible, else a snapshot."""
         key = (version.policy_name, version.version, base_version)
-        return await self._updates.get_or_build(key, lambda: self._build_update(version, base_version))
+        return await self._updates.get_or_build(key, lambda: self._cut_update(version, base_version))
 
-    async def _build_update(self, version: PolicyVersion, base_version: int) -> Update:
+    async def _cut_update(self, version: PolicyVersion, base_version: int) -> Pieces:
         delta_from = await self._delta_base(version, base_version)
         if delta_from is None and self.config.wire_dtype == "float32":
-            # A float32 snapshot is the registry file as it is: no second serialization and hash of the whole
-            # model (for a 50M-parameter policy, most of a second before the first chunk leaves).
-            return await self._read_weights(version), version.sha256, "full", 0
+            return await self._snapshot(version)
         target, base_state = delta_from or (await self._wire_state(version), None)
         built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
-        return built.payload, sha256_hex(built.payload), built.kind, built.base_version
+        return await self._pieces(version, built.payload, sha256_hex(built.payload), built.kind, built.base_version)
+
+    async def _snapshot(self, version: PolicyVersion) -> Pieces:
+        """A float32 snapshot is the registry file as it is (no second serialization and hash of the whole model).
+        Read once, it is checked against the learner's signature and cut into pieces at the same time; the pieces
+        are kept only when the check passes."""
+        key = (version.policy_name, version.version)
+        weights = self._weights.get(key)
+        if weights is not None:
+            return await self._pieces(version, weights, version.sha256, "full", 0)
+        weights = await asyncio.to_thread(self.registry.read, *key)
+        _, pieces = await asyncio.gather(
+            asyncio.to_thread(self.registry.check, weights, *key),
+            self._pieces(version, weights, version.sha256, "full", 0),
+        )
+        self._weights.put(key, weights)
+        return pieces
+
+    async def _pieces(self, version: PolicyVersion, data: bytes, sha256: str, kind: str, base_version: int) -> Pieces:
+        template = pb.PolicyChunk(
+            policy_name=version.policy_name,
+            version=version.version,
+            sha256=sha256,
+            published_mono_ns=time.monotonic_ns(),  # when its pieces were made
+            kind=kind,
+            base_version=base_version,
+        )
+        pieces = await asyncio.to_thread(policy_pieces, template, data, self.config.policy_chunk_bytes)
+        return Pieces(pieces, kind, base_version, len(data))
 
     async def send_policies(self, session: Session) -> None:
         """Pushes the newest version offered of each name it receives; versions superseded before they were sent
@@ -192,37 +228,21 @@ class PolicyPusher:
 
     async def _send_version(self, session: Session, held: Subscription, version: PolicyVersion) -> None:
         base_version = 0 if held.needs_full else held.applied_version
-        data, sha256, kind, base_version = await self._update_for(version, base_version)
+        update = await self._update_for(version, base_version)
         held.needs_full = False
-        if kind == "full":
+        if update.kind == "full":
             held.full_sent = version.version
-        if kind == "delta":
+        if update.kind == "delta":
             log.info(
                 "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",
                 version.policy_name,
                 version.version,
                 session.resource.id,
-                base_version,
-                len(data) / 1e6,
+                update.base_version,
+                update.total_bytes / 1e6,
                 version.size_bytes / 1e6,
             )
-        published = time.monotonic_ns()
-        step = self.config.policy_chunk_bytes
-        for offset in range(0, max(len(data), 1), step):
+        for piece in update.pieces:
             await session.bulk_credits.acquire()
-            session.send(
-                pb.CloudMessage(
-                    policy=pb.PolicyChunk(
-                        policy_name=version.policy_name,
-                        version=version.version,
-                        sha256=sha256,
-                        total_bytes=len(data),
-                        offset=offset,
-                        data=data[offset : offset + step],
-                        published_mono_ns=published,
-                        kind=kind,
-                        base_version=base_version,
-                    )
-                )
-            )
+            session.send(piece)
         held.sent_version = version.version

@@ -45,6 +45,11 @@ log = logging.getLogger("fleetloop.gateway")
 TUNNEL_SERVICE = "fleetloop.v1.Tunnel"
 
 
+def _serialize(message: pb.CloudMessage | bytes) -> bytes:
+    """A CloudMessage's bytes; a policy piece is queued serialized already (made once for every edge)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("gateway task %s failed", task.get_name(), exc_info=task.exception())
@@ -121,7 +126,7 @@ class Gateway(pb_grpc.TunnelServicer):
         """Serves Tunnel.Connect with its requests as bytes, so each is size-checked before it is parsed (and large
         ones parsed in the decode pool) instead of parsed by gRPC on the event loop."""
         connect = grpc.stream_stream_rpc_method_handler(
-            self.Connect, request_deserializer=None, response_serializer=pb.CloudMessage.SerializeToString
+            self.Connect, request_deserializer=None, response_serializer=_serialize
         )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TUNNEL_SERVICE, {"Connect": connect}),))
 
@@ -187,7 +192,7 @@ class Gateway(pb_grpc.TunnelServicer):
                 if message is None:
                     break
                 yield message
-                if message.HasField("policy"):
+                if isinstance(message, bytes):  # a policy piece (the only messages queued serialized)
                     session.bulk_credits.release()
         finally:
             session.closed = True

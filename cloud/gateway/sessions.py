@@ -61,7 +61,8 @@ class Session:
     inference_refused: int = 0
     closed: bool = False
 
-    def send(self, message: pb.CloudMessage) -> None:
+    def send(self, message: pb.CloudMessage | bytes) -> None:
+        """Queues a message for the edge; bytes are a policy piece serialized already (``protocol.policy_chunks``)."""
         if self.closed:
             return
         if self.out.qsize() >= MAX_UNREAD_MESSAGES:  # it sends but never reads: end it rather than grow memory

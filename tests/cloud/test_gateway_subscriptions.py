@@ -93,7 +93,7 @@ def test_both_subscriptions_are_pushed_and_a_refused_version_is_not_sent_again(t
 
         async def receive(n: int) -> None:
             while len(sent) < n:
-                message = await asyncio.wait_for(edge.out.get(), 10)
+                message = pb.CloudMessage.FromString(await asyncio.wait_for(edge.out.get(), 10))  # sent serialized
                 edge.bulk_credits.release()
                 sent.append((message.policy.policy_name, message.policy.version, message.policy.kind))
 

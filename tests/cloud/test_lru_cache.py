@@ -41,6 +41,33 @@ def test_get_or_build_builds_once_and_caches_nothing_when_the_build_fails() -> N
     assert len(builds) == 1
 
 
+def test_callers_that_ask_while_a_key_is_built_share_that_build_and_its_failure() -> None:
+    cache: LruCache[str, int] = LruCache(2)
+    builds = []
+
+    async def build() -> int:
+        builds.append(1)
+        await asyncio.sleep(0.05)
+        return len(builds)
+
+    async def fail() -> int:
+        builds.append(1)
+        await asyncio.sleep(0.05)
+        raise FileNotFoundError("pruned")
+
+    async def scenario() -> None:
+        assert await asyncio.gather(*(cache.get_or_build("k", build) for _ in range(4))) == [1, 1, 1, 1]
+        results = await asyncio.gather(*(cache.get_or_build("gone", fail) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, FileNotFoundError) for r in results) and "gone" not in cache
+        first = asyncio.create_task(cache.get_or_build("late", build))
+        await asyncio.sleep(0.01)
+        first.cancel()  # one waiter gone: the build goes on for the others
+        assert await cache.get_or_build("late", build) == 3
+
+    asyncio.run(scenario())
+    assert len(builds) == 3  # k once, gone once, late once
+
+
 def test_a_capacity_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="capacity"):
         LruCache(0)
