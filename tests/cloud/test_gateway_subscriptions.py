@@ -126,7 +126,7 @@ def test_a_version_the_learner_did_not_sign_is_logged_as_refused_once_never_as_p
         pusher = PolicyPusher(GatewayConfig(registry_poll_s=0.01), signing_registry(layout), {"robot-1": edge})
         watcher = asyncio.create_task(pusher.watch_registry())
         sender = asyncio.create_task(pusher.send_policies(edge))
-        sent = [(await asyncio.wait_for(edge.out.get(), 10)).policy.version]
+        sent = [pb.CloudMessage.FromString(await asyncio.wait_for(edge.out.get(), 10)).policy.version]  # serialized
         edge.bulk_credits.release()
         PolicyRegistry(layout.registry).publish("pick", policy_to_bytes(policy))  # v2, written by someone else
         await asyncio.sleep(0.3)  # about 30 polls
