@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from cloud.data.version_registry import PolicyVersion
+from cloud.gateway.cameras import Camera
 from cloud.gateway.fleet import Task
 from cloud.security.devices import Device, DeviceRegistry
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
@@ -42,6 +43,7 @@ class Session:
     resource: ResourceInfo
     policy_name: str  # the policy it runs: follows its task
     schema: Schema
+    cameras: dict[str, Camera] = field(default_factory=dict)  # its dataset's encoded camera columns
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
