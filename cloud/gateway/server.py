@@ -197,7 +197,13 @@ class Gateway(pb_grpc.TunnelServicer):
             if self.sessions.get(session.resource.id) is session:
                 del self.sessions[session.resource.id]
                 self.fleet.disconnected(session.resource.id)
-            log.info("%s disconnected (%d steps stored this session)", session.resource.id, session.steps_stored)
+            per_step = session.batch_bytes / max(1, session.steps_received)
+            log.info(
+                "%s disconnected (%d steps stored this session, %.0f bytes per step on the wire)",
+                session.resource.id,
+                session.steps_stored,
+                per_step,
+            )
 
     async def _first_message(
         self, slot: StreamSlot, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -411,7 +417,8 @@ class Gateway(pb_grpc.TunnelServicer):
     async def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
         config = self.config
         # What decoding reads and makes; an invalid num_steps is refused before anything is decoded.
-        cost = batch.ByteSize() + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
+        size = batch.ByteSize()
+        cost = size + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
         cost += INLINE_BYTES if batch.video else 0  # encoded frames are decoded (keyframes, JPEG) in the pool only
         try:
             rows = await self.decoder.run(
@@ -422,6 +429,8 @@ class Gateway(pb_grpc.TunnelServicer):
             session.refuse(batch.batch_id, err.field, err.message)
             return
         self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session))
+        session.batch_bytes += size
+        session.steps_received += batch.num_steps
         self.fleet.seen(
             session.resource.id,
             steps=batch.num_steps,

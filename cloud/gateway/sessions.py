@@ -53,6 +53,8 @@ class Session:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by policy name
     offered: asyncio.Event = field(default_factory=asyncio.Event)
     steps_stored: int = 0
+    steps_received: int = 0
+    batch_bytes: int = 0  # the StepBatch bytes it sent (what its cameras cost on the wire)
     batches_refused: int = 0
     inference_waiting: int = 0  # remote-inference requests queued or in a forward pass (max_inference_queue)
     inference_refused: int = 0
