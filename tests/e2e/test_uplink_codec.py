@@ -43,7 +43,7 @@ def run_edge(fleet: Fleet, store: EpisodeStore, robot_id: str, codec: str) -> in
 
 def test_h264_uplink_stores_every_step_at_a_tenth_of_the_raw_bytes(fleet: Fleet) -> None:
     fleet.start_cloud()
-    publish_untrained_policy(fleet.root / "data", DATASET)
+    publish_untrained_policy(fleet.root, DATASET)  # v1: the robot moves with no operator
     store = EpisodeStore(fleet.root / "data" / "store", read_only=True)
     run_edge(fleet, store, "pusht-raw", "raw")
     raw = bytes_per_step(fleet, "pusht-raw")
