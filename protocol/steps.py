@@ -151,7 +151,7 @@ def decode_batch(
 
     Every column must have the schema's shape, so what the batch decodes to is known from ``num_steps``: past
     ``max_decoded`` bytes it is refused before anything is inflated. Encoded cameras (``video``) come back as
-    ``PacketColumn``s, not decoded (see ``decode_video``), and do not count towards ``max_decoded``.
+    ``PacketColumn``s, not decoded (see ``decode_video``); only their keyframes count towards ``max_decoded``.
     """
     check_id(batch.episode_id, "step_batch.episode_id")
     check_id(batch.task, "step_batch.task", required=False)
@@ -163,7 +163,12 @@ def decode_batch(
     if size > max_bytes:
         raise CodecError("step_batch", f"{size} bytes exceeds the limit of {max_bytes}")
     _check_names(batch, schema)
-    check_decoded_size(decoded_bytes(schema, batch.num_steps, skip=batch.video), max_decoded, "step_batch")
+    # Of an encoded camera, the receiver decodes its keyframes (and JPEG frames) alone to check them: those count.
+    checked_frames = sum(
+        decoded_bytes({name: schema[name]}, sum(video.keyframe)) for name, video in batch.video.items()
+    )
+    size = decoded_bytes(schema, batch.num_steps, skip=batch.video) + checked_frames
+    check_decoded_size(size, max_decoded, "step_batch")
     columns: Columns = {}
     for name, (dtype, row_shape) in schema.items():
         if name in batch.video:

@@ -80,12 +80,15 @@ def test_a_jpeg_frame_that_claims_to_need_another_is_refused() -> None:
     assert err.value.field == f"{FIELD}.keyframe[2]"
 
 
-def test_encoded_cameras_do_not_count_towards_the_decoded_bound() -> None:
-    """The bound on what a message decodes to guards what is inflated at ingest: raw arrays, not video packets."""
+def test_of_encoded_cameras_only_keyframes_count_towards_the_decoded_bound() -> None:
+    """The bound on what a message decodes to guards what is inflated at ingest: raw arrays, and the keyframes the
+    gateway decodes alone to check them; not the delta frames it stores as they came."""
     raw_bytes = N * H * W * 3
     limit = raw_bytes  # below raw frames plus the other columns
     with pytest.raises(CodecError, match="max_decoded_bytes"):
         decode_batch(
             encode_batch("ep", 0, {**step_columns(N), "obs.front": moving_scene(N, H, W)}), SCHEMA, max_decoded=limit
         )
-    assert isinstance(decode_batch(batch(), SCHEMA, max_decoded=limit)["obs.front"], PacketColumn)
+    assert isinstance(decode_batch(batch(), SCHEMA, max_decoded=limit)["obs.front"], PacketColumn)  # 2 keyframes
+    with pytest.raises(CodecError, match="max_decoded_bytes"):  # every frame a keyframe: all decoded at ingest
+        decode_batch(batch("jpeg"), SCHEMA, max_decoded=limit)
