@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from cloud.learning.distributed import init_from_env, trace_writer
-from fleetloop.commands.arg_types import add_root_arg
+from fleetloop.commands.arg_types import add_root_arg, use_model_roots
 from fleetloop.commands.learner import add_learner_args, learner_config, run_learner
 from fleetloop.commands.stopping import exit_after_clean_stop
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_learner_args(parser)
     args = parser.parse_args(argv)
     try:
+        use_model_roots(args)
         config = learner_config(args)
     except ValueError as err:
         parser.error(str(err))

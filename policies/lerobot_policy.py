@@ -18,9 +18,10 @@ under ``model.`` and every processor step's state (the normalization statistics)
 statistics are part of the checksummed weights and a rebuilt policy normalizes exactly as the original.
 
 VLAs (SmolVLA): the architecture and the language tokenizer come from the VLM named by ``vlm_model_name``, which
-lerobot reads (config.json, tokenizer and processor files) even with ``load_vlm_weights=False``. For offline use it
-names a local model directory by absolute path; the path travels in the bytes (the files do not), so every host
-that rebuilds the policy (the cloud's remote-inference server) must have that directory. The VLM's weights always
+lerobot reads (config.json, tokenizer and processor files) even with ``load_vlm_weights=False``. It names a local
+model directory by absolute path inside the operator's model roots (``policies.model_roots``); the path travels in
+the bytes (the files do not), so every host that rebuilds the policy (the cloud's remote-inference server) must have
+that directory under its own roots. The VLM's weights always
 travel in the tensors: a rebuilt policy never loads them from ``vlm_model_name``. The language instruction is the
 policy's ``task``. transformers' non-persistent buffers (rotary embeddings' ``inv_freq``) are not in the weights:
 after a meta-device rebuild they are recomputed from their module's config.
@@ -28,7 +29,6 @@ after a meta-device rebuild they are recomputed from their module's config.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,15 +39,12 @@ import torch
 from torch import nn
 
 from policies.base import Policy
+from policies.lerobot_config import LOAD_VLM_WEIGHTS, NO_DOWNLOAD, decode_lerobot_config
 from policies.lerobot_processors import ProcessorConfigError, check_processor_config
 from policies.lerobot_trust import check_config
 
 # A feature or action dimension that barely varies in the data would otherwise blow up when it does vary.
 MIN_SCALE = 1e-2
-# The config field through which lerobot's vision policies download pretrained (ImageNet) backbones.
-NO_DOWNLOAD = "pretrained_backbone_weights"
-# The config field through which SmolVLA loads its pretrained VLM backbone (from ``vlm_model_name``).
-LOAD_VLM_WEIGHTS = "load_vlm_weights"
 MAX_STAT_FRAMES = 200  # image statistics come from at most about this many frames
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"
@@ -111,29 +108,6 @@ def check_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> None:
     import lerobot.policies.factory  # noqa: F401 (registers lerobot's policy config types)
 
     decode_lerobot_config(lerobot_type, {**fields, "device": fields.get("device", "cpu")})
-
-
-def decode_lerobot_config(lerobot_type: str, fields: dict[str, Any]) -> Any:
-    """A lerobot PreTrainedConfig from its JSON fields (draccus, as lerobot reads config.json)."""
-    import draccus
-    from lerobot.configs import PreTrainedConfig
-
-    try:
-        config_cls = PreTrainedConfig.get_choice_class(lerobot_type)
-    except Exception as exc:
-        raise ValueError(
-            f"unknown lerobot policy type {lerobot_type!r}; known: {sorted(PreTrainedConfig.get_known_choices())}"
-        ) from exc
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    fields = {k: v for k, v in fields.items() if k != "type" and (k != NO_DOWNLOAD or k in known)}
-    try:
-        return draccus.decode(config_cls, fields)
-    except Exception as exc:
-        # draccus wraps the config's own check ("Couldn't instantiate class ACTConfig"): the reason names the field.
-        reason: BaseException = exc
-        while reason.__cause__ is not None:
-            reason = reason.__cause__
-        raise ValueError(f"{lerobot_type} config: {reason}") from exc
 
 
 def _encode_config(config: Any) -> dict[str, Any]:
@@ -346,25 +320,25 @@ class LerobotPolicy(Policy):
         observation: dict[str, dict[str, Any]] | None = None,
         inputs: dict[str, list[str]] | None = None,
         task: str | None = None,
-        device: str = "cpu",
     ) -> LerobotPolicy:
-        """Loads a local lerobot ``pretrained_model`` directory (never the hub: the path must be a directory).
+        """Loads a local lerobot ``pretrained_model`` directory (never the hub: the path must be a directory), every
+        file checked as hostile input before anything in it is built (``policies.pretrained_checks``).
 
         ``observation``/``inputs``: fleetloop's observation spec and how it feeds the model's input features; by
         default one observation per feature, named after the feature (``observation.images.front`` <- "front",
         ``observation.state`` <- "state", ``observation.image`` <- "image"), images uint8 (H, W, C).
         """
-        from lerobot.configs import FeatureType, PreTrainedConfig
-        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+        from lerobot.configs import FeatureType
+
+        from policies.pretrained_checks import build_checked, read_config
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a lerobot pretrained_model directory (no config.json)")
-        config = PreTrainedConfig.from_pretrained(path, local_files_only=True)
-        config.device = device
+        config = read_config(path)
         if observation is None or inputs is None:
             observation, inputs = {}, {}
-            for key, feature in (config.input_features or {}).items():
+            for key, feature in config.input_features.items():
                 name = key.removeprefix(OBS_IMAGES_PREFIX).removeprefix("observation.")
                 if feature.type is FeatureType.VISUAL:
                     c, h, w = feature.shape
@@ -372,26 +346,7 @@ class LerobotPolicy(Policy):
                 else:
                     observation[name] = {"shape": list(feature.shape), "dtype": "float32"}
                 inputs[key] = [name]
-        if config.action_feature is None:
-            raise ValueError(f"{path}: the config has no {ACTION!r} output feature")
-        model = get_policy_class(config.type).from_pretrained(path, config=config, local_files_only=True)
-        processors = make_pre_post_processors(
-            config,
-            pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": device}},
-        )
-        policy = cls(
-            observation,
-            config.action_feature.shape[0],
-            config.type,
-            config,
-            inputs=inputs,
-            task=task,
-            model=model,
-            processors=processors,
-        )
-        policy.eval()
-        return policy
+        return build_checked(cls, path, config, observation, inputs, task)
 
     # ---- observations -------------------------------------------------------------------------------------
     def _lerobot_batch(self, observations: dict[str, Any], batched: bool) -> dict[str, Any]:

@@ -4,18 +4,18 @@ lerobot builds a pipeline step from either ``registry_name`` (a step lerobot reg
 ``module.Class``, imported with importlib). A config that arrives as data (a lab's ``policy_preprocessor.json``, the
 metadata of weights from the wire) may name only the steps of ``ALLOWED_STEPS`` that lerobot's own modules registered
 (the steps of the policy types fleetloop runs); ``class`` entries are refused. A step that loads a tokenizer names it
-by a local folder (``model_folder``), and ``trust_remote_code`` is forced off. A step's
-``state_file`` must be a plain ``.safetensors`` file name (no folders): it is read beside the config.
+by a folder inside the operator's model roots (``policies.model_roots``), and ``trust_remote_code`` is forced off.
+A step's ``state_file`` must be a plain ``.safetensors`` file name (no folders): it is read beside the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any
 
 from hal.config import ConfigError
+from policies.model_roots import model_folder
 
 # Steps that load nothing but their own state, and the steps that load a tokenizer by the folders their fields name.
 PLAIN_STEPS = frozenset(
@@ -39,18 +39,6 @@ FOLDER_STEP_FIELDS = {
 ALLOWED_STEPS = PLAIN_STEPS | set(FOLDER_STEP_FIELDS)
 # A state file lerobot writes is "<pipeline>_step_<i>_<registry name>.safetensors": no folders, no "..".
 STATE_FILE = re.compile(r"[A-Za-z0-9_.-]{1,200}\.safetensors")
-
-
-def model_folder(value: Any, where: str) -> str:
-    """``value`` when it names a model folder on this host by absolute path; a ``ConfigError`` at ``where`` when it
-    is a hub name, a relative or missing path, or no text."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(where, f"must name a model folder on this host, got {value!r}")
-    path = Path(value)
-    if not path.is_absolute() or not path.is_dir():
-        why = "is no folder on this machine by absolute path; nothing is downloaded (a hub name is refused)"
-        raise ConfigError(where, f"{value!r} {why}")
-    return value
 
 
 class ProcessorConfigError(ValueError):

@@ -6,8 +6,9 @@ the model (ACT's and diffusion's ImageNet backbone, SmolVLA's VLM, the tokenizer
 
 - only the policy types fleetloop runs (``LEROBOT_TYPES``) are built;
 - a pretrained backbone (``NULL_FIELDS``) must be absent or null: its weights travel in the tensors;
-- a field that names a model folder (``FOLDER_FIELDS``, default value included) must name a folder on this host by
-  absolute path, never a hub repo id: nothing is downloaded, and no remote code is trusted;
+- a field that names a model folder (``FOLDER_FIELDS``, default value included) must name a folder inside the
+  operator's model roots (``policies.model_roots``), never a hub repo id: nothing is downloaded, no other folder on
+  the host is read, and no remote code is trusted;
 - provenance fields (``PROVENANCE_FIELDS``) are cleared: nothing reads them while building.
 
 Processor steps have their own allow-list (``policies.lerobot_processors``).
@@ -19,7 +20,8 @@ import dataclasses
 from typing import Any
 
 from hal.config import ConfigError
-from policies.lerobot_processors import ProcessorConfigError, check_processor_config, model_folder
+from policies.lerobot_processors import ProcessorConfigError, check_processor_config
+from policies.model_roots import model_folder
 
 LEROBOT_TYPES = ("act", "diffusion", "pi0", "pi05", "smolvla", "tdmpc", "vqbet")
 NULL_FIELDS = ("pretrained_backbone_weights",)  # torchvision downloads a named backbone

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from hal.resource import Capabilities
+from policies.lerobot_config import VISUAL
 from policies.lerobot_policy import OBS_ENV_STATE, OBS_IMAGES_PREFIX, OBS_STATE, is_image
-
-VISUAL = "VISUAL"  # lerobot's FeatureType name of camera inputs
 
 
 class SpecMismatch(ValueError):

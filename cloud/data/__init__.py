@@ -3,6 +3,9 @@
 - ``layout``           the cloud's data folder (``--root``): where the store, registry, credentials, certificates
                        and the learner's checkpoint live in it
 - ``store``            the episode store: steps of every episode as zarr v3 arrays, committed in batches
+- ``columns``          the store's column schema (raw or encoded camera) and how a column's zarr array is made
+- ``video_columns``    encoded camera columns in the store: packets in, decoded frames (or the packets) out
+- ``episodes``         an episode's provenance and the statistics folded from its rows
 - ``version_registry`` monotonic versions of each policy as safetensors files
 - ``learner_key``      the learner's signing key (kept apart from what the gateway reads) and registries that sign
                        or verify with it

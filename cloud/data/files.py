@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 
 def fsync_path(path: Path) -> None:
@@ -40,3 +43,15 @@ def append_after(path: Path, committed_bytes: int, data: bytes) -> int:
         f.seek(committed_bytes)
         f.write(data)
     return committed_bytes + len(data)
+
+
+def read_json(path: Path) -> Any:
+    """Reads a JSON file another process may be replacing; None if it does not exist (yet)."""
+    for delay in (0.001, 0.01, 0.05, 0.2, 0.5):
+        try:
+            return json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:  # our own files are renamed into place; this only guards foreign writers
+            time.sleep(delay)
+    return json.loads(path.read_bytes())

@@ -11,6 +11,7 @@ Layout under ``root``::
     writer.lock                    flock held by the one writer
     <dataset>/zarr.json            group; attributes hold the column schema
     <dataset>/<column>/            one array per column, chunked along rows, capacity >= committed rows
+    <dataset>/<camera>@bytes|@end|@key/   an encoded camera column's packets (cloud/data/video_columns.py)
     <dataset>/episodes.jsonl       episode provenance, one line per episode, in episode_index order
     <dataset>/operators.jsonl      who drove which steps (cloud/data/operators.py)
     <dataset>/labels.jsonl         a person's verdict on an episode and who gave it (cloud/data/labels.py)
@@ -28,9 +29,8 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import re
+import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,65 +38,28 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
-from cloud.data import labels, operators
-from cloud.data.files import fsync_path, write_atomically
+from cloud.data import labels, operators, video_columns
+from cloud.data.columns import (
+    NAME,
+    STAT_COLUMNS,
+    STORE_COLUMNS,
+    ColumnSpec,
+    create_array,
+    normalize_schema,
+    open_array,
+    rows_per_chunk,
+)
+from cloud.data.episodes import EpisodeRecord, absorb
+from cloud.data.files import append_after, fsync_path, read_json, write_atomically
 from protocol.limits import case_twin
-from protocol.steps import PROVENANCE_COLUMNS
+from protocol.video import PacketColumn
 
-# The provenance every step carries (the wire's contract), plus what the store adds to each row.
-FIXED_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "seq": ("<i8", ()),
-    "episode_index": ("<i8", ()),
-    **PROVENANCE_COLUMNS,
-}
-STORE_COLUMNS = ("seq", "episode_index")  # filled in by the store, not by the writer's batches
-STAT_COLUMNS = ["episode_index", "seq", "intervention", "success", "done", "policy_version"]
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always matched whole
-TARGET_CHUNK_BYTES = 2 << 20  # 1-4 MB chunks write fast; bigger ones make every partial-chunk append costly
+__all__ = ["NAME", "STORE_COLUMNS", "ColumnSpec", "EpisodeRecord", "EpisodeStore", "StepRows"]
+
+log = logging.getLogger("fleetloop")
 STORE_FORMAT = 1
-# Runtime config, not saved in the metadata: every open must pass it again. Writing chunks that hold only
-# the fill value skips a scan of each chunk and keeps "every touched chunk exists" true for _fsync_rows.
-ARRAY_CONFIG = {"write_empty_chunks": True}
-# zarr 3.4's opt-in synchronous pipeline: one thread hop per write instead of a coroutine per chunk step;
-# it halved the time of a 64-row append to a small column here. It is picked from the global config when
-# an array is opened, so the lock keeps two threads' config.set blocks from restoring each other's values.
-FUSED = {"codec_pipeline.path": "zarr.core.codec_pipeline.FusedCodecPipeline"}
-_ZARR_CONFIG_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    dtype: str  # numpy dtype string, e.g. "<f4"
-    shape: tuple[int, ...]  # per-row shape
-
-
-@dataclass
-class EpisodeRecord:
-    dataset: str
-    index: int  # the value of the episode_index column on this episode's rows
-    episode_id: str
-    resource_id: str
-    source: str
-    task: str
-    num_steps: int = 0
-    intervention_steps: int = 0
-    success: bool = False  # any step succeeded
-    done: bool = False  # the last step so far is done
-    first_policy_version: int = -1
-    last_seq: int = -1
-    label: str = ""  # a person's verdict: "success", "failure", "discarded" (re-recorded: never trained on), or ""
-    labelled_by: str = ""
-
-    @property
-    def next_seq(self) -> int:
-        return self.last_seq + 1
-
-    @property
-    def discarded(self) -> bool:
-        return self.label == labels.DISCARDED
 
 
 @dataclass
@@ -109,7 +72,8 @@ class StepRows:
     source: str
     task: str
     first_seq: int
-    columns: dict[str, np.ndarray]  # every schema column but seq/episode_index, leading dim = steps
+    # every schema column but seq/episode_index, leading dim = steps; an encoded camera column as its packets
+    columns: dict[str, np.ndarray | PacketColumn]
     operators: tuple[str, ...] = ()  # who drove each step ("" : no person); empty when no person drove any
     label: str = ""  # a person's verdict on the episode, given with its last batch
     labelled_by: str = ""
@@ -124,85 +88,16 @@ class _Dataset:
     operators_bytes: int = 0  # committed length of operators.jsonl
     labels_bytes: int = 0  # committed length of labels.jsonl
     episodes: list[EpisodeRecord] = field(default_factory=list)
-    arrays: dict[str, zarr.Array] = field(default_factory=dict)
-
-
-def _normalize(schema: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
-    """Checks a schema and returns it with the store's columns, dtypes as numpy strings."""
-    fixed = {name: ColumnSpec(dtype, shape) for name, (dtype, shape) in FIXED_COLUMNS.items()}
-    out = {name: fixed[name] for name in STORE_COLUMNS}
-    for name, spec in schema.items():
-        prefix, _, rest = name.partition(".")
-        if not (name in FIXED_COLUMNS or name == "action" or (prefix in ("obs", "meta") and NAME.fullmatch(rest))):
-            raise ValueError(
-                f"{name}: not a column of an episode dataset (fixed columns, 'action', 'obs.<name>' or 'meta.<name>')"
-            )
-        try:
-            normal = ColumnSpec(np.dtype(spec.dtype).str, tuple(int(d) for d in spec.shape))
-        except TypeError as err:
-            raise ValueError(f"{name}: bad dtype {spec.dtype!r}") from err
-        if normal.dtype[1] not in "biuf" or any(d < 1 for d in normal.shape):
-            raise ValueError(f"{name}: needs a numeric dtype and positive dims, got {normal}")
-        if name in fixed and normal != fixed[name]:
-            raise ValueError(f"{name}: must be {fixed[name]}, got {normal}")
-        out[name] = normal
-    for name in [*fixed, "action"]:
-        if name not in out:
-            raise ValueError(f"{name}: missing from the schema")
-    return out
-
-
-def _rows_per_chunk(spec: ColumnSpec, chunk_rows: int) -> int:
-    row_bytes = np.dtype(spec.dtype).itemsize * int(np.prod(spec.shape, dtype=np.int64))
-    rows = max(1, min(chunk_rows, TARGET_CHUNK_BYTES // row_bytes))
-    return 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
-
-
-def _compressor(spec: ColumnSpec) -> BloscCodec:
-    # lz4 at level 1 keeps up with the disk (zstd-1 ran at a third of its speed on 96x96 images); shuffle
-    # groups the bytes of multi-byte numbers, which is what makes floats and ints compress.
-    itemsize = np.dtype(spec.dtype).itemsize
-    return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle" if itemsize > 1 else "noshuffle", typesize=itemsize)
-
-
-def _read_json(path: Path) -> Any:
-    """Reads a JSON file another process may be replacing; None if it does not exist (yet)."""
-    for delay in (0.001, 0.01, 0.05, 0.2, 0.5):
-        try:
-            return json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except json.JSONDecodeError:  # our own files are renamed into place; this only guards foreign writers
-            time.sleep(delay)
-    return json.loads(path.read_bytes())
+    arrays: dict[str, zarr.Array] = field(default_factory=dict)  # by array name (an encoded column has three)
+    byte_ends: dict[str, int] = field(default_factory=dict)  # encoded column -> where its committed bytes end
 
 
 async def _write_columns(writes: list[tuple[zarr.Array, slice, np.ndarray]]) -> None:
     await asyncio.gather(*(array._async_array.setitem(rows, values) for array, rows, values in writes))
 
 
-def _absorb(episodes: list[EpisodeRecord], stats: dict[str, np.ndarray]) -> None:
-    """Folds appended rows (in row order) into their episodes' statistics."""
-    if len(stats["episode_index"]) == 0:
-        return
-    order = np.argsort(stats["episode_index"], kind="stable")  # stable: row order = seq order within an episode
-    index = stats["episode_index"][order]
-    groups, starts, counts = np.unique(index, return_index=True, return_counts=True)
-    lasts = order[starts + counts - 1]
-    firsts = order[starts]
-    interventions = np.add.reduceat(stats["intervention"][order].astype(np.int64), starts)
-    successes = np.logical_or.reduceat(stats["success"][order], starts)
-    for g, first, last, count, n_int, ok in zip(
-        groups.tolist(), firsts, lasts, counts.tolist(), interventions.tolist(), successes.tolist(), strict=True
-    ):
-        record = episodes[g]
-        if record.num_steps == 0:
-            record.first_policy_version = int(stats["policy_version"][first])
-        record.num_steps += count
-        record.intervention_steps += n_int
-        record.success = record.success or ok
-        record.done = bool(stats["done"][last])
-        record.last_seq = int(stats["seq"][last])
+def _uncoded(spec: ColumnSpec | None) -> ColumnSpec | None:
+    return None if spec is None else replace(spec, codec="")
 
 
 class EpisodeStore:
@@ -220,6 +115,7 @@ class EpisodeStore:
         self._zstore: zarr.storage.LocalStore | None = None
         self._lock_file: Any = None
         self._fsync_pool: ThreadPoolExecutor | None = None
+        self.bad_frames = 0  # camera frames read as black because their stored segment did not decode
         if not read_only:
             self._open_writer()
         self.refresh(_writer_open=True)
@@ -267,7 +163,7 @@ class EpisodeStore:
                 return
             for commit_path in sorted(self.root.glob("*/commit.json")):
                 name = commit_path.parent.name
-                commit = _read_json(commit_path)
+                commit = read_json(commit_path)
                 if commit is None:
                     continue
                 ds = self._datasets.get(name)
@@ -278,8 +174,8 @@ class EpisodeStore:
     def _load_dataset(self, name: str) -> _Dataset:
         for record in self._datasets.get(name, _Dataset(name, {})).episodes:
             self._episode_of.pop(record.episode_id, None)
-        attrs = _read_json(self.root / name / "zarr.json")["attributes"]
-        schema = {col: ColumnSpec(dtype, tuple(shape)) for col, (dtype, shape) in attrs["schema"].items()}
+        attrs = read_json(self.root / name / "zarr.json")["attributes"]
+        schema = {col: ColumnSpec.from_json(saved) for col, saved in attrs["schema"].items()}
         ds = self._datasets[name] = _Dataset(name, schema)
         return ds
 
@@ -302,35 +198,37 @@ class EpisodeStore:
         block = 1 << 20  # bounds memory when a fresh reader folds a big dataset
         for start in range(ds.rows, commit["rows"], block):
             stop = min(start + block, commit["rows"])
-            _absorb(ds.episodes, {name: self._array(ds, name, stop)[start:stop] for name in STAT_COLUMNS})
+            absorb(ds.episodes, {name: self._array(ds, name, stop)[start:stop] for name in STAT_COLUMNS})
         ds.rows = commit["rows"]
 
     def _array(self, ds: _Dataset, name: str, rows: int) -> zarr.Array:
-        """The column's array, reopened when the writer has grown it past what this process saw."""
+        """The array (a raw column's, or one of an encoded column's), reopened when the writer has grown it past
+        ``rows`` (a length along its first axis) and this process has not seen that yet."""
         array = ds.arrays.get(name)
         if array is None or array.shape[0] < rows:
-            mode = "r" if self.read_only else "r+"
-            with _ZARR_CONFIG_LOCK, zarr.config.set(FUSED):
-                array = ds.arrays[name] = zarr.open_array(
-                    self._store(), path=f"{ds.name}/{name}", mode=mode, config=ARRAY_CONFIG
-                )
+            array = ds.arrays[name] = open_array(self._store(), f"{ds.name}/{name}", self.read_only)
         return array
 
     # ---- schema ----
 
     def ensure_dataset(self, name: str, schema: dict[str, ColumnSpec]) -> None:
-        """Creates the dataset, or checks that its schema matches (ValueError naming the column)."""
+        """Creates the dataset, or checks that its schema matches (ValueError naming the column).
+
+        A camera's codec is fixed when its dataset is created: an existing dataset keeps the codecs it has whatever
+        ``schema`` asks (``schema()`` says which they are), so a cloud restarted with another ``--store-codec``
+        goes on writing its datasets as before.
+        """
         if not NAME.fullmatch(name):
             raise ValueError(f"dataset: {name!r} must be 1-128 letters, digits, '_', '.', '-'")
         with self._lock:
             twin = case_twin(name, self._datasets)
             if twin is not None:  # on a case-insensitive filesystem both would be one folder
                 raise ValueError(f"dataset: {name!r} differs only in case from the stored dataset {twin!r}")
-            wanted = _normalize(schema)
+            wanted = normalize_schema(schema)
             ds = self._datasets.get(name)
             if ds is not None:
                 for column in sorted(set(wanted) | set(ds.schema)):
-                    if wanted.get(column) != ds.schema.get(column):
+                    if _uncoded(wanted.get(column)) != _uncoded(ds.schema.get(column)):
                         raise ValueError(
                             f"{column}: dataset {name} stores {ds.schema.get(column)}, got {wanted.get(column)}"
                         )
@@ -341,34 +239,22 @@ class EpisodeStore:
     def _create(self, name: str, schema: dict[str, ColumnSpec]) -> None:
         # commit.json comes last: a dataset whose creation was cut short is invisible and created again.
         store = self._store()
-        as_json = {col: [spec.dtype, list(spec.shape)] for col, spec in schema.items()}
+        as_json = {col: spec.to_json() for col, spec in schema.items()}
         zarr.open_group(store, path=name, mode="w", attributes={"schema": as_json})
         ds = _Dataset(name, schema)
         for col, spec in schema.items():
-            ds.arrays[col] = self._create_array(name, col, spec)
+            if spec.codec:
+                ds.arrays.update(video_columns.create(store, name, col, self.chunk_rows))
+            else:
+                shape = (rows_per_chunk(spec, self.chunk_rows), *spec.shape)
+                ds.arrays[col] = create_array(store, f"{name}/{col}", spec.dtype, shape)
         (self.root / name / "episodes.jsonl").write_bytes(b"")
         if self.durable:
             folder = self.root / name
             paths = [self.root, folder, folder / "zarr.json", folder / "episodes.jsonl"]
-            self._fsync([*paths, *(folder / col for col in schema), *(folder / col / "zarr.json" for col in schema)])
+            self._fsync([*paths, *(folder / a for a in ds.arrays), *(folder / a / "zarr.json" for a in ds.arrays)])
         write_atomically(self.root / name / "commit.json", self._commit_bytes(ds), self.durable, self.durable)
         self._datasets[name] = ds
-
-    def _create_array(self, dataset: str, column: str, spec: ColumnSpec) -> zarr.Array:
-        with _ZARR_CONFIG_LOCK, zarr.config.set(FUSED):
-            return zarr.create_array(
-                self._store(),
-                name=f"{dataset}/{column}",
-                shape=(0, *spec.shape),
-                chunks=(_rows_per_chunk(spec, self.chunk_rows), *spec.shape),
-                dtype=spec.dtype,
-                fill_value=0,
-                compressors=[_compressor(spec)],
-                # one directory per column (no c/<i>/0/0 trees): fewer dirs to create and fsync
-                chunk_key_encoding={"name": "default", "separator": "."},
-                config=ARRAY_CONFIG,
-                overwrite=True,
-            )
 
     def schema(self, dataset: str) -> dict[str, ColumnSpec]:
         """Every column of the dataset, seq and episode_index included."""
@@ -424,16 +310,55 @@ class EpisodeStore:
     def read(
         self, dataset: str, columns: list[str] | None = None, start: int = 0, stop: int | None = None
     ) -> dict[str, np.ndarray]:
-        """Committed rows [start, stop) of the given columns (all by default)."""
+        """Committed rows [start, stop) of the given columns (all by default).
+
+        An encoded camera column reads as decoded frames (rows, H, W, 3) uint8. A segment of it that does not
+        decode (stored packets come from devices) reads as black frames, is added to ``bad_frames`` and logged
+        naming the dataset, column and rows: a reader such as the learner keeps going.
+        """
         ds = self._get(dataset)
-        rows = ds.rows  # one snapshot for every column
-        stop = rows if stop is None else max(0, min(stop, rows))
-        start = max(0, min(start, stop))
+        start, stop = self._bounds(ds, start, stop)
         names = list(ds.schema) if columns is None else columns
         for name in names:
             if name not in ds.schema:
                 raise KeyError(f"{name}: not a column of dataset {dataset}")
-        return {name: self._array(ds, name, stop)[start:stop] for name in names}
+        return {name: self._read_column(ds, name, start, stop) for name in names}
+
+    def read_packets(self, dataset: str, column: str, start: int = 0, stop: int | None = None) -> PacketColumn:
+        """Committed rows [start, stop) of an encoded camera column as stored: one packet per row, in row order
+        (episodes interleave; ``episode_index`` says whose each row is). Nothing is decoded or checked."""
+        ds = self._get(dataset)
+        spec = ds.schema.get(column)
+        if spec is None or not spec.codec:
+            raise KeyError(f"{column}: not an encoded camera column of dataset {dataset}")
+        start, stop = self._bounds(ds, start, stop)
+        return video_columns.read_packets(self._array_of(ds), column, spec.codec, start, stop)
+
+    @staticmethod
+    def _bounds(ds: _Dataset, start: int, stop: int | None) -> tuple[int, int]:
+        rows = ds.rows  # one snapshot for every column
+        stop = rows if stop is None else max(0, min(stop, rows))
+        return max(0, min(start, stop)), stop
+
+    def _array_of(self, ds: _Dataset) -> video_columns.ArrayOf:
+        return lambda name, length: self._array(ds, name, length)
+
+    def _read_column(self, ds: _Dataset, name: str, start: int, stop: int) -> np.ndarray:
+        spec = ds.schema[name]
+        if not spec.codec:
+            return self._array(ds, name, stop)[start:stop]
+        decoded = video_columns.decode_rows(self._array_of(ds), name, spec, start, stop)
+        if decoded.bad_rows:
+            with self._lock:
+                self.bad_frames += len(decoded.bad_rows)
+            log.warning(
+                "store: dataset %s, camera %s: %d frames did not decode and read as black (%s)",
+                ds.name,
+                name,
+                len(decoded.bad_rows),
+                "; ".join(decoded.reasons[:3]),
+            )
+        return decoded.frames
 
     def write(self, batches: list[StepRows]) -> dict[str, int]:
         """Group commit of batches; rows already stored are skipped. Returns episode_id -> next_seq (the ack)."""
@@ -476,11 +401,17 @@ class EpisodeStore:
         steps = len(batch.columns["action"])
         for name, values in batch.columns.items():
             spec = ds.schema[name]
+            video_columns.check(name, spec, values, steps)
+            if spec.codec:
+                continue
             if values.shape != (steps, *spec.shape) or not np.can_cast(values.dtype, spec.dtype, "same_kind"):
                 raise ValueError(f"{name}: expected {spec} with {steps} rows, got {values.dtype} {values.shape}")
         return steps
 
-    def _append(self, ds: _Dataset, items: list[tuple[StepRows, int]]) -> None:
+    def _new_episodes(
+        self, ds: _Dataset, items: list[tuple[StepRows, int]]
+    ) -> tuple[list[EpisodeRecord], dict[str, int]]:
+        """Records of the episodes these batches start, and every batch's episode_index."""
         new: list[EpisodeRecord] = []
         index_of: dict[str, int] = {}
         for batch, _ in items:
@@ -499,20 +430,50 @@ class EpisodeStore:
                         batch.task,
                     )
                 )
-        data: dict[str, np.ndarray] = {}
+        return new, index_of
+
+    @staticmethod
+    def _gather(
+        ds: _Dataset, items: list[tuple[StepRows, int]], index_of: dict[str, int]
+    ) -> dict[str, np.ndarray | PacketColumn]:
+        """Every column's new rows, batches one after another."""
+        data: dict[str, np.ndarray | PacketColumn] = {}
         for name, spec in ds.schema.items():
             if name == "seq":
                 parts = [np.arange(b.first_seq + skip, b.first_seq + len(b.columns["action"])) for b, skip in items]
             elif name == "episode_index":
                 parts = [np.full(len(b.columns["action"]) - skip, index_of[b.episode_id]) for b, skip in items]
+            elif spec.codec:
+                data[name] = video_columns.concat([b.columns[name][skip:] for b, skip in items])
+                continue
             else:
                 parts = [b.columns[name][skip:] for b, skip in items]
             data[name] = np.concatenate(parts).astype(spec.dtype, copy=False)
-        start, stop = ds.rows, ds.rows + len(data["seq"])
+        return data
 
-        grown = self._grow(ds, stop)
-        # one write per column, all columns at once: zarr encodes chunks in threads meanwhile
-        sync(_write_columns([(ds.arrays[name], slice(start, stop), values) for name, values in data.items()]))
+    def _writes(
+        self, ds: _Dataset, data: dict[str, np.ndarray | PacketColumn], start: int, stop: int
+    ) -> list[tuple[str, slice, np.ndarray]]:
+        """(array, where, values) for every array the rows [start, stop) go to."""
+        out: list[tuple[str, slice, np.ndarray]] = []
+        for name, values in data.items():
+            if isinstance(values, PacketColumn):
+                if name not in ds.byte_ends:  # first write since the store was opened
+                    ds.byte_ends[name] = video_columns.byte_end(self._array_of(ds), name, ds.rows)
+                out += video_columns.writes(name, values, slice(start, stop), ds.byte_ends[name])
+            else:
+                out.append((name, slice(start, stop), values))
+        return out
+
+    def _append(self, ds: _Dataset, items: list[tuple[StepRows, int]]) -> None:
+        new, index_of = self._new_episodes(ds, items)
+        data = self._gather(ds, items, index_of)
+        start, stop = ds.rows, ds.rows + len(data["seq"])
+        writes = self._writes(ds, data, start, stop)
+
+        grown = self._grow(ds, {name: where.stop for name, where, _ in writes})
+        # one write per array, all at once: zarr encodes chunks in threads meanwhile
+        sync(_write_columns([(self._array(ds, name, 0), where, values) for name, where, values in writes]))
         index_bytes = ds.index_bytes
         if new:
             lines = b"".join(
@@ -522,14 +483,11 @@ class EpisodeStore:
                 + b"\n"
                 for r in new
             )
-            with open(self.root / ds.name / "episodes.jsonl", "r+b") as f:
-                f.truncate(ds.index_bytes)  # drops what a killed writer appended past the commit
-                f.seek(ds.index_bytes)
-                f.write(lines)
-            index_bytes += len(lines)
+            # drops what a killed writer appended past the commit
+            index_bytes = append_after(self.root / ds.name / "episodes.jsonl", ds.index_bytes, lines)
         operators_bytes, labels_bytes = self._append_people(ds, items)
         if self.durable:
-            self._fsync_rows(ds, start, stop, metadata=grown)
+            self._fsync_rows(ds, {name: where for name, where, _ in writes}, metadata=grown)
         commit = {"rows": stop, "episodes": len(ds.episodes) + len(new), "index_bytes": index_bytes}
         commit.update(operators_bytes=operators_bytes, labels_bytes=labels_bytes)
         commit_file = self.root / ds.name / "commit.json"
@@ -542,7 +500,10 @@ class EpisodeStore:
         ds.index_bytes, ds.operators_bytes, ds.labels_bytes = index_bytes, operators_bytes, labels_bytes
         for batch in (b for b, _ in items if b.label):
             self._label(batch.episode_id, batch.label, batch.labelled_by)
-        _absorb(ds.episodes, {name: data[name] for name in STAT_COLUMNS})
+        absorb(ds.episodes, {name: data[name] for name in STAT_COLUMNS})
+        for name, where, _ in writes:
+            if name.endswith(video_columns.BYTES):
+                ds.byte_ends[name.removesuffix(video_columns.BYTES)] = where.stop
         ds.rows = stop
 
     def _append_people(self, ds: _Dataset, items: list[tuple[StepRows, int]]) -> tuple[int, int]:
@@ -563,23 +524,26 @@ class EpisodeStore:
         if record is not None:
             record.label, record.labelled_by = outcome, by
 
-    def _grow(self, ds: _Dataset, rows: int) -> bool:
+    def _grow(self, ds: _Dataset, lengths: dict[str, int]) -> bool:
         """Doubles capacity so array metadata is rewritten rarely, not on every write; True if it grew."""
         grown = False
-        for name in ds.schema:
+        for name, length in lengths.items():
             array = self._array(ds, name, 0)
-            if array.shape[0] < rows:
-                array.resize((max(rows, 2 * array.shape[0], array.chunks[0]), *array.shape[1:]))
+            if array.shape[0] < length:
+                array.resize((max(length, 2 * array.shape[0], array.chunks[0]), *array.shape[1:]))
                 grown = True
         return grown
 
-    def _fsync_rows(self, ds: _Dataset, start: int, stop: int, metadata: bool) -> None:
-        """Flushes the chunks under rows [start, stop), their directories, the episodes file, resized metadata."""
+    def _fsync_rows(self, ds: _Dataset, written: dict[str, slice], metadata: bool) -> None:
+        """Flushes the chunks under what was written to each array, their directories, the episodes file, resized
+        metadata."""
         paths = [self.root / ds.name / name for name in ("episodes.jsonl", operators.FILE, labels.FILE)]
-        for name, array in ds.arrays.items():
+        for name, where in written.items():
+            array = self._array(ds, name, 0)
             step, tail = array.chunks[0], ".0" * (array.ndim - 1)
             directory = self.root / ds.name / name
-            paths += [directory / f"c.{chunk}{tail}" for chunk in range(start // step, (stop - 1) // step + 1)]
+            chunks = range(where.start // step, (where.stop - 1) // step + 1)
+            paths += [directory / f"c.{chunk}{tail}" for chunk in chunks]
             paths.append(directory)  # the renames of chunk files and zarr.json
             if metadata:
                 paths.append(directory / "zarr.json")

@@ -152,7 +152,9 @@ class PolicyRegistry:
 
     def rollback(self, policy_name: str, to_version: int | None = None) -> PolicyVersion:
         """Publishes an earlier version's weights again, as the next version (versions never go backwards,
-        so every edge takes it like any update, and the steps it produces are told apart from the bad ones)."""
+        so every edge takes it like any update, and the steps it produces are told apart from the bad ones). A
+        signing registry rolls back only to a version the learner's key signed (a ValueError naming ``to_version``
+        otherwise): a file dropped into the folder is never signed by a rollback."""
         latest = self.latest(policy_name)
         if latest is None:
             raise ValueError(f"policy_name: no versions of {policy_name!r}")
@@ -163,6 +165,14 @@ class PolicyRegistry:
             weights = self.read(policy_name, target)
         except FileNotFoundError as err:
             raise ValueError(f"to_version: v{target} of {policy_name} is no longer in the registry") from err
+        if self.signer is not None:  # re-signing a file the learner never signed would vouch for it
+            try:
+                self.signer.check_file(weights, policy_name, target)
+            except UnsignedVersion as err:
+                raise ValueError(
+                    f"to_version: v{target} of {policy_name} cannot be rolled back to: {err}; if the lab vouches for "
+                    f"it (published before versions were signed), run `fleetloop policy sign {policy_name}` first"
+                ) from None
         return self.publish(policy_name, weights, note=f"rollback to v{target}")
 
     def read(self, policy_name: str, version: int) -> bytes:

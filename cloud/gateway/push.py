@@ -56,11 +56,31 @@ class PolicyPusher:
                 if latest is None or latest.version <= known.get(policy_name, 0):
                     continue
                 known[policy_name] = latest.version
-                targets = [s for s in self.sessions.values() if policy_name in s.receives()]
-                log.info("policy %s v%d published; pushing to %d edge(s)", policy_name, latest.version, len(targets))
-                for session in targets:
-                    session.offer_version(latest)
+                await self._announce(latest)
             await asyncio.sleep(self.config.registry_poll_s)
+
+    async def _announce(self, latest: PolicyVersion) -> None:
+        """Offers a newly published version to the edges that receive its name, once its file is checked against
+        the learner's signature: a refused version is logged once as refused, every edge keeps what it runs."""
+        name = latest.policy_name
+        targets = [s for s in self.sessions.values() if name in s.receives() and s.may_run(name)]
+        try:
+            await self._read_weights(latest)  # cached: the sends that follow read it from here
+        except (UnsignedVersion, OSError, ValueError) as err:  # unsigned, gone or unreadable: sent to no one
+            reason = printable(str(err))
+            log.error(
+                "policy %s v%d is in the registry but refused (%s); not sent to any edge, %d keep what they run",
+                name,
+                latest.version,
+                reason,
+                len(targets),
+            )
+            for session in targets:
+                session.subscription(name).keep_off(name, latest.version, reason)
+            return
+        log.info("policy %s v%d published; pushing to %d edge(s)", name, latest.version, len(targets))
+        for session in targets:
+            session.offer_version(latest)
 
     async def _read_weights(self, version: PolicyVersion) -> bytes:
         """A version's file, checked against the learner's signature (a file anyone else wrote is refused)."""
@@ -98,8 +118,7 @@ class PolicyPusher:
     ) -> None:
         """``version`` of ``name`` is not offered to ``session`` again; it keeps what it runs (logged once).
         ``by_edge``: the edge refused it; else the gateway did (e.g. a file the learner did not sign)."""
-        held.bad_versions.add(version)
-        held.refused = f"{name} v{version}: {printable(reason)}"
+        held.keep_off(name, version, printable(reason))
         who = f"{session.resource.id} refused" if by_edge else f"not sending {session.resource.id}"
         log.error(
             "%s %s v%d (%s); it keeps v%d, and a newer version will reach it when one is published",

@@ -110,9 +110,11 @@ class Gateway(pb_grpc.TunnelServicer):
             loose = [
                 d.id for d in self.config.devices.devices() if d.kind == "robot" and not d.revoked and not d.datasets
             ]
-            if loose:  # devices files from before records listed datasets: say what that allows
+            if loose:  # devices files from before records listed datasets: say how to let them in again
                 log.warning(
-                    "%s may record into any dataset: no --embodiment or --policy in the record", ", ".join(loose)
+                    "%s will be refused: the record names no dataset it may record into (no --embodiment or --policy); "
+                    "bind it with `fleetloop devices allow <id> --embodiment <dataset>`",
+                    ", ".join(loose),
                 )
         return self.port
 

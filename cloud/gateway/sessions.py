@@ -37,6 +37,11 @@ class Subscription:
     bad_versions: set[int] = field(default_factory=set)  # versions it rolled back from or refused as unusable
     refused: str = ""  # why it keeps off the last of them, in words (the fleet view shows it)
 
+    def keep_off(self, name: str, version: int, reason: str) -> None:
+        """``version`` of ``name`` is never offered again (``reason``, printable, is what the fleet view shows)."""
+        self.bad_versions.add(version)
+        self.refused = f"{name} v{version}: {reason}"
+
 
 @dataclass
 class Session:

@@ -8,9 +8,12 @@ made (the cloud's start) and kept: a devices file that disappears later refuses 
 
 A robot's record binds what its hello may claim (``Device.check_robot_hello``): the datasets
 (embodiments) it records into, the sources it claims, the policies it runs. A field a record
-does not list (files written before these fields existed) reads as: no policies, any policy;
-no embodiments, only the datasets of the policies it lists (a dataset's policy bears its name),
-or any when it lists no policy; no sources, either robot source (``sim`` or ``robot``).
+does not list (files written before these fields existed) reads as: no policies, the policies of its datasets;
+no embodiments, only the datasets of the policies it lists (a dataset's policy bears its name);
+no sources, either robot source (``sim`` or ``robot``). A robot record that names neither
+embodiments nor policies records nowhere: its hello is refused (``record.embodiments``) until
+``fleetloop devices allow`` binds it, and ``add`` does not make one (one credential that could
+write every dataset is the hole these records close).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from protocol.limits import POLICY_NAME, REWARD_SUFFIX, STORE_NAME, case_twin, check_name
@@ -57,10 +60,10 @@ class Device:
     id: str
     kind: str
     token_sha256: str
-    policies: tuple[str, ...] = ()  # policies it may run; empty: any
+    policies: tuple[str, ...] = ()  # policies it may run; empty: those of its datasets (``may_run``)
     added_unix: float = 0.0
     revoked_unix: float | None = None
-    embodiments: tuple[str, ...] = ()  # datasets it may record into; empty: see ``datasets``
+    embodiments: tuple[str, ...] = ()  # datasets it may record into; empty: its policies' (``datasets``)
     sources: tuple[str, ...] = ()  # sources it may claim; empty: ROBOT_SOURCES
 
     @property
@@ -69,13 +72,24 @@ class Device:
 
     @property
     def datasets(self) -> tuple[str, ...]:
-        """The datasets it may record into; empty: any (a record that lists neither embodiments nor policies)."""
+        """The datasets it may record into; empty: none (a record that lists neither embodiments nor policies)."""
         if self.embodiments:
             return self.embodiments
         return tuple(dict.fromkeys(dataset_of(p) for p in self.policies))
 
     def may_run(self, policy_name: str) -> bool:
-        return not self.policies or policy_name in self.policies
+        """A listed policy; with none listed, a policy of its own datasets (one named like a dataset, or that
+        dataset's reward classifier), never another dataset's weights."""
+        if self.policies:
+            return policy_name in self.policies
+        return dataset_of(policy_name) in self.datasets
+
+    @property
+    def runnable(self) -> str:
+        """What ``may_run`` allows, in words, for refusals."""
+        if self.policies:
+            return ", ".join(self.policies)
+        return "the policies of " + ", ".join(self.datasets) if self.datasets else "no policy"
 
     def check_robot_hello(self, kind: str, source: str, embodiment: str, policies: Iterable[tuple[str, str]]) -> None:
         """A tunnel hello against this record: AuthError naming the first field outside it. ``policies``: the
@@ -87,13 +101,19 @@ class Device:
                 "takeover pages)",
             }.get(self.kind, "")
             raise AuthError("hello.resource.kind", f"{self.id!r} is registered as a {self.kind}{why}")
+        if not self.datasets:
+            raise AuthError(
+                "record.embodiments",
+                f"{self.id!r} is refused: its record names no dataset it may record into (it predates bound records); "
+                f"bind it on the cloud: fleetloop devices allow {self.id} --embodiment <dataset>",
+            )
         sources = self.sources or ROBOT_SOURCES
         if source not in sources:
             raise AuthError("hello.resource.source", f"{self.id!r} may claim only source {', '.join(sources)}")
         for field_name, name in policies:
             if name and not self.may_run(name):
-                raise AuthError(field_name, f"{self.id!r} may run only {', '.join(self.policies)}")
-        if self.datasets and embodiment not in self.datasets:
+                raise AuthError(field_name, f"{self.id!r} may run only {self.runnable}")
+        if embodiment not in self.datasets:
             raise AuthError(
                 "hello.resource.capabilities.embodiment",
                 f"{self.id!r} may record only into {', '.join(self.datasets)}",
@@ -113,6 +133,16 @@ def _names(values: Iterable[str], field_name: str, pattern: re.Pattern[str]) -> 
         if twin is not None:
             raise ValueError(f"{field_name}: {name!r} and {twin!r} differ only in case")
     return names
+
+
+def _check_bound(device: Device) -> None:
+    """A record ``fleetloop devices`` writes: a robot's names the datasets it records into (files from before records
+    bound datasets still load; such a robot is refused at its hello)."""
+    if device.kind == "robot" and not device.datasets:
+        raise ValueError(
+            f"embodiment: a robot's record names the datasets it records into: give --embodiment DATASET, or --policy "
+            f"POLICY (a policy's dataset bears its name), e.g. fleetloop devices add {device.id} --embodiment pusht"
+        )
 
 
 def _check_record(device: Device, others: Iterable[str]) -> None:
@@ -258,10 +288,35 @@ class DeviceRegistry:
         if existing is not None:
             raise ValueError(f"id: {device_id!r} already has a credential (ids are never reused)")
         _check_record(device, self._devices)
+        _check_bound(device)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self._devices[device_id] = Device(**{**asdict(device), "token_sha256": hash_token(token)})
         self._save()
         return token
+
+    def allow(
+        self, device_id: str, policies: Iterable[str] = (), embodiments: Iterable[str] = (), sources: Iterable[str] = ()
+    ) -> Device:
+        """Adds policies, datasets and sources to a robot's record (its token stays): how a record from before
+        records bound datasets is bound. A record that listed no policies (any) lists only these from then on."""
+        self.reload()
+        device = self._devices.get(device_id)
+        if device is None:
+            raise ValueError(f"id: no device {device_id!r}")
+        if device.revoked:
+            raise ValueError(f"id: {device_id!r} was revoked; add the device under a new id")
+        others = {d: v for d, v in self._devices.items() if d != device_id}
+        bound = replace(
+            device,
+            policies=_names((*device.policies, *policies), "policy", POLICY_NAME),
+            embodiments=_names((*device.embodiments, *embodiments), "embodiment", STORE_NAME),
+            sources=tuple(dict.fromkeys((*device.sources, *sources))),
+        )
+        _check_record(bound, others)
+        _check_bound(bound)
+        self._devices[device_id] = bound
+        self._save()
+        return bound
 
     def revoke(self, device_id: str) -> Device:
         self.reload()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloud.data.layout import DataLayout
+from policies.model_roots import ENV as MODEL_ROOTS_ENV
+from policies.model_roots import add_model_roots
+
+log = logging.getLogger("fleetloop")
 
 
 def positive_int(text: str) -> int:
@@ -108,3 +113,31 @@ def add_valued(
     """A flag that takes one value; its help ends with the default, where there is one."""
     shown = help if default is None else f"{help} (default {default:g})"
     parser.add_argument(flag, type=parse, default=default, metavar=metavar, help=shown)
+
+
+def model_root(text: str) -> Path:
+    """``--model-root``: a folder on this machine by absolute path."""
+    path = Path(text)
+    if not path.is_absolute() or not path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a folder on this machine by absolute path, got {text!r}")
+    return path
+
+
+def add_model_root_arg(parser: argparse.ArgumentParser) -> None:
+    """``--model-root`` on every command that builds lerobot policies from data (weights, configs, folders)."""
+    add_repeatable(
+        parser,
+        "--model-root",
+        "FOLDER",
+        "a folder whose models (a VLA's VLM, a tokenizer) a policy config may name; none by default, so a config "
+        f"naming any model folder is refused; adds to {MODEL_ROOTS_ENV}",
+        model_root,
+    )
+
+
+def use_model_roots(args: argparse.Namespace) -> None:
+    """This process's model roots, decided at start: ``FLEETLOOP_MODEL_ROOTS`` plus ``--model-root``; a ValueError
+    names the flag or variable of a root that is not a folder."""
+    roots = add_model_roots(args.model_root)
+    if roots:
+        log.info("policies may name model folders inside %s", ", ".join(str(root) for root in roots))

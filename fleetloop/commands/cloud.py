@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud.gateway.tasks import load_tasks
-from fleetloop.commands.arg_types import add_root_arg, mebibytes, port
+from fleetloop.commands.arg_types import add_root_arg, mebibytes, port, use_model_roots
 from fleetloop.commands.config_flags import CLOUD_FLAGS, flag_error
 from fleetloop.commands.learner import add_learner_args, learner_config, learner_process
 from hal.config import ConfigError
@@ -122,6 +122,9 @@ def _gateway_and_services(
 def cmd_cloud(args: argparse.Namespace) -> int:
     # Every flag is checked before anything starts: a learner process or an open store would outlive the error.
     try:
+        use_model_roots(
+            args
+        )  # before the learner is spawned: it inherits them, as remote inference and openpi use them
         devices, tls_cert, tls_key = _cloud_security(args)
         learning = None if args.no_learner else learner_config(args)
     except ValueError as err:

@@ -1,4 +1,4 @@
-"""``fleetloop devices``: issue, list and revoke per-device credentials."""
+"""``fleetloop devices``: issue, list, bind (``allow``) and revoke per-device credentials."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _print_devices(registry) -> None:
             device.id,
             device.kind,
             ", ".join(device.policies) or "any",
-            (", ".join(device.datasets) or "any") if robot else "-",
+            (", ".join(device.datasets) or "none: refused until `devices allow`") if robot else "-",
             (", ".join(device.sources) or "sim, robot") if robot else "-",
             "revoked" if device.revoked else "active",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(device.added_unix)),
@@ -48,6 +48,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         registry.revoke(args.id)
         log.info("revoked %s: the cloud refuses it from its next call on", args.id)
         return 0
+    if args.action == "allow":
+        return _allow(registry, args)
     token = registry.add(args.id, args.kind, args.policy, args.embodiment, args.source)
     print(token)  # to stdout only, once: logs never carry a token
     log.info(
@@ -56,9 +58,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allow(registry, args: argparse.Namespace) -> int:
+    """Binds more policies, datasets and sources to a device's record (a record from before records bound datasets);
+    its kind and token stay."""
+    if not (args.policy or args.embodiment or args.source):
+        raise ValueError(
+            f"embodiment: say what {args.id} may do, e.g. fleetloop devices allow {args.id} --embodiment pusht"
+        )
+    device = registry.allow(args.id, args.policy, args.embodiment, args.source)
+    log.info(
+        "%s may now record into %s and run %s; its token is unchanged",
+        device.id,
+        ", ".join(device.datasets),
+        ", ".join(device.policies) or "any policy",
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    devices = sub.add_parser("devices", help="issue, list and revoke per-device credentials")
-    devices.add_argument("action", choices=["add", "list", "revoke"])
+    devices = sub.add_parser("devices", help="issue, list, bind (allow) and revoke per-device credentials")
+    devices.add_argument("action", choices=["add", "allow", "list", "revoke"])
     devices.add_argument("id", nargs="?", default="", help="device id (the robot's --id)")
     add_root_arg(devices)
     devices.add_argument("--kind", default="robot", choices=["robot", "phone", "operator"])
@@ -69,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--embodiment",
         action="append",
         default=[],
-        help="a dataset a robot may record into (repeat; default: its policies' own datasets, any if it lists none)",
+        help="a dataset a robot may record into (repeat; default: its policies' own datasets; a robot needs one or "
+        "the other)",
     )
     devices.add_argument(
         "--source", action="append", default=[], choices=["sim", "robot"], help="a source a robot may claim (repeat)"

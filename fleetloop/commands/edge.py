@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fleetloop.commands.arg_types import (
     OPERATOR_FORMS,
+    add_model_root_arg,
     add_valued,
     cloud_address,
     mebibytes,
@@ -20,6 +21,7 @@ from fleetloop.commands.arg_types import (
     operator_choice,
     positive_float,
     positive_int,
+    use_model_roots,
 )
 from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
 from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
@@ -179,6 +181,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         problem = _check_link_flags(args)
         if problem:
             raise ValueError(problem)
+        use_model_roots(args)  # the policies the cloud sends are built here and may name model folders
         raw_driver, source, task = robot_driver(args.robot, args.seed, args.hz)
         driver, operator, local = _operators(args, raw_driver, task)
         config = _edge_config(args, driver.capabilities.embodiment)
@@ -403,6 +406,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     edge.add_argument("--id", required=True, help="this resource's id, e.g. robot-1")
     _add_link_args(edge)
+    add_model_root_arg(edge)
     _add_loop_args(edge)
     _add_outcome_args(edge)
     edge.set_defaults(func=cmd_edge)

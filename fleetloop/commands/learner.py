@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleetloop.commands.arg_types import add_repeatable, add_root_arg, add_valued
+from fleetloop.commands.arg_types import add_model_root_arg, add_repeatable, add_root_arg, add_valued, use_model_roots
 from fleetloop.commands.config_flags import LEARNER_FLAGS, flag_error
 from fleetloop.commands.stopping import stop_on_signals
 from fleetloop.logs import setup_logging
@@ -185,6 +185,7 @@ def add_learner_args(parser: argparse.ArgumentParser) -> None:
     """The learner's flags, the same in ``fleetloop cloud``, ``fleetloop learner`` and ``fleetloop-learner``."""
     for add in (_add_round_args, _add_policy_args, _add_sampler_args, _add_staleness_args, _add_sac_args):
         add(parser)
+    add_model_root_arg(parser)
 
 
 def _policies(types: list[tuple[str, str]], configs: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
@@ -279,6 +280,7 @@ def learner_process(layout: DataLayout, config: LearnerConfig) -> None:
 
 def cmd_learner(args: argparse.Namespace) -> int:
     try:
+        use_model_roots(args)
         config = learner_config(args)
     except ValueError as err:
         log.error("refusing to start: %s", err)

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from fleetloop.commands.arg_types import add_repeatable, add_root_arg, positive_int
+from fleetloop.commands.arg_types import add_model_root_arg, add_repeatable, add_root_arg, positive_int, use_model_roots
 from fleetloop.commands.refusals import refuses_bad_input
 
 log = logging.getLogger("fleetloop")
@@ -36,6 +36,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     # What it writes is signed with the learner's key (made here the first time); a listing needs no key.
     registry = PolicyRegistry(args.root.registry) if args.action == "list" else signing_registry(args.root)
     if args.action == "publish":
+        use_model_roots(args)  # a lerobot folder's config may name its VLM or tokenizer folder
         return _publish(args, registry)
     given = [flag for field, flag in PUBLISH_FLAGS.items() if getattr(args, field)]
     if given:
@@ -171,4 +172,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in name order)",
         input_map,
     )
+    add_model_root_arg(policy)
     policy.set_defaults(func=cmd_policy)

@@ -161,17 +161,20 @@ def test_a_pusht_credential_cannot_store_panda_steps(start, devices) -> None:
 def test_the_first_hello_naming_a_policy_does_not_create_its_task(start, devices) -> None:
     """I hold a credential that lists no policy. After the cloud restarts I connect first, as a Panda asking for
     pusht: the pusht task is then made for Pandas, and every real pusht robot is left without a task."""
-    intruder = devices.add("intruder-1")
+    intruder = devices.add("intruder-1", embodiments=(PANDA,))
     cart = devices.add("cart-1", policies=("pusht",))
     cloud = start(devices)
     edges = [RawEdge(cloud.target, RESOURCE, token=intruder, policy_name="pusht")]
     try:
-        assert opened(edges[0]).HasField("welcome")  # a record without policies may run any: it is let in...
-        assert assignment(edges[0]) == ""  # ...but no task is made for it
-        assert cloud.gateway.fleet.tasks["pusht"].requires.embodiment == "pusht"
-        edges.append(RawEdge(cloud.target, PUSHT, token=cart, policy_name="pusht"))
+        answer = opened(edges[0])  # a record without policies runs only its own datasets' policies
+        assert (answer.error.code, answer.error.field) == ("unauthenticated", "hello.policy_name"), answer
+        assert cloud.gateway.fleet.tasks["pusht"].requires.embodiment == "pusht"  # none made for its hello
+        edges.append(RawEdge(cloud.target, RESOURCE, token=intruder))
         assert opened(edges[1]).HasField("welcome")
-        assert assignment(edges[1]) == "pusht", "the real pusht robot got no task"
+        assert assignment(edges[1]) == PANDA  # it gets its record's task
+        edges.append(RawEdge(cloud.target, PUSHT, token=cart, policy_name="pusht"))
+        assert opened(edges[2]).HasField("welcome")
+        assert assignment(edges[2]) == "pusht", "the real pusht robot got no task"
     finally:
         for edge in edges:
             edge.close()
@@ -239,20 +242,22 @@ def test_an_id_with_a_trailing_newline_is_refused(start, capsys) -> None:
 def test_names_that_differ_only_in_case_are_refused(start, devices) -> None:
     """On a case-insensitive filesystem PANDA_pick_cube is the folder of panda_pick_cube: I record, publish and
     register under the case twin of a name in use, to write into (or replace) its data."""
-    token = devices.add("robot-1")
+    token = devices.add("robot-1", embodiments=(PANDA,))
     with pytest.raises(ValueError, match="differs only in case"):
-        devices.add("ROBOT-1")
+        devices.add("ROBOT-1", embodiments=(PANDA,))
+    twin_token = devices.add("robot-2", embodiments=("PANDA_pick_cube",))  # another record may name the twin
     cloud = start(devices)
     first = RawEdge(cloud.target, replace(RESOURCE, id="robot-1"), token=token)
-    twin = replace(RESOURCE, id="robot-1", capabilities=replace(RESOURCE.capabilities, embodiment="PANDA_pick_cube"))
+    twin = replace(RESOURCE, id="robot-2", capabilities=replace(RESOURCE.capabilities, embodiment="PANDA_pick_cube"))
     second = None
     try:
         assert opened(first).HasField("welcome")
         # the twin says hello only once the first dataset exists: opened together, either may be the first
-        second = RawEdge(cloud.target, twin, token=token, policy_name=PANDA)
+        second = RawEdge(cloud.target, twin, token=twin_token)
         answer = opened(second)
         assert answer.HasField("error"), "a robot recorded into the case twin of a stored dataset"
         assert answer.error.field == "hello.resource.capabilities.embodiment"
+        assert "differs only in case" in answer.error.message
     finally:
         first.close()
         if second is not None:
@@ -281,12 +286,12 @@ def test_an_expired_pairing_token_pairs_no_phone(start, capsys) -> None:
 def test_a_revoked_id_is_never_paired_or_added_again(start, devices, capsys) -> None:
     """My phone was revoked. I pair it again under the same id (or ask an admin's script to add it again), so its
     history, its takeovers and the fleet view carry on as if nothing happened."""
-    devices.add("robot-1")
+    devices.add("robot-1", embodiments=(PANDA,))
     devices.add("phone-1", kind="phone")
     devices.revoke("phone-1")
     devices.revoke("robot-1")
     with pytest.raises(ValueError, match="never reused"):
-        devices.add("robot-1")
+        devices.add("robot-1", embodiments=(PANDA,))
     cloud = start(devices)
     answer = cloud.phone_hello("phone-1", pair=pairing_token(capsys))
     assert (answer["type"], answer["field"]) == ("error", "hello.phone_id"), answer
@@ -297,7 +302,7 @@ def test_a_revoked_id_is_never_paired_or_added_again(start, devices, capsys) -> 
 def test_deleting_the_devices_file_at_run_time_opens_nothing(start, devices, caplog) -> None:
     """I can delete files in the cloud's data folder. I delete devices.json while the cloud runs, then connect
     with no credential at all."""
-    token = devices.add("robot-1")
+    token = devices.add("robot-1", embodiments=(PANDA,))
     cloud = start(devices)
     devices.path.unlink()
     caplog.set_level(logging.ERROR, "fleetloop")

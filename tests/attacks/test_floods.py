@@ -94,7 +94,8 @@ class GatewayThread:
 @pytest.fixture
 def devices(tmp_path: Path) -> tuple[DeviceRegistry, dict[str, str]]:
     registry = DeviceRegistry(tmp_path / "devices.json")
-    return registry, {name: registry.add(name) for name in ("good-1", "good-2", "attacker-1")}
+    datasets = ("panda_pick_cube", "bomb_arm")  # the attacker's records bind its datasets like any robot's
+    return registry, {name: registry.add(name, embodiments=datasets) for name in ("good-1", "good-2", "attacker-1")}
 
 
 @pytest.fixture

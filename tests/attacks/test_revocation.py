@@ -169,9 +169,9 @@ def test_revocation_racing_a_fleet_watcher_and_phone_keepalives_closes_everythin
     keeper = devices.add("phone-keeper", kind="phone")
     tokens = {
         i: {
-            "robot": devices.add(f"robot-{i}"),
+            "robot": devices.add(f"robot-{i}", embodiments=(RESOURCE.capabilities.embodiment,)),
             "phone": devices.add(f"phone-{i}", kind="phone"),
-            "openpi": devices.add(f"openpi-{i}"),
+            "openpi": devices.add(f"openpi-{i}", policies=(POLICY,)),
             "operator": devices.add(f"operator-{i}", kind="operator"),
         }
         for i in range(ROUNDS)
@@ -226,7 +226,7 @@ def test_an_openpi_connection_is_closed_when_its_credential_is_revoked(tmp_path)
     """Attack: an openpi client keeps its websocket open after its device is revoked and goes on asking the cloud's
     policy for actions; the endpoint checked the credential only at the handshake."""
     devices = DeviceRegistry(tmp_path / "devices.json")
-    token = devices.add("openpi-1")
+    token = devices.add("openpi-1", policies=(POLICY,))
 
     async def scenario() -> None:
         async with cloud_on_loopback(tmp_path, devices) as cloud:

@@ -3,22 +3,30 @@ learner did not write. The real gateway on loopback and a real edge tunnel with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import safetensors.torch
+import torch
 
 from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from cloud.data.version_registry import PolicyRegistry
 from policies.factory import make_policy
+from policies.lerobot_policy import LerobotPolicy
 from policies.signing import Signer
 from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata
 from tests.attacks.weights_harness import edge_and_gateway, fleet_refusals
 from tests.policies.lerobot_tiny import TINY_ACT
+from tests.policies.pretrained_folders import panda_act_folder
+from tests.policies.vla_tiny import tiny_smolvla_config, write_tiny_vlm_dir
 
 OBSERVATION = {"state": {"shape": [3], "dtype": "float32"}}
 LEROBOT_OBSERVATION = {"front": {"shape": [32, 32, 3], "dtype": "uint8"}, "state": {"shape": [3], "dtype": "float32"}}
@@ -173,6 +181,112 @@ def test_a_version_the_edge_cannot_build_is_sent_once_not_in_a_loop(tmp_path) ->
         assert edge.version() == 1
         assert edge.offers("pick", 2) == 1
         assert "pick v2" in fleet_refusals(gateway)
+
+
+MODEL_ROOTS = "FLEETLOOP_MODEL_ROOTS"
+OUTSIDE = "lies outside the allowed model roots"
+_WATCHED: list[str] = []  # path prefixes whose opening is recorded in _OPENED
+_OPENED: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    """Records every file opened and folder listed under a watched prefix (Python's audit events: builtins.open,
+    os.open, os.listdir, os.scandir), whoever opens it: lerobot, transformers or fleetloop."""
+    if _WATCHED and event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, Path)):
+        path = os.fspath(args[0])
+        if any(path.startswith(prefix) for prefix in _WATCHED):
+            _OPENED.append(path)
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def nothing_opened_under(*folders: Path | str) -> Iterator[None]:
+    _WATCHED[:] = [os.fspath(folder) for folder in folders]
+    _OPENED.clear()
+    try:
+        yield
+    finally:
+        _WATCHED.clear()
+    assert _OPENED == [], f"opened despite the refusal: {_OPENED[:5]}"
+
+
+@pytest.fixture
+def model_roots(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(the operator's one model root, a tiny model with a tokenizer outside it, in the attacker's reach)."""
+    root = tmp_path / "models"
+    root.mkdir()
+    monkeypatch.setenv(MODEL_ROOTS, str(root))
+    return root, write_tiny_vlm_dir(tmp_path / "elsewhere" / "model")
+
+
+def smolvla_weights(vlm_model_name: str) -> bytes:
+    """A weights file whose config is a SmolVLA naming ``vlm_model_name``: the config is all that matters here."""
+    config = {
+        "observation": LEROBOT_OBSERVATION,
+        "action_dim": 2,
+        "lerobot_type": "smolvla",
+        "lerobot_config": {**tiny_smolvla_config("/"), "vlm_model_name": vlm_model_name},
+    }
+    return safetensors.torch.save({"x": torch.zeros(1)}, metadata={"type": "lerobot", "config": json.dumps(config)})
+
+
+def test_a_tokenizer_folder_outside_the_model_roots_is_never_read(model_roots) -> None:
+    """I name a folder on the robot's machine outside the operator's model folders (another lab's model, a cache,
+    /tmp) as the tokenizer of a step in a weights file, so every robot rebuilding it reads files I choose."""
+    _, outside = model_roots
+
+    def hostile(config: dict) -> None:
+        step = {"registry_name": "tokenizer_processor", "config": {"tokenizer_name": str(outside)}}
+        config["preprocessor"]["steps"].insert(0, step)
+
+    weights = with_config(lerobot_weights(), hostile)
+    with (
+        nothing_opened_under(outside),
+        pytest.raises(ValueError, match=r"steps\[0\]\.config\.tokenizer_name: .*" + OUTSIDE),
+    ):
+        policy_from_bytes(weights)
+
+
+def test_a_symlink_inside_a_model_root_to_a_folder_outside_is_refused(model_roots) -> None:
+    """With write access to the model root only, I leave a symlink there pointing at a model folder outside it and
+    name the symlink as a SmolVLA's VLM: a check on the path as written would pass."""
+    root, outside = model_roots
+    link = root / "tiny-smolvlm"
+    link.symlink_to(outside, target_is_directory=True)
+    weights = smolvla_weights(str(link))
+    with nothing_opened_under(outside, link), pytest.raises(ValueError, match=r"vlm_model_name: .*" + OUTSIDE):
+        policy_from_bytes(weights)
+
+
+def test_a_dotdot_path_climbing_out_of_a_model_root_is_refused(model_roots) -> None:
+    """I name the tokenizer of an action-tokenizer step as <model root>/../elsewhere/model, a path that starts with
+    the root but climbs out of it."""
+    root, outside = model_roots
+    climbing = f"{root}/../elsewhere/model"
+    names = {"action_tokenizer_name": climbing, "paligemma_tokenizer_name": climbing}
+    step = {"registry_name": "action_tokenizer_processor", "config": names}
+    weights = with_config(lerobot_weights(), lambda config: config["postprocessor"]["steps"].insert(0, step))
+    with (
+        nothing_opened_under(outside, climbing),
+        pytest.raises(ValueError, match=r"action_tokenizer_name: .*" + OUTSIDE),
+    ):
+        policy_from_bytes(weights)
+
+
+def test_a_pretrained_folder_loaded_by_from_pretrained_dir_is_checked_before_lerobot_builds_it(tmp_path) -> None:
+    """I hand a lab a lerobot pretrained_model folder whose policy_preprocessor.json has a step {"class":
+    "os.makedirs"}: LerobotPolicy.from_pretrained_dir passes it to lerobot's own loader, which imports and calls it."""
+    folder = panda_act_folder(tmp_path / "pretrained_model")
+    target = tmp_path / "made-by-the-attacker"
+    path = folder / "policy_preprocessor.json"
+    pipeline = json.loads(path.read_text())
+    pipeline["steps"][0] = {"class": "os.makedirs", "config": {"name": str(target)}}
+    path.write_text(json.dumps(pipeline))
+    with pytest.raises(ValueError, match=r"policy_preprocessor\.json: steps\[0\]\.class"):
+        LerobotPolicy.from_pretrained_dir(folder)
+    assert not target.exists()
 
 
 def weights(seed: int) -> bytes:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cloud.security.devices import AuthError, DeviceRegistry
+from cloud.security.devices import AuthError, Device, DeviceRegistry
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def test_no_file_means_no_registry(registry: DeviceRegistry) -> None:
 
 def test_a_token_authenticates_its_device_only_and_is_never_stored(registry: DeviceRegistry) -> None:
     token = registry.add("robot-1", policies=("pick",))
-    other = registry.add("robot-2")
+    other = registry.add("robot-2", policies=("pick",))
     assert registry.enabled and token != other and len(token) > 30
     assert token not in registry.path.read_text()
     assert os.stat(registry.path).st_mode & 0o077 == 0  # not readable by others
@@ -38,7 +38,7 @@ def test_a_token_authenticates_its_device_only_and_is_never_stored(registry: Dev
 
 
 def test_revocation_reaches_another_reader_at_its_next_call(registry: DeviceRegistry) -> None:
-    token = registry.add("robot-1")
+    token = registry.add("robot-1", policies=("pick",))
     gateway_view = DeviceRegistry(registry.path)  # the cloud's copy, as another process would hold it
     assert gateway_view.authenticate("robot-1", token).id == "robot-1"
     registry.revoke("robot-1")
@@ -47,7 +47,7 @@ def test_revocation_reaches_another_reader_at_its_next_call(registry: DeviceRegi
     assert [d.revoked for d in gateway_view.devices()] == [True]
     with pytest.raises(ValueError, match="ids are never reused"):  # a revoked id gets no fresh credential
         registry.add("robot-1")
-    new_token = registry.add("robot-1b")
+    new_token = registry.add("robot-1b", policies=("pick",))
     assert gateway_view.authenticate("robot-1b", new_token).id == "robot-1b"
     with pytest.raises(AuthError):
         gateway_view.authenticate("robot-1", token)
@@ -69,7 +69,7 @@ def test_bad_devices_name_the_field(registry: DeviceRegistry, kwargs: dict, fiel
 
 
 def test_duplicate_and_unknown_ids_are_refused(registry: DeviceRegistry) -> None:
-    registry.add("robot-1")
+    registry.add("robot-1", policies=("pick",))
     with pytest.raises(ValueError, match="already has a credential"):
         registry.add("robot-1")
     with pytest.raises(ValueError, match="no device"):
@@ -119,13 +119,16 @@ def test_a_devices_file_from_before_the_record_fields_still_loads(registry: Devi
     registry.path.write_text(json.dumps({"devices": [old, {**old, "id": "robot-2", "policies": ["pick"]}]}))
     loaded = DeviceRegistry(registry.path)
     one, two = loaded.get("robot-1"), loaded.get("robot-2")
-    assert (one.embodiments, one.sources, one.datasets) == ((), (), ())  # no policies: any dataset, any policy
+    assert (one.embodiments, one.sources, one.datasets) == ((), (), ())  # no policies, no embodiments: no dataset
     assert two.datasets == ("pick",) and not two.may_run("place")
-    one.check_robot_hello("robot", "sim", "anything", [("hello.policy_name", "anything")])
+    two.check_robot_hello("robot", "sim", "pick", [("hello.policy_name", "pick")])
+    with pytest.raises(AuthError, match="fleetloop devices allow robot-1 --embodiment") as err:
+        one.check_robot_hello("robot", "sim", "anything", [("hello.policy_name", "anything")])
+    assert err.value.field == "record.embodiments"
 
 
 def test_ids_are_never_reused_and_unique_regardless_of_case(registry: DeviceRegistry) -> None:
-    registry.add("robot-1")
+    registry.add("robot-1", embodiments=("pick",))
     registry.revoke("robot-1")
     for device_id, why in (("robot-1", "never reused"), ("ROBOT-1", "differs only in case"), ("robot-1\n", "^id:")):
         with pytest.raises(ValueError, match=why):
@@ -142,7 +145,7 @@ def test_ids_are_never_reused_and_unique_regardless_of_case(registry: DeviceRegi
 
 
 def test_whether_credentials_are_required_is_kept_when_the_file_goes(registry: DeviceRegistry, caplog) -> None:
-    token = registry.add("robot-1")
+    token = registry.add("robot-1", policies=("pick",))
     cloud = DeviceRegistry(registry.path)  # made while the file exists: credentials required, for good
     saved = registry.path.read_bytes()
     registry.path.unlink()
@@ -153,6 +156,41 @@ def test_whether_credentials_are_required_is_kept_when_the_file_goes(registry: D
     registry.path.write_bytes(saved)  # the file is back
     assert cloud.authenticate("robot-1", token).id == "robot-1"
     opened = DeviceRegistry(registry.path.with_name("none.json"))  # no file at start: open, also once one appears
-    DeviceRegistry(opened.path).add("robot-9")
+    DeviceRegistry(opened.path).add("robot-9", policies=("pick",))
     assert not opened.enabled and opened.reload()
     assert "no credentials are checked until it restarts" in caplog.text
+
+
+def test_a_robot_record_names_the_datasets_it_records_into(registry: DeviceRegistry) -> None:
+    with pytest.raises(ValueError, match="^embodiment: a robot's record names the datasets") as err:
+        registry.add("robot-1")
+    assert "--embodiment" in str(err.value) and "--policy" in str(err.value)
+    assert registry.get("robot-1") is None
+    registry.add("alice", kind="operator")  # an operator or a phone records nothing: nothing to bind
+    registry.add("phone-1", kind="phone")
+
+
+def test_allow_binds_a_record_from_before_records_bound_datasets(registry: DeviceRegistry) -> None:
+    old = {"id": "robot-1", "kind": "robot", "token_sha256": "0" * 64, "policies": [], "added_unix": 1.0}
+    registry.path.write_text(json.dumps({"devices": [old, {**old, "id": "gone", "revoked_unix": 2.0}]}))
+    registry.reload()
+    with pytest.raises(ValueError, match="^embodiment:"):
+        registry.allow("robot-1", sources=("sim",))  # still records nowhere
+    bound = registry.allow("robot-1", embodiments=("pusht",))
+    assert (bound.datasets, bound.policies, bound.token_sha256) == (("pusht",), (), "0" * 64)
+    DeviceRegistry(registry.path).get("robot-1").check_robot_hello("robot", "sim", "pusht", [])  # saved
+    assert registry.allow("robot-1", policies=("pusht",)).policies == ("pusht",)  # from any policy to these
+    with pytest.raises(ValueError, match="differ only in case"):
+        registry.allow("robot-1", embodiments=("PushT",))
+    for device_id, why in (("gone", "was revoked"), ("robot-9", "no device")):
+        with pytest.raises(ValueError, match=f"^id: .*{why}"):
+            registry.allow(device_id, embodiments=("pusht",))
+
+
+def test_a_record_without_policies_runs_only_its_own_datasets_policies() -> None:
+    bound = Device("robot-1", "robot", "0" * 64, embodiments=("pusht",))
+    assert bound.may_run("pusht") and bound.may_run("pusht.reward")
+    assert not bound.may_run("panda_pick_cube") and not bound.may_run("panda_pick_cube.reward")
+    assert bound.runnable == "the policies of pusht"
+    listed = Device("robot-2", "robot", "0" * 64, policies=("pusht",), embodiments=("pusht", "other"))
+    assert listed.may_run("pusht") and not listed.may_run("other")

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
-from cloud.data.version_registry import PolicyVersion
+from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.sessions import Session, admit
@@ -113,3 +114,56 @@ def test_both_subscriptions_are_pushed_and_a_refused_version_is_not_sent_again(t
     sent = asyncio.run(scenario())
     assert sorted(sent[:2]) == [("pick", 1, "full"), ("pick.reward", 1, "full")]
     assert sent[2] == ("pick", 1, "full")
+
+
+def test_a_version_the_learner_did_not_sign_is_logged_as_refused_once_never_as_pushed(tmp_path, caplog) -> None:
+    layout = DataLayout(tmp_path)
+    policy = make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})
+    signing_registry(layout).publish("pick", policy_to_bytes(policy))
+
+    async def scenario() -> list[int]:
+        edge = Session(RESOURCE, "pick", schema_for([("state", "float32", (3,))], ("float32", (2,))))
+        pusher = PolicyPusher(GatewayConfig(registry_poll_s=0.01), signing_registry(layout), {"robot-1": edge})
+        watcher = asyncio.create_task(pusher.watch_registry())
+        sender = asyncio.create_task(pusher.send_policies(edge))
+        sent = [(await asyncio.wait_for(edge.out.get(), 10)).policy.version]
+        edge.bulk_credits.release()
+        PolicyRegistry(layout.registry).publish("pick", policy_to_bytes(policy))  # v2, written by someone else
+        await asyncio.sleep(0.3)  # about 30 polls
+        while not edge.out.empty():
+            sent.append(edge.out.get_nowait().policy.version)
+        watcher.cancel()
+        sender.cancel()
+        assert edge.subscriptions["pick"].refused.startswith("pick v2: ")
+        return sent
+
+    caplog.set_level(logging.INFO, logger="fleetloop.gateway")
+    assert asyncio.run(scenario()) == [1]
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line for line in lines if "pushing to" in line] == ["policy pick v1 published; pushing to 1 edge(s)"]
+    refused = [line for line in lines if "v2" in line]
+    assert len(refused) == 1 and "refused" in refused[0] and "not signed by this cloud's learner" in refused[0]
+
+
+def test_no_task_hands_a_robot_a_policy_or_classifier_its_record_does_not_allow(tmp_path) -> None:
+    """The outcome classifier is fixed at the hello (checked there, above); a task can change only the policy it runs,
+    and a task whose policy (here another dataset's classifier) the record does not allow is not given to it, and
+    sends no weights if it were."""
+    from cloud.data.store import EpisodeStore
+    from cloud.gateway.fleet import Requirements, Task
+    from cloud.gateway.server import Gateway
+
+    devices = DeviceRegistry(tmp_path / "devices.json")
+    devices.add("robot-1", policies=("pick", "pick.reward"))
+    registry = signing_registry(DataLayout(tmp_path))
+    policy = make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})
+    registry.publish("place.reward", policy_to_bytes(policy))
+    gateway = Gateway(GatewayConfig(port=0, devices=devices), EpisodeStore(tmp_path / "store"), registry)
+    edge = session()
+    edge.device = devices.get("robot-1")
+    gateway.sessions["robot-1"] = edge
+    task = Task("judge", "place.reward", requires=Requirements(kind="robot", embodiment="pick"), count=0)
+    assert not gateway._may_take("robot-1", task)
+    gateway._on_assign("robot-1", task)
+    assert "place.reward" not in edge.subscriptions and not edge.offered.is_set()
+    assert edge.outcome_policy == "pick.reward"  # an assignment never changes the classifier

@@ -290,3 +290,42 @@ def test_scalar_columns_go_out_as_lerobot_shape_one_and_come_back_scalar(tmp_pat
         np.testing.assert_array_equal(back[column], columns[column], err_msg=column)
     fresh.close()
     store.close()
+
+
+def test_an_encoded_camera_column_exports_as_its_decoded_frames(tmp_path) -> None:
+    """An H.264 camera in the store goes out as frames lerobot reads, within the codec's loss of what was filmed."""
+    from protocol.video import CameraEncoder, PacketColumn, psnr
+    from tests.protocol.test_video import moving_scene
+
+    height, width = 48, 64
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("toy", {**SCHEMA, "obs.pixels": ColumnSpec("|u1", (height, width, 3), "h264")})
+    rng = np.random.default_rng(3)
+    filmed = {}
+    for half in (0, 1):  # two episodes whose rows interleave, as a gateway writes them
+        batches = []
+        for k, episode_id in enumerate(["ep-a", "ep-b"]):
+            if half == 0:
+                filmed[episode_id] = moving_scene(12 + 5 * k, height, width)[5 * k :]
+                encoder = CameraEncoder("h264", width, height, 10, gop=4)
+                packets = [p for frame in filmed[episode_id] for p in encoder.encode(frame)]
+                filmed[episode_id + "/packets"] = PacketColumn(
+                    "h264", tuple(p.data for p in packets), np.array([p.keyframe for p in packets])
+                )
+            columns = episode_columns(rng, 12, 0, True)
+            columns["obs.pixels"] = filmed[episode_id + "/packets"]
+            rows = slice(0, 5) if half == 0 else slice(5, 12)
+            batch = {name: values[rows] for name, values in columns.items()}
+            batches.append(StepRows("toy", episode_id, "robot-1", "sim", "pick", rows.start, batch))
+        store.write(batches)
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "toy", out, repo_id="local/toy", progress=False)
+    dataset = LeRobotDataset("local/toy", root=out)
+    assert dataset.num_frames == 24
+    for index in range(24):
+        image = dataset[index]["observation.images.pixels"]
+        pixels = np.rint(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        original = filmed[["ep-a", "ep-b"][index // 12]][index % 12]
+        assert psnr(original, pixels) >= 35, index
+    assert store.bad_frames == 0
+    store.close()

@@ -25,7 +25,6 @@ def test_each_robot_record_gives_a_task_per_policy_and_dataset(tmp_path) -> None
     devices.add("arm-2", policies=("so101",))  # the same task: made once
     devices.add("cart-1", embodiments=("pusht",))  # no policies: its dataset's own
     devices.add("cart-2", embodiments=("pusht", "pusht_v2"), policies=("smolvla",))
-    devices.add("robot-9")  # lists nothing: gives no task (it takes any that fits it)
     devices.add("gone", policies=("old",))
     devices.revoke("gone")
     devices.add("alice", kind="operator", policies=("so101",))

@@ -11,8 +11,8 @@ from cloud.security.revocation import CredentialWatch
 
 def test_a_revocation_another_reader_saw_first_still_closes_the_connection(tmp_path) -> None:
     path = tmp_path / "devices.json"
-    DeviceRegistry(path).add("robot-1")
-    DeviceRegistry(path).add("robot-2")
+    DeviceRegistry(path).add("robot-1", policies=("pick",))
+    DeviceRegistry(path).add("robot-2", policies=("pick",))
     gateway_view = DeviceRegistry(path)
     watch = CredentialWatch(gateway_view)
     closed: list[str] = []

@@ -68,7 +68,7 @@ def out_messages(session: Session, kind: str) -> list:
 def test_takeover_pages_admit_operators_only_and_relay_between_a_page_and_its_robot(tmp_path, capsys) -> None:
     devices = DeviceRegistry(tmp_path / "devices.json")
     alice, carol = devices.add("alice", "operator"), devices.add("carol", "operator", ("pusht",))
-    robot_token = devices.add("robot-1")
+    robot_token = devices.add("robot-1", policies=("pusht",))
 
     async def scenario() -> None:
         async with serving(tmp_path, devices) as (gateway, port):

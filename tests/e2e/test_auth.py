@@ -93,7 +93,7 @@ def secured(fleet: Fleet) -> tuple[Fleet, dict[str, str]]:
     devices = DeviceRegistry(fleet.root / "data" / "devices.json")
     tokens = {
         "robot-1": devices.add("robot-1", policies=(DATASET,)),
-        "robot-2": devices.add("robot-2"),
+        "robot-2": devices.add("robot-2", embodiments=(DATASET,)),
         "phone-1": devices.add("phone-1", kind="phone"),
         "alice": devices.add("alice", kind="operator"),
     }
@@ -192,7 +192,7 @@ def test_tls_tunnel_and_fleet_view(tmp_path, fleet: Fleet) -> None:
     cli = [sys.executable, "-m", "fleetloop.cli"]
     assert subprocess.run([*cli, "certs", "init", "--root", str(root)], timeout=60).returncode == 0
     devices = DeviceRegistry(root / "devices.json")
-    robot, alice = devices.add("cart-1"), devices.add("alice", kind="operator")
+    robot, alice = devices.add("cart-1", policies=("pusht",)), devices.add("alice", kind="operator")
     fleet.start_cloud("--tls")
     ca = str(root / "certs" / "ca.pem")
     fleet.start_edge("cart-1", "--operator", "none", "--ca", ca, robot="sim:pusht", env={"FLEETLOOP_TOKEN": robot})
@@ -225,8 +225,8 @@ def fleet_env() -> dict[str, str]:
 def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path, fleet: Fleet) -> None:
     devices = DeviceRegistry(tmp_path / "data" / "devices.json")
     tokens = {
-        "robot-1": devices.add("robot-1"),
-        "robot-2": devices.add("robot-2"),
+        "robot-1": devices.add("robot-1", embodiments=(DATASET,)),
+        "robot-2": devices.add("robot-2", embodiments=(DATASET,)),
         "robot-3": devices.add("robot-3", policies=("other_policy",)),
     }
     (tmp_path / "tasks.yaml").write_text(f"- {{name: pick, policy: {DATASET}, count: 2}}\n")
@@ -242,7 +242,9 @@ def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path, fleet: Fle
             edges.append(RawEdge(fleet.target, resource(robot), token=tokens[robot], policy_name=DATASET))
             wait_until(lambda r=robot: f"{r} connected" in fleet.log("cloud"), 30, f"{robot} to connect")
         # A third robot with a credential asks for the same policy, but the task is full: it is idle.
-        idle = RawEdge(fleet.target, resource("robot-4"), token=devices.add("robot-4"), policy_name=DATASET)
+        idle = RawEdge(
+            fleet.target, resource("robot-4"), token=devices.add("robot-4", embodiments=(DATASET,)), policy_name=DATASET
+        )
         edges.append(idle)
         wait_until(lambda: "robot-4 has no task that fits it" in fleet.log("cloud"), 30, "robot-4 to connect idle")
         publish_untrained_policy(tmp_path, DATASET)

@@ -2,7 +2,8 @@
 
 The VLA's VLM config and tokenizer live in a local directory that the test writes (tests/policies/vla_tiny.py); the
 policy names it by absolute path, so the cloud process, which rebuilds the policy from the registry's bytes, reads
-the same files. Nothing is downloaded (HF_HUB_OFFLINE=1 is inherited by every process).
+the same files: its folder is a model root of that process (``--model-root``), as an operator allows it. Nothing
+is downloaded (HF_HUB_OFFLINE=1 is inherited by every process).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
 from cloud.serving.inference import InferenceJob, InferenceServer
 from policies.lerobot_policy import LerobotPolicy
+from policies.model_roots import ENV as MODEL_ROOTS_ENV
 from policies.weights import policy_to_bytes, read_metadata
 from tests.e2e.fleet import Fleet, wait_until
 from tests.policies.lerobot_tiny import fit_data_for_spec
@@ -57,10 +59,10 @@ def robot_steps(fleet: Fleet) -> dict[str, np.ndarray]:
     return {k: v[mine] for k, v in rows.items()}
 
 
-@pytest.mark.cloud()
 def test_an_edge_acts_with_a_tiny_smolvla_that_runs_in_the_cloud(fleet: Fleet) -> None:
     started = time.monotonic()
     vlm_dir = write_tiny_vlm_dir(fleet.root / "models" / "tiny-smolvlm")
+    fleet.start_cloud("--model-root", str(fleet.root / "models"))
     fleet.start_edge(ROBOT, "--operator", "none", "--remote-policy", robot="sim:pusht", hz=HZ, seed=1)
     wait_until(lambda: f"{ROBOT} connected" in fleet.log("cloud"), 60, f"{ROBOT} to connect")
 
@@ -102,7 +104,7 @@ def test_an_edge_acts_with_a_tiny_smolvla_that_runs_in_the_cloud(fleet: Fleet) -
     )
 
 
-def test_the_inference_server_adds_little_to_the_tiny_vla_forward_pass(tmp_path) -> None:
+def test_the_inference_server_adds_little_to_the_tiny_vla_forward_pass(tmp_path, monkeypatch) -> None:
     """The cloud's side of a remote-inference round trip (queue, gather, forward pass, reply) against the same
     policy's own ``act`` in the same run: what the server adds must be small next to the pass itself. (How fast
     the pass is belongs to ``make bench``; on a loaded machine an absolute bound here only measures the load.)"""
@@ -111,6 +113,7 @@ def test_the_inference_server_adds_little_to_the_tiny_vla_forward_pass(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the cloud process runs (OMP_NUM_THREADS=1)
     policy = tiny_vla(write_tiny_vlm_dir(tmp_path / "tiny-smolvlm"))
+    monkeypatch.setenv(MODEL_ROOTS_ENV, str(tmp_path / "tiny-smolvlm"))  # the server rebuilds it from its bytes
     registry = signing_registry(DataLayout(tmp_path))
     registry.publish(DATASET, policy_to_bytes(policy))
     rng = np.random.default_rng(0)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
     [
         (["edge", "--robot", "sim:x", "--id", "r", "--hz", "-3"], "--hz"),
         (["edge", "--id", "r"], "--robot"),
+        (["edge", "--robot", "sim:x", "--id", "r", "--model-root", "models"], "--model-root"),
+        (["cloud", "--model-root", "/no/such/folder"], "--model-root"),
+        (["policy", "publish", "p", "--model-root", "relative/models"], "--model-root"),
     ],
 )
 def test_bad_flags_name_the_flag(argv: list[str], flag: str, capsys) -> None:
@@ -37,6 +41,16 @@ def test_a_bad_learner_flag_stops_the_cloud_naming_the_flag(tmp_path) -> None:
     result = run("cloud", "--round-episodes", "0", "--root", str(tmp_path))
     assert result.returncode == 2
     assert "--round-episodes: learner.round_episodes: " in result.stderr
+
+
+def test_a_bad_model_root_in_the_environment_stops_the_cloud_naming_it(tmp_path) -> None:
+    """FLEETLOOP_MODEL_ROOTS is decided at start: a root that is no absolute folder refuses the start, not a policy
+    later."""
+    command = [sys.executable, "-m", "fleetloop.cli", "cloud", "--root", str(tmp_path), "--no-learner", "--port", "0"]
+    env = {**os.environ, "FLEETLOOP_MODEL_ROOTS": "models"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "refusing to start: FLEETLOOP_MODEL_ROOTS: 'models' must be an absolute folder" in result.stderr
 
 
 def test_unknown_robot_is_refused_with_the_choices() -> None:

@@ -119,7 +119,7 @@ def secured(tmp_path):
     fleet = Fleet(tmp_path)
     fleet.start_cloud()
     robot = "a-robot-whose-name-is-long-enough-to-widen-the-table"
-    robot_token = devices.add(robot)
+    robot_token = devices.add(robot, policies=("pusht",))
     fleet.start_edge(robot, "--operator", "none", robot="sim:pusht", env={"FLEETLOOP_TOKEN": robot_token})
     wait_until(lambda: f"{robot} connected" in fleet.log("cloud"), 60, "the robot to connect")
     yield fleet, token

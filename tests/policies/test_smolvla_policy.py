@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 
 from policies.lerobot_policy import LerobotPolicy
+from policies.model_roots import ENV as MODEL_ROOTS_ENV
 from policies.weights import policy_from_bytes, policy_to_bytes, read_metadata
 from tests.policies.lerobot_tiny import fit_data_for_spec
 from tests.policies.vla_tiny import tiny_smolvla_config, write_tiny_vlm_dir
@@ -33,6 +34,13 @@ def two_threads():
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
     return write_tiny_vlm_dir(tmp_path_factory.mktemp("tiny_smolvlm"))
+
+
+@pytest.fixture(autouse=True)
+def model_roots(vlm_dir, monkeypatch) -> None:
+    """The VLM's folder is a model root, as the operator allows it (FLEETLOOP_MODEL_ROOTS): a policy rebuilt from
+    its bytes may name it."""
+    monkeypatch.setenv(MODEL_ROOTS_ENV, str(vlm_dir))
 
 
 def make(vlm_dir, task: str = TASK) -> LerobotPolicy:

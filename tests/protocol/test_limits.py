@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud.data.columns import normalize_schema as _normalize
 from cloud.data.store import NAME as STORE_NAME
-from cloud.data.store import ColumnSpec, _normalize
+from cloud.data.store import ColumnSpec
 from cloud.data.version_registry import POLICY_NAME as REGISTRY_POLICY_NAME
 from cloud.gateway.sessions import check_resource
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
