@@ -1,8 +1,6 @@
 """Encoded cameras through a real gateway on loopback into a real store: H.264 from the edge is stored as it came,
 raw and JPEG frames are encoded into the store's codec, hostile packets are refused by field while the gateway goes
-on, and a hello that says it sends another video codec is refused naming --uplink-codec.
-
-Needs the store's encoded columns (ColumnSpec.codec, PacketColumn writes, decoded reads: branch i13-store)."""
+on, and a hello that says it sends another video codec is refused naming --uplink-codec."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """Encoded cameras end to end: a real `fleetloop edge` process (the pusht sim, a 96x96 camera) with
 --uplink-codec h264 into a real gateway stores every step, its frames decode, and its steps cost at most a tenth of
-the bytes on the wire that the same robot's raw frames cost (counted at the gateway, in the same run).
-
-Needs the store's encoded columns (branch i13-store)."""
+the bytes on the wire that the same robot's raw frames cost (counted at the gateway, in the same run)."""
 
 from __future__ import annotations
 
