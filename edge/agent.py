@@ -24,6 +24,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field
 
+from edge.camera_uplink import CameraUplink, UplinkCodecs, camera_columns
 from edge.local_runtime import LocalPolicyRuntime
 from edge.operator import Operator, PersonOperator, SaysWhoSaid, Signal
 from edge.outcome import OutcomeJudgeConfig
@@ -143,6 +144,7 @@ class EdgeAgent:
                 on_rejected=self._on_rejected,
             )
         outcome = self.outcome
+        codecs = UplinkCodecs(tunnel_config.uplink_codec, camera_columns(resource.capabilities))
         self.tunnel = TunnelClient(
             tunnel_config,
             resource,
@@ -155,11 +157,16 @@ class EdgeAgent:
             on_person=linked.on_cloud_message if linked is not None else None,
             on_outcome=outcome.load if outcome is not None else None,
             outcome_version=lambda: outcome.version if outcome is not None else 0,
+            on_store_codecs=codecs.welcomed,
         )
         if linked is not None:
             linked.attach(self.tunnel.send, lambda: self.runtime.version)
         self.recorder = StepRecorder(
-            spool, on_spooled=self.tunnel.wake, max_spool_bytes=config.max_spool_bytes, digest=config.record_digest
+            spool,
+            on_spooled=self.tunnel.wake,
+            max_spool_bytes=config.max_spool_bytes,
+            digest=config.record_digest,
+            cameras=CameraUplink(codecs, resource.capabilities.control_hz) if codecs.cameras else None,
         )
         self.stop_event = threading.Event()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.camera_uplink import CameraUplink
 from edge.spool import Spool
 from protocol import tunnel_pb2 as pb
 from protocol.steps import encode_batch
@@ -79,8 +80,11 @@ class StepRecorder:
         max_batch_steps: int = 256,
         max_spool_bytes: int = 0,
         digest: bool = False,
+        cameras: CameraUplink | None = None,
     ) -> None:
+        """``cameras``: encodes the camera columns of each batch before it is spooled (None: every column raw)."""
         self.spool = spool
+        self.cameras = cameras
         self.on_spooled = on_spooled
         self.interval_s = interval_s
         self.max_batch_steps = max_batch_steps
@@ -133,7 +137,10 @@ class StepRecorder:
     def _spool(self, group: list[Step]) -> None:
         names = group[0].columns.keys()
         columns = {name: np.stack([np.asarray(s.columns[name]) for s in group]) for name in names}
-        batch = encode_batch(group[0].episode_id, group[0].seq, columns, task=group[0].task, label=group[-1].label)
+        video = self.cameras.take(group[0].episode_id, columns) if self.cameras is not None else None
+        batch = encode_batch(
+            group[0].episode_id, group[0].seq, columns, task=group[0].task, label=group[-1].label, video=video
+        )
         if any(step.who for step in group):
             batch.operators.extend(step.who for step in group)
         self.spool.append(batch)

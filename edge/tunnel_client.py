@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 from pydantic import Field, model_validator
@@ -68,6 +68,8 @@ class TunnelConfig(CodeConfig):
     remote_inference: bool = False  # the policy runs in the cloud; observations go up, actions come down
     # The reward classifier whose versions it receives beside its policy's, to judge its episodes ("" for none).
     outcome_policy: str = ""
+    # How cameras travel up: "auto" (as the store keeps each), "raw", "h264", "av1", "jpeg" (edge/camera_uplink.py).
+    uplink_codec: Literal["auto", "raw", "h264", "av1", "jpeg"] = "auto"
     window_batches: Annotated[int, Field(ge=1)] = 32  # spooled batches in flight before waiting for an ack
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
     silence_timeout_s: Annotated[float, Field(gt=0)] = SILENCE_TIMEOUT_S
@@ -108,7 +110,9 @@ class TunnelClient:
         on_person: Callable[[pb.CloudMessage], None] | None = None,
         on_outcome: Callable[[str, int, bytes], None] | None = None,
         outcome_version: Callable[[], int] = lambda: 0,
+        on_store_codecs: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
+        """``on_store_codecs``: told, at each Welcome, how the store keeps each camera column (column -> codec)."""
         self.config = config
         self.target = config.target
         self.resource = resource
@@ -122,6 +126,7 @@ class TunnelClient:
         self.on_person = on_person
         self.on_outcome = on_outcome
         self.outcome_version = outcome_version
+        self.on_store_codecs = on_store_codecs
         self.silence_timeout_s = max(config.silence_timeout_s, 3 * config.heartbeat_s)
         self.connected = threading.Event()
         self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
@@ -255,6 +260,8 @@ class TunnelClient:
                     kind = message.WhichOneof("body")
                     if kind == "welcome":
                         self.learner_key.welcomed(message.welcome.learner_key)
+                        if self.on_store_codecs is not None:
+                            self.on_store_codecs(dict(message.welcome.store_codecs))
                         for progress in message.welcome.stored:
                             self.spool.ack(progress.episode_id, progress.next_seq)
                         self._outgoing = outgoing
@@ -308,6 +315,7 @@ class TunnelClient:
             remote_inference=self.config.remote_inference,
             outcome_policy=self.config.outcome_policy,
             outcome_version=self.outcome_version() if self.config.outcome_policy else 0,
+            uplink_codec=self.config.uplink_codec,
         )
         return pb.EdgeMessage(hello=hello)
 

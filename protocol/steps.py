@@ -1,17 +1,20 @@
 """Columnar step batches: what a step carries, and how a batch is built and checked.
 
 A batch holds consecutive steps of one episode. Every column has one row per step; the
-schema (dtype and per-row shape of each column) follows from the resource's capabilities.
+schema (dtype and per-row shape of each column) follows from the resource's capabilities. A camera column
+(uint8 H x W x 3) travels either raw in ``columns`` or encoded in ``video`` (``protocol.video.PacketColumn``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError, decode_array, encode_array
+from protocol.video import CODECS, PacketColumn, max_packet_bytes
 
 # Columns every step carries besides its observations, with dtype and per-row shape.
 PROVENANCE_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -32,6 +35,7 @@ MAX_DECODED_BYTES = MAX_BATCH_BYTES
 MAX_ID_LENGTH = 128
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
+Columns = dict[str, np.ndarray | PacketColumn]  # a decoded batch: arrays, and encoded cameras as they came
 
 
 def schema_for(observation: list[tuple[str, str, tuple[int, ...]]], action: tuple[str, tuple[int, ...]]) -> Schema:
@@ -50,8 +54,10 @@ def encode_batch(
     batch_id: int = 0,
     compression: str = "",
     label: pb.EpisodeLabel | None = None,
+    video: dict[str, PacketColumn] | None = None,
 ) -> pb.StepBatch:
-    """``label``: a person's verdict on the episode, on its last batch only."""
+    """``label``: a person's verdict on the episode, on its last batch only. ``video``: encoded camera columns, each
+    absent from ``columns``."""
     num_steps = len(next(iter(columns.values())))
     return pb.StepBatch(
         batch_id=batch_id,
@@ -61,7 +67,46 @@ def encode_batch(
         task=task,
         columns={name: encode_array(np.asarray(values), compression) for name, values in columns.items()},
         label=label,
+        video={name: encode_video(column) for name, column in (video or {}).items()},
     )
+
+
+def encode_video(column: PacketColumn) -> pb.EncodedFrames:
+    """A camera column's packets as they travel in ``StepBatch.video``."""
+    return pb.EncodedFrames(codec=column.codec, packets=column.packets, keyframe=column.keyframe.tolist())
+
+
+def is_camera(dtype: str, shape: tuple[int, ...]) -> bool:
+    """Whether a column's rows are RGB images (uint8 H x W x 3): the only columns that may travel encoded."""
+    return np.dtype(dtype) == np.uint8 and len(shape) == 3 and shape[2] == 3
+
+
+def decode_video(
+    message: pb.EncodedFrames, field: str, num_steps: int, dtype: str, shape: tuple[int, ...]
+) -> PacketColumn:
+    """An encoded camera column, checked without decoding a pixel: a known codec, one packet per step, none empty
+    or larger than the camera's raw frame plus header room (``max_packet_bytes``), every JPEG packet a keyframe.
+    Whether the packets decode to this camera's frames is the receiver's to check (keyframes cheaply)."""
+    if not is_camera(dtype, shape):
+        raise CodecError(field, f"is {dtype} {list(shape)}; only uint8 H x W x 3 camera columns travel encoded")
+    if message.codec not in CODECS:
+        raise CodecError(f"{field}.codec", f"must be one of {list(CODECS)}, got {quoted(message.codec)}")
+    if len(message.packets) != num_steps:
+        raise CodecError(f"{field}.packets", f"{len(message.packets)} packets for {num_steps} steps")
+    if len(message.keyframe) != num_steps:
+        raise CodecError(f"{field}.keyframe", f"{len(message.keyframe)} flags for {num_steps} steps")
+    limit = max_packet_bytes(shape[1], shape[0])
+    for i, packet in enumerate(message.packets):
+        if not packet:
+            raise CodecError(f"{field}.packets[{i}]", "is empty")
+        if len(packet) > limit:
+            raise CodecError(f"{field}.packets[{i}]", f"{len(packet)} bytes, over this camera's limit of {limit}")
+    keyframe = np.array(message.keyframe, dtype=bool)
+    if message.codec == "jpeg" and not keyframe.all():
+        raise CodecError(
+            f"{field}.keyframe[{int(np.argmin(keyframe))}]", "every JPEG frame decodes alone: must be true"
+        )
+    return PacketColumn(message.codec, tuple(message.packets), keyframe)
 
 
 def check_id(value: str, field: str, required: bool = True) -> None:
@@ -81,12 +126,13 @@ def quoted(name: str, limit: int = 64) -> str:
     return repr(name[:limit]) + ("..." if len(name) > limit else "")
 
 
-def decoded_bytes(schema: Schema, rows: int = 1, prefix: str = "") -> int:
-    """The bytes ``rows`` rows of the schema's columns (those whose name starts with ``prefix``) decode to."""
+def decoded_bytes(schema: Schema, rows: int = 1, prefix: str = "", skip: Collection[str] = ()) -> int:
+    """The bytes ``rows`` rows of the schema's columns (those whose name starts with ``prefix``, but not those in
+    ``skip``) decode to."""
     return rows * sum(
         math.prod(shape) * np.dtype(dtype).itemsize
         for name, (dtype, shape) in schema.items()
-        if name.startswith(prefix)
+        if name.startswith(prefix) and name not in skip
     )
 
 
@@ -100,11 +146,12 @@ def check_decoded_size(size: int, limit: int, field: str) -> None:
 
 def decode_batch(
     batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES, max_decoded: int = MAX_DECODED_BYTES
-) -> dict[str, np.ndarray]:
+) -> Columns:
     """Checks a batch against the schema and returns its columns; errors name the offending field.
 
     Every column must have the schema's shape, so what the batch decodes to is known from ``num_steps``: past
-    ``max_decoded`` bytes it is refused before anything is inflated.
+    ``max_decoded`` bytes it is refused before anything is inflated. Encoded cameras (``video``) come back as
+    ``PacketColumn``s, not decoded (see ``decode_video``); only their keyframes count towards ``max_decoded``.
     """
     check_id(batch.episode_id, "step_batch.episode_id")
     check_id(batch.task, "step_batch.task", required=False)
@@ -115,24 +162,44 @@ def decode_batch(
     size = batch.ByteSize()
     if size > max_bytes:
         raise CodecError("step_batch", f"{size} bytes exceeds the limit of {max_bytes}")
-    check_decoded_size(decoded_bytes(schema, batch.num_steps), max_decoded, "step_batch")
-    missing = sorted(set(schema) - set(batch.columns))
-    if missing:
-        raise CodecError(f"step_batch.columns[{missing[0]}]", "is missing")
-    unknown = sorted(set(batch.columns) - set(schema))
-    if unknown:
-        raise CodecError(
-            f"step_batch.columns[{quoted(unknown[0])}]", f"is not in this resource's schema {sorted(schema)}"
-        )
-    columns: dict[str, np.ndarray] = {}
+    _check_names(batch, schema)
+    # Of an encoded camera, the receiver decodes its keyframes (and JPEG frames) alone to check them: those count.
+    checked_frames = sum(
+        decoded_bytes({name: schema[name]}, sum(video.keyframe)) for name, video in batch.video.items()
+    )
+    size = decoded_bytes(schema, batch.num_steps, skip=batch.video) + checked_frames
+    check_decoded_size(size, max_decoded, "step_batch")
+    columns: Columns = {}
     for name, (dtype, row_shape) in schema.items():
-        field = f"step_batch.columns[{name}]"
-        columns[name] = decode_checked(batch.columns[name], field, dtype, (batch.num_steps, *row_shape), max_bytes)
+        if name in batch.video:
+            field = f"step_batch.video[{name}]"
+            columns[name] = decode_video(batch.video[name], field, batch.num_steps, dtype, row_shape)
+        else:
+            field = f"step_batch.columns[{name}]"
+            columns[name] = decode_checked(batch.columns[name], field, dtype, (batch.num_steps, *row_shape), max_bytes)
     check_label(batch, columns)
     return columns
 
 
-def check_label(batch: pb.StepBatch, columns: dict[str, np.ndarray]) -> None:
+def _check_names(batch: pb.StepBatch, schema: Schema) -> None:
+    """Every schema column once, in ``columns`` or in ``video``, and nothing else."""
+    for where, names in (("video", batch.video), ("columns", batch.columns)):
+        unknown = sorted(set(names) - set(schema))
+        if unknown:
+            raise CodecError(
+                f"step_batch.{where}[{quoted(unknown[0])}]", f"is not in this resource's schema {sorted(schema)}"
+            )
+    both = sorted(set(batch.video) & set(batch.columns))
+    if both:
+        raise CodecError(
+            f"step_batch.video[{both[0]}]", "is also in columns; a camera travels raw or encoded, not both"
+        )
+    missing = sorted(set(schema) - set(batch.columns) - set(batch.video))
+    if missing:
+        raise CodecError(f"step_batch.columns[{missing[0]}]", "is missing")
+
+
+def check_label(batch: pb.StepBatch, columns: Columns) -> None:
     """A person's label: a known outcome, a printable bounded name, only where the episode ends, agreeing with its last
     step's success."""
     if not batch.HasField("label"):

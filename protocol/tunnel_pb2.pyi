@@ -67,7 +67,7 @@ class EpisodeProgress(_message.Message):
     def __init__(self, episode_id: _Optional[str] = ..., next_seq: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version", "remote_inference", "outcome_policy", "outcome_version")
+    __slots__ = ("resource", "token", "policy_name", "policy_version", "held", "protocol_version", "remote_inference", "outcome_policy", "outcome_version", "uplink_codec")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class Hello(_message.Message):
     REMOTE_INFERENCE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_POLICY_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     token: str
     policy_name: str
@@ -86,21 +87,31 @@ class Hello(_message.Message):
     remote_inference: bool
     outcome_policy: str
     outcome_version: int
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ..., remote_inference: _Optional[bool] = ..., outcome_policy: _Optional[str] = ..., outcome_version: _Optional[int] = ...) -> None: ...
+    uplink_codec: str
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., token: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_version: _Optional[int] = ..., held: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., protocol_version: _Optional[int] = ..., remote_inference: _Optional[bool] = ..., outcome_policy: _Optional[str] = ..., outcome_version: _Optional[int] = ..., uplink_codec: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment", "learner_key")
+    __slots__ = ("session_id", "stored", "max_batch_bytes", "assignment", "learner_key", "store_codecs")
+    class StoreCodecsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     LEARNER_KEY_FIELD_NUMBER: _ClassVar[int]
+    STORE_CODECS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     stored: _containers.RepeatedCompositeFieldContainer[EpisodeProgress]
     max_batch_bytes: int
     assignment: Assignment
     learner_key: bytes
-    def __init__(self, session_id: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., learner_key: _Optional[bytes] = ...) -> None: ...
+    store_codecs: _containers.ScalarMap[str, str]
+    def __init__(self, session_id: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[EpisodeProgress, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., learner_key: _Optional[bytes] = ..., store_codecs: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("task", "policy_name", "instruction", "paused")
@@ -123,7 +134,7 @@ class EmergencyStop(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class StepBatch(_message.Message):
-    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task", "operators", "label")
+    __slots__ = ("batch_id", "episode_id", "first_seq", "num_steps", "columns", "task", "operators", "label", "video")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +142,13 @@ class StepBatch(_message.Message):
         key: str
         value: Array
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    class VideoEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: EncodedFrames
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[EncodedFrames, _Mapping]] = ...) -> None: ...
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +157,7 @@ class StepBatch(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     OPERATORS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     episode_id: str
     first_seq: int
@@ -147,7 +166,18 @@ class StepBatch(_message.Message):
     task: str
     operators: _containers.RepeatedScalarFieldContainer[str]
     label: EpisodeLabel
-    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ..., operators: _Optional[_Iterable[str]] = ..., label: _Optional[_Union[EpisodeLabel, _Mapping]] = ...) -> None: ...
+    video: _containers.MessageMap[str, EncodedFrames]
+    def __init__(self, batch_id: _Optional[int] = ..., episode_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., num_steps: _Optional[int] = ..., columns: _Optional[_Mapping[str, Array]] = ..., task: _Optional[str] = ..., operators: _Optional[_Iterable[str]] = ..., label: _Optional[_Union[EpisodeLabel, _Mapping]] = ..., video: _Optional[_Mapping[str, EncodedFrames]] = ...) -> None: ...
+
+class EncodedFrames(_message.Message):
+    __slots__ = ("codec", "packets", "keyframe")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    KEYFRAME_FIELD_NUMBER: _ClassVar[int]
+    codec: str
+    packets: _containers.RepeatedScalarFieldContainer[bytes]
+    keyframe: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, codec: _Optional[str] = ..., packets: _Optional[_Iterable[bytes]] = ..., keyframe: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class EpisodeLabel(_message.Message):
     __slots__ = ("outcome", "by")

@@ -44,6 +44,8 @@ class GatewayConfig(CodeConfig):
     tls_key: bytes | None = Field(default=None, repr=False)
     max_batch_bytes: AtLeastOne = MAX_BATCH_BYTES
     wire_dtype: Literal["float32", "bfloat16"] = "float32"  # "bfloat16" halves the bytes of float weights
+    # How a new dataset keeps its RGB cameras (cloud/gateway/cameras.py); an existing dataset keeps what it has.
+    store_codec: Literal["auto", "raw", "h264", "av1"] = "auto"
     max_delta_versions: Annotated[int, Field(ge=0)] = 10  # an edge further behind gets a full snapshot
     # a delta bigger than this share of the model goes as a full snapshot
     max_delta_fraction: Annotated[float, Field(ge=0)] = 0.5

@@ -1,6 +1,7 @@
 """Incoming steps: a batch from an edge is checked against its session's schema, then waits in the
 ``StoreWriter``, which writes the batches of all edges to the episode store together (group commit) and acks
-each one after its durable write."""
+each one after its durable write. Raw frames of a camera the store keeps encoded are encoded on the way in
+(``cameras.StoreEncoder``), on the writer's thread."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cloud.data.store import EpisodeStore, StepRows
+from cloud.gateway.cameras import StoreEncoder, check_cameras, row_count
 from cloud.gateway.sessions import Session
 from protocol import tunnel_pb2 as pb
 from protocol.steps import MAX_DECODED_BYTES, decode_batch, decode_operators
@@ -67,12 +69,13 @@ class StoreWriter:
         self._progress = asyncio.Event()  # set, and replaced, each time a write ends
         self.waits_for_room = 0  # how often a reader had to wait: the store is the bottleneck
         self.waits_for_share = 0  # how often a reader waited for its own bytes: that device sends too fast
+        self.encoder = StoreEncoder()  # its ``cameras`` say which datasets keep which cameras encoded
 
     def submit(self, item: PendingBatch) -> None:
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.append(item)
-        self._rows += len(item.rows.columns["action"])
+        self._rows += row_count(item.rows)
         item.nbytes = sum(values.nbytes for values in item.rows.columns.values())
         self._bytes += item.nbytes
         self._unwritten += item.nbytes
@@ -144,6 +147,7 @@ class StoreWriter:
 
     async def _flush(self, items: list[PendingBatch]) -> None:
         accepted: list[PendingBatch] = []
+        starts: list[int] = []  # where the store stands in each accepted item's episode before it
         expected: dict[str, int] = {}
         owners: dict[str, str] = {}
         for item in items:
@@ -162,17 +166,20 @@ class StoreWriter:
                 )
                 continue
             owners[episode] = owner
-            expected[episode] = max(next_seq, item.rows.first_seq + len(item.rows.columns["action"]))
+            expected[episode] = max(next_seq, item.rows.first_seq + row_count(item.rows))
             accepted.append(item)
+            starts.append(next_seq)
         if not accepted:
             return
         try:
-            ack_points = await asyncio.to_thread(self.store.write, [item.rows for item in accepted])
+            ack_points = await asyncio.to_thread(self._write, accepted, starts)
         except ValueError:
+            self.encoder.forget(item.rows.episode_id for item in accepted)
             # The store refused the group (it writes all or nothing): write one by one to find the culprit.
             for item in accepted:
                 try:
-                    ack_points = await asyncio.to_thread(self.store.write, [item.rows])
+                    start = self.store.next_seq(item.rows.episode_id)
+                    ack_points = await asyncio.to_thread(self._write, [item], [start])
                 except ValueError as err:
                     field, _, message = str(err).partition(": ")
                     self._refuse(item, f"step_batch.{field}", message or str(err))
@@ -180,15 +187,30 @@ class StoreWriter:
                     self._ack(item, ack_points)
             return
         except Exception:  # the store failed: nothing is acked, the edges keep their spools and resend
+            self.encoder.forget(item.rows.episode_id for item in accepted)
             log.exception("writing %d batches to the episode store failed; edges will resend them", len(accepted))
             return
         for item in accepted:
             self._ack(item, ack_points)
 
+    def _write(self, items: list[PendingBatch], starts: list[int]) -> dict[str, int]:
+        """On the writer's thread: raw frames of cameras the store keeps encoded are encoded (``StoreEncoder``; rows
+        the store holds dropped first), then one group commit. Returns episode_id -> next_seq, as ``store.write``."""
+        for item, start in zip(items, starts, strict=True):
+            if self.encoder.needs(item.rows):
+                item.rows = self.encoder.prepare(item.rows, start)
+        rows = [item.rows for item in items if row_count(item.rows)]
+        ack_points = self.store.write(rows) if rows else {}
+        for item in items:  # a batch the store held entirely: acked where its episode stands
+            episode = item.rows.episode_id
+            if episode not in ack_points:
+                ack_points[episode] = self.store.next_seq(episode)
+        return ack_points
+
     @staticmethod
     def _ack(item: PendingBatch, ack_points: dict[str, int]) -> None:
         episode_id = item.rows.episode_id
-        item.sink.ack(item.batch_id, episode_id, ack_points[episode_id], len(item.rows.columns["action"]))
+        item.sink.ack(item.batch_id, episode_id, ack_points[episode_id], row_count(item.rows))
 
     @staticmethod
     def _refuse(item: PendingBatch, field: str, message: str) -> None:
@@ -202,6 +224,8 @@ def step_rows(
     """The batch's rows, decoded against the session's schema; CodecError names the field that is wrong. Reads
     nothing of the session that changes while it is open, so it may run in the gateway's decode pool."""
     columns = decode_batch(batch, session.schema, max_batch_bytes, max_decoded_bytes)
+    if batch.video:
+        columns = check_cameras(columns, session.schema, session.cameras, batch.first_seq)
     return StepRows(
         dataset=session.resource.capabilities.embodiment,
         episode_id=batch.episode_id,

@@ -18,9 +18,10 @@ from typing import Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
-from cloud.data.store import ColumnSpec, EpisodeStore
+from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from cloud.gateway.bounds import DecodePool, LimitError, StreamLimits, StreamSlot
+from cloud.gateway.bounds import INLINE_BYTES, DecodePool, LimitError, StreamLimits, StreamSlot
+from cloud.gateway.cameras import Camera, check_uplink, column_spec, new_dataset_codecs, stored_cameras
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import FleetScheduler, Requirements, Task
@@ -203,7 +204,13 @@ class Gateway(pb_grpc.TunnelServicer):
             if self.sessions.get(session.resource.id) is session:
                 del self.sessions[session.resource.id]
                 self.fleet.disconnected(session.resource.id)
-            log.info("%s disconnected (%d steps stored this session)", session.resource.id, session.steps_stored)
+            per_step = session.batch_bytes / max(1, session.steps_received)
+            log.info(
+                "%s disconnected (%d steps stored this session, %.0f bytes per step on the wire)",
+                session.resource.id,
+                session.steps_stored,
+                per_step,
+            )
 
     async def _first_message(
         self, slot: StreamSlot, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -257,7 +264,8 @@ class Gateway(pb_grpc.TunnelServicer):
                 f"one step decodes to {step_bytes} bytes, over the limit of {limit} per message (max_decoded_bytes)",
             )
         slot.admit(admitted.device.id if admitted.device else resource.id)
-        self._ensure_dataset(admitted)
+        cameras = self._ensure_dataset(admitted)
+        check_uplink(hello.uplink_codec, cameras)
         previous = self.sessions.get(resource.id)
         if previous is not None:  # a reconnect supersedes the old stream
             previous.closed = True
@@ -268,6 +276,7 @@ class Gateway(pb_grpc.TunnelServicer):
             device=admitted.device,
             policy_name=admitted.policy_name,
             schema=admitted.schema,
+            cameras=cameras,
             outcome_policy=admitted.outcome_policy,
         )
         for name, version in (
@@ -288,6 +297,7 @@ class Gateway(pb_grpc.TunnelServicer):
                     stored=stored,
                     max_batch_bytes=self.config.max_batch_bytes,
                     learner_key=verifier.raw() if (verifier := self.registry.verifier) is not None else b"",
+                    store_codecs={name: camera.codec for name, camera in cameras.items()},
                 )
             )
         )
@@ -317,20 +327,28 @@ class Gateway(pb_grpc.TunnelServicer):
         )
         return session
 
-    def _ensure_dataset(self, admitted: Admission) -> None:
-        """The store's dataset for the resource's embodiment, made on its first hello; refuses another shape."""
-        embodiment = admitted.resource.capabilities.embodiment
-        twin = case_twin(embodiment, self.store.datasets())
+    def _ensure_dataset(self, admitted: Admission) -> dict[str, Camera]:
+        """The store's dataset for the resource's embodiment, made on its first hello (its cameras kept as
+        ``--store-codec`` says); refuses another shape. Returns its encoded camera columns."""
+        caps = admitted.resource.capabilities
+        embodiment, datasets = caps.embodiment, self.store.datasets()
+        twin = case_twin(embodiment, datasets)
         if twin is not None:
             raise CodecError("hello.resource.capabilities.embodiment", f"differs only in case from the dataset {twin}")
+        if embodiment in datasets:  # its cameras stay as they were first kept
+            codecs = {name: cam.codec for name, cam in stored_cameras(self.store, embodiment, caps.control_hz).items()}
+        else:
+            codecs = new_dataset_codecs(admitted.schema, caps.control_hz, self.config.store_codec)
+        specs = {k: column_spec(dtype, shape, codecs.get(k, "")) for k, (dtype, shape) in admitted.schema.items()}
         try:
-            self.store.ensure_dataset(
-                embodiment, {k: ColumnSpec(dtype, shape) for k, (dtype, shape) in admitted.schema.items()}
-            )
+            self.store.ensure_dataset(embodiment, specs)
         except ValueError as err:  # another robot of this embodiment stored steps of another shape
             raise CodecError(
                 "hello.resource.capabilities", f"do not match the stored dataset {embodiment}: {err}"
             ) from err
+        cameras = stored_cameras(self.store, embodiment, caps.control_hz)
+        self.writer.encoder.cameras[embodiment] = cameras
+        return cameras
 
     async def _read(self, session: Session, requests: AsyncIterator[bytes]) -> None:
         """Reads the edge's messages one at a time: the next is read only once this one is handled (decoded, queued
@@ -406,7 +424,9 @@ class Gateway(pb_grpc.TunnelServicer):
     async def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
         config = self.config
         # What decoding reads and makes; an invalid num_steps is refused before anything is decoded.
-        cost = batch.ByteSize() + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
+        size = batch.ByteSize()
+        cost = size + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
+        cost += INLINE_BYTES if batch.video else 0  # encoded frames are decoded (keyframes, JPEG) in the pool only
         try:
             rows = await self.decoder.run(
                 cost, lambda: step_rows(session, batch, config.max_batch_bytes, config.max_decoded_bytes)
@@ -416,6 +436,8 @@ class Gateway(pb_grpc.TunnelServicer):
             session.refuse(batch.batch_id, err.field, err.message)
             return
         self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session))
+        session.batch_bytes += size
+        session.steps_received += batch.num_steps
         self.fleet.seen(
             session.resource.id,
             steps=batch.num_steps,

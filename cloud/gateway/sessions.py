@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from cloud.data.version_registry import PolicyVersion
+from cloud.gateway.cameras import Camera
 from cloud.gateway.fleet import Task
 from cloud.security.devices import Device, DeviceRegistry
 from hal.resource import RESOURCE_KINDS, SOURCES, ResourceInfo
@@ -47,6 +48,7 @@ class Session:
     resource: ResourceInfo
     policy_name: str  # the policy it runs: follows its task
     schema: Schema
+    cameras: dict[str, Camera] = field(default_factory=dict)  # its dataset's encoded camera columns
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     bulk_credits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
@@ -56,6 +58,8 @@ class Session:
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by policy name
     offered: asyncio.Event = field(default_factory=asyncio.Event)
     steps_stored: int = 0
+    steps_received: int = 0
+    batch_bytes: int = 0  # the StepBatch bytes it sent (what its cameras cost on the wire)
     batches_refused: int = 0
     inference_waiting: int = 0  # remote-inference requests queued or in a forward pass (max_inference_queue)
     inference_refused: int = 0

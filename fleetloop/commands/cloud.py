@@ -110,6 +110,7 @@ def _gateway_and_services(
             lost_after_s=args.lost_after,
             devices=devices,
             wire_dtype=args.wire_dtype,
+            store_codec=args.store_codec,
             tls_cert=tls_cert,
             tls_key=tls_key,
         )
@@ -228,6 +229,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="float32",
         choices=["float32", "bfloat16"],
         help="float weights on the wire (bfloat16 halves policy updates)",
+    )
+    cloud.add_argument(
+        "--store-codec",
+        default="auto",
+        choices=["auto", "raw", "h264", "av1"],
+        help="how a new dataset keeps its RGB cameras of 32 pixels and more: auto (H.264), raw, h264 or av1 "
+        "(smaller AV1 files, slower to encode); a dataset keeps the codec it was made with",
     )
     cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
     cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")

@@ -26,6 +26,7 @@ from fleetloop.commands.arg_types import (
 from fleetloop.commands.config_flags import EDGE_FLAGS, flag_error
 from fleetloop.commands.stopping import exit_after_clean_stop, stop_on_signals
 from fleetloop.commands.token_args import add_token_args, read_token
+from protocol.video import UPLINK_CODECS
 
 if TYPE_CHECKING:
     from edge.agent import EdgeConfig
@@ -237,6 +238,7 @@ def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
             learner_key=args.learner_key,
             remote_inference=args.remote_policy,
             outcome_policy=args.outcome_from,
+            uplink_codec=args.uplink_codec,
         )
         outcome = OutcomeJudgeConfig(threshold=args.outcome_threshold, consecutive=args.outcome_ticks)
         return EdgeConfig(
@@ -285,6 +287,14 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     )
     edge.add_argument(
         "--remote-policy", action="store_true", help="run the policy in the cloud (models too big for here)"
+    )
+    edge.add_argument(
+        "--uplink-codec",
+        default="auto",
+        choices=UPLINK_CODECS,
+        help="how camera frames travel up: auto (as the cloud's store keeps each camera: H.264 for RGB cameras of "
+        "32 pixels and more, raw otherwise), raw, h264, av1 (must be what the store keeps), or jpeg (each frame on "
+        "its own, the lowest latency; the cloud encodes it for the store). Default: auto",
     )
 
 

@@ -73,6 +73,12 @@ COVERED: dict[str, str] = {
     "fleetloop edge --robot sim:pusht --id cart-1 --remote-policy": "policies",
     "fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot": "policies",
     "fleetloop cloud --wire-dtype bfloat16": "policies",
+    "fleetloop edge --robot sim:pusht --id cart-1 --uplink-codec auto": "not run here: tests/e2e/test_uplink_codec.py "
+    "runs a pusht edge's cameras up raw and as H.264 into a cloud whose store keeps them as H.264",
+    "fleetloop edge --robot sim:pusht --id cart-1 --uplink-codec jpeg": "not run here: JPEG frames into a real gateway "
+    "and store are tests/cloud/test_gateway_video_ingest.py's",
+    "fleetloop cloud --store-codec av1": "not run here: what each --store-codec keeps is "
+    "tests/cloud/test_gateway_cameras.py's",
     "fleetloop policy list panda_pick_cube": "policies",
     "fleetloop policy rollback panda_pick_cube --to 3": "policies",
     "fleetloop export --root fleetloop-data --dataset panda_pick_cube --out panda-lerobot": "policies",

@@ -24,22 +24,9 @@ from protocol.video import (
     max_packet_bytes,
     psnr,
 )
+from tests.factories import moving_scene
 
 WIDTH, HEIGHT, FPS, GOP = 96, 64, 30, 10
-
-
-def moving_scene(frames: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """A lit floor with a checkerboard and a ball that moves across it: smooth areas, edges and motion."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    floor = 60 + 40 * (((xx // 12) + (yy // 12)) % 2) + 0.5 * yy
-    out = np.empty((frames, height, width, 3), np.uint8)
-    for t in range(frames):
-        cx, cy = width * (0.5 + 0.35 * np.cos(t / 6)), height * (0.5 + 0.3 * np.sin(t / 5))
-        ball = np.clip(1.5 - np.hypot(xx - cx, yy - cy) / (width / 10), 0, 1)
-        out[t, ..., 0] = np.clip(floor + 180 * ball, 0, 255)
-        out[t, ..., 1] = np.clip(floor * 0.9 + 60 * ball, 0, 255)
-        out[t, ..., 2] = np.clip(floor * 1.1 - 40 * ball, 0, 255)
-    return out
 
 
 def encode_all(codec: str, frames: np.ndarray, gop: int = GOP) -> list[Packet]:
