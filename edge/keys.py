@@ -72,8 +72,11 @@ class KeySignals:
 
     def close(self) -> None:
         if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+            listener, self._listener = self._listener, None
+            try:
+                listener.stop()
+            except Exception as err:  # noqa: BLE001 (pynput's X connection may close under a listener that just started)
+                log.debug("the key listener was already going away: %s", err)
 
 
 def no_display() -> str:

@@ -99,10 +99,11 @@ def default_gop(fps: float) -> int:
 
 
 def _coded_size(codec: str, width: int, height: int) -> tuple[int, int]:
-    """The size the codec works at: 4:2:0 video needs even sides (frames are padded by repeating the edge)."""
-    if codec == "jpeg":
-        return width, height
-    return width + width % 2, height + height % 2
+    """The size the codec works at: whole 16-pixel macroblocks, the frame padded by repeating its edge. 4:2:0 needs
+    even sides at least, and mjpeg reads a partial block's missing pixels from whatever lies past the row's end,
+    so an odd-sized camera's border came out different at every run."""
+    del codec  # every codec: one rule keeps encoder and decoder in agreement
+    return -(-width // 16) * 16, -(-height // 16) * 16
 
 
 def _check_camera(codec: str, width: int, height: int, camera: str) -> None:
