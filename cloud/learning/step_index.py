@@ -74,6 +74,12 @@ class StepIndex:
         self.rows_read = 0  # rows read from the store, over every column read: what a round costs in reads
         self._held: dict[str, _Held] = {}
 
+    def held_bytes(self) -> int:
+        """What the index holds, over every dataset (its arrays' capacity)."""
+        arrays = [a for held in self._held.values() for a in (*held.columns.values(), held.kind, held.terminal)]
+        arrays += [a for held in self._held.values() for a in (held.next_row, held.tail)]
+        return sum(a.data.nbytes for a in arrays)
+
     def is_large(self, spec: ColumnSpec) -> bool:
         """Whether a column is fetched per batch rather than held: encoded, or over ``large_row_bytes`` a row."""
         row_bytes = np.dtype(spec.dtype).itemsize * int(np.prod(spec.shape, dtype=np.int64))
