@@ -15,6 +15,7 @@
 (h) sac-camera SAC's autonomous success when the goal is only in a 16x16 camera, vs left out of the image
 (i) takeover  a key press on a robot's takeover page -> the command applied at its driver, vs a websockets echo
 (j) video     sim camera frames as H.264 / AV1 / JPEG: wire bytes, PSNR, encode and decode time, vs raw frames
+(k) learner-cost  a learner round's memory and time with stores of 10k-1M steps, vs the 10k store; frames/s decoded
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -51,6 +52,7 @@ FIGURES = (
     "sac-camera",
     "takeover",
     "video",
+    "learner-cost",
 )
 
 
@@ -58,7 +60,19 @@ def run_bench(
     figures: Sequence[str] = FIGURES, quick: bool = False, out: Path | None = RESULTS, console: Console | None = None
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
-    from bench import delta, foresight, jitter, push, ros2_image, sac_camera, takeover, uplink, video, weighting
+    from bench import (
+        delta,
+        foresight,
+        jitter,
+        learner_cost,
+        push,
+        ros2_image,
+        sac_camera,
+        takeover,
+        uplink,
+        video,
+        weighting,
+    )
     from bench.common import LoopThread
 
     unknown = sorted(set(figures) - set(FIGURES))
@@ -102,6 +116,8 @@ def run_bench(
             results += takeover.measure(loop, workdir, presses=40 if quick else 200, say=say)
         if "video" in figures:
             results += video.measure(panda_steps=40 if quick else 120, pusht_steps=60 if quick else 200, say=say)
+        if "learner-cost" in figures:
+            results += learner_cost.measure(workdir, quick=quick, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

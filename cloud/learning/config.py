@@ -174,6 +174,12 @@ class LearnerConfig(CodeConfig):
     # datasets whose reward classifier the learner trains on their labelled frames and publishes as <dataset>.reward
     reward_classifiers: Items[str] = ()
     reward: RewardTraining = RewardTraining()
+    # Training data beyond memory (cloud.learning.step_index, cloud.learning.streaming): a column over
+    # large_row_bytes per row, or an encoded camera, is not held but fetched per batch through a cache of at most
+    # cache_bytes, decoded in loader_workers processes (0: in the learner's thread)
+    large_row_bytes: AtLeastOne = 4096
+    cache_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
+    loader_workers: Annotated[int, Field(ge=0, le=16)] = 1
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,8 @@ from cloud.learning.checkpoint import LearnerCheckpoint
 from cloud.learning.config import REWARD_SUFFIX, LearnerConfig
 from cloud.learning.distributed import DistContext
 from cloud.learning.init_weights import InitWeights
+from cloud.learning.step_index import StepIndex
+from cloud.learning.streaming import FrameStream
 from policies.factory import cpu_copy
 from policies.weights import policy_to_bytes
 
@@ -86,11 +88,16 @@ class Learner:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.dist = dist or DistContext()
         init = InitWeights(self.config.init, registry) if self.config.init else None
+        # Both algorithms share the rows held of each dataset and the stream of its cameras (one cache).
+        self.steps = StepIndex(store, self.config.large_row_bytes)
+        self.frames = FrameStream(store, self.config.cache_bytes, self.config.loader_workers)
         self.algorithm: Algorithm[Any] = ALGORITHM_TYPES[self.config.algorithm](
-            self.config, store, self.dist, on_step, init
+            self.config, store, self.dist, on_step, init, self.steps, self.frames
         )
         # Reward classifiers' rounds (``<dataset>.reward``, LearnerConfig.reward_classifiers), beside the policies'.
-        self.reward_algorithm = RewardClassifierTraining(self.config, store, self.dist, on_step)
+        self.reward_algorithm = RewardClassifierTraining(
+            self.config, store, self.dist, on_step, steps=self.steps, frames=self.frames
+        )
         self._datasets: dict[str, _DatasetState] = {}
 
     def _algorithm_for(self, name: str) -> Algorithm[Any]:

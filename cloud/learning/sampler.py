@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from cloud.data.store import EpisodeStore
+from cloud.data.store import ColumnSpec, EpisodeStore
 from cloud.learning.staleness import StalenessBudget
 from cloud.serving.foresight import ERROR_COLUMN, foresight_weights
 from hal.config import CodeConfig, ConfigError, Items, Name, invalid
@@ -169,6 +169,8 @@ class StepTable:
     terminal: np.ndarray
     foresight_error: np.ndarray | None = None  # metres per row (NaN: not scored), where the dataset stores it
     discarded: np.ndarray | None = None  # rows of episodes a person discarded (re-recorded): never drawn
+    # columns asked for but not held (cameras: cloud.learning.step_index): training fetches the rows it draws
+    streamed: dict[str, ColumnSpec] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -213,7 +215,33 @@ def sequence_rows(next_row: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray
     return rows, pad
 
 
-_NEEDED = ["episode_index", "seq", "intervention", "policy_version", "done", "success"]
+NEEDED = ["episode_index", "seq", "intervention", "policy_version", "done", "success"]  # what sampling reads per row
+
+
+def step_kinds(intervention: np.ndarray, policy_version: np.ndarray) -> np.ndarray:
+    """Each row's kind (index into KINDS) from its provenance, before offline episodes are marked."""
+    labelled = intervention.astype(bool)
+    return np.where(labelled, np.where(policy_version > 0, INTERVENTION, DEMO), ONLINE).astype(np.int8)
+
+
+def link_successors(next_row: np.ndarray, rows: np.ndarray, episode_index: np.ndarray, seq: np.ndarray) -> None:
+    """Sets ``next_row`` of each of ``rows`` whose episode's next seq is among ``rows`` (``episode_index`` and
+    ``seq`` of those rows). Rows of one episode interleave with other episodes'; ordering by (episode, seq) finds
+    each successor."""
+    if len(rows) < 2:
+        return
+    order = np.lexsort((seq, episode_index))
+    ep, sq = episode_index[order], seq[order]
+    follows = (ep[1:] == ep[:-1]) & (sq[1:] == sq[:-1] + 1)
+    next_row[rows[order[:-1][follows]]] = rows[order[1:][follows]]
+
+
+def marked_episodes(store: EpisodeStore, dataset: str, offline_sources: tuple[str, ...]) -> tuple[list, list]:
+    """(episodes from ``offline_sources``, episodes a person discarded) by index: what can change after rows are
+    read (a label arrives later) comes from the store's episode records, never from re-reading rows."""
+    records = store.episodes(dataset)
+    offline = [e.index for e in records if e.source in offline_sources] if offline_sources else []
+    return offline, [e.index for e in records if e.discarded]
 
 
 def load_steps(
@@ -223,28 +251,26 @@ def load_steps(
     rows: int | None = None,
     offline_sources: tuple[str, ...] = (),
 ) -> StepTable:
-    """Reads ``columns`` (plus the provenance sampling needs) of rows ``[0, rows)`` (all committed by default)."""
+    """Reads ``columns`` (plus the provenance sampling needs) of rows ``[0, rows)`` (all committed by default).
+
+    Reads every row at every call; the learner keeps a ``cloud.learning.step_index.StepIndex`` instead, which reads
+    only what is new."""
     scored = ERROR_COLUMN in store.schema(dataset)
-    names = list(dict.fromkeys([*columns, *_NEEDED, *([ERROR_COLUMN] if scored else [])]))
+    names = list(dict.fromkeys([*columns, *NEEDED, *([ERROR_COLUMN] if scored else [])]))
     data = store.read(dataset, columns=names, stop=rows)
     n = len(data["seq"])
-    intervention = data["intervention"].astype(bool)
-    kind = np.where(intervention, np.where(data["policy_version"] > 0, INTERVENTION, DEMO), ONLINE).astype(np.int8)
-    if offline_sources:
-        offline_episodes = [e.index for e in store.episodes(dataset) if e.source in offline_sources]
-        kind[np.isin(data["episode_index"], offline_episodes)] = OFFLINE
-    # Rows of one episode interleave with other episodes' rows; order by (episode, seq) to find each successor.
-    order = np.lexsort((data["seq"], data["episode_index"]))
+    kind = step_kinds(data["intervention"], data["policy_version"])
+    offline, discarded = marked_episodes(store, dataset, offline_sources)
+    if offline:
+        kind[np.isin(data["episode_index"], offline)] = OFFLINE
     next_row = np.full(n, -1, np.int64)
-    if n > 1:
-        ep, seq = data["episode_index"][order], data["seq"][order]
-        follows = (ep[1:] == ep[:-1]) & (seq[1:] == seq[:-1] + 1)
-        next_row[order[:-1][follows]] = order[1:][follows]
+    link_successors(next_row, np.arange(n), data["episode_index"], data["seq"])
     terminal = data["done"].astype(bool) & data["success"].astype(bool)
     next_row[data["done"].astype(bool)] = -1
     foresight_error = data.pop(ERROR_COLUMN) if scored and ERROR_COLUMN not in columns else data.get(ERROR_COLUMN)
-    discarded = np.isin(data["episode_index"], [e.index for e in store.episodes(dataset) if e.discarded])
-    return StepTable(dataset, data, kind, next_row, terminal, foresight_error, discarded)
+    return StepTable(
+        dataset, data, kind, next_row, terminal, foresight_error, np.isin(data["episode_index"], discarded)
+    )
 
 
 @dataclass

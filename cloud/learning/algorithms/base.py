@@ -22,6 +22,8 @@ from cloud.learning.config import LearnerConfig
 from cloud.learning.distributed import DistContext
 from cloud.learning.init_weights import InitWeights
 from cloud.learning.sampler import Ratios, Sampler, StepTable
+from cloud.learning.step_index import StepIndex
+from cloud.learning.streaming import FrameStream, Streamed
 from policies.base import Policy
 
 # on_step(dataset, step within the round, the modules being trained): e.g. cloud.learning.distributed's parameter trace.
@@ -84,13 +86,19 @@ class Algorithm[Trainable](ABC):
         dist: DistContext,
         on_step: StepHook | None = None,
         init: InitWeights | None = None,
+        steps: StepIndex | None = None,
+        frames: FrameStream | None = None,
     ) -> None:
-        """``init``: the weights datasets' rounds start from (``LearnerConfig.init``), where the algorithm takes any."""
+        """``init``: the weights datasets' rounds start from (``LearnerConfig.init``), where the algorithm takes any;
+        ``steps``, ``frames``: the rows held and the large columns' stream, shared with the learner's other
+        algorithms (each its own by default)."""
         self.config = config
         self.store = store
         self.dist = dist
         self.on_step = on_step
         self.init = init
+        self.steps = steps if steps is not None else StepIndex(store, config.large_row_bytes)
+        self.frames = frames if frames is not None else FrameStream(store, config.cache_bytes, config.loader_workers)
 
     @abstractmethod
     def restore(self, saved: Checkpoint) -> Trainable:
@@ -114,6 +122,11 @@ class Algorithm[Trainable](ABC):
     ) -> Sampler:
         priority = self.config.sampler.foresight_weights(table)
         return Sampler.build(table, ratios, self.trains_on, self.config.staleness, current_version, eligible, priority)
+
+    def streamed(self, table: StepTable, keys: dict[str, tuple[str, np.ndarray]]) -> Streamed | None:
+        """The large columns a round trains on, by batch key: (store column, store row of each training position);
+        None when the table holds every column."""
+        return Streamed(self.frames, table.dataset, keys) if keys else None
 
     def step_hook(self, dataset: str, modules: dict[str, nn.Module]) -> Callable[[int], None] | None:
         if self.on_step is None:

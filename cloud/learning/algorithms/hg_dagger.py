@@ -17,7 +17,6 @@ from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, Roun
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
 from cloud.learning.policy_choice import policy_for_schema
-from cloud.learning.sampler import load_steps
 from policies.base import Policy
 from policies.lerobot_policy import LerobotPolicy
 from policies.train import train_policy
@@ -50,7 +49,7 @@ class HGDagger(FreshPolicyRounds):
     ) -> RoundResult[TrainedPolicy] | NothingNew | None:
         schema = self.store.schema(job.dataset)
         names = [n for n in schema if n.startswith("obs.")] + ["action"]
-        table = load_steps(self.store, job.dataset, names, job.rows, self.config.sampler.offline_sources)
+        table = self.steps.table(job.dataset, names, job.rows, self.config.sampler.offline_sources)
         sampler = self.sampler(table, self.config.sampler.ratios_for(job.dataset), job.current_version)
         if sampler.size < 2:
             return None
@@ -60,7 +59,8 @@ class HGDagger(FreshPolicyRounds):
             init = self.init.for_round(job.dataset, schema) if self.init is not None else None
         except ValueError:  # its starting policy does not fit the dataset (logged once): no version of it
             return None
-        training = {name: table.columns[name][sampler.rows] for name in names}
+        training = {name: table.columns[name][sampler.rows] for name in names if name not in table.streamed}
+        streamed = self.streamed(table, {name: (name, sampler.rows) for name in table.streamed})
         chunk = self.config.chunk_size_for(job.dataset) if init is None else _chunk_size(init.policy)
         policy_type, fields = self.config.policy_for(job.dataset)
         seed = self.seed(job.rounds_before)
@@ -94,6 +94,7 @@ class HGDagger(FreshPolicyRounds):
                 wrap=self.dist.wrap if self.dist.distributed else None,
                 on_step=self.step_hook(job.dataset, {"policy": policy}),
                 device=device,
+                streamed=streamed,
             )
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
         what += f" from {init.label}" if init is not None else ""

@@ -24,7 +24,7 @@ from cloud.learning.algorithms.base import NothingNew, RoundJob, RoundResult
 from cloud.learning.algorithms.hg_dagger import FreshPolicyRounds, TrainedPolicy
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import REWARD_SUFFIX, RewardTraining
-from cloud.learning.sampler import KINDS, load_steps
+from cloud.learning.sampler import KINDS
 from policies.mlp import is_image
 from policies.reward_classifier import LABEL, RewardClassifier, RewardClassifierConfig
 from policies.train import train_policy
@@ -80,7 +80,7 @@ class RewardClassifierTraining(FreshPolicyRounds):
         if not cameras:
             log.warning("%s: no camera in dataset %s, so no reward classifier to train", job.dataset, dataset)
             return NothingNew(self.store.committed_rows(dataset))
-        table = load_steps(self.store, dataset, [f"obs.{name}" for name in cameras], job.rows)
+        table = self.steps.table(dataset, [f"obs.{name}" for name in cameras], job.rows)
         data = table.columns
         labels = frame_labels(data["episode_index"], data["seq"], data["done"], data["success"], rule)
         if table.discarded is not None:
@@ -93,8 +93,9 @@ class RewardClassifierTraining(FreshPolicyRounds):
             return NothingNew(table.rows)
         if rows[-1] < job.trained_rows:
             return NothingNew(table.rows)
-        training = {f"obs.{name}": data[f"obs.{name}"][rows] for name in cameras}
-        training[LABEL] = (labels[rows] == SUCCESS).astype(np.float32)
+        training = {LABEL: (labels[rows] == SUCCESS).astype(np.float32)}
+        training.update({f"obs.{name}": data[f"obs.{name}"][rows] for name in cameras if f"obs.{name}" in data})
+        streamed = self.streamed(table, {name: (name, rows) for name in table.streamed})
         # Half of each batch from each label, however rare success frames are.
         weights = np.where(training[LABEL] > 0, 0.5 / successes, 0.5 / (len(rows) - successes))
         config = RewardClassifierConfig(
@@ -119,6 +120,7 @@ class RewardClassifierTraining(FreshPolicyRounds):
                 optimizer=optimizer,
                 wrap=self.dist.wrap if self.dist.distributed else None,
                 on_step=self.step_hook(job.dataset, {"policy": classifier}),
+                streamed=streamed,
             )
         classifier.eval()
         note = f"reward classifier on {successes} success and {len(rows) - successes} failure frames"

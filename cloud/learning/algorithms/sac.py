@@ -17,7 +17,8 @@ from cloud.learning.algorithms.sac_agent import SACAgent, known_action_limits
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
 from cloud.learning.policy_choice import observation_spec
-from cloud.learning.sampler import KINDS, Sampler, StepTable, load_steps
+from cloud.learning.sampler import KINDS, Sampler, StepTable
+from cloud.learning.streaming import Streamed
 from policies.sac_actor import SACActorConfig, SACActorPolicy
 
 log = logging.getLogger("fleetloop.learner")
@@ -48,8 +49,8 @@ class SAC(Algorithm[SACAgent]):
     def train_round(self, job: RoundJob, trainable: SACAgent | None) -> RoundResult[SACAgent] | NothingNew | None:
         schema = self.store.schema(job.dataset)
         obs_names = [n for n in schema if n.startswith("obs.")]
-        table = load_steps(
-            self.store, job.dataset, [*obs_names, "action", "reward"], job.rows, self.config.sampler.offline_sources
+        table = self.steps.table(
+            job.dataset, [*obs_names, "action", "reward"], job.rows, self.config.sampler.offline_sources
         )
         ratios = self.config.sampler.ratios_for(job.dataset) or self.config.sac.ratios()
         sampler = self.sampler(table, ratios, job.current_version, eligible=table.has_transition())
@@ -57,21 +58,25 @@ class SAC(Algorithm[SACAgent]):
             return None
         if not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
-        data = _transitions(table, sampler, obs_names)
+        data, large = _transitions(table, sampler, obs_names)
+        streamed = self.streamed(table, large)
         agent = trainable if trainable is not None else self._first_agent(job.dataset, schema, table)
         # Refit on all data each round: the first rounds' few demonstrations say little about the state's spread
         # (two episodes give two goal positions); actor and critics share this normalization and adapt together.
-        agent.actor.fit_normalization(data)
+        agent.actor.fit_normalization(data if streamed is None else {**data, **streamed.sample()})
         device = self.dist.device
         agent.actor.to(device)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in data.items()}
         generator = torch.Generator().manual_seed(self.seed(job.rounds_before))
         hook = self.step_hook(job.dataset, {"actor": agent.actor, **agent.modules()})
+        batches = _Batches(sampler, self.config.batch_size, self.config.train_steps, generator, streamed)
         agent.actor.train()
         recent: list[float] = []
         for step in range(1, self.config.train_steps + 1):
-            index = sampler.draw(self.config.batch_size, generator).to(device)
-            stats = agent.update({k: v[index] for k, v in tensors.items()}, generator)
+            index, fetched = batches.next()
+            batch = {k: v[index.to(device)] for k, v in tensors.items()}
+            batch.update({k: v.to(device) for k, v in fetched.items()})
+            stats = agent.update(batch, generator)
             recent = [*recent[-19:], stats["critic_loss"]]
             if hook is not None:
                 hook(step)
@@ -109,12 +114,35 @@ class SAC(Algorithm[SACAgent]):
         return agent
 
 
-def _transitions(table: StepTable, sampler: Sampler, obs_names: list[str]) -> dict[str, np.ndarray]:
-    """The sampler's rows as transitions: observations, action, reward, next observations, terminal, labelled."""
+class _Batches:
+    """A round's batches: drawn one by one (the generator also drives the agent's updates), or, with large columns
+    streamed, all drawn first so fetching them runs ahead of training."""
+
+    def __init__(
+        self, sampler: Sampler, size: int, steps: int, generator: torch.Generator, streamed: Streamed | None
+    ) -> None:
+        self.sampler, self.size, self.generator = sampler, size, generator
+        self.drawn = [sampler.draw(size, generator) for _ in range(steps)] if streamed is not None else []
+        self.fetched = streamed.batches(self.drawn) if streamed is not None else None
+
+    def next(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.fetched is None:
+            return self.sampler.draw(self.size, self.generator), {}
+        return self.drawn.pop(0), next(self.fetched)
+
+
+def _transitions(
+    table: StepTable, sampler: Sampler, obs_names: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, np.ndarray]]]:
+    """The sampler's rows as transitions: observations, action, reward, next observations, terminal, labelled; and
+    the large observations' (streamed) store rows by batch key."""
     picked = sampler.rows
     successor = np.where(table.next_row[picked] >= 0, table.next_row[picked], picked)
-    data = {name: table.columns[name][picked] for name in [*obs_names, "action", "reward"]}
-    data.update({f"next.{name}": table.columns[name][successor] for name in obs_names})
+    held = [name for name in obs_names if name not in table.streamed]
+    data = {name: table.columns[name][picked] for name in [*held, "action", "reward"]}
+    data.update({f"next.{name}": table.columns[name][successor] for name in held})
     data["terminal"] = table.terminal[picked].astype(np.float32)
     data["labelled"] = (table.kind[picked] != KINDS.index("online")).astype(np.float32)
-    return data
+    large = {name: (name, picked) for name in table.streamed}
+    large.update({f"next.{name}": (name, successor) for name in table.streamed})
+    return data, large
