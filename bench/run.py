@@ -16,6 +16,7 @@
 (i) takeover  a key press on a robot's takeover page -> the command applied at its driver, vs a websockets echo
 (j) video     sim camera frames as H.264 / AV1 / JPEG: wire bytes, PSNR, encode and decode time, vs raw frames
 (k) learner-cost  a learner round's memory and time with stores of 10k-1M steps, vs the 10k store; frames/s decoded
+(l) lerobot-uplink  lerobot's actor -> learner SendTransitions moving (a)'s image steps, vs raw gRPC bytes
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -53,6 +54,7 @@ FIGURES = (
     "takeover",
     "video",
     "learner-cost",
+    "lerobot-uplink",
 )
 
 
@@ -65,6 +67,7 @@ def run_bench(
         foresight,
         jitter,
         learner_cost,
+        lerobot_uplink,
         push,
         ros2_image,
         sac_camera,
@@ -118,6 +121,8 @@ def run_bench(
             results += video.measure(panda_steps=40 if quick else 120, pusht_steps=60 if quick else 200, say=say)
         if "learner-cost" in figures:
             results += learner_cost.measure(workdir, quick=quick, say=say)
+        if "lerobot-uplink" in figures:
+            results += lerobot_uplink.measure(loop, workdir, steps=200 if quick else 2400, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
