@@ -116,7 +116,6 @@ def _lerobot_run(steps: int) -> tuple[float, int]:
 
 
 def measure(loop: LoopThread, workdir: Path, steps: int = 2400, say: Callable[[str], None] = print) -> list[Result]:
-
     say(f"lerobot-uplink: {steps} image transitions through lerobot's actor -> learner transport")
     try:
         seconds, wire = _lerobot_run(steps)

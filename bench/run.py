@@ -17,6 +17,7 @@
 (j) video     sim camera frames as H.264 / AV1 / JPEG: wire bytes, PSNR, encode and decode time, vs raw frames
 (k) learner-cost  a learner round's memory and time with stores of 10k-1M steps, vs the 10k store; frames/s decoded
 (l) lerobot-uplink  lerobot's actor -> learner SendTransitions moving (a)'s image steps, vs raw gRPC bytes
+(m) capacity  the most robots with two 224x224 30 Hz cameras one cloud sustains (ack lag p99 < 2 s), H.264 vs raw
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -55,6 +56,7 @@ FIGURES = (
     "video",
     "learner-cost",
     "lerobot-uplink",
+    "capacity",
 )
 
 
@@ -63,6 +65,7 @@ def run_bench(
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
     from bench import (
+        capacity,
         delta,
         foresight,
         jitter,
@@ -123,6 +126,11 @@ def run_bench(
             results += learner_cost.measure(workdir, quick=quick, say=say)
         if "lerobot-uplink" in figures:
             results += lerobot_uplink.measure(loop, workdir, steps=200 if quick else 2400, say=say)
+        if "capacity" in figures:
+            counts = (1, 4) if quick else (2, 4, 8, 16, 32, 64, 128)
+            results += capacity.measure(
+                loop, workdir, counts=counts, seconds=2.0 if quick else 5.0, clip_frames=30 if quick else 60, say=say
+            )
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
