@@ -18,6 +18,7 @@
 (k) learner-cost  a learner round's memory and time with stores of 10k-1M steps, vs the 10k store; frames/s decoded
 (l) lerobot-uplink  lerobot's actor -> learner SendTransitions moving (a)'s image steps, vs raw gRPC bytes
 (m) capacity  the most robots with two 224x224 30 Hz cameras one cloud sustains (ack lag p99 < 2 s), H.264 vs raw
+(n) codec-training  a CNN policy trained from H.264-stored 64x64 frames: success and action error vs raw frames
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -57,6 +58,7 @@ FIGURES = (
     "learner-cost",
     "lerobot-uplink",
     "capacity",
+    "codec-training",
 )
 
 
@@ -66,6 +68,7 @@ def run_bench(
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
     from bench import (
         capacity,
+        codec_training,
         delta,
         foresight,
         jitter,
@@ -131,6 +134,9 @@ def run_bench(
             results += capacity.measure(
                 loop, workdir, counts=counts, seconds=2.0 if quick else 5.0, clip_frames=30 if quick else 60, say=say
             )
+        if "codec-training" in figures:
+            episodes, updates = (6, 40) if quick else (40, 600)
+            results += codec_training.measure(workdir, episodes=episodes, train_steps=updates, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

@@ -22,26 +22,28 @@ SIZE = 16
 EVAL_SEEDS = range(1000, 1040)
 
 
-def camera(state: np.ndarray, show_goal: bool = True) -> np.ndarray:
-    """The arena seen from above: the goal as a red 2x2 patch (unless hidden), the point as a green one."""
-    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+def camera(state: np.ndarray, show_goal: bool = True, size: int = SIZE) -> np.ndarray:
+    """The arena seen from above: the goal as a red patch (unless hidden), the point as a green one; each patch
+    an eighth of the side (2x2 at 16x16)."""
+    image = np.zeros((size, size, 3), np.uint8)
+    patch = max(2, size // 8)
     marks = [(state[2:4], 0)] if show_goal else []
     for (x, y), channel in [*marks, (state[0:2], 1)]:
         col, row = (
-            int(np.clip((x + 1) / 2 * (SIZE - 1), 0, SIZE - 2)),
-            int(np.clip((1 - y) / 2 * (SIZE - 1), 0, SIZE - 2)),
+            int(np.clip((x + 1) / 2 * (size - 1), 0, size - patch)),
+            int(np.clip((1 - y) / 2 * (size - 1), 0, size - patch)),
         )
-        image[row : row + 2, col : col + 2, channel] = 255
+        image[row : row + patch, col : col + patch, channel] = 255
     return image
 
 
-def seen(observation: dict[str, np.ndarray], show_goal: bool = True) -> dict[str, np.ndarray]:
+def seen(observation: dict[str, np.ndarray], show_goal: bool = True, size: int = SIZE) -> dict[str, np.ndarray]:
     """What the policy gets: the point's position, and the goal only through the camera."""
     state = observation["state"]
-    return {"state": state[:2].copy(), "camera": camera(state, show_goal)}
+    return {"state": state[:2].copy(), "camera": camera(state, show_goal, size)}
 
 
-def autonomous_success(policy, show_goal: bool) -> float:
+def autonomous_success(policy, show_goal: bool, size: int = SIZE) -> float:
     """The share of the evaluation episodes (EVAL_SEEDS) the policy finishes alone."""
     from hal.reach_sim import PointReachEnv
 
@@ -50,7 +52,7 @@ def autonomous_success(policy, show_goal: bool) -> float:
         env = PointReachEnv()
         observation, _ = env.reset(seed=eval_seed)
         for _ in range(env.max_steps):
-            action = policy.act(seen(observation, show_goal))[0]
+            action = policy.act(seen(observation, show_goal, size))[0]
             observation, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 break
