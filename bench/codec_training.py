@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import HIGHER, LOWER, Result
-from bench.sac_camera import autonomous_success, seen
+from bench.sac_camera import autonomous_success, episode_columns, seen
 
 SIZE = 64
 DATASET = "point_reach"
@@ -42,19 +42,7 @@ def demonstrations(episodes: int, seed: int) -> list[dict[str, np.ndarray]]:
             observation = transition.observation
             if transition.done:
                 break
-        out.append(
-            {
-                "obs.state": np.stack([r[0]["state"] for r in rows]),
-                "obs.camera": np.stack([r[0]["camera"] for r in rows]),
-                "action": np.stack([r[1] for r in rows]).astype(np.float32),
-                "reward": np.array([r[2].reward for r in rows], np.float32),
-                "done": np.array([r[2].done for r in rows]),
-                "success": np.array([r[2].success for r in rows]),
-                "intervention": np.array([r[3] for r in rows]),
-                "policy_version": np.zeros(len(rows), np.int64),
-                "t_mono_ns": np.arange(len(rows), dtype=np.int64),
-            }
-        )
+        out.append(episode_columns(rows, 0))
     return out
 
 

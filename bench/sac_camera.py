@@ -43,6 +43,21 @@ def seen(observation: dict[str, np.ndarray], show_goal: bool = True, size: int =
     return {"state": state[:2].copy(), "camera": camera(state, show_goal, size)}
 
 
+def episode_columns(rows: list[tuple], version: int) -> dict[str, np.ndarray]:
+    """An episode's columns from its (seen, action, transition, intervention) rows."""
+    return {
+        "obs.state": np.stack([r[0]["state"] for r in rows]),
+        "obs.camera": np.stack([r[0]["camera"] for r in rows]),
+        "action": np.stack([r[1] for r in rows]).astype(np.float32),
+        "reward": np.array([r[2].reward for r in rows], np.float32),
+        "done": np.array([r[2].done for r in rows]),
+        "success": np.array([r[2].success for r in rows]),
+        "intervention": np.array([r[3] for r in rows]),
+        "policy_version": np.full(len(rows), version, np.int64),
+        "t_mono_ns": np.arange(len(rows), dtype=np.int64),
+    }
+
+
 def autonomous_success(policy, show_goal: bool, size: int = SIZE) -> float:
     """The share of the evaluation episodes (EVAL_SEEDS) the policy finishes alone."""
     from hal.reach_sim import PointReachEnv
@@ -110,17 +125,7 @@ def learning_curve(
                 observation = transition.observation
                 if transition.done:
                     break
-            return {
-                "obs.state": np.stack([r[0]["state"] for r in rows]),
-                "obs.camera": np.stack([r[0]["camera"] for r in rows]),
-                "action": np.stack([r[1] for r in rows]).astype(np.float32),
-                "reward": np.array([r[2].reward for r in rows], np.float32),
-                "done": np.array([r[2].done for r in rows]),
-                "success": np.array([r[2].success for r in rows]),
-                "intervention": np.array([r[3] for r in rows]),
-                "policy_version": np.full(len(rows), version, np.int64),
-                "t_mono_ns": np.arange(len(rows), dtype=np.int64),
-            }
+            return episode_columns(rows, version)
 
         for _ in range(rounds):
             for columns in [episode() for _ in range(2 if policy is None else episodes_per_round)]:
