@@ -130,7 +130,7 @@ def run_bench(
         if "lerobot-uplink" in figures:
             results += lerobot_uplink.measure(loop, workdir, steps=200 if quick else 2400, say=say)
         if "capacity" in figures:
-            counts = (1, 4) if quick else (2, 4, 8, 16, 32, 64, 128)
+            counts = (1, 4) if quick else (2, 4, 8, 16, 32, 64, 128, 256, 512)
             results += capacity.measure(
                 loop, workdir, counts=counts, seconds=2.0 if quick else 5.0, clip_frames=30 if quick else 60, say=say
             )
