@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import grpc
 from pydantic import Field, model_validator
 
+from edge.backlog import BacklogWatch
 from edge.learner_key import LearnerKey
 from edge.spool import Spool
 from hal.config import CodeConfig, Name, invalid
@@ -142,6 +143,7 @@ class TunnelClient:
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
+        self.backlog_watch = BacklogWatch()
 
     def start(self) -> None:
         self._thread.start()
@@ -181,7 +183,15 @@ class TunnelClient:
         self.send(pb.EdgeMessage(heartbeat=self._heartbeat()))
 
     def _heartbeat(self) -> pb.Heartbeat:
-        return pb.Heartbeat(mono_ns=time.monotonic_ns(), state=self.waiting_for)
+        backlog = self.spool.backlog()
+        self.backlog_watch.update(backlog)
+        return pb.Heartbeat(
+            mono_ns=time.monotonic_ns(),
+            state=self.waiting_for,
+            backlog_steps=backlog.steps,
+            backlog_bytes=backlog.bytes,
+            backlog_oldest_s=backlog.oldest_s,
+        )
 
     def send_infer(self, request: pb.InferenceRequest) -> bool:
         """Queues an observation for remote inference; False when the link is down."""
@@ -249,6 +259,7 @@ class TunnelClient:
         with open_channel(self.target, self.config.ca, options=CHANNEL_OPTIONS) as channel:
             responses = pb_grpc.TunnelStub(channel).Connect(requests())
             in_flight: dict[int, int] = {}
+            refused: set[int] = set()  # batches the cloud refused: not sent again in this session
             sender: threading.Thread | None = None
             ended = threading.Event()
             threading.Thread(
@@ -267,7 +278,7 @@ class TunnelClient:
                         self._outgoing = outgoing
                         self.connected.set()
                         self._link_up()
-                        sender = threading.Thread(target=self._upload, args=(outgoing, in_flight), daemon=True)
+                        sender = threading.Thread(target=self._upload, args=(outgoing, in_flight, refused), daemon=True)
                         sender.start()
                     elif kind == "ack":
                         ack = message.ack
@@ -291,7 +302,8 @@ class TunnelClient:
                         if self.on_emergency_stop:
                             self.on_emergency_stop(message.emergency_stop)
                     elif kind == "error":
-                        in_flight.pop(message.error.batch_id, None)
+                        if in_flight.pop(message.error.batch_id, None) is not None:
+                            refused.add(message.error.batch_id)
                         self._on_error(message.error)
             finally:
                 ended.set()
@@ -343,18 +355,21 @@ class TunnelClient:
                 call.cancel()
                 return
 
-    def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int]) -> None:
-        """Sends spooled batches in order, keeping at most ``window_batches`` unacked."""
-        last_row = 0
+    def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int], refused: set[int]) -> None:
+        """Sends spooled batches in the spool's upload order (urgent episodes first, each episode in seq order),
+        keeping at most ``window_batches`` unacked. The order is chosen as the window frees, so an intervention
+        spooled behind a long backlog waits for at most one window, not for the backlog."""
+        sent = 0
         last_heartbeat = 0.0 if self.waiting_for else time.monotonic()  # a new session hears at once what it waits for
         while self.connected.is_set() and not self._stop.is_set():
             room = self.config.window_batches - len(in_flight)
-            batches = self.spool.pending(after_row_id=last_row, limit=room) if room > 0 else []
+            skip = set(in_flight.copy()) | refused  # copy: the reader thread pops acks meanwhile
+            batches = self.spool.next_to_send(skip, room, turn=sent) if room > 0 else []
             for spooled in batches:
                 spooled.batch.batch_id = spooled.row_id
                 in_flight[spooled.row_id] = spooled.num_steps
                 outgoing.put(pb.EdgeMessage(steps=spooled.batch))
-                last_row = spooled.row_id
+                sent += 1
             if time.monotonic() - last_heartbeat > self.config.heartbeat_s:
                 outgoing.put(pb.EdgeMessage(heartbeat=self._heartbeat()))
                 last_heartbeat = time.monotonic()
