@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import grpc
 from pydantic import Field, model_validator
 
-from edge.backlog import BacklogWatch
+from edge.backlog import BACKLOG_WARN_S, BacklogWatch
 from edge.learner_key import LearnerKey
 from edge.spool import Spool
 from hal.config import CodeConfig, Name, invalid
@@ -74,6 +74,8 @@ class TunnelConfig(CodeConfig):
     window_batches: Annotated[int, Field(ge=1)] = 32  # spooled batches in flight before waiting for an ack
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
     silence_timeout_s: Annotated[float, Field(gt=0)] = SILENCE_TIMEOUT_S
+    # The oldest unacked step waited this long: the edge says the link is slower than the robot (edge/backlog.py).
+    backlog_warn_s: Annotated[float, Field(gt=0)] = BACKLOG_WARN_S
 
     @model_validator(mode="after")
     def _outcome_policy_is_another_name(self) -> TunnelConfig:
@@ -143,7 +145,7 @@ class TunnelClient:
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
-        self.backlog_watch = BacklogWatch()
+        self.backlog_watch = BacklogWatch(config.backlog_warn_s)
 
     def start(self) -> None:
         self._thread.start()
