@@ -25,7 +25,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-
 PACED_READ_BYTES = 4096  # reads of a bandwidth-limited link: small, so the pacing is smooth
 PACED_BURST_S = 0.02  # how much unused link time a paced connection may spend at once
 
