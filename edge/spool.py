@@ -11,8 +11,8 @@ person intervened, drove or gave a verdict, AUTONOMOUS otherwise; an episode is 
 batches) the moment one of its batches is urgent, so an episode's batches always share one priority and leave in
 seq order (the cloud's ack says "every step below next_seq is stored", and encoded cameras need earlier packets).
 Across episodes urgent ones go first, oldest first; one slot in ``AUTONOMOUS_SHARE`` still goes to the oldest
-autonomous batch, so autonomous backlog drains even while people keep intervening. Nothing is ever dropped to make room: a bounded
-spool holds the robot still instead (``StepRecorder(max_spool_bytes=...)``).
+autonomous batch, so autonomous backlog drains even while people keep intervening. Nothing is ever dropped to make
+room: a bounded spool holds the robot still instead (``StepRecorder(max_spool_bytes=...)``).
 """
 
 from __future__ import annotations

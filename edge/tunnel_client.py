@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from edge.backlog import BACKLOG_WARN_S, BacklogWatch
 from edge.learner_key import LearnerKey
-from edge.spool import Spool
+from edge.spool import Backlog, Spool
 from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
 from policies.signing import UnsignedVersion
@@ -146,6 +146,7 @@ class TunnelClient:
         self._incoming: _IncomingPolicy | None = None
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
         self.backlog_watch = BacklogWatch(config.backlog_warn_s)
+        self.backlog = Backlog(0, 0, 0.0)  # as last counted for a heartbeat
 
     def start(self) -> None:
         self._thread.start()
@@ -182,11 +183,14 @@ class TunnelClient:
         """What the robot waits for now ("" once it works again): said at once, and again in every heartbeat (so a
         cloud that missed it, or a new session, hears it too)."""
         self.waiting_for = waiting_for
-        self.send(pb.EdgeMessage(heartbeat=self._heartbeat()))
+        # The backlog as last counted: the control thread calls this, and counting reads the spool's database.
+        self.send(pb.EdgeMessage(heartbeat=self._heartbeat(self.backlog)))
 
-    def _heartbeat(self) -> pb.Heartbeat:
-        backlog = self.spool.backlog()
-        self.backlog_watch.update(backlog)
+    def _heartbeat(self, backlog: Backlog | None = None) -> pb.Heartbeat:
+        """``backlog``: None counts it afresh (the upload thread, every ``heartbeat_s``) and logs a change worth it."""
+        if backlog is None:
+            backlog = self.backlog = self.spool.backlog()
+            self.backlog_watch.update(backlog)
         return pb.Heartbeat(
             mono_ns=time.monotonic_ns(),
             state=self.waiting_for,
