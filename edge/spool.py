@@ -5,16 +5,30 @@ process restarts with every step it had spooled. Rows leave only on an ack.
 
 ``size_bytes`` (the payload bytes waiting for an ack) is kept in memory, so the recorder can bound the
 spool without querying the database: see ``StepRecorder(max_spool_bytes=...)``.
+
+Upload order on a thin link (``next_to_send``): every batch carries a priority, URGENT for an episode in which a
+person intervened, drove or gave a verdict, AUTONOMOUS otherwise; an episode is promoted whole (all its spooled
+batches) the moment one of its batches is urgent, so an episode's batches always share one priority and leave in
+seq order (the cloud's ack says "every step below next_seq is stored", and encoded cameras need earlier packets).
+Across episodes urgent ones go first, oldest first; one slot in ``AUTONOMOUS_SHARE`` still goes to the oldest
+autonomous batch, so autonomous backlog drains even while people keep intervening. Nothing is ever dropped to make
+room: a bounded spool holds the robot still instead (``StepRecorder(max_spool_bytes=...)``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import tunnel_pb2 as pb
+from protocol.arrays import decode_array
+
+URGENT, AUTONOMOUS = 0, 1  # a batch's upload priority (lower goes first)
+AUTONOMOUS_SHARE = 4  # with both kinds waiting, one batch in this many is the oldest autonomous one
 
 
 @dataclass(frozen=True)
@@ -24,6 +38,28 @@ class SpooledBatch:
     first_seq: int
     num_steps: int
     batch: pb.StepBatch
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits for an ack: steps, payload bytes, and how long the oldest has waited (0 when none)."""
+
+    steps: int
+    bytes: int
+    oldest_s: float
+
+
+def is_urgent(batch: pb.StepBatch) -> bool:
+    """A person touched this batch: an intervention step, a step a person drove, or a verdict on the episode."""
+    if batch.operators or batch.label.outcome:
+        return True
+    column = batch.columns.get("intervention")
+    if column is None:
+        return False
+    try:
+        return bool(decode_array(column, "step_batch.columns[intervention]").any())
+    except ValueError:  # the edge wrote it itself; a column it cannot read is the cloud's to refuse
+        return False
 
 
 class Spool:
@@ -38,6 +74,11 @@ class Spool:
             " first_seq INTEGER NOT NULL, num_steps INTEGER NOT NULL, payload BLOB NOT NULL,"
             " UNIQUE(episode_id, first_seq))"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+        if "priority" not in columns:  # a spool written before uploads had an order: its batches count as autonomous
+            self._db.execute(f"ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT {AUTONOMOUS}")
+            self._db.execute("ALTER TABLE batches ADD COLUMN spooled_at REAL NOT NULL DEFAULT 0")
+        self._db.execute("CREATE INDEX IF NOT EXISTS batches_order ON batches (priority, row_id)")
         self._lock = threading.Lock()
         (self._bytes,) = self._db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM batches").fetchone()
 
@@ -48,10 +89,29 @@ class Spool:
 
     def append(self, batch: pb.StepBatch) -> None:
         payload = batch.SerializeToString()
+        urgent = is_urgent(batch)
         with self._lock:
+            if not urgent:  # an episode already promoted stays urgent: its batches must keep one priority
+                urgent = (
+                    self._db.execute(
+                        "SELECT 1 FROM batches WHERE episode_id = ? AND priority = ? LIMIT 1",
+                        (batch.episode_id, URGENT),
+                    ).fetchone()
+                    is not None
+                )
+            elif self._db.execute("SELECT 1 FROM batches WHERE episode_id = ? LIMIT 1", (batch.episode_id,)).fetchone():
+                self._db.execute("UPDATE batches SET priority = ? WHERE episode_id = ?", (URGENT, batch.episode_id))
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO batches (episode_id, first_seq, num_steps, payload) VALUES (?, ?, ?, ?)",
-                (batch.episode_id, batch.first_seq, batch.num_steps, payload),
+                "INSERT OR IGNORE INTO batches (episode_id, first_seq, num_steps, payload, priority, spooled_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    batch.episode_id,
+                    batch.first_seq,
+                    batch.num_steps,
+                    payload,
+                    URGENT if urgent else AUTONOMOUS,
+                    time.time(),
+                ),
             )
             if cursor.rowcount > 0:
                 self._bytes += len(payload)
@@ -64,12 +124,54 @@ class Spool:
                 " ORDER BY row_id LIMIT ?",
                 (after_row_id, limit),
             ).fetchall()
-        out = []
-        for row_id, episode_id, first_seq, num_steps, payload in rows:
-            batch = pb.StepBatch()
-            batch.ParseFromString(payload)
-            out.append(SpooledBatch(row_id, episode_id, first_seq, num_steps, batch))
-        return out
+        return [_spooled(*row) for row in rows]
+
+    def next_to_send(self, skip: Collection[int], limit: int, turn: int = 0) -> list[SpooledBatch]:
+        """Up to ``limit`` batches to upload next, not in ``skip`` (in flight, or refused this session): urgent
+        episodes first, oldest first, except that slot ``turn % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1`` (counted
+        from ``turn``, the number of batches the caller sent so far) takes the oldest autonomous batch."""
+        if limit <= 0:
+            return []
+        wanted = limit + len(skip)  # the skipped are at most the window plus the refused: a short read
+        with self._lock:
+            urgent = self._ids(URGENT, wanted)
+            autonomous = self._ids(AUTONOMOUS, wanted)
+        urgent = [i for i in urgent if i not in skip]
+        autonomous = [i for i in autonomous if i not in skip]
+        chosen: list[int] = []
+        while len(chosen) < limit and (urgent or autonomous):
+            share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
+            source = autonomous if (share and autonomous) or not urgent else urgent
+            chosen.append(source.pop(0))
+        return self._load(chosen)
+
+    def _ids(self, priority: int, limit: int) -> list[int]:
+        rows = self._db.execute(
+            "SELECT row_id FROM batches WHERE priority = ? ORDER BY row_id LIMIT ?", (priority, limit)
+        ).fetchall()
+        return [row_id for (row_id,) in rows]
+
+    def _load(self, row_ids: list[int]) -> list[SpooledBatch]:
+        """The batches of ``row_ids``, in that order (one that an ack dropped meanwhile is left out)."""
+        if not row_ids:
+            return []
+        marks = ",".join("?" * len(row_ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT row_id, episode_id, first_seq, num_steps, payload FROM batches WHERE row_id IN ({marks})",
+                row_ids,
+            ).fetchall()
+        by_id = {row[0]: _spooled(*row) for row in rows}
+        return [by_id[i] for i in row_ids if i in by_id]
+
+    def backlog(self) -> Backlog:
+        """Steps and bytes waiting for an ack, and the age of the oldest (a spool from before ages: 0)."""
+        with self._lock:
+            steps, oldest = self._db.execute(
+                "SELECT COALESCE(SUM(num_steps), 0), MIN(NULLIF(spooled_at, 0)) FROM batches"
+            ).fetchone()
+        age = max(0.0, time.time() - oldest) if oldest else 0.0
+        return Backlog(int(steps), self._bytes, age)
 
     def ack(self, episode_id: str, next_seq: int) -> int:
         """Drops the batches of an episode that the cloud holds entirely; returns how many."""
@@ -96,3 +198,9 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _spooled(row_id: int, episode_id: str, first_seq: int, num_steps: int, payload: bytes) -> SpooledBatch:
+    batch = pb.StepBatch()
+    batch.ParseFromString(payload)
+    return SpooledBatch(row_id, episode_id, first_seq, num_steps, batch)

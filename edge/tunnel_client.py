@@ -19,8 +19,9 @@ from typing import Annotated, Any, Literal
 import grpc
 from pydantic import Field, model_validator
 
+from edge.backlog import BACKLOG_WARN_S, BacklogWatch
 from edge.learner_key import LearnerKey
-from edge.spool import Spool
+from edge.spool import Backlog, Spool
 from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
 from policies.signing import UnsignedVersion
@@ -73,6 +74,8 @@ class TunnelConfig(CodeConfig):
     window_batches: Annotated[int, Field(ge=1)] = 32  # spooled batches in flight before waiting for an ack
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
     silence_timeout_s: Annotated[float, Field(gt=0)] = SILENCE_TIMEOUT_S
+    # The oldest unacked step waited this long: the edge says the link is slower than the robot (edge/backlog.py).
+    backlog_warn_s: Annotated[float, Field(gt=0)] = BACKLOG_WARN_S
 
     @model_validator(mode="after")
     def _outcome_policy_is_another_name(self) -> TunnelConfig:
@@ -142,6 +145,8 @@ class TunnelClient:
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
+        self.backlog_watch = BacklogWatch(config.backlog_warn_s)
+        self.backlog = Backlog(0, 0, 0.0)  # as last counted for a heartbeat
 
     def start(self) -> None:
         self._thread.start()
@@ -178,10 +183,21 @@ class TunnelClient:
         """What the robot waits for now ("" once it works again): said at once, and again in every heartbeat (so a
         cloud that missed it, or a new session, hears it too)."""
         self.waiting_for = waiting_for
-        self.send(pb.EdgeMessage(heartbeat=self._heartbeat()))
+        # The backlog as last counted: the control thread calls this, and counting reads the spool's database.
+        self.send(pb.EdgeMessage(heartbeat=self._heartbeat(self.backlog)))
 
-    def _heartbeat(self) -> pb.Heartbeat:
-        return pb.Heartbeat(mono_ns=time.monotonic_ns(), state=self.waiting_for)
+    def _heartbeat(self, backlog: Backlog | None = None) -> pb.Heartbeat:
+        """``backlog``: None counts it afresh (the upload thread, every ``heartbeat_s``) and logs a change worth it."""
+        if backlog is None:
+            backlog = self.backlog = self.spool.backlog()
+            self.backlog_watch.update(backlog)
+        return pb.Heartbeat(
+            mono_ns=time.monotonic_ns(),
+            state=self.waiting_for,
+            backlog_steps=backlog.steps,
+            backlog_bytes=backlog.bytes,
+            backlog_oldest_s=backlog.oldest_s,
+        )
 
     def send_infer(self, request: pb.InferenceRequest) -> bool:
         """Queues an observation for remote inference; False when the link is down."""
@@ -249,6 +265,7 @@ class TunnelClient:
         with open_channel(self.target, self.config.ca, options=CHANNEL_OPTIONS) as channel:
             responses = pb_grpc.TunnelStub(channel).Connect(requests())
             in_flight: dict[int, int] = {}
+            refused: set[int] = set()  # batches the cloud refused: not sent again in this session
             sender: threading.Thread | None = None
             ended = threading.Event()
             threading.Thread(
@@ -267,7 +284,7 @@ class TunnelClient:
                         self._outgoing = outgoing
                         self.connected.set()
                         self._link_up()
-                        sender = threading.Thread(target=self._upload, args=(outgoing, in_flight), daemon=True)
+                        sender = threading.Thread(target=self._upload, args=(outgoing, in_flight, refused), daemon=True)
                         sender.start()
                     elif kind == "ack":
                         ack = message.ack
@@ -291,7 +308,8 @@ class TunnelClient:
                         if self.on_emergency_stop:
                             self.on_emergency_stop(message.emergency_stop)
                     elif kind == "error":
-                        in_flight.pop(message.error.batch_id, None)
+                        if in_flight.pop(message.error.batch_id, None) is not None:
+                            refused.add(message.error.batch_id)
                         self._on_error(message.error)
             finally:
                 ended.set()
@@ -343,18 +361,21 @@ class TunnelClient:
                 call.cancel()
                 return
 
-    def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int]) -> None:
-        """Sends spooled batches in order, keeping at most ``window_batches`` unacked."""
-        last_row = 0
+    def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int], refused: set[int]) -> None:
+        """Sends spooled batches in the spool's upload order (urgent episodes first, each episode in seq order),
+        keeping at most ``window_batches`` unacked. The order is chosen as the window frees, so an intervention
+        spooled behind a long backlog waits for at most one window, not for the backlog."""
+        sent = 0
         last_heartbeat = 0.0 if self.waiting_for else time.monotonic()  # a new session hears at once what it waits for
         while self.connected.is_set() and not self._stop.is_set():
             room = self.config.window_batches - len(in_flight)
-            batches = self.spool.pending(after_row_id=last_row, limit=room) if room > 0 else []
+            skip = set(in_flight.copy()) | refused  # copy: the reader thread pops acks meanwhile
+            batches = self.spool.next_to_send(skip, room, turn=sent) if room > 0 else []
             for spooled in batches:
                 spooled.batch.batch_id = spooled.row_id
                 in_flight[spooled.row_id] = spooled.num_steps
                 outgoing.put(pb.EdgeMessage(steps=spooled.batch))
-                last_row = spooled.row_id
+                sent += 1
             if time.monotonic() - last_heartbeat > self.config.heartbeat_s:
                 outgoing.put(pb.EdgeMessage(heartbeat=self._heartbeat()))
                 last_heartbeat = time.monotonic()

@@ -54,12 +54,14 @@ def command(
 
 def render(status: pb.FleetStatus, target: str) -> Table:
     table = Table(title=f"fleet at {target} ({len(status.members)} resources)")
-    columns = ["resource", "kind", "state", "task", "policy", "Hz", "steps", "interventions", "seen"]
+    columns = ["resource", "kind", "state", "task", "policy", "Hz", "steps", "interventions", "backlog", "seen"]
     refusals = any(member.refused for member in status.members)
     if refusals:  # a version some robot keeps off (not signed, not buildable there): said beside that robot
         columns.append("refused")
     for column in columns:
-        table.add_column(column, justify="right" if column in ("Hz", "steps", "interventions", "seen") else "left")
+        table.add_column(
+            column, justify="right" if column in ("Hz", "steps", "interventions", "backlog", "seen") else "left"
+        )
     for member in status.members:
         caps = member.resource.capabilities
         style = STATE_STYLE.get(member.state, "white")
@@ -72,10 +74,20 @@ def render(status: pb.FleetStatus, target: str) -> Table:
             f"{caps.control_hz:.0f}",
             str(member.steps),
             str(member.interventions),
+            backlog_words(member),
             f"{member.seconds_since_seen:.1f} s ago",
         ]
         table.add_row(*row, *([escape(member.refused) or "-"] if refusals else []))
     return table
+
+
+def backlog_words(member: pb.FleetMember) -> str:
+    """What the robot holds that the cloud has not stored yet ("-": nothing): its link is slower than it records."""
+    if member.backlog_steps <= 0:
+        return "-"
+    return (
+        f"{member.backlog_steps:,} steps ({member.backlog_bytes / 1e6:.1f} MB), oldest {member.backlog_oldest_s:.0f} s"
+    )
 
 
 def call_failure(target: str, err: grpc.RpcError) -> str:

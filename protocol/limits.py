@@ -157,3 +157,8 @@ def check_heartbeat(heartbeat: pb.Heartbeat) -> None:
     check_size(heartbeat, MAX_CONTROL_MESSAGE_BYTES, "heartbeat")
     if heartbeat.state not in EDGE_STATES:
         raise CodecError("heartbeat.state", f"must be one of {list(EDGE_STATES)}, got {quoted(heartbeat.state)}")
+    for name in ("backlog_steps", "backlog_bytes"):
+        if getattr(heartbeat, name) < 0:
+            raise CodecError(f"heartbeat.{name}", f"must be >= 0, got {getattr(heartbeat, name)}")
+    if not (math.isfinite(heartbeat.backlog_oldest_s) and heartbeat.backlog_oldest_s >= 0):
+        raise CodecError("heartbeat.backlog_oldest_s", f"must be a finite age >= 0, got {heartbeat.backlog_oldest_s}")

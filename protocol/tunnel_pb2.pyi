@@ -275,12 +275,18 @@ class InferenceReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., policy_version: _Optional[int] = ..., actions: _Optional[_Union[Array, _Mapping]] = ..., error: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("mono_ns", "state")
+    __slots__ = ("mono_ns", "state", "backlog_steps", "backlog_bytes", "backlog_oldest_s")
     MONO_NS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_OLDEST_S_FIELD_NUMBER: _ClassVar[int]
     mono_ns: int
     state: str
-    def __init__(self, mono_ns: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    backlog_steps: int
+    backlog_bytes: int
+    backlog_oldest_s: float
+    def __init__(self, mono_ns: _Optional[int] = ..., state: _Optional[str] = ..., backlog_steps: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., backlog_oldest_s: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "field", "message", "batch_id")
@@ -428,7 +434,7 @@ class CloudMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ..., person: _Optional[_Union[PersonCommand, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ...) -> None: ...
 
 class FleetMember(_message.Message):
-    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused")
+    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused", "backlog_steps", "backlog_bytes", "backlog_oldest_s")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +443,9 @@ class FleetMember(_message.Message):
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_OLDEST_S_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     state: str
     task: str
@@ -445,7 +454,10 @@ class FleetMember(_message.Message):
     interventions: int
     seconds_since_seen: float
     refused: str
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ...) -> None: ...
+    backlog_steps: int
+    backlog_bytes: int
+    backlog_oldest_s: float
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ..., backlog_steps: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., backlog_oldest_s: _Optional[float] = ...) -> None: ...
 
 class FleetStatusRequest(_message.Message):
     __slots__ = ()

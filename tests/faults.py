@@ -3,6 +3,9 @@
 Edges connect to the proxy instead of the gateway. The proxy forwards bytes both ways and, on command:
 
 - ``set_delay(s)``: holds every chunk ``s`` seconds before passing it on (each direction, order kept);
+- ``set_bandwidth(bits_per_s)``: a thin link: each connection carries at most that many bits a second each way
+  (a token bucket a few KB deep); the proxy stops reading when it is behind, so the sender's TCP fills and its
+  writes wait, as on a real slow uplink. ``set_bandwidth(None)`` lifts the limit;
 - ``cut()``: the link goes down. Every current connection is reset at once and new ones are refused
   (accepted and reset at once, as a router that drops the session would) until ``restore()``;
   ``cut(blackhole=True)`` instead keeps connections open and silently drops what they send, as a link
@@ -21,6 +24,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+
+PACED_READ_BYTES = 4096  # reads of a bandwidth-limited link: small, so the pacing is smooth
+PACED_BURST_S = 0.02  # how much unused link time a paced connection may spend at once
 
 
 @dataclass
@@ -70,6 +76,7 @@ class LinkProxy:
         self.target = (target_host, target_port)
         self.listen_port = listen_port
         self.delay_s = delay_s
+        self.bandwidth_bps: float | None = None
         self.lifetime_s = lifetime_s
         self.queue_chunks = queue_chunks
         self.stats = ProxyStats()
@@ -106,6 +113,11 @@ class LinkProxy:
 
     def set_delay(self, delay_s: float) -> None:
         self.delay_s = delay_s
+
+    def set_bandwidth(self, bits_per_s: float | None) -> None:
+        """Limits each connection to ``bits_per_s`` each way (None: no limit); takes effect at the next read."""
+        assert bits_per_s is None or bits_per_s > 0, "a bandwidth is > 0 bits/s"
+        self.bandwidth_bps = bits_per_s
 
     def cut(self, duration_s: float | None = None, blackhole: bool = False) -> None:
         """Link down: reset (or, with ``blackhole``, freeze) every connection and refuse new ones."""
@@ -248,10 +260,15 @@ class LinkProxy:
                     return
 
         sender = asyncio.create_task(deliver())
+        free_at = time.monotonic()  # when the paced link has carried everything read so far
         try:
-            while data := await reader.read(1 << 16):
+            while data := await reader.read(PACED_READ_BYTES if self.bandwidth_bps else 1 << 16):
                 if connection.frozen:
                     continue  # swallowed, as by a dead link
+                if self.bandwidth_bps:  # paced before queueing: nothing is read while the link is behind
+                    free_at = max(free_at, time.monotonic() - PACED_BURST_S) + len(data) * 8 / self.bandwidth_bps
+                    if (behind := free_at - time.monotonic()) > 0:
+                        await asyncio.sleep(behind)
                 await queue.put((time.monotonic() + self.delay_s, data))
             await queue.put(None)
             await sender

@@ -119,3 +119,17 @@ def test_stops_by_itself_after_its_lifetime(echo_port) -> None:
     assert not proxy._thread.is_alive()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1).recv(1)
+
+
+def test_a_bandwidth_limit_paces_bytes_and_lifts(echo_port) -> None:
+    payload = b"x" * 100_000  # 800 kbit: 0.4 s at 2 Mbit/s (the echo comes back through the same limit)
+    with LinkProxy(echo_port) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        proxy.set_bandwidth(2e6)
+        started = time.monotonic()
+        assert roundtrip(sock, payload) == payload
+        limited = time.monotonic() - started
+        assert 0.35 < limited < 3.0, f"100 kB at 2 Mbit/s took {limited:.2f} s"
+        proxy.set_bandwidth(None)
+        started = time.monotonic()
+        assert roundtrip(sock, payload) == payload
+        assert time.monotonic() - started < limited / 4, "the limit stayed after it was lifted"

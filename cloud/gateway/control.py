@@ -64,6 +64,9 @@ class FleetControl(pb_grpc.FleetControlServicer):
                     interventions=m.interventions,
                     seconds_since_seen=now - m.last_seen,
                     refused=self._refusals(m.resource.id),
+                    backlog_steps=m.backlog.steps,
+                    backlog_bytes=m.backlog.bytes,
+                    backlog_oldest_s=m.backlog.oldest_s,
                 )
                 for m in sorted(self.fleet.members.values(), key=lambda m: m.resource.id)
             ]

@@ -33,6 +33,15 @@ class State(StrEnum):
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """Steps an edge holds that the cloud has not stored yet: above zero while its link is slower than its robot."""
+
+    steps: int = 0
+    bytes: int = 0
+    oldest_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class Requirements:
     """What a task needs from a resource; empty fields match anything."""
 
@@ -87,6 +96,7 @@ class FleetMember:
     steps: int = 0
     interventions: int = 0
     before_estop: State | None = None  # what it was doing when the emergency stop came (back to it on release)
+    backlog: Backlog = Backlog()  # its upload backlog, as its last heartbeat said
 
     @property
     def online(self) -> bool:
@@ -157,11 +167,14 @@ class FleetScheduler:
         if steps and member.state == State.ASSIGNED:
             member.state = State.RUNNING
 
-    def reported(self, resource_id: str, waiting_for: str) -> None:
-        """What the edge says it waits for (every heartbeat): WAITING_FOR_RESET, or "" while it simply works."""
+    def reported(self, resource_id: str, waiting_for: str, backlog: Backlog | None = None) -> None:
+        """What the edge says it waits for (every heartbeat): WAITING_FOR_RESET, or "" while it simply works; and
+        its upload backlog."""
         member = self.members.get(resource_id)
         if member is None:
             return
+        if backlog is not None:
+            member.backlog = backlog
         if waiting_for == WAITING_FOR_RESET and member.state in (State.ASSIGNED, State.RUNNING):
             log.info("%s waits for its scene to be reset", resource_id)
             member.state = State.WAITING_FOR_RESET

@@ -24,7 +24,7 @@ from cloud.gateway.bounds import INLINE_BYTES, DecodePool, LimitError, StreamLim
 from cloud.gateway.cameras import Camera, check_uplink, column_spec, new_dataset_codecs, stored_cameras
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.control import FleetControl
-from cloud.gateway.fleet import FleetScheduler, Requirements, Task
+from cloud.gateway.fleet import Backlog, FleetScheduler, Requirements, Task
 from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
 from cloud.gateway.internal_errors import InternalErrors
 from cloud.gateway.person_relay import PersonRelay
@@ -393,7 +393,9 @@ class Gateway(pb_grpc.TunnelServicer):
         elif kind == "heartbeat":
             check_heartbeat(message.heartbeat)
             self.fleet.seen(session.resource.id)
-            self.fleet.reported(session.resource.id, message.heartbeat.state)
+            beat = message.heartbeat
+            backlog = Backlog(beat.backlog_steps, beat.backlog_bytes, beat.backlog_oldest_s)
+            self.fleet.reported(session.resource.id, beat.state, backlog)
             session.send(pb.CloudMessage(heartbeat=pb.Heartbeat(mono_ns=time.monotonic_ns())))
         elif kind in ("live_view", "person_refused"):
             self.persons.receive(session, message)

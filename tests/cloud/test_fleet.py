@@ -1,6 +1,6 @@
 import pytest
 
-from cloud.gateway.fleet import FleetScheduler, Requirements, State, Task
+from cloud.gateway.fleet import Backlog, FleetScheduler, Requirements, State, Task
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 
 ACTION = ArraySpec("action", "float32", (4,))
@@ -179,3 +179,14 @@ def test_a_resource_takes_only_tasks_it_is_allowed_and_replaced_tasks_are_handed
     assert {m.state for m in scheduler.members.values()} == {State.ASSIGNED}
     scheduler.set_tasks([Task("pick", "pick_policy", count=0)])  # the same tasks again: nobody is disturbed
     assert len(assignments) == 4
+
+
+def test_the_backlog_an_edge_reports_is_kept_until_it_reports_again(fleet) -> None:
+    scheduler, _clock, _ = fleet
+    scheduler.register(robot("arm-1"))
+    scheduler.reported("arm-1", "", Backlog(1240, 38_000_000, 42.0))
+    assert scheduler.members["arm-1"].backlog == Backlog(1240, 38_000_000, 42.0)
+    scheduler.reported("arm-1", "")  # a report without a backlog leaves the last one
+    assert scheduler.members["arm-1"].backlog.steps == 1240
+    scheduler.reported("arm-1", "", Backlog())
+    assert scheduler.members["arm-1"].backlog.steps == 0

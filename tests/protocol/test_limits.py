@@ -197,3 +197,11 @@ def test_whatever_check_resource_accepts_the_store_and_registry_accept(
     assert STORE_NAME.match(caps.embodiment) and REGISTRY_POLICY_NAME.match(caps.embodiment)
     for spec in (*caps.observation, caps.action):
         assert np.dtype(spec.dtype).itemsize * math.prod(spec.shape) <= MAX_ROW_BYTES
+
+
+def test_a_heartbeat_backlog_is_refused_when_negative_or_not_a_number() -> None:
+    check_heartbeat(pb.Heartbeat(backlog_steps=1240, backlog_bytes=38_000_000, backlog_oldest_s=42.0))
+    assert refused(check_heartbeat, pb.Heartbeat(backlog_steps=-1)) == "heartbeat.backlog_steps"
+    assert refused(check_heartbeat, pb.Heartbeat(backlog_bytes=-5)) == "heartbeat.backlog_bytes"
+    assert refused(check_heartbeat, pb.Heartbeat(backlog_oldest_s=float("nan"))) == "heartbeat.backlog_oldest_s"
+    assert refused(check_heartbeat, pb.Heartbeat(backlog_oldest_s=-1.0)) == "heartbeat.backlog_oldest_s"
