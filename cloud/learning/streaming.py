@@ -13,6 +13,8 @@ thread fetches, through the learner's own store.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cloud.data.columns import rows_per_chunk
 from cloud.data.store import ColumnSpec, EpisodeStore
+
+log = logging.getLogger("fleetloop.learner")
 
 # Rows of an encoded camera decoded together: a cold frame costs its lead-in from the keyframe plus these
 # (64 ran 1.3x slower than 16 in bench learner-cost). Raw columns: one zarr chunk.
@@ -136,8 +140,10 @@ class FrameStream:
 
     def __init__(self, store: EpisodeStore, cache_bytes: int = 256 << 20, workers: int = 0) -> None:
         self.store = store
-        self.workers = workers
-        self._rows = _StoreRows(store, cache_bytes // max(1, workers))
+        # a daemonic process may not start children, and the cloud's learner process is one: decode in its thread
+        self._unstarted = workers if workers and multiprocessing.current_process().daemon else 0
+        self.workers = 0 if self._unstarted else workers
+        self._rows = _StoreRows(store, cache_bytes // max(1, self.workers))
         self._requests = _Requests()
         self._loader: DataLoader | None = None
 
@@ -148,6 +154,9 @@ class FrameStream:
 
     def fetch(self, requests: list[Request]) -> Iterator[dict[str, torch.Tensor]]:
         """Each request's values as tensors, in order."""
+        if self._unstarted:
+            log.info("camera frames are decoded in the learner's thread: its process may not start loader workers")
+            self._unstarted = 0
         if self.workers == 0:
             for request in requests:
                 yield {k: torch.from_numpy(v) for k, v in self._rows[request].items()}

@@ -47,8 +47,10 @@ def test_the_reward_classifier_ends_episodes_while_it_says_success_and_not_after
     # v1 ended an episode every few steps; with v2 the robot runs on for 120 steps and none ends by the classifier.
     wait_until(lambda: sum(e.num_steps for e in episodes()) >= steps + 120, 30, "120 more steps stored")
     after = judged()
-    assert len(after) <= ended_by_v1 + 1, "episodes still ended by the classifier after v2"  # one verdict in flight
-    assert all(e.labelled_by.endswith(" v1") for e in after)
+    # Episodes v1 ended before the swap may still be on their way up (a loaded machine's upload backlog held three);
+    # none is ever ended by v2, which never says success.
+    assert len(after) <= ended_by_v1 + 4, "episodes still ended by the classifier after v2"
+    assert all(e.labelled_by.endswith(" v1") for e in after), [e.labelled_by for e in after]
 
     edge_log, cloud_log = fleet.log("cart-1"), fleet.log("cloud")
     assert f"cart-1 judges success with reward classifier {CLASSIFIER} v1" in edge_log
