@@ -1,14 +1,14 @@
 """Every command line of the README, run as written, does what the README says.
 
-The commands are read from README.md's ```bash blocks. ``COVERED`` (readme_covered.py) lists each one under the scenario that runs it, so
-a command added to the README without a scenario here fails ``test_every_readme_command_is_run``. A scenario runs its
-commands through bash in a fresh folder (with the checkout's ``launch/`` beside it, as in a checkout) and changes only
-what would clash with parallel tests: the ports 7070/7071 become free ports, the ROS 2 domain 7 a free one, the lab's
-host name ``cloud.lab.example`` becomes ``localhost`` (the certificate names loopback too), a command that dials the
-default cloud address (127.0.0.1:7070) is given the scenario's, and placeholders (``flt_...``) become the tokens the
-scenario's own ``devices add`` printed. Servers are checked while they run (listening, what the fleet shows, what the
-store holds), then stopped; one-shot commands must exit 0 (or with the code the README gives) and have done what the
-README says.
+The commands are read from README.md's ```bash blocks. ``COVERED`` (readme_covered.py) lists each one under the scenario
+that runs it, so a command added to the README without a scenario here fails ``test_every_readme_command_is_run``. A
+scenario runs its commands through bash in a fresh folder (with the checkout's ``launch/`` beside it, as in a checkout)
+and changes only what would clash with parallel tests: the ports 7070/7071 become free ports, the ROS 2 domain 7 a free
+one, the lab's host name ``cloud.lab.example`` becomes ``localhost`` (the certificate names loopback too), a command
+that dials the default cloud address (127.0.0.1:7070) is given the scenario's, and placeholders (``flt_...``) become the
+tokens the scenario's own ``devices add`` printed. Servers are checked while they run (listening, what the fleet shows,
+what the store holds), then stopped; one-shot commands must exit 0 (or with the code the README gives) and have done
+what the README says.
 """
 
 from __future__ import annotations
