@@ -174,3 +174,71 @@ class PacketMuxer:
 
     def close(self) -> None:
         self.delegate.close()
+
+
+def _episode_span(lerobot: Any, episode: int, key: str) -> tuple[Path, float, float]:
+    """The MP4 holding ``key`` of an episode of a LeRobotDataset, and the episode's time span within it."""
+    meta = lerobot.meta
+    row = meta.episodes[episode]
+    start, stop = float(row[f"videos/{key}/from_timestamp"]), float(row[f"videos/{key}/to_timestamp"])
+    return Path(lerobot.root) / meta.get_video_file_path(episode, key), start, stop
+
+
+def _starts_at_keyframes(lerobot: Any, key: str) -> str:
+    """ "" when every episode's first packet of ``key`` is a keyframe; else which episode is not (no decoding)."""
+    firsts: dict[Path, dict[float, int]] = {}
+    for episode in range(lerobot.meta.total_episodes):
+        path, start, _ = _episode_span(lerobot, episode, key)
+        firsts.setdefault(path, {})[round(start, 3)] = episode
+    for path, wanted in firsts.items():
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                episode = wanted.pop(round(float(packet.pts * stream.time_base), 3), None)
+                if episode is not None and not packet.is_keyframe:
+                    return f"episode {episode} starts between keyframes"
+        if wanted:
+            return f"episode {next(iter(wanted.values()))} has no frame at its from_timestamp"
+    return ""
+
+
+def packet_features(lerobot: Any, features: dict[str, str]) -> dict[str, str]:
+    """Which video features of a LeRobotDataset the store can keep as their packets: lerobot feature -> codec.
+
+    ``features`` maps lerobot features to store columns. A video qualifies when its codec is H.264 or AV1, its
+    sides are whole 16-pixel blocks (the store's decoder expects that coded size) and each episode starts at a
+    keyframe of its file; the others are decoded, as images are, and the log says why.
+    """
+    kept = {}
+    for key in features:
+        feature = lerobot.meta.features[key]
+        if feature.get("dtype") != "video":
+            continue
+        info = feature.get("info") or {}
+        codec = MP4_CODECS.get(str(info.get("video.codec", "")), "")
+        height, width = int(info.get("video.height", 0)), int(info.get("video.width", 0))
+        reason = (
+            f"its codec {info.get('video.codec')!r} is not one the store keeps"
+            if not codec
+            else why_not_passthrough(ColumnSpec("|u1", (height, width, 3), codec)) or _starts_at_keyframes(lerobot, key)
+        )
+        if reason:
+            log.info("import: video %s is decoded into frames (%s)", key, reason)
+        else:
+            log.info("import: video %s is kept as its %s packets, not decoded", key, codec)
+            kept[key] = codec
+    return kept
+
+
+def episode_packets(lerobot: Any, episode: int, key: str, steps: int) -> PacketColumn:
+    """One episode's packets of a video feature, in store form; ValueError when they are not one per step."""
+    path, start, stop = _episode_span(lerobot, episode, key)
+    found = demux(path, start, stop)
+    if len(found.packets) != steps or not found.keyframe[0]:
+        raise ValueError(
+            f"--from: {key} of episode {episode} has {len(found.packets)} packets for {steps} frames "
+            f"in {path.name} [{start:.3f}s, {stop:.3f}s)"
+        )
+    return PacketColumn(found.codec, tuple(found.packets), found.keyframe)

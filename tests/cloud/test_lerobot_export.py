@@ -409,3 +409,44 @@ def test_h264_camera_is_exported_as_its_stored_packets(tmp_path) -> None:
             frame = dataset[int(starts[index]) + i]["observation.images.pixels"].numpy()
             got = np.clip(np.rint(np.moveaxis(frame, 0, -1) * 255), 0, 255).astype(np.uint8)
             assert psnr(expected[i], got) >= 45, (episode_id, i)
+
+
+def test_h264_export_imports_back_as_the_same_packets(tmp_path) -> None:
+    store, packets = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    back = EpisodeStore(tmp_path / "back")
+    report = import_lerobot(back, out, progress=False)
+    assert (report.imported, report.steps) == (3, 35)
+    assert back.schema("cam")["obs.pixels"].codec == "h264"  # kept encoded, not decoded into raw frames
+    index = back.read("cam", ["episode_index"])["episode_index"]
+    stored = back.read_packets("cam", "obs.pixels")
+    for number, (episode_id, _, n) in enumerate(VIDEO_EPISODES):
+        rows = np.flatnonzero(index == back.episode(episode_id_for("local/cam", number)).index)
+        assert len(rows) == n
+        assert [stored.packets[r] for r in rows] == list(packets[episode_id].packets)  # byte for byte
+        assert stored.keyframe[rows].tolist() == packets[episode_id].keyframe.tolist()
+    state = back.read("cam", ["obs.state"])["obs.state"]
+    assert state.shape == (35, 3)
+
+
+def test_av1_camera_round_trips_as_its_packets(tmp_path) -> None:
+    """AV1 packets lose their temporal delimiter in the MP4 (ISO-BMFF forbids it) and get it back on import."""
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("cam", {**SCHEMA, "obs.pixels": ColumnSpec("|u1", CAMERA, "av1")})
+    encoder = CameraEncoder("av1", CAMERA[1], CAMERA[0], 10, gop=4)
+    coded = [p for frame in scene(10, 0) for p in encoder.encode(frame)] + encoder.flush()
+    packets = PacketColumn("av1", tuple(p.data for p in coded), np.array([p.keyframe for p in coded]))
+    columns = {k: v for k, v in episode_columns(np.random.default_rng(1), 10, 0, True).items() if k != "obs.pixels"}
+    store.write([StepRows("cam", "ep-av1", "robot-1", "sim", "pick", 0, columns | {"obs.pixels": packets})])
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/av1", progress=False)
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["features"]["observation.images.pixels"]["info"]["video.codec"] == "av1"
+    frame = LeRobotDataset("local/av1", root=out)[9]["observation.images.pixels"].numpy()
+    got = np.clip(np.rint(np.moveaxis(frame, 0, -1) * 255), 0, 255).astype(np.uint8)
+    assert psnr(store.read("cam", ["obs.pixels"])["obs.pixels"][9], got) >= 45
+    back = EpisodeStore(tmp_path / "back")
+    import_lerobot(back, out, progress=False)
+    assert back.schema("cam")["obs.pixels"].codec == "av1"
+    assert back.read_packets("cam", "obs.pixels").packets == packets.packets
