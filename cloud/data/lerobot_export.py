@@ -18,10 +18,13 @@ directory through ``LeRobotDataset.create`` + ``add_frame``/``save_episode``/``f
 | episode's resource id   | ``resource_id`` (a per-frame string feature, which lerobot 0.6.1 supports) |
 | episode's task          | the frame's ``task`` (lerobot's task index) |
 
-Scalars become shape ``(1,)`` features, as lerobot stores them. Images are stored as PNG frames embedded in the
-parquet files by default: lossless, so values read back equal what the store holds. ``video=True`` encodes
-them with lerobot's default AV1 encoder instead (lossy; measured here to need frames of at least 32x32: SVT-AV1
-killed the process with SIGFPE on 16x16 ones).
+Scalars become shape ``(1,)`` features, as lerobot stores them. A camera the store keeps as H.264 or AV1 packets
+(sides in whole 16-pixel blocks) becomes a video feature whose MP4s are those packets, remuxed: nothing is decoded
+or re-encoded, so the frames lerobot reads are the ones the store's decoder gives (``cloud.data.lerobot_video``).
+Other images are stored as PNG frames embedded in the parquet files by default: lossless, so values read back
+equal what the store holds (a JPEG camera: its decoded frames). ``video=True`` encodes them with lerobot's default
+AV1 encoder instead (lossy; measured here to need frames of at least 32x32: SVT-AV1 killed the process with SIGFPE
+on 16x16 ones). The log says which way each camera goes.
 
 The store does not keep a resource's control rate, so ``fps`` is the caller's, or else derived from the steps'
 ``t_mono_ns`` (the edge stamps each tick of its fixed-rate loop): the median step interval, rounded to whole
@@ -96,6 +99,7 @@ class ExportReport:
     episodes: int
     frames: int
     features: dict[str, str] = field(default_factory=dict)  # store column -> lerobot feature
+    kept_encoded: dict[str, str] = field(default_factory=dict)  # store column -> codec its video file keeps
 
 
 def is_image(dtype: str, shape: tuple[int, ...]) -> bool:
@@ -404,4 +408,5 @@ def export_lerobot(
     _describe_packet_videos(out, [names[c] for c in packets])
     meta = _provenance(store, plan, fps_from)
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
-    return ExportReport(out, repo_id, dataset, fps, fps_from, len(episodes), frames, meta["features"])
+    kept = {c: schema[c].codec for c in sorted(packets)}
+    return ExportReport(out, repo_id, dataset, fps, fps_from, len(episodes), frames, meta["features"], kept)

@@ -5,7 +5,11 @@ episodes into one store dataset, as if an operator had driven every step: source
 ``intervention=True`` on every step (so the HG-DAgger learner trains on them), ``policy_version`` 0, and resource
 id ``"import:<repo_id>"`` unless one is given. Features map back the way ``cloud.data.lerobot_export`` maps them out:
 
-- ``observation.images.<n>`` (image or video) -> ``obs.<n>``, uint8 height x width x 3;
+- ``observation.images.<n>`` (image or video) -> ``obs.<n>``, uint8 height x width x 3; an H.264 or AV1 video
+  whose sides are whole 16-pixel blocks and whose episodes each start at a keyframe stays encoded: its packets are
+  demuxed into the store's packet column, never decoded (``cloud.data.lerobot_video``). A video with an episode
+  starting between keyframes is decoded whole, as other videos and images are (the log says so): cutting the
+  lead-in out or re-encoding it would change frames or their count;
 - ``observation.<n>`` -> ``obs.<n>`` (``observation.state`` -> ``obs.state``);
 - ``action`` -> ``action``;
 - ``next.reward``/``next.done``/``next.success``/``t_mono_ns`` -> ``reward``/``done``/``success``/``t_mono_ns``
@@ -59,6 +63,7 @@ class ImportReport:
     steps: int  # rows written
     columns: dict[str, str] = field(default_factory=dict)  # lerobot feature -> store column
     ignored: list[str] = field(default_factory=list)  # lerobot features not taken over
+    kept_encoded: dict[str, str] = field(default_factory=dict)  # lerobot feature -> codec stored as its packets
 
 
 def episode_id_for(repo_id: str, episode_index: int) -> str:
@@ -244,7 +249,9 @@ def import_lerobot(
             raise ValueError(f"--dataset: {name} cannot hold {source}: {err}") from err
         held = store.schema(name)  # a dataset that existed keeps its codecs: packets go only where they match
         packets = {key: codec for key, codec in packets.items() if held[columns[key]].codec == codec}
-        report = ImportReport(name, repo_id, resource_id, lerobot.meta.total_episodes, 0, 0, 0, columns, ignored)
+        report = ImportReport(
+            name, repo_id, resource_id, lerobot.meta.total_episodes, 0, 0, 0, columns, ignored, dict(packets)
+        )
         _write_episodes(store, lerobot, _Source(schema, packets), report, f"{source} -> {name}", progress)
     return report
 

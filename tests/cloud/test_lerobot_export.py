@@ -14,6 +14,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cloud.data.lerobot_export import META_FILE, Selection, export_lerobot
 from cloud.data.lerobot_import import episode_id_for, import_lerobot
+from cloud.data.lerobot_video import mux
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import schema_for
 from protocol.video import CameraEncoder, PacketColumn, psnr
@@ -450,3 +451,23 @@ def test_av1_camera_round_trips_as_its_packets(tmp_path) -> None:
     import_lerobot(back, out, progress=False)
     assert back.schema("cam")["obs.pixels"].codec == "av1"
     assert back.read_packets("cam", "obs.pixels").packets == packets.packets
+
+
+def test_video_with_an_episode_starting_between_keyframes_is_imported_decoded(tmp_path, caplog) -> None:
+    """The MP4 is one H.264 stream over all three episodes, keyframes every 12 frames: the third episode (from frame
+    21) starts between keyframes, so that camera cannot be kept as packets and is decoded instead."""
+    store, _ = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    video = next((out / "videos/observation.images.pixels").rglob("*.mp4"))
+    encoder = CameraEncoder("h264", CAMERA[1], CAMERA[0], 10, gop=12)
+    coded = [p for frame in scene(35, 0) for p in encoder.encode(frame)] + encoder.flush()
+    mux(PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded])), 10, video)
+    back = EpisodeStore(tmp_path / "back")
+    with caplog.at_level("INFO", logger="fleetloop"):
+        report = import_lerobot(back, out, progress=False)
+    assert report.kept_encoded == {} and back.schema("cam")["obs.pixels"].codec == ""
+    assert "video observation.images.pixels is decoded into frames (episode 2 starts between keyframes)" in caplog.text
+    frames = back.read("cam", ["obs.pixels"])["obs.pixels"]
+    assert frames.shape == (35, *CAMERA)
+    assert min(psnr(scene(35, 0)[i], frames[i]) for i in (0, 21, 34)) >= 30  # the frames lerobot decoded

@@ -88,6 +88,7 @@ def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path, codec
     done = fleetloop(tmp_path, "export", "--root", str(tmp_path / "data"), "--dataset", "pusht", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exported 4 episodes (34 frames, 10 fps from the step timestamps)" in done.stderr
+    assert ("the stored packets, not re-encoded: obs.pixels (h264)" in done.stderr) == bool(codec)
     dataset = LeRobotDataset("fleetloop/pusht", root=out)
     assert (dataset.num_episodes, dataset.num_frames, dataset.fps) == (4, rows, 10)
     assert [int(e["length"]) for e in dataset.meta.episodes] == list(LENGTHS)
@@ -144,6 +145,7 @@ def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path, codec
         assert done.returncode == 0, done.stdout + done.stderr
         expected = f"imported 4 episodes ({rows} steps)" if attempt == 0 else "imported 0 episodes (0 steps)"
         assert expected in done.stderr, done.stderr
+        assert ("not decoded: observation.images.pixels (h264)" in done.stderr) == bool(codec)
     assert not (fresh / "zarr.json").exists()  # no second store beside the one the cloud reads
     store = EpisodeStore(fresh / "store")
     assert store.committed_rows("pusht") == rows
