@@ -471,3 +471,26 @@ def test_video_with_an_episode_starting_between_keyframes_is_imported_decoded(tm
     frames = back.read("cam", ["obs.pixels"])["obs.pixels"]
     assert frames.shape == (35, *CAMERA)
     assert min(psnr(scene(35, 0)[i], frames[i]) for i in (0, 21, 34)) >= 30  # the frames lerobot decoded
+
+
+def test_raw_camera_beside_an_h264_one_is_encoded_by_lerobot(tmp_path) -> None:
+    """With --video, a raw camera goes to lerobot's own AV1 encoder while the H.264 one keeps its packets."""
+    store = EpisodeStore(tmp_path / "store")
+    wrist = ColumnSpec("|u1", (32, 32, 3))
+    store.ensure_dataset("cam", {**VIDEO_SCHEMA, "obs.wrist": wrist})
+    encoder = CameraEncoder("h264", CAMERA[1], CAMERA[0], 10, gop=5)
+    coded = [p for frame in scene(8, 0) for p in encoder.encode(frame)] + encoder.flush()
+    packets = PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded]))
+    columns = {k: v for k, v in episode_columns(np.random.default_rng(2), 8, 0, True).items() if k != "obs.pixels"}
+    columns |= {"obs.pixels": packets, "obs.wrist": scene(8, 1)[:, :32, :32]}
+    store.write([StepRows("cam", "ep-mixed", "robot-1", "sim", "pick", 0, columns)])
+    out = tmp_path / "lerobot"
+    report = export_lerobot(store, "cam", out, repo_id="local/mixed", video=True, progress=False)
+    assert report.kept_encoded == {"obs.pixels": "h264"}
+    features = json.loads((out / "meta/info.json").read_text())["features"]
+    assert features["observation.images.pixels"]["info"]["video.codec"] == "h264"
+    assert features["observation.images.wrist"]["info"]["video.codec"] == "av1"
+    assert mp4_annexb_packets(next((out / "videos/observation.images.pixels").rglob("*.mp4"))) == list(packets.packets)
+    item = LeRobotDataset("local/mixed", root=out)[7]
+    got = np.clip(np.rint(np.moveaxis(item["observation.images.wrist"].numpy(), 0, -1) * 255), 0, 255)
+    assert psnr(scene(8, 1)[7, :32, :32], got.astype(np.uint8)) >= 30  # lossy AV1 from lerobot, still the frame
