@@ -240,7 +240,7 @@ def import_lerobot(
                 schema[column] = ColumnSpec(dtype, ())  # a fleetloop export of a scalar column: scalar again
         name = _dataset_name(dataset, meta, lerobot.meta.robot_type, repo_id)
         _check_not_elsewhere(store, repo_id, lerobot.meta.total_episodes, name, resource_id)  # before it is created
-        packets = packet_features(lerobot, columns)
+        packets = packet_features(lerobot, columns, schema)
         for key, codec in packets.items():
             schema[columns[key]] = replace(schema[columns[key]], codec=codec)
         try:
@@ -273,7 +273,7 @@ def _episode_rows(lerobot: Any, source: _Source, columns: dict[str, str], episod
     schema = source.schema
     out: dict[str, Any] = {c: np.zeros((n, *spec.shape), spec.dtype) for c, spec in schema.items() if c not in kept}
     for key in source.packets:
-        out[columns[key]] = episode_packets(lerobot, episode, key, n)
+        out[columns[key]] = episode_packets(lerobot, episode, key, schema[columns[key]].shape, n)
     decode = any(lerobot.meta.features[key]["dtype"] == "video" for key in columns if key not in source.packets)
     columns = {key: column for key, column in columns.items() if key not in source.packets}
     out["intervention"][:] = True  # a demonstration: every action is a person's

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 from cloud.data.columns import ColumnSpec
-from protocol.video import PacketColumn
+from protocol.video import PacketColumn, max_packet_bytes
 
 log = logging.getLogger("fleetloop")
 
@@ -184,8 +184,9 @@ def _episode_span(lerobot: Any, episode: int, key: str) -> tuple[Path, float, fl
     return Path(lerobot.root) / meta.get_video_file_path(episode, key), start, stop
 
 
-def _starts_at_keyframes(lerobot: Any, key: str) -> str:
-    """ "" when every episode's first packet of ``key`` is a keyframe; else which episode is not (no decoding)."""
+def _file_problem(lerobot: Any, key: str, codec: str, shape: tuple[int, ...]) -> str:
+    """ "" when every file of ``key`` holds ``codec`` at the feature's size (whatever info.json claims) and every
+    episode's first packet is a keyframe; else what is wrong. Reads packet headers only, decodes nothing."""
     firsts: dict[Path, dict[float, int]] = {}
     for episode in range(lerobot.meta.total_episodes):
         path, start, _ = _episode_span(lerobot, episode, key)
@@ -193,6 +194,9 @@ def _starts_at_keyframes(lerobot: Any, key: str) -> str:
     for path, wanted in firsts.items():
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            found = MP4_CODECS.get(stream.codec_context.codec.canonical_name, "")
+            if (found, stream.height, stream.width) != (codec, shape[0], shape[1]):
+                return f"{path.name} holds {stream.codec_context.codec.canonical_name} {stream.width}x{stream.height}"
             for packet in container.demux(stream):
                 if packet.pts is None:
                     continue
@@ -204,25 +208,25 @@ def _starts_at_keyframes(lerobot: Any, key: str) -> str:
     return ""
 
 
-def packet_features(lerobot: Any, features: dict[str, str]) -> dict[str, str]:
+def packet_features(lerobot: Any, columns: dict[str, str], schema: dict[str, ColumnSpec]) -> dict[str, str]:
     """Which video features of a LeRobotDataset the store can keep as their packets: lerobot feature -> codec.
 
-    ``features`` maps lerobot features to store columns. A video qualifies when its codec is H.264 or AV1, its
-    sides are whole 16-pixel blocks (the store's decoder expects that coded size) and each episode starts at a
-    keyframe of its file; the others are decoded, as images are, and the log says why.
+    ``columns`` maps lerobot features to store columns, ``schema`` gives those columns. A video qualifies when its
+    files hold H.264 or AV1 at the column's size, whole 16-pixel blocks (the store's decoder expects that coded
+    size), and each episode starts at a keyframe; the others are decoded, as images are, and the log says why.
     """
     kept = {}
-    for key in features:
+    for key, column in columns.items():
         feature = lerobot.meta.features[key]
         if feature.get("dtype") != "video":
             continue
         info = feature.get("info") or {}
         codec = MP4_CODECS.get(str(info.get("video.codec", "")), "")
-        height, width = int(info.get("video.height", 0)), int(info.get("video.width", 0))
+        spec = replace(schema[column], codec=codec)
         reason = (
             f"its codec {info.get('video.codec')!r} is not one the store keeps"
             if not codec
-            else why_not_passthrough(ColumnSpec("|u1", (height, width, 3), codec)) or _starts_at_keyframes(lerobot, key)
+            else why_not_passthrough(spec) or _file_problem(lerobot, key, codec, spec.shape)
         )
         if reason:
             log.info("import: video %s is decoded into frames (%s)", key, reason)
@@ -232,13 +236,18 @@ def packet_features(lerobot: Any, features: dict[str, str]) -> dict[str, str]:
     return kept
 
 
-def episode_packets(lerobot: Any, episode: int, key: str, steps: int) -> PacketColumn:
+def episode_packets(lerobot: Any, episode: int, key: str, shape: tuple[int, ...], steps: int) -> PacketColumn:
     """One episode's packets of a video feature, in store form; ValueError when they are not one per step."""
     path, start, stop = _episode_span(lerobot, episode, key)
+    height, width = shape[:2]
     found = demux(path, start, stop)
     if len(found.packets) != steps or not found.keyframe[0]:
         raise ValueError(
             f"--from: {key} of episode {episode} has {len(found.packets)} packets for {steps} frames "
             f"in {path.name} [{start:.3f}s, {stop:.3f}s)"
         )
+    limit = max_packet_bytes(width, height)
+    for index, data in enumerate(found.packets):
+        if not data or len(data) > limit:  # what the gateway refuses from a device, refused from a file too
+            raise ValueError(f"--from: {key} of episode {episode}: frame {index} is {len(data)} bytes (1-{limit})")
     return PacketColumn(found.codec, tuple(found.packets), found.keyframe)

@@ -13,8 +13,8 @@ import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cloud.data.lerobot_export import META_FILE, Selection, export_lerobot
-from cloud.data.lerobot_import import episode_id_for, import_lerobot
-from cloud.data.lerobot_video import mux
+from cloud.data.lerobot_import import episode_id_for, import_lerobot, store_columns
+from cloud.data.lerobot_video import mux, packet_features
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import schema_for
 from protocol.video import CameraEncoder, PacketColumn, psnr
@@ -494,3 +494,19 @@ def test_raw_camera_beside_an_h264_one_is_encoded_by_lerobot(tmp_path) -> None:
     item = LeRobotDataset("local/mixed", root=out)[7]
     got = np.clip(np.rint(np.moveaxis(item["observation.images.wrist"].numpy(), 0, -1) * 255), 0, 255)
     assert psnr(scene(8, 1)[7, :32, :32], got.astype(np.uint8)) >= 30  # lossy AV1 from lerobot, still the frame
+
+
+def test_video_whose_file_disagrees_with_info_json_is_not_kept_as_packets(tmp_path, caplog) -> None:
+    """A dataset's info.json says 64x48 H.264 but the file holds 32x32: its packets would not be the camera."""
+    store, _ = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    video = next((out / "videos/observation.images.pixels").rglob("*.mp4"))
+    encoder = CameraEncoder("h264", 32, 32, 10, gop=5)
+    coded = [p for frame in scene(35, 0)[:, :32, :32] for p in encoder.encode(frame)] + encoder.flush()
+    mux(PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded])), 10, video)
+    dataset = LeRobotDataset("local/cam", root=out)
+    columns, schema, _ = store_columns(dataset.features)
+    with caplog.at_level("INFO", logger="fleetloop"):
+        assert packet_features(dataset, columns, schema) == {}
+    assert "is decoded into frames (file-000.mp4 holds h264 32x32)" in caplog.text
