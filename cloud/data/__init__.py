@@ -15,6 +15,7 @@
 - ``lerobot_export``   episodes out as a LeRobotDataset v3
 - ``lerobot_import``   a LeRobotDataset in as offline demonstrations
 - ``lerobot_progress`` the bar both directions show, with ``datasets``' own bars off meanwhile
+- ``lerobot_video``    H.264/AV1 cameras between store packets and LeRobotDataset MP4s, remuxed (no decode/encode)
 
 May import ``protocol`` and ``policies``; no other room of the cloud.
 """

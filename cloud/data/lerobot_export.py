@@ -18,10 +18,13 @@ directory through ``LeRobotDataset.create`` + ``add_frame``/``save_episode``/``f
 | episode's resource id   | ``resource_id`` (a per-frame string feature, which lerobot 0.6.1 supports) |
 | episode's task          | the frame's ``task`` (lerobot's task index) |
 
-Scalars become shape ``(1,)`` features, as lerobot stores them. Images are stored as PNG frames embedded in the
-parquet files by default: lossless, so values read back equal what the store holds. ``video=True`` encodes
-them with lerobot's default AV1 encoder instead (lossy; measured here to need frames of at least 32x32: SVT-AV1
-killed the process with SIGFPE on 16x16 ones).
+Scalars become shape ``(1,)`` features, as lerobot stores them. A camera the store keeps as H.264 or AV1 packets
+(sides in whole 16-pixel blocks) becomes a video feature whose MP4s are those packets, remuxed: nothing is decoded
+or re-encoded, so the frames lerobot reads are the ones the store's decoder gives (``cloud.data.lerobot_video``).
+Other images are stored as PNG frames embedded in the parquet files by default: lossless, so values read back
+equal what the store holds (a JPEG camera: its decoded frames). ``video=True`` encodes them with lerobot's default
+AV1 encoder instead (lossy; measured here to need frames of at least 32x32: SVT-AV1 killed the process with SIGFPE
+on 16x16 ones). The log says which way each camera goes.
 
 The store does not keep a resource's control rate, so ``fps`` is the caller's, or else derived from the steps'
 ``t_mono_ns`` (the edge stamps each tick of its fixed-rate loop): the median step interval, rounded to whole
@@ -35,6 +38,7 @@ Errors are ValueErrors that start with the ``fleetloop export`` flag they concer
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +47,11 @@ from typing import Any
 import numpy as np
 
 from cloud.data.lerobot_progress import datasets_bars_off, episode_bar
+from cloud.data.lerobot_video import PacketMuxer, why_not_passthrough
 from cloud.data.store import EpisodeRecord, EpisodeStore
+from protocol.video import PacketColumn
+
+log = logging.getLogger("fleetloop")
 
 META_FILE = "meta/fleetloop.json"  # fleetloop's provenance, next to lerobot's info.json
 META_FORMAT = 1
@@ -59,6 +67,16 @@ RESOURCE_FEATURE = "resource_id"
 IMAGE_PREFIX = "observation.images."
 MIN_VIDEO_SIDE = 32
 MAX_FPS = 1000
+STREAM_INFO = {  # what lerobot's get_video_info reads from a video file itself
+    "video.height",
+    "video.width",
+    "video.codec",
+    "video.pix_fmt",
+    "video.fps",
+    "video.channels",
+    "has_audio",
+    "is_depth_map",
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,7 @@ class ExportReport:
     episodes: int
     frames: int
     features: dict[str, str] = field(default_factory=dict)  # store column -> lerobot feature
+    kept_encoded: dict[str, str] = field(default_factory=dict)  # store column -> codec its video file keeps
 
 
 def is_image(dtype: str, shape: tuple[int, ...]) -> bool:
@@ -99,8 +118,9 @@ def feature_of(column: str, dtype: str, shape: tuple[int, ...]) -> str:
     return f"{IMAGE_PREFIX}{name}" if is_image(dtype, shape) else f"observation.{name}"
 
 
-def lerobot_features(schema: dict, video: bool) -> dict[str, dict[str, Any]]:
-    """lerobot's feature spec for a store schema (see the module docstring), keyed by lerobot feature."""
+def lerobot_features(schema: dict, video: bool, packets: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """lerobot's feature spec for a store schema (see the module docstring), keyed by lerobot feature; the
+    columns in ``packets`` become videos whatever ``video`` says (their stored packets are the video)."""
     features: dict[str, dict[str, Any]] = {}
     for column, spec in schema.items():
         if column in ("seq", "episode_index"):
@@ -108,7 +128,7 @@ def lerobot_features(schema: dict, video: bool) -> dict[str, dict[str, Any]]:
         name = feature_of(column, spec.dtype, spec.shape)
         if is_image(spec.dtype, spec.shape):
             features[name] = {
-                "dtype": "video" if video else "image",
+                "dtype": "video" if video or column in packets else "image",
                 "shape": tuple(spec.shape),
                 "names": ["height", "width", "channels"],
             }
@@ -200,14 +220,36 @@ def _check_arguments(out: Path, repo_id: str, fps: int | None) -> None:
         raise ValueError(f"--fps: must be a whole number of frames per second in 1-{MAX_FPS}, got {fps}")
 
 
-def _check_video_sizes(schema: dict) -> None:
+def _check_video_sizes(schema: dict, packets: frozenset[str]) -> None:
     """Refuses images the AV1 encoder cannot take (see the module docstring)."""
-    small = [c for c, s in schema.items() if is_image(s.dtype, s.shape) and min(s.shape[:2]) < MIN_VIDEO_SIDE]
+    small = [
+        c
+        for c, s in schema.items()
+        if is_image(s.dtype, s.shape) and c not in packets and min(s.shape[:2]) < MIN_VIDEO_SIDE
+    ]
     if small:
         raise ValueError(
             f"--video: {small[0]} is {schema[small[0]].shape[0]}x{schema[small[0]].shape[1]}; the AV1 encoder "
             f"needs at least {MIN_VIDEO_SIDE}x{MIN_VIDEO_SIDE} (export without --video to store images)"
         )
+
+
+def _packet_columns(schema: dict, video: bool) -> frozenset[str]:
+    """The encoded cameras whose stored packets become the video files as they are; says in the log what happens
+    to every camera."""
+    kept = set()
+    for column, spec in schema.items():
+        if not is_image(spec.dtype, spec.shape):
+            continue
+        reason = why_not_passthrough(spec)
+        if not reason:
+            kept.add(column)
+            log.info("export: camera %s goes into the video files as its stored %s packets", column, spec.codec)
+        elif video:
+            log.info("export: camera %s is decoded and re-encoded by lerobot as AV1 (%s)", column, reason)
+        else:
+            log.info("export: camera %s is written as PNG images (%s; --video encodes it as AV1)", column, reason)
+    return frozenset(kept)
 
 
 @dataclass(frozen=True)
@@ -223,12 +265,17 @@ class _Plan:
     rows: dict[int, np.ndarray]
     schema: dict
     names: dict[str, str]  # store column -> lerobot feature, in schema order
+    packets: frozenset[str] = frozenset()  # encoded columns whose stored packets become the video files
 
 
 def _add_episode(store: EpisodeStore, plan: _Plan, record: EpisodeRecord, lerobot: Any) -> int:
     """Adds one store episode to ``lerobot`` as one LeRobot episode; returns its frame count."""
     rows = plan.rows[record.index]
     data = _read_episode(store, plan.dataset, rows, list(plan.names))
+    if plan.packets:
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        muxer = lerobot.writer._streaming_encoder  # the PacketMuxer _create put there
+        muxer.load({plan.names[c]: _episode_packets(store, plan.dataset, c, rows, lo, hi) for c in plan.packets})
     for i in range(len(rows)):
         frame: dict[str, Any] = {"task": record.task or plan.dataset, RESOURCE_FEATURE: record.resource_id}
         for column, feature in plan.names.items():
@@ -239,24 +286,43 @@ def _add_episode(store: EpisodeStore, plan: _Plan, record: EpisodeRecord, lerobo
     return len(rows)
 
 
-def _write_frames(store: EpisodeStore, plan: _Plan, progress: bool) -> int:
-    """Writes every planned episode through lerobot's writer; returns the frame count. Removes ``out`` on failure."""
-    images = [c for c in plan.names if is_image(plan.schema[c].dtype, plan.schema[c].shape)]
+def _episode_packets(store: EpisodeStore, dataset: str, column: str, rows: np.ndarray, lo: int, hi: int) -> Any:
+    """An episode's stored packets of one camera, in its step order (its rows interleave with other episodes')."""
+    stored = store.read_packets(dataset, column, lo, hi)
+    picked = rows - lo
+    return PacketColumn(stored.codec, tuple(stored.packets[i] for i in picked), stored.keyframe[picked])
 
+
+def _create(plan: _Plan) -> Any:
+    """lerobot's writer for the plan; with a ``PacketMuxer`` for its video files when cameras keep their packets."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    images = [c for c in plan.names if is_image(plan.schema[c].dtype, plan.schema[c].shape)]
+    longest = max(len(r) for r in plan.rows.values())
+    lerobot = LeRobotDataset.create(
+        plan.repo_id,
+        fps=plan.fps,
+        features=lerobot_features(plan.schema, plan.video, plan.packets),
+        root=plan.out,
+        robot_type=plan.dataset,
+        use_videos=plan.video or bool(plan.packets),
+        image_writer_threads=4 if images else 0,
+        streaming_encoding=bool(plan.packets),
+        encoder_queue_maxsize=longest + 1,  # lerobot's streaming encoder drops frames when its queue is full
+    )
+    if plan.packets:
+        # lerobot 0.6.1's writer takes any object with StreamingVideoEncoder's methods as its streaming encoder
+        keys = [plan.names[c] for c in plan.packets]
+        lerobot.writer._streaming_encoder = PacketMuxer(plan.fps, keys, lerobot.writer._streaming_encoder)
+    return lerobot
+
+
+def _write_frames(store: EpisodeStore, plan: _Plan, progress: bool) -> int:
+    """Writes every planned episode through lerobot's writer; returns the frame count. Removes ``out`` on failure."""
     frames = 0
     try:
         with datasets_bars_off():
-            lerobot = LeRobotDataset.create(
-                plan.repo_id,
-                fps=plan.fps,
-                features=lerobot_features(plan.schema, plan.video),
-                root=plan.out,
-                robot_type=plan.dataset,
-                use_videos=plan.video,
-                image_writer_threads=4 if images else 0,
-            )
+            lerobot = _create(plan)
             with episode_bar("export", "frames", progress) as bar:
                 task = bar.add_task(f"{plan.dataset} -> {plan.out}", total=len(plan.episodes), frames=0)
                 for record in plan.episodes:
@@ -267,6 +333,19 @@ def _write_frames(store: EpisodeStore, plan: _Plan, progress: bool) -> int:
         shutil.rmtree(plan.out, ignore_errors=True)  # a half-written dataset would only mislead its reader
         raise
     return frames
+
+
+def _describe_packet_videos(out: Path, features: list[str]) -> None:
+    """Drops from ``meta/info.json`` the encoder settings lerobot records for its own encodes (its AV1 crf and
+    preset...): videos muxed from stored packets were not made with them; what the file itself says stays."""
+    if not features:
+        return
+    path = out / "meta" / "info.json"
+    info = json.loads(path.read_text())
+    for feature in features:
+        video = info["features"][feature].get("info", {})
+        info["features"][feature]["info"] = {k: v for k, v in video.items() if k in STREAM_INFO}
+    path.write_text(json.dumps(info, indent=4))
 
 
 def _provenance(store: EpisodeStore, plan: _Plan, fps_from: str) -> dict[str, Any]:
@@ -317,14 +396,17 @@ def export_lerobot(
     store.refresh()
     episodes = select_episodes(store, dataset, selection)
     schema = store.schema(dataset)
+    packets = _packet_columns(schema, video)
     if video:
-        _check_video_sizes(schema)
+        _check_video_sizes(schema, packets)
     rows = _rows_by_episode(store, dataset, episodes)
     fps_from = "flag" if fps is not None else "t_mono_ns"
     fps = int(fps) if fps is not None else infer_fps(store, dataset, rows)
     names = {c: feature_of(c, s.dtype, s.shape) for c, s in schema.items() if c not in ("seq", "episode_index")}
-    plan = _Plan(out, repo_id, dataset, fps, video, episodes, rows, schema, names)
+    plan = _Plan(out, repo_id, dataset, fps, video, episodes, rows, schema, names, packets)
     frames = _write_frames(store, plan, progress)
+    _describe_packet_videos(out, [names[c] for c in packets])
     meta = _provenance(store, plan, fps_from)
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
-    return ExportReport(out, repo_id, dataset, fps, fps_from, len(episodes), frames, meta["features"])
+    kept = {c: schema[c].codec for c in sorted(packets)}
+    return ExportReport(out, repo_id, dataset, fps, fps_from, len(episodes), frames, meta["features"], kept)

@@ -5,7 +5,11 @@ episodes into one store dataset, as if an operator had driven every step: source
 ``intervention=True`` on every step (so the HG-DAgger learner trains on them), ``policy_version`` 0, and resource
 id ``"import:<repo_id>"`` unless one is given. Features map back the way ``cloud.data.lerobot_export`` maps them out:
 
-- ``observation.images.<n>`` (image or video) -> ``obs.<n>``, uint8 height x width x 3;
+- ``observation.images.<n>`` (image or video) -> ``obs.<n>``, uint8 height x width x 3; an H.264 or AV1 video
+  whose sides are whole 16-pixel blocks and whose episodes each start at a keyframe stays encoded: its packets are
+  demuxed into the store's packet column, never decoded (``cloud.data.lerobot_video``). A video with an episode
+  starting between keyframes is decoded whole, as other videos and images are (the log says so): cutting the
+  lead-in out or re-encoding it would change frames or their count;
 - ``observation.<n>`` -> ``obs.<n>`` (``observation.state`` -> ``obs.state``);
 - ``action`` -> ``action``;
 - ``next.reward``/``next.done``/``next.success``/``t_mono_ns`` -> ``reward``/``done``/``success``/``t_mono_ns``
@@ -29,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ import numpy as np
 
 from cloud.data.lerobot_export import IMAGE_PREFIX, META_FILE, STEP_FEATURES
 from cloud.data.lerobot_progress import datasets_bars_off, episode_bar
+from cloud.data.lerobot_video import episode_packets, packet_features
 from cloud.data.store import NAME, ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import PROVENANCE_COLUMNS
 
@@ -58,6 +63,7 @@ class ImportReport:
     steps: int  # rows written
     columns: dict[str, str] = field(default_factory=dict)  # lerobot feature -> store column
     ignored: list[str] = field(default_factory=list)  # lerobot features not taken over
+    kept_encoded: dict[str, str] = field(default_factory=dict)  # lerobot feature -> codec stored as its packets
 
 
 def episode_id_for(repo_id: str, episode_index: int) -> str:
@@ -173,8 +179,16 @@ def _check_not_elsewhere(store: EpisodeStore, repo_id: str, episodes: int, name:
             )
 
 
+@dataclass(frozen=True)
+class _Source:
+    """How the store takes the dataset: its schema, and the video features kept as packets (feature -> codec)."""
+
+    schema: dict[str, ColumnSpec]
+    packets: dict[str, str]
+
+
 def _write_episodes(
-    store: EpisodeStore, lerobot: Any, schema: dict[str, ColumnSpec], report: ImportReport, label: str, shown: bool
+    store: EpisodeStore, lerobot: Any, source: _Source, report: ImportReport, label: str, shown: bool
 ) -> None:
     """Writes each episode the store does not hold whole, in group commits of about ``WRITE_ROWS`` steps."""
     pending: list[StepRows] = []
@@ -188,7 +202,7 @@ def _write_episodes(
             if stop <= start or (stored is not None and stored.num_steps >= stop - start):
                 report.skipped += 1
             else:
-                rows = _episode_rows(lerobot, schema, report.columns, start, stop)
+                rows = _episode_rows(lerobot, source, report.columns, episode_index, (start, stop))
                 report.steps += len(rows["action"]) - (stored.num_steps if stored else 0)
                 report.imported += 1
                 task_text = rows.pop("task")
@@ -226,25 +240,48 @@ def import_lerobot(
                 schema[column] = ColumnSpec(dtype, ())  # a fleetloop export of a scalar column: scalar again
         name = _dataset_name(dataset, meta, lerobot.meta.robot_type, repo_id)
         _check_not_elsewhere(store, repo_id, lerobot.meta.total_episodes, name, resource_id)  # before it is created
+        packets = packet_features(lerobot, columns, schema)
+        for key, codec in packets.items():
+            schema[columns[key]] = replace(schema[columns[key]], codec=codec)
         try:
             store.ensure_dataset(name, schema)
         except ValueError as err:
             raise ValueError(f"--dataset: {name} cannot hold {source}: {err}") from err
-        report = ImportReport(name, repo_id, resource_id, lerobot.meta.total_episodes, 0, 0, 0, columns, ignored)
-        _write_episodes(store, lerobot, schema, report, f"{source} -> {name}", progress)
+        held = store.schema(name)  # a dataset that existed keeps its codecs: packets go only where they match
+        packets = {key: codec for key, codec in packets.items() if held[columns[key]].codec == codec}
+        report = ImportReport(
+            name, repo_id, resource_id, lerobot.meta.total_episodes, 0, 0, 0, columns, ignored, dict(packets)
+        )
+        _write_episodes(store, lerobot, _Source(schema, packets), report, f"{source} -> {name}", progress)
     return report
 
 
-def _episode_rows(lerobot, schema: dict[str, ColumnSpec], columns: dict[str, str], start: int, stop: int) -> dict:
+def _item(lerobot: Any, index: int, decode: bool) -> dict:
+    """Frame ``index`` of the dataset; without ``decode``, its parquet row alone (lerobot decodes no video)."""
+    if decode:
+        return lerobot[index]  # lerobot's own reader: decodes images and videos
+    item = dict(lerobot.hf_dataset[index])
+    item["task"] = lerobot.meta.tasks.iloc[int(item["task_index"])].name  # as lerobot's reader names it
+    return item
+
+
+def _episode_rows(lerobot: Any, source: _Source, columns: dict[str, str], episode: int, span: tuple[int, int]) -> dict:
     """One episode's frames [start, stop) as store columns (and its task under "task")."""
+    start, stop = span
     n = stop - start
-    out: dict[str, Any] = {column: np.zeros((n, *spec.shape), spec.dtype) for column, spec in schema.items()}
+    kept = {columns[key] for key in source.packets}
+    schema = source.schema
+    out: dict[str, Any] = {c: np.zeros((n, *spec.shape), spec.dtype) for c, spec in schema.items() if c not in kept}
+    for key in source.packets:
+        out[columns[key]] = episode_packets(lerobot, episode, key, schema[columns[key]].shape, n)
+    decode = any(lerobot.meta.features[key]["dtype"] == "video" for key in columns if key not in source.packets)
+    columns = {key: column for key, column in columns.items() if key not in source.packets}
     out["intervention"][:] = True  # a demonstration: every action is a person's
     out["policy_version"][:] = 0
     have = set(columns.values())
     task = ""
     for i in range(n):
-        item = lerobot[start + i]  # lerobot's own reader: decodes images and videos
+        item = _item(lerobot, start + i, decode)
         if i == 0:
             task = str(item.get("task", ""))
         for key, column in columns.items():

@@ -44,6 +44,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         report.out,
         report.repo_id,
     )
+    if report.kept_encoded:
+        kept = ", ".join(f"{c} ({codec})" for c, codec in report.kept_encoded.items())
+        log.info("cameras whose video files are the stored packets, not re-encoded: %s", kept)
     return 0
 
 
@@ -65,5 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--source", nargs="+", action="extend", default=[], help="only these sources (sim, robot...)")
     export.add_argument("--include-unfinished", action="store_true", help="also episodes that have not ended")
     export.add_argument("--fps", type=_positive_fps, default=None, help="default: from the steps' timestamps")
-    export.add_argument("--video", action="store_true", help="encode images as AV1 video (lossy) instead of PNG")
+    export.add_argument(
+        "--video",
+        action="store_true",
+        help="encode raw and JPEG cameras as AV1 video (lossy) instead of PNG; H.264/AV1 cameras always go "
+        "as video, their stored packets unchanged",
+    )
     export.set_defaults(func=cmd_export)

@@ -40,6 +40,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         report.skipped,
         f" (features not taken over: {', '.join(report.ignored)})" if report.ignored else "",
     )
+    if report.kept_encoded:
+        kept = ", ".join(f"{k} ({codec})" for k, codec in report.kept_encoded.items())
+        log.info("videos stored as their packets, not decoded: %s", kept)
     return 0
 
 

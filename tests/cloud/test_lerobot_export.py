@@ -7,14 +7,17 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the Hub: every dataset is a local directory
 
+import av
 import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cloud.data.lerobot_export import META_FILE, Selection, export_lerobot
-from cloud.data.lerobot_import import episode_id_for, import_lerobot
+from cloud.data.lerobot_import import episode_id_for, import_lerobot, store_columns
+from cloud.data.lerobot_video import mux, packet_features
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from protocol.steps import schema_for
+from protocol.video import CameraEncoder, PacketColumn, psnr
 
 IMAGE = (12, 10, 3)  # height, width, channels: not square, so a swapped axis shows
 SCHEMA = {
@@ -329,3 +332,181 @@ def test_an_encoded_camera_column_exports_as_its_decoded_frames(tmp_path) -> Non
         assert psnr(original, pixels) >= 35, index
     assert store.bad_frames == 0
     store.close()
+
+
+# --- encoded cameras: the stored packets become the video files (and come back) without decoding ---
+
+CAMERA = (48, 64, 3)  # whole 16-pixel blocks, so the stored H.264 is the picture lerobot reads
+VIDEO_SCHEMA = {**SCHEMA, "obs.pixels": ColumnSpec("|u1", CAMERA, "h264")}
+VIDEO_EPISODES = [("ep-a", "robot-1", 12), ("ep-b", "robot-2", 9), ("ep-c", "robot-1", 14)]
+
+
+def scene(n: int, phase: int) -> np.ndarray:
+    """A smooth moving picture (a gradient and a bright square sliding across), not noise."""
+    y, x = np.mgrid[: CAMERA[0], : CAMERA[1]]
+    frames = np.zeros((n, *CAMERA), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0] = (x * 3 + i * 4 + phase * 40) % 256
+        frames[i, ..., 1] = (y * 4 + phase * 20) % 256
+        frames[i, ..., 2] = 90
+        top, left = (i * 2 + phase) % 30, (i * 3 + phase * 7) % 44
+        frames[i, top : top + 16, left : left + 16] = 240
+    return frames
+
+
+def build_video_store(root) -> tuple[EpisodeStore, dict[str, PacketColumn]]:
+    """A store whose camera is H.264 (a keyframe every 5 steps), episodes written interleaved as a gateway does."""
+    store = EpisodeStore(root)
+    store.ensure_dataset("cam", VIDEO_SCHEMA)
+    rng = np.random.default_rng(3)
+    columns, packets = {}, {}
+    for phase, (episode_id, _, n) in enumerate(VIDEO_EPISODES):
+        encoder = CameraEncoder("h264", CAMERA[1], CAMERA[0], 10, gop=5)
+        coded = [p for frame in scene(n, phase) for p in encoder.encode(frame)] + encoder.flush()
+        packets[episode_id] = PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded]))
+        columns[episode_id] = {k: v for k, v in episode_columns(rng, n, phase, True).items() if k != "obs.pixels"}
+    for half in (0, 1):
+        batches = []
+        for episode_id, resource, n in VIDEO_EPISODES:
+            rows = slice(0, n // 2) if half == 0 else slice(n // 2, n)
+            part = {k: v[rows] for k, v in columns[episode_id].items()} | {"obs.pixels": packets[episode_id][rows]}
+            batches.append(StepRows("cam", episode_id, resource, "sim", "pick", rows.start, part))
+        store.write(batches)
+    return store, packets
+
+
+def mp4_annexb_packets(path) -> list[bytes]:
+    """Every packet of an MP4's video stream, as H.264 Annex B (the store's form), read with PyAV alone."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        bsf = av.BitStreamFilterContext("h264_mp4toannexb", stream)
+        return [bytes(p) for packet in container.demux(stream) if packet.size for p in bsf.filter(packet)]
+
+
+def test_h264_camera_is_exported_as_its_stored_packets(tmp_path) -> None:
+    store, packets = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    report = export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    assert (report.episodes, report.frames) == (3, 35)
+
+    info = json.loads((out / "meta/info.json").read_text())
+    feature = info["features"]["observation.images.pixels"]
+    assert feature["dtype"] == "video" and feature["info"]["video.codec"] == "h264"
+    videos = sorted((out / "videos/observation.images.pixels").rglob("*.mp4"))
+    assert len(videos) == 1  # lerobot joined the three episodes into one file, by remuxing
+    stored = [p for episode_id, _, _ in VIDEO_EPISODES for p in packets[episode_id].packets]
+    assert mp4_annexb_packets(videos[0]) == stored  # byte for byte: nothing was decoded or encoded
+
+    dataset = LeRobotDataset("local/cam", root=out)
+    starts = np.cumsum([0] + [n for _, _, n in VIDEO_EPISODES])
+    for index, (episode_id, _, n) in enumerate(VIDEO_EPISODES):
+        episode = dataset.meta.episodes[index]
+        assert episode["videos/observation.images.pixels/from_timestamp"] == pytest.approx(starts[index] / 10)
+        assert episode["videos/observation.images.pixels/to_timestamp"] == pytest.approx(starts[index + 1] / 10)
+        record = store.episode(episode_id)
+        rows = np.flatnonzero(store.read("cam", ["episode_index"])["episode_index"] == record.index)
+        expected = store.read("cam", ["obs.pixels"])["obs.pixels"][rows]  # the store's own decoding
+        for i in range(n):
+            frame = dataset[int(starts[index]) + i]["observation.images.pixels"].numpy()
+            got = np.clip(np.rint(np.moveaxis(frame, 0, -1) * 255), 0, 255).astype(np.uint8)
+            assert psnr(expected[i], got) >= 45, (episode_id, i)
+
+
+def test_h264_export_imports_back_as_the_same_packets(tmp_path) -> None:
+    store, packets = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    back = EpisodeStore(tmp_path / "back")
+    report = import_lerobot(back, out, progress=False)
+    assert (report.imported, report.steps) == (3, 35)
+    assert back.schema("cam")["obs.pixels"].codec == "h264"  # kept encoded, not decoded into raw frames
+    index = back.read("cam", ["episode_index"])["episode_index"]
+    stored = back.read_packets("cam", "obs.pixels")
+    for number, (episode_id, _, n) in enumerate(VIDEO_EPISODES):
+        rows = np.flatnonzero(index == back.episode(episode_id_for("local/cam", number)).index)
+        assert len(rows) == n
+        assert [stored.packets[r] for r in rows] == list(packets[episode_id].packets)  # byte for byte
+        assert stored.keyframe[rows].tolist() == packets[episode_id].keyframe.tolist()
+    state = back.read("cam", ["obs.state"])["obs.state"]
+    assert state.shape == (35, 3)
+
+
+def test_av1_camera_round_trips_as_its_packets(tmp_path) -> None:
+    """AV1 packets lose their temporal delimiter in the MP4 (ISO-BMFF forbids it) and get it back on import."""
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("cam", {**SCHEMA, "obs.pixels": ColumnSpec("|u1", CAMERA, "av1")})
+    encoder = CameraEncoder("av1", CAMERA[1], CAMERA[0], 10, gop=4)
+    coded = [p for frame in scene(10, 0) for p in encoder.encode(frame)] + encoder.flush()
+    packets = PacketColumn("av1", tuple(p.data for p in coded), np.array([p.keyframe for p in coded]))
+    columns = {k: v for k, v in episode_columns(np.random.default_rng(1), 10, 0, True).items() if k != "obs.pixels"}
+    store.write([StepRows("cam", "ep-av1", "robot-1", "sim", "pick", 0, columns | {"obs.pixels": packets})])
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/av1", progress=False)
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["features"]["observation.images.pixels"]["info"]["video.codec"] == "av1"
+    frame = LeRobotDataset("local/av1", root=out)[9]["observation.images.pixels"].numpy()
+    got = np.clip(np.rint(np.moveaxis(frame, 0, -1) * 255), 0, 255).astype(np.uint8)
+    assert psnr(store.read("cam", ["obs.pixels"])["obs.pixels"][9], got) >= 45
+    back = EpisodeStore(tmp_path / "back")
+    import_lerobot(back, out, progress=False)
+    assert back.schema("cam")["obs.pixels"].codec == "av1"
+    assert back.read_packets("cam", "obs.pixels").packets == packets.packets
+
+
+def test_video_with_an_episode_starting_between_keyframes_is_imported_decoded(tmp_path, caplog) -> None:
+    """The MP4 is one H.264 stream over all three episodes, keyframes every 12 frames: the third episode (from frame
+    21) starts between keyframes, so that camera cannot be kept as packets and is decoded instead."""
+    store, _ = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    video = next((out / "videos/observation.images.pixels").rglob("*.mp4"))
+    encoder = CameraEncoder("h264", CAMERA[1], CAMERA[0], 10, gop=12)
+    coded = [p for frame in scene(35, 0) for p in encoder.encode(frame)] + encoder.flush()
+    mux(PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded])), 10, video)
+    back = EpisodeStore(tmp_path / "back")
+    with caplog.at_level("INFO", logger="fleetloop"):
+        report = import_lerobot(back, out, progress=False)
+    assert report.kept_encoded == {} and back.schema("cam")["obs.pixels"].codec == ""
+    assert "video observation.images.pixels is decoded into frames (episode 2 starts between keyframes)" in caplog.text
+    frames = back.read("cam", ["obs.pixels"])["obs.pixels"]
+    assert frames.shape == (35, *CAMERA)
+    assert min(psnr(scene(35, 0)[i], frames[i]) for i in (0, 21, 34)) >= 30  # the frames lerobot decoded
+
+
+def test_raw_camera_beside_an_h264_one_is_encoded_by_lerobot(tmp_path) -> None:
+    """With --video, a raw camera goes to lerobot's own AV1 encoder while the H.264 one keeps its packets."""
+    store = EpisodeStore(tmp_path / "store")
+    wrist = ColumnSpec("|u1", (32, 32, 3))
+    store.ensure_dataset("cam", {**VIDEO_SCHEMA, "obs.wrist": wrist})
+    encoder = CameraEncoder("h264", CAMERA[1], CAMERA[0], 10, gop=5)
+    coded = [p for frame in scene(8, 0) for p in encoder.encode(frame)] + encoder.flush()
+    packets = PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded]))
+    columns = {k: v for k, v in episode_columns(np.random.default_rng(2), 8, 0, True).items() if k != "obs.pixels"}
+    columns |= {"obs.pixels": packets, "obs.wrist": scene(8, 1)[:, :32, :32]}
+    store.write([StepRows("cam", "ep-mixed", "robot-1", "sim", "pick", 0, columns)])
+    out = tmp_path / "lerobot"
+    report = export_lerobot(store, "cam", out, repo_id="local/mixed", video=True, progress=False)
+    assert report.kept_encoded == {"obs.pixels": "h264"}
+    features = json.loads((out / "meta/info.json").read_text())["features"]
+    assert features["observation.images.pixels"]["info"]["video.codec"] == "h264"
+    assert features["observation.images.wrist"]["info"]["video.codec"] == "av1"
+    assert mp4_annexb_packets(next((out / "videos/observation.images.pixels").rglob("*.mp4"))) == list(packets.packets)
+    item = LeRobotDataset("local/mixed", root=out)[7]
+    got = np.clip(np.rint(np.moveaxis(item["observation.images.wrist"].numpy(), 0, -1) * 255), 0, 255)
+    assert psnr(scene(8, 1)[7, :32, :32], got.astype(np.uint8)) >= 30  # lossy AV1 from lerobot, still the frame
+
+
+def test_video_whose_file_disagrees_with_info_json_is_not_kept_as_packets(tmp_path, caplog) -> None:
+    """A dataset's info.json says 64x48 H.264 but the file holds 32x32: its packets would not be the camera."""
+    store, _ = build_video_store(tmp_path / "store")
+    out = tmp_path / "lerobot"
+    export_lerobot(store, "cam", out, repo_id="local/cam", progress=False)
+    video = next((out / "videos/observation.images.pixels").rglob("*.mp4"))
+    encoder = CameraEncoder("h264", 32, 32, 10, gop=5)
+    coded = [p for frame in scene(35, 0)[:, :32, :32] for p in encoder.encode(frame)] + encoder.flush()
+    mux(PacketColumn("h264", tuple(p.data for p in coded), np.array([p.keyframe for p in coded])), 10, video)
+    dataset = LeRobotDataset("local/cam", root=out)
+    columns, schema, _ = store_columns(dataset.features)
+    with caplog.at_level("INFO", logger="fleetloop"):
+        assert packet_features(dataset, columns, schema) == {}
+    assert "is decoded into frames (file-000.mp4 holds h264 32x32)" in caplog.text

@@ -12,6 +12,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
+import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
@@ -20,6 +21,7 @@ from cloud.learning.config import LearnerConfig
 from cloud.learning.learner import HGDaggerLearner
 from policies.weights import policy_from_bytes
 from protocol.steps import schema_for
+from protocol.video import CameraEncoder, PacketColumn
 
 LENGTHS = (9, 8, 10, 7)
 
@@ -44,11 +46,13 @@ def fleetloop(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def robot_store(root: Path) -> int:
-    """A pusht-like dataset: a 32x32 camera, a 2-d state and action, two robots, some steps operator-driven."""
+def robot_store(root: Path, codec: str = "") -> int:
+    """A pusht-like dataset: a 32x32 camera (raw, or stored as ``codec`` packets), a 2-d state and action, two
+    robots, some steps operator-driven."""
     schema = schema_for([("pixels", "uint8", (32, 32, 3)), ("state", "float32", (2,))], ("float32", (2,)))
+    specs = {k: ColumnSpec(d, s, codec if k == "obs.pixels" else "") for k, (d, s) in schema.items()}
     with EpisodeStore(root) as store:
-        store.ensure_dataset("pusht", {k: ColumnSpec(d, s) for k, (d, s) in schema.items()})
+        store.ensure_dataset("pusht", specs)
         rng = np.random.default_rng(1)
         for index, n in enumerate(LENGTHS):
             state = rng.uniform(0, 1, (n, 2)).astype(np.float32)
@@ -64,22 +68,32 @@ def robot_store(root: Path) -> int:
                 "t_mono_ns": np.arange(n, dtype=np.int64) * 100_000_000,  # 10 Hz
             }
             resource = f"pusht-{index % 2 + 1}"
+            if codec:
+                encoder = CameraEncoder(codec, 32, 32, 10)
+                coded = [p for frame in columns["obs.pixels"] for p in encoder.encode(frame)] + encoder.flush()
+                columns["obs.pixels"] = PacketColumn(
+                    codec, tuple(p.data for p in coded), np.array([p.keyframe for p in coded])
+                )
             store.write([StepRows("pusht", f"ep-{index}", resource, "sim", "push the T", 0, columns)])
         return store.committed_rows("pusht")
 
 
-def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path) -> None:
-    rows = robot_store(tmp_path / "data" / "store")
+@pytest.mark.parametrize("codec", ["", "h264"], ids=["raw-camera", "h264-camera"])
+def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path, codec: str) -> None:
+    """With an H.264 camera the export's video file is the stored packets, and the import keeps them."""
+    rows = robot_store(tmp_path / "data" / "store", codec)
     out = tmp_path / "pusht-lerobot"
 
     # 1. `fleetloop export` of the cloud's data folder, read back by lerobot's own LeRobotDataset
     done = fleetloop(tmp_path, "export", "--root", str(tmp_path / "data"), "--dataset", "pusht", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exported 4 episodes (34 frames, 10 fps from the step timestamps)" in done.stderr
+    assert ("the stored packets, not re-encoded: obs.pixels (h264)" in done.stderr) == bool(codec)
     dataset = LeRobotDataset("fleetloop/pusht", root=out)
     assert (dataset.num_episodes, dataset.num_frames, dataset.fps) == (4, rows, 10)
     assert [int(e["length"]) for e in dataset.meta.episodes] == list(LENGTHS)
     assert sorted(set(dataset.hf_dataset["resource_id"])) == ["pusht-1", "pusht-2"]
+    assert dataset.features["observation.images.pixels"]["dtype"] == ("video" if codec else "image")
 
     # 2. lerobot-train on it: a tiny ACT, nothing downloaded, three steps, a checkpoint written
     train_dir = tmp_path / "train"
@@ -131,9 +145,11 @@ def test_export_trains_with_lerobot_and_import_seeds_the_learner(tmp_path) -> No
         assert done.returncode == 0, done.stdout + done.stderr
         expected = f"imported 4 episodes ({rows} steps)" if attempt == 0 else "imported 0 episodes (0 steps)"
         assert expected in done.stderr, done.stderr
+        assert ("not decoded: observation.images.pixels (h264)" in done.stderr) == bool(codec)
     assert not (fresh / "zarr.json").exists()  # no second store beside the one the cloud reads
     store = EpisodeStore(fresh / "store")
     assert store.committed_rows("pusht") == rows
+    assert store.schema("pusht")["obs.pixels"].codec == codec  # an H.264 camera stays H.264, never decoded
     assert {(e.source, e.resource_id, e.done) for e in store.episodes("pusht")} == {
         ("import", "import:fleetloop/pusht", True)
     }
