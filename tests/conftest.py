@@ -29,7 +29,8 @@ E2E = ROOT / "tests" / "e2e"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The end-to-end tests first: the long ones start early and the short unit tests fill the workers' last minutes,
     # rather than one worker finishing a long test alone at the end.
-    items.sort(key=lambda item: not item.path.is_relative_to(E2E))
+    # The README's scenarios (minutes each, several processes) lead them.
+    items.sort(key=lambda item: (not item.path.is_relative_to(E2E), item.path.name != "test_readme_commands.py"))
     for item in items:
         if item.path.is_relative_to(E2E):
             item.add_marker(pytest.mark.e2e)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 from cloud.data.layout import DataLayout
 from cloud.data.version_registry import PolicyRegistry
@@ -29,12 +31,20 @@ def learner_signer(layout: DataLayout) -> Signer:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     signer = Signer.generate()
-    try:  # O_EXCL: two first starts at once keep the key the first one wrote
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return Signer.from_private_file(path)
+    # Written whole under a name of its own, then linked into place (atomic, never replacing): two first starts at
+    # once (torchrun's ranks) keep the key the first one linked, and neither reads a half-written file.
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    temporary = Path(name)
     with os.fdopen(fd, "wb") as file:
         file.write(signer.private_pem())
+        file.flush()
+        os.fsync(file.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return Signer.from_private_file(path)
+    finally:
+        temporary.unlink()
     _write_public(layout, signer)
     log.info("made the learner's signing key %s; robots check versions against %s", path, layout.learner_public_key)
     return signer
@@ -42,9 +52,11 @@ def learner_signer(layout: DataLayout) -> Signer:
 
 def _write_public(layout: DataLayout, signer: Signer) -> None:
     layout.learner_public_key.parent.mkdir(parents=True, exist_ok=True)
-    temporary = layout.learner_public_key.with_suffix(".tmp")
-    temporary.write_bytes(signer.public_pem())
-    temporary.replace(layout.learner_public_key)
+    fd, name = tempfile.mkstemp(suffix=".tmp", dir=layout.learner_public_key.parent)
+    with os.fdopen(fd, "wb") as file:
+        file.write(signer.public_pem())
+    os.chmod(name, 0o644)
+    os.replace(name, layout.learner_public_key)
 
 
 def signing_registry(layout: DataLayout) -> PolicyRegistry:
