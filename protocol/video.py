@@ -98,11 +98,10 @@ def default_gop(fps: float) -> int:
     return max(1, round(fps * DEFAULT_GOP_S))
 
 
-def _coded_size(codec: str, width: int, height: int) -> tuple[int, int]:
+def _coded_size(width: int, height: int) -> tuple[int, int]:
     """The size the codec works at: whole 16-pixel macroblocks, the frame padded by repeating its edge. 4:2:0 needs
     even sides at least, and mjpeg reads a partial block's missing pixels from whatever lies past the row's end,
     so an odd-sized camera's border came out different at every run."""
-    del codec  # every codec: one rule keeps encoder and decoder in agreement
     return -(-width // 16) * 16, -(-height // 16) * 16
 
 
@@ -155,7 +154,7 @@ class CameraEncoder:
             # (the failures that matter come back as return codes, raised here as CodecError).
             os.environ.setdefault("SVT_LOG", "0")
         self.codec, self.width, self.height, self.gop, self.camera = codec, width, height, gop, camera
-        self._coded = _coded_size(codec, width, height)
+        self._coded = _coded_size(width, height)
         context = av.CodecContext.create(_ENCODERS[codec], "w")
         context.width, context.height = self._coded
         context.pix_fmt = "yuvj420p" if codec == "jpeg" else "yuv420p"
@@ -233,7 +232,7 @@ class CameraDecoder:
         _check_camera(codec, width, height, camera)
         self.codec, self.width, self.height, self.camera = codec, width, height, camera
         self.packet_limit = packet_limit or max_packet_bytes(width, height)
-        self._coded = _coded_size(codec, width, height)
+        self._coded = _coded_size(width, height)
         self._context: av.CodecContext | None = None
 
     def reset(self) -> None:
