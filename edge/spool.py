@@ -29,6 +29,7 @@ from protocol.arrays import decode_array
 
 URGENT, AUTONOMOUS = 0, 1  # a batch's upload priority (lower goes first)
 AUTONOMOUS_SHARE = 4  # with both kinds waiting, one batch in this many is the oldest autonomous one
+PAGE_BYTES = 65536  # SQLite's largest page
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Spool:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # Big pages for a new spool (an existing one keeps its own): a camera batch spans a few pages, not hundreds,
+        # so reading and dropping it walks a short overflow chain. Only takes effect before the first table exists.
+        self._db.execute(f"PRAGMA page_size={PAGE_BYTES}")
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives a killed process (the contract here); FULL would also survive power loss.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -175,12 +179,29 @@ class Spool:
 
     def ack(self, episode_id: str, next_seq: int) -> int:
         """Drops the batches of an episode that the cloud holds entirely; returns how many."""
+        return self.ack_many([(episode_id, next_seq)])
+
+    def ack_many(self, acks: Collection[tuple[str, int]]) -> int:
+        """``ack`` for each (episode_id, next_seq), in one transaction (one WAL commit for a burst of acks)."""
+        if not acks:
+            return 0
         with self._lock:
-            freed = self._db.execute(
-                "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ? RETURNING length(payload)",
-                (episode_id, next_seq),
-            ).fetchall()
-            self._bytes -= sum(size for (size,) in freed)
+            self._db.execute("BEGIN")
+            try:
+                freed = [
+                    size
+                    for episode_id, next_seq in acks
+                    for (size,) in self._db.execute(
+                        "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?"
+                        " RETURNING length(payload)",
+                        (episode_id, next_seq),
+                    ).fetchall()
+                ]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._bytes -= sum(freed)
             return len(freed)
 
     def held(self) -> dict[str, int]:
