@@ -85,6 +85,14 @@ class Spool:
         self._db.execute("CREATE INDEX IF NOT EXISTS batches_order ON batches (priority, row_id)")
         self._lock = threading.Lock()
         (self._bytes,) = self._db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM batches").fetchone()
+        self._path = str(path)
+        # ack_later: episode -> next_seq acked and not yet deleted (the uploader skips what it covers), and the thread
+        # that deletes it on a connection of its own, so the upload never waits for a delete
+        self._acked_to: dict[str, int] = {}
+        self._acked_lock = threading.Lock()
+        self._trim_wake = threading.Event()
+        self._trimmer: threading.Thread | None = None
+        self._closing = False
 
     @property
     def size_bytes(self) -> int:
@@ -131,17 +139,13 @@ class Spool:
         return [_spooled(*row) for row in rows]
 
     def next_to_send(self, skip: Collection[int], limit: int, turn: int = 0) -> list[SpooledBatch]:
-        """Up to ``limit`` batches to upload next, not in ``skip`` (in flight, or refused this session): urgent
-        episodes first, oldest first, except that slot ``turn % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1`` (counted
-        from ``turn``, the number of batches the caller sent so far) takes the oldest autonomous batch."""
+        """Up to ``limit`` batches to upload next, not in ``skip`` (in flight, or refused this session) nor acked:
+        urgent episodes first, oldest first, except that slot ``turn % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1``
+        (counted from ``turn``, the number of batches the caller sent so far) takes the oldest autonomous batch."""
         if limit <= 0:
             return []
-        wanted = limit + len(skip)  # the skipped are at most the window plus the refused: a short read
-        with self._lock:
-            urgent = self._ids(URGENT, wanted)
-            autonomous = self._ids(AUTONOMOUS, wanted)
-        urgent = [i for i in urgent if i not in skip]
-        autonomous = [i for i in autonomous if i not in skip]
+        urgent = self._unsent(URGENT, skip, limit)
+        autonomous = self._unsent(AUTONOMOUS, skip, limit)
         chosen: list[int] = []
         while len(chosen) < limit and (urgent or autonomous):
             share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
@@ -149,11 +153,25 @@ class Spool:
             chosen.append(source.pop(0))
         return self._load(chosen)
 
-    def _ids(self, priority: int, limit: int) -> list[int]:
-        rows = self._db.execute(
-            "SELECT row_id FROM batches WHERE priority = ? ORDER BY row_id LIMIT ?", (priority, limit)
-        ).fetchall()
-        return [row_id for (row_id,) in rows]
+    def _unsent(self, priority: int, skip: Collection[int], limit: int) -> list[int]:
+        """The oldest ``limit`` row ids of ``priority`` neither in ``skip`` nor acked (read page by page: the ones
+        left out are at most the window, the refused and what the trimmer has not yet deleted)."""
+        with self._acked_lock:
+            acked_to = dict(self._acked_to)
+        chosen: list[int] = []
+        after, page = 0, limit + len(skip) + len(acked_to)
+        while len(chosen) < limit:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT row_id, episode_id, first_seq + num_steps FROM batches WHERE priority = ? AND row_id > ?"
+                    " ORDER BY row_id LIMIT ?",
+                    (priority, after, page),
+                ).fetchall()
+            chosen += [i for i, episode, end in rows if i not in skip and end > acked_to.get(episode, 0)]
+            if len(rows) < page:
+                break
+            after = rows[-1][0]
+        return chosen[:limit]
 
     def _load(self, row_ids: list[int]) -> list[SpooledBatch]:
         """The batches of ``row_ids``, in that order (one that an ack dropped meanwhile is left out)."""
@@ -204,6 +222,45 @@ class Spool:
             self._bytes -= sum(freed)
             return len(freed)
 
+    def ack_later(self, episode_id: str, next_seq: int) -> None:
+        """``ack``, without waiting for the delete: the batches it covers are no longer offered for upload at once,
+        and leave the disk on the spool's trimmer thread (``close`` finishes what it has not done)."""
+        with self._acked_lock:
+            if next_seq <= self._acked_to.get(episode_id, 0):
+                return
+            self._acked_to[episode_id] = next_seq
+            if self._trimmer is None:
+                self._trimmer = threading.Thread(target=self._trim, name="spool-trimmer", daemon=True)
+                self._trimmer.start()
+        self._trim_wake.set()
+
+    def _trim(self) -> None:
+        # Its own connection: in WAL mode the uploader's reads go on while this one deletes.
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        try:
+            while True:
+                self._trim_wake.wait()
+                self._trim_wake.clear()
+                with self._acked_lock:
+                    acked = dict(self._acked_to)
+                if not acked and self._closing:
+                    return
+                for episode_id, next_seq in acked.items():
+                    freed = db.execute(
+                        "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?"
+                        " RETURNING length(payload)",
+                        (episode_id, next_seq),
+                    ).fetchall()
+                    with self._lock:
+                        self._bytes -= sum(size for (size,) in freed)
+                    with self._acked_lock:
+                        if self._acked_to.get(episode_id) == next_seq:  # nothing newer came meanwhile
+                            del self._acked_to[episode_id]
+                if self._closing:
+                    self._trim_wake.set()  # one more turn: returns once nothing is left
+        finally:
+            db.close()
+
     def held(self) -> dict[str, int]:
         """Episode id -> lowest spooled seq, for the resume handshake."""
         with self._lock:
@@ -217,6 +274,12 @@ class Spool:
         return int(batches), int(steps)
 
     def close(self) -> None:
+        with self._acked_lock:
+            self._closing = True
+            trimmer = self._trimmer
+        if trimmer is not None:  # what was acked leaves the disk before the spool closes
+            self._trim_wake.set()
+            trimmer.join()
         with self._lock:
             self._db.close()
 

@@ -6,7 +6,6 @@ cloud acks, and assembles pushed policy versions, checking their sha256 before l
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import queue
@@ -142,7 +141,6 @@ class TunnelClient:
         self._down_since: float | None = None  # when the link went down (None while up, or before the first try)
         self._down_why, self._down_said_at = "", 0.0
         self._wake = threading.Event()
-        self._acked: collections.deque[tuple[str, int]] = collections.deque()  # (episode_id, next_seq) to drop
         self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
@@ -290,10 +288,9 @@ class TunnelClient:
                         sender.start()
                     elif kind == "ack":
                         ack = message.ack
-                        # The upload thread drops acked batches from the spool, many per transaction: this thread
-                        # only reads the stream. Queued before the pop below, so the uploader never sees a batch
-                        # neither in flight nor queued as acked (it would send it again).
-                        self._acked.append((ack.episode_id, ack.next_seq))
+                        # Marked before the pop below, so the uploader never sees a batch neither in flight nor acked
+                        # (it would send it again); the spool's trimmer deletes it off this thread.
+                        self.spool.ack_later(ack.episode_id, ack.next_seq)
                         steps = in_flight.pop(ack.batch_id, 0)
                         self.acked_steps += steps
                         self._wake.set()
@@ -324,7 +321,6 @@ class TunnelClient:
                 self._wake.set()
                 if sender is not None:
                     sender.join(timeout=2)
-                self._drop_acked()
 
     def _hello(self) -> pb.EdgeMessage:
         """The first message of a session: who this edge is, what it runs, and how far each held episode got."""
@@ -374,9 +370,8 @@ class TunnelClient:
         sent = 0
         last_heartbeat = 0.0 if self.waiting_for else time.monotonic()  # a new session hears at once what it waits for
         while self.connected.is_set() and not self._stop.is_set():
+            room = self.config.window_batches - len(in_flight)
             skip = set(in_flight.copy()) | refused  # copy: the reader thread pops acks meanwhile
-            self._drop_acked()  # after the copy: an ack that empties a place in it is dropped from the spool first
-            room = self.config.window_batches - len(skip - refused)
             batches = self.spool.next_to_send(skip, room, turn=sent) if room > 0 else []
             for spooled in batches:
                 spooled.batch.batch_id = spooled.row_id
@@ -389,13 +384,6 @@ class TunnelClient:
             if not batches:
                 self._wake.wait(0.5)
                 self._wake.clear()
-
-    def _drop_acked(self) -> None:
-        """Drops what the cloud acked from the spool, in one transaction."""
-        acked: list[tuple[str, int]] = []
-        while self._acked:
-            acked.append(self._acked.popleft())
-        self.spool.ack_many(acked)
 
     def _receive_policy_chunk(self, chunk: pb.PolicyChunk) -> None:
         # Checksum and buffer as pieces arrive, so a large version is ready as soon as its last piece is in.

@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import threading
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -391,7 +392,18 @@ class EpisodeStore:
                 self._append(self._datasets[name], items)
             return {batch.episode_id: self.next_seq(batch.episode_id) for batch in batches}
 
-    def _check_batch(self, ds: _Dataset, batch: StepRows) -> int:
+    def check(self, batch: StepRows, to_encode: Collection[str] = ()) -> None:
+        """Raises ValueError (naming the field) if ``write`` would refuse the batch by itself: unknown dataset,
+        columns, shapes, dtypes, encoded frames' form. ``to_encode``: encoded columns the caller encodes before the
+        write, checked as raw frames. Whether the batch's seq and resource fit is the writer's to check."""
+        try:
+            ds = self._get(batch.dataset)
+        except KeyError as err:
+            raise ValueError(str(err.args[0])) from None
+        raw = {name for name in to_encode if isinstance(batch.columns.get(name), np.ndarray)}
+        self._check_batch(ds, batch, raw)
+
+    def _check_batch(self, ds: _Dataset, batch: StepRows, raw: Collection[str] = ()) -> int:
         missing = sorted(set(ds.schema) - set(batch.columns) - set(STORE_COLUMNS))
         extra = sorted((set(batch.columns) - set(ds.schema)) | (set(batch.columns) & set(STORE_COLUMNS)))
         if missing or extra:
@@ -400,7 +412,7 @@ class EpisodeStore:
             raise ValueError(f"first_seq: must be >= 0, got {batch.first_seq}")
         steps = len(batch.columns["action"])
         for name, values in batch.columns.items():
-            spec = ds.schema[name]
+            spec = _uncoded(ds.schema[name]) if name in raw else ds.schema[name]
             video_columns.check(name, spec, values, steps)
             if spec.codec:
                 continue

@@ -51,11 +51,15 @@ class GatewayConfig(CodeConfig):
     max_delta_fraction: Annotated[float, Field(ge=0)] = 0.5
     flush_rows: AtLeastOne = 1024  # write to the store once this many rows wait...
     flush_bytes: AtLeastOne = 16 << 20  # ...or this many bytes (a few image chunks per column)...
-    # Steps received but not yet in the store, over all edges: past this, the gateway stops reading the tunnels
-    # (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
+    # Steps received but not yet durable in the ingest log, over all edges: past this, the gateway stops reading the
+    # tunnels (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
     max_unwritten_bytes: AtLeastOne = 256 << 20
-    # One tunnel's share of it: a device that sends faster than the store writes waits alone at its share, and the
-    # others go on. None: a quarter of max_unwritten_bytes, so the last bound takes four tunnels flooding at once.
+    # Steps acked (fsync'd in the ingest log) but not yet moved into the episode store, held in memory until the
+    # compactor writes them: past this every tunnel waits, so a store slower than the wire pushes back.
+    max_uncompacted_bytes: AtLeastOne = 512 << 20
+    # One tunnel's share of what is not yet in the store (logged or not): a device that sends faster than the store
+    # writes waits alone at its share, and the others go on. None: a quarter of max_uncompacted_bytes, so the last
+    # bound takes four tunnels flooding at once.
     max_unwritten_bytes_per_tunnel: AtLeastOne | None = None
     flush_delay_s: Annotated[float, Field(ge=0)] = 0.1  # ...or the oldest has waited this long
     policy_chunk_bytes: AtLeastOne = 1 << 20
@@ -78,10 +82,16 @@ class GatewayConfig(CodeConfig):
     @model_validator(mode="after")
     def _share_within_total(self) -> GatewayConfig:
         share = self.max_unwritten_bytes_per_tunnel
-        if share is not None and share > self.max_unwritten_bytes:
+        if share is not None and share > self.max_uncompacted_bytes:
             raise invalid(
-                f"{share} bytes is more than max_unwritten_bytes ({self.max_unwritten_bytes}), which all tunnels share",
+                f"{share} bytes is more than max_uncompacted_bytes ({self.max_uncompacted_bytes}), which all tunnels"
+                " share",
                 "max_unwritten_bytes_per_tunnel",
+            )
+        if self.max_uncompacted_bytes < self.flush_bytes:
+            raise invalid(
+                f"{self.max_uncompacted_bytes} bytes is less than flush_bytes ({self.flush_bytes}), one group commit",
+                "max_uncompacted_bytes",
             )
         return self
 

@@ -44,6 +44,7 @@ from protocol.steps import MAX_STEPS_PER_BATCH, decoded_bytes
 
 log = logging.getLogger("fleetloop.gateway")
 TUNNEL_SERVICE = "fleetloop.v1.Tunnel"
+STOP_DRAIN_S = 30.0  # on stop, how long the store may take to take in what the ingest log holds
 
 
 def _serialize(message: pb.CloudMessage | bytes) -> bytes:
@@ -75,6 +76,7 @@ class Gateway(pb_grpc.TunnelServicer):
             config.flush_bytes,
             config.max_unwritten_bytes,
             config.max_unwritten_bytes_per_tunnel,
+            config.max_uncompacted_bytes,
         )
         self.pusher = PolicyPusher(config, registry, self.sessions)
         self.persons = PersonRelay(self.sessions)  # the takeover pages' people and the robots they watch
@@ -88,6 +90,7 @@ class Gateway(pb_grpc.TunnelServicer):
         self.port = config.port
 
     async def start(self) -> int:
+        await self.writer.replay()  # before any hello: where logged episodes continue
         self._server = grpc.aio.server(options=self.config.grpc_options(), interceptors=(InternalErrors(),))
         self._add_tunnel(self._server)
         control = FleetControl(self.fleet, self.sessions, self.config.devices)
@@ -132,7 +135,8 @@ class Gateway(pb_grpc.TunnelServicer):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TUNNEL_SERVICE, {"Connect": connect}),))
 
     async def stop(self, grace_s: float = 1.0) -> None:
-        for task in self._tasks:
+        writing = self._tasks[:1]  # the writer's goes on until the store holds what was acked
+        for task in self._tasks[1:]:
             task.cancel()
         await self.inference.close()
         stats = self.inference.stats
@@ -143,9 +147,14 @@ class Gateway(pb_grpc.TunnelServicer):
                 stats.requests,
                 ", ".join(f"{size}: {count}" for size, count in sorted(stats.batch_sizes.items())),
             )
-        await self.writer.flush()
+        await self.writer.flush()  # acked while the tunnels are still open
         if self._server is not None:
             await self._server.stop(grace_s)
+        if not await self.writer.drain(STOP_DRAIN_S):
+            log.warning("the episode store is still behind the ingest log; the next start moves the rest there")
+        for task in writing:
+            task.cancel()
+        self.writer.log.close()
         self.decoder.close()
 
     async def Connect(  # noqa: N802 (gRPC method name)
@@ -288,7 +297,7 @@ class Gateway(pb_grpc.TunnelServicer):
                 held.sent_version = held.applied_version = version
         self.sessions[resource.id] = session
         stored = [
-            pb.EpisodeProgress(episode_id=p.episode_id, next_seq=self.store.next_seq(p.episode_id)) for p in hello.held
+            pb.EpisodeProgress(episode_id=p.episode_id, next_seq=self.writer.next_seq(p.episode_id)) for p in hello.held
         ]
         session.send(
             pb.CloudMessage(

@@ -1,6 +1,9 @@
+import sqlite3
+import time
+
 import numpy as np
 
-from edge.spool import Spool
+from edge.spool import PAGE_BYTES, Spool
 from protocol.steps import encode_batch
 
 
@@ -28,3 +31,31 @@ def test_survives_reopen_and_ignores_duplicates(tmp_path) -> None:
     [only] = reopened.pending()
     assert only.batch.columns["x"].shape == [3]
     assert reopened.pending(after_row_id=only.row_id) == []
+
+
+def test_ack_later_stops_offering_at_once_and_deletes_off_the_caller(tmp_path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    for first in range(0, 30, 3):
+        spool.append(batch("a", first))
+    spool.append(batch("b", 0))
+    spool.ack_later("a", 27)  # nine of a's ten batches
+    offered = spool.next_to_send(skip=(), limit=10)
+    assert [(b.episode_id, b.first_seq) for b in offered] == [("a", 27), ("b", 0)]  # none of the acked ones
+    deadline = time.monotonic() + 5
+    while spool.counts()[0] > 2 and time.monotonic() < deadline:  # the trimmer deletes them on its thread
+        time.sleep(0.01)
+    assert spool.counts() == (2, 6)
+    assert spool.size_bytes == sum(len(b.batch.SerializeToString()) for b in offered)
+    spool.ack_later("a", 30)
+    spool.ack_later("a", 12)  # older than what is acked already: changes nothing
+    spool.close()  # finishes the deletes it was given
+    reopened = Spool(tmp_path / "spool.db")
+    assert reopened.held() == {"b": 0}
+
+
+def test_page_size_is_large_for_a_new_spool(tmp_path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.append(batch("a", 0))
+    spool.close()
+    with sqlite3.connect(tmp_path / "spool.db") as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == PAGE_BYTES
