@@ -144,13 +144,14 @@ class PhoneIngest:
         episode.nbytes += step.nbytes
 
     def stored(self, phone: Phone, episode_id: str, what: str) -> int:
-        """The episode's stored next_seq if it is in the store (0 if not); refuses another resource's episode."""
-        record = self.store.episode(episode_id)
-        if record is None:
+        """The episode's acked next_seq (in the store or still in the ingest log; 0 if neither); refuses another
+        resource's episode."""
+        owner = self.writer.owner(episode_id)
+        if owner is None:
             return 0
-        if record.resource_id != phone.phone_id:
+        if owner != phone.phone_id:
             raise PhoneError(f"{what}.episode_id", f"episode {episode_id} belongs to another resource")
-        return record.next_seq
+        return self.writer.next_seq(episode_id)
 
     async def stop(self, phone: Phone, message: dict, episode_id: str) -> int:
         """Stores a stopped episode; the stored next_seq once the write is durable."""

@@ -91,12 +91,16 @@ class StoreWriter:
         logged = self._logged.get(episode_id)
         return max(self.store.next_seq(episode_id), logged[0] if logged else 0)
 
-    def _owner(self, rows: StepRows) -> str:
-        stored = self.store.episode(rows.episode_id)
+    def owner(self, episode_id: str) -> str | None:
+        """The resource whose episode it is, once any of its rows is acked (in the store or still in the log)."""
+        stored = self.store.episode(episode_id)
         if stored is not None:
             return stored.resource_id
-        logged = self._logged.get(rows.episode_id)
-        return logged[1] if logged else rows.resource_id
+        logged = self._logged.get(episode_id)
+        return logged[1] if logged else None
+
+    def _owner(self, rows: StepRows) -> str:
+        return self.owner(rows.episode_id) or rows.resource_id
 
     async def replay(self) -> int:
         """Queues what the log holds for the store (a gateway killed before compacting it); returns how many

@@ -9,11 +9,34 @@ check does not lean on the code it checks.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from cloud.data.store import STORE_COLUMNS, EpisodeStore
+from cloud.gateway.ingest import LOG_FOLDER
+
+
+def wait_compacted(store_root: Path, timeout_s: float = 20.0) -> None:
+    """Waits until the gateway's ingest log under ``store_root`` is empty: everything acked is in the store (the
+    gateway acks once a batch is in its log, and moves it into the store a moment later)."""
+    deadline = time.monotonic() + timeout_s
+    while _log_bytes(store_root / LOG_FOLDER) > 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the ingest log under {store_root} still holds batches after {timeout_s} s")
+        time.sleep(0.05)
+
+
+def _log_bytes(folder: Path) -> int:
+    total = 0
+    for segment in folder.glob("*.log"):
+        try:
+            total += segment.stat().st_size
+        except FileNotFoundError:  # trimmed meanwhile
+            pass
+    return total
 
 
 @dataclass
