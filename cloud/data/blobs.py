@@ -18,14 +18,15 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
-
-import zarr
 
 from cloud.data.files import append_after, write_atomically
 
 Data = bytes | Sequence[bytes | memoryview]
+if TYPE_CHECKING:  # zarr is imported where a store opens: the command line starts without it
+    import zarr
+
 PART_DIGITS = 16  # an appended part's name: its offset, zero-padded, so names sort as offsets do
 
 
@@ -84,6 +85,8 @@ class LocalBlobs:
         self.where = str(root)
 
     def zarr_store(self, read_only: bool) -> zarr.storage.LocalStore:
+        import zarr
+
         return zarr.storage.LocalStore(self.root, read_only=read_only)
 
     def get(self, key: str) -> bytes | None:
@@ -98,7 +101,9 @@ class LocalBlobs:
             return file.read(max(0, stop - start))
 
     def put(self, key: str, data: Data, sync_file: bool = True, sync_folder: bool = True) -> None:
-        write_atomically(self.root / key, data, sync_file, sync_folder)
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, data, sync_file, sync_folder)
 
     def put_new(self, key: str, data: bytes) -> bool:
         try:
@@ -138,6 +143,8 @@ class ObjectBlobs:
         self._s3 = obstore.store.S3Store(parsed.netloc, prefix=prefix or None)
 
     def zarr_store(self, read_only: bool) -> zarr.storage.ObjectStore:
+        import zarr.storage
+
         return zarr.storage.ObjectStore(self._s3, read_only=read_only)
 
     def get(self, key: str) -> bytes | None:
