@@ -7,6 +7,7 @@ import os
 import sys
 
 from fleetloop.commands import certs, cloud, demo, devices, edge, export, fleet, import_, learner, policy
+from fleetloop.commands.arg_types import attach_shared_data
 from fleetloop.logs import setup_logging
 
 # In the order `fleetloop --help` lists them.
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    attach_shared_data(args)
     os.environ.setdefault("MUJOCO_GL", "egl")
     setup_logging(args.log_level, plain=args.command in ("cloud", "edge") and not sys.stderr.isatty())
     return args.func(args)

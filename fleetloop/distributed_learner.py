@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from cloud.learning.distributed import init_from_env, trace_writer
-from fleetloop.commands.arg_types import add_root_arg, use_model_roots
+from fleetloop.commands.arg_types import add_root_arg, attach_shared_data, use_model_roots
 from fleetloop.commands.learner import add_learner_args, learner_config, run_learner
 from fleetloop.commands.stopping import exit_after_clean_stop
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fleetloop-learner", description="the learner, on one process or several under torchrun (DDP)"
     )
-    add_root_arg(parser)
+    add_root_arg(parser, shared=True)
     parser.add_argument("--backend", choices=["gloo", "nccl"], help="default: nccl with CUDA, else gloo")
     parser.add_argument(
         "--rounds", type=int, default=0, help="stop after this many rounds that trained (default 0: run until stopped)"
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_learner_args(parser)
     args = parser.parse_args(argv)
+    attach_shared_data(args)
     try:
         use_model_roots(args)
         config = learner_config(args)

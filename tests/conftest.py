@@ -7,7 +7,9 @@ Markers (registered in pyproject.toml; `pytest -m "not e2e"` runs the fast unit 
 Fixtures: ``ros_domain`` (a fresh ROS_DOMAIN_ID from this xdist worker's range), ``fastdds_profile`` (the shipped
 Fast DDS profile for the test's participants) and ``ros2_sim_node`` (starts ``hal.ros2_sim_node`` processes on it
 and always stops them), ``two_torch_threads`` (torch on two threads for the test: the machine's two cores, shared
-with the other pytest worker). tests/e2e/conftest.py adds the ``fleet`` of real processes.
+with the other pytest worker), ``s3_server`` (moto's S3 API server on loopback, one per pytest worker) and ``s3_url``
+(``s3://<a fresh bucket>/fleet`` on it, with the ``AWS_*`` variables set for the test and the processes it starts).
+tests/e2e/conftest.py adds the ``fleet`` of real processes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.ros2_domains import domain_ids
+from tests.s3_server import S3Server, start_s3_server
 
 ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT / "tests" / "e2e"
@@ -46,6 +49,20 @@ def two_torch_threads() -> Iterator[None]:
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.new_bucket()}/fleet"
 
 
 @pytest.fixture(scope="session")

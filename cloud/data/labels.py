@@ -10,10 +10,9 @@ existed has none: its episodes have no label.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from cloud.data.files import append_after
+from cloud.data.blobs import Blobs
 
 FILE = "labels.jsonl"
 DISCARDED = "discarded"
@@ -23,15 +22,11 @@ def line(episode_id: str, seq: int, outcome: str, by: str) -> bytes:
     return json.dumps({"episode_id": episode_id, "seq": seq, "outcome": outcome, "by": by}).encode() + b"\n"
 
 
-def append(folder: Path, committed_bytes: int, lines: bytes) -> int:
+def append(blobs: Blobs, dataset: str, committed_bytes: int, lines: bytes) -> int:
     """Appends after what was committed; returns the new length."""
-    return append_after(folder / FILE, committed_bytes, lines)
+    return blobs.append(f"{dataset}/{FILE}", committed_bytes, lines)
 
 
-def read(folder: Path, start: int, stop: int) -> list[dict[str, Any]]:
+def read(blobs: Blobs, dataset: str, start: int, stop: int) -> list[dict[str, Any]]:
     """The labels committed between byte ``start`` and ``stop`` of the dataset's file, in order."""
-    if stop <= start:
-        return []
-    with open(folder / FILE, "rb") as f:
-        f.seek(start)
-        return [json.loads(text) for text in f.read(stop - start).splitlines()]
+    return [json.loads(text) for text in blobs.read_appended(f"{dataset}/{FILE}", start, stop).splitlines()]

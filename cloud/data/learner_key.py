@@ -61,9 +61,9 @@ def _write_public(layout: DataLayout, signer: Signer) -> None:
 
 def signing_registry(layout: DataLayout) -> PolicyRegistry:
     """The registry as the learner and ``fleetloop policy`` write it: every version signed."""
-    return PolicyRegistry(layout.registry, signer=learner_signer(layout), public_key=layout.learner_public_key)
+    return PolicyRegistry(layout.registry_at, signer=learner_signer(layout), public_key=layout.learner_public_key)
 
 
 def verifying_registry(layout: DataLayout) -> PolicyRegistry:
     """The registry as the gateway reads it: versions checked against the learner's public key only."""
-    return PolicyRegistry(layout.registry, public_key=layout.learner_public_key)
+    return PolicyRegistry(layout.registry_at, public_key=layout.learner_public_key)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
-from cloud.data.files import append_after
+from cloud.data.blobs import Blobs
 
 FILE = "operators.jsonl"
 
@@ -30,17 +29,14 @@ def run_lines(episode_id: str, first_seq: int, operators: Sequence[str], skip: i
     return b"".join(lines)
 
 
-def append_runs(folder: Path, committed_bytes: int, lines: bytes) -> int:
+def append_runs(blobs: Blobs, dataset: str, committed_bytes: int, lines: bytes) -> int:
     """Appends after what was committed (dropping what a killed writer left past it); returns the new length."""
-    return append_after(folder / FILE, committed_bytes, lines)
+    return blobs.append(f"{dataset}/{FILE}", committed_bytes, lines)
 
 
-def drivers(folder: Path, committed_bytes: int, episode_id: str) -> dict[int, str]:
+def drivers(blobs: Blobs, dataset: str, committed_bytes: int, episode_id: str) -> dict[int, str]:
     """seq -> who for the steps of ``episode_id`` that a person drove, as committed."""
-    if not committed_bytes:
-        return {}
-    with open(folder / FILE, "rb") as f:
-        lines = f.read(committed_bytes).splitlines()
+    lines = blobs.read_appended(f"{dataset}/{FILE}", 0, committed_bytes).splitlines()
     out: dict[int, str] = {}
     for line in lines:
         run = json.loads(line)

@@ -1,14 +1,14 @@
-"""The episode store: steps of every robot's episodes as zarr v3 arrays on local disk.
+"""The episode store: steps of every robot's episodes as zarr v3 arrays, in a local folder or on object storage.
 
 One dataset (a group) per embodiment, one array per column, one row per step. Columns: ``obs.<name>`` (what the
 resource observed), ``action``, provenance (``seq``, ``intervention``, ``policy_version``...) and ``meta.<name>``
 (what the cloud noted about a step, e.g. ``meta.foresight_error``). A single writer
 (the gateway) appends; readers in other processes (the learner) see only committed rows.
 
-Layout under ``root``::
+Layout under ``root`` (a folder, or ``s3://bucket/prefix``: cloud/data/blobs.py)::
 
     zarr.json                      root group
-    writer.lock                    flock held by the one writer
+    writer.lock                    flock held by the one writer (object storage: writer.lease, writer_hold.py)
     <dataset>/zarr.json            group; attributes hold the column schema
     <dataset>/<column>/            one array per column, chunked along rows, capacity >= committed rows
     <dataset>/<camera>@bytes|@end|@key/   an encoded camera column's packets (cloud/data/video_columns.py)
@@ -17,6 +17,9 @@ Layout under ``root``::
     <dataset>/labels.jsonl         a person's verdict on an episode and who gave it (cloud/data/labels.py)
     <dataset>/commit.json          {"rows", "episodes", "index_bytes", "operators_bytes", "labels_bytes"}: what a
                                    reader may see
+
+On object storage, which has no append, each commit's new lines of the three .jsonl files are objects of their own
+(``episodes.jsonl/<offset>``) and every acknowledged PUT is durable (nothing to fsync).
 
 A write goes: data arrays, then the episodes file, then commit.json (temp file + rename). So the
 committed row count and episode index advance only after everything under them is on disk, and a
@@ -27,7 +30,6 @@ overwrites. Episode statistics are not stored: they are derived from the committ
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import threading
@@ -35,13 +37,13 @@ from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from cloud.data import labels, operators, video_columns
+from cloud.data.blobs import LocalBlobs, get_json, open_blobs
 from cloud.data.columns import (
     NAME,
     STAT_COLUMNS,
@@ -53,7 +55,8 @@ from cloud.data.columns import (
     rows_per_chunk,
 )
 from cloud.data.episodes import EpisodeRecord, absorb
-from cloud.data.files import append_after, fsync_path, read_json, write_atomically
+from cloud.data.files import fsync_path
+from cloud.data.writer_hold import FolderLock, ObjectLease, WriterHold
 from protocol.limits import case_twin
 from protocol.video import PacketColumn
 
@@ -102,49 +105,57 @@ def _uncoded(spec: ColumnSpec | None) -> ColumnSpec | None:
 
 
 class EpisodeStore:
-    """Opens or creates the store at ``root``; one writer process, any number of read_only readers."""
+    """Opens or creates the store at ``root`` (a folder or an ``s3://bucket/prefix`` URL); one writer process, any
+    number of read_only readers. ``take_over``: a writer on object storage replaces the lease of one that died."""
 
-    def __init__(self, root: str | Path, chunk_rows: int = 256, read_only: bool = False, durable: bool = True) -> None:
-        # durable: fsync data, index and commit before the commit advances, so an ack survives power loss.
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: str | Path,
+        chunk_rows: int = 256,
+        read_only: bool = False,
+        durable: bool = True,
+        take_over: bool = False,
+    ) -> None:
+        self._blobs = open_blobs(root)
+        self.root: Path | str = self._blobs.root if isinstance(self._blobs, LocalBlobs) else self._blobs.where
         self.chunk_rows = chunk_rows
         self.read_only = read_only
-        self.durable = durable
+        # durable: fsync data, index and commit before the commit advances, so an ack survives power loss. On object
+        # storage a PUT is durable once acknowledged: there is nothing to fsync.
+        self.durable = durable and isinstance(self._blobs, LocalBlobs)
         self._lock = threading.RLock()
         self._datasets: dict[str, _Dataset] = {}
         self._episode_of: dict[str, EpisodeRecord] = {}
-        self._zstore: zarr.storage.LocalStore | None = None
-        self._lock_file: Any = None
+        self._zstore: zarr.abc.store.Store | None = None
+        self._hold: WriterHold | None = None
         self._fsync_pool: ThreadPoolExecutor | None = None
         self.bad_frames = 0  # camera frames read as black because their stored segment did not decode
         if not read_only:
-            self._open_writer()
+            self._open_writer(take_over)
         self.refresh(_writer_open=True)
 
     # ---- opening, refreshing ----
 
-    def _open_writer(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root / "writer.lock", "a+b")  # noqa: SIM115 -- held for the store's lifetime
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise RuntimeError(f"another process writes to the episode store at {self.root}") from None
-        if not (self.root / "zarr.json").exists():
+    def _open_writer(self, take_over: bool) -> None:
+        if isinstance(self._blobs, LocalBlobs):
+            self._hold = FolderLock(self._blobs.root)
+        else:
+            self._hold = ObjectLease(self._blobs, take_over)
+        if self._blobs.get("zarr.json") is None:
             zarr.open_group(self._store(), mode="a", attributes={"fleetloop_store": STORE_FORMAT})
-        for stale in self.root.glob("**/*.partial"):  # zarr's temp files from a write that was killed
-            stale.unlink(missing_ok=True)
+        if isinstance(self._blobs, LocalBlobs):
+            for stale in self._blobs.root.glob("**/*.partial"):  # zarr's temp files from a write that was killed
+                stale.unlink(missing_ok=True)
 
-    def _store(self) -> zarr.storage.LocalStore:
+    def _store(self) -> zarr.abc.store.Store:
         if self._zstore is None:
-            self._zstore = zarr.storage.LocalStore(self.root, read_only=self.read_only)
+            self._zstore = self._blobs.zarr_store(self.read_only)
         return self._zstore
 
     def close(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
-            self._lock_file = None
+        if self._hold is not None:
+            self._hold.close()  # releases the flock or the lease
+            self._hold = None
         if self._fsync_pool is not None:
             self._fsync_pool.shutdown()
             self._fsync_pool = None
@@ -160,12 +171,9 @@ class EpisodeStore:
         if not self.read_only and not _writer_open:
             return
         with self._lock:
-            if not self.root.is_dir():
-                return
-            for commit_path in sorted(self.root.glob("*/commit.json")):
-                name = commit_path.parent.name
-                commit = read_json(commit_path)
-                if commit is None:
+            for name in self._blobs.children(""):
+                commit = get_json(self._blobs, f"{name}/commit.json")
+                if not isinstance(commit, dict):
                     continue
                 ds = self._datasets.get(name)
                 if ds is None or commit["rows"] < ds.rows or commit["index_bytes"] < ds.index_bytes:
@@ -175,7 +183,7 @@ class EpisodeStore:
     def _load_dataset(self, name: str) -> _Dataset:
         for record in self._datasets.get(name, _Dataset(name, {})).episodes:
             self._episode_of.pop(record.episode_id, None)
-        attrs = read_json(self.root / name / "zarr.json")["attributes"]
+        attrs = get_json(self._blobs, f"{name}/zarr.json")["attributes"]
         schema = {col: ColumnSpec.from_json(saved) for col, saved in attrs["schema"].items()}
         ds = self._datasets[name] = _Dataset(name, schema)
         return ds
@@ -183,9 +191,9 @@ class EpisodeStore:
     def _catch_up(self, ds: _Dataset, commit: dict[str, int]) -> None:
         """Loads the episodes and rows committed since this process last looked."""
         if commit["index_bytes"] > ds.index_bytes:
-            with open(self.root / ds.name / "episodes.jsonl", "rb") as f:
-                f.seek(ds.index_bytes)
-                lines = f.read(commit["index_bytes"] - ds.index_bytes).splitlines()
+            lines = self._blobs.read_appended(
+                f"{ds.name}/episodes.jsonl", ds.index_bytes, commit["index_bytes"]
+            ).splitlines()
             for line in lines:
                 meta = json.loads(line)
                 record = EpisodeRecord(ds.name, len(ds.episodes), **meta)
@@ -193,7 +201,7 @@ class EpisodeStore:
                 self._episode_of[record.episode_id] = record
             ds.index_bytes = commit["index_bytes"]
         ds.operators_bytes = commit.get("operators_bytes", 0)  # absent in stores written before it existed
-        for said in labels.read(self.root / ds.name, ds.labels_bytes, commit.get("labels_bytes", 0)):
+        for said in labels.read(self._blobs, ds.name, ds.labels_bytes, commit.get("labels_bytes", 0)):
             self._label(said["episode_id"], said["outcome"], said["by"])
         ds.labels_bytes = max(ds.labels_bytes, commit.get("labels_bytes", 0))
         block = 1 << 20  # bounds memory when a fresh reader folds a big dataset
@@ -249,12 +257,12 @@ class EpisodeStore:
             else:
                 shape = (rows_per_chunk(spec, self.chunk_rows), *spec.shape)
                 ds.arrays[col] = create_array(store, f"{name}/{col}", spec.dtype, shape)
-        (self.root / name / "episodes.jsonl").write_bytes(b"")
+        self._blobs.append(f"{name}/episodes.jsonl", 0, b"")
         if self.durable:
-            folder = self.root / name
-            paths = [self.root, folder, folder / "zarr.json", folder / "episodes.jsonl"]
+            folder = Path(self.root) / name
+            paths = [Path(self.root), folder, folder / "zarr.json", folder / "episodes.jsonl"]
             self._fsync([*paths, *(folder / a for a in ds.arrays), *(folder / a / "zarr.json" for a in ds.arrays)])
-        write_atomically(self.root / name / "commit.json", self._commit_bytes(ds), self.durable, self.durable)
+        self._blobs.put(f"{name}/commit.json", self._commit_bytes(ds), self.durable, self.durable)
         self._datasets[name] = ds
 
     def schema(self, dataset: str) -> dict[str, ColumnSpec]:
@@ -271,7 +279,7 @@ class EpisodeStore:
         return ds
 
     def _check_writable(self) -> None:
-        if self.read_only or self._lock_file is None:
+        if self.read_only or self._hold is None:
             raise PermissionError(f"the episode store at {self.root} is open read_only or closed")
 
     # ---- episodes ----
@@ -301,7 +309,7 @@ class EpisodeStore:
 
     def drivers(self, dataset: str, episode_id: str) -> dict[int, str]:
         """seq -> who for the committed steps of an episode that a person drove (the policy's steps are absent)."""
-        return operators.drivers(self.root / dataset, self._get(dataset).operators_bytes, episode_id)
+        return operators.drivers(self._blobs, dataset, self._get(dataset).operators_bytes, episode_id)
 
     # ---- rows ----
 
@@ -496,14 +504,14 @@ class EpisodeStore:
                 for r in new
             )
             # drops what a killed writer appended past the commit
-            index_bytes = append_after(self.root / ds.name / "episodes.jsonl", ds.index_bytes, lines)
+            index_bytes = self._blobs.append(f"{ds.name}/episodes.jsonl", ds.index_bytes, lines)
         operators_bytes, labels_bytes = self._append_people(ds, items)
         if self.durable:
             self._fsync_rows(ds, {name: where for name, where, _ in writes}, metadata=grown)
         commit = {"rows": stop, "episodes": len(ds.episodes) + len(new), "index_bytes": index_bytes}
         commit.update(operators_bytes=operators_bytes, labels_bytes=labels_bytes)
-        commit_file = self.root / ds.name / "commit.json"
-        write_atomically(commit_file, json.dumps(commit).encode(), self.durable, self.durable)
+        self._hold.check()  # a writer whose store was taken over never commits beside the new one
+        self._blobs.put(f"{ds.name}/commit.json", json.dumps(commit).encode(), self.durable, self.durable)
 
         # committed: now the in-memory view may move on
         ds.episodes.extend(new)
@@ -520,15 +528,16 @@ class EpisodeStore:
 
     def _append_people(self, ds: _Dataset, items: list[tuple[StepRows, int]]) -> tuple[int, int]:
         """Appends who drove these rows and a person's labels on them; the two files' lengths for the commit."""
-        folder = self.root / ds.name
         runs = b"".join(operators.run_lines(b.episode_id, b.first_seq, b.operators, skip) for b, skip in items)
         said = b"".join(
             labels.line(b.episode_id, b.first_seq + len(b.columns["action"]) - 1, b.label, b.labelled_by)
             for b, _ in items
             if b.label
         )
-        operators_bytes = operators.append_runs(folder, ds.operators_bytes, runs) if runs else ds.operators_bytes
-        labels_bytes = labels.append(folder, ds.labels_bytes, said) if said else ds.labels_bytes
+        operators_bytes = (
+            operators.append_runs(self._blobs, ds.name, ds.operators_bytes, runs) if runs else ds.operators_bytes
+        )
+        labels_bytes = labels.append(self._blobs, ds.name, ds.labels_bytes, said) if said else ds.labels_bytes
         return operators_bytes, labels_bytes
 
     def _label(self, episode_id: str, outcome: str, by: str) -> None:
@@ -549,11 +558,12 @@ class EpisodeStore:
     def _fsync_rows(self, ds: _Dataset, written: dict[str, slice], metadata: bool) -> None:
         """Flushes the chunks under what was written to each array, their directories, the episodes file, resized
         metadata."""
-        paths = [self.root / ds.name / name for name in ("episodes.jsonl", operators.FILE, labels.FILE)]
+        folder = Path(self.root) / ds.name
+        paths = [folder / name for name in ("episodes.jsonl", operators.FILE, labels.FILE)]
         for name, where in written.items():
             array = self._array(ds, name, 0)
             step, tail = array.chunks[0], ".0" * (array.ndim - 1)
-            directory = self.root / ds.name / name
+            directory = folder / name
             chunks = range(where.start // step, (where.stop - 1) // step + 1)
             paths += [directory / f"c.{chunk}{tail}" for chunk in chunks]
             paths.append(directory)  # the renames of chunk files and zarr.json

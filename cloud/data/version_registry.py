@@ -1,8 +1,9 @@
-"""The policy registry: monotonic versions of each policy as safetensors files on disk.
+"""The policy registry: monotonic versions of each policy as safetensors files, in a folder or on object storage.
 
 The learner publishes; the gateway watches and pushes each new version to the edges that
 run that policy. Files are written to a temporary name and renamed, so a reader sees a
-version whole or not at all, and a crash never leaves a half-published version.
+version whole or not at all, and a crash never leaves a half-published version. On object storage
+(``s3://bucket/prefix``, cloud/data/blobs.py) every PUT is atomic and durable once acknowledged.
 
 A registry with the learner's key (``signer``) signs each version it publishes (``policies.signing``); readers
 that build policies from it (the gateway's pushes, remote inference, openpi) take versions through ``read_verified``
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cloud.data.files import write_atomically
+from cloud.data.blobs import LocalBlobs, open_blobs
 from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
 from policies.weights import read_metadata
 from protocol.limits import case_twin
@@ -56,8 +56,10 @@ class PolicyVersion:
 
 class PolicyRegistry:
     def __init__(self, root: str | Path, signer: Signer | None = None, public_key: str | Path | None = None) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._blobs = open_blobs(root)
+        self.root: Path | str = self._blobs.root if isinstance(self._blobs, LocalBlobs) else self._blobs.where
+        if isinstance(self.root, Path):
+            self.root.mkdir(parents=True, exist_ok=True)
         self.signer = signer
         self.public_key = Path(public_key) if public_key is not None else None
         self._verifier: Verifier | None = signer
@@ -92,28 +94,24 @@ class PolicyRegistry:
         """``UnsignedVersion`` unless ``weights`` (a file read with ``read``) are the version the learner signed."""
         self._checker().check_file(weights, policy_name, version)
 
-    def _dir(self, policy_name: str) -> Path:
-        """The policy's folder; a ValueError when another policy's name differs from it only in case (on a
-        case-insensitive filesystem both would be that one folder): names are unique regardless of case."""
-        twin = case_twin(check_policy_name(policy_name), os.listdir(self.root))
+    def _dir(self, policy_name: str) -> str:
+        """The policy's folder (a key prefix); a ValueError when another policy's name differs from it only in case
+        (on a case-insensitive filesystem both would be that one folder): names are unique regardless of case."""
+        twin = case_twin(check_policy_name(policy_name), self._blobs.children(""))
         if twin is not None:
             raise ValueError(f"policy_name: {policy_name!r} differs only in case from the policy {twin!r}")
-        return self.root / policy_name
+        return policy_name
 
     def latest(self, policy_name: str) -> PolicyVersion | None:
         """The newest version; None when there is none (also for a name that differs only in case from another's)."""
-        if case_twin(policy_name, os.listdir(self.root)) is not None:
+        if case_twin(policy_name, self._blobs.children("")) is not None:
             return None
-        try:
-            meta = json.loads((self._dir(policy_name) / "latest.json").read_text())
-        except FileNotFoundError:
-            return None
-        return PolicyVersion(**meta)
+        meta = self._blobs.get(f"{self._dir(policy_name)}/latest.json")
+        return None if meta is None else PolicyVersion(**json.loads(meta))
 
     def publish(self, policy_name: str, weights: bytes, note: str = "") -> PolicyVersion:
         """Stores the next version; versions only go up, also across restarts."""
         directory = self._dir(policy_name)
-        directory.mkdir(parents=True, exist_ok=True)
         current = self.latest(policy_name)
         number = (current.version if current else 0) + 1
         parts: tuple[bytes | memoryview, ...] = (weights,)
@@ -122,8 +120,7 @@ class PolicyRegistry:
             parts = (header, memoryview(weights)[data_start:])
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
             sha256 = pool.submit(_sha256, parts)  # hashed while the file is written (hashlib lets go of the GIL)
-            path = directory / f"v{number:06d}.safetensors"
-            write_atomically(path, parts, fsync_dir=False)
+            self._blobs.put(f"{directory}/v{number:06d}.safetensors", parts, sync_folder=False)
         version = PolicyVersion(
             policy_name=policy_name,
             version=number,
@@ -133,16 +130,16 @@ class PolicyRegistry:
             note=note,
         )
         record = json.dumps(asdict(version)).encode()
-        write_atomically(directory / f"v{version.version:06d}.json", record, fsync_dir=False)  # its note, kept
-        write_atomically(directory / "latest.json", record, fsync_dir=False)
+        self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
+        self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
         return version
 
     def describe(self, policy_name: str, version: int) -> PolicyVersion | None:
         """A version's record (its note, when, size); None for one published before records were kept per
         version, or whose record is unreadable (the listing then shows it without a note)."""
         try:
-            return PolicyVersion(**json.loads((self._dir(policy_name) / f"v{version:06d}.json").read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
+            return PolicyVersion(**json.loads(self._blobs.get(f"{self._dir(policy_name)}/v{version:06d}.json") or ""))
+        except (ValueError, TypeError):
             return None
 
     def sign_again(self, policy_name: str, version: int) -> bool:
@@ -157,15 +154,16 @@ class PolicyRegistry:
             pass
         weights = self.signer.sign(self.read(policy_name, version), policy_name, version)
         directory = self._dir(policy_name)
-        write_atomically(directory / f"v{version:06d}.safetensors", weights, fsync_dir=False)
+        self._blobs.put(f"{directory}/v{version:06d}.safetensors", weights, sync_folder=False)
         latest = self.latest(policy_name)
         if latest is not None and latest.version == version:
             signed = replace(latest, sha256=hashlib.sha256(weights).hexdigest(), size_bytes=len(weights))
-            write_atomically(directory / "latest.json", json.dumps(asdict(signed)).encode(), fsync_dir=False)
+            self._blobs.put(f"{directory}/latest.json", json.dumps(asdict(signed)).encode(), sync_folder=False)
         return True
 
     def versions(self, policy_name: str) -> list[int]:
-        return sorted(int(p.stem[1:]) for p in self._dir(policy_name).glob("v*.safetensors"))
+        names = self._blobs.children(self._dir(policy_name))
+        return sorted(int(n[1:-12]) for n in names if n.startswith("v") and n.endswith(".safetensors"))
 
     def rollback(self, policy_name: str, to_version: int | None = None) -> PolicyVersion:
         """Publishes an earlier version's weights again, as the next version (versions never go backwards,
@@ -193,13 +191,18 @@ class PolicyRegistry:
         return self.publish(policy_name, weights, note=f"rollback to v{target}")
 
     def read(self, policy_name: str, version: int) -> bytes:
-        return (self._dir(policy_name) / f"v{version:06d}.safetensors").read_bytes()
+        """A version's file as stored; FileNotFoundError when there is none."""
+        key = f"{self._dir(policy_name)}/v{version:06d}.safetensors"
+        weights = self._blobs.get(key)
+        if weights is None:
+            raise FileNotFoundError(f"{self._blobs.where}/{key}")
+        return weights
 
     def read_header(self, policy_name: str, version: int) -> bytes:
         """The safetensors header alone (8-byte length + JSON), so a reader of a version's metadata (its type and
         config) need not read a large policy's weights."""
-        with (self._dir(policy_name) / f"v{version:06d}.safetensors").open("rb") as file:
-            length = file.read(8)
-            if len(length) < 8:
-                return length
-            return length + file.read(min(int.from_bytes(length, "little"), 100 * 1024 * 1024))
+        key = f"{self._dir(policy_name)}/v{version:06d}.safetensors"
+        length = self._blobs.get_range(key, 0, 8)
+        if len(length) < 8:
+            return length
+        return length + self._blobs.get_range(key, 8, 8 + min(int.from_bytes(length, "little"), 100 * 1024 * 1024))

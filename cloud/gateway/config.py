@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, InstanceOf, model_validator
@@ -61,6 +62,9 @@ class GatewayConfig(CodeConfig):
     # writes waits alone at its share, and the others go on. None: a quarter of max_uncompacted_bytes, so the last
     # bound takes four tunnels flooding at once.
     max_unwritten_bytes_per_tunnel: AtLeastOne | None = None
+    # The folder on this machine's disk where acked batches wait for the store (cloud/data/ingest_log.py). None:
+    # beside a store in a local folder (<store>/@ingest-log); a store on object storage needs one given.
+    ingest_log: Path | None = None
     flush_delay_s: Annotated[float, Field(ge=0)] = 0.1  # ...or the oldest has waited this long
     policy_chunk_bytes: AtLeastOne = 1 << 20
     registry_poll_s: Positive = 0.05  # reads one small JSON file per policy

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from cloud.data.ingest_log import IngestLog
@@ -81,6 +82,8 @@ class StoreWriter:
         self.waits_for_room = 0  # how often a reader had to wait: the log or the store is the bottleneck
         self.waits_for_share = 0  # how often a reader waited for its own bytes: that device sends too fast
         self.encoder = StoreEncoder()  # its ``cameras`` say which datasets keep which cameras encoded
+        if ingest_log is None and not isinstance(store.root, Path):
+            raise ValueError(f"ingest_log: the store at {store.root} is on object storage; give a local folder")
         self.log = ingest_log or IngestLog(store.root / LOG_FOLDER, durable=store.durable)
         self.compactor = Compactor(store, self.encoder, self.log, self._moved)
         # episode -> (next seq, resource) of episodes with acked rows still on their way to the store

@@ -18,6 +18,7 @@ from typing import Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from cloud.data.ingest_log import IngestLog
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.bounds import INLINE_BYTES, DecodePool, LimitError, StreamLimits, StreamSlot
@@ -77,6 +78,7 @@ class Gateway(pb_grpc.TunnelServicer):
             config.max_unwritten_bytes,
             config.max_unwritten_bytes_per_tunnel,
             config.max_uncompacted_bytes,
+            IngestLog(config.ingest_log, durable=True) if config.ingest_log is not None else None,
         )
         self.pusher = PolicyPusher(config, registry, self.sessions)
         self.persons = PersonRelay(self.sessions)  # the takeover pages' people and the robots they watch

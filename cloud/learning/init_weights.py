@@ -132,8 +132,8 @@ class InitWeights:
 def check_init(sources: tuple[tuple[str, str], ...], layout: DataLayout) -> None:
     """Every ``--init`` source loads (as hostile input) and fits its dataset where the store holds it already;
     ValueError naming the flag, the source and the file or feature."""
-    registry = PolicyRegistry(layout.registry, public_key=layout.learner_public_key)
-    store = EpisodeStore(layout.store, read_only=True) if layout.has_store() else None
+    registry = PolicyRegistry(layout.registry_at, public_key=layout.learner_public_key)
+    store = EpisodeStore(layout.store_at, read_only=True) if layout.has_store() else None
     try:
         for dataset, text in sources:
             try:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,20 @@ def data_folder(text: str) -> DataLayout:
     return layout
 
 
-def add_root_arg(parser: argparse.ArgumentParser) -> None:
-    """``--root`` means the same in every command: the folder ``fleetloop cloud`` keeps its data in."""
+def shared_data(text: str) -> str:
+    """``--store``: ``s3://bucket[/prefix]``, ``file://`` or a folder."""
+    if text.startswith("s3://"):
+        bucket = text[5:].split("/", 1)[0]
+        if not 3 <= len(bucket) <= 63 or not bucket.replace("-", "").replace(".", "").isalnum():
+            raise argparse.ArgumentTypeError(f"must be s3://BUCKET/PREFIX with a bucket name, got {text!r}")
+    elif "://" in text and not text.startswith("file://"):
+        raise argparse.ArgumentTypeError(f"must be s3://BUCKET/PREFIX, file:// or a folder, got {text!r}")
+    return text
+
+
+def add_root_arg(parser: argparse.ArgumentParser, shared: bool = False) -> None:
+    """``--root`` means the same in every command: the folder ``fleetloop cloud`` keeps its data in. ``shared``:
+    the command also reads or writes the store or the registry, which ``--store`` may put elsewhere."""
     parser.add_argument(
         "--root",
         type=data_folder,
@@ -93,6 +106,23 @@ def add_root_arg(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the cloud's data folder: store/, registry/, devices.json, certs/, learner/ (default fleetloop-data)",
     )
+    if shared:
+        parser.add_argument(
+            "--store",
+            type=shared_data,
+            default="",
+            metavar="URL",
+            help="keep the episode store and the policy registry here instead of in --root, as store/ and registry/: "
+            "s3://bucket/prefix (S3, MinIO: credentials and endpoint from the AWS_* variables) or a folder; "
+            "credentials, certificates and the learner's key stay in --root",
+        )
+
+
+def attach_shared_data(args: argparse.Namespace) -> None:
+    """Puts ``--store`` into the data folder's layout, so every part of the command finds the store there."""
+    shared = vars(args).get("store", "")
+    if shared:
+        args.root = replace(args.root, shared=shared)
 
 
 def add_repeatable(

@@ -113,6 +113,7 @@ def _gateway_and_services(
             store_codec=args.store_codec,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            ingest_log=args.root.ingest_log_at,
         )
         return config, _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
     except ConfigError as err:
@@ -146,9 +147,13 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
     layout = args.root
     try:
-        store = EpisodeStore(layout.store)
-    except RuntimeError as err:  # the one-writer lock
-        log.error("refusing to start: --root: %s; is another cloud running on this data folder?", err)
+        store = EpisodeStore(layout.store_at, take_over=args.take_over_store)
+    except RuntimeError as err:  # the one-writer lock or lease
+        flag = "--store" if layout.shared else "--root"
+        log.error("refusing to start: %s: %s; is another cloud running on this data?", flag, err)
+        return 2
+    except (ValueError, OSError) as err:  # a bad URL, object storage unreachable or refusing our credentials
+        log.error("refusing to start: --store: cannot open the episode store at %s: %s", layout.store_at, err)
         return 2
     # The learner's key is made on the cloud's first start, whether the learner runs here or elsewhere on this data
     # folder: robots learn its public half in the Welcome. The gateway keeps and reads only that public half.
@@ -167,7 +172,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, store, registry, stop, services=services)
 
-    log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store, layout.registry)
+    log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store_at, layout.registry_at)
     try:
         asyncio.run(main())
     except RuntimeError as err:
@@ -179,6 +184,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         if learner is not None:
             learner.terminate()
             learner.join(timeout=5)
+        store.close()  # on object storage: gives the writer's lease back
     log.info("cloud stopped")
     return 0
 
@@ -217,7 +223,13 @@ def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     cloud = sub.add_parser("cloud", help="run the gateway, the episode store and the learner")
-    add_root_arg(cloud)
+    add_root_arg(cloud, shared=True)
+    cloud.add_argument(
+        "--take-over-store",
+        action="store_true",
+        help="start although the store on object storage names another writer: only when that cloud is gone "
+        "(killed, its machine lost); it left its lease behind",
+    )
     cloud.add_argument("--host", default="127.0.0.1")
     cloud.add_argument("--port", type=int, default=7070, help="the gateway's port (0: any free port, logged)")
     cloud.add_argument("--no-learner", action="store_true", help="run the learner elsewhere")

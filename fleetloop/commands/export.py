@@ -20,14 +20,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     layout = args.root
     if not layout.has_store():
-        raise ValueError(f"--root: no episode store in {layout.root} (looked for {layout.store})")
+        flag = "--store" if layout.shared else "--root"
+        raise ValueError(f"{flag}: no episode store in {layout.shared or layout.root} (looked for {layout.store_at})")
     selection = Selection(
         episode_ids=tuple(args.episodes),
         resource_ids=tuple(args.resource),
         sources=tuple(args.source),
         unfinished=args.include_unfinished,
     )
-    store = EpisodeStore(layout.store, read_only=True)  # read_only: works while the cloud writes
+    store = EpisodeStore(layout.store_at, read_only=True)  # read_only: works while the cloud writes
     try:
         report = export_lerobot(
             store, args.dataset, args.out, repo_id=args.repo_id, fps=args.fps, selection=selection, video=args.video
@@ -59,7 +60,7 @@ def _positive_fps(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write store episodes as a LeRobotDataset v3 (lerobot's own writer)")
-    add_root_arg(export)
+    add_root_arg(export, shared=True)
     export.add_argument("--dataset", required=True, help="the store dataset (embodiment), e.g. panda_pick_cube")
     export.add_argument("--out", required=True, help="a new directory for the LeRobotDataset")
     export.add_argument("--repo-id", default=None, help="the dataset's repo id (default fleetloop/<dataset>)")

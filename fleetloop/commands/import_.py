@@ -21,7 +21,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from cloud.data.store import EpisodeStore
 
     try:
-        store = EpisodeStore(args.root.store)
+        store = EpisodeStore(args.root.store_at)
     except RuntimeError as err:  # the one-writer lock: the cloud holds it
         raise ValueError(f"--root: {err}; stop the cloud first or import into another root") from err
     try:
@@ -48,7 +48,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     imp = sub.add_parser("import", help="bring a local LeRobotDataset into the store as offline demonstrations")
-    add_root_arg(imp)
+    add_root_arg(imp, shared=True)
     imp.add_argument("--from", dest="from_dir", required=True, help="the LeRobotDataset's directory")
     imp.add_argument("--repo-id", default=None, help="its repo id (default: from its export, else local/<dir>)")
     imp.add_argument("--dataset", default=None, help="the store dataset (default: its robot type or name)")

@@ -267,7 +267,7 @@ def run_learner(
 
     torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
     stop = stop or stop_on_signals()
-    store = EpisodeStore(layout.store, read_only=True)
+    store = EpisodeStore(layout.store_at, read_only=True)
     registry = signing_registry(layout)  # every version it publishes carries the learner's signature
     learner = Learner(store, registry, config, checkpoint_dir=layout.learner_checkpoint, dist=dist, on_step=on_step)
     learner.run(stop, max_rounds=max_rounds)
@@ -291,6 +291,6 @@ def cmd_learner(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     learner = sub.add_parser("learner", help="run the learner alone against a cloud's data folder")
-    add_root_arg(learner)
+    add_root_arg(learner, shared=True)
     add_learner_args(learner)
     learner.set_defaults(func=cmd_learner)

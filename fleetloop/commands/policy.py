@@ -34,7 +34,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from cloud.data.version_registry import PolicyRegistry
 
     # What it writes is signed with the learner's key (made here the first time); a listing needs no key.
-    registry = PolicyRegistry(args.root.registry) if args.action == "list" else signing_registry(args.root)
+    registry = PolicyRegistry(args.root.registry_at) if args.action == "list" else signing_registry(args.root)
     if args.action == "publish":
         use_model_roots(args)  # a lerobot folder's config may name its VLM or tokenizer folder
         return _publish(args, registry)
@@ -130,7 +130,7 @@ def _target_spec(args: argparse.Namespace):
     if not args.root.has_store():
         why = f"no episode store in {args.root.root} to take dataset {dataset}'s observations from"
         raise ValueError(f"{flag}: {why}; name the robot (e.g. --robot sim:panda_pick_cube)")
-    store = EpisodeStore(args.root.store, read_only=True)
+    store = EpisodeStore(args.root.store_at, read_only=True)
     try:
         return dataset_spec(store, dataset)
     except ValueError as err:
@@ -147,7 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     policy.add_argument("action", choices=["list", "rollback", "publish", "sign"])
     policy.add_argument("name", help="the policy, e.g. panda_pick_cube")
-    add_root_arg(policy)
+    add_root_arg(policy, shared=True)
     policy.add_argument("--to", type=positive_int, default=None, help="version to go back to (default: previous)")
     policy.add_argument(
         "--from",

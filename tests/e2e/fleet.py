@@ -52,10 +52,11 @@ class Fleet:
         self.processes[name] = process
         return process
 
-    def start_cloud(self, *extra: str, learner: bool = False) -> subprocess.Popen:
-        """``learner``: the cloud runs its own learner process (default ``--no-learner``)."""
+    def start_cloud(self, *extra: str, learner: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``learner``: the cloud runs its own learner process (default ``--no-learner``); ``env``: added to its
+        environment (e.g. the ``AWS_*`` variables of an object store)."""
         base = ["cloud", "--root", str(self.root / "data"), "--port", str(self.port)]
-        process = self._start("cloud", [*base, *([] if learner else ["--no-learner"]), *extra])
+        process = self._start("cloud", [*base, *([] if learner else ["--no-learner"]), *extra], env=env)
 
         def listening() -> bool:
             assert process.poll() is None, f"the cloud exited: {self.log('cloud')}"
@@ -102,9 +103,9 @@ class Fleet:
             env=env,
         )
 
-    def start_learner(self, *extra: str) -> subprocess.Popen:
+    def start_learner(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """The learner as its own process on the cloud's data folder (the cloud runs with --no-learner)."""
-        return self._start("learner", ["learner", "--root", str(self.root / "data"), *extra])
+        return self._start("learner", ["learner", "--root", str(self.root / "data"), *extra], env=env)
 
     def kill(self, name: str) -> None:
         """SIGKILL: no cleanup, no flush, as a crash or a pulled plug."""

@@ -31,6 +31,17 @@ COVERED: dict[str, str] = {
     "FLEETLOOP_TOKEN=<alice's token> fleetloop fleet --cloud cloud.lab.example:7070 --ca ca.pem": "credentials",
     "fleetloop devices list": "credentials",
     "fleetloop devices revoke robot-1": "credentials",
+    "export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_REGION=us-east-1": "not run here: "
+    "tests/e2e/test_store_s3.py sets these for moto's S3 server on loopback",
+    "export AWS_ENDPOINT_URL=http://minio.lab.example:9000 AWS_ALLOW_HTTP=true": "not run here: "
+    "tests/e2e/test_store_s3.py points them at moto's S3 server on loopback",
+    "fleetloop cloud --root fleetloop-data --store s3://fleet-bucket/lab1 --no-learner": "not run here: "
+    "tests/e2e/test_store_s3.py runs it on a bucket of moto's S3 server",
+    "fleetloop learner --root fleetloop-data --store s3://fleet-bucket/lab1": "not run here: "
+    "tests/e2e/test_store_s3.py runs it on a bucket of moto's S3 server",
+    "fleetloop export --root fleetloop-data --store s3://fleet-bucket/lab1 --dataset panda_pick_cube "
+    "--out pick-export": "not run here: tests/fleetloop/test_store_flag.py runs export and policy with --store on a "
+    "bucket of moto's S3 server",
     "fleetloop cloud --phone-port 7071 --phone-image 224x224": "phones",
     "fleetloop certs init --host 192.168.1.20": "phones on a LAN",
     "fleetloop devices add robot-1 --policy panda_pick_cube": "phones on a LAN",
