@@ -93,6 +93,7 @@ def edge_main(
             messages.put({"kind": "ready", "who": who, "batches": spool.counts()[0], "bytes": wire_bytes})
             if not start.wait(120):
                 raise TimeoutError("no start signal")
+            cpu = time.process_time()
             tunnel.start()
             deadline = time.monotonic() + 300
             while tunnel.acked_steps < steps:  # in memory: polling the spool would compete with the upload
@@ -101,8 +102,8 @@ def edge_main(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{steps - tunnel.acked_steps} steps still unacked")
                 time.sleep(0.005)
-            done = time.monotonic()
-            messages.put({"kind": "done", "who": who, "t_done": done, "acked": tunnel.acked_steps})
+            done, cpu = time.monotonic(), time.process_time() - cpu
+            messages.put({"kind": "done", "who": who, "t_done": done, "acked": tunnel.acked_steps, "cpu_s": cpu})
             release.wait(60)
             tunnel.stop()
             spool.close()
@@ -112,8 +113,10 @@ def edge_main(
             messages.put({"kind": "ready", "who": who, "batches": len(payloads), "bytes": wire_bytes})
             if not start.wait(120):
                 raise TimeoutError("no start signal")
+            cpu = time.process_time()
             done = upload(target, payloads)
-            messages.put({"kind": "done", "who": who, "t_done": done, "acked": steps})
+            cpu = time.process_time() - cpu
+            messages.put({"kind": "done", "who": who, "t_done": done, "acked": steps, "cpu_s": cpu})
             release.wait(60)
     except Exception:
         report_error(messages, who)
@@ -128,6 +131,9 @@ class UplinkRun:
     drain_s: float = 0.0  # after the last ack, until the store held every row
     lag_p50_s: float = 0.0  # ack -> visible in the store
     lag_p99_s: float = 0.0
+    edge_cpu_s: float = 0.0  # all edge processes together, from the start signal to their last ack
+    server_cpu_s: float = 0.0  # the server's process (gateway and compactor), from the start signal to the last ack
+    compact_mb_s: float = 0.0  # what the compactor moved into the store per second of its writes
 
 
 def _run(mode: str, loop: LoopThread, root: Path, edges: int, steps: int, batch_steps: int) -> UplinkRun:
@@ -151,13 +157,14 @@ def _run(mode: str, loop: LoopThread, root: Path, edges: int, steps: int, batch_
                     name=f"uplink-{mode}-{i}",
                 )
             ready = children.receive("ready", edges, timeout_s=120)
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             start.set()
             done = children.receive("done", edges, timeout_s=300)
             seconds = max(d["t_done"] for d in done) - started
+            run = UplinkRun(seconds, edges * steps, sum(r["bytes"] for r in ready))
+            run.server_cpu_s, run.edge_cpu_s = time.process_time() - cpu, sum(d["cpu_s"] for d in done)
             release.set()
             children.join(15)
-            run = UplinkRun(seconds, edges * steps, sum(r["bytes"] for r in ready))
             if isinstance(server, GatewayHarness):
                 drained = time.monotonic()
                 if not server.loop.call(server.gateway.writer.drain(120), timeout_s=130):
@@ -168,6 +175,7 @@ def _run(mode: str, loop: LoopThread, root: Path, edges: int, steps: int, batch_
                 if stored != edges * steps:
                     raise RuntimeError(f"the store holds {stored} rows, expected {edges * steps}")
                 run.store_write_s = server.store_write_s
+                run.compact_mb_s = run.wire_bytes / 1e6 / max(server.store_write_s, 1e-9)
     return run
 
 
@@ -200,12 +208,37 @@ def measure(
             ),
             Result(f"{label}: compaction lag p50, ack -> in the store", ours.lag_p50_s, "s", 0.0, LOWER),
             Result(f"{label}: compaction lag p99, ack -> in the store", ours.lag_p99_s, "s", 0.0, LOWER),
+            Result(f"{label}: store caught up, after the last ack", ours.drain_s, "s", 0.0, LOWER),
+            Result(
+                f"{label}: compactor MB/s into the store (vs the uplink's MB/s)",
+                ours.compact_mb_s,
+                "MB/s",
+                mb / ours.seconds,
+                f"{HIGHER}; below 1 the store falls behind a sustained uplink",
+            ),
+            # CPU per MB: steadier than wall time on a loaded machine (the uplink's processes share its cores)
+            Result(
+                f"{label}: server CPU ms per MB (vs raw gRPC's server)",
+                1e3 * ours.server_cpu_s / mb,
+                "ms/MB",
+                1e3 * raw.server_cpu_s / raw_mb,
+                f"{LOWER}; the gateway's process, compaction included, until the last ack",
+            ),
+            Result(
+                f"{label}: edge CPU ms per MB (vs raw gRPC's clients)",
+                1e3 * ours.edge_cpu_s / mb,
+                "ms/MB",
+                1e3 * raw.edge_cpu_s / raw_mb,
+                LOWER,
+            ),
         ]
         say(
             f"  fleetloop {ours.steps / ours.seconds:,.0f} steps/s ({mb / ours.seconds:,.0f} MB/s), "
             f"raw {raw.steps / raw.seconds:,.0f} steps/s ({raw_mb / raw.seconds:,.0f} MB/s); "
             f"store writes {ours.store_write_s:.2f} s of {ours.seconds:.2f} s (off the ack path); "
             f"ack -> store lag p50 {ours.lag_p50_s:.2f} s, p99 {ours.lag_p99_s:.2f} s; "
-            f"store caught up {ours.drain_s:.2f} s after the last ack"
+            f"store caught up {ours.drain_s:.2f} s after the last ack; CPU ms per MB: server "
+            f"{1e3 * ours.server_cpu_s / mb:.1f} (raw {1e3 * raw.server_cpu_s / raw_mb:.1f}), edges "
+            f"{1e3 * ours.edge_cpu_s / mb:.1f} (raw {1e3 * raw.edge_cpu_s / raw_mb:.1f})"
         )
     return results
