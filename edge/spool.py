@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from protocol import tunnel_pb2 as pb
@@ -38,7 +39,12 @@ class SpooledBatch:
     episode_id: str
     first_seq: int
     num_steps: int
-    batch: pb.StepBatch
+    payload: bytes  # the serialized StepBatch as spooled: the upload sends these bytes (protocol.steps.steps_message)
+
+    @cached_property
+    def batch(self) -> pb.StepBatch:
+        """The batch, parsed (only when asked: the upload never needs it)."""
+        return pb.StepBatch.FromString(self.payload)
 
 
 @dataclass(frozen=True)
@@ -285,6 +291,4 @@ class Spool:
 
 
 def _spooled(row_id: int, episode_id: str, first_seq: int, num_steps: int, payload: bytes) -> SpooledBatch:
-    batch = pb.StepBatch()
-    batch.ParseFromString(payload)
-    return SpooledBatch(row_id, episode_id, first_seq, num_steps, batch)
+    return SpooledBatch(row_id, episode_id, first_seq, num_steps, payload)

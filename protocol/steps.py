@@ -269,3 +269,26 @@ def decode_observation(
         name: decode_checked(request.observation[name], f"infer.observation[{name}]", dtype, shape, max_bytes)
         for name, (dtype, shape) in expected.items()
     }
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of ``value`` (a negative int64 as its 64-bit two's complement, as protobuf does)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_STEPS_TAG = _varint(pb.EdgeMessage.DESCRIPTOR.fields_by_name["steps"].number << 3 | 2)  # length-delimited
+_BATCH_ID_TAG = _varint(pb.StepBatch.DESCRIPTOR.fields_by_name["batch_id"].number << 3)  # varint
+
+
+def steps_message(batch: bytes, batch_id: int) -> bytes:
+    """The bytes of ``EdgeMessage(steps=<batch with batch_id set>)`` from a serialized StepBatch, without parsing it
+    or serializing it again (an edge sends its spooled batches this way): a scalar field appended to a message
+    overrides any earlier value of it, and a message field is its bytes behind a tag and a length."""
+    tail = _BATCH_ID_TAG + _varint(batch_id)
+    return b"".join((_STEPS_TAG, _varint(len(batch) + len(tail)), batch, tail))
