@@ -145,9 +145,14 @@ def check_decoded_size(size: int, limit: int, field: str) -> None:
 
 
 def decode_batch(
-    batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES, max_decoded: int = MAX_DECODED_BYTES
+    batch: pb.StepBatch,
+    schema: Schema,
+    max_bytes: int = MAX_BATCH_BYTES,
+    max_decoded: int = MAX_DECODED_BYTES,
+    size: int | None = None,
 ) -> Columns:
-    """Checks a batch against the schema and returns its columns; errors name the offending field.
+    """Checks a batch against the schema and returns its columns; errors name the offending field. ``size``: its
+    bytes when the caller knows them, or an upper bound (the message it came in), spares walking it to count them.
 
     Every column must have the schema's shape, so what the batch decodes to is known from ``num_steps``: past
     ``max_decoded`` bytes it is refused before anything is inflated. Encoded cameras (``video``) come back as
@@ -159,7 +164,7 @@ def decode_batch(
         raise CodecError("step_batch.first_seq", f"must be >= 0, got {batch.first_seq}")
     if not 1 <= batch.num_steps <= MAX_STEPS_PER_BATCH:
         raise CodecError("step_batch.num_steps", f"must be 1..{MAX_STEPS_PER_BATCH}, got {batch.num_steps}")
-    size = batch.ByteSize()
+    size = batch.ByteSize() if size is None else size
     if size > max_bytes:
         raise CodecError("step_batch", f"{size} bytes exceeds the limit of {max_bytes}")
     _check_names(batch, schema)

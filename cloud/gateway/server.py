@@ -403,9 +403,10 @@ class Gateway(pb_grpc.TunnelServicer):
         message = pb.EdgeMessage.FromString(raw)
         if message.WhichOneof("body") != "steps":
             return message, None
-        try:
+        config = self.config
+        try:  # the message's size bounds its batch's (merged or unknown fields only add bytes): no walk to count them
             return message, step_rows(
-                session, message.steps, self.config.max_batch_bytes, self.config.max_decoded_bytes
+                session, message.steps, config.max_batch_bytes, config.max_decoded_bytes, len(raw)
             )
         except CodecError as err:
             return message, err
