@@ -14,6 +14,7 @@ import numpy as np
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError, decode_array, encode_array
+from protocol.policy_chunks import _varint
 from protocol.video import CODECS, PacketColumn, max_packet_bytes
 
 # Columns every step carries besides its observations, with dtype and per-row shape.
@@ -276,17 +277,6 @@ def decode_observation(
     }
 
 
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint of ``value`` (a negative int64 as its 64-bit two's complement, as protobuf does)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 _STEPS_TAG = _varint(pb.EdgeMessage.DESCRIPTOR.fields_by_name["steps"].number << 3 | 2)  # length-delimited
 _BATCH_ID_TAG = _varint(pb.StepBatch.DESCRIPTOR.fields_by_name["batch_id"].number << 3)  # varint
 
@@ -295,5 +285,5 @@ def steps_message(batch: bytes, batch_id: int) -> bytes:
     """The bytes of ``EdgeMessage(steps=<batch with batch_id set>)`` from a serialized StepBatch, without parsing it
     or serializing it again (an edge sends its spooled batches this way): a scalar field appended to a message
     overrides any earlier value of it, and a message field is its bytes behind a tag and a length."""
-    tail = _BATCH_ID_TAG + _varint(batch_id)
+    tail = _BATCH_ID_TAG + _varint(batch_id & (1 << 64) - 1)  # a negative int64 as its two's complement
     return b"".join((_STEPS_TAG, _varint(len(batch) + len(tail)), batch, tail))
