@@ -36,10 +36,11 @@ class EpisodeRecord:
 
 
 def absorb(episodes: list[EpisodeRecord], stats: dict[str, np.ndarray]) -> None:
-    """Folds appended rows (in row order) into their episodes' statistics."""
+    """Folds appended rows into their episodes' statistics. Ordered by seq within an episode, not by row: a reader of
+    several partitions (``cloud.data.store_union``) may meet an episode's rows in another order than its seqs."""
     if len(stats["episode_index"]) == 0:
         return
-    order = np.argsort(stats["episode_index"], kind="stable")  # stable: row order = seq order within an episode
+    order = np.lexsort((stats["seq"], stats["episode_index"]))
     index = stats["episode_index"][order]
     groups, starts, counts = np.unique(index, return_index=True, return_counts=True)
     lasts = order[starts + counts - 1]
@@ -55,5 +56,6 @@ def absorb(episodes: list[EpisodeRecord], stats: dict[str, np.ndarray]) -> None:
         record.num_steps += count
         record.intervention_steps += n_int
         record.success = record.success or ok
-        record.done = bool(stats["done"][last])
-        record.last_seq = int(stats["seq"][last])
+        if int(stats["seq"][last]) > record.last_seq:
+            record.done = bool(stats["done"][last])
+            record.last_seq = int(stats["seq"][last])

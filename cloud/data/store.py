@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -313,6 +313,13 @@ class EpisodeStore:
 
     # ---- rows ----
 
+    def locate(self, dataset: str, rows: np.ndarray) -> list[tuple[Path | str, np.ndarray, np.ndarray]]:
+        """(partition root, its rows, positions in ``rows``), as ``StoreUnion.locate``: here all rows are this one's."""
+        return [(self.root, np.asarray(rows, np.int64), np.arange(len(rows)))]
+
+    def partition_store(self, root: Path | str) -> EpisodeStore:
+        return self
+
     def committed_rows(self, dataset: str) -> int:
         return self._get(dataset).rows
 
@@ -369,9 +376,14 @@ class EpisodeStore:
             )
         return decoded.frames
 
-    def write(self, batches: list[StepRows]) -> dict[str, int]:
-        """Group commit of batches; rows already stored are skipped. Returns episode_id -> next_seq (the ack)."""
+    def write(self, batches: list[StepRows], continues: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Group commit of batches; rows already stored are skipped. Returns episode_id -> next_seq (the ack).
+
+        ``continues``: where episodes continue whose earlier rows are in another partition of a shared store
+        (``cloud.data.partitions``): their rows before that seq are skipped as stored, and a batch may start there
+        although this store holds none (or fewer) of the episode's rows."""
         self._check_writable()
+        continues = continues or {}
         with self._lock:
             plan: dict[str, list[tuple[StepRows, int]]] = {}
             expected: dict[str, int] = {}
@@ -387,7 +399,9 @@ class EpisodeStore:
                         f"not to {batch.resource_id} in {batch.dataset}"
                     )
                 owner[batch.episode_id] = (batch.dataset, batch.resource_id)
-                next_seq = expected.get(batch.episode_id, self.next_seq(batch.episode_id))
+                next_seq = expected.get(
+                    batch.episode_id, max(self.next_seq(batch.episode_id), continues.get(batch.episode_id, 0))
+                )
                 if batch.first_seq > next_seq:
                     raise ValueError(
                         f"first_seq: episode {batch.episode_id} continues at seq {next_seq}, got {batch.first_seq}"
@@ -398,7 +412,7 @@ class EpisodeStore:
                     plan.setdefault(ds.name, []).append((batch, skip))
             for name, items in plan.items():
                 self._append(self._datasets[name], items)
-            return {batch.episode_id: self.next_seq(batch.episode_id) for batch in batches}
+            return {b.episode_id: max(self.next_seq(b.episode_id), expected[b.episode_id]) for b in batches}
 
     def check(self, batch: StepRows, to_encode: Collection[str] = ()) -> None:
         """Raises ValueError (naming the field) if ``write`` would refuse the batch by itself: unknown dataset,
