@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cloud.data.blobs import is_object_url, open_blobs
@@ -45,44 +46,54 @@ def partition_names(base: str | Path) -> list[str]:
 
 class Partitions:
     """Read-only views of the partitions of the store at ``base`` (``exclude``: a partition left out, the caller's
-    own), opened as they appear. Thread-safe: a refresher thread may run beside lookups."""
+    own), opened as they appear. A refresher thread may run beside lookups: lookups take no lock and do no I/O (they
+    are made on a gateway's event loop), refreshes hold no lock over their I/O."""
 
     def __init__(self, base: str | Path, exclude: str | None = None) -> None:
         self.base = base
         self.exclude = exclude
         self.stores: dict[str, EpisodeStore] = {}  # by partition name, in the order they were found
         self.refreshed_at: dict[str, float] = {}  # monotonic time of each partition's last refresh
-        self._lock = threading.RLock()
+        self.found_at = 0.0  # monotonic time of the last look for new partitions
+        self._records: dict[str, EpisodeRecord] = {}  # episode -> its first record seen (dataset and owner are fixed)
+        self._taken: dict[tuple[str, str], int] = {}  # (partition, dataset) -> its records taken into _records
+        self._lock = threading.Lock()  # one refresh at a time
 
     def refresh(self, names: list[str] | None = None) -> None:
         """Finds new partitions and re-reads what each (or those of ``names``) committed since the last look."""
         with self._lock:
             if names is None:
+                self.found_at = time.monotonic()
                 for name in partition_names(self.base):
                     if name != self.exclude and name not in self.stores:
-                        self.stores[name] = EpisodeStore(partition_root(self.base, name), read_only=True)
+                        store = EpisodeStore(partition_root(self.base, name), read_only=True)
+                        self.stores = {**self.stores, name: store}  # lookups iterate the old dict meanwhile
                 names = list(self.stores)
             for name in names:
-                self.stores[name].refresh()
+                store = self.stores[name]
+                store.refresh()
                 self.refreshed_at[name] = time.monotonic()
+                for dataset in store.datasets():
+                    taken = self._taken.get((name, dataset), 0)
+                    records = store.episodes(dataset)
+                    for record in records[taken:]:
+                        self._records.setdefault(record.episode_id, record)
+                    self._taken[(name, dataset)] = len(records)
 
     def holders(self, episode_id: str) -> list[str]:
         """The partitions that hold rows of the episode."""
-        with self._lock:
-            return [name for name, store in self.stores.items() if store.episode(episode_id) is not None]
+        return [name for name, store in self.stores.items() if store.next_seq(episode_id)]
 
     def next_seq(self, episode_id: str) -> int:
         """Where the episode continues after every partition's rows of it (0: none holds it)."""
-        with self._lock:
-            return max((store.next_seq(episode_id) for store in self.stores.values()), default=0)
+        return max((store.next_seq(episode_id) for store in self.stores.values()), default=0)
 
     def episode(self, episode_id: str) -> EpisodeRecord | None:
-        """The episode's record in the partition that holds its latest rows (None: none holds it)."""
-        with self._lock:
-            records = [r for r in (s.episode(episode_id) for s in self.stores.values()) if r is not None]
-        return max(records, key=lambda record: record.last_seq) if records else None
+        """Whose the episode is and where it continues (None: no partition holds it). Its statistics are those of
+        the first partition's rows seen: a reader of steps reads ``cloud.data.store_union``."""
+        record = self._records.get(episode_id)
+        return None if record is None else replace(record, last_seq=self.next_seq(episode_id) - 1)
 
     def close(self) -> None:
-        with self._lock:
-            for store in self.stores.values():
-                store.close()
+        for store in self.stores.values():
+            store.close()

@@ -32,7 +32,7 @@ log = logging.getLogger("fleetloop")
 class SharedPartition:
     """``own``: this gateway's partition (the writer); ``others``: the rest of the store (see the module docstring)."""
 
-    def __init__(self, own: EpisodeStore, others: Partitions, refresh_s: float = 1.0, fresh_s: float = 0.2) -> None:
+    def __init__(self, own: EpisodeStore, others: Partitions, refresh_s: float = 0.5, fresh_s: float = 0.2) -> None:
         self.own = own
         self.others = others
         self.refresh_s = refresh_s
@@ -95,7 +95,7 @@ class SharedPartition:
     def next_seq(self, episode_id: str) -> int:
         """Where the episode continues, after its rows in this partition and in every other one."""
         own = self.own.next_seq(episode_id)
-        if not own and self.others.holders(episode_id):
+        if not own:
             self._fresh(episode_id)
         return max(own, self.others.next_seq(episode_id))
 
@@ -107,7 +107,9 @@ class SharedPartition:
         return own if own.last_seq >= theirs.last_seq else theirs
 
     def _fresh(self, episode_id: str) -> None:
-        """Re-reads the partitions that hold the episode if the last look is older than ``fresh_s``."""
+        """Re-reads the partitions that hold an episode this one does not, if that look is older than ``fresh_s``
+        (an episode no partition is known to hold is new here, or begun elsewhere since the refresher's last look:
+        that costs the event loop nothing)."""
         now = time.monotonic()
         stale = [n for n in self.others.holders(episode_id) if now - self.others.refreshed_at.get(n, 0) > self.fresh_s]
         if stale:

@@ -211,6 +211,8 @@ def _open_store(args: argparse.Namespace):
 def _gateway_id(text: str) -> str:
     from cloud.data.layout import check_gateway_id
 
+    if not text:  # the default (argparse passes it here too): the store's root, as one gateway
+        return ""
     try:
         return check_gateway_id(text)
     except ValueError as err:

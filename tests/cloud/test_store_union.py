@@ -133,3 +133,16 @@ def test_a_new_partition_gets_the_dataset_as_the_others_keep_it(tmp_path) -> Non
     assert own.schema("toy") == a.own.schema("toy")
     a.close()
     b.close()
+
+
+def test_readers_opened_before_any_gateway_wrote_see_the_partitions_once_they_appear(tmp_path) -> None:
+    base = tmp_path / "store"
+    union = StoreUnion(base)
+    early = EpisodeStore(partition_root(base, "a"), read_only=True)
+    a = gateway(base, "a")
+    a.write([rows("ep", 0, 5)])
+    union.refresh()
+    early.refresh()
+    assert union.committed_rows("toy") == 5 and early.committed_rows("toy") == 5
+    for store in (a, union, early):
+        store.close()
