@@ -56,6 +56,7 @@ from cloud.data.columns import (
 )
 from cloud.data.episodes import EpisodeRecord, absorb
 from cloud.data.files import fsync_path
+from cloud.data.store_views import DatasetViews
 from cloud.data.writer_hold import FolderLock, ObjectLease, WriterHold
 from protocol.limits import case_twin
 from protocol.video import PacketColumn
@@ -104,7 +105,7 @@ def _uncoded(spec: ColumnSpec | None) -> ColumnSpec | None:
     return None if spec is None else replace(spec, codec="")
 
 
-class EpisodeStore:
+class EpisodeStore(DatasetViews):
     """Opens or creates the store at ``root`` (a folder or an ``s3://bucket/prefix`` URL); one writer process, any
     number of read_only readers. ``take_over``: a writer on object storage replaces the lease of one that died."""
 
@@ -265,40 +266,11 @@ class EpisodeStore:
         self._blobs.put(f"{name}/commit.json", self._commit_bytes(ds), self.durable, self.durable)
         self._datasets[name] = ds
 
-    def schema(self, dataset: str) -> dict[str, ColumnSpec]:
-        """Every column of the dataset, seq and episode_index included."""
-        return dict(self._get(dataset).schema)
-
-    def datasets(self) -> list[str]:
-        return sorted(self._datasets)
-
-    def _get(self, dataset: str) -> _Dataset:
-        ds = self._datasets.get(dataset)
-        if ds is None:
-            raise KeyError(f"dataset: no dataset {dataset!r} in {self.root}")
-        return ds
-
     def _check_writable(self) -> None:
         if self.read_only or self._hold is None:
             raise PermissionError(f"the episode store at {self.root} is open read_only or closed")
 
     # ---- episodes ----
-
-    def next_seq(self, episode_id: str) -> int:
-        """The seq the episode continues at: 0 for an unknown episode."""
-        record = self._episode_of.get(episode_id)
-        return 0 if record is None else record.next_seq
-
-    def episode(self, episode_id: str) -> EpisodeRecord | None:
-        with self._lock:  # copies of records a write is not halfway through updating
-            record = self._episode_of.get(episode_id)
-            return None if record is None else replace(record)
-
-    def episodes(self, dataset: str | None = None) -> list[EpisodeRecord]:
-        """Episodes with committed rows, in episode_index order (per dataset, datasets sorted)."""
-        names = self.datasets() if dataset is None else [self._get(dataset).name]
-        with self._lock:
-            return [replace(record) for name in names for record in self._datasets[name].episodes]
 
     def row_indices(self, dataset: str, episode_id: str) -> np.ndarray:
         """Committed rows of one episode, in seq order (an episode's rows interleave with others')."""
@@ -319,9 +291,6 @@ class EpisodeStore:
 
     def partition_store(self, root: Path | str) -> EpisodeStore:
         return self
-
-    def committed_rows(self, dataset: str) -> int:
-        return self._get(dataset).rows
 
     def read(
         self, dataset: str, columns: list[str] | None = None, start: int = 0, stop: int | None = None

@@ -31,6 +31,7 @@ from cloud.data.columns import STAT_COLUMNS, ColumnSpec
 from cloud.data.episodes import EpisodeRecord, absorb
 from cloud.data.partitions import Partitions
 from cloud.data.store import EpisodeStore
+from cloud.data.store_views import DatasetViews
 from protocol.video import PacketColumn
 
 log = logging.getLogger("fleetloop")
@@ -56,7 +57,7 @@ class _Union:
     skipped: set[str] = field(default_factory=set)  # partitions whose dataset has another schema (logged once)
 
 
-class StoreUnion:
+class StoreUnion(DatasetViews):
     """A read-only episode store over every partition of the store at ``root`` (see the module docstring)."""
 
     read_only = True
@@ -167,35 +168,6 @@ class StoreUnion:
         return keep
 
     # ---- what readers ask ----
-
-    def datasets(self) -> list[str]:
-        return sorted(self._datasets)
-
-    def _get(self, dataset: str) -> _Union:
-        union = self._datasets.get(dataset)
-        if union is None:
-            raise KeyError(f"dataset: no dataset {dataset!r} in {self.root}")
-        return union
-
-    def schema(self, dataset: str) -> dict[str, ColumnSpec]:
-        return dict(self._get(dataset).schema)
-
-    def committed_rows(self, dataset: str) -> int:
-        return self._get(dataset).rows
-
-    def next_seq(self, episode_id: str) -> int:
-        record = self._episode_of.get(episode_id)
-        return 0 if record is None else record.next_seq
-
-    def episode(self, episode_id: str) -> EpisodeRecord | None:
-        with self._lock:
-            record = self._episode_of.get(episode_id)
-            return None if record is None else replace(record)
-
-    def episodes(self, dataset: str | None = None) -> list[EpisodeRecord]:
-        names = self.datasets() if dataset is None else [self._get(dataset).name]
-        with self._lock:
-            return [replace(record) for name in names for record in self._datasets[name].episodes]
 
     def drivers(self, dataset: str, episode_id: str) -> dict[int, str]:
         """seq -> who, over every partition that holds rows of the episode."""
