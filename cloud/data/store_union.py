@@ -8,7 +8,9 @@ Row numbers: a dataset's rows in the union are the partitions' rows in the order
 refresh, each partition's newly committed rows are appended (partitions in the order they were found). So the union
 only ever grows at its end, as one store does, and a reader that holds rows ``[0, n)`` (the learner's step index)
 reads only what is new. The numbering belongs to this reader: another process may number the same rows otherwise, so
-what crosses processes (the learner's frame loaders) names rows by partition (``locate``).
+what crosses processes (the learner's frame loaders) names rows by partition (``locate``). A learner restarted on
+several partitions numbers them afresh (partition by partition), so the row count its checkpoint saved is a count,
+not a place: it only decides whether the first round after the restart has anything new to learn from.
 
 Episodes: one record per episode id, whatever partitions hold it (an edge that reconnected to another gateway
 mid-episode continues it there); its ``episode_index`` is the union's own, its statistics folded from its rows in seq
