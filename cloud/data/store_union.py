@@ -149,7 +149,7 @@ class StoreUnion(DatasetViews):
             kept_rows = np.arange(start, stop, dtype=np.int64)[keep]
             union.part = np.concatenate([union.part, np.full(len(kept_rows), self._numbers[partition], np.int32)])
             union.row = np.concatenate([union.row, kept_rows])
-        absorb(union.episodes, {name: values[keep] for name, values in stats.items()})
+        absorb(union.episodes, {name: values[keep] for name, values in stats.items()}, by_seq=True)
         union.rows += int(keep.sum())
 
     @staticmethod

@@ -146,3 +146,21 @@ def test_readers_opened_before_any_gateway_wrote_see_the_partitions_once_they_ap
     assert union.committed_rows("toy") == 5 and early.committed_rows("toy") == 5
     for store in (a, union, early):
         store.close()
+
+
+def test_an_episode_read_partition_by_partition_against_its_seq_order_is_whole_and_linked(tmp_path) -> None:
+    """It began on gateway b and moved to a; a fresh reader takes a's rows (the later seqs) first."""
+    base = tmp_path / "store"
+    a, b = gateway(base, "a"), gateway(base, "b")
+    b.write([rows("ep", 0, 6)])
+    a.others.refresh()
+    a.write([rows("ep", 6, 4, done=True)])
+    union = StoreUnion(base)
+    assert union.read("toy", ["seq"])["seq"].tolist() == [6, 7, 8, 9, 0, 1, 2, 3, 4, 5]
+    record = union.episode("ep")
+    assert (record.num_steps, record.last_seq, record.done) == (10, 9, True)
+    assert seqs_of(union, "ep") == list(range(10))
+    table = StepIndex(union).table("toy", ["obs.state"])
+    assert table.next_row.tolist() == [1, 2, 3, -1, 5, 6, 7, 8, 9, 0]  # seq 5 (row 9) -> seq 6 (row 0)
+    for store in (a, b, union):
+        store.close()
