@@ -3,6 +3,9 @@
 - ``layout``           the cloud's data folder (``--root``): where the store, registry, credentials, certificates
                        and the learner's checkpoint live in it
 - ``store``            the episode store: steps of every episode as zarr v3 arrays, committed in batches
+- ``partitions``       several gateways on one store: a partition each (``@parts/<gateway-id>``), found and read
+- ``shared_partition`` a gateway's store beside others: writes its partition, continues episodes others began
+- ``store_union``      every partition read as one store (the learner, export, ``policy``)
 - ``columns``          the store's column schema (raw or encoded camera) and how a column's zarr array is made
 - ``video_columns``    encoded camera columns in the store: packets in, decoded frames (or the packets) out
 - ``episodes``         an episode's provenance and the statistics folded from its rows
