@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -127,6 +128,68 @@ class Verifier:
         tensors = layout.tensors(weights)
         manifest.check_state(digests(tensors, dict.fromkeys(tensors, "float32")))
         return manifest
+
+
+class StreamCheck:
+    """A registry file checked against the learner's signature while its bytes pass by in order (read from disk as
+    it is sent): the header's signature as soon as the header is in, each tensor's digest as its bytes go by, so a
+    large version is checked in the pass that reads it, not in a second one."""
+
+    def __init__(self, verifier: Verifier, policy_name: str, version: int, total_bytes: int) -> None:
+        self.verifier, self.policy_name, self.version, self.total_bytes = verifier, policy_name, version, total_bytes
+        self.where = f"{policy_name} v{version}"
+        self.received = 0
+        self.manifest: Manifest | None = None  # set once the header passed
+        self.metadata: dict[str, str] = {}  # the header's, once it passed
+        self._head = bytearray()  # the bytes before the header is whole
+        self._spans: list[tuple[str, int, Any]] = []  # (tensor, end offset in the file, its hasher), in file order
+        self._at = 0  # the span the next byte belongs to
+
+    def update(self, data: Buffer) -> None:
+        """The next ``data``; ``UnsignedVersion`` as soon as what passed cannot be the version the learner signed."""
+        view = memoryview(data).cast("B")
+        offset = self.received
+        self.received += len(view)
+        if self.received > self.total_bytes:
+            raise UnsignedVersion(f"{self.where}: longer than the {self.total_bytes} bytes it was announced with")
+        if self.manifest is None:
+            self._head += view
+            if len(self._head) < 8 or len(self._head) < 8 + int.from_bytes(self._head[:8], "little"):
+                return
+            offset, view = self._check_header()
+        self._hash(offset, view)
+
+    def _check_header(self) -> tuple[int, memoryview]:
+        """Checks the header's signature; returns where the data section starts and its bytes received so far."""
+        try:
+            layout = Layout.parse(self._head, self.total_bytes)
+        except LayoutError as err:
+            raise UnsignedVersion(f"{self.where}: not a safetensors file ({err})") from None
+        self.manifest = self.verifier.manifest(layout.metadata, self.policy_name, self.version)
+        self.metadata = layout.metadata
+        for name, (dtype, shape, _, end) in sorted(layout.entries.items(), key=lambda item: item[1][2:]):
+            hasher = hashlib.sha256(f"{dtype}:{shape}:".encode())  # as tensor_digest hashes a tensor
+            self._spans.append((name, layout.header_bytes + end, hasher))
+        head, self._head = self._head, bytearray()
+        return layout.header_bytes, memoryview(head)[layout.header_bytes :]
+
+    def _hash(self, offset: int, view: memoryview) -> None:
+        while self._at < len(self._spans):
+            _, end, hasher = self._spans[self._at]
+            take = min(end - offset, len(view))
+            if take:
+                hasher.update(view[:take])
+                offset, view = offset + take, view[take:]
+            if offset < end:
+                return
+            self._at += 1
+
+    def finish(self) -> Manifest:
+        """The learner's manifest once every byte passed and every tensor is the one it signed; else UnsignedVersion."""
+        if self.manifest is None or self.received != self.total_bytes:
+            raise UnsignedVersion(f"{self.where}: {self.received} of its {self.total_bytes} bytes were checked")
+        self.manifest.check_state({name: hasher.hexdigest() for name, _, hasher in self._spans})
+        return self.manifest
 
 
 class Signer(Verifier):

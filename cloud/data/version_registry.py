@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cloud.data.files import write_atomically
+from cloud.data.files import read_json, temporary_path, write_atomically
 from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
 from policies.weights import read_metadata
 from protocol.limits import case_twin
@@ -52,6 +52,18 @@ class PolicyVersion:
     size_bytes: int
     published_unix: float
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """A version whose file is being written now (a hint ``publish`` leaves, so a gateway can send it as it grows)."""
+
+    version: int
+    size_bytes: int
+    path: Path  # the file as it grows, renamed to ``PolicyRegistry.path`` once whole and fsynced
+
+
+PUBLISHING = "publishing.json"
 
 
 class PolicyRegistry:
@@ -120,9 +132,11 @@ class PolicyRegistry:
         if self.signer is not None:  # the signed header, then the data section as it is (not copied)
             header, data_start = self.signer.signed_header(weights, policy_name, number)
             parts = (header, memoryview(weights)[data_start:])
+        path = self.path(policy_name, number)
+        hint = {"version": number, "size_bytes": sum(len(part) for part in parts), "file": temporary_path(path).name}
+        write_atomically(directory / PUBLISHING, json.dumps(hint).encode(), fsync_file=False, fsync_dir=False)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
             sha256 = pool.submit(_sha256, parts)  # hashed while the file is written (hashlib lets go of the GIL)
-            path = directory / f"v{number:06d}.safetensors"
             write_atomically(path, parts, fsync_dir=False)
         version = PolicyVersion(
             policy_name=policy_name,
@@ -136,6 +150,21 @@ class PolicyRegistry:
         write_atomically(directory / f"v{version.version:06d}.json", record, fsync_dir=False)  # its note, kept
         write_atomically(directory / "latest.json", record, fsync_dir=False)
         return version
+
+    def publishing(self, policy_name: str) -> Publishing | None:
+        """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the
+        file may stop growing (its writer died), and only a recorded version is published."""
+        try:
+            hint = read_json(self._dir(policy_name) / PUBLISHING)
+            found = Publishing(int(hint["version"]), int(hint["size_bytes"]), self._dir(policy_name) / hint["file"])
+        except (TypeError, KeyError, ValueError, OSError):  # none, or not a hint publish wrote
+            return None
+        latest = self.latest(policy_name)
+        following = found.version == (latest.version if latest else 0) + 1
+        return found if following and found.path.parent == self._dir(policy_name) and found.size_bytes > 0 else None
+
+    def path(self, policy_name: str, version: int) -> Path:
+        return self._dir(policy_name) / f"v{version:06d}.safetensors"
 
     def describe(self, policy_name: str, version: int) -> PolicyVersion | None:
         """A version's record (its note, when, size); None for one published before records were kept per
@@ -193,7 +222,7 @@ class PolicyRegistry:
         return self.publish(policy_name, weights, note=f"rollback to v{target}")
 
     def read(self, policy_name: str, version: int) -> bytes:
-        return (self._dir(policy_name) / f"v{version:06d}.safetensors").read_bytes()
+        return self.path(policy_name, version).read_bytes()
 
     def read_header(self, policy_name: str, version: int) -> bytes:
         """The safetensors header alone (8-byte length + JSON), so a reader of a version's metadata (its type and
