@@ -141,6 +141,8 @@ class StreamCheck:
         self.received = 0
         self.manifest: Manifest | None = None  # set once the header passed
         self.metadata: dict[str, str] = {}  # the header's, once it passed
+        self.sizes: dict[str, int] = {}  # each tensor's bytes, once the header passed
+        self.digests: dict[str, str] = {}  # each tensor's (as tensor_digest makes it) once all its bytes passed
         self._head = bytearray()  # the bytes before the header is whole
         self._spans: list[tuple[str, int, Any]] = []  # (tensor, end offset in the file, its hasher), in file order
         self._at = 0  # the span the next byte belongs to
@@ -167,28 +169,31 @@ class StreamCheck:
             raise UnsignedVersion(f"{self.where}: not a safetensors file ({err})") from None
         self.manifest = self.verifier.manifest(layout.metadata, self.policy_name, self.version)
         self.metadata = layout.metadata
-        for name, (dtype, shape, _, end) in sorted(layout.entries.items(), key=lambda item: item[1][2:]):
+        for name, (dtype, shape, begin, end) in sorted(layout.entries.items(), key=lambda item: item[1][2:]):
             hasher = hashlib.sha256(f"{dtype}:{shape}:".encode())  # as tensor_digest hashes a tensor
             self._spans.append((name, layout.header_bytes + end, hasher))
+            self.sizes[name] = end - begin
         head, self._head = self._head, bytearray()
         return layout.header_bytes, memoryview(head)[layout.header_bytes :]
 
     def _hash(self, offset: int, view: memoryview) -> None:
         while self._at < len(self._spans):
-            _, end, hasher = self._spans[self._at]
+            name, end, hasher = self._spans[self._at]
             take = min(end - offset, len(view))
             if take:
                 hasher.update(view[:take])
                 offset, view = offset + take, view[take:]
             if offset < end:
                 return
+            self.digests[name] = hasher.hexdigest()
             self._at += 1
 
     def finish(self) -> Manifest:
         """The learner's manifest once every byte passed and every tensor is the one it signed; else UnsignedVersion."""
         if self.manifest is None or self.received != self.total_bytes:
             raise UnsignedVersion(f"{self.where}: {self.received} of its {self.total_bytes} bytes were checked")
-        self.manifest.check_state({name: hasher.hexdigest() for name, _, hasher in self._spans})
+        self._hash(self.received, memoryview(b""))  # tensors of no bytes at the very end
+        self.manifest.check_state(self.digests)
         return self.manifest
 
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cloud.data.files import read_json, temporary_path, write_atomically
+from cloud.data.files import temporary_path, write_atomically
 from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
 from policies.weights import read_metadata
 from protocol.limits import case_twin
@@ -155,7 +155,7 @@ class PolicyRegistry:
         """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the
         file may stop growing (its writer died), and only a recorded version is published."""
         try:
-            hint = read_json(self._dir(policy_name) / PUBLISHING)
+            hint = json.loads((self._dir(policy_name) / PUBLISHING).read_bytes())  # renamed into place: whole
             found = Publishing(int(hint["version"]), int(hint["size_bytes"]), self._dir(policy_name) / hint["file"])
         except (TypeError, KeyError, ValueError, OSError):  # none, or not a hint publish wrote
             return None

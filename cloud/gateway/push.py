@@ -15,7 +15,7 @@ from cloud.data.version_registry import PolicyRegistry, PolicyVersion, Publishin
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.lru_cache import LruCache
 from cloud.gateway.sessions import Session, Subscription
-from cloud.gateway.snapshot_stream import STALLED_S, PublishAbandoned, SnapshotSource, SnapshotStream
+from cloud.gateway.snapshot_stream import PublishAbandoned, SnapshotSource, SnapshotStream
 from policies.signing import UnsignedVersion
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import sha256_hex
@@ -162,6 +162,7 @@ class PolicyPusher:
             growing=publishing is not None,
             durable=lambda: self._published(version.policy_name, version.version),
             final_path=final,
+            stalled_s=self.config.publish_stalled_s,
         )
         stream = SnapshotStream(source, self.config.policy_chunk_bytes, version.sha256)
         self._streams.put(key, stream)
@@ -179,7 +180,7 @@ class PolicyPusher:
 
     async def _published(self, name: str, version: int) -> PolicyVersion:
         """The registry's record of ``version`` once it is published (its file fsynced), polled while it is not."""
-        deadline = time.monotonic() + STALLED_S
+        deadline = time.monotonic() + self.config.publish_stalled_s
         while True:
             latest = await asyncio.to_thread(self.registry.latest, name)
             if latest is not None and latest.version == version:
@@ -190,7 +191,8 @@ class PolicyPusher:
                     raise PublishAbandoned(f"{name} v{version}: no record of it in the registry")
                 return record
             if time.monotonic() > deadline:
-                raise PublishAbandoned(f"{name} v{version}: written whole, but not recorded within {STALLED_S:.0f} s")
+                stalled = self.config.publish_stalled_s
+                raise PublishAbandoned(f"{name} v{version}: written whole, but not recorded within {stalled:.0f} s")
             await asyncio.sleep(min(self.config.registry_poll_s, 0.005))
 
     async def _read_weights(self, version: PolicyVersion) -> bytes:
@@ -270,6 +272,8 @@ class PolicyPusher:
         base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
         if await self._architecture(base) != await self._architecture(version):
             return None  # another architecture (or pruned): seen from the headers, so nothing is hashed
+        if await self._changed_too_much(version, base):
+            return None  # seen while its file is read: its snapshot goes out at once, not after the whole file
         target = await self._wire_state(version)
         try:
             base_state = await self._wire_state(base)
@@ -278,6 +282,18 @@ class PolicyPusher:
         if delta_names(target, base_state, self.config.max_delta_fraction) is None:
             return None  # most of the bytes changed
         return target, base_state
+
+    async def _changed_too_much(self, version: PolicyVersion, base: PolicyVersion) -> bool:
+        """While ``version``'s float32 snapshot is still being read: whether enough of its tensors differ from
+        ``base``'s already that no delta can carry it."""
+        stream = self._streams.get((version.policy_name, version.version))
+        if stream is None or stream.done or self.config.wire_dtype != "float32":
+            return False
+        try:
+            base_state = await self._wire_state(base)
+        except FileNotFoundError:
+            return True  # pruned: no delta against it either
+        return await stream.changed_past(base_state.digests, self.config.max_delta_fraction)
 
     async def _update_for(self, version: PolicyVersion, base_version: int) -> Pieces:
         """The update's pieces: a delta against what the edge holds when possible, else a snapshot."""
@@ -332,6 +348,7 @@ class PolicyPusher:
                             printable(str(err)),
                         )
                         held.offer = None
+                        self.offer_latest(session, version.policy_name)  # recorded meanwhile: sent from its file
                     except (UnsignedVersion, OSError, ValueError) as err:  # unsigned, gone or unreadable: not sent
                         held.sent_version = max(held.sent_version, version.version)
                         self.keep_off(session, held, version.policy_name, version.version, str(err), by_edge=False)

@@ -11,19 +11,18 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from cloud.data.version_registry import PolicyVersion
-from policies.signing import StreamCheck, Verifier
+from policies.signing import StreamCheck, UnsignedVersion, Verifier
 from protocol import tunnel_pb2 as pb
 from protocol.policy_chunks import policy_piece
 
 GROWTH_WAIT_S = 0.002  # a file still being written: how long to wait before reading on at its end
-STALLED_S = 30.0  # a publish whose file stopped growing this long is abandoned (its writer died)
 
 
 class PublishAbandoned(OSError):
@@ -42,6 +41,7 @@ class SnapshotSource:
     growing: bool
     durable: Callable[[], Awaitable[PolicyVersion]]
     final_path: Path  # where the version's file lies once published (the same file as ``path``, renamed)
+    stalled_s: float = 30.0  # a growing file that does not grow for this long was abandoned by its writer
 
 
 class SnapshotStream:
@@ -56,6 +56,7 @@ class SnapshotStream:
         self.done = False
         self.error: BaseException | None = None
         self.metadata: dict[str, str] | None = None  # the header's, once it passed the signature check
+        self.check: StreamCheck | None = None  # its tensors' digests as they are hashed
         loop = asyncio.get_running_loop()
         self.header_checked: asyncio.Future[None] = loop.create_future()
         self._changed: asyncio.Future[None] = loop.create_future()
@@ -72,6 +73,23 @@ class SnapshotStream:
             if self.done:
                 return
             await asyncio.shield(self._changed)
+
+    async def changed_past(self, base: Mapping[str, str], fraction: float) -> bool:
+        """True as soon as the tensors hashed so far differ from ``base`` (tensor -> digest) in more than ``fraction``
+        of all tensor bytes, or in their names: no delta from ``base`` can carry this version. False when the stream
+        ended short of that (a delta may do: it is built from the whole file)."""
+        while self.error is None and not self.done:
+            check = self.check
+            if check is not None and check.sizes:
+                if set(check.sizes) != set(base):
+                    return True
+                changed = sum(
+                    check.sizes[name] for name, digest in check.digests.copy().items() if base[name] != digest
+                )
+                if changed > fraction * sum(check.sizes.values()):
+                    return True
+            await asyncio.shield(self._changed)
+        return False
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
@@ -90,7 +108,7 @@ class SnapshotStream:
         """Reads, checks and cuts the file; ends the stream with its last piece, or with the error that stopped it."""
         loop = asyncio.get_running_loop()
         source = self.source
-        check = StreamCheck(verifier, source.policy_name, source.version, source.total_bytes)
+        check = self.check = StreamCheck(verifier, source.policy_name, source.version, source.total_bytes)
         try:
             with await asyncio.to_thread(self._open) as file:
                 last = await asyncio.to_thread(self._read, file, check, loop)
@@ -99,7 +117,7 @@ class SnapshotStream:
             self._add(policy_piece(self._template(record.sha256), source.total_bytes, last, self.chunks[-1]))
             self.done = True
         except BaseException as err:  # every sender waiting on it hears why
-            self.error = err if isinstance(err, Exception) else PublishAbandoned(f"{source.version}: {err!r}")
+            self.error = self._why(err)
             if not self.header_checked.done():
                 self.header_checked.set_exception(self.error)
                 self.header_checked.exception()  # retrieved: a sender may not be waiting on it
@@ -107,6 +125,17 @@ class SnapshotStream:
                 raise
         finally:
             self._notify()
+
+    def _why(self, err: BaseException) -> Exception:
+        """What the senders hear. Tensors that differ from the signed ones in a file still being written are not the
+        version's last word (a writer that died, then another that wrote the same name anew): only the recorded
+        file is judged, when it is announced as published."""
+        where = f"{self.source.policy_name} v{self.source.version}"
+        if not isinstance(err, Exception):
+            return PublishAbandoned(f"{where}: {err!r}")
+        if self.source.growing and isinstance(err, UnsignedVersion) and self.metadata is not None:
+            return PublishAbandoned(f"{where}: the file being written is not the one signed ({err})")
+        return err
 
     def _template(self, sha256: str) -> pb.PolicyChunk:
         source = self.source
@@ -137,7 +166,7 @@ class SnapshotStream:
                         continue
                     loop.call_soon_threadsafe(self._header_passed, check.metadata)
                 else:
-                    hashed.append(hasher.submit(check.update, data))
+                    hashed.append(hasher.submit(self._hash, check, data, loop))
                 while cut < len(self.chunks) and offsets[cut] + len(self.chunks[cut]) < total:  # the last one waits
                     loop.call_soon_threadsafe(self._add, policy_piece(template, total, offsets[cut], self.chunks[cut]))
                     cut += 1
@@ -146,11 +175,18 @@ class SnapshotStream:
         check.finish()  # every tensor as the learner signed it
         return offsets[-1]
 
+    def _hash(self, check: StreamCheck, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Hashes the next bytes (on the hashing thread); a tensor hashed whole is news for ``changed_past``."""
+        hashed = len(check.digests)
+        check.update(data)
+        if len(check.digests) > hashed:
+            loop.call_soon_threadsafe(self._notify)
+
     def _open(self) -> BinaryIO:
         """The version's file; one still being published may not be there yet, or be renamed into place already."""
         source = self.source
         paths = (source.path, source.final_path) if source.growing else (source.path,)
-        deadline = time.monotonic() + STALLED_S
+        deadline = time.monotonic() + source.stalled_s
         while True:
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
@@ -165,7 +201,7 @@ class SnapshotStream:
         """Up to a piece's worth of bytes from ``at``, waiting while a growing file has none yet."""
         stalled_since = time.monotonic()
         while not (data := file.read(min(self.chunk_bytes, self.source.total_bytes - at))):
-            if not self.source.growing or time.monotonic() - stalled_since > STALLED_S:
+            if not self.source.growing or time.monotonic() - stalled_since > self.source.stalled_s:
                 raise PublishAbandoned(f"{self.source.policy_name} v{self.source.version}: its file ended at {at}")
             time.sleep(GROWTH_WAIT_S)
         return data
