@@ -37,6 +37,14 @@ WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 type Buffer = bytes | bytearray | memoryview
 
 
+class HashedBuffer(bytearray):
+    """A safetensors file received into memory whose tensors were hashed as its bytes arrived (``digests``: each
+    tensor's ``tensor_digest`` by name, None until all were), so loading it need not hash it again. Its bytes do not
+    change once hashed."""
+
+    digests: dict[str, str] | None = None
+
+
 class LayoutError(ValueError):
     """Bytes that are not a well-formed safetensors file."""
 

@@ -57,6 +57,7 @@ class SnapshotStream:
         self.error: BaseException | None = None
         self.metadata: dict[str, str] | None = None  # the header's, once it passed the signature check
         self.check: StreamCheck | None = None  # its tensors' digests as they are hashed
+        self._stopped = False
         loop = asyncio.get_running_loop()
         self.header_checked: asyncio.Future[None] = loop.create_future()
         self._changed: asyncio.Future[None] = loop.create_future()
@@ -110,10 +111,16 @@ class SnapshotStream:
         source = self.source
         check = self.check = StreamCheck(verifier, source.policy_name, source.version, source.total_bytes)
         try:
-            with await asyncio.to_thread(self._open) as file:
-                last = await asyncio.to_thread(self._read, file, check, loop)
-                record = await source.durable()
-                self._check_published(file, record)
+            # A thread of its own: waiting on a growing file must not hold one of the loop's shared workers.
+            reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-read")
+            try:
+                with await loop.run_in_executor(reader, self._open) as file:
+                    last = await loop.run_in_executor(reader, self._read, file, check, loop)
+                    record = await source.durable()
+                    self._check_published(file, record)
+            finally:
+                self._stopped = True  # a reader still waiting on the file (the gateway stops) gives up
+                reader.shutdown(wait=False)
             self._add(policy_piece(self._template(record.sha256), source.total_bytes, last, self.chunks[-1]))
             self.done = True
         except BaseException as err:  # every sender waiting on it hears why
@@ -191,6 +198,8 @@ class SnapshotStream:
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
                     return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+            if self._stopped:
+                raise PublishAbandoned(f"{source.policy_name} v{source.version}: no longer read")
             if not source.growing:
                 raise FileNotFoundError(f"{source.policy_name} v{source.version}: {source.path} is gone")
             if time.monotonic() > deadline:
@@ -201,7 +210,7 @@ class SnapshotStream:
         """Up to a piece's worth of bytes from ``at``, waiting while a growing file has none yet."""
         stalled_since = time.monotonic()
         while not (data := file.read(min(self.chunk_bytes, self.source.total_bytes - at))):
-            if not self.source.growing or time.monotonic() - stalled_since > self.source.stalled_s:
+            if self._stopped or not self.source.growing or time.monotonic() - stalled_since > self.source.stalled_s:
                 raise PublishAbandoned(f"{self.source.policy_name} v{self.source.version}: its file ended at {at}")
             time.sleep(GROWTH_WAIT_S)
         return data
