@@ -414,13 +414,14 @@ class TunnelClient:
             log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        end = chunk.offset + len(chunk.data)
+        data = chunk.data  # read once: each read of a protobuf bytes field is a fresh copy of the piece
+        end = chunk.offset + len(data)
         if end > len(incoming.buffer):
             log.error("policy %s v%d is longer than announced; dropping it", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        incoming.buffer[chunk.offset : end] = chunk.data
-        incoming.digest.update(chunk.data)
+        incoming.buffer[chunk.offset : end] = data
+        incoming.digest.update(data)
         incoming.received = end
         view = memoryview(incoming.buffer)[chunk.offset : end]
         incoming.hashed.append(self._tensor_hasher.submit(incoming.tensors.update, view))
