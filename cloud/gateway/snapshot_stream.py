@@ -210,10 +210,18 @@ class SnapshotStream:
         """Up to a piece's worth of bytes from ``at``, waiting while a growing file has none yet."""
         stalled_since = time.monotonic()
         while not (data := file.read(min(self.chunk_bytes, self.source.total_bytes - at))):
-            if self._stopped or not self.source.growing or time.monotonic() - stalled_since > self.source.stalled_s:
+            stalled = time.monotonic() - stalled_since
+            if self._stopped or not self.source.growing or stalled > self.source.stalled_s or self._replaced(file):
                 raise PublishAbandoned(f"{self.source.policy_name} v{self.source.version}: its file ended at {at}")
             time.sleep(GROWTH_WAIT_S)
         return data
+
+    def _replaced(self, file: BinaryIO) -> bool:
+        """Whether the registry published another file as this version (a writer that died, then a new one)."""
+        try:
+            return os.stat(self.source.final_path).st_ino != os.fstat(file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def _check_published(self, file: BinaryIO, record: PolicyVersion) -> None:
         """The registry's version is the file that was read (not one written after a publish that died)."""

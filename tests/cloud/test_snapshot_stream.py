@@ -5,6 +5,8 @@ sent whole. A real registry on disk, the gateway's pusher, and (last test) the r
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -156,6 +158,49 @@ def test_a_publish_that_dies_halfway_completes_nothing_and_the_next_is_sent_whol
     assert died and not any(p.sha256 for p in died)  # nothing of the dead publish could complete
     data, sha256 = whole(sent[len(died) :], 2)
     assert data == registry.read("pick", 2) and sha256 == registry.latest("pick").sha256
+
+
+def test_a_new_learner_process_publishing_the_number_a_dead_one_left_half_written_is_sent_at_once(
+    tmp_path, monkeypatch
+) -> None:
+    """The learner dies halfway through writing v2 and its restart publishes v2 from a new process (another temporary
+    file): the gateway, still waiting on the dead file, drops it as soon as the registry holds the new one, well
+    within publish_stalled_s."""
+    layout = DataLayout(tmp_path)
+    registry = signing_registry(layout)
+    registry.publish("pick", weights(1))
+    disk = SlowDisk(monkeypatch)
+    disk.full = True
+    fresh = tmp_path / "v2.weights"
+    fresh.write_bytes(weights(3))
+    restart = (
+        "import sys; from pathlib import Path; from cloud.data.layout import DataLayout; "
+        "from cloud.data.learner_key import signing_registry; "
+        "signing_registry(DataLayout(Path(sys.argv[1]))).publish('pick', Path(sys.argv[2]).read_bytes())"
+    )
+
+    async def scenario() -> list[pb.PolicyChunk]:
+        edge = edge_session()
+        config = GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE, publish_stalled_s=60)
+        pusher = PolicyPusher(config, registry, {"e": edge})
+        tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
+        await take(edge, 0.5)  # v1
+        await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
+        disk.go.set()  # the write fails halfway: the dead learner's file stays as it is
+        sent = await take(edge, 0.5)
+        started = time.monotonic()
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", restart, str(tmp_path), str(fresh)], check=True)
+        sent += await take(edge, 2.0)
+        assert time.monotonic() - started < 20
+        for task in tasks:
+            task.cancel()
+        return sent
+
+    sent = asyncio.run(scenario())
+    restarted = max(i for i, p in enumerate(sent) if p.offset == 0)
+    data, sha256 = whole(sent[restarted:], 2)
+    assert data == registry.read("pick", 2)  # the restarted learner's file, whole
+    assert sha256 == registry.latest("pick").sha256 and not any(p.sha256 for p in sent[:restarted])
 
 
 def test_a_retrained_version_of_the_same_policy_streams_once_too_much_changed_for_a_delta(
