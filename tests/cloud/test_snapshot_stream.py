@@ -5,11 +5,12 @@ sent whole. A real registry on disk, the gateway's pusher, and (last test) the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -94,6 +95,23 @@ async def take(edge: Session, quiet_s: float) -> list[pb.PolicyChunk]:
         got.append(pb.CloudMessage.FromString(raw).policy)
 
 
+@contextlib.asynccontextmanager
+async def pushing(registry: PolicyRegistry, **config: float) -> AsyncIterator[Session]:
+    """A pusher watching ``registry`` for one edge's session, which took the version published before; stopped at
+    the end."""
+    edge = edge_session()
+    pusher = PolicyPusher(
+        GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE, **config), registry, {"e": edge}
+    )
+    tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
+    await take(edge, 0.5)  # v1
+    try:
+        yield edge
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def whole(pieces: list[pb.PolicyChunk], version: int) -> tuple[bytes, str]:
     """A version's bytes put together from its pieces, and the sha256 its last piece carries."""
     mine = [p for p in pieces if p.version == version]
@@ -107,19 +125,13 @@ def test_pieces_leave_while_the_file_is_written_and_the_last_waits_for_the_recor
     disk = SlowDisk(monkeypatch)
 
     async def scenario() -> tuple[list[pb.PolicyChunk], list[pb.PolicyChunk]]:
-        edge = edge_session()
-        pusher = PolicyPusher(GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE), registry, {"e": edge})
-        tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
-        await take(edge, 0.5)  # v1
-        writer = await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
-        before = await take(edge, 0.5)  # half of v2 is on disk, not recorded
-        assert registry.publishing("pick").version == 2 and registry.latest("pick").version == 1
-        disk.go.set()
-        await asyncio.to_thread(writer.join, 20)
-        after = await take(edge, 0.5)
-        for task in tasks:
-            task.cancel()
-        return before, after
+        async with pushing(registry) as edge:
+            writer = await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
+            before = await take(edge, 0.5)  # half of v2 is on disk, not recorded
+            assert registry.publishing("pick").version == 2 and registry.latest("pick").version == 1
+            disk.go.set()
+            await asyncio.to_thread(writer.join, 20)
+            return before, await take(edge, 0.5)
 
     before, after = asyncio.run(scenario())
     total = registry.latest("pick").size_bytes
@@ -137,20 +149,13 @@ def test_a_publish_that_dies_halfway_completes_nothing_and_the_next_is_sent_whol
     disk.full = True
 
     async def scenario() -> list[pb.PolicyChunk]:
-        edge = edge_session()
-        config = GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE, publish_stalled_s=0.3)
-        pusher = PolicyPusher(config, registry, {"e": edge})
-        tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
-        await take(edge, 0.5)  # v1
-        await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
-        disk.go.set()  # the write fails: the file stays half written, no record
-        sent = await take(edge, 1.0)
-        monkeypatch.undo()  # the disk has room again
-        await asyncio.to_thread(registry.publish, "pick", weights(3))  # v2 anew
-        sent += await take(edge, 1.0)
-        for task in tasks:
-            task.cancel()
-        return sent
+        async with pushing(registry, publish_stalled_s=0.3) as edge:
+            await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
+            disk.go.set()  # the write fails: the file stays half written, no record
+            sent = await take(edge, 1.0)
+            monkeypatch.undo()  # the disk has room again
+            await asyncio.to_thread(registry.publish, "pick", weights(3))  # v2 anew
+            return sent + await take(edge, 1.0)
 
     sent = asyncio.run(scenario())
     assert registry.latest("pick").version == 2
@@ -180,21 +185,16 @@ def test_a_new_learner_process_publishing_the_number_a_dead_one_left_half_writte
     )
 
     async def scenario() -> list[pb.PolicyChunk]:
-        edge = edge_session()
-        config = GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE, publish_stalled_s=60)
-        pusher = PolicyPusher(config, registry, {"e": edge})
-        tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
-        await take(edge, 0.5)  # v1
-        await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
-        disk.go.set()  # the write fails halfway: the dead learner's file stays as it is
-        sent = await take(edge, 0.5)
-        started = time.monotonic()
-        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", restart, str(tmp_path), str(fresh)], check=True)
-        sent += await take(edge, 2.0)
-        assert time.monotonic() - started < 20
-        for task in tasks:
-            task.cancel()
-        return sent
+        async with pushing(registry, publish_stalled_s=60) as edge:
+            await asyncio.to_thread(disk.publish_in_background, registry, weights(2))
+            disk.go.set()  # the write fails halfway: the dead learner's file stays as it is
+            sent = await take(edge, 0.5)
+            started = time.monotonic()
+            command = [sys.executable, "-c", restart, str(tmp_path), str(fresh)]
+            await asyncio.to_thread(subprocess.run, command, check=True)
+            sent += await take(edge, 2.0)
+            assert time.monotonic() - started < 20
+            return sent
 
     sent = asyncio.run(scenario())
     restarted = max(i for i, p in enumerate(sent) if p.offset == 0)
@@ -213,18 +213,14 @@ def test_a_retrained_version_of_the_same_policy_streams_once_too_much_changed_fo
     disk = SlowDisk(monkeypatch, at=0.9)
 
     async def scenario() -> list[pb.PolicyChunk]:
-        edge = edge_session()
-        pusher = PolicyPusher(GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE), registry, {"e": edge})
-        tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
-        await take(edge, 0.5)
-        edge.subscriptions["pick"].applied_version = 1  # as its report says
-        writer = await asyncio.to_thread(disk.publish_in_background, registry, weights(2, hidden=(600, 100), state=600))
-        before = await take(edge, 0.5)
-        disk.go.set()
-        await asyncio.to_thread(writer.join, 20)
-        for task in tasks:
-            task.cancel()
-        return before
+        async with pushing(registry) as edge:
+            edge.subscriptions["pick"].applied_version = 1  # as its report says
+            retrained = weights(2, hidden=(600, 100), state=600)
+            writer = await asyncio.to_thread(disk.publish_in_background, registry, retrained)
+            before = await take(edge, 0.5)
+            disk.go.set()
+            await asyncio.to_thread(writer.join, 20)
+            return before
 
     before = asyncio.run(scenario())
     assert len(before) >= 5 and all(p.version == 2 and p.kind == "full" and not p.sha256 for p in before)
