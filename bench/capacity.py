@@ -250,6 +250,9 @@ def run_level(mode: str, loop: LoopThread, root: Path, clip: Path, edges: int, s
         start.set()
         done = children.receive("done", len(groups), timeout_s=seconds + 4 * LAG_LIMIT_S + 60)
         children.join(15)
+        # acks come from the ingest log: what was acked reaches the store a moment later
+        if not cloud.loop.call(cloud.gateway.writer.drain(60), timeout_s=70):
+            raise RuntimeError("the store did not take in the ingest log within 60 s")
         stored = cloud.store.committed_rows(EMBODIMENT) if EMBODIMENT in cloud.store.datasets() else 0
     return Level(
         edges,

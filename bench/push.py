@@ -47,13 +47,15 @@ def _schedule(blobs: dict[str, bytes], repeats: int, push: Callable[[bytes], flo
     return times
 
 
-STAGES = ("publish", "to first chunk", "transfer", "assemble+sha256", "load", "swap+report")
+STAGES = ("published", "first chunk", "last chunk", "sha256+signature checked", "loaded", "applied")
 
 
 def _stages(started: float, published: float, trace: dict[str, float], applied: float) -> dict[str, float]:
-    """Where one edge's push time went, from the stamps its agent took (all on this host's monotonic clock)."""
-    marks = [started, published, trace["first_chunk"], trace["last_chunk"], trace["verified"], trace["loaded"], applied]
-    return {stage: b - a for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}
+    """When each stage of one edge's push ended, in seconds after ``registry.publish`` was called (the stamps its
+    agent took, all on this host's monotonic clock). Pieces travel while the publish writes its file, so the first
+    and last chunk may come before ``published`` returns; the edge applies nothing before the version is durable."""
+    marks = [published, trace["first_chunk"], trace["last_chunk"], trace["verified"], trace["loaded"], applied]
+    return {stage: mark - started for stage, mark in zip(STAGES, marks, strict=True)}
 
 
 def _fleetloop(
@@ -134,14 +136,14 @@ def measure(
                     median(ours[label]),
                     "s",
                     median(raw[label]),
-                    f"{LOWER}; median of {repeats}; last push, slowest edge, in s: {where}",
+                    f"{LOWER}; median of {repeats}; last push, slowest edge, s after publish began: {where}",
                 )
             )
             say(
                 f"  {label}: fleetloop {' '.join(f'{t:.3f}' for t in ours[label])} s, "
                 f"raw {' '.join(f'{t:.3f}' for t in raw[label])} s"
             )
-            say(f"    where the last one went (slowest edge, s): {where}")
+            say(f"    the last one, slowest edge, s after publish began: {where}")
         if edges == 1:
             results += _lerobot_row(sizes, raw, repeats, say)
     return results

@@ -13,6 +13,8 @@
 - ``outcome_worker``  that verdict computed off the control thread, from the classifier the cloud pushes
 - ``recorder``        records steps on the control thread and spools them from another
 - ``spool``           the durable spool: steps wait on disk until the cloud acks them
+- ``camera_uplink``   the codec each camera travels in (``--uplink-codec``), encoded on the spool writer's thread
+- ``backlog``         tells the operator when the link is slower than the robot, and when the backlog drained
 - ``tunnel_client``   the edge-initiated gRPC stream, reopened with backoff
 - ``learner_key``     the learner's public key a version's signature is checked with
 

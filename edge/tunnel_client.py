@@ -13,7 +13,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import grpc
@@ -24,8 +25,8 @@ from edge.learner_key import LearnerKey
 from edge.spool import Backlog, Spool
 from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
-from policies.signing import UnsignedVersion
-from policies.tensor_view import Buffer
+from policies.signing import StreamCheck, UnsignedVersion
+from policies.tensor_view import Buffer, HashedBuffer
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol.channel import open_channel
@@ -150,6 +151,9 @@ class TunnelClient:
         self._outgoing: queue.Queue[pb.EdgeMessage | bytes | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
+        # Each version's tensors are hashed here as its pieces arrive, beside the receiving thread: loading it then
+        # need not hash 200 MB again after its last piece.
+        self._tensor_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-digests")
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
         self.backlog_watch = BacklogWatch(config.backlog_warn_s)
         self.backlog = Backlog(0, 0, 0.0)  # as last counted for a heartbeat
@@ -164,6 +168,7 @@ class TunnelClient:
         if outgoing is not None:
             outgoing.put(None)
         self._thread.join(timeout=5)
+        self._tensor_hasher.shutdown(wait=False, cancel_futures=True)
 
     def link_up(self, timeout_s: float) -> bool:
         """Connected, and the cloud answered within ``timeout_s`` (a frozen peer keeps TCP open but stays silent)."""
@@ -403,7 +408,12 @@ class TunnelClient:
                 self._incoming = None
                 return
             self._incoming = _IncomingPolicy(
-                chunk.policy_name, chunk.version, chunk.sha256, bytearray(chunk.total_bytes), hashlib.sha256()
+                chunk.policy_name,
+                chunk.version,
+                chunk.sha256,
+                HashedBuffer(chunk.total_bytes),
+                hashlib.sha256(),
+                StreamCheck(None, chunk.policy_name, chunk.version, chunk.total_bytes),
             )
         incoming = self._incoming
         if incoming is None or (incoming.name, incoming.version, incoming.received) != (
@@ -414,18 +424,24 @@ class TunnelClient:
             log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        end = chunk.offset + len(chunk.data)
+        data = chunk.data  # read once: each read of a protobuf bytes field is a fresh copy of the piece
+        end = chunk.offset + len(data)
         if end > len(incoming.buffer):
             log.error("policy %s v%d is longer than announced; dropping it", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        incoming.buffer[chunk.offset : end] = chunk.data
-        incoming.digest.update(chunk.data)
+        incoming.buffer[chunk.offset : end] = data
+        incoming.digest.update(data)
         incoming.received = end
+        view = memoryview(incoming.buffer)[chunk.offset : end]
+        incoming.hashed.append(self._tensor_hasher.submit(incoming.tensors.update, view))
         if end < len(incoming.buffer):
             return
         self._incoming = None
-        if incoming.digest.hexdigest() != incoming.sha256:
+        incoming.take_digests()
+        # A version sent while it was still being published carries its sha256 on its last piece only (sent once
+        # the registry holds it durably); no version completes without one.
+        if incoming.digest.hexdigest() != (chunk.sha256 or incoming.sha256):
             log.error("policy %s v%d failed its checksum; keeping the current policy", incoming.name, incoming.version)
             return
         what = "reward classifier" if incoming.name == self.config.outcome_policy else "policy"
@@ -454,6 +470,19 @@ class _IncomingPolicy:
     name: str
     version: int
     sha256: str
-    buffer: bytearray
+    buffer: HashedBuffer
     digest: hashlib._Hash
+    tensors: StreamCheck  # each tensor's digest, taken on the hashing thread as pieces arrive
+    hashed: list[Future] = field(default_factory=list)
     received: int = 0
+
+    def take_digests(self) -> None:
+        """Once every piece is in: the tensors' digests onto the buffer (left off when the bytes are no safetensors
+        file: loading it says so)."""
+        try:
+            for done in self.hashed:
+                done.result()
+            self.tensors.finish()
+        except (UnsignedVersion, CancelledError):
+            return
+        self.buffer.digests = dict(self.tensors.digests)

@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -127,6 +128,80 @@ class Verifier:
         tensors = layout.tensors(weights)
         manifest.check_state(digests(tensors, dict.fromkeys(tensors, "float32")))
         return manifest
+
+
+class StreamCheck:
+    """A registry file checked against the learner's signature while its bytes pass by in order (read from disk as
+    it is sent): the header's signature as soon as the header is in, each tensor's digest as its bytes go by, so a
+    large version is checked in the pass that reads it, not in a second one. With no ``verifier`` the header is only
+    parsed and the tensors hashed (a reader that checks the signature itself, once the file is whole)."""
+
+    def __init__(self, verifier: Verifier | None, policy_name: str, version: int, total_bytes: int) -> None:
+        self.verifier, self.policy_name, self.version, self.total_bytes = verifier, policy_name, version, total_bytes
+        self.where = f"{policy_name} v{version}"
+        self.received = 0
+        self.manifest: Manifest | None = None  # set once the header passed
+        self.metadata: dict[str, str] = {}  # the header's, once it passed
+        self.sizes: dict[str, int] = {}  # each tensor's bytes, once the header passed
+        self.digests: dict[str, str] = {}  # each tensor's (as tensor_digest makes it) once all its bytes passed
+        self._head = bytearray()  # the bytes before the header is whole
+        self._spans: list[tuple[str, int, Any]] = []  # (tensor, end offset in the file, its hasher), in file order
+        self._at = 0  # the span the next byte belongs to
+        self._header_read = False
+
+    def update(self, data: Buffer) -> None:
+        """The next ``data``; ``UnsignedVersion`` as soon as what passed cannot be the version the learner signed."""
+        view = memoryview(data).cast("B")
+        offset = self.received
+        self.received += len(view)
+        if self.received > self.total_bytes:
+            raise UnsignedVersion(f"{self.where}: longer than the {self.total_bytes} bytes it was announced with")
+        if not self._header_read:
+            self._head += view
+            if len(self._head) < 8 or len(self._head) < 8 + int.from_bytes(self._head[:8], "little"):
+                return
+            offset, view = self._check_header()
+        self._hash(offset, view)
+
+    def _check_header(self) -> tuple[int, memoryview]:
+        """Checks the header's signature; returns where the data section starts and its bytes received so far."""
+        try:
+            layout = Layout.parse(self._head, self.total_bytes)
+        except LayoutError as err:
+            raise UnsignedVersion(f"{self.where}: not a safetensors file ({err})") from None
+        if self.verifier is not None:
+            self.manifest = self.verifier.manifest(layout.metadata, self.policy_name, self.version)
+        self.metadata, self._header_read = layout.metadata, True
+        for name, (dtype, shape, begin, end) in sorted(layout.entries.items(), key=lambda item: item[1][2:]):
+            hasher = hashlib.sha256(f"{dtype}:{shape}:".encode())  # as tensor_digest hashes a tensor
+            self._spans.append((name, layout.header_bytes + end, hasher))
+            self.sizes[name] = end - begin
+        head, self._head = self._head, bytearray()
+        return layout.header_bytes, memoryview(head)[layout.header_bytes :]
+
+    def _hash(self, offset: int, view: memoryview) -> None:
+        while self._at < len(self._spans):
+            name, end, hasher = self._spans[self._at]
+            take = min(end - offset, len(view))
+            if take:
+                hasher.update(view[:take])
+                offset, view = offset + take, view[take:]
+            if offset < end:
+                return
+            self.digests[name] = hasher.hexdigest()
+            self._at += 1
+
+    def finish(self) -> Manifest | None:
+        """The learner's manifest once every byte passed and every tensor is the one it signed (None with no
+        ``verifier``: every tensor hashed); else UnsignedVersion."""
+        if not self._header_read or self.received != self.total_bytes:
+            raise UnsignedVersion(f"{self.where}: {self.received} of its {self.total_bytes} bytes were checked")
+        self._hash(self.received, memoryview(b""))  # tensors of no bytes at the very end
+        if self.manifest is not None:
+            self.manifest.check_state(self.digests)
+        elif self.verifier is not None:
+            raise UnsignedVersion(f"{self.where}: {NOT_SIGNED}")
+        return self.manifest
 
 
 class Signer(Verifier):

@@ -37,6 +37,14 @@ WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 type Buffer = bytes | bytearray | memoryview
 
 
+class HashedBuffer(bytearray):
+    """A safetensors file received into memory whose tensors were hashed as its bytes arrived (``digests``: each
+    tensor's ``tensor_digest`` by name, None until all were), so loading it need not hash it again. Its bytes do not
+    change once hashed."""
+
+    digests: dict[str, str] | None = None
+
+
 class LayoutError(ValueError):
     """Bytes that are not a well-formed safetensors file."""
 
@@ -50,13 +58,15 @@ def _no_twins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def read_header(data: Buffer) -> tuple[Any, int]:
-    """A safetensors blob's header (8-byte little-endian length, then JSON) parsed, and that JSON's length."""
+def read_header(data: Buffer, total_bytes: int | None = None) -> tuple[Any, int]:
+    """A safetensors blob's header (8-byte little-endian length, then JSON) parsed, and that JSON's length.
+    ``total_bytes``: the whole blob's length when ``data`` is only its start (a file still arriving)."""
+    total = len(data) if total_bytes is None else total_bytes
     if len(data) < 8:
         raise LayoutError("not a safetensors blob: shorter than its 8-byte header length")
     n = int.from_bytes(data[:8], "little")
-    if n > min(len(data) - 8, MAX_HEADER_BYTES):
-        raise LayoutError(f"not a safetensors blob: header length {n} does not fit in {len(data)} bytes")
+    if n > min(total - 8, MAX_HEADER_BYTES) or 8 + n > len(data):
+        raise LayoutError(f"not a safetensors blob: header length {n} does not fit in {total} bytes")
     try:
         return json.loads(bytes(data[8 : 8 + n]), object_pairs_hook=_no_twins), n
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -72,15 +82,17 @@ class Layout:
     entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]  # name -> dtype, shape, begin, end
 
     @classmethod
-    def parse(cls, data: Buffer) -> Layout:
-        header, n = read_header(data)
+    def parse(cls, data: Buffer, total_bytes: int | None = None) -> Layout:
+        """``total_bytes``: the whole file's length when ``data`` holds only its start (at least its header)."""
+        total = len(data) if total_bytes is None else total_bytes
+        header, n = read_header(data, total)
         if not isinstance(header, dict):
             raise LayoutError("not a safetensors blob: its header is not a JSON object")
         metadata = header.pop(METADATA, {})
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise LayoutError(f"not a safetensors blob: {METADATA} must map names to strings")
         entries = {name: _entry(name, info) for name, info in header.items()}
-        _check_tiling(entries, len(data) - 8 - n)
+        _check_tiling(entries, total - 8 - n)
         return cls(8 + n, metadata, entries)
 
     def header(self, metadata: Mapping[str, str]) -> bytes:

@@ -31,7 +31,7 @@ from policies.signing import (
     state_digest,
     tensor_digest,
 )
-from policies.tensor_view import Buffer, Layout, LayoutError
+from policies.tensor_view import Buffer, HashedBuffer, Layout, LayoutError
 from policies.tensor_view import digests as tensor_digests
 
 __all__ = ["WIRE_DTYPES", "state_digest", "tensor_digest"]
@@ -172,7 +172,9 @@ def apply_update(payload: Buffer, held: dict[int, HeldState] | None = None) -> t
         version, base_version = int(metadata.get("version", 0)), int(metadata.get("base_version", 0))
     except (ValueError, TypeError) as exc:
         raise UpdateError(f"update metadata is malformed: {exc}") from exc
-    digests = tensor_digests(received)
+    # Hashed as it arrived (the tunnel's receiving side), else here.
+    hashed = payload.digests if isinstance(payload, HashedBuffer) else None
+    digests = hashed if hashed is not None and set(hashed) == set(received) else tensor_digests(received)
     tensors = _cast_back(received, dtypes)
     if kind == "delta":
         base = (held or {}).get(base_version)

@@ -3,6 +3,9 @@
 - ``tunnel.proto``  the messages and services (``tunnel_pb2*`` are generated from it)
 - ``arrays``        the array codec: dtype + shape + raw bytes, never pickle
 - ``steps``         columnar step batches and their schema
+- ``video``         the camera codec: H.264 / AV1 / JPEG packets, one per frame, segments that decode alone
+- ``policy_chunks`` a policy update as the serialized messages that carry it down a tunnel, made once
+- ``person``        a person at a takeover page on the wire: commands, watch requests, live views, refusals
 - ``limits``        size and count limits on every message an edge sends
 - ``channel``       opening a channel to the cloud (TLS beyond loopback) and the bearer token
 - ``link_errors``   what a failed call to the cloud means, in words

@@ -33,15 +33,19 @@ def policy_pieces(template: PolicyChunk, payload: bytes | bytearray | memoryview
     name, version, sha256, kind, base version, ``published_mono_ns``) with this piece's ``offset``, ``data`` and the
     payload's ``total_bytes``."""
     view = memoryview(payload).cast("B")
-    pieces = []
-    for offset in range(0, max(len(view), 1), chunk_bytes):
-        data = view[offset : offset + chunk_bytes]
-        head = PolicyChunk()
-        head.CopyFrom(template)
-        head.ClearField("data")
-        head.total_bytes, head.offset = len(view), offset
-        inner = head.SerializeToString()
-        data_field = (_tag(_DATA_FIELD) + _varint(len(data))) if len(data) else b""
-        size = len(inner) + len(data_field) + len(data)
-        pieces.append(b"".join((_tag(_POLICY_FIELD), _varint(size), inner, data_field, data)))
-    return pieces
+    return [
+        policy_piece(template, len(view), offset, view[offset : offset + chunk_bytes])
+        for offset in range(0, max(len(view), 1), chunk_bytes)
+    ]
+
+
+def policy_piece(template: PolicyChunk, total_bytes: int, offset: int, data: bytes | bytearray | memoryview) -> bytes:
+    """One piece: ``data`` found at ``offset`` of a payload of ``total_bytes``, as a serialized CloudMessage."""
+    head = PolicyChunk()
+    head.CopyFrom(template)
+    head.ClearField("data")
+    head.total_bytes, head.offset = total_bytes, offset
+    inner = head.SerializeToString()
+    data_field = (_tag(_DATA_FIELD) + _varint(len(data))) if len(data) else b""
+    size = len(inner) + len(data_field) + len(data)
+    return b"".join((_tag(_POLICY_FIELD), _varint(size), inner, data_field, data))

@@ -35,11 +35,16 @@ class EpisodeRecord:
         return self.label == labels.DISCARDED
 
 
-def absorb(episodes: list[EpisodeRecord], stats: dict[str, np.ndarray]) -> None:
-    """Folds appended rows (in row order) into their episodes' statistics."""
+def absorb(episodes: list[EpisodeRecord], stats: dict[str, np.ndarray], by_seq: bool = False) -> None:
+    """Folds appended rows (in row order, which one store appends in seq order) into their episodes' statistics.
+    ``by_seq``: order each episode's rows by seq instead, as a reader of several partitions
+    (``cloud.data.store_union``) may meet an episode's rows in another order."""
     if len(stats["episode_index"]) == 0:
         return
-    order = np.argsort(stats["episode_index"], kind="stable")  # stable: row order = seq order within an episode
+    if by_seq:
+        order = np.lexsort((stats["seq"], stats["episode_index"]))
+    else:
+        order = np.argsort(stats["episode_index"], kind="stable")  # stable: row order = seq order in an episode
     index = stats["episode_index"][order]
     groups, starts, counts = np.unique(index, return_index=True, return_counts=True)
     lasts = order[starts + counts - 1]
@@ -55,5 +60,6 @@ def absorb(episodes: list[EpisodeRecord], stats: dict[str, np.ndarray]) -> None:
         record.num_steps += count
         record.intervention_steps += n_int
         record.success = record.success or ok
-        record.done = bool(stats["done"][last])
-        record.last_seq = int(stats["seq"][last])
+        if int(stats["seq"][last]) > record.last_seq:
+            record.done = bool(stats["done"][last])
+            record.last_seq = int(stats["seq"][last])

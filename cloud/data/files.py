@@ -22,13 +22,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``write_atomically`` writes ``path`` before renaming it into place (a reader may follow it growing)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_atomically(
     path: Path, data: bytes | Sequence[bytes | memoryview], fsync_file: bool = True, fsync_dir: bool = True
 ) -> None:
     """Replaces ``path`` with ``data`` (bytes, or parts written one after the other) in one rename. ``fsync_file``
     makes the bytes durable before the rename, ``fsync_dir`` makes the rename itself durable (it survives power
     loss, not only a killed process)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     with open(tmp, "wb") as f:
         for part in (data,) if isinstance(data, bytes) else data:
             f.write(part)

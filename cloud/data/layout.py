@@ -7,12 +7,22 @@ credentials, certificates, the learner's key and its checkpoint stay in the loca
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.data.blobs import is_object_url, open_blobs
 
 STORE_MARKER = "zarr.json"  # the episode store's root group: a folder holding it is a store
+PARTS = "@parts"  # under the store: a folder per gateway's partition ('@' keeps it apart from dataset names)
+GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # names a gateway's partition of a shared store
+
+
+def check_gateway_id(name: str) -> str:
+    """``name`` if it can name a gateway's partition (ValueError naming the flag otherwise)."""
+    if not GATEWAY_ID.fullmatch(name):
+        raise ValueError(f"--gateway-id: {name!r} must be 1-64 letters, digits, '_', '.', '-'")
+    return name
 
 
 class _Under:
@@ -49,10 +59,12 @@ class DataLayout:
         """The episode store: a folder, or a URL on object storage."""
         return self._shared("store") or self.store
 
-    @property
-    def ingest_log_at(self) -> Path | None:
-        """Where the gateway logs acked batches on this machine: None (beside the store) for a store in a folder."""
-        return self.ingest_log if is_object_url(self.shared) else None
+    def ingest_log_at(self, gateway_id: str = "") -> Path | None:
+        """Where gateway ``gateway_id`` logs acked batches on this machine: None (beside its partition of the store)
+        for a store in a folder. Gateways sharing one data folder each keep their own."""
+        if not is_object_url(self.shared):
+            return None
+        return self.ingest_log.with_name(f"ingest-log@{gateway_id}") if gateway_id else self.ingest_log
 
     @property
     def registry_at(self) -> Path | str:
@@ -65,7 +77,9 @@ class DataLayout:
         return f"{self.shared.rstrip('/')}/{name}" if is_object_url(self.shared) else Path(self.shared) / name
 
     def has_store(self) -> bool:
-        return open_blobs(self.store_at).get(STORE_MARKER) is not None
+        """Whether a store is there: written by one gateway, or by several (each its partition, ``PARTS``)."""
+        blobs = open_blobs(self.store_at)
+        return blobs.get(STORE_MARKER) is not None or bool(blobs.children(PARTS))
 
     def root_problem(self) -> str | None:
         """Why ``root`` is no data folder, or None: an episode store given where its data folder belongs (the

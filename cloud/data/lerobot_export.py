@@ -181,8 +181,10 @@ def select_episodes(store: EpisodeStore, dataset: str, selection: Selection) -> 
 
 def _rows_by_episode(store: EpisodeStore, dataset: str, wanted: list[EpisodeRecord]) -> dict[int, np.ndarray]:
     """Committed row numbers of each wanted episode (by episode_index), in seq order."""
-    index = store.read(dataset, ["episode_index"])["episode_index"]
-    order = np.argsort(index, kind="stable")  # stable: the store appends an episode's rows in seq order
+    both = store.read(dataset, ["episode_index", "seq"])
+    index = both["episode_index"]
+    # by seq within an episode: the rows of one that several gateways stored may come in another order
+    order = np.lexsort((both["seq"], index))
     groups, starts, counts = np.unique(index[order], return_index=True, return_counts=True)
     where = {int(g): order[s : s + c] for g, s, c in zip(groups, starts, counts, strict=True)}
     return {e.index: where.get(e.index, np.zeros(0, np.int64)) for e in wanted}

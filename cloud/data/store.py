@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +56,7 @@ from cloud.data.columns import (
 )
 from cloud.data.episodes import EpisodeRecord, absorb
 from cloud.data.files import fsync_path
+from cloud.data.store_views import DatasetViews
 from cloud.data.writer_hold import FolderLock, ObjectLease, WriterHold
 from protocol.limits import case_twin
 from protocol.video import PacketColumn
@@ -104,7 +105,7 @@ def _uncoded(spec: ColumnSpec | None) -> ColumnSpec | None:
     return None if spec is None else replace(spec, codec="")
 
 
-class EpisodeStore:
+class EpisodeStore(DatasetViews):
     """Opens or creates the store at ``root`` (a folder or an ``s3://bucket/prefix`` URL); one writer process, any
     number of read_only readers. ``take_over``: a writer on object storage replaces the lease of one that died."""
 
@@ -265,40 +266,11 @@ class EpisodeStore:
         self._blobs.put(f"{name}/commit.json", self._commit_bytes(ds), self.durable, self.durable)
         self._datasets[name] = ds
 
-    def schema(self, dataset: str) -> dict[str, ColumnSpec]:
-        """Every column of the dataset, seq and episode_index included."""
-        return dict(self._get(dataset).schema)
-
-    def datasets(self) -> list[str]:
-        return sorted(self._datasets)
-
-    def _get(self, dataset: str) -> _Dataset:
-        ds = self._datasets.get(dataset)
-        if ds is None:
-            raise KeyError(f"dataset: no dataset {dataset!r} in {self.root}")
-        return ds
-
     def _check_writable(self) -> None:
         if self.read_only or self._hold is None:
             raise PermissionError(f"the episode store at {self.root} is open read_only or closed")
 
     # ---- episodes ----
-
-    def next_seq(self, episode_id: str) -> int:
-        """The seq the episode continues at: 0 for an unknown episode."""
-        record = self._episode_of.get(episode_id)
-        return 0 if record is None else record.next_seq
-
-    def episode(self, episode_id: str) -> EpisodeRecord | None:
-        with self._lock:  # copies of records a write is not halfway through updating
-            record = self._episode_of.get(episode_id)
-            return None if record is None else replace(record)
-
-    def episodes(self, dataset: str | None = None) -> list[EpisodeRecord]:
-        """Episodes with committed rows, in episode_index order (per dataset, datasets sorted)."""
-        names = self.datasets() if dataset is None else [self._get(dataset).name]
-        with self._lock:
-            return [replace(record) for name in names for record in self._datasets[name].episodes]
 
     def row_indices(self, dataset: str, episode_id: str) -> np.ndarray:
         """Committed rows of one episode, in seq order (an episode's rows interleave with others')."""
@@ -313,8 +285,12 @@ class EpisodeStore:
 
     # ---- rows ----
 
-    def committed_rows(self, dataset: str) -> int:
-        return self._get(dataset).rows
+    def locate(self, dataset: str, rows: np.ndarray) -> list[tuple[Path | str, np.ndarray, np.ndarray]]:
+        """(partition root, its rows, positions in ``rows``), as ``StoreUnion.locate``: here all rows are this one's."""
+        return [(self.root, np.asarray(rows, np.int64), np.arange(len(rows)))]
+
+    def partition_store(self, root: Path | str) -> EpisodeStore:
+        return self
 
     def read(
         self, dataset: str, columns: list[str] | None = None, start: int = 0, stop: int | None = None
@@ -369,9 +345,14 @@ class EpisodeStore:
             )
         return decoded.frames
 
-    def write(self, batches: list[StepRows]) -> dict[str, int]:
-        """Group commit of batches; rows already stored are skipped. Returns episode_id -> next_seq (the ack)."""
+    def write(self, batches: list[StepRows], continues: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Group commit of batches; rows already stored are skipped. Returns episode_id -> next_seq (the ack).
+
+        ``continues``: where episodes continue whose earlier rows are in another partition of a shared store
+        (``cloud.data.partitions``): their rows before that seq are skipped as stored, and a batch may start there
+        although this store holds none (or fewer) of the episode's rows."""
         self._check_writable()
+        continues = continues or {}
         with self._lock:
             plan: dict[str, list[tuple[StepRows, int]]] = {}
             expected: dict[str, int] = {}
@@ -387,7 +368,9 @@ class EpisodeStore:
                         f"not to {batch.resource_id} in {batch.dataset}"
                     )
                 owner[batch.episode_id] = (batch.dataset, batch.resource_id)
-                next_seq = expected.get(batch.episode_id, self.next_seq(batch.episode_id))
+                next_seq = expected.get(
+                    batch.episode_id, max(self.next_seq(batch.episode_id), continues.get(batch.episode_id, 0))
+                )
                 if batch.first_seq > next_seq:
                     raise ValueError(
                         f"first_seq: episode {batch.episode_id} continues at seq {next_seq}, got {batch.first_seq}"
@@ -398,7 +381,7 @@ class EpisodeStore:
                     plan.setdefault(ds.name, []).append((batch, skip))
             for name, items in plan.items():
                 self._append(self._datasets[name], items)
-            return {batch.episode_id: self.next_seq(batch.episode_id) for batch in batches}
+            return {b.episode_id: max(self.next_seq(b.episode_id), expected[b.episode_id]) for b in batches}
 
     def check(self, batch: StepRows, to_encode: Collection[str] = ()) -> None:
         """Raises ValueError (naming the field) if ``write`` would refuse the batch by itself: unknown dataset,

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cloud.data.blobs import LocalBlobs, open_blobs
+from cloud.data.files import temporary_path
 from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
 from policies.weights import read_metadata
 from protocol.limits import case_twin
@@ -52,6 +53,18 @@ class PolicyVersion:
     size_bytes: int
     published_unix: float
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """A version whose file is being written now (a hint ``publish`` leaves, so a gateway can send it as it grows)."""
+
+    version: int
+    size_bytes: int
+    path: Path  # the file as it grows, renamed to ``PolicyRegistry.path`` once whole and fsynced
+
+
+PUBLISHING = "publishing.json"
 
 
 class PolicyRegistry:
@@ -118,6 +131,10 @@ class PolicyRegistry:
         if self.signer is not None:  # the signed header, then the data section as it is (not copied)
             header, data_start = self.signer.signed_header(weights, policy_name, number)
             parts = (header, memoryview(weights)[data_start:])
+        if self.local:  # a gateway on this disk may send the file as it grows (object storage has no such file)
+            temporary = temporary_path(self.path(policy_name, number)).name
+            hint = {"version": number, "size_bytes": sum(len(part) for part in parts), "file": temporary}
+            self._blobs.put(f"{directory}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
             sha256 = pool.submit(_sha256, parts)  # hashed while the file is written (hashlib lets go of the GIL)
             self._blobs.put(f"{directory}/v{number:06d}.safetensors", parts, sync_folder=False)
@@ -133,6 +150,32 @@ class PolicyRegistry:
         self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
         self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
         return version
+
+    def publishing(self, policy_name: str) -> Publishing | None:
+        """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the
+        file may stop growing (its writer died), and only a recorded version is published. None on object storage."""
+        if not self.local:
+            return None
+        folder = self.root / self._dir(policy_name)
+        try:
+            hint = json.loads((folder / PUBLISHING).read_bytes())  # renamed into place: whole
+            found = Publishing(int(hint["version"]), int(hint["size_bytes"]), folder / hint["file"])
+        except (TypeError, KeyError, ValueError, OSError):  # none, or not a hint publish wrote
+            return None
+        latest = self.latest(policy_name)
+        following = found.version == (latest.version if latest else 0) + 1
+        return found if following and found.path.parent == folder and found.size_bytes > 0 else None
+
+    @property
+    def local(self) -> bool:
+        """Whether versions are files on this machine's disk (``path``), not objects on object storage."""
+        return isinstance(self.root, Path)
+
+    def path(self, policy_name: str, version: int) -> Path:
+        """A version's file on this disk (a registry in a local folder only: see ``local``)."""
+        if not isinstance(self.root, Path):
+            raise ValueError(f"the registry at {self.root} is on object storage: its versions are no files here")
+        return self.root / self._dir(policy_name) / f"v{version:06d}.safetensors"
 
     def describe(self, policy_name: str, version: int) -> PolicyVersion | None:
         """A version's record (its note, when, size); None for one published before records were kept per

@@ -2,9 +2,13 @@
 
 - ``config``            what a gateway is told at start (``GatewayConfig``) and its gRPC options
 - ``sessions``          one edge's tunnel (``Session``), the hello's checks, device credentials and revocation
-- ``ingest``            incoming step batches: validation, group commit into the store (``StoreWriter``), acks
+- ``ingest``            incoming step batches: validation, group commit into the ingest log (``StoreWriter``), acks
+- ``compactor``         acked batches from the ingest log into the episode store, off the ack path
+- ``cameras``           the codec each dataset keeps its cameras in, checks of encoded frames, encoding into it
 - ``push``              registry watch, delta or snapshot building, sending policy versions down the tunnels
+- ``snapshot_stream``   a full snapshot's pieces cut as its file is read (or written), shared by every edge
 - ``lru_cache``         the bounded cache push keeps weights, wire states and built updates in
+- ``person_relay``      the people at robots' takeover pages: their commands down, live views and refusals back
 - ``remote_inference``  edges whose policy runs in the cloud: observations in, action chunks out
 - ``control``           the fleet control service (``fleetloop fleet``): the fleet's state, operator commands
 - ``fleet``             the fleet scheduler: every resource online, its state and task

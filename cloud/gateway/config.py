@@ -71,6 +71,9 @@ class GatewayConfig(CodeConfig):
     flush_delay_s: Annotated[float, Field(ge=0)] = 0.1  # ...or the oldest has waited this long
     policy_chunk_bytes: AtLeastOne = 1 << 20
     registry_poll_s: Positive = 0.05  # reads one small JSON file per policy
+    # A version sent while its file is written: given up when the file stops growing (or, whole, is not recorded)
+    # for this long (its writer died); nothing of it is applied, and a later publish of its number is sent afresh.
+    publish_stalled_s: Positive = 30.0
     hello_timeout_s: Positive = 10.0
     lost_after_s: Positive = 5.0  # a resource silent this long is lost and its task goes to another
     # none: the device records' tasks (cloud.gateway.tasks.record_tasks) when credentials are checked, else (open

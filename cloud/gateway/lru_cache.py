@@ -35,6 +35,9 @@ class LruCache[K: Hashable, V]:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
     async def get_or_build(self, key: K, build: Callable[[], Awaitable[V]]) -> V:
         """The cached value, else what ``build`` makes (then cached); a build that raises caches nothing. Callers
         that ask for a key while it is being built wait for that build (four edges offered one version at once

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from cloud.data.version_registry import PolicyRegistry, PolicyVersion
+from cloud.data.version_registry import PolicyRegistry, PolicyVersion, Publishing
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.lru_cache import LruCache
 from cloud.gateway.sessions import Session, Subscription
+from cloud.gateway.snapshot_stream import PublishAbandoned, SnapshotSource, SnapshotStream
 from policies.signing import UnsignedVersion
 from policies.updates import WireState, build_update, delta_names
 from policies.weights import sha256_hex
@@ -27,12 +29,25 @@ log = logging.getLogger("fleetloop.gateway")
 
 @dataclass(frozen=True)
 class Pieces:
-    """An update as the serialized messages that carry it (``protocol.policy_chunks``), shared by every edge."""
+    """An update as the serialized messages that carry it (``protocol.policy_chunks``), shared by every edge: cut
+    already, or cut as its file is read (a full snapshot: ``SnapshotStream``)."""
 
-    pieces: list[bytes]
+    pieces: list[bytes] | SnapshotStream
     kind: str  # "full" | "delta"
     base_version: int
     total_bytes: int
+
+    async def each(self) -> AsyncIterator[bytes]:
+        if isinstance(self.pieces, SnapshotStream):
+            async for piece in self.pieces.pieces():
+                yield piece
+        else:
+            for piece in self.pieces:
+                yield piece
+
+    @property
+    def failed(self) -> bool:
+        return isinstance(self.pieces, SnapshotStream) and self.pieces.error is not None
 
 
 class PolicyPusher:
@@ -47,6 +62,11 @@ class PolicyPusher:
         self._weights: LruCache[tuple[str, int], bytes] = LruCache(1)  # the last version read
         self._wire_states: LruCache[tuple[str, int], WireState] = LruCache(3)  # a target and a base or two
         self._updates: LruCache[tuple[str, int, int], Pieces] = LruCache(4)  # edges on one base share one
+        self._streams: LruCache[tuple[str, int], SnapshotStream] = LruCache(4)  # full snapshots as they are read
+        self._running: set[asyncio.Task] = set()
+        self._announced: dict[str, int] = {}  # by name: the newest version announced, published or in flight
+        self._recorded: dict[str, int] = {}  # by name: the newest version seen published
+        self._abandoned: set[tuple[str, Publishing]] = set()  # publishes whose file stopped growing
 
     def offer_latest(self, session: Session, policy_name: str) -> None:
         """Offers the session the newest published version of ``policy_name``, if there is one."""
@@ -55,27 +75,60 @@ class PolicyPusher:
             session.offer_version(latest)
 
     async def watch_registry(self) -> None:
-        known: dict[str, int] = {}
         while True:
             for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
                 try:
-                    latest = await asyncio.to_thread(self.registry.latest, policy_name)
+                    await self._look(policy_name)
                 except Exception:  # one unreadable policy must not stop the pushes of all the others
                     log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
-                    continue
-                if latest is None or latest.version <= known.get(policy_name, 0):
-                    continue
-                known[policy_name] = latest.version
-                await self._announce(latest)
             await asyncio.sleep(self.config.registry_poll_s)
 
-    async def _announce(self, latest: PolicyVersion) -> None:
+    async def _look(self, name: str) -> None:
+        """Announces a newly published version of ``name``, or one whose file is being written now (a float32
+        snapshot is sent as it is written; its last piece waits until the version is published)."""
+        latest = await asyncio.to_thread(self.registry.latest, name)
+        if latest is not None and latest.version > self._recorded.get(name, 0):
+            self._recorded[name] = latest.version
+            if latest.version > self._announced.get(name, 0):
+                self._announced[name] = latest.version
+                await self._announce(latest)
+            else:  # sent while it was written: edges that connected since are offered it now
+                self._offer(latest)
+            return
+        if self.config.wire_dtype != "float32":
+            return
+        publishing = await asyncio.to_thread(self.registry.publishing, name)
+        if publishing is None or publishing.version <= self._announced.get(name, 0):
+            return
+        if (name, publishing) in self._abandoned:
+            return
+        self._announced[name] = publishing.version
+        in_flight = PolicyVersion(name, publishing.version, "", publishing.size_bytes, time.time())
+        await self._announce(in_flight, publishing)
+
+    def _offer(self, version: PolicyVersion) -> list[Session]:
+        """Offers ``version`` to every edge that receives its name and may run it; returns them."""
+        name = version.policy_name
+        targets = [s for s in self.sessions.values() if name in s.receives() and s.may_run(name)]
+        for session in targets:
+            session.offer_version(version)
+        return targets
+
+    async def _announce(self, latest: PolicyVersion, publishing: Publishing | None = None) -> None:
         """Offers a newly published version to the edges that receive its name, once its file is checked against
         the learner's signature: a refused version is logged once as refused, every edge keeps what it runs."""
         name = latest.policy_name
         targets = [s for s in self.sessions.values() if name in s.receives() and s.may_run(name)]
         try:
-            await self._read_weights(latest)  # cached: the sends that follow read it from here
+            if self.config.wire_dtype == "float32":  # its header checked; its pieces follow as the file is read
+                await self._stream(latest, publishing).header_checked
+            else:
+                await self._read_weights(latest)  # cached: the sends that follow read it from here
+        except PublishAbandoned as err:
+            log.warning(
+                "the publish of %s v%d did not finish (%s); nothing of it is applied", name, latest.version, err
+            )
+            return
         except (UnsignedVersion, OSError, ValueError) as err:  # unsigned, gone or unreadable: sent to no one
             reason = printable(str(err))
             log.error(
@@ -88,13 +141,71 @@ class PolicyPusher:
             for session in targets:
                 session.subscription(name).keep_off(name, latest.version, reason)
             return
-        log.info("policy %s v%d published; pushing to %d edge(s)", name, latest.version, len(targets))
-        for session in targets:
-            session.offer_version(latest)
+        state = "being published" if publishing else "published"
+        log.info("policy %s v%d %s; pushing to %d edge(s)", name, latest.version, state, len(targets))
+        self._offer(latest)
+
+    def _stream(self, version: PolicyVersion, publishing: Publishing | None = None) -> SnapshotStream:
+        """The full snapshot of ``version`` as it is read (from its growing file while ``publishing``), started once
+        and shared; a stream that failed is started afresh."""
+        key = (version.policy_name, version.version)
+        stream = self._streams.get(key)
+        if stream is not None and stream.error is None:
+            return stream
+        verifier = self.registry.verifier
+        if verifier is None:
+            raise UnsignedVersion(f"{version.policy_name} v{version.version}: no learner key to check it against")
+        local = self.registry.local
+        final = self.registry.path(*key) if local else Path(str(self.registry.root), *map(str, key))  # for messages
+        source = SnapshotSource(
+            *key,
+            path=publishing.path if publishing else final,
+            total_bytes=publishing.size_bytes if publishing else version.size_bytes,
+            growing=publishing is not None,
+            durable=lambda: self._published(version.policy_name, version.version),
+            final_path=final,
+            stalled_s=self.config.publish_stalled_s,
+            read_whole=None if local else lambda: self.registry.read(*key),
+        )
+        stream = SnapshotStream(source, self.config.policy_chunk_bytes, version.sha256)
+        self._streams.put(key, stream)
+        task = asyncio.create_task(self._run_stream(stream, verifier, publishing))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return stream
+
+    async def _run_stream(self, stream: SnapshotStream, verifier, publishing: Publishing | None) -> None:
+        await stream.run(verifier)
+        name, version = stream.source.policy_name, stream.source.version
+        if publishing is not None and isinstance(stream.error, PublishAbandoned):
+            self._abandoned.add((name, publishing))  # a later publish of this number is announced afresh
+            self._announced[name] = min(self._announced.get(name, 0), version - 1)
+
+    async def _published(self, name: str, version: int) -> PolicyVersion:
+        """The registry's record of ``version`` once it is published (its file fsynced), polled while it is not."""
+        deadline = time.monotonic() + self.config.publish_stalled_s
+        while True:
+            latest = await asyncio.to_thread(self.registry.latest, name)
+            if latest is not None and latest.version == version:
+                return latest
+            if latest is not None and latest.version > version:
+                record = await asyncio.to_thread(self.registry.describe, name, version)
+                if record is None:
+                    raise PublishAbandoned(f"{name} v{version}: no record of it in the registry")
+                return record
+            if time.monotonic() > deadline:
+                stalled = self.config.publish_stalled_s
+                raise PublishAbandoned(f"{name} v{version}: written whole, but not recorded within {stalled:.0f} s")
+            await asyncio.sleep(min(self.config.registry_poll_s, 0.005))
 
     async def _read_weights(self, version: PolicyVersion) -> bytes:
         """A version's file, checked against the learner's signature (a file anyone else wrote is refused)."""
         key = (version.policy_name, version.version)
+        stream = self._streams.get(key)
+        if stream is not None and stream.error is None:  # read and checked as it is sent: no second read
+            async for _ in stream.pieces():
+                pass
+            return await self._weights.get_or_build(key, lambda: asyncio.to_thread(b"".join, stream.chunks))
         return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read_verified, *key))
 
     def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:
@@ -148,6 +259,9 @@ class PolicyPusher:
 
     async def _architecture(self, version: PolicyVersion) -> tuple[str, str] | None:
         """A version's policy type and config, from its file's header alone; None when it is gone."""
+        stream = self._streams.get((version.policy_name, version.version))
+        if stream is not None and stream.metadata is not None:  # a header checked already (its file may be growing)
+            return stream.metadata.get("type", ""), stream.metadata.get("config", "")
         try:
             _, metadata = await asyncio.to_thread(self.registry.verified_header, version.policy_name, version.version)
         except (FileNotFoundError, ValueError):  # gone, or not the learner's (refused where it is read whole)
@@ -161,6 +275,8 @@ class PolicyPusher:
         base = PolicyVersion(version.policy_name, base_version, "", 0, 0.0)
         if await self._architecture(base) != await self._architecture(version):
             return None  # another architecture (or pruned): seen from the headers, so nothing is hashed
+        if await self._changed_too_much(version, base):
+            return None  # seen while its file is read: its snapshot goes out at once, not after the whole file
         target = await self._wire_state(version)
         try:
             base_state = await self._wire_state(base)
@@ -170,9 +286,24 @@ class PolicyPusher:
             return None  # most of the bytes changed
         return target, base_state
 
+    async def _changed_too_much(self, version: PolicyVersion, base: PolicyVersion) -> bool:
+        """While ``version``'s float32 snapshot is still being read: whether enough of its tensors differ from
+        ``base``'s already that no delta can carry it."""
+        stream = self._streams.get((version.policy_name, version.version))
+        if stream is None or stream.done or self.config.wire_dtype != "float32":
+            return False
+        try:
+            base_state = await self._wire_state(base)
+        except FileNotFoundError:
+            return True  # pruned: no delta against it either
+        return await stream.changed_past(base_state.digests, self.config.max_delta_fraction)
+
     async def _update_for(self, version: PolicyVersion, base_version: int) -> Pieces:
         """The update's pieces: a delta against what the edge holds when possible, else a snapshot."""
         key = (version.policy_name, version.version, base_version)
+        cached = self._updates.get(key)
+        if cached is not None and cached.failed:  # e.g. a publish that never finished, then published again
+            self._updates.discard(key)
         return await self._updates.get_or_build(key, lambda: self._cut_update(version, base_version))
 
     async def _cut_update(self, version: PolicyVersion, base_version: int) -> Pieces:
@@ -184,20 +315,9 @@ class PolicyPusher:
         return await self._pieces(version, built.payload, sha256_hex(built.payload), built.kind, built.base_version)
 
     async def _snapshot(self, version: PolicyVersion) -> Pieces:
-        """A float32 snapshot is the registry file as it is (no second serialization and hash of the whole model).
-        Read once, it is checked against the learner's signature and cut into pieces at the same time; the pieces
-        are kept only when the check passes."""
-        key = (version.policy_name, version.version)
-        weights = self._weights.get(key)
-        if weights is not None:
-            return await self._pieces(version, weights, version.sha256, "full", 0)
-        weights = await asyncio.to_thread(self.registry.read, *key)
-        _, pieces = await asyncio.gather(
-            asyncio.to_thread(self.registry.check, weights, *key),
-            self._pieces(version, weights, version.sha256, "full", 0),
-        )
-        self._weights.put(key, weights)
-        return pieces
+        """A float32 snapshot is the registry file as it is (no second serialization and hash of the whole model),
+        cut into pieces as it is read and checked against the learner's signature in the same pass."""
+        return Pieces(self._stream(version), "full", 0, version.size_bytes)
 
     async def _pieces(self, version: PolicyVersion, data: bytes, sha256: str, kind: str, base_version: int) -> Pieces:
         template = pb.PolicyChunk(
@@ -222,6 +342,16 @@ class PolicyPusher:
                 if version is not None and version.version > held.sent_version and not session.closed:
                     try:
                         await self._send_version(session, held, version)
+                    except PublishAbandoned as err:  # nothing of it completes on the edge; a later publish is offered
+                        log.warning(
+                            "not sending %s v%d to %s: %s",
+                            version.policy_name,
+                            version.version,
+                            session.resource.id,
+                            printable(str(err)),
+                        )
+                        held.offer = None
+                        self.offer_latest(session, version.policy_name)  # recorded meanwhile: sent from its file
                     except (UnsignedVersion, OSError, ValueError) as err:  # unsigned, gone or unreadable: not sent
                         held.sent_version = max(held.sent_version, version.version)
                         self.keep_off(session, held, version.policy_name, version.version, str(err), by_edge=False)
@@ -242,7 +372,7 @@ class PolicyPusher:
                 update.total_bytes / 1e6,
                 version.size_bytes / 1e6,
             )
-        for piece in update.pieces:
+        async for piece in update.each():
             await session.bulk_credits.acquire()
             session.send(piece)
         held.sent_version = version.version

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cloud.data.layout import DataLayout
 from cloud.data.policy_import import newest_imported, schema_spec
-from cloud.data.store import EpisodeStore
+from cloud.data.store_union import StoreUnion
 from cloud.data.version_registry import PolicyRegistry
 from policies.base import Policy
 from policies.factory import cpu_copy
@@ -133,7 +133,7 @@ def check_init(sources: tuple[tuple[str, str], ...], layout: DataLayout) -> None
     """Every ``--init`` source loads (as hostile input) and fits its dataset where the store holds it already;
     ValueError naming the flag, the source and the file or feature."""
     registry = PolicyRegistry(layout.registry_at, public_key=layout.learner_public_key)
-    store = EpisodeStore(layout.store_at, read_only=True) if layout.has_store() else None
+    store = StoreUnion(layout.store_at) if layout.has_store() else None
     try:
         for dataset, text in sources:
             try:

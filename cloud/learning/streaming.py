@@ -18,6 +18,7 @@ import multiprocessing
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cloud.data.columns import rows_per_chunk
 from cloud.data.store import ColumnSpec, EpisodeStore
+from cloud.data.store_union import Located, StoreUnion
 
 log = logging.getLogger("fleetloop.learner")
+Rows = EpisodeStore | StoreUnion  # a store, or every partition of a shared one
 
 # Rows of an encoded camera decoded together: a cold frame costs its lead-in from the keyframe plus these
 # (64 ran 1.3x slower than 16 in bench learner-cost). Raw columns: one zarr chunk.
@@ -36,24 +39,54 @@ STATS_ROWS = 256  # rows whose frames a policy's normalization statistics see, a
 
 
 class FrameCache:
-    """Blocks of rows of a store's columns, least recently used dropped first; never more than ``max_bytes``."""
+    """Blocks of rows of a store's columns, least recently used dropped first; never more than ``max_bytes``.
 
-    def __init__(self, store: EpisodeStore, max_bytes: int) -> None:
+    ``store``: an ``EpisodeStore`` or a ``StoreUnion`` (several gateways' partitions), which says in which partition
+    a row lies (``locate``); blocks are a partition's rows, so a loader worker reads them by the partition's root,
+    whatever numbering the learner's union gave them. None in a worker: it opens each partition it is sent to."""
+
+    def __init__(self, store: Rows | None, max_bytes: int, chunk_rows: int = 256) -> None:
         self.store = store
+        self.chunk_rows = store.chunk_rows if store is not None else chunk_rows
         self.max_bytes = max_bytes
         self.bytes = 0
         self.peak_bytes = 0
         self.hits = 0
         self.misses = 0  # blocks read (and decoded) from the store
-        self._blocks: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+        self._blocks: OrderedDict[tuple[str, str, str, int], np.ndarray] = OrderedDict()
+        self._opened: dict[str, EpisodeStore] = {}
 
     def block_rows(self, spec: ColumnSpec) -> int:
         """Rows per block: a raw column's zarr chunk (one file read), or a run an encoded camera decodes at once."""
-        return ENCODED_BLOCK_ROWS if spec.codec else rows_per_chunk(spec, self.store.chunk_rows)
+        return ENCODED_BLOCK_ROWS if spec.codec else rows_per_chunk(spec, self.chunk_rows)
 
     def rows(self, dataset: str, column: str, rows: np.ndarray) -> np.ndarray:
         """``column`` at committed ``rows`` (any order, repeats allowed), (len(rows), *shape)."""
-        spec = self.store.schema(dataset)[column]
+        assert self.store is not None, "a worker's cache is sent located rows"
+        return self.located_rows(dataset, column, len(rows), self.store.locate(dataset, rows))
+
+    def located_rows(self, dataset: str, column: str, count: int, located: list[Located]) -> np.ndarray:
+        """``column`` at ``count`` rows given by partition (``locate``'s answer)."""
+        source = self.store if self.store is not None else self._partition(located[0][0])
+        spec = source.schema(dataset)[column]
+        out = np.empty((count, *spec.shape), spec.dtype)
+        for root, rows, positions in located:
+            out[positions] = self._partition_rows(root, dataset, column, spec, rows)
+        return out
+
+    def _partition(self, root: str | Path) -> EpisodeStore:
+        store = self._opened.get(str(root))
+        if store is None:
+            if self.store is not None:
+                store = self.store.partition_store(root)
+            else:
+                store = EpisodeStore(root, self.chunk_rows, read_only=True)
+            self._opened[str(root)] = store
+        return store
+
+    def _partition_rows(
+        self, root: str | Path, dataset: str, column: str, spec: ColumnSpec, rows: np.ndarray
+    ) -> np.ndarray:
         size = self.block_rows(spec)
         rows = np.asarray(rows, np.int64)
         out = np.empty((len(rows), *spec.shape), spec.dtype)
@@ -61,12 +94,12 @@ class FrameCache:
         for block in np.unique(blocks):
             picked = blocks == block
             offsets = rows[picked] - block * size
-            values = self._block(dataset, column, int(block), size, int(offsets.max()) + 1)
+            values = self._block(root, dataset, column, int(block), size, int(offsets.max()) + 1)
             out[picked] = values[offsets]
         return out
 
-    def _block(self, dataset: str, column: str, block: int, size: int, needed: int) -> np.ndarray:
-        key = (dataset, column, block)
+    def _block(self, root: str | Path, dataset: str, column: str, block: int, size: int, needed: int) -> np.ndarray:
+        key = (str(root), dataset, column, block)
         values = self._blocks.get(key)
         if values is not None and len(values) >= needed:
             self.hits += 1
@@ -74,9 +107,10 @@ class FrameCache:
             return values
         self.misses += 1
         start = block * size
-        if self.store.committed_rows(dataset) < start + needed:
-            self.store.refresh()  # a reader in a worker: the learner's rows were committed after it last looked
-        values = self.store.read(dataset, [column], start, start + size)[column]
+        store = self._partition(root)
+        if store.committed_rows(dataset) < start + needed:
+            store.refresh()  # a reader in a worker: the learner's rows were committed after it last looked
+        values = store.read(dataset, [column], start, start + size)[column]
         if len(values) < needed:
             raise IndexError(
                 f"{column}: rows up to {start + needed} asked of dataset {dataset}, {start + len(values)} committed"
@@ -84,7 +118,7 @@ class FrameCache:
         self._keep(key, values)
         return values
 
-    def _keep(self, key: tuple[str, str, int], values: np.ndarray) -> None:
+    def _keep(self, key: tuple[str, str, str, int], values: np.ndarray) -> None:
         old = self._blocks.pop(key, None)
         self.bytes -= 0 if old is None else old.nbytes
         if values.nbytes > self.max_bytes:
@@ -105,21 +139,32 @@ class Request:
     parts: tuple[tuple[str, str, np.ndarray], ...]  # (batch key, store column, store rows)
 
 
-class _StoreRows(Dataset):
-    """Answers ``Request``s; in a DataLoader worker it opens its own read-only store (stores do not pickle)."""
+@dataclass(frozen=True)
+class _LocatedRequest:
+    """A ``Request`` with its rows named by partition: what a loader worker, which numbers no union, can read."""
 
-    def __init__(self, store: EpisodeStore, cache_bytes: int) -> None:
-        self.root, self.chunk_rows, self.cache_bytes = store.root, store.chunk_rows, cache_bytes
+    dataset: str
+    parts: tuple[tuple[str, str, int, list[Located]], ...]  # (batch key, store column, row count, where they are)
+
+
+class _StoreRows(Dataset):
+    """Answers located requests; in a DataLoader worker it opens the partitions it is sent to (stores do not
+    pickle)."""
+
+    def __init__(self, store: Rows, cache_bytes: int) -> None:
+        self.chunk_rows, self.cache_bytes = store.chunk_rows, cache_bytes
         self.cache: FrameCache | None = FrameCache(store, cache_bytes)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "cache": None}
 
-    def __getitem__(self, request: Request) -> dict[str, np.ndarray]:
+    def __getitem__(self, request: _LocatedRequest) -> dict[str, np.ndarray]:
         if self.cache is None:
-            store = EpisodeStore(self.root, self.chunk_rows, read_only=True)
-            self.cache = FrameCache(store, self.cache_bytes)
-        return {key: self.cache.rows(request.dataset, column, rows) for key, column, rows in request.parts}
+            self.cache = FrameCache(None, self.cache_bytes, self.chunk_rows)
+        return {
+            key: self.cache.located_rows(request.dataset, column, count, located)
+            for key, column, count, located in request.parts
+        }
 
 
 class _Requests(Sampler):
@@ -138,7 +183,7 @@ class _Requests(Sampler):
 class FrameStream:
     """Fetches batches' large columns for the learner (see the module docstring)."""
 
-    def __init__(self, store: EpisodeStore, cache_bytes: int = 256 << 20, workers: int = 0) -> None:
+    def __init__(self, store: Rows, cache_bytes: int = 256 << 20, workers: int = 0) -> None:
         self.store = store
         # a daemonic process may not start children, and the cloud's learner process is one: decode in its thread
         self._unstarted = workers if workers and multiprocessing.current_process().daemon else 0
@@ -154,11 +199,12 @@ class FrameStream:
 
     def fetch(self, requests: list[Request]) -> Iterator[dict[str, torch.Tensor]]:
         """Each request's values as tensors, in order."""
+        located = [self._locate(request) for request in requests]
         if self._unstarted:
             log.info("camera frames are decoded in the learner's thread: its process may not start loader workers")
             self._unstarted = 0
         if self.workers == 0:
-            for request in requests:
+            for request in located:
                 yield {k: torch.from_numpy(v) for k, v in self._rows[request].items()}
             return
         if self._loader is None:
@@ -170,8 +216,14 @@ class FrameStream:
                 persistent_workers=True,
                 multiprocessing_context="spawn",
             )
-        self._requests.items = requests
+        self._requests.items = located
         yield from self._loader
+
+    def _locate(self, request: Request) -> _LocatedRequest:
+        parts = tuple(
+            (key, column, len(rows), self.store.locate(request.dataset, rows)) for key, column, rows in request.parts
+        )
+        return _LocatedRequest(request.dataset, parts)
 
 
 @dataclass

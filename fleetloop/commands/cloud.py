@@ -113,7 +113,7 @@ def _gateway_and_services(
             store_codec=args.store_codec,
             tls_cert=tls_cert,
             tls_key=tls_key,
-            ingest_log=args.root.ingest_log_at,
+            ingest_log=args.root.ingest_log_at(args.gateway_id),
         )
         return config, _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
     except ConfigError as err:
@@ -142,18 +142,11 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         log.error("refusing to start: %s", err)
         return 2
     from cloud.data.learner_key import learner_signer, verifying_registry
-    from cloud.data.store import EpisodeStore
     from cloud.gateway.server import serve
 
     layout = args.root
-    try:
-        store = EpisodeStore(layout.store_at, take_over=args.take_over_store)
-    except RuntimeError as err:  # the one-writer lock or lease
-        flag = "--store" if layout.shared else "--root"
-        log.error("refusing to start: %s: %s; is another cloud running on this data?", flag, err)
-        return 2
-    except (ValueError, OSError) as err:  # a bad URL, object storage unreachable or refusing our credentials
-        log.error("refusing to start: --store: cannot open the episode store at %s: %s", layout.store_at, err)
+    store = _open_store(args)
+    if store is None:
         return 2
     # The learner's key is made on the cloud's first start, whether the learner runs here or elsewhere on this data
     # folder: robots learn its public half in the Welcome. The gateway keeps and reads only that public half.
@@ -172,7 +165,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, store, registry, stop, services=services)
 
-    log.info("cloud data in %s (episode store %s, registry %s)", layout.root, layout.store_at, layout.registry_at)
+    log.info("cloud data in %s (episode store %s, registry %s)", layout.root, store.root, layout.registry_at)
     try:
         asyncio.run(main())
     except RuntimeError as err:
@@ -187,6 +180,43 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         store.close()  # on object storage: gives the writer's lease back
     log.info("cloud stopped")
     return 0
+
+
+def _open_store(args: argparse.Namespace):
+    """The gateway's store: its partition of the shared store (``--gateway-id``) seeing the others, or the whole store
+    as one gateway has always written it; None (logged, naming the flag) when it cannot be opened."""
+    from cloud.data.partitions import Partitions, partition_root
+    from cloud.data.shared_partition import SharedPartition
+    from cloud.data.store import EpisodeStore
+
+    base = args.root.store_at
+    where = partition_root(base, args.gateway_id)
+    try:
+        own = EpisodeStore(where, take_over=args.take_over_store)
+    except RuntimeError as err:  # the one-writer lock or lease
+        flag = "--gateway-id" if args.gateway_id else "--store" if args.root.shared else "--root"
+        log.error("refusing to start: %s: %s; is another cloud running on this data?", flag, err)
+        return None
+    except (ValueError, OSError) as err:  # a bad URL, object storage unreachable or refusing our credentials
+        log.error("refusing to start: --store: cannot open the episode store at %s: %s", where, err)
+        return None
+    try:
+        return SharedPartition(own, Partitions(base, exclude=args.gateway_id))
+    except (ValueError, OSError) as err:
+        own.close()
+        log.error("refusing to start: --store: cannot read the other gateways' partitions of %s: %s", base, err)
+        return None
+
+
+def _gateway_id(text: str) -> str:
+    from cloud.data.layout import check_gateway_id
+
+    if not text:  # the default (argparse passes it here too): the store's root, as one gateway
+        return ""
+    try:
+        return check_gateway_id(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--gateway-id: ")) from err
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -229,6 +259,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start although the store on object storage names another writer: only when that cloud is gone "
         "(killed, its machine lost); it left its lease behind",
+    )
+    cloud.add_argument(
+        "--gateway-id",
+        type=_gateway_id,
+        default="",
+        help="one of several gateways on one --store: this one writes its own partition (store/@parts/NAME) and "
+        "continues episodes the others began; the learner and export read every partition (default: the store's "
+        "root, as a single gateway)",
     )
     cloud.add_argument("--host", default="127.0.0.1")
     cloud.add_argument("--port", type=int, default=7070, help="the gateway's port (0: any free port, logged)")

@@ -16,7 +16,7 @@ log = logging.getLogger("fleetloop")
 def cmd_export(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # writes a local dataset; nothing to fetch
     from cloud.data.lerobot_export import Selection, export_lerobot
-    from cloud.data.store import EpisodeStore
+    from cloud.data.store_union import StoreUnion
 
     layout = args.root
     if not layout.has_store():
@@ -28,7 +28,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sources=tuple(args.source),
         unfinished=args.include_unfinished,
     )
-    store = EpisodeStore(layout.store_at, read_only=True)  # read_only: works while the cloud writes
+    store = StoreUnion(layout.store_at)  # every gateway's partition; read only: works while the cloud writes
     try:
         report = export_lerobot(
             store, args.dataset, args.out, repo_id=args.repo_id, fps=args.fps, selection=selection, video=args.video

@@ -262,12 +262,12 @@ def run_learner(
     import torch
 
     from cloud.data.learner_key import signing_registry
-    from cloud.data.store import EpisodeStore
+    from cloud.data.store_union import StoreUnion
     from cloud.learning.learner import Learner
 
     torch.set_num_threads(1)  # two cores are shared with the gateway and the robots
     stop = stop or stop_on_signals()
-    store = EpisodeStore(layout.store_at, read_only=True)
+    store = StoreUnion(layout.store_at)  # every gateway's partition of the store
     registry = signing_registry(layout)  # every version it publishes carries the learner's signature
     learner = Learner(store, registry, config, checkpoint_dir=layout.learner_checkpoint, dist=dist, on_step=on_step)
     learner.run(stop, max_rounds=max_rounds)

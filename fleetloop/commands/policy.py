@@ -114,7 +114,7 @@ def _target_spec(args: argparse.Namespace):
     """The spec the policy must fit: the robot of ``--robot``, else the dataset of ``--dataset`` (default: the
     dataset named like the policy) in the data folder's episode store."""
     from cloud.data.policy_import import dataset_spec
-    from cloud.data.store import EpisodeStore
+    from cloud.data.store_union import StoreUnion
     from hal.drivers import driver_capabilities
     from policies.spec import PolicySpec
 
@@ -130,7 +130,7 @@ def _target_spec(args: argparse.Namespace):
     if not args.root.has_store():
         why = f"no episode store in {args.root.root} to take dataset {dataset}'s observations from"
         raise ValueError(f"{flag}: {why}; name the robot (e.g. --robot sim:panda_pick_cube)")
-    store = EpisodeStore(args.root.store_at, read_only=True)
+    store = StoreUnion(args.root.store_at)
     try:
         return dataset_spec(store, dataset)
     except ValueError as err:

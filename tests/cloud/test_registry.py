@@ -103,3 +103,23 @@ def test_policy_list_shows_every_version_s_note(tmp_path, capsys) -> None:
         "v2: hg-dagger on 160 labelled steps",
         "v3 (latest): rollback to v1",
     ]
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [
+        '{"version": 2, "size_bytes": 10, "file": "../../elsewhere/file"}',  # a file outside the policy's folder
+        '{"version": 2, "size_bytes": 10, "file": "/etc/passwd"}',
+        '{"version": 5, "size_bytes": 10, "file": ".v000005.safetensors.1.tmp"}',  # not the next version
+        '{"version": 2, "size_bytes": 0, "file": ".v000002.safetensors.1.tmp"}',
+        '{"version": "two"}',
+        "not json",
+    ],
+)
+def test_a_publishing_hint_that_names_no_next_version_in_its_own_folder_is_ignored(tmp_path, hint: str) -> None:
+    """The hint a publish leaves (which file grows, for a gateway to send it as it is written) is read as hostile: a
+    file elsewhere, another version than the next, or no hint at all is no publish in flight."""
+    registry = PolicyRegistry(tmp_path)
+    registry.publish("pick", weights())
+    (tmp_path / "pick" / "publishing.json").write_text(hint)
+    assert registry.publishing("pick") is None

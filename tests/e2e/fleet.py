@@ -52,16 +52,24 @@ class Fleet:
         self.processes[name] = process
         return process
 
-    def start_cloud(self, *extra: str, learner: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_cloud(
+        self,
+        *extra: str,
+        learner: bool = False,
+        env: dict[str, str] | None = None,
+        name: str = "cloud",
+        port: int | None = None,
+    ) -> subprocess.Popen:
         """``learner``: the cloud runs its own learner process (default ``--no-learner``); ``env``: added to its
-        environment (e.g. the ``AWS_*`` variables of an object store)."""
-        base = ["cloud", "--root", str(self.root / "data"), "--port", str(self.port)]
-        process = self._start("cloud", [*base, *([] if learner else ["--no-learner"]), *extra], env=env)
+        environment (e.g. the ``AWS_*`` variables of an object store); ``name`` and ``port``: a second gateway's."""
+        port = port or self.port
+        base = ["cloud", "--root", str(self.root / "data"), "--port", str(port)]
+        process = self._start(name, [*base, *([] if learner else ["--no-learner"]), *extra], env=env)
 
         def listening() -> bool:
-            assert process.poll() is None, f"the cloud exited: {self.log('cloud')}"
+            assert process.poll() is None, f"the cloud exited: {self.log(name)}"
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return True
             except OSError:
                 return False
@@ -130,7 +138,8 @@ class Fleet:
         return process.wait(timeout=timeout_s)
 
     def stop_all(self) -> None:
-        for name in [n for n in self.processes if n != "cloud"] + (["cloud"] if "cloud" in self.processes else []):
+        clouds = [n for n in self.processes if n.startswith("cloud")]  # last: edges wait for their acks
+        for name in [n for n in self.processes if n not in clouds] + clouds:
             try:
                 self.stop(name, timeout_s=20)
             except subprocess.TimeoutExpired:

@@ -42,6 +42,11 @@ COVERED: dict[str, str] = {
     "fleetloop export --root fleetloop-data --store s3://fleet-bucket/lab1 --dataset panda_pick_cube "
     "--out pick-export": "not run here: tests/fleetloop/test_store_flag.py runs export and policy with --store on a "
     "bucket of moto's S3 server",
+    "fleetloop cloud --root fleetloop-data --store s3://fleet-bucket/lab1 --gateway-id gw-a --port 7070": "not run "
+    "here: tests/e2e/test_gateways.py runs two gateways with --gateway-id on a bucket of moto's S3 server",
+    "fleetloop cloud --root fleetloop-data --store s3://fleet-bucket/lab1 --gateway-id gw-b --port 7070 --no-learner": (
+        "not run here: tests/e2e/test_gateways.py runs two gateways with --gateway-id on a bucket of moto's S3 server"
+    ),
     "fleetloop cloud --phone-port 7071 --phone-image 224x224": "phones",
     "fleetloop certs init --host 192.168.1.20": "phones on a LAN",
     "fleetloop devices add robot-1 --policy panda_pick_cube": "phones on a LAN",

@@ -1,0 +1,77 @@
+"""The edge's receiving side of a pushed version, piece by piece: the sha256 a version sent while it was published
+carries on its last piece only, no version is handed on without all its pieces and that sha256, and the tensors it
+hands on were hashed as they arrived (loading does not hash them again)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from edge.spool import Spool
+from edge.tunnel_client import TunnelClient, TunnelConfig
+from policies.factory import make_policy
+from policies.signing import Signer
+from policies.tensor_view import HashedBuffer, Layout, digests
+from policies.updates import apply_update
+from policies.weights import policy_to_bytes
+from protocol import tunnel_pb2 as pb
+from protocol.policy_chunks import policy_pieces
+from tests.attacks.weights_harness import RESOURCE
+
+LEARNER = Signer.generate()
+
+
+@pytest.fixture
+def edge(tmp_path):
+    key = tmp_path / "learner.pub"
+    key.write_bytes(LEARNER.public_pem())
+    got: list[tuple[str, int, bytes]] = []
+    config = TunnelConfig("127.0.0.1:1", "pick", learner_key=str(key))
+    tunnel = TunnelClient(config, RESOURCE, Spool(tmp_path / "spool.db"), on_policy=lambda *a: got.append(a))
+    yield tunnel, got
+    tunnel._tensor_hasher.shutdown()
+
+
+def signed(version: int) -> bytes:
+    policy = make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})
+    return LEARNER.sign(policy_to_bytes(policy), "pick", version)
+
+
+def pieces(data: bytes, version: int, sha256_on: str) -> list[pb.PolicyChunk]:
+    """``data`` in 4 KB pieces; the file's sha256 on "every" piece, on the "last" only, or on "none"."""
+    digest = hashlib.sha256(data).hexdigest()
+    template = pb.PolicyChunk(policy_name="pick", version=version, kind="full")
+    out = [pb.CloudMessage.FromString(piece).policy for piece in policy_pieces(template, data, 4096)]
+    for i, piece in enumerate(out):
+        piece.sha256 = digest if sha256_on == "every" or (sha256_on == "last" and i == len(out) - 1) else ""
+    return out
+
+
+@pytest.mark.parametrize("sha256_on", ["every", "last"])
+def test_a_whole_version_is_handed_on_with_its_tensors_hashed_as_they_came(edge, sha256_on: str) -> None:
+    tunnel, got = edge
+    data = signed(2)
+    for piece in pieces(data, 2, sha256_on):
+        tunnel._receive_policy_chunk(piece)
+    [(name, version, weights)] = got
+    assert (name, version, bytes(weights)) == ("pick", 2, data)
+    assert isinstance(weights, HashedBuffer)
+    assert weights.digests == digests(Layout.parse(data).tensors(data))  # what loading would have hashed
+    policy, held = apply_update(weights)
+    assert held.digests == weights.digests
+
+
+def test_no_version_is_handed_on_without_its_last_piece_or_without_a_sha256(edge) -> None:
+    tunnel, got = edge
+    data = signed(2)
+    for piece in pieces(data, 2, "last")[:-1]:  # the publish never finished: the last piece never came
+        tunnel._receive_policy_chunk(piece)
+    for piece in pieces(data, 2, "none"):  # every piece, but no sha256 to check them against
+        tunnel._receive_policy_chunk(piece)
+    assert got == []
+    wrong = pieces(data, 2, "every")
+    wrong[-1].sha256 = hashlib.sha256(b"another file").hexdigest()  # the last piece's word is the one checked
+    for piece in wrong:
+        tunnel._receive_policy_chunk(piece)
+    assert got == []
