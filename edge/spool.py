@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from protocol import tunnel_pb2 as pb
@@ -38,7 +39,12 @@ class SpooledBatch:
     episode_id: str
     first_seq: int
     num_steps: int
-    batch: pb.StepBatch
+    payload: bytes  # the serialized StepBatch as spooled: the upload sends these bytes (protocol.steps.steps_message)
+
+    @cached_property
+    def batch(self) -> pb.StepBatch:
+        """The batch, parsed (only when asked: the upload never needs it)."""
+        return pb.StepBatch.FromString(self.payload)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives a killed process (the contract here); FULL would also survive power loss.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        _no_zeroed_pages(self._db)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS batches (row_id INTEGER PRIMARY KEY AUTOINCREMENT, episode_id TEXT NOT NULL,"
             " first_seq INTEGER NOT NULL, num_steps INTEGER NOT NULL, payload BLOB NOT NULL,"
@@ -237,6 +244,7 @@ class Spool:
     def _trim(self) -> None:
         # Its own connection: in WAL mode the uploader's reads go on while this one deletes.
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        _no_zeroed_pages(db)
         try:
             while True:
                 self._trim_wake.wait()
@@ -245,21 +253,38 @@ class Spool:
                     acked = dict(self._acked_to)
                 if not acked and self._closing:
                     return
-                for episode_id, next_seq in acked.items():
-                    freed = db.execute(
-                        "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?"
-                        " RETURNING length(payload)",
-                        (episode_id, next_seq),
-                    ).fetchall()
-                    with self._lock:
-                        self._bytes -= sum(size for (size,) in freed)
-                    with self._acked_lock:
-                        if self._acked_to.get(episode_id) == next_seq:  # nothing newer came meanwhile
-                            del self._acked_to[episode_id]
+                if acked:
+                    self._delete_acked(db, acked)
                 if self._closing:
                     self._trim_wake.set()  # one more turn: returns once nothing is left
         finally:
             db.close()
+
+    def _delete_acked(self, db: sqlite3.Connection, acked: dict[str, int]) -> None:
+        """One transaction for every acked episode: with 64 KiB pages each commit writes every page it touched
+        to the WAL, so a commit per episode wrote ~6 pages per batch dropped."""
+        freed = 0
+        db.execute("BEGIN")
+        try:
+            for episode_id, next_seq in acked.items():
+                freed += sum(
+                    size
+                    for (size,) in db.execute(
+                        "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?"
+                        " RETURNING length(payload)",
+                        (episode_id, next_seq),
+                    ).fetchall()
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self._bytes -= freed
+        with self._acked_lock:
+            for episode_id, next_seq in acked.items():
+                if self._acked_to.get(episode_id) == next_seq:  # nothing newer came meanwhile
+                    del self._acked_to[episode_id]
 
     def held(self) -> dict[str, int]:
         """Episode id -> lowest spooled seq, for the resume handshake."""
@@ -284,7 +309,12 @@ class Spool:
             self._db.close()
 
 
+def _no_zeroed_pages(db: sqlite3.Connection) -> None:
+    """Deleted rows are zeroed on the pages that hold them but freed overflow pages are left as they are (SQLite's
+    "fast" secure delete; some builds zero every freed page): zeroing them wrote a dropped batch's whole size again
+    to the WAL and then to the file. Freed pages are reused by the next batches spooled."""
+    db.execute("PRAGMA secure_delete=FAST")
+
+
 def _spooled(row_id: int, episode_id: str, first_seq: int, num_steps: int, payload: bytes) -> SpooledBatch:
-    batch = pb.StepBatch()
-    batch.ParseFromString(payload)
-    return SpooledBatch(row_id, episode_id, first_seq, num_steps, batch)
+    return SpooledBatch(row_id, episode_id, first_seq, num_steps, payload)

@@ -29,11 +29,11 @@ from policies.signing import StreamCheck, UnsignedVersion
 from policies.tensor_view import Buffer, HashedBuffer
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
-from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.channel import open_channel
 from protocol.limits import POLICY_NAME
 from protocol.link_errors import link_failure
 from protocol.sanitize import printable
+from protocol.steps import steps_message
 
 log = logging.getLogger("fleetloop.tunnel")
 
@@ -54,6 +54,12 @@ CHANNEL_OPTIONS = [
 # alone may take a minute to notice.
 SILENCE_TIMEOUT_S = 15.0
 LINK_DOWN_REMINDER_S = 60.0  # while the link stays down for the same reason, one line a minute
+CONNECT = "/fleetloop.v1.Tunnel/Connect"
+
+
+def _serialize(message: pb.EdgeMessage | bytes) -> bytes:
+    """A message's bytes; spooled step batches are queued as the bytes of their EdgeMessage already."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 class TunnelConfig(CodeConfig):
@@ -142,7 +148,7 @@ class TunnelClient:
         self._down_since: float | None = None  # when the link went down (None while up, or before the first try)
         self._down_why, self._down_said_at = "", 0.0
         self._wake = threading.Event()
-        self._outgoing: queue.Queue[pb.EdgeMessage | None] | None = None
+        self._outgoing: queue.Queue[pb.EdgeMessage | bytes | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
         # Each version's tensors are hashed here as its pieces arrive, beside the receiving thread: loading it then
@@ -260,15 +266,18 @@ class TunnelClient:
         )
 
     def _session(self) -> None:
-        outgoing: queue.Queue[pb.EdgeMessage | None] = queue.Queue()
+        outgoing: queue.Queue[pb.EdgeMessage | bytes | None] = queue.Queue()
         outgoing.put(self._hello())
 
-        def requests() -> Iterator[pb.EdgeMessage]:
+        def requests() -> Iterator[pb.EdgeMessage | bytes]:
             while (message := outgoing.get()) is not None:
                 yield message
 
         with open_channel(self.target, self.config.ca, options=CHANNEL_OPTIONS) as channel:
-            responses = pb_grpc.TunnelStub(channel).Connect(requests())
+            connect = channel.stream_stream(
+                CONNECT, request_serializer=_serialize, response_deserializer=pb.CloudMessage.FromString
+            )
+            responses = connect(requests())
             in_flight: dict[int, int] = {}
             refused: set[int] = set()  # batches the cloud refused: not sent again in this session
             sender: threading.Thread | None = None
@@ -379,9 +388,8 @@ class TunnelClient:
             skip = set(in_flight.copy()) | refused  # copy: the reader thread pops acks meanwhile
             batches = self.spool.next_to_send(skip, room, turn=sent) if room > 0 else []
             for spooled in batches:
-                spooled.batch.batch_id = spooled.row_id
                 in_flight[spooled.row_id] = spooled.num_steps
-                outgoing.put(pb.EdgeMessage(steps=spooled.batch))
+                outgoing.put(steps_message(spooled.payload, spooled.row_id))  # as spooled: no parse, no re-serialize
                 sent += 1
             if time.monotonic() - last_heartbeat > self.config.heartbeat_s:
                 outgoing.put(pb.EdgeMessage(heartbeat=self._heartbeat()))

@@ -14,6 +14,7 @@ import numpy as np
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import CodecError, decode_array, encode_array
+from protocol.policy_chunks import _varint
 from protocol.video import CODECS, PacketColumn, max_packet_bytes
 
 # Columns every step carries besides its observations, with dtype and per-row shape.
@@ -145,9 +146,14 @@ def check_decoded_size(size: int, limit: int, field: str) -> None:
 
 
 def decode_batch(
-    batch: pb.StepBatch, schema: Schema, max_bytes: int = MAX_BATCH_BYTES, max_decoded: int = MAX_DECODED_BYTES
+    batch: pb.StepBatch,
+    schema: Schema,
+    max_bytes: int = MAX_BATCH_BYTES,
+    max_decoded: int = MAX_DECODED_BYTES,
+    size: int | None = None,
 ) -> Columns:
-    """Checks a batch against the schema and returns its columns; errors name the offending field.
+    """Checks a batch against the schema and returns its columns; errors name the offending field. ``size``: its
+    bytes when the caller knows them, or an upper bound (the message it came in), spares walking it to count them.
 
     Every column must have the schema's shape, so what the batch decodes to is known from ``num_steps``: past
     ``max_decoded`` bytes it is refused before anything is inflated. Encoded cameras (``video``) come back as
@@ -159,7 +165,7 @@ def decode_batch(
         raise CodecError("step_batch.first_seq", f"must be >= 0, got {batch.first_seq}")
     if not 1 <= batch.num_steps <= MAX_STEPS_PER_BATCH:
         raise CodecError("step_batch.num_steps", f"must be 1..{MAX_STEPS_PER_BATCH}, got {batch.num_steps}")
-    size = batch.ByteSize()
+    size = batch.ByteSize() if size is None else size
     if size > max_bytes:
         raise CodecError("step_batch", f"{size} bytes exceeds the limit of {max_bytes}")
     _check_names(batch, schema)
@@ -269,3 +275,15 @@ def decode_observation(
         name: decode_checked(request.observation[name], f"infer.observation[{name}]", dtype, shape, max_bytes)
         for name, (dtype, shape) in expected.items()
     }
+
+
+_STEPS_TAG = _varint(pb.EdgeMessage.DESCRIPTOR.fields_by_name["steps"].number << 3 | 2)  # length-delimited
+_BATCH_ID_TAG = _varint(pb.StepBatch.DESCRIPTOR.fields_by_name["batch_id"].number << 3)  # varint
+
+
+def steps_message(batch: bytes, batch_id: int) -> bytes:
+    """The bytes of ``EdgeMessage(steps=<batch with batch_id set>)`` from a serialized StepBatch, without parsing it
+    or serializing it again (an edge sends its spooled batches this way): a scalar field appended to a message
+    overrides any earlier value of it, and a message field is its bytes behind a tag and a length."""
+    tail = _BATCH_ID_TAG + _varint(batch_id & (1 << 64) - 1)  # a negative int64 as its two's complement
+    return b"".join((_STEPS_TAG, _varint(len(batch) + len(tail)), batch, tail))

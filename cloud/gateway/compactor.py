@@ -1,9 +1,11 @@
 """Moving acked batches from the gateway's ingest log into the episode store, off the ack path.
 
 Batches arrive here once their log record is fsync'd (they are acked already). The compactor gathers what has
-queued (``delay_s``, or at once past ``write_bytes``), writes it to the store in one group commit (cameras the store
-keeps encoded are encoded first), then trims the log up to the last record the store now holds. A failing store is
-retried: acked batches are never dropped, only a batch the store itself refuses (logged as an error).
+queued while the log is being appended to (until the log has been quiet for ``delay_s``, the backlog reached
+``write_bytes`` or the oldest batch waited ``max_delay_s``): a store write holds a core and the GIL that the ack path
+needs, and bigger writes rewrite fewer partly filled chunks. It writes the group to the store in one commit (cameras
+the store keeps encoded are encoded first), then trims the log up to the last record the store now holds. A failing
+store is retried: acked batches are never dropped, only a batch the store itself refuses (logged as an error).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Compactor:
         on_progress: Callable[[list[Logged]], None],
         delay_s: float = 0.05,
         write_bytes: int = 64 << 20,
+        max_delay_s: float = 1.0,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -54,6 +57,8 @@ class Compactor:
         self.on_progress = on_progress
         self.delay_s = delay_s
         self.write_bytes = write_bytes
+        self.max_delay_s = max_delay_s
+        self._last_added = 0.0  # when the log last took a group (monotonic)
         self._queue: deque[Logged] = deque()
         self.backlog_bytes = 0  # acked, not yet in the store
         self._wake = asyncio.Event()
@@ -66,6 +71,7 @@ class Compactor:
         logged.nbytes = sum(v.nbytes for rows in logged.batches for v in rows.columns.values())
         self._queue.append(logged)
         self.backlog_bytes += logged.nbytes
+        self._last_added = time.monotonic()
         self._wake.set()
 
     async def drain(self, timeout_s: float | None = None) -> bool:
@@ -85,11 +91,20 @@ class Compactor:
             self._wake.clear()
             if not self._queue:
                 continue
-            if self.backlog_bytes < self.write_bytes:
-                await asyncio.sleep(self.delay_s)  # gather more: bigger writes rewrite fewer partial chunks
+            while (wait := self._gather_s()) > 0:
+                await asyncio.sleep(min(wait, self.delay_s))  # rechecked: the backlog may pass write_bytes meanwhile
             if not await self.compact_once():
                 await asyncio.sleep(RETRY_S)
                 self._wake.set()
+
+    def _gather_s(self) -> float:
+        """How much longer to gather before writing: 0 once the log has been quiet for ``delay_s``, the backlog
+        reached ``write_bytes``, or the oldest batch waited ``max_delay_s``."""
+        if not self._queue or self.backlog_bytes >= self.write_bytes:
+            return 0.0
+        now = time.monotonic()
+        quiet = self._last_added + self.delay_s - now
+        return max(0.0, min(quiet, self._queue[0].acked_at + self.max_delay_s - now))
 
     async def compact_once(self) -> bool:
         """Writes what is queued (up to ``write_bytes``) into the store; False if the store failed (kept queued)."""

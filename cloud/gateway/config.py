@@ -50,8 +50,11 @@ class GatewayConfig(CodeConfig):
     max_delta_versions: Annotated[int, Field(ge=0)] = 10  # an edge further behind gets a full snapshot
     # a delta bigger than this share of the model goes as a full snapshot
     max_delta_fraction: Annotated[float, Field(ge=0)] = 0.5
-    flush_rows: AtLeastOne = 1024  # write to the store once this many rows wait...
-    flush_bytes: AtLeastOne = 16 << 20  # ...or this many bytes (a few image chunks per column)...
+    # Group commit into the ingest log: append and fsync once this many rows wait...
+    flush_rows: AtLeastOne = 1024
+    # ...or this many bytes (what arrives during one fsync joins the next group, so groups grow with the load; a
+    # small threshold keeps acks coming while an edge's window is still open)...
+    flush_bytes: AtLeastOne = 4 << 20
     # Steps received but not yet durable in the ingest log, over all edges: past this, the gateway stops reading the
     # tunnels (HTTP/2 flow control then slows the edges, whose spools absorb it on disk) instead of growing memory.
     max_unwritten_bytes: AtLeastOne = 256 << 20

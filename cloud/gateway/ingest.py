@@ -298,11 +298,16 @@ class StoreWriter:
 
 
 def step_rows(
-    session: Session, batch: pb.StepBatch, max_batch_bytes: int, max_decoded_bytes: int = MAX_DECODED_BYTES
+    session: Session,
+    batch: pb.StepBatch,
+    max_batch_bytes: int,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
+    size: int | None = None,
 ) -> StepRows:
     """The batch's rows, decoded against the session's schema; CodecError names the field that is wrong. Reads
-    nothing of the session that changes while it is open, so it may run in the gateway's decode pool."""
-    columns = decode_batch(batch, session.schema, max_batch_bytes, max_decoded_bytes)
+    nothing of the session that changes while it is open, so it may run in the gateway's decode pool. ``size``: the
+    batch's bytes or an upper bound (``decode_batch``)."""
+    columns = decode_batch(batch, session.schema, max_batch_bytes, max_decoded_bytes, size)
     if batch.video:
         columns = check_cameras(columns, session.schema, session.cameras, batch.first_seq)
     return StepRows(

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from cloud.data.ingest_log import IngestLog
-from cloud.data.store import EpisodeStore
+from cloud.data.store import EpisodeStore, StepRows
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.bounds import INLINE_BYTES, DecodePool, LimitError, StreamLimits, StreamSlot
 from cloud.gateway.cameras import Camera, check_uplink, column_spec, new_dataset_codecs, stored_cameras
@@ -44,6 +44,7 @@ from protocol.limits import case_twin, check_applied, check_heartbeat, check_rej
 from protocol.steps import MAX_STEPS_PER_BATCH, decoded_bytes
 
 log = logging.getLogger("fleetloop.gateway")
+Decoded = StepRows | CodecError | None  # a step batch's rows made while parsing it, or why they are refused
 TUNNEL_SERVICE = "fleetloop.v1.Tunnel"
 STOP_DRAIN_S = 30.0  # on stop, how long the store may take to take in what the ingest log holds
 
@@ -366,10 +367,10 @@ class Gateway(pb_grpc.TunnelServicer):
         for the store), so a device that sends faster than the gateway decodes is held back by flow control."""
         try:
             async for raw in requests:
-                message = await self.decoder.run(len(raw), lambda raw=raw: pb.EdgeMessage.FromString(raw))
+                message, rows = await self._parse(session, raw)
                 kind = message.WhichOneof("body")
                 try:
-                    await self._handle(session, message, kind)
+                    await self._handle(session, message, kind, rows, len(raw))
                 except CodecError as err:
                     log.warning("refused a %s message from %s: %s", kind or "empty", session.resource.id, err)
                     session.send(
@@ -390,9 +391,31 @@ class Gateway(pb_grpc.TunnelServicer):
         finally:
             session.out.put_nowait(None)
 
-    async def _handle(self, session: Session, message: pb.EdgeMessage, kind: str | None) -> None:
+    async def _parse(self, session: Session, raw: bytes) -> tuple[pb.EdgeMessage, Decoded]:
+        """The message; for a large step batch also its rows (or why they are refused), made in the same hop to the
+        decode pool (a hop costs as much as parsing a camera batch)."""
+        if len(raw) <= INLINE_BYTES:
+            return pb.EdgeMessage.FromString(raw), None
+        return await self.decoder.run(len(raw), lambda: self._parse_and_decode(session, raw))
+
+    def _parse_and_decode(self, session: Session, raw: bytes) -> tuple[pb.EdgeMessage, Decoded]:
+        """In the decode pool: DecodeError if the bytes are no EdgeMessage."""
+        message = pb.EdgeMessage.FromString(raw)
+        if message.WhichOneof("body") != "steps":
+            return message, None
+        config = self.config
+        try:  # the message's size bounds its batch's (merged or unknown fields only add bytes): no walk to count them
+            return message, step_rows(
+                session, message.steps, config.max_batch_bytes, config.max_decoded_bytes, len(raw)
+            )
+        except CodecError as err:
+            return message, err
+
+    async def _handle(
+        self, session: Session, message: pb.EdgeMessage, kind: str | None, rows: Decoded = None, size: int = 0
+    ) -> None:
         if kind == "steps":
-            await self._receive_batch(session, message.steps)
+            await self._receive_batch(session, message.steps, rows, size)
             await self.writer.room(session)  # a slow store slows this tunnel's uploads, not memory or the others
         elif kind == "applied":
             self._applied(session, message.applied)
@@ -434,20 +457,28 @@ class Gateway(pb_grpc.TunnelServicer):
         for callback in self.on_applied:
             callback(session.resource.id, applied)
 
-    async def _receive_batch(self, session: Session, batch: pb.StepBatch) -> None:
+    async def _receive_batch(
+        self, session: Session, batch: pb.StepBatch, decoded: Decoded = None, size: int = 0
+    ) -> None:
+        """``decoded``: the rows (or why they are refused) when ``_parse`` made them already; ``size``: the message's
+        bytes on the wire (0: counted here)."""
         config = self.config
-        # What decoding reads and makes; an invalid num_steps is refused before anything is decoded.
-        size = batch.ByteSize()
-        cost = size + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
-        cost += INLINE_BYTES if batch.video else 0  # encoded frames are decoded (keyframes, JPEG) in the pool only
+        size = size or batch.ByteSize()
         try:
-            rows = await self.decoder.run(
-                cost, lambda: step_rows(session, batch, config.max_batch_bytes, config.max_decoded_bytes)
-            )
+            if isinstance(decoded, CodecError):
+                raise decoded
+            if decoded is None:
+                # What decoding reads and makes; an invalid num_steps is refused before anything is decoded.
+                cost = size + decoded_bytes(session.schema, min(max(batch.num_steps, 0), MAX_STEPS_PER_BATCH))
+                cost += INLINE_BYTES if batch.video else 0  # encoded frames are decoded only in the pool
+                decoded = await self.decoder.run(
+                    cost, lambda: step_rows(session, batch, config.max_batch_bytes, config.max_decoded_bytes)
+                )
         except CodecError as err:
             log.warning("refused a batch from %s: %s", session.resource.id, err)
             session.refuse(batch.batch_id, err.field, err.message)
             return
+        rows = decoded
         self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session))
         session.batch_bytes += size
         session.steps_received += batch.num_steps

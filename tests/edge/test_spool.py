@@ -59,3 +59,26 @@ def test_page_size_is_large_for_a_new_spool(tmp_path) -> None:
     spool.close()
     with sqlite3.connect(tmp_path / "spool.db") as db:
         assert db.execute("PRAGMA page_size").fetchone()[0] == PAGE_BYTES
+
+
+def test_dropping_acked_camera_batches_does_not_write_them_again(tmp_path) -> None:
+    """Acked batches leave in one transaction per turn of the trimmer, and their freed pages are not zeroed: the WAL
+    grows by a few pages, not by the batches' size (as it did, twice over, with one commit per episode and zeroed
+    pages)."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    frames = np.random.default_rng(0).integers(0, 255, (20, 96, 96, 3), np.uint8)  # ~550 kB per batch
+    for episode in range(8):
+        spool.append(encode_batch(f"e{episode}", 0, {"obs.pixels": frames}))
+    spool._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    payload = spool.size_bytes
+    with spool._acked_lock:  # acks that arrived together, as a group commit's do: one turn of the trimmer
+        spool._acked_to.update({f"e{episode}": 20 for episode in range(1, 8)})
+    spool.ack_later("e0", 20)
+    deadline = time.monotonic() + 10
+    while spool.size_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spool.size_bytes == 0
+    wal = path.with_name(path.name + "-wal").stat().st_size  # read before close, which checkpoints and removes it
+    spool.close()
+    assert wal < payload / 4, (wal, payload)
