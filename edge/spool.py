@@ -204,28 +204,8 @@ class Spool:
 
     def ack(self, episode_id: str, next_seq: int) -> int:
         """Drops the batches of an episode that the cloud holds entirely; returns how many."""
-        return self.ack_many([(episode_id, next_seq)])
-
-    def ack_many(self, acks: Collection[tuple[str, int]]) -> int:
-        """``ack`` for each (episode_id, next_seq), in one transaction (one WAL commit for a burst of acks)."""
-        if not acks:
-            return 0
         with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                freed = [
-                    size
-                    for episode_id, next_seq in acks
-                    for (size,) in self._db.execute(
-                        "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?"
-                        " RETURNING length(payload)",
-                        (episode_id, next_seq),
-                    ).fetchall()
-                ]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            freed = _drop_acked(self._db, {episode_id: next_seq})
             self._bytes -= sum(freed)
             return len(freed)
 
@@ -261,24 +241,7 @@ class Spool:
             db.close()
 
     def _delete_acked(self, db: sqlite3.Connection, acked: dict[str, int]) -> None:
-        """One transaction for every acked episode: with 64 KiB pages each commit writes every page it touched
-        to the WAL, so a commit per episode wrote ~6 pages per batch dropped."""
-        freed = 0
-        db.execute("BEGIN")
-        try:
-            for episode_id, next_seq in acked.items():
-                freed += sum(
-                    size
-                    for (size,) in db.execute(
-                        "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ?"
-                        " RETURNING length(payload)",
-                        (episode_id, next_seq),
-                    ).fetchall()
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        freed = sum(_drop_acked(db, acked))
         with self._lock:
             self._bytes -= freed
         with self._acked_lock:
@@ -307,6 +270,26 @@ class Spool:
             trimmer.join()
         with self._lock:
             self._db.close()
+
+
+def _drop_acked(db: sqlite3.Connection, acked: dict[str, int]) -> list[int]:
+    """Deletes the batches each episode's ``next_seq`` covers, in one transaction (with 64 KiB pages each commit
+    writes every page it touched to the WAL, so a commit per episode wrote ~6 pages per batch dropped); returns the
+    payload sizes freed."""
+    freed: list[int] = []
+    db.execute("BEGIN")
+    try:
+        for episode_id, next_seq in acked.items():
+            rows = db.execute(
+                "DELETE FROM batches WHERE episode_id = ? AND first_seq + num_steps <= ? RETURNING length(payload)",
+                (episode_id, next_seq),
+            ).fetchall()
+            freed += [size for (size,) in rows]
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return freed
 
 
 def _no_zeroed_pages(db: sqlite3.Connection) -> None:
