@@ -83,6 +83,11 @@ class StepRows:
     label: str = ""  # a person's verdict on the episode, given with its last batch
     labelled_by: str = ""
 
+    @property
+    def nbytes(self) -> int:
+        """What its columns hold (an encoded camera's packets as sent)."""
+        return sum(values.nbytes for values in self.columns.values())
+
 
 @dataclass
 class _Dataset:

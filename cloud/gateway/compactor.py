@@ -68,7 +68,7 @@ class Compactor:
         self.failures = 0  # group writes that failed and were retried
 
     def add(self, logged: Logged) -> None:
-        logged.nbytes = sum(v.nbytes for rows in logged.batches for v in rows.columns.values())
+        logged.nbytes = sum(rows.nbytes for rows in logged.batches)
         self._queue.append(logged)
         self.backlog_bytes += logged.nbytes
         self._last_added = time.monotonic()

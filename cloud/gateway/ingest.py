@@ -131,7 +131,7 @@ class StoreWriter:
         up on are forgotten, waiting readers wake."""
         for logged in taken:
             for key, rows in zip(logged.owners, logged.batches, strict=False):  # none when replayed
-                self._release(key, sum(values.nbytes for values in rows.columns.values()))
+                self._release(key, rows.nbytes)
         caught_up = [e for e, (seq, _) in self._logged.items() if self.store.next_seq(e) >= seq]
         for episode in caught_up:
             del self._logged[episode]
@@ -142,7 +142,7 @@ class StoreWriter:
             self._oldest = time.monotonic()
         self._pending.append(item)
         self._rows += row_count(item.rows)
-        item.nbytes = sum(values.nbytes for values in item.rows.columns.values())
+        item.nbytes = item.rows.nbytes
         self._bytes += item.nbytes
         self._unwritten += item.nbytes
         key = id(item.sink)
