@@ -197,10 +197,34 @@ print(json.dumps({"polls": len(seen), "distinct": len(set(seen)), "final": seen[
 """
 
 
-def child(code: str, *args: object) -> subprocess.Popen:
+def child(code: str, *args: object, helpers: str = __file__) -> subprocess.Popen:
+    """``code`` in a child process, given ``args`` and last the test file whose helpers it loads."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-c", code, *map(str, args), __file__]
+    argv = [sys.executable, "-c", code, *map(str, args), helpers]
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def read_acks(proc: subprocess.Popen, lines: int, acked: dict[str, int]) -> None:
+    """Folds ``lines`` of a crashing writer's "episode=next_seq ..." acks into ``acked`` (the highest of each)."""
+    for _ in range(lines):
+        for ack in proc.stdout.readline().split():
+            episode, next_seq = ack.split("=")
+            acked[episode] = max(acked.get(episode, 0), int(next_seq))
+
+
+def write_random_batches(writer: EpisodeStore, at_least_rows: int, started: float) -> dict[int, int]:
+    """Writes batches of 3 of 6 episodes for at least 2 s after ``started`` and ``at_least_rows`` rows; each
+    episode's next seq."""
+    rng = np.random.default_rng(0)
+    next_seq = dict.fromkeys(range(6), 0)
+    while time.monotonic() - started < 2 or sum(next_seq.values()) < at_least_rows:
+        batch = []
+        for episode in rng.choice(6, size=3, replace=False).tolist():
+            n = int(rng.integers(1, 12))
+            batch.append(rows(episode, next_seq[episode], n))
+            next_seq[episode] += n
+        writer.write(batch)
+    return next_seq
 
 
 def test_reader_in_another_process_sees_only_whole_committed_rows(tmp_path: Path) -> None:
@@ -211,16 +235,7 @@ def test_reader_in_another_process_sees_only_whole_committed_rows(tmp_path: Path
         time.sleep(0.05)
     writer = EpisodeStore(root, chunk_rows=8, durable=False)
     writer.ensure_dataset("arm", SCHEMA)
-    rng = np.random.default_rng(0)
-    next_seq = dict.fromkeys(range(6), 0)
-    started = time.monotonic()
-    while time.monotonic() - started < 2 or sum(next_seq.values()) < 400:
-        batch = []
-        for episode in rng.choice(6, size=3, replace=False).tolist():
-            n = int(rng.integers(1, 12))
-            batch.append(rows(episode, next_seq[episode], n))
-            next_seq[episode] += n
-        writer.write(batch)
+    next_seq = write_random_batches(writer, 400, time.monotonic())
     finished.touch()
     out, _ = reader.communicate(timeout=60)
     assert reader.returncode == 0
@@ -255,10 +270,7 @@ def test_writer_killed_mid_write_loses_no_acked_row_and_carries_on(tmp_path: Pat
     acked: dict[str, int] = {}
     for attempt in range(2):
         proc = child(CRASHING_WRITER, root, attempt)
-        for _ in range(3 + 5 * attempt):
-            for ack in proc.stdout.readline().split():
-                episode, next_seq = ack.split("=")
-                acked[episode] = max(acked.get(episode, 0), int(next_seq))
+        read_acks(proc, 3 + 5 * attempt, acked)
         assert proc.poll() is None, "the writer died by itself"
         proc.send_signal(signal.SIGKILL)  # most likely in the middle of the next write
         proc.wait()

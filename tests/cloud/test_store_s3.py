@@ -9,12 +9,20 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cloud.data.blobs import open_blobs
 from cloud.data.store import EpisodeStore
-from tests.cloud.test_store import CRASHING_WRITER, READER, SCHEMA, check_consistent, child, rows
+from tests.cloud.test_store import (
+    CRASHING_WRITER,
+    READER,
+    SCHEMA,
+    check_consistent,
+    child,
+    read_acks,
+    rows,
+    write_random_batches,
+)
 
 
 def labelled(episode: int, first_seq: int, n: int, **extra: object) -> object:
@@ -65,15 +73,7 @@ def test_a_reader_in_another_process_sees_only_whole_committed_rows(s3_url: str,
         time.sleep(0.05)
     writer = EpisodeStore(s3_url, chunk_rows=8)
     writer.ensure_dataset("arm", SCHEMA)
-    rng = np.random.default_rng(0)
-    next_seq = dict.fromkeys(range(6), 0)
-    while time.monotonic() - started < 2 or sum(next_seq.values()) < 200:
-        batch = []
-        for episode in rng.choice(6, size=3, replace=False).tolist():
-            n = int(rng.integers(1, 12))
-            batch.append(rows(episode, next_seq[episode], n))
-            next_seq[episode] += n
-        writer.write(batch)
+    next_seq = write_random_batches(writer, 200, started)
     finished.touch()
     out, _ = reader.communicate(timeout=60)
     assert reader.returncode == 0
@@ -88,10 +88,7 @@ def test_a_writer_killed_mid_write_loses_no_acked_row_and_a_new_one_takes_over(s
     taking_over = CRASHING_WRITER.replace("chunk_rows=8)", "chunk_rows=8, take_over=True)")
     for attempt in range(2):
         proc = child(taking_over, s3_url, attempt)
-        for _ in range(3 + 3 * attempt):
-            for ack in proc.stdout.readline().split():
-                episode, next_seq = ack.split("=")
-                acked[episode] = max(acked.get(episode, 0), int(next_seq))
+        read_acks(proc, 3 + 3 * attempt, acked)
         assert proc.poll() is None, "the writer died by itself"
         proc.send_signal(signal.SIGKILL)  # most likely in the middle of the next write
         proc.wait()

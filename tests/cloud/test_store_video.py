@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
 from protocol.video import CameraEncoder, PacketColumn, psnr
+from tests.cloud.test_store import child, read_acks
 from tests.factories import step_columns
 from tests.protocol.test_video import moving_scene
 
@@ -309,21 +307,12 @@ while True:
 """
 
 
-def child(code: str, *args: object) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-c", code, *map(str, args), __file__]
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-
-
 def test_writer_killed_mid_write_loses_no_acked_frame(tmp_path) -> None:
     root, acked = tmp_path / "store", {}
     originals = {e: scene(e, 150) for e in range(3)}
     for attempt in range(2):
-        proc = child(CRASHING_WRITER, root, attempt)
-        for _ in range(4 + 4 * attempt):
-            for ack in proc.stdout.readline().split():
-                episode, next_seq = ack.split("=")
-                acked[episode] = max(acked.get(episode, 0), int(next_seq))
+        proc = child(CRASHING_WRITER, root, attempt, helpers=__file__)
+        read_acks(proc, 4 + 4 * attempt, acked)
         assert proc.poll() is None, "the writer died by itself"
         proc.send_signal(signal.SIGKILL)  # most likely in the middle of the next write
         proc.wait()
