@@ -7,7 +7,6 @@ variables, which child processes (a cloud, an edge, a learner) inherit.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+
+from tests.e2e.fleet import free_port
 
 # What a user sets to point fleetloop at MinIO or another S3-compatible server (README: "Storage beyond one disk").
 FAKE_CREDENTIALS = {
@@ -53,15 +54,9 @@ class S3Server:
             self.process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_s3_server(timeout_s: float = 30.0) -> S3Server:
     """Starts ``python -m moto.server`` on a free loopback port and waits until it answers."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
