@@ -90,7 +90,11 @@ def test_two_gateways_write_one_store_an_edge_moves_between_them_and_nothing_is_
     ]
     assert moved, "robot-3's episode did not continue in gw-b's partition"
     first, second = part_a.episode(moved[0]), part_b.episode(moved[0])
-    assert second.last_seq - second.num_steps + 1 == first.next_seq  # continued right after gw-a's rows
+    # gw-b continued where gw-a's rows end, with no gap. It may hold again the last steps gw-a had acked when their
+    # acks were lost in the cut (gw-b could not yet see them in gw-a's partition: they were in gw-a's ingest log);
+    # the union reads each of those once (check_store above).
+    second_first = second.last_seq - second.num_steps + 1
+    assert first.next_seq - first.num_steps <= second_first <= first.next_seq, (first, second)
 
     out = fleet.root / "exported"
     export = subprocess.run(
