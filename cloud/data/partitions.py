@@ -88,6 +88,11 @@ class Partitions:
         """Where the episode continues after every partition's rows of it (0: none holds it)."""
         return max((store.next_seq(episode_id) for store in self.stores.values()), default=0)
 
+    def owner(self, episode_id: str) -> str | None:
+        """The resource that recorded the episode (None: no partition holds it)."""
+        record = self._records.get(episode_id)
+        return None if record is None else record.resource_id
+
     def episode(self, episode_id: str) -> EpisodeRecord | None:
         """Whose the episode is and where it continues (None: no partition holds it). Its statistics are those of
         the first partition's rows seen: a reader of steps reads ``cloud.data.store_union``."""

@@ -99,6 +99,10 @@ class SharedPartition:
             self._fresh(episode_id)
         return max(own, self.others.next_seq(episode_id))
 
+    def owner(self, episode_id: str) -> str | None:
+        """The resource that recorded the episode, in whichever partition (no lock taken)."""
+        return self.own.owner(episode_id) or self.others.owner(episode_id)
+
     def episode(self, episode_id: str) -> EpisodeRecord | None:
         own = self.own.episode(episode_id)
         theirs = self.others.episode(episode_id)

@@ -41,6 +41,12 @@ class DatasetViews:
         record = self._episode_of.get(episode_id)
         return 0 if record is None else record.next_seq
 
+    def owner(self, episode_id: str) -> str | None:
+        """The resource that recorded the episode, None for an unknown one. Takes no lock (a record's resource never
+        changes), so the gateway's loop never waits here for a store write under way on another thread."""
+        record = self._episode_of.get(episode_id)
+        return None if record is None else record.resource_id
+
     def episode(self, episode_id: str) -> EpisodeRecord | None:
         with self._lock:  # copies of records a write is not halfway through updating
             record = self._episode_of.get(episode_id)

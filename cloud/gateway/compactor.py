@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +28,7 @@ from cloud.gateway.cameras import StoreEncoder, row_count
 
 log = logging.getLogger("fleetloop.gateway")
 RETRY_S = 1.0
+COMPACTOR_NICE = 10  # added to the gateway's niceness for the compactor's thread
 
 
 @dataclass
@@ -38,8 +42,19 @@ class Logged:
     owners: list[int] = field(default_factory=list)  # the sink (by id) each batch came from; none when replayed
 
 
+def _yield_to_acks() -> None:
+    """The compactor's thread runs at a lower CPU priority than the ack path: on a busy machine the tunnels' reads
+    and the log's group commits come first, and the store catches up when they leave a core free (the share and
+    ``max_uncompacted_bytes`` bound how far behind it may fall)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPACTOR_NICE)
+    except OSError:  # not allowed here: it runs at the ack path's priority
+        pass
+
+
 class Compactor:
-    """Writes logged batches into ``store`` (one task; its writes run on a worker thread)."""
+    """Writes logged batches into ``store`` (one task; its writes run on its own thread, below the ack path's CPU
+    priority)."""
 
     def __init__(
         self,
@@ -66,6 +81,7 @@ class Compactor:
         self.lags_s: deque[float] = deque(maxlen=100_000)  # ack -> visible in the store, per batch
         self.refused_batches = 0  # acked batches the store refused: an error in the log names each
         self.failures = 0  # group writes that failed and were retried
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-compactor", initializer=_yield_to_acks)
 
     def add(self, logged: Logged) -> None:
         logged.nbytes = sum(rows.nbytes for rows in logged.batches)
@@ -113,7 +129,7 @@ class Compactor:
             if not taken:
                 return True
             try:
-                await asyncio.to_thread(self._write_and_trim, taken)
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._write_and_trim, taken)
             except Exception:  # the store failed: keep the batches (they are acked) and try again
                 self.failures += 1
                 log.exception("writing %d acked batches into the episode store failed; retrying", len(taken))
@@ -183,6 +199,10 @@ class Compactor:
         for rows in batches:  # a batch the store held entirely: where its episode stands
             ack_points.setdefault(rows.episode_id, self.store.next_seq(rows.episode_id))
         return ack_points
+
+    def close(self) -> None:
+        """Lets the compactor's thread end (a write under way finishes first)."""
+        self._thread.shutdown(wait=False)
 
     def lag_percentiles(self) -> tuple[float, float]:
         """Ack-to-store lag p50 and p99 in seconds over the recent batches (0, 0 before any)."""

@@ -96,9 +96,9 @@ class StoreWriter:
 
     def owner(self, episode_id: str) -> str | None:
         """The resource whose episode it is, once any of its rows is acked (in the store or still in the log)."""
-        stored = self.store.episode(episode_id)
+        stored = self.store.owner(episode_id)
         if stored is not None:
-            return stored.resource_id
+            return stored
         logged = self._logged.get(episode_id)
         return logged[1] if logged else None
 

@@ -158,6 +158,7 @@ class Gateway(pb_grpc.TunnelServicer):
         for task in writing:
             task.cancel()
         self.writer.log.close()
+        self.writer.compactor.close()
         self.decoder.close()
 
     async def Connect(  # noqa: N802 (gRPC method name)

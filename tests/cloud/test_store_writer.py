@@ -116,3 +116,42 @@ def test_a_sink_past_its_share_waits_alone_and_goes_on_once_its_bytes_are_logged
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+class StoreHeldMidWrite(EpisodeStore):
+    """A real store whose writes stop halfway, holding the store's lock, until the test opens a gate."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate, self.writing = threading.Event(), threading.Event()
+
+    def _append(self, *args, **kwargs):
+        self.writing.set()
+        self.gate.wait(timeout=10)
+        return super()._append(*args, **kwargs)
+
+
+def test_batches_are_acked_while_the_compactor_holds_the_store_mid_write(tmp_path) -> None:
+    """The ack path asks the store whose an episode is; that must not wait for the store's lock, which a compaction
+    holds through its writes and fsyncs (the whole event loop would stall with it)."""
+
+    async def scenario() -> None:
+        store = StoreHeldMidWrite(tmp_path / "store")
+        store.ensure_dataset("d", store_schema())
+        columns = step_columns(10)
+        writer = StoreWriter(store, flush_rows=10_000, flush_delay_s=0.01)
+        writer.compactor.delay_s = writer.compactor.max_delay_s = 0.0  # compact each batch at once
+        runner = asyncio.create_task(writer.run())
+        owner = session()
+        writer.submit(PendingBatch(rows=episode_rows("d", "e0", columns), batch_id=0, sink=owner))
+        assert (await asyncio.wait_for(owner.out.get(), 5)).ack.batch_id == 0
+        assert await asyncio.to_thread(store.writing.wait, 5), "the compactor did not start writing"
+        writer.submit(PendingBatch(rows=episode_rows("d", "e1", columns), batch_id=1, sink=owner))
+        ack = await asyncio.wait_for(owner.out.get(), 2)
+        assert ack.ack.batch_id == 1 and store.committed_rows("d") == 0, "acked only after the store write ended"
+        store.gate.set()
+        assert await writer.drain(10) and store.committed_rows("d") == 20
+        runner.cancel()
+        writer.compactor.close()
+
+    asyncio.run(scenario())
