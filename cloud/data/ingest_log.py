@@ -6,12 +6,20 @@ path, and then trims the log. On start the log is replayed into the store (the s
 
 Layout under ``folder``: segment files ``<first record number, 16 digits>.log``. A record is::
 
-    b"FLG1" | header length u32 | body length u64 | crc32 of header and body u32 | header (JSON) | body
+    b"FLG2" | header length u32 | body length u64 | record number u64 | crc32 u32 | header (JSON) | body
 
-The header holds the batch's fields and, per column, how to cut its bytes out of the body: an array's dtype and
-shape, or an encoded camera's codec and packet sizes (its keyframe flags are in the body). No pickle: a record is
-read back with json and numpy only. A record cut short at the end of the last segment (a write killed midway) is
-dropped on open; a whole record whose checksum fails is refused (``IngestLogError`` naming file and offset).
+(crc32 of the number, header and body). The header holds the batch's fields and, per column, how to cut its bytes out
+of the body: an array's dtype and shape, or an encoded camera's codec and packet sizes (its keyframe flags are in the
+body). No pickle: a record is read back with json and numpy only.
+
+Segments are recycled: one the store holds entirely becomes a spare (``<floor>.<k>.spare``) that a later segment is
+renamed from and overwritten in place, its pages still in the page cache; writing into fresh page cache pages costs
+several times more CPU than overwriting cached ones (on this project's VMs the copy into new pages was half of the
+gateway's CPU in bench (a)). Past a segment's records lie the bytes of its earlier use: a record ends the segment
+unless it carries the next number (numbers only grow, across spares too) and its checksum holds. A record with the
+right number whose checksum fails, or which is cut short, at the end of the last segment is a write killed midway
+(never acked) and dropped; anywhere else it is refused (``IngestLogError`` naming file and offset), as is a gap in the
+numbers between segments. Records of the first format (``FLG1``, no number, never in a recycled file) still replay.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -34,16 +43,19 @@ from protocol.video import PacketColumn
 
 log = logging.getLogger("fleetloop")
 
-MAGIC = b"FLG1"
-FRAME = struct.Struct("<4sIQI")
+MAGIC = b"FLG2"
+FRAME = struct.Struct("<4sIQQI")  # magic, header length, body length, record number, crc32
+NUMBER = struct.Struct("<Q")
+FIRST_MAGIC, FIRST_FRAME = b"FLG1", struct.Struct("<4sIQI")  # the first format: no number, crc32 of header and body
 MAX_HEADER_BYTES = 16 << 20
 MAX_BODY_BYTES = 1 << 34
 SUFFIX = ".log"
+SPARE = ".spare"
 IOV_MAX = 512  # parts per writev call (Linux allows 1024)
 
 
 class IngestLogError(RuntimeError):
-    """The log holds a record that is not what was written (a checksum or framing that fails)."""
+    """The log holds a record that is not what was written (a checksum, framing or numbering that fails)."""
 
 
 @dataclass
@@ -51,7 +63,35 @@ class _Segment:
     path: Path
     first: int  # number of its first record
     last: int  # number of its last record; first - 1 while empty
-    size: int
+    size: int  # bytes of its records (the file may go on with those of its earlier use)
+
+
+@dataclass
+class _Frame:
+    """A record's frame as read: ``number`` is None for the first format (its number is its place)."""
+
+    header_len: int
+    body_len: int
+    number: int | None
+    crc: int
+    size: int  # the frame's own bytes
+
+    def checksum(self, number: int, header: bytes, body: bytearray) -> int:
+        seed = 0 if self.number is None else zlib.crc32(NUMBER.pack(number))
+        return zlib.crc32(body, zlib.crc32(header, seed))
+
+
+def _frame(head: bytes) -> _Frame | None:
+    """The frame at the start of ``head``; None if none is there (the end of what this use of the file wrote)."""
+    if head[:4] == MAGIC and len(head) >= FRAME.size:
+        _, header_len, body_len, number, crc = FRAME.unpack_from(head)
+        frame = _Frame(header_len, body_len, number, crc, FRAME.size)
+    elif head[:4] == FIRST_MAGIC and len(head) >= FIRST_FRAME.size:
+        _, header_len, body_len, crc = FIRST_FRAME.unpack_from(head)
+        frame = _Frame(header_len, body_len, None, crc, FIRST_FRAME.size)
+    else:
+        return None
+    return frame if header_len <= MAX_HEADER_BYTES and body_len <= MAX_BODY_BYTES else None
 
 
 def _array_bytes(values: np.ndarray) -> memoryview:
@@ -59,8 +99,8 @@ def _array_bytes(values: np.ndarray) -> memoryview:
     return memoryview(flat.view(np.uint8)) if flat.size else memoryview(b"")
 
 
-def encode(rows: StepRows) -> list[bytes | memoryview]:
-    """The record of one batch, as parts to write one after another (arrays are not copied)."""
+def encode(rows: StepRows, number: int) -> list[bytes | memoryview]:
+    """Record ``number`` of one batch, as parts to write one after another (arrays are not copied)."""
     columns: list[dict] = []
     body: list[bytes | memoryview] = []
     for name, values in rows.columns.items():
@@ -85,10 +125,10 @@ def encode(rows: StepRows) -> list[bytes | memoryview]:
             "columns": columns,
         }
     ).encode()
-    crc = zlib.crc32(header)
+    crc = zlib.crc32(header, zlib.crc32(NUMBER.pack(number)))
     for part in body:
         crc = zlib.crc32(part, crc)
-    frame = FRAME.pack(MAGIC, len(header), sum(len(p) for p in body), crc)
+    frame = FRAME.pack(MAGIC, len(header), sum(len(p) for p in body), number, crc)
     return [frame, header, *body]
 
 
@@ -122,10 +162,13 @@ def decode(header: bytes, body: bytearray) -> StepRows:
 class IngestLog:
     """Append-only segments in ``folder``; one process appends (the gateway, under the store's writer lock)."""
 
-    def __init__(self, folder: str | Path, segment_bytes: int = 64 << 20, durable: bool = True) -> None:
+    def __init__(
+        self, folder: str | Path, segment_bytes: int = 64 << 20, durable: bool = True, spare_segments: int = 4
+    ) -> None:
         self.folder = Path(folder)
         self.segment_bytes = segment_bytes
         self.durable = durable
+        self.spare_segments = spare_segments  # retired segments kept for reuse (their pages stay cached)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._segments: list[_Segment] = []
         self._fd: int | None = None
@@ -134,77 +177,94 @@ class IngestLog:
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             first = int(path.stem)
             self._segments.append(_Segment(path, first, first - 1, path.stat().st_size))
+        self._scanned = not self._segments  # where the last segment's records end is known
+        self._spares: list[Path] = []
+        self._floor = 0  # no record ever written here has this number or a higher one
+        self._retired = 0  # spares named so far (a spare's name is unique through it)
+        for path in sorted(self.folder.glob(f"*{SPARE}")):
+            floor, retired = (int(part) for part in path.name.split(".")[:2])
+            self._floor, self._retired = max(self._floor, floor), max(self._retired, retired)
+            self._spares.append(path)
 
     @property
     def next_record(self) -> int:
         """The number the next appended record gets."""
-        return self._segments[-1].last + 1 if self._segments else 0
+        return self._segments[-1].last + 1 if self._segments else self._floor
 
     def replay(self) -> Iterator[tuple[int, StepRows]]:
         """Every record still in the log, in order, as (record number, batch). Must run once, before ``append``:
-        it also learns where each segment ends and drops a torn last record."""
+        it also learns where each segment's records end and drops a torn last record."""
         for index, segment in enumerate(self._segments):
-            last = index == len(self._segments) - 1
-            for number, rows in self._read(segment, last):
+            if index and segment.first != self._segments[index - 1].last + 1:
+                missing = f"{self._segments[index - 1].last + 1}..{segment.first - 1}"
+                raise IngestLogError(f"{segment.path}: records {missing} are missing before it")
+            for number, rows in self._read(segment, index == len(self._segments) - 1):
                 yield number, rows
                 segment.last = number
+        self._scanned = True
 
     def _read(self, segment: _Segment, last: bool) -> Iterator[tuple[int, StepRows]]:
-        number = segment.first
+        number, at = segment.first, 0
         with open(segment.path, "rb") as f:
-            at = 0
-            while at < segment.size:
-                frame = f.read(FRAME.size)
-                torn = len(frame) < FRAME.size
-                if not torn:
-                    magic, header_len, body_len, crc = FRAME.unpack(frame)
-                    if magic != MAGIC or header_len > MAX_HEADER_BYTES or body_len > MAX_BODY_BYTES:
-                        raise IngestLogError(f"{segment.path}: no record at byte {at} (bad framing)")
-                    torn = at + FRAME.size + header_len + body_len > segment.size
-                if torn:
+            size = os.fstat(f.fileno()).st_size
+            while at < size:
+                f.seek(at)
+                frame = _frame(f.read(FRAME.size))
+                if frame is None or frame.number not in (None, number):
+                    break  # the bytes of the file's earlier use, or never written
+                end = at + frame.size + frame.header_len + frame.body_len
+                if end > size:
                     if not last:
                         raise IngestLogError(f"{segment.path}: record at byte {at} is cut short mid-log")
-                    self._drop_tail(segment, at)
+                    self._drop_tail(segment, at, size)
                     return
-                header = f.read(header_len)
-                body = bytearray(body_len)
+                f.seek(at + frame.size)
+                header, body = f.read(frame.header_len), bytearray(frame.body_len)
                 f.readinto(body)
-                if zlib.crc32(body, zlib.crc32(header)) != crc:
-                    raise IngestLogError(f"{segment.path}: record at byte {at} fails its checksum; refused")
+                if frame.checksum(number, header, body) != frame.crc:
+                    if not last or _record_at(f, end, number + 1):
+                        raise IngestLogError(f"{segment.path}: record at byte {at} fails its checksum; refused")
+                    self._drop_tail(segment, at, size)
+                    return
                 try:
                     rows = decode(header, body)
                 except (ValueError, KeyError, TypeError) as err:
                     raise IngestLogError(f"{segment.path}: record at byte {at} does not decode: {err}") from err
                 yield number, rows
                 number += 1
-                at += FRAME.size + header_len + body_len
+                at = end
+        segment.size = at
 
-    def _drop_tail(self, segment: _Segment, at: int) -> None:
+    def _drop_tail(self, segment: _Segment, at: int, size: int) -> None:
         log.warning(
             "ingest log: %s ends with %d bytes of a write that was cut short (never acked); dropped",
             segment.path.name,
-            segment.size - at,
+            size - at,
         )
-        self.dropped_tail_bytes += segment.size - at
+        self.dropped_tail_bytes += size - at
         os.truncate(segment.path, at)
         segment.size = at
 
     def append(self, batches: list[StepRows]) -> int:
-        """Writes the batches' records, then one fsync; returns the last one's number. Durable when it returns."""
+        """Writes the batches' records, then one fdatasync; returns the last one's number. Durable when it
+        returns."""
         with self._lock:
             return self._append(batches)
 
     def _append(self, batches: list[StepRows]) -> int:
         if not batches:
             return self.next_record - 1
+        if not self._scanned:
+            for _ in self.replay():
+                pass
         fd = self._writable()
         segment = self._segments[-1]
-        parts = [part for rows in batches for part in encode(rows)]
+        parts = [part for i, rows in enumerate(batches) for part in encode(rows, segment.last + 1 + i)]
         written = 0
         for start in range(0, len(parts), IOV_MAX):
-            written += _write_all(fd, parts[start : start + IOV_MAX])
+            written += _write_all(fd, parts[start : start + IOV_MAX], segment.size + written)
         if self.durable:
-            os.fsync(fd)
+            os.fdatasync(fd)  # the data and the file's size: what reading it back needs
         segment.size += written
         segment.last += len(batches)
         return segment.last
@@ -217,9 +277,11 @@ class IngestLog:
             if not self._segments:
                 self._segments.append(self._empty_segment())
             path = self._segments[-1].path
-            created = not path.exists()
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            if created and self.durable:
+            named = not path.exists()
+            if named and self._spares:
+                os.replace(self._spares.pop(), path)  # overwritten in place: its pages are still cached
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            if named and self.durable:  # the segment's name survives a power loss before its first record is acked
                 fsync_path(self.folder)
         return self._fd
 
@@ -228,28 +290,43 @@ class IngestLog:
         return _Segment(self.folder / f"{first:016d}{SUFFIX}", first, first - 1, 0)
 
     def trim(self, upto: int) -> int:
-        """Deletes segments whose records are all numbered <= ``upto`` (they are in the store), except the one being
+        """Retires segments whose records are all numbered <= ``upto`` (they are in the store), except the one being
         appended to; returns how many went."""
         with self._lock:
             return self._trim(upto)
 
     def _trim(self, upto: int) -> int:
+        self._floor = max(self._floor, self.next_record)
         gone = 0
         while len(self._segments) > 1 and self._segments[0].last <= upto:
-            self._segments.pop(0).path.unlink(missing_ok=True)
+            self._retire(self._segments.pop(0).path)
             gone += 1
         if len(self._segments) == 1 and self._segments[0].last <= upto and self._segments[0].size:
             self._close_fd()  # all of it is in the store: the next append starts a fresh segment
             segment = self._segments.pop()
-            segment.path.unlink(missing_ok=True)
+            self._retire(segment.path)
             self._segments.append(
                 _Segment(segment.path.with_stem(f"{segment.last + 1:016d}"), segment.last + 1, segment.last, 0)
             )
             gone += 1
         return gone
 
+    def _retire(self, path: Path) -> None:
+        """Keeps a segment the store holds as a spare, or deletes it when there are spares enough. A spare's name
+        carries the floor of record numbers, so numbering never restarts below what its stale records hold."""
+        if len(self._spares) >= self.spare_segments:
+            path.unlink(missing_ok=True)
+            return
+        spare = self._spare_name()
+        os.replace(path, spare)
+        self._spares.append(spare)
+
+    def _spare_name(self) -> Path:
+        self._retired += 1
+        return self.folder / f"{self._floor:016d}.{self._retired}{SPARE}"
+
     def bytes(self) -> int:
-        """What the log holds on disk."""
+        """What the log's records take on disk (spares not counted)."""
         return sum(segment.size for segment in self._segments)
 
     def _close_fd(self) -> None:
@@ -261,14 +338,23 @@ class IngestLog:
         self._close_fd()
 
 
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> int:
+def _record_at(f: BinaryIO, at: int, number: int) -> bool:
+    """Whether record ``number`` (or one of the first format) starts at byte ``at``: a record that follows one whose
+    checksum fails makes that one a corruption, not a torn end."""
+    f.seek(at)
+    frame = _frame(f.read(FRAME.size))
+    return frame is not None and frame.number in (None, number)
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview], offset: int) -> int:
     total = sum(len(p) for p in parts)
-    done = os.writev(fd, parts)
+    done = os.pwritev(fd, parts, offset)
     if done < total:  # a short write (rare on a regular file): write the rest part by part
         skip = done
         for part in parts:
             view = memoryview(part)[skip:] if skip < len(part) else b""
             skip = max(0, skip - len(part))
             while view:
-                view = view[os.write(fd, view) :]
+                n = os.pwrite(fd, view, offset + done)
+                view, done = view[n:], done + n
     return total

@@ -14,6 +14,7 @@
 - ``fleet``             the fleet scheduler: every resource online, its state and task
 - ``tasks``             the tasks file (which policy runs where) as typed config
 - ``bounds``            what one device can make the gateway do: decoding off the event loop, stream caps
+- ``malloc``            glibc's malloc told to reuse freed message buffers (fewer fresh pages per camera batch)
 - ``internal_errors``   an unexpected failure of a call reaches its client as an incident id, not a traceback
 - ``server``            the ``Gateway`` that wires these into one gRPC service, and ``serve``, which runs
                         ``Service``s beside it (the phone channel, the openpi endpoint)

@@ -28,6 +28,7 @@ from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import Backlog, FleetScheduler, Requirements, Task
 from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
 from cloud.gateway.internal_errors import InternalErrors
+from cloud.gateway.malloc import reuse_large_buffers
 from cloud.gateway.person_relay import PersonRelay
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
@@ -93,6 +94,7 @@ class Gateway(pb_grpc.TunnelServicer):
         self.port = config.port
 
     async def start(self) -> int:
+        reuse_large_buffers()  # the process is the gateway's: its camera batches reuse freed memory
         await self.writer.replay()  # before any hello: where logged episodes continue
         self._server = grpc.aio.server(options=self.config.grpc_options(), interceptors=(InternalErrors(),))
         self._add_tunnel(self._server)

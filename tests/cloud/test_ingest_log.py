@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from cloud.data.ingest_log import FRAME, IngestLog, IngestLogError, encode
+from cloud.data.ingest_log import FIRST_FRAME, FIRST_MAGIC, FRAME, IngestLog, IngestLogError, encode
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
@@ -89,7 +90,7 @@ def test_a_record_cut_short_at_the_end_is_dropped_and_the_log_goes_on(tmp_path: 
     log.close()
     segment = next(tmp_path.glob("*.log"))
     whole = segment.stat().st_size
-    record = b"".join(bytes(part) for part in encode(rows("torn")))
+    record = b"".join(bytes(part) for part in encode(rows("torn"), 2))
     with open(segment, "ab") as f:  # a gateway killed in the middle of its write (never acked)
         f.write(record[: len(record) // 2])
     again = IngestLog(tmp_path)
@@ -109,6 +110,70 @@ def test_a_record_whose_checksum_fails_is_refused_naming_file_and_offset(tmp_pat
     data[FRAME.size + 40] ^= 0xFF  # a flipped bit inside the first record
     segment.write_bytes(bytes(data))
     with pytest.raises(IngestLogError, match=rf"{segment.name}: record at byte 0 fails its checksum"):
+        list(IngestLog(tmp_path).replay())
+
+
+def test_trimmed_segments_are_reused_and_replay_never_reads_their_earlier_records(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path, segment_bytes=1, spare_segments=2)
+    for i in range(3):  # long records first: the files they leave are longer than the short records after them
+        log.append([rows(f"long{i}", n=40)])
+    inodes = {p.stat().st_ino for p in tmp_path.glob("*.log")}
+    log.trim(2)  # all three in the store: two kept as spares, one deleted
+    assert len(list(tmp_path.glob("*.spare"))) == 2 and not list(tmp_path.glob("*.log"))
+    assert log.append([rows("s3")]) == 3 and log.append([rows("s4")]) == 4
+    reused = {p.stat().st_ino for p in tmp_path.glob("*.log")}
+    assert reused <= inodes and len(reused) == 2, "the new segments are not the retired files"
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("*.log"))
+    assert on_disk > log.bytes(), "the reused files hold no bytes of their earlier records past the new ones"
+    log.close()
+    again = IngestLog(tmp_path, segment_bytes=1, spare_segments=2)
+    assert [(n, r.episode_id) for n, r in again.replay()] == [(3, "s3"), (4, "s4")]
+    assert again.dropped_tail_bytes == 0 and again.append([rows("s5")]) == 5
+    again.trim(5)
+    again.close()
+    assert list(IngestLog(tmp_path).replay()) == []
+    assert IngestLog(tmp_path).next_record == 6, "numbering restarted below the spares' stale records"
+
+
+def test_a_torn_write_over_a_reused_segment_is_dropped(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path, spare_segments=1)
+    log.append([rows("old", n=40)])
+    log.trim(0)
+    log.append([rows("a")])  # into the spare, over the old record
+    log.close()
+    segment = next(tmp_path.glob("*.log"))
+    record = b"".join(bytes(part) for part in encode(rows("torn"), 2))
+    with open(segment, "r+b") as f:  # a gateway killed halfway through writing record 2 (never acked)
+        f.seek(sum(len(bytes(part)) for part in encode(rows("a"), 1)))
+        f.write(record[: len(record) // 2])
+    again = IngestLog(tmp_path)
+    assert [(n, r.episode_id) for n, r in again.replay()] == [(1, "a")]
+    assert again.dropped_tail_bytes > 0 and again.append([rows("b")]) == 2
+    again.close()
+    assert [r.episode_id for _, r in IngestLog(tmp_path).replay()] == ["a", "b"]
+
+
+def test_records_of_the_first_format_still_replay(tmp_path: Path) -> None:
+    """A log written before records carried their number (``FLG1``) is replayed after an upgrade, not lost."""
+    data = b""
+    for i, episode in enumerate(("x", "y")):
+        _, header, *body = (bytes(part) for part in encode(rows(episode), i))
+        crc = zlib.crc32(b"".join(body), zlib.crc32(header))
+        data += FIRST_FRAME.pack(FIRST_MAGIC, len(header), sum(map(len, body)), crc) + header + b"".join(body)
+    (tmp_path / f"{7:016d}.log").write_bytes(data)
+    log = IngestLog(tmp_path)
+    assert [(n, r.episode_id) for n, r in log.replay()] == [(7, "x"), (8, "y")]
+    assert log.append([rows("z")]) == 9
+
+
+def test_a_gap_in_the_record_numbers_between_segments_is_refused(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path, segment_bytes=1)
+    for i in range(3):
+        log.append([rows(f"e{i}")])
+    log.close()
+    middle = sorted(tmp_path.glob("*.log"))[1]
+    middle.unlink()  # acked records gone: the gateway must not start as if nothing happened
+    with pytest.raises(IngestLogError, match=r"records 1\.\.1 are missing"):
         list(IngestLog(tmp_path).replay())
 
 
