@@ -9,7 +9,8 @@ A registry with the learner's key (``signer``) signs each version it publishes (
 that build policies from it (the gateway's pushes, remote inference, openpi) take versions through ``read_verified``
 and ``verified_header``, which refuse a file the learner did not sign: whoever can write this folder cannot get a
 version run. The public key is the signer's, or read from ``public_key`` (a file beside the cloud's certificates)
-once it exists.
+once it exists. Every version is signed for float32 on the wire; for bfloat16 too once a gateway said it sends
+that (``sends_in``): the bf16 digests cost a cast and a hash of the whole model.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from cloud.data.blobs import LocalBlobs, open_blobs
 from cloud.data.files import temporary_path
-from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
+from policies.signing import WIRE_DTYPES, Manifest, Signer, UnsignedVersion, Verifier
 from policies.weights import read_metadata
 from protocol.limits import case_twin
 
@@ -65,6 +66,7 @@ class Publishing:
 
 
 PUBLISHING = "publishing.json"
+WIRE = "@wire-dtypes.json"  # in the registry's root; no policy's name starts with "@"
 
 
 class PolicyRegistry:
@@ -107,6 +109,29 @@ class PolicyRegistry:
         """``UnsignedVersion`` unless ``weights`` (a file read with ``read``) are the version the learner signed."""
         self._checker().check_file(weights, policy_name, version)
 
+    def wire_dtypes(self) -> tuple[str, ...]:
+        """The dtypes float weights travel in from some gateway on this registry, float32 always: what
+        ``publish`` signs each version for."""
+        try:
+            said = json.loads(self._blobs.get(WIRE) or b"[]")
+        except ValueError:  # not one we wrote: float32 is always signed, and a gateway sends float32 when unsigned
+            said = []
+        extra = (
+            {wire for wire in said if isinstance(wire, str) and wire in WIRE_DTYPES}
+            if isinstance(said, list)
+            else set()
+        )
+        return tuple(sorted({"float32", *extra}))
+
+    def sends_in(self, wire_dtype: str) -> None:
+        """A gateway says it sends float weights as ``wire_dtype``: versions published from now on are signed for
+        it too (one published before travels as float32: ``policies.updates.WireState``)."""
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype: must be one of {sorted(WIRE_DTYPES)}, got {wire_dtype!r}")
+        known = self.wire_dtypes()
+        if wire_dtype not in known:
+            self._blobs.put(WIRE, json.dumps(sorted({*known, wire_dtype})).encode())
+
     def _dir(self, policy_name: str) -> str:
         """The policy's folder (a key prefix); a ValueError when another policy's name differs from it only in case
         (on a case-insensitive filesystem both would be that one folder): names are unique regardless of case."""
@@ -129,7 +154,7 @@ class PolicyRegistry:
         number = (current.version if current else 0) + 1
         parts: tuple[bytes | memoryview, ...] = (weights,)
         if self.signer is not None:  # the signed header, then the data section as it is (not copied)
-            header, data_start = self.signer.signed_header(weights, policy_name, number)
+            header, data_start = self.signer.signed_header(weights, policy_name, number, self.wire_dtypes())
             parts = (header, memoryview(weights)[data_start:])
         if self.local:  # a gateway on this disk may send the file as it grows (object storage has no such file)
             temporary = temporary_path(self.path(policy_name, number)).name
@@ -195,7 +220,7 @@ class PolicyRegistry:
             return False
         except UnsignedVersion:
             pass
-        weights = self.signer.sign(self.read(policy_name, version), policy_name, version)
+        weights = self.signer.sign(self.read(policy_name, version), policy_name, version, self.wire_dtypes())
         directory = self._dir(policy_name)
         self._blobs.put(f"{directory}/v{version:06d}.safetensors", weights, sync_folder=False)
         latest = self.latest(policy_name)

@@ -75,6 +75,15 @@ class PolicyPusher:
             session.offer_version(latest)
 
     async def watch_registry(self) -> None:
+        # The learner signs versions for bfloat16 only once a gateway says it sends that (a cast and a hash saved).
+        try:
+            await asyncio.to_thread(self.registry.sends_in, self.config.wire_dtype)
+        except OSError as err:
+            log.warning(
+                "cannot tell the learner that versions travel as %s (%s): they travel as float32",
+                self.config.wire_dtype,
+                err,
+            )
         while True:
             for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
                 try:

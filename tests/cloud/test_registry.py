@@ -123,3 +123,25 @@ def test_a_publishing_hint_that_names_no_next_version_in_its_own_folder_is_ignor
     registry.publish("pick", weights())
     (tmp_path / "pick" / "publishing.json").write_text(hint)
     assert registry.publishing("pick") is None
+
+
+def test_versions_are_signed_for_bfloat16_once_a_gateway_sends_it(tmp_path) -> None:
+    from policies.signing import MANIFEST, Manifest
+    from policies.weights import read_metadata
+
+    registry = signing_registry(DataLayout(tmp_path))
+
+    def signed_for(version: int) -> set[str]:
+        manifest = Manifest.from_json(read_metadata(registry.read("pick", version))[MANIFEST])
+        return set(manifest.state_sha256)
+
+    registry.publish("pick", weights())
+    assert signed_for(1) == {"float32"}  # no bf16 cast and hash when no gateway sends bf16
+    registry.sends_in("float32")
+    assert registry.wire_dtypes() == ("float32",)
+    PolicyRegistry(registry.root).sends_in("bfloat16")  # the gateway's registry, beside the learner's
+    registry.publish("pick", weights())
+    assert signed_for(2) == {"float32", "bfloat16"}
+    assert registry.versions("pick") == [1, 2] and registry.latest("pick").version == 2
+    with pytest.raises(ValueError, match="wire_dtype"):
+        registry.sends_in("float8")
