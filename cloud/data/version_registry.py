@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cloud.data.blobs import LocalBlobs, open_blobs
-from cloud.data.files import temporary_path
+from cloud.data.files import body_first, temporary_path
 from policies.signing import WIRE_DTYPES, Manifest, Signer, UnsignedVersion, Verifier
+from policies.tensor_view import Layout, LayoutError
 from policies.weights import read_metadata
 from protocol.limits import case_twin
 
@@ -152,22 +153,15 @@ class PolicyRegistry:
         directory = self._dir(policy_name)
         current = self.latest(policy_name)
         number = (current.version if current else 0) + 1
-        parts: tuple[bytes | memoryview, ...] = (weights,)
-        if self.signer is not None:  # the signed header, then the data section as it is (not copied)
-            header, data_start = self.signer.signed_header(weights, policy_name, number, self.wire_dtypes())
-            parts = (header, memoryview(weights)[data_start:])
-        if self.local:  # a gateway on this disk may send the file as it grows (object storage has no such file)
-            temporary = temporary_path(self.path(policy_name, number)).name
-            hint = {"version": number, "size_bytes": sum(len(part) for part in parts), "file": temporary}
-            self._blobs.put(f"{directory}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
-            sha256 = pool.submit(_sha256, parts)  # hashed while the file is written (hashlib lets go of the GIL)
-            self._blobs.put(f"{directory}/v{number:06d}.safetensors", parts, sync_folder=False)
+        if self.signer is not None and self.local:
+            sha256, size_bytes = self._write_signed(policy_name, number, weights, self.signer)
+        else:
+            sha256, size_bytes = self._write(policy_name, number, weights)
         version = PolicyVersion(
             policy_name=policy_name,
             version=number,
-            sha256=sha256.result(),
-            size_bytes=sum(len(part) for part in parts),
+            sha256=sha256,
+            size_bytes=size_bytes,
             published_unix=time.time(),
             note=note,
         )
@@ -175,6 +169,49 @@ class PolicyRegistry:
         self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
         self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
         return version
+
+    def _write(self, policy_name: str, number: int, weights: bytes) -> tuple[str, int]:
+        """Writes a version's file in order, hashing it meanwhile (hashlib lets go of the GIL): on object storage,
+        or unsigned. Returns its sha256 and size."""
+        parts: tuple[bytes | memoryview, ...] = (weights,)
+        if self.signer is not None:  # the signed header, then the data section as it is (not copied)
+            header, data_start = self.signer.signed_header(weights, policy_name, number, self.wire_dtypes())
+            parts = (header, memoryview(weights)[data_start:])
+        size_bytes = sum(len(part) for part in parts)
+        self._hint(policy_name, number, size_bytes)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
+            sha256 = pool.submit(_sha256, parts)
+            self._blobs.put(f"{self._dir(policy_name)}/v{number:06d}.safetensors", parts, sync_folder=False)
+        return sha256.result(), size_bytes
+
+    def _write_signed(self, policy_name: str, number: int, weights: bytes, signer: Signer) -> tuple[str, int]:
+        """Writes a signed version's file on this disk: its data section lands while the tensors are hashed for the
+        signature, the signed header in front of it once made; then the hint (a gateway follows the file from its
+        start, most of it written already) and the file's sha256 while the rest lands. Returns the sha256 and size."""
+        wires = self.wire_dtypes()
+        head_bytes = signer.signed_header_bytes(weights, policy_name, number, wires)
+        try:
+            data = memoryview(weights)[Layout.parse(weights).header_bytes :]
+        except LayoutError as err:
+            raise ValueError(f"weights: {err}") from None
+        path = self.path(policy_name, number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with body_first(path, head_bytes, (data,)) as write_head:
+            header, _ = signer.signed_header(weights, policy_name, number, wires)
+            write_head(header)
+            self._hint(policy_name, number, len(header) + len(data))
+            sha256 = _sha256((header, data))
+        return sha256, len(header) + len(data)
+
+    def _hint(self, policy_name: str, number: int, size_bytes: int) -> None:
+        """Says which file ``number`` is being written to, so a gateway on this disk may send it as it grows (object
+        storage has no such file)."""
+        if self.local:
+            temporary = temporary_path(self.path(policy_name, number)).name
+            hint = {"version": number, "size_bytes": size_bytes, "file": temporary}
+            self._blobs.put(
+                f"{policy_name}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False
+            )
 
     def publishing(self, policy_name: str) -> Publishing | None:
         """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the

@@ -145,3 +145,18 @@ def test_versions_are_signed_for_bfloat16_once_a_gateway_sends_it(tmp_path) -> N
     assert registry.versions("pick") == [1, 2] and registry.latest("pick").version == 2
     with pytest.raises(ValueError, match="wire_dtype"):
         registry.sends_in("float8")
+
+
+def test_a_signed_version_written_body_first_is_the_file_the_learner_signed(tmp_path) -> None:
+    """The data section lands before the signed header is made; the file recorded is the signed one, whole, its
+    record's sha256 and size are the file's, and its header length was known before its tensors were hashed."""
+    registry = signing_registry(DataLayout(tmp_path))
+    data = weights()
+    assert registry.signer.signed_header_bytes(data, "pick", 1) == len(
+        registry.signer.signed_header(data, "pick", 1)[0]
+    )
+    version = registry.publish("pick", data)
+    stored = registry.read("pick", 1)
+    registry.check(stored, "pick", 1)
+    assert (version.sha256, version.size_bytes) == (hashlib.sha256(stored).hexdigest(), len(stored))
+    assert [p.name for p in (tmp_path / "registry" / "pick").iterdir() if p.name.endswith(".tmp")] == []
