@@ -76,13 +76,16 @@ def body_first(path: Path, head_bytes: int, body: Iterable[bytes | memoryview]) 
             yield write_head
         except BaseException:  # the caller failed (e.g. signing): the body need not finish
             stop.set()
-            raise
-        finally:
             writer.join()
-        if failed:
-            raise failed[0]
+            if not written:  # no head, so no hint either: no reader follows this file
+                tmp.unlink(missing_ok=True)
+            raise
+        writer.join()
         if not written:
+            tmp.unlink(missing_ok=True)
             raise ValueError(f"{path.name}: its head was never written")
+        if failed:  # left behind as a writer that died leaves it: a reader may follow it, and gives it up
+            raise failed[0]
         os.fsync(fd)
     finally:
         os.close(fd)

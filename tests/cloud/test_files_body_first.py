@@ -40,7 +40,7 @@ def test_a_head_of_another_length_or_none_or_a_failure_places_nothing(tmp_path) 
         pass
     with pytest.raises(RuntimeError, match="signing failed"), body_first(path, 8, (b"x" * 10_000_000,)):
         raise RuntimeError("signing failed")
-    assert not path.exists()
+    assert not path.exists() and not temporary_path(path).exists()  # no head: no one followed it, nothing left
 
 
 def test_a_body_that_cannot_be_written_fails_the_write(tmp_path) -> None:
