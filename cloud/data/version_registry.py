@@ -118,9 +118,7 @@ class PolicyRegistry:
         except ValueError:  # not one we wrote: float32 is always signed, and a gateway sends float32 when unsigned
             said = []
         extra = (
-            {wire for wire in said if isinstance(wire, str) and wire in WIRE_DTYPES}
-            if isinstance(said, list)
-            else set()
+            [wire for wire in said if isinstance(wire, str) and wire in WIRE_DTYPES] if isinstance(said, list) else []
         )
         return tuple(sorted({"float32", *extra}))
 

@@ -145,6 +145,9 @@ def test_versions_are_signed_for_bfloat16_once_a_gateway_sends_it(tmp_path) -> N
     assert registry.versions("pick") == [1, 2] and registry.latest("pick").version == 2
     with pytest.raises(ValueError, match="wire_dtype"):
         registry.sends_in("float8")
+    for garbage in (b"{", b'{"bfloat16": 1}', b'[["bfloat16"], "float8"]'):  # written by someone else: float32 only
+        (tmp_path / "registry" / "@wire-dtypes.json").write_bytes(garbage)
+        assert registry.wire_dtypes() == ("float32",)
 
 
 def test_a_signed_version_written_body_first_is_the_file_the_learner_signed(tmp_path) -> None:
