@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -230,34 +231,59 @@ class Signer(Verifier):
     def public_pem(self) -> bytes:
         return self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def sign(self, weights: Buffer, policy_name: str, version: int) -> bytes:
+    def sign(self, weights: Buffer, policy_name: str, version: int, wire_dtypes: Iterable[str] = WIRE_DTYPES) -> bytes:
         """``weights`` (``policies.weights.policy_to_bytes`` output) signed as ``policy_name`` v``version``; a
         signature it carried before (a rollback republishes older weights) is replaced."""
-        header, data_start = self.signed_header(weights, policy_name, version)
+        header, data_start = self.signed_header(weights, policy_name, version, wire_dtypes)
         return b"".join((header, memoryview(weights)[data_start:]))
 
-    def signed_header(self, weights: Buffer, policy_name: str, version: int) -> tuple[bytes, int]:
+    def signed_header(
+        self, weights: Buffer, policy_name: str, version: int, wire_dtypes: Iterable[str] = WIRE_DTYPES
+    ) -> tuple[bytes, int]:
         """The header of ``weights`` signed as ``policy_name`` v``version`` (8-byte length and JSON), and where the
         data section of ``weights`` starts: that header followed by that data section is the signed file. The
-        tensors are hashed in place, every wire dtype's digests at once; the data section is not copied."""
-        try:
-            layout = Layout.parse(weights)
-        except LayoutError as err:
-            raise ValueError(f"weights: {err}") from None
-        metadata = {k: v for k, v in layout.metadata.items() if k not in (MANIFEST, SIGNATURE)}
+        tensors are hashed in place, the digests of every wire dtype in ``wire_dtypes`` at once (float32 always:
+        the registry file itself); the data section is not copied."""
+        layout, wires = _layout(weights, wire_dtypes)
         tensors = layout.tensors(weights)
-        jobs = {(wire, name): tensor for wire in WIRE_DTYPES for name, tensor in tensors.items()}
+        jobs = {(wire, name): tensor for wire in wires for name, tensor in tensors.items()}
         wire_digests = digests(jobs, {key: key[0] for key in jobs})
+        state = {wire: state_digest({name: wire_digests[wire, name] for name in tensors}) for wire in wires}
+        return self._header(layout, tensors, policy_name, version, state), layout.header_bytes
+
+    def signed_header_bytes(
+        self, weights: Buffer, policy_name: str, version: int, wire_dtypes: Iterable[str] = WIRE_DTYPES
+    ) -> int:
+        """How long ``signed_header`` of the same arguments is, known before any tensor is hashed (every digest and
+        the signature are hex of a fixed length), so the data section can be written while the header is made."""
+        layout, wires = _layout(weights, wire_dtypes)
+        unknown = dict.fromkeys(wires, "0" * 64)  # a sha256 in hex, as state_digest makes one
+        return len(self._header(layout, layout.tensors(weights), policy_name, version, unknown))
+
+    def _header(
+        self, layout: Layout, tensors: dict[str, Any], policy_name: str, version: int, state: dict[str, str]
+    ) -> bytes:
+        metadata = {k: v for k, v in layout.metadata.items() if k not in (MANIFEST, SIGNATURE)}
         manifest = Manifest(
             policy=policy_name,
             version=version,
             type=metadata.get("type", ""),
             config_sha256=text_digest(metadata.get("config", "")),
-            state_sha256={
-                wire: state_digest({name: wire_digests[wire, name] for name in tensors}) for wire in WIRE_DTYPES
-            },
+            state_sha256=state,
             dtypes={name: str(t.dtype).removeprefix("torch.") for name, t in tensors.items()},
         )
         text = manifest.to_json()
         signature = self.private_key.sign(text.encode()).hex()
-        return layout.header({**metadata, MANIFEST: text, SIGNATURE: signature}), layout.header_bytes
+        return layout.header({**metadata, MANIFEST: text, SIGNATURE: signature})
+
+
+def _layout(weights: Buffer, wire_dtypes: Iterable[str]) -> tuple[Layout, list[str]]:
+    """The layout of ``weights`` to sign, and the wire dtypes to sign it for (float32 always)."""
+    try:
+        layout = Layout.parse(weights)
+    except LayoutError as err:
+        raise ValueError(f"weights: {err}") from None
+    wires = sorted({"float32", *wire_dtypes})
+    if unknown := [wire for wire in wires if wire not in WIRE_DTYPES]:
+        raise ValueError(f"wire_dtypes: {unknown} are none of {sorted(WIRE_DTYPES)}")
+    return layout, wires

@@ -74,12 +74,25 @@ class WireState(VersionTensors):
         except LayoutError as exc:
             raise UpdateError(f"weights: {exc}") from exc
         metadata, tensors, dtypes = layout.metadata, {}, {}
+        wire_dtype = _signed_for(metadata, wire_dtype)
         for name, tensor in layout.tensors(weights).items():  # views of the registry file's bytes: read only
             dtypes[name] = str(tensor.dtype).removeprefix("torch.")
             tensors[name] = on_wire(tensor, wire_dtype)
         digests = tensor_digests(tensors)
         signed = {key: metadata[key] for key in (MANIFEST, SIGNATURE) if key in metadata}
         return cls(version, metadata.get("type", ""), metadata.get("config", ""), tensors, digests, dtypes, signed)
+
+
+def _signed_for(metadata: dict[str, str], wire_dtype: str) -> str:
+    """``wire_dtype`` when the learner signed the version for it (or did not sign it at all), else float32: a version
+    published before any gateway said it sends ``wire_dtype`` carries no digest an edge could check it against."""
+    if MANIFEST not in metadata:
+        return wire_dtype
+    try:
+        signed = Manifest.from_json(metadata[MANIFEST]).state_sha256
+    except UnsignedVersion:  # refused where the signature is checked
+        return wire_dtype
+    return wire_dtype if wire_dtype in signed else "float32"
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,68 @@ def write_atomically(
     os.replace(tmp, path)
     if fsync_dir:
         fsync_path(path.parent)
+
+
+BODY_PIECE = 16 << 20  # the body is written in pieces this large: a reader follows it piece by piece
+
+
+@contextlib.contextmanager
+def body_first(path: Path, head_bytes: int, body: Iterable[bytes | memoryview]) -> Iterator[Callable[[bytes], None]]:
+    """Replaces ``path`` with a head of ``head_bytes`` followed by ``body`` (its parts one after the other), writing
+    the body on a thread of its own from the start, while the caller still makes the head: yields the function that
+    writes the head (exactly ``head_bytes`` long), which the caller must call. Once the block ends the body is whole,
+    the file is fsynced and renamed into place. A reader of the temporary file (``temporary_path``) that starts once
+    the head is written sees a file growing from its start, as ``write_atomically`` writes one."""
+    tmp = temporary_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        failed: list[BaseException] = []
+        stop = threading.Event()
+        writer = threading.Thread(target=_write_body, args=(fd, head_bytes, body, stop, failed), name="publish-body")
+        writer.start()
+        written: list[int] = []
+
+        def write_head(head: bytes) -> None:
+            if len(head) != head_bytes:
+                raise ValueError(f"the head is {len(head)} bytes, not the {head_bytes} its body was placed after")
+            os.pwrite(fd, head, 0)
+            written.append(len(head))
+
+        try:
+            yield write_head
+        except BaseException:  # the caller failed (e.g. signing): the body need not finish
+            stop.set()
+            writer.join()
+            if not written:  # no head, so no hint either: no reader follows this file
+                tmp.unlink(missing_ok=True)
+            raise
+        writer.join()
+        if not written:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"{path.name}: its head was never written")
+        if failed:  # left behind as a writer that died leaves it: a reader may follow it, and gives it up
+            raise failed[0]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_body(
+    fd: int, at: int, body: Iterable[bytes | memoryview], stop: threading.Event, failed: list[BaseException]
+) -> None:
+    try:
+        for part in body:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), BODY_PIECE):
+                if stop.is_set():
+                    return
+                piece = view[start : start + BODY_PIECE]
+                while piece:  # pwrite may write less than asked
+                    done = os.pwrite(fd, piece, at)
+                    at, piece = at + done, piece[done:]
+    except BaseException as err:  # the publish raises it
+        failed.append(err)
 
 
 def append_after(path: Path, committed_bytes: int, data: bytes) -> int:

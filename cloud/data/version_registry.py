@@ -9,7 +9,8 @@ A registry with the learner's key (``signer``) signs each version it publishes (
 that build policies from it (the gateway's pushes, remote inference, openpi) take versions through ``read_verified``
 and ``verified_header``, which refuse a file the learner did not sign: whoever can write this folder cannot get a
 version run. The public key is the signer's, or read from ``public_key`` (a file beside the cloud's certificates)
-once it exists.
+once it exists. Every version is signed for float32 on the wire; for bfloat16 too once a gateway said it sends
+that (``sends_in``): the bf16 digests cost a cast and a hash of the whole model.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cloud.data.blobs import LocalBlobs, open_blobs
-from cloud.data.files import temporary_path
-from policies.signing import Manifest, Signer, UnsignedVersion, Verifier
+from cloud.data.files import body_first, temporary_path
+from policies.signing import WIRE_DTYPES, Manifest, Signer, UnsignedVersion, Verifier
+from policies.tensor_view import Layout, LayoutError
 from policies.weights import read_metadata
 from protocol.limits import case_twin
 
@@ -65,6 +67,7 @@ class Publishing:
 
 
 PUBLISHING = "publishing.json"
+WIRE = "@wire-dtypes.json"  # in the registry's root; no policy's name starts with "@"
 
 
 class PolicyRegistry:
@@ -107,6 +110,27 @@ class PolicyRegistry:
         """``UnsignedVersion`` unless ``weights`` (a file read with ``read``) are the version the learner signed."""
         self._checker().check_file(weights, policy_name, version)
 
+    def wire_dtypes(self) -> tuple[str, ...]:
+        """The dtypes float weights travel in from some gateway on this registry, float32 always: what
+        ``publish`` signs each version for."""
+        try:
+            said = json.loads(self._blobs.get(WIRE) or b"[]")
+        except ValueError:  # not one we wrote: float32 is always signed, and a gateway sends float32 when unsigned
+            said = []
+        extra = (
+            [wire for wire in said if isinstance(wire, str) and wire in WIRE_DTYPES] if isinstance(said, list) else []
+        )
+        return tuple(sorted({"float32", *extra}))
+
+    def sends_in(self, wire_dtype: str) -> None:
+        """A gateway says it sends float weights as ``wire_dtype``: versions published from now on are signed for
+        it too (one published before travels as float32: ``policies.updates.WireState``)."""
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype: must be one of {sorted(WIRE_DTYPES)}, got {wire_dtype!r}")
+        known = self.wire_dtypes()
+        if wire_dtype not in known:
+            self._blobs.put(WIRE, json.dumps(sorted({*known, wire_dtype})).encode())
+
     def _dir(self, policy_name: str) -> str:
         """The policy's folder (a key prefix); a ValueError when another policy's name differs from it only in case
         (on a case-insensitive filesystem both would be that one folder): names are unique regardless of case."""
@@ -127,22 +151,15 @@ class PolicyRegistry:
         directory = self._dir(policy_name)
         current = self.latest(policy_name)
         number = (current.version if current else 0) + 1
-        parts: tuple[bytes | memoryview, ...] = (weights,)
-        if self.signer is not None:  # the signed header, then the data section as it is (not copied)
-            header, data_start = self.signer.signed_header(weights, policy_name, number)
-            parts = (header, memoryview(weights)[data_start:])
-        if self.local:  # a gateway on this disk may send the file as it grows (object storage has no such file)
-            temporary = temporary_path(self.path(policy_name, number)).name
-            hint = {"version": number, "size_bytes": sum(len(part) for part in parts), "file": temporary}
-            self._blobs.put(f"{directory}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
-            sha256 = pool.submit(_sha256, parts)  # hashed while the file is written (hashlib lets go of the GIL)
-            self._blobs.put(f"{directory}/v{number:06d}.safetensors", parts, sync_folder=False)
+        if self.signer is not None and self.local:
+            sha256, size_bytes = self._write_signed(policy_name, number, weights, self.signer)
+        else:
+            sha256, size_bytes = self._write(policy_name, number, weights)
         version = PolicyVersion(
             policy_name=policy_name,
             version=number,
-            sha256=sha256.result(),
-            size_bytes=sum(len(part) for part in parts),
+            sha256=sha256,
+            size_bytes=size_bytes,
             published_unix=time.time(),
             note=note,
         )
@@ -150,6 +167,49 @@ class PolicyRegistry:
         self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
         self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
         return version
+
+    def _write(self, policy_name: str, number: int, weights: bytes) -> tuple[str, int]:
+        """Writes a version's file in order, hashing it meanwhile (hashlib lets go of the GIL): on object storage,
+        or unsigned. Returns its sha256 and size."""
+        parts: tuple[bytes | memoryview, ...] = (weights,)
+        if self.signer is not None:  # the signed header, then the data section as it is (not copied)
+            header, data_start = self.signer.signed_header(weights, policy_name, number, self.wire_dtypes())
+            parts = (header, memoryview(weights)[data_start:])
+        size_bytes = sum(len(part) for part in parts)
+        self._hint(policy_name, number, size_bytes)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
+            sha256 = pool.submit(_sha256, parts)
+            self._blobs.put(f"{self._dir(policy_name)}/v{number:06d}.safetensors", parts, sync_folder=False)
+        return sha256.result(), size_bytes
+
+    def _write_signed(self, policy_name: str, number: int, weights: bytes, signer: Signer) -> tuple[str, int]:
+        """Writes a signed version's file on this disk: its data section lands while the tensors are hashed for the
+        signature, the signed header in front of it once made; then the hint (a gateway follows the file from its
+        start, most of it written already) and the file's sha256 while the rest lands. Returns the sha256 and size."""
+        wires = self.wire_dtypes()
+        head_bytes = signer.signed_header_bytes(weights, policy_name, number, wires)
+        try:
+            data = memoryview(weights)[Layout.parse(weights).header_bytes :]
+        except LayoutError as err:
+            raise ValueError(f"weights: {err}") from None
+        path = self.path(policy_name, number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with body_first(path, head_bytes, (data,)) as write_head:
+            header, _ = signer.signed_header(weights, policy_name, number, wires)
+            write_head(header)
+            self._hint(policy_name, number, len(header) + len(data))
+            sha256 = _sha256((header, data))
+        return sha256, len(header) + len(data)
+
+    def _hint(self, policy_name: str, number: int, size_bytes: int) -> None:
+        """Says which file ``number`` is being written to, so a gateway on this disk may send it as it grows (object
+        storage has no such file)."""
+        if self.local:
+            temporary = temporary_path(self.path(policy_name, number)).name
+            hint = {"version": number, "size_bytes": size_bytes, "file": temporary}
+            self._blobs.put(
+                f"{policy_name}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False
+            )
 
     def publishing(self, policy_name: str) -> Publishing | None:
         """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the
@@ -195,7 +255,7 @@ class PolicyRegistry:
             return False
         except UnsignedVersion:
             pass
-        weights = self.signer.sign(self.read(policy_name, version), policy_name, version)
+        weights = self.signer.sign(self.read(policy_name, version), policy_name, version, self.wire_dtypes())
         directory = self._dir(policy_name)
         self._blobs.put(f"{directory}/v{version:06d}.safetensors", weights, sync_folder=False)
         latest = self.latest(policy_name)

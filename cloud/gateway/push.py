@@ -75,6 +75,15 @@ class PolicyPusher:
             session.offer_version(latest)
 
     async def watch_registry(self) -> None:
+        # The learner signs versions for bfloat16 only once a gateway says it sends that (a cast and a hash saved).
+        try:
+            await asyncio.to_thread(self.registry.sends_in, self.config.wire_dtype)
+        except OSError as err:
+            log.warning(
+                "cannot tell the learner that versions travel as %s (%s): they travel as float32",
+                self.config.wire_dtype,
+                err,
+            )
         while True:
             for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
                 try:
@@ -202,10 +211,17 @@ class PolicyPusher:
         """A version's file, checked against the learner's signature (a file anyone else wrote is refused)."""
         key = (version.policy_name, version.version)
         stream = self._streams.get(key)
-        if stream is not None and stream.error is None:  # read and checked as it is sent: no second read
+        if stream is not None and stream.error is None:  # read as it is sent: no second read
             async for _ in stream.pieces():
                 pass
-            return await self._weights.get_or_build(key, lambda: asyncio.to_thread(b"".join, stream.chunks))
+
+            def joined() -> bytes:
+                weights = b"".join(stream.chunks)
+                if not stream.tensors_checked:  # only its header was: a delta or bf16 state is built from it
+                    self.registry.check(weights, *key)
+                return weights
+
+            return await self._weights.get_or_build(key, lambda: asyncio.to_thread(joined))
         return await self._weights.get_or_build(key, lambda: asyncio.to_thread(self.registry.read_verified, *key))
 
     def on_rejected(self, session: Session, rejected: pb.PolicyRejected) -> None:

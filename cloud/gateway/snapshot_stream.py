@@ -1,9 +1,13 @@
 """A float32 snapshot sent while its registry file is read, and, for a version still being published, while it is
-written: its pieces are cut once, as the bytes are read, and shared by every edge that receives it; the file is
-checked against the learner's signature in that same pass (``policies.signing.StreamCheck``), and no piece leaves
-before its header passed. The last piece goes out only once every byte passed the check and the version is durable
-in the registry (its file fsynced and recorded, the same file that was read), carrying the file's sha256: an edge
-completes, and so applies, no version before that."""
+written: its pieces are cut once, as the bytes are read, and shared by every edge that receives it; no piece leaves
+before the file's header passed the learner's signature (``policies.signing.StreamCheck``). The last piece goes out
+only once the version is durable in the registry (its file fsynced and recorded, the same file that was read),
+carrying the file's sha256: an edge completes, and so applies, no version before that.
+
+The tensors are not hashed here unless a delta decision needs their digests (``changed_past``): the signed manifest
+binds them, and every edge hashes them as they arrive and checks them against it before it applies anything (a
+version whose tensors differ is refused there, reported and kept off that edge). A second hash of 200 MB here would
+only compete with the edges for the same cores."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import io
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +66,7 @@ class SnapshotStream:
         self.metadata: dict[str, str] | None = None  # the header's, once it passed the signature check
         self.check: StreamCheck | None = None  # its tensors' digests as they are hashed
         self._stopped = False
+        self._digests_wanted = threading.Event()  # set by ``changed_past``: the reader hashes every tensor
         loop = asyncio.get_running_loop()
         self.header_checked: asyncio.Future[None] = loop.create_future()
         self._changed: asyncio.Future[None] = loop.create_future()
@@ -81,7 +87,9 @@ class SnapshotStream:
     async def changed_past(self, base: Mapping[str, str], fraction: float) -> bool:
         """True as soon as the tensors hashed so far differ from ``base`` (tensor -> digest) in more than ``fraction``
         of all tensor bytes, or in their names: no delta from ``base`` can carry this version. False when the stream
-        ended short of that (a delta may do: it is built from the whole file)."""
+        ended short of that (a delta may do: it is built from the whole file). From the first call on, the reader
+        hashes the tensors (those read already first)."""
+        self._digests_wanted.set()
         while self.error is None and not self.done:
             check = self.check
             if check is not None and check.sizes:
@@ -94,6 +102,12 @@ class SnapshotStream:
                     return True
             await asyncio.shield(self._changed)
         return False
+
+    @property
+    def tensors_checked(self) -> bool:
+        """Whether every tensor was hashed and matched the signed manifest (``changed_past`` asked for it in time)."""
+        check = self.check
+        return self.done and check is not None and check.received == self.source.total_bytes
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
@@ -159,14 +173,22 @@ class SnapshotStream:
 
     def _read(self, file: BinaryIO, check: StreamCheck, loop: asyncio.AbstractEventLoop) -> int:
         """Reads the file (waiting at its end while it grows), cutting every piece but the last as soon as the header
-        passed; its tensors are hashed on a thread of their own meanwhile. Returns where the last piece starts."""
+        passed; once ``changed_past`` wants them, its tensors are hashed on a thread of their own meanwhile and
+        checked against the manifest at the end. Returns where the last piece starts."""
         total, template = self.source.total_bytes, self._template(self.sha256)
         offsets: list[int] = []
         at = cut = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-check") as hasher:
             hashed: list[Future[None]] = []
+            unhashed: list[int] = []  # the first chunk not handed to the hasher, once the header passed
+
+            def hash_if_wanted() -> None:  # in file order: the hasher is one thread
+                if unhashed and self._digests_wanted.is_set():
+                    hashed.extend(hasher.submit(self._hash, check, chunk, loop) for chunk in self.chunks[unhashed[0] :])
+                    unhashed[0] = len(self.chunks)
+
             while at < total:
-                data = self._next_bytes(file, at)
+                data = self._next_bytes(file, at, hash_if_wanted)
                 self.chunks.append(data)
                 offsets.append(at)
                 at += len(data)
@@ -174,15 +196,16 @@ class SnapshotStream:
                     check.update(data)
                     if check.manifest is None:
                         continue
+                    unhashed.append(len(self.chunks))
                     loop.call_soon_threadsafe(self._header_passed, check.metadata)
-                else:
-                    hashed.append(hasher.submit(self._hash, check, data, loop))
+                hash_if_wanted()
                 while cut < len(self.chunks) and offsets[cut] + len(self.chunks[cut]) < total:  # the last one waits
                     loop.call_soon_threadsafe(self._add, policy_piece(template, total, offsets[cut], self.chunks[cut]))
                     cut += 1
             for done in hashed:
                 done.result()
-        check.finish()  # every tensor as the learner signed it
+        if check.received == total:  # hashed whole: every tensor as the learner signed it
+            check.finish()
         return offsets[-1]
 
     def _hash(self, check: StreamCheck, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
@@ -211,13 +234,15 @@ class SnapshotStream:
                 raise PublishAbandoned(f"{source.policy_name} v{source.version}: its file never appeared")
             time.sleep(GROWTH_WAIT_S)
 
-    def _next_bytes(self, file: BinaryIO, at: int) -> bytes:
-        """Up to a piece's worth of bytes from ``at``, waiting while a growing file has none yet."""
+    def _next_bytes(self, file: BinaryIO, at: int, waiting: Callable[[], None]) -> bytes:
+        """Up to a piece's worth of bytes from ``at``, waiting while a growing file has none yet (calling ``waiting``
+        meanwhile)."""
         stalled_since = time.monotonic()
         while not (data := file.read(min(self.chunk_bytes, self.source.total_bytes - at))):
             stalled = time.monotonic() - stalled_since
             if self._stopped or not self.source.growing or stalled > self.source.stalled_s or self._replaced(file):
                 raise PublishAbandoned(f"{self.source.policy_name} v{self.source.version}: its file ended at {at}")
+            waiting()
             time.sleep(GROWTH_WAIT_S)
         return data
 

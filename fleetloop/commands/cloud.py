@@ -160,6 +160,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     # folder: robots learn its public half in the Welcome. The gateway keeps and reads only that public half.
     learner_signer(layout)
     registry = verifying_registry(layout)
+    registry.sends_in(config.wire_dtype)  # before the learner's first version: signed for what travels
     learner = None
     if learning is not None:
         context = multiprocessing.get_context("spawn")

@@ -183,6 +183,29 @@ def test_a_version_the_edge_cannot_build_is_sent_once_not_in_a_loop(tmp_path) ->
         assert "pick v2" in fleet_refusals(gateway)
 
 
+def test_the_learner_s_signed_header_over_other_tensors_is_refused_by_the_edge_once(tmp_path) -> None:
+    """I copy a version the learner signed and change one weight, keeping its signed header, and write it into the
+    registry as that version: the gateway checks only the header of a large full snapshot (past its first piece, the
+    edges hash the tensors), so I hope the robot trusts the rest."""
+    from cloud.data.learner_key import learner_signer
+
+    layout = DataLayout(tmp_path)
+    signing_registry(layout).publish("pick", weights(seed=1))
+    with edge_and_gateway(layout) as (edge, gateway):
+        edge.wait_version(1)
+        large = weights(seed=2, hidden=[600, 500])  # 1.3 MB: more than the gateway's first 1 MB piece
+        tampered = bytearray(learner_signer(layout).sign(large, "pick", 2))
+        tampered[-3] ^= 0x40  # inside the last tensor's bytes
+        PolicyRegistry(layout.registry).publish("pick", bytes(tampered))  # recorded with its own sha256
+        deadline = time.monotonic() + 10
+        while "pick v2" not in fleet_refusals(gateway):
+            assert time.monotonic() < deadline, "the edge never refused the changed tensors"
+            time.sleep(0.1)
+        time.sleep(1)
+        assert edge.version() == 1 and edge.offers("pick", 2) <= 1  # refused, and not sent again
+        assert "not the ones the learner signed" in fleet_refusals(gateway)
+
+
 MODEL_ROOTS = "FLEETLOOP_MODEL_ROOTS"
 OUTSIDE = "lies outside the allowed model roots"
 _WATCHED: list[str] = []  # path prefixes whose opening is recorded in _OPENED
@@ -289,11 +312,12 @@ def test_a_pretrained_folder_loaded_by_from_pretrained_dir_is_checked_before_ler
     assert not target.exists()
 
 
-def weights(seed: int) -> bytes:
+def weights(seed: int, hidden: list[int] | None = None) -> bytes:
     import torch
 
     torch.manual_seed(seed)
-    return policy_to_bytes(make_policy("mlp", {"observation": OBSERVATION, "action_dim": 2}))
+    config = {"observation": OBSERVATION, "action_dim": 2, **({"hidden": hidden} if hidden else {})}
+    return policy_to_bytes(make_policy("mlp", config))
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

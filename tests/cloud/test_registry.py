@@ -123,3 +123,43 @@ def test_a_publishing_hint_that_names_no_next_version_in_its_own_folder_is_ignor
     registry.publish("pick", weights())
     (tmp_path / "pick" / "publishing.json").write_text(hint)
     assert registry.publishing("pick") is None
+
+
+def test_versions_are_signed_for_bfloat16_once_a_gateway_sends_it(tmp_path) -> None:
+    from policies.signing import MANIFEST, Manifest
+    from policies.weights import read_metadata
+
+    registry = signing_registry(DataLayout(tmp_path))
+
+    def signed_for(version: int) -> set[str]:
+        manifest = Manifest.from_json(read_metadata(registry.read("pick", version))[MANIFEST])
+        return set(manifest.state_sha256)
+
+    registry.publish("pick", weights())
+    assert signed_for(1) == {"float32"}  # no bf16 cast and hash when no gateway sends bf16
+    registry.sends_in("float32")
+    assert registry.wire_dtypes() == ("float32",)
+    PolicyRegistry(registry.root).sends_in("bfloat16")  # the gateway's registry, beside the learner's
+    registry.publish("pick", weights())
+    assert signed_for(2) == {"float32", "bfloat16"}
+    assert registry.versions("pick") == [1, 2] and registry.latest("pick").version == 2
+    with pytest.raises(ValueError, match="wire_dtype"):
+        registry.sends_in("float8")
+    for garbage in (b"{", b'{"bfloat16": 1}', b'[["bfloat16"], "float8"]'):  # written by someone else: float32 only
+        (tmp_path / "registry" / "@wire-dtypes.json").write_bytes(garbage)
+        assert registry.wire_dtypes() == ("float32",)
+
+
+def test_a_signed_version_written_body_first_is_the_file_the_learner_signed(tmp_path) -> None:
+    """The data section lands before the signed header is made; the file recorded is the signed one, whole, its
+    record's sha256 and size are the file's, and its header length was known before its tensors were hashed."""
+    registry = signing_registry(DataLayout(tmp_path))
+    data = weights()
+    assert registry.signer.signed_header_bytes(data, "pick", 1) == len(
+        registry.signer.signed_header(data, "pick", 1)[0]
+    )
+    version = registry.publish("pick", data)
+    stored = registry.read("pick", 1)
+    registry.check(stored, "pick", 1)
+    assert (version.sha256, version.size_bytes) == (hashlib.sha256(stored).hexdigest(), len(stored))
+    assert [p.name for p in (tmp_path / "registry" / "pick").iterdir() if p.name.endswith(".tmp")] == []

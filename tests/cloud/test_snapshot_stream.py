@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from cloud.data import blobs
+from cloud.data import blobs, version_registry
 from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from cloud.data.version_registry import PolicyRegistry
@@ -40,21 +40,27 @@ def weights(seed: int, hidden: tuple[int, ...] = (560, 560), state: int = 3) -> 
 
 
 class SlowDisk:
-    """The registry's writes of a version's file stop ``at`` that fraction of it until ``go`` is set; with ``full``
-    they fail there instead (a full disk), leaving the half-written file behind as a writer that died would."""
+    """The registry's writes of a version's file (of its data section, for a signed one) stop ``at`` that fraction of
+    it until ``go`` is set; with ``full`` they fail there instead (a full disk), leaving the half-written file behind
+    as a writer that died would."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, at: float = 0.5) -> None:
         self.halfway, self.go = threading.Event(), threading.Event()
         self.at = at
         self.full = False
         real = blobs.write_atomically  # the registry's local folder writes through it
+        real_body_first = version_registry.body_first  # a signed version's file: its data section from the start
 
         def write(path, data, *args, **options) -> None:
             if path.suffix == ".safetensors":
                 data = self._halves(data)
             real(path, data, *args, **options)
 
+        def body_first(path, head_bytes, body):
+            return real_body_first(path, head_bytes, self._halves(body))
+
         monkeypatch.setattr(blobs, "write_atomically", write)
+        monkeypatch.setattr(version_registry, "body_first", body_first)
 
     def _halves(self, parts) -> Iterator[bytes]:
         whole = b"".join(parts)

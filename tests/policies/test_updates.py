@@ -125,3 +125,20 @@ def test_lora_around_a_trained_policy_keeps_its_behaviour() -> None:
     assert trainable and all("lora_" in n for n in trainable)
     with pytest.raises(ConfigError, match=r"^lora\.rank: should be greater than or equal to 1, got 0$"):
         LoraConfig(base_type="mlp", base_config=base.config_dict(), rank=0)
+
+
+def test_a_version_signed_for_float32_only_travels_as_float32_and_applies() -> None:
+    """A gateway that sends bf16 sends a version the learner signed for float32 alone as float32 (an edge could not
+    check its bf16 tensors); one signed for bf16 travels as bf16, and both pass the edge's check."""
+    from policies.signing import Signer
+
+    signer = Signer.generate()
+    weights = policy_to_bytes(make_policy("mlp", {"observation": OBSERVATION, "action_dim": 4, "hidden": [64]}))
+    for wires, dtype in ((("float32",), torch.float32), (("float32", "bfloat16"), torch.bfloat16)):
+        signed = signer.sign(weights, "pick", 1, wires)
+        state = WireState.from_weights(signed, 1, wire_dtype="bfloat16")
+        assert {t.dtype for t in state.tensors.values()} == {dtype}
+        _, held = apply_update(build_update(state).payload)
+        assert held.version == 1
+    with pytest.raises(ValueError, match="wire_dtypes"):
+        signer.sign(weights, "pick", 1, ("float8",))
