@@ -153,7 +153,10 @@ class TunnelClient:
         self._incoming: _IncomingPolicy | None = None
         # Each version's tensors are hashed here as its pieces arrive, beside the receiving thread: loading it then
         # need not hash 200 MB again after its last piece.
+        # A pushed version's two digests, each on its own thread as pieces arrive (hashlib lets go of the GIL): the
+        # whole file's sha256 and each tensor's; the receiving thread only copies pieces in.
         self._tensor_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-digests")
+        self._file_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-sha256")
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
         self.backlog_watch = BacklogWatch(config.backlog_warn_s)
         self.backlog = Backlog(0, 0, 0.0)  # as last counted for a heartbeat
@@ -169,6 +172,7 @@ class TunnelClient:
             outgoing.put(None)
         self._thread.join(timeout=5)
         self._tensor_hasher.shutdown(wait=False, cancel_futures=True)
+        self._file_hasher.shutdown(wait=False, cancel_futures=True)
 
     def link_up(self, timeout_s: float) -> bool:
         """Connected, and the cloud answered within ``timeout_s`` (a frozen peer keeps TCP open but stays silent)."""
@@ -431,14 +435,19 @@ class TunnelClient:
             self._incoming = None
             return
         incoming.buffer[chunk.offset : end] = data
-        incoming.digest.update(data)
         incoming.received = end
-        view = memoryview(incoming.buffer)[chunk.offset : end]
+        view = memoryview(incoming.buffer)[chunk.offset : end]  # never written again: the hashers read it
+        incoming.file_hashed = self._file_hasher.submit(incoming.digest.update, view)  # in order: one thread
         incoming.hashed.append(self._tensor_hasher.submit(incoming.tensors.update, view))
         if end < len(incoming.buffer):
             return
         self._incoming = None
         incoming.take_digests()
+        try:
+            if incoming.file_hashed is not None:  # the pieces before it were hashed before it (one thread, in order)
+                incoming.file_hashed.result()
+        except CancelledError:  # the tunnel is stopping
+            return
         # A version sent while it was still being published carries its sha256 on its last piece only (sent once
         # the registry holds it durably); no version completes without one.
         if incoming.digest.hexdigest() != (chunk.sha256 or incoming.sha256):
@@ -474,6 +483,7 @@ class _IncomingPolicy:
     digest: hashlib._Hash
     tensors: StreamCheck  # each tensor's digest, taken on the hashing thread as pieces arrive
     hashed: list[Future] = field(default_factory=list)
+    file_hashed: Future | None = None  # the whole file's sha256 of the pieces so far
     received: int = 0
 
     def take_digests(self) -> None:
