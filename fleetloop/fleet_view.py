@@ -52,6 +52,25 @@ def command(
         )
 
 
+def rollout(
+    target: str,
+    policy_name: str,
+    version: int,
+    action: str,
+    reason: str = "",
+    timeout_s: float = 10.0,
+    ca: str | None = None,
+    token: str = "",
+) -> pb.FleetCommandReply:
+    """An operator's decision on a canary rollout: ``action`` is "promote" or "rollback"."""
+    with open_channel(target, ca) as channel:
+        return pb_grpc.FleetControlStub(channel).Rollout(
+            pb.RolloutCommand(policy_name=policy_name, version=version, action=action, reason=reason),
+            timeout=timeout_s,
+            metadata=bearer(token),
+        )
+
+
 def render(status: pb.FleetStatus, target: str) -> Table:
     table = Table(title=f"fleet at {target} ({len(status.members)} resources)")
     columns = ["resource", "kind", "state", "task", "policy", "Hz", "steps", "interventions", "backlog", "seen"]

@@ -102,13 +102,14 @@ def judge(canary: ArmCounts, incumbent: ArmCounts, min_episodes: int, max_episod
     )
     if success.high < 0 or intervention.low > 0:
         return Verdict("rollback", f"worse with 95% confidence: {numbers}", success, intervention)
-    as_good = (
-        canary.success_rate >= incumbent.success_rate and canary.intervention_rate <= incumbent.intervention_rate
-    )
+    as_good = canary.success_rate >= incumbent.success_rate and canary.intervention_rate <= incumbent.intervention_rate
     if as_good:
         return Verdict("promote", f"as good or better: {numbers}", success, intervention)
     if canary.episodes >= max_episodes:
         return Verdict(
-            "rollback", f"not shown as good after {canary.episodes} episodes (the most): {numbers}", success, intervention
+            "rollback",
+            f"not shown as good after {canary.episodes} episodes (the most): {numbers}",
+            success,
+            intervention,
         )
     return Verdict("wait", f"no clear answer yet: {numbers}", success, intervention)

@@ -114,6 +114,9 @@ def _gateway_and_services(
             tls_cert=tls_cert,
             tls_key=tls_key,
             ingest_log=args.root.ingest_log_at(args.gateway_id),
+            canary=args.canary,
+            canary_episodes=args.canary_episodes,
+            canary_max_episodes=args.canary_max_episodes,
         )
         return config, _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
     except ConfigError as err:
@@ -227,6 +230,25 @@ def _image_size(text: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _add_canary_args(cloud: argparse.ArgumentParser) -> None:
+    cloud.add_argument(
+        "--canary",
+        type=float,
+        default=0.0,
+        help="a new version goes first to this share of a policy's robots (0.25) or this many (2), and is promoted or "
+        "rolled back by how it does against the version it would replace (default 0: every robot at once)",
+    )
+    cloud.add_argument(
+        "--canary-episodes", type=int, default=10, help="finished episodes each side needs before a canary is judged"
+    )
+    cloud.add_argument(
+        "--canary-max-episodes",
+        type=int,
+        default=None,
+        help="canary episodes after which a version not shown as good is rolled back (default 4 x --canary-episodes)",
+    )
+
+
 def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
     cloud.add_argument(
         "--phone-port",
@@ -289,6 +311,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
     cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
+    _add_canary_args(cloud)
     _add_channel_args(cloud)
     add_learner_args(cloud)
     cloud.set_defaults(func=cmd_cloud)
