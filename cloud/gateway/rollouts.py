@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from typing import Protocol
 
 from cloud.data.episodes import EpisodeRecord
 from cloud.data.rollout_records import (
@@ -28,13 +29,20 @@ from cloud.data.rollout_records import (
     load_rollouts,
     save_rollouts,
 )
-from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
 from cloud.gateway.canary_rule import ArmCounts, Verdict, judge
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.sessions import Session
 
 log = logging.getLogger("fleetloop.gateway")
+
+
+class EpisodeSource(Protocol):
+    """What a rollout reads of the gateway's store (an ``EpisodeStore`` or a ``SharedPartition``)."""
+
+    def datasets(self) -> list[str]: ...
+
+    def episodes(self, dataset: str) -> list[EpisodeRecord]: ...
 
 
 def arm_counts(episodes: list[EpisodeRecord], version: int) -> ArmCounts:
@@ -49,7 +57,7 @@ class Rollouts:
     """The canary rollouts of every policy the gateway's robots run (``sessions`` is the gateway's)."""
 
     def __init__(
-        self, config: GatewayConfig, registry: PolicyRegistry, store: EpisodeStore, sessions: Mapping[str, Session]
+        self, config: GatewayConfig, registry: PolicyRegistry, store: EpisodeSource, sessions: Mapping[str, Session]
     ) -> None:
         self.config = config
         self.registry = registry
@@ -159,7 +167,6 @@ class Rollouts:
 
     def _counts(self, name: str, version: int, incumbent: int) -> tuple[ArmCounts, ArmCounts]:
         """Both arms' counts from the store: the datasets of the robots that run ``name`` (and ``name``'s own)."""
-        self.store.refresh()
         datasets = set(self.store.datasets())
         names = {s.resource.capabilities.embodiment for s in self._robots(name)} | {name}
         episodes = [e for d in sorted(names & datasets) for e in self.store.episodes(d)]
