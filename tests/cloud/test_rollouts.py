@@ -143,6 +143,22 @@ def test_an_operator_decides_only_a_canary_in_progress(tmp_path) -> None:
     assert set(offers(rollouts, sessions).values()) == {2}
 
 
+def test_an_operator_rolls_back_the_version_every_robot_runs_to_the_one_it_replaced(tmp_path) -> None:
+    rollouts, registry, sessions, _ = setup(tmp_path)
+    registry.publish(POLICY, b"v1")
+    offers(rollouts, sessions)
+    registry.publish(POLICY, b"v2")
+    offers(rollouts, sessions)
+    rollouts.decide(POLICY, 2, "promote", "operator", "looks fine")
+    offers(rollouts, sessions)
+    for session in sessions.values():
+        sent(session, 2)
+    words = rollouts.decide(POLICY, 2, "rollback", "operator", "drops cubes")
+    assert "4 robot(s) go back to v1" in words and rollouts.rollouts(POLICY).incumbent == 1
+    told = [s.out.get_nowait().rollback for s in sessions.values()]
+    assert {(r.version, r.to_version) for r in told} == {(2, 1)}
+
+
 def test_arm_counts_take_finished_kept_episodes_of_the_version() -> None:
     episodes = Episodes()
     episodes.add(3, succeeded=2, failed=1, intervened=1)
