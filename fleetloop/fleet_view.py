@@ -44,31 +44,17 @@ def command(
     ca: str | None = None,
     token: str = "",
 ) -> pb.FleetCommandReply:
+    request = pb.FleetCommand(resource_id=resource_id, action=action, reason=reason)
     with open_channel(target, ca) as channel:
-        return pb_grpc.FleetControlStub(channel).Command(
-            pb.FleetCommand(resource_id=resource_id, action=action, reason=reason),
-            timeout=timeout_s,
-            metadata=bearer(token),
-        )
+        return pb_grpc.FleetControlStub(channel).Command(request, timeout=timeout_s, metadata=bearer(token))
 
 
 def rollout(
-    target: str,
-    policy_name: str,
-    version: int,
-    action: str,
-    reason: str = "",
-    timeout_s: float = 10.0,
-    ca: str | None = None,
-    token: str = "",
+    target: str, request: pb.RolloutCommand, timeout_s: float = 10.0, ca: str | None = None, token: str = ""
 ) -> pb.FleetCommandReply:
-    """An operator's decision on a canary rollout: ``action`` is "promote" or "rollback"."""
+    """An operator's decision on a canary rollout (``request.action``: "promote" or "rollback")."""
     with open_channel(target, ca) as channel:
-        return pb_grpc.FleetControlStub(channel).Rollout(
-            pb.RolloutCommand(policy_name=policy_name, version=version, action=action, reason=reason),
-            timeout=timeout_s,
-            metadata=bearer(token),
-        )
+        return pb_grpc.FleetControlStub(channel).Rollout(request, timeout=timeout_s, metadata=bearer(token))
 
 
 def render(status: pb.FleetStatus, target: str) -> Table:

@@ -16,13 +16,17 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     import grpc
 
     from fleetloop.fleet_view import call_failure, command, rollout, show
+    from protocol import tunnel_pb2 as pb
 
     try:
         access = {"ca": args.ca, "token": read_token(args)}
         if args.action == "show":
             return show(args.cloud, args.watch, **access)
         if args.action in ROLLOUT_ACTIONS:
-            reply = rollout(args.cloud, args.resource, _version(args), args.action, args.reason, **access)
+            request = pb.RolloutCommand(
+                policy_name=args.resource, version=_version(args), action=args.action, reason=args.reason
+            )
+            reply = rollout(args.cloud, request, **access)
         elif not args.resource:
             log.error("fleet %s: name the resource, e.g. fleetloop fleet %s robot-1", args.action, args.action)
             return 2

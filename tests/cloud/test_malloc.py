@@ -28,4 +28,6 @@ def faults(mode: str) -> int:
 
 def test_freed_camera_sized_buffers_are_reused_instead_of_faulted_in_again() -> None:
     default, tuned = faults("default"), faults("tuned")
-    assert tuned < default / 4, f"page faults for 10 bursts of 40 buffers of 555 kB: {tuned} tuned, {default} by default"
+    assert tuned < default / 4, (
+        f"page faults for 10 bursts of 40 buffers of 555 kB: {tuned} tuned, {default} by default"
+    )

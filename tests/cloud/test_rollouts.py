@@ -61,6 +61,16 @@ def offers(rollouts: Rollouts, sessions: dict[str, Session]) -> dict[str, int]:
     return {rid: h.offer.version if h.offer else 0 for rid, h in held.items()}
 
 
+def canary_of_v2(tmp_path) -> tuple[Rollouts, PolicyRegistry, dict[str, Session], Episodes]:
+    """v1 on every robot, v2 published: its canary runs."""
+    rollouts, registry, sessions, episodes = setup(tmp_path)
+    registry.publish(POLICY, b"v1")
+    offers(rollouts, sessions)
+    registry.publish(POLICY, b"v2")
+    offers(rollouts, sessions)
+    return rollouts, registry, sessions, episodes
+
+
 def sent(session: Session, version: int) -> None:
     """As the pusher and the edge would: the offered version was sent and applied."""
     held = session.subscription(POLICY)
@@ -83,11 +93,7 @@ def test_the_first_version_goes_to_every_robot_and_the_next_to_the_canary_share(
 
 
 def test_a_worse_canary_is_rolled_back_down_the_tunnel_and_never_offered_again(tmp_path) -> None:
-    rollouts, registry, sessions, episodes = setup(tmp_path)
-    registry.publish(POLICY, b"v1")
-    offers(rollouts, sessions)
-    registry.publish(POLICY, b"v2")
-    offers(rollouts, sessions)
+    rollouts, registry, sessions, episodes = canary_of_v2(tmp_path)
     (canary,) = rollouts.rollouts(POLICY).active.canary_robots
     sent(sessions[canary], 2)
     episodes.add(1, succeeded=8, failed=1)
@@ -144,11 +150,7 @@ def test_an_operator_decides_only_a_canary_in_progress(tmp_path) -> None:
 
 
 def test_an_operator_rolls_back_the_version_every_robot_runs_to_the_one_it_replaced(tmp_path) -> None:
-    rollouts, registry, sessions, _ = setup(tmp_path)
-    registry.publish(POLICY, b"v1")
-    offers(rollouts, sessions)
-    registry.publish(POLICY, b"v2")
-    offers(rollouts, sessions)
+    rollouts, _, sessions, _ = canary_of_v2(tmp_path)
     rollouts.decide(POLICY, 2, "promote", "operator", "looks fine")
     offers(rollouts, sessions)
     for session in sessions.values():

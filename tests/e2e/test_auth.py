@@ -184,11 +184,12 @@ def test_fleet_control_needs_an_operator_credential(secured) -> None:
         with pytest.raises(grpc.RpcError):
             command(fleet.target, "robot-1", "estop", token=token)
         with pytest.raises(grpc.RpcError) as err:
-            rollout(fleet.target, "pick", 2, "rollback", token=token)
+            rollout(fleet.target, pb.RolloutCommand(policy_name="pick", version=2, action="rollback"), token=token)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert list(fetch(fleet.target, token=tokens["alice"]).members) == []
     assert not command(fleet.target, "nobody", "pause", token=tokens["alice"]).ok
-    refused = rollout(fleet.target, "pick", 2, "promote", token=tokens["alice"])  # heard, but canaries are off
+    promote = pb.RolloutCommand(policy_name="pick", version=2, action="promote")
+    refused = rollout(fleet.target, promote, token=tokens["alice"])  # heard, but canary rollouts are off
     assert not refused.ok and "start the cloud with --canary" in refused.message
 
 
