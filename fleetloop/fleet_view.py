@@ -75,7 +75,7 @@ def render(status: pb.FleetStatus, target: str) -> Table:
             f"{member.resource.kind} ({caps.embodiment})",
             f"[{style}]{member.state}[/]",
             member.task or "-",
-            f"v{member.policy_version}",
+            f"v{member.policy_version}" + (f" (canary v{member.canary_version})" if member.canary_version else ""),
             f"{caps.control_hz:.0f}",
             str(member.steps),
             str(member.interventions),

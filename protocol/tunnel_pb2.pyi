@@ -448,7 +448,7 @@ class PolicyRollback(_message.Message):
     def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., to_version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class FleetMember(_message.Message):
-    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused", "backlog_steps", "backlog_bytes", "backlog_oldest_s")
+    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused", "backlog_steps", "backlog_bytes", "backlog_oldest_s", "canary_version")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -460,6 +460,7 @@ class FleetMember(_message.Message):
     BACKLOG_STEPS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_OLDEST_S_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     state: str
     task: str
@@ -471,7 +472,8 @@ class FleetMember(_message.Message):
     backlog_steps: int
     backlog_bytes: int
     backlog_oldest_s: float
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ..., backlog_steps: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., backlog_oldest_s: _Optional[float] = ...) -> None: ...
+    canary_version: int
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ..., backlog_steps: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., backlog_oldest_s: _Optional[float] = ..., canary_version: _Optional[int] = ...) -> None: ...
 
 class FleetStatusRequest(_message.Message):
     __slots__ = ()

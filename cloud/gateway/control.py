@@ -62,6 +62,7 @@ class FleetControl(pb_grpc.FleetControlServicer):
     async def Status(self, request: pb.FleetStatusRequest, context) -> pb.FleetStatus:  # noqa: N802
         await self._check_operator(context)
         now = self.fleet.clock()
+        canaries = self.rollouts.canary_members() if self.rollouts is not None else {}
         return pb.FleetStatus(
             members=[
                 pb.FleetMember(
@@ -76,6 +77,7 @@ class FleetControl(pb_grpc.FleetControlServicer):
                     backlog_steps=m.backlog.steps,
                     backlog_bytes=m.backlog.bytes,
                     backlog_oldest_s=m.backlog.oldest_s,
+                    canary_version=canaries.get(m.resource.id, ("", 0))[1],
                 )
                 for m in sorted(self.fleet.members.values(), key=lambda m: m.resource.id)
             ]

@@ -64,6 +64,7 @@ class Rollouts:
         self.store = store
         self.sessions = sessions
         self._policies: dict[str, PolicyRollouts] = {}
+        self._described: dict[tuple[str, int], PolicyVersion] = {}
         self._waiting: dict[str, int] = {}  # by policy: the newest version said to wait, so it is said once
 
     def rollouts(self, name: str) -> PolicyRollouts:
@@ -90,7 +91,19 @@ class Rollouts:
         return latest if latest.version == rollouts.incumbent else self._describe(name, rollouts.incumbent)
 
     def _describe(self, name: str, version: int) -> PolicyVersion | None:
-        return self.registry.describe(name, version)
+        """A version's registry record, read once (every robot on the incumbent is offered the same one)."""
+        key = (name, version)
+        if key not in self._described:
+            found = self.registry.describe(name, version)
+            if found is None:
+                return None
+            self._described[key] = found
+        return self._described[key]
+
+    def canary_members(self) -> dict[str, tuple[str, int]]:
+        """The robots running a canary now, each with its policy and the version it tries (for the fleet views)."""
+        active = [(name, r.active) for name, r in self._policies.items() if r.active is not None]
+        return {rid: (name, record.version) for name, record in active for rid in record.canary_robots}
 
     def _begin(self, rollouts: PolicyRollouts, latest: PolicyVersion) -> None:
         """Starts a rollout for ``latest`` when it is new (or makes the first version the incumbent)."""

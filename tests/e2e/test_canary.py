@@ -19,6 +19,7 @@ import torch
 from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
+from fleetloop.fleet_view import fetch
 from hal.reach_sim import REACH_TASKS
 from policies.factory import make_policy
 from policies.weights import policy_to_bytes
@@ -121,6 +122,8 @@ def test_an_operator_promotes_and_rolls_back_by_hand(fleet: Fleet) -> None:
 
     assert publish(fleet, HALF) == 2
     wait_until(lambda: len(ran(fleet, 2)) == 1, 60, "v2 on its canary robot")
+    members = fetch(fleet.target).members
+    assert [m.resource.id for m in members if m.canary_version == 2] == sorted(ran(fleet, 2))  # as the fleet shows
     refused = fleet_command(fleet, "promote", POLICY, "7")
     assert refused.returncode == 2 and "point_reach v7 is not a canary in progress" in refused.stderr
     done = fleet_command(fleet, "promote", POLICY, "2", "--reason", "looks fine")
