@@ -82,6 +82,10 @@ class Rollouts:
         if name != session.policy_name:  # an outcome classifier's versions go out as they are published
             return latest
         rollouts = self.rollouts(name)
+        if not self.config.canary:  # off: the newest, unless a canary (when they were on) rolled it back
+            if rollouts.rolled_back(latest.version) and rollouts.incumbent:
+                return self._describe(name, rollouts.incumbent)
+            return latest
         self._begin(rollouts, latest)
         active = rollouts.active
         if active is not None and self._in_canary(active, session):

@@ -83,8 +83,9 @@ class Gateway(pb_grpc.TunnelServicer):
             config.max_uncompacted_bytes,
             IngestLog(config.ingest_log, durable=True) if config.ingest_log is not None else None,
         )
-        # Canary rollouts (--canary): which version each robot gets; None keeps every robot on the newest.
-        self.rollouts = Rollouts(config, registry, store, self.sessions) if config.canary else None
+        # Which version each robot gets: with --canary, a new one goes to a share first; without, the newest, unless a
+        # canary rolled it back while they were on.
+        self.rollouts = Rollouts(config, registry, store, self.sessions)
         self.pusher = PolicyPusher(config, registry, self.sessions, chooser=self.rollouts)
         self.persons = PersonRelay(self.sessions)  # the takeover pages' people and the robots they watch
         # Closes a revoked device's tunnel (and, shared with the takeover pages, an operator's page) within 0.1 s.
@@ -101,7 +102,8 @@ class Gateway(pb_grpc.TunnelServicer):
         await self.writer.replay()  # before any hello: where logged episodes continue
         self._server = grpc.aio.server(options=self.config.grpc_options(), interceptors=(InternalErrors(),))
         self._add_tunnel(self._server)
-        control = FleetControl(self.fleet, self.sessions, self.config.devices, self.rollouts)
+        canary = self.rollouts if self.config.canary else None
+        control = FleetControl(self.fleet, self.sessions, self.config.devices, canary)
         pb_grpc.add_FleetControlServicer_to_server(control, self._server)
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls_cert and self.config.tls_key:
@@ -113,7 +115,7 @@ class Gateway(pb_grpc.TunnelServicer):
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         await self._server.start()
         jobs = [self.writer.run(), self.pusher.watch_registry(), self._watch_fleet()]
-        self._tasks = [asyncio.create_task(coro) for coro in jobs + ([self.rollouts.watch()] if self.rollouts else [])]
+        self._tasks = [asyncio.create_task(coro) for coro in jobs + ([self.rollouts.watch()] if canary else [])]
         log.info(
             "gateway listening on %s:%d (%s, %s)",
             self.config.host,

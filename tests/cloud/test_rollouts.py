@@ -115,6 +115,10 @@ def test_a_worse_canary_is_rolled_back_down_the_tunnel_and_never_offered_again(t
     sessions[canary].subscription(POLICY).offer = None
     assert 2 not in offers(restarted, sessions).values()
     assert rollout_states(registry)[POLICY].record(2).state == "rolled back"
+    off = Rollouts(GatewayConfig(), registry, episodes, sessions)  # restarted with canaries off: v2 stays off
+    assert off.version_for(sessions[canary], registry.latest(POLICY)).version == 1
+    registry.publish(POLICY, b"v3")
+    assert off.version_for(sessions[canary], registry.latest(POLICY)).version == 3  # newer: as without canaries
 
 
 def test_an_equal_canary_is_promoted_and_the_waiting_version_starts_the_next(tmp_path) -> None:
