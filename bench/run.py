@@ -19,6 +19,8 @@
 (l) lerobot-uplink  lerobot's actor -> learner SendTransitions moving (a)'s image steps, vs raw gRPC bytes
 (m) capacity  the most robots with two 224x224 30 Hz cameras one cloud sustains (ack lag p99 < 2 s), H.264 vs raw
 (n) codec-training  a CNN policy trained from H.264-stored 64x64 frames: success and action error vs raw frames
+(o) inference  remote inference round trips (our tunnel client, the real openpi client) vs the model alone; 8 clients'
+               replies/s with continuous batching vs max_batch 1
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -59,6 +61,7 @@ FIGURES = (
     "lerobot-uplink",
     "capacity",
     "codec-training",
+    "inference",
 )
 
 
@@ -71,6 +74,7 @@ def run_bench(
         codec_training,
         delta,
         foresight,
+        inference,
         jitter,
         learner_cost,
         lerobot_uplink,
@@ -137,6 +141,9 @@ def run_bench(
         if "codec-training" in figures:
             episodes, updates = (6, 40) if quick else (40, 600)
             results += codec_training.measure(workdir, episodes=episodes, train_steps=updates, say=say)
+        if "inference" in figures:
+            requests, seconds = (60, 1.0) if quick else (400, 3.0)
+            results += inference.measure(loop, workdir, requests=requests, seconds=seconds, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

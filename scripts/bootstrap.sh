@@ -82,5 +82,8 @@ fi
 
 echo "Installing fleetloop and its dependencies into $VENV (first time takes a few minutes)..."
 "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[dev]"
+# openpi's own client, which bench (o) drives the openpi endpoint with. Its metadata asks numpy < 2, which the numpy
+# pin rules out; the modules used (websocket_client_policy, msgpack_numpy) run on numpy 2: installed without its deps.
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps "openpi-client==0.1.2"
 echo "$WANT" > "$STAMP"
 echo "Installed."

@@ -21,6 +21,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from cloud.channels.operator_access import OperatorAccess
 from cloud.channels.phone_http import file_response
 from cloud.channels.phone_messages import PhoneError
 from cloud.channels.takeover_messages import (
@@ -34,7 +35,6 @@ from cloud.channels.takeover_messages import (
 from cloud.gateway.server import Gateway
 from cloud.gateway.sessions import Session
 from cloud.security.devices import DEVICE_ID, AuthError, Device
-from cloud.security.revocation import still_valid
 from protocol import tunnel_pb2 as pb
 from protocol.sanitize import printable
 
@@ -56,6 +56,7 @@ class TakeoverPages:
     def __init__(self, gateway: Gateway, hello_timeout_s: float = 10.0) -> None:
         self.gateway = gateway
         self.relay = gateway.persons
+        self.access = OperatorAccess(gateway)
         self.hello_timeout_s = hello_timeout_s
         self._cached: tuple[pb.LiveView | None, str] = (None, "")
 
@@ -100,40 +101,13 @@ class TakeoverPages:
         await page.run()
 
     def _operator(self, hello: TakeoverHello) -> Device:
-        devices = self.gateway.config.devices
-        if devices is None or not devices.enabled:
-            raise PhoneError(
-                "hello.operator",
-                "this cloud has no operator credentials: add one with `fleetloop devices add NAME --kind operator`",
-            )
-        device = devices.authenticate(hello.operator, hello.token)
-        if device.kind != "operator":
-            raise AuthError("hello.operator", f"{hello.operator!r} is registered as a {device.kind}, not an operator")
-        return device
+        return self.access.operator(hello.operator, hello.token)
 
     def check_current(self, device: Device) -> None:
-        """AuthError when the operator's credential was revoked (or replaced) since its page signed in."""
-        devices = self.gateway.config.devices
-        if devices is not None:
-            try:
-                devices.reload()
-            except ValueError:  # a broken devices file: the last good one stands (the gateway says so)
-                pass
-        if devices is None or not still_valid(devices, device):  # the same test CredentialWatch applies
-            raise AuthError("hello.token", f"the credential of {device.id!r} was revoked")
+        self.access.check_current(device)
 
     def check_reach(self, device: Device, robot_id: str) -> None:
-        """AuthError unless the operator may reach the robot: every robot, or those running one of its policies."""
-        if not device.policies:
-            return
-        session = self.relay.session(robot_id)
-        if session is not None and session.policy_name in device.policies:
-            return
-        runs = f"runs {session.policy_name or 'no policy'}" if session is not None else "is not connected"
-        raise AuthError(
-            "hello.operator",
-            f"{device.id!r} may reach only robots running {', '.join(device.policies)}; {robot_id} {runs}",
-        )
+        self.access.check_reach(device, robot_id)
 
 
 class _Page:

@@ -89,23 +89,26 @@ class FleetControl(pb_grpc.FleetControlServicer):
 
     async def Command(self, request: pb.FleetCommand, context) -> pb.FleetCommandReply:  # noqa: N802
         await self._check_operator(context)
+        ok, message = self.apply(request.action, request.resource_id, request.reason or "operator")
+        return pb.FleetCommandReply(ok=ok, message=message)
+
+    def apply(self, action: str, resource_id: str, reason: str) -> tuple[bool, str]:
+        """Carries out an operator's command (``fleetloop fleet``, the dashboard); (done, what it did or why not)."""
         fleet = self.fleet
-        if request.action not in self.ACTIONS:
-            return pb.FleetCommandReply(ok=False, message=f"action: must be one of {self.ACTIONS}")
-        if request.resource_id not in fleet.members:
-            return pb.FleetCommandReply(ok=False, message=f"resource_id: no resource {request.resource_id!r}")
-        session = self.sessions.get(request.resource_id)
-        reason = request.reason or "operator"
-        if request.action in EDGE_ACTIONS:
-            reply = self._emergency_stop(request, session, reason)
-            if reply.ok:
-                fleet.emergency_stopped(request.resource_id, released=request.action == "release")
-            return reply
-        SCHEDULER_ACTIONS[request.action](fleet, request.resource_id)
-        if session is not None and request.action in ("pause", "resume"):
-            session.send_assignment(fleet.task_of(request.resource_id), paused=request.action == "pause")
-        state = fleet.members[request.resource_id].state
-        return pb.FleetCommandReply(ok=True, message=f"{request.resource_id} is now {state}")
+        if action not in self.ACTIONS:
+            return False, f"action: must be one of {self.ACTIONS}"
+        if resource_id not in fleet.members:
+            return False, f"resource_id: no resource {resource_id!r}"
+        session = self.sessions.get(resource_id)
+        if action in EDGE_ACTIONS:
+            ok, message = self._emergency_stop(action, resource_id, session, reason)
+            if ok:
+                fleet.emergency_stopped(resource_id, released=action == "release")
+            return ok, message
+        SCHEDULER_ACTIONS[action](fleet, resource_id)
+        if session is not None and action in ("pause", "resume"):
+            session.send_assignment(fleet.task_of(resource_id), paused=action == "pause")
+        return True, f"{resource_id} is now {fleet.members[resource_id].state}"
 
     async def Rollout(self, request: pb.RolloutCommand, context) -> pb.FleetCommandReply:  # noqa: N802
         """An operator promotes or rolls back a canary version (or rolls back the version every robot runs)."""
@@ -125,12 +128,12 @@ class FleetControl(pb_grpc.FleetControlServicer):
         return pb.FleetCommandReply(ok=True, message=message)
 
     @staticmethod
-    def _emergency_stop(request: pb.FleetCommand, session: Session | None, reason: str) -> pb.FleetCommandReply:
+    def _emergency_stop(action: str, resource_id: str, session: Session | None, reason: str) -> tuple[bool, str]:
         """Sends an emergency stop (or its release) down the resource's tunnel."""
         if session is None:
-            return pb.FleetCommandReply(ok=False, message=f"{request.resource_id} is not connected")
-        release = request.action == "release"
+            return False, f"{resource_id} is not connected"
+        release = action == "release"
         session.send(pb.CloudMessage(emergency_stop=pb.EmergencyStop(reason=reason, release=release)))
         shown = printable(reason)
-        log.warning("%s: emergency stop %s (%s)", request.resource_id, "released" if release else "sent", shown)
-        return pb.FleetCommandReply(ok=True, message=f"{request.action} sent to {request.resource_id}")
+        log.warning("%s: emergency stop %s (%s)", resource_id, "released" if release else "sent", shown)
+        return True, f"{action} sent to {resource_id}"

@@ -1,16 +1,20 @@
 """Remote inference: the cloud runs policies too large for an edge and answers observations with action chunks.
 
-Requests from every robot that runs the same policy are gathered for a few milliseconds and go through
-one forward pass (``Policy.act_batch``), on a worker thread so the gateway's event loop never waits on it.
-The newest published version is loaded when it appears; each reply names the version that produced it.
+Continuous batching, per policy: a request that finds the policy's worker idle goes into a forward pass at once
+(``Policy.act_batch``) on that policy's worker thread; requests that arrive while a pass runs wait and go together
+into the next pass, up to ``max_batch``. Nothing waits for company on a timer. One pass at a time per policy, and
+the gateway's event loop never waits on one: replies are handed back to the loop. The newest published version is
+loaded (on the worker thread) when it appears; each reply names the version that produced it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,11 +26,13 @@ from protocol.incidents import internal_error
 
 log = logging.getLogger("fleetloop.inference")
 
+Reply = Callable[[np.ndarray | None, int, str, int], None]  # actions, version, error, batch size
+
 
 @dataclass
 class InferenceJob:
     observation: dict[str, np.ndarray]
-    reply: Callable[[np.ndarray | None, int, str, int], None]  # actions, version, error, batch size
+    reply: Reply
 
 
 @dataclass
@@ -42,70 +48,114 @@ class InferenceStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many passes had it
 
 
+@dataclass
+class _Outcome:
+    """What one pass produced: chunks and the version, or an error for every request of the batch."""
+
+    batch: list[InferenceJob]
+    chunks: np.ndarray | None = None
+    version: int = 0
+    error: str = ""
+
+
+class _Lane:
+    """One policy's requests and its worker thread; ``running`` while a pass is scheduled or under way."""
+
+    def __init__(self, policy_name: str) -> None:
+        self.waiting: deque[InferenceJob] = deque()
+        self.lock = threading.Lock()
+        self.running = False
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{policy_name}")
+
+
 class InferenceServer:
-    def __init__(self, registry: PolicyRegistry, max_batch: int = 16, gather_s: float = 0.005) -> None:
+    """Batched inference for every policy the cloud serves; ``submit`` is called on the event loop."""
+
+    def __init__(self, registry: PolicyRegistry, max_batch: int = 16) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch: must be at least 1, got {max_batch}")
         self.registry = registry
         self.max_batch = max_batch
-        self.gather_s = gather_s  # how long the first request of a batch waits for others
-        self.stats = InferenceStats()
-        self._queues: dict[str, asyncio.Queue[InferenceJob]] = {}
-        self._workers: dict[str, asyncio.Task] = {}
+        self.stats = InferenceStats()  # written on the event loop only, as replies are handed out
+        self._lanes: dict[str, _Lane] = {}
         self._models: dict[str, _Model] = {}
+        self._closed = False
 
     def submit(self, policy_name: str, request: InferenceJob) -> None:
-        queue = self._queues.get(policy_name)
-        if queue is None:
-            queue = self._queues[policy_name] = asyncio.Queue()
-            self._workers[policy_name] = asyncio.create_task(
-                self._serve(policy_name, queue), name=f"infer-{policy_name}"
-            )
-        queue.put_nowait(request)
+        """Queues the request; an idle worker starts a pass with it at once. The reply comes on this event loop."""
+        if self._closed:
+            request.reply(None, 0, "remote inference is shutting down", 0)
+            return
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.get(policy_name)
+        if lane is None:
+            lane = self._lanes[policy_name] = _Lane(policy_name)
+        with lane.lock:
+            lane.waiting.append(request)
+            if lane.running:  # the running worker takes it into its next pass
+                return
+            lane.running = True
+        lane.worker.submit(self._work, policy_name, lane, loop)
+
+    def waiting(self, policy_name: str) -> int:
+        """How many of the policy's requests wait for the next pass (those in the running pass not counted)."""
+        lane = self._lanes.get(policy_name)
+        return 0 if lane is None else len(lane.waiting)
 
     async def close(self) -> None:
-        for task in self._workers.values():
-            task.cancel()
+        """Takes no more passes; a pass under way finishes on its thread, its replies dropped if the loop is gone."""
+        self._closed = True
+        for lane in self._lanes.values():
+            lane.worker.shutdown(wait=False, cancel_futures=True)
 
-    async def _model(self, policy_name: str) -> _Model | None:
-        latest = await asyncio.to_thread(self.registry.latest, policy_name)
+    def _work(self, policy_name: str, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        """The worker thread: passes back to back while requests wait, each taking all that wait (up to max_batch)."""
+        while not self._closed:
+            with lane.lock:
+                if not lane.waiting:
+                    lane.running = False
+                    return
+                batch = [lane.waiting.popleft() for _ in range(min(self.max_batch, len(lane.waiting)))]
+            outcome = self._forward(policy_name, batch)
+            try:
+                loop.call_soon_threadsafe(self._deliver, outcome)
+            except RuntimeError:  # the event loop is closed: nobody is left to answer
+                return
+
+    def _forward(self, policy_name: str, batch: list[InferenceJob]) -> _Outcome:
+        """One forward pass of the newest version over the batch; any failure becomes the batch's error reply."""
+        try:
+            model = self._model(policy_name)
+            if model is None:
+                return _Outcome(batch, error=f"no version of {policy_name} is published yet")
+            chunks = model.policy.act_batch([r.observation for r in batch])
+            return _Outcome(batch, np.asarray(chunks, dtype=np.float32), model.version)
+        except Exception:  # one bad batch answers with an error; the server keeps serving
+            what = f"remote inference of {policy_name} for {len(batch)} request(s)"
+            return _Outcome(batch, error=internal_error(log, what))
+
+    def _model(self, policy_name: str) -> _Model | None:
+        """The newest published version, loaded here (on the worker thread) the first time it is seen."""
+        latest = self.registry.latest(policy_name)
         current = self._models.get(policy_name)
         if latest is None or (current is not None and current.version >= latest.version):
             return current
         # Checked against the learner's signature before anything past the header is parsed.
-        weights = await asyncio.to_thread(self.registry.read_verified, policy_name, latest.version)
-        policy = await asyncio.to_thread(policy_from_bytes, weights)
+        policy = policy_from_bytes(self.registry.read_verified(policy_name, latest.version))
         policy.eval()
         self._models[policy_name] = _Model(policy, latest.version)
         log.info("remote inference now serves %s v%d", policy_name, latest.version)
         return self._models[policy_name]
 
-    @staticmethod
-    def _refuse(batch: list[InferenceJob], error: str) -> None:
-        for request in batch:
-            request.reply(None, 0, error, len(batch))
-
-    async def _serve(self, policy_name: str, queue: asyncio.Queue[InferenceJob]) -> None:
-        while True:
-            batch = [await queue.get()]
-            deadline = time.monotonic() + self.gather_s
-            while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), timeout=left))
-                except TimeoutError:
-                    break
-            try:
-                model = await self._model(policy_name)
-                if model is None:
-                    raise LookupError(f"no version of {policy_name} is published yet")
-                chunks = await asyncio.to_thread(model.policy.act_batch, [r.observation for r in batch])
-            except LookupError as exc:  # nothing published yet: the robots may hear that
-                self._refuse(batch, str(exc))
-                continue
-            except Exception:  # one bad batch answers with an error; the server keeps serving
-                what = f"remote inference of {policy_name} for {len(batch)} request(s)"
-                self._refuse(batch, internal_error(log, what))
-                continue
-            self.stats.forward_passes += 1
-            self.stats.requests += len(batch)
-            self.stats.batch_sizes[len(batch)] = self.stats.batch_sizes.get(len(batch), 0) + 1
-            for request, chunk in zip(batch, chunks, strict=True):
-                request.reply(np.asarray(chunk, dtype=np.float32), model.version, "", len(batch))
+    def _deliver(self, outcome: _Outcome) -> None:
+        """On the event loop: counts the pass and answers each request of its batch."""
+        size = len(outcome.batch)
+        if outcome.chunks is None:
+            for request in outcome.batch:
+                request.reply(None, 0, outcome.error, size)
+            return
+        self.stats.forward_passes += 1
+        self.stats.requests += size
+        self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
+        for request, chunk in zip(outcome.batch, outcome.chunks, strict=True):
+            request.reply(chunk, outcome.version, "", size)

@@ -51,10 +51,12 @@ def _certs_dir(args: argparse.Namespace) -> Path:
 
 
 def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
-    """The phone channel beside the gateway when --phone-port is given: the phone page and the robots' takeover pages
-    over HTTPS, phones and takeover pages over wss."""
+    """The phone channel beside the gateway when --phone-port is given: the phone page, the robots' takeover pages and
+    the fleet dashboard over HTTPS, their websockets over wss."""
+    from cloud.channels.dashboard_channel import DashboardPages
     from cloud.channels.phone_channel import PhoneChannel, PhoneChannelConfig
     from cloud.channels.takeover_channel import TakeoverPages
+    from cloud.data.store_union import StoreUnion
 
     height, width = args.phone_image
     pairing_ttl_s = args.pairing_minutes * 60
@@ -78,7 +80,13 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
         tls_ca=certs.ca,
         public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert, lan),
     )
-    return (lambda gateway: PhoneChannel(config, gateway, routes=(TakeoverPages(gateway),)),)
+    store_at = args.root.store_at
+
+    def channel(gateway):
+        routes = (TakeoverPages(gateway), DashboardPages(gateway, StoreUnion(store_at)))
+        return PhoneChannel(config, gateway, routes=routes)
+
+    return (channel,)
 
 
 def _openpi_service(

@@ -58,3 +58,17 @@ def test_quick_takeover_bench_times_a_press_to_the_driver(tmp_path) -> None:
     for result in (p50, p99):
         assert result.unit == "ms" and result.value > 0 and result.baseline > 0, result
     assert p99.value >= p50.value and "press -> edge" in p99.note
+
+
+def test_quick_inference_bench_times_both_clients_against_the_model_and_compares_batching(tmp_path) -> None:
+    results = run_bench(figures=("inference",), quick=True, out=tmp_path / "results.json")
+    assert [r.name for r in results] == [
+        "inference tunnel 1 client p50 vs model",
+        "inference openpi 1 client p50 vs model",
+        "inference 8 clients batched vs max_batch 1",
+    ]
+    for result in results:
+        assert result.value > 0 and result.baseline > 0, result
+    tunnel, openpi, batching = results
+    assert tunnel.unit == openpi.unit == "ms" and batching.unit == "replies/s"
+    assert tunnel.value > tunnel.baseline and openpi.value > openpi.baseline  # a round trip holds the forward pass

@@ -1,0 +1,227 @@
+"""(o) Remote inference: what the cloud adds to a policy's forward pass, and what continuous batching buys.
+
+The real gateway (its shared InferenceServer) and the openpi endpoint run on the bench's loop thread; clients are
+child processes on loopback. Two policies are published: ``panda`` (the demo's 21-in, 4-out MLP) for one client's
+round trips, and ``wide`` (an MLP of 8 layers of 1024) for throughput.
+
+- One client, one request at a time: request -> reply through the edge's own TunnelClient (gRPC tunnel, remote
+  inference on) and through the real openpi client (``openpi_client.WebsocketClientPolicy``). Baseline: the model
+  time, the forward pass alone (``act_batch`` of one observation) of the same weights on the same observation, in
+  this process. Overhead = p50 round trip - p50 model time; the issue's floor: 1 ms.
+- Eight clients, each with one request in flight, for a few seconds: replies/s with the gateway's batching
+  (max_batch 16) vs the same clients and model with max_batch 1, measured alternately in the same run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import HIGHER, LOWER, SPAWN, Children, GatewayHarness, LoopThread, Result, child_setup, report_error
+
+STATE = 21
+SMALL, WIDE = "panda", "wide"
+CLIENTS = 8
+# Batching pays where a pass of 8 costs little more than a pass of 1; on a CPU that holds for no matrix work (a
+# pass of 8 costs 2-3 passes of 1 for MLPs here, ~10x for 4096-wide layers on a loaded machine): this is the best seen.
+WIDE_HIDDEN = [1024] * 8
+WARMUP = 20
+GOAL_OVERHEAD_MS = 1.0
+GOAL_SPEEDUP = 3.0
+
+
+def _state(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(STATE).astype(np.float32)
+
+
+def tunnel_client_main(target: str, who: str, policy: str, spool: str, plan: list, messages, go) -> None:
+    """An edge whose policy runs in the cloud: one request in flight; per phase of ``plan`` (kind, amount), after
+    its go signal: "count" n round trips, timed each, or "seconds" s of requests, counted."""
+    child_setup()
+    try:
+        from edge.spool import Spool
+        from edge.tunnel_client import TunnelClient, TunnelConfig
+        from hal.resource import ArraySpec, Capabilities, ResourceInfo
+        from protocol import tunnel_pb2 as pb
+        from protocol.arrays import encode_array
+
+        answered = threading.Event()
+        caps = Capabilities(
+            (ArraySpec("state", "float32", (STATE,)),), ArraySpec("action", "float32", (4,)), 10.0, policy
+        )
+        config = TunnelConfig(target, policy, remote_inference=True)
+        tunnel = TunnelClient(
+            config,
+            ResourceInfo(who, "robot", caps, "sim"),
+            Spool(Path(spool)),
+            on_policy=lambda *_: None,
+            on_actions=lambda reply: answered.set(),
+        )
+        tunnel.start()
+        if not tunnel.connected.wait(30):
+            raise TimeoutError(f"{who}: no tunnel to {target}: {tunnel.refused or tunnel.errors}")
+        request = pb.InferenceRequest()
+        request.observation["state"].CopyFrom(encode_array(_state(0)))
+
+        def ask() -> None:
+            answered.clear()
+            request.request_id += 1
+            if not tunnel.send_infer(request) or not answered.wait(10):
+                raise TimeoutError(f"{who}: no reply to request {request.request_id}")
+
+        _run_plan(who, plan, ask, messages, go)
+        tunnel.stop()
+    except Exception:
+        report_error(messages, who)
+
+
+def openpi_client_main(url: str, who: str, plan: list, messages, go) -> None:
+    """The real openpi client (openpi_client.WebsocketClientPolicy) driving the policy at ``url``."""
+    child_setup()
+    try:
+        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+        client = WebsocketClientPolicy(url)
+        observation = {"state": _state(0)}
+        _run_plan(who, plan, lambda: client.infer(observation), messages, go)
+    except Exception:
+        report_error(messages, who)
+
+
+def _run_plan(who: str, plan: list, ask: Callable[[], object], messages, go) -> None:
+    for _ in range(WARMUP):
+        ask()
+    messages.put({"kind": "ready", "who": who})
+    for phase, (kind, amount) in enumerate(plan):
+        if not go[phase].wait(120):
+            raise TimeoutError(f"{who}: no start signal for phase {phase}")
+        if kind == "count":
+            times = []
+            for _ in range(amount):
+                started = time.perf_counter()
+                ask()
+                times.append(time.perf_counter() - started)
+            messages.put({"kind": "done", "who": who, "phase": phase, "times": times})
+        else:
+            replies, deadline = 0, time.monotonic() + amount
+            while time.monotonic() < deadline:
+                ask()
+                replies += 1
+            messages.put({"kind": "done", "who": who, "phase": phase, "replies": replies, "seconds": amount})
+
+
+def _model_ms(registry, policy_name: str, batch: int, passes: int) -> float:
+    """p50 of the forward pass alone: the published weights, ``batch`` copies of the clients' observation."""
+    from policies.weights import policy_from_bytes
+
+    latest = registry.latest(policy_name)
+    policy = policy_from_bytes(registry.read_verified(policy_name, latest.version))
+    policy.eval()
+    observations = [{"state": _state(0)}] * batch
+    for _ in range(WARMUP):
+        policy.act_batch(observations)
+    times = []
+    for _ in range(passes):
+        started = time.perf_counter()
+        policy.act_batch(observations)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1e3
+
+
+def _publish(registry) -> None:
+    from policies.factory import make_policy
+    from policies.weights import policy_to_bytes
+
+    for name, hidden in ((SMALL, [256, 256]), (WIDE, WIDE_HIDDEN)):
+        config = {"observation": {"state": {"shape": [STATE], "dtype": "float32"}}, "action_dim": 4, "hidden": hidden}
+        registry.publish(name, policy_to_bytes(make_policy("mlp", {**config, "chunk_size": 10})))
+
+
+def _phase(children: Children, go, phase: int, count: int, before: Callable[[], None] = lambda: None) -> list[dict]:
+    before()
+    go[phase].set()
+    return children.receive("done", count, timeout_s=300)
+
+
+def _one_client(children: Children, cloud: GatewayHarness, openpi_url: str, spools: Path, requests: int, say):
+    """Round trips of one client at a time, ours then openpi's, each against the model time just before it."""
+    results = []
+    clients = ("tunnel", "openpi") if importlib.util.find_spec("openpi_client") else ("tunnel",)
+    if len(clients) == 1:
+        say("openpi_client is not installed (scripts/bootstrap.sh installs it): its row is left out")
+    for who in clients:
+        go = [SPAWN.Event()]
+        plan = [("count", requests)]
+        if who == "tunnel":
+            args = (cloud.target, "solo", SMALL, str(spools / "solo.db"), plan, children.messages, go)
+            children.start(tunnel_client_main, *args, name="tunnel-solo")
+        else:
+            children.start(openpi_client_main, openpi_url, "openpi", plan, children.messages, go, name="openpi")
+        children.receive("ready", 1, timeout_s=120)
+        model = _model_ms(cloud.registry, SMALL, 1, requests)
+        (done,) = _phase(children, go, 0, 1)
+        p50, p99 = (float(np.percentile(done["times"], q)) * 1e3 for q in (50, 99))
+        overhead = p50 - model
+        say(
+            f"inference via {who}: p50 {p50:.3f} ms, p99 {p99:.3f} ms, the model alone p50 {model:.3f} ms: overhead "
+            f"{overhead:.3f} ms (goal <= {GOAL_OVERHEAD_MS:g} ms)"
+        )
+        client = "the edge's TunnelClient" if who == "tunnel" else "openpi_client.WebsocketClientPolicy"
+        note = f"{LOWER}; {client}, 21-in 4-out MLP; overhead p50 {overhead:.3f} ms (goal <= {GOAL_OVERHEAD_MS:g})"
+        results.append(Result(f"inference {who} 1 client p50 vs model", p50, "ms", model, note))
+    return results
+
+
+def _eight_clients(children: Children, cloud: GatewayHarness, spools: Path, seconds: float, say) -> list[Result]:
+    """Replies/s of 8 clients, alternately with max_batch 1 and 16 (two rounds each), on the wide MLP."""
+    batches = (1, 16, 1, 16)
+    go = [SPAWN.Event() for _ in batches]
+    plan = [("seconds", seconds)] * len(batches)
+    for i in range(CLIENTS):
+        args = (cloud.target, f"arm-{i}", WIDE, str(spools / f"arm-{i}.db"), plan, children.messages, go)
+        children.start(tunnel_client_main, *args, name=f"tunnel-{i}")
+    children.receive("ready", CLIENTS, timeout_s=180)
+    one, eight = _model_ms(cloud.registry, WIDE, 1, 100), _model_ms(cloud.registry, WIDE, CLIENTS, 100)
+    server = cloud.gateway.inference
+    rates: dict[int, list[float]] = {1: [], 16: []}
+    for phase, max_batch in enumerate(batches):
+        passes = server.stats.forward_passes
+        done = _phase(children, go, phase, CLIENTS, before=lambda m=max_batch: setattr(server, "max_batch", m))
+        replies = sum(d["replies"] for d in done)
+        rates[max_batch].append(replies / seconds)
+        mean = replies / max(1, server.stats.forward_passes - passes)
+        say(
+            f"inference, {CLIENTS} clients, max_batch {max_batch}: {replies / seconds:.0f} replies/s, {mean:.1f} a pass"
+        )
+    server.max_batch = 16
+    batched, unbatched = float(np.median(rates[16])), float(np.median(rates[1]))
+    say(
+        f"the wide MLP alone: {one:.3f} ms a pass of 1, {eight:.3f} ms of {CLIENTS}; speedup {batched / unbatched:.2f}x"
+    )
+    note = (
+        f"{HIGHER}; 8 TunnelClients, MLP 8x1024 (a pass of 1: {one:.2f} ms, of 8: {eight:.2f} ms); "
+        f"goal >= {GOAL_SPEEDUP:g}x"
+    )
+    return [Result(f"inference {CLIENTS} clients batched vs max_batch 1", batched, "replies/s", unbatched, note)]
+
+
+def measure(loop: LoopThread, workdir: Path, requests: int = 300, seconds: float = 3.0, say=print) -> list[Result]:
+    from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
+
+    spools = workdir / "inference-spools"
+    spools.mkdir(parents=True, exist_ok=True)
+    with GatewayHarness(loop, workdir / "inference") as cloud, Children() as children:
+        _publish(cloud.registry)
+        openpi = OpenPiServer(cloud.gateway.inference, cloud.registry, OpenPiConfig(default_policy=SMALL))
+        port = loop.call(openpi.start())
+        try:
+            results = _one_client(children, cloud, f"ws://127.0.0.1:{port}/{SMALL}", spools, requests, say)
+            results += _eight_clients(children, cloud, spools, seconds, say)
+        finally:
+            loop.call(openpi.stop())
+    return results

@@ -1,0 +1,236 @@
+// The fleetloop dashboard: one websocket to the cloud carries the live fleet, the learning curves, the episode
+// browser and the operator's commands. Everything a device or the store says is put in the page as text (never as
+// HTML): robot names and tasks come from devices.
+"use strict";
+
+const ACTIONS = [
+  ["pause", "Pause"], ["resume", "Resume"], ["drain", "Drain"], ["stop", "Stop"],
+  ["estop", "E-stop"], ["release", "Release"],
+];
+const CONFIRM = { stop: "takes its task away", estop: "stops it at once (latched until released)" };
+const SVG = "http://www.w3.org/2000/svg";
+let socket = null;
+let retry = true;  // false once the cloud refused the credential: signing in again would be refused too
+let datasets = [];
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, text, attrs = {}) => {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = String(text);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+};
+const svg = (tag, attrs) => {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+};
+const say = (text) => { $("message").textContent = text; };
+
+function signIn(operator, token) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/dashboard/ws`);
+  socket.onopen = () => socket.send(JSON.stringify({ type: "hello", operator, token }));
+  socket.onmessage = (event) => handle(JSON.parse(event.data), operator, token);
+  socket.onclose = (event) => {
+    $("status").textContent = `disconnected${event.reason ? ": " + event.reason : ""}`;
+    if (retry && !$("board").hidden) setTimeout(() => signIn(operator, token), 2000);
+  };
+}
+
+function handle(message, operator, token) {
+  if (message.type === "welcome") {
+    sessionStorage.setItem("fleetloop-operator", JSON.stringify({ operator, token }));
+    $("login").hidden = true;
+    $("board").hidden = false;
+    $("status").textContent = `signed in as ${message.operator}`;
+  } else if (message.type === "fleet") {
+    renderFleet(message.fleet);
+    renderCurves(message.curves);
+    renderDatasets(Object.keys(message.curves));
+  } else if (message.type === "episodes") {
+    renderEpisodes(message.dataset, message.episodes);
+  } else if (message.type === "episode") {
+    renderEpisode(message.episode);
+  } else if (message.type === "done") {
+    say(message.message);
+  } else if (message.type === "error") {
+    if (message.field.startsWith("hello.")) retry = false;
+    if ($("board").hidden) $("login-error").textContent = `${message.field}: ${message.message}`;
+    else say(`refused: ${message.field}: ${message.message}`);
+  }
+}
+
+function command(action, robot) {
+  let confirmed = false;
+  if (CONFIRM[action]) {
+    confirmed = window.confirm(`${action} ${robot}? This ${CONFIRM[action]}.`);
+    if (!confirmed) return;
+  }
+  socket.send(JSON.stringify({ type: "command", action, robot, confirmed }));
+}
+
+function renderFleet(rows) {
+  const body = $("fleet").querySelector("tbody");
+  body.replaceChildren();
+  for (const row of rows) {
+    const tr = el("tr", undefined, { "data-robot": row.id });
+    const name = el("td");
+    name.append(el("a", row.id, { href: row.takeover, title: "take over this robot" }));
+    const state = el("td");
+    state.append(el("span", row.state, { class: `state ${row.state}` }));
+    const backlog = row.backlog_steps ? `${row.backlog_steps} steps, ${row.backlog_oldest_s} s old` : "none";
+    const cells = [
+      name, state, el("td", row.task || "-"),
+      el("td", row.policy ? `${row.policy} v${row.version}` : "-"),
+      el("td", row.steps_per_s.toFixed(1)),
+      el("td", `${(100 * row.intervention_rate).toFixed(1)}%`),
+      el("td", backlog), el("td", row.canary || "-"),
+    ];
+    const actions = el("td");
+    const box = el("div", undefined, { class: "actions" });
+    for (const [action, label] of ACTIONS) {
+      const button = el("button", label, { "data-action": action, class: CONFIRM[action] ? "danger" : "" });
+      button.onclick = () => command(action, row.id);
+      box.append(button);
+    }
+    actions.append(box);
+    tr.append(...cells, actions);
+    body.append(tr);
+  }
+  if (!rows.length) body.append(el("tr")).append(el("td", "No robot is connected.", { colspan: 9 }));
+}
+
+function renderCurves(curves) {
+  const box = $("curves");
+  const names = Object.keys(curves).filter((name) => curves[name].length);
+  if (!names.length) return;
+  box.replaceChildren();
+  for (const name of names) {
+    const card = el("div", undefined, { class: "curve", "data-policy": name });
+    card.append(el("h3", name));
+    const key = el("p", undefined, { class: "legend" });
+    key.append(el("span", "\u25CF autonomous success", { style: "color:#1f8a4c" }), "   ",
+      el("span", "\u25CF share of steps a person drove", { style: "color:#d9822b" }));
+    card.append(key, chart(curves[name]));
+    const last = curves[name][curves[name].length - 1];
+    card.append(el("p", `v${last.version}: ${last.successes} of ${last.episodes} episodes succeeded alone ` +
+      `(${(100 * last.success).toFixed(0)}%, 95% interval ${(100 * last.success_low).toFixed(0)}-` +
+      `${(100 * last.success_high).toFixed(0)}%); a person drove ${(100 * last.intervention_rate).toFixed(1)}% ` +
+      "of its steps.", { class: "legend" }));
+    box.append(card);
+  }
+}
+
+function chart(points) {
+  const width = 480, height = 220, left = 40, right = 12, top = 12, bottom = 30;
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
+  const versions = points.map((p) => p.version);
+  const lo = Math.min(...versions), hi = Math.max(...versions);
+  const x = (v) => left + (hi === lo ? (width - left - right) / 2 : (v - lo) / (hi - lo) * (width - left - right));
+  const y = (r) => top + (1 - r) * (height - top - bottom);
+  for (const r of [0, 0.5, 1]) {
+    root.append(svg("line", { x1: left, x2: width - right, y1: y(r), y2: y(r), stroke: "#d9dee6" }));
+    const label = svg("text", { x: 4, y: y(r) + 4, "font-size": 11, fill: "#5d6675" });
+    label.textContent = `${100 * r}%`;
+    root.append(label);
+  }
+  for (const v of versions) {
+    const label = svg("text", { x: x(v) - 8, y: height - 10, "font-size": 11, fill: "#5d6675" });
+    label.textContent = `v${v}`;
+    root.append(label);
+  }
+  const series = [
+    ["success", "#1f8a4c"], ["intervention_rate", "#d9822b"],
+  ];
+  for (const [key, color] of series) {
+    const low = key === "success" ? "success_low" : "intervention_low";
+    const high = key === "success" ? "success_high" : "intervention_high";
+    const band = points.map((p) => `${x(p.version)},${y(p[high])}`)
+      .concat(points.slice().reverse().map((p) => `${x(p.version)},${y(p[low])}`));
+    root.append(svg("polygon", { points: band.join(" "), fill: color, "fill-opacity": 0.15 }));
+    root.append(svg("polyline", {
+      points: points.map((p) => `${x(p.version)},${y(p[key])}`).join(" "),
+      fill: "none", stroke: color, "stroke-width": 2.5, "data-series": key,
+    }));
+    for (const p of points) {
+      root.append(svg("circle", {
+        cx: x(p.version), cy: y(p[key]), r: 4, fill: color, "data-series": key, "data-version": p.version,
+        "data-value": p[key],
+      }));
+    }
+  }
+  return root;
+}
+
+function renderDatasets(names) {
+  if (names.join() === datasets.join()) return;
+  datasets = names;
+  const select = $("dataset");
+  select.replaceChildren(el("option", "choose a dataset", { value: "" }), ...names.map((n) => el("option", n, { value: n })));
+}
+
+function renderEpisodes(dataset, episodes) {
+  const body = $("episodes-list").querySelector("tbody");
+  body.replaceChildren();
+  for (const e of episodes) {
+    const tr = el("tr", undefined, { "data-episode": e.id });
+    tr.append(el("td", e.id), el("td", e.robot), el("td", `v${e.version}`), el("td", e.steps),
+      el("td", e.interventions), el("td", e.outcome));
+    tr.onclick = () => socket.send(JSON.stringify({ type: "episode", dataset, id: e.id }));
+    body.append(tr);
+  }
+}
+
+function renderEpisode(e) {
+  const box = $("episode");
+  box.replaceChildren(el("h3", `${e.id}: ${e.outcome}, ${e.steps} steps, ${e.interventions} driven by a person`));
+  for (const [camera, frames] of Object.entries(e.frames)) {
+    box.append(el("p", camera, { class: "legend" }));
+    const strip = el("div", undefined, { class: "frames" });
+    for (const frame of frames) strip.append(el("img", undefined, { src: frame, alt: camera }));
+    box.append(strip);
+  }
+  box.append(el("p", "actions (each dimension a line); shaded: a person drove", { class: "legend" }));
+  box.append(actionChart(e.actions, e.intervention));
+}
+
+function actionChart(actions, intervention) {
+  const width = 480, height = 160, pad = 8;
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
+  if (!actions.length) return root;
+  const flat = actions.flat();
+  const lo = Math.min(...flat), hi = Math.max(...flat);
+  const x = (i) => pad + (actions.length === 1 ? 0 : i / (actions.length - 1)) * (width - 2 * pad);
+  const y = (v) => pad + (hi === lo ? 0.5 : (hi - v) / (hi - lo)) * (height - 2 * pad);
+  intervention.forEach((driven, i) => {
+    if (driven) root.append(svg("rect", { x: x(i) - 1, y: 0, width: 3, height, fill: "#d9822b", "fill-opacity": 0.2 }));
+  });
+  const colors = ["#2f6fde", "#1f8a4c", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d"];
+  for (let d = 0; d < actions[0].length; d++) {
+    const points = actions.map((a, i) => `${x(i)},${y(a[d])}`).join(" ");
+    root.append(svg("polyline", { points, fill: "none", stroke: colors[d % colors.length], "stroke-width": 1.5 }));
+  }
+  return root;
+}
+
+$("login-form").onsubmit = (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  retry = true;
+  signIn($("operator").value.trim(), $("token").value.trim());
+};
+$("dataset").onchange = () => {
+  const dataset = $("dataset").value;
+  if (dataset) socket.send(JSON.stringify({ type: "episodes", dataset }));
+};
+const saved = sessionStorage.getItem("fleetloop-operator");
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get("operator") && fragment.get("token")) {
+  history.replaceState(null, "", location.pathname);  // the token leaves the address bar
+  signIn(fragment.get("operator"), fragment.get("token"));
+} else if (saved) {
+  const { operator, token } = JSON.parse(saved);
+  signIn(operator, token);
+}
+window.fleetloopDashboard = { ready: true };  // for tests: the page's handlers are in place

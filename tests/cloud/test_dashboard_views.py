@@ -1,0 +1,77 @@
+"""The dashboard's numbers: Wilson intervals, per-version curves from episode records, fleet rows and their rates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cloud.channels.dashboard_views import FleetRate, fleet_rows, mean_interval, version_curve, wilson
+from cloud.data.episodes import EpisodeRecord
+from cloud.gateway.fleet import Backlog, FleetMember, State
+from hal.resource import ArraySpec, Capabilities, ResourceInfo
+
+
+def test_wilson_interval_matches_its_formula_and_stays_inside_0_1() -> None:
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    low, high = wilson(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)  # nothing known yet
+
+
+def test_mean_interval_over_episodes() -> None:
+    mean, low, high = mean_interval([0.0, 0.5, 1.0])
+    assert mean == 0.5 and low == 0.0 and high == 1.0  # clipped
+    mean, low, high = mean_interval([0.1, 0.1, 0.1, 0.1])
+    assert (mean, low, high) == pytest.approx((0.1, 0.1, 0.1))
+    assert mean_interval([0.3]) == (0.3, 0.0, 1.0)  # one episode says nothing about the spread
+
+
+def record(
+    version: int, success: bool, driven: int, steps: int = 10, done: bool = True, label: str = ""
+) -> EpisodeRecord:
+    return EpisodeRecord(
+        "d", 0, f"e{version}-{success}-{driven}", "r1", "sim", "d", steps, driven, success, done, version, label=label
+    )
+
+
+def test_version_curve_counts_autonomous_successes_per_starting_version() -> None:
+    episodes = [
+        record(1, True, 0),
+        record(1, True, 5),  # succeeded with a person's help: not autonomous
+        record(1, False, 0),
+        record(2, True, 0),
+        record(2, True, 0),
+        record(2, True, 0, done=False),  # still running: not counted
+        record(2, False, 0, label="discarded"),  # re-recorded: not counted
+    ]
+    one, two = version_curve(episodes)
+    assert (one["version"], one["episodes"], one["successes"]) == (1, 3, 1)
+    assert one["success"] == pytest.approx(1 / 3, abs=1e-4)
+    assert (one["success_low"], one["success_high"]) == pytest.approx(wilson(1, 3), abs=1e-4)
+    assert one["intervention_rate"] == pytest.approx(0.5 / 3, abs=1e-4)
+    assert (two["episodes"], two["successes"], two["success"], two["intervention_rate"]) == (2, 2, 1.0, 0.0)
+
+
+def member(robot: str, steps: int, interventions: int) -> FleetMember:
+    caps = Capabilities(
+        observation=(ArraySpec("state", "float32", (3,)),),
+        action=ArraySpec("action", "float32", (2,)),
+        control_hz=10,
+        embodiment="d",
+    )
+    resource = ResourceInfo(id=robot, kind="robot", capabilities=caps, source="sim")
+    return FleetMember(resource, State.RUNNING, "t", 0.0, 4, steps, interventions, backlog=Backlog(12, 3000, 1.5))
+
+
+def test_fleet_rows_rate_from_the_previous_snapshot_and_only_visible_robots() -> None:
+    rates: dict[str, FleetRate] = {}
+    members = [member("a", 100, 10), member("b", 50, 0)]
+    first = fleet_rows(members, {}, 10.0, rates, visible=lambda robot: robot == "a")
+    assert [row["id"] for row in first] == ["a"] and first[0]["steps_per_s"] == 0.0
+    members[0].steps = 130
+    (row,) = fleet_rows(members, {}, 12.0, rates, visible=lambda robot: robot == "a", canary=lambda _r: "canary")
+    assert row["steps_per_s"] == 15.0 and row["intervention_rate"] == pytest.approx(10 / 130, abs=1e-3)
+    assert (row["state"], row["version"], row["backlog_steps"], row["canary"]) == ("running", 4, 12, "canary")
+    assert row["takeover"] == "/takeover/a" and not row["connected"] and math.isclose(row["seen_s_ago"], 12.0)
