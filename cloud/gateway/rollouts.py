@@ -104,6 +104,16 @@ class Rollouts:
             self._described[key] = found
         return self._described[key]
 
+    def role(self, robot_id: str) -> str:
+        """A robot's part in a rollout now, for the dashboard: "canary", "incumbent" (its policy has a canary
+        running on other robots) or ""."""
+        session = self.sessions.get(robot_id)
+        rollouts = self._policies.get(session.policy_name) if self.config.canary and session is not None else None
+        active = rollouts.active if rollouts is not None else None
+        if active is None:
+            return ""
+        return "canary" if robot_id in active.canary_robots else "incumbent"
+
     def canary_members(self) -> dict[str, tuple[str, int]]:
         """The robots running a canary now, each with its policy and the version it tries (for the fleet views)."""
         active = [(name, r.active) for name, r in self._policies.items() if r.active is not None]

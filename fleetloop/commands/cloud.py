@@ -83,7 +83,7 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
     store_at = args.root.store_at
 
     def channel(gateway):
-        routes = (TakeoverPages(gateway), DashboardPages(gateway, StoreUnion(store_at)))
+        routes = (TakeoverPages(gateway), DashboardPages(gateway, StoreUnion(store_at), canary=gateway.rollouts.role))
         return PhoneChannel(config, gateway, routes=routes)
 
     return (channel,)

@@ -91,6 +91,9 @@ def test_the_first_version_goes_to_every_robot_and_the_next_to_the_canary_share(
     record = rollouts.rollouts(POLICY).active
     assert record is not None and record.version == 2 and len(record.canary_robots) == 1
     assert rollouts.canary_members() == {record.canary_robots[0]: (POLICY, 2)}
+    roles = {rid: rollouts.role(rid) for rid in sessions}
+    assert sorted(roles.values()) == ["canary", "incumbent", "incumbent", "incumbent"]
+    assert roles[record.canary_robots[0]] == "canary" and rollouts.role("nobody") == ""
 
 
 def test_a_worse_canary_is_rolled_back_down_the_tunnel_and_never_offered_again(tmp_path) -> None:
