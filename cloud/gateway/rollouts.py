@@ -182,7 +182,8 @@ class Rollouts:
         active = rollouts.active
         if active is None:
             return
-        canary, incumbent = await asyncio.to_thread(self._counts, name, active.version, active.incumbent)
+        names = {s.resource.capabilities.embodiment for s in self._robots(name)} | {name}  # on the loop: sessions
+        canary, incumbent = await asyncio.to_thread(self._counts, names, active.version, active.incumbent)
         verdict = judge(canary, incumbent, self.config.canary_episodes, self.config.max_canary_episodes)
         if verdict.decision == "wait":
             if asdict(canary) != active.canary_counts or asdict(incumbent) != active.incumbent_counts:
@@ -192,10 +193,9 @@ class Rollouts:
         self._note(active, canary, incumbent, verdict)
         self.decide(name, active.version, verdict.decision, "rule", verdict.reason)
 
-    def _counts(self, name: str, version: int, incumbent: int) -> tuple[ArmCounts, ArmCounts]:
-        """Both arms' counts from the store: the datasets of the robots that run ``name`` (and ``name``'s own)."""
+    def _counts(self, names: set[str], version: int, incumbent: int) -> tuple[ArmCounts, ArmCounts]:
+        """Both arms' counts from the store's datasets ``names`` (those of the robots on the policy, and its own)."""
         datasets = set(self.store.datasets())
-        names = {s.resource.capabilities.embodiment for s in self._robots(name)} | {name}
         episodes = [e for d in sorted(names & datasets) for e in self.store.episodes(d)]
         return arm_counts(episodes, version), arm_counts(episodes, incumbent)
 
