@@ -32,7 +32,7 @@ from edge.outcome_worker import OutcomeWorker
 from edge.recorder import Step, StepRecorder
 from edge.remote_operator import CloudLinked
 from edge.remote_runtime import RemotePolicyRuntime
-from edge.runtime import PolicyRuntime
+from edge.runtime import PolicyRuntime, RollsBack
 from edge.scene import SceneWait
 from edge.spool import Spool
 from edge.tunnel_client import TunnelClient, TunnelConfig
@@ -158,6 +158,7 @@ class EdgeAgent:
             on_outcome=outcome.load if outcome is not None else None,
             outcome_version=lambda: outcome.version if outcome is not None else 0,
             on_store_codecs=codecs.welcomed,
+            on_rollback=self.runtime.roll_back_to if isinstance(self.runtime, RollsBack) else None,
         )
         if linked is not None:
             linked.attach(self.tunnel.send, lambda: self.runtime.version)

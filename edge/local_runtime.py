@@ -54,6 +54,7 @@ class LocalPolicyRuntime(PolicyRuntime):
         self._previous: LoadedPolicy | None = None  # what to roll back to when a new version misbehaves
         self._misbehaved: int | None = None  # a version whose outputs were not finite
         self.bad_versions: set[int] = set()
+        self._rollback_to = 0  # an older version the cloud rolled this edge back to (``roll_back_to``)
         self.rollbacks = 0
         self._active: LoadedPolicy | None = None
         self._ready: LoadedPolicy | None = None  # loaded, waiting for the next tick boundary
@@ -124,11 +125,9 @@ class LocalPolicyRuntime(PolicyRuntime):
             self._roll_back(active)
             return True
         ready = self._ready
-        if (
-            ready is None
-            or (self._active and ready.version <= self._active.version)
-            or ready.version in self.bad_versions
-        ):
+        if ready is None or ready.version in self.bad_versions:
+            return False
+        if self._active and ready.version <= self._active.version and not self._rolls_back(ready):
             return False
         self._ready = None
         self._previous = self._active
@@ -139,6 +138,19 @@ class LocalPolicyRuntime(PolicyRuntime):
         if self._on_swapped:
             self._on_swapped(ready.name, ready.version)
         return True
+
+    def roll_back_to(self, name: str, bad: int, to: int) -> None:
+        """The cloud rolled ``bad`` back (a canary that did worse, or an operator's decision): it is never swapped in
+        again, and ``to`` may replace it although it is older. Only the authenticated tunnel says so, and ``to``'s
+        weights still pass the learner's signature before they reach ``load``."""
+        self.bad_versions.add(bad)
+        self._rollback_to = to
+        log.warning("the cloud rolled back policy %s v%d; going back to v%d when it arrives", name, bad, to)
+
+    def _rolls_back(self, ready: LoadedPolicy) -> bool:
+        """Whether ``ready`` is the older version the cloud rolled back to, replacing a version it rolled back."""
+        active = self._active
+        return active is not None and ready.version == self._rollback_to and active.version in self.bad_versions
 
     def _roll_back(self, bad: LoadedPolicy) -> None:
         """Back to the version before ``bad`` (or to none): its steps are labelled with that older version."""

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,3 +45,12 @@ class PolicyRuntime(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RollsBack(Protocol):
+    """A runtime that holds weights on the edge, which the cloud may roll back (a canary version that did worse)."""
+
+    def roll_back_to(self, name: str, bad: int, to: int) -> None:
+        """From the tunnel thread: ``bad`` is never swapped in again, and ``to`` (older) may replace it."""
+        ...

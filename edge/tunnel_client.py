@@ -121,6 +121,7 @@ class TunnelClient:
         on_outcome: Callable[[str, int, bytes], None] | None = None,
         outcome_version: Callable[[], int] = lambda: 0,
         on_store_codecs: Callable[[dict[str, str]], None] | None = None,
+        on_rollback: Callable[[str, int, int], None] | None = None,
     ) -> None:
         """``on_store_codecs``: told, at each Welcome, how the store keeps each camera column (column -> codec)."""
         self.config = config
@@ -137,6 +138,7 @@ class TunnelClient:
         self.on_outcome = on_outcome
         self.outcome_version = outcome_version
         self.on_store_codecs = on_store_codecs
+        self.on_rollback = on_rollback  # (name, bad, to): the cloud rolled a version back (``PolicyRollback``)
         self.silence_timeout_s = max(config.silence_timeout_s, 3 * config.heartbeat_s)
         self.connected = threading.Event()
         self.last_heard = 0.0  # monotonic time of the last message from the cloud (heartbeat replies included)
@@ -314,6 +316,8 @@ class TunnelClient:
                         self._wake.set()
                     elif kind == "policy":
                         self._receive_policy_chunk(message.policy)
+                    elif kind == "rollback":
+                        self._rolled_back(message.rollback)
                     elif kind == "actions":
                         if self.on_actions:
                             self.on_actions(message.actions)
@@ -401,6 +405,16 @@ class TunnelClient:
             if not batches:
                 self._wake.wait(0.5)
                 self._wake.clear()
+
+    def _rolled_back(self, rollback: pb.PolicyRollback) -> None:
+        """The cloud rolled back a version of this edge's policy: its runtime may take the older one next."""
+        name, bad, to = rollback.policy_name, rollback.version, rollback.to_version
+        if name != self.policy_name or not 0 < to < bad or self.on_rollback is None:
+            log.error("ignoring a rollback of %s v%d to v%d: not this edge's policy, or not to an older version",
+                      printable(name), bad, to)  # fmt: skip
+            return
+        log.warning("the cloud rolled back %s v%d (%s)", name, bad, printable(rollback.reason))
+        self.on_rollback(name, bad, to)
 
     def _receive_policy_chunk(self, chunk: pb.PolicyChunk) -> None:
         # Checksum and buffer as pieces arrive, so a large version is ready as soon as its last piece is in.

@@ -44,12 +44,17 @@ def command(
     ca: str | None = None,
     token: str = "",
 ) -> pb.FleetCommandReply:
+    request = pb.FleetCommand(resource_id=resource_id, action=action, reason=reason)
     with open_channel(target, ca) as channel:
-        return pb_grpc.FleetControlStub(channel).Command(
-            pb.FleetCommand(resource_id=resource_id, action=action, reason=reason),
-            timeout=timeout_s,
-            metadata=bearer(token),
-        )
+        return pb_grpc.FleetControlStub(channel).Command(request, timeout=timeout_s, metadata=bearer(token))
+
+
+def rollout(
+    target: str, request: pb.RolloutCommand, timeout_s: float = 10.0, ca: str | None = None, token: str = ""
+) -> pb.FleetCommandReply:
+    """An operator's decision on a canary rollout (``request.action``: "promote" or "rollback")."""
+    with open_channel(target, ca) as channel:
+        return pb_grpc.FleetControlStub(channel).Rollout(request, timeout=timeout_s, metadata=bearer(token))
 
 
 def render(status: pb.FleetStatus, target: str) -> Table:
@@ -70,7 +75,7 @@ def render(status: pb.FleetStatus, target: str) -> Table:
             f"{member.resource.kind} ({caps.embodiment})",
             f"[{style}]{member.state}[/]",
             member.task or "-",
-            f"v{member.policy_version}",
+            f"v{member.policy_version}" + (f" (canary v{member.canary_version})" if member.canary_version else ""),
             f"{caps.control_hz:.0f}",
             str(member.steps),
             str(member.interventions),

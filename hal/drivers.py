@@ -34,18 +34,22 @@ DriverFactory = Callable[[str, int | None, float | None], BuiltDriver]
 
 
 def _sim_task(task: str) -> SimTask:
+    """A sim task by name: gym_hil's and gym-pusht's (``hal.sim``), or ``point_reach`` (``hal.reach_sim``, a task of
+    thousands of steps/s for tests of the loop)."""
+    from hal.reach_sim import point_reach_task
     from hal.sim import SIM_TASKS
 
+    if task == "point_reach":
+        return point_reach_task()
     if task not in SIM_TASKS:
-        raise ValueError(f"unknown sim task {task!r}; available: {', '.join(sorted(SIM_TASKS))}")
+        raise ValueError(f"unknown sim task {task!r}; available: {', '.join(sorted([*SIM_TASKS, 'point_reach']))}")
     return SIM_TASKS[task]
 
 
 def _sim(task: str, seed: int | None, control_hz: float | None) -> BuiltDriver:
     from hal.sim import SimRobot
 
-    _sim_task(task)
-    kwargs: dict = {"seed": seed}
+    kwargs: dict = {"seed": seed, "spec": _sim_task(task)}
     if control_hz:
         kwargs["control_hz"] = control_hz
     return BuiltDriver(SimRobot(task, **kwargs), "sim", task)

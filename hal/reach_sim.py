@@ -82,20 +82,24 @@ REACH_TASKS: dict[str, ReachTask] = {
 }
 
 
+def point_reach_task(reward: str = "dense") -> SimTask:
+    """The ``point_reach`` task as ``hal.sim.SimRobot`` builds it (``sim:point_reach`` on an edge)."""
+    task = REACH_TASKS["point_reach"]
+    return SimTask(
+        make_env=lambda: PointReachEnv(reward=reward),
+        observation=task.observation,
+        action=task.action,
+        cameras=(),
+        observe=lambda obs: obs,  # the env already gives the named arrays
+        success=lambda info: bool(info["is_success"]),
+    )
+
+
 class ReachRobot(SimRobot):
     """A Driver over ``PointReachEnv``: ``hal.sim.SimRobot`` over the ``point_reach`` task."""
 
     def __init__(self, seed: int | None = None, control_hz: float = 10.0, reward: str = "dense") -> None:
-        task = REACH_TASKS["point_reach"]
-        spec = SimTask(
-            make_env=lambda: PointReachEnv(reward=reward),
-            observation=task.observation,
-            action=task.action,
-            cameras=(),
-            observe=lambda obs: obs,  # the env already gives the named arrays
-            success=lambda info: bool(info["is_success"]),
-        )
-        super().__init__("point_reach", seed=seed, control_hz=control_hz, spec=spec)
+        super().__init__("point_reach", seed=seed, control_hz=control_hz, spec=point_reach_task(reward))
 
 
 class ReachExpert:

@@ -410,7 +410,7 @@ class EdgeMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., steps: _Optional[_Union[StepBatch, _Mapping]] = ..., applied: _Optional[_Union[PolicyApplied, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., rejected: _Optional[_Union[PolicyRejected, _Mapping]] = ..., infer: _Optional[_Union[InferenceRequest, _Mapping]] = ..., live_view: _Optional[_Union[LiveView, _Mapping]] = ..., person_refused: _Optional[_Union[PersonRefused, _Mapping]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop", "actions", "person", "watch")
+    __slots__ = ("welcome", "ack", "policy", "assignment", "heartbeat", "error", "emergency_stop", "actions", "person", "watch", "rollback")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +421,7 @@ class CloudMessage(_message.Message):
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     PERSON_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     policy: PolicyChunk
@@ -431,10 +432,23 @@ class CloudMessage(_message.Message):
     actions: InferenceReply
     person: PersonCommand
     watch: WatchRequest
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ..., person: _Optional[_Union[PersonCommand, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ...) -> None: ...
+    rollback: PolicyRollback
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., policy: _Optional[_Union[PolicyChunk, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., emergency_stop: _Optional[_Union[EmergencyStop, _Mapping]] = ..., actions: _Optional[_Union[InferenceReply, _Mapping]] = ..., person: _Optional[_Union[PersonCommand, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ..., rollback: _Optional[_Union[PolicyRollback, _Mapping]] = ...) -> None: ...
+
+class PolicyRollback(_message.Message):
+    __slots__ = ("policy_name", "version", "to_version", "reason")
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    policy_name: str
+    version: int
+    to_version: int
+    reason: str
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., to_version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class FleetMember(_message.Message):
-    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused", "backlog_steps", "backlog_bytes", "backlog_oldest_s")
+    __slots__ = ("resource", "state", "task", "policy_version", "steps", "interventions", "seconds_since_seen", "refused", "backlog_steps", "backlog_bytes", "backlog_oldest_s", "canary_version")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -446,6 +460,7 @@ class FleetMember(_message.Message):
     BACKLOG_STEPS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_OLDEST_S_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     state: str
     task: str
@@ -457,7 +472,8 @@ class FleetMember(_message.Message):
     backlog_steps: int
     backlog_bytes: int
     backlog_oldest_s: float
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ..., backlog_steps: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., backlog_oldest_s: _Optional[float] = ...) -> None: ...
+    canary_version: int
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., steps: _Optional[int] = ..., interventions: _Optional[int] = ..., seconds_since_seen: _Optional[float] = ..., refused: _Optional[str] = ..., backlog_steps: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., backlog_oldest_s: _Optional[float] = ..., canary_version: _Optional[int] = ...) -> None: ...
 
 class FleetStatusRequest(_message.Message):
     __slots__ = ()
@@ -486,3 +502,15 @@ class FleetCommandReply(_message.Message):
     ok: bool
     message: str
     def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RolloutCommand(_message.Message):
+    __slots__ = ("policy_name", "version", "action", "reason")
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    policy_name: str
+    version: int
+    action: str
+    reason: str
+    def __init__(self, policy_name: _Optional[str] = ..., version: _Optional[int] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

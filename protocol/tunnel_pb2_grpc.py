@@ -44,6 +44,11 @@ class FleetControlStub:
                 request_serializer=protocol_dot_tunnel__pb2.FleetCommand.SerializeToString,
                 response_deserializer=protocol_dot_tunnel__pb2.FleetCommandReply.FromString,
                 _registered_method=True)
+        self.Rollout = channel.unary_unary(
+                '/fleetloop.v1.FleetControl/Rollout',
+                request_serializer=protocol_dot_tunnel__pb2.RolloutCommand.SerializeToString,
+                response_deserializer=protocol_dot_tunnel__pb2.FleetCommandReply.FromString,
+                _registered_method=True)
 
 
 class FleetControlServicer:
@@ -61,6 +66,12 @@ class FleetControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -72,6 +83,11 @@ def add_FleetControlServicer_to_server(servicer, server):
             'Command': grpc.unary_unary_rpc_method_handler(
                     servicer.Command,
                     request_deserializer=protocol_dot_tunnel__pb2.FleetCommand.FromString,
+                    response_serializer=protocol_dot_tunnel__pb2.FleetCommandReply.SerializeToString,
+            ),
+            'Rollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=protocol_dot_tunnel__pb2.RolloutCommand.FromString,
                     response_serializer=protocol_dot_tunnel__pb2.FleetCommandReply.SerializeToString,
             ),
     }
@@ -128,6 +144,33 @@ class FleetControl:
             target,
             '/fleetloop.v1.FleetControl/Command',
             protocol_dot_tunnel__pb2.FleetCommand.SerializeToString,
+            protocol_dot_tunnel__pb2.FleetCommandReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetloop.v1.FleetControl/Rollout',
+            protocol_dot_tunnel__pb2.RolloutCommand.SerializeToString,
             protocol_dot_tunnel__pb2.FleetCommandReply.FromString,
             options,
             channel_credentials,

@@ -69,6 +69,12 @@ class SharedPartition:
         theirs = {name for store in list(self.others.stores.values()) for name in store.datasets()}
         return sorted(set(self.own.datasets()) | theirs)
 
+    def episodes(self, dataset: str) -> list[EpisodeRecord]:
+        """The episodes of ``dataset`` in every partition, this gateway's first (the others' as last refreshed); an
+        episode continued on another gateway appears once per partition that holds a part of it."""
+        stores = [self.own, *list(self.others.stores.values())]
+        return [e for store in stores if dataset in store.datasets() for e in store.episodes(dataset)]
+
     def schema(self, dataset: str) -> dict[str, ColumnSpec]:
         if dataset in self.own.datasets():
             return self.own.schema(dataset)

@@ -264,6 +264,19 @@ class PolicyRegistry:
             self._blobs.put(f"{directory}/latest.json", json.dumps(asdict(signed)).encode(), sync_folder=False)
         return True
 
+    def policies(self) -> list[str]:
+        """The names of the policies this registry holds a published version of."""
+        names = [name for name in self._blobs.children("") if POLICY_NAME.fullmatch(name)]
+        return [name for name in names if self._blobs.get(f"{name}/latest.json") is not None]
+
+    def read_note(self, policy_name: str, file: str) -> bytes | None:
+        """A small file kept beside a policy's versions (e.g. its rollout records); None when there is none."""
+        return self._blobs.get(f"{self._dir(policy_name)}/{file}")
+
+    def write_note(self, policy_name: str, file: str, data: bytes) -> None:
+        """Writes such a file whole (renamed into place, fsynced): a reader sees the old one or the new one."""
+        self._blobs.put(f"{self._dir(policy_name)}/{file}", data, sync_folder=False)
+
     def versions(self, policy_name: str) -> list[int]:
         names = self._blobs.children(self._dir(policy_name))
         return sorted(int(n[1:-12]) for n in names if n.startswith("v") and n.endswith(".safetensors"))

@@ -79,6 +79,12 @@ class GatewayConfig(CodeConfig):
     # none: the device records' tasks (cloud.gateway.tasks.record_tasks) when credentials are checked, else (open
     # loopback mode) one task per policy a robot asks for
     tasks: Items[InstanceOf[Task]] = ()
+    # Canary rollouts (cloud/gateway/rollouts.py): 0 is off (every robot gets each new version at once); below 1 the
+    # share of a policy's robots that try a new version first, 1 or more a number of robots.
+    canary: Annotated[float, Field(ge=0)] = 0.0
+    canary_episodes: AtLeastOne = 10  # finished episodes each arm needs before the rule decides
+    canary_max_episodes: AtLeastOne | None = None  # canary episodes with no clear answer before it is rolled back
+    canary_check_s: Positive = 1.0  # how often the rollouts in progress are judged
     # ---- bounds on what one device can make the gateway do (README "Bounds"): each refusal names its limit ----
     max_decoded_bytes: AtLeastOne = MAX_DECODED_BYTES  # what one message's arrays decode to, all together
     max_hello_bytes: AtLeastOne = MAX_HELLO_BYTES  # a stream's first message, refused unparsed past this
@@ -104,6 +110,28 @@ class GatewayConfig(CodeConfig):
                 "max_uncompacted_bytes",
             )
         return self
+
+    @model_validator(mode="after")
+    def _canary_share_or_count(self) -> GatewayConfig:
+        if self.canary >= 1 and not float(self.canary).is_integer():
+            raise invalid(f"a share below 1 (0.25) or a whole number of robots (2), got {self.canary}", "canary")
+        if self.canary_max_episodes is not None and self.canary_max_episodes < self.canary_episodes:
+            raise invalid(
+                f"{self.canary_max_episodes} is fewer than canary_episodes ({self.canary_episodes})",
+                "canary_max_episodes",
+            )
+        return self
+
+    @property
+    def max_canary_episodes(self) -> int:
+        """The canary episodes after which a rollout with no clear answer is rolled back (default 4 x the least)."""
+        return self.canary_max_episodes or 4 * self.canary_episodes
+
+    def canary_robots(self, robots: int) -> int:
+        """How many of a policy's ``robots`` run a new version first: at least one, and one fewer than all when
+        there are two or more (a canary of the whole fleet compares it only with the incumbent's past episodes)."""
+        wanted = int(self.canary) if self.canary >= 1 else int(self.canary * robots)
+        return max(1, min(wanted, robots - 1))
 
     @property
     def max_message_bytes(self) -> int:

@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 
 import grpc
 
+from cloud.data.version_registry import check_policy_name
 from cloud.gateway.fleet import FleetScheduler
+from cloud.gateway.rollouts import Rollouts
 from cloud.gateway.sessions import Session, checks_credentials
 from cloud.security.devices import DeviceRegistry
 from protocol import tunnel_pb2 as pb
@@ -33,10 +35,17 @@ class FleetControl(pb_grpc.FleetControlServicer):
 
     ACTIONS = ACTIONS
 
-    def __init__(self, fleet: FleetScheduler, sessions: Mapping[str, Session], devices: DeviceRegistry | None) -> None:
+    def __init__(
+        self,
+        fleet: FleetScheduler,
+        sessions: Mapping[str, Session],
+        devices: DeviceRegistry | None,
+        rollouts: Rollouts | None = None,
+    ) -> None:
         self.fleet = fleet
         self.sessions = sessions  # the gateway's: it adds and removes them
         self.devices = devices
+        self.rollouts = rollouts  # None: canary rollouts are off
 
     async def _check_operator(self, context: grpc.aio.ServicerContext) -> None:
         """With device credentials on, only an operator device may look at or command the fleet."""
@@ -53,6 +62,7 @@ class FleetControl(pb_grpc.FleetControlServicer):
     async def Status(self, request: pb.FleetStatusRequest, context) -> pb.FleetStatus:  # noqa: N802
         await self._check_operator(context)
         now = self.fleet.clock()
+        canaries = self.rollouts.canary_members() if self.rollouts is not None else {}
         return pb.FleetStatus(
             members=[
                 pb.FleetMember(
@@ -67,6 +77,7 @@ class FleetControl(pb_grpc.FleetControlServicer):
                     backlog_steps=m.backlog.steps,
                     backlog_bytes=m.backlog.bytes,
                     backlog_oldest_s=m.backlog.oldest_s,
+                    canary_version=canaries.get(m.resource.id, ("", 0))[1],
                 )
                 for m in sorted(self.fleet.members.values(), key=lambda m: m.resource.id)
             ]
@@ -98,6 +109,23 @@ class FleetControl(pb_grpc.FleetControlServicer):
         if session is not None and action in ("pause", "resume"):
             session.send_assignment(fleet.task_of(resource_id), paused=action == "pause")
         return True, f"{resource_id} is now {fleet.members[resource_id].state}"
+
+    async def Rollout(self, request: pb.RolloutCommand, context) -> pb.FleetCommandReply:  # noqa: N802
+        """An operator promotes or rolls back a canary version (or rolls back the version every robot runs)."""
+        await self._check_operator(context)
+        if self.rollouts is None:
+            return pb.FleetCommandReply(
+                ok=False,
+                message="canary rollouts are off: start the cloud with --canary, or republish an older "
+                "version with `fleetloop policy rollback`",
+            )
+        try:
+            name = check_policy_name(request.policy_name)
+            reason = printable(request.reason or "no reason given")
+            message = self.rollouts.decide(name, int(request.version), request.action, "operator", reason)
+        except ValueError as err:
+            return pb.FleetCommandReply(ok=False, message=printable(str(err)))
+        return pb.FleetCommandReply(ok=True, message=message)
 
     @staticmethod
     def _emergency_stop(action: str, resource_id: str, session: Session | None, reason: str) -> tuple[bool, str]:

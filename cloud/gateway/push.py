@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion, Publishing
 from cloud.gateway.config import GatewayConfig
@@ -50,14 +51,28 @@ class Pieces:
         return isinstance(self.pieces, SnapshotStream) and self.pieces.error is not None
 
 
+class VersionChooser(Protocol):
+    """Which version of a policy a robot gets when ``latest`` is the newest published (canary rollouts:
+    ``cloud.gateway.rollouts``); None: none for now."""
+
+    def version_for(self, session: Session, latest: PolicyVersion) -> PolicyVersion | None: ...
+
+
 class PolicyPusher:
     """Offers new versions to the ``sessions`` (shared with the gateway, which adds and removes them) and sends
-    each session the newest version it was offered."""
+    each session the newest version it was offered (or the one ``chooser`` picks for it)."""
 
-    def __init__(self, config: GatewayConfig, registry: PolicyRegistry, sessions: Mapping[str, Session]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: PolicyRegistry,
+        sessions: Mapping[str, Session],
+        chooser: VersionChooser | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.sessions = sessions
+        self.chooser = chooser
         # Keyed by (policy, version) or (policy, version, base version); each is shared by all edges.
         self._weights: LruCache[tuple[str, int], bytes] = LruCache(1)  # the last version read
         self._wire_states: LruCache[tuple[str, int], WireState] = LruCache(3)  # a target and a base or two
@@ -72,7 +87,13 @@ class PolicyPusher:
         """Offers the session the newest published version of ``policy_name``, if there is one."""
         latest = self.registry.latest(policy_name)
         if latest is not None:
-            session.offer_version(latest)
+            self._offer_to(session, latest)
+
+    def _offer_to(self, session: Session, latest: PolicyVersion) -> None:
+        """The one place that chooses which version a robot is offered."""
+        chosen = latest if self.chooser is None else self.chooser.version_for(session, latest)
+        if chosen is not None:
+            session.offer_version(chosen)
 
     async def watch_registry(self) -> None:
         # The learner signs versions for bfloat16 only once a gateway says it sends that (a cast and a hash saved).
@@ -120,7 +141,7 @@ class PolicyPusher:
         name = version.policy_name
         targets = [s for s in self.sessions.values() if name in s.receives() and s.may_run(name)]
         for session in targets:
-            session.offer_version(version)
+            self._offer_to(session, version)
         return targets
 
     async def _announce(self, latest: PolicyVersion, publishing: Publishing | None = None) -> None:

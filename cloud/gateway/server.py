@@ -32,6 +32,7 @@ from cloud.gateway.malloc import reuse_large_buffers
 from cloud.gateway.person_relay import PersonRelay
 from cloud.gateway.push import PolicyPusher
 from cloud.gateway.remote_inference import infer
+from cloud.gateway.rollouts import Rollouts
 from cloud.gateway.sessions import Admission, Session, admit, checks_credentials
 from cloud.gateway.tasks import record_tasks
 from cloud.security.devices import AuthError
@@ -82,7 +83,10 @@ class Gateway(pb_grpc.TunnelServicer):
             config.max_uncompacted_bytes,
             IngestLog(config.ingest_log, durable=True) if config.ingest_log is not None else None,
         )
-        self.pusher = PolicyPusher(config, registry, self.sessions)
+        # Which version each robot gets: with --canary, a new one goes to a share first; without, the newest, unless a
+        # canary rolled it back while they were on.
+        self.rollouts = Rollouts(config, registry, store, self.sessions)
+        self.pusher = PolicyPusher(config, registry, self.sessions, chooser=self.rollouts)
         self.persons = PersonRelay(self.sessions)  # the takeover pages' people and the robots they watch
         # Closes a revoked device's tunnel (and, shared with the takeover pages, an operator's page) within 0.1 s.
         self.credentials = CredentialWatch(config.devices) if config.devices is not None else None
@@ -98,7 +102,8 @@ class Gateway(pb_grpc.TunnelServicer):
         await self.writer.replay()  # before any hello: where logged episodes continue
         self._server = grpc.aio.server(options=self.config.grpc_options(), interceptors=(InternalErrors(),))
         self._add_tunnel(self._server)
-        control = FleetControl(self.fleet, self.sessions, self.config.devices)
+        canary = self.rollouts if self.config.canary else None
+        control = FleetControl(self.fleet, self.sessions, self.config.devices, canary)
         pb_grpc.add_FleetControlServicer_to_server(control, self._server)
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls_cert and self.config.tls_key:
@@ -109,9 +114,8 @@ class Gateway(pb_grpc.TunnelServicer):
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         await self._server.start()
-        self._tasks = [
-            asyncio.create_task(coro) for coro in (self.writer.run(), self.pusher.watch_registry(), self._watch_fleet())
-        ]
+        jobs = [self.writer.run(), self.pusher.watch_registry(), self._watch_fleet()]
+        self._tasks = [asyncio.create_task(coro) for coro in jobs + ([self.rollouts.watch()] if canary else [])]
         log.info(
             "gateway listening on %s:%d (%s, %s)",
             self.config.host,

@@ -141,6 +141,23 @@ class Session:
             held.offer = version
             self.offered.set()
 
+    def roll_back(self, bad: int, to: PolicyVersion, reason: str) -> bool:
+        """Version ``bad`` of ``to``'s policy was rolled back: never offered again, and an edge that was sent it is
+        told so over its tunnel (``PolicyRollback``) and sent ``to`` again, which it then applies although it is
+        older. False when it was never sent ``bad`` (an offer not yet sent is withdrawn)."""
+        name = to.policy_name
+        held = self.subscription(name)
+        held.keep_off(name, bad, reason)
+        if held.offer is not None and held.offer.version >= bad:
+            held.offer = None
+        if max(held.sent_version, held.applied_version) < bad:
+            return False
+        rollback = pb.PolicyRollback(policy_name=name, version=bad, to_version=to.version, reason=reason[:1000])
+        self.send(pb.CloudMessage(rollback=rollback))
+        held.sent_version, held.offer = 0, to  # sent as a full snapshot: a delta runs forwards only
+        self.offered.set()
+        return True
+
 
 def check_resource(resource: pb.Resource) -> ResourceInfo:
     """A hello's resource, within protocol/limits.py's bounds; errors name the field."""

@@ -83,7 +83,7 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
     store_at = args.root.store_at
 
     def channel(gateway):
-        routes = (TakeoverPages(gateway), DashboardPages(gateway, StoreUnion(store_at)))
+        routes = (TakeoverPages(gateway), DashboardPages(gateway, StoreUnion(store_at), canary=gateway.rollouts.role))
         return PhoneChannel(config, gateway, routes=routes)
 
     return (channel,)
@@ -122,6 +122,9 @@ def _gateway_and_services(
             tls_cert=tls_cert,
             tls_key=tls_key,
             ingest_log=args.root.ingest_log_at(args.gateway_id),
+            canary=args.canary,
+            canary_episodes=args.canary_episodes,
+            canary_max_episodes=args.canary_max_episodes,
         )
         return config, _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
     except ConfigError as err:
@@ -236,6 +239,25 @@ def _image_size(text: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _add_canary_args(cloud: argparse.ArgumentParser) -> None:
+    cloud.add_argument(
+        "--canary",
+        type=float,
+        default=0.0,
+        help="a new version goes first to this share of a policy's robots (0.25) or this many (2), and is promoted or "
+        "rolled back by how it does against the version it would replace (default 0: every robot at once)",
+    )
+    cloud.add_argument(
+        "--canary-episodes", type=int, default=10, help="finished episodes each side needs before a canary is judged"
+    )
+    cloud.add_argument(
+        "--canary-max-episodes",
+        type=int,
+        default=None,
+        help="canary episodes after which a version not shown as good is rolled back (default 4 x --canary-episodes)",
+    )
+
+
 def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
     cloud.add_argument(
         "--phone-port",
@@ -298,6 +320,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cloud.add_argument("--tls", action="store_true", help="serve TLS with the certificates of `fleetloop certs init`")
     cloud.add_argument("--certs", default=None, help="certificate folder (default <root>/certs)")
+    _add_canary_args(cloud)
     _add_channel_args(cloud)
     add_learner_args(cloud)
     cloud.set_defaults(func=cmd_cloud)

@@ -57,6 +57,10 @@ COVERED: dict[str, str] = {
     "fleetloop edge --robot sim:pusht --id cart-1 --remote-policy": "policies",
     "fleetloop edge --robot sim:pusht --id cart-1 --preload lerobot": "policies",
     "fleetloop cloud --wire-dtype bfloat16": "policies",
+    "fleetloop cloud --canary 0.25 --canary-episodes 10": "not run here: tests/e2e/test_canary.py runs a cloud with "
+    "--canary 0.25 over four robots, a worse version rolled back and a better one promoted",
+    "fleetloop fleet promote panda_pick_cube 7": "not run here: tests/e2e/test_canary.py promotes a canary by hand",
+    "fleetloop fleet rollback panda_pick_cube 7": "not run here: tests/e2e/test_canary.py rolls back a canary by hand",
     "fleetloop edge --robot sim:pusht --id cart-1 --uplink-codec auto": "not run here: tests/e2e/test_uplink_codec.py "
     "runs a pusht edge's cameras up raw and as H.264 into a cloud whose store keeps them as H.264",
     "fleetloop edge --robot sim:pusht --id cart-1 --uplink-codec jpeg": "not run here: JPEG frames into a real gateway "

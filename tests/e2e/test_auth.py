@@ -12,7 +12,7 @@ import pytest
 
 from cloud.data.store import EpisodeStore
 from cloud.security.devices import DeviceRegistry
-from fleetloop.fleet_view import command, fetch
+from fleetloop.fleet_view import command, fetch, rollout
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
@@ -183,8 +183,14 @@ def test_fleet_control_needs_an_operator_credential(secured) -> None:
         assert err.value.details().startswith("authorization:")
         with pytest.raises(grpc.RpcError):
             command(fleet.target, "robot-1", "estop", token=token)
+        with pytest.raises(grpc.RpcError) as err:
+            rollout(fleet.target, pb.RolloutCommand(policy_name="pick", version=2, action="rollback"), token=token)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert list(fetch(fleet.target, token=tokens["alice"]).members) == []
     assert not command(fleet.target, "nobody", "pause", token=tokens["alice"]).ok
+    promote = pb.RolloutCommand(policy_name="pick", version=2, action="promote")
+    refused = rollout(fleet.target, promote, token=tokens["alice"])  # heard, but canary rollouts are off
+    assert not refused.ok and "start the cloud with --canary" in refused.message
 
 
 def test_tls_tunnel_and_fleet_view(tmp_path, fleet: Fleet) -> None:

@@ -65,6 +65,28 @@ def test_older_or_broken_versions_are_not_swapped_in() -> None:
     runtime.close()
 
 
+def offer(runtime: LocalPolicyRuntime, version: int, bias: float) -> bool:
+    """Loads a version and tries to swap it in at the next tick; True when it was."""
+    runtime.load("p", version, weights(bias))
+    wait_loaded(runtime)
+    return runtime.begin_tick()
+
+
+def test_an_older_version_replaces_one_only_when_the_cloud_rolled_that_one_back() -> None:
+    runtime = LocalPolicyRuntime()
+    assert offer(runtime, 1, 0.1) and offer(runtime, 2, 0.9)
+    runtime.roll_back_to("p", 3, 1)  # a rollback of a version it does not run moves nothing
+    assert not offer(runtime, 1, 0.1) and runtime.version == 2
+    runtime.roll_back_to("p", 2, 1)  # PolicyRollback: v2 rolled back, v1's weights follow
+    assert offer(runtime, 1, 0.1) and runtime.version == 1
+    action, version = runtime.next_action(OBS, deadline=time.monotonic() + 1)
+    assert version == 1 and np.allclose(action, 0.1)
+    runtime.load("p", 2, weights(0.9))  # the rolled back version is never swapped in again
+    time.sleep(0.3)
+    assert not runtime.begin_tick() and runtime.version == 1
+    runtime.close()
+
+
 def test_slow_inference_misses_the_deadline_without_blocking() -> None:
     runtime = LocalPolicyRuntime()
     runtime.load("p", 1, weights(0.0))

@@ -62,6 +62,13 @@ def test_ports_and_addresses_are_checked_at_start(argv: list[str], says: str) ->
         (["--phone-image", "4x4000"], "refusing to start: --phone-image: phone.image_height: should be greater than"),
         (["--lost-after", "0"], "refusing to start: --lost-after: gateway.lost_after_s: should be greater than 0"),
         (["--pairing-minutes", "0"], "refusing to start: --pairing-minutes: phone.pairing_ttl_s: should be greater"),
+        (["--canary", "1.5"], "refusing to start: --canary: gateway.canary: a share below 1 (0.25) or a whole number"),
+        (["--canary", "-0.2"], "refusing to start: --canary: gateway.canary: should be greater than or equal to 0"),
+        (["--canary-episodes", "0"], "refusing to start: --canary-episodes: gateway.canary_episodes: should be"),
+        (
+            ["--canary-episodes", "8", "--canary-max-episodes", "4"],
+            "refusing to start: --canary-max-episodes: gateway.canary_max_episodes: 4 is fewer than canary_episodes",
+        ),
     ],
 )
 def test_the_cloud_configs_check_their_flags_at_start(tmp_path, argv: list[str], says: str) -> None:
