@@ -1,6 +1,6 @@
 """The fleet dashboard, on the phone channel's HTTPS port: ``/dashboard`` is the page, its websocket
 (``/dashboard/ws``) carries the live fleet, the learning curves and the episode browser to it, and its operator's
-commands (pause, resume, drain, stop, e-stop, release) to the fleet.
+commands (pause, resume, drain, stop, e-stop, release; promote or roll back a canary version) to the fleet.
 
 Who may: an operator device, with its token in the page's hello (as on the takeover pages); one whose record lists
 policies sees and commands only the robots running one of them. Cross-site requests: the page keeps no cookie, so
@@ -27,6 +27,7 @@ from cloud.channels import dashboard_views as views
 from cloud.channels.operator_access import OperatorAccess
 from cloud.channels.phone_http import file_response
 from cloud.channels.phone_messages import PhoneError
+from cloud.data.rollout_records import rollout_states
 from cloud.data.store_union import StoreUnion
 from cloud.gateway.control import ACTIONS, FleetControl
 from cloud.gateway.server import Gateway
@@ -43,7 +44,7 @@ FILES = {  # URL path -> (file, content type)
     PREFIX + "/": ("index.html", "text/html; charset=utf-8"),
     PREFIX + "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
 }
-CONFIRMED = ("stop", "estop")  # commands that stop a robot: taken only with "confirmed": true
+CONFIRMED = ("stop", "estop", "rollback")  # commands that stop a robot or undo a version: only when confirmed
 MAX_MESSAGE_BYTES = 4096  # a page sends hellos, commands and requests, all small
 
 
@@ -71,6 +72,7 @@ class DashboardPages:
         self.hello_timeout_s = hello_timeout_s
         self.canary = canary  # robot -> its rollout role ("canary", "incumbent" or ""); canary rollouts fill it
         self._curves: tuple[float, dict[str, list[dict]]] = (-1e9, {})
+        self._rollouts: tuple[float, dict] = (-1e9, {})
 
     def handles(self, path: str) -> bool:
         path = path.split("?", 1)[0]
@@ -119,6 +121,17 @@ class DashboardPages:
         self.store.refresh()
         return views.curves(self.store, self.store.datasets())
 
+    def forget_rollouts(self) -> None:
+        self._rollouts = (-1e9, {})
+
+    async def rollouts(self) -> dict:
+        """Every policy's rollout records as the registry holds them; reread at most every ``curves_every_s``."""
+        at, cached = self._rollouts
+        if time.monotonic() - at >= self.curves_every_s:
+            cached = await asyncio.to_thread(rollout_states, self.gateway.registry)
+            self._rollouts = (time.monotonic(), cached)
+        return cached
+
 
 class _Board:
     """One dashboard connection: a snapshot every ``update_s``, and the page's requests and commands."""
@@ -160,16 +173,23 @@ class _Board:
                     lambda robot: self.pages.access.reaches(self.device, robot),
                     self.pages.canary,
                 )
-                await _send(self.connection, {"type": "fleet", "fleet": rows, "curves": await self.pages.curves()})
+                rollouts = views.rollout_rows(await self.pages.rollouts(), self._sees_policy)
+                update = {"type": "fleet", "fleet": rows, "curves": await self.pages.curves(), "rollouts": rollouts}
+                await _send(self.connection, update)
                 await asyncio.sleep(self.pages.update_s)
         except websockets.ConnectionClosed:
             pass
+
+    def _sees_policy(self, policy: str) -> bool:
+        return not self.device.policies or policy in self.device.policies
 
     async def _answer(self, raw: str | bytes) -> dict:
         message = _object(raw)
         kind = message.get("type")
         if kind == "command":
             return self._command(message)
+        if kind == "rollout":
+            return self._rollout(message)
         if kind == "episodes":
             dataset = _text(message, "dataset")
             listed = await asyncio.to_thread(views.episode_list, self.pages.store, dataset)
@@ -178,7 +198,7 @@ class _Board:
             dataset, episode = _text(message, "dataset"), _text(message, "id")
             detail = await asyncio.to_thread(views.episode_detail, self.pages.store, dataset, episode)
             return {"type": "episode", "dataset": dataset, "episode": detail}
-        raise PhoneError("type", f"must be one of command, episodes, episode; got {printable(str(kind))}")
+        raise PhoneError("type", f"must be one of command, rollout, episodes, episode; got {printable(str(kind))}")
 
     def _command(self, message: dict) -> dict:
         action, robot = _text(message, "action"), _text(message, "robot")
@@ -188,6 +208,28 @@ class _Board:
         ok, said = self.pages.control.apply(action, robot, f"dashboard: {self.device.id}")
         log.info("operator %s on the dashboard: %s %s: %s", self.device.id, action, robot, said)
         return {"type": "done" if ok else "error", "action": action, "robot": robot, "message": said}
+
+    def _rollout(self, message: dict) -> dict:
+        """An operator promotes or rolls back a canary version (as ``fleetloop fleet promote|rollback``)."""
+        policy, decision = _text(message, "policy"), _text(message, "decision")
+        version = message.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise PhoneError("version", "must be a version number (an integer from 1)")
+        if decision in CONFIRMED and message.get("confirmed") is not True:
+            raise PhoneError("confirmed", f"{decision} of {policy} v{version}: the page must ask to confirm first")
+        if not self._sees_policy(policy):
+            raise AuthError("policy", f"{self.device.id!r} may not decide rollouts of {policy}")
+        if not self.pages.gateway.config.canary:
+            raise PhoneError("rollout", "canary rollouts are off: start the cloud with --canary")
+        try:
+            said = self.pages.gateway.rollouts.decide(
+                policy, version, decision, "operator", f"dashboard: {self.device.id}"
+            )
+        except ValueError as err:
+            field, _, why = str(err).partition(": ")
+            raise PhoneError(field, why or field) from None
+        self.pages.forget_rollouts()  # the next update shows the decision
+        return {"type": "done", "policy": policy, "version": version, "message": said}
 
 
 def _hello(raw: str | bytes) -> tuple[str, str]:

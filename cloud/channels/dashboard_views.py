@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud.data.episodes import EpisodeRecord
+from cloud.data.rollout_records import CANARY, PolicyRollouts
 from cloud.data.store_union import StoreUnion
 from cloud.gateway.fleet import FleetMember
 from cloud.gateway.sessions import Session
@@ -196,3 +197,30 @@ def _jpeg(frame: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def rollout_rows(states: Mapping[str, PolicyRollouts], visible: Callable[[str], bool]) -> dict[str, dict]:
+    """Per policy the operator may see: its incumbent and its rollouts, newest first, each with its decision's words
+    and numbers (as the gateway recorded them), and whether it may still be promoted or rolled back."""
+    out = {}
+    for name, rollouts in sorted(states.items()):
+        if not visible(name) or not rollouts.records:
+            continue
+        records = [
+            {
+                "version": r.version,
+                "incumbent": r.incumbent,
+                "state": r.state,
+                "canary_robots": list(r.canary_robots),
+                "decided_by": r.decided_by,
+                "reason": r.reason,
+                "canary_counts": dict(r.canary_counts),
+                "incumbent_counts": dict(r.incumbent_counts),
+                "success_diff": list(r.success_diff),
+                "intervention_diff": list(r.intervention_diff),
+                "open": r.state == CANARY,
+            }
+            for r in reversed(rollouts.records)
+        ]
+        out[name] = {"incumbent": rollouts.incumbent, "records": records}
+    return out

@@ -75,3 +75,32 @@ def test_fleet_rows_rate_from_the_previous_snapshot_and_only_visible_robots() ->
     assert row["steps_per_s"] == 15.0 and row["intervention_rate"] == pytest.approx(10 / 130, abs=1e-3)
     assert (row["state"], row["version"], row["backlog_steps"], row["canary"]) == ("running", 4, 12, "canary")
     assert row["takeover"] == "/takeover/a" and not row["connected"] and math.isclose(row["seen_s_ago"], 12.0)
+
+
+def test_rollout_rows_newest_first_open_only_while_a_canary_runs_and_only_visible_policies() -> None:
+    from cloud.channels.dashboard_views import rollout_rows
+    from cloud.data.rollout_records import CANARY, PROMOTED, ROLLED_BACK, PolicyRollouts, RolloutRecord
+
+    counts = {"episodes": 6, "autonomous": 1, "intervened": 2}
+    reach = PolicyRollouts(
+        "reach",
+        2,
+        [
+            RolloutRecord(1, 0, PROMOTED, decided_by="first version"),
+            RolloutRecord(2, 1, PROMOTED, ["r1"], decided_by="rule", reason="not worse", canary_counts=counts),
+            RolloutRecord(3, 2, ROLLED_BACK, ["r2"], decided_by="operator", reason="by an operator (bad)"),
+            RolloutRecord(4, 2, CANARY, ["r3"]),
+        ],
+    )
+    rows = rollout_rows(
+        {"reach": reach, "other": PolicyRollouts("other", 1, [RolloutRecord(1, 0)])}, lambda p: p != "other"
+    )
+    assert list(rows) == ["reach"] and rows["reach"]["incumbent"] == 2
+    listed = rows["reach"]["records"]
+    assert [(r["version"], r["state"], r["open"]) for r in listed] == [
+        (4, "canary", True),
+        (3, "rolled back", False),
+        (2, "promoted", False),
+        (1, "promoted", False),
+    ]
+    assert listed[2]["canary_counts"] == counts and listed[2]["canary_robots"] == ["r1"]

@@ -47,6 +47,7 @@ function handle(message, operator, token) {
   } else if (message.type === "fleet") {
     renderFleet(message.fleet);
     renderCurves(message.curves);
+    renderRollouts(message.rollouts || {});
     renderDatasets(Object.keys(message.curves));
   } else if (message.type === "episodes") {
     renderEpisodes(message.dataset, message.episodes);
@@ -161,6 +162,50 @@ function chart(points) {
     }
   }
   return root;
+}
+
+function counts(c) {
+  return c && c.episodes ? `${c.autonomous} of ${c.episodes} episodes alone, ${c.intervened} taken over` : "no episodes";
+}
+
+function decide(policy, version, decision) {
+  let confirmed = false;
+  if (decision === "rollback") {
+    confirmed = window.confirm(`Roll back ${policy} v${version}? Its robots go back to the version before it.`);
+    if (!confirmed) return;
+  }
+  socket.send(JSON.stringify({ type: "rollout", policy, version, decision, confirmed }));
+}
+
+function renderRollouts(rollouts) {
+  const names = Object.keys(rollouts);
+  if (!names.length) return;
+  const box = $("rollouts");
+  box.replaceChildren();
+  for (const name of names) {
+    const card = el("div", undefined, { "data-rollouts": name });
+    card.append(el("h3", `${name}: every robot runs v${rollouts[name].incumbent}`));
+    for (const r of rollouts[name].records) {
+      const item = el("div", undefined, { class: "rollout", "data-version": r.version, "data-state": r.state });
+      const against = r.incumbent ? ` against v${r.incumbent}` : "";
+      item.append(el("p", `v${r.version}${against}: ${r.state}${r.decided_by ? " (" + r.decided_by + ")" : ""}`));
+      if (r.canary_robots.length) item.append(el("p", `canary robots: ${r.canary_robots.join(", ")}`, { class: "legend" }));
+      item.append(el("p", `canary: ${counts(r.canary_counts)}; incumbent: ${counts(r.incumbent_counts)}`,
+        { class: "legend" }));
+      if (r.reason) item.append(el("p", r.reason, { class: "legend" }));
+      if (r.open) {
+        const box2 = el("div", undefined, { class: "actions" });
+        const promote = el("button", "Promote", { "data-decision": "promote" });
+        promote.onclick = () => decide(name, r.version, "promote");
+        const back = el("button", "Roll back", { "data-decision": "rollback", class: "danger" });
+        back.onclick = () => decide(name, r.version, "rollback");
+        box2.append(promote, back);
+        item.append(box2);
+      }
+      card.append(item);
+    }
+    box.append(card);
+  }
 }
 
 function renderDatasets(names) {
