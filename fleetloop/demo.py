@@ -21,7 +21,7 @@ from pydantic import Field
 from rich.live import Live
 from rich.table import Table
 
-from fleetloop.summary import VersionSummary, autonomy_climbed, summarize
+from cloud.data.version_summary import VersionSummary, autonomy_climbed, summarize
 from fleetloop.table_console import table_console
 from hal.config import CodeConfig
 
