@@ -16,6 +16,9 @@ carries on from that version and step, so it neither retrains at once nor waits 
 should. When the registry holds a newer version than the checkpoint (the learner died between publishing and
 saving), the registry wins.
 
+With ``curves`` (``cloud.learning.curves``; ``--track``, TensorBoard by default) rank 0 logs each round's losses,
+throughput and staleness and each settled version's autonomous success and intervention rate.
+
 Under ``torchrun`` (``cloud.learning.distributed``) every rank runs this loop: rank 0 decides each round and broadcasts
 it, every rank trains on the same rows with its own batches under DistributedDataParallel, rank 0 publishes and saves.
 """
