@@ -21,6 +21,7 @@
 (n) codec-training  a CNN policy trained from H.264-stored 64x64 frames: success and action error vs raw frames
 (o) inference  remote inference round trips (our tunnel client, the real openpi client) vs the model alone; 8 clients'
                replies/s with continuous batching vs max_batch 1
+(p) tracking  a learner round logging its curves to TensorBoard (the default), vs the same rounds with --track none
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -62,6 +63,7 @@ FIGURES = (
     "capacity",
     "codec-training",
     "inference",
+    "tracking",
 )
 
 
@@ -82,6 +84,7 @@ def run_bench(
         ros2_image,
         sac_camera,
         takeover,
+        tracking,
         uplink,
         video,
         weighting,
@@ -144,6 +147,8 @@ def run_bench(
         if "inference" in figures:
             requests, seconds = (60, 1.0) if quick else (400, 3.0)
             results += inference.measure(loop, workdir, requests=requests, seconds=seconds, say=say)
+        if "tracking" in figures:
+            results += tracking.measure(workdir, rounds=2 if quick else 6, train_steps=200 if quick else 1500, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

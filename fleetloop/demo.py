@@ -21,7 +21,7 @@ from pydantic import Field
 from rich.live import Live
 from rich.table import Table
 
-from fleetloop.summary import VersionSummary, autonomy_climbed, summarize
+from cloud.data.version_summary import VersionSummary, autonomy_climbed, summarize
 from fleetloop.table_console import table_console
 from hal.config import CodeConfig
 
@@ -188,6 +188,6 @@ def run_demo(config: DemoConfig) -> int:
     console.print(
         f"Autonomous success went from {first:.2f} to {best:.2f}; the operator's share of steps from "
         f"{rates[0] if rates else 0:.2f} to {rates[-1] if rates else 0:.2f}. "
-        f"Summary written to {run_dir / 'summary.json'}."
+        f"Summary written to {run_dir / 'summary.json'}; learning curves: tensorboard --logdir {layout.runs}"
     )
     return 0 if best >= 0.5 else 1

@@ -52,6 +52,7 @@ class DataLayout:
     learner_key = _Under("certs-learner-key", "signing.key")
     learner_public_key = _Under("certs", "learner.pub")
     learner_checkpoint = _Under("learner", "checkpoint")  # where the learner resumes
+    runs = _Under("runs")  # the learner's curves: TensorBoard event files, W&B and trackio runs (cloud.learning.curves)
     ingest_log = _Under("ingest-log")  # the gateway's acked batches on their way to a store on object storage
 
     @property

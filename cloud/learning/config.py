@@ -180,6 +180,8 @@ class LearnerConfig(CodeConfig):
     large_row_bytes: AtLeastOne = 4096
     cache_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
     loader_workers: Annotated[int, Field(ge=0, le=16)] = 1
+    # where rank 0 logs its curves (cloud.learning.curves, cloud.learning.tracking): runs under <data root>/runs/
+    track: Literal["tensorboard", "wandb", "trackio", "none"] = "tensorboard"
 
     @model_validator(mode="before")
     @classmethod

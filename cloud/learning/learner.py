@@ -16,6 +16,9 @@ carries on from that version and step, so it neither retrains at once nor waits 
 should. When the registry holds a newer version than the checkpoint (the learner died between publishing and
 saving), the registry wins.
 
+With ``curves`` (``cloud.learning.curves``; ``--track``, TensorBoard by default) rank 0 logs each round's losses,
+throughput and staleness and each settled version's autonomous success and intervention rate.
+
 Under ``torchrun`` (``cloud.learning.distributed``) every rank runs this loop: rank 0 decides each round and broadcasts
 it, every rank trains on the same rows with its own batches under DistributedDataParallel, rank 0 publishes and saves.
 """
@@ -31,12 +34,13 @@ from typing import Any
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry, PolicyVersion
-from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, StepHook
+from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, StepHook
 from cloud.learning.algorithms.hg_dagger import HGDagger
 from cloud.learning.algorithms.reward import RewardClassifierTraining, source_dataset
 from cloud.learning.algorithms.sac import SAC
 from cloud.learning.checkpoint import LearnerCheckpoint
 from cloud.learning.config import REWARD_SUFFIX, LearnerConfig
+from cloud.learning.curves import LearningCurves
 from cloud.learning.distributed import DistContext
 from cloud.learning.init_weights import InitWeights
 from cloud.learning.step_index import StepIndex
@@ -81,12 +85,15 @@ class Learner:
         checkpoint_dir: str | Path | None = None,
         dist: DistContext | None = None,
         on_step: StepHook | None = None,
+        curves: LearningCurves | None = None,
     ) -> None:
+        """``curves``: where rank 0 logs each round's numbers and each version's (``cloud.learning.curves``)."""
         self.store = store
         self.registry = registry
         self.config = config if config is not None else LearnerConfig()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.dist = dist or DistContext()
+        self.curves = curves if self.dist.is_main else None
         init = InitWeights(self.config.init, registry) if self.config.init else None
         # Both algorithms share the rows held of each dataset and the stream of its cameras (one cache).
         self.steps = StepIndex(store, self.config.large_row_bytes)
@@ -248,6 +255,7 @@ class Learner:
             trains_on = "+".join(algorithm.trains_on)
             log.info("%s: no new steps to train on (%s) since v%d; not publishing", dataset, trains_on, current_version)
             return None
+        trained_s = time.perf_counter() - started
         state.trainable, state.trained_rows = result.trainable, result.rows
         policy, note, loss = result.policy, result.note, result.loss
         state.rounds += 1
@@ -268,7 +276,37 @@ class Learner:
             time.perf_counter() - started,
             loss,
         )
+        self._track(dataset, state, result, trained_s, version, finished_episodes)
         return version
+
+    def _track(
+        self, name: str, state: _DatasetState, result: RoundResult, trained_s: float, version: PolicyVersion, done: int
+    ) -> None:
+        """The round's numbers and the versions settled since, in the policy's curves (``cloud.learning.curves``)."""
+        if self.curves is None:
+            return
+        values = dict(result.metrics)
+        if trained_s > 0 and result.steps:
+            values["throughput/steps_per_s"] = result.steps / trained_s
+            values["throughput/samples_per_s"] = result.samples * self.dist.world_size / trained_s
+        values.update({"throughput/round_s": trained_s, "policy/version": version.version, "data/episodes": done})
+        values["data/rows"] = result.rows
+        self.curves.round(name, state.total_steps, values)
+        if self._algorithm_for(name) is not self.reward_algorithm:  # a reward classifier drives no robot
+            self.curves.versions(name, self.store, name)
+
+    def close(self) -> None:
+        """Logs every version's latest numbers and closes the curves' runs (rank 0; a no-op elsewhere)."""
+        if self.curves is None:
+            return
+        try:
+            self.store.refresh()
+            for name in self._datasets:
+                if self._algorithm_for(name) is not self.reward_algorithm and name in self.store.datasets():
+                    self.curves.versions(name, self.store, name, final=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            log.error("could not log the last versions' numbers: %s", err)
+        self.curves.close()
 
     def run(self, stop: threading.Event, max_rounds: int = 0) -> None:
         """Polls until ``stop`` (rank 0's decides for every rank) or after ``max_rounds`` trained rounds (0: no cap)."""

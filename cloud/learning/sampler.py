@@ -382,6 +382,22 @@ class Sampler:
             np.add.at(p, g.positions, share * w / w.sum())
         return p
 
+    def age_stats(self, policy_version: np.ndarray, current_version: int) -> dict[str, float]:
+        """How old a batch's policy-made steps are, in versions (``cloud.learning.staleness``): ``mean_age`` (per
+        draw), ``max_age`` (of any drawable one), ``stale_share`` (the share of every batch from older versions).
+        Demonstrations and imported steps (version 0) have no policy to lag behind and count in none of them."""
+        made = np.asarray(policy_version)[self.rows] > 0
+        if not self.size or not made.any():
+            return {"mean_age": 0.0, "max_age": 0.0, "stale_share": 0.0}
+        p = self.probabilities()[made]
+        ages = np.maximum(current_version - np.asarray(policy_version)[self.rows][made], 0).astype(np.float64)
+        drawn = p > 0
+        return {
+            "mean_age": float((p * ages).sum() / p.sum()) if p.sum() > 0 else 0.0,
+            "max_age": float(ages[drawn].max()) if drawn.any() else 0.0,
+            "stale_share": float(p[ages >= 1].sum()),
+        }
+
     def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Positions into ``rows`` for one batch, grouped (shuffle if order matters)."""
         parts = []

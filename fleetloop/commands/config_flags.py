@@ -52,6 +52,7 @@ LEARNER_FLAGS = {
     "learner.batch_size": "--batch-size",
     "learner.algorithm": "--algorithm",
     "learner.seed": "--learner-seed",
+    "learner.track": "--track",
     "learner.chunk_sizes": "--chunk-size",
     "learner.policies": "--policy",
     "learner.init": "--init",

@@ -19,6 +19,7 @@ from fleetloop.logs import setup_logging
 if TYPE_CHECKING:
     from cloud.data.layout import DataLayout
     from cloud.learning.config import LearnerConfig
+    from cloud.learning.curves import LearningCurves
 
 log = logging.getLogger("fleetloop")
 
@@ -79,6 +80,13 @@ def _add_round_args(parser: argparse.ArgumentParser) -> None:
         help="hg-dagger: imitate the operator's corrections; sac: RL with interventions (HIL-SERL style)",
     )
     add_valued(parser, "--learner-seed", int, 0, "seed of the learner's batches (rank adds to it)")
+    parser.add_argument(
+        "--track",
+        choices=["tensorboard", "wandb", "trackio", "none"],
+        default="tensorboard",
+        help="where the learner logs losses, throughput, staleness and each version's success and intervention rate: "
+        "TensorBoard event files in <root>/runs/<policy>/ (default), a W&B run (offline without a login), trackio",
+    )
 
 
 def _add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -237,9 +245,13 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             seed=getattr(args, "learner_seed", 0),
             init=tuple(getattr(args, "init", [])),
             reward_classifiers=tuple(getattr(args, "reward_classifier", [])),
+            track=getattr(args, "track", "tensorboard"),
         )
     except ConfigError as err:
         raise flag_error(err, LEARNER_FLAGS) from err
+    from cloud.learning.tracking import check_backend
+
+    check_backend(config.track)  # a missing package stops the command now, saying how to install it
     if config.init:
         from cloud.learning.init_weights import check_init
 
@@ -269,8 +281,29 @@ def run_learner(
     stop = stop or stop_on_signals()
     store = StoreUnion(layout.store_at)  # every gateway's partition of the store
     registry = signing_registry(layout)  # every version it publishes carries the learner's signature
-    learner = Learner(store, registry, config, checkpoint_dir=layout.learner_checkpoint, dist=dist, on_step=on_step)
-    learner.run(stop, max_rounds=max_rounds)
+    curves = learning_curves(layout, config)
+    learner = Learner(
+        store, registry, config, checkpoint_dir=layout.learner_checkpoint, dist=dist, on_step=on_step, curves=curves
+    )
+    try:
+        learner.run(stop, max_rounds=max_rounds)
+    finally:
+        learner.close()
+
+
+def learning_curves(layout: DataLayout, config: LearnerConfig) -> LearningCurves | None:
+    """Where the learner's curves go (``--track``): a run per policy under ``<root>/runs/``; None for ``none``."""
+    from functools import partial
+
+    from cloud.learning.curves import LearningCurves
+    from cloud.learning.tracking import open_tracker
+
+    if config.track == "none":
+        return None
+    settings = config.model_dump(mode="json")
+    runs = layout.runs
+    log.info("learning curves go to %s (%s)", runs, config.track)
+    return LearningCurves(partial(open_tracker, config.track, runs, config=settings), runs)
 
 
 def learner_process(layout: DataLayout, config: LearnerConfig) -> None:

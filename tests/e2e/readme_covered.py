@@ -80,6 +80,15 @@ COVERED: dict[str, str] = {
     "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
     "--staleness-mode downweight": "learners",
     "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo": "learners",
+    "tensorboard --logdir fleetloop-data/runs": "not run here (a web server): test_learner_alone reads the event "
+    "files it would show, tests/cloud/test_learning_curves.py checks every tag",
+    "fleetloop learner --root fleetloop-data --track wandb": "learners",
+    "wandb sync fleetloop-data/runs/panda_pick_cube/wandb/offline-run-*": "not run here: it uploads to W&B over "
+    "the network; test_learner_commands checks the offline run it would upload",
+    "fleetloop learner --root fleetloop-data --track trackio": "not run here: tests/cloud/test_learning_curves.py "
+    "writes and reads back a trackio database in the data folder",
+    "TRACKIO_DIR=fleetloop-data/runs/trackio trackio show --project fleetloop": "not run here: a web server over the "
+    "database tests/cloud/test_learning_curves.py reads",
     "cp launch/lerobot/so101_follower.yaml arm1.yaml": "first session",
     "cp launch/teleop/so101_leader.yaml leader.yaml": "first session",
     "fleetloop devices add arm1 --root fleetloop-data --policy so101_follower --policy so101_follower.reward": (

@@ -13,6 +13,7 @@ what the README says.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -216,6 +217,13 @@ def test_learner_alone(shell: Shell) -> None:
     shell.wait_log("learner", r"published panda_pick_cube v1", timeout_s=120)
     shell.wait_log("cloud", r"robot-1 now runs panda_pick_cube v1", timeout_s=30)
     assert "fleetloop.learner" not in shell.log("cloud"), "the cloud ran a learner of its own"
+    # What `tensorboard --logdir fleetloop-data/runs` shows: the round that published v1 (--track's default).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(shell.cwd / "fleetloop-data" / "runs" / "panda_pick_cube"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("policy/version")][:1] == [1]
+    assert all(math.isfinite(e.value) for e in events.Scalars("train/loss"))
 
 
 PANDA_EDGE = "fleetloop edge --robot sim:panda_pick_cube --id robot-1 --cloud 127.0.0.1:7070 --seed 1"
@@ -475,6 +483,7 @@ def test_learner_commands(shell: Shell) -> None:
         "fleetloop learner --algorithm sac --sample-ratios online=0.5,intervention+demo=0.5 --staleness-budget 4 "
         "--staleness-mode downweight",
         "torchrun --nproc_per_node=2 -m fleetloop.distributed_learner --backend gloo",
+        "fleetloop learner --root fleetloop-data --track wandb",
     )
     for i, line in enumerate(lines):
         # Each line is another way to run the learner: each starts from the recorded episodes and no versions.
@@ -487,6 +496,9 @@ def test_learner_commands(shell: Shell) -> None:
         )
         assert "Traceback" not in shell.log("learner"), shell.log("learner")[-3000:]
         shell.stop("learner")
+    # No W&B login here: the run stayed offline in the data folder, its curves in it (what `wandb sync` uploads).
+    [run] = (shell.cwd / "fleetloop-data" / "runs" / "panda_pick_cube" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"train/loss" in run.read_bytes()
 
 
 LAB_ACT = "outputs/train/act_panda/checkpoints/last/pretrained_model"

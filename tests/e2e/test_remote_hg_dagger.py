@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cloud.data.store import EpisodeStore
-from fleetloop.summary import VersionSummary, summarize
+from cloud.data.version_summary import VersionSummary, summarize
 from tests.e2e.fleet import Fleet, free_port, wait_until
 from tests.e2e.remote_expert import RemoteExpert
 from tests.e2e.takeover_client import TakeoverClient

@@ -45,13 +45,20 @@ class RoundJob:
 
 @dataclass
 class RoundResult[Trainable]:
-    """A trained round: the state to carry on from and the policy to publish, with a note and the final loss."""
+    """A trained round: the state to carry on from and the policy to publish, with a note and the final loss.
+
+    ``metrics``: what the learner's curves show of the round (``cloud.learning.curves``), by tag: ``train/<name>``
+    for each loss (and statistic) the algorithm reports, ``staleness/<name>`` (``Sampler.age_stats``);
+    ``samples``: the steps the round trained on, summed over its gradient steps (this rank's), ``steps`` those."""
 
     trainable: Trainable
     policy: Policy
     note: str
     loss: float
     rows: int  # the committed rows the round saw
+    metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,20 @@ class Algorithm[Trainable](ABC):
     def has_new_rows(sampler: Sampler, job: RoundJob) -> bool:
         """Whether the round draws a row past those the last round saw (committed rows only grow: later is new)."""
         return bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows
+
+    @staticmethod
+    def round_metrics(
+        losses: dict[str, float],
+        sampler: Sampler | None = None,
+        table: StepTable | None = None,
+        job: RoundJob | None = None,
+    ) -> dict[str, float]:
+        """A round's ``RoundResult.metrics``: its ``losses`` by name, and the staleness of what ``sampler`` drew."""
+        metrics = {f"train/{name}": float(value) for name, value in losses.items()}
+        if sampler is not None and table is not None and job is not None:
+            ages = sampler.age_stats(table.columns["policy_version"], job.current_version)
+            metrics.update({f"staleness/{name}": value for name, value in ages.items()})
+        return metrics
 
     @staticmethod
     def describe(sampler: Sampler) -> str:

@@ -99,7 +99,11 @@ class HGDagger(FreshPolicyRounds):
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
         what += f" from {init.label}" if init is not None else ""
         note = f"{what} on {sampler.size} labelled steps{self.describe(sampler)}"
-        return RoundResult(TrainedPolicy(policy, optimizer), policy, note, loss, table.rows)
+        steps, size = self.config.train_steps, self.config.batch_size
+        metrics = self.round_metrics({"loss": loss}, sampler, table, job)
+        return RoundResult(
+            TrainedPolicy(policy, optimizer), policy, note, loss, table.rows, metrics, steps, steps * size
+        )
 
 
 def _chunk_size(policy: Policy) -> int:

@@ -124,4 +124,7 @@ class RewardClassifierTraining(FreshPolicyRounds):
             )
         classifier.eval()
         note = f"reward classifier on {successes} success and {len(rows) - successes} failure frames"
-        return RoundResult(TrainedPolicy(classifier, optimizer), classifier, note, loss, table.rows)
+        metrics = self.round_metrics({"loss": loss})
+        steps = rule.train_steps
+        trained = TrainedPolicy(classifier, optimizer)
+        return RoundResult(trained, classifier, note, loss, table.rows, metrics, steps, steps * rule.batch_size)

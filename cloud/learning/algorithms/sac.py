@@ -71,18 +71,23 @@ class SAC(Algorithm[SACAgent]):
         hook = self.step_hook(job.dataset, {"actor": agent.actor, **agent.modules()})
         batches = _Batches(sampler, self.config.batch_size, self.config.train_steps, generator, streamed)
         agent.actor.train()
-        recent: list[float] = []
+        recent: list[dict[str, float]] = []
         for step in range(1, self.config.train_steps + 1):
             index, fetched = batches.next()
             batch = {k: v[index.to(device)] for k, v in tensors.items()}
             batch.update({k: v.to(device) for k, v in fetched.items()})
             stats = agent.update(batch, generator)
-            recent = [*recent[-19:], stats["critic_loss"]]
+            recent = [*recent[-19:], stats]
             if hook is not None:
                 hook(step)
         agent.actor.eval()
+        means = {name: float(np.mean([r[name] for r in recent])) for name in stats}  # over the last 20 updates
         note = f"sac on {sampler.size} transitions{self.describe(sampler)}, temperature {stats['temperature']:.3f}"
-        return RoundResult(agent, agent.actor, note, float(np.mean(recent)), table.rows)
+        metrics = self.round_metrics(means, sampler, table, job)
+        steps = self.config.train_steps
+        return RoundResult(
+            agent, agent.actor, note, means["critic_loss"], table.rows, metrics, steps, steps * self.config.batch_size
+        )
 
     def _first_agent(self, dataset: str, schema: dict, table: StepTable) -> SACAgent:
         """A new agent whose actor squashes into the task's action limits (else the data's range)."""

@@ -1,7 +1,7 @@
 import numpy as np
 
 from cloud.data.store import EpisodeStore
-from fleetloop.summary import autonomy_climbed, summarize
+from cloud.data.version_summary import autonomy_climbed, summarize
 from tests.factories import episode_rows, step_columns, store_schema
 
 SCHEMA = store_schema(state_dim=1, action_dim=1)
