@@ -62,6 +62,7 @@ class DashboardPages:
         curves_every_s: float = 5.0,
         hello_timeout_s: float = 10.0,
         canary: Callable[[str], str] = lambda _robot: "",
+        runs: Path | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store  # every gateway's partition, read only
@@ -70,8 +71,9 @@ class DashboardPages:
         self.update_s = update_s
         self.curves_every_s = curves_every_s
         self.hello_timeout_s = hello_timeout_s
+        self.runs = runs  # the learner's TensorBoard runs (``<root>/runs``): the training loss curves
         self.canary = canary  # robot -> its rollout role ("canary", "incumbent" or ""); canary rollouts fill it
-        self._curves: tuple[float, dict[str, list[dict]]] = (-1e9, {})
+        self._curves: tuple[float, dict[str, dict]] = (-1e9, {})
         self._rollouts: tuple[float, dict] = (-1e9, {})
 
     def handles(self, path: str) -> bool:
@@ -109,17 +111,23 @@ class DashboardPages:
             return
         await _Board(self, connection, device).run()
 
-    async def curves(self) -> dict[str, list[dict]]:
-        """Per dataset, its policy's learning curve; recomputed at most every ``curves_every_s``."""
+    async def curves(self) -> dict[str, dict]:
+        """Per dataset, its policy's learning curves (per version from the store, training losses from the learner's
+        TensorBoard runs); recomputed at most every ``curves_every_s``."""
         at, cached = self._curves
         if time.monotonic() - at >= self.curves_every_s:
             cached = await asyncio.to_thread(self._read_curves)
             self._curves = (time.monotonic(), cached)
         return cached
 
-    def _read_curves(self) -> dict[str, list[dict]]:
+    def _read_curves(self) -> dict[str, dict]:
         self.store.refresh()
-        return views.curves(self.store, self.store.datasets())
+        names = self.store.datasets()
+        versions = views.curves(self.store, names)
+        return {
+            name: {"versions": versions[name], "losses": views.losses(self.runs, name) if self.runs else {}}
+            for name in names
+        }
 
     def forget_rollouts(self) -> None:
         self._rollouts = (-1e9, {})

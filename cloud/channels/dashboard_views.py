@@ -9,6 +9,7 @@ import io
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,8 @@ Z95 = 1.959964  # two-sided 95%
 MAX_EPISODES_LISTED = 200
 FRAMES_SHOWN = 12
 SAMPLES_SHOWN = 400  # action rows drawn per episode (evenly picked beyond this)
+MAX_LOSS_POINTS = 300
+LOSS_PREFIX = "train/"  # the learner's per-round losses (cloud.learning.curves)
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
@@ -131,6 +134,29 @@ def version_curve(episodes: Iterable[EpisodeRecord]) -> list[dict]:
 def curves(store: StoreUnion, datasets: Iterable[str]) -> dict[str, list[dict]]:
     """``version_curve`` of each dataset (its policy is named after it), from the store's episode records."""
     return {name: version_curve(store.episodes(name)) for name in datasets}
+
+
+def losses(runs: Path, policy: str, most: int = MAX_LOSS_POINTS) -> dict[str, list[list[float]]]:
+    """The learner's training losses of ``policy`` from its TensorBoard event files (``<root>/runs/<policy>``,
+    ``cloud.learning.tracking``): tag -> [[gradient step, value], ...], at most ``most`` points per tag, evenly
+    picked. Empty when the learner logs elsewhere (``--track``) or nothing yet."""
+    folder = runs / policy
+    if not folder.is_dir():
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    out = {}
+    for tag in events.Tags().get("scalars", []):
+        if tag.startswith(LOSS_PREFIX):
+            points = events.Scalars(tag)
+            out[tag.removeprefix(LOSS_PREFIX)] = [[p.step, round(p.value, 6)] for p in _pick(points, most)]
+    return out
+
+
+def _pick(points: list, most: int) -> list:
+    return [points[i] for i in _evenly(len(points), most)] if len(points) > most else points
 
 
 def episode_list(store: StoreUnion, dataset: str, limit: int = MAX_EPISODES_LISTED) -> list[dict]:

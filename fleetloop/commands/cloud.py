@@ -80,11 +80,11 @@ def _phone_service(args: argparse.Namespace) -> tuple[ServiceFactory, ...]:
         tls_ca=certs.ca,
         public_host=phone_url_host(args.phone_url_host, args.host, certs.server_cert, lan),
     )
-    store_at = args.root.store_at
+    store_at, runs = args.root.store_at, args.root.runs
 
     def channel(gateway):
-        routes = (TakeoverPages(gateway), DashboardPages(gateway, StoreUnion(store_at), canary=gateway.rollouts.role))
-        return PhoneChannel(config, gateway, routes=routes)
+        dashboard = DashboardPages(gateway, StoreUnion(store_at), canary=gateway.rollouts.role, runs=runs)
+        return PhoneChannel(config, gateway, routes=(TakeoverPages(gateway), dashboard))
 
     return (channel,)
 

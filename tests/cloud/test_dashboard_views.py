@@ -104,3 +104,17 @@ def test_rollout_rows_newest_first_open_only_while_a_canary_runs_and_only_visibl
         (1, "promoted", False),
     ]
     assert listed[2]["canary_counts"] == counts and listed[2]["canary_robots"] == ["r1"]
+
+
+def test_losses_are_read_back_from_the_learners_tensorboard_run(tmp_path) -> None:
+    from cloud.channels.dashboard_views import losses
+    from cloud.learning.tracking import TensorBoardTracker
+
+    tracker = TensorBoardTracker(tmp_path / "reach")
+    for step in range(1, 501):
+        tracker.log_scalars(step * 10, {"train/loss": 1.0 / step, "throughput/steps_per_s": 100.0})
+    tracker.close()
+    read = losses(tmp_path, "reach", most=50)
+    assert list(read) == ["loss"]  # training losses only
+    assert len(read["loss"]) == 50 and read["loss"][0] == [10, 1.0] and read["loss"][-1] == [5000, 0.002]
+    assert losses(tmp_path, "nothing-logged") == {}

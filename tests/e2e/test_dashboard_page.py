@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from cloud.channels.dashboard_views import version_curve
 from cloud.data.store import ColumnSpec, EpisodeStore, StepRows
+from cloud.learning.tracking import TensorBoardTracker
 from protocol.steps import schema_for
 from tests.e2e.fleet import Fleet, free_port, wait_until
 from tests.e2e.test_phone_page import Chrome, open_phone_page, trust_the_cloud
@@ -39,8 +40,9 @@ EPISODES += [(3, True, 0), (3, True, 0), (3, True, 0), (3, True, 0)]
 
 
 def seed_store(root: Path) -> list[dict]:
-    """Writes the dataset's episodes (10 steps each, a 16x16 camera) into the cloud's store; its curve as the
-    dashboard's own code computes it from the store, to compare with what the page draws."""
+    """Writes the dataset's episodes (10 steps each, a 16x16 camera) into the cloud's store and 20 rounds of training
+    loss into its TensorBoard run; its curve as the dashboard's own code computes it from the store, to compare with
+    what the page draws."""
     spec = [("state", "<f4", (3,)), ("cam", "|u1", (16, 16, 3))]
     schema = {name: ColumnSpec(dtype, shape) for name, (dtype, shape) in schema_for(spec, ("<f4", (2,))).items()}
     with EpisodeStore(root / "store") as store:
@@ -51,7 +53,12 @@ def seed_store(root: Path) -> list[dict]:
             columns["action"] = np.linspace(-1, 1, 20, dtype=np.float32).reshape(10, 2)
             columns["obs.cam"] = np.full((10, 16, 16, 3), 40 * (i % 6), np.uint8)
             store.write([StepRows(DATASET, f"ep{i}", "seeded", "sim", DATASET, 0, columns)])
-        return version_curve(store.episodes(DATASET))
+        curve = version_curve(store.episodes(DATASET))
+    tracker = TensorBoardTracker(root / "runs" / DATASET)  # as the learner logs its rounds
+    for step in range(1, 21):
+        tracker.log_scalars(step * 50, {"train/loss": 2.0 / step})
+    tracker.close()
+    return curve
 
 
 def screenshot(chrome: Chrome, path: Path) -> Image.Image:
@@ -118,6 +125,8 @@ def test_the_dashboard_shows_fleet_and_curves_and_its_commands_reach_the_robot(t
         points = curve_points(chrome)
         assert [(p["version"], p["value"]) for p in points] == [(p["version"], p["success"]) for p in curve]
         assert_drawn(screenshot(chrome, tmp_path / "dashboard-laptop.png"), points)
+        loss = f'[data-policy="{DATASET}"] svg[data-chart=loss] polyline[data-series=loss]'
+        assert chrome.js(f"document.querySelector('{loss}').getAttribute('points').split(' ').length") == 20
 
         chrome.js("window.scrollTo(0, 0)")
         click(chrome, "robot-1", "pause")

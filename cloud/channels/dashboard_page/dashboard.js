@@ -102,14 +102,21 @@ function renderFleet(rows) {
   if (!rows.length) body.append(el("tr")).append(el("td", "No robot is connected.", { colspan: 9 }));
 }
 
-function renderCurves(curves) {
+function renderCurves(all) {
   const box = $("curves");
-  const names = Object.keys(curves).filter((name) => curves[name].length);
+  const names = Object.keys(all).filter((name) => all[name].versions.length || Object.keys(all[name].losses).length);
   if (!names.length) return;
   box.replaceChildren();
   for (const name of names) {
+    const curves = { [name]: all[name].versions };
     const card = el("div", undefined, { class: "curve", "data-policy": name });
     card.append(el("h3", name));
+    const losses = all[name].losses;
+    if (!curves[name].length) {
+      card.append(el("p", "No finished episodes under a version yet.", { class: "legend" }), lossChart(losses));
+      box.append(card);
+      continue;
+    }
     const key = el("p", undefined, { class: "legend" });
     key.append(el("span", "\u25CF autonomous success", { style: "color:#1f8a4c" }), "   ",
       el("span", "\u25CF share of steps a person drove", { style: "color:#d9822b" }));
@@ -119,6 +126,7 @@ function renderCurves(curves) {
       `(${(100 * last.success).toFixed(0)}%, 95% interval ${(100 * last.success_low).toFixed(0)}-` +
       `${(100 * last.success_high).toFixed(0)}%); a person drove ${(100 * last.intervention_rate).toFixed(1)}% ` +
       "of its steps.", { class: "legend" }));
+    card.append(lossChart(losses));
     box.append(card);
   }
 }
@@ -175,6 +183,39 @@ function decide(policy, version, decision) {
     if (!confirmed) return;
   }
   socket.send(JSON.stringify({ type: "rollout", policy, version, decision, confirmed }));
+}
+
+function lossChart(losses) {
+  const tags = Object.keys(losses);
+  const box = el("div", undefined, { class: "losses" });
+  if (!tags.length) {
+    box.append(el("p", "Training loss: none logged yet (the learner writes it to TensorBoard, --track tensorboard).",
+      { class: "legend" }));
+    return box;
+  }
+  const width = 480, height = 140, left = 48, right = 12, top = 10, bottom = 24;
+  const colors = ["#2f6fde", "#8e44ad", "#c0392b", "#16a085"];
+  const all = tags.flatMap((t) => losses[t]);
+  const steps = all.map((p) => p[0]), values = all.map((p) => p[1]);
+  const [s0, s1] = [Math.min(...steps), Math.max(...steps)], [v0, v1] = [Math.min(...values), Math.max(...values)];
+  const x = (s) => left + (s1 === s0 ? 0.5 : (s - s0) / (s1 - s0)) * (width - left - right);
+  const y = (v) => top + (v1 === v0 ? 0.5 : (v1 - v) / (v1 - v0)) * (height - top - bottom);
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "data-chart": "loss" });
+  for (const v of [v0, v1]) {
+    const label = svg("text", { x: 2, y: y(v) + 4, "font-size": 10, fill: "#5d6675" });
+    label.textContent = v.toPrecision(3);
+    root.append(label);
+  }
+  const stepLabel = svg("text", { x: width - 160, y: height - 6, "font-size": 10, fill: "#5d6675" });
+  stepLabel.textContent = `gradient steps ${s0}-${s1}`;
+  root.append(stepLabel);
+  tags.forEach((tag, i) => {
+    const points = losses[tag].map((p) => `${x(p[0])},${y(p[1])}`).join(" ");
+    root.append(svg("polyline", { points, fill: "none", stroke: colors[i % colors.length], "stroke-width": 1.8,
+      "data-series": tag }));
+  });
+  box.append(el("p", `training ${tags.join(", ")}`, { class: "legend" }), root);
+  return box;
 }
 
 function renderRollouts(rollouts) {
