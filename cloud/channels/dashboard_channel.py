@@ -5,8 +5,8 @@ commands (pause, resume, drain, stop, e-stop, release; promote or roll back a ca
 Who may: an operator device, with its token in the page's hello (as on the takeover pages); one whose record lists
 policies sees and commands only the robots running one of them. Cross-site requests: the page keeps no cookie, so
 another site's page cannot act with the operator's rights (it would need the token), and a websocket whose Origin is
-not this page's own is refused before its hello. Commands that stop a robot ask the person to confirm, and the
-server takes only a command that says it was confirmed.
+not this page's own is refused before its hello. An emergency stop goes at once; stopping a robot's task, releasing an
+emergency stop and rolling a version back ask the person to confirm, and the server takes them only when confirmed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ FILES = {  # URL path -> (file, content type)
     PREFIX + "/": ("index.html", "text/html; charset=utf-8"),
     PREFIX + "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
 }
-CONFIRMED = ("stop", "estop", "rollback")  # commands that stop a robot or undo a version: only when confirmed
+# Taken only with "confirmed": true (the page asked the person first): taking a robot's task away, letting an
+# e-stopped robot move again, undoing a version. An emergency stop itself is never delayed by a question.
+CONFIRMED = ("stop", "release", "rollback")
 MAX_MESSAGE_BYTES = 4096  # a page sends hellos, commands and requests, all small
 
 
@@ -211,7 +213,7 @@ class _Board:
     def _command(self, message: dict) -> dict:
         action, robot = _text(message, "action"), _text(message, "robot")
         if action in CONFIRMED and message.get("confirmed") is not True:
-            raise PhoneError("confirmed", f"{action} stops {robot}: the page must ask the person to confirm first")
+            raise PhoneError("confirmed", f"{action} {robot}: the page must ask the person to confirm first")
         self.pages.access.check_reach(self.device, robot)
         ok, said = self.pages.control.apply(action, robot, f"dashboard: {self.device.id}")
         log.info("operator %s on the dashboard: %s %s: %s", self.device.id, action, robot, said)

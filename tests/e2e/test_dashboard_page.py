@@ -4,9 +4,9 @@ The store holds a dataset of finished episodes under three policy versions (writ
 simulated Panda runs with no policy. An operator signs in on ``/dashboard`` with its credential; the test checks,
 on screenshots at a laptop's and a tablet's size, that the robot's fleet row is drawn and that the learning curve's
 points sit where the store's numbers put them (the pixels under each point are the curve's colour); then it pauses
-and resumes the robot and sends it an emergency stop (after the page asked to confirm), each reaching the robot's own
-log, and opens an episode in the browser. Without a credential, or from another site's page, the websocket is
-refused.
+and resumes the robot, sends it an emergency stop (at once) and releases it (after the page asked to confirm), each
+reaching the robot's own log, and opens an episode in the browser. Without a credential, or from another site's
+page, the websocket is refused, and so is a stop the page did not confirm.
 """
 
 from __future__ import annotations
@@ -135,11 +135,12 @@ def test_the_dashboard_shows_fleet_and_curves_and_its_commands_reach_the_robot(t
         click(chrome, "robot-1", "resume")
         wait_until(lambda: "paused" not in fleet_row(chrome, "robot-1"), 10, "the row to resume", interval_s=0.2)
         chrome.js("window.confirm = (question) => { window.__asked = question; return true; }")
-        click(chrome, "robot-1", "estop")
-        assert chrome.js("window.__asked") == "estop robot-1? This stops it at once (latched until released)."
+        click(chrome, "robot-1", "estop")  # at once: no question before an emergency stop
         wait_until(lambda: "EMERGENCY STOP (dashboard: alice)" in fleet.log("robot-1"), 20, "the emergency stop")
+        assert chrome.js("window.__asked === undefined")
         wait_until(lambda: "e-stopped" in fleet_row(chrome, "robot-1"), 10, "the row to say e-stopped", interval_s=0.2)
         click(chrome, "robot-1", "release")
+        assert chrome.js("window.__asked") == "release robot-1? This lets it move again after its emergency stop."
         wait_until(lambda: "emergency stop released" in fleet.log("robot-1"), 20, "the release")
 
         chrome.js(f"const s = document.getElementById('dataset'); s.value = '{DATASET}'; s.onchange()")
@@ -179,16 +180,16 @@ def refused_without_a_credential(fleet: Fleet, port: int, alice: str) -> None:
     with connect(url, ssl=context, server_hostname="127.0.0.1") as ws:
         ws.send(json.dumps({"type": "hello", "operator": "alice", "token": alice}))
         assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
-        ws.send(json.dumps({"type": "command", "action": "estop", "robot": "robot-1"}))
+        ws.send(json.dumps({"type": "command", "action": "stop", "robot": "robot-1"}))
         while (reply := json.loads(ws.recv(timeout=10)))["type"] == "fleet":
             pass
         assert reply == {
             "type": "error",
             "field": "confirmed",
-            "message": "estop stops robot-1: the page must ask the person to confirm first",
+            "message": "stop robot-1: the page must ask the person to confirm first",
         }
         ws.send(json.dumps({"type": "rollout", "policy": "panda_pick_cube", "version": 1, "decision": "promote"}))
         while (reply := json.loads(ws.recv(timeout=10)))["type"] == "fleet":
             pass
         assert reply["field"] == "rollout" and "--canary" in reply["message"]  # this cloud runs no canaries
-    assert "EMERGENCY STOP" not in fleet.log("robot-1")
+    assert "on the dashboard: stop robot-1" not in fleet.log("cloud")  # refused: never carried out

@@ -7,7 +7,8 @@ const ACTIONS = [
   ["pause", "Pause"], ["resume", "Resume"], ["drain", "Drain"], ["stop", "Stop"],
   ["estop", "E-stop"], ["release", "Release"],
 ];
-const CONFIRM = { stop: "takes its task away", estop: "stops it at once (latched until released)" };
+// An emergency stop goes at once; these ask first (the server refuses them unconfirmed).
+const CONFIRM = { stop: "takes its task away", release: "lets it move again after its emergency stop" };
 const SVG = "http://www.w3.org/2000/svg";
 let socket = null;
 let retry = true;  // false once the cloud refused the credential: signing in again would be refused too
@@ -91,7 +92,7 @@ function renderFleet(rows) {
     const actions = el("td");
     const box = el("div", undefined, { class: "actions" });
     for (const [action, label] of ACTIONS) {
-      const button = el("button", label, { "data-action": action, class: CONFIRM[action] ? "danger" : "" });
+      const button = el("button", label, { "data-action": action, class: action === "estop" ? "danger" : "" });
       button.onclick = () => command(action, row.id);
       box.append(button);
     }
