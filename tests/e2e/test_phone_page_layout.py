@@ -82,6 +82,7 @@ def steady_screenshot(chrome: Chrome, path: Path) -> tuple[np.ndarray, list]:
 def check_screen(chrome: Chrome, path: Path, full_width: bool) -> None:
     """What the page must show at the emulated size: the screenshot is ``path``."""
     width, height = chrome.js("innerWidth"), chrome.js("innerHeight")
+    assert chrome.js("document.documentElement.scrollWidth") <= width  # nothing wider than the screen
     video, overlay = rect(chrome, "video"), rect(chrome, "overlay")
     if full_width:
         assert video["left"] <= 2 and video["right"] >= width - 2, (video, width)
@@ -154,6 +155,13 @@ def test_the_phone_page_at_phone_and_laptop_size(tmp_path: Path, fleet: Fleet) -
         drawn = lambda: (chrome.phone("foresightVersion") == 1 and chrome.phone("foresightDrawn") or 0) > 0  # noqa: E731
         wait_until(drawn, 20, "a foresight trajectory drawn", interval_s=0.2)
         check_screen(chrome, tmp_path / "phone-page-phone.png", full_width=True)
+        # Unfolded, the details (pairing, the CA to trust, the developer's status) fit the phone's width too.
+        assert chrome.js("document.getElementById('more').open") is False
+        assert chrome.js("!!document.querySelector('#more #trust #ca-fingerprint')")  # folded with the details
+        chrome.js("document.getElementById('more').open = true")
+        check_screen(chrome, tmp_path / "phone-page-details.png", full_width=True)
+        assert rect(chrome, "status")["right"] <= PHONE["width"]
+        chrome.js("document.getElementById('more').open = false")
         emulate(chrome, LAPTOP)
         check_screen(chrome, tmp_path / "phone-page-laptop.png", full_width=False)
         print(f"screenshots: {tmp_path}/phone-page-phone.png, phone-page-laptop.png; the page says: {said()}")
