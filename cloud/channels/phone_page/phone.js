@@ -2,7 +2,8 @@
 // "pose": false in the hello, where WebXR immersive-ar is missing; frames from the XR session's own camera when
 // it offers raw camera access, else from getUserMedia), streams steps (docs/phone-protocol.md),
 // keeps unacked steps in IndexedDB and resends them after a reconnect, and draws the current phone policy's
-// predicted trajectory (visual foresight) over the camera view.
+// predicted trajectory (visual foresight) over the camera view. What it is doing is said in one sentence (#sentence);
+// the developer's details (#status) sit folded below.
 "use strict";
 (() => {
   const params = new URLSearchParams(location.search);
@@ -16,7 +17,8 @@
     pose: [0, 0, 0, 0, 0, 0, 1], poseSamples: [], projection: null,
     episode: null, seq: 0, pendingEncodes: [], stepsSent: 0, stepsAcked: 0, lastAck: "", lastError: "",
     foresightWaiting: false, foresightVersion: null, foresightPoints: [], foresightDrawn: 0, retryMs: 500,
-    connections: 0, stopRetries: 0,
+    connections: 0, stopRetries: 0, busy: false, stepsKept: 0, lastEpisode: null,
+    foresightOnScreen: [],
   };
   window.fleetloopPhone = state; // for inspection (and the end-to-end test)
 
@@ -55,6 +57,12 @@
       t.objectStore("episodes").delete(id);
       t.objectStore("steps").delete(IDBKeyRange.bound([id, 0], [id, Infinity]));
     });
+    await countKept();
+  }
+  async function countKept() {
+    // How many steps wait on this phone for the cloud's ack: what the status sentence says is left to send.
+    const db = await dbReady;
+    state.stepsKept = await req(db.transaction("steps").objectStore("steps").count());
   }
   async function allEpisodes() {
     const db = await dbReady;
@@ -114,6 +122,7 @@
       await resendUnacked(m.open_episodes || []);
     } else if (m.type === "ack") {
       state.lastAck = m.episode_id;
+      if (state.lastEpisode && state.lastEpisode.episode_id === m.episode_id) state.lastEpisode.acked = true;
       state.stepsAcked += m.next_seq;
       await dropEpisode(m.episode_id); // durable in the cloud: the phone may forget it
     } else if (m.type === "discarded") {
@@ -269,6 +278,7 @@
     const done = encodeJpeg(shot.image).then(async (jpeg) => {
       const data = frame(header, jpeg);
       await putStep({ episode_id: episode.episode_id, seq, frame: data }); // kept until the ack
+      state.stepsKept++;
       send(data);
       state.stepsSent++;
     });
@@ -276,33 +286,46 @@
     await done;
   }
   async function start() {
-    await startXR();
-    const episode = { episode_id: crypto.randomUUID(), task: $("task").value || "phone-demo", num_steps: 0 };
-    await putEpisode(episode);
-    state.episode = episode;
-    state.seq = 0;
-    state.pendingEncodes = [];
-    send({ type: "start", episode_id: episode.episode_id, task: episode.task });
-    state.timer = setInterval(recordStep, 1000 / RATE_HZ);
-    $("start").disabled = true; $("stop").disabled = false; $("discard").disabled = false;
+    if (state.episode || state.busy) return;
+    state.busy = true; // no second Start while WebXR starts
     render();
+    try {
+      await startXR();
+      const episode = { episode_id: crypto.randomUUID(), task: $("task").value || "phone-demo", num_steps: 0 };
+      await putEpisode(episode);
+      state.episode = episode;
+      state.seq = 0;
+      state.pendingEncodes = [];
+      send({ type: "start", episode_id: episode.episode_id, task: episode.task });
+      state.timer = setInterval(recordStep, 1000 / RATE_HZ);
+    } finally {
+      state.busy = false;
+      render();
+    }
   }
   async function finish(discard) {
     const episode = state.episode;
-    if (!episode) return;
+    if (!episode || state.busy) return;
+    state.busy = true; // Stop and Discard stay off while the last steps are written
     clearInterval(state.timer);
     state.episode = null;
-    await Promise.all(state.pendingEncodes);
-    if (discard || state.seq === 0) {
-      send({ type: "discard", episode_id: episode.episode_id });
-      await dropEpisode(episode.episode_id);
-    } else {
-      episode.num_steps = state.seq;
-      await putEpisode(episode);
-      send({ type: "stop", episode_id: episode.episode_id, num_steps: state.seq, success: false });
-    }
-    $("start").disabled = false; $("stop").disabled = true; $("discard").disabled = true;
     render();
+    try {
+      await Promise.all(state.pendingEncodes);
+      const outcome = discard ? "discarded" : state.seq === 0 ? "empty" : "stopped";
+      state.lastEpisode = { episode_id: episode.episode_id, steps: state.seq, outcome, acked: false };
+      if (outcome !== "stopped") {
+        send({ type: "discard", episode_id: episode.episode_id });
+        await dropEpisode(episode.episode_id);
+      } else {
+        episode.num_steps = state.seq;
+        await putEpisode(episode);
+        send({ type: "stop", episode_id: episode.episode_id, num_steps: state.seq, success: false });
+      }
+    } finally {
+      state.busy = false;
+      render();
+    }
   }
 
   // ---- visual foresight ---------------------------------------------------------------------------------------
@@ -340,22 +363,64 @@
     const tx = 2 * (qy * v[2] - qz * v[1]), ty = 2 * (qz * v[0] - qx * v[2]), tz = 2 * (qx * v[1] - qy * v[0]);
     return [v[0] + qw * tx + (qy * tz - qz * ty), v[1] + qw * ty + (qz * tx - qx * tz), v[2] + qw * tz + (qx * ty - qy * tx)];
   }
+  function fitView() {
+    // The view box takes the camera's aspect, so the video fills it exactly; the overlay covers the box and draws
+    // at the box's size in device pixels, so its points sit on the picture however wide the screen is.
+    if (video.videoWidth && video.videoHeight) {
+      document.documentElement.style.setProperty("--aspect", (video.videoWidth / video.videoHeight).toFixed(4));
+    }
+    const overlay = $("overlay"), box = overlay.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+    const w = Math.round(box.width * dpr), h = Math.round(box.height * dpr);
+    if (w > 0 && h > 0 && (overlay.width !== w || overlay.height !== h)) { overlay.width = w; overlay.height = h; }
+  }
   function drawOverlay() {
-    const overlay = $("overlay"), ctx = overlay.getContext("2d");
-    ctx.clearRect(0, 0, overlay.width, overlay.height);
+    fitView();
+    const overlay = $("overlay"), ctx = overlay.getContext("2d"), w = overlay.width, h = overlay.height;
+    ctx.clearRect(0, 0, w, h);
     const pose = state.foresightPose || unitPose();
-    const pixels = state.foresightPoints.map((p) => project(p, pose, overlay.width, overlay.height)).filter(Boolean);
+    const pixels = state.foresightPoints.map((p) => project(p, pose, w, h)).filter(Boolean);
+    const scale = Math.max(1, w / 320); // lines and dots keep their size relative to the picture
     ctx.strokeStyle = ctx.fillStyle = "#ff00ff";
-    ctx.lineWidth = 3;
+    ctx.lineWidth = 3 * scale;
     ctx.beginPath();
     pixels.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
     ctx.stroke();
-    for (const [x, y] of pixels) { ctx.beginPath(); ctx.arc(x, y, 7, 0, 2 * Math.PI); ctx.fill(); }
+    for (const [x, y] of pixels) { ctx.beginPath(); ctx.arc(x, y, 7 * scale, 0, 2 * Math.PI); ctx.fill(); }
     state.foresightDrawn = pixels.length;
+    state.foresightOnScreen = pixels.map(([x, y]) => [x / w, y / h]); // where on the picture, 0..1 across and down
   }
 
   // ---- status -----------------------------------------------------------------------------------------------
+  const steps = (n) => `${n} step${n === 1 ? "" : "s"}`;
+  function sentence() {
+    // What is happening, in the words of the person holding the phone: recording, saved, or kept here to send.
+    const kept = state.stepsKept, last = state.lastEpisode;
+    const keptHere = `steps kept on this phone, ${kept} to send`;
+    if (state.episode) {
+      const head = `recording, ${steps(state.seq)}`;
+      return state.connected ? `${head}, sending to the cloud` : `${head}, not connected: ${keptHere}`;
+    }
+    if (state.busy) return "starting...";
+    if (!state.connected) {
+      if (kept) return `not connected: ${keptHere}`;
+      return state.connections ? "not connected: trying again, nothing to send" : "connecting to the cloud...";
+    }
+    if (last && last.outcome === "stopped") {
+      if (!kept) return `stopped: ${steps(last.steps)}, all saved`;
+      if (!last.acked) return `stopped: ${steps(last.steps)}, saving (${kept} waiting for the cloud)`;
+    }
+    if (kept) return `ready; ${steps(kept)} from earlier still waiting for the cloud`;
+    if (last && last.outcome === "discarded") return `discarded ${steps(last.steps)}: nothing saved, ready for the next`;
+    return "ready: press Start to record a demonstration";
+  }
   function render() {
+    $("start").disabled = Boolean(state.episode) || state.busy; // start() waits for IndexedDB itself
+    $("stop").disabled = $("discard").disabled = !state.episode || state.busy;
+    const said = sentence();
+    if ($("sentence").textContent !== said) $("sentence").textContent = said;
+    $("sentence").className = state.episode ? "recording" : "";
+    $("problem").hidden = !state.lastError;
+    $("problem").textContent = state.lastError ? `problem: ${state.lastError}` : "";
     const v = state.foresightVersion;
     $("foresight").textContent = v === null ? "foresight: waiting for the cloud"
       : v === 0 ? "foresight: no phone policy published yet"
@@ -376,6 +441,9 @@
   $("stop").onclick = () => finish(false);
   $("discard").onclick = () => finish(true);
   const xrChecked = checkXR().catch(() => { state.xrSupported = false; }); // awaited by every hello
+  video.addEventListener("loadedmetadata", fitView);
+  video.addEventListener("resize", fitView);
+  countKept().then(render, (e) => { state.lastError = `storage on this phone: ${e}`; render(); });
   startCamera();
   connect();
   setInterval(() => { drawOverlay(); render(); }, 100);
