@@ -220,8 +220,12 @@ def test_learner_alone(shell: Shell) -> None:
     # What `tensorboard --logdir fleetloop-data/runs` shows: the round that published v1 (--track's default).
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(shell.cwd / "fleetloop-data" / "runs" / "panda_pick_cube"))
-    events.Reload()
+    run = shell.cwd / "fleetloop-data" / "runs" / "panda_pick_cube"
+    events = EventAccumulator(str(run))
+    deadline = time.monotonic() + 60  # the round's curves are written just after its version is published
+    while not (run.is_dir() and "policy/version" in events.Reload().Tags().get("scalars", [])):
+        assert time.monotonic() < deadline, f"no curves in {run} 60 s after v1 was published"
+        time.sleep(0.5)
     assert [e.value for e in events.Scalars("policy/version")][:1] == [1]
     assert all(math.isfinite(e.value) for e in events.Scalars("train/loss"))
 
