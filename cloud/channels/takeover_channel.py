@@ -87,8 +87,8 @@ class TakeoverPages:
         try:
             raw = await asyncio.wait_for(connection.recv(), timeout=self.hello_timeout_s)
             hello = parse_takeover_hello(raw)
-            device = self._operator(hello)
-            self.check_reach(device, robot_id)
+            device = self.access.operator(hello.operator, hello.token)
+            self.access.check_reach(device, robot_id)
         except (TimeoutError, websockets.ConnectionClosed):
             await connection.close(1008, "hello: the first message must be a hello")
             return
@@ -99,15 +99,6 @@ class TakeoverPages:
             return
         page = _Page(self, connection, robot_id, device, hello)
         await page.run()
-
-    def _operator(self, hello: TakeoverHello) -> Device:
-        return self.access.operator(hello.operator, hello.token)
-
-    def check_current(self, device: Device) -> None:
-        self.access.check_current(device)
-
-    def check_reach(self, device: Device, robot_id: str) -> None:
-        self.access.check_reach(device, robot_id)
 
 
 class _Page:
@@ -189,7 +180,7 @@ class _Page:
         self._window = (now, 1) if now - started >= 1.0 else (started, count + 1)
         if self._window[1] > MAX_COMMANDS_PER_S:
             raise PhoneError("command", f"more than {MAX_COMMANDS_PER_S} commands a second")
-        self.pages.check_current(self.device)
+        self.pages.access.check_current(self.device)
         session = self.pages.relay.session(self.robot_id)
         action_dim = math.prod(session.resource.capabilities.action.shape) if session is not None else None
         command = parse_command(raw, self.who, self.session_id, action_dim)
@@ -198,7 +189,7 @@ class _Page:
         self.seq = command.seq
         if session is None:
             raise PhoneError("robot", f"{self.robot_id} is not connected; the page reconnects it when it is")
-        self.pages.check_reach(self.device, self.robot_id)
+        self.pages.access.check_reach(self.device, self.robot_id)
         self.pages.relay.command(self.robot_id, command)
 
     def _answer(self, message: dict) -> None:
