@@ -8,7 +8,7 @@ import base64
 import io
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,9 @@ import numpy as np
 from cloud.data.episodes import EpisodeRecord
 from cloud.data.rollout_records import CANARY, PolicyRollouts
 from cloud.data.store_union import StoreUnion
+from cloud.gateway.canary_rule import wilson
 from cloud.gateway.fleet import FleetMember
+from cloud.gateway.rollouts import arm_counts, counted
 from cloud.gateway.sessions import Session
 
 Z95 = 1.959964  # two-sided 95%
@@ -25,17 +27,6 @@ FRAMES_SHOWN = 12
 SAMPLES_SHOWN = 400  # action rows drawn per episode (evenly picked beyond this)
 MAX_LOSS_POINTS = 300
 LOSS_PREFIX = "train/"  # the learner's per-round losses (cloud.learning.curves)
-
-
-def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: honest at small counts and at 0 or 1, unlike p +- z*se."""
-    if trials <= 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float, float]:
@@ -105,13 +96,13 @@ def version_curve(episodes: Iterable[EpisodeRecord]) -> list[dict]:
     episode's share of steps a person drove) with a 95% interval over episodes."""
     by_version: dict[int, list[EpisodeRecord]] = {}
     for episode in episodes:
-        if episode.done and not episode.discarded and episode.first_policy_version >= 0:
+        if counted(episode) and episode.first_policy_version >= 0:
             by_version.setdefault(episode.first_policy_version, []).append(episode)
     points = []
     for version in sorted(by_version):
         done = by_version[version]
-        wins = sum(1 for e in done if e.success and e.intervention_steps == 0)
-        low, high = wilson(wins, len(done))
+        wins = arm_counts(done, version).autonomous
+        low, high = astuple(wilson(wins, len(done), Z95))
         shares = [e.intervention_steps / e.num_steps for e in done if e.num_steps]
         rate, rate_low, rate_high = mean_interval(shares)
         points.append(

@@ -45,10 +45,15 @@ class EpisodeSource(Protocol):
     def episodes(self, dataset: str) -> list[EpisodeRecord]: ...
 
 
+def counted(episode: EpisodeRecord) -> bool:
+    """Whether a version's numbers count the episode: finished, and not discarded by a person."""
+    return episode.done and not episode.discarded
+
+
 def arm_counts(episodes: list[EpisodeRecord], version: int) -> ArmCounts:
     """The finished, kept episodes that ``version`` started (as ``fleetloop.summary`` counts them): those that
     succeeded with no intervention, and those with one."""
-    mine = [e for e in episodes if e.done and not e.discarded and e.first_policy_version == version]
+    mine = [e for e in episodes if counted(e) and e.first_policy_version == version]
     autonomous = sum(1 for e in mine if e.success and e.intervention_steps == 0)
     return ArmCounts(len(mine), autonomous, sum(1 for e in mine if e.intervention_steps))
 

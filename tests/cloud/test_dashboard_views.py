@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 
 import pytest
 
-from cloud.channels.dashboard_views import FleetRate, fleet_rows, mean_interval, version_curve, wilson
+from cloud.channels.dashboard_views import Z95, FleetRate, fleet_rows, mean_interval, version_curve
 from cloud.data.episodes import EpisodeRecord
+from cloud.gateway.canary_rule import wilson as wilson_interval
 from cloud.gateway.fleet import Backlog, FleetMember, State
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
+
+
+def wilson(successes: int, trials: int) -> tuple[float, float]:
+    """The two-sided 95% Wilson interval the dashboard draws."""
+    return astuple(wilson_interval(successes, trials, Z95))
 
 
 def test_wilson_interval_matches_its_formula_and_stays_inside_0_1() -> None:
