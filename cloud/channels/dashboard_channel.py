@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,12 +72,11 @@ class DashboardPages:
         self.access = OperatorAccess(gateway)
         self.control = FleetControl(gateway.fleet, gateway.sessions, gateway.config.devices)
         self.update_s = update_s
-        self.curves_every_s = curves_every_s
         self.hello_timeout_s = hello_timeout_s
         self.runs = runs  # the learner's TensorBoard runs (``<root>/runs``): the training loss curves
         self.canary = canary  # robot -> its rollout role ("canary", "incumbent" or ""); canary rollouts fill it
-        self._curves: tuple[float, dict[str, dict]] = (-1e9, {})
-        self._rollouts: tuple[float, dict] = (-1e9, {})
+        self.curves = _Reread(self._read_curves, curves_every_s, {})  # per dataset: its policy's curves
+        self.rollouts = _Reread(lambda: rollout_states(gateway.registry), curves_every_s, {})  # per policy
 
     def handles(self, path: str) -> bool:
         path = path.split("?", 1)[0]
@@ -113,16 +113,9 @@ class DashboardPages:
             return
         await _Board(self, connection, device).run()
 
-    async def curves(self) -> dict[str, dict]:
-        """Per dataset, its policy's learning curves (per version from the store, training losses from the learner's
-        TensorBoard runs); recomputed at most every ``curves_every_s``."""
-        at, cached = self._curves
-        if time.monotonic() - at >= self.curves_every_s:
-            cached = await asyncio.to_thread(self._read_curves)
-            self._curves = (time.monotonic(), cached)
-        return cached
-
     def _read_curves(self) -> dict[str, dict]:
+        """Per dataset, its policy's learning curves: per version from the store, training losses from the learner's
+        TensorBoard run."""
         self.store.refresh()
         names = self.store.datasets()
         versions = views.curves(self.store, names)
@@ -131,16 +124,26 @@ class DashboardPages:
             for name in names
         }
 
-    def forget_rollouts(self) -> None:
-        self._rollouts = (-1e9, {})
 
-    async def rollouts(self) -> dict:
-        """Every policy's rollout records as the registry holds them; reread at most every ``curves_every_s``."""
-        at, cached = self._rollouts
-        if time.monotonic() - at >= self.curves_every_s:
-            cached = await asyncio.to_thread(rollout_states, self.gateway.registry)
-            self._rollouts = (time.monotonic(), cached)
-        return cached
+class _Reread[T]:
+    """A value read on a worker thread at most every ``every_s``, shared by every open dashboard (one read at a
+    time: pages that ask meanwhile get its result)."""
+
+    def __init__(self, read: Callable[[], T], every_s: float, empty: T) -> None:
+        self.read, self.every_s, self.value = read, every_s, empty
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> T:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.every_s:
+                self.value = await asyncio.to_thread(self.read)
+                self._at = time.monotonic()
+        return self.value
+
+    def forget(self) -> None:
+        """The next ``get`` reads afresh."""
+        self._at = -math.inf
 
 
 class _Board:
@@ -183,8 +186,8 @@ class _Board:
                     lambda robot: self.pages.access.reaches(self.device, robot),
                     self.pages.canary,
                 )
-                rollouts = views.rollout_rows(await self.pages.rollouts(), self._sees_policy)
-                update = {"type": "fleet", "fleet": rows, "curves": await self.pages.curves(), "rollouts": rollouts}
+                rollouts = views.rollout_rows(await self.pages.rollouts.get(), self._sees_policy)
+                update = {"type": "fleet", "fleet": rows, "curves": await self.pages.curves.get(), "rollouts": rollouts}
                 await _send(self.connection, update)
                 await asyncio.sleep(self.pages.update_s)
         except websockets.ConnectionClosed:
@@ -238,7 +241,7 @@ class _Board:
         except ValueError as err:
             field, _, why = str(err).partition(": ")
             raise PhoneError(field, why or field) from None
-        self.pages.forget_rollouts()  # the next update shows the decision
+        self.pages.rollouts.forget()  # the next update shows the decision
         return {"type": "done", "policy": policy, "version": version, "message": said}
 
 
