@@ -317,13 +317,10 @@ class IngestLog:
         if len(self._spares) >= self.spare_segments:
             path.unlink(missing_ok=True)
             return
-        spare = self._spare_name()
+        self._retired += 1
+        spare = self.folder / f"{self._floor:016d}.{self._retired}{SPARE}"
         os.replace(path, spare)
         self._spares.append(spare)
-
-    def _spare_name(self) -> Path:
-        self._retired += 1
-        return self.folder / f"{self._floor:016d}.{self._retired}{SPARE}"
 
     def bytes(self) -> int:
         """What the log's records take on disk (spares not counted)."""
