@@ -5,7 +5,9 @@ them), then, on a common start signal, runs a TunnelClient until its spool is em
 in the ingest log). The baseline child streams the same bytes, as many messages of the same sizes, over a raw gRPC
 bidi stream to a server on the same loop thread, which acks each message with a few bytes. Each server first takes a
 warm-up round of the same size (ours and the raw one alike): the figures are those of a server that has been running
-(its ingest log's segments recycled), not of its first seconds.
+(its ingest log's segments recycled), not of its first seconds. A third arm, the durable floor, runs the raw
+clients against a server that writes each message to a file and fdatasyncs it (group commit) before the ack: what
+acking only durable bytes costs here before any parsing, checking or storing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import HIGHER, LOWER, SPAWN, Children, GatewayHarness, LoopThread, Result, child_setup, report_error
-from bench.raw import RawServer
+from bench.raw import DurableRawServer, RawServer
 
 IMAGE_SHAPE = (96, 96, 3)
 DATASET = "null_pixels"  # NullRobot's embodiment when it has a camera
@@ -141,7 +143,11 @@ def _run(mode: str, loop: LoopThread, root: Path, edges: int, steps: int, batch_
     """A warm-up round, then the measured one, on the same server (ours and raw alike): the measured round sees a
     server as it runs for hours, its ingest log's segments recycled, its memory and connections warm."""
     root.mkdir(parents=True, exist_ok=True)
-    server = GatewayHarness(loop, root) if mode == "fleetloop" else RawServer(loop)
+    server: GatewayHarness | RawServer
+    if mode == "fleetloop":
+        server = GatewayHarness(loop, root)
+    else:  # "raw", or "durable": the raw bytes written and fdatasync'd before each ack
+        server = DurableRawServer(loop, root) if mode == "durable" else RawServer(loop)
     with server:
         _round(mode, server, root / "warm-up", edges, steps, batch_steps)
         return _round(mode, server, root / "measured", edges, steps, batch_steps, stored_before=edges * steps)
@@ -235,6 +241,8 @@ def measure(
         ours = _run("fleetloop", loop, workdir / f"uplink-{edges}-fleetloop", edges, steps_per_edge, batch_steps)
         say(f"uplink: {edges} edge(s), the same bytes over raw gRPC")
         raw = _run("raw", loop, workdir / f"uplink-{edges}-raw", edges, steps_per_edge, batch_steps)
+        say(f"uplink: {edges} edge(s), the same bytes over raw gRPC, each written and fdatasync'd before its ack")
+        floor = _run("durable", loop, workdir / f"uplink-{edges}-durable", edges, steps_per_edge, batch_steps)
         disk_s = disk_seconds(workdir / f"uplink-{edges}-disk", ours.wire_bytes)
         label = f"uplink {edges} edge{'s' if edges > 1 else ''}"
         mb, raw_mb = ours.wire_bytes / 1e6, raw.wire_bytes / 1e6
@@ -242,6 +250,20 @@ def measure(
         results += [
             Result(f"{label}: steps/s (vs raw gRPC)", steps_s, "steps/s", raw_steps_s, HIGHER),
             Result(f"{label}: MB/s (vs raw gRPC)", mb / ours.seconds, "MB/s", raw_mb / raw.seconds, HIGHER),
+            Result(
+                f"{label}: raw gRPC written + fdatasync'd before each ack, MB/s (vs raw gRPC)",
+                floor.wire_bytes / 1e6 / floor.seconds,
+                "MB/s",
+                raw_mb / raw.seconds,
+                f"{HIGHER}; the durable floor: the same clients, a server that only writes, syncs and acks",
+            ),
+            Result(
+                f"{label}: MB/s (vs the durable floor above)",
+                mb / ours.seconds,
+                "MB/s",
+                floor.wire_bytes / 1e6 / floor.seconds,
+                HIGHER,
+            ),
             Result(
                 f"{label}: time in EpisodeStore.write (vs uplink wall time)",
                 ours.store_write_s,
@@ -294,7 +316,8 @@ def measure(
             results.append(Result(name, 1e3 * cpu_s / mb, "ms/MB", 1e3 * raw_cpu_s / raw_mb, LOWER + note))
         say(
             f"  fleetloop {ours.steps / ours.seconds:,.0f} steps/s ({mb / ours.seconds:,.0f} MB/s), "
-            f"raw {raw.steps / raw.seconds:,.0f} steps/s ({raw_mb / raw.seconds:,.0f} MB/s); "
+            f"raw {raw.steps / raw.seconds:,.0f} steps/s ({raw_mb / raw.seconds:,.0f} MB/s), "
+            f"durable floor {floor.wire_bytes / 1e6 / floor.seconds:,.0f} MB/s; "
             f"store writes {ours.store_write_s:.2f} s of {ours.seconds:.2f} s (off the ack path); "
             f"ack -> store lag p50 {ours.lag_p50_s:.2f} s, p99 {ours.lag_p99_s:.2f} s; "
             f"store caught up {ours.drain_s:.2f} s after the last ack; disk {mb / disk_s:,.0f} "
