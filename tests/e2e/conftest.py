@@ -4,6 +4,8 @@ A test (or a module, through ``pytestmark``) marked ``@pytest.mark.cloud(*args, 
 cloud already listening, started with those arguments; unmarked, it starts what it needs itself
 (``fleet.start_cloud``, ``fleet.start_edge``, ``fleet.start_learner``). Either way every process the fleet started
 is stopped after the test. Helpers that start the processes live in tests/e2e/fleet.py.
+
+``reach_versions``: ``point_reach`` policy versions trained by the learner, for the canary tests (once per process).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.fleet import Fleet
+from tests.e2e.reach_versions import ReachVersions, check_premises, train_versions
 
 
 @pytest.fixture
@@ -26,3 +29,12 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
         yield fleet
     finally:
         fleet.stop_all()
+
+
+@pytest.fixture(scope="session")
+def reach_versions(tmp_path_factory: pytest.TempPathFactory) -> ReachVersions:
+    """``point_reach`` versions the learner trained (early, good, corrupted; tests/e2e/reach_versions.py), once per
+    test process, checked in the sim to be ordered as the canary tests need."""
+    trained = train_versions(tmp_path_factory.mktemp("reach_versions"))
+    check_premises(trained)
+    return trained
