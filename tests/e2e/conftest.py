@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.e2e.fleet import Fleet
-from tests.e2e.reach_versions import ReachVersions, check_premises, train_versions
+
+if TYPE_CHECKING:
+    from tests.e2e.reach_versions import ReachVersions
 
 
 @pytest.fixture
@@ -35,6 +38,8 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
 def reach_versions(tmp_path_factory: pytest.TempPathFactory) -> ReachVersions:
     """``point_reach`` versions the learner trained (early, good, corrupted; tests/e2e/reach_versions.py), once per
     test process, checked in the sim to be ordered as the canary tests need."""
+    from tests.e2e.reach_versions import check_premises, train_versions  # the learner: only the tests that train
+
     trained = train_versions(tmp_path_factory.mktemp("reach_versions"))
     check_premises(trained)
     return trained
