@@ -42,7 +42,7 @@ CONFIG = {"hidden": (32, 32), "train_steps": 1000, "batch_size": 64, "learning_r
 
 @dataclass(frozen=True)
 class ReachVersions:
-    """Signed-ready weights (safetensors bytes) of each version."""
+    """Each version's weights (safetensors bytes, unsigned: a test publishes them with the learner's key)."""
 
     early: bytes
     good: bytes
