@@ -2,64 +2,29 @@
 back; a better one is promoted to every robot; an operator decides by hand with `fleetloop fleet promote|rollback`.
 
 The robots run ``sim:point_reach`` (a point heading for a goal, thousands of steps/s) with no operator, so each
-version's autonomous success is its own. The versions are 4-2-2 MLPs whose weights are set by hand: ``GOOD`` heads
-for the goal, ``HALF`` moves only up in y (it reaches goals above its start, about half of them), ``BAD`` flees.
+version's autonomous success is its own. The versions are trained by the project's learner on the scripted operator's
+demonstrations (tests/e2e/reach_versions.py, once per test process): ``early`` (its first round, on 12
+demonstrations: about half the goals), ``good`` (its next round, on 40: nearly every goal) and ``corrupted`` (40
+demonstrations with their actions negated: it runs from the goal). The ``reach_versions`` fixture
+(tests/e2e/conftest.py) checks that order in the sim before any test relies on it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 
 import pytest
-import torch
 
-from cloud.data.layout import DataLayout
-from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
 from fleetloop.fleet_view import fetch
-from hal.reach_sim import REACH_TASKS
-from policies.factory import make_policy
-from policies.weights import policy_to_bytes
 from tests.e2e.fleet import ENV, Fleet, wait_until
+from tests.e2e.reach_versions import ReachVersions
+from tests.e2e.rollout_checks import POLICY, publish, ran, record_of, rollouts, state_of, times_ran
 
 pytestmark = pytest.mark.e2e
-POLICY = "point_reach"
 ROBOTS = ("robot-1", "robot-2", "robot-3", "robot-4")
-GOOD, HALF, BAD = "good", "half", "bad"
-
-
-def reach_policy(kind: str) -> bytes:
-    """An MLP whose hidden units are relu(+-(goal - position)) per axis; the output layer makes the behaviour."""
-    spec = REACH_TASKS[POLICY].observation[0]
-    config = {"observation": {"state": {"shape": list(spec.shape), "dtype": "float32"}}, "action_dim": 2}
-    policy = make_policy("mlp", {**config, "hidden": [4]})
-    first, last = policy.net[0], policy.net[2]
-    with torch.no_grad():
-        # state = [x, y, goal_x, goal_y]: units gx-x, x-gx, gy-y, y-gy
-        first.weight.copy_(torch.tensor([[-1, 0, 1, 0], [1, 0, -1, 0], [0, -1, 0, 1], [0, 1, 0, -1]]).float())
-        first.bias.zero_()
-        gain = {GOOD: 10.0, HALF: 10.0, BAD: -10.0}[kind]
-        down = 0.0 if kind == HALF else gain  # HALF never moves down in y
-        last.weight.copy_(torch.tensor([[gain, -gain, 0, 0], [0, 0, gain, -down]]))
-        last.bias.zero_()
-    return policy_to_bytes(policy)
-
-
-def rollouts(fleet: Fleet) -> dict:
-    path = fleet.root / "data" / "registry" / POLICY / "rollouts.json"
-    return json.loads(path.read_text()) if path.exists() else {"incumbent": 0, "records": []}
-
-
-def state_of(fleet: Fleet, version: int) -> str:
-    return next((r["state"] for r in rollouts(fleet)["records"] if r["version"] == version), "")
-
-
-def ran(fleet: Fleet, version: int) -> set[str]:
-    """The robots whose edges reported running ``version`` (the gateway logs each PolicyApplied)."""
-    return set(re.findall(rf"(robot-\d) now runs {POLICY} v{version} ", fleet.log("cloud")))
 
 
 def robots_in_store(fleet: Fleet, version: int) -> set[str]:
@@ -69,35 +34,38 @@ def robots_in_store(fleet: Fleet, version: int) -> set[str]:
     return {e.resource_id for e in store.episodes(POLICY) if e.index in indices}
 
 
-def publish(fleet: Fleet, kind: str) -> int:
-    return signing_registry(DataLayout(fleet.root / "data")).publish(POLICY, reach_policy(kind), note=kind).version
-
-
 def start(fleet: Fleet, *canary: str) -> None:
     fleet.start_cloud(*canary, "--canary-episodes", "5")
     for seed, robot in enumerate(ROBOTS, start=1):
         fleet.start_edge(robot, "--operator", "none", robot="sim:point_reach", hz=50, seed=seed)
 
 
-def test_a_worse_version_stays_on_the_canary_and_is_rolled_back_and_a_better_one_is_promoted(fleet: Fleet) -> None:
-    assert publish(fleet, HALF) == 1
+def test_a_version_trained_on_corrupted_labels_is_rolled_back_and_a_better_trained_one_is_promoted(
+    fleet: Fleet, reach_versions: ReachVersions
+) -> None:
+    assert publish(fleet, reach_versions, "early") == 1
     start(fleet, "--canary", "0.25")
     wait_until(lambda: ran(fleet, 1) == set(ROBOTS), 120, "every robot on v1 (the first version: no canary)")
 
-    assert publish(fleet, BAD) == 2
+    assert publish(fleet, reach_versions, "corrupted") == 2
     wait_until(lambda: state_of(fleet, 2) == "rolled back", 180, "v2 rolled back")
     canary = ran(fleet, 2)
     assert len(canary) == 1, f"v2 ran on {sorted(canary)}: more than the canary share (1 of 4)"
     (robot,) = canary
-    wait_until(lambda: len(re.findall(rf"{robot} now runs {POLICY} v1 ", fleet.log("cloud"))) >= 2, 60, "back on v1")
+    wait_until(lambda: times_ran(fleet, robot, 1) >= 2, 60, "back on v1")
     assert robots_in_store(fleet, 2) == canary
-    record = next(r for r in rollouts(fleet)["records"] if r["version"] == 2)
+    record = record_of(fleet, 2)
     assert record["canary_robots"] == [robot] and record["decided_by"] == "rule"
     assert record["canary_counts"]["autonomous"] == 0 and record["success_diff"][1] < 0, record
     assert re.search(r"policy point_reach v2 rolled back \(.*0\.00 over \d+ episodes", fleet.log("cloud"))
 
-    assert publish(fleet, GOOD) == 3
+    assert publish(fleet, reach_versions, "good") == 3
     wait_until(lambda: state_of(fleet, 3) == "promoted", 180, "v3 promoted")
+    record = record_of(fleet, 3)
+    assert record["decided_by"] == "rule" and len(record["canary_robots"]) == 1, record
+    canary_rate = record["canary_counts"]["autonomous"] / record["canary_counts"]["episodes"]
+    incumbent_rate = record["incumbent_counts"]["autonomous"] / record["incumbent_counts"]["episodes"]
+    assert canary_rate > incumbent_rate and record["canary_counts"]["episodes"] >= 5, record  # better on the robots
     wait_until(lambda: ran(fleet, 3) == set(ROBOTS), 60, "every robot on v3")
     assert ran(fleet, 2) == canary, "the rolled back v2 reached another robot"
     assert rollouts(fleet)["incumbent"] == 3
@@ -113,14 +81,14 @@ def fleet_command(fleet: Fleet, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_an_operator_promotes_and_rolls_back_by_hand(fleet: Fleet) -> None:
-    publish(fleet, GOOD)
+def test_an_operator_promotes_and_rolls_back_by_hand(fleet: Fleet, reach_versions: ReachVersions) -> None:
+    publish(fleet, reach_versions, "good")
     fleet.start_cloud("--canary", "1", "--canary-episodes", "1000")  # the rule never decides: the operator does
     for seed, robot in enumerate(ROBOTS[:2], start=1):
         fleet.start_edge(robot, "--operator", "none", robot="sim:point_reach", hz=20, seed=seed)
     wait_until(lambda: len(ran(fleet, 1)) == 2, 120, "both robots on v1")
 
-    assert publish(fleet, HALF) == 2
+    assert publish(fleet, reach_versions, "early") == 2
     wait_until(lambda: len(ran(fleet, 2)) == 1, 60, "v2 on its canary robot")
     members = fetch(fleet.target).members
     assert [m.resource.id for m in members if m.canary_version == 2] == sorted(ran(fleet, 2))  # as the fleet shows
@@ -130,7 +98,7 @@ def test_an_operator_promotes_and_rolls_back_by_hand(fleet: Fleet) -> None:
     assert done.returncode == 0, done.stderr
     wait_until(lambda: len(ran(fleet, 2)) == 2, 60, "both robots on v2")
 
-    assert publish(fleet, BAD) == 3
+    assert publish(fleet, reach_versions, "corrupted") == 3
     wait_until(lambda: len(ran(fleet, 3)) == 1, 60, "v3 on its canary robot")
     done = fleet_command(fleet, "rollback", POLICY, "3")
     assert done.returncode == 0, done.stderr

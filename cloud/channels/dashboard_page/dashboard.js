@@ -230,7 +230,11 @@ function renderRollouts(rollouts) {
     for (const r of rollouts[name].records) {
       const item = el("div", undefined, { class: "rollout", "data-version": r.version, "data-state": r.state });
       const against = r.incumbent ? ` against v${r.incumbent}` : "";
-      item.append(el("p", `v${r.version}${against}: ${r.state}${r.decided_by ? " (" + r.decided_by + ")" : ""}`));
+      // The state as a coloured pill, as the fleet's: a canary amber, promoted green, rolled back red.
+      const title = el("p", `v${r.version}${against}: `);
+      title.append(el("span", r.state, { class: `state ${r.state.replace(" ", "-")}` }));
+      if (r.decided_by) title.append(` (${r.decided_by})`);
+      item.append(title);
       if (r.canary_robots.length) item.append(el("p", `canary robots: ${r.canary_robots.join(", ")}`, { class: "legend" }));
       item.append(el("p", `canary: ${counts(r.canary_counts)}; incumbent: ${counts(r.incumbent_counts)}`,
         { class: "legend" }));
