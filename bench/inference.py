@@ -142,9 +142,9 @@ def _run_plan(who: str, plan: list, ask: Callable[[], object], messages, go) -> 
             messages.put({"kind": "done", "who": who, "phase": phase, "replies": replies, "cpu_s": cpu})
 
 
-def _model_ms(registry, policy_name: str, batch: int, passes: int) -> float:
-    """p50 of the forward pass alone: the published weights, ``batch`` copies of the clients' observation, on a
-    thread with the server's torch threads."""
+def _model_ms(registry, policy_name: str, batches: tuple[int, ...], passes: int) -> list[float]:
+    """p50 of the forward pass alone per batch size: the published weights, copies of the clients' observation, on a
+    thread with the server's torch threads; the sizes alternate pass by pass, so the machine's load hits each alike."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -154,17 +154,19 @@ def _model_ms(registry, policy_name: str, batch: int, passes: int) -> float:
     latest = registry.latest(policy_name)
     policy = policy_from_bytes(registry.read_verified(policy_name, latest.version))
     policy.eval()
-    observations = [{"state": _state(0)}] * batch
+    observations = [[{"state": _state(0)}] * batch for batch in batches]
 
-    def timed() -> float:
+    def timed() -> list[float]:
         for _ in range(min(WARMUP, passes)):
-            policy.act_batch(observations)
-        times = []
+            for batch in observations:
+                policy.act_batch(batch)
+        times: list[list[float]] = [[] for _ in batches]
         for _ in range(passes):
-            started = time.perf_counter()
-            policy.act_batch(observations)
-            times.append(time.perf_counter() - started)
-        return float(np.median(times)) * 1e3
+            for batch, samples in zip(observations, times, strict=True):
+                started = time.perf_counter()
+                policy.act_batch(batch)
+                samples.append(time.perf_counter() - started)
+        return [float(np.median(samples)) * 1e3 for samples in times]
 
     with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(INFERENCE_THREADS,)) as thread:
         return thread.submit(timed).result()
@@ -205,7 +207,7 @@ def _one_client(children: Children, cloud: GatewayHarness, openpi_url: str, spoo
         else:
             children.start(openpi_client_main, openpi_url, "openpi", plan, children.messages, go, name="openpi")
         children.receive("ready", 1, timeout_s=120)
-        model = _model_ms(cloud.registry, SMALL, 1, requests)
+        (model,) = _model_ms(cloud.registry, SMALL, (1,), requests)
         (done,) = _phase(children, go, 0, 1)
         p50, p99 = (float(np.percentile(done["times"], q)) * 1e3 for q in (50, 99))
         overhead = p50 - model
@@ -229,15 +231,15 @@ def _eight_clients(children: Children, cloud: GatewayHarness, spools: Path, seco
         children.start(tunnel_client_main, *args, name=f"tunnel-{policy}-{i}")
     children.receive("ready", CLIENTS, timeout_s=180)
     passes = 100 if policy == WIDE else 15
-    one, eight = _model_ms(cloud.registry, policy, 1, passes), _model_ms(cloud.registry, policy, CLIENTS, passes)
+    one, eight = _model_ms(cloud.registry, policy, (1, CLIENTS), passes)
     server, label = cloud.gateway.inference, THROUGHPUT[policy]
     rates: dict[int, list[float]] = {1: [], 16: []}
     for phase, max_batch in enumerate(batches):
-        passes, cpu = server.stats.forward_passes, time.process_time()
+        before, cpu = server.stats.forward_passes, time.process_time()
         done = _phase(children, go, phase, CLIENTS, before=lambda m=max_batch: setattr(server, "max_batch", m))
         replies = sum(d["replies"] for d in done)
         rates[max_batch].append(replies / seconds)
-        mean = replies / max(1, server.stats.forward_passes - passes)
+        mean = replies / max(1, server.stats.forward_passes - before)
         clients_ms, server_ms = (
             1e3 * c / max(1, replies) for c in (sum(d["cpu_s"] for d in done), time.process_time() - cpu)
         )
