@@ -1,15 +1,19 @@
 """(o) Remote inference: what the cloud adds to a policy's forward pass, and what continuous batching buys.
 
-The real gateway (its shared InferenceServer) and the openpi endpoint run on the bench's loop thread; clients are
-child processes on loopback. Two policies are published: ``panda`` (the demo's 21-in, 4-out MLP) for one client's
-round trips, and ``wide`` (an MLP of 8 layers of 1024) for throughput.
+The real gateway (its shared InferenceServer, one torch thread a pass: it shares 2 cores with the clients) and the
+openpi endpoint run on the bench's loop thread; clients are child processes on loopback. Three policies are
+published: ``panda`` (the demo's 21-in, 4-out MLP) for one client's round trips; for throughput ``wide`` (an MLP of
+8 layers of 1024) and ``diffusion`` (lerobot's diffusion policy on the same state: a 1-D UNet of 128-256 channels
+run for 10 DDIM steps, the kind of policy an edge hands to the cloud).
 
 - One client, one request at a time: request -> reply through the edge's own TunnelClient (gRPC tunnel, remote
   inference on) and through the real openpi client (``openpi_client.WebsocketClientPolicy``). Baseline: the model
   time, the forward pass alone (``act_batch`` of one observation) of the same weights on the same observation, in
   this process. Overhead = p50 round trip - p50 model time; the issue's floor: 1 ms.
-- Eight clients, each with one request in flight, for a few seconds: replies/s with the gateway's batching
-  (max_batch 16) vs the same clients and model with max_batch 1, measured alternately in the same run.
+- Eight clients, each with one request in flight, for a few seconds, per throughput policy: replies/s with the
+  gateway's batching (max_batch 16) vs the same clients and model with max_batch 1, measured alternately in the
+  same run; each phase also says the CPU a reply cost in the clients and in the server, which bounds what batching
+  can buy when all of them share 2 cores.
 """
 
 from __future__ import annotations
@@ -25,11 +29,33 @@ import numpy as np
 from bench.common import HIGHER, LOWER, SPAWN, Children, GatewayHarness, LoopThread, Result, child_setup, report_error
 
 STATE = 21
-SMALL, WIDE = "panda", "wide"
+SMALL, WIDE, DIFFUSION = "panda", "wide", "diffusion"
 CLIENTS = 8
+# The server's torch threads a pass (GatewayConfig.inference_threads): its 2 cores are shared with 8 clients and the
+# event loop, and torch's default (one a core) spins a batched pass's second thread against them.
+INFERENCE_THREADS = 1
 # Batching pays where a pass of 8 costs little more than a pass of 1; on a CPU that holds for no matrix work (a
 # pass of 8 costs 2-3 passes of 1 for MLPs here, ~10x for 4096-wide layers on a loaded machine): this is the best seen.
 WIDE_HIDDEN = [1024] * 8
+# A small state-based Diffusion Policy: its pass is 10 UNet passes of small tensors, whose cost is mostly per
+# operation, so 8 observations cost about twice one.
+DIFFUSION_CONFIG = {
+    "n_obs_steps": 2,
+    "horizon": 16,
+    "n_action_steps": 8,
+    "down_dims": [128, 256],
+    "kernel_size": 5,
+    "n_groups": 8,
+    "diffusion_step_embed_dim": 128,
+    "pretrained_backbone_weights": None,
+    "num_train_timesteps": 100,
+    "num_inference_steps": 10,
+    "noise_scheduler_type": "DDIM",
+}
+THROUGHPUT = {  # policy -> what the rows call it
+    WIDE: "MLP 8x1024",
+    DIFFUSION: "diffusion policy (lerobot, UNet 128-256, 10 DDIM steps)",
+}
 WARMUP = 20
 GOAL_OVERHEAD_MS = 1.0
 GOAL_SPEEDUP = 3.0
@@ -108,38 +134,56 @@ def _run_plan(who: str, plan: list, ask: Callable[[], object], messages, go) -> 
                 times.append(time.perf_counter() - started)
             messages.put({"kind": "done", "who": who, "phase": phase, "times": times})
         else:
-            replies, deadline = 0, time.monotonic() + amount
+            replies, deadline, cpu = 0, time.monotonic() + amount, time.process_time()
             while time.monotonic() < deadline:
                 ask()
                 replies += 1
-            messages.put({"kind": "done", "who": who, "phase": phase, "replies": replies, "seconds": amount})
+            cpu = time.process_time() - cpu  # every thread of this client: the gRPC stack's too
+            messages.put({"kind": "done", "who": who, "phase": phase, "replies": replies, "cpu_s": cpu})
 
 
-def _model_ms(registry, policy_name: str, batch: int, passes: int) -> float:
-    """p50 of the forward pass alone: the published weights, ``batch`` copies of the clients' observation."""
+def _model_ms(registry, policy_name: str, batches: tuple[int, ...], passes: int) -> list[float]:
+    """p50 of the forward pass alone per batch size: the published weights, copies of the clients' observation, on a
+    thread with the server's torch threads; the sizes alternate pass by pass, so the machine's load hits each alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
     from policies.weights import policy_from_bytes
 
     latest = registry.latest(policy_name)
     policy = policy_from_bytes(registry.read_verified(policy_name, latest.version))
     policy.eval()
-    observations = [{"state": _state(0)}] * batch
-    for _ in range(WARMUP):
-        policy.act_batch(observations)
-    times = []
-    for _ in range(passes):
-        started = time.perf_counter()
-        policy.act_batch(observations)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times)) * 1e3
+    observations = [[{"state": _state(0)}] * batch for batch in batches]
+
+    def timed() -> list[float]:
+        for _ in range(min(WARMUP, passes)):
+            for batch in observations:
+                policy.act_batch(batch)
+        times: list[list[float]] = [[] for _ in batches]
+        for _ in range(passes):
+            for batch, samples in zip(observations, times, strict=True):
+                started = time.perf_counter()
+                policy.act_batch(batch)
+                samples.append(time.perf_counter() - started)
+        return [float(np.median(samples)) * 1e3 for samples in times]
+
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(INFERENCE_THREADS,)) as thread:
+        return thread.submit(timed).result()
 
 
 def _publish(registry) -> None:
     from policies.factory import make_policy
     from policies.weights import policy_to_bytes
 
+    observation = {"state": {"shape": [STATE], "dtype": "float32"}}
     for name, hidden in ((SMALL, [256, 256]), (WIDE, WIDE_HIDDEN)):
-        config = {"observation": {"state": {"shape": [STATE], "dtype": "float32"}}, "action_dim": 4, "hidden": hidden}
+        config = {"observation": observation, "action_dim": 4, "hidden": hidden}
         registry.publish(name, policy_to_bytes(make_policy("mlp", {**config, "chunk_size": 10})))
+    # lerobot's diffusion policy wants the state as the robot's and as the environment's (it has no camera here)
+    inputs = {"observation.state": ["state"], "observation.environment_state": ["state"]}
+    config = {"observation": observation, "action_dim": 4, "lerobot_type": "diffusion", "inputs": inputs}
+    registry.publish(DIFFUSION, policy_to_bytes(make_policy("lerobot", {**config, "lerobot_config": DIFFUSION_CONFIG})))
 
 
 def _phase(children: Children, go, phase: int, count: int, before: Callable[[], None] = lambda: None) -> list[dict]:
@@ -163,7 +207,7 @@ def _one_client(children: Children, cloud: GatewayHarness, openpi_url: str, spoo
         else:
             children.start(openpi_client_main, openpi_url, "openpi", plan, children.messages, go, name="openpi")
         children.receive("ready", 1, timeout_s=120)
-        model = _model_ms(cloud.registry, SMALL, 1, requests)
+        (model,) = _model_ms(cloud.registry, SMALL, (1,), requests)
         (done,) = _phase(children, go, 0, 1)
         p50, p99 = (float(np.percentile(done["times"], q)) * 1e3 for q in (50, 99))
         overhead = p50 - model
@@ -177,37 +221,45 @@ def _one_client(children: Children, cloud: GatewayHarness, openpi_url: str, spoo
     return results
 
 
-def _eight_clients(children: Children, cloud: GatewayHarness, spools: Path, seconds: float, say) -> list[Result]:
-    """Replies/s of 8 clients, alternately with max_batch 1 and 16 (two rounds each), on the wide MLP."""
-    batches = (1, 16, 1, 16)
+def _eight_clients(children: Children, cloud: GatewayHarness, spools: Path, seconds: float, policy: str, say) -> Result:
+    """Replies/s of 8 clients of ``policy``, alternately with max_batch 1 and 16: the median of three rounds each (the
+    machine is shared: a burst of load elsewhere can halve one phase)."""
+    batches = (1, 16) * 3
     go = [SPAWN.Event() for _ in batches]
     plan = [("seconds", seconds)] * len(batches)
     for i in range(CLIENTS):
-        args = (cloud.target, f"arm-{i}", WIDE, str(spools / f"arm-{i}.db"), plan, children.messages, go)
-        children.start(tunnel_client_main, *args, name=f"tunnel-{i}")
+        args = (cloud.target, f"{policy}-{i}", policy, str(spools / f"{policy}-{i}.db"), plan, children.messages, go)
+        children.start(tunnel_client_main, *args, name=f"tunnel-{policy}-{i}")
     children.receive("ready", CLIENTS, timeout_s=180)
-    one, eight = _model_ms(cloud.registry, WIDE, 1, 100), _model_ms(cloud.registry, WIDE, CLIENTS, 100)
-    server = cloud.gateway.inference
+    passes = 100 if policy == WIDE else 15
+    one, eight = _model_ms(cloud.registry, policy, (1, CLIENTS), passes)
+    server, label = cloud.gateway.inference, THROUGHPUT[policy]
     rates: dict[int, list[float]] = {1: [], 16: []}
     for phase, max_batch in enumerate(batches):
-        passes = server.stats.forward_passes
+        before, cpu = server.stats.forward_passes, time.process_time()
         done = _phase(children, go, phase, CLIENTS, before=lambda m=max_batch: setattr(server, "max_batch", m))
         replies = sum(d["replies"] for d in done)
         rates[max_batch].append(replies / seconds)
-        mean = replies / max(1, server.stats.forward_passes - passes)
+        mean = replies / max(1, server.stats.forward_passes - before)
+        clients_ms, server_ms = (
+            1e3 * c / max(1, replies) for c in (sum(d["cpu_s"] for d in done), time.process_time() - cpu)
+        )
         say(
-            f"inference, {CLIENTS} clients, max_batch {max_batch}: {replies / seconds:.0f} replies/s, {mean:.1f} a pass"
+            f"inference, {CLIENTS} clients, {label}, max_batch {max_batch}: {replies / seconds:.0f} replies/s, "
+            f"{mean:.1f} a pass; CPU a reply: clients {clients_ms:.2f} ms, server {server_ms:.2f} ms"
         )
     server.max_batch = 16
     batched, unbatched = float(np.median(rates[16])), float(np.median(rates[1]))
     say(
-        f"the wide MLP alone: {one:.3f} ms a pass of 1, {eight:.3f} ms of {CLIENTS}; speedup {batched / unbatched:.2f}x"
+        f"the {label} alone: {one:.3f} ms a pass of 1, {eight:.3f} ms of {CLIENTS} ({eight / one:.2f}x); batching "
+        f"{batched:.0f} vs {unbatched:.0f} replies/s: {batched / unbatched:.2f}x (goal >= {GOAL_SPEEDUP:g}x)"
     )
     note = (
-        f"{HIGHER}; 8 TunnelClients, MLP 8x1024 (a pass of 1: {one:.2f} ms, of 8: {eight:.2f} ms); "
+        f"{HIGHER}; 8 TunnelClients, {label} (a pass of 1: {one:.2f} ms, of 8: {eight:.2f} ms, 1 torch thread); "
         f"goal >= {GOAL_SPEEDUP:g}x"
     )
-    return [Result(f"inference {CLIENTS} clients batched vs max_batch 1", batched, "replies/s", unbatched, note)]
+    name = f"inference {CLIENTS} clients batched vs max_batch 1" + ("" if policy == WIDE else f", {policy}")
+    return Result(name, batched, "replies/s", unbatched, note)
 
 
 def measure(loop: LoopThread, workdir: Path, requests: int = 300, seconds: float = 3.0, say=print) -> list[Result]:
@@ -215,13 +267,14 @@ def measure(loop: LoopThread, workdir: Path, requests: int = 300, seconds: float
 
     spools = workdir / "inference-spools"
     spools.mkdir(parents=True, exist_ok=True)
-    with GatewayHarness(loop, workdir / "inference") as cloud, Children() as children:
+    harness = GatewayHarness(loop, workdir / "inference", inference_threads=INFERENCE_THREADS)
+    with harness as cloud, Children() as children:
         _publish(cloud.registry)
         openpi = OpenPiServer(cloud.gateway.inference, cloud.registry, OpenPiConfig(default_policy=SMALL))
         port = loop.call(openpi.start())
         try:
             results = _one_client(children, cloud, f"ws://127.0.0.1:{port}/{SMALL}", spools, requests, say)
-            results += _eight_clients(children, cloud, spools, seconds, say)
+            results += [_eight_clients(children, cloud, spools, seconds, policy, say) for policy in THROUGHPUT]
         finally:
             loop.call(openpi.stop())
     return results

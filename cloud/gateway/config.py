@@ -94,6 +94,9 @@ class GatewayConfig(CodeConfig):
     max_streams_per_device: AtLeastOne = 2  # streams of one device at once (a reconnect's, and the one it supersedes)
     max_streams_per_connection: AtLeastOne = 8  # HTTP/2 streams one TCP connection may multiplex
     max_inference_queue: AtLeastOne = 4  # remote-inference requests one tunnel may have waiting; more are refused
+    # torch threads for each remote-inference pass; None: torch's default (one per core). On cores shared with the
+    # gateway's own work or the learner, 1 keeps a batched pass from spinning against them.
+    inference_threads: AtLeastOne | None = None
 
     @model_validator(mode="after")
     def _share_within_total(self) -> GatewayConfig:

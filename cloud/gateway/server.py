@@ -72,7 +72,7 @@ class Gateway(pb_grpc.TunnelServicer):
             self.fleet.add_task(task)
         self._record_tasks: tuple[Task, ...] = ()
         self._sync_record_tasks()
-        self.inference = InferenceServer(registry)
+        self.inference = InferenceServer(registry, threads=config.inference_threads)
         self.writer = StoreWriter(
             store,
             config.flush_rows,

@@ -5,6 +5,10 @@ Continuous batching, per policy: a request that finds the policy's worker idle g
 into the next pass, up to ``max_batch``. Nothing waits for company on a timer. One pass at a time per policy, and
 the gateway's event loop never waits on one: replies are handed back to the loop. The newest published version is
 loaded (on the worker thread) when it appears; each reply names the version that produced it.
+
+``threads``: torch's intra-op threads for the passes, set on each worker thread. Left unset, torch takes one per
+core, which pays for one large pass on an idle machine; on cores shared with other work (the event loop, the
+learner, a bench's clients), those threads spin against it and a pass of 8 can cost twice its single-thread time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from cloud.data.version_registry import PolicyRegistry
 from policies.base import Policy
@@ -61,21 +66,30 @@ class _Outcome:
 class _Lane:
     """One policy's requests and its worker thread; ``running`` while a pass is scheduled or under way."""
 
-    def __init__(self, policy_name: str) -> None:
+    def __init__(self, policy_name: str, threads: int | None) -> None:
         self.waiting: deque[InferenceJob] = deque()
         self.lock = threading.Lock()
         self.running = False
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{policy_name}")
+        self.worker = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"infer-{policy_name}",
+            initializer=None if threads is None else torch.set_num_threads,
+            # torch keeps the count per thread (the caller's OpenMP setting), so it is set on the worker itself
+            initargs=() if threads is None else (threads,),
+        )
 
 
 class InferenceServer:
     """Batched inference for every policy the cloud serves; ``submit`` is called on the event loop."""
 
-    def __init__(self, registry: PolicyRegistry, max_batch: int = 16) -> None:
+    def __init__(self, registry: PolicyRegistry, max_batch: int = 16, threads: int | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch: must be at least 1, got {max_batch}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads: must be at least 1 (or None: torch's default), got {threads}")
         self.registry = registry
         self.max_batch = max_batch
+        self.threads = threads
         self.stats = InferenceStats()  # written on the event loop only, as replies are handed out
         self._lanes: dict[str, _Lane] = {}
         self._models: dict[str, _Model] = {}
@@ -89,7 +103,7 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(policy_name)
         if lane is None:
-            lane = self._lanes[policy_name] = _Lane(policy_name)
+            lane = self._lanes[policy_name] = _Lane(policy_name, self.threads)
         with lane.lock:
             lane.waiting.append(request)
             if lane.running:  # the running worker takes it into its next pass

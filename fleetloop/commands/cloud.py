@@ -125,6 +125,7 @@ def _gateway_and_services(
             canary=args.canary,
             canary_episodes=args.canary_episodes,
             canary_max_episodes=args.canary_max_episodes,
+            inference_threads=args.inference_threads,
         )
         return config, _phone_service(args) + _openpi_service(args, devices, tls_cert, tls_key)
     except ConfigError as err:
@@ -280,6 +281,13 @@ def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
         "--openpi-port", type=port, default=None, help="serve openpi clients (websocket policy server) here; 0: any"
     )
     cloud.add_argument("--openpi-policy", default="", help="policy an openpi client drives unless its URL names one")
+    cloud.add_argument(
+        "--inference-threads",
+        type=int,
+        default=None,
+        help="torch threads for each remote-inference pass (tunnel and openpi); default torch's, one a core. 1 where "
+        "the cores are shared (with the learner, or on a small machine): a batched pass then costs less CPU a request",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,6 +18,7 @@ CLOUD_FLAGS = {
     "gateway.canary": "--canary",
     "gateway.canary_episodes": "--canary-episodes",
     "gateway.canary_max_episodes": "--canary-max-episodes",
+    "gateway.inference_threads": "--inference-threads",
     "phone.host": "--host",
     "phone.port": "--phone-port",
     "phone.image_height": "--phone-image",

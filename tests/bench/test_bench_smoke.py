@@ -66,9 +66,11 @@ def test_quick_inference_bench_times_both_clients_against_the_model_and_compares
         "inference tunnel 1 client p50 vs model",
         "inference openpi 1 client p50 vs model",
         "inference 8 clients batched vs max_batch 1",
+        "inference 8 clients batched vs max_batch 1, diffusion",
     ]
     for result in results:
         assert result.value > 0 and result.baseline > 0, result
-    tunnel, openpi, batching = results
-    assert tunnel.unit == openpi.unit == "ms" and batching.unit == "replies/s"
+    tunnel, openpi, mlp, diffusion = results
+    assert tunnel.unit == openpi.unit == "ms" and mlp.unit == diffusion.unit == "replies/s"
+    assert "MLP 8x1024" in mlp.note and "diffusion policy" in diffusion.note
     assert tunnel.value > tunnel.baseline and openpi.value > openpi.baseline  # a round trip holds the forward pass

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 
 from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
@@ -221,3 +222,41 @@ def test_robots_over_the_tunnel_a_lone_request_alone_then_those_sent_during_its_
         expected = policy.act({"state": state})
         np.testing.assert_allclose(decode_array(reply.actions), expected, rtol=1e-5, atol=1e-6)
     assert cloud.gateway.inference.stats.batch_sizes == {1: 1, 3: 1}
+
+
+class ThreadsSeen(MLPPolicy):
+    """An MLP that records the torch thread count each of its forward passes ran with."""
+
+    type_name: ClassVar[str] = "test_threads_seen_mlp"
+    seen: ClassVar[list[int]] = []
+
+    def act_batch(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        ThreadsSeen.seen.append(torch.get_num_threads())
+        return super().act_batch(observations)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_passes_run_with_the_configured_torch_threads_and_the_callers_count_is_left_alone(tmp_path, threads) -> None:
+    registry = signing_registry(DataLayout(tmp_path))
+    registry.publish("p", policy_to_bytes(make_policy("test_threads_seen_mlp", CONFIG)))
+    ThreadsSeen.seen = []
+    before = torch.get_num_threads()
+
+    async def scenario() -> tuple:
+        server = InferenceServer(registry, threads=threads)
+        answer = asyncio.get_running_loop().create_future()
+        server.submit("p", InferenceJob({"state": np.ones(3, np.float32)}, lambda *a: answer.set_result(a)))
+        result = await asyncio.wait_for(answer, timeout=10)
+        await server.close()
+        return result
+
+    assert asyncio.run(scenario())[2] == ""
+    assert ThreadsSeen.seen == [threads]
+    assert torch.get_num_threads() == before
+
+
+def test_a_thread_count_below_one_is_refused_naming_the_field(tmp_path) -> None:
+    with pytest.raises(ValueError, match="threads: must be at least 1"):
+        InferenceServer(signing_registry(DataLayout(tmp_path)), threads=0)
+    with pytest.raises(ValueError, match="inference_threads"):
+        GatewayConfig(inference_threads=0)

@@ -61,6 +61,7 @@ def test_ports_and_addresses_are_checked_at_start(argv: list[str], says: str) ->
         (["--phone-port", "-1"], "refusing to start: --phone-port: phone.port: should be greater than or equal to 0"),
         (["--phone-image", "4x4000"], "refusing to start: --phone-image: phone.image_height: should be greater than"),
         (["--lost-after", "0"], "refusing to start: --lost-after: gateway.lost_after_s: should be greater than 0"),
+        (["--inference-threads", "0"], "refusing to start: --inference-threads: gateway.inference_threads: should be"),
         (["--pairing-minutes", "0"], "refusing to start: --pairing-minutes: phone.pairing_ttl_s: should be greater"),
         (["--canary", "1.5"], "refusing to start: --canary: gateway.canary: a share below 1 (0.25) or a whole number"),
         (["--canary", "-0.2"], "refusing to start: --canary: gateway.canary: should be greater than or equal to 0"),
