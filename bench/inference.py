@@ -221,10 +221,12 @@ def _one_client(children: Children, cloud: GatewayHarness, openpi_url: str, spoo
     return results
 
 
-def _eight_clients(children: Children, cloud: GatewayHarness, spools: Path, seconds: float, policy: str, say) -> Result:
-    """Replies/s of 8 clients of ``policy``, alternately with max_batch 1 and 16: the median of three rounds each (the
-    machine is shared: a burst of load elsewhere can halve one phase)."""
-    batches = (1, 16) * 3
+def _eight_clients(
+    children: Children, cloud: GatewayHarness, spools: Path, seconds: float, rounds: int, policy: str, say
+) -> Result:
+    """Replies/s of 8 clients of ``policy``, alternately with max_batch 1 and 16: the median of ``rounds`` rounds each
+    (the machine is shared: a burst of load elsewhere can halve one phase)."""
+    batches = (1, 16) * rounds
     go = [SPAWN.Event() for _ in batches]
     plan = [("seconds", seconds)] * len(batches)
     for i in range(CLIENTS):
@@ -262,7 +264,9 @@ def _eight_clients(children: Children, cloud: GatewayHarness, spools: Path, seco
     return Result(name, batched, "replies/s", unbatched, note)
 
 
-def measure(loop: LoopThread, workdir: Path, requests: int = 300, seconds: float = 3.0, say=print) -> list[Result]:
+def measure(
+    loop: LoopThread, workdir: Path, requests: int = 300, seconds: float = 3.0, rounds: int = 3, say=print
+) -> list[Result]:
     from cloud.channels.openpi_server import OpenPiConfig, OpenPiServer
 
     spools = workdir / "inference-spools"
@@ -274,7 +278,7 @@ def measure(loop: LoopThread, workdir: Path, requests: int = 300, seconds: float
         port = loop.call(openpi.start())
         try:
             results = _one_client(children, cloud, f"ws://127.0.0.1:{port}/{SMALL}", spools, requests, say)
-            results += [_eight_clients(children, cloud, spools, seconds, policy, say) for policy in THROUGHPUT]
+            results += [_eight_clients(children, cloud, spools, seconds, rounds, policy, say) for policy in THROUGHPUT]
         finally:
             loop.call(openpi.stop())
     return results

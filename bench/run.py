@@ -145,8 +145,8 @@ def run_bench(
             episodes, updates = (6, 40) if quick else (40, 600)
             results += codec_training.measure(workdir, episodes=episodes, train_steps=updates, say=say)
         if "inference" in figures:
-            requests, seconds = (60, 1.0) if quick else (400, 3.0)
-            results += inference.measure(loop, workdir, requests=requests, seconds=seconds, say=say)
+            requests, seconds, rounds = (60, 1.0, 1) if quick else (400, 3.0, 3)
+            results += inference.measure(loop, workdir, requests=requests, seconds=seconds, rounds=rounds, say=say)
         if "tracking" in figures:
             results += tracking.measure(workdir, rounds=2 if quick else 6, train_steps=200 if quick else 1500, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
