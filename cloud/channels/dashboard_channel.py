@@ -6,7 +6,8 @@ Who may: an operator device, with its token in the page's hello (as on the takeo
 policies sees and commands only the robots running one of them. Cross-site requests: the page keeps no cookie, so
 another site's page cannot act with the operator's rights (it would need the token), and a websocket whose Origin is
 not this page's own is refused before its hello. An emergency stop goes at once; stopping a robot's task, releasing an
-emergency stop and rolling a version back ask the person to confirm, and the server takes them only when confirmed.
+emergency stop, promoting a canary version to every robot and rolling one back ask the person to confirm, and the
+server takes them only when confirmed.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ FILES = {  # URL path -> (file, content type)
     PREFIX + "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
 }
 # Taken only with "confirmed": true (the page asked the person first): taking a robot's task away, letting an
-# e-stopped robot move again, undoing a version. An emergency stop itself is never delayed by a question.
-CONFIRMED = ("stop", "release", "rollback")
+# e-stopped robot move again, sending a briefly tested version to every robot, undoing a version. An emergency stop
+# itself is never delayed by a question.
+CONFIRMED = ("stop", "release", "promote", "rollback")
 MAX_MESSAGE_BYTES = 4096  # a page sends hellos, commands and requests, all small
 
 

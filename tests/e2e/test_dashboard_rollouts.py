@@ -112,7 +112,9 @@ def test_an_operator_sees_a_canary_and_promotes_and_rolls_back_from_the_dashboar
         shows_the_stores_numbers(chrome, fleet)
         assert_pill(chrome, 2, "canary", tmp_path / "rollout-canary.png")
 
+        chrome.js("window.confirm = (question) => { window.__asked = question; return true; }")
         decide(chrome, 2, "promote")
+        assert chrome.js("window.__asked") == f"Promote {POLICY} v2? Every robot on {POLICY} gets it."
         wait_until(lambda: state_of(fleet, 2) == "promoted", 30, "the gateway to promote v2")
         assert record_of(fleet, 2)["decided_by"] == "operator"
         assert record_of(fleet, 2)["reason"].startswith("by an operator (dashboard: alice)")

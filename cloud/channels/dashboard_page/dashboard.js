@@ -178,11 +178,12 @@ function counts(c) {
 }
 
 function decide(policy, version, decision) {
-  let confirmed = false;
-  if (decision === "rollback") {
-    confirmed = window.confirm(`Roll back ${policy} v${version}? Its robots go back to the version before it.`);
-    if (!confirmed) return;
-  }
+  const question =
+    decision === "rollback"
+      ? `Roll back ${policy} v${version}? Its robots go back to the version before it.`
+      : `Promote ${policy} v${version}? Every robot on ${policy} gets it.`;
+  const confirmed = window.confirm(question);
+  if (!confirmed) return;
   socket.send(JSON.stringify({ type: "rollout", policy, version, decision, confirmed }));
 }
 
