@@ -32,6 +32,7 @@ from protocol import tunnel_pb2 as pb
 from protocol.channel import open_channel
 from protocol.limits import POLICY_NAME
 from protocol.link_errors import link_failure
+from protocol.policy_chunks import PolicyPiece, read_cloud_message
 from protocol.sanitize import printable
 from protocol.steps import steps_message
 
@@ -278,7 +279,7 @@ class TunnelClient:
 
         with open_channel(self.target, self.config.ca, options=CHANNEL_OPTIONS) as channel:
             connect = channel.stream_stream(
-                CONNECT, request_serializer=_serialize, response_deserializer=pb.CloudMessage.FromString
+                CONNECT, request_serializer=_serialize, response_deserializer=read_cloud_message
             )
             responses = connect(requests())
             in_flight: dict[int, int] = {}
@@ -291,6 +292,9 @@ class TunnelClient:
             try:
                 for message in responses:
                     self.last_heard = time.monotonic()
+                    if isinstance(message, PolicyPiece):  # a pushed version's piece, its data not copied
+                        self._receive_policy_chunk(message.chunk, message.data)
+                        continue
                     kind = message.WhichOneof("body")
                     if kind == "welcome":
                         self.learner_key.welcomed(message.welcome.learner_key)
@@ -413,8 +417,9 @@ class TunnelClient:
         log.warning("the cloud rolled back %s v%d (%s)", name, bad, printable(rollback.reason))
         self.on_rollback(name, bad, to)
 
-    def _receive_policy_chunk(self, chunk: pb.PolicyChunk) -> None:
-        # Checksum and buffer as pieces arrive, so a large version is ready as soon as its last piece is in.
+    def _receive_policy_chunk(self, chunk: pb.PolicyChunk, data: Buffer | None = None) -> None:
+        """The next piece of a pushed version (``data``: its bytes when read apart from ``chunk``). Hashed and
+        buffered as pieces arrive, so a large version is ready as soon as its last piece is in."""
         if chunk.offset == 0:
             if not 0 < chunk.total_bytes <= MAX_POLICY_BYTES:
                 log.error(
@@ -438,7 +443,8 @@ class TunnelClient:
             log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        data = chunk.data  # read once: each read of a protobuf bytes field is a fresh copy of the piece
+        if data is None:
+            data = chunk.data  # read once: each read of a protobuf bytes field is a fresh copy of the piece
         end = chunk.offset + len(data)
         if end > len(incoming.buffer):
             log.error("policy %s v%d is longer than announced; dropping it", chunk.policy_name, chunk.version)
