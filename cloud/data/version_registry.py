@@ -16,8 +16,10 @@ that (``sends_in``): the bf16 digests cost a cast and a hash of the whole model.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +32,7 @@ from policies.version_digest import digest_of, version_digest
 from policies.weights import read_metadata
 from protocol.limits import case_twin
 
+log = logging.getLogger("fleetloop.registry")
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always matched whole
 
 
@@ -72,6 +75,21 @@ class PolicyRegistry:
         self.signer = signer
         self.public_key = Path(public_key) if public_key is not None else None
         self._verifier: Verifier | None = signer
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Calls ``listener`` (on the publishing thread; it must not block) once a publish through this object left
+        its hint and once it recorded the version: a gateway in the learner's process need not wait for its next
+        look. Publishes from other processes are only seen by looking. Returns what stops the calls."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener's failure is no failed publish: it looks again soon anyway
+                log.exception("a registry listener failed")
 
     @property
     def verifier(self) -> Verifier | None:
@@ -159,6 +177,7 @@ class PolicyRegistry:
         record = json.dumps(asdict(version)).encode()
         self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
         self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
+        self._changed()
         return version
 
     def _write(self, policy_name: str, number: int, weights: bytes) -> tuple[str, int]:
@@ -205,6 +224,7 @@ class PolicyRegistry:
             self._blobs.put(
                 f"{policy_name}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False
             )
+            self._changed()
 
     def publishing(self, policy_name: str) -> Publishing | None:
         """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the

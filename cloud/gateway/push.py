@@ -6,6 +6,7 @@ Weights, wire states and built updates are cached: edges on one version share th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -105,13 +106,25 @@ class PolicyPusher:
                 self.config.wire_dtype,
                 err,
             )
-        while True:
-            for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
-                try:
-                    await self._look(policy_name)
-                except Exception:  # one unreadable policy must not stop the pushes of all the others
-                    log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
-            await asyncio.sleep(self.config.registry_poll_s)
+        loop, changed = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:  # a publish in this process: look now, not at the next poll
+            with contextlib.suppress(RuntimeError):  # the loop is closed: this gateway stopped
+                loop.call_soon_threadsafe(changed.set)
+
+        stop_waking = self.registry.on_change(wake)
+        try:
+            while True:
+                changed.clear()
+                for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
+                    try:
+                        await self._look(policy_name)
+                    except Exception:  # one unreadable policy must not stop the pushes of all the others
+                        log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
+                with contextlib.suppress(TimeoutError):  # other processes' publishes are seen at the next look
+                    await asyncio.wait_for(changed.wait(), self.config.registry_poll_s)
+        finally:
+            stop_waking()
 
     async def _look(self, name: str) -> None:
         """Announces a newly published version of ``name``, or one whose file is being written now (a float32

@@ -166,3 +166,22 @@ def test_a_signed_version_written_body_first_is_the_file_the_learner_signed(tmp_
     assert (version.sha256, version.size_bytes) == (digest_of(stored), len(stored))
     assert version.sha256.startswith(PREFIX) and digest_matches(stored, version.sha256)
     assert [p.name for p in (tmp_path / "registry" / "pick").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_listeners_hear_of_each_publish_through_this_registry_and_cannot_fail_it(tmp_path, caplog) -> None:
+    registry = signing_registry(DataLayout(tmp_path))
+    heard: list[tuple[int | None, int | None]] = []
+
+    def listener() -> None:  # once the hint is left (v being written), once it is recorded
+        publishing, latest = registry.publishing("pick"), registry.latest("pick")
+        heard.append((publishing.version if publishing else None, latest.version if latest else None))
+
+    def failing() -> None:
+        raise RuntimeError("the gateway's loop is closed")
+
+    stop = registry.on_change(listener)
+    registry.on_change(failing)
+    registry.publish("pick", weights())
+    assert heard == [(1, None), (None, 1)] and "a registry listener failed" in caplog.text
+    stop()
+    assert registry.publish("pick", weights()).version == 2 and len(heard) == 2
