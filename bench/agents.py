@@ -86,13 +86,14 @@ def _trace(agent, messages, who: str) -> None:
     on_policy = agent.tunnel.on_policy
     apply_update = edge.local_runtime.apply_update
 
-    def receive_chunk_traced(chunk) -> None:
+    def receive_chunk_traced(chunk, data=None) -> None:
+        data = chunk.data if data is None else data  # as the tunnel reads it (each read of chunk.data is a copy)
         entry = stamps.setdefault(chunk.version, {})
         if chunk.offset == 0:
             entry["first_chunk"] = time.monotonic()
-        if chunk.offset + len(chunk.data) >= chunk.total_bytes:
+        if chunk.offset + len(data) >= chunk.total_bytes:
             entry["last_chunk"] = time.monotonic()
-        receive_chunk(chunk)
+        receive_chunk(chunk, data)
 
     def on_policy_traced(name: str, version: int, data: bytes) -> None:
         stamps.setdefault(version, {})["verified"] = time.monotonic()

@@ -1,12 +1,11 @@
 """The edge side of the tunnel: one stream the edge opens, kept open and reopened with backoff.
 
 Uploads what the spool holds (a window of batches in flight), drops from the spool what the
-cloud acks, and assembles pushed policy versions, checking their sha256 before loading.
+cloud acks, and assembles pushed policy versions, checking their digest before loading.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import random
@@ -27,11 +26,13 @@ from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
 from policies.signing import StreamCheck, UnsignedVersion
 from policies.tensor_view import Buffer, HashedBuffer
+from policies.version_digest import digest_matches
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol.channel import open_channel
 from protocol.limits import POLICY_NAME
 from protocol.link_errors import link_failure
+from protocol.policy_chunks import PolicyPiece, read_cloud_message
 from protocol.sanitize import printable
 from protocol.steps import steps_message
 
@@ -153,12 +154,10 @@ class TunnelClient:
         self._outgoing: queue.Queue[pb.EdgeMessage | bytes | None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._incoming: _IncomingPolicy | None = None
-        # Each version's tensors are hashed here as its pieces arrive, beside the receiving thread: loading it then
-        # need not hash 200 MB again after its last piece.
-        # A pushed version's two digests, each on its own thread as pieces arrive (hashlib lets go of the GIL): the
-        # whole file's sha256 and each tensor's; the receiving thread only copies pieces in.
+        # Each version's tensors are hashed here as its pieces arrive, beside the receiving thread (hashlib lets go of
+        # the GIL), once: those digests make the version's digest (policies.version_digest) and are checked against
+        # the learner's signature when it loads, so neither hashes 200 MB again after its last piece.
         self._tensor_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-digests")
-        self._file_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-sha256")
         self.learner_key = LearnerKey.from_files(config.learner_key, config.ca)
         self.backlog_watch = BacklogWatch(config.backlog_warn_s)
         self.backlog = Backlog(0, 0, 0.0)  # as last counted for a heartbeat
@@ -174,7 +173,6 @@ class TunnelClient:
             outgoing.put(None)
         self._thread.join(timeout=5)
         self._tensor_hasher.shutdown(wait=False, cancel_futures=True)
-        self._file_hasher.shutdown(wait=False, cancel_futures=True)
 
     def link_up(self, timeout_s: float) -> bool:
         """Connected, and the cloud answered within ``timeout_s`` (a frozen peer keeps TCP open but stays silent)."""
@@ -281,7 +279,7 @@ class TunnelClient:
 
         with open_channel(self.target, self.config.ca, options=CHANNEL_OPTIONS) as channel:
             connect = channel.stream_stream(
-                CONNECT, request_serializer=_serialize, response_deserializer=pb.CloudMessage.FromString
+                CONNECT, request_serializer=_serialize, response_deserializer=read_cloud_message
             )
             responses = connect(requests())
             in_flight: dict[int, int] = {}
@@ -294,6 +292,9 @@ class TunnelClient:
             try:
                 for message in responses:
                     self.last_heard = time.monotonic()
+                    if isinstance(message, PolicyPiece):  # a pushed version's piece, its data not copied
+                        self._receive_policy_chunk(message.chunk, message.data)
+                        continue
                     kind = message.WhichOneof("body")
                     if kind == "welcome":
                         self.learner_key.welcomed(message.welcome.learner_key)
@@ -419,8 +420,9 @@ class TunnelClient:
         log.warning("the cloud rolled back %s v%d (%s)", name, bad, printable(rollback.reason))
         self.on_rollback(name, bad, to)
 
-    def _receive_policy_chunk(self, chunk: pb.PolicyChunk) -> None:
-        # Checksum and buffer as pieces arrive, so a large version is ready as soon as its last piece is in.
+    def _receive_policy_chunk(self, chunk: pb.PolicyChunk, data: Buffer | None = None) -> None:
+        """The next piece of a pushed version (``data``: its bytes when read apart from ``chunk``). Hashed and
+        buffered as pieces arrive, so a large version is ready as soon as its last piece is in."""
         if chunk.offset == 0:
             if not 0 < chunk.total_bytes <= MAX_POLICY_BYTES:
                 log.error(
@@ -433,7 +435,6 @@ class TunnelClient:
                 chunk.version,
                 chunk.sha256,
                 HashedBuffer(chunk.total_bytes),
-                hashlib.sha256(),
                 StreamCheck(None, chunk.policy_name, chunk.version, chunk.total_bytes),
             )
         incoming = self._incoming
@@ -445,7 +446,8 @@ class TunnelClient:
             log.error("policy %s v%d arrived out of order; waiting for a fresh push", chunk.policy_name, chunk.version)
             self._incoming = None
             return
-        data = chunk.data  # read once: each read of a protobuf bytes field is a fresh copy of the piece
+        if data is None:
+            data = chunk.data  # read once: each read of a protobuf bytes field is a fresh copy of the piece
         end = chunk.offset + len(data)
         if end > len(incoming.buffer):
             log.error("policy %s v%d is longer than announced; dropping it", chunk.policy_name, chunk.version)
@@ -454,20 +456,15 @@ class TunnelClient:
         incoming.buffer[chunk.offset : end] = data
         incoming.received = end
         view = memoryview(incoming.buffer)[chunk.offset : end]  # never written again: the hashers read it
-        incoming.file_hashed = self._file_hasher.submit(incoming.digest.update, view)  # in order: one thread
         incoming.hashed.append(self._tensor_hasher.submit(incoming.tensors.update, view))
         if end < len(incoming.buffer):
             return
         self._incoming = None
-        incoming.take_digests()
-        try:
-            if incoming.file_hashed is not None:  # the pieces before it were hashed before it (one thread, in order)
-                incoming.file_hashed.result()
-        except CancelledError:  # the tunnel is stopping
+        if not incoming.take_digests():  # the tunnel is stopping
             return
-        # A version sent while it was still being published carries its sha256 on its last piece only (sent once
+        # A version sent while it was still being published carries its digest on its last piece only (sent once
         # the registry holds it durably); no version completes without one.
-        if incoming.digest.hexdigest() != (chunk.sha256 or incoming.sha256):
+        if not digest_matches(incoming.buffer, chunk.sha256 or incoming.sha256, incoming.buffer.digests):
             log.error("policy %s v%d failed its checksum; keeping the current policy", incoming.name, incoming.version)
             return
         what = "reward classifier" if incoming.name == self.config.outcome_policy else "policy"
@@ -495,21 +492,22 @@ class TunnelClient:
 class _IncomingPolicy:
     name: str
     version: int
-    sha256: str
+    sha256: str  # the version's digest (policies.version_digest), when its first piece carried it
     buffer: HashedBuffer
-    digest: hashlib._Hash
     tensors: StreamCheck  # each tensor's digest, taken on the hashing thread as pieces arrive
     hashed: list[Future] = field(default_factory=list)
-    file_hashed: Future | None = None  # the whole file's sha256 of the pieces so far
     received: int = 0
 
-    def take_digests(self) -> None:
+    def take_digests(self) -> bool:
         """Once every piece is in: the tensors' digests onto the buffer (left off when the bytes are no safetensors
-        file: loading it says so)."""
+        file: its digest does not match, or loading it says so). False when the tunnel stopped meanwhile."""
         try:
             for done in self.hashed:
                 done.result()
             self.tensors.finish()
-        except (UnsignedVersion, CancelledError):
-            return
+        except CancelledError:
+            return False
+        except UnsignedVersion:
+            return True
         self.buffer.digests = dict(self.tensors.digests)
+        return True

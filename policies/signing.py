@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -205,6 +205,15 @@ class StreamCheck:
         return self.manifest
 
 
+class SignedHeader(NamedTuple):
+    """A signed header, where the data section it heads starts in the weights it was made from, and each tensor's
+    ``tensor_digest`` as stored (its float32 wire digest, taken while signing)."""
+
+    header: bytes
+    data_start: int
+    digests: dict[str, str]
+
+
 class Signer(Verifier):
     """The learner's private key: signs the versions it publishes."""
 
@@ -234,22 +243,23 @@ class Signer(Verifier):
     def sign(self, weights: Buffer, policy_name: str, version: int, wire_dtypes: Iterable[str] = WIRE_DTYPES) -> bytes:
         """``weights`` (``policies.weights.policy_to_bytes`` output) signed as ``policy_name`` v``version``; a
         signature it carried before (a rollback republishes older weights) is replaced."""
-        header, data_start = self.signed_header(weights, policy_name, version, wire_dtypes)
+        header, data_start, _ = self.signed_header(weights, policy_name, version, wire_dtypes)
         return b"".join((header, memoryview(weights)[data_start:]))
 
     def signed_header(
         self, weights: Buffer, policy_name: str, version: int, wire_dtypes: Iterable[str] = WIRE_DTYPES
-    ) -> tuple[bytes, int]:
-        """The header of ``weights`` signed as ``policy_name`` v``version`` (8-byte length and JSON), and where the
-        data section of ``weights`` starts: that header followed by that data section is the signed file. The
-        tensors are hashed in place, the digests of every wire dtype in ``wire_dtypes`` at once (float32 always:
-        the registry file itself); the data section is not copied."""
+    ) -> SignedHeader:
+        """The header of ``weights`` signed as ``policy_name`` v``version`` (8-byte length and JSON), where the data
+        section of ``weights`` starts (that header followed by that data section is the signed file) and the tensors'
+        digests. The tensors are hashed in place, the digests of every wire dtype in ``wire_dtypes`` at once (float32
+        always: the registry file itself); the data section is not copied."""
         layout, wires = _layout(weights, wire_dtypes)
         tensors = layout.tensors(weights)
         jobs = {(wire, name): tensor for wire in wires for name, tensor in tensors.items()}
         wire_digests = digests(jobs, {key: key[0] for key in jobs})
         state = {wire: state_digest({name: wire_digests[wire, name] for name in tensors}) for wire in wires}
-        return self._header(layout, tensors, policy_name, version, state), layout.header_bytes
+        header = self._header(layout, tensors, policy_name, version, state)
+        return SignedHeader(header, layout.header_bytes, {name: wire_digests["float32", name] for name in tensors})
 
     def signed_header_bytes(
         self, weights: Buffer, policy_name: str, version: int, wire_dtypes: Iterable[str] = WIRE_DTYPES

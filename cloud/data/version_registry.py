@@ -15,10 +15,11 @@ that (``sends_in``): the bf16 digests cost a cast and a hash of the whole model.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,9 +28,11 @@ from cloud.data.blobs import LocalBlobs, open_blobs
 from cloud.data.files import body_first, temporary_path
 from policies.signing import WIRE_DTYPES, Manifest, Signer, UnsignedVersion, Verifier
 from policies.tensor_view import Layout, LayoutError
+from policies.version_digest import digest_of, version_digest
 from policies.weights import read_metadata
 from protocol.limits import case_twin
 
+log = logging.getLogger("fleetloop.registry")
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always matched whole
 
 
@@ -40,18 +43,11 @@ def check_policy_name(policy_name: str) -> str:
     return policy_name
 
 
-def _sha256(parts: tuple[bytes | memoryview, ...]) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class PolicyVersion:
     policy_name: str
     version: int
-    sha256: str
+    sha256: str  # policies.version_digest ("tensors-sha256:..."; a plain sha256 of the file in older records)
     size_bytes: int
     published_unix: float
     note: str = ""
@@ -79,6 +75,21 @@ class PolicyRegistry:
         self.signer = signer
         self.public_key = Path(public_key) if public_key is not None else None
         self._verifier: Verifier | None = signer
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Calls ``listener`` (on the publishing thread; it must not block) once a publish through this object left
+        its hint and once it recorded the version: a gateway in the learner's process need not wait for its next
+        look. Publishes from other processes are only seen by looking. Returns what stops the calls."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener's failure is no failed publish: it looks again soon anyway
+                log.exception("a registry listener failed")
 
     @property
     def verifier(self) -> Verifier | None:
@@ -166,26 +177,30 @@ class PolicyRegistry:
         record = json.dumps(asdict(version)).encode()
         self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
         self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
+        self._changed()
         return version
 
     def _write(self, policy_name: str, number: int, weights: bytes) -> tuple[str, int]:
-        """Writes a version's file in order, hashing it meanwhile (hashlib lets go of the GIL): on object storage,
-        or unsigned. Returns its sha256 and size."""
-        parts: tuple[bytes | memoryview, ...] = (weights,)
+        """Writes a version's file in order: on object storage, or unsigned (its digest taken meanwhile: hashlib lets
+        go of the GIL). Returns its digest (``policies.version_digest``) and size."""
         if self.signer is not None:  # the signed header, then the data section as it is (not copied)
-            header, data_start = self.signer.signed_header(weights, policy_name, number, self.wire_dtypes())
-            parts = (header, memoryview(weights)[data_start:])
+            header, data_start, digests = self.signer.signed_header(weights, policy_name, number, self.wire_dtypes())
+            parts: tuple[bytes | memoryview, ...] = (header, memoryview(weights)[data_start:])
+            digest = version_digest(header, digests)
+        else:
+            parts, digest = (weights,), ""
         size_bytes = sum(len(part) for part in parts)
         self._hint(policy_name, number, size_bytes)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as pool:
-            sha256 = pool.submit(_sha256, parts)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-digest") as pool:
+            unsigned = pool.submit(digest_of, weights) if self.signer is None else None
             self._blobs.put(f"{self._dir(policy_name)}/v{number:06d}.safetensors", parts, sync_folder=False)
-        return sha256.result(), size_bytes
+        return (digest if unsigned is None else unsigned.result()), size_bytes
 
     def _write_signed(self, policy_name: str, number: int, weights: bytes, signer: Signer) -> tuple[str, int]:
         """Writes a signed version's file on this disk: its data section lands while the tensors are hashed for the
         signature, the signed header in front of it once made; then the hint (a gateway follows the file from its
-        start, most of it written already) and the file's sha256 while the rest lands. Returns the sha256 and size."""
+        start, most of it written already). Its digest comes from the header and the signature's tensor digests: no
+        second pass over the data. Returns the digest and size."""
         wires = self.wire_dtypes()
         head_bytes = signer.signed_header_bytes(weights, policy_name, number, wires)
         try:
@@ -195,11 +210,10 @@ class PolicyRegistry:
         path = self.path(policy_name, number)
         path.parent.mkdir(parents=True, exist_ok=True)
         with body_first(path, head_bytes, (data,)) as write_head:
-            header, _ = signer.signed_header(weights, policy_name, number, wires)
+            header, _, digests = signer.signed_header(weights, policy_name, number, wires)
             write_head(header)
             self._hint(policy_name, number, len(header) + len(data))
-            sha256 = _sha256((header, data))
-        return sha256, len(header) + len(data)
+        return version_digest(header, digests), len(header) + len(data)
 
     def _hint(self, policy_name: str, number: int, size_bytes: int) -> None:
         """Says which file ``number`` is being written to, so a gateway on this disk may send it as it grows (object
@@ -210,6 +224,7 @@ class PolicyRegistry:
             self._blobs.put(
                 f"{policy_name}/{PUBLISHING}", json.dumps(hint).encode(), sync_file=False, sync_folder=False
             )
+            self._changed()
 
     def publishing(self, policy_name: str) -> Publishing | None:
         """The version of ``policy_name`` being published now, if one is (its record not written yet); a hint: the
@@ -260,7 +275,7 @@ class PolicyRegistry:
         self._blobs.put(f"{directory}/v{version:06d}.safetensors", weights, sync_folder=False)
         latest = self.latest(policy_name)
         if latest is not None and latest.version == version:
-            signed = replace(latest, sha256=hashlib.sha256(weights).hexdigest(), size_bytes=len(weights))
+            signed = replace(latest, sha256=digest_of(weights), size_bytes=len(weights))
             self._blobs.put(f"{directory}/latest.json", json.dumps(asdict(signed)).encode(), sync_folder=False)
         return True
 

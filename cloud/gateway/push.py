@@ -6,6 +6,7 @@ Weights, wire states and built updates are cached: edges on one version share th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -20,7 +21,7 @@ from cloud.gateway.sessions import Session, Subscription
 from cloud.gateway.snapshot_stream import PublishAbandoned, SnapshotSource, SnapshotStream
 from policies.signing import UnsignedVersion
 from policies.updates import WireState, build_update, delta_names
-from policies.weights import sha256_hex
+from policies.version_digest import digest_of
 from protocol import tunnel_pb2 as pb
 from protocol.policy_chunks import policy_pieces
 from protocol.sanitize import printable
@@ -105,13 +106,25 @@ class PolicyPusher:
                 self.config.wire_dtype,
                 err,
             )
-        while True:
-            for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
-                try:
-                    await self._look(policy_name)
-                except Exception:  # one unreadable policy must not stop the pushes of all the others
-                    log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
-            await asyncio.sleep(self.config.registry_poll_s)
+        loop, changed = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:  # a publish in this process: look now, not at the next poll
+            with contextlib.suppress(RuntimeError):  # the loop is closed: this gateway stopped
+                loop.call_soon_threadsafe(changed.set)
+
+        stop_waking = self.registry.on_change(wake)
+        try:
+            while True:
+                changed.clear()
+                for policy_name in {name for s in self.sessions.values() for name in s.receives()}:
+                    try:
+                        await self._look(policy_name)
+                    except Exception:  # one unreadable policy must not stop the pushes of all the others
+                        log.exception("cannot read the registry entry of policy %s; retrying", policy_name)
+                with contextlib.suppress(TimeoutError):  # other processes' publishes are seen at the next look
+                    await asyncio.wait_for(changed.wait(), self.config.registry_poll_s)
+        finally:
+            stop_waking()
 
     async def _look(self, name: str) -> None:
         """Announces a newly published version of ``name``, or one whose file is being written now (a float32
@@ -349,18 +362,19 @@ class PolicyPusher:
             return await self._snapshot(version)
         target, base_state = delta_from or (await self._wire_state(version), None)
         built = await asyncio.to_thread(build_update, target, base_state, self.config.max_delta_fraction)
-        return await self._pieces(version, built.payload, sha256_hex(built.payload), built.kind, built.base_version)
+        digest = await asyncio.to_thread(digest_of, built.payload)
+        return await self._pieces(version, built.payload, digest, built.kind, built.base_version)
 
     async def _snapshot(self, version: PolicyVersion) -> Pieces:
         """A float32 snapshot is the registry file as it is (no second serialization and hash of the whole model),
         cut into pieces as it is read and checked against the learner's signature in the same pass."""
         return Pieces(self._stream(version), "full", 0, version.size_bytes)
 
-    async def _pieces(self, version: PolicyVersion, data: bytes, sha256: str, kind: str, base_version: int) -> Pieces:
+    async def _pieces(self, version: PolicyVersion, data: bytes, digest: str, kind: str, base_version: int) -> Pieces:
         template = pb.PolicyChunk(
             policy_name=version.policy_name,
             version=version.version,
-            sha256=sha256,
+            sha256=digest,  # policies.version_digest
             published_mono_ns=time.monotonic_ns(),  # when its pieces were made
             kind=kind,
             base_version=base_version,

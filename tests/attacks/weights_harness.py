@@ -41,10 +41,10 @@ class CountingEdge:
         self.tunnel = TunnelClient(TunnelConfig(target, "pick"), RESOURCE, spool, on_policy=self.runtime.load)
         receive = self.tunnel._receive_policy_chunk
 
-        def counting(chunk) -> None:
+        def counting(chunk, data=None) -> None:
             if chunk.offset == 0:
                 self.offered[(chunk.policy_name, chunk.version)] += 1
-            receive(chunk)
+            receive(chunk, data)
 
         self.tunnel._receive_policy_chunk = counting  # type: ignore[method-assign]
 

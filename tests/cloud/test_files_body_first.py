@@ -4,6 +4,7 @@ temporary file see it grow from its start once the head is in, and a failure lea
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -30,6 +31,27 @@ def test_the_body_lands_while_the_head_is_made_and_the_file_is_renamed_whole(tmp
         write_head(b"HEAD1234")
     assert path.read_bytes() == b"HEAD1234" + body
     assert not temporary_path(path).exists()
+
+
+@pytest.mark.parametrize("system", ["linux", "none"])
+def test_each_piece_of_the_body_starts_to_disk_as_it_is_written(tmp_path, monkeypatch, system: str) -> None:
+    """Every byte of the body is handed to writeback in order as its piece lands (the final fsync then finds little
+    left); a system without sync_file_range writes the same file."""
+    monkeypatch.setattr(files, "BODY_PIECE", 1000)
+    ranges: list[tuple[int, int]] = []
+
+    def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        assert flags == files.SYNC_FILE_RANGE_WRITE and os.fstat(fd).st_size >= offset + nbytes
+        ranges.append((offset, nbytes))
+        return 0
+
+    assert files._SYNC_FILE_RANGE is not None or not sys.platform.startswith("linux")  # found in this C library
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", sync_file_range if system == "linux" else None)
+    path, body = tmp_path / "v1.bin", os.urandom(2_500)
+    with body_first(path, 8, (body,)) as write_head:
+        write_head(b"HEAD1234")
+    assert path.read_bytes() == b"HEAD1234" + body
+    assert ranges == ([(8, 1000), (1008, 1000), (2008, 500)] if system == "linux" else [])
 
 
 def test_a_head_of_another_length_or_none_or_a_failure_places_nothing(tmp_path) -> None:

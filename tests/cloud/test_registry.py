@@ -9,6 +9,7 @@ from cloud.data.learner_key import signing_registry
 from cloud.data.version_registry import PolicyRegistry
 from policies.factory import make_policy
 from policies.signing import NOT_SIGNED, UnsignedVersion
+from policies.version_digest import PREFIX, digest_matches, digest_of
 from policies.weights import policy_to_bytes
 
 CLI = [sys.executable, "-m", "fleetloop.cli", "policy"]
@@ -84,7 +85,8 @@ def test_versions_published_before_signing_are_refused_until_the_lab_signs_them(
     done = subprocess.run([*CLI, "sign", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0 and "signed v1" in done.stderr, done.stderr
     registry.read_verified("pick", 1)
-    assert registry.latest("pick").sha256 == hashlib.sha256(registry.read("pick", 1)).hexdigest()
+    assert registry.latest("pick").sha256.startswith(PREFIX)
+    assert digest_matches(registry.read("pick", 1), registry.latest("pick").sha256)
     again = subprocess.run([*CLI, "sign", "pick", "--root", str(tmp_path)], capture_output=True, text=True)
     assert "signed by the learner already" in again.stderr
 
@@ -152,7 +154,7 @@ def test_versions_are_signed_for_bfloat16_once_a_gateway_sends_it(tmp_path) -> N
 
 def test_a_signed_version_written_body_first_is_the_file_the_learner_signed(tmp_path) -> None:
     """The data section lands before the signed header is made; the file recorded is the signed one, whole, its
-    record's sha256 and size are the file's, and its header length was known before its tensors were hashed."""
+    record's digest and size are the file's, and its header length was known before its tensors were hashed."""
     registry = signing_registry(DataLayout(tmp_path))
     data = weights()
     assert registry.signer.signed_header_bytes(data, "pick", 1) == len(
@@ -161,5 +163,25 @@ def test_a_signed_version_written_body_first_is_the_file_the_learner_signed(tmp_
     version = registry.publish("pick", data)
     stored = registry.read("pick", 1)
     registry.check(stored, "pick", 1)
-    assert (version.sha256, version.size_bytes) == (hashlib.sha256(stored).hexdigest(), len(stored))
+    assert (version.sha256, version.size_bytes) == (digest_of(stored), len(stored))
+    assert version.sha256.startswith(PREFIX) and digest_matches(stored, version.sha256)
     assert [p.name for p in (tmp_path / "registry" / "pick").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_listeners_hear_of_each_publish_through_this_registry_and_cannot_fail_it(tmp_path, caplog) -> None:
+    registry = signing_registry(DataLayout(tmp_path))
+    heard: list[tuple[int | None, int | None]] = []
+
+    def listener() -> None:  # once the hint is left (v being written), once it is recorded
+        publishing, latest = registry.publishing("pick"), registry.latest("pick")
+        heard.append((publishing.version if publishing else None, latest.version if latest else None))
+
+    def failing() -> None:
+        raise RuntimeError("the gateway's loop is closed")
+
+    stop = registry.on_change(listener)
+    registry.on_change(failing)
+    registry.publish("pick", weights())
+    assert heard == [(1, None), (None, 1)] and "a registry listener failed" in caplog.text
+    stop()
+    assert registry.publish("pick", weights()).version == 2 and len(heard) == 2

@@ -3,7 +3,6 @@ published, listed, read back verified (header alone too), rolled back, and seen 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from cloud.data.blobs import open_blobs
 from cloud.data.version_registry import PolicyRegistry
 from policies.signing import Signer, UnsignedVersion
+from policies.version_digest import PREFIX, digest_matches
 from tests.cloud.test_registry import weights
 
 
@@ -29,7 +29,7 @@ def test_signed_versions_publish_read_verified_and_roll_back_on_object_storage(s
     assert gateway.latest("pick") == v2 and gateway.versions("pick") == [1, 2]
     assert gateway.describe("pick", 2).note == "more data"
     stored = gateway.read_verified("pick", 2)
-    assert hashlib.sha256(stored).hexdigest() == v2.sha256 and v2.size_bytes == len(stored)
+    assert v2.sha256.startswith(PREFIX) and digest_matches(stored, v2.sha256) and v2.size_bytes == len(stored)
     manifest, _ = gateway.verified_header("pick", 1)
     assert manifest.version == 1 and v1.version == 1
 

@@ -106,9 +106,8 @@ async def pushing(registry: PolicyRegistry, **config: float) -> AsyncIterator[Se
     """A pusher watching ``registry`` for one edge's session, which took the version published before; stopped at
     the end."""
     edge = edge_session()
-    pusher = PolicyPusher(
-        GatewayConfig(registry_poll_s=0.01, policy_chunk_bytes=PIECE, **config), registry, {"e": edge}
-    )
+    settings = {"registry_poll_s": 0.01, "policy_chunk_bytes": PIECE, **config}
+    pusher = PolicyPusher(GatewayConfig(**settings), registry, {"e": edge})
     tasks = [asyncio.create_task(pusher.watch_registry()), asyncio.create_task(pusher.send_policies(edge))]
     await take(edge, 0.5)  # v1
     try:
@@ -249,3 +248,18 @@ def test_the_edge_holds_half_a_version_and_applies_it_only_once_it_is_recorded(t
         disk.go.set()
         writer.join(20)
         edge.wait_version(2)
+
+
+def test_a_publish_in_the_gateway_s_process_is_sent_without_waiting_for_the_next_look(tmp_path) -> None:
+    """The registry tells the pusher when this process leaves a hint or records a version: with a look every 30 s,
+    the version still goes out at once, whole."""
+    registry = signing_registry(DataLayout(tmp_path))
+    registry.publish("pick", weights(1))
+
+    async def scenario() -> list[pb.PolicyChunk]:
+        async with pushing(registry, registry_poll_s=30) as edge:
+            await asyncio.to_thread(registry.publish, "pick", weights(2))
+            return await take(edge, 1.0)
+
+    data, sha256 = whole(asyncio.run(scenario()), 2)
+    assert data == registry.read("pick", 2) and sha256 == registry.latest("pick").sha256

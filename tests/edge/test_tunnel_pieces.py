@@ -1,6 +1,7 @@
-"""The edge's receiving side of a pushed version, piece by piece: the sha256 a version sent while it was published
-carries on its last piece only, no version is handed on without all its pieces and that sha256, and the tensors it
-hands on were hashed as they arrived (loading does not hash them again)."""
+"""The edge's receiving side of a pushed version, piece by piece: the digest a version sent while it was published
+carries on its last piece only, no version is handed on without all its pieces and that digest (``tensors-sha256:``,
+or a plain sha256 for a version recorded before), and the tensors it hands on were hashed as they arrived (loading,
+and the digest, do not hash them again)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from policies.factory import make_policy
 from policies.signing import Signer
 from policies.tensor_view import HashedBuffer, Layout, digests
 from policies.updates import apply_update
+from policies.version_digest import PREFIX, digest_of
 from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb
 from protocol.policy_chunks import policy_pieces
@@ -38,9 +40,10 @@ def signed(version: int) -> bytes:
     return LEARNER.sign(policy_to_bytes(policy), "pick", version)
 
 
-def pieces(data: bytes, version: int, sha256_on: str) -> list[pb.PolicyChunk]:
-    """``data`` in 4 KB pieces; the file's sha256 on "every" piece, on the "last" only, or on "none"."""
-    digest = hashlib.sha256(data).hexdigest()
+def pieces(data: bytes, version: int, sha256_on: str, digest: str = "") -> list[pb.PolicyChunk]:
+    """``data`` in 4 KB pieces; its digest (``digest_of`` unless given) on "every" piece, on the "last" only, or on
+    "none"."""
+    digest = digest or digest_of(data)
     template = pb.PolicyChunk(policy_name="pick", version=version, kind="full")
     out = [pb.CloudMessage.FromString(piece).policy for piece in policy_pieces(template, data, 4096)]
     for i, piece in enumerate(out):
@@ -49,10 +52,13 @@ def pieces(data: bytes, version: int, sha256_on: str) -> list[pb.PolicyChunk]:
 
 
 @pytest.mark.parametrize("sha256_on", ["every", "last"])
-def test_a_whole_version_is_handed_on_with_its_tensors_hashed_as_they_came(edge, sha256_on: str) -> None:
+@pytest.mark.parametrize("recorded", ["tensors", "before"])
+def test_a_whole_version_is_handed_on_with_its_tensors_hashed_as_they_came(edge, sha256_on: str, recorded: str) -> None:
     tunnel, got = edge
     data = signed(2)
-    for piece in pieces(data, 2, sha256_on):
+    digest = digest_of(data) if recorded == "tensors" else hashlib.sha256(data).hexdigest()
+    assert digest.startswith(PREFIX) == (recorded == "tensors")
+    for piece in pieces(data, 2, sha256_on, digest):
         tunnel._receive_policy_chunk(piece)
     [(name, version, weights)] = got
     assert (name, version, bytes(weights)) == ("pick", 2, data)
@@ -71,7 +77,28 @@ def test_no_version_is_handed_on_without_its_last_piece_or_without_a_sha256(edge
         tunnel._receive_policy_chunk(piece)
     assert got == []
     wrong = pieces(data, 2, "every")
-    wrong[-1].sha256 = hashlib.sha256(b"another file").hexdigest()  # the last piece's word is the one checked
+    wrong[-1].sha256 = digest_of(signed(3))  # the last piece's word is the one checked
     for piece in wrong:
+        tunnel._receive_policy_chunk(piece)
+    assert got == []
+
+
+@pytest.mark.parametrize("where", ["a tensor", "the header"])
+@pytest.mark.parametrize("recorded", ["tensors", "before"])
+def test_a_version_changed_on_the_way_fails_its_digest(edge, where: str, recorded: str) -> None:
+    """A byte changed after the digest was taken, in a tensor or in the header's padding (which the signature does
+    not cover: a tab for a space leaves the same JSON), is refused before anything is loaded."""
+    tunnel, got = edge
+    data = signed(2)
+    digest = digest_of(data) if recorded == "tensors" else hashlib.sha256(data).hexdigest()
+    changed = bytearray(data)
+    if where == "a tensor":
+        changed[-3] ^= 0x40
+    else:
+        pad = Layout.parse(data).header_bytes - 1
+        assert changed[pad] == ord(" "), "the header is padded with spaces to 8 bytes"
+        changed[pad] = ord("\t")
+        assert Layout.parse(bytes(changed)).metadata == Layout.parse(data).metadata
+    for piece in pieces(bytes(changed), 2, "every", digest):
         tunnel._receive_policy_chunk(piece)
     assert got == []
