@@ -190,7 +190,9 @@ def admit(first: pb.EdgeMessage, devices: DeviceRegistry | None) -> Admission:
     check_hello(hello)  # size and count limits (protocol/limits.py) before anything acts on it
     if hello.protocol_version != PROTOCOL_VERSION:
         raise CodecError(
-            "hello.protocol_version", f"this gateway speaks {PROTOCOL_VERSION}, got {hello.protocol_version}"
+            "hello.protocol_version",
+            f"this gateway speaks protocol {PROTOCOL_VERSION}, the edge {hello.protocol_version}: run the same "
+            "fleetloop release on the edge and in the cloud",
         )
     resource = check_resource(hello.resource)
     policy_name = hello.policy_name or resource.capabilities.embodiment

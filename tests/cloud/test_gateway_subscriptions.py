@@ -79,6 +79,15 @@ def test_admission_checks_the_outcome_policy_by_its_own_field(tmp_path) -> None:
     assert refused.value.field == "hello.outcome_policy"
 
 
+def test_an_edge_of_an_older_protocol_is_told_to_run_the_same_release(tmp_path) -> None:
+    """An edge of protocol 1 takes every version's tensors-sha256 digest for a corrupt file: refused at its hello."""
+    token = DeviceRegistry(tmp_path / "devices.json").add("robot-1", policies=("pick",))
+    with pytest.raises(CodecError) as refused:
+        admit(hello(token=token, protocol_version=PROTOCOL_VERSION - 1), DeviceRegistry(tmp_path / "devices.json"))
+    assert refused.value.field == "hello.protocol_version"
+    assert "run the same fleetloop release" in refused.value.message
+
+
 def test_both_subscriptions_are_pushed_and_a_refused_version_is_not_sent_again(tmp_path) -> None:
     registry = signing_registry(DataLayout(tmp_path))
     policy = make_policy("mlp", {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2})

@@ -188,7 +188,11 @@ def refused_without_a_credential(fleet: Fleet, port: int, alice: str) -> None:
             "field": "confirmed",
             "message": "stop robot-1: the page must ask the person to confirm first",
         }
-        ws.send(json.dumps({"type": "rollout", "policy": "panda_pick_cube", "version": 1, "decision": "promote", "confirmed": True}))
+        ws.send(
+            json.dumps(
+                {"type": "rollout", "policy": "panda_pick_cube", "version": 1, "decision": "promote", "confirmed": True}
+            )
+        )
         while (reply := json.loads(ws.recv(timeout=10)))["type"] == "fleet":
             pass
         assert reply["field"] == "rollout" and "--canary" in reply["message"]  # this cloud runs no canaries

@@ -16,6 +16,7 @@ from cloud.data.version_registry import POLICY_NAME as REGISTRY_POLICY_NAME
 from cloud.gateway.sessions import check_resource
 from hal.resource import ArraySpec, Capabilities, ResourceInfo
 from hal.sim import SIM_TASKS
+from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import ALLOWED_DTYPES, CodecError
 from protocol.limits import (
@@ -121,7 +122,7 @@ def test_a_row_bigger_than_a_batch_is_refused() -> None:
 
 
 def hello(**fields) -> pb.Hello:
-    return pb.Hello(resource=RESOURCE.to_proto(), protocol_version=1, **fields)
+    return pb.Hello(resource=RESOURCE.to_proto(), protocol_version=PROTOCOL_VERSION, **fields)
 
 
 def test_hello_limits_name_the_field() -> None:
