@@ -176,7 +176,9 @@ class PolicyRegistry:
         )
         record = json.dumps(asdict(version)).encode()
         self._blobs.put(f"{directory}/v{version.version:06d}.json", record, sync_folder=False)  # its note, kept
-        self._blobs.put(f"{directory}/latest.json", record, sync_folder=False)
+        # One fsync of the policy's folder makes the three renames above durable at once (the version's file, its
+        # record, latest.json): a version an edge may apply survives a power loss, not only a killed process.
+        self._blobs.put(f"{directory}/latest.json", record)
         self._changed()
         return version
 
