@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.process
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from cloud.gateway.server import ServiceFactory
 
 log = logging.getLogger("fleetloop")
+LEARNER_STOP_S = 5.0  # after a stop, how long the learner may finish its round before it is ended
 
 
 def _cloud_security(args: argparse.Namespace):
@@ -188,8 +190,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         return 2
     finally:
         if learner is not None:
-            learner.terminate()
-            learner.join(timeout=5)
+            _stop_learner(learner)
         store.close()  # on object storage: gives the writer's lease back
     log.info("cloud stopped")
     return 0
@@ -288,6 +289,21 @@ def _add_channel_args(cloud: argparse.ArgumentParser) -> None:
         help="torch threads for each remote-inference pass (tunnel and openpi); default torch's, one a core. 1 where "
         "the cores are shared (with the learner, or on a small machine): a batched pass then costs less CPU a request",
     )
+
+
+def _stop_learner(learner: multiprocessing.process.BaseProcess) -> None:
+    """Asks the learner to stop (it ends after the round it is training) and, past ``LEARNER_STOP_S``, ends it: a round
+    on a busy machine can take longer than a person waits after Ctrl-C. Its version is then not published; a killed
+    publish leaves no version behind (files are renamed into place whole)."""
+    learner.terminate()  # SIGTERM: the learner's handler sets its stop flag
+    learner.join(timeout=LEARNER_STOP_S)
+    if learner.is_alive():
+        log.warning(
+            "the learner was still training %.0f s after the stop; ending it (the round under way is not published)",
+            LEARNER_STOP_S,
+        )
+        learner.kill()
+        learner.join()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
