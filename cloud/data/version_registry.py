@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cloud.data.blobs import LocalBlobs, open_blobs
-from cloud.data.files import body_first, temporary_path
+from cloud.data.files import body_first, drop_cached, temporary_path
 from policies.signing import WIRE_DTYPES, Manifest, Signer, UnsignedVersion, Verifier
 from policies.tensor_view import Layout, LayoutError
 from policies.version_digest import digest_of, version_digest
@@ -162,6 +162,8 @@ class PolicyRegistry:
         directory = self._dir(policy_name)
         current = self.latest(policy_name)
         number = (current.version if current else 0) + 1
+        if self.local and number > 2:  # the one before last leaves the page cache: this one is written into it
+            drop_cached(self.path(policy_name, number - 2))
         if self.signer is not None and self.local:
             sha256, size_bytes = self._write_signed(policy_name, number, weights, self.signer)
         else:

@@ -185,3 +185,26 @@ def test_listeners_hear_of_each_publish_through_this_registry_and_cannot_fail_it
     assert heard == [(1, None), (None, 1)] and "a registry listener failed" in caplog.text
     stop()
     assert registry.publish("pick", weights()).version == 2 and len(heard) == 2
+
+
+def test_each_publish_takes_the_version_before_last_out_of_the_page_cache(tmp_path, monkeypatch) -> None:
+    """Its memory is what the new version is written into (fresh memory is slow on a VM: see files.drop_cached)."""
+    import cloud.data.version_registry as version_registry
+
+    dropped = []
+    monkeypatch.setattr(version_registry, "drop_cached", dropped.append)
+    registry = PolicyRegistry(tmp_path)
+    for payload in (b"one", b"two", b"three", b"four"):
+        registry.publish("pick", payload)
+    assert dropped == [registry.path("pick", 1), registry.path("pick", 2)]
+    assert registry.read("pick", 1) == b"one"  # out of the cache, still on disk
+
+
+def test_dropping_a_file_from_the_cache_keeps_it_whole_and_skips_one_that_is_gone(tmp_path) -> None:
+    from cloud.data.files import drop_cached
+
+    path = tmp_path / "v.bin"
+    path.write_bytes(b"x" * 100_000)
+    drop_cached(path)
+    assert path.read_bytes() == b"x" * 100_000
+    drop_cached(tmp_path / "gone.bin")
