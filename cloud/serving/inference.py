@@ -2,7 +2,12 @@
 
 Continuous batching, per policy: a request that finds the policy's worker idle goes into a forward pass at once
 (``Policy.act_batch``) on that policy's worker thread; requests that arrive while a pass runs wait and go together
-into the next pass, up to ``max_batch``. Nothing waits for company on a timer. One pass at a time per policy, and
+into the next pass, up to ``max_batch``. A lone request never waits for company. After a pass that served several
+requests, the worker holds the next pass briefly (``REGATHER_SHARE`` of that pass's time, at most ``REGATHER_MAX_S``)
+until as many are back: those clients answer their replies within a millisecond or two, and without the pause the
+first one back would find the worker idle and take a pass of its own, splitting a steady group of 8 into passes of 1
+and 7 (measured: 4 a pass on average; a diffusion policy's pass of 8 costs 1.7 of its pass of 1). One pass at a time
+per policy, and
 the gateway's event loop never waits on one: replies are handed back to the loop. The newest published version is
 loaded (on the worker thread) when it appears; each reply names the version that produced it.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +36,8 @@ from policies.weights import policy_from_bytes
 from protocol.incidents import internal_error
 
 log = logging.getLogger("fleetloop.inference")
+REGATHER_SHARE = 0.05  # after a pass of several, the next waits at most this share of its time for as many
+REGATHER_MAX_S = 0.005  # and never longer than this
 
 Reply = Callable[[np.ndarray | None, int, str, int], None]  # actions, version, error, batch size
 
@@ -69,6 +77,7 @@ class _Lane:
     def __init__(self, policy_name: str, threads: int | None) -> None:
         self.waiting: deque[InferenceJob] = deque()
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)  # a request joined the queue while the worker runs
         self.running = False
         self.worker = ThreadPoolExecutor(
             max_workers=1,
@@ -107,6 +116,7 @@ class InferenceServer:
         with lane.lock:
             lane.waiting.append(request)
             if lane.running:  # the running worker takes it into its next pass
+                lane.arrived.notify()
                 return
             lane.running = True
         lane.worker.submit(self._work, policy_name, lane, loop)
@@ -123,14 +133,21 @@ class InferenceServer:
             lane.worker.shutdown(wait=False, cancel_futures=True)
 
     def _work(self, policy_name: str, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
-        """The worker thread: passes back to back while requests wait, each taking all that wait (up to max_batch)."""
+        """The worker thread: passes back to back while requests wait, each taking all that wait (up to max_batch);
+        after a pass of several, the next waits up to its regather time for as many to be back."""
+        company, regather_s = 1, 0.0  # the last pass's size, and how long the next may wait for as many
         while not self._closed:
             with lane.lock:
+                if company > 1 and len(lane.waiting) < company:
+                    lane.arrived.wait_for(lambda n=company: len(lane.waiting) >= n or self._closed, regather_s)
                 if not lane.waiting:
                     lane.running = False
                     return
                 batch = [lane.waiting.popleft() for _ in range(min(self.max_batch, len(lane.waiting)))]
+            started = time.perf_counter()
             outcome = self._forward(policy_name, batch)
+            company = len(batch)
+            regather_s = min(REGATHER_SHARE * (time.perf_counter() - started), REGATHER_MAX_S)
             try:
                 loop.call_soon_threadsafe(self._deliver, outcome)
             except RuntimeError:  # the event loop is closed: nobody is left to answer

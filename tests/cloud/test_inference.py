@@ -123,6 +123,44 @@ def test_a_pass_takes_at_most_max_batch_and_the_rest_go_in_the_pass_after(tmp_pa
     assert [entered(gate), entered(gate)] == [2, 1]
 
 
+def test_clients_that_answer_a_batched_pass_at_once_go_together_into_the_next(tmp_path, gate, monkeypatch) -> None:
+    """Three robots ask again as soon as their replies come: after their pass of 3, the worker holds the next pass for
+    a share of that pass's time until the three are back, instead of serving the first one back alone."""
+    import cloud.serving.inference as inference
+
+    monkeypatch.setattr(inference, "REGATHER_MAX_S", 1.0)  # a loaded machine's loop must not decide the test
+    registry = signing_registry(DataLayout(tmp_path))
+    registry.publish("p", policy_to_bytes(make_policy("test_gated_mlp", CONFIG)))
+    observation = {"state": np.zeros(3, np.float32)}
+
+    async def scenario() -> list[int]:
+        server = InferenceServer(registry)
+        sizes: list[int] = []
+        loop = asyncio.get_running_loop()
+
+        def again(*reply) -> None:  # a robot's next request, sent 0, 5 and 10 ms after its reply (a round trip)
+            sizes.append(reply[3])
+            if len(sizes) <= 4:
+                delay = 0.005 * ((len(sizes) - 2) % 3)
+                loop.call_later(delay, lambda: server.submit("p", InferenceJob(observation, again)))
+
+        server.submit("p", InferenceJob(observation, lambda *reply: sizes.append(reply[3])))
+        entered(gate)
+        for _ in range(3):
+            server.submit("p", InferenceJob(observation, again))
+        gate.go.release(1)  # the lone pass
+        assert entered(gate) == 3
+        time.sleep(1.0)  # a long pass of 3: its regather time is a share of it (50 ms)
+        gate.go.release(10)
+        while len(sizes) < 7:
+            await asyncio.sleep(0.01)
+        await server.close()
+        return sizes
+
+    assert asyncio.run(scenario()) == [1, 3, 3, 3, 3, 3, 3]
+    assert entered(gate) == 3  # the three came back into one pass, not 1 and then 2
+
+
 def test_no_published_version_is_an_error_reply_not_a_crash(tmp_path) -> None:
     async def scenario() -> tuple:
         server = InferenceServer(signing_registry(DataLayout(tmp_path)))
