@@ -117,6 +117,8 @@ class SegmentSpool:
 
     def _add(self, entry: _Entry) -> None:
         """Indexes a batch (appended, or scanned at open) that no ack covers."""
+        if entry.priority == URGENT and entry.episode_id not in self._urgent:
+            self._promote(entry.episode_id)  # its earlier batches were written autonomous
         episode = self._episodes.setdefault(entry.episode_id, deque())
         if episode and entry.first_seq <= episode[-1].first_seq:
             if any(e.first_seq == entry.first_seq for e in _tail(episode, entry.first_seq)):
@@ -133,8 +135,6 @@ class SegmentSpool:
             self._steps + entry.num_steps,
         )
         self._all.append(entry)
-        if entry.priority == URGENT and entry.episode_id not in self._urgent:
-            self._promote(entry.episode_id)  # its earlier batches were written autonomous
         self._queues[URGENT if entry.episode_id in self._urgent else AUTONOMOUS].append(entry)
 
     def _promote(self, episode_id: str) -> None:
