@@ -64,12 +64,12 @@ def frame(number: int, episode_id: str, first_seq: int, num_steps: int, priority
     return [head + CRC.pack(crc), episode, payload]
 
 
-def scan(path: Path, first: int) -> tuple[list[Record], int]:
+def scan(path: Path, first: int, cut: bool = True) -> tuple[list[Record], int]:
     """The records of segment ``path`` (numbered from ``first``) and the byte where they end; a torn last record is
-    cut off the file."""
+    cut off the file (when ``cut``: not by a reader beside the edge that writes it)."""
     records: list[Record] = []
     at = 0
-    with open(path, "r+b") as f:
+    with open(path, "r+b" if cut else "rb") as f:
         size = os.fstat(f.fileno()).st_size
         while at + HEAD <= size:
             f.seek(at)
@@ -86,7 +86,7 @@ def scan(path: Path, first: int) -> tuple[list[Record], int]:
             offset = at + HEAD + episode_len
             records.append(Record(number, episode, first_seq, num_steps, priority, spooled_at, offset, length))
             at = end
-        if at < size and _torn(f, at, size, first + len(records)):
+        if cut and at < size and _torn(f, at, size, first + len(records)):
             log.warning("spool: %s ends with %d bytes of a write cut short (never uploaded); cut off", path.name,
                         size - at)  # fmt: skip
             f.truncate(at)

@@ -48,19 +48,24 @@ class _Entry:
 
 
 class _Segment:
-    def __init__(self, path: Path, first: int, size: int) -> None:
+    def __init__(self, path: Path, first: int, size: int, read_only: bool = False) -> None:
         self.path, self.first, self.size = path, first, size
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = os.open(path, os.O_RDONLY) if read_only else os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.live = 0  # batches not yet acked
         self.episodes: set[str] = set()  # whose records it holds (acks.log keeps their acks while it exists)
 
 
 class SegmentSpool:
-    """``Spool``'s interface on the files of ``folder``; one process uses it (the edge)."""
+    """``Spool``'s interface on the files of ``folder``; one process writes it (the edge). ``read_only`` opens it to
+    look (``counts``, ``held``, ``pending``) beside that process: it changes no file, and acks and appends fail."""
 
-    def __init__(self, folder: str | Path, segment_bytes: int = SEGMENT_BYTES, spare_segments: int = 2) -> None:
+    def __init__(
+        self, folder: str | Path, segment_bytes: int = SEGMENT_BYTES, spare_segments: int = 2, read_only: bool = False
+    ) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.segment_bytes, self.spare_segments = segment_bytes, spare_segments
         self._lock = threading.Lock()
         self._queues: dict[int, deque[_Entry]] = {URGENT: deque(), AUTONOMOUS: deque()}
@@ -74,14 +79,21 @@ class SegmentSpool:
         self._segments: list[_Segment] = []
         for first, path in files.segments(self.folder):
             self._load_segment(path, first)
-        for segment in self._segments[:-1]:
-            if not segment.live:
-                self._retire(segment)
-        self._acks_fd = self._rewrite_acks()
+        self._acks_fd: int | None = None
+        if not read_only:
+            for segment in self._segments[:-1]:
+                if not segment.live:
+                    self._retire(segment)
+            self._acks_fd = self._rewrite_acks()
 
     def _load_segment(self, path: Path, first: int) -> None:
-        records, end = files.scan(path, first)
-        segment = _Segment(path, first, end)
+        try:
+            records, end = files.scan(path, first, cut=not self.read_only)
+            segment = _Segment(path, first, end, self.read_only)
+        except FileNotFoundError:
+            if not self.read_only:
+                raise
+            return  # the edge beside retired it meanwhile: all of it was acked
         self._segments.append(segment)
         for record in records:
             if record.first_seq + record.num_steps > self._acked.get(record.episode_id, 0):
@@ -151,6 +163,8 @@ class SegmentSpool:
         self._queues[URGENT] = deque(sorted(urgent + moved, key=lambda e: e.row_id))
 
     def _writable(self) -> _Segment:
+        if self.read_only:
+            raise PermissionError(f"spool {self.folder} was opened read-only")
         if self._segments and self._segments[-1].size < self.segment_bytes:
             return self._segments[-1]
         if self._segments and not self._segments[-1].live:
@@ -232,6 +246,8 @@ class SegmentSpool:
     def ack(self, episode_id: str, next_seq: int) -> int:
         """Drops the batches of an episode that the cloud holds entirely; returns how many."""
         with self._lock:
+            if self._acks_fd is None:
+                raise PermissionError(f"spool {self.folder} was opened read-only")
             if next_seq > self._acked.get(episode_id, 0):
                 self._acked[episode_id] = next_seq
                 os.write(self._acks_fd, files.ack_record(episode_id, next_seq))
@@ -260,7 +276,7 @@ class SegmentSpool:
         segment.live -= 1
         if not segment.live and segment is not self._segments[-1]:
             self._retire(segment)
-            if os.fstat(self._acks_fd).st_size > ACKS_REWRITE_BYTES:
+            if self._acks_fd is not None and os.fstat(self._acks_fd).st_size > ACKS_REWRITE_BYTES:
                 os.close(self._acks_fd)
                 self._acks_fd = self._rewrite_acks()
 
@@ -292,7 +308,9 @@ class SegmentSpool:
             for segment in self._segments:
                 os.close(segment.fd)
             self._segments = []
-            os.close(self._acks_fd)
+            if self._acks_fd is not None:
+                os.close(self._acks_fd)
+                self._acks_fd = None
 
 
 def _tail(episode: deque[_Entry], first_seq: int) -> list[_Entry]:
@@ -306,13 +324,13 @@ def _tail(episode: deque[_Entry], first_seq: int) -> list[_Entry]:
     return found
 
 
-def open_spool(path: str | Path) -> SegmentSpool:
+def open_spool(path: str | Path, read_only: bool = False) -> SegmentSpool:
     """The edge's spool for ``path`` (``<name>.db`` as before): the segment log in ``<name>.spool/``. A SQLite spool
     left at ``path`` by an older edge is moved in first (its rows in their order, priorities and ages kept; the file
     is deleted once its rows are in the log, so a crash midway moves them again and the duplicates are dropped)."""
     path = Path(path)
-    spool = SegmentSpool(path.with_suffix(".spool"))
-    if path.is_file():
+    spool = SegmentSpool(path.with_suffix(".spool"), read_only=read_only)
+    if path.is_file() and not read_only:
         _move_in(spool, path)
     return spool
 

@@ -11,7 +11,6 @@ from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
 from cloud.learning.policy_choice import policy_for_schema
-from edge.spool import Spool
 from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until
 
@@ -81,7 +80,7 @@ def test_two_edges_stream_every_step_once_and_both_get_the_new_version(fleet: Fl
         stored = int(np.isin(rows["episode_index"], mine).sum())
         assert stats["unacked_steps"] == 0
         assert stored == stats["ticks"], f"{robot} produced {stats['ticks']} steps, the store holds {stored}"
-        assert Spool(fleet.spool_path(robot)).counts() == (0, 0)
+        assert fleet.spool(robot).counts() == (0, 0)
         # Provenance: source, and versions in time order never go back after the swap.
         assert {episodes[i].source for i in mine} == {"sim"}
         order = np.argsort(rows["t_mono_ns"][np.isin(rows["episode_index"], mine)], kind="stable")
@@ -101,13 +100,13 @@ def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) 
 
     cloud.send_signal(signal.SIGSTOP)  # the cloud stops acking: new steps pile up in the edge's spool
     try:
-        wait_until(lambda: Spool(fleet.spool_path("robot-1")).counts()[1] > 20, 30, "unacked steps in the spool")
+        wait_until(lambda: fleet.spool("robot-1").counts()[1] > 20, 30, "unacked steps in the spool")
         edge.kill()
         edge.wait()
     finally:
         cloud.send_signal(signal.SIGCONT)
     acked_before = rows_of(store)["seq"].size
-    spooled = Spool(fleet.spool_path("robot-1"))
+    spooled = fleet.spool("robot-1")
     held = spooled.held()
     _, unacked_steps = spooled.counts()
     spooled.close()
@@ -125,7 +124,7 @@ def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) 
     for episode_id, first_unacked in held.items():
         [episode] = [e for e in store.episodes(DATASET) if e.episode_id == episode_id]
         assert episode.num_steps > first_unacked, "the spooled steps of the killed episode were not resent"
-    assert Spool(fleet.spool_path("robot-1")).counts() == (0, 0)
+    assert fleet.spool("robot-1").counts() == (0, 0)
 
 
 def test_image_steps_from_pusht_land_in_the_store_and_a_cnn_version_reaches_the_edge(fleet: Fleet) -> None:
