@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge import segment_log, segment_spool
 from edge.segment_spool import SegmentSpool, open_spool
@@ -151,3 +152,23 @@ def test_an_edge_on_an_old_sqlite_spool_moves_its_rows_in_with_their_order(tmp_p
     spool.close()
     reopened = open_spool(tmp_path / "spool.db")
     assert reopened.held() == {"auto": 2, "touched": 0} and reopened.counts() == (4, 8)
+
+
+def test_a_read_only_look_beside_the_edge_changes_no_file(tmp_path) -> None:
+    edge = SegmentSpool(tmp_path / "log", segment_bytes=1500)
+    for seq in range(0, 12, 2):
+        edge.append(batch("a", seq, size=300))
+    [(_, path)] = segment_log.segments(tmp_path / "log")[-1:]
+    with open(path, "ab") as f:
+        f.write(segment_log.MAGIC + b"\x00" * 20)  # a record the edge is writing right now, as a reader may see it
+    before = {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()}
+    look = open_spool(tmp_path / "log.db", read_only=True)
+    assert look.counts() == (0, 0) and not (tmp_path / "log.spool").exists()  # nothing there: nothing made
+    look = SegmentSpool(tmp_path / "log", read_only=True)
+    assert look.counts() == (6, 12) and look.held() == {"a": 0}
+    with pytest.raises(PermissionError):
+        look.ack("a", 12)
+    with pytest.raises(PermissionError):
+        look.append(batch("a", 12))
+    look.close()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()} == before
