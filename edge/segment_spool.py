@@ -26,7 +26,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from edge import segment_log as files
-from edge.spool import AUTONOMOUS, AUTONOMOUS_SHARE, URGENT, Backlog, Spool, SpooledBatch, is_urgent
+from edge.spool import AUTONOMOUS, URGENT, Backlog, Spool, SpooledBatch, is_urgent, upload_order
 from protocol import tunnel_pb2 as pb
 
 log = logging.getLogger("fleetloop")
@@ -200,13 +200,7 @@ class SegmentSpool:
         if limit <= 0:
             return []
         with self._lock:
-            urgent = self._unsent(URGENT, skip, limit)
-            autonomous = self._unsent(AUTONOMOUS, skip, limit)
-            chosen: list[_Entry] = []
-            while len(chosen) < limit and (urgent or autonomous):
-                share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
-                source = autonomous if (share and autonomous) or not urgent else urgent
-                chosen.append(source.pop(0))
+            chosen = upload_order(self._unsent(URGENT, skip, limit), self._unsent(AUTONOMOUS, skip, limit), limit, turn)
             return [self._read(e) for e in chosen]
 
     def _unsent(self, priority: int, skip: Collection[int], limit: int) -> list[_Entry]:
@@ -259,6 +253,7 @@ class SegmentSpool:
             if not episode:
                 self._episodes.pop(episode_id, None)
                 self._urgent.discard(episode_id)
+            self._oldest()  # lets go of the acked ones at its head
             return freed
 
     def ack_later(self, episode_id: str, next_seq: int) -> None:

@@ -73,6 +73,17 @@ class SpoolStore(Protocol):
     def close(self) -> None: ...
 
 
+def upload_order[T](urgent: list[T], autonomous: list[T], limit: int, turn: int) -> list[T]:
+    """Up to ``limit`` of the oldest urgent and autonomous batches, urgent first except that every slot
+    ``AUTONOMOUS_SHARE - 1`` (mod ``AUTONOMOUS_SHARE``, counted from ``turn``) takes the oldest autonomous one."""
+    chosen: list[T] = []
+    while len(chosen) < limit and (urgent or autonomous):
+        share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
+        source = autonomous if (share and autonomous) or not urgent else urgent
+        chosen.append(source.pop(0))
+    return chosen
+
+
 def is_urgent(batch: pb.StepBatch) -> bool:
     """A person touched this batch: an intervention step, a step a person drove, or a verdict on the episode."""
     if batch.operators or batch.label.outcome:
@@ -172,14 +183,9 @@ class Spool:
         (counted from ``turn``, the number of batches the caller sent so far) takes the oldest autonomous batch."""
         if limit <= 0:
             return []
-        urgent = self._unsent(URGENT, skip, limit)
-        autonomous = self._unsent(AUTONOMOUS, skip, limit)
-        chosen: list[int] = []
-        while len(chosen) < limit and (urgent or autonomous):
-            share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
-            source = autonomous if (share and autonomous) or not urgent else urgent
-            chosen.append(source.pop(0))
-        return self._load(chosen)
+        return self._load(
+            upload_order(self._unsent(URGENT, skip, limit), self._unsent(AUTONOMOUS, skip, limit), limit, turn)
+        )
 
     def _unsent(self, priority: int, skip: Collection[int], limit: int) -> list[int]:
         """The oldest ``limit`` row ids of ``priority`` neither in ``skip`` nor acked (read page by page: the ones
