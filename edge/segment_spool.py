@@ -96,6 +96,7 @@ class SegmentSpool:
             return  # the edge beside retired it meanwhile: all of it was acked
         self._segments.append(segment)
         for record in records:
+            segment.episodes.add(record.episode_id)  # acked or not: its ack is kept while the record is on disk
             if record.first_seq + record.num_steps > self._acked.get(record.episode_id, 0):
                 self._add(_Entry(record, segment))
         self._floor = max(self._floor, first + len(records))
