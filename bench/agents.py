@@ -41,7 +41,7 @@ def agent_main(
             preload()
 
         from edge.agent import EdgeAgent, EdgeConfig
-        from edge.spool import Spool
+        from edge.segment_spool import open_spool
         from edge.tunnel_client import TunnelConfig
         from hal.null import NullRobot
         from hal.resource import ResourceInfo
@@ -50,7 +50,7 @@ def agent_main(
         robot = NullRobot(control_hz=control_hz)
         resource = ResourceInfo(id=who, kind="robot", capabilities=robot.capabilities, source="sim")
         config = EdgeConfig(TunnelConfig(target, policy_name), record_tick_periods=record_tick_periods)
-        agent = EdgeAgent(config, resource, robot, Spool(Path(spool_path)))
+        agent = EdgeAgent(config, resource, robot, open_spool(Path(spool_path)))
         if trace:
             _trace(agent, messages, who)
         threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()

@@ -70,7 +70,7 @@ def tunnel_client_main(target: str, who: str, policy: str, spool: str, plan: lis
     its go signal: "count" n round trips, timed each, or "seconds" s of requests, counted."""
     child_setup()
     try:
-        from edge.spool import Spool
+        from edge.segment_spool import open_spool
         from edge.tunnel_client import TunnelClient, TunnelConfig
         from hal.resource import ArraySpec, Capabilities, ResourceInfo
         from protocol import tunnel_pb2 as pb
@@ -84,7 +84,7 @@ def tunnel_client_main(target: str, who: str, policy: str, spool: str, plan: lis
         tunnel = TunnelClient(
             config,
             ResourceInfo(who, "robot", caps, "sim"),
-            Spool(Path(spool)),
+            open_spool(Path(spool)),
             on_policy=lambda *_: None,
             on_actions=lambda reply: answered.set(),
         )

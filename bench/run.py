@@ -5,6 +5,7 @@
     python -m bench.run --only uplink    # one or more of the figures below, by name
 
 (a) uplink   image steps from 1 and 4 edge processes into the episode store, vs raw gRPC bytes
+(a2) spool   an edge's CPU per MB to spool (a)'s camera batches and upload them from it: segment log vs SQLite spool
 (b) push     registry.publish -> "applied" on 1 and 4 edges for ~1M and ~50M MLPs, vs raw gRPC + sha256
 (c) jitter   30 Hz tick jitter and missed deadlines while versions arrive, vs the same loop without updates
 (c2) lerobot-load  the same as the first lerobot policy arrives: lerobot imported then, vs --preload lerobot
@@ -48,6 +49,7 @@ from bench.common import HIGHER, Result
 RESULTS = Path(__file__).with_name("results.json")
 FIGURES = (
     "uplink",
+    "spool",
     "push",
     "jitter",
     "lerobot-load",
@@ -83,6 +85,7 @@ def run_bench(
         push,
         ros2_image,
         sac_camera,
+        spool,
         takeover,
         tracking,
         uplink,
@@ -111,6 +114,8 @@ def run_bench(
             results += uplink.measure(
                 loop, workdir, edge_counts=edge_counts, steps_per_edge=200 if quick else 2400, say=say
             )
+        if "spool" in figures:
+            results += spool.measure(workdir, steps=200 if quick else 2400, say=say)
         if "push" in figures:
             sizes = {"1M": push.SIZES["1M"]} if quick else push.SIZES
             results += push.measure(loop, workdir, edge_counts=edge_counts, sizes=sizes, repeats=2, say=say)

@@ -35,7 +35,7 @@ def edge_main(target: str, token: str, spool_path: str, messages, stop) -> None:
     try:
         from edge.agent import EdgeAgent, EdgeConfig
         from edge.arbiter import with_takeover
-        from edge.spool import Spool
+        from edge.segment_spool import open_spool
         from edge.tunnel_client import TunnelConfig
         from hal.null import NullRobot
         from hal.resource import ResourceInfo
@@ -60,7 +60,7 @@ def edge_main(target: str, token: str, spool_path: str, messages, stop) -> None:
         arbiter.remote.receive = noting_receive  # type: ignore[method-assign]
         resource = ResourceInfo("bench-robot", "robot", driver.capabilities, "sim")
         config = EdgeConfig(TunnelConfig(target, "null", token=token))
-        agent = EdgeAgent(config, resource, driver, Spool(Path(spool_path)), arbiter)
+        agent = EdgeAgent(config, resource, driver, open_spool(Path(spool_path)), arbiter)
         threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()  # the parent ends the run
         messages.put({"kind": "started", "who": "edge"})
         agent.run()

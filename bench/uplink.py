@@ -84,11 +84,11 @@ def edge_main(
         payloads = [pb.EdgeMessage(steps=b).SerializeToString() for b in batches]  # what goes on the wire
         wire_bytes = sum(len(p) for p in payloads)
         if mode == "fleetloop":
-            from edge.spool import Spool
+            from edge.segment_spool import open_spool
             from edge.tunnel_client import TunnelClient, TunnelConfig
 
             del payloads
-            spool = Spool(Path(spool_dir) / f"edge-{index}.db")
+            spool = open_spool(Path(spool_dir) / f"edge-{index}.db")
             for batch in batches:
                 spool.append(batch)
             del batches

@@ -34,7 +34,7 @@ from edge.remote_operator import CloudLinked
 from edge.remote_runtime import RemotePolicyRuntime
 from edge.runtime import PolicyRuntime, RollsBack
 from edge.scene import SceneWait
-from edge.spool import Spool
+from edge.spool import SpoolStore
 from edge.tunnel_client import TunnelClient, TunnelConfig
 from hal.config import CodeConfig
 from hal.resource import Driver, EmergencyStoppable, ResourceInfo, Transition, clamp_action
@@ -95,7 +95,7 @@ class EdgeAgent:
         config: EdgeConfig,
         resource: ResourceInfo,
         driver: Driver,
-        spool: Spool,
+        spool: SpoolStore,
         operator: Operator | None = None,
         scene: SceneWait | None = None,
     ) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.camera_uplink import CameraUplink
-from edge.spool import Spool
+from edge.spool import SpoolStore
 from protocol import tunnel_pb2 as pb
 from protocol.steps import encode_batch
 
@@ -74,7 +74,7 @@ class StepRecorder:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: SpoolStore,
         on_spooled: Callable[[], None],
         interval_s: float = 0.1,
         max_batch_steps: int = 256,

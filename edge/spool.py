@@ -24,6 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 from protocol import tunnel_pb2 as pb
 from protocol.arrays import decode_array
@@ -54,6 +55,33 @@ class Backlog:
     steps: int
     bytes: int
     oldest_s: float
+
+
+class SpoolStore(Protocol):
+    """What the edge needs of a spool: ``Spool`` (SQLite) and ``edge.segment_spool.SegmentSpool`` (segment files)."""
+
+    @property
+    def size_bytes(self) -> int: ...
+    def append(self, batch: pb.StepBatch) -> None: ...
+    def pending(self, after_row_id: int = 0, limit: int = 64) -> list[SpooledBatch]: ...
+    def next_to_send(self, skip: Collection[int], limit: int, turn: int = 0) -> list[SpooledBatch]: ...
+    def backlog(self) -> Backlog: ...
+    def ack(self, episode_id: str, next_seq: int) -> int: ...
+    def ack_later(self, episode_id: str, next_seq: int) -> None: ...
+    def held(self) -> dict[str, int]: ...
+    def counts(self) -> tuple[int, int]: ...
+    def close(self) -> None: ...
+
+
+def upload_order[T](urgent: list[T], autonomous: list[T], limit: int, turn: int) -> list[T]:
+    """Up to ``limit`` of the oldest urgent and autonomous batches, urgent first except that every slot
+    ``AUTONOMOUS_SHARE - 1`` (mod ``AUTONOMOUS_SHARE``, counted from ``turn``) takes the oldest autonomous one."""
+    chosen: list[T] = []
+    while len(chosen) < limit and (urgent or autonomous):
+        share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
+        source = autonomous if (share and autonomous) or not urgent else urgent
+        chosen.append(source.pop(0))
+    return chosen
 
 
 def is_urgent(batch: pb.StepBatch) -> bool:
@@ -137,13 +165,17 @@ class Spool:
 
     def pending(self, after_row_id: int = 0, limit: int = 64) -> list[SpooledBatch]:
         """Spooled batches in the order they were recorded, starting after ``after_row_id``."""
+        return [spooled for spooled, _, _ in self.pending_with_order(after_row_id, limit)]
+
+    def pending_with_order(self, after_row_id: int, limit: int) -> list[tuple[SpooledBatch, int, float]]:
+        """``pending``, each batch with its priority and when it was spooled (0: before ages were kept)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT row_id, episode_id, first_seq, num_steps, payload FROM batches WHERE row_id > ?"
-                " ORDER BY row_id LIMIT ?",
+                "SELECT row_id, episode_id, first_seq, num_steps, payload, priority, spooled_at FROM batches"
+                " WHERE row_id > ? ORDER BY row_id LIMIT ?",
                 (after_row_id, limit),
             ).fetchall()
-        return [_spooled(*row) for row in rows]
+        return [(_spooled(*row[:5]), row[5], row[6]) for row in rows]
 
     def next_to_send(self, skip: Collection[int], limit: int, turn: int = 0) -> list[SpooledBatch]:
         """Up to ``limit`` batches to upload next, not in ``skip`` (in flight, or refused this session) nor acked:
@@ -151,14 +183,9 @@ class Spool:
         (counted from ``turn``, the number of batches the caller sent so far) takes the oldest autonomous batch."""
         if limit <= 0:
             return []
-        urgent = self._unsent(URGENT, skip, limit)
-        autonomous = self._unsent(AUTONOMOUS, skip, limit)
-        chosen: list[int] = []
-        while len(chosen) < limit and (urgent or autonomous):
-            share = (turn + len(chosen)) % AUTONOMOUS_SHARE == AUTONOMOUS_SHARE - 1
-            source = autonomous if (share and autonomous) or not urgent else urgent
-            chosen.append(source.pop(0))
-        return self._load(chosen)
+        return self._load(
+            upload_order(self._unsent(URGENT, skip, limit), self._unsent(AUTONOMOUS, skip, limit), limit, turn)
+        )
 
     def _unsent(self, priority: int, skip: Collection[int], limit: int) -> list[int]:
         """The oldest ``limit`` row ids of ``priority`` neither in ``skip`` nor acked (read page by page: the ones

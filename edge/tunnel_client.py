@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from edge.backlog import BACKLOG_WARN_S, BacklogWatch
 from edge.learner_key import LearnerKey
-from edge.spool import Backlog, Spool
+from edge.spool import Backlog, SpoolStore
 from hal.config import CodeConfig, Name, invalid
 from hal.resource import ResourceInfo
 from policies.signing import StreamCheck, UnsignedVersion
@@ -112,7 +112,7 @@ class TunnelClient:
         self,
         config: TunnelConfig,
         resource: ResourceInfo,
-        spool: Spool,
+        spool: SpoolStore,
         on_policy: Callable[[str, int, Buffer], None],
         current_version: Callable[[], int] = lambda: 0,
         on_assignment: Callable[[pb.Assignment], None] | None = None,

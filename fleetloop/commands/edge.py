@@ -172,7 +172,7 @@ def _close_person(local: Operator | None) -> None:
 def cmd_edge(args: argparse.Namespace) -> int:
     from edge.agent import EdgeAgent
     from edge.keys import NoKeyboardError
-    from edge.spool import Spool
+    from edge.segment_spool import open_spool
     from hal.lerobot_teleop import TeleopError
     from hal.resource import ResourceInfo
 
@@ -193,7 +193,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         return 2
     _preload(args.preload, args.outcome_from)
     resource = ResourceInfo(id=args.id, kind="robot", capabilities=driver.capabilities, source=source)
-    spool = Spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
+    spool = open_spool(args.spool or Path(".fleetloop") / "spool" / f"{args.id}.db")
     agent = EdgeAgent(config, resource, driver, spool, operator=operator, scene=scene)
     stop = stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), agent.stop()), daemon=True).start()
@@ -276,7 +276,12 @@ def _add_link_args(edge: argparse.ArgumentParser) -> None:
     edge.add_argument(
         "--duration", type=non_negative_float, default=0.0, help="stop after this many seconds (0: run on)"
     )
-    edge.add_argument("--spool", default=None, help="spool file (default .fleetloop/spool/<id>.db)")
+    edge.add_argument(
+        "--spool",
+        default=None,
+        help="spool (default .fleetloop/spool/<id>.db): its log is the folder <id>.spool beside it; an older edge's"
+        " SQLite spool file at that path is moved into it",
+    )
     add_token_args(edge, "this device's")
     edge.add_argument("--ca", default=None, help="CA certificate (ca.pem) to reach the cloud over TLS")
     edge.add_argument(

@@ -1,4 +1,4 @@
-"""Reduced benchmarks (uplink, LoRA delta, foresight, weighting, takeover): positive figures and ratios against
+"""Reduced benchmarks (uplink, spool, LoRA delta, foresight, weighting, takeover): positive figures and ratios against
 baselines."""
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ def test_quick_uplink_gives_positive_values_and_ratios(tmp_path) -> None:
     for entry in saved:
         assert set(entry) >= {"name", "value", "unit", "baseline", "ratio"}
         assert entry["ratio"] == entry["value"] / entry["baseline"]
+
+
+def test_quick_spool_bench_measures_both_spools_on_the_same_batches(tmp_path) -> None:
+    results = run_bench(figures=("spool",), quick=True, out=tmp_path / "results.json")
+    assert [r.unit for r in results] == ["ms/MB", "ms/MB"]
+    assert all(r.value > 0 and r.baseline > 0 for r in results), results
 
 
 def test_quick_delta_bench_sends_a_small_share_of_a_full_push(tmp_path) -> None:

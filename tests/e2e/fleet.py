@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.segment_spool import SegmentSpool, open_spool
+
 ENV = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
 
 
@@ -123,6 +125,10 @@ class Fleet:
 
     def spool_path(self, robot_id: str) -> Path:
         return self.root / f"{robot_id}.spool.db"
+
+    def spool(self, robot_id: str) -> SegmentSpool:
+        """The robot's spool, opened to look beside its edge (read-only: the edge may be writing it)."""
+        return open_spool(self.spool_path(robot_id), read_only=True)
 
     def stats(self, robot_id: str) -> dict:
         return json.loads((self.root / f"{robot_id}.stats.json").read_text())

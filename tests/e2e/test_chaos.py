@@ -10,7 +10,6 @@ import time
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from edge.spool import Spool
 from tests.e2e.fleet import Fleet, wait_until
 from tests.e2e.store_checks import assert_versions_never_go_back, check_store
 from tests.faults import LinkProxy
@@ -106,7 +105,7 @@ def test_gateway_and_learner_crashes_and_a_flaky_link_lose_and_duplicate_nothing
         stats = fleet.stats(robot)
         stored = per_resource[robot]
         assert stats["unacked_steps"] == 0, f"{robot} stopped with unacked steps\n{report}"
-        assert Spool(fleet.spool_path(robot)).counts() == (0, 0)
+        assert fleet.spool(robot).counts() == (0, 0)
         assert stored.steps == stats["ticks"], (
             f"{robot} produced {stats['ticks']} steps, the store holds {stored.steps}\n{report}"
         )

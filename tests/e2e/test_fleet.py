@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cloud.data.store import EpisodeStore
-from edge.spool import Spool
+from edge.segment_spool import open_spool
 from fleetloop.fleet_view import command, fetch
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 
@@ -112,7 +112,7 @@ def test_a_robot_set_to_hold_on_link_loss_stops_when_the_cloud_goes_silent(fleet
     wait_until(lambda: rows_from(store, "pusht", "cart-1") > 20, 60, "cart-1 streaming")
 
     def spooled_steps() -> int:
-        s = Spool(spool)
+        s = open_spool(spool, read_only=True)
         try:
             return s.counts()[1]
         finally:

@@ -14,7 +14,6 @@ from cloud.data.partitions import partition_root
 from cloud.data.store import EpisodeStore
 from cloud.data.store_union import StoreUnion
 from cloud.data.version_registry import PolicyRegistry
-from edge.spool import Spool
 from tests.e2e.fleet import ENV, Fleet, free_port, wait_until
 from tests.e2e.store_checks import check_store
 from tests.faults import LinkProxy
@@ -78,7 +77,7 @@ def test_two_gateways_write_one_store_an_edge_moves_between_them_and_nothing_is_
     stored = check_store(union, DATASET)  # every episode's seqs 0..n-1 exactly once, across partitions
     for robot in ROBOTS:
         stats = fleet.stats(robot)
-        assert stats["unacked_steps"] == 0 and Spool(fleet.spool_path(robot)).counts() == (0, 0)
+        assert stats["unacked_steps"] == 0 and fleet.spool(robot).counts() == (0, 0)
         assert stored[robot].steps == stats["ticks"], f"{robot}: {stats['ticks']} made, {stored[robot].steps} stored"
         assert stored[robot].episodes == stats["episode_digests"], f"{robot}: stored content differs"
     part_a.refresh()

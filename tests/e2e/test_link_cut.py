@@ -8,7 +8,6 @@ import time
 import numpy as np
 
 from cloud.data.store import EpisodeStore
-from edge.spool import Spool
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
 from tests.e2e.store_checks import check_store
 from tests.faults import LinkProxy
@@ -20,7 +19,7 @@ SILENT_S = 25.0  # the first part of the cut: a link that silently drops everyth
 
 
 def spooled_steps(fleet: Fleet, robot: str) -> int:
-    spool = Spool(fleet.spool_path(robot))
+    spool = fleet.spool(robot)
     try:
         return spool.counts()[1]
     finally:
@@ -83,7 +82,7 @@ def test_edge_works_through_a_60_s_link_cut_and_uploads_everything_after(fleet: 
 
     stats = fleet.stats("robot-1")
     assert stats["unacked_steps"] == 0
-    assert Spool(fleet.spool_path("robot-1")).counts() == (0, 0)
+    assert fleet.spool("robot-1").counts() == (0, 0)
     per_resource = check_store(EpisodeStore(fleet.root / "data" / "store", read_only=True), DATASET)
     mine = per_resource["robot-1"]
     assert mine.steps == stats["ticks"], f"the edge produced {stats['ticks']} steps, the store holds {mine.steps}"

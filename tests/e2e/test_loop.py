@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from cloud.data.store import EpisodeStore
 from cloud.learning.policy_choice import policy_for_schema
+from edge.segment_spool import open_spool
 from edge.spool import Spool
 from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until
@@ -81,7 +85,7 @@ def test_two_edges_stream_every_step_once_and_both_get_the_new_version(fleet: Fl
         stored = int(np.isin(rows["episode_index"], mine).sum())
         assert stats["unacked_steps"] == 0
         assert stored == stats["ticks"], f"{robot} produced {stats['ticks']} steps, the store holds {stored}"
-        assert Spool(fleet.spool_path(robot)).counts() == (0, 0)
+        assert fleet.spool(robot).counts() == (0, 0)
         # Provenance: source, and versions in time order never go back after the swap.
         assert {episodes[i].source for i in mine} == {"sim"}
         order = np.argsort(rows["t_mono_ns"][np.isin(rows["episode_index"], mine)], kind="stable")
@@ -93,7 +97,19 @@ def test_two_edges_stream_every_step_once_and_both_get_the_new_version(fleet: Fl
     assert "robot-2 now runs panda_pick_cube v1" in fleet.log("cloud")
 
 
-def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) -> None:
+def as_old_sqlite_spool(path: Path) -> None:
+    """Leaves the segment log's batches at ``path`` as the SQLite spool file an edge of the release before wrote."""
+    log = open_spool(path, read_only=True)
+    old = Spool(path)
+    for spooled in log.pending(limit=100_000):
+        old.append(spooled.batch)
+    old.close()
+    log.close()
+    shutil.rmtree(path.with_suffix(".spool"))
+
+
+@pytest.mark.parametrize("old_spool", [False, True], ids=["segment-log", "old-sqlite-spool"])
+def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet, old_spool: bool) -> None:
     cloud = fleet.start_cloud()
     edge = fleet.start_edge("robot-1")
     store = open_store(fleet)
@@ -101,17 +117,19 @@ def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) 
 
     cloud.send_signal(signal.SIGSTOP)  # the cloud stops acking: new steps pile up in the edge's spool
     try:
-        wait_until(lambda: Spool(fleet.spool_path("robot-1")).counts()[1] > 20, 30, "unacked steps in the spool")
+        wait_until(lambda: fleet.spool("robot-1").counts()[1] > 20, 30, "unacked steps in the spool")
         edge.kill()
         edge.wait()
     finally:
         cloud.send_signal(signal.SIGCONT)
     acked_before = rows_of(store)["seq"].size
-    spooled = Spool(fleet.spool_path("robot-1"))
+    spooled = fleet.spool("robot-1")
     held = spooled.held()
     _, unacked_steps = spooled.counts()
     spooled.close()
     assert unacked_steps > 20 and held
+    if old_spool:  # the restarted edge moves the old file's batches into its log and uploads them
+        as_old_sqlite_spool(fleet.spool_path("robot-1"))
 
     fleet.start_edge("robot-1", "--episodes", "1")  # same id, same spool
     wait_until(lambda: fleet.processes["robot-1"].poll() is not None, 120, "the restarted edge to finish")
@@ -125,7 +143,8 @@ def test_sigkilled_edge_loses_no_acked_step_and_resends_its_spool(fleet: Fleet) 
     for episode_id, first_unacked in held.items():
         [episode] = [e for e in store.episodes(DATASET) if e.episode_id == episode_id]
         assert episode.num_steps > first_unacked, "the spooled steps of the killed episode were not resent"
-    assert Spool(fleet.spool_path("robot-1")).counts() == (0, 0)
+    assert fleet.spool("robot-1").counts() == (0, 0)
+    assert not fleet.spool_path("robot-1").exists()
 
 
 def test_image_steps_from_pusht_land_in_the_store_and_a_cnn_version_reaches_the_edge(fleet: Fleet) -> None:

@@ -10,7 +10,6 @@ import sys
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
-from edge.spool import Spool
 from tests.e2e.fleet import ENV, Fleet, wait_until
 from tests.e2e.store_checks import check_store
 from tests.s3_server import S3Server
@@ -59,7 +58,7 @@ def test_an_edges_steps_land_in_object_storage_and_the_learner_trains_from_them(
 
     stored = check_store(EpisodeStore(f"{s3_url}/store", read_only=True), DATASET)["robot-1"]
     stats = fleet.stats("robot-1")
-    assert stats["unacked_steps"] == 0 and Spool(fleet.spool_path("robot-1")).counts() == (0, 0)
+    assert stats["unacked_steps"] == 0 and fleet.spool("robot-1").counts() == (0, 0)
     assert stored.steps == stats["ticks"] and stored.digest == stats["digest"]
     assert not (fleet.root / "data" / "store").exists() and not (fleet.root / "data" / "registry").exists()
     assert f"episode store {s3_url}/store" in fleet.log("cloud")

@@ -11,8 +11,8 @@ def batch(episode: str, first_seq: int, n: int = 3):
     return encode_batch(episode, first_seq, {"x": np.arange(first_seq, first_seq + n, dtype=np.int64)})
 
 
-def test_pending_in_order_and_ack_removes_only_covered(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_pending_in_order_and_ack_removes_only_covered(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     spool.append(batch("a", 0))
     spool.append(batch("b", 0))
     spool.append(batch("a", 3))
@@ -22,19 +22,19 @@ def test_pending_in_order_and_ack_removes_only_covered(tmp_path) -> None:
     assert spool.counts() == (2, 6)
 
 
-def test_survives_reopen_and_ignores_duplicates(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_survives_reopen_and_ignores_duplicates(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     spool.append(batch("a", 0))
     spool.append(batch("a", 0))
     spool.close()
-    reopened = Spool(tmp_path / "spool.db")
+    reopened = make_spool(tmp_path / "spool.db")
     [only] = reopened.pending()
     assert only.batch.columns["x"].shape == [3]
     assert reopened.pending(after_row_id=only.row_id) == []
 
 
-def test_ack_later_stops_offering_at_once_and_deletes_off_the_caller(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_ack_later_stops_offering_at_once_and_deletes_off_the_caller(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     for first in range(0, 30, 3):
         spool.append(batch("a", first))
     spool.append(batch("b", 0))
@@ -49,7 +49,7 @@ def test_ack_later_stops_offering_at_once_and_deletes_off_the_caller(tmp_path) -
     spool.ack_later("a", 30)
     spool.ack_later("a", 12)  # older than what is acked already: changes nothing
     spool.close()  # finishes the deletes it was given
-    reopened = Spool(tmp_path / "spool.db")
+    reopened = make_spool(tmp_path / "spool.db")
     assert reopened.held() == {"b": 0}
 
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from edge.agent import EdgeAgent, EdgeConfig
 from edge.recorder import RESUME_FRACTION, Step, StepDigest, StepRecorder
-from edge.spool import Spool
 from edge.tunnel_client import TunnelConfig
 from hal.null import NullRobot
 from hal.resource import ResourceInfo
@@ -34,8 +33,8 @@ def wait_for(condition, timeout_s: float) -> None:
         time.sleep(0.01)
 
 
-def test_size_bytes_follows_appends_acks_and_a_reopen(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_size_bytes_follows_appends_acks_and_a_reopen(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     assert spool.size_bytes == 0
     a0, a4, b0 = batch("a", 0), batch("a", 4), batch("b", 0)
     for b in (a0, a4, b0):
@@ -46,7 +45,7 @@ def test_size_bytes_follows_appends_acks_and_a_reopen(tmp_path) -> None:
     assert spool.ack("a", 4) == 1
     assert spool.size_bytes == sizes[1] + sizes[2]
     spool.close()
-    reopened = Spool(tmp_path / "spool.db")
+    reopened = make_spool(tmp_path / "spool.db")
     assert reopened.size_bytes == sizes[1] + sizes[2]
     reopened.ack("a", 8)
     reopened.ack("b", 4)
@@ -57,8 +56,10 @@ def step(episode: str, seq: int) -> Step:
     return Step(episode, seq, "t", {"action": np.full(64, seq, np.float32), "done": np.bool_(False)})
 
 
-def test_recorder_turns_full_at_the_bound_keeps_every_step_and_clears_below_the_resume_mark(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_recorder_turns_full_at_the_bound_keeps_every_step_and_clears_below_the_resume_mark(
+    make_spool, tmp_path
+) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     recorder = StepRecorder(spool, on_spooled=lambda: None, interval_s=3600, max_spool_bytes=4000)
     seq = 0
     while not recorder.full:
@@ -78,11 +79,11 @@ def test_recorder_turns_full_at_the_bound_keeps_every_step_and_clears_below_the_
     recorder.close()
 
 
-def test_a_full_spool_holds_the_robot_and_records_nothing_until_acks_make_room(tmp_path, caplog) -> None:
+def test_a_full_spool_holds_the_robot_and_records_nothing_until_acks_make_room(make_spool, tmp_path, caplog) -> None:
     robot = NullRobot(state_dim=3, action_dim=2, control_hz=50.0, episode_steps=10_000)
     driver = SafeDriver(robot, watchdog_s=0.1, name="arm")
     resource = ResourceInfo("arm", "robot", driver.capabilities, "sim")
-    spool = Spool(tmp_path / "spool.db")
+    spool = make_spool(tmp_path / "spool.db")
     # No cloud listens: nothing is ever acked, so the spool fills up.
     config = EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p"), max_spool_bytes=20_000, record_digest=True)
     agent = EdgeAgent(config, resource, driver, spool)

@@ -23,8 +23,8 @@ def order(spool: Spool, limit: int = 100, skip: set[int] | None = None, turn: in
     return [(s.episode_id, s.first_seq) for s in spool.next_to_send(skip or set(), limit, turn)]
 
 
-def test_an_episode_a_person_touched_goes_first_whole_and_in_seq_order(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_an_episode_a_person_touched_goes_first_whole_and_in_seq_order(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     for seq in (0, 2):
         spool.append(batch("old", seq))
     spool.append(batch("touched", 0))  # autonomous so far: spooled behind "old"
@@ -40,8 +40,8 @@ def test_an_episode_a_person_touched_goes_first_whole_and_in_seq_order(tmp_path)
     assert urgent[:4] == ["touched", "touched", "old", "touched"]
 
 
-def test_autonomous_backlog_still_drains_while_people_keep_intervening(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_autonomous_backlog_still_drains_while_people_keep_intervening(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     for seq in range(0, 20, 2):
         spool.append(batch("auto", seq))
     for episode in range(10):
@@ -56,8 +56,8 @@ def test_autonomous_backlog_still_drains_while_people_keep_intervening(tmp_path)
     assert [s.first_seq for s in autos] == list(range(0, 20, 2))  # never out of seq order
 
 
-def test_in_flight_and_refused_batches_are_skipped_and_acked_ones_gone(tmp_path) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_in_flight_and_refused_batches_are_skipped_and_acked_ones_gone(make_spool, tmp_path) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     spool.append(batch("a", 0))
     spool.append(batch("a", 2))
     spool.append(batch("b", 0, intervention=True))
@@ -89,8 +89,8 @@ def test_a_spool_written_before_upload_order_existed_opens_and_counts_as_autonom
     assert backlog.steps == 4 and backlog.bytes == spool.size_bytes and 0 <= backlog.oldest_s < 60
 
 
-def test_backlog_counts_what_waits_and_how_long(tmp_path, monkeypatch) -> None:
-    spool = Spool(tmp_path / "spool.db")
+def test_backlog_counts_what_waits_and_how_long(make_spool, tmp_path, monkeypatch) -> None:
+    spool = make_spool(tmp_path / "spool.db")
     assert spool.backlog() == Backlog(0, 0, 0.0)
     clock = [1000.0]
     monkeypatch.setattr("edge.spool.time.time", lambda: clock[0])

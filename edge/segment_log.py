@@ -1,0 +1,183 @@
+"""The files of the edge's segment spool (``edge/segment_spool.py``): append-only segments of framed batches, spare
+segments kept for reuse, and a log of acks.
+
+A segment ``<first record number, 16 digits>.seg`` holds records one after another::
+
+    b"FSP1" | priority u8 | pad | episode length u16 | record number u64 | first_seq i64 | num_steps u32
+            | payload length u32 | spooled_at f64 | crc32 u32 | episode id | payload (the serialized StepBatch)
+
+(crc32 of the frame before it, the episode id and the payload). A segment whose records are all acked becomes a spare
+(``<floor>.<k>.spare``) that a later segment is renamed from and overwritten in place (its pages are still in the page
+cache; writing into pages the process never touched costs several times more, see ``cloud/data/ingest_log.py``).
+Past a segment's records lie the bytes of its earlier use: a record ends the segment unless it carries the next
+number (numbers only grow, across spares too) and its checksum holds. A record with the right number that is cut
+short or fails its checksum is a write that a killed process left half done: it and what follows are cut off.
+
+``acks.log`` holds ``b"FSA1" | episode length u16 | next_seq i64 | crc32 u32 | episode id`` records, appended per ack
+and rewritten small now and then; a torn last one is ignored (a batch acked but still spooled is sent again, and the
+cloud drops what it holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("fleetloop")
+
+MAGIC = b"FSP1"
+FRAME = struct.Struct(
+    "<4sBxHQqIId"
+)  # magic, priority, episode length, number, first_seq, num_steps, length, spooled_at
+CRC = struct.Struct("<I")
+HEAD = FRAME.size + CRC.size
+ACK_MAGIC = b"FSA1"
+ACK = struct.Struct("<4sHqI")  # magic, episode length, next_seq, crc32 (of the episode id and next_seq)
+SUFFIX, SPARE, ACKS = ".seg", ".spare", "acks.log"
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record as scanned: where its payload lies in its segment (``offset``, ``length``)."""
+
+    number: int
+    episode_id: str
+    first_seq: int
+    num_steps: int
+    priority: int
+    spooled_at: float
+    offset: int
+    length: int
+
+
+def frame(number: int, episode_id: str, first_seq: int, num_steps: int, priority: int, spooled_at: float,
+          payload: bytes) -> list[bytes]:  # fmt: skip
+    """Record ``number``'s parts, to write one after another."""
+    episode = episode_id.encode()
+    head = FRAME.pack(MAGIC, priority, len(episode), number, first_seq, num_steps, len(payload), spooled_at)
+    crc = zlib.crc32(payload, zlib.crc32(episode, zlib.crc32(head)))
+    return [head + CRC.pack(crc), episode, payload]
+
+
+def scan(path: Path, first: int, cut: bool = True) -> tuple[list[Record], int]:
+    """The records of segment ``path`` (numbered from ``first``) and the byte where they end; a torn last record is
+    cut off the file (when ``cut``: not by a reader beside the edge that writes it)."""
+    records: list[Record] = []
+    at = 0
+    with open(path, "r+b" if cut else "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while at + HEAD <= size:
+            f.seek(at)
+            head = f.read(HEAD)
+            magic, priority, episode_len, number, first_seq, num_steps, length, spooled_at = FRAME.unpack_from(head)
+            if magic != MAGIC or number != first + len(records):
+                return records, at  # the bytes of the file's earlier use, or never written
+            end = at + HEAD + episode_len + length
+            body = f.read(episode_len + length) if end <= size else b""
+            (crc,) = CRC.unpack_from(head, FRAME.size)
+            if end > size or zlib.crc32(body, zlib.crc32(head[: FRAME.size])) != crc:
+                break
+            episode = body[:episode_len].decode(errors="replace")
+            offset = at + HEAD + episode_len
+            records.append(Record(number, episode, first_seq, num_steps, priority, spooled_at, offset, length))
+            at = end
+        if cut and at < size and _torn(f, at, size, first + len(records)):
+            log.warning("spool: %s ends with %d bytes of a write cut short (never uploaded); cut off", path.name,
+                        size - at)  # fmt: skip
+            f.truncate(at)
+    return records, at
+
+
+def _torn(f, at: int, size: int, number: int) -> bool:  # noqa: ANN001 (an open binary file)
+    """Whether a record numbered ``number`` starts at ``at`` (the rest being a write cut short), as opposed to the
+    stale bytes of the file's earlier use."""
+    f.seek(at)
+    head = f.read(FRAME.size)
+    if len(head) < 12:
+        return head[:4] == MAGIC[: len(head[:4])]  # the end of the file, even the number cut short
+    return head[:4] == MAGIC and struct.unpack_from("<Q", head, 8)[0] == number
+
+
+def write_all(fd: int, parts: list[bytes], offset: int) -> int:
+    """Writes ``parts`` at ``offset``; returns how many bytes."""
+    total = sum(len(p) for p in parts)
+    done = os.pwritev(fd, parts, offset)
+    if done < total:  # a short write (rare on a regular file): the rest in one piece
+        rest = b"".join(parts)[done:]
+        while rest:
+            n = os.pwrite(fd, rest, offset + done)
+            rest, done = rest[n:], done + n
+    return total
+
+
+def ack_record(episode_id: str, next_seq: int) -> bytes:
+    episode = episode_id.encode()
+    crc = zlib.crc32(episode, zlib.crc32(struct.pack("<q", next_seq)))
+    return ACK.pack(ACK_MAGIC, len(episode), next_seq, crc) + episode
+
+
+def read_acks(path: Path) -> dict[str, int]:
+    """Episode id -> the highest next_seq acked, from ``acks.log`` (a torn last record ends it)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    acked: dict[str, int] = {}
+    for episode, next_seq in _ack_records(data):
+        acked[episode] = max(next_seq, acked.get(episode, next_seq))
+    return acked
+
+
+def _ack_records(data: bytes) -> Iterator[tuple[str, int]]:
+    at = 0
+    while at + ACK.size <= len(data):
+        magic, episode_len, next_seq, crc = ACK.unpack_from(data, at)
+        episode = data[at + ACK.size : at + ACK.size + episode_len]
+        if magic != ACK_MAGIC or len(episode) < episode_len:
+            return
+        if zlib.crc32(episode, zlib.crc32(struct.pack("<q", next_seq))) != crc:
+            return
+        yield episode.decode(errors="replace"), next_seq
+        at += ACK.size + episode_len
+
+
+def rewrite_acks(path: Path, acked: dict[str, int]) -> None:
+    """Replaces ``acks.log`` with one record per episode (renamed into place: a killed process leaves the old one)."""
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_bytes(b"".join(ack_record(e, s) for e, s in acked.items()))
+    os.replace(temporary, path)
+
+
+def segment_path(folder: Path, first: int) -> Path:
+    return folder / f"{first:016d}{SUFFIX}"
+
+
+def spare_path(folder: Path, floor: int, k: int) -> Path:
+    return folder / f"{floor:016d}.{k}{SPARE}"
+
+
+def spares(folder: Path) -> tuple[list[Path], int, int]:
+    """The spare segments in ``folder``, the floor of record numbers they carry and the highest spare count."""
+    paths, floor, count = [], 0, 0
+    for path in sorted(folder.glob(f"*{SPARE}")):
+        try:
+            named_floor, k = (int(part) for part in path.name.split(".")[:2])
+        except ValueError:
+            continue  # not one of ours
+        floor, count = max(floor, named_floor), max(count, k)
+        paths.append(path)
+    return paths, floor, count
+
+
+def segments(folder: Path) -> list[tuple[int, Path]]:
+    """(first record number, path) of each segment in ``folder``, in order."""
+    found = []
+    for path in folder.glob(f"*{SUFFIX}"):
+        if path.stem.isdigit():
+            found.append((int(path.stem), path))
+    return sorted(found)
