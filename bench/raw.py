@@ -20,6 +20,7 @@ import grpc
 
 from bench.common import LoopThread
 from cloud.gateway.config import GRPC_OPTIONS
+from protocol.file_writes import write_all
 
 UPLOAD = "/bench.Raw/Upload"
 SUBSCRIBE = "/bench.Raw/Subscribe"
@@ -189,12 +190,7 @@ class DurableRawServer(RawServer):
     def _write(self, messages: list[bytes]) -> None:
         if self._offset > self.SEGMENT_BYTES:
             self._offset = 0
-        for first in range(0, len(messages), 512):  # a writev takes at most IOV_MAX (1024) pieces
-            part = messages[first : first + 512]
-            written = os.pwritev(self._fd, part, self._offset)
-            if written != sum(len(m) for m in part):
-                raise OSError(f"short write: {written} bytes")
-            self._offset += written
+        self._offset += write_all(self._fd, messages, self._offset)
         os.fdatasync(self._fd)
 
     def stop(self) -> None:

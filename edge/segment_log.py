@@ -103,22 +103,13 @@ def _torn(f, at: int, size: int, number: int) -> bool:  # noqa: ANN001 (an open 
     return head[:4] == MAGIC and struct.unpack_from("<Q", head, 8)[0] == number
 
 
-def write_all(fd: int, parts: list[bytes], offset: int) -> int:
-    """Writes ``parts`` at ``offset``; returns how many bytes."""
-    total = sum(len(p) for p in parts)
-    done = os.pwritev(fd, parts, offset)
-    if done < total:  # a short write (rare on a regular file): the rest in one piece
-        rest = b"".join(parts)[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            rest, done = rest[n:], done + n
-    return total
-
-
 def ack_record(episode_id: str, next_seq: int) -> bytes:
     episode = episode_id.encode()
-    crc = zlib.crc32(episode, zlib.crc32(struct.pack("<q", next_seq)))
-    return ACK.pack(ACK_MAGIC, len(episode), next_seq, crc) + episode
+    return ACK.pack(ACK_MAGIC, len(episode), next_seq, _ack_crc(episode, next_seq)) + episode
+
+
+def _ack_crc(episode: bytes, next_seq: int) -> int:
+    return zlib.crc32(episode, zlib.crc32(struct.pack("<q", next_seq)))
 
 
 def read_acks(path: Path) -> dict[str, int]:
@@ -140,7 +131,7 @@ def _ack_records(data: bytes) -> Iterator[tuple[str, int]]:
         episode = data[at + ACK.size : at + ACK.size + episode_len]
         if magic != ACK_MAGIC or len(episode) < episode_len:
             return
-        if zlib.crc32(episode, zlib.crc32(struct.pack("<q", next_seq))) != crc:
+        if _ack_crc(episode, next_seq) != crc:
             return
         yield episode.decode(errors="replace"), next_seq
         at += ACK.size + episode_len

@@ -28,6 +28,7 @@ from pathlib import Path
 from edge import segment_log as files
 from edge.spool import AUTONOMOUS, URGENT, Backlog, Spool, SpooledBatch, is_urgent, upload_order
 from protocol import tunnel_pb2 as pb
+from protocol.file_writes import write_all
 
 log = logging.getLogger("fleetloop")
 
@@ -123,7 +124,7 @@ class SegmentSpool:
             number, now = self._floor, spooled_at or time.time()
             parts = files.frame(number, episode_id, first_seq, num_steps, priority, now, payload)
             offset = segment.size + len(parts[0]) + len(parts[1])
-            segment.size += files.write_all(segment.fd, parts, segment.size)
+            segment.size += write_all(segment.fd, parts, segment.size)
             self._floor += 1
             record = files.Record(number, episode_id, first_seq, num_steps, priority, now, offset, len(payload))
             self._add(_Entry(record, segment))

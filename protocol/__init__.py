@@ -10,6 +10,7 @@
 - ``channel``       opening a channel to the cloud (TLS beyond loopback) and the bearer token
 - ``link_errors``   what a failed call to the cloud means, in words
 - ``sanitize``      a device's string made printable, one line and bounded before it reaches a log
+- ``file_writes``   buffers written whole at a file offset (the edge's spool log, the cloud's logs and version files)
 - ``incidents``     an unexpected failure logged under an incident id; the client hears only the id
 
 The lowest layer: imports nothing of the project.

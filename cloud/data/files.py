@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from protocol.file_writes import write_all
+
 
 def fsync_path(path: Path) -> None:
     """Flushes a file or a directory entry to disk; a path that does not exist is skipped."""
@@ -144,10 +146,8 @@ def _write_body(
             for start in range(0, len(view), BODY_PIECE):
                 if stop.is_set():
                     return
-                piece, began = view[start : start + BODY_PIECE], at
-                while piece:  # pwrite may write less than asked
-                    done = os.pwrite(fd, piece, at)
-                    at, piece = at + done, piece[done:]
+                began = at
+                at += write_all(fd, [view[start : start + BODY_PIECE]], at)
                 start_writeback(fd, began, at - began)
     except BaseException as err:  # the publish raises it
         failed.append(err)

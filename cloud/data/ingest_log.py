@@ -39,6 +39,7 @@ import numpy as np
 
 from cloud.data.files import fsync_path
 from cloud.data.store import StepRows
+from protocol.file_writes import write_all
 from protocol.video import PacketColumn
 
 log = logging.getLogger("fleetloop")
@@ -51,7 +52,6 @@ MAX_HEADER_BYTES = 16 << 20
 MAX_BODY_BYTES = 1 << 34
 SUFFIX = ".log"
 SPARE = ".spare"
-IOV_MAX = 512  # parts per writev call (Linux allows 1024)
 
 
 class IngestLogError(RuntimeError):
@@ -260,9 +260,7 @@ class IngestLog:
         fd = self._writable()
         segment = self._segments[-1]
         parts = [part for i, rows in enumerate(batches) for part in encode(rows, segment.last + 1 + i)]
-        written = 0
-        for start in range(0, len(parts), IOV_MAX):
-            written += _write_all(fd, parts[start : start + IOV_MAX], segment.size + written)
+        written = write_all(fd, parts, segment.size)
         if self.durable:
             os.fdatasync(fd)  # the data and the file's size: what reading it back needs
         segment.size += written
@@ -341,17 +339,3 @@ def _record_at(f: BinaryIO, at: int, number: int) -> bool:
     f.seek(at)
     frame = _frame(f.read(FRAME.size))
     return frame is not None and frame.number in (None, number)
-
-
-def _write_all(fd: int, parts: list[bytes | memoryview], offset: int) -> int:
-    total = sum(len(p) for p in parts)
-    done = os.pwritev(fd, parts, offset)
-    if done < total:  # a short write (rare on a regular file): write the rest part by part
-        skip = done
-        for part in parts:
-            view = memoryview(part)[skip:] if skip < len(part) else b""
-            skip = max(0, skip - len(part))
-            while view:
-                n = os.pwrite(fd, view, offset + done)
-                view, done = view[n:], done + n
-    return total

@@ -17,14 +17,15 @@ def test_the_body_lands_while_the_head_is_made_and_the_file_is_renamed_whole(tmp
     monkeypatch.setattr(files, "BODY_PIECE", 1000)
     path, body = tmp_path / "v1.bin", os.urandom(10_500)
     landed = threading.Event()
-    real_pwrite = os.pwrite
+    real_write_all = files.write_all
 
-    def pwrite(fd: int, data, offset: int) -> int:
-        if offset + len(data) == 8 + len(body):
+    def write_all(fd: int, parts, offset: int) -> int:
+        written = real_write_all(fd, parts, offset)
+        if offset + written == 8 + len(body):
             landed.set()
-        return real_pwrite(fd, data, offset)
+        return written
 
-    monkeypatch.setattr(files.os, "pwrite", pwrite)
+    monkeypatch.setattr(files, "write_all", write_all)
     with body_first(path, 8, (body[:4000], memoryview(body)[4000:])) as write_head:
         assert landed.wait(10)  # the whole body before any head
         assert not path.exists()
