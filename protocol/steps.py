@@ -187,6 +187,11 @@ def decode_batch(
     return columns
 
 
+def only_copies(batch: pb.StepBatch) -> bool:
+    """Whether decoding the batch only copies and checks bytes: no encoded frames, no compressed column."""
+    return not batch.video and not any(column.compression for column in batch.columns.values())
+
+
 def _check_names(batch: pb.StepBatch, schema: Schema) -> None:
     """Every schema column once, in ``columns`` or in ``video``, and nothing else."""
     for where, names in (("video", batch.video), ("columns", batch.columns)):

@@ -68,7 +68,9 @@ class GatewayConfig(CodeConfig):
     # The folder on this machine's disk where acked batches wait for the store (cloud/data/ingest_log.py). None:
     # beside a store in a local folder (<store>/@ingest-log); a store on object storage needs one given.
     ingest_log: Path | None = None
-    flush_delay_s: Annotated[float, Field(ge=0)] = 0.1  # ...or the oldest has waited this long
+    # ...or the oldest has waited this long. 0: at once; what arrives during one fsync forms the next group, so
+    # groups still grow with the load, and an edge's window is never held back by a timer.
+    flush_delay_s: Annotated[float, Field(ge=0)] = 0.0
     policy_chunk_bytes: AtLeastOne = 1 << 20
     registry_poll_s: Positive = 0.05  # reads one small JSON file per policy
     # A version sent while its file is written: given up when the file stops growing (or, whole, is not recorded)

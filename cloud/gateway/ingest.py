@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cloud.data.ingest_log import IngestLog
+from cloud.data.ingest_log import IngestLog, Wire, batch_rows
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.gateway.cameras import StoreEncoder, check_cameras, row_count, stored_cameras
 from cloud.gateway.compactor import Compactor, Logged
 from cloud.gateway.sessions import Session
 from protocol import tunnel_pb2 as pb
-from protocol.steps import MAX_DECODED_BYTES, decode_batch, decode_operators
+from protocol.steps import MAX_DECODED_BYTES, Schema, decode_batch
+from protocol.video import PacketColumn
 
 log = logging.getLogger("fleetloop.gateway")
 
@@ -45,6 +46,7 @@ class PendingBatch:
     batch_id: int
     sink: AckSink
     nbytes: int = 0
+    wire: Wire | None = None  # the message the rows came in, logged as it is (None: logged as the rows)
 
 
 class StoreWriter:
@@ -85,7 +87,10 @@ class StoreWriter:
         if ingest_log is None and not isinstance(store.root, Path):
             raise ValueError(f"ingest_log: the store at {store.root} is on object storage; give a local folder")
         self.log = ingest_log or IngestLog(store.root / LOG_FOLDER, durable=store.durable)
-        self.compactor = Compactor(store, self.encoder, self.log, self._moved)
+        # The compactor gathers while the log is busy, up to half the backlog bound: a burst is acked at the wire's
+        # pace and moved into the store once it pauses (its encoding and store writes would take the cores that the
+        # acks need); a flood past its share waits, the log goes quiet, and the compactor starts.
+        self.compactor = Compactor(store, self.encoder, self.log, self._moved, write_bytes=max_uncompacted_bytes // 2)
         # episode -> (next seq, resource) of episodes with acked rows still on their way to the store
         self._logged: dict[str, tuple[int, str]] = {}
 
@@ -274,7 +279,7 @@ class StoreWriter:
             if item.rows.first_seq + row_count(item.rows) > self.next_seq(item.rows.episode_id)
         ]
         try:
-            number = await asyncio.to_thread(self.log.append, [item.rows for item in fresh])
+            number = await asyncio.to_thread(self.log.append, [item.rows for item in fresh], [i.wire for i in fresh])
         except Exception:  # the log failed: nothing is acked, the edges keep their spools and resend
             log.exception("writing %d batches to the ingest log failed; edges will resend them", len(fresh))
             return
@@ -310,15 +315,13 @@ def step_rows(
     columns = decode_batch(batch, session.schema, max_batch_bytes, max_decoded_bytes, size)
     if batch.video:
         columns = check_cameras(columns, session.schema, session.cameras, batch.first_seq)
-    return StepRows(
-        dataset=session.resource.capabilities.embodiment,
-        episode_id=batch.episode_id,
-        resource_id=session.resource.id,
-        source=session.resource.source,
-        task=batch.task,
-        first_seq=batch.first_seq,
-        columns=columns,
-        operators=decode_operators(batch, columns["intervention"]),
-        label=batch.label.outcome,
-        labelled_by=batch.label.by,
-    )
+    resource = session.resource
+    return batch_rows(batch, columns, resource.capabilities.embodiment, resource.id, resource.source)
+
+
+def wire_of(message: bytes, batch: pb.StepBatch, rows: StepRows, schema: Schema) -> Wire | None:
+    """How the ingest log may keep a batch: as the message it came in, unless its rows are not what that message
+    decodes to (JPEG frames decoded on the way in)."""
+    if any(not isinstance(rows.columns[name], PacketColumn) for name in batch.video):
+        return None
+    return Wire(message, schema)

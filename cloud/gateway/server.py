@@ -21,12 +21,12 @@ from google.protobuf.message import DecodeError
 from cloud.data.ingest_log import IngestLog
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.data.version_registry import PolicyRegistry
-from cloud.gateway.bounds import INLINE_BYTES, DecodePool, LimitError, StreamLimits, StreamSlot
+from cloud.gateway.bounds import COPY_INLINE_BYTES, INLINE_BYTES, DecodePool, LimitError, StreamLimits, StreamSlot
 from cloud.gateway.cameras import Camera, check_uplink, column_spec, new_dataset_codecs, stored_cameras
 from cloud.gateway.config import GatewayConfig
 from cloud.gateway.control import FleetControl
 from cloud.gateway.fleet import Backlog, FleetScheduler, Requirements, Task
-from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows
+from cloud.gateway.ingest import PendingBatch, StoreWriter, step_rows, wire_of
 from cloud.gateway.internal_errors import InternalErrors
 from cloud.gateway.malloc import reuse_large_buffers
 from cloud.gateway.person_relay import PersonRelay
@@ -43,7 +43,7 @@ from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.arrays import CodecError
 from protocol.incidents import internal_error
 from protocol.limits import case_twin, check_applied, check_heartbeat, check_rejected
-from protocol.steps import MAX_STEPS_PER_BATCH, decoded_bytes
+from protocol.steps import MAX_STEPS_PER_BATCH, decoded_bytes, only_copies
 
 log = logging.getLogger("fleetloop.gateway")
 Decoded = StepRows | CodecError | None  # a step batch's rows made while parsing it, or why they are refused
@@ -377,7 +377,7 @@ class Gateway(pb_grpc.TunnelServicer):
                 message, rows = await self._parse(session, raw)
                 kind = message.WhichOneof("body")
                 try:
-                    await self._handle(session, message, kind, rows, len(raw))
+                    await self._handle(session, message, kind, rows, raw)
                 except CodecError as err:
                     log.warning("refused a %s message from %s: %s", kind or "empty", session.resource.id, err)
                     session.send(
@@ -403,6 +403,12 @@ class Gateway(pb_grpc.TunnelServicer):
         decode pool (a hop costs as much as parsing a camera batch)."""
         if len(raw) <= INLINE_BYTES:
             return pb.EdgeMessage.FromString(raw), None
+        if len(raw) <= COPY_INLINE_BYTES:
+            message = pb.EdgeMessage.FromString(raw)
+            if message.WhichOneof("body") == "steps" and only_copies(message.steps):
+                self.decoder.inline += 1
+                return message, self._decode_steps(session, message, len(raw))
+            return message, None  # a batch with zlib or encoded frames is decoded in the pool (_receive_batch)
         return await self.decoder.run(len(raw), lambda: self._parse_and_decode(session, raw))
 
     def _parse_and_decode(self, session: Session, raw: bytes) -> tuple[pb.EdgeMessage, Decoded]:
@@ -410,19 +416,20 @@ class Gateway(pb_grpc.TunnelServicer):
         message = pb.EdgeMessage.FromString(raw)
         if message.WhichOneof("body") != "steps":
             return message, None
+        return message, self._decode_steps(session, message, len(raw))
+
+    def _decode_steps(self, session: Session, message: pb.EdgeMessage, size: int) -> Decoded:
         config = self.config
         try:  # the message's size bounds its batch's (merged or unknown fields only add bytes): no walk to count them
-            return message, step_rows(
-                session, message.steps, config.max_batch_bytes, config.max_decoded_bytes, len(raw)
-            )
+            return step_rows(session, message.steps, config.max_batch_bytes, config.max_decoded_bytes, size)
         except CodecError as err:
-            return message, err
+            return err
 
     async def _handle(
-        self, session: Session, message: pb.EdgeMessage, kind: str | None, rows: Decoded = None, size: int = 0
+        self, session: Session, message: pb.EdgeMessage, kind: str | None, rows: Decoded = None, raw: bytes = b""
     ) -> None:
         if kind == "steps":
-            await self._receive_batch(session, message.steps, rows, size)
+            await self._receive_batch(session, message.steps, rows, raw)
             await self.writer.room(session)  # a slow store slows this tunnel's uploads, not memory or the others
         elif kind == "applied":
             self._applied(session, message.applied)
@@ -465,12 +472,12 @@ class Gateway(pb_grpc.TunnelServicer):
             callback(session.resource.id, applied)
 
     async def _receive_batch(
-        self, session: Session, batch: pb.StepBatch, decoded: Decoded = None, size: int = 0
+        self, session: Session, batch: pb.StepBatch, decoded: Decoded = None, raw: bytes = b""
     ) -> None:
-        """``decoded``: the rows (or why they are refused) when ``_parse`` made them already; ``size``: the message's
-        bytes on the wire (0: counted here)."""
+        """``decoded``: the rows (or why they are refused) when ``_parse`` made them already; ``raw``: the message as
+        it came (the ingest log keeps it as it is)."""
         config = self.config
-        size = size or batch.ByteSize()
+        size = len(raw) or batch.ByteSize()
         try:
             if isinstance(decoded, CodecError):
                 raise decoded
@@ -486,7 +493,8 @@ class Gateway(pb_grpc.TunnelServicer):
             session.refuse(batch.batch_id, err.field, err.message)
             return
         rows = decoded
-        self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session))
+        wire = wire_of(raw, batch, rows, session.schema) if raw else None
+        self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session, wire=wire))
         session.batch_bytes += size
         session.steps_received += batch.num_steps
         self.fleet.seen(

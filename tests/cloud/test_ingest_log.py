@@ -18,7 +18,18 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud.data.ingest_log import FIRST_FRAME, FIRST_MAGIC, FRAME, IngestLog, IngestLogError, encode
+from cloud.data.ingest_log import (
+    FIRST_FRAME,
+    FIRST_MAGIC,
+    FRAME,
+    WIRE_FRAME,
+    IngestLog,
+    IngestLogError,
+    Wire,
+    batch_rows,
+    encode,
+    encode_wire,
+)
 from cloud.data.store import EpisodeStore, StepRows
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
@@ -26,6 +37,7 @@ from cloud.gateway.server import Gateway
 from protocol import PROTOCOL_VERSION
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.steps import decode_batch, encode_batch
 from protocol.video import PacketColumn
 from tests.cloud.test_gateway_video_ingest import FRAMES, RESOURCE, batches
 from tests.factories import step_columns
@@ -67,6 +79,49 @@ def test_appended_records_replay_as_written_after_a_reopen(tmp_path: Path) -> No
     assert [n for n, _ in replayed] == [0, 1, 2]
     assert all(same(a, b) for a, (_, b) in zip(written, replayed, strict=True))
     assert again.append([rows("c")]) == 3  # numbering goes on
+
+
+def wire_rows(episode: str, first: int = 0, n: int = 4) -> tuple[StepRows, Wire]:
+    """A batch as the gateway has it: the EdgeMessage as it came, and the rows decoded from it."""
+    columns = dict(step_columns(n, state=np.arange(n * 3, dtype=np.float32).reshape(n, 3), action=2))
+    columns["obs.cam"] = np.arange(n * 4 * 6 * 3, dtype=np.uint8).reshape(n, 4, 6, 3)
+    schema = {name: (values.dtype.str, values.shape[1:]) for name, values in columns.items()}
+    message = pb.EdgeMessage(steps=encode_batch(episode, first, columns, task="pick")).SerializeToString()
+    batch = pb.EdgeMessage.FromString(message).steps
+    return batch_rows(batch, decode_batch(batch, schema), "d", "r1", "sim"), Wire(message, schema)
+
+
+def test_a_batch_logged_as_its_message_replays_as_the_gateway_decoded_it(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path)
+    (a, wire_a), (b, wire_b), c = wire_rows("a"), wire_rows("a", 4, 2), rows("c")
+    log.append([a, c, b], [wire_a, None, wire_b])  # a message, a phone's columns, a message: one group
+    log.close()
+    segment = next(tmp_path.glob("*.log"))
+    assert segment.read_bytes()[:4] == b"FLG3"  # the first record is the message as it came
+    replayed = [r for _, r in IngestLog(tmp_path).replay()]
+    assert [r.episode_id for r in replayed] == ["a", "c", "a"]
+    assert same(a, replayed[0]) and same(c, replayed[1]) and same(b, replayed[2])
+    assert replayed[0].columns["obs.state"][2, 1] == 7.0  # values, not only shapes
+
+
+def test_a_message_record_cut_short_is_dropped_and_a_flipped_bit_in_one_is_refused(tmp_path: Path) -> None:
+    log = IngestLog(tmp_path)
+    first, wire = wire_rows("a")
+    log.append([first], [wire])
+    log.close()
+    segment = next(tmp_path.glob("*.log"))
+    whole = segment.read_bytes()
+    torn, torn_wire = wire_rows("torn")
+    record = b"".join(bytes(part) for part in encode_wire(torn, torn_wire, 1))
+    segment.write_bytes(whole + record[: len(record) - 100])  # killed mid-write, never acked
+    again = IngestLog(tmp_path)
+    assert [r.episode_id for _, r in again.replay()] == ["a"] and again.dropped_tail_bytes == len(record) - 100
+    again.close()
+    data = bytearray(whole)
+    data[WIRE_FRAME.size + 200] ^= 0x01  # inside the first record's header or message
+    segment.write_bytes(bytes(data) + record)  # a record follows: a corruption, not a torn end
+    with pytest.raises(IngestLogError, match=rf"{segment.name}: record at byte 0 fails its checksum"):
+        list(IngestLog(tmp_path).replay())
 
 
 def test_trim_deletes_segments_the_store_holds_and_replay_starts_after_them(tmp_path: Path) -> None:

@@ -34,9 +34,9 @@ class GatedLog(IngestLog):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
 
-    def append(self, batches):
+    def append(self, batches, wires=None):
         self.gate.wait(timeout=10)
-        return super().append(batches)
+        return super().append(batches, wires)
 
 
 def session() -> Session:
