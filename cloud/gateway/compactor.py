@@ -1,11 +1,12 @@
 """Moving acked batches from the gateway's ingest log into the episode store, off the ack path.
 
-Batches arrive here once their log record is fsync'd (they are acked already). The compactor gathers what has
-queued while the log is being appended to (until the log has been quiet for ``delay_s``, the backlog reached
-``write_bytes`` or the oldest batch waited ``max_delay_s``): a store write, and the encoding of raw frames before it,
-holds a core and the GIL that the ack path needs, and bigger writes rewrite fewer partly filled chunks. It writes the group to the store in one commit (cameras
-the store keeps encoded are encoded first), then trims the log up to the last record the store now holds. A failing
-store is retried: acked batches are never dropped, only a batch the store itself refuses (logged as an error).
+Batches arrive here once their log record is fsync'd (they are acked already). The compactor gathers what has queued
+while the log is being appended to (until the log has been quiet for ``delay_s``, the backlog reached ``write_bytes`` or
+the oldest batch waited ``max_delay_s``): a store write, and the encoding of raw frames before it, holds a core and the
+GIL that the ack path needs, and bigger writes rewrite fewer partly filled chunks. It writes the group to the store in
+one commit (cameras the store keeps encoded are encoded first), then trims the log up to the last record the store now
+holds. A failing store is retried: acked batches are never dropped, only a batch the store itself refuses (logged as an
+error).
 """
 
 from __future__ import annotations
