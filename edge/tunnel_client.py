@@ -314,7 +314,8 @@ class TunnelClient:
                         self.spool.ack_later(ack.episode_id, ack.next_seq)
                         steps = in_flight.pop(ack.batch_id, 0)
                         self.acked_steps += steps
-                        self._wake.set()
+                        if self.config.window_batches - len(in_flight) >= self._refill:
+                            self._wake.set()  # not per ack: the uploader refills a quarter of the window at a time
                     elif kind == "policy":
                         self._receive_policy_chunk(message.policy)
                     elif kind == "rollback":
@@ -386,6 +387,11 @@ class TunnelClient:
                 call.cancel()
                 return
 
+    @property
+    def _refill(self) -> int:
+        """How many window slots free up before the uploader asks the spool for more."""
+        return max(1, self.config.window_batches // 4)
+
     def _upload(self, outgoing: queue.Queue, in_flight: dict[int, int], refused: set[int]) -> None:
         """Sends spooled batches in the spool's upload order (urgent episodes first, each episode in seq order),
         keeping at most ``window_batches`` unacked. The order is chosen as the window frees, so an intervention
@@ -394,11 +400,12 @@ class TunnelClient:
         much CPU as reading the batches themselves."""
         sent = 0
         last_heartbeat = 0.0 if self.waiting_for else time.monotonic()  # a new session hears at once what it waits for
-        refill = max(1, self.config.window_batches // 4)
         while self.connected.is_set() and not self._stop.is_set():
             room = self.config.window_batches - len(in_flight)
-            skip = set(in_flight.copy()) | refused  # copy: the reader thread pops acks meanwhile
-            batches = self.spool.next_to_send(skip, room, turn=sent) if room >= refill else []
+            batches = []
+            if room >= self._refill:
+                skip = set(in_flight.copy()) | refused  # copy: the reader thread pops acks meanwhile
+                batches = self.spool.next_to_send(skip, room, turn=sent)
             for spooled in batches:
                 in_flight[spooled.row_id] = spooled.num_steps
                 outgoing.put(steps_message(spooled.payload, spooled.row_id))  # as spooled: no parse, no re-serialize

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from cloud.data.ingest_log import IngestLog
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.gateway.config import GatewayConfig
@@ -155,3 +156,26 @@ def test_a_forged_keyframe_is_refused_by_packet_and_the_episode_goes_on(tmp_path
     answers = run.talk("h264", [forged, *good])
     assert answers[1].error.field == "step_batch.video[obs.front].packets[0]"
     assert [a.ack.next_seq for a in answers[2:]] == [4, 8, 12]
+
+
+def test_the_ingest_log_keeps_a_batch_as_its_message_unless_its_frames_were_decoded(tmp_path, monkeypatch) -> None:
+    logged: dict[str, list] = {}
+    append = IngestLog.append
+
+    def recording(self, rows, wires=None):
+        for batch, wire in zip(rows, wires or [None] * len(rows), strict=True):
+            logged.setdefault(batch.episode_id, []).append(wire)
+        return append(self, rows, wires)
+
+    monkeypatch.setattr(IngestLog, "append", recording)
+    for codec in ("h264", "raw", "jpeg"):
+        sent = batches(codec, f"ep-{codec}")
+        answers = Run(tmp_path / codec).talk(codec, sent)
+        assert [a.ack.next_seq for a in answers[1:]] == [4, 8, 12], answers
+        wires = logged[f"ep-{codec}"]
+        if codec == "jpeg":  # its frames were decoded to arrays on the way in: the record holds those
+            assert wires == [None, None, None]
+            continue
+        assert all(wire is not None for wire in wires)
+        kept = [pb.EdgeMessage.FromString(wire.message).steps for wire in wires]
+        assert kept == sent  # the message as it came, batch ids included
