@@ -63,9 +63,11 @@ class Compactor:
         encoder: StoreEncoder,
         ingest_log: IngestLog | None,
         on_progress: Callable[[list[Logged]], None],
-        delay_s: float = 0.05,
+        # Quiet means the uplink paused: longer than a gap between group commits, or than edges take to connect
+        # (with 50 ms a burst's first megabytes went to the store while the rest of it waited behind them).
+        delay_s: float = 0.2,
         write_bytes: int = 64 << 20,
-        max_delay_s: float = 1.0,
+        max_delay_s: float = 3.0,  # a sustained uplink: the store trails its acks by this much at most
     ) -> None:
         self.store = store
         self.encoder = encoder
