@@ -2,11 +2,11 @@
 
 Batches arrive here once their log record is fsync'd (they are acked already). The compactor gathers what has queued
 while the log is being appended to (until the log has been quiet for ``delay_s``, the backlog reached ``write_bytes`` or
-the oldest batch waited ``max_delay_s``): a store write, and the encoding of raw frames before it, holds a core and the
-GIL that the ack path needs, and bigger writes rewrite fewer partly filled chunks. It writes the group to the store in
-one commit (cameras the store keeps encoded are encoded first), then trims the log up to the last record the store now
-holds. A failing store is retried: acked batches are never dropped, only a batch the store itself refuses (logged as an
-error).
+the oldest batch waited ``max_delay_s``; longer in a burst): a store write, and the encoding of raw frames before it,
+holds a core and the GIL that the ack path needs, and bigger writes rewrite fewer partly filled chunks. It writes the
+group to the store in one commit (cameras the store keeps encoded are encoded first), then trims the log up to the last
+record the store now holds. A failing store is retried: acked batches are never dropped, only a batch the store itself
+refuses (logged as an error).
 """
 
 from __future__ import annotations
@@ -63,11 +63,16 @@ class Compactor:
         encoder: StoreEncoder,
         ingest_log: IngestLog | None,
         on_progress: Callable[[list[Logged]], None],
-        # Quiet means the uplink paused: longer than a gap between group commits, or than edges take to connect
-        # (with 50 ms a burst's first megabytes went to the store while the rest of it waited behind them).
-        delay_s: float = 0.2,
+        delay_s: float = 0.05,
         write_bytes: int = 64 << 20,
-        max_delay_s: float = 3.0,  # a sustained uplink: the store trails its acks by this much at most
+        max_delay_s: float = 1.0,
+        # A burst (the last second's appends past ``burst_bytes_per_s``) waits longer: quiet then means the uplink
+        # paused, longer than a gap between group commits or than edges take to connect (with 50 ms a burst's first
+        # megabytes went to the store while the rest of it waited behind their encoding), and the store trails a
+        # sustained burst by ``burst_max_delay_s`` at most. A robot's trickle is moved within ``delay_s``.
+        burst_bytes_per_s: float = 8e6,
+        burst_delay_s: float = 0.2,
+        burst_max_delay_s: float = 3.0,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -76,6 +81,11 @@ class Compactor:
         self.delay_s = delay_s
         self.write_bytes = write_bytes
         self.max_delay_s = max_delay_s
+        self.burst_bytes_per_s = burst_bytes_per_s
+        self.burst_delay_s = burst_delay_s
+        self.burst_max_delay_s = burst_max_delay_s
+        self._recent: deque[tuple[float, int]] = deque()  # (when, bytes) of the last second's appends
+        self._recent_bytes = 0
         self._last_added = 0.0  # when the log last took a group (monotonic)
         self._queue: deque[Logged] = deque()
         self.backlog_bytes = 0  # acked, not yet in the store
@@ -91,7 +101,15 @@ class Compactor:
         self._queue.append(logged)
         self.backlog_bytes += logged.nbytes
         self._last_added = time.monotonic()
+        self._recent.append((self._last_added, logged.nbytes))
+        self._recent_bytes += logged.nbytes
         self._wake.set()
+
+    def in_burst(self, now: float) -> bool:
+        """Whether the last second's appends came faster than ``burst_bytes_per_s``."""
+        while self._recent and self._recent[0][0] < now - 1.0:
+            self._recent_bytes -= self._recent.popleft()[1]
+        return self._recent_bytes > self.burst_bytes_per_s
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Writes everything queued into the store now; False if the store failed or ``timeout_s`` passed first."""
@@ -118,12 +136,14 @@ class Compactor:
 
     def _gather_s(self) -> float:
         """How much longer to gather before writing: 0 once the log has been quiet for ``delay_s``, the backlog
-        reached ``write_bytes``, or the oldest batch waited ``max_delay_s``."""
+        reached ``write_bytes``, or the oldest batch waited ``max_delay_s`` (in a burst: the burst's own delays)."""
         if not self._queue or self.backlog_bytes >= self.write_bytes:
             return 0.0
         now = time.monotonic()
-        quiet = self._last_added + self.delay_s - now
-        return max(0.0, min(quiet, self._queue[0].acked_at + self.max_delay_s - now))
+        burst = self.in_burst(now)
+        quiet = self._last_added + (self.burst_delay_s if burst else self.delay_s) - now
+        oldest = self._queue[0].acked_at + (self.burst_max_delay_s if burst else self.max_delay_s) - now
+        return max(0.0, min(quiet, oldest))
 
     async def compact_once(self) -> bool:
         """Writes what is queued (up to ``write_bytes``) into the store; False if the store failed (kept queued)."""

@@ -30,6 +30,7 @@ from cloud.data.layout import DataLayout
 from cloud.data.learner_key import signing_registry
 from tests.e2e.fleet import ENV, free_port, wait_until
 from tests.e2e.readme_covered import COVERED
+from tests.e2e.store_checks import wait_compacted
 from tests.e2e.x_display import press, x_display
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -408,6 +409,7 @@ def test_takeover_commands(shell: Shell) -> None:
     finally:
         client.close()
     shell.stop("robot")
+    wait_compacted(shell.cwd / "fleetloop-data" / "store")  # acked steps reach the store once the uplink pauses
     store = EpisodeStore(shell.cwd / "fleetloop-data" / "store", read_only=True)
     drivers = {
         who
