@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,35 @@ def test_a_read_only_look_beside_the_edge_changes_no_file(tmp_path) -> None:
         look.append(batch("a", 12))
     look.close()
     assert {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()} == before
+
+
+def first_format_frame(number, episode_id, first_seq, num_steps, priority, spooled_at, payload) -> list[bytes]:
+    """A record as the first release of the segment spool framed it (``FSP1``, a crc32)."""
+    episode = episode_id.encode()
+    frame = segment_log.FRAME
+    head = frame.pack(b"FSP1", priority, len(episode), number, first_seq, num_steps, len(payload), spooled_at)
+    crc = zlib.crc32(payload, zlib.crc32(episode, zlib.crc32(head)))
+    return [head + segment_log.CRC.pack(crc), episode, payload]
+
+
+def test_records_of_the_first_format_still_upload_and_new_ones_follow_them(tmp_path, monkeypatch) -> None:
+    with monkeypatch.context() as old_release:
+        old_release.setattr(segment_log, "frame", first_format_frame)
+        spool = SegmentSpool(tmp_path / "log")
+        for seq in (0, 2):
+            spool.append(batch("a", seq, size=100))
+        spool.close()
+    [(_, path)] = segment_log.segments(tmp_path / "log")
+    assert path.read_bytes()[:4] == b"FSP1"
+    spool = SegmentSpool(tmp_path / "log")
+    spool.append(batch("a", 4, size=100))  # this release's frame, after the old ones in the same segment
+    spool.close()
+    again = SegmentSpool(tmp_path / "log")
+    assert seqs(again) == [("a", 0), ("a", 2), ("a", 4)]
+    sent = again.next_to_send(set(), 3)
+    assert [pb.StepBatch.FromString(b.payload).first_seq for b in sent] == [0, 2, 4]
+    again.close()
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # this release's record fails its checksum: it is the torn end, the old ones stay
+    path.write_bytes(bytes(data))
+    assert seqs(SegmentSpool(tmp_path / "log")) == [("a", 0), ("a", 2)]
