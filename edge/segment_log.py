@@ -4,10 +4,13 @@ segments kept for reuse, and a log of acks.
 A segment ``<first record number, 16 digits>.seg`` holds records one after another::
 
     b"FSP2" | priority u8 | pad | episode length u16 | record number u64 | first_seq i64 | num_steps u32
-            | payload length u32 | spooled_at f64 | xxh3_64 u64 | episode id | payload (the serialized StepBatch)
+            | payload length u32 | spooled_at f64 | xxh3_64 u64 | episode id | payload
 
-(xxh3_64 of the frame before it, the episode id and the payload: at ~20 GB/s, where the crc32 of the first format,
-``FSP1`` with a crc32 u32 in its place, was half of what spooling a camera batch cost; both are read). A segment whose
+The payload is the ``EdgeMessage`` that uploads the batch (``protocol.steps.steps_message`` of the serialized
+StepBatch, its batch_id the record number), so an upload reads it and sends it with no copy between. xxh3_64 covers the
+frame before it, the episode id and the payload: at ~20 GB/s, where the crc32 of the first format was half of what
+spooling a camera batch cost. Records of the first format (``FSP1``: a crc32 u32 in the checksum's place, the payload
+the bare StepBatch) are still read. A segment whose
 records are all acked becomes a spare (``<floor>.<k>.spare``) that a later segment is renamed from and overwritten in
 place (its pages are still in the page cache; writing into pages the process never touched costs several times more, see
 ``cloud/data/ingest_log.py``). Past a segment's records lie the bytes of its earlier use: a record ends the segment
@@ -26,11 +29,13 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
+
+from protocol.steps import batch_of_message
 
 log = logging.getLogger("fleetloop")
 
@@ -59,28 +64,31 @@ class Record:
     spooled_at: float
     offset: int
     length: int
+    framed: bool = True  # the payload is the EdgeMessage that uploads the batch (False: the bare StepBatch, FSP1)
+    batch_bytes: int = -1  # the serialized StepBatch's bytes (-1: ``length``)
 
 
 def frame(number: int, episode_id: str, first_seq: int, num_steps: int, priority: int, spooled_at: float,
-          payload: bytes) -> list[bytes]:  # fmt: skip
-    """Record ``number``'s parts, to write one after another."""
+          payload: Sequence[bytes]) -> list[bytes]:  # fmt: skip
+    """Record ``number``'s parts, to write one after another; ``payload``: the parts of its payload."""
     episode = episode_id.encode()
-    head = FRAME.pack(MAGIC, priority, len(episode), number, first_seq, num_steps, len(payload), spooled_at)
-    return [head + CHECKSUM.pack(_checksum(head, episode, payload)), episode, payload]
+    length = sum(len(part) for part in payload)
+    head = FRAME.pack(MAGIC, priority, len(episode), number, first_seq, num_steps, length, spooled_at)
+    return [head + CHECKSUM.pack(_checksum(head, episode, *payload)), episode, *payload]
 
 
-def _checksum(head: bytes, episode: bytes, payload: bytes) -> int:
+def _checksum(head: bytes, *parts: bytes) -> int:
     hasher = xxhash.xxh3_64(head)
-    hasher.update(episode)
-    hasher.update(payload)
+    for part in parts:
+        hasher.update(part)
     return hasher.intdigest()
 
 
-def _holds(head: bytes, body: bytes, episode_len: int) -> bool:
+def _holds(head: bytes, body: bytes) -> bool:
     """Whether a record's checksum holds (``head``: its frame and checksum; ``body``: its episode id and payload)."""
     if head[:4] == MAGIC:
         (expected,) = CHECKSUM.unpack_from(head, FRAME.size)
-        return _checksum(head[: FRAME.size], body[:episode_len], body[episode_len:]) == expected
+        return _checksum(head[: FRAME.size], body) == expected
     (crc,) = CRC.unpack_from(head, FRAME.size)
     return zlib.crc32(body, zlib.crc32(head[: FRAME.size])) == crc
 
@@ -107,11 +115,18 @@ def scan(path: Path, first: int, cut: bool = True) -> tuple[list[Record], int]:
                 break
             f.seek(at + head_len)
             body = f.read(episode_len + length)
-            if not _holds(head, body, episode_len):
+            if not _holds(head, body):
                 break
             episode = body[:episode_len].decode(errors="replace")
             offset = at + head_len + episode_len
-            records.append(Record(number, episode, first_seq, num_steps, priority, spooled_at, offset, length))
+            framed = magic == MAGIC
+            try:
+                batch_bytes = len(batch_of_message(body[episode_len:], number)) if framed else length
+            except (ValueError, IndexError):  # not the message this spool writes: as if torn
+                break
+            records.append(
+                Record(number, episode, first_seq, num_steps, priority, spooled_at, offset, length, framed, batch_bytes)
+            )
             at = end
         if cut and at < size and _torn(f, at, size, first + len(records)):
             log.warning("spool: %s ends with %d bytes of a write cut short (never uploaded); cut off", path.name,

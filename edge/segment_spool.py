@@ -29,6 +29,7 @@ from edge import segment_log as files
 from edge.spool import AUTONOMOUS, URGENT, Backlog, Spool, SpooledBatch, is_urgent, upload_order
 from protocol import tunnel_pb2 as pb
 from protocol.file_writes import write_all
+from protocol.steps import batch_of_message, steps_message_parts
 
 log = logging.getLogger("fleetloop")
 
@@ -40,12 +41,14 @@ class _Entry:
     """One spooled batch in the index; ``gone`` once acked (the queues drop it lazily)."""
 
     __slots__ = ("row_id", "episode_id", "first_seq", "num_steps", "priority", "spooled_at", "segment", "offset",
-                 "length", "gone")  # fmt: skip
+                 "length", "framed", "nbytes", "gone")  # fmt: skip
 
     def __init__(self, record: files.Record, segment: _Segment) -> None:
         self.row_id, self.episode_id, self.first_seq = record.number, record.episode_id, record.first_seq
         self.num_steps, self.priority, self.spooled_at = record.num_steps, record.priority, record.spooled_at
         self.segment, self.offset, self.length, self.gone = segment, record.offset, record.length, False
+        self.framed = record.framed
+        self.nbytes = record.length if record.batch_bytes < 0 else record.batch_bytes  # the batch's own bytes
 
 
 class _Segment:
@@ -122,11 +125,15 @@ class SegmentSpool:
             priority = URGENT if episode_id in self._urgent else AUTONOMOUS
             segment = self._writable()
             number, now = self._floor, spooled_at or time.time()
-            parts = files.frame(number, episode_id, first_seq, num_steps, priority, now, payload)
+            message = steps_message_parts(payload, number)  # spooled as it will be sent: no copy at upload
+            parts = files.frame(number, episode_id, first_seq, num_steps, priority, now, message)
             offset = segment.size + len(parts[0]) + len(parts[1])
             segment.size += write_all(segment.fd, parts, segment.size)
             self._floor += 1
-            record = files.Record(number, episode_id, first_seq, num_steps, priority, now, offset, len(payload))
+            length = sum(len(part) for part in message)
+            record = files.Record(
+                number, episode_id, first_seq, num_steps, priority, now, offset, length, batch_bytes=len(payload)
+            )
             self._add(_Entry(record, segment))
 
     def _add(self, entry: _Entry) -> None:
@@ -144,7 +151,7 @@ class SegmentSpool:
         entry.segment.live += 1
         entry.segment.episodes.add(entry.episode_id)
         self._bytes, self._batches, self._steps = (
-            self._bytes + entry.length,
+            self._bytes + entry.nbytes,
             self._batches + 1,
             self._steps + entry.num_steps,
         )
@@ -223,10 +230,13 @@ class SegmentSpool:
         return chosen
 
     def _read(self, entry: _Entry) -> SpooledBatch:
-        payload = os.pread(entry.segment.fd, entry.length, entry.offset)
-        if len(payload) != entry.length:
+        data = os.pread(entry.segment.fd, entry.length, entry.offset)
+        if len(data) != entry.length:
             raise OSError(f"spool: {entry.segment.path} ends before batch {entry.row_id}'s bytes")
-        return SpooledBatch(entry.row_id, entry.episode_id, entry.first_seq, entry.num_steps, payload)
+        if not entry.framed:  # the first format: the bare batch
+            return SpooledBatch(entry.row_id, entry.episode_id, entry.first_seq, entry.num_steps, data)
+        payload = batch_of_message(data, entry.row_id)
+        return SpooledBatch(entry.row_id, entry.episode_id, entry.first_seq, entry.num_steps, payload, message=data)
 
     def backlog(self) -> Backlog:
         """Steps and bytes waiting for an ack, and the age of the oldest (0 when none)."""
@@ -265,7 +275,7 @@ class SegmentSpool:
     def _drop(self, entry: _Entry) -> None:
         entry.gone = True
         self._bytes, self._batches, self._steps = (
-            self._bytes - entry.length,
+            self._bytes - entry.nbytes,
             self._batches - 1,
             self._steps - entry.num_steps,
         )

@@ -40,7 +40,10 @@ class SpooledBatch:
     episode_id: str
     first_seq: int
     num_steps: int
-    payload: bytes  # the serialized StepBatch as spooled: the upload sends these bytes (protocol.steps.steps_message)
+    payload: bytes | memoryview  # the serialized StepBatch as spooled
+    # The EdgeMessage that uploads it (``protocol.steps.steps_message`` of ``payload`` and ``row_id``) where the spool
+    # keeps it so, sent as it is; empty: the upload frames ``payload``.
+    message: bytes = b""
 
     @cached_property
     def batch(self) -> pb.StepBatch:

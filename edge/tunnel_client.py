@@ -408,7 +408,8 @@ class TunnelClient:
                 batches = self.spool.next_to_send(skip, room, turn=sent)
             for spooled in batches:
                 in_flight[spooled.row_id] = spooled.num_steps
-                outgoing.put(steps_message(spooled.payload, spooled.row_id))  # as spooled: no parse, no re-serialize
+                # as spooled: no parse, no re-serialize (a segment spool keeps the message itself)
+                outgoing.put(spooled.message or steps_message(spooled.payload, spooled.row_id))
                 sent += 1
             if time.monotonic() - last_heartbeat > self.config.heartbeat_s:
                 outgoing.put(pb.EdgeMessage(heartbeat=self._heartbeat()))

@@ -290,5 +290,25 @@ def steps_message(batch: bytes, batch_id: int) -> bytes:
     """The bytes of ``EdgeMessage(steps=<batch with batch_id set>)`` from a serialized StepBatch, without parsing it
     or serializing it again (an edge sends its spooled batches this way): a scalar field appended to a message
     overrides any earlier value of it, and a message field is its bytes behind a tag and a length."""
+    return b"".join(steps_message_parts(batch, batch_id))
+
+
+def steps_message_parts(batch: bytes, batch_id: int) -> tuple[bytes, bytes, bytes]:
+    """``steps_message`` as the parts to write one after another (the batch not copied): head, batch, tail."""
     tail = _BATCH_ID_TAG + _varint(batch_id & (1 << 64) - 1)  # a negative int64 as its two's complement
-    return b"".join((_STEPS_TAG, _varint(len(batch) + len(tail)), batch, tail))
+    return _STEPS_TAG + _varint(len(batch) + len(tail)), batch, tail
+
+
+def batch_of_message(message: bytes, batch_id: int) -> memoryview:
+    """The serialized StepBatch inside ``steps_message(batch, batch_id)``'s bytes, not copied."""
+    at, length, shift = len(_STEPS_TAG), 0, 0
+    while True:  # the length's varint
+        byte = message[at]
+        length |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            break
+    tail = len(_BATCH_ID_TAG) + len(_varint(batch_id & (1 << 64) - 1))
+    if message[: len(_STEPS_TAG)] != _STEPS_TAG or at + length != len(message) or length < tail:
+        raise ValueError("not the bytes of a steps message")
+    return memoryview(message)[at : len(message) - tail]

@@ -178,8 +178,10 @@ def test_a_read_only_look_beside_the_edge_changes_no_file(tmp_path) -> None:
     assert {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()} == before
 
 
-def first_format_frame(number, episode_id, first_seq, num_steps, priority, spooled_at, payload) -> list[bytes]:
-    """A record as the first release of the segment spool framed it (``FSP1``, a crc32)."""
+def first_format_frame(number, episode_id, first_seq, num_steps, priority, spooled_at, message) -> list[bytes]:
+    """A record as the first release of the segment spool framed it (``FSP1``, a crc32, the bare batch: this
+    release's ``message`` parts are head, batch, tail)."""
+    payload = message[1]
     episode = episode_id.encode()
     frame = segment_log.FRAME
     head = frame.pack(b"FSP1", priority, len(episode), number, first_seq, num_steps, len(payload), spooled_at)
