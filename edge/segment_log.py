@@ -64,8 +64,8 @@ class Record:
     spooled_at: float
     offset: int
     length: int
-    framed: bool = True  # the payload is the EdgeMessage that uploads the batch (False: the bare StepBatch, FSP1)
-    batch_bytes: int = -1  # the serialized StepBatch's bytes (-1: ``length``)
+    framed: bool  # the payload is the EdgeMessage that uploads the batch (False: the bare StepBatch, FSP1)
+    batch_bytes: int  # the serialized StepBatch's bytes
 
 
 def frame(number: int, episode_id: str, first_seq: int, num_steps: int, priority: int, spooled_at: float,

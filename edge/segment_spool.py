@@ -48,7 +48,7 @@ class _Entry:
         self.num_steps, self.priority, self.spooled_at = record.num_steps, record.priority, record.spooled_at
         self.segment, self.offset, self.length, self.gone = segment, record.offset, record.length, False
         self.framed = record.framed
-        self.nbytes = record.length if record.batch_bytes < 0 else record.batch_bytes  # the batch's own bytes
+        self.nbytes = record.batch_bytes
 
 
 class _Segment:
@@ -132,7 +132,16 @@ class SegmentSpool:
             self._floor += 1
             length = sum(len(part) for part in message)
             record = files.Record(
-                number, episode_id, first_seq, num_steps, priority, now, offset, length, batch_bytes=len(payload)
+                number,
+                episode_id,
+                first_seq,
+                num_steps,
+                priority,
+                now,
+                offset,
+                length,
+                framed=True,
+                batch_bytes=len(payload),
             )
             self._add(_Entry(record, segment))
 

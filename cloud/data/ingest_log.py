@@ -199,7 +199,7 @@ def decode_wire(header: bytes, body: bytearray) -> StepRows:
     """The batch of a wire record whose checksum held, decoded as the gateway decoded it before logging it."""
     meta = json.loads(header)
     schema = {name: (dtype, tuple(shape)) for name, (dtype, shape) in meta["schema"].items()}
-    batch = pb.EdgeMessage.FromString(bytes(body)).steps
+    batch = pb.EdgeMessage.FromString(body).steps
     columns = decode_batch(batch, schema, MAX_BODY_BYTES, MAX_BODY_BYTES, len(body))
     return batch_rows(batch, columns, meta["dataset"], meta["resource_id"], meta["source"])
 

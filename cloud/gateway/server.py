@@ -426,7 +426,7 @@ class Gateway(pb_grpc.TunnelServicer):
             return err
 
     async def _handle(
-        self, session: Session, message: pb.EdgeMessage, kind: str | None, rows: Decoded = None, raw: bytes = b""
+        self, session: Session, message: pb.EdgeMessage, kind: str | None, rows: Decoded, raw: bytes
     ) -> None:
         if kind == "steps":
             await self._receive_batch(session, message.steps, rows, raw)
@@ -471,13 +471,11 @@ class Gateway(pb_grpc.TunnelServicer):
         for callback in self.on_applied:
             callback(session.resource.id, applied)
 
-    async def _receive_batch(
-        self, session: Session, batch: pb.StepBatch, decoded: Decoded = None, raw: bytes = b""
-    ) -> None:
+    async def _receive_batch(self, session: Session, batch: pb.StepBatch, decoded: Decoded, raw: bytes) -> None:
         """``decoded``: the rows (or why they are refused) when ``_parse`` made them already; ``raw``: the message as
         it came (the ingest log keeps it as it is)."""
         config = self.config
-        size = len(raw) or batch.ByteSize()
+        size = len(raw)
         try:
             if isinstance(decoded, CodecError):
                 raise decoded
@@ -493,7 +491,7 @@ class Gateway(pb_grpc.TunnelServicer):
             session.refuse(batch.batch_id, err.field, err.message)
             return
         rows = decoded
-        wire = wire_of(raw, batch, rows, session.schema) if raw else None
+        wire = wire_of(raw, batch, rows, session.schema)
         self.writer.submit(PendingBatch(rows=rows, batch_id=batch.batch_id, sink=session, wire=wire))
         session.batch_bytes += size
         session.steps_received += batch.num_steps
