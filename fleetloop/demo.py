@@ -39,6 +39,9 @@ class DemoConfig(CodeConfig):
     run_dir: str | None = None
     target_success: Annotated[float, Field(ge=0, le=1)] = 0.8  # stop early once two versions in a row reach this
     min_episodes_per_version: Annotated[int, Field(ge=1)] = 5
+    seed: Annotated[int, Field(ge=0)] = 0  # the robots' (cube placements, operator) and the learner's
+    warm_start: bool = True  # off: every version trains from a fresh policy (the learner's --no-warm-start)
+    stop_at_target: bool = True  # off: run the whole time, to see whether a skill once learned stays learned
 
 
 def _pick_port(preferred: int = 7070) -> int:
@@ -113,11 +116,12 @@ def _reached_target(summary: list[VersionSummary], config: DemoConfig) -> bool:
     return len(rated) >= 2 and all(s.autonomous_success >= config.target_success for s in rated[-2:])
 
 
-def _edge_args(i: int, port: int, control_hz: float, run_dir: Path) -> list[str]:
+def _edge_args(i: int, port: int, config: DemoConfig, run_dir: Path) -> list[str]:
     """`fleetloop edge` for the demo's robot ``i``: its own seed and spool."""
+    seed = 1000 * i + 100_000 * config.seed
     return [
         *("edge", "--robot", f"sim:{DATASET}", "--id", f"robot-{i}", "--cloud", f"127.0.0.1:{port}"),
-        *("--seed", str(1000 * i), "--hz", str(control_hz), "--spool", str(run_dir / f"spool-{i}.db")),
+        *("--seed", str(seed), "--hz", str(config.control_hz), "--spool", str(run_dir / f"spool-{i}.db")),
     ]
 
 
@@ -135,7 +139,7 @@ def run_demo(config: DemoConfig) -> int:
     console = table_console()
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
-        f"({DATASET}, {config.control_hz:.0f} Hz), a scripted operator on each; logs in {logs}. "
+        f"({DATASET}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each; logs in {logs}. "
         f"The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
     )
     cli = [sys.executable, "-m", "fleetloop.cli"]
@@ -147,7 +151,10 @@ def run_demo(config: DemoConfig) -> int:
         processes.append(process)
         return process
 
-    cloud = start("cloud", ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port)])
+    learner = ["--learner-seed", str(config.seed)] + ([] if config.warm_start else ["--no-warm-start"])
+    cloud = start(
+        "cloud", ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port), *learner]
+    )
     try:
         _wait_for_port(port, cloud)
         pairing = _pairing_url(logs / "cloud.log")
@@ -158,7 +165,7 @@ def run_demo(config: DemoConfig) -> int:
                 "the `phone` policy, whose foresight the page draws."
             )
         for i in range(1, config.robots + 1):
-            start(f"robot-{i}", _edge_args(i, port, config.control_hz, run_dir))
+            start(f"robot-{i}", _edge_args(i, port, config, run_dir))
         store = None
         started = time.monotonic()
         summary: list[VersionSummary] = []
@@ -173,7 +180,7 @@ def run_demo(config: DemoConfig) -> int:
                 if store is not None:
                     summary = summarize(store, DATASET)
                 live.update(render_table(summary, time.monotonic() - started, config.robots))
-                if _reached_target(summary, config):
+                if config.stop_at_target and _reached_target(summary, config):
                     break
     finally:
         # Robots first, so they drain their spools into the cloud before it stops.

@@ -154,6 +154,11 @@ class LearnerConfig(CodeConfig):
     train_steps: AtLeastOne = 1500  # gradient steps per version (SAC: updates per round)
     batch_size: AtLeastOne = 256
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3  # hg-dagger's (SAC has its own in ``sac``)
+    # hg-dagger: each round continues the last round's policy and optimizer (a fresh one only when the architecture
+    # changes); off: every round trains a fresh policy. fresh_start: the first round of this process starts afresh
+    # instead of continuing the checkpoint's weights (an operator's reset).
+    warm_start: bool = True
+    fresh_start: bool = False
     poll_s: Annotated[float, Field(gt=0)] = 1.0
     hidden: Items[AtLeastOne] = (256, 256)  # the policy's (SAC: the actor's) hidden layers
     algorithm: Algorithm = "hg-dagger"

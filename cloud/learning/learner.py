@@ -1,9 +1,9 @@
 """The learner loop: when a round starts for a dataset, publishing its policy, and the checkpoint around it.
 
-``LearnerConfig.algorithm`` picks how a round trains (``cloud.learning.algorithms``: ``hg-dagger`` trains a fresh
-policy each round on the steps a person labelled; ``sac`` carries an actor, twin critics and a temperature from round
-to round over online and demonstration data); everything else (when a round starts, publishing, the checkpoint,
-running under torchrun) is shared.
+``LearnerConfig.algorithm`` picks how a round trains (``cloud.learning.algorithms``: ``hg-dagger`` continues one
+policy from round to round on the steps a person labelled; ``sac`` carries an actor, twin critics and a temperature
+from round to round over online and demonstration data); everything else (when a round starts, publishing, the
+checkpoint, running under torchrun) is shared.
 
 A round starts once enough new episodes have ended since the last version. Its batches come from
 ``cloud.learning.sampler`` (explicit ratios between kinds of data, per dataset) with ``cloud.learning.staleness``'
@@ -12,9 +12,9 @@ dropped or down-weighted; steps a person labelled are exempt unless ``staleness_
 
 After each publish the learner saves a checkpoint per dataset under ``checkpoint_dir`` (by default
 ``<data root>/learner/checkpoint/<dataset>/``, ``cloud.learning.checkpoint``). A restarted learner loads it and
-carries on from that version and step, so it neither retrains at once nor waits a whole round longer than it
-should. When the registry holds a newer version than the checkpoint (the learner died between publishing and
-saving), the registry wins.
+carries on from that version and step, and from its weights and optimizer (unless ``fresh_start``), so it neither
+retrains at once nor waits a whole round longer than it should. When the registry holds a newer version than the
+checkpoint (the learner died between publishing and saving), the registry wins.
 
 With ``curves`` (``cloud.learning.curves``; ``--track``, TensorBoard by default) rank 0 logs each round's losses,
 throughput and staleness and each settled version's autonomous success and intervention rate.
@@ -131,6 +131,9 @@ class Learner:
                 )
                 saved = None
             trainable = algorithm.restore(saved) if saved is not None else None
+            if trainable is not None and self.config.fresh_start:
+                log.info("%s: starting afresh as asked; v%d's weights are not continued", dataset, saved.version)
+                trainable = None
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             log.error("ignoring the learner checkpoint of %s: %s", dataset, err)
             saved, trainable = None, None

@@ -53,6 +53,8 @@ LEARNER_FLAGS = {
     "learner.batch_size": "--batch-size",
     "learner.algorithm": "--algorithm",
     "learner.seed": "--learner-seed",
+    "learner.warm_start": "--no-warm-start",
+    "learner.fresh_start": "--fresh-start",
     "learner.track": "--track",
     "learner.chunk_sizes": "--chunk-size",
     "learner.policies": "--policy",
@@ -74,7 +76,7 @@ LEARNER_FLAGS = {
 }
 
 # Each demo config field a flag sets, and that flag (``flag_error``).
-DEMO_FLAGS = {"demo.robots": "--robots", "demo.minutes": "--minutes", "demo.control_hz": "--hz"}
+DEMO_FLAGS = {"demo.robots": "--robots", "demo.minutes": "--minutes", "demo.control_hz": "--hz", "demo.seed": "--seed"}
 
 
 def flag_error(err: ConfigError, flags: Mapping[str, str]) -> ValueError:

@@ -15,7 +15,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fleetloop.demo import DemoConfig, run_demo
 
     try:
-        config = DemoConfig(robots=args.robots, minutes=args.minutes, control_hz=args.hz, run_dir=args.run_dir)
+        config = DemoConfig(
+            robots=args.robots,
+            minutes=args.minutes,
+            control_hz=args.hz,
+            run_dir=args.run_dir,
+            seed=args.seed,
+            warm_start=args.warm_start,
+            stop_at_target=args.stop_at_target,
+        )
     except ConfigError as err:
         log.error("refusing to start: %s", flag_error(err, DEMO_FLAGS))
         return 2
@@ -28,4 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--minutes", type=float, default=6.0, help="time limit for the run")
     demo.add_argument("--hz", type=float, default=10.0)
     demo.add_argument("--run-dir", default=None, help="default runs/<timestamp>")
+    demo.add_argument("--seed", type=int, default=0, help="the robots' and the learner's seed: runs with one repeat")
+    demo.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="train every version from a fresh policy (the learner's behaviour before warm starts), to compare",
+    )
+    demo.add_argument(
+        "--no-stop-at-target",
+        dest="stop_at_target",
+        action="store_false",
+        help="run the whole --minutes even once two versions in a row reached the target, to see a skill stay learned",
+    )
     demo.set_defaults(func=cmd_demo)

@@ -81,6 +81,17 @@ def _add_round_args(parser: argparse.ArgumentParser) -> None:
     )
     add_valued(parser, "--learner-seed", int, 0, "seed of the learner's batches (rank adds to it)")
     parser.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="hg-dagger: train every version from a fresh policy instead of continuing the last one",
+    )
+    parser.add_argument(
+        "--fresh-start",
+        action="store_true",
+        help="start the first version of this run from a fresh policy instead of the checkpoint's weights",
+    )
+    parser.add_argument(
         "--track",
         choices=["tensorboard", "wandb", "trackio", "none"],
         default="tensorboard",
@@ -243,6 +254,8 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             ),
             sac=SACConfig(demo_ratio=getattr(args, "demo_ratio", 0.5), explore=getattr(args, "sac_explore", True)),
             seed=getattr(args, "learner_seed", 0),
+            warm_start=getattr(args, "warm_start", True),
+            fresh_start=getattr(args, "fresh_start", False),
             init=tuple(getattr(args, "init", [])),
             reward_classifiers=tuple(getattr(args, "reward_classifier", [])),
             track=getattr(args, "track", "tensorboard"),

@@ -1,5 +1,11 @@
-"""HG-DAgger: each round trains a fresh policy on every step a person labelled (corrections, demonstrations,
-imported offline data); autonomous steps carry no label.
+"""HG-DAgger: each round trains the policy on every step a person labelled (corrections, demonstrations, imported
+offline data); autonomous steps carry no label.
+
+A round continues from the policy and optimizer the last round left (``LearnerConfig.warm_start``): the weights, the
+normalization fitted at the first round and AdamW's moments all carry on, so a skill learned stays in the weights and
+consecutive versions differ only by what the new data taught. A round starts afresh (a new policy, or a new copy of
+the starting weights) when there is nothing to continue from, when what it would build now no longer has the last
+one's architecture (the dataset's schema, its chunk size or its policy type changed), or with ``warm_start`` off.
 
 A dataset named in ``LearnerConfig.chunk_sizes`` gets a policy that predicts that many actions at once (targets: the
 step's action and the episode's next ones). ``LearnerConfig.policies`` picks the architecture per dataset
@@ -9,6 +15,7 @@ step's episode (``action_is_pad`` past its ends).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,17 +28,20 @@ from policies.base import Policy
 from policies.lerobot_policy import LerobotPolicy
 from policies.train import train_policy
 
+log = logging.getLogger("fleetloop.learner")
+
 
 @dataclass
 class TrainedPolicy:
-    """HG-DAgger's state: the last policy and its optimizer (kept for the checkpoint; each round starts afresh)."""
+    """HG-DAgger's state: the last policy and its optimizer (the next round continues them; the checkpoint keeps
+    them)."""
 
     policy: Policy
     optimizer: torch.optim.Optimizer
 
 
-class FreshPolicyRounds(Algorithm[TrainedPolicy]):
-    """An algorithm whose rounds each train a fresh policy: a checkpoint keeps the last one and its optimizer."""
+class PolicyRounds(Algorithm[TrainedPolicy]):
+    """An algorithm whose state is one policy and its optimizer: a checkpoint keeps the last ones."""
 
     def restore(self, saved: Checkpoint) -> TrainedPolicy:
         return TrainedPolicy(saved.policy, saved.optimizer)
@@ -40,7 +50,7 @@ class FreshPolicyRounds(Algorithm[TrainedPolicy]):
         return SavedState(trainable.policy, trainable.optimizer)
 
 
-class HGDagger(FreshPolicyRounds):
+class HGDagger(PolicyRounds):
     name = "hg-dagger"
     trains_on = TRAINS_ON["hg-dagger"]
 
@@ -64,14 +74,17 @@ class HGDagger(FreshPolicyRounds):
         chunk = self.config.chunk_size_for(job.dataset) if init is None else _chunk_size(init.policy)
         policy_type, fields = self.config.policy_for(job.dataset)
         seed = self.seed(job.rounds_before)
-        # The same data and seed give the same policy whatever ran before in this process: initialization and any
-        # randomness inside training (dropout, lerobot's VAE and noise samples) draw from a seeded generator.
+        # The same data and seed give the same fresh policy whatever ran before in this process: initialization and
+        # any randomness inside training (dropout, lerobot's VAE and noise samples) draw from a seeded generator.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if init is None:
-                policy = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields)
-            else:
-                policy = init.policy  # fine-tuned with the normalization it came with
+            fresh = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields) if init is None else None
+            built = fresh if fresh is not None else init.policy  # fine-tuned with the normalization it came with
+            warm = self.continues(trainable, built)
+            if warm is not None:  # a warm round: new batches, not the last round's again
+                seed += 1 + job.current_version
+                torch.manual_seed(seed)
+            policy = warm.policy if warm is not None else built
             device = self.dist.device
             if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
                 actions, pad = table.sequences("action", policy.action_offsets())
@@ -80,7 +93,12 @@ class HGDagger(FreshPolicyRounds):
             elif chunk > 1:
                 training["action"] = table.chunks("action", chunk)[sampler.rows]
             policy.to(device)
-            optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
+            if warm is not None:
+                optimizer = warm.optimizer
+                for group in optimizer.param_groups:
+                    group["lr"] = self.config.learning_rate
+            else:
+                optimizer = torch.optim.AdamW(policy.parameters(), lr=self.config.learning_rate)
             loss = train_policy(
                 policy,
                 training,
@@ -89,7 +107,7 @@ class HGDagger(FreshPolicyRounds):
                 lr=self.config.learning_rate,
                 optimizer=optimizer,
                 seed=seed,
-                fit_normalization=init is None,
+                fit_normalization=fresh is not None and warm is None,
                 index_sampler=sampler.draw,
                 wrap=self.dist.wrap if self.dist.distributed else None,
                 on_step=self.step_hook(job.dataset, {"policy": policy}),
@@ -97,13 +115,24 @@ class HGDagger(FreshPolicyRounds):
                 streamed=streamed,
             )
         what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
-        what += f" from {init.label}" if init is not None else ""
+        what += f" from {init.label}" if init is not None and warm is None else ""
+        what += f" continued from v{job.current_version}" if warm is not None else ""
         note = f"{what} on {sampler.size} labelled steps{self.describe(sampler)}"
         steps, size = self.config.train_steps, self.config.batch_size
         metrics = self.round_metrics({"loss": loss}, sampler, table, job)
         return RoundResult(
             TrainedPolicy(policy, optimizer), policy, note, loss, table.rows, metrics, steps, steps * size
         )
+
+    def continues(self, trainable: TrainedPolicy | None, built: Policy) -> TrainedPolicy | None:
+        """``trainable`` when this round continues it: warm starts are on and the policy it holds has the
+        architecture of ``built``, the one a fresh round would train now."""
+        if not self.config.warm_start or trainable is None:
+            return None
+        same = trainable.policy.type_name == built.type_name and trainable.policy.config_dict() == built.config_dict()
+        if not same:
+            log.info("the policy's architecture changed since the last round: this round starts afresh")
+        return trainable if same else None
 
 
 def _chunk_size(policy: Policy) -> int:

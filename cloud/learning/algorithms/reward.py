@@ -21,7 +21,7 @@ import torch
 
 from cloud.data.policy_import import observation_spec
 from cloud.learning.algorithms.base import NothingNew, RoundJob, RoundResult
-from cloud.learning.algorithms.hg_dagger import FreshPolicyRounds, TrainedPolicy
+from cloud.learning.algorithms.hg_dagger import PolicyRounds, TrainedPolicy
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import REWARD_SUFFIX, RewardTraining
 from cloud.learning.sampler import KINDS
@@ -60,7 +60,7 @@ def source_dataset(policy_name: str) -> str:
     return policy_name.removesuffix(REWARD_SUFFIX)
 
 
-class RewardClassifierTraining(FreshPolicyRounds):
+class RewardClassifierTraining(PolicyRounds):
     """Rounds of ``<dataset>.reward``: its ``RoundJob.dataset`` is the classifier's policy name."""
 
     name = "reward-classifier"

@@ -1,0 +1,100 @@
+"""HG-DAgger's warm starts: a round continues the last round's policy, normalization and optimizer; it starts afresh
+only when the architecture changed, when an operator asks, or with warm starts off."""
+
+import logging
+
+import numpy as np
+import torch
+
+from cloud.data.store import EpisodeStore
+from cloud.data.version_registry import PolicyRegistry
+from cloud.learning.config import LearnerConfig
+from cloud.learning.learner import Learner
+from policies.weights import policy_from_bytes
+from tests.factories import episode_rows, step_columns, store_schema
+
+SCHEMA = store_schema(state_dim=3, action_dim=2)
+
+
+def episode(store: EpisodeStore, episode_id: str, shift: float = 0.0, n: int = 40) -> None:
+    """A corrected episode whose states are centred on ``shift`` (a new place the robot went to)."""
+    rng = np.random.default_rng(len(episode_id) + int(shift))
+    state = (rng.normal(size=(n, 3)) + shift).astype(np.float32)
+    columns = step_columns(n, state=state, action=np.tanh(state[:, :2]), intervention=True, done_at_end=True)
+    store.write([episode_rows("toy", episode_id, columns)])
+
+
+def adam_steps(learner: Learner) -> int:
+    """Optimizer steps AdamW has taken on the dataset's policy (its per-parameter step count)."""
+    optimizer = learner._datasets["toy"].trainable.optimizer
+    return int(next(iter(optimizer.state.values()))["step"])
+
+
+def learner_on(tmp_path, **config) -> tuple[EpisodeStore, PolicyRegistry, Learner]:
+    store = EpisodeStore(tmp_path / "store")
+    store.ensure_dataset("toy", SCHEMA)
+    registry = PolicyRegistry(tmp_path / "registry")
+    fields = {"first_round_episodes": 2, "round_episodes": 1, "train_steps": 40, "hidden": (16,), **config}
+    return store, registry, Learner(store, registry, LearnerConfig(**fields), checkpoint_dir=tmp_path / "checkpoint")
+
+
+def test_a_round_continues_the_last_policy_its_normalization_and_its_optimizer(tmp_path) -> None:
+    store, registry, learner = learner_on(tmp_path)
+    episode(store, "a")
+    episode(store, "b")
+    [v1] = learner.poll_once()
+    first = learner._datasets["toy"].trainable
+    assert adam_steps(learner) == 40 and "continued" not in v1.note
+    episode(store, "far", shift=5.0)  # states the first normalization never saw
+    [v2] = learner.poll_once()
+    assert "continued from v1" in v2.note, v2.note
+    assert learner._datasets["toy"].trainable.optimizer is first.optimizer
+    assert adam_steps(learner) == 80  # AdamW's moments carried on
+    p1, p2 = (policy_from_bytes(registry.read("toy", v)) for v in (1, 2))
+    torch.testing.assert_close(p2.state_mean, p1.state_mean)  # fitted once, at the first round
+    weights = [k for k in p1.state_dict() if k.endswith("weight")]
+    assert weights and all(not torch.equal(p2.state_dict()[k], p1.state_dict()[k]) for k in weights)
+
+
+def test_with_warm_starts_off_every_round_trains_a_fresh_policy(tmp_path) -> None:
+    store, registry, learner = learner_on(tmp_path, warm_start=False)
+    episode(store, "a")
+    episode(store, "b")
+    learner.poll_once()
+    episode(store, "far", shift=5.0)
+    [v2] = learner.poll_once()
+    assert "continued" not in v2.note and adam_steps(learner) == 40
+    p1, p2 = (policy_from_bytes(registry.read("toy", v)) for v in (1, 2))
+    assert not torch.allclose(p2.state_mean, p1.state_mean)  # refitted to every labelled step
+
+
+def test_a_restarted_learner_continues_its_checkpoint_unless_the_architecture_changed_or_it_is_told(
+    tmp_path, caplog
+) -> None:
+    store, registry, learner = learner_on(tmp_path)
+    episode(store, "a")
+    episode(store, "b")
+    learner.poll_once()
+
+    episode(store, "c", shift=1.0)
+    restarted = Learner(store, registry, learner.config, checkpoint_dir=tmp_path / "checkpoint")
+    [v2] = restarted.poll_once()
+    assert "continued from v1" in v2.note and adam_steps(restarted) == 80
+
+    episode(store, "d", shift=2.0)
+    told = Learner(
+        store, registry, learner.config.model_copy(update={"fresh_start": True}), checkpoint_dir=tmp_path / "checkpoint"
+    )
+    with caplog.at_level(logging.INFO, logger="fleetloop.learner"):
+        [v3] = told.poll_once()
+    assert "continued" not in v3.note and adam_steps(told) == 40
+    assert "starting afresh as asked" in caplog.text
+
+    episode(store, "e", shift=3.0)
+    wider = learner.config.model_copy(update={"hidden": (24,)})
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fleetloop.learner"):
+        [v4] = Learner(store, registry, wider, checkpoint_dir=tmp_path / "checkpoint").poll_once()
+    assert "continued" not in v4.note
+    assert "architecture changed" in caplog.text
+    assert policy_from_bytes(registry.read("toy", 4)).config_dict()["hidden"] == [24]
