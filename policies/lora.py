@@ -40,8 +40,12 @@ class LoraLinear(nn.Module):
 
 
 def _inject(module: nn.Module, rank: int, alpha: float, min_features: int) -> int:
-    """Replaces every large enough nn.Linear below ``module``; returns how many."""
+    """Replaces every large enough nn.Linear below ``module``; returns how many. Attention modules of torch are
+    left whole: ``nn.MultiheadAttention`` reads its projections' weights directly (ACT's and diffusion's
+    transformers use it), so their linear layers around them get the adapters."""
     count = 0
+    if isinstance(module, nn.MultiheadAttention):
+        return 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear) and min(child.in_features, child.out_features) >= min_features:
             setattr(module, name, LoraLinear(child, rank, alpha))

@@ -1,5 +1,6 @@
 """How autonomy grows across policy versions, computed from the episode store: the demo's table and summary.json,
-and the learner's per-version curves (``cloud.learning.curves``) read it."""
+and the learner's per-version curves (``cloud.learning.curves``) read it; and episode by episode, the rolling
+autonomous success over the last 20 episodes the learning test and the fleet-scaling bench count in."""
 
 from __future__ import annotations
 
@@ -61,3 +62,58 @@ def autonomy_climbed(summary: list[VersionSummary], min_episodes: int = 3) -> tu
     if not rated:
         return 0.0, 0.0
     return rated[0], float(np.max(rated))
+
+
+ROLLING_WINDOW = 20  # episodes: the fleet's "rolling" success, as the issue and SOP count it
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """One finished episode, in the order episodes ended: when (seconds after the dataset's first step), under which
+    version it started, and whether it succeeded with no intervention."""
+
+    ended_s: float
+    version: int
+    autonomous: bool
+
+
+def episode_outcomes(store: EpisodeStore, dataset: str, refresh: bool = True) -> list[EpisodeOutcome]:
+    """Every finished, kept episode of ``dataset`` in the order they ended (steps' monotonic times: one host's
+    clock for a simulated fleet; a real fleet's robots are ordered by each one's own clock)."""
+    if refresh:
+        store.refresh()
+    if dataset not in store.datasets():
+        return []
+    episodes = [e for e in store.episodes(dataset) if e.done and not e.discarded]
+    if not episodes:
+        return []
+    rows = store.read(dataset, columns=["episode_index", "t_mono_ns"])
+    index, times = rows["episode_index"], rows["t_mono_ns"]
+    ended = np.full(int(index.max()) + 1, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(ended, index, times)
+    start = int(times.min())
+    outcomes = [
+        EpisodeOutcome(
+            (int(ended[e.index]) - start) / 1e9, e.first_policy_version, e.success and e.intervention_steps == 0
+        )
+        for e in episodes
+        if e.index < len(ended)
+    ]
+    return sorted(outcomes, key=lambda o: o.ended_s)
+
+
+def rolling_success(outcomes: list[EpisodeOutcome], window: int = ROLLING_WINDOW) -> list[float | None]:
+    """Autonomous success over the last ``window`` episodes after each episode (None until ``window`` ended)."""
+    autonomous = np.array([o.autonomous for o in outcomes], dtype=np.float64)
+    sums = np.concatenate([[0.0], np.cumsum(autonomous)])
+    return [
+        None if i + 1 < window else float(sums[i + 1] - sums[i + 1 - window]) / window for i in range(len(outcomes))
+    ]
+
+
+def first_reaching(rolling: list[float | None], target: float) -> int | None:
+    """How many episodes had ended when the rolling success first reached ``target`` (None: not yet)."""
+    for i, value in enumerate(rolling):
+        if value is not None and value >= target:
+            return i + 1
+    return None

@@ -415,7 +415,7 @@ class PolicyPusher:
             held.full_sent = version.version
         if update.kind == "delta":
             log.info(
-                "pushing %s v%d to %s as a delta on v%d: %.2f MB instead of %.2f MB",
+                "pushing %s v%d to %s as a delta on v%d: %.3f MB instead of %.3f MB",
                 version.policy_name,
                 version.version,
                 session.resource.id,

@@ -15,6 +15,7 @@ from cloud.learning.staleness import StalenessBudget, StalenessDecay, StalenessM
 from hal.config import CodeConfig, ConfigError, ConfigModel, Items, invalid
 from policies.base import Width
 from policies.lerobot_policy import check_lerobot_config
+from policies.lora import MAX_RANK
 from policies.reward_classifier import ClassifierEncoder
 from protocol.limits import REWARD_SUFFIX
 
@@ -115,6 +116,28 @@ def _check_init_sources(init: tuple[tuple[str, str], ...], policies: tuple, algo
             raise invalid(why, "init", dataset)
 
 
+def _adapter_ranks(adapters: Any) -> tuple[tuple[str, int], ...]:
+    """A mapping or pairs of dataset -> LoRA rank as sorted pairs; errors name ``adapters.<dataset>``."""
+    checked: dict[str, int] = {}
+    for dataset, rank in adapters.items() if isinstance(adapters, dict) else adapters:
+        if not isinstance(dataset, str) or not dataset:
+            raise invalid(f"dataset names must be non-empty strings, got {dataset!r}", "adapters")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_RANK:
+            raise invalid(f"the rank must be an integer in 1..{MAX_RANK}, got {rank!r}", "adapters", dataset)
+        if dataset in checked:
+            raise invalid("given twice", "adapters", dataset)
+        checked[dataset] = rank
+    return tuple(sorted(checked.items()))
+
+
+def _check_adapters(adapters: tuple[tuple[str, int], ...], init: tuple[tuple[str, str], ...]) -> None:
+    starts = {dataset for dataset, _ in init}
+    for dataset, _ in adapters:
+        if dataset not in starts:
+            why = "adapters train around a pretrained policy: give the dataset's starting weights with init too"
+            raise invalid(why, "adapters", dataset)
+
+
 def _check_ratio_kinds(sampler: SamplerConfig, algorithm: str) -> None:
     """An error naming the ratio group when the sampler asks for steps ``algorithm`` cannot learn from."""
     trains_on = TRAINS_ON[algorithm]
@@ -159,6 +182,9 @@ class LearnerConfig(CodeConfig):
     # instead of continuing the checkpoint's weights (an operator's reset).
     warm_start: bool = True
     fresh_start: bool = False
+    # hg-dagger with warm starts: while no round is due, keep training on the last round's data (up to train_steps
+    # per version); the round then trains only the rest, so a version follows its episodes quickly
+    train_between: bool = True
     poll_s: Annotated[float, Field(gt=0)] = 1.0
     hidden: Items[AtLeastOne] = (256, 256)  # the policy's (SAC: the actor's) hidden layers
     algorithm: Algorithm = "hg-dagger"
@@ -176,6 +202,9 @@ class LearnerConfig(CodeConfig):
     # dataset -> where its rounds start (cloud.learning.init_weights): a pretrained_model folder, a weights file,
     # "registry" or "registry:vN"; a mapping is accepted and stored as sorted pairs
     init: Items[tuple[str, str]] = ()
+    # dataset -> LoRA rank: its rounds train only adapters of that rank around its ``init`` policy (frozen), so the
+    # versions after the first are deltas of the adapters; a mapping is accepted and stored as sorted pairs
+    adapters: Items[tuple[str, int]] = ()
     # datasets whose reward classifier the learner trains on their labelled frames and publishes as <dataset>.reward
     reward_classifiers: Items[str] = ()
     reward: RewardTraining = RewardTraining()
@@ -199,6 +228,8 @@ class LearnerConfig(CodeConfig):
                 data["policies"] = _policy_choices(data["policies"])
             if "init" in data:
                 data["init"] = _init_sources(data["init"])
+            if "adapters" in data:
+                data["adapters"] = _adapter_ranks(data["adapters"])
         return data
 
     @model_validator(mode="after")
@@ -210,8 +241,13 @@ class LearnerConfig(CodeConfig):
         _check_ratio_kinds(self.sampler, self.algorithm)  # at start, not as a failure every round
         _check_policy_choices(self.policies, self.algorithm)
         _check_init_sources(self.init, self.policies, self.algorithm)
+        _check_adapters(self.adapters, self.init)
         _check_reward_datasets(self.reward_classifiers)
         return self
+
+    def adapter_rank_for(self, dataset: str) -> int:
+        """The LoRA rank of ``dataset``'s adapters; 0: its rounds train the whole policy."""
+        return dict(self.adapters).get(dataset, 0)
 
     def chunk_size_for(self, dataset: str) -> int:
         return dict(self.chunk_sizes).get(dataset, 1)

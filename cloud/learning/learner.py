@@ -50,6 +50,8 @@ from policies.weights import policy_to_bytes
 
 log = logging.getLogger("fleetloop.learner")
 
+BETWEEN_ROUNDS_SLICE = 100  # gradient steps between two looks at the store while no round is due
+
 # The algorithms by ``LearnerConfig.algorithm``; cloud.learning.config.TRAINS_ON names the same ones.
 ALGORITHM_TYPES: dict[str, type[Algorithm[Any]]] = {HGDagger.name: HGDagger, SAC.name: SAC}
 
@@ -262,7 +264,7 @@ class Learner:
         state.trainable, state.trained_rows = result.trainable, result.rows
         policy, note, loss = result.policy, result.note, result.loss
         state.rounds += 1
-        state.total_steps += self.config.train_steps
+        state.total_steps += result.steps or self.config.train_steps
         if not self.dist.is_main:
             return None
         on_cpu = all(t.device.type == "cpu" for t in policy.state_dict().values())
@@ -311,13 +313,27 @@ class Learner:
             log.error("could not log the last versions' numbers: %s", err)
         self.curves.close()
 
+    def train_between(self) -> int:
+        """One slice of training between rounds for every policy that has one to continue; the steps trained."""
+        trained = 0
+        for name, state in self._datasets.items():
+            if state.trainable is not None:
+                steps = self._algorithm_for(name).train_between(state.trainable, BETWEEN_ROUNDS_SLICE)
+                state.total_steps += steps
+                trained += steps
+        return trained
+
     def run(self, stop: threading.Event, max_rounds: int = 0) -> None:
-        """Polls until ``stop`` (rank 0's decides for every rank) or after ``max_rounds`` trained rounds (0: no cap)."""
+        """Polls until ``stop`` (rank 0's decides for every rank) or after ``max_rounds`` trained rounds (0: no cap);
+        while no round is due it trains between rounds (``LearnerConfig.train_between``) a slice at a time."""
         log.info("learner watching %s", self.store.root)
         rounds = 0
         while True:
+            between = 0
             try:
                 _, stopping, trained = self._poll(stop=stop.is_set() or bool(max_rounds and rounds >= max_rounds))
+                if not stopping and not trained and self.config.train_between:
+                    between = self.train_between()
             except Exception:
                 if self.dist.distributed:
                     raise  # a rank that skips a collective would hang the others: stop them all
@@ -326,7 +342,7 @@ class Learner:
             if stopping:
                 return
             rounds += trained
-            if not (max_rounds and rounds >= max_rounds):
+            if not (max_rounds and rounds >= max_rounds) and not between:
                 stop.wait(self.config.poll_s)
 
 

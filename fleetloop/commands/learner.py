@@ -41,6 +41,17 @@ def _chunk_size(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be an integer, got {size!r}") from err
 
 
+def _adapter_rank(text: str) -> tuple[str, int]:
+    """``DATASET=RANK`` -> (dataset, rank); the learner config checks the rank."""
+    dataset, sep, rank = text.partition("=")
+    if not sep or not dataset.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=RANK (e.g. panda_pick_cube=8)")
+    try:
+        return dataset.strip(), int(rank)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{dataset}: the adapters' rank must be an integer, got {rank!r}") from err
+
+
 def _dataset_value(text: str, what: str) -> tuple[str, str]:
     dataset, sep, value = text.partition("=")
     if not sep or not dataset.strip() or not value.strip():
@@ -87,6 +98,12 @@ def _add_round_args(parser: argparse.ArgumentParser) -> None:
         help="hg-dagger: train every version from a fresh policy instead of continuing the last one",
     )
     parser.add_argument(
+        "--no-train-between",
+        dest="train_between",
+        action="store_false",
+        help="hg-dagger: train only in rounds, not on the last round's data while waiting for the next episodes",
+    )
+    parser.add_argument(
         "--fresh-start",
         action="store_true",
         help="start the first version of this run from a fresh policy instead of the checkpoint's weights",
@@ -131,6 +148,14 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
         "weights: a lerobot pretrained_model folder, a fleetloop weights file, 'registry' (the newest version "
         "`fleetloop policy publish` put there) or 'registry:vN'",
         _init_source,
+    )
+    add_repeatable(
+        parser,
+        "--adapters",
+        "DATASET=RANK",
+        "hg-dagger: train only LoRA adapters of this rank around the --init policy of that dataset (its weights "
+        "stay frozen), so each version after the first reaches the robots as a delta of the adapters",
+        _adapter_rank,
     )
     add_repeatable(
         parser,
@@ -256,7 +281,9 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             seed=getattr(args, "learner_seed", 0),
             warm_start=getattr(args, "warm_start", True),
             fresh_start=getattr(args, "fresh_start", False),
+            train_between=getattr(args, "train_between", True),
             init=tuple(getattr(args, "init", [])),
+            adapters=tuple(getattr(args, "adapters", [])),
             reward_classifiers=tuple(getattr(args, "reward_classifier", [])),
             track=getattr(args, "track", "tensorboard"),
         )

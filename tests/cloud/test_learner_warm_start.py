@@ -2,14 +2,20 @@
 only when the architecture changed, when an operator asks, or with warm starts off."""
 
 import logging
+import threading
+import time
 
 import numpy as np
+import pytest
 import torch
 
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.config import LearnerConfig
 from cloud.learning.learner import Learner
+from fleetloop.cli import build_parser
+from fleetloop.commands.learner import learner_config
+from hal.config import ConfigError
 from policies.weights import policy_from_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
@@ -98,3 +104,69 @@ def test_a_restarted_learner_continues_its_checkpoint_unless_the_architecture_ch
     assert "continued" not in v4.note
     assert "architecture changed" in caplog.text
     assert policy_from_bytes(registry.read("toy", 4)).config_dict()["hidden"] == [24]
+
+
+def test_between_rounds_it_trains_on_the_last_round_s_data_and_the_next_round_trains_the_rest(tmp_path) -> None:
+    store, registry, learner = learner_on(tmp_path)
+    assert learner.train_between() == 0  # nothing trained yet: nothing to continue
+    episode(store, "a")
+    episode(store, "b")
+    learner.poll_once()
+    assert learner.train_between() == 40 and adam_steps(learner) == 80  # this version's budget: train_steps
+    assert learner.train_between() == 0  # spent: the learner waits for new episodes
+    episode(store, "c", shift=1.0)
+    [v2] = learner.poll_once()
+    assert adam_steps(learner) == 88  # a fifth of train_steps on the new data
+    assert "40 of its 48 steps trained before the round" in v2.note, v2.note
+    assert learner._datasets["toy"].total_steps == 88
+    assert learner.train_between() == 40  # the new version's budget
+
+
+def test_without_warm_starts_nothing_trains_between_rounds(tmp_path) -> None:
+    store, _, learner = learner_on(tmp_path, warm_start=False)
+    episode(store, "a")
+    episode(store, "b")
+    learner.poll_once()
+    assert learner.train_between() == 0 and adam_steps(learner) == 40
+
+
+def test_the_running_learner_trains_between_rounds_until_the_version_s_budget_is_spent(tmp_path) -> None:
+    store, _, learner = learner_on(tmp_path, poll_s=0.05)
+    episode(store, "a")
+    episode(store, "b")
+    stop = threading.Event()
+    runner = threading.Thread(target=learner.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while learner._datasets.get("toy") is None or learner._datasets["toy"].total_steps < 80:
+            assert time.monotonic() < deadline, "no training between rounds"
+            time.sleep(0.05)
+        time.sleep(0.5)  # it stops there: the budget of one version is train_steps
+        assert learner._datasets["toy"].total_steps == 80 and adam_steps(learner) == 80
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("adapters", "init", "message"),
+    [
+        ({"toy": 4}, {}, r"learner\.adapters\.toy: adapters train around a pretrained policy"),
+        ({"toy": 0}, {"toy": "registry"}, r"learner\.adapters\.toy: the rank must be an integer in 1\.\.1024"),
+        ([("toy", 2), ("toy", 4)], {"toy": "registry"}, r"learner\.adapters\.toy: given twice"),
+    ],
+)
+def test_adapters_are_checked_with_the_field_named(adapters, init, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LearnerConfig(adapters=adapters, init=init)
+
+
+def test_the_adapters_flag_reaches_the_learner_config(tmp_path) -> None:
+    assert learner_config(build_parser().parse_args(["learner", "--root", str(tmp_path)])).adapters == ()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["learner", "--root", str(tmp_path), "--adapters", "toy=abc"])
+    args = build_parser().parse_args(["learner", "--root", str(tmp_path), "--adapters", "toy=4", "--no-warm-start"])
+    with pytest.raises(ValueError, match=r"--adapters: .*adapters\.toy"):
+        learner_config(args)  # no --init toy=...
+    assert args.warm_start is False

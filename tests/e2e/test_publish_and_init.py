@@ -3,6 +3,7 @@ then fine-tunes it: version 2 starts from version 1's weights and statistics, an
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from policies.lerobot_policy import LerobotPolicy
+from policies.lora import LoraPolicy
 from policies.weights import policy_from_bytes
 from tests.e2e.fleet import ENV, Fleet, wait_until
 from tests.policies.pretrained_folders import PANDA, panda_act_folder, sim_observation, tiny_act
@@ -69,4 +71,45 @@ def test_a_published_lerobot_folder_runs_on_the_edge_and_the_learner_fine_tunes_
 
     wait_until(lambda: "arm-1 switched to policy panda_pick_cube v2" in fleet.log("arm-1"), 60, "the edge to run v2")
     assert fleet.stop("arm-1") == 0
+    assert "Traceback" not in fleet.log("learner") + fleet.log("cloud")
+
+
+def test_lora_adapters_around_the_lab_s_act_reach_the_edge_as_deltas_of_a_tenth_of_the_model(
+    tmp_path, fleet: Fleet
+) -> None:
+    """`--adapters` trains only LoRA adapters around the published ACT: from the second trained version on, the
+    gateway pushes a delta holding the adapters (the frozen weights never travel again), at most a tenth of the
+    model's bytes, and the edge runs it."""
+    # An ACT of a few MB: with the tiny one (0.17 MB), the delta's per-tensor digests outweigh its adapters.
+    folder = panda_act_folder(tmp_path / "lab" / "pretrained_model", seed=5, dim_model=256, dim_feedforward=1024)
+    data = fleet.root / "data"
+    published = subprocess.run(
+        [sys.executable, "-m", "fleetloop.cli", "policy", "publish", PANDA, "--from", str(folder)]
+        + ["--root", str(data), "--robot", f"sim:{PANDA}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**ENV, **OFFLINE},
+    )
+    assert published.returncode == 0, published.stderr
+    registry = PolicyRegistry(data / "registry")
+    fleet.start_cloud()
+    fleet.start_edge("arm-1", "--preload", "lerobot", hz=50, env=OFFLINE)
+    learner = ["--init", f"{PANDA}=registry", "--adapters", f"{PANDA}=4", "--round-episodes", "2"]
+    fleet.start_learner(*learner, "--train-steps", "10", "--batch-size", "16", "--no-train-between", env=OFFLINE)
+    wait_until(lambda: "arm-1 switched to policy panda_pick_cube v3" in fleet.log("arm-1"), 300, "the edge to run v3")
+    assert "with LoRA adapters of rank 4" in registry.latest(PANDA).note
+    v3 = policy_from_bytes(registry.read(PANDA, 3))
+    assert isinstance(v3, LoraPolicy) and isinstance(v3.inner, LerobotPolicy)
+    v1 = policy_from_bytes(registry.read(PANDA, 1)).state_dict()
+    adapted = v3.inner.state_dict()
+    for key in (k for k in v1 if k.startswith("model.")):  # the lab's weights, frozen under the adapters
+        prefix, _, leaf = key.rpartition(".")
+        torch.testing.assert_close(adapted.get(f"{prefix}.base.{leaf}", adapted.get(key)), v1[key])
+    pushes = re.findall(
+        r"pushing panda_pick_cube v3 to arm-1 as a delta on v2: ([\d.]+) MB instead of ([\d.]+) MB", fleet.log("cloud")
+    )
+    assert pushes, fleet.log("cloud")[-3000:]
+    sent, full = map(float, pushes[0])
+    assert sent <= 0.1 * full, (sent, full)
     assert "Traceback" not in fleet.log("learner") + fleet.log("cloud")

@@ -8,6 +8,7 @@ import torch
 
 from hal.config import ConfigError
 from policies.factory import make_policy
+from policies.lerobot_policy import LerobotPolicy
 from policies.lora import LoraConfig, LoraPolicy
 from policies.train import train_policy
 from policies.updates import HeldState, UpdateError, WireState, apply_update, build_update
@@ -142,3 +143,21 @@ def test_a_version_signed_for_float32_only_travels_as_float32_and_applies() -> N
         assert held.version == 1
     with pytest.raises(ValueError, match="wire_dtypes"):
         signer.sign(weights, "pick", 1, ("float8",))
+
+
+def test_lora_around_a_lerobot_act_adapts_its_linear_layers_and_leaves_torch_attention_whole() -> None:
+    """ACT's transformer uses nn.MultiheadAttention, which reads its output projection's weight directly: that
+    projection must stay an nn.Linear, or the forward pass fails."""
+    from tests.policies.lerobot_tiny import TINY, fit_data_for_spec
+
+    observation = {"state": {"shape": [4], "dtype": "float32"}, "image": {"shape": [32, 32, 3], "dtype": "uint8"}}
+    base = LerobotPolicy(observation, 2, "act", TINY["act"])
+    base.fit_normalization(fit_data_for_spec(observation, -np.ones(2, np.float32), np.ones(2, np.float32)))
+    wrapped = LoraPolicy.around(base.eval(), rank=2).eval()
+    assert wrapped.adapted_layers > 0
+    assert all(
+        isinstance(m.out_proj, torch.nn.Linear) for m in wrapped.modules() if isinstance(m, torch.nn.MultiheadAttention)
+    )
+    obs = {"state": np.zeros(4, np.float32), "image": np.zeros((32, 32, 3), np.uint8)}
+    base.reset()
+    np.testing.assert_allclose(wrapped.act(obs), base.act(obs), atol=1e-5)  # adapters start at zero

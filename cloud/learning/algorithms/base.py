@@ -120,6 +120,11 @@ class Algorithm[Trainable](ABC):
     def saved_state(self, trainable: Trainable) -> SavedState:
         """What a checkpoint keeps of ``trainable``."""
 
+    def train_between(self, trainable: Trainable, steps: int) -> int:
+        """Trains ``trainable`` up to ``steps`` more gradient steps while no round is due (on what it trained on
+        last); the steps trained: 0 by default, for an algorithm that trains in rounds only."""
+        return 0
+
     def seed(self, rounds_before: int) -> int:
         """The seed of a round's batches: each rank draws its own."""
         return self.config.seed + self.dist.rank

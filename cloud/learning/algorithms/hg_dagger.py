@@ -7,6 +7,11 @@ consecutive versions differ only by what the new data taught. A round starts afr
 the starting weights) when there is nothing to continue from, when what it would build now no longer has the last
 one's architecture (the dataset's schema, its chunk size or its policy type changed), or with ``warm_start`` off.
 
+Between rounds the learner keeps training on the last round's data (``train_between``, in slices while no round is
+due, up to ``train_steps`` steps per version), and the next round then trains only what is left of ``train_steps``
+(at least a fifth of it, on the new data): a version is published soon after its episodes end, not a whole round
+later.
+
 A dataset named in ``LearnerConfig.chunk_sizes`` gets a policy that predicts that many actions at once (targets: the
 step's action and the episode's next ones). ``LearnerConfig.policies`` picks the architecture per dataset
 (``cloud.learning.policy_choice``); a lerobot policy trains with lerobot's own loss on action sequences cut from each
@@ -18,26 +23,43 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cloud.learning.algorithms.base import Algorithm, NothingNew, RoundJob, RoundResult, SavedState
 from cloud.learning.checkpoint import Checkpoint
 from cloud.learning.config import TRAINS_ON
 from cloud.learning.policy_choice import policy_for_schema
+from cloud.learning.streaming import Streamed
 from policies.base import Policy
 from policies.lerobot_policy import LerobotPolicy
-from policies.train import train_policy
+from policies.lora import LoraPolicy
+from policies.train import IndexSampler, train_policy
 
 log = logging.getLogger("fleetloop.learner")
+
+
+@dataclass(frozen=True)
+class RoundData:
+    """What a round trained on, kept to train on further until the next round."""
+
+    dataset: str
+    training: dict[str, np.ndarray]
+    streamed: Streamed | None
+    draw: IndexSampler
+    device: torch.device
+    seed: int
 
 
 @dataclass
 class TrainedPolicy:
     """HG-DAgger's state: the last policy and its optimizer (the next round continues them; the checkpoint keeps
-    them)."""
+    them), and the last round's data with the steps trained on it since (not checkpointed)."""
 
     policy: Policy
     optimizer: torch.optim.Optimizer
+    data: RoundData | None = None
+    steps_between: int = 0
 
 
 class PolicyRounds(Algorithm[TrainedPolicy]):
@@ -80,20 +102,26 @@ class HGDagger(PolicyRounds):
             torch.manual_seed(seed)
             fresh = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields) if init is None else None
             built = fresh if fresh is not None else init.policy  # fine-tuned with the normalization it came with
+            rank = self.config.adapter_rank_for(job.dataset)
+            if rank and init is not None:  # only the adapters train: the starting weights stay as they came
+                built = LoraPolicy.around(built, rank=rank)
             warm = self.continues(trainable, built)
             if warm is not None:  # a warm round: new batches, not the last round's again
                 seed += 1 + job.current_version
                 torch.manual_seed(seed)
             policy = warm.policy if warm is not None else built
             device = self.dist.device
-            if isinstance(policy, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
-                actions, pad = table.sequences("action", policy.action_offsets())
+            model = policy.inner if isinstance(policy, LoraPolicy) else policy
+            if isinstance(model, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
+                actions, pad = table.sequences("action", model.action_offsets())
                 training["action"], training["action_is_pad"] = actions[sampler.rows], pad[sampler.rows]
-                device = torch.device(policy.config.device)  # its processors move every batch there
+                device = torch.device(model.config.device)  # its processors move every batch there
             elif chunk > 1:
                 training["action"] = table.chunks("action", chunk)[sampler.rows]
             policy.to(device)
-            if warm is not None:
+            steps = self.config.train_steps
+            if warm is not None:  # what was trained between rounds counts towards this version's steps
+                steps = max(steps // 5, steps - warm.steps_between)
                 optimizer = warm.optimizer
                 for group in optimizer.param_groups:
                     group["lr"] = self.config.learning_rate
@@ -102,7 +130,7 @@ class HGDagger(PolicyRounds):
             loss = train_policy(
                 policy,
                 training,
-                steps=self.config.train_steps,
+                steps=steps,
                 batch_size=self.config.batch_size,
                 lr=self.config.learning_rate,
                 optimizer=optimizer,
@@ -114,15 +142,46 @@ class HGDagger(PolicyRounds):
                 device=device,
                 streamed=streamed,
             )
-        what = f"hg-dagger (lerobot {policy.lerobot_type})" if isinstance(policy, LerobotPolicy) else "hg-dagger"
+        what = f"hg-dagger (lerobot {model.lerobot_type})" if isinstance(model, LerobotPolicy) else "hg-dagger"
+        what += f" with LoRA adapters of rank {rank}" if isinstance(policy, LoraPolicy) else ""
         what += f" from {init.label}" if init is not None and warm is None else ""
         what += f" continued from v{job.current_version}" if warm is not None else ""
         note = f"{what} on {sampler.size} labelled steps{self.describe(sampler)}"
-        steps, size = self.config.train_steps, self.config.batch_size
+        if warm is not None and warm.steps_between:
+            note += f", {warm.steps_between} of its {warm.steps_between + steps} steps trained before the round"
+        size = self.config.batch_size
         metrics = self.round_metrics({"loss": loss}, sampler, table, job)
-        return RoundResult(
-            TrainedPolicy(policy, optimizer), policy, note, loss, table.rows, metrics, steps, steps * size
-        )
+        data = RoundData(job.dataset, training, streamed, sampler.draw, device, seed)
+        trained = TrainedPolicy(policy, optimizer, data)
+        return RoundResult(trained, policy, note, loss, table.rows, metrics, steps, steps * size)
+
+    def train_between(self, trainable: TrainedPolicy, steps: int) -> int:
+        """Up to ``steps`` more gradient steps on the last round's data, while this version's budget
+        (``train_steps``) lasts; the steps trained."""
+        data = trainable.data
+        if data is None or not self.config.warm_start or self.dist.distributed:
+            return 0
+        steps = min(steps, self.config.train_steps - trainable.steps_between)
+        if steps <= 0:
+            return 0
+        seed = data.seed + 7919 * (trainable.steps_between + steps)  # each slice its own batches
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            train_policy(
+                trainable.policy,
+                data.training,
+                steps=steps,
+                batch_size=self.config.batch_size,
+                optimizer=trainable.optimizer,
+                seed=seed,
+                fit_normalization=False,
+                index_sampler=data.draw,
+                on_step=self.step_hook(data.dataset, {"policy": trainable.policy}),
+                device=data.device,
+                streamed=data.streamed,
+            )
+        trainable.steps_between += steps
+        return steps
 
     def continues(self, trainable: TrainedPolicy | None, built: Policy) -> TrainedPolicy | None:
         """``trainable`` when this round continues it: warm starts are on and the policy it holds has the
