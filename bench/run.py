@@ -1,6 +1,6 @@
 """Runs the benchmarks over the real parts and prints each figure as a ratio against its baseline.
 
-    python -m bench.run                  # everything (about 2-3 minutes on 2 cores); writes bench/results.json
+    python -m bench.run                  # everything (about 20 minutes on 2 cores); writes bench/results.json
     python -m bench.run --quick          # a reduced run (seconds)
     python -m bench.run --only uplink    # one or more of the figures below, by name
 
@@ -23,6 +23,8 @@
 (o) inference  remote inference round trips (our tunnel client, the real openpi client) vs the model alone; 8 clients'
                replies/s with continuous batching vs max_batch 1
 (p) tracking  a learner round logging its curves to TensorBoard (the default), vs the same rounds with --track none
+(q) fleet-learning  the real loop (`fleetloop demo`) with 1, 2 and 4 robots over 5 seeds: time until the rolling
+               autonomous success over 20 episodes reaches 0.8 (median, spread), scaling efficiency T1 / (N * TN)
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -66,6 +68,7 @@ FIGURES = (
     "codec-training",
     "inference",
     "tracking",
+    "fleet-learning",
 )
 
 
@@ -77,6 +80,7 @@ def run_bench(
         capacity,
         codec_training,
         delta,
+        fleet_learning,
         foresight,
         inference,
         jitter,
@@ -154,6 +158,9 @@ def run_bench(
             results += inference.measure(loop, workdir, requests=requests, seconds=seconds, rounds=rounds, say=say)
         if "tracking" in figures:
             results += tracking.measure(workdir, rounds=2 if quick else 6, train_steps=200 if quick else 1500, say=say)
+        if "fleet-learning" in figures:
+            counts, seeds = ((1, 2), (1,)) if quick else ((1, 2, 4), (1, 2, 3, 4, 5))
+            results += fleet_learning.measure(workdir, robot_counts=counts, seeds=seeds, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

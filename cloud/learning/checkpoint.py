@@ -33,6 +33,7 @@ class Checkpoint:
     module_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # SAC: critics, temperature
     optimizer_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows_at_version: int = 0  # committed rows the version's round saw (0 in checkpoints from before it was kept)
+    origin: str = ""  # the starting weights (``--init``) its policy was first trained from; "": a random start
 
 
 def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -84,6 +85,7 @@ class LearnerCheckpoint:
         modules: dict[str, nn.Module] | None = None,
         optimizers: dict[str, torch.optim.Optimizer] | None = None,
         rows: int = 0,
+        origin: str = "",
     ) -> None:
         """``modules``/``optimizers``: further state by name (SAC's critics, temperature and their optimizers)."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,7 @@ class LearnerCheckpoint:
             "total_steps": total_steps,
             "episodes_at_version": episodes_at_version,
             "rows_at_version": rows,
+            "origin": origin,
             "algorithm": algorithm,
             "tensors": tensor_file,
             "policy_type": policy.type_name,
@@ -153,4 +156,5 @@ class LearnerCheckpoint:
             module_states,
             optimizer_states,
             meta.get("rows_at_version", 0),
+            meta.get("origin", ""),
         )

@@ -3,8 +3,10 @@
 A source is a lerobot ``pretrained_model`` folder or a fleetloop weights file (``policies.pretrained_dir``), or the
 registry: ``registry`` is the newest version of the dataset's policy that ``fleetloop policy publish`` put there (the
 learner's own versions are passed over, so a restarted learner starts from the same weights), ``registry:vN`` that
-version. Each HG-DAgger round of the dataset starts from a fresh copy of those weights and keeps their normalization
-(the processors' statistics, the MLP's buffers) instead of a random policy fitted to the data.
+version. The dataset's first HG-DAgger round (and any round that starts afresh) starts from a fresh copy of those
+weights and keeps their normalization (the processors' statistics, the MLP's buffers) instead of a random policy
+fitted to the data; later rounds continue what it trained (``cloud.learning.algorithms.hg_dagger``), with
+``LearnerConfig.adapters`` only LoRA adapters around the frozen weights.
 
 The source is checked when the learner starts (``check_init``: the folder as hostile input, and against the dataset's
 spec when the store holds it already); a dataset whose robots first appear later is checked at its first round,

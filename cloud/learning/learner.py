@@ -231,6 +231,7 @@ class Learner:
             modules=saved.modules or None,
             optimizers=saved.optimizers or None,
             rows=state.trained_rows,
+            origin=saved.origin,
         )
 
     def train_and_publish(

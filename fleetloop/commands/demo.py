@@ -47,6 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-stop-at-target",
         dest="stop_at_target",
         action="store_false",
-        help="run the whole --minutes even once two versions in a row reached the target, to see a skill stay learned",
+        help="run the whole --minutes even once the rolling success reached the target, to see a skill stay learned",
     )
     demo.set_defaults(func=cmd_demo)

@@ -13,10 +13,11 @@ from cloud.data.store import EpisodeStore
 from cloud.data.version_registry import PolicyRegistry
 from cloud.learning.config import LearnerConfig
 from cloud.learning.learner import Learner
+from cloud.learning.policy_choice import policy_for_schema
 from fleetloop.cli import build_parser
 from fleetloop.commands.learner import learner_config
 from hal.config import ConfigError
-from policies.weights import policy_from_bytes
+from policies.weights import policy_from_bytes, policy_to_bytes
 from tests.factories import episode_rows, step_columns, store_schema
 
 SCHEMA = store_schema(state_dim=3, action_dim=2)
@@ -170,3 +171,33 @@ def test_the_adapters_flag_reaches_the_learner_config(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"--adapters: .*adapters\.toy"):
         learner_config(args)  # no --init toy=...
     assert args.warm_start is False
+
+
+def test_other_starting_weights_start_afresh_and_the_same_ones_continue_after_a_restart(tmp_path, caplog) -> None:
+    store, registry, _ = learner_on(tmp_path)
+    files = {}
+    for name, seed in (("lab-a", 1), ("lab-b", 2)):
+        torch.manual_seed(seed)
+        policy = policy_for_schema(store.schema("toy"), (16,))
+        policy.fit_normalization({"obs.state": np.zeros((4, 3), np.float32), "action": np.zeros((4, 2), np.float32)})
+        files[name] = tmp_path / f"{name}.safetensors"
+        files[name].write_bytes(policy_to_bytes(policy))
+
+    def learner(source: str) -> Learner:
+        config = LearnerConfig(
+            first_round_episodes=2, round_episodes=1, train_steps=40, init={"toy": str(files[source])}
+        )
+        return Learner(store, registry, config, checkpoint_dir=tmp_path / "checkpoint")
+
+    episode(store, "a")
+    episode(store, "b")
+    [v1] = learner("lab-a").poll_once()
+    assert f"from {files['lab-a']}" in v1.note
+    episode(store, "c", shift=1.0)
+    [v2] = learner("lab-a").poll_once()  # restarted with the same starting weights: it continues
+    assert "continued from v1" in v2.note
+    episode(store, "d", shift=2.0)
+    with caplog.at_level(logging.INFO, logger="fleetloop.learner"):
+        [v3] = learner("lab-b").poll_once()
+    assert f"from {files['lab-b']}" in v3.note and "continued" not in v3.note
+    assert "the starting weights changed" in caplog.text

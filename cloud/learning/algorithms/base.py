@@ -78,6 +78,7 @@ class SavedState:
     optimizer: torch.optim.Optimizer
     modules: dict[str, nn.Module] = field(default_factory=dict)
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    origin: str = ""  # the starting weights the policy was first trained from ("": a random start)
 
 
 class Algorithm[Trainable](ABC):

@@ -5,7 +5,8 @@ A round continues from the policy and optimizer the last round left (``LearnerCo
 normalization fitted at the first round and AdamW's moments all carry on, so a skill learned stays in the weights and
 consecutive versions differ only by what the new data taught. A round starts afresh (a new policy, or a new copy of
 the starting weights) when there is nothing to continue from, when what it would build now no longer has the last
-one's architecture (the dataset's schema, its chunk size or its policy type changed), or with ``warm_start`` off.
+one's architecture (the dataset's schema, its chunk size or its policy type changed), when ``--init`` names other
+starting weights than those it grew from, or with ``warm_start`` off.
 
 Between rounds the learner keeps training on the last round's data (``train_between``, in slices while no round is
 due, up to ``train_steps`` steps per version), and the next round then trains only what is left of ``train_steps``
@@ -60,16 +61,17 @@ class TrainedPolicy:
     optimizer: torch.optim.Optimizer
     data: RoundData | None = None
     steps_between: int = 0
+    origin: str = ""  # the starting weights it was first trained from (``Init.label``; "": a random start)
 
 
 class PolicyRounds(Algorithm[TrainedPolicy]):
     """An algorithm whose state is one policy and its optimizer: a checkpoint keeps the last ones."""
 
     def restore(self, saved: Checkpoint) -> TrainedPolicy:
-        return TrainedPolicy(saved.policy, saved.optimizer)
+        return TrainedPolicy(saved.policy, saved.optimizer, origin=saved.origin)
 
     def saved_state(self, trainable: TrainedPolicy) -> SavedState:
-        return SavedState(trainable.policy, trainable.optimizer)
+        return SavedState(trainable.policy, trainable.optimizer, origin=trainable.origin)
 
 
 class HGDagger(PolicyRounds):
@@ -105,7 +107,8 @@ class HGDagger(PolicyRounds):
             rank = self.config.adapter_rank_for(job.dataset)
             if rank and init is not None:  # only the adapters train: the starting weights stay as they came
                 built = LoraPolicy.around(built, rank=rank)
-            warm = self.continues(trainable, built)
+            origin = init.label if init is not None else ""
+            warm = self.continues(trainable, built, origin)
             if warm is not None:  # a warm round: new batches, not the last round's again
                 seed += 1 + job.current_version
                 torch.manual_seed(seed)
@@ -152,7 +155,7 @@ class HGDagger(PolicyRounds):
         size = self.config.batch_size
         metrics = self.round_metrics({"loss": loss}, sampler, table, job)
         data = RoundData(job.dataset, training, streamed, sampler.draw, device, seed)
-        trained = TrainedPolicy(policy, optimizer, data)
+        trained = TrainedPolicy(policy, optimizer, data, origin=origin)
         return RoundResult(trained, policy, note, loss, table.rows, metrics, steps, steps * size)
 
     def train_between(self, trainable: TrainedPolicy, steps: int) -> int:
@@ -183,10 +186,14 @@ class HGDagger(PolicyRounds):
         trainable.steps_between += steps
         return steps
 
-    def continues(self, trainable: TrainedPolicy | None, built: Policy) -> TrainedPolicy | None:
-        """``trainable`` when this round continues it: warm starts are on and the policy it holds has the
-        architecture of ``built``, the one a fresh round would train now."""
+    def continues(self, trainable: TrainedPolicy | None, built: Policy, origin: str) -> TrainedPolicy | None:
+        """``trainable`` when this round continues it: warm starts are on, the policy it holds has the architecture
+        of ``built`` (the one a fresh round would train now) and it grew from the same starting weights."""
         if not self.config.warm_start or trainable is None:
+            return None
+        if trainable.origin != origin:
+            was = trainable.origin or "random weights"
+            log.info("the starting weights changed (%s, was %s): this round starts afresh", origin or "random", was)
             return None
         same = trainable.policy.type_name == built.type_name and trainable.policy.config_dict() == built.config_dict()
         if not same:

@@ -1,0 +1,108 @@
+"""(q) fleet-learning: does a bigger fleet learn faster? The real loop (`fleetloop demo`: the cloud with its learner
+and 1, 2 or 4 simulated Pandas with scripted operators, each a process, over the tunnel into the store), several
+seeds each; the time from the fleet's first step until the autonomous success over the last 20 episodes reached 0.8
+(``fleetloop.demo.Learning``), as median and spread, and the scaling efficiency T1 / (N * TN) against the ideal 1.
+
+Every run is a fresh `fleetloop demo --seed S --robots N`: the seed places the cubes and drives the operators and
+the learner's batches. A run that does not reach the target within its minutes counts at its full length (censored)
+and is reported as not reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.common import HIGHER, LOWER, Result
+
+
+def run_demo(workdir: Path, robots: int, seed: int, minutes: float) -> dict:
+    """One `fleetloop demo` run; its learning.json (``fleetloop.demo.Learning``) with the run's wall time added."""
+    run_dir = workdir / f"fleet-learning-r{robots}-s{seed}"
+    command = [sys.executable, "-m", "fleetloop.cli", "demo", "--robots", str(robots), "--seed", str(seed)]
+    command += ["--minutes", str(minutes), "--run-dir", str(run_dir)]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    started = time.monotonic()
+    with open(workdir / f"fleet-learning-r{robots}-s{seed}.out", "w") as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=minutes * 60 + 240, check=False)
+    learning_file = run_dir / "learning.json"
+    if not learning_file.exists():
+        raise RuntimeError(f"fleetloop demo --robots {robots} --seed {seed} wrote no learning.json; see {out.name}")
+    learning = json.loads(learning_file.read_text())
+    learning["wall_s"] = time.monotonic() - started
+    return learning
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
+
+
+def measure(
+    workdir: Path,
+    robot_counts: Sequence[int] = (1, 2, 4),
+    seeds: Sequence[int] = (1, 2, 3, 4, 5),
+    minutes: float = 4.0,
+    say: Callable[[str], None] = print,
+) -> list[Result]:
+    runs: dict[int, list[dict]] = {}
+    for robots in robot_counts:
+        for seed in seeds:
+            say(f"fleet-learning: {robots} robot(s), seed {seed}")
+            learning = run_demo(workdir, robots, seed, minutes)
+            runs.setdefault(robots, []).append(learning)
+            reached = learning["reached_at_s"]
+            say(
+                f"  reached {learning['target']} after {learning['reached_at_episode']} episodes, {reached} s"
+                if reached is not None
+                else f"  not reached in {minutes} min ({learning['episodes']} episodes)"
+            )
+    censored_s = minutes * 60
+    times = {
+        n: [r["reached_at_s"] if r["reached_at_s"] is not None else censored_s for r in rs] for n, rs in runs.items()
+    }
+    episodes = {n: [r["reached_at_episode"] or r["episodes"] for r in rs] for n, rs in runs.items()}
+    missed = {n: sum(1 for r in rs if r["reached_at_s"] is None) for n, rs in runs.items()}
+    single = statistics.median(times[robot_counts[0]])
+    results = []
+    for robots in robot_counts:
+        t = statistics.median(times[robots])
+        k = len(times[robots])
+        detail = f"median of {k} seeds, spread {_spread(times[robots])} s, not reached {missed[robots]}"
+        results.append(
+            Result(
+                f"fleet learning {robots} robot(s): s to rolling-20 success 0.8 ({detail}; vs {robot_counts[0]} robot)",
+                t,
+                "s",
+                single,
+                LOWER,
+            )
+        )
+        ep = episodes[robots]
+        results.append(
+            Result(
+                f"fleet learning {robots} robot(s): episodes to the target (median, spread {_spread(ep)}; vs the "
+                f"{robot_counts[0]}-robot median)",
+                statistics.median(ep),
+                "episodes",
+                statistics.median(episodes[robot_counts[0]]),
+                LOWER,
+            )
+        )
+        if robots != robot_counts[0]:
+            efficiency = single / (robots / robot_counts[0] * t) if t else 0.0
+            results.append(
+                Result(
+                    f"fleet learning {robots} robots: scaling efficiency T1 / (N * TN) (vs the ideal 1.0)",
+                    efficiency,
+                    "",
+                    1.0,
+                    HIGHER,
+                )
+            )
+    return results
