@@ -16,13 +16,13 @@ from websockets.sync.client import ClientConnection, connect
 class TakeoverClient:
     def __init__(self, url: str, operator: str, token: str, ca: Path, rate_hz: float = 5.0, image_side: int = 64):
         context = ssl.create_default_context(cafile=str(ca))
-        self.ws: ClientConnection = connect(url, ssl=context, open_timeout=10, max_size=8 << 20).__enter__()
+        self.ws: ClientConnection = connect(url, ssl=context, open_timeout=30, max_size=8 << 20).__enter__()
         self.ws.send(
             json.dumps(
                 {"type": "hello", "operator": operator, "token": token, "rate_hz": rate_hz, "image_side": image_side}
             )
         )
-        welcome = json.loads(self.ws.recv(timeout=10))
+        welcome = json.loads(self.ws.recv(timeout=30))
         assert welcome.get("type") == "welcome", welcome
         self.who = welcome["who"]
         self.seq = 0
