@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,26 +31,23 @@ def _sample_ratios(text: str) -> tuple[str, str]:
     return (dataset if sep else "", spec)
 
 
-def _chunk_size(text: str) -> tuple[str, int]:
-    """``DATASET=N`` -> (dataset, N); the learner config checks N."""
-    dataset, sep, size = text.partition("=")
-    if not sep or not dataset.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=N (e.g. phone=10)")
-    try:
-        return dataset.strip(), int(size)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{dataset}: chunk size must be an integer, got {size!r}") from err
+def _dataset_int(what: str, example: str) -> Callable[[str], tuple[str, int]]:
+    """A parser of ``DATASET=N`` flags -> (dataset, N) naming ``what`` N is; the learner config checks N."""
+
+    def parse(text: str) -> tuple[str, int]:
+        dataset, sep, number = text.partition("=")
+        if not sep or not dataset.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=N (e.g. {example})")
+        try:
+            return dataset.strip(), int(number)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{dataset}: {what} must be an integer, got {number!r}") from err
+
+    return parse
 
 
-def _adapter_rank(text: str) -> tuple[str, int]:
-    """``DATASET=RANK`` -> (dataset, rank); the learner config checks the rank."""
-    dataset, sep, rank = text.partition("=")
-    if not sep or not dataset.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not DATASET=RANK (e.g. panda_pick_cube=8)")
-    try:
-        return dataset.strip(), int(rank)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{dataset}: the adapters' rank must be an integer, got {rank!r}") from err
+_chunk_size = _dataset_int("chunk size", "phone=10")
+_adapter_rank = _dataset_int("the adapters' rank", "panda_pick_cube=8")
 
 
 def _dataset_value(text: str, what: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return float(torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in keys)))
 
 
-def test_a_published_lerobot_folder_runs_on_the_edge_and_the_learner_fine_tunes_it(tmp_path, fleet: Fleet) -> None:
-    folder = panda_act_folder(tmp_path / "lab" / "pretrained_model", seed=5)
+def publish(folder: Path, fleet: Fleet) -> Path:
+    """`fleetloop policy publish` of a lab's folder as the Panda's v1; the fleet's data folder."""
     data = fleet.root / "data"
     published = subprocess.run(
         [sys.executable, "-m", "fleetloop.cli", "policy", "publish", PANDA, "--from", str(folder)]
@@ -38,6 +39,12 @@ def test_a_published_lerobot_folder_runs_on_the_edge_and_the_learner_fine_tunes_
         env={**ENV, **OFFLINE},
     )
     assert published.returncode == 0, published.stderr
+    return data
+
+
+def test_a_published_lerobot_folder_runs_on_the_edge_and_the_learner_fine_tunes_it(tmp_path, fleet: Fleet) -> None:
+    folder = panda_act_folder(tmp_path / "lab" / "pretrained_model", seed=5)
+    data = publish(folder, fleet)
     registry = PolicyRegistry(data / "registry")
     v1 = policy_from_bytes(registry.read(PANDA, 1)).state_dict()
 
@@ -82,16 +89,7 @@ def test_lora_adapters_around_the_lab_s_act_reach_the_edge_as_deltas_of_a_tenth_
     model's bytes, and the edge runs it."""
     # An ACT of a few MB: with the tiny one (0.17 MB), the delta's per-tensor digests outweigh its adapters.
     folder = panda_act_folder(tmp_path / "lab" / "pretrained_model", seed=5, dim_model=256, dim_feedforward=1024)
-    data = fleet.root / "data"
-    published = subprocess.run(
-        [sys.executable, "-m", "fleetloop.cli", "policy", "publish", PANDA, "--from", str(folder)]
-        + ["--root", str(data), "--robot", f"sim:{PANDA}"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**ENV, **OFFLINE},
-    )
-    assert published.returncode == 0, published.stderr
+    data = publish(folder, fleet)
     registry = PolicyRegistry(data / "registry")
     fleet.start_cloud()
     fleet.start_edge("arm-1", "--preload", "lerobot", hz=50, env=OFFLINE)
