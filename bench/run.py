@@ -25,6 +25,8 @@
 (p) tracking  a learner round logging its curves to TensorBoard (the default), vs the same rounds with --track none
 (q) fleet-learning  the real loop (`fleetloop demo`) with 1, 2 and 4 robots over 5 seeds: time until the rolling
                autonomous success over 20 episodes reaches 0.8 (median, spread), scaling efficiency T1 / (N * TN)
+(r) adapter-push  MB a version of a lerobot ACT trained with --adapters carries to the robot in the real loop, vs
+               the full model
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -69,6 +71,7 @@ FIGURES = (
     "inference",
     "tracking",
     "fleet-learning",
+    "adapter-push",
 )
 
 
@@ -77,6 +80,7 @@ def run_bench(
 ) -> list[Result]:
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
     from bench import (
+        adapter_push,
         capacity,
         codec_training,
         delta,
@@ -161,6 +165,8 @@ def run_bench(
         if "fleet-learning" in figures:
             counts, seeds = ((1, 2), (1,)) if quick else ((1, 2, 4), (1, 2, 3, 4, 5))
             results += fleet_learning.measure(workdir, robot_counts=counts, seeds=seeds, say=say)
+        if "adapter-push" in figures:
+            results += adapter_push.measure(workdir, say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
