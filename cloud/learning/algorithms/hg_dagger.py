@@ -34,7 +34,7 @@ from cloud.learning.policy_choice import policy_for_schema
 from cloud.learning.streaming import Streamed
 from policies.base import Policy
 from policies.lerobot_policy import LerobotPolicy
-from policies.lora import LoraPolicy
+from policies.lora import LoraConfig, LoraPolicy
 from policies.train import IndexSampler, train_policy
 
 log = logging.getLogger("fleetloop.learner")
@@ -103,16 +103,23 @@ class HGDagger(PolicyRounds):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields) if init is None else None
-            built = fresh if fresh is not None else init.policy  # fine-tuned with the normalization it came with
-            rank = self.config.adapter_rank_for(job.dataset)
-            if rank and init is not None:  # only the adapters train: the starting weights stay as they came
-                built = LoraPolicy.around(built, rank=rank)
+            base = fresh if fresh is not None else init.policy  # fine-tuned with the normalization it came with
+            rank = self.config.adapter_rank_for(job.dataset) if init is not None else 0
+            # What a fresh round would train: the base itself, or (only the adapters train, the starting weights
+            # stay as they came) LoRA around it; described without building the adapted copy a warm round skips.
+            if rank:
+                lora = LoraConfig(base_type=base.type_name, base_config=base.config_dict(), rank=rank)
+                architecture = (LoraPolicy.type_name, lora.as_dict())
+            else:
+                architecture = (base.type_name, base.config_dict())
             origin = init.label if init is not None else ""
-            warm = self.continues(trainable, built, origin)
+            warm = self.continues(trainable, architecture, origin)
             if warm is not None:  # a warm round: new batches, not the last round's again
                 seed += 1 + job.current_version
                 torch.manual_seed(seed)
-            policy = warm.policy if warm is not None else built
+                policy = warm.policy
+            else:
+                policy = LoraPolicy.around(base, rank=rank) if rank else base
             device = self.dist.device
             model = policy.inner if isinstance(policy, LoraPolicy) else policy
             if isinstance(model, LerobotPolicy):  # lerobot's loss takes action sequences at the model's offsets
@@ -186,16 +193,18 @@ class HGDagger(PolicyRounds):
         trainable.steps_between += steps
         return steps
 
-    def continues(self, trainable: TrainedPolicy | None, built: Policy, origin: str) -> TrainedPolicy | None:
-        """``trainable`` when this round continues it: warm starts are on, the policy it holds has the architecture
-        of ``built`` (the one a fresh round would train now) and it grew from the same starting weights."""
+    def continues(
+        self, trainable: TrainedPolicy | None, architecture: tuple[str, dict], origin: str
+    ) -> TrainedPolicy | None:
+        """``trainable`` when this round continues it: warm starts are on, the policy it holds has ``architecture``
+        (the type and config of the one a fresh round would train now) and it grew from the same starting weights."""
         if not self.config.warm_start or trainable is None:
             return None
         if trainable.origin != origin:
             was = trainable.origin or "random weights"
             log.info("the starting weights changed (%s, was %s): this round starts afresh", origin or "random", was)
             return None
-        same = trainable.policy.type_name == built.type_name and trainable.policy.config_dict() == built.config_dict()
+        same = (trainable.policy.type_name, trainable.policy.config_dict()) == architecture
         if not same:
             log.info("the policy's architecture changed since the last round: this round starts afresh")
         return trainable if same else None
