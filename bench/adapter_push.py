@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import LOWER, Result
+from bench.common import LOWER, Result, free_port
 
 DATASET = "panda_pick_cube"
 VERSIONS = 4  # v1 whole, v2..v4 deltas
@@ -47,20 +47,12 @@ def _lab_act(path: Path) -> int:
     return sum(p.numel() for p in policy.parameters())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure(workdir: Path, rank: int = 8, timeout_s: float = 420.0, say: Callable[[str], None] = print) -> list[Result]:
     root = workdir / "adapter-push"
     root.mkdir()
     lab = root / "lab-act.safetensors"
     parameters = _lab_act(lab)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "fleetloop.cli"]
     data = str(root / "data")

@@ -10,6 +10,7 @@ import asyncio
 import multiprocessing
 import multiprocessing.process
 import queue
+import socket
 import statistics
 import threading
 import time
@@ -39,6 +40,13 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def median(values: Iterable[float]) -> float:

@@ -12,13 +12,12 @@ default waits seconds between pushes, which would only add waiting).
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 import time
 from types import SimpleNamespace
 from typing import Any
 
-from bench.common import SPAWN, Children, child_setup, report_error
+from bench.common import SPAWN, Children, child_setup, free_port, report_error
 
 
 def _config(port: int) -> Any:
@@ -28,12 +27,6 @@ def _config(port: int) -> Any:
     )
     concurrency = SimpleNamespace(actor="threads", learner="threads")
     return SimpleNamespace(policy=SimpleNamespace(actor_learner_config=actor_learner, concurrency=concurrency))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _policy(hidden: list[int]) -> Any:
@@ -74,7 +67,7 @@ def measure(hidden: list[int], repeats: int) -> list[float]:
     """Seconds from the learner's push to the actor's load, ``repeats`` times (after one untimed warm-up)."""
     from lerobot.rl.learner import push_actor_policy_to_queue, start_learner
 
-    port = _free_port()
+    port = free_port()
     policy = _policy(hidden)
     algorithm = SimpleNamespace(get_weights=lambda: {"policy": policy.state_dict()})
     parameters: queue.Queue = queue.Queue()

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import HIGHER, SPAWN, Children, LoopThread, Result, child_setup, report_error
-from bench.lerobot_push import _config, _free_port
+from bench.common import HIGHER, SPAWN, Children, LoopThread, Result, child_setup, free_port, report_error
+from bench.lerobot_push import _config
 from bench.uplink import IMAGE_SHAPE, _run
 
 BATCH_STEPS = 20
@@ -80,7 +80,7 @@ def _lerobot_run(steps: int) -> tuple[float, int]:
     from lerobot.rl.learner import start_learner
     from lerobot.transport.utils import bytes_to_transitions
 
-    port = _free_port()
+    port = free_port()
     transitions: queue.Queue = queue.Queue()
     shutdown = threading.Event()
     learner = threading.Thread(
