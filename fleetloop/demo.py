@@ -146,7 +146,8 @@ class Learning:
 
     @classmethod
     def of(cls, store: EpisodeStore, config: DemoConfig) -> Learning:
-        outcomes = episode_outcomes(store, DATASET)
+        """From the store as its last refresh left it (``summarize`` refreshes it just before)."""
+        outcomes = episode_outcomes(store, DATASET, refresh=False)
         rolling = rolling_success(outcomes)
         reached = first_reaching(rolling, config.target_success)
         return cls(
