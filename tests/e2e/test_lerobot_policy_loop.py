@@ -15,6 +15,7 @@ from hal.sim import SIM_TASKS
 from policies.lerobot_policy import LerobotPolicy
 from policies.weights import policy_from_bytes, policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until
+from tests.e2e.store_checks import wait_compacted
 from tests.policies.lerobot_tiny import TINY, fit_data_for_spec
 
 DATASET = "pusht"
@@ -55,6 +56,7 @@ def test_lerobot_act_then_diffusion_run_on_the_edge(tmp_path, fleet: Fleet) -> N
     wait_until(lambda: rows(2) >= 15, 60, "steps under lerobot diffusion v2")
     assert fleet.stop("pusht-1") == 0
 
+    wait_compacted(fleet.root / "data" / "store")  # acked steps reach the store once the uplink pauses
     store.refresh()
     data = store.read(DATASET, columns=["policy_version", "action", "intervention", "t_mono_ns", "obs.pixels"])
     assert store.committed_rows(DATASET) == fleet.stats("pusht-1")["ticks"]

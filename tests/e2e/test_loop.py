@@ -18,6 +18,7 @@ from edge.segment_spool import open_spool
 from edge.spool import Spool
 from policies.weights import policy_to_bytes
 from tests.e2e.fleet import Fleet, wait_until
+from tests.e2e.store_checks import wait_compacted
 
 DATASET = "panda_pick_cube"
 
@@ -169,6 +170,7 @@ def test_image_steps_from_pusht_land_in_the_store_and_a_cnn_version_reaches_the_
     assert (store.read("pusht", columns=["policy_version"])["policy_version"] == 1).all()
     assert fleet.stop("pusht-1") == 0
     stats = fleet.stats("pusht-1")
+    wait_compacted(fleet.root / "data" / "store")  # acked steps reach the store once the uplink pauses
     store.refresh()
     assert store.committed_rows("pusht") == stats["ticks"]
     pixels = store.read("pusht", columns=["obs.pixels"], start=0, stop=5)["obs.pixels"]

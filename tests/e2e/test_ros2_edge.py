@@ -11,6 +11,7 @@ import pytest
 from cloud.data.store import EpisodeStore
 from hal.ros2_config import Ros2RobotConfig
 from tests.e2e.fleet import ENV, Fleet, publish_untrained, wait_until
+from tests.e2e.store_checks import wait_compacted
 
 PANDA_YAML = "launch/ros2/panda_sim.yaml"
 ARM_YAML = "launch/ros2/panda_joint_trajectory.yaml"
@@ -42,6 +43,7 @@ def test_edge_drives_a_ros2_robot_node_configured_by_yaml(ros_node: int, fleet: 
     assert {e.resource_id for e in episodes} == {"ros-arm-1"}
     assert {e.source for e in episodes} == {"robot"}
     assert any(e.success for e in episodes), "the scripted operator picks the cube through topics alone"
+    wait_compacted(fleet.root / "data" / "store")  # acked steps reach the store once the uplink pauses
     store.refresh()
     assert store.committed_rows("panda_ros2") == fleet.stats("ros-arm-1")["ticks"]
 
