@@ -22,20 +22,25 @@ from pathlib import Path
 from bench.common import HIGHER, LOWER, Result
 
 
-def run_demo(workdir: Path, robots: int, seed: int, minutes: float) -> dict:
-    """One `fleetloop demo` run; its learning.json (``fleetloop.demo.Learning``) with the run's wall time added."""
-    run_dir = workdir / f"fleet-learning-r{robots}-s{seed}"
+def run_demo(workdir: Path, robots: int, seed: int, minutes: float, schedule: str = "async") -> dict:
+    """One `fleetloop demo` run; its learning.json (``fleetloop.demo.Learning``) with the run's wall time added. A
+    run this bench already made in ``workdir`` (another figure's, same robots, seed and schedule) is read back."""
+    name = f"fleet-learning-{schedule}-r{robots}-s{seed}"
+    run_dir = workdir / name
+    learning_file = run_dir / "learning.json"
+    if learning_file.exists():
+        return json.loads(learning_file.read_text())
     command = [sys.executable, "-m", "fleetloop.cli", "demo", "--robots", str(robots), "--seed", str(seed)]
-    command += ["--minutes", str(minutes), "--run-dir", str(run_dir)]
+    command += ["--minutes", str(minutes), "--run-dir", str(run_dir), "--schedule", schedule]
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     started = time.monotonic()
-    with open(workdir / f"fleet-learning-r{robots}-s{seed}.out", "w") as out:
+    with open(workdir / f"{name}.out", "w") as out:
         subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=minutes * 60 + 240, check=False)
-    learning_file = run_dir / "learning.json"
     if not learning_file.exists():
         raise RuntimeError(f"fleetloop demo --robots {robots} --seed {seed} wrote no learning.json; see {out.name}")
     learning = json.loads(learning_file.read_text())
     learning["wall_s"] = time.monotonic() - started
+    learning_file.write_text(json.dumps(learning))
     return learning
 
 

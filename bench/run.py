@@ -27,6 +27,8 @@
                autonomous success over 20 episodes reaches 0.8 (median, spread), scaling efficiency T1 / (N * TN)
 (r) adapter-push  MB a version of a lerobot ACT trained with --adapters carries to the robot in the real loop, vs
                the full model
+(s) sync-vs-async  the same seeds with 2 robots under a synchronous collect-train-push schedule (robots wait for each
+               version) vs the asynchronous loop: time until the rolling success reaches 0.8, sync / async
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -72,6 +74,7 @@ FIGURES = (
     "tracking",
     "fleet-learning",
     "adapter-push",
+    "sync-vs-async",
 )
 
 
@@ -94,6 +97,7 @@ def run_bench(
         ros2_image,
         sac_camera,
         spool,
+        sync_vs_async,
         takeover,
         tracking,
         uplink,
@@ -167,6 +171,8 @@ def run_bench(
             results += fleet_learning.measure(workdir, robot_counts=counts, seeds=seeds, say=say)
         if "adapter-push" in figures:
             results += adapter_push.measure(workdir, say=say)
+        if "sync-vs-async" in figures:  # reads back fleet-learning's 2-robot async runs when it ran above
+            results += sync_vs_async.measure(workdir, seeds=(1,) if quick else (1, 2, 3, 4, 5), say=say)
     say(f"done in {time.monotonic() - started:.0f} s")
     if out is not None:
         out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")

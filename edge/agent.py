@@ -61,6 +61,9 @@ class EdgeConfig(CodeConfig):
     max_spool_bytes: Annotated[int, Field(ge=0)] = 0
     # How the outcome classifier (``tunnel.outcome_policy``) says success: P above a threshold, N frames in a row.
     outcome: OutcomeJudgeConfig = OutcomeJudgeConfig()
+    # > 0: the synchronous schedule (collect, stop, train, push, resume), to compare with the asynchronous loop:
+    # after this many episodes with one policy version the robot holds between episodes until a newer one arrives.
+    episodes_per_version: Annotated[int, Field(ge=0)] = 0
     record_digest: bool = False  # keep a sha256 of every step produced (to check the store against)
     record_tick_periods: bool = False  # keep every tick's period in the stats (benchmarks)
 
@@ -132,6 +135,8 @@ class EdgeAgent:
         self._estop = threading.Event()
         self._drive_lock = threading.Lock()  # an emergency stop from the tunnel thread never interleaves with apply
         self._held_for = ""  # why the robot holds still now; "" while it moves
+        self._version_episodes = (0, 0)  # (version, episodes ended with it): the synchronous schedule's count
+        self._awaits_after: int | None = None  # the synchronous schedule holds until a version newer than this
         linked = operator if isinstance(operator, CloudLinked) else None  # a takeover page's people
         self.outcome: OutcomeWorker | None = None  # the reward classifier that ends episodes it judges succeeded
         self._judged: dict[str, np.ndarray] | None = None  # the last observation handed to it
@@ -242,6 +247,15 @@ class EdgeAgent:
         if self._estop.is_set() or self._hold_reason:
             self._hold(self._hold_reason or "emergency stop")
             return True
+        if self._awaits_after is not None:
+            if self.runtime.version <= self._awaits_after:
+                self._hold(
+                    f"{self.config.episodes_per_version} episodes with v{self._awaits_after} done; waiting for the "
+                    "learner's next version (synchronous schedule)",
+                    logging.INFO,
+                )
+                return True
+            self._awaits_after = None
         if self.recorder.full:  # a flag the spool writer sets: no disk access here
             size_mb = self.recorder.max_spool_bytes / (1 << 20)
             self._hold(f"spool full ({size_mb:.3g} MB): robot holds until the cloud acks")
@@ -421,6 +435,7 @@ class EdgeAgent:
 
     def _end_episode(self, success: bool) -> None:
         label, self._label = self._label, None
+        self._count_for_schedule(self._episode_last_version)
         self.stats.episodes += 1
         discarded = label is not None and label.outcome == "discarded"
         self.stats.discarded += int(discarded)
@@ -447,6 +462,17 @@ class EdgeAgent:
             who,
             versions,
         )
+
+    def _count_for_schedule(self, version: int) -> None:
+        """The synchronous schedule: once ``episodes_per_version`` episodes ended with ``version``, the next one
+        waits for a newer version (``_must_hold``)."""
+        if not self.config.episodes_per_version:
+            return
+        held, count = self._version_episodes
+        count = count + 1 if version == held else 1
+        self._version_episodes = (version, count)
+        if count >= self.config.episodes_per_version:
+            self._awaits_after = version
 
     def stop(self) -> None:
         self.stop_event.set()

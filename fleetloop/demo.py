@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from rich.live import Live
@@ -53,6 +53,22 @@ class DemoConfig(CodeConfig):
     seed: Annotated[int, Field(ge=0)] = 0  # the robots' (cube placements, operator) and the learner's
     warm_start: bool = True  # off: every version trains from a fresh policy (the learner's --no-warm-start)
     stop_at_target: bool = True  # off: run the whole time, to see whether a skill once learned stays learned
+    # async: the robots never stop; the learner trains between versions and publishes every round_episodes.
+    # sync (to compare): each robot runs its share of round_episodes with a version, then holds until the next.
+    schedule: Literal["async", "sync"] = "async"
+    round_episodes: Annotated[int, Field(ge=1)] = 5  # finished episodes between two versions
+
+    @property
+    def episodes_per_robot(self) -> int:
+        """The synchronous schedule's episodes per robot and version: its share of ``round_episodes``, rounded up."""
+        return -(-self.round_episodes // self.robots)
+
+    def learner_args(self) -> list[str]:
+        args = ["--learner-seed", str(self.seed)] + ([] if self.warm_start else ["--no-warm-start"])
+        if self.schedule == "async":
+            return [*args, "--round-episodes", str(self.round_episodes)]
+        fleet_round = str(self.episodes_per_robot * self.robots)  # every robot waits until this many have ended
+        return [*args, "--round-episodes", fleet_round, "--first-round-episodes", fleet_round, "--synchronous"]
 
 
 def _pick_port(preferred: int = 7070) -> int:
@@ -137,6 +153,7 @@ class Learning:
 
     robots: int
     seed: int
+    schedule: str
     target: float
     episodes: int
     reached_at_episode: int | None
@@ -153,6 +170,7 @@ class Learning:
         return cls(
             config.robots,
             config.seed,
+            config.schedule,
             config.target_success,
             len(outcomes),
             reached,
@@ -169,10 +187,13 @@ class Learning:
 def _edge_args(i: int, port: int, config: DemoConfig, run_dir: Path) -> list[str]:
     """`fleetloop edge` for the demo's robot ``i``: its own seed and spool."""
     seed = 1000 * i + 100_000 * config.seed
-    return [
+    args = [
         *("edge", "--robot", f"sim:{DATASET}", "--id", f"robot-{i}", "--cloud", f"127.0.0.1:{port}"),
         *("--seed", str(seed), "--hz", str(config.control_hz), "--spool", str(run_dir / f"spool-{i}.db")),
     ]
+    if config.schedule == "sync":
+        args += ["--episodes-per-version", str(config.episodes_per_robot)]
+    return args
 
 
 def run_demo(config: DemoConfig) -> int:
@@ -186,10 +207,15 @@ def run_demo(config: DemoConfig) -> int:
     phone_port = _pick_port(7071)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
     console = table_console()
+    schedule = (
+        "asynchronous: the robots never stop for the learner"
+        if config.schedule == "async"
+        else f"synchronous: each robot runs {config.episodes_per_robot} episodes per version, then holds for the next"
+    )
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
-        f"({DATASET}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each; logs in {logs}. "
-        f"The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
+        f"({DATASET}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each, {schedule}; "
+        f"logs in {logs}. The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
     )
     cli = [sys.executable, "-m", "fleetloop.cli"]
     processes: list[subprocess.Popen] = []
@@ -200,9 +226,9 @@ def run_demo(config: DemoConfig) -> int:
         processes.append(process)
         return process
 
-    learner = ["--learner-seed", str(config.seed)] + ([] if config.warm_start else ["--no-warm-start"])
     cloud = start(
-        "cloud", ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port), *learner]
+        "cloud",
+        ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port), *config.learner_args()],
     )
     try:
         _wait_for_port(port, cloud)

@@ -185,6 +185,10 @@ class LearnerConfig(CodeConfig):
     # hg-dagger with warm starts: while no round is due, keep training on the last round's data (up to train_steps
     # per version); the round then trains only the rest, so a version follows its episodes quickly
     train_between: bool = True
+    # the synchronous schedule, to compare with the asynchronous loop: the robots stop after each round's episodes
+    # and wait for the next version, so every round publishes (new labelled steps or not; the same data trained
+    # further) and nothing trains between rounds
+    synchronous: bool = False
     poll_s: Annotated[float, Field(gt=0)] = 1.0
     hidden: Items[AtLeastOne] = (256, 256)  # the policy's (SAC: the actor's) hidden layers
     algorithm: Algorithm = "hg-dagger"

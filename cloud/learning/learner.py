@@ -333,7 +333,7 @@ class Learner:
             between = 0
             try:
                 _, stopping, trained = self._poll(stop=stop.is_set() or bool(max_rounds and rounds >= max_rounds))
-                if not stopping and not trained and self.config.train_between:
+                if not stopping and not trained and self.config.train_between and not self.config.synchronous:
                     between = self.train_between()
             except Exception:
                 if self.dist.distributed:

@@ -42,6 +42,7 @@ EDGE_FLAGS = {
     "outcome.consecutive": "--outcome-ticks",
     "edge.hold_on_link_loss_s": "--hold-on-link-loss",
     "edge.max_spool_bytes": "--spool-max-mb",
+    "edge.episodes_per_version": "--episodes-per-version",
 }
 
 # Each config field a learner flag sets, and that flag: errors in the field name the flag (``flag_error``).
@@ -56,6 +57,7 @@ LEARNER_FLAGS = {
     "learner.warm_start": "--no-warm-start",
     "learner.fresh_start": "--fresh-start",
     "learner.train_between": "--no-train-between",
+    "learner.synchronous": "--synchronous",
     "learner.track": "--track",
     "learner.chunk_sizes": "--chunk-size",
     "learner.policies": "--policy",
@@ -78,7 +80,14 @@ LEARNER_FLAGS = {
 }
 
 # Each demo config field a flag sets, and that flag (``flag_error``).
-DEMO_FLAGS = {"demo.robots": "--robots", "demo.minutes": "--minutes", "demo.control_hz": "--hz", "demo.seed": "--seed"}
+DEMO_FLAGS = {
+    "demo.robots": "--robots",
+    "demo.minutes": "--minutes",
+    "demo.control_hz": "--hz",
+    "demo.seed": "--seed",
+    "demo.schedule": "--schedule",
+    "demo.round_episodes": "--round-episodes",
+}
 
 
 def flag_error(err: ConfigError, flags: Mapping[str, str]) -> ValueError:

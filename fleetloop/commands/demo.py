@@ -23,6 +23,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             warm_start=args.warm_start,
             stop_at_target=args.stop_at_target,
+            schedule=args.schedule,
+            round_episodes=args.round_episodes,
         )
     except ConfigError as err:
         log.error("refusing to start: %s", flag_error(err, DEMO_FLAGS))
@@ -49,4 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="run the whole --minutes even once the rolling success reached the target, to see a skill stay learned",
     )
+    demo.add_argument(
+        "--schedule",
+        choices=["async", "sync"],
+        default="async",
+        help="async (default): the robots never stop and the learner trains between versions; sync, to compare: "
+        "each robot runs its share of --round-episodes with a version, then holds until the learner pushes the next",
+    )
+    demo.add_argument("--round-episodes", type=int, default=5, help="finished episodes between two policy versions")
     demo.set_defaults(func=cmd_demo)

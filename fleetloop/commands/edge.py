@@ -246,6 +246,7 @@ def _edge_config(args: argparse.Namespace, embodiment: str) -> EdgeConfig:
             outcome=outcome,
             hold_on_link_loss_s=args.hold_on_link_loss,
             max_spool_bytes=mebibytes(args.spool_max_mb),
+            episodes_per_version=args.episodes_per_version,
             record_digest=bool(args.stats_file),
         )
     except ConfigError as err:
@@ -396,6 +397,15 @@ def _add_loop_args(edge: argparse.ArgumentParser) -> None:
         "after an episode a robot with a person at it (or a scene_ready_topic) holds until the scene is reset; it "
         "goes on by itself after this long (0: only a person's or the topic's word)",
         metavar="SECONDS",
+    )
+    add_valued(
+        edge,
+        "--episodes-per-version",
+        non_negative_int,
+        0,
+        "the synchronous schedule, to compare with the asynchronous loop: after this many episodes with one policy "
+        "version the robot holds between episodes until the learner sends a newer one (0: never waits)",
+        metavar="N",
     )
     edge.add_argument(
         "--stats-file", default=None, help="write the loop's counters and a sha256 of its steps here as JSON on exit"

@@ -102,6 +102,12 @@ def _add_round_args(parser: argparse.ArgumentParser) -> None:
         help="hg-dagger: train only in rounds, not on the last round's data while waiting for the next episodes",
     )
     parser.add_argument(
+        "--synchronous",
+        action="store_true",
+        help="the synchronous schedule, to compare with the asynchronous default: robots run with "
+        "--episodes-per-version and wait for each version, so every round publishes and nothing trains between",
+    )
+    parser.add_argument(
         "--fresh-start",
         action="store_true",
         help="start the first version of this run from a fresh policy instead of the checkpoint's weights",
@@ -280,6 +286,7 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
             warm_start=getattr(args, "warm_start", True),
             fresh_start=getattr(args, "fresh_start", False),
             train_between=getattr(args, "train_between", True),
+            synchronous=getattr(args, "synchronous", False),
             init=tuple(getattr(args, "init", [])),
             adapters=tuple(getattr(args, "adapters", [])),
             reward_classifiers=tuple(getattr(args, "reward_classifier", [])),

@@ -150,6 +150,49 @@ def test_the_running_learner_trains_between_rounds_until_the_version_s_budget_is
         runner.join(timeout=30)
 
 
+def autonomous_episode(store: EpisodeStore, episode_id: str, version: int) -> None:
+    """An episode the policy drove alone: no step a person labelled."""
+    columns = step_columns(20, intervention=False, done_at_end=True, success_at_end=True, policy_version=version)
+    store.write([episode_rows("toy", episode_id, columns)])
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_the_synchronous_schedule_publishes_every_round_and_trains_nothing_between(tmp_path, synchronous) -> None:
+    """Its robots wait for each version: a round with no new labelled step publishes anyway (the same data trained
+    further), where the asynchronous learner waits for new labels; and nothing trains between rounds."""
+    store, registry, learner = learner_on(tmp_path, synchronous=synchronous, poll_s=0.05)
+    episode(store, "a")
+    episode(store, "b")
+    stop = threading.Event()
+    runner = threading.Thread(target=learner.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while registry.latest("toy") is None:
+            assert time.monotonic() < deadline, "no first version"
+            time.sleep(0.05)
+        autonomous_episode(store, "c", version=1)
+        settled = (
+            (lambda: registry.latest("toy").version == 2)
+            if synchronous
+            else (lambda: learner._datasets["toy"].total_steps >= 80)
+        )
+        while not settled():
+            assert time.monotonic() < deadline, "the round (synchronous) or the training between (async) never came"
+            time.sleep(0.05)
+        time.sleep(0.5)  # and nothing more after it
+        latest = registry.latest("toy").version
+        steps = learner._datasets["toy"].total_steps
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    if synchronous:
+        assert latest == 2 and steps == 80, (latest, steps)  # two rounds of 40, not a step between
+        assert "continued from v1" in registry.latest("toy").note
+    else:
+        assert latest == 1 and steps == 80, (latest, steps)  # no new label: no v2; it trained v1's budget between
+
+
 @pytest.mark.parametrize(
     ("adapters", "init", "message"),
     [

@@ -118,3 +118,31 @@ def test_an_episode_a_new_version_finished_names_both_versions(tmp_path, caplog)
         agent.stop()
         loop.join(timeout=5)
         agent.close(drain_s=0)
+
+
+def test_the_synchronous_schedule_holds_between_episodes_until_the_next_version(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fleetloop.edge")
+    robot = NullRobot(state_dim=3, action_dim=2, control_hz=100.0, episode_steps=20)
+    resource = ResourceInfo("arm", "robot", robot.capabilities, "sim")
+    config = EdgeConfig(TunnelConfig(f"127.0.0.1:{free_port()}", "p"), episodes_per_version=2)
+    agent = EdgeAgent(config, resource, robot, Spool(tmp_path / "s"))
+    agent._on_assignment(pb.Assignment(task="t", policy_name="p"))
+    policy = {"observation": {"state": {"shape": [3], "dtype": "float32"}}, "action_dim": 2, "hidden": [8]}
+    weights = policy_to_bytes(make_policy("mlp", policy))
+    agent.runtime.load("p", 1, weights)
+    loop = threading.Thread(target=agent.run, kwargs={"duration_s": 30}, daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: "2 episodes with v1 done; waiting for the learner's next version" in caplog.text, 10)
+        ticks = agent.stats.ticks
+        time.sleep(0.5)  # 50 ticks: two more episodes' worth, had it not held
+        assert (agent.stats.episodes, agent.stats.ticks) == (2, ticks) == (2, 40) and robot.holding
+        agent.runtime.load("p", 2, weights)
+        wait_for(lambda: "2 episodes with v2 done" in caplog.text, 10)
+        after_hold = caplog.text.split("2 episodes with v1 done")[1]
+        assert agent.stats.episodes == 4 and after_hold.count("arm moves again") == 1
+        assert "arm episode 3 failed after 20 steps on its own (policy v2)" in caplog.text, caplog.text
+    finally:
+        agent.stop()
+        loop.join(timeout=5)
+        agent.close(drain_s=0)

@@ -87,7 +87,7 @@ class HGDagger(PolicyRounds):
         sampler = self.sampler(table, self.config.sampler.ratios_for(job.dataset), job.current_version)
         if sampler.size < 2:
             return None
-        if not self.has_new_rows(sampler, job):
+        if not self.config.synchronous and not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
         try:
             init = self.init.for_round(job.dataset, schema) if self.init is not None else None
