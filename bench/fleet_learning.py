@@ -22,16 +22,27 @@ from pathlib import Path
 from bench.common import HIGHER, LOWER, Result
 
 
-def run_demo(workdir: Path, robots: int, seed: int, minutes: float, schedule: str = "async") -> dict:
+def run_demo(
+    workdir: Path,
+    robots: int,
+    seed: int,
+    minutes: float,
+    schedule: str = "async",
+    task: str = "panda_pick_cube",
+    target: float = 0.8,
+) -> dict:
     """One `fleetloop demo` run; its learning.json (``fleetloop.demo.Learning``) with the run's wall time added. A
-    run this bench already made in ``workdir`` (another figure's, same robots, seed and schedule) is read back."""
+    run this bench already made in ``workdir`` (another figure's, with the same settings) is read back."""
     name = f"fleet-learning-{schedule}-r{robots}-s{seed}"
+    if (task, target) != ("panda_pick_cube", 0.8):
+        name += f"-{task}-t{target:g}"
     run_dir = workdir / name
     learning_file = run_dir / "learning.json"
     if learning_file.exists():
         return json.loads(learning_file.read_text())
     command = [sys.executable, "-m", "fleetloop.cli", "demo", "--robots", str(robots), "--seed", str(seed)]
-    command += ["--minutes", str(minutes), "--run-dir", str(run_dir), "--schedule", schedule]
+    command += ["--minutes", str(minutes), "--run-dir", str(run_dir), "--schedule", schedule, "--task", task]
+    command += ["--target", str(target)]
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     started = time.monotonic()
     with open(workdir / f"{name}.out", "w") as out:

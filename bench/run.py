@@ -29,6 +29,8 @@
                the full model
 (s) sync-vs-async  the same seeds with 2 robots under a synchronous collect-train-push schedule (robots wait for each
                version) vs the asynchronous loop: time until the rolling success reaches 0.8, sync / async
+(t) camera-learning  the real loop with 2 Pandas that see the cube only in a 32x32 camera (the learner's CNN): minutes
+               until the rolling success reaches 0.6, vs the same seed observing the cube's position
 
 The machines are shared and noisy: absolute numbers mean little, ratios against a baseline measured
 in the same run are what to compare.
@@ -75,6 +77,7 @@ FIGURES = (
     "fleet-learning",
     "adapter-push",
     "sync-vs-async",
+    "camera-learning",
 )
 
 
@@ -84,6 +87,7 @@ def run_bench(
     """Measures the chosen figures, writes them to ``out`` (unless None) and prints the table."""
     from bench import (
         adapter_push,
+        camera_learning,
         capacity,
         codec_training,
         delta,
@@ -171,6 +175,8 @@ def run_bench(
             results += fleet_learning.measure(workdir, robot_counts=counts, seeds=seeds, say=say)
         if "adapter-push" in figures:
             results += adapter_push.measure(workdir, say=say)
+        if "camera-learning" in figures:
+            results += camera_learning.measure(workdir, minutes=3.0 if quick else 30.0, say=say)
         if "sync-vs-async" in figures:  # reads back fleet-learning's 2-robot async runs when it ran above
             results += sync_vs_async.measure(workdir, seeds=(1,) if quick else (1, 2, 3, 4, 5), say=say)
     say(f"done in {time.monotonic() - started:.0f} s")

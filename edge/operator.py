@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from hal.resource import ShowsTheScene
+
 log = logging.getLogger("fleetloop.edge")
 
 # panda_pick_cube "state" = gym_hil agent_pos (qpos 7, qvel 7, gripper command 1, tcp xyz 3) + cube xyz 3.
@@ -120,6 +122,19 @@ class PickCubeExpert:
         return action
 
 
+class SceneAwareExpert:
+    """A scripted expert beside a robot that sees the objects only through its camera: it decides from the
+    observation plus the scene's state (``ShowsTheScene``), as a person beside the robot sees the cube."""
+
+    def __init__(self, expert: Expert, scene: ShowsTheScene) -> None:
+        self.expert = expert
+        self.scene = scene
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        state = np.concatenate([np.asarray(observation["state"], np.float64), self.scene.scene_state()])
+        return self.expert.act({**observation, "state": state})
+
+
 @dataclass(frozen=True)
 class TakeoverRule:
     """When the simulated person of HG-DAgger takes over and hands back.
@@ -183,19 +198,29 @@ OPERATORS: dict[str, Callable[[], HGDaggerOperator]] = {
 }
 
 
-def make_operator(task: str) -> HGDaggerOperator | None:
-    """The simulated operator for a task, or None where no scripted operator exists (pusht)."""
+# Tasks whose robot observes the objects only through a camera: their operator needs the scene from the sim.
+SCENE_OPERATORS: dict[str, Callable[[ShowsTheScene], HGDaggerOperator]] = {
+    "panda_pick_cube_camera": lambda scene: HGDaggerOperator(SceneAwareExpert(PickCubeExpert(), scene)),
+}
+
+
+def make_operator(task: str, scene: ShowsTheScene | None = None) -> HGDaggerOperator | None:
+    """The simulated operator for a task, or None where no scripted operator exists (pusht, or a camera-only task
+    without ``scene``, the simulator that shows it the objects)."""
     factory = OPERATORS.get(task)
-    return factory() if factory is not None else None
+    if factory is not None:
+        return factory()
+    scene_factory = SCENE_OPERATORS.get(task)
+    return scene_factory(scene) if scene_factory is not None and scene is not None else None
 
 
-def choose_operator(task: str, asked: str | None) -> Operator | None:
+def choose_operator(task: str, asked: str | None, scene: ShowsTheScene | None = None) -> Operator | None:
     """The operator for ``--operator``: "scripted", "none", or None (not given: scripted where the task has one).
 
     Raises ValueError only when a scripted operator was asked for by name and the task has none."""
     if asked == "none":
         return None
-    operator = make_operator(task)
+    operator = make_operator(task, scene)
     if operator is None:
         if asked == "scripted":
             raise ValueError(f"--operator scripted: no scripted operator for {task}; use --operator none")

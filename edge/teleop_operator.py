@@ -23,6 +23,7 @@ from edge.kinematics import KinematicsConfig, resolve_kinematics
 from edge.operator import ExplainsSignals, Operator, PersonOperator, Signal, choose_operator
 from hal.config import ConfigError, ConfigModel, Name, read_yaml, validate
 from hal.lerobot_teleop import LerobotTeleop, TeleopError, make_lerobot_teleop
+from hal.resource import ShowsTheScene
 
 log = logging.getLogger("fleetloop.edge")
 
@@ -252,12 +253,20 @@ def keyboard_operator(robot: RobotAction, resource_id: str, who: str = "") -> Te
     return build_teleop_operator({**KEYBOARD, "who": who or f"keyboard@{resource_id}"}, robot, resource_id)
 
 
-def operator_for(asked: str | None, task: str, robot: RobotAction, resource_id: str, who: str = "") -> Operator | None:
+def operator_for(
+    asked: str | None,
+    task: str,
+    robot: RobotAction,
+    resource_id: str,
+    who: str = "",
+    scene: ShowsTheScene | None = None,
+) -> Operator | None:
     """The operator ``--operator`` names: "keyboard" and "teleop:<config.yaml>" (a person, not yet started), or
-    "scripted" / "none" / None (``choose_operator``). ``who`` names the person (default from the operator kind).
+    "scripted" / "none" / None (``choose_operator``; ``scene``: the simulator, for a camera-only task's scripted
+    operator). ``who`` names the person (default from the operator kind).
     ValueError (a ConfigError naming the key of a teleoperator config) when it cannot drive this robot."""
     if asked == "keyboard":
         return keyboard_operator(robot, resource_id, who)
     if asked is not None and asked.startswith("teleop:"):
         return build_teleop_operator(read_yaml(asked.removeprefix("teleop:")), robot, resource_id, who)
-    return choose_operator(task, asked)
+    return choose_operator(task, asked, scene)

@@ -38,13 +38,14 @@ from hal.config import CodeConfig
 
 log = logging.getLogger("fleetloop.demo")
 
-DATASET = "panda_pick_cube"
-
 
 class DemoConfig(CodeConfig):
     config_name = "demo"
 
     robots: Annotated[int, Field(ge=1)] = 2
+    # The Panda picking a cube; "panda_pick_cube_camera" sees it only through a camera from above (hal.sim), the
+    # regime vision policies and VLA fleets live in: the learner then trains a small CNN.
+    task: Literal["panda_pick_cube", "panda_pick_cube_camera"] = "panda_pick_cube"
     minutes: Annotated[float, Field(gt=0)] = 6.0
     control_hz: Annotated[float, Field(gt=0)] = 10.0
     run_dir: str | None = None
@@ -152,6 +153,7 @@ class Learning:
     ``ROLLING_WINDOW`` episodes, and when it first reached the target (the fleet-scaling bench reads this)."""
 
     robots: int
+    task: str
     seed: int
     schedule: str
     target: float
@@ -164,11 +166,12 @@ class Learning:
     @classmethod
     def of(cls, store: EpisodeStore, config: DemoConfig) -> Learning:
         """From the store as its last refresh left it (``summarize`` refreshes it just before)."""
-        outcomes = episode_outcomes(store, DATASET, refresh=False)
+        outcomes = episode_outcomes(store, config.task, refresh=False)
         rolling = rolling_success(outcomes)
         reached = first_reaching(rolling, config.target_success)
         return cls(
             config.robots,
+            config.task,
             config.seed,
             config.schedule,
             config.target_success,
@@ -188,7 +191,7 @@ def _edge_args(i: int, port: int, config: DemoConfig, run_dir: Path) -> list[str
     """`fleetloop edge` for the demo's robot ``i``: its own seed and spool."""
     seed = 1000 * i + 100_000 * config.seed
     args = [
-        *("edge", "--robot", f"sim:{DATASET}", "--id", f"robot-{i}", "--cloud", f"127.0.0.1:{port}"),
+        *("edge", "--robot", f"sim:{config.task}", "--id", f"robot-{i}", "--cloud", f"127.0.0.1:{port}"),
         *("--seed", str(seed), "--hz", str(config.control_hz), "--spool", str(run_dir / f"spool-{i}.db")),
     ]
     if config.schedule == "sync":
@@ -214,7 +217,7 @@ def run_demo(config: DemoConfig) -> int:
     )
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
-        f"({DATASET}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each, {schedule}; "
+        f"({config.task}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each, {schedule}; "
         f"logs in {logs}. The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
     )
     cli = [sys.executable, "-m", "fleetloop.cli"]
@@ -254,7 +257,7 @@ def run_demo(config: DemoConfig) -> int:
                     store = EpisodeStore(layout.store, read_only=True)
                 learning = None
                 if store is not None:
-                    summary = summarize(store, DATASET)
+                    summary = summarize(store, config.task)
                     learning = Learning.of(store, config)
                 live.update(render_table(summary, time.monotonic() - started, config.robots, learning))
                 if config.stop_at_target and learning is not None and learning.reached_at_episode is not None:
@@ -264,7 +267,7 @@ def run_demo(config: DemoConfig) -> int:
         _stop(processes[1:])
         _stop(processes[:1])
     store = EpisodeStore(layout.store, read_only=True)
-    summary = summarize(store, DATASET)
+    summary = summarize(store, config.task)
     learning = Learning.of(store, config)
     (run_dir / "summary.json").write_text(json.dumps([s.to_dict() for s in summary], indent=2))
     (run_dir / "learning.json").write_text(json.dumps(asdict(learning)))

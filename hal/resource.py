@@ -174,6 +174,16 @@ class SaysSceneReady(Protocol):
         ...
 
 
+@runtime_checkable
+class ShowsTheScene(Protocol):
+    """A simulator that can tell a scripted operator where the objects are when its observation leaves them out (a
+    robot that sees them only through a camera): the person beside a real robot sees the scene too."""
+
+    def scene_state(self) -> np.ndarray:
+        """The objects' state as of the last observation (for panda_pick_cube, the cube's xyz)."""
+        ...
+
+
 def clamp_action(action: np.ndarray, spec: ArraySpec) -> np.ndarray:
     """Clamps an action to the driver's limits; non-finite entries become the midpoint (a safe hold), or 0."""
     action = np.asarray(action, dtype=spec.numpy_dtype).reshape(spec.shape)

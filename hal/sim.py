@@ -1,4 +1,9 @@
-"""Simulated robots: a Driver over gymnasium sims (gym_hil's Panda pick-cube, gym_pusht)."""
+"""Simulated robots: a Driver over gymnasium sims (gym_hil's Panda pick-cube, gym_pusht).
+
+``panda_pick_cube_camera`` is the Panda whose observation holds no simulator state: its own joints, gripper and hand
+position, and a camera looking down on the table, the only place the cube shows (``top_view``). The view is drawn
+from the scene, not rendered: MuJoCo renders one 48x48 frame in about 70 ms on these CPUs, too slow for 10 Hz.
+"""
 
 from __future__ import annotations
 
@@ -71,6 +76,36 @@ def _observe_panda(obs: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"state": state}
 
 
+# What the Panda's camera sees from above: the table from x 0.2 to 0.6 m (rows) and y -0.2 to 0.2 m (columns), where
+# gym_hil places the cube (x 0.3-0.5, y -0.15-0.15), at 1.25 cm a pixel.
+CAMERA_SIDE = 32
+_VIEW_LOW, _VIEW_SIZE_M = np.array([0.2, -0.2]), 0.4
+_CUBE_SIDE_M, _FINGERS_SIDE_M = 0.04, 0.03
+
+
+def _coverage(centre: float, half: float, side: int) -> np.ndarray:
+    """How much of each pixel along one axis a segment covers (anti-aliased, so positions finer than a pixel
+    show)."""
+    edges = np.arange(side + 1) / side
+    return np.clip(np.minimum(edges[1:], centre + half) - np.maximum(edges[:-1], centre - half), 0, None) * side
+
+
+def top_view(cube: np.ndarray, tcp: np.ndarray, side: int = CAMERA_SIDE) -> np.ndarray:
+    """The table seen from above as uint8 RGB: the cube red (brighter the higher it is lifted), the gripper green."""
+    image = np.zeros((side, side, 3), np.float64)
+    for channel, xyz, size_m in ((0, cube, _CUBE_SIDE_M), (1, tcp, _FINGERS_SIDE_M)):
+        u = (np.asarray(xyz[:2], np.float64) - _VIEW_LOW) / _VIEW_SIZE_M
+        half = size_m / 2 / _VIEW_SIZE_M
+        brightness = 160 + 95 * np.clip(xyz[2] / 0.2, 0, 1)
+        image[:, :, channel] += brightness * np.outer(_coverage(u[0], half, side), _coverage(u[1], half, side))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _observe_panda_camera(obs: dict[str, Any]) -> dict[str, np.ndarray]:
+    agent = np.asarray(obs["agent_pos"], np.float32)  # qpos 7, qvel 7, gripper command 1, tcp xyz 3
+    return {"state": agent, "camera": top_view(np.asarray(obs["environment_state"]), agent[15:18])}
+
+
 def _make_pusht() -> Any:
     import gymnasium as gym
 
@@ -101,6 +136,19 @@ SIM_TASKS: dict[str, SimTask] = {
         action=ArraySpec("action", "float32", (4,), low=(-1.0, -1.0, -1.0, 0.0), high=(1.0, 1.0, 1.0, 2.0)),
         cameras=(),
         observe=_observe_panda,
+        success=lambda info: bool(info.get("succeed", False)),
+        uses_global_rng=True,
+        action_names=("x", "y", "z", "gripper"),
+    ),
+    "panda_pick_cube_camera": SimTask(
+        make_env=_make_panda_pick_cube,
+        observation=(
+            ArraySpec("state", "float32", (18,)),
+            ArraySpec("camera", "uint8", (CAMERA_SIDE, CAMERA_SIDE, 3), low=(0.0,), high=(255.0,)),
+        ),
+        action=ArraySpec("action", "float32", (4,), low=(-1.0, -1.0, -1.0, 0.0), high=(1.0, 1.0, 1.0, 2.0)),
+        cameras=("camera",),
+        observe=_observe_panda_camera,
         success=lambda info: bool(info.get("succeed", False)),
         uses_global_rng=True,
         action_names=("x", "y", "z", "gripper"),
@@ -145,6 +193,7 @@ class SimRobot(NamesActions):
         # This robot's own stream for numpy's global generator (fresh entropy when no seed is given).
         self._global_rng_state = np.random.RandomState(np.random.SeedSequence(seed).generate_state(1)[0]).get_state()
         self.holding = False  # a sim does not move between steps, so hold() only records the request
+        self._scene = np.zeros(0, np.float32)  # the sim's objects as of the last observation (``scene_state``)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -170,7 +219,17 @@ class SimRobot(NamesActions):
         else:
             obs, _ = self._env.reset(seed=seed)
         self.holding = False
+        return self._observe(obs)
+
+    def _observe(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
+        if "environment_state" in obs:
+            self._scene = np.asarray(obs["environment_state"], np.float32).copy()
         return self._spec.observe(obs)
+
+    def scene_state(self) -> np.ndarray:
+        """The objects' state as of the last observation (``hal.resource.ShowsTheScene``): the cube's xyz on the
+        Panda; empty for a sim that has none apart from its observation."""
+        return self._scene
 
     def apply(self, action: np.ndarray) -> Transition:
         action = np.asarray(action, dtype=self._capabilities.action.numpy_dtype).reshape(
@@ -179,7 +238,7 @@ class SimRobot(NamesActions):
         obs, reward, terminated, truncated, info = self._env.step(action)
         self.holding = False
         return Transition(
-            observation=self._spec.observe(obs),
+            observation=self._observe(obs),
             reward=float(reward),
             done=bool(terminated or truncated),
             success=self._spec.success(info),

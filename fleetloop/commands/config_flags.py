@@ -85,6 +85,8 @@ DEMO_FLAGS = {
     "demo.minutes": "--minutes",
     "demo.control_hz": "--hz",
     "demo.seed": "--seed",
+    "demo.target_success": "--target",
+    "demo.task": "--task",
     "demo.schedule": "--schedule",
     "demo.round_episodes": "--round-episodes",
 }

@@ -17,10 +17,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         config = DemoConfig(
             robots=args.robots,
+            task=args.task,
             minutes=args.minutes,
             control_hz=args.hz,
             run_dir=args.run_dir,
             seed=args.seed,
+            target_success=args.target,
             warm_start=args.warm_start,
             stop_at_target=args.stop_at_target,
             schedule=args.schedule,
@@ -35,6 +37,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the whole loop on this machine: cloud, simulated robots, live table")
     demo.add_argument("--robots", type=int, default=2)
+    demo.add_argument(
+        "--task",
+        choices=["panda_pick_cube", "panda_pick_cube_camera"],
+        default="panda_pick_cube",
+        help="panda_pick_cube (default; the robots observe the cube's position) or panda_pick_cube_camera (they see "
+        "it only through a camera from above: the learner trains a CNN)",
+    )
     demo.add_argument("--minutes", type=float, default=6.0, help="time limit for the run")
     demo.add_argument("--hz", type=float, default=10.0)
     demo.add_argument("--run-dir", default=None, help="default runs/<timestamp>")
@@ -57,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="async",
         help="async (default): the robots never stop and the learner trains between versions; sync, to compare: "
         "each robot runs its share of --round-episodes with a version, then holds until the learner pushes the next",
+    )
+    demo.add_argument(
+        "--target",
+        type=float,
+        default=0.8,
+        help="stop once the autonomous success over the last 20 episodes reaches this (default 0.8)",
     )
     demo.add_argument("--round-episodes", type=int, default=5, help="finished episodes between two policy versions")
     demo.set_defaults(func=cmd_demo)

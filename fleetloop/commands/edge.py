@@ -129,6 +129,7 @@ def _local_operator(args: argparse.Namespace, raw_driver: Driver, task: str) -> 
     """The operator at the robot --operator names, a person's devices not yet opened; ValueError naming the flag."""
     from edge.action_map import RobotAction
     from edge.teleop_operator import operator_for
+    from hal.resource import ShowsTheScene
     from protocol.arrays import CodecError
     from protocol.steps import check_id
 
@@ -138,7 +139,8 @@ def _local_operator(args: argparse.Namespace, raw_driver: Driver, task: str) -> 
         except CodecError as err:
             raise ValueError(str(err)) from err
     try:
-        return operator_for(args.operator, task, RobotAction.of(raw_driver), args.id, args.operator_name)
+        scene = raw_driver if isinstance(raw_driver, ShowsTheScene) else None  # a simulator shows its objects
+        return operator_for(args.operator, task, RobotAction.of(raw_driver), args.id, args.operator_name, scene)
     except ValueError as err:
         if args.operator == "keyboard" or (args.operator or "").startswith("teleop:"):
             raise ValueError(f"--operator {args.operator}: {err}") from err

@@ -98,3 +98,31 @@ def test_the_simulators_routine_third_party_lines_are_silenced_and_nothing_else(
     for noise in ("Reset delay of", "pkg_resources", "OpenGL_accelerate"):
         assert noise not in done.stderr, done.stderr
     assert "other root lines still show" in done.stderr
+
+
+def test_the_camera_panda_shows_the_cube_only_in_its_camera_and_its_operator_sees_the_scene() -> None:
+    from edge.operator import make_operator
+
+    robot = SimRobot("panda_pick_cube_camera", seed=3)
+    state_robot = SimRobot("panda_pick_cube", seed=3)
+    try:
+        observation, full = robot.reset(), state_robot.reset()["state"]
+        cube = robot.scene_state()
+        np.testing.assert_allclose(cube, full[18:21])  # the same scene from the same seed
+        np.testing.assert_allclose(observation["state"], full[:18])  # the robot's own state, and no more
+        red = observation["camera"][:, :, 0].astype(float)
+        rows, cols = np.indices(red.shape) + 0.5
+        seen = np.array([(rows * red).sum(), (cols * red).sum()]) / red.sum() / 32 * 0.4 + [0.2, -0.2]
+        np.testing.assert_allclose(seen, cube[:2], atol=0.004)  # finer than a 1.25 cm pixel: anti-aliased
+        assert make_operator("panda_pick_cube_camera") is None  # without the scene no script can see the cube
+        operator = make_operator("panda_pick_cube_camera", scene=robot)
+        for step in range(100):
+            action, intervening = operator.decide(observation, None, step)
+            transition = robot.apply(action)
+            observation = transition.observation
+            if transition.done:
+                break
+        assert transition.success and intervening
+    finally:
+        robot.close()
+        state_robot.close()
