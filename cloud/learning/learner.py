@@ -315,9 +315,13 @@ class Learner:
         self.curves.close()
 
     def train_between(self) -> int:
-        """One slice of training between rounds for every policy that has one to continue; the steps trained."""
+        """One slice of training between rounds for every policy that has one to continue; the steps trained.
+
+        Under torchrun every rank calls it after the same poll: what it trains follows from rounds every rank
+        trained together (a policy restored from a checkpoint has no round's data to continue yet)."""
         trained = 0
-        for name, state in self._datasets.items():
+        for name in sorted(self._datasets):  # one order on every rank, whichever dataset each met first
+            state = self._datasets[name]
             if state.trainable is not None:
                 steps = self._algorithm_for(name).train_between(state.trainable, BETWEEN_ROUNDS_SLICE)
                 state.total_steps += steps

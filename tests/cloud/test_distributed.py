@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,35 @@ def test_two_gloo_ranks_keep_identical_parameters_after_every_step(tmp_path, alg
     policy = policy_from_bytes(registry.read("toy", 1))
     assert policy.type_name == ("sac_actor" if algorithm == "sac" else "mlp")
     assert policy.act({"state": np.zeros(3, np.float32)}).shape == (1, 2)
+
+
+def test_under_torchrun_every_rank_trains_between_rounds_in_lockstep(tmp_path) -> None:
+    """After the first round no second is due (too few episodes): both ranks go on training on its data, a slice at a
+    time up to the version's budget, with identical parameters after every step."""
+    make_root(tmp_path / "data")
+    trace = tmp_path / "trace"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "fleetloop.distributed_learner"]
+    command += ["--root", str(tmp_path / "data"), "--backend", "gloo", "--rounds", "2"]
+    command += ["--train-steps", str(STEPS), "--trace-params", str(trace)]
+    learner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def steps(rank: int) -> list[dict]:
+        path = trace / f"rank{rank}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    try:
+        deadline = time.monotonic() + 90
+        while min(len(steps(0)), len(steps(1))) < 2 * STEPS:
+            assert learner.poll() is None, learner.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no training between rounds under torchrun"
+            time.sleep(0.2)
+        time.sleep(1.0)  # and no more than the version's budget
+    finally:
+        learner.kill()
+        subprocess.run(["pkill", "-f", f"--trace-params {trace}"], check=False)
+        learner.wait(timeout=30)
+    ranks = [steps(0), steps(1)]
+    assert [e["step"] for e in ranks[0]] == [e["step"] for e in ranks[1]] == list(range(1, STEPS + 1)) * 2
+    assert [e["digest"] for e in ranks[0]] == [e["digest"] for e in ranks[1]]
+    assert len({e["digest"] for e in ranks[0]}) == 2 * STEPS  # every step, between rounds too, changed them

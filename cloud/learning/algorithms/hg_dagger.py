@@ -169,7 +169,7 @@ class HGDagger(PolicyRounds):
         """Up to ``steps`` more gradient steps on the last round's data, while this version's budget
         (``train_steps``) lasts; the steps trained."""
         data = trainable.data
-        if data is None or not self.config.warm_start or self.dist.distributed:
+        if data is None or not self.config.warm_start:
             return 0
         steps = min(steps, self.config.train_steps - trainable.steps_between)
         if steps <= 0:
@@ -186,6 +186,9 @@ class HGDagger(PolicyRounds):
                 seed=seed,
                 fit_normalization=False,
                 index_sampler=data.draw,
+                # Under torchrun every rank trains the same slice of its own batches, in lockstep: each decides
+                # from the same rounds and budget.
+                wrap=self.dist.wrap if self.dist.distributed else None,
                 on_step=self.step_hook(data.dataset, {"policy": trainable.policy}),
                 device=data.device,
                 streamed=data.streamed,
