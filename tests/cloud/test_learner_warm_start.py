@@ -1,9 +1,11 @@
 """HG-DAgger's warm starts: a round continues the last round's policy, normalization and optimizer; it starts afresh
 only when the architecture changed, when an operator asks, or with warm starts off."""
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -131,23 +133,34 @@ def test_without_warm_starts_nothing_trains_between_rounds(tmp_path) -> None:
     assert learner.train_between() == 0 and adam_steps(learner) == 40
 
 
-def test_the_running_learner_trains_between_rounds_until_the_version_s_budget_is_spent(tmp_path) -> None:
-    store, _, learner = learner_on(tmp_path, poll_s=0.05)
-    episode(store, "a")
-    episode(store, "b")
+@contextlib.contextmanager
+def running(learner: Learner) -> Iterator[None]:
+    """The learner's own loop on a thread while the block runs."""
     stop = threading.Event()
     runner = threading.Thread(target=learner.run, args=(stop,))
     runner.start()
     try:
-        deadline = time.monotonic() + 60
-        while learner._datasets.get("toy") is None or learner._datasets["toy"].total_steps < 80:
-            assert time.monotonic() < deadline, "no training between rounds"
-            time.sleep(0.05)
-        time.sleep(0.5)  # it stops there: the budget of one version is train_steps
-        assert learner._datasets["toy"].total_steps == 80 and adam_steps(learner) == 80
+        yield
     finally:
         stop.set()
         runner.join(timeout=30)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_the_running_learner_trains_between_rounds_until_the_version_s_budget_is_spent(tmp_path) -> None:
+    store, _, learner = learner_on(tmp_path, poll_s=0.05)
+    episode(store, "a")
+    episode(store, "b")
+    with running(learner):
+        wait_until(lambda: "toy" in learner._datasets and learner._datasets["toy"].total_steps >= 80, "no training")
+        time.sleep(0.5)  # it stops there: the budget of one version is train_steps
+        assert learner._datasets["toy"].total_steps == 80 and adam_steps(learner) == 80
 
 
 def autonomous_episode(store: EpisodeStore, episode_id: str, version: int) -> None:
@@ -163,29 +176,16 @@ def test_the_synchronous_schedule_publishes_every_round_and_trains_nothing_betwe
     store, registry, learner = learner_on(tmp_path, synchronous=synchronous, poll_s=0.05)
     episode(store, "a")
     episode(store, "b")
-    stop = threading.Event()
-    runner = threading.Thread(target=learner.run, args=(stop,))
-    runner.start()
-    try:
-        deadline = time.monotonic() + 60
-        while registry.latest("toy") is None:
-            assert time.monotonic() < deadline, "no first version"
-            time.sleep(0.05)
+    with running(learner):
+        wait_until(lambda: registry.latest("toy") is not None, "no first version")
         autonomous_episode(store, "c", version=1)
-        settled = (
-            (lambda: registry.latest("toy").version == 2)
-            if synchronous
-            else (lambda: learner._datasets["toy"].total_steps >= 80)
-        )
-        while not settled():
-            assert time.monotonic() < deadline, "the round (synchronous) or the training between (async) never came"
-            time.sleep(0.05)
+        if synchronous:
+            wait_until(lambda: registry.latest("toy").version == 2, "the synchronous learner published no v2")
+        else:
+            wait_until(lambda: learner._datasets["toy"].total_steps >= 80, "no training between rounds")
         time.sleep(0.5)  # and nothing more after it
         latest = registry.latest("toy").version
         steps = learner._datasets["toy"].total_steps
-    finally:
-        stop.set()
-        runner.join(timeout=30)
     if synchronous:
         assert latest == 2 and steps == 80, (latest, steps)  # two rounds of 40, not a step between
         assert "continued from v1" in registry.latest("toy").note
