@@ -6,9 +6,10 @@ scenario runs its commands through bash in a fresh folder (with the checkout's `
 and changes only what would clash with parallel tests: the ports 7070/7071 become free ports, the ROS 2 domain 7 a free
 one, the lab's host name ``cloud.lab.example`` becomes ``localhost`` (the certificate names loopback too), a command
 that dials the default cloud address (127.0.0.1:7070) is given the scenario's, and placeholders (``flt_...``) become the
-tokens the scenario's own ``devices add`` printed. Servers are checked while they run (listening, what the fleet shows,
-what the store holds), then stopped; one-shot commands must exit 0 (or with the code the README gives) and have done
-what the README says.
+tokens the scenario's own ``devices add`` printed; a learner line that names no ``--train-steps`` trains
+``LEARNER_TRAIN_STEPS`` per version (the scenarios check that it publishes, not how well it learned). Servers are
+checked while they run (listening, what the fleet shows, what the store holds), then stopped; one-shot commands must
+exit 0 (or with the code the README gives) and have done what the README says.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from tests.e2e.x_display import press, x_display
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+
+# A learner line that names no --train-steps trains this many per version instead of the default 1500 (SAC's take
+# ~25 s of a core here): the scenarios check that each command publishes a version, not how well it learned.
+LEARNER_TRAIN_STEPS = 100
+LEARNER_LINE = re.compile(r"(\S+=\S+ )*(fleetloop learner|torchrun .*-m fleetloop\.distributed_learner)\b")
 
 ACT_JSON = """echo '{"chunk_size": 10, "n_action_steps": 10, "dim_model": 64, "dim_feedforward": 128}' > act.json"""
 
@@ -93,6 +99,8 @@ class Shell:
             text += f" --cloud {self.target}"
         if re.match(r"fleetloop cloud\b", text) and "--port" not in text:
             text += f" --port {self.port}"
+        if LEARNER_LINE.match(text) and "--train-steps" not in text:
+            text += f" --train-steps {LEARNER_TRAIN_STEPS}"
         return text
 
     def env(self) -> dict[str, str]:
