@@ -7,9 +7,10 @@ and changes only what would clash with parallel tests: the ports 7070/7071 becom
 one, the lab's host name ``cloud.lab.example`` becomes ``localhost`` (the certificate names loopback too), a command
 that dials the default cloud address (127.0.0.1:7070) is given the scenario's, and placeholders (``flt_...``) become the
 tokens the scenario's own ``devices add`` printed; a learner line that names no ``--train-steps`` trains
-``LEARNER_TRAIN_STEPS`` per version (the scenarios check that it publishes, not how well it learned). Servers are
-checked while they run (listening, what the fleet shows, what the store holds), then stopped; one-shot commands must
-exit 0 (or with the code the README gives) and have done what the README says.
+``LEARNER_TRAIN_STEPS`` per version and one that names no ``--batch-size`` batches of ``LEARNER_BATCH_SIZE`` (the
+scenarios check that it publishes, not how well it learned). Servers are checked while they run (listening, what the
+fleet shows, what the store holds), then stopped; one-shot commands must exit 0 (or with the code the README gives)
+and have done what the README says.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ README = ROOT / "README.md"
 # A learner line that names no --train-steps trains this many per version instead of the default 1500 (SAC's take
 # ~25 s of a core here): the scenarios check that each command publishes a version, not how well it learned.
 LEARNER_TRAIN_STEPS = 100
+# and batches of this many steps instead of 256: the README's ACT (8 heads, 4+4 encoder layers) trains its 200 steps in
+# ~40 s of a core on batches of 256 drawn from the scenario's ~80 recorded steps.
+LEARNER_BATCH_SIZE = 64
 LEARNER_LINE = re.compile(r"(\S+=\S+ )*(fleetloop learner|torchrun .*-m fleetloop\.distributed_learner)\b")
 
 ACT_JSON = """echo '{"chunk_size": 10, "n_action_steps": 10, "dim_model": 64, "dim_feedforward": 128}' > act.json"""
@@ -101,6 +105,8 @@ class Shell:
             text += f" --port {self.port}"
         if LEARNER_LINE.match(text) and "--train-steps" not in text:
             text += f" --train-steps {LEARNER_TRAIN_STEPS}"
+        if LEARNER_LINE.match(text) and "--batch-size" not in text:
+            text += f" --batch-size {LEARNER_BATCH_SIZE}"
         return text
 
     def env(self) -> dict[str, str]:
