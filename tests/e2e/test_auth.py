@@ -19,7 +19,7 @@ from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
 from protocol.steps import encode_batch
 from tests.e2e.fleet import Fleet, publish_untrained_policy, wait_until
-from tests.e2e.raw_edge import RawEdge
+from tests.e2e.raw_edge import RawEdge, last_policy_chunk
 from tests.factories import step_columns
 
 DATASET = "panda_pick_cube"
@@ -255,8 +255,9 @@ def test_a_device_receives_only_the_policies_assigned_to_it(tmp_path, fleet: Fle
         wait_until(lambda: "robot-4 has no task that fits it" in fleet.log("cloud"), 30, "robot-4 to connect idle")
         publish_untrained_policy(tmp_path, DATASET)
         for edge in edges[:2]:
-            chunks = edge.received("policy", 10)
+            chunks = edge.received("policy", 10, until=last_policy_chunk)  # v1 whole, not 10 s of nothing after it
             assert chunks and {c.policy.version for c in chunks} == {1}
+            assert last_policy_chunk(chunks[-1])
         assert idle.received("policy", 3) == [], "an idle robot received a policy it was not assigned"
     finally:
         for edge in edges:
