@@ -128,11 +128,13 @@ class Shell:
         assert result.returncode == code, f"`{line}` exited {result.returncode} (wanted {code}):\n{output[-3000:]}"
         return output
 
-    def start(self, line: str, name: str) -> subprocess.Popen:
-        """Starts a server (a trailing ``&`` is the user's way of saying the same); its output goes to ``name``.log."""
+    def start(self, line: str, name: str, extra: str = "") -> subprocess.Popen:
+        """Starts a server (a trailing ``&`` is the user's way of saying the same); its output goes to ``name``.log.
+        ``extra``: flags added after the line's own (a scenario says why)."""
         log = open(self.cwd / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
+        text = f"{self.command(line).removesuffix('&').strip()} {extra}".strip()
         process = subprocess.Popen(
-            ["bash", "-c", f"exec env {self.command(line).removesuffix('&').strip()}"],
+            ["bash", "-c", f"exec env {text}"],
             cwd=self.cwd,
             env=self.env(),
             stdout=log,
@@ -449,7 +451,14 @@ def test_policy_commands(shell: Shell) -> None:
     """A bf16 cloud pushes half-size updates; policy list and rollback; pusht carts run remote and lerobot-preloaded;
     the store's episodes go out as a LeRobotDataset and come back as offline demonstrations."""
     root = shell.cwd / "fleetloop-data"
-    shell.start("fleetloop cloud --wire-dtype bfloat16", "cloud")
+    # Its learner publishes a version every 2 finished episodes instead of 5 (v4 after 8 episodes of the Panda, not 17)
+    # trained LEARNER_TRAIN_STEPS steps: this scenario reads the updates' sizes, the list and a rollback, not what the
+    # versions learned.
+    shell.start(
+        "fleetloop cloud --wire-dtype bfloat16",
+        "cloud",
+        extra=f"--round-episodes 2 --train-steps {LEARNER_TRAIN_STEPS}",
+    )
     shell.wait_log("cloud", r"gateway listening on")
     shell.start(PANDA_EDGE, "robot-1")
     # The carts come and go while the Panda's learner publishes its first versions.
