@@ -6,11 +6,11 @@ scenario runs its commands through bash in a fresh folder (with the checkout's `
 and changes only what would clash with parallel tests: the ports 7070/7071 become free ports, the ROS 2 domain 7 a free
 one, the lab's host name ``cloud.lab.example`` becomes ``localhost`` (the certificate names loopback too), a command
 that dials the default cloud address (127.0.0.1:7070) is given the scenario's, and placeholders (``flt_...``) become the
-tokens the scenario's own ``devices add`` printed; a learner line that names no ``--train-steps`` trains
-``LEARNER_TRAIN_STEPS`` per version and one that names no ``--batch-size`` batches of ``LEARNER_BATCH_SIZE`` (the
-scenarios check that it publishes, not how well it learned). Servers are checked while they run (listening, what the
-fleet shows, what the store holds), then stopped; one-shot commands must exit 0 (or with the code the README gives)
-and have done what the README says.
+tokens the scenario's own ``devices add`` printed; a learner (or a cloud that runs one) that names no
+``--train-steps`` trains ``LEARNER_TRAIN_STEPS`` per version, and without ``--batch-size`` on batches of
+``LEARNER_BATCH_SIZE`` (the scenarios check that it publishes, not how well it learned). Servers are checked while
+they run (listening, what the fleet shows, what the store holds), then stopped; one-shot commands must exit 0 (or with
+the code the README gives) and have done what the README says.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ LEARNER_TRAIN_STEPS = 100
 # ~40 s of a core on batches of 256 drawn from the scenario's ~80 recorded steps.
 LEARNER_BATCH_SIZE = 64
 LEARNER_LINE = re.compile(r"(\S+=\S+ )*(fleetloop learner|torchrun .*-m fleetloop\.distributed_learner)\b")
+CLOUD_LINE = re.compile(r"(\S+=\S+ )*fleetloop cloud\b")
 
 ACT_JSON = """echo '{"chunk_size": 10, "n_action_steps": 10, "dim_model": 64, "dim_feedforward": 128}' > act.json"""
 
@@ -103,9 +104,10 @@ class Shell:
             text += f" --cloud {self.target}"
         if re.match(r"fleetloop cloud\b", text) and "--port" not in text:
             text += f" --port {self.port}"
-        if LEARNER_LINE.match(text) and "--train-steps" not in text:
+        learns = LEARNER_LINE.match(text) or (CLOUD_LINE.match(text) and "--no-learner" not in text)
+        if learns and "--train-steps" not in text:
             text += f" --train-steps {LEARNER_TRAIN_STEPS}"
-        if LEARNER_LINE.match(text) and "--batch-size" not in text:
+        if learns and "--batch-size" not in text:
             text += f" --batch-size {LEARNER_BATCH_SIZE}"
         return text
 
@@ -451,14 +453,9 @@ def test_policy_commands(shell: Shell) -> None:
     """A bf16 cloud pushes half-size updates; policy list and rollback; pusht carts run remote and lerobot-preloaded;
     the store's episodes go out as a LeRobotDataset and come back as offline demonstrations."""
     root = shell.cwd / "fleetloop-data"
-    # Its learner publishes a version every 2 finished episodes instead of 5 (v4 after 8 episodes of the Panda, not 17)
-    # trained LEARNER_TRAIN_STEPS steps: this scenario reads the updates' sizes, the list and a rollback, not what the
-    # versions learned.
-    shell.start(
-        "fleetloop cloud --wire-dtype bfloat16",
-        "cloud",
-        extra=f"--round-episodes 2 --train-steps {LEARNER_TRAIN_STEPS}",
-    )
+    # Its learner publishes a version every 2 finished episodes instead of 5 (v4 after 8 episodes of the Panda, not 17):
+    # this scenario reads the updates' sizes, the list and a rollback, not what the versions learned.
+    shell.start("fleetloop cloud --wire-dtype bfloat16", "cloud", extra="--round-episodes 2")
     shell.wait_log("cloud", r"gateway listening on")
     shell.start(PANDA_EDGE, "robot-1")
     # The carts come and go while the Panda's learner publishes its first versions.
