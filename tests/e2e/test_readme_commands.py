@@ -551,7 +551,9 @@ def test_lab_policy_commands(shell: Shell) -> None:
     shell.wait_log("cloud", r"gateway listening on")
     shell.start(PANDA_EDGE, "robot-1")
     shell.wait_log("robot-1", r"switched to policy panda_pick_cube v1", timeout_s=120)
-    shell.start("fleetloop learner --root fleetloop-data --init panda_pick_cube=registry --train-steps 200", "learner")
+    # It resumes from the published v1 and trains once 2 more episodes have finished instead of 5 (~6 s sooner).
+    line = "fleetloop learner --root fleetloop-data --init panda_pick_cube=registry --train-steps 200"
+    shell.start(line, "learner", extra="--round-episodes 2")
     shell.wait_log("learner", r"published panda_pick_cube v2: hg-dagger \(lerobot act\) from panda_pick_cube v1", 300)
     shell.stop("learner")
     shell.start(
