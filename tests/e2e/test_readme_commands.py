@@ -38,8 +38,9 @@ from tests.e2e.x_display import press, x_display
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
-# A learner line that names no --train-steps trains this many per version instead of the default 1500 (SAC's take
-# ~25 s of a core here): the scenarios check that each command publishes a version, not how well it learned.
+# A learner line (or a cloud line that runs the learner) that names no --train-steps trains this many per version
+# instead of the default 1500 (SAC's take ~25 s of a core here): the scenarios check that each command publishes a
+# version, not how well it learned.
 LEARNER_TRAIN_STEPS = 100
 # and batches of this many steps instead of 256: the README's ACT (8 heads, 4+4 encoder layers) trains its 200 steps in
 # ~40 s of a core on batches of 256 drawn from the scenario's ~80 recorded steps.
