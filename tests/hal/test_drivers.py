@@ -31,7 +31,8 @@ def test_a_real_arm_s_come_from_its_config_without_opening_its_port() -> None:
 def test_a_ros2_robot_s_come_from_its_yaml_and_bad_names_are_refused() -> None:
     capabilities = driver_capabilities(f"ros2:{LAUNCH}/ros2/panda_sim.yaml")
     assert capabilities.action.shape == (4,) and {s.name for s in capabilities.observation} == {"state", "joints"}
-    with pytest.raises(ValueError, match="unknown sim task 'nope'; available: panda_pick_cube, point_reach, pusht"):
+    known = "panda_pick_cube, panda_pick_cube_camera, point_reach, pusht"
+    with pytest.raises(ValueError, match=f"unknown sim task 'nope'; available: {known}"):
         driver_capabilities("sim:nope")
     with pytest.raises(ValueError, match="unknown driver 'usb'"):
         driver_capabilities("usb:/dev/ttyACM0")
