@@ -147,10 +147,10 @@ class Algorithm[Trainable](ABC):
         hook = self.on_step
         return lambda step: hook(dataset, step, modules)
 
-    @staticmethod
-    def has_new_rows(sampler: Sampler, job: RoundJob) -> bool:
-        """Whether the round draws a row past those the last round saw (committed rows only grow: later is new)."""
-        return bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows
+    def has_new_rows(self, sampler: Sampler, job: RoundJob) -> bool:
+        """Whether the round draws a row past those the last round saw (committed rows only grow: later is new);
+        always under the synchronous schedule, whose robots wait for a version every round."""
+        return self.config.synchronous or (bool(sampler.rows.size) and int(sampler.rows[-1]) >= job.trained_rows)
 
     @staticmethod
     def round_metrics(

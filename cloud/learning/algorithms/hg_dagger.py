@@ -74,6 +74,15 @@ class PolicyRounds(Algorithm[TrainedPolicy]):
         return SavedState(trainable.policy, trainable.optimizer, origin=trainable.origin)
 
 
+def _architecture(base: Policy, rank: int) -> tuple[str, dict]:
+    """The type and config of what a fresh round trains: ``base`` itself, or (``rank`` > 0: only the adapters train,
+    the starting weights stay as they came) LoRA around it; described without building the adapted copy."""
+    if not rank:
+        return base.type_name, base.config_dict()
+    lora = LoraConfig(base_type=base.type_name, base_config=base.config_dict(), rank=rank)
+    return LoraPolicy.type_name, lora.as_dict()
+
+
 class HGDagger(PolicyRounds):
     name = "hg-dagger"
     trains_on = TRAINS_ON["hg-dagger"]
@@ -87,7 +96,7 @@ class HGDagger(PolicyRounds):
         sampler = self.sampler(table, self.config.sampler.ratios_for(job.dataset), job.current_version)
         if sampler.size < 2:
             return None
-        if not self.config.synchronous and not self.has_new_rows(sampler, job):
+        if not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
         try:
             init = self.init.for_round(job.dataset, schema) if self.init is not None else None
@@ -105,15 +114,8 @@ class HGDagger(PolicyRounds):
             fresh = policy_for_schema(schema, self.config.hidden, chunk, policy_type, fields) if init is None else None
             base = fresh if fresh is not None else init.policy  # fine-tuned with the normalization it came with
             rank = self.config.adapter_rank_for(job.dataset) if init is not None else 0
-            # What a fresh round would train: the base itself, or (only the adapters train, the starting weights
-            # stay as they came) LoRA around it; described without building the adapted copy a warm round skips.
-            if rank:
-                lora = LoraConfig(base_type=base.type_name, base_config=base.config_dict(), rank=rank)
-                architecture = (LoraPolicy.type_name, lora.as_dict())
-            else:
-                architecture = (base.type_name, base.config_dict())
             origin = init.label if init is not None else ""
-            warm = self.continues(trainable, architecture, origin)
+            warm = self.continues(trainable, _architecture(base, rank), origin)
             if warm is not None:  # a warm round: new batches, not the last round's again
                 seed += 1 + job.current_version
                 torch.manual_seed(seed)

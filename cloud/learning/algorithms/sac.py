@@ -56,7 +56,7 @@ class SAC(Algorithm[SACAgent]):
         sampler = self.sampler(table, ratios, job.current_version, eligible=table.has_transition())
         if sampler.size < 2:
             return None
-        if not self.config.synchronous and not self.has_new_rows(sampler, job):
+        if not self.has_new_rows(sampler, job):
             return NothingNew(table.rows)
         data, large = _transitions(table, sampler, obs_names)
         streamed = self.streamed(table, large)
