@@ -136,7 +136,6 @@ class EdgeAgent:
         self._drive_lock = threading.Lock()  # an emergency stop from the tunnel thread never interleaves with apply
         self._held_for = ""  # why the robot holds still now; "" while it moves
         self._version_episodes = (0, 0)  # (version, episodes ended with it): the synchronous schedule's count
-        self._awaits_after: int | None = None  # the synchronous schedule holds until a version newer than this
         linked = operator if isinstance(operator, CloudLinked) else None  # a takeover page's people
         self.outcome: OutcomeWorker | None = None  # the reward classifier that ends episodes it judges succeeded
         self._judged: dict[str, np.ndarray] | None = None  # the last observation handed to it
@@ -247,15 +246,14 @@ class EdgeAgent:
         if self._estop.is_set() or self._hold_reason:
             self._hold(self._hold_reason or "emergency stop")
             return True
-        if self._awaits_after is not None:
-            if self.runtime.version <= self._awaits_after:
-                self._hold(
-                    f"{self.config.episodes_per_version} episodes with v{self._awaits_after} done; waiting for the "
-                    "learner's next version (synchronous schedule)",
-                    logging.INFO,
-                )
-                return True
-            self._awaits_after = None
+        quota = self.config.episodes_per_version
+        held, count = self._version_episodes
+        if quota and count >= quota and self.runtime.version <= held:  # the synchronous schedule's wait
+            self._hold(
+                f"{quota} episodes with v{held} done; waiting for the learner's next version (synchronous schedule)",
+                logging.INFO,
+            )
+            return True
         if self.recorder.full:  # a flag the spool writer sets: no disk access here
             size_mb = self.recorder.max_spool_bytes / (1 << 20)
             self._hold(f"spool full ({size_mb:.3g} MB): robot holds until the cloud acks")
@@ -464,15 +462,10 @@ class EdgeAgent:
         )
 
     def _count_for_schedule(self, version: int) -> None:
-        """The synchronous schedule: once ``episodes_per_version`` episodes ended with ``version``, the next one
-        waits for a newer version (``_must_hold``)."""
-        if not self.config.episodes_per_version:
-            return
+        """The synchronous schedule's count: once ``episodes_per_version`` episodes ended with ``version``, the next
+        one waits for a newer version (``_must_hold``)."""
         held, count = self._version_episodes
-        count = count + 1 if version == held else 1
-        self._version_episodes = (version, count)
-        if count >= self.config.episodes_per_version:
-            self._awaits_after = version
+        self._version_episodes = (version, count + 1 if version == held else 1)
 
     def stop(self) -> None:
         self.stop_event.set()
