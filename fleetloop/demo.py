@@ -64,6 +64,12 @@ class DemoConfig(CodeConfig):
         """The synchronous schedule's episodes per robot and version: its share of ``round_episodes``, rounded up."""
         return -(-self.round_episodes // self.robots)
 
+    def schedule_said(self) -> str:
+        """The schedule in the operator's words, for the demo's first line."""
+        if self.schedule == "async":
+            return "asynchronous: the robots never stop for the learner"
+        return f"synchronous: each robot runs {self.episodes_per_robot} episodes per version, then holds for the next"
+
     def learner_args(self) -> list[str]:
         args = ["--learner-seed", str(self.seed)] + ([] if self.warm_start else ["--no-warm-start"])
         if self.task == "panda_pick_cube_camera":
@@ -214,15 +220,10 @@ def run_demo(config: DemoConfig) -> int:
     phone_port = _pick_port(7071)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
     console = table_console()
-    schedule = (
-        "asynchronous: the robots never stop for the learner"
-        if config.schedule == "async"
-        else f"synchronous: each robot runs {config.episodes_per_robot} episodes per version, then holds for the next"
-    )
     console.print(
         f"[bold]fleetloop demo[/] in {run_dir}: cloud on 127.0.0.1:{port}, {config.robots} robots "
-        f"({config.task}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each, {schedule}; "
-        f"logs in {logs}. The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
+        f"({config.task}, {config.control_hz:.0f} Hz, seed {config.seed}), a scripted operator on each, "
+        f"{config.schedule_said()}; logs in {logs}. The fleet: fleetloop fleet --watch --cloud 127.0.0.1:{port}"
     )
     cli = [sys.executable, "-m", "fleetloop.cli"]
     processes: list[subprocess.Popen] = []
