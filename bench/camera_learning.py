@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import Result
-from bench.fleet_learning import run_demo
+from bench.fleet_learning import seconds_to_target
 
 TARGET = 0.6
 TASKS = {"camera": "panda_pick_cube_camera", "state": "panda_pick_cube"}
@@ -33,16 +33,10 @@ def measure(
     for seed in seeds:
         for kind, task in TASKS.items():
             say(f"camera-learning: {task}, {robots} robots, seed {seed}, until rolling success {TARGET}")
-            learning = run_demo(workdir, robots, seed, minutes, task=task, target=TARGET)
-            reached = learning["reached_at_s"]
-            missed[kind] += reached is None
-            times[kind].append((reached if reached is not None else minutes * 60) / 60)
+            learning, seconds = seconds_to_target(workdir, robots, seed, minutes, say, task=task, target=TARGET)
+            missed[kind] += learning["reached_at_s"] is None
+            times[kind].append(seconds / 60)
             episodes[kind].append(learning["reached_at_episode"] or learning["episodes"])
-            say(
-                f"  reached {TARGET} after {learning['reached_at_episode']} episodes, {reached} s"
-                if reached is not None
-                else f"  not reached in {minutes} min ({learning['episodes']} episodes)"
-            )
     median = {k: statistics.median(t) for k, t in times.items()}
     spread = {k: f"{min(t):.1f}-{max(t):.1f} min" for k, t in times.items()}
     return [

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.common import HIGHER, LOWER, Result
 
@@ -55,6 +56,21 @@ def run_demo(
     return learning
 
 
+def seconds_to_target(
+    workdir: Path, robots: int, seed: int, minutes: float, say: Callable[[str], None], **settings: Any
+) -> tuple[dict, float]:
+    """One run (``run_demo`` with ``settings``) and its seconds to the target, counted at the run's full length
+    (censored) when it did not reach it; says which."""
+    learning = run_demo(workdir, robots, seed, minutes, **settings)
+    reached = learning["reached_at_s"]
+    say(
+        f"  reached {learning['target']} after {learning['reached_at_episode']} episodes, {reached} s"
+        if reached is not None
+        else f"  not reached in {minutes:g} min ({learning['episodes']} episodes)"
+    )
+    return learning, reached if reached is not None else minutes * 60
+
+
 def _spread(values: Sequence[float]) -> str:
     return f"{min(values):.0f}-{max(values):.0f}"
 
@@ -67,21 +83,13 @@ def measure(
     say: Callable[[str], None] = print,
 ) -> list[Result]:
     runs: dict[int, list[dict]] = {}
+    times: dict[int, list[float]] = {}
     for robots in robot_counts:
         for seed in seeds:
             say(f"fleet-learning: {robots} robot(s), seed {seed}")
-            learning = run_demo(workdir, robots, seed, minutes)
+            learning, seconds = seconds_to_target(workdir, robots, seed, minutes, say)
             runs.setdefault(robots, []).append(learning)
-            reached = learning["reached_at_s"]
-            say(
-                f"  reached {learning['target']} after {learning['reached_at_episode']} episodes, {reached} s"
-                if reached is not None
-                else f"  not reached in {minutes} min ({learning['episodes']} episodes)"
-            )
-    censored_s = minutes * 60
-    times = {
-        n: [r["reached_at_s"] if r["reached_at_s"] is not None else censored_s for r in rs] for n, rs in runs.items()
-    }
+            times.setdefault(robots, []).append(seconds)
     episodes = {n: [r["reached_at_episode"] or r["episodes"] for r in rs] for n, rs in runs.items()}
     missed = {n: sum(1 for r in rs if r["reached_at_s"] is None) for n, rs in runs.items()}
     single = statistics.median(times[robot_counts[0]])

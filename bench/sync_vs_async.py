@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import Result
-from bench.fleet_learning import run_demo
+from bench.fleet_learning import seconds_to_target
 
 SCHEDULES = ("async", "sync")
 # (task, target, minutes before a run counts as not reached)
@@ -40,15 +40,11 @@ def measure(
         for seed in seeds:
             for schedule in SCHEDULES:
                 say(f"sync-vs-async: {task} until {target}, {schedule}, {robots} robots, seed {seed}")
-                learning = run_demo(workdir, robots, seed, minutes, schedule, task=task, target=target)
-                reached = learning["reached_at_s"]
-                missed[schedule] += reached is None
-                times[schedule].append(reached if reached is not None else minutes * 60)
-                say(
-                    f"  reached {target} after {learning['reached_at_episode']} episodes, {reached} s"
-                    if reached is not None
-                    else f"  not reached in {minutes:g} min ({learning['episodes']} episodes)"
+                learning, seconds = seconds_to_target(
+                    workdir, robots, seed, minutes, say, schedule=schedule, task=task, target=target
                 )
+                missed[schedule] += learning["reached_at_s"] is None
+                times[schedule].append(seconds)
         per_seed = ", ".join(f"{s / a:.2f}" for s, a in zip(times["sync"], times["async"], strict=True))
         median = {s: statistics.median(t) for s, t in times.items()}
         spread = {s: f"{min(t):.0f}-{max(t):.0f} s" for s, t in times.items()}
