@@ -12,7 +12,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -128,30 +128,29 @@ def _observe_pusht(obs: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
+_PANDA = SimTask(
+    make_env=_make_panda_pick_cube,
+    observation=(ArraySpec("state", "float32", (21,)),),
+    # [dx, dy, dz] in units of 2.5 cm, gripper 0 open / 1 stay / 2 close.
+    action=ArraySpec("action", "float32", (4,), low=(-1.0, -1.0, -1.0, 0.0), high=(1.0, 1.0, 1.0, 2.0)),
+    cameras=(),
+    observe=_observe_panda,
+    success=lambda info: bool(info.get("succeed", False)),
+    uses_global_rng=True,
+    action_names=("x", "y", "z", "gripper"),
+)
+
 SIM_TASKS: dict[str, SimTask] = {
-    "panda_pick_cube": SimTask(
-        make_env=_make_panda_pick_cube,
-        observation=(ArraySpec("state", "float32", (21,)),),
-        # [dx, dy, dz] in units of 2.5 cm, gripper 0 open / 1 stay / 2 close.
-        action=ArraySpec("action", "float32", (4,), low=(-1.0, -1.0, -1.0, 0.0), high=(1.0, 1.0, 1.0, 2.0)),
-        cameras=(),
-        observe=_observe_panda,
-        success=lambda info: bool(info.get("succeed", False)),
-        uses_global_rng=True,
-        action_names=("x", "y", "z", "gripper"),
-    ),
-    "panda_pick_cube_camera": SimTask(
-        make_env=_make_panda_pick_cube,
+    "panda_pick_cube": _PANDA,
+    # The same Panda, seeing the cube only through its camera.
+    "panda_pick_cube_camera": replace(
+        _PANDA,
         observation=(
             ArraySpec("state", "float32", (18,)),
             ArraySpec("camera", "uint8", (CAMERA_SIDE, CAMERA_SIDE, 3), low=(0.0,), high=(255.0,)),
         ),
-        action=ArraySpec("action", "float32", (4,), low=(-1.0, -1.0, -1.0, 0.0), high=(1.0, 1.0, 1.0, 2.0)),
         cameras=("camera",),
         observe=_observe_panda_camera,
-        success=lambda info: bool(info.get("succeed", False)),
-        uses_global_rng=True,
-        action_names=("x", "y", "z", "gripper"),
     ),
     "pusht": SimTask(
         make_env=_make_pusht,
