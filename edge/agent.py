@@ -39,7 +39,7 @@ from edge.tunnel_client import TunnelClient, TunnelConfig
 from hal.config import CodeConfig
 from hal.resource import Driver, EmergencyStoppable, ResourceInfo, Transition, clamp_action
 from protocol import tunnel_pb2 as pb
-from protocol.limits import WAITING_FOR_RESET
+from protocol.limits import WAITING_FOR_RESET, WAITING_FOR_VERSION
 from protocol.sanitize import printable
 from protocol.steps import MAX_ID_LENGTH
 
@@ -253,6 +253,8 @@ class EdgeAgent:
                 f"{quota} episodes with v{held} done; waiting for the learner's next version (synchronous schedule)",
                 logging.INFO,
             )
+            if self.tunnel.waiting_for != WAITING_FOR_VERSION:  # the fleet view shows it
+                self.tunnel.report_waiting(WAITING_FOR_VERSION)
             return True
         if self.recorder.full:  # a flag the spool writer sets: no disk access here
             size_mb = self.recorder.max_spool_bytes / (1 << 20)
@@ -284,6 +286,8 @@ class EdgeAgent:
         if self._held_for:
             log.info("%s moves again", self.resource.id)
             self._held_for = ""
+            if self.tunnel.waiting_for == WAITING_FOR_VERSION:
+                self.tunnel.report_waiting("")
         if self._ending is not None:  # a person ended the episode: this step is its last, with their label
             self._label, self._ending = self._ending, None
             outcome = self._label.outcome
@@ -392,6 +396,7 @@ class EdgeAgent:
     def _start_episode(self) -> dict[str, np.ndarray]:
         if self.scene is not None and self.scene.waiting:
             self.scene.finish()
+        if self.tunnel.waiting_for:
             self.tunnel.report_waiting("")
         self._episode_id = uuid.uuid4().hex
         self._seq = 0

@@ -23,6 +23,7 @@ STATE_STYLE = {
     "paused": "yellow",
     "draining": "yellow",
     "waiting for reset": "yellow",
+    "waiting for a new version": "yellow",
     "lost": "red",
     "faulted": "red",
 }

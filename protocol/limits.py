@@ -32,7 +32,9 @@ MAX_CONTROL_MESSAGE_BYTES = 4096
 
 # What an edge may say it waits for in its heartbeats (``Heartbeat.state``): "" while it simply works.
 WAITING_FOR_RESET = "waiting for reset"  # an episode ended; a person (or a topic, or a timeout) says the scene is reset
-EDGE_STATES = ("", WAITING_FOR_RESET)
+# the synchronous schedule's robot ran its episodes with this version; it holds until the learner pushes the next
+WAITING_FOR_VERSION = "waiting for a new version"
+EDGE_STATES = ("", WAITING_FOR_RESET, WAITING_FOR_VERSION)
 
 # Names that become paths: dataset (the embodiment), columns (obs.<name>) and policy directories.
 STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

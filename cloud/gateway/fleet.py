@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hal.resource import ResourceInfo
-from protocol.limits import WAITING_FOR_RESET
+from protocol.limits import WAITING_FOR_RESET, WAITING_FOR_VERSION
 
 log = logging.getLogger("fleetloop.fleet")
 
@@ -30,6 +30,15 @@ class State(StrEnum):
     STOPPED = "stopped"  # its task taken away by the operator; holds, takes no task until resumed
     EMERGENCY_STOPPED = "e-stopped"  # latched at the robot until the operator releases it
     WAITING_FOR_RESET = WAITING_FOR_RESET  # its episode ended; it holds until a person says the scene is reset
+    WAITING_FOR_VERSION = WAITING_FOR_VERSION  # synchronous schedule: its episodes with this version ran; it holds
+
+
+# What an edge's heartbeat may say it waits for, the state it is then in, and what the log says when it does.
+WAITS = {
+    WAITING_FOR_RESET: (State.WAITING_FOR_RESET, "waits for its scene to be reset"),
+    WAITING_FOR_VERSION: (State.WAITING_FOR_VERSION, "waits for the learner's next version (synchronous schedule)"),
+}
+WAITING_STATES = tuple(state for state, _ in WAITS.values())
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ class FleetScheduler:
         for member in self.members.values():
             if member.task and new.get(member.task) != self.tasks.get(member.task):
                 self._release(member)
-                if member.state in (State.ASSIGNED, State.RUNNING, State.WAITING_FOR_RESET):
+                if member.state in (State.ASSIGNED, State.RUNNING, *WAITING_STATES):
                     member.state = State.IDLE
         self.tasks = new
         self.schedule()
@@ -168,18 +177,22 @@ class FleetScheduler:
             member.state = State.RUNNING
 
     def reported(self, resource_id: str, waiting_for: str, backlog: Backlog | None = None) -> None:
-        """What the edge says it waits for (every heartbeat): WAITING_FOR_RESET, or "" while it simply works; and
-        its upload backlog."""
+        """What the edge says it waits for (every heartbeat): one of ``WAITS``, or "" while it simply works; and its
+        upload backlog."""
         member = self.members.get(resource_id)
         if member is None:
             return
         if backlog is not None:
             member.backlog = backlog
-        if waiting_for == WAITING_FOR_RESET and member.state in (State.ASSIGNED, State.RUNNING):
-            log.info("%s waits for its scene to be reset", resource_id)
-            member.state = State.WAITING_FOR_RESET
-        elif not waiting_for and member.state == State.WAITING_FOR_RESET:
-            log.info("%s: the scene is reset; it works again", resource_id)
+        if waiting_for in WAITS and member.state in (State.ASSIGNED, State.RUNNING):
+            member.state, said = WAITS[waiting_for]
+            log.info("%s %s", resource_id, said)
+        elif not waiting_for and member.state in WAITING_STATES:
+            log.info(
+                "%s: %s; it works again",
+                resource_id,
+                "the scene is reset" if member.state == State.WAITING_FOR_RESET else "a new version came",
+            )
             member.state = State.RUNNING
 
     def disconnected(self, resource_id: str) -> None:

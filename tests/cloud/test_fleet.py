@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from cloud.gateway.fleet import Backlog, FleetScheduler, Requirements, State, Task
@@ -161,6 +163,21 @@ def test_a_robot_waiting_for_its_scene_shows_so_until_it_works_again(fleet) -> N
     scheduler.check()
     scheduler.reported("arm-1", "waiting for reset")  # lost: no word from the edge changes that
     assert member.state == State.LOST
+
+
+def test_a_robot_held_by_the_synchronous_schedule_shows_so_until_the_next_version_moves_it(fleet, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    scheduler, _, _ = fleet
+    scheduler.register(robot("arm-1"))
+    scheduler.seen("arm-1", steps=5)
+    scheduler.reported("arm-1", "waiting for a new version")
+    member = scheduler.members["arm-1"]
+    assert member.state == State.WAITING_FOR_VERSION == "waiting for a new version" and member.task == "pick"
+    assert "arm-1 waits for the learner's next version (synchronous schedule)" in caplog.text
+    scheduler.schedule()  # it keeps its task while it waits
+    assert member.task == "pick"
+    scheduler.reported("arm-1", "")
+    assert member.state == State.RUNNING and "arm-1: a new version came; it works again" in caplog.text
 
 
 def test_a_resource_takes_only_tasks_it_is_allowed_and_replaced_tasks_are_handed_out_again() -> None:

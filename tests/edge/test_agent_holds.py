@@ -18,6 +18,7 @@ from policies.factory import make_policy
 from policies.weights import policy_to_bytes
 from protocol import tunnel_pb2 as pb
 from protocol import tunnel_pb2_grpc as pb_grpc
+from protocol.limits import WAITING_FOR_VERSION
 from tests.e2e.fleet import free_port
 
 
@@ -137,7 +138,9 @@ def test_the_synchronous_schedule_holds_between_episodes_until_the_next_version(
         ticks = agent.stats.ticks
         time.sleep(0.5)  # 50 ticks: two more episodes' worth, had it not held
         assert (agent.stats.episodes, agent.stats.ticks) == (2, ticks) == (2, 40) and robot.holding
+        assert agent.tunnel.waiting_for == WAITING_FOR_VERSION  # every heartbeat says so: the fleet view shows it
         agent.runtime.load("p", 2, weights)
+        wait_for(lambda: agent.tunnel.waiting_for == "", 10)  # it moves again, and says so
         wait_for(lambda: "2 episodes with v2 done" in caplog.text, 10)
         after_hold = caplog.text.split("2 episodes with v1 done")[1]
         assert agent.stats.episodes == 4 and after_hold.count("arm moves again") == 1
