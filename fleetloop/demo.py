@@ -53,6 +53,9 @@ class DemoConfig(CodeConfig):
     target_success: Annotated[float, Field(ge=0, le=1)] = 0.8
     seed: Annotated[int, Field(ge=0)] = 0  # the robots' (cube placements, operator) and the learner's
     warm_start: bool = True  # off: every version trains from a fresh policy (the learner's --no-warm-start)
+    # the learner's policy chooses the gripper command among 0 open / 1 stay / 2 close (``action_levels``) instead of
+    # regressing it, which averages open and close into a half-closed dither near the grasp
+    gripper_choice: bool = True
     stop_at_target: bool = True  # off: run the whole time, to see whether a skill once learned stays learned
     # async: the robots never stop; the learner trains between versions and publishes every round_episodes.
     # sync (to compare): each robot runs its share of round_episodes with a version, then holds until the next.
@@ -70,8 +73,13 @@ class DemoConfig(CodeConfig):
             return "asynchronous: the robots never stop for the learner"
         return f"synchronous: each robot runs {self.episodes_per_robot} episodes per version, then holds for the next"
 
-    def learner_args(self) -> list[str]:
+    def learner_args(self, run_dir: Path) -> list[str]:
         args = ["--learner-seed", str(self.seed)] + ([] if self.warm_start else ["--no-warm-start"])
+        if self.gripper_choice:  # the Panda's action: x, y, z, then the gripper's choice
+            policy = run_dir / "policy.json"
+            policy.write_text(json.dumps({"action_levels": [[], [], [], [0, 1, 2]]}))
+            kind = "cnn" if self.task == "panda_pick_cube_camera" else "mlp"
+            args += ["--policy", f"{self.task}={kind}", "--policy-config", f"{self.task}={policy}"]
         if self.task == "panda_pick_cube_camera":
             # The CNN's gradient step costs ~4x the MLP's at batch 256 on one core: smaller batches and versions
             # keep a version following its episodes within seconds on 2 cores.
@@ -236,7 +244,16 @@ def run_demo(config: DemoConfig) -> int:
 
     cloud = start(
         "cloud",
-        ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port), *config.learner_args()],
+        [
+            "cloud",
+            "--root",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--phone-port",
+            str(phone_port),
+            *config.learner_args(run_dir),
+        ],
     )
     try:
         _wait_for_port(port, cloud)

@@ -16,6 +16,7 @@ from policies.base import Policy, PolicyConfig, Width
 MIN_STD = 1e-2
 # Bounds on what a config may ask for, so that one read from a weights file cannot build something huge.
 MAX_DIM, MAX_STATE, MAX_IMAGE_CHANNELS, MAX_CHUNK, MAX_LAYERS = 1 << 16, 1 << 16, 64, 1000, 16
+MAX_LEVELS = 16  # choices of one discrete action entry
 _KINDS = {"any": "", "state": "non-image ", "image": "uint8 (H, W, C) image "}  # as a config's ``needs`` says
 
 
@@ -42,6 +43,15 @@ class ObservationSpec(ConfigModel):
 
 
 Hidden = Annotated[Items[Width], Field(max_length=MAX_LAYERS)]
+Levels = Annotated[Items[float], Field(max_length=MAX_LEVELS)]
+
+
+def _check_levels(levels: tuple[tuple[float, ...], ...], action_dim: int) -> None:
+    if levels and len(levels) != action_dim:
+        raise invalid(f"one entry per action entry ({action_dim}), got {len(levels)}", "action_levels")
+    for i, entry in enumerate(levels):
+        if entry and (len(entry) < 2 or any(b <= a for a, b in zip(entry, entry[1:], strict=False))):
+            raise invalid(f"[] or at least two increasing values, got {list(entry)}", "action_levels", i)
 
 
 class NormalizedConfig(PolicyConfig):
@@ -51,6 +61,9 @@ class NormalizedConfig(PolicyConfig):
     action_dim: Width
     chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK)] = 1
     hidden: Hidden = (256, 256)
+    # Per action entry: [] (a continuous value, regressed) or the values it takes (a choice, classified), e.g. a
+    # gripper's 0 open / 1 stay / 2 close: regression would average open and close into a half-closed dither.
+    action_levels: Annotated[Items[Levels], Field(max_length=MAX_DIM)] = ()
     needs: ClassVar[Literal["any", "state", "image"]] = "any"  # the kind of observation it cannot do without
 
     @model_validator(mode="after")
@@ -64,6 +77,7 @@ class NormalizedConfig(PolicyConfig):
             if self.observation[name].shape[2] > MAX_IMAGE_CHANNELS:
                 why = f"an image has at most {MAX_IMAGE_CHANNELS} channels, got {self.observation[name].shape[2]}"
                 raise invalid(why, "observation", name, "shape", 2)
+        _check_levels(self.action_levels, self.action_dim)
         return self
 
     def _is_image(self, name: str) -> bool:
@@ -117,6 +131,10 @@ class NormalizedPolicy(Policy):
         self.register_buffer("state_std", torch.ones(self.state_dim))
         self.register_buffer("action_mean", torch.zeros(self.action_dim))
         self.register_buffer("action_std", torch.ones(self.action_dim))
+        levels = config.action_levels or ((),) * self.action_dim
+        self.continuous = [i for i, entry in enumerate(levels) if not entry]
+        # plain values, not tensors: a policy loaded from weights is built on the meta device first
+        self.choices = [(i, tuple(entry)) for i, entry in enumerate(levels) if entry]
         self.encoders = self.image_encoders()
         self.feature_dim = self.state_dim + sum(encoder.out.out_features for encoder in self.encoders.values())
         self.add_module(self.head_name, mlp([self.feature_dim, *config.hidden, self.head_outputs()]))
@@ -126,7 +144,8 @@ class NormalizedPolicy(Policy):
         return nn.ModuleDict()
 
     def head_outputs(self) -> int:
-        return self.chunk_size * self.action_dim
+        """Per predicted step: one value per continuous action entry, one logit per level of each discrete one."""
+        return self.chunk_size * (len(self.continuous) + sum(len(levels) for _, levels in self.choices))
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.as_dict()
@@ -156,10 +175,28 @@ class NormalizedPolicy(Policy):
             parts.append(state)
         return torch.cat(parts, dim=-1)
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Normalized action chunks, (B, chunk_size, action_dim)."""
+    def head_output(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         head = getattr(self, self.head_name)
-        return head(self.features(batch)).reshape(-1, self.chunk_size, self.action_dim)
+        return head(self.features(batch)).reshape(len(next(iter(batch.values()))), self.chunk_size, -1)
+
+    def split_output(self, raw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The head's output -> (normalized continuous entries (B, chunk, C), each discrete entry's logits)."""
+        parts = [len(self.continuous), *(len(levels) for _, levels in self.choices)]
+        values, *logits = torch.split(raw, parts, dim=-1)
+        return values, logits
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized action chunks, (B, chunk_size, action_dim); a discrete entry is its likeliest level."""
+        raw = self.head_output(batch)
+        if not self.choices:
+            return raw
+        values, logits = self.split_output(raw)
+        actions = raw.new_zeros((*raw.shape[:2], self.action_dim))
+        actions[..., self.continuous] = values
+        for (i, levels), entry_logits in zip(self.choices, logits, strict=True):
+            chosen = torch.tensor(levels, device=raw.device)[entry_logits.argmax(dim=-1)]
+            actions[..., i] = (chosen - self.action_mean[i]) / self.action_std[i]
+        return actions
 
     @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -179,8 +216,20 @@ class NormalizedPolicy(Policy):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["action"].float().reshape(-1, self.chunk_size, self.action_dim)
-        target = (target - self.action_mean) / self.action_std
-        return ((self.predict(batch) - target) ** 2).mean(dim=(1, 2))
+        if not self.choices:
+            target = (target - self.action_mean) / self.action_std
+            return ((self.head_output(batch) - target) ** 2).mean(dim=(1, 2))
+        # Squared error on the continuous entries, cross-entropy on the discrete ones (target: the nearest level),
+        # summed per step and averaged over the action entries.
+        values, logits = self.split_output(self.head_output(batch))
+        continuous = self.continuous
+        normalized = (target[..., continuous] - self.action_mean[continuous]) / self.action_std[continuous]
+        total = ((values - normalized) ** 2).sum(dim=-1)
+        for (i, levels), entry_logits in zip(self.choices, logits, strict=True):
+            nearest = (target[..., i, None] - torch.tensor(levels, device=target.device)).abs().argmin(dim=-1)
+            flat = nn.functional.cross_entropy(entry_logits.flatten(0, 1), nearest.flatten(), reduction="none")
+            total = total + flat.reshape(nearest.shape)
+        return (total / self.action_dim).mean(dim=1)
 
 
 class MLPConfig(NormalizedConfig):

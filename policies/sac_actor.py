@@ -42,6 +42,8 @@ class SACActorConfig(CameraConfig):
     def _fits_sac(self) -> SACActorConfig:
         if self.chunk_size != 1:
             raise invalid(f"must be 1, got {self.chunk_size}", "chunk_size")
+        if any(self.action_levels):
+            raise invalid("SAC's actor draws continuous actions: no discrete levels", "action_levels")
         for key in ("action_low", "action_high"):
             if len(getattr(self, key)) != self.action_dim:
                 raise invalid(f"expected {self.action_dim} values, got {list(getattr(self, key))}", key)

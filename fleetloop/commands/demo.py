@@ -24,6 +24,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             target_success=args.target,
             warm_start=args.warm_start,
+            gripper_choice=args.gripper_choice,
             stop_at_target=args.stop_at_target,
             schedule=args.schedule,
             round_episodes=args.round_episodes,
@@ -53,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="warm_start",
         action="store_false",
         help="train every version from a fresh policy (the learner's behaviour before warm starts), to compare",
+    )
+    demo.add_argument(
+        "--regressed-gripper",
+        dest="gripper_choice",
+        action="store_false",
+        help="the learner regresses the gripper command like the arm's motion instead of choosing among open, stay "
+        "and close (the policy before choices), to compare",
     )
     demo.add_argument(
         "--no-stop-at-target",

@@ -1,10 +1,12 @@
 import json
+import re
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
+from hal.config import ConfigError
 from policies.cnn import CNNConfig, CNNPolicy
 from policies.factory import POLICY_TYPES, make_policy
 from policies.mlp import MLPConfig, MLPPolicy
@@ -32,6 +34,15 @@ def image_dataset(n: int = 128) -> dict[str, np.ndarray]:
     return {"obs.pixels": pixels, "obs.agent_pos": agent_pos, "action": where.astype(np.float32) * 20}
 
 
+def gripper_dataset(n: int = 512) -> dict[str, np.ndarray]:
+    """A motion that follows the state and a gripper that closes (2) on one side of a line, opens (0) on the
+    other: the states near the line are where a regressed gripper lands in between."""
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(n, 6)).astype(np.float32)
+    action = np.stack([obs[:, 0], np.where(obs[:, 1] > 0, 2.0, 0.0)], axis=1).astype(np.float32)
+    return {"obs.state": obs, "action": action}
+
+
 def one_observation(dataset: dict[str, np.ndarray], i: int = 0) -> dict[str, np.ndarray]:
     return {k.removeprefix("obs."): v[i] for k, v in dataset.items() if k.startswith("obs.")}
 
@@ -55,6 +66,14 @@ CASES = [
         150,
         id="cnn",
     ),
+    pytest.param(
+        lambda: MLPPolicy(
+            MLPConfig(observation=STATE, action_dim=2, hidden=(64, 64), action_levels=((), (0.0, 1.0, 2.0)))
+        ),
+        gripper_dataset,
+        300,
+        id="mlp-with-a-discrete-entry",
+    ),
 ]
 
 
@@ -77,6 +96,34 @@ def test_action_chunks() -> None:
     assert policy.loss(
         {"obs.state": torch.as_tensor(dataset["obs.state"]), "action": torch.as_tensor(chunks)}
     ).shape == (8,)
+
+
+def test_discrete_action_entries_are_chosen_not_averaged() -> None:
+    torch.manual_seed(0)
+    dataset = gripper_dataset()
+    levels = ((), (0.0, 1.0, 2.0))
+    chosen = MLPPolicy(MLPConfig(observation=STATE, action_dim=2, hidden=(64, 64), action_levels=levels))
+    regressed = MLPPolicy(MLPConfig(observation=STATE, action_dim=2, hidden=(64, 64)))
+    for policy in (chosen, regressed):
+        train_policy(policy, dataset, steps=300, batch_size=64, seed=0)
+    observations = [one_observation(dataset, i) for i in range(200)]
+    gripper = chosen.act_batch(observations)[:, 0, 1]
+    assert set(np.unique(gripper)) <= {0.0, 1.0, 2.0}  # a level, never a value in between
+    assert (gripper == dataset["action"][:200, 1]).mean() > 0.9
+    # the same data regressed leaves some states half-way between open and close
+    assert ((regressed.act_batch(observations)[:, 0, 1] - 1.0).__abs__() < 0.5).any()
+    motion = chosen.act_batch(observations)[:, 0, 0]
+    assert np.abs(motion - dataset["action"][:200, 0]).mean() < 0.2
+    assert chosen.loss({k: torch.as_tensor(v[:5]) for k, v in dataset.items()}).shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "levels,field",
+    [(((), (0.0,)), "action_levels[1]"), (((), (2.0, 1.0)), "action_levels[1]"), (((0.0, 1.0),), "action_levels:")],
+)
+def test_refuses_bad_action_levels(levels, field) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"mlp.{field}")):
+        MLPConfig(observation=STATE, action_dim=2, action_levels=levels)
 
 
 @pytest.mark.parametrize("make,data,steps", CASES)
