@@ -38,7 +38,11 @@ def weights_with_config(type_name: str, config: dict) -> bytes:
 @pytest.mark.parametrize(
     ("type_name", "change", "message"),
     [
-        ("mlp", {"extra": 1}, r"^mlp\.extra: unknown key; known: observation, action_dim, chunk_size, hidden$"),
+        (
+            "mlp",
+            {"extra": 1},
+            r"^mlp\.extra: unknown key; known: observation, action_dim, chunk_size, hidden, action_levels$",
+        ),
         ("mlp", {"action_dim": "2"}, r"^mlp\.action_dim: should be a valid integer, got '2'$"),
         ("mlp", {"hidden": [32, -32]}, r"^mlp\.hidden\[1\]: should be greater than or equal to 1, got -32$"),
         ("mlp", {"hidden": [10**9]}, r"^mlp\.hidden\[0\]: should be less than or equal to 16384, got 1000000000$"),
@@ -128,6 +132,7 @@ def test_config_dicts_keep_their_shape_and_rebuild_the_same_policy() -> None:
         "action_dim": 2,
         "chunk_size": 1,
         "hidden": [8],
+        "action_levels": [],
         "channels": [16, 32, 32],
         "image_features": 64,
         "action_low": [-1.0, 0.0],
@@ -135,11 +140,19 @@ def test_config_dicts_keep_their_shape_and_rebuild_the_same_policy() -> None:
         "explore": False,
     }
     cnn = CNNPolicy(CNNConfig(**CONFIGS["cnn"]))
-    assert set(cnn.config_dict()) == {"observation", "action_dim", "chunk_size", "hidden", "channels", "image_features"}
+    assert set(cnn.config_dict()) == {
+        "observation",
+        "action_dim",
+        "chunk_size",
+        "hidden",
+        "action_levels",
+        "channels",
+        "image_features",
+    }
     lora = LoraPolicy.around(MLPPolicy(MLPConfig(**MLP)), rank=2)
     assert lora.config_dict() == {
         "base_type": "mlp",
-        "base_config": {**MLP, "chunk_size": 1},
+        "base_config": {**MLP, "chunk_size": 1, "action_levels": []},
         "rank": 2,
         "alpha": 16.0,
         "min_features": 16,

@@ -95,7 +95,11 @@ def test_full_snapshot_when_the_architecture_changed_or_the_delta_is_too_big() -
     update = build_update(v3, base=v1)
     assert update.kind == "full"
     policy, _ = apply_update(update.payload, None)
-    np.testing.assert_array_equal(policy.act(observation()), retrained.act(observation()))
+    held, sent = policy.state_dict(), retrained.state_dict()
+    assert held.keys() == sent.keys() and all(torch.equal(held[k], sent[k]) for k in sent)
+    # The same weights, to the last bit; the edge's tensors view the payload in place, and at that alignment the
+    # matrix product may take another SIMD path: the actions agree to float32 rounding.
+    np.testing.assert_allclose(policy.act(observation()), retrained.act(observation()), rtol=1e-6, atol=1e-7)
 
 
 def test_bfloat16_on_the_wire_halves_the_bytes_and_stays_close() -> None:
