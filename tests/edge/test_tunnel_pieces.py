@@ -40,6 +40,10 @@ def signed(version: int) -> bytes:
     return LEARNER.sign(policy_to_bytes(policy), "pick", version)
 
 
+def _padded(data: bytes) -> bool:
+    return data[Layout.parse(data).header_bytes - 1] == ord(" ")
+
+
 def pieces(data: bytes, version: int, sha256_on: str, digest: str = "") -> list[pb.PolicyChunk]:
     """``data`` in 4 KB pieces; its digest (``digest_of`` unless given) on "every" piece, on the "last" only, or on
     "none"."""
@@ -89,7 +93,10 @@ def test_a_version_changed_on_the_way_fails_its_digest(edge, where: str, recorde
     """A byte changed after the digest was taken, in a tensor or in the header's padding (which the signature does
     not cover: a tab for a space leaves the same JSON), is refused before anything is loaded."""
     tunnel, got = edge
-    data = signed(2)
+    # a version whose header needs padding (a header that happens to end on 8 bytes has none): its number's digits
+    # change the header's length
+    version = next(v for v in (2, 10, 100, 1000, 10**4, 10**5, 10**6, 10**7) if _padded(signed(v)))
+    data = signed(version)
     digest = digest_of(data) if recorded == "tensors" else hashlib.sha256(data).hexdigest()
     changed = bytearray(data)
     if where == "a tensor":
@@ -99,6 +106,9 @@ def test_a_version_changed_on_the_way_fails_its_digest(edge, where: str, recorde
         assert changed[pad] == ord(" "), "the header is padded with spaces to 8 bytes"
         changed[pad] = ord("\t")
         assert Layout.parse(bytes(changed)).metadata == Layout.parse(data).metadata
-    for piece in pieces(bytes(changed), 2, "every", digest):
+    for piece in pieces(bytes(changed), version, "every", digest):
         tunnel._receive_policy_chunk(piece)
     assert got == []
+    for piece in pieces(data, version, "every", digest):  # the same version as it was signed is taken
+        tunnel._receive_policy_chunk(piece)
+    assert len(got) == 1
