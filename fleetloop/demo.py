@@ -242,18 +242,9 @@ def run_demo(config: DemoConfig) -> int:
         processes.append(process)
         return process
 
+    learner = config.learner_args(run_dir)
     cloud = start(
-        "cloud",
-        [
-            "cloud",
-            "--root",
-            str(run_dir),
-            "--port",
-            str(port),
-            "--phone-port",
-            str(phone_port),
-            *config.learner_args(run_dir),
-        ],
+        "cloud", ["cloud", "--root", str(run_dir), "--port", str(port), "--phone-port", str(phone_port), *learner]
     )
     try:
         _wait_for_port(port, cloud)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -50,7 +51,7 @@ def _check_levels(levels: tuple[tuple[float, ...], ...], action_dim: int) -> Non
     if levels and len(levels) != action_dim:
         raise invalid(f"one entry per action entry ({action_dim}), got {len(levels)}", "action_levels")
     for i, entry in enumerate(levels):
-        if entry and (len(entry) < 2 or any(b <= a for a, b in zip(entry, entry[1:], strict=False))):
+        if entry and (len(entry) < 2 or any(b <= a for a, b in pairwise(entry))):
             raise invalid(f"[] or at least two increasing values, got {list(entry)}", "action_levels", i)
 
 

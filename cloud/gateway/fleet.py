@@ -33,12 +33,17 @@ class State(StrEnum):
     WAITING_FOR_VERSION = WAITING_FOR_VERSION  # synchronous schedule: its episodes with this version ran; it holds
 
 
-# What an edge's heartbeat may say it waits for, the state it is then in, and what the log says when it does.
+# What an edge's heartbeat may say it waits for: the state it is then in, and what the log says when it starts and
+# when it ends.
 WAITS = {
-    WAITING_FOR_RESET: (State.WAITING_FOR_RESET, "waits for its scene to be reset"),
-    WAITING_FOR_VERSION: (State.WAITING_FOR_VERSION, "waits for the learner's next version (synchronous schedule)"),
+    WAITING_FOR_RESET: (State.WAITING_FOR_RESET, "waits for its scene to be reset", "the scene is reset"),
+    WAITING_FOR_VERSION: (
+        State.WAITING_FOR_VERSION,
+        "waits for the learner's next version (synchronous schedule)",
+        "a new version came",
+    ),
 }
-WAITING_STATES = tuple(state for state, _ in WAITS.values())
+WAITING_STATES = {state: ended for state, _, ended in WAITS.values()}  # each waiting state: what ends it
 
 
 @dataclass(frozen=True)
@@ -185,14 +190,10 @@ class FleetScheduler:
         if backlog is not None:
             member.backlog = backlog
         if waiting_for in WAITS and member.state in (State.ASSIGNED, State.RUNNING):
-            member.state, said = WAITS[waiting_for]
-            log.info("%s %s", resource_id, said)
+            member.state, waits, _ = WAITS[waiting_for]
+            log.info("%s %s", resource_id, waits)
         elif not waiting_for and member.state in WAITING_STATES:
-            log.info(
-                "%s: %s; it works again",
-                resource_id,
-                "the scene is reset" if member.state == State.WAITING_FOR_RESET else "a new version came",
-            )
+            log.info("%s: %s; it works again", resource_id, WAITING_STATES[member.state])
             member.state = State.RUNNING
 
     def disconnected(self, resource_id: str) -> None:
